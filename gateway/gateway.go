@@ -1,0 +1,151 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"github.com/sirupsen/logrus"
+)
+
+// ErrBlocked is the error of a flow that a rule blocked.
+var ErrBlocked = errors.New("blocked by rule")
+
+// ErrUDPUnsupported is wrapped by Upstream.ListenPacket of upstreams that cannot carry UDP.
+var ErrUDPUnsupported = errors.New("upstream does not carry UDP")
+
+// Gateway routes and relays flows handed to it by the inbounds (transparent listeners, explicit
+// HTTP and SOCKS servers). It keeps a table of live flows for shutdown, idle expiry and reporting.
+type Gateway struct {
+	Router      Router
+	Log         *logrus.Entry
+	DialTimeout time.Duration // bound on routing + dialing + the upstream handshake
+	Idle        time.Duration // a TCP flow with no data either way for this long is closed; 0: never
+
+	mu      sync.Mutex
+	flows   map[*liveFlow]struct{}
+	closing bool
+	wg      sync.WaitGroup // one per tracked flow
+}
+
+// liveFlow is one TCP flow being relayed.
+type liveFlow struct {
+	Flow
+	client, remote net.Conn
+	start          time.Time
+}
+
+// Dial routes f and connects to its destination the way the decision says. It returns the
+// decision too, so the caller can log which rule and upstream were used even on failure.
+func (g *Gateway) Dial(ctx context.Context, f Flow) (net.Conn, Decision, error) {
+	d := g.Router.Route(ctx, f)
+	if d.Action == ActionBlock {
+		return nil, d, ErrBlocked
+	}
+	if d.Upstream == nil {
+		return nil, d, fmt.Errorf("rule %s: no upstream", d.Rule)
+	}
+	if g.DialTimeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, g.DialTimeout)
+		defer cancel()
+	}
+	c, err := d.Upstream.DialContext(ctx, "tcp", f.Address())
+	return c, d, err
+}
+
+// Handle carries one TCP flow: it routes and dials f, tells the inbound the outcome through
+// ready (which writes the protocol's success or failure reply; nil for transparent flows, which
+// have no reply to send), relays both ways, and logs one line when the flow ends. It closes
+// client. A panic in the flow is recovered and logged; the process keeps serving.
+func (g *Gateway) Handle(ctx context.Context, client net.Conn, f Flow, ready func(error) error) {
+	start := time.Now()
+	lf := &liveFlow{Flow: f, client: client, start: start}
+	if !g.track(lf) {
+		client.Close()
+		return
+	}
+	defer g.untrack(lf)
+	var d Decision
+	var up, down int64
+	var err error
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("panic: %v\n%s", p, debug.Stack())
+		}
+		client.Close()
+		g.logFlow(f, d, up, down, time.Since(start), err)
+	}()
+
+	var remote net.Conn
+	remote, d, err = g.Dial(ctx, f)
+	if ready != nil {
+		if rerr := ready(err); rerr != nil && err == nil {
+			err = fmt.Errorf("reply to client: %w", rerr)
+		}
+	}
+	if err != nil {
+		if remote != nil {
+			remote.Close()
+		}
+		return
+	}
+	g.mu.Lock()
+	lf.remote = remote
+	g.mu.Unlock()
+	up, down, err = Relay(client, remote)
+}
+
+func (g *Gateway) logFlow(f Flow, d Decision, up, down int64, dur time.Duration, err error) {
+	if g.Log == nil {
+		return
+	}
+	fields := logrus.Fields{
+		"src":      f.Src.String(),
+		"dst":      f.Address(),
+		"inbound":  f.Inbound,
+		"rule":     d.Rule,
+		"action":   d.Action.String(),
+		"up":       up,
+		"down":     down,
+		"duration": dur.Round(time.Millisecond).String(),
+	}
+	if d.Upstream != nil {
+		fields["upstream"] = d.Upstream.String()
+	}
+	if f.Host != "" && f.Dst.IsValid() {
+		fields["ip"] = f.Dst.String()
+	}
+	e := g.Log.WithFields(fields)
+	if err != nil {
+		e.WithError(err).Warn("flow failed")
+		return
+	}
+	e.Info("flow")
+}
+
+// track registers a live flow; it reports false once Shutdown has begun.
+func (g *Gateway) track(lf *liveFlow) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.flows == nil {
+		g.flows = make(map[*liveFlow]struct{})
+	}
+	if g.closing {
+		return false
+	}
+	g.flows[lf] = struct{}{}
+	g.wg.Add(1)
+	return true
+}
+
+func (g *Gateway) untrack(lf *liveFlow) {
+	g.mu.Lock()
+	delete(g.flows, lf)
+	g.mu.Unlock()
+	g.wg.Done()
+}

@@ -1,0 +1,91 @@
+package gateway
+
+import (
+	"context"
+	"time"
+)
+
+// Shutdown stops taking new flows and waits for the live ones to end until ctx is done; then it
+// closes whatever is left. It returns the number of flows it had to cut.
+func (g *Gateway) Shutdown(ctx context.Context) int {
+	g.mu.Lock()
+	g.closing = true
+	g.mu.Unlock()
+	done := make(chan struct{})
+	go func() { g.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return 0
+	case <-ctx.Done():
+	}
+	g.mu.Lock()
+	cut := len(g.flows)
+	for lf := range g.flows {
+		lf.close()
+	}
+	g.mu.Unlock()
+	<-done
+	return cut
+}
+
+// Active is the number of flows being handled now.
+func (g *Gateway) Active() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return len(g.flows)
+}
+
+func (lf *liveFlow) close() {
+	lf.client.Close()
+	if lf.remote != nil {
+		lf.remote.Close()
+	}
+}
+
+// ExpireIdle closes every TCP flow whose client socket has neither sent nor received data for
+// longer than g.Idle, and reports how many it closed. The kernel keeps those times
+// (TCP_INFO tcpi_last_data_recv / tcpi_last_data_sent), so the relay's data path carries no
+// timer and no bookkeeping: one sweep over the live flows is the whole cost.
+func (g *Gateway) ExpireIdle() int {
+	if g.Idle <= 0 {
+		return 0
+	}
+	limit := uint32(g.Idle / time.Millisecond)
+	g.mu.Lock()
+	var idle []*liveFlow
+	for lf := range g.flows {
+		if lf.remote != nil && idleFor(lf.client) > limit {
+			idle = append(idle, lf)
+		}
+	}
+	g.mu.Unlock()
+	for _, lf := range idle {
+		lf.close()
+	}
+	return len(idle)
+}
+
+// RunIdleSweeper calls ExpireIdle periodically until ctx ends.
+func (g *Gateway) RunIdleSweeper(ctx context.Context) {
+	if g.Idle <= 0 {
+		return
+	}
+	every := g.Idle / 4
+	if every > time.Minute {
+		every = time.Minute
+	}
+	if every < 100*time.Millisecond {
+		every = 100 * time.Millisecond
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			g.ExpireIdle()
+		}
+	}
+}
+

@@ -1,0 +1,82 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/socksgate/socksgate/nat"
+)
+
+// ServeRedirect accepts connections captured by the nftables REDIRECT rule on ln, recovers each
+// one's original destination and hands it to Handle. It returns when ln is closed.
+func (g *Gateway) ServeRedirect(ctx context.Context, ln net.Listener) error {
+	return serveAccept(ctx, ln, func(c net.Conn) {
+		tc, ok := c.(*net.TCPConn)
+		if !ok {
+			c.Close()
+			return
+		}
+		src := addrPort(c.RemoteAddr())
+		dst, err := nat.OriginalDst(tc)
+		if err == nil && dst == addrPort(c.LocalAddr()) {
+			// Not redirected: someone connected to the listener itself. Relaying it would
+			// dial ourselves again, forever.
+			err = errors.New("connection to the transparent listener itself (loop)")
+		}
+		f := Flow{Network: "tcp", Src: src, Dst: dst, Inbound: InboundRedirect}
+		if err != nil {
+			c.Close()
+			g.logFlow(f, Decision{Action: ActionBlock, Rule: "-"}, 0, 0, 0, err)
+			return
+		}
+		g.Handle(ctx, c, f, nil)
+	})
+}
+
+// serveAccept runs the accept loop shared by every TCP inbound: one goroutine per connection,
+// and on a temporary error (EMFILE, ENFILE, ECONNABORTED) a growing pause instead of a busy
+// loop, as net/http does.
+func serveAccept(ctx context.Context, ln net.Listener, handle func(net.Conn)) error {
+	var pause time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			if ctx.Err() != nil {
+				return nil
+			}
+			var ne net.Error
+			if isTemporaryAccept(err) || (errors.As(err, &ne) && ne.Timeout()) {
+				pause = min(max(2*pause, 5*time.Millisecond), time.Second)
+				select {
+				case <-time.After(pause):
+				case <-ctx.Done():
+					return nil
+				}
+				continue
+			}
+			return fmt.Errorf("accept: %w", err)
+		}
+		pause = 0
+		go handle(c)
+	}
+}
+
+// addrPort converts a *net.TCPAddr or *net.UDPAddr, unmapping IPv4-in-IPv6.
+func addrPort(a net.Addr) netip.AddrPort {
+	switch a := a.(type) {
+	case *net.TCPAddr:
+		ap := a.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	case *net.UDPAddr:
+		ap := a.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	return netip.AddrPort{}
+}
