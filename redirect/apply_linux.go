@@ -1,0 +1,271 @@
+package redirect
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"syscall"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// Option changes where or how the kernel state is managed.
+type Option func(*options)
+
+type options struct {
+	netns int // 0: the calling process's namespace
+}
+
+// WithNetNS targets the network namespace behind fd (an open
+// /var/run/netns/NAME or /proc/PID/ns/net) instead of the process's own.
+// The caller keeps ownership of fd and must keep it open while the
+// Ruleset is in use.
+func WithNetNS(fd int) Option { return func(o *options) { o.netns = fd } }
+
+func buildOptions(opts []Option) options {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	return o
+}
+
+func (o options) handle() (*netlink.Handle, error) {
+	var (
+		h   *netlink.Handle
+		err error
+	)
+	if o.netns != 0 {
+		h, err = netlink.NewHandleAt(netns.NsHandle(o.netns))
+	} else {
+		h, err = netlink.NewHandle()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open rtnetlink: %w", err)
+	}
+	return h, nil
+}
+
+// Ruleset is installed kernel state: the nftables table and, when TPROXY is
+// used, the policy routing. It keeps the netlink socket the table was
+// installed through; with on_crash open that socket owns the table, which
+// the kernel deletes the moment the socket closes, including when the process dies.
+type Ruleset struct {
+	mu     sync.Mutex
+	opts   options
+	spec   Spec // defaulted
+	conn   *tableConn
+	closed bool
+}
+
+// Apply validates s and installs it atomically: the policy routing first
+// (stale rules at the same priority and table swept), then the whole table
+// replaced in one netlink batch, so a second Apply (or a start after a
+// crash with on_crash closed) leaves exactly one table and one copy of
+// each rule. The returned Ruleset must be closed to remove the state.
+func Apply(s Spec, opts ...Option) (*Ruleset, error) {
+	if err := s.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid redirect spec: %w", err)
+	}
+	r := &Ruleset{opts: buildOptions(opts), spec: s.withDefaults()}
+	conn, err := dialTable(r.opts.netns)
+	if err != nil {
+		return nil, err
+	}
+	r.conn = conn
+	if err := r.install(r.spec, ""); err != nil {
+		_ = conn.close()
+		return nil, err
+	}
+	return r, nil
+}
+
+func (r *Ruleset) install(s Spec, oldTable string) error {
+	h, err := r.opts.handle()
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	// Routing first: the TPROXY rules set a mark that only means "deliver
+	// locally" once the fwmark rule exists.
+	if err := ensurePolicy(h, s); err != nil {
+		return err
+	}
+	return r.conn.install(s.plan(), oldTable)
+}
+
+// Spec returns the spec in force, with defaults filled in.
+func (r *Ruleset) Spec() Spec {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.spec
+}
+
+// Replace installs s in place of the current state, through the same netlink
+// socket (an owned table can only be changed by its owner), in one batch;
+// live connections keep flowing. Policy routing that s no longer uses is removed.
+func (r *Ruleset) Replace(s Spec) error {
+	if err := s.Validate(); err != nil {
+		return fmt.Errorf("invalid redirect spec: %w", err)
+	}
+	s = s.withDefaults()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return errors.New("replace redirect rules: ruleset is closed")
+	}
+	old := r.spec
+	if err := r.install(s, old.Table); err != nil {
+		return err
+	}
+	r.spec = s
+	if old.needsPolicyRouting() && (old.RulePriority != s.RulePriority || old.RouteTable != s.RouteTable) {
+		h, err := r.opts.handle()
+		if err != nil {
+			return err
+		}
+		defer h.Close()
+		if err := removePolicy(h, old); err != nil {
+			return fmt.Errorf("remove previous policy routing: %w", err)
+		}
+	}
+	return nil
+}
+
+// Close removes the table and the policy routing. It is idempotent; after
+// the first call it returns nil.
+func (r *Ruleset) Close() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return nil
+	}
+	r.closed = true
+	var errs []error
+	if err := r.conn.deleteTable(r.spec.Table); err != nil {
+		errs = append(errs, err)
+	}
+	if err := r.conn.close(); err != nil {
+		errs = append(errs, fmt.Errorf("close nftables netlink socket: %w", err))
+	}
+	if err := removeOnlyPolicy(r.opts, r.spec); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func removeOnlyPolicy(o options, s Spec) error {
+	h, err := o.handle()
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	if err := removePolicy(h, s); err != nil {
+		return fmt.Errorf("remove policy routing: %w", err)
+	}
+	return nil
+}
+
+// Remove deletes whatever state a previous run with s left behind: the table
+// and the policy routing. Nothing left is not an error. A table owned by a
+// running process (on_crash open) cannot be removed and yields an error
+// wrapping EPERM.
+func Remove(s Spec, opts ...Option) error {
+	s = s.withDefaults()
+	o := buildOptions(opts)
+	var errs []error
+	conn, err := dialTable(o.netns)
+	if err != nil {
+		errs = append(errs, err)
+	} else {
+		if err := conn.deleteTable(s.Table); err != nil {
+			errs = append(errs, err)
+		}
+		_ = conn.close()
+	}
+	if err := removeOnlyPolicy(o, s); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// InterfacePrefixes returns the prefixes of the named interfaces' addresses
+// (IPv4 and IPv6, masked, sorted, without duplicates): the LAN's own networks,
+// to be added to the bypass set.
+func InterfacePrefixes(names []string, opts ...Option) ([]netip.Prefix, error) {
+	h, err := buildOptions(opts).handle()
+	if err != nil {
+		return nil, err
+	}
+	defer h.Close()
+	var out []netip.Prefix
+	for _, name := range names {
+		link, err := h.LinkByName(name)
+		if err != nil {
+			return nil, fmt.Errorf("find interface %s: %w", name, err)
+		}
+		addrs, err := h.AddrList(link, netlink.FAMILY_ALL)
+		if err != nil {
+			return nil, fmt.Errorf("list addresses of %s: %w", name, err)
+		}
+		for _, a := range addrs {
+			if p, ok := ipNetPrefix(a.IPNet); ok {
+				out = append(out, p)
+			}
+		}
+	}
+	slices.SortFunc(out, comparePrefix)
+	return slices.Compact(out), nil
+}
+
+func ipNetPrefix(n *net.IPNet) (netip.Prefix, bool) {
+	if n == nil {
+		return netip.Prefix{}, false
+	}
+	a, ok := netip.AddrFromSlice(n.IP)
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	a = a.Unmap()
+	ones, bits := n.Mask.Size()
+	if bits == 0 || bits != a.BitLen() {
+		return netip.Prefix{}, false
+	}
+	return netip.PrefixFrom(a, ones).Masked(), true
+}
+
+func comparePrefix(a, b netip.Prefix) int {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
+	}
+	return a.Bits() - b.Bits()
+}
+
+// MarkControl returns a Control hook for net.Dialer and net.ListenConfig that
+// sets SO_MARK to mark on the socket before it connects or binds, so that
+// socksgate's own traffic is told apart from the LAN's. It returns an error
+// (never ignores one) when the mark cannot be set, e.g. without
+// CAP_NET_ADMIN, or when mark is 0: an unmarked upstream socket would be
+// captured again, a loop.
+func MarkControl(mark uint32) func(network, address string, c syscall.RawConn) error {
+	return func(network, address string, c syscall.RawConn) error {
+		if mark == 0 {
+			return fmt.Errorf("set SO_MARK on %s socket for %s: mark 0 would not exclude it from capture", network, address)
+		}
+		var serr error
+		if err := c.Control(func(fd uintptr) {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, int(mark))
+		}); err != nil {
+			return fmt.Errorf("set SO_MARK %#x on %s socket for %s: %w", mark, network, address, err)
+		}
+		if serr != nil {
+			return fmt.Errorf("set SO_MARK %#x on %s socket for %s: %w", mark, network, address, serr)
+		}
+		return nil
+	}
+}

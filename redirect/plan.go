@@ -1,0 +1,263 @@
+package redirect
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// ruleOp names one kind of rule in socksgate's table. The same value is turned
+// into nft text (rule.String, used by Render) and into netlink expressions
+// (the builders in rules_linux.go), so what `socksgate rules` prints is what
+// Apply installs; a system test compares the two against `nft list`.
+type ruleOp int
+
+const (
+	opOwnMarkReturn  ruleOp = iota // meta mark & M == M return
+	opNotUnicast                   // meta pkttype != host return
+	opLocalReturn                  // fib daddr type local return
+	opBypass4Return                // ip daddr @bypass4 return
+	opBypass6Return                // ip6 daddr @bypass6 return
+	opRedirectTCP                  // iifname @lan_ifaces meta l4proto tcp redirect to :P
+	opTransparentTCP               // iifname @lan_ifaces meta l4proto tcp socket transparent 1 meta mark set M accept
+	opTProxy                       // iifname @lan_ifaces meta l4proto P meta nfproto F tproxy ipX to :P meta mark set M accept
+	opDropUDP                      // iifname @lan_ifaces meta l4proto udp drop
+	opRejectTCP                    // iifname @lan_ifaces meta l4proto tcp reject with tcp reset
+)
+
+// IP protocol numbers and the address families of a TPROXY rule.
+const (
+	protoTCP = 6
+	protoUDP = 17
+)
+
+type rule struct {
+	op     ruleOp
+	proto  uint8  // protoTCP or protoUDP (opTProxy)
+	family int    // 4 or 6 (opTProxy)
+	port   uint16 // opRedirectTCP, opTProxy
+	mark   uint32 // opOwnMarkReturn: socksgate's mark; opTransparentTCP, opTProxy: the TPROXY mark
+}
+
+type chainPlan struct {
+	name     string
+	typ      string // "filter" or "nat"
+	priority int32  // -150 (mangle) or -100 (dstnat)
+	rules    []rule
+}
+
+type tablePlan struct {
+	name             string
+	owned            bool // NFT_TABLE_F_OWNER: on_crash open
+	lan              []string
+	bypass4, bypass6 []addrRange
+	chains           []chainPlan
+}
+
+// plan turns a (defaulted, valid) Spec into the table's contents.
+//
+// Why the chains and their order look the way they do:
+//
+//   - Both chains hook prerouting, so they see traffic *forwarded* through the
+//     router and traffic addressed to it, never what the router sends itself.
+//   - The TPROXY chain is a filter chain at mangle priority (-150): TPROXY must
+//     assign the socket and set the mark before the routing decision, and the
+//     conventional mangle slot runs before nat's dstnat (-100), so a packet
+//     TPROXY took is never also REDIRECTed. Conntrack (-200) has already run,
+//     which the nat chain needs: it sees only the first packet of a connection,
+//     and REDIRECT's translation is applied to the rest by conntrack.
+//   - Each chain starts with the same exemptions, cheapest first, so nothing
+//     that must not be captured reaches a capture rule:
+//     1. packets carrying socksgate's own mark (its upstream and direct
+//     sockets, if they are ever routed through prerouting, e.g. from a
+//     container or a later output chain): capturing them would loop;
+//     2. link-layer broadcast and multicast (DHCP, mDNS, SSDP...): they belong
+//     to the LAN, and a TPROXY rule would steal a local daemon's broadcasts;
+//     3. `fib daddr type local`: traffic to the router itself, such as its
+//     explicit proxy ports, DNS or SSH, is delivered untouched;
+//     4. the bypass sets, one per family; in an inet table an address match
+//     is only meaningful after `meta nfproto` says which header it is.
+//   - Then the capture rules, restricted to the LAN interfaces. TPROXY needs a
+//     family per rule in an inet table, so there is one rule per family; each
+//     sets the TPROXY mark (the policy rule routes it to `local default dev
+//     lo`, which is what makes the forwarded packet local) and accepts.
+//   - TPROXY for TCP is preceded by `socket transparent 1`: packets of an
+//     established TPROXY connection already have a transparent socket and only
+//     need the mark, which skips the listener lookup.
+//   - on_crash closed: a TPROXY rule whose socket is gone simply does not
+//     match, and the packet would be forwarded as if there were no rule. So
+//     after the TPROXY rules, LAN UDP is dropped and LAN TCP (tproxy mode) is
+//     reset, the same prompt failure a REDIRECT to a closed port gives. With
+//     on_crash open those rules are absent on purpose: the table vanishes with
+//     the process anyway, and while it lives the listener takes everything.
+func (s Spec) plan() tablePlan {
+	t := tablePlan{
+		name:  s.Table,
+		owned: s.OnCrash == OnCrashOpen,
+		lan:   s.lanInterfaces(),
+	}
+	t.bypass4, t.bypass6 = mergeBypass(s.Bypass)
+
+	exemptions := []rule{
+		{op: opOwnMarkReturn, mark: s.Mark},
+		{op: opNotUnicast},
+		{op: opLocalReturn},
+		{op: opBypass4Return},
+		{op: opBypass6Return},
+	}
+
+	if s.needsPolicyRouting() {
+		c := chainPlan{name: chainMangle, typ: "filter", priority: -150}
+		c.rules = append(c.rules, exemptions...)
+		if s.tproxyTCP() {
+			c.rules = append(c.rules,
+				rule{op: opTransparentTCP, mark: s.TProxyMark},
+				rule{op: opTProxy, proto: protoTCP, family: 4, port: s.TCPPort, mark: s.TProxyMark},
+				rule{op: opTProxy, proto: protoTCP, family: 6, port: s.TCPPort, mark: s.TProxyMark},
+			)
+		}
+		if s.captureUDP() {
+			c.rules = append(c.rules,
+				rule{op: opTProxy, proto: protoUDP, family: 4, port: s.UDPPort, mark: s.TProxyMark},
+				rule{op: opTProxy, proto: protoUDP, family: 6, port: s.UDPPort, mark: s.TProxyMark},
+			)
+		}
+		if s.failClosed() {
+			if s.captureUDP() {
+				c.rules = append(c.rules, rule{op: opDropUDP})
+			}
+			if s.tproxyTCP() {
+				c.rules = append(c.rules, rule{op: opRejectTCP})
+			}
+		}
+		t.chains = append(t.chains, c)
+	}
+	if s.redirectTCP() {
+		c := chainPlan{name: chainNAT, typ: "nat", priority: -100}
+		c.rules = append(c.rules, exemptions...)
+		c.rules = append(c.rules, rule{op: opRedirectTCP, port: s.TCPPort})
+		t.chains = append(t.chains, c)
+	}
+	return t
+}
+
+func protoName(p uint8) string {
+	switch p {
+	case protoTCP:
+		return "tcp"
+	case protoUDP:
+		return "udp"
+	}
+	return strconv.Itoa(int(p))
+}
+
+// String renders r exactly as `nft list table` shows it.
+func (r rule) String() string {
+	const lan = "iifname @" + setLAN + " "
+	switch r.op {
+	case opOwnMarkReturn:
+		return fmt.Sprintf("meta mark & 0x%08x == 0x%08x return", r.mark, r.mark)
+	case opNotUnicast:
+		return "meta pkttype != host return"
+	case opLocalReturn:
+		return "fib daddr type local return"
+	case opBypass4Return:
+		return "ip daddr @" + setBypass4 + " return"
+	case opBypass6Return:
+		return "ip6 daddr @" + setBypass6 + " return"
+	case opRedirectTCP:
+		return fmt.Sprintf(lan+"meta l4proto tcp redirect to :%d", r.port)
+	case opTransparentTCP:
+		return fmt.Sprintf(lan+"meta l4proto tcp socket transparent 1 meta mark set 0x%08x accept", r.mark)
+	case opTProxy:
+		nfproto, ip := "ipv4", "ip"
+		if r.family == 6 {
+			nfproto, ip = "ipv6", "ip6"
+		}
+		return fmt.Sprintf(lan+"meta l4proto %s meta nfproto %s tproxy %s to :%d meta mark set 0x%08x accept",
+			protoName(r.proto), nfproto, ip, r.port, r.mark)
+	case opDropUDP:
+		return lan + "meta l4proto udp drop"
+	case opRejectTCP:
+		return lan + "meta l4proto tcp reject with tcp reset"
+	}
+	return fmt.Sprintf("# unknown rule op %d", r.op)
+}
+
+// Render returns the ruleset in nft syntax (`table inet socksgate { ... }`),
+// preceded by the policy routing it needs as comments (that part is installed
+// with netlink, not nft). It is pure: no root, no kernel. An invalid Spec
+// renders as a comment naming the problems; call Validate to get them as an error.
+func (s Spec) Render() string {
+	if err := s.Validate(); err != nil {
+		return "# invalid spec: " + strings.ReplaceAll(err.Error(), "\n", "\n#   ") + "\n"
+	}
+	s = s.withDefaults()
+	p := s.plan()
+	var b strings.Builder
+	fmt.Fprintf(&b, "# socksgate kernel steering (on_crash: %s", s.OnCrash)
+	if p.owned {
+		b.WriteString("; table owned by socksgate's netlink socket, NFT_TABLE_F_OWNER")
+	}
+	b.WriteString(")\n")
+	if s.needsPolicyRouting() {
+		b.WriteString("# policy routing for TPROXY (installed with netlink):\n")
+		for _, pr := range s.policyLines() {
+			b.WriteString("#   " + pr + "\n")
+		}
+	}
+	if len(p.chains) == 0 {
+		b.WriteString("# nothing is captured: no LAN interface, or no TCP and no UDP port\n")
+	}
+	fmt.Fprintf(&b, "table inet %s {\n", p.name)
+	writeSet := func(name, typ string, interval bool, elems []string) {
+		fmt.Fprintf(&b, "\tset %s {\n\t\ttype %s\n", name, typ)
+		if interval {
+			b.WriteString("\t\tflags interval\n")
+		}
+		if len(elems) > 0 {
+			fmt.Fprintf(&b, "\t\telements = { %s }\n", strings.Join(elems, ", "))
+		}
+		b.WriteString("\t}\n")
+	}
+	var lan []string
+	for _, n := range p.lan {
+		lan = append(lan, strconv.Quote(n))
+	}
+	writeSet(setLAN, "ifname", false, lan)
+	b.WriteString("\n")
+	writeSet(setBypass4, "ipv4_addr", true, rangeStrings(p.bypass4))
+	b.WriteString("\n")
+	writeSet(setBypass6, "ipv6_addr", true, rangeStrings(p.bypass6))
+	for _, c := range p.chains {
+		prio := "mangle"
+		if c.priority == -100 {
+			prio = "dstnat"
+		}
+		fmt.Fprintf(&b, "\n\tchain %s {\n\t\ttype %s hook prerouting priority %s; policy accept;\n", c.name, c.typ, prio)
+		for _, r := range c.rules {
+			b.WriteString("\t\t" + r.String() + "\n")
+		}
+		b.WriteString("\t}\n")
+	}
+	b.WriteString("}\n")
+	return b.String()
+}
+
+// policyLines describes the policy routing in `ip` syntax.
+func (s Spec) policyLines() []string {
+	return []string{
+		fmt.Sprintf("ip -4 rule add fwmark 0x%x lookup %d priority %d", s.TProxyMark, s.RouteTable, s.RulePriority),
+		fmt.Sprintf("ip -6 rule add fwmark 0x%x lookup %d priority %d", s.TProxyMark, s.RouteTable, s.RulePriority),
+		fmt.Sprintf("ip -4 route add local 0.0.0.0/0 dev lo table %d", s.RouteTable),
+		fmt.Sprintf("ip -6 route add local ::/0 dev lo table %d", s.RouteTable),
+	}
+}
+
+func rangeStrings(rs []addrRange) []string {
+	out := make([]string, len(rs))
+	for i, r := range rs {
+		out[i] = r.String()
+	}
+	return out
+}

@@ -1,0 +1,180 @@
+package redirect
+
+import (
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
+)
+
+// The builders below are pure: they turn one rule of the plan into the
+// expressions the kernel evaluates. Register 1 is the only scratch register
+// used; every value compared against a meta key is in host byte order, every
+// value compared against packet bytes (addresses, ports) in network order.
+
+// setRefs are the sets rules look up; ID and Name must match the sets added
+// in the same batch.
+type setRefs struct {
+	lan, bypass4, bypass6 *nftables.Set
+}
+
+// exprs returns r's expressions.
+func (r rule) exprs(sets setRefs) []expr.Any {
+	switch r.op {
+	case opOwnMarkReturn:
+		return ownMarkReturn(r.mark)
+	case opNotUnicast:
+		return notUnicastReturn()
+	case opLocalReturn:
+		return localReturn()
+	case opBypass4Return:
+		return bypassReturn(4, sets.bypass4)
+	case opBypass6Return:
+		return bypassReturn(6, sets.bypass6)
+	case opRedirectTCP:
+		return redirectTCP(sets.lan, r.port)
+	case opTransparentTCP:
+		return transparentTCP(sets.lan, r.mark)
+	case opTProxy:
+		return tproxy(sets.lan, r.proto, r.family, r.port, r.mark)
+	case opDropUDP:
+		return dropUDP(sets.lan)
+	case opRejectTCP:
+		return rejectTCP(sets.lan)
+	}
+	return nil
+}
+
+// ownMarkReturn: meta mark & M == M return
+func ownMarkReturn(mark uint32) []expr.Any {
+	return []expr.Any{
+		// meta mark
+		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
+		// & M
+		&expr.Bitwise{
+			SourceRegister: 1, DestRegister: 1, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(mark),
+			Xor:  binaryutil.NativeEndian.PutUint32(0),
+		},
+		// == M
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(mark)},
+		// return
+		&expr.Verdict{Kind: expr.VerdictReturn},
+	}
+}
+
+// notUnicastReturn: meta pkttype != host return
+func notUnicastReturn() []expr.Any {
+	return []expr.Any{
+		// meta pkttype
+		&expr.Meta{Key: expr.MetaKeyPKTTYPE, Register: 1},
+		// != host
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{unix.PACKET_HOST}},
+		// return
+		&expr.Verdict{Kind: expr.VerdictReturn},
+	}
+}
+
+// localReturn: fib daddr type local return
+func localReturn() []expr.Any {
+	return []expr.Any{
+		// fib daddr type
+		&expr.Fib{Register: 1, FlagDADDR: true, ResultADDRTYPE: true},
+		// local
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(unix.RTN_LOCAL)},
+		// return
+		&expr.Verdict{Kind: expr.VerdictReturn},
+	}
+}
+
+// bypassReturn: ip daddr @bypass4 return / ip6 daddr @bypass6 return
+func bypassReturn(family int, set *nftables.Set) []expr.Any {
+	nfproto, offset, length := byte(unix.NFPROTO_IPV4), uint32(16), uint32(4)
+	if family == 6 {
+		nfproto, offset, length = unix.NFPROTO_IPV6, 24, 16
+	}
+	return []expr.Any{
+		// meta nfproto ipv4|ipv6 (the dependency nft adds, and hides, for ip/ip6 daddr)
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{nfproto}},
+		// ip daddr | ip6 daddr
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: length},
+		// @bypass4 | @bypass6
+		&expr.Lookup{SourceRegister: 1, SetName: set.Name, SetID: set.ID},
+		// return
+		&expr.Verdict{Kind: expr.VerdictReturn},
+	}
+}
+
+// fromLAN: iifname @lan_ifaces meta l4proto P
+func fromLAN(lan *nftables.Set, proto uint8) []expr.Any {
+	return []expr.Any{
+		// iifname
+		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+		// @lan_ifaces
+		&expr.Lookup{SourceRegister: 1, SetName: lan.Name, SetID: lan.ID},
+		// meta l4proto P
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
+	}
+}
+
+// setMark: meta mark set M
+func setMark(mark uint32) []expr.Any {
+	return []expr.Any{
+		&expr.Immediate{Register: 1, Data: binaryutil.NativeEndian.PutUint32(mark)},
+		&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1},
+	}
+}
+
+// redirectTCP: iifname @lan_ifaces meta l4proto tcp redirect to :P
+func redirectTCP(lan *nftables.Set, port uint16) []expr.Any {
+	return append(fromLAN(lan, protoTCP),
+		// :P
+		&expr.Immediate{Register: 1, Data: binaryutil.BigEndian.PutUint16(port)},
+		// redirect to
+		&expr.Redir{RegisterProtoMin: 1},
+	)
+}
+
+// transparentTCP: iifname @lan_ifaces meta l4proto tcp socket transparent 1 meta mark set M accept
+func transparentTCP(lan *nftables.Set, mark uint32) []expr.Any {
+	e := append(fromLAN(lan, protoTCP),
+		// socket transparent 1
+		&expr.Socket{Key: expr.SocketKeyTransparent, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{1}},
+	)
+	e = append(e, setMark(mark)...) // meta mark set M
+	return append(e, &expr.Verdict{Kind: expr.VerdictAccept})
+}
+
+// tproxy: iifname @lan_ifaces meta l4proto P meta nfproto ipv4 tproxy ip to :port meta mark set M accept
+// (or meta nfproto ipv6 tproxy ip6 ...). TPROXY only continues to the
+// statements after it when it found a transparent socket for the packet.
+func tproxy(lan *nftables.Set, proto uint8, family int, port uint16, mark uint32) []expr.Any {
+	nfproto := byte(unix.NFPROTO_IPV4)
+	if family == 6 {
+		nfproto = unix.NFPROTO_IPV6
+	}
+	e := append(fromLAN(lan, proto),
+		// meta nfproto ipv4|ipv6
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{nfproto}},
+		// :port
+		&expr.Immediate{Register: 1, Data: binaryutil.BigEndian.PutUint16(port)},
+		// tproxy ip|ip6 to
+		&expr.TProxy{Family: nfproto, TableFamily: unix.NFPROTO_INET, RegPort: 1},
+	)
+	e = append(e, setMark(mark)...) // meta mark set M
+	return append(e, &expr.Verdict{Kind: expr.VerdictAccept})
+}
+
+// dropUDP: iifname @lan_ifaces meta l4proto udp drop
+func dropUDP(lan *nftables.Set) []expr.Any {
+	return append(fromLAN(lan, protoUDP), &expr.Verdict{Kind: expr.VerdictDrop})
+}
+
+// rejectTCP: iifname @lan_ifaces meta l4proto tcp reject with tcp reset
+func rejectTCP(lan *nftables.Set) []expr.Any {
+	return append(fromLAN(lan, protoTCP), &expr.Reject{Type: unix.NFT_REJECT_TCP_RST})
+}

@@ -1,0 +1,275 @@
+// Package redirect owns socksgate's kernel steering: the nftables table
+// `inet socksgate` that sends LAN traffic to socksgate's listeners (REDIRECT for
+// TCP, TPROXY for UDP and optionally TCP), the policy routing TPROXY needs, and
+// the SO_MARK hook that keeps socksgate's own sockets out of its rules.
+//
+// Everything the kernel state depends on is a Spec. The rules are built from
+// it by pure functions (Spec.Render shows them in nft syntax without root);
+// Apply installs them in one netlink batch, Ruleset.Close and Remove take them
+// away again. The package never logs; every error says what was being done.
+package redirect
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+)
+
+// Defaults used by Spec for fields left at their zero value (Mark has none: it
+// must be the same value the dialers put on their sockets, so the caller owns
+// it; DefaultMark is offered to configuration code).
+const (
+	DefaultTable        = "socksgate"
+	DefaultTCPMode      = TCPModeRedirect
+	DefaultOnCrash      = OnCrashClosed
+	DefaultMark         = 0x5347 // "SG": socksgate's own outgoing sockets
+	DefaultTProxyMark   = 0x5348 // packets taken by TPROXY, routed to the local table
+	DefaultRouteTable   = 100
+	DefaultRulePriority = 100 // after "local" (0), well before "main" (32766)
+)
+
+// TCP capture modes and crash behaviours accepted in Spec.
+const (
+	TCPModeRedirect = "redirect" // nat REDIRECT; original destination from SO_ORIGINAL_DST
+	TCPModeTProxy   = "tproxy"   // TPROXY; original destination is the accepted socket's local address
+	OnCrashClosed   = "closed"   // rules outlive the process: nothing leaks direct while socksgate is down
+	OnCrashOpen     = "open"     // the table is owned by the process: the kernel drops it when socksgate dies
+)
+
+// Names inside the table.
+const (
+	setLAN      = "lan_ifaces"
+	setBypass4  = "bypass4"
+	setBypass6  = "bypass6"
+	chainNAT    = "prerouting_nat"
+	chainMangle = "prerouting_mangle"
+)
+
+// Spec is everything the kernel rules depend on.
+type Spec struct {
+	Table         string   // nftables table name, family inet; default DefaultTable
+	LANInterfaces []string // iifname match; empty => no capture rules at all
+	TCPPort       uint16   // listener for captured TCP (0 => no TCP capture)
+	TCPMode       string   // TCPModeRedirect (default) or TCPModeTProxy
+	UDPPort       uint16   // TPROXY listener for captured UDP (0 => no UDP capture)
+	// Mark is socksgate's own outgoing-socket mark (see MarkControl): packets
+	// carrying all its bits are never captured. Required when anything is captured.
+	Mark uint32
+	// TProxyMark is the fwmark the TPROXY rules set; the policy rule sends it
+	// to RouteTable, whose only route is "local default dev lo".
+	TProxyMark   uint32
+	RouteTable   int            // policy routing table id; default DefaultRouteTable
+	RulePriority int            // ip rule priority; default DefaultRulePriority
+	Bypass       []netip.Prefix // destinations never captured, IPv4 and IPv6 mixed, may overlap
+	OnCrash      string         // OnCrashClosed (default) or OnCrashOpen
+}
+
+// withDefaults returns s with zero fields replaced by their defaults.
+func (s Spec) withDefaults() Spec {
+	if s.Table == "" {
+		s.Table = DefaultTable
+	}
+	if s.TCPMode == "" {
+		s.TCPMode = DefaultTCPMode
+	}
+	if s.OnCrash == "" {
+		s.OnCrash = DefaultOnCrash
+	}
+	if s.TProxyMark == 0 {
+		s.TProxyMark = DefaultTProxyMark
+	}
+	if s.RouteTable == 0 {
+		s.RouteTable = DefaultRouteTable
+	}
+	if s.RulePriority == 0 {
+		s.RulePriority = DefaultRulePriority
+	}
+	return s
+}
+
+// captureTCP reports whether TCP is captured at all.
+func (s Spec) captureTCP() bool { return len(s.LANInterfaces) > 0 && s.TCPPort != 0 }
+
+// captureUDP reports whether UDP is captured.
+func (s Spec) captureUDP() bool { return len(s.LANInterfaces) > 0 && s.UDPPort != 0 }
+
+// tproxyTCP reports whether TCP is captured by TPROXY rather than REDIRECT.
+func (s Spec) tproxyTCP() bool { return s.captureTCP() && s.TCPMode == TCPModeTProxy }
+
+// redirectTCP reports whether TCP is captured by the nat REDIRECT rule.
+func (s Spec) redirectTCP() bool { return s.captureTCP() && s.TCPMode != TCPModeTProxy }
+
+// needsPolicyRouting reports whether any TPROXY rule is installed, and with it
+// the fwmark rule and local route that deliver TPROXY'd packets to this host.
+func (s Spec) needsPolicyRouting() bool { return s.captureUDP() || s.tproxyTCP() }
+
+// failClosed reports whether LAN traffic that TPROXY did not take is stopped.
+func (s Spec) failClosed() bool { return s.OnCrash != OnCrashOpen }
+
+// Validate reports every problem in s (after defaults) in one joined error;
+// each message names the field.
+func (s Spec) Validate() error {
+	s = s.withDefaults()
+	var errs []error
+	add := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
+
+	if len(s.Table) > 255 || strings.ContainsAny(s.Table, "\x00 \t\n{}\"") {
+		add("table: invalid nftables table name %q", s.Table)
+	}
+	switch s.TCPMode {
+	case TCPModeRedirect, TCPModeTProxy:
+	default:
+		add("tcp_mode: %q is neither %q nor %q", s.TCPMode, TCPModeRedirect, TCPModeTProxy)
+	}
+	switch s.OnCrash {
+	case OnCrashClosed, OnCrashOpen:
+	default:
+		add("on_crash: %q is neither %q nor %q", s.OnCrash, OnCrashClosed, OnCrashOpen)
+	}
+	for i, name := range s.LANInterfaces {
+		// IFNAMSIZ is 16 including the terminating NUL.
+		if name == "" || len(name) > 15 || strings.ContainsAny(name, "/\x00 \t\n\"*") || name == "." || name == ".." {
+			add("lan_interfaces[%d]: invalid interface name %q", i, name)
+		}
+	}
+	capture := s.captureTCP() || s.captureUDP()
+	if capture && s.Mark == 0 {
+		add("mark: must be non-zero when traffic is captured (socksgate's own sockets must be told apart)")
+	}
+	if s.needsPolicyRouting() {
+		if s.TProxyMark == s.Mark {
+			add("tproxy_mark: %#x must differ from mark", s.TProxyMark)
+		}
+		switch {
+		case s.RouteTable < 1 || s.RouteTable > 1<<31-1:
+			add("route_table: %d out of range", s.RouteTable)
+		case s.RouteTable >= 253 && s.RouteTable <= 255:
+			add("route_table: %d is a system table (default, main or local)", s.RouteTable)
+		}
+		if s.RulePriority < 1 || s.RulePriority > 32765 {
+			add("rule_priority: %d must be between 1 and 32765 (before the main table's rule)", s.RulePriority)
+		}
+	}
+	for i, p := range s.Bypass {
+		if !p.IsValid() {
+			add("bypass[%d]: invalid prefix", i)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// BuiltinBypass returns the destinations that are never worth capturing:
+// this host and this network, private and shared address space reserved for
+// the LAN itself, link-local, multicast, reserved and broadcast, for IPv4 and IPv6.
+func BuiltinBypass() []netip.Prefix {
+	return []netip.Prefix{
+		netip.MustParsePrefix("0.0.0.0/8"),          // "this network"
+		netip.MustParsePrefix("10.0.0.0/8"),         // RFC 1918
+		netip.MustParsePrefix("127.0.0.0/8"),        // loopback
+		netip.MustParsePrefix("169.254.0.0/16"),     // link-local
+		netip.MustParsePrefix("172.16.0.0/12"),      // RFC 1918
+		netip.MustParsePrefix("192.168.0.0/16"),     // RFC 1918
+		netip.MustParsePrefix("224.0.0.0/4"),        // multicast
+		netip.MustParsePrefix("240.0.0.0/4"),        // reserved
+		netip.MustParsePrefix("255.255.255.255/32"), // limited broadcast
+		netip.MustParsePrefix("::1/128"),            // loopback
+		netip.MustParsePrefix("::/128"),             // unspecified
+		netip.MustParsePrefix("fe80::/10"),          // link-local
+		netip.MustParsePrefix("fc00::/7"),           // unique local
+		netip.MustParsePrefix("ff00::/8"),           // multicast
+	}
+}
+
+// addrRange is an inclusive range of addresses of one family.
+type addrRange struct{ first, last netip.Addr }
+
+// mergeBypass splits prefixes by family and merges overlapping and adjacent
+// ones into sorted, disjoint inclusive ranges: the shape an nftables interval
+// set needs (the kernel refuses overlapping intervals). IPv4-mapped IPv6
+// prefixes (::ffff:0:0/96 and longer) count as IPv4. Invalid prefixes are skipped
+// (Validate reports them).
+func mergeBypass(prefixes []netip.Prefix) (v4, v6 []addrRange) {
+	for _, p := range prefixes {
+		if !p.IsValid() {
+			continue
+		}
+		if p.Addr().Is4In6() && p.Bits() >= 96 {
+			p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+		}
+		p = p.Masked()
+		r := addrRange{first: p.Addr(), last: lastAddr(p)}
+		if r.first.Is4() {
+			v4 = append(v4, r)
+		} else {
+			v6 = append(v6, r)
+		}
+	}
+	return mergeRanges(v4), mergeRanges(v6)
+}
+
+func mergeRanges(rs []addrRange) []addrRange {
+	if len(rs) == 0 {
+		return nil
+	}
+	slices.SortFunc(rs, func(a, b addrRange) int {
+		if c := a.first.Compare(b.first); c != 0 {
+			return c
+		}
+		return a.last.Compare(b.last)
+	})
+	out := []addrRange{rs[0]}
+	for _, r := range rs[1:] {
+		cur := &out[len(out)-1]
+		next := cur.last.Next() // invalid when cur reaches the top of the family
+		if !next.IsValid() || r.first.Compare(next) <= 0 {
+			if r.last.Compare(cur.last) > 0 {
+				cur.last = r.last
+			}
+			continue
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// lastAddr returns the highest address in the masked prefix p.
+func lastAddr(p netip.Prefix) netip.Addr {
+	b := p.Addr().AsSlice()
+	bits := p.Bits()
+	for i := range b {
+		for j := 0; j < 8; j++ {
+			if i*8+j >= bits {
+				b[i] |= 0x80 >> j
+			}
+		}
+	}
+	a, _ := netip.AddrFromSlice(b)
+	return a
+}
+
+// rangeString renders r the way `nft list` shows an interval element: a
+// single address, a prefix when r is exactly one, else "first-last".
+func (r addrRange) String() string {
+	if r.first == r.last {
+		return r.first.String()
+	}
+	for bits := r.first.BitLen(); bits >= 0; bits-- {
+		p := netip.PrefixFrom(r.first, bits)
+		if p.Masked().Addr() != r.first {
+			break
+		}
+		if lastAddr(p) == r.last {
+			return p.String()
+		}
+	}
+	return r.first.String() + "-" + r.last.String()
+}
+
+// lanInterfaces returns the interface names sorted and without duplicates.
+func (s Spec) lanInterfaces() []string {
+	names := slices.Clone(s.LANInterfaces)
+	slices.Sort(names)
+	return slices.Compact(names)
+}
