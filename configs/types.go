@@ -1,0 +1,303 @@
+package configs
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Duration is a time.Duration written in YAML as a Go duration string
+// ("300ms", "10s", "1h30m"). The bare number 0 is accepted; other bare
+// numbers are rejected because their unit would be a guess.
+type Duration time.Duration
+
+// Std returns d as a time.Duration.
+func (d Duration) Std() time.Duration { return time.Duration(d) }
+
+// String formats d like time.Duration.
+func (d Duration) String() string { return time.Duration(d).String() }
+
+// ParseDuration parses a non-negative Go duration string, or "0".
+func ParseDuration(s string) (Duration, error) {
+	s = strings.TrimSpace(s)
+	if s == "0" {
+		return 0, nil
+	}
+	if _, err := strconv.ParseFloat(s, 64); err == nil {
+		return 0, fmt.Errorf("duration %q needs a unit, e.g. \"%ss\"", s, s)
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, fmt.Errorf("invalid duration %q (want e.g. \"300ms\", \"10s\", \"2h\")", s)
+	}
+	if d < 0 {
+		return 0, fmt.Errorf("duration %q must not be negative", s)
+	}
+	return Duration(d), nil
+}
+
+// UnmarshalYAML implements yaml.Unmarshaler.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.ScalarNode {
+		return errors.New("expected a duration such as \"10s\"")
+	}
+	v, err := ParseDuration(n.Value)
+	if err != nil {
+		return err
+	}
+	*d = v
+	return nil
+}
+
+// MarshalYAML implements yaml.Marshaler.
+func (d Duration) MarshalYAML() (any, error) { return d.String(), nil }
+
+// PortRange is an inclusive range of ports, From <= To, both >= 1. In YAML:
+// 443, "443" or "1000-2000".
+type PortRange struct {
+	From, To uint16
+}
+
+// ParsePortRange parses "443" or "1000-2000".
+func ParsePortRange(s string) (PortRange, error) {
+	s = strings.TrimSpace(s)
+	from, to, isRange := strings.Cut(s, "-")
+	if !isRange {
+		to = from
+	}
+	a, err := parsePort(from, s)
+	if err != nil {
+		return PortRange{}, err
+	}
+	b, err := parsePort(to, s)
+	if err != nil {
+		return PortRange{}, err
+	}
+	if a > b {
+		return PortRange{}, fmt.Errorf("port range %q is reversed", s)
+	}
+	return PortRange{From: a, To: b}, nil
+}
+
+func parsePort(p, whole string) (uint16, error) {
+	n, err := strconv.ParseUint(strings.TrimSpace(p), 10, 16)
+	if err != nil {
+		return 0, fmt.Errorf("invalid port or port range %q (want 443 or \"1000-2000\")", whole)
+	}
+	if n == 0 {
+		return 0, fmt.Errorf("port 0 in %q is not a port", whole)
+	}
+	return uint16(n), nil
+}
+
+// Contains reports whether p is in r.
+func (r PortRange) Contains(p uint16) bool { return r.From <= p && p <= r.To }
+
+// String formats r as "443" or "1000-2000".
+func (r PortRange) String() string {
+	if r.From == r.To {
+		return strconv.Itoa(int(r.From))
+	}
+	return fmt.Sprintf("%d-%d", r.From, r.To)
+}
+
+// UnmarshalYAML implements yaml.Unmarshaler.
+func (r *PortRange) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.ScalarNode {
+		return errors.New("expected a port or port range such as 443 or \"1000-2000\"")
+	}
+	v, err := ParsePortRange(n.Value)
+	if err != nil {
+		return err
+	}
+	*r = v
+	return nil
+}
+
+// MarshalYAML implements yaml.Marshaler.
+func (r PortRange) MarshalYAML() (any, error) {
+	if r.From == r.To {
+		return int(r.From), nil
+	}
+	return r.String(), nil
+}
+
+// AddrList is a list of listen addresses. In YAML it is a list or a single
+// string; an empty string or an empty list is an explicit "none" (non-nil,
+// empty), while an absent or null key keeps the default.
+type AddrList []string
+
+// UnmarshalYAML implements yaml.Unmarshaler.
+func (l *AddrList) UnmarshalYAML(n *yaml.Node) error {
+	switch n.Kind {
+	case yaml.ScalarNode:
+		if strings.TrimSpace(n.Value) == "" {
+			*l = AddrList{}
+		} else {
+			*l = AddrList{n.Value}
+		}
+		return nil
+	case yaml.SequenceNode:
+		out := make(AddrList, 0, len(n.Content))
+		for _, e := range n.Content {
+			if e.Kind == yaml.AliasNode {
+				e = e.Alias
+			}
+			if e == nil || e.Kind != yaml.ScalarNode {
+				return errors.New("expected a list of host:port strings")
+			}
+			out = append(out, e.Value)
+		}
+		*l = out
+		return nil
+	}
+	return errors.New("expected a host:port string or a list of them")
+}
+
+// Secret is a string that formats as "xxxxx" so it cannot reach a log by
+// accident; use string(s) for the value.
+type Secret string
+
+// String implements fmt.Stringer with the value redacted.
+func (s Secret) String() string {
+	if s == "" {
+		return ""
+	}
+	return "xxxxx"
+}
+
+// GoString implements fmt.GoStringer with the value redacted.
+func (s Secret) GoString() string { return strconv.Quote(s.String()) }
+
+// MarshalYAML implements yaml.Marshaler with the value redacted.
+func (s Secret) MarshalYAML() (any, error) { return s.String(), nil }
+
+// ListenAddr is a parsed listen address.
+type ListenAddr struct {
+	// Host is an IP literal, a name, "" (every address) or ListenLAN.
+	Host string
+	// Port is the port; 0 picks a free one (tests).
+	Port uint16
+	// LAN is true when Host is the keyword "lan": listen on each address of
+	// lan.interfaces (resolved by the daemon at runtime).
+	LAN bool
+}
+
+// ParseListenAddr parses a listen address: "127.0.0.1:8080", "[::1]:1080",
+// "localhost:8080", ":8080" (every address) or "lan:8080".
+func ParseListenAddr(s string) (ListenAddr, error) {
+	host, port, err := splitHostPort(s, true)
+	if err != nil {
+		return ListenAddr{}, err
+	}
+	return ListenAddr{Host: host, Port: port, LAN: host == ListenLAN}, nil
+}
+
+// AllAddresses reports whether a listens on every local address.
+func (a ListenAddr) AllAddresses() bool {
+	if a.Host == "" {
+		return true
+	}
+	ip, err := netip.ParseAddr(a.Host)
+	return err == nil && ip.IsUnspecified()
+}
+
+// splitHostPort checks host:port. The host may be empty only when
+// emptyHostOK; it is an IP literal or a DNS name.
+func splitHostPort(s string, emptyHostOK bool) (string, uint16, error) {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return "", 0, fmt.Errorf("%q is not host:port", s)
+	}
+	n, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		return "", 0, fmt.Errorf("%q: invalid port %q", s, port)
+	}
+	switch {
+	case host == "":
+		if !emptyHostOK {
+			return "", 0, fmt.Errorf("%q: missing host", s)
+		}
+	case strings.Contains(host, ":"):
+		if _, err := netip.ParseAddr(host); err != nil {
+			return "", 0, fmt.Errorf("%q: invalid IPv6 address %q", s, host)
+		}
+	default:
+		if _, err := netip.ParseAddr(host); err != nil && !validHostname(host) {
+			return "", 0, fmt.Errorf("%q: invalid host %q", s, host)
+		}
+	}
+	return host, uint16(n), nil
+}
+
+// validHostname reports whether h is a plausible DNS name (letters, digits,
+// '-', '_', dot-separated non-empty labels, at most 253 bytes).
+func validHostname(h string) bool {
+	h = strings.TrimSuffix(h, ".")
+	if h == "" || len(h) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(h, ".") {
+		if label == "" || len(label) > 63 {
+			return false
+		}
+		for _, c := range label {
+			switch {
+			case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '-', c == '_':
+			default:
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// normalizeDomain lowercases a rule's domain pattern and rewrites the suffix
+// forms ("*.example.com", ".example.com") to ".example.com".
+func normalizeDomain(p string) (string, error) {
+	d := strings.ToLower(strings.TrimSpace(p))
+	suffix := false
+	switch {
+	case strings.HasPrefix(d, "*."):
+		suffix, d = true, d[2:]
+	case strings.HasPrefix(d, "."):
+		suffix, d = true, d[1:]
+	}
+	d = strings.TrimSuffix(d, ".")
+	if !validHostname(d) {
+		return "", fmt.Errorf("invalid domain pattern %q (want \"example.com\", \".example.com\" or \"*.example.com\")", p)
+	}
+	if suffix {
+		return "." + d, nil
+	}
+	return d, nil
+}
+
+// MatchDomain reports whether a flow's name matches a normalised rule domain
+// pattern (as stored in Rule.Domain by Parse): "example.com" matches exactly
+// that name; ".example.com" matches example.com and every name under it.
+// The name is compared case-insensitively, a trailing dot ignored.
+func MatchDomain(pattern, name string) bool {
+	if name == "" || pattern == "" {
+		return false
+	}
+	name = strings.TrimSuffix(name, ".")
+	pattern = strings.TrimPrefix(pattern, "*")
+	if pattern == "" {
+		return false
+	}
+	if pattern[0] != '.' {
+		return strings.EqualFold(name, pattern)
+	}
+	base := pattern[1:]
+	if len(name) == len(base) {
+		return strings.EqualFold(name, base)
+	}
+	return len(name) > len(pattern) && strings.EqualFold(name[len(name)-len(pattern):], pattern)
+}

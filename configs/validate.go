@@ -1,0 +1,486 @@
+package configs
+
+import (
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+)
+
+// ValidationError holds every problem found in a configuration, each naming
+// its field path ("upstreams[1].url: unsupported scheme \"sock5\"") and, for
+// problems in the document itself, its line ("line 7: upstreams[0].ulr:
+// unknown key ...").
+type ValidationError struct {
+	// File is the file the problems are in, when known (set by Load).
+	File string
+	// Problems are the messages, in document order.
+	Problems []string
+}
+
+// Error joins the problems with "\n", each prefixed with "File: " when File
+// is set.
+func (e *ValidationError) Error() string {
+	if e.File == "" {
+		return strings.Join(e.Problems, "\n")
+	}
+	var b strings.Builder
+	for i, p := range e.Problems {
+		if i > 0 {
+			b.WriteByte('\n')
+		}
+		b.WriteString(e.File)
+		b.WriteString(": ")
+		b.WriteString(p)
+	}
+	return b.String()
+}
+
+type problems []string
+
+func (p *problems) add(path, format string, args ...any) {
+	*p = append(*p, path+": "+fmt.Sprintf(format, args...))
+}
+
+// oneOf checks an enumerated value.
+func (p *problems) oneOf(path, v string, allowed ...string) {
+	for _, a := range allowed {
+		if v == a {
+			return
+		}
+	}
+	p.add(path, "must be one of %s (got %q)", strings.Join(allowed, ", "), v)
+}
+
+func (p *problems) positive(path string, d Duration) {
+	if d <= 0 {
+		p.add(path, "must be positive")
+	}
+}
+
+func (p *problems) nonNegative(path string, d Duration) {
+	if d < 0 {
+		p.add(path, "must not be negative")
+	}
+}
+
+func (p *problems) prefixes(path string, ps []netip.Prefix) {
+	for i, pr := range ps {
+		if !pr.IsValid() {
+			p.add(fmt.Sprintf("%s[%d]", path, i), "invalid prefix")
+		}
+	}
+}
+
+func (p *problems) portRanges(path string, rs []PortRange) {
+	for i, r := range rs {
+		if r.From == 0 || r.From > r.To {
+			p.add(fmt.Sprintf("%s[%d]", path, i), "invalid port range %d-%d", r.From, r.To)
+		}
+	}
+}
+
+// Validate checks the whole configuration and returns a *ValidationError
+// holding every problem, or nil. It does not apply defaults: use it on
+// configurations from Parse, Load or Default, possibly modified.
+func (c *Config) Validate() error {
+	var p problems
+	p.oneOf("log.level", c.Log.Level, LogDebug, LogInfo, LogWarn, LogError)
+	p.oneOf("log.format", c.Log.Format, LogText, LogJSON)
+	c.validateLAN(&p)
+	c.validateTransparent(&p)
+	c.validateListen(&p)
+	c.validateUpstreams(&p)
+	c.validateGroups(&p)
+	c.validateRules(&p)
+
+	p.positive("timeouts.dial", c.Timeouts.Dial)
+	p.positive("timeouts.handshake", c.Timeouts.Handshake)
+	p.nonNegative("timeouts.idle", c.Timeouts.Idle)
+	p.nonNegative("timeouts.grace", c.Timeouts.Grace)
+	if c.Mark == 0 {
+		p.add("mark", "must be non-zero")
+	}
+	p.oneOf("on_crash", c.OnCrash, OnCrashClosed, OnCrashOpen)
+	if c.Limits.MaxFlows < 0 {
+		p.add("limits.max_flows", "must not be negative")
+	}
+	if c.Limits.MaxFlowsPerSource < 0 {
+		p.add("limits.max_flows_per_source", "must not be negative")
+	}
+	if c.Limits.MaxFlows > 0 && c.Limits.MaxFlowsPerSource > c.Limits.MaxFlows {
+		p.add("limits.max_flows_per_source", "exceeds limits.max_flows")
+	}
+	p.oneOf("relay", c.Relay, RelayAuto, RelaySplice, RelayBuffered, RelayKernel)
+	if c.Admin != "" {
+		if _, _, err := splitHostPort(c.Admin, true); err != nil {
+			p.add("admin", "%v", err)
+		}
+	}
+	if len(p) == 0 {
+		return nil
+	}
+	return &ValidationError{Problems: p}
+}
+
+func (c *Config) validateLAN(p *problems) {
+	seen := map[string]int{}
+	for i, name := range c.LAN.Interfaces {
+		path := fmt.Sprintf("lan.interfaces[%d]", i)
+		switch {
+		case name == "":
+			p.add(path, "must not be empty")
+		case len(name) > 15:
+			p.add(path, "interface name %q is longer than 15 bytes", name)
+		case strings.ContainsAny(name, "/: \t\n") || name == "." || name == "..":
+			p.add(path, "invalid interface name %q", name)
+		}
+		if j, dup := seen[name]; dup {
+			p.add(path, "duplicate of lan.interfaces[%d]", j)
+		} else {
+			seen[name] = i
+		}
+	}
+	p.prefixes("lan.prefixes", c.LAN.Prefixes)
+}
+
+func (c *Config) validateTransparent(p *problems) {
+	t := &c.Transparent
+	if t.TCPPort == 0 {
+		p.add("transparent.tcp_port", "must be 1-65535")
+	}
+	p.oneOf("transparent.tcp_mode", t.TCPMode, TCPModeRedirect, TCPModeTProxy)
+	if t.UDPPort == 0 {
+		p.add("transparent.udp_port", "must be 1-65535")
+	}
+	p.positive("transparent.udp_idle", t.UDPIdle)
+	if t.UDPMaxSessions <= 0 {
+		p.add("transparent.udp_max_sessions", "must be positive")
+	}
+	p.oneOf("transparent.udp_without_support", t.UDPOverTCPUpstream, UDPBlock, UDPDirect)
+	p.prefixes("transparent.bypass", t.Bypass)
+	switch {
+	case t.TProxyMark == 0:
+		p.add("transparent.tproxy_mark", "must be non-zero")
+	case t.TProxyMark == c.Mark:
+		p.add("transparent.tproxy_mark", "must differ from mark")
+	}
+	switch t.RouteTable {
+	case 253, 254, 255:
+		p.add("transparent.route_table", "%d is reserved (253 default, 254 main, 255 local)", t.RouteTable)
+	default:
+		if t.RouteTable <= 0 || int64(t.RouteTable) > 0xFFFFFFFF {
+			p.add("transparent.route_table", "must be 1-4294967295")
+		}
+	}
+	if t.RulePriority < 1 || t.RulePriority > 32765 {
+		p.add("transparent.rule_priority", "must be 1-32765 (0, 32766 and 32767 hold the kernel's own rules)")
+	}
+	if t.Sniff.Enabled {
+		p.positive("transparent.sniff.timeout", t.Sniff.Timeout)
+	}
+	p.portRanges("transparent.sniff.ports", t.Sniff.Ports)
+}
+
+func (c *Config) validateListen(p *problems) {
+	used := map[string]string{}
+	for _, l := range []struct {
+		key   string
+		addrs AddrList
+	}{{"http", c.Listen.HTTP}, {"socks", c.Listen.SOCKS}, {"mixed", c.Listen.Mixed}} {
+		for i, s := range l.addrs {
+			path := fmt.Sprintf("listen.%s[%d]", l.key, i)
+			a, err := ParseListenAddr(s)
+			if err != nil {
+				p.add(path, "%v", err)
+				continue
+			}
+			if a.Port != 0 {
+				if prev, dup := used[s]; dup {
+					p.add(path, "%q is already used by %s", s, prev)
+				} else {
+					used[s] = path
+				}
+				if len(c.LAN.Interfaces) > 0 && a.Port == c.Transparent.TCPPort {
+					p.add(path, "port %d is transparent.tcp_port", a.Port)
+				}
+			}
+		}
+	}
+	seen := map[string]int{}
+	for i, u := range c.Listen.Users {
+		path := fmt.Sprintf("listen.users[%d]", i)
+		switch {
+		case u.Username == "":
+			p.add(path+".username", "required")
+		case len(u.Username) > 255:
+			p.add(path+".username", "longer than 255 bytes")
+		case strings.Contains(u.Username, ":"):
+			p.add(path+".username", "must not contain ':'")
+		}
+		if j, dup := seen[u.Username]; dup && u.Username != "" {
+			p.add(path+".username", "duplicate of listen.users[%d]", j)
+		} else {
+			seen[u.Username] = i
+		}
+		switch {
+		case u.Password == "":
+			p.add(path+".password", "required")
+		case len(u.Password) > 255:
+			p.add(path+".password", "longer than 255 bytes")
+		}
+	}
+	p.prefixes("listen.allow", c.Listen.Allow)
+}
+
+// validName reports whether s is usable as an upstream or group name.
+func validName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for _, r := range s {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '-', r == '_', r == '.':
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+func checkName(p *problems, path, name string) {
+	switch {
+	case name == "":
+		p.add(path, "required")
+	case !validName(name):
+		p.add(path, "%q may hold only letters, digits, '-', '_' and '.'", name)
+	}
+}
+
+func (c *Config) upstreamIndex(name string) int {
+	for i := range c.Upstreams {
+		if c.Upstreams[i].Name == name {
+			return i
+		}
+	}
+	return -1
+}
+
+func (c *Config) groupIndex(name string) int {
+	for i := range c.Groups {
+		if c.Groups[i].Name == name {
+			return i
+		}
+	}
+	return -1
+}
+
+func (c *Config) validateUpstreams(p *problems) {
+	for i := range c.Upstreams {
+		u := &c.Upstreams[i]
+		path := fmt.Sprintf("upstreams[%d]", i)
+		checkName(p, path+".name", u.Name)
+		if j := c.upstreamIndex(u.Name); u.Name != "" && j < i {
+			p.add(path+".name", "duplicate of upstreams[%d]", j)
+		}
+		validateUpstreamURL(p, path+".url", u)
+		if u.Via != "" {
+			switch {
+			case u.URL != nil && u.URL.Scheme == SchemeDirect:
+				p.add(path+".via", "a direct upstream cannot have via")
+			case c.upstreamIndex(u.Via) < 0 && c.groupIndex(u.Via) >= 0:
+				p.add(path+".via", "%q is a group; via must name an upstream", u.Via)
+			case c.upstreamIndex(u.Via) < 0:
+				p.add(path+".via", "no upstream named %q", u.Via)
+			}
+		}
+	}
+	c.validateViaCycles(p)
+}
+
+func validateUpstreamURL(p *problems, path string, u *Upstream) {
+	if u.urlErr != "" {
+		p.add(path, "%s", u.urlErr)
+		return
+	}
+	if u.URL == nil {
+		p.add(path, "required")
+		return
+	}
+	url := u.URL
+	switch url.Scheme {
+	case SchemeDirect:
+		if url.Host != "" || url.User != nil || url.Opaque != "" {
+			p.add(path, "direct takes no host or credentials: write \"direct://\"")
+		}
+		return
+	case SchemeSOCKS5, SchemeSOCKS5H, SchemeSOCKS4, SchemeSOCKS4A, SchemeHTTP:
+	default:
+		p.add(path, "unsupported scheme %q (want socks5, socks5h, socks4, socks4a, http or direct)", url.Scheme)
+		return
+	}
+	switch {
+	case url.Hostname() == "":
+		p.add(path, "missing host")
+	case url.Port() == "":
+		p.add(path, "missing port (e.g. %s://%s:1080)", url.Scheme, url.Hostname())
+	default:
+		if n, err := strconv.ParseUint(url.Port(), 10, 16); err != nil || n == 0 {
+			p.add(path, "invalid port %q", url.Port())
+		}
+		if h := url.Hostname(); !validHostname(h) {
+			if _, err := netip.ParseAddr(h); err != nil {
+				p.add(path, "invalid host %q", h)
+			}
+		}
+	}
+	if url.Opaque != "" || (url.Path != "" && url.Path != "/") || url.RawQuery != "" || url.Fragment != "" {
+		p.add(path, "unexpected path, query or fragment")
+	}
+	if url.User != nil {
+		pw, hasPW := url.User.Password()
+		switch {
+		case (url.Scheme == SchemeSOCKS4 || url.Scheme == SchemeSOCKS4A) && hasPW:
+			p.add(path, "%s carries no password (the username is sent as the user id)", url.Scheme)
+		case url.Scheme == SchemeSOCKS5 || url.Scheme == SchemeSOCKS5H:
+			if len(url.User.Username()) > 255 || len(pw) > 255 {
+				p.add(path, "username and password must be at most 255 bytes each (RFC 1929)")
+			}
+			if url.User.Username() == "" {
+				p.add(path, "empty username (RFC 1929 needs 1-255 bytes)")
+			}
+		}
+	}
+}
+
+// validateViaCycles reports each via cycle once, at its member listed first.
+func (c *Config) validateViaCycles(p *problems) {
+	for i := range c.Upstreams {
+		start := &c.Upstreams[i]
+		if start.Via == "" || c.upstreamIndex(start.Name) != i {
+			continue
+		}
+		chain := []string{start.Name}
+		onChain := map[int]bool{i: true}
+		minIdx := i
+		cur := start
+		for cur.Via != "" {
+			j := c.upstreamIndex(cur.Via)
+			if j < 0 {
+				break
+			}
+			if j == i {
+				if minIdx == i {
+					chain = append(chain, start.Name)
+					p.add(fmt.Sprintf("upstreams[%d].via", i), "cycle %s", strings.Join(chain, " -> "))
+				}
+				break
+			}
+			if onChain[j] {
+				break // a cycle not through start: reported from its own member
+			}
+			onChain[j] = true
+			minIdx = min(minIdx, j)
+			cur = &c.Upstreams[j]
+			chain = append(chain, cur.Name)
+		}
+	}
+}
+
+func (c *Config) validateGroups(p *problems) {
+	for i := range c.Groups {
+		g := &c.Groups[i]
+		path := fmt.Sprintf("groups[%d]", i)
+		checkName(p, path+".name", g.Name)
+		if j := c.groupIndex(g.Name); g.Name != "" && j < i {
+			p.add(path+".name", "duplicate of groups[%d]", j)
+		} else if j := c.upstreamIndex(g.Name); g.Name != "" && j >= 0 {
+			p.add(path+".name", "%q is already the name of upstreams[%d]", g.Name, j)
+		}
+		p.oneOf(path+".policy", g.Policy, PolicyFailover, PolicyRoundRobin, PolicyLeastConnections)
+		if len(g.Upstreams) == 0 {
+			p.add(path+".upstreams", "at least one upstream required")
+		}
+		seen := map[string]int{}
+		for j, name := range g.Upstreams {
+			mp := fmt.Sprintf("%s.upstreams[%d]", path, j)
+			switch {
+			case c.upstreamIndex(name) >= 0:
+			case c.groupIndex(name) >= 0:
+				p.add(mp, "%q is a group; groups hold upstreams only", name)
+			default:
+				p.add(mp, "no upstream named %q", name)
+			}
+			if k, dup := seen[name]; dup {
+				p.add(mp, "duplicate of %s.upstreams[%d]", path, k)
+			} else {
+				seen[name] = j
+			}
+		}
+		p.oneOf(path+".on_down", g.OnDown, OnDownBlock, OnDownDirect)
+		h := &g.Health
+		p.nonNegative(path+".health.interval", h.Interval)
+		if h.Interval > 0 {
+			p.positive(path+".health.timeout", h.Timeout)
+		}
+		if h.Rise < 1 {
+			p.add(path+".health.rise", "must be at least 1")
+		}
+		if h.Fall < 1 {
+			p.add(path+".health.fall", "must be at least 1")
+		}
+		if h.Probe != "" {
+			if _, port, err := splitHostPort(h.Probe, false); err != nil {
+				p.add(path+".health.probe", "%v", err)
+			} else if port == 0 {
+				p.add(path+".health.probe", "port must be 1-65535")
+			}
+		}
+	}
+}
+
+func (c *Config) validateRules(p *problems) {
+	names := map[string]int{}
+	for i := range c.Rules {
+		r := &c.Rules[i]
+		path := fmt.Sprintf("rules[%d]", i)
+		if r.Name == "" {
+			p.add(path+".name", "required")
+		} else if j, dup := names[r.Name]; dup {
+			p.add(path+".name", "%q is already the name of rules[%d]", r.Name, j)
+		} else {
+			names[r.Name] = i
+		}
+		for j, v := range r.Protocol {
+			p.oneOf(fmt.Sprintf("%s.protocol[%d]", path, j), v, ProtocolTCP, ProtocolUDP)
+		}
+		p.prefixes(path+".dst", r.Dst)
+		p.portRanges(path+".dst_ports", r.DstPorts)
+		p.prefixes(path+".src", r.Src)
+		for j, v := range r.Inbound {
+			p.oneOf(fmt.Sprintf("%s.inbound[%d]", path, j), v, InboundTransparent, InboundHTTP, InboundSOCKS)
+		}
+		for j, d := range r.Domain {
+			if _, err := normalizeDomain(d); err != nil {
+				p.add(fmt.Sprintf("%s.domain[%d]", path, j), "%v", err)
+			}
+		}
+		switch r.Action {
+		case ActionProxy:
+			switch {
+			case r.Upstream == "":
+				p.add(path+".upstream", "required for action proxy")
+			case c.upstreamIndex(r.Upstream) < 0 && c.groupIndex(r.Upstream) < 0:
+				p.add(path+".upstream", "no upstream or group named %q", r.Upstream)
+			}
+		case ActionDirect, ActionBlock:
+			if r.Upstream != "" {
+				p.add(path+".upstream", "only used with action proxy (action is %s)", r.Action)
+			}
+		case "":
+			p.add(path+".action", "required (direct, proxy or block)")
+		default:
+			p.oneOf(path+".action", r.Action, ActionDirect, ActionProxy, ActionBlock)
+		}
+	}
+}
