@@ -181,7 +181,9 @@ func (tc *tableConn) install(p tablePlan, oldName string) error {
 	// Set IDs only need to be unique within the batch; fixed ones keep the
 	// library's global allocator (unsynchronised across connections) out of it.
 	sets := setRefs{
-		lan:     &nftables.Set{Table: t, Name: setLAN, ID: 1, KeyType: nftables.TypeIFName},
+		// ifname keys are strings in host order; the user data saying so lets
+		// nft print them as names.
+		lan:     &nftables.Set{Table: t, Name: setLAN, ID: 1, KeyType: nftables.TypeIFName, KeyByteOrder: binaryutil.NativeEndian},
 		bypass4: &nftables.Set{Table: t, Name: setBypass4, ID: 2, KeyType: nftables.TypeIPAddr, Interval: true},
 		bypass6: &nftables.Set{Table: t, Name: setBypass6, ID: 3, KeyType: nftables.TypeIP6Addr, Interval: true},
 	}
