@@ -1,0 +1,319 @@
+package socksclient
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/socksgate/socksgate/socks"
+)
+
+// ListenPacket opens a SOCKS5 UDP association (UDP ASSOCIATE) and returns it as a
+// net.PacketConn (an *Association) whose WriteTo carries the real destination.
+//
+// The request's DST.ADDR is 0.0.0.0:0 ("any source"): servers such as dante enforce the address
+// given there as the client's UDP source. An unspecified BND.ADDR in the reply means the proxy's
+// own address: the host of Address when it is an IP literal, else the remote address of the
+// control connection. ctx bounds the handshake only; the association then lives until Close or
+// until the proxy ends its control connection. SOCKS4 and SOCKS4a return ErrUDPUnsupported.
+//
+// Errors are *net.OpError{Op: "socks udp associate", Net: "udp", Source: the proxy}, wrapping
+// the same errors as DialContext.
+func (d *Dialer) ListenPacket(ctx context.Context) (net.PacketConn, error) {
+	proxy := d.proxyAddr()
+	opErr := func(err error) error {
+		return &net.OpError{Op: "socks udp associate", Net: "udp", Source: proxy, Err: err}
+	}
+	if d.Version != SOCKS5 {
+		return nil, opErr(ErrUDPUnsupported)
+	}
+	c, err := d.dialProxy(ctx)
+	if err != nil {
+		return nil, opErr(err)
+	}
+	var bnd socks.Addr
+	err = withContext(ctx, c, func() error {
+		var err error
+		bnd, err = d.handshake5(c, socks.CmdUDPAssociate, socks.Addr{IP: netip.IPv4Unspecified()})
+		return err
+	})
+	if err != nil {
+		c.Close()
+		return nil, opErr(err)
+	}
+	relay, err := d.relayAddr(ctx, c, bnd)
+	if err != nil {
+		c.Close()
+		return nil, opErr(err)
+	}
+	listen := d.ListenUDP
+	if listen == nil {
+		var lc net.ListenConfig
+		listen = lc.ListenPacket
+	}
+	network := "udp6"
+	if relay.Addr().Is4() {
+		network = "udp4"
+	}
+	pc, err := listen(ctx, network, ":0")
+	if err != nil {
+		c.Close()
+		return nil, opErr(fmt.Errorf("open udp socket: %w", err))
+	}
+	a := &Association{
+		ctrl:      c,
+		pc:        pc,
+		relay:     relay,
+		relayAddr: net.UDPAddrFromAddrPort(relay),
+		done:      make(chan struct{}),
+	}
+	a.udp, _ = pc.(*net.UDPConn)
+	go a.watch()
+	return a, nil
+}
+
+// relayAddr turns the reply's BND.ADDR into the address to send datagrams to.
+func (d *Dialer) relayAddr(ctx context.Context, ctrl net.Conn, bnd socks.Addr) (netip.AddrPort, error) {
+	if bnd.Port == 0 {
+		return netip.AddrPort{}, fmt.Errorf("%w: udp relay port 0 in reply", ErrProtocol)
+	}
+	if bnd.IsName() {
+		ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", bnd.Name)
+		if err != nil || len(ips) == 0 {
+			return netip.AddrPort{}, fmt.Errorf("resolve udp relay %q: %w", bnd.Name, err)
+		}
+		return netip.AddrPortFrom(ips[0].Unmap(), bnd.Port), nil
+	}
+	ip := bnd.IP.Unmap()
+	if !ip.IsUnspecified() {
+		return netip.AddrPortFrom(ip, bnd.Port), nil
+	}
+	// The proxy's own address. Address wins over the control connection's peer, which is the
+	// next hop, not the proxy, when ProxyDial goes through another proxy.
+	if host, _, err := net.SplitHostPort(d.Address); err == nil {
+		if pip, err := netip.ParseAddr(host); err == nil {
+			return netip.AddrPortFrom(pip.Unmap().WithZone(""), bnd.Port), nil
+		}
+	}
+	remote := ctrl.RemoteAddr()
+	if ta, ok := remote.(*net.TCPAddr); ok {
+		return netip.AddrPortFrom(ta.AddrPort().Addr().Unmap().WithZone(""), bnd.Port), nil
+	}
+	if ap, err := netip.ParseAddrPort(remote.String()); err == nil {
+		return netip.AddrPortFrom(ap.Addr().Unmap(), bnd.Port), nil
+	}
+	return netip.AddrPort{}, fmt.Errorf("udp relay address unspecified and proxy address %q unknown", d.Address)
+}
+
+// Association is a SOCKS5 UDP association: a local UDP socket talking to the proxy's relay,
+// and the TCP control connection that keeps the association alive. A goroutine reads the control
+// connection; when the proxy closes it (or it fails), the association ends: pending and later
+// reads and writes return an error wrapping the cause, and Done is closed.
+//
+// Datagrams from anywhere but the relay, fragmented datagrams (FRAG not 0) and malformed ones
+// are dropped and counted (Dropped). Reads and writes reuse per-association buffers; the
+// ReadFromSocks and WriteToSocks forms allocate nothing for IP addresses.
+type Association struct {
+	ctrl      net.Conn
+	pc        net.PacketConn
+	udp       *net.UDPConn // pc, when it is one
+	relay     netip.AddrPort
+	relayAddr *net.UDPAddr
+
+	wmu  sync.Mutex
+	wbuf []byte
+	rmu  sync.Mutex
+	rbuf []byte
+
+	dropped atomic.Uint64
+
+	once  sync.Once
+	done  chan struct{}
+	mu    sync.Mutex
+	cause error // why the association ended; nil after Close
+}
+
+// RelayAddr is the proxy's UDP relay address that datagrams are sent to.
+func (a *Association) RelayAddr() netip.AddrPort { return a.relay }
+
+// Done is closed when the association ends, by Close or by the loss of the control connection.
+func (a *Association) Done() <-chan struct{} { return a.done }
+
+// Err returns why the association ended: nil while it lives or after Close, else the control
+// connection's failure.
+func (a *Association) Err() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.cause
+}
+
+// Dropped counts datagrams discarded on receive: not from the relay, fragmented or malformed.
+func (a *Association) Dropped() uint64 { return a.dropped.Load() }
+
+// watch reads the control connection until it fails; the proxy sends nothing on it.
+func (a *Association) watch() {
+	var buf [64]byte
+	for {
+		if _, err := a.ctrl.Read(buf[:]); err != nil {
+			a.shutdown(fmt.Errorf("udp association ended: control connection: %w", err))
+			return
+		}
+	}
+}
+
+func (a *Association) shutdown(cause error) error {
+	err := net.ErrClosed
+	a.once.Do(func() {
+		a.mu.Lock()
+		a.cause = cause
+		a.mu.Unlock()
+		close(a.done)
+		err = a.pc.Close()
+		if cerr := a.ctrl.Close(); err == nil && cause == nil {
+			err = cerr
+		}
+	})
+	return err
+}
+
+// Close ends the association: the UDP socket and the control connection are closed.
+func (a *Association) Close() error { return a.shutdown(nil) }
+
+// ioErr builds the error of a failed read or write, naming the control connection's loss when
+// that is what ended the association.
+func (a *Association) ioErr(op string, addr net.Addr, err error) error {
+	if cause := a.Err(); cause != nil && errors.Is(err, net.ErrClosed) {
+		err = cause
+	} else if oe, ok := err.(*net.OpError); ok {
+		err = oe.Err
+	}
+	return &net.OpError{Op: op, Net: "udp", Source: a.pc.LocalAddr(), Addr: addr, Err: err}
+}
+
+// ReadFromSocks reads one datagram's payload into b and returns its remote address: an IP
+// address, or a name when the relay sent a domain (allocating only then). A payload longer than b
+// is truncated.
+func (a *Association) ReadFromSocks(b []byte) (int, socks.Addr, error) {
+	a.rmu.Lock()
+	defer a.rmu.Unlock()
+	need := len(b) + socks.MaxUDPHeaderLen
+	if cap(a.rbuf) < need {
+		a.rbuf = make([]byte, need)
+	}
+	buf := a.rbuf[:need]
+	for {
+		n, src, err := a.readRaw(buf)
+		if err != nil {
+			return 0, socks.Addr{}, a.ioErr("read", a.relayAddr, err)
+		}
+		if src != a.relay {
+			a.dropped.Add(1)
+			continue
+		}
+		h, hl, err := socks.ParseUDPHeader(buf[:n])
+		if err != nil || h.Frag != 0 {
+			a.dropped.Add(1)
+			continue
+		}
+		return copy(b, buf[hl:n]), h.Addr, nil
+	}
+}
+
+func (a *Association) readRaw(buf []byte) (int, netip.AddrPort, error) {
+	if a.udp != nil {
+		n, ap, err := a.udp.ReadFromUDPAddrPort(buf)
+		return n, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), err
+	}
+	n, addr, err := a.pc.ReadFrom(buf)
+	if err != nil {
+		return n, netip.AddrPort{}, err
+	}
+	var ap netip.AddrPort
+	if ua, ok := addr.(*net.UDPAddr); ok {
+		ap = ua.AddrPort()
+	} else {
+		ap, _ = netip.ParseAddrPort(addr.String())
+	}
+	return n, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
+}
+
+// ReadFrom implements net.PacketConn. The address is a *net.UDPAddr, or a socks.Addr when the
+// relay named the remote by a domain.
+func (a *Association) ReadFrom(b []byte) (int, net.Addr, error) {
+	n, from, err := a.ReadFromSocks(b)
+	if err != nil {
+		return 0, nil, err
+	}
+	if ap, ok := from.AddrPort(); ok {
+		return n, net.UDPAddrFromAddrPort(ap), nil
+	}
+	return n, from, nil
+}
+
+// WriteToSocks sends b to the remote to through the relay. It returns len(b) on success.
+func (a *Association) WriteToSocks(b []byte, to socks.Addr) (int, error) {
+	a.wmu.Lock()
+	defer a.wmu.Unlock()
+	buf, err := socks.AppendUDPHeader(a.wbuf[:0], socks.UDPHeader{Addr: to})
+	if err != nil {
+		return 0, &net.OpError{Op: "write", Net: "udp", Source: a.pc.LocalAddr(), Addr: to, Err: err}
+	}
+	buf = append(buf, b...)
+	a.wbuf = buf[:0] // keep the grown buffer
+	if a.udp != nil {
+		_, err = a.udp.WriteToUDPAddrPort(buf, a.relay)
+	} else {
+		_, err = a.pc.WriteTo(buf, a.relayAddr)
+	}
+	if err != nil {
+		return 0, a.ioErr("write", to, err)
+	}
+	return len(b), nil
+}
+
+// WriteTo implements net.PacketConn. addr is a *net.UDPAddr (an IPv6 zone is dropped: it means
+// nothing at the proxy), a socks.Addr (possibly a name, resolved by the proxy), or any net.Addr
+// whose String is "host:port".
+func (a *Association) WriteTo(b []byte, addr net.Addr) (int, error) {
+	var to socks.Addr
+	switch v := addr.(type) {
+	case *net.UDPAddr:
+		ap := v.AddrPort()
+		to = socks.Addr{IP: ap.Addr().WithZone(""), Port: ap.Port()}
+	case socks.Addr:
+		to = v
+	case *socks.Addr:
+		to = *v
+	default:
+		var err error
+		if addr == nil {
+			err = errors.New("no destination address")
+		} else if to, err = socks.ParseAddr(addr.String()); err != nil {
+			err = fmt.Errorf("destination: %w", err)
+		}
+		if err != nil {
+			return 0, &net.OpError{Op: "write", Net: "udp", Source: a.pc.LocalAddr(), Addr: addr, Err: err}
+		}
+	}
+	if !to.IsName() && !to.IP.IsValid() {
+		return 0, &net.OpError{Op: "write", Net: "udp", Source: a.pc.LocalAddr(), Addr: addr, Err: errors.New("invalid destination address")}
+	}
+	return a.WriteToSocks(b, to)
+}
+
+// LocalAddr is the local UDP socket's address.
+func (a *Association) LocalAddr() net.Addr { return a.pc.LocalAddr() }
+
+// SetDeadline sets the UDP socket's read and write deadlines.
+func (a *Association) SetDeadline(t time.Time) error { return a.pc.SetDeadline(t) }
+
+// SetReadDeadline sets the UDP socket's read deadline.
+func (a *Association) SetReadDeadline(t time.Time) error { return a.pc.SetReadDeadline(t) }
+
+// SetWriteDeadline sets the UDP socket's write deadline.
+func (a *Association) SetWriteDeadline(t time.Time) error { return a.pc.SetWriteDeadline(t) }
