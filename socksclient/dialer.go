@@ -264,7 +264,11 @@ func withContext(ctx context.Context, c net.Conn, handshake func() error) error 
 	}
 	if err != nil {
 		if cerr := ctx.Err(); cerr != nil {
-			return cerr // the context's deadline, seen first by the connection
+			return cerr
+		}
+		if dl, ok := ctx.Deadline(); ok && !time.Now().Before(dl) {
+			// The connection saw the context's deadline before the context's own timer did.
+			return context.DeadlineExceeded
 		}
 		return err
 	}
