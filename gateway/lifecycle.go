@@ -88,4 +88,3 @@ func (g *Gateway) RunIdleSweeper(ctx context.Context) {
 		}
 	}
 }
-

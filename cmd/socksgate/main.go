@@ -1,9 +1,183 @@
+// Command socksgate is a transparent gateway proxy: on a Linux router it captures the LAN's TCP
+// (and UDP) flows with nftables and relays them through upstream proxies, and it serves
+// explicit HTTP and SOCKS proxy ports with the same routing.
+//
+//	socksgate run     [-c FILE]   serve (the embedded default config without -c)
+//	socksgate check    -c FILE    validate a config; non-zero exit with the error list
+//	socksgate rules   [-c FILE]   print the nftables rules it would install, without root
+//	socksgate version
 package main
+
 import (
-_ "github.com/google/nftables"
-_ "github.com/vishvananda/netlink"
-_ "golang.org/x/sys/unix"
-_ "github.com/sirupsen/logrus"
-_ "go.yaml.in/yaml/v3"
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"syscall"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/socksgate/socksgate/configs"
+	"github.com/socksgate/socksgate/gateway"
+	"github.com/socksgate/socksgate/redirect"
 )
-func main(){}
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = ""
+
+const usage = `usage: socksgate <command> [flags]
+
+commands:
+  run     [-c FILE]   run the gateway (with no -c: the embedded default config)
+  check    -c FILE    validate a config file and print its warnings
+  rules   [-c FILE]   print the nftables rules and policy routing it would install
+  version             print the version
+`
+
+func main() {
+	os.Exit(realMain(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func realMain(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	cmd, args := args[0], args[1:]
+	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("c", "", "config file (YAML)")
+	switch cmd {
+	case "run", "check", "rules":
+	case "version", "-version", "--version":
+		fmt.Fprintln(stdout, "socksgate", versionString())
+		return 0
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "socksgate: unknown command %q\n%s", cmd, usage)
+		return 2
+	}
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if cmd == "check" && *path == "" {
+		fmt.Fprintln(stderr, "socksgate check: -c FILE is required")
+		return 2
+	}
+	cfg, err := loadConfig(*path)
+	if err != nil {
+		fmt.Fprintf(stderr, "socksgate: %v\n", err)
+		return 1
+	}
+	switch cmd {
+	case "check":
+		for _, w := range cfg.Warnings() {
+			fmt.Fprintln(stdout, "warning:", w)
+		}
+		fmt.Fprintf(stdout, "%s: ok\n", *path)
+		return 0
+	case "rules":
+		own, err := redirect.InterfacePrefixes(cfg.LAN.Interfaces)
+		if err != nil {
+			fmt.Fprintf(stdout, "# the LAN interfaces' own prefixes are added at start (%v)\n", err)
+		}
+		fmt.Fprint(stdout, gateway.SpecFromConfig(cfg, own).Render())
+		return 0
+	}
+	return run(cfg, *path, stderr)
+}
+
+func loadConfig(path string) (*configs.Config, error) {
+	if path == "" {
+		return configs.Default(), nil
+	}
+	return configs.Load(path)
+}
+
+func run(cfg *configs.Config, path string, stderr io.Writer) int {
+	log := newLogger(cfg, stderr)
+	entry := log.WithField("version", versionString())
+	if path == "" {
+		entry.Info("no -c given: running the embedded default config")
+	} else {
+		entry = entry.WithField("config", path)
+	}
+	for _, w := range cfg.Warnings() {
+		log.Warn("config: " + w)
+	}
+	warnReadableSecrets(log, cfg, path)
+	entry.Info("starting")
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := gateway.Run(ctx, cfg, log); err != nil {
+		log.WithError(err).Error("socksgate stopped")
+		return 1
+	}
+	log.Info("stopped")
+	return 0
+}
+
+func newLogger(cfg *configs.Config, out io.Writer) *logrus.Logger {
+	log := logrus.New()
+	log.SetOutput(out)
+	if lvl, err := logrus.ParseLevel(cfg.Log.Level); err == nil {
+		log.SetLevel(lvl)
+	}
+	if cfg.Log.Format == configs.LogJSON {
+		log.SetFormatter(&logrus.JSONFormatter{})
+	} else {
+		log.SetFormatter(&logrus.TextFormatter{FullTimestamp: true, DisableColors: true})
+	}
+	return log
+}
+
+// warnReadableSecrets warns when a config holding passwords can be read by other users.
+func warnReadableSecrets(log *logrus.Logger, cfg *configs.Config, path string) {
+	if path == "" || !hasSecrets(cfg) {
+		return
+	}
+	st, err := os.Stat(path)
+	if err != nil {
+		return
+	}
+	if st.Mode().Perm()&0o004 != 0 {
+		log.WithField("config", path).Warn("config file holds passwords and is readable by other users (chmod 600 it)")
+	}
+}
+
+func versionString() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+				return "dev-" + s.Value[:12]
+			}
+		}
+		if bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+			return bi.Main.Version
+		}
+	}
+	return "dev"
+}
+
+func hasSecrets(cfg *configs.Config) bool {
+	if len(cfg.Listen.Users) > 0 {
+		return true
+	}
+	for _, u := range cfg.Upstreams {
+		if u.URL != nil && u.URL.User != nil {
+			if _, ok := u.URL.User.Password(); ok {
+				return true
+			}
+		}
+	}
+	return false
+}

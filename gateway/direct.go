@@ -1,0 +1,40 @@
+package gateway
+
+import (
+	"context"
+	"net"
+	"syscall"
+	"time"
+)
+
+// Control is a socket hook run before bind/connect, such as redirect.MarkControl.
+type Control func(network, address string, c syscall.RawConn) error
+
+// Direct reaches destinations without a proxy. Its sockets carry socksgate's mark, so the
+// kernel rules let them pass and they are never captured again.
+type Direct struct {
+	Control Control
+}
+
+// dialer is the bottom of every dial path: plain TCP with socksgate's mark and keepalive.
+func (d Direct) dialer() *net.Dialer {
+	return &net.Dialer{Control: d.Control, KeepAlive: 30 * time.Second}
+}
+
+// DialContext connects to address directly.
+func (d Direct) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	return d.dialer().DialContext(ctx, network, address)
+}
+
+// ListenUDP opens a marked UDP socket; it has the shape socksclient's ListenUDP hook expects.
+func (d Direct) ListenUDP(ctx context.Context, network, address string) (net.PacketConn, error) {
+	lc := net.ListenConfig{Control: d.Control}
+	return lc.ListenPacket(ctx, network, address)
+}
+
+// ListenPacket opens an unconnected UDP socket for direct datagrams.
+func (d Direct) ListenPacket(ctx context.Context) (net.PacketConn, error) {
+	return d.ListenUDP(ctx, "udp", ":0")
+}
+
+func (Direct) String() string { return "direct" }

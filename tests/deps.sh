@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the tests and the demo use, when they are missing and this is a
+# Debian/Ubuntu machine where we are root. Says what it does; never starts their services.
+set -euo pipefail
+need=()
+have() { command -v "$1" >/dev/null 2>&1; }
+have ip        || need+=(iproute2)
+have nft       || need+=(nftables)
+have curl      || need+=(curl)
+have microsocks|| need+=(microsocks)
+have danted    || need+=(dante-server)
+have tinyproxy || need+=(tinyproxy)
+have squid     || need+=(squid)
+have socat     || need+=(socat)
+have dig       || need+=(bind9-dnsutils)
+have proxychains4 || need+=(proxychains4)
+have openssl   || need+=(openssl)
+[ ${#need[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" != 0 ] || ! have apt-get; then
+	echo "deps: missing ${need[*]}; install them (Debian package names) or run as root on Debian/Ubuntu." >&2
+	echo "deps: tests that need them will skip, saying so." >&2
+	exit 0
+fi
+echo "deps: installing Debian packages: ${need[*]}"
+# Packages such as squid and dante-server would start system-wide services on install: forbid it.
+policy=/usr/sbin/policy-rc.d
+created=0
+if [ ! -e "$policy" ]; then printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod +x "$policy"; created=1; fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+[ "$created" = 1 ] && rm -f "$policy"
+echo "deps: done"

@@ -1,0 +1,160 @@
+package tests
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/socksgate/socksgate/tests/netlab"
+)
+
+// needBin skips the test when a third-party program is not installed.
+func needBin(t testing.TB, names ...string) {
+	t.Helper()
+	for _, n := range names {
+		if _, err := exec.LookPath(n); err != nil {
+			t.Skipf("%s is not installed (make deps installs it)", n)
+		}
+	}
+}
+
+const pageBody = "hello from wan\n"
+
+// serveWeb runs an HTTP server inside wan on port 80, both families: "/" answers pageBody,
+// "/bytes?n=N" streams N deterministic bytes.
+func serveWeb(t testing.TB, tp *netlab.Topology) {
+	t.Helper()
+	ln := tp.WAN.Listen("tcp", "[::]:80")
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, pageBody) })
+	mux.HandleFunc("/bytes", func(w http.ResponseWriter, r *http.Request) {
+		n, _ := strconv.ParseInt(r.URL.Query().Get("n"), 10, 64)
+		w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
+		io.Copy(w, io.LimitReader(&pattern{}, n))
+	})
+	srv := &http.Server{Handler: mux}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+}
+
+// pattern is an endless deterministic byte stream: byte k is a function of k alone.
+type pattern struct{ off int64 }
+
+func (r *pattern) Read(p []byte) (int, error) {
+	for i := range p {
+		k := r.off + int64(i)
+		p[i] = byte(k*7 + k>>11)
+	}
+	r.off += int64(len(p))
+	return len(p), nil
+}
+
+func patternSHA256(n int64) string {
+	h := sha256.New()
+	io.Copy(h, io.LimitReader(&pattern{}, n))
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// curl runs curl inside ns and returns its stdout+stderr and error.
+func curl(ns *netlab.NS, args ...string) (string, error) {
+	return ns.Run(append([]string{"curl", "-sS", "--max-time", "15"}, args...)...)
+}
+
+func urlFor(addr string, path string) string {
+	return "http://" + net.JoinHostPort(addr, "80") + path
+}
+
+// writeFile writes a temp file for this test and returns its path.
+func writeFile(t testing.TB, name, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// startSocksgate runs the socksgate binary in gw with the given YAML config and waits until it
+// says it is ready.
+func startSocksgate(t testing.TB, ns *netlab.NS, yaml string) *netlab.Proc {
+	t.Helper()
+	cfg := writeFile(t, "socksgate.yaml", yaml)
+	p := ns.Start(socksgateBin, "run", "-c", cfg)
+	if !p.WaitOutput("socksgate ready", 15*time.Second) {
+		t.Fatalf("socksgate did not become ready:\n%s", p.Output())
+	}
+	return p
+}
+
+// gatewayConfig is the usual transparent config: capture on gw's LAN interface, everything
+// through upstream "main" at upstreamURL. extra is appended verbatim.
+func gatewayConfig(upstreamURL string, extra string) string {
+	return fmt.Sprintf(`log: {level: debug}
+lan: {interfaces: [%s]}
+listen: {http: [], socks: []}
+timeouts: {dial: 3s, grace: 2s}
+upstreams:
+  - {name: main, url: %q}
+%s`, netlab.GWLANIf, upstreamURL, extra)
+}
+
+// startMicrosocks runs microsocks in the proxy namespace on port 1080, with credentials if
+// user is not empty, and waits for it.
+func startMicrosocks(t testing.TB, tp *netlab.Topology, user, pass string) *netlab.Proc {
+	t.Helper()
+	needBin(t, "microsocks")
+	args := []string{"microsocks", "-i", "::", "-p", "1080"}
+	if user != "" {
+		args = append(args, "-u", user, "-P", pass)
+	}
+	p := tp.Proxy.Start(args...)
+	tp.GW.WaitListening(net.JoinHostPort(netlab.Proxy4, "1080"), 5*time.Second)
+	return p
+}
+
+// nftTables lists the nftables tables in ns.
+func nftTables(t testing.TB, ns *netlab.NS) string {
+	t.Helper()
+	out, err := ns.Run("nft", "list", "tables")
+	if err != nil {
+		t.Fatalf("nft list tables: %v: %s", err, out)
+	}
+	return out
+}
+
+// waitFor polls cond until it is true or the time is up.
+func waitFor(within time.Duration, cond func() bool) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), within)
+	defer cancel()
+	for {
+		if cond() {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return cond()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+func countLines(s, substr string) int {
+	n := 0
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, substr) {
+			n++
+		}
+	}
+	return n
+}
