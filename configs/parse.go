@@ -260,6 +260,19 @@ func (c *Config) finish() {
 		on := true
 		c.Transparent.BypassBuiltin = &on
 	}
+	// Lists where empty means the same as absent are nil when empty, so
+	// that configurations compare equal however they were written.
+	emptyToNil(&c.LAN.Interfaces)
+	emptyToNil(&c.LAN.Prefixes)
+	emptyToNil(&c.Transparent.Bypass)
+	emptyToNil(&c.Listen.Mixed)
+	emptyToNil(&c.Listen.Users)
+	emptyToNil(&c.Listen.Allow)
+	emptyToNil(&c.Upstreams)
+	emptyToNil(&c.Groups)
+	for i := range c.Groups {
+		emptyToNil(&c.Groups[i].Upstreams)
+	}
 	maskAll(c.LAN.Prefixes)
 	maskAll(c.Transparent.Bypass)
 	maskAll(c.Listen.Allow)
@@ -276,6 +289,12 @@ func (c *Config) finish() {
 		if r.Action == "" && r.Upstream != "" {
 			r.Action = ActionProxy
 		}
+		emptyToNil(&r.Protocol)
+		emptyToNil(&r.Dst)
+		emptyToNil(&r.DstPorts)
+		emptyToNil(&r.Src)
+		emptyToNil(&r.Inbound)
+		emptyToNil(&r.Domain)
 		maskAll(r.Dst)
 		maskAll(r.Src)
 		for j, p := range r.Protocol {
@@ -307,6 +326,12 @@ func (c *Config) implicitRule(name string) Rule {
 		r.Action, r.Upstream = ActionProxy, c.Upstreams[0].Name
 	}
 	return r
+}
+
+func emptyToNil[S ~[]E, E any](s *S) {
+	if len(*s) == 0 {
+		*s = nil
+	}
 }
 
 func maskAll(ps []netip.Prefix) {
