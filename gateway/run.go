@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"strconv"
@@ -41,10 +42,14 @@ func Run(ctx context.Context, cfg *configs.Config, log *logrus.Logger) (err erro
 	flowCtx, cancelFlows := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelFlows()
 	var listeners []net.Listener
+	var closers []io.Closer
 	var serving sync.WaitGroup
 	defer func() {
 		for _, ln := range listeners {
 			ln.Close()
+		}
+		for _, c := range closers {
+			c.Close()
 		}
 		serving.Wait()
 	}()
@@ -85,6 +90,21 @@ func Run(ctx context.Context, cfg *configs.Config, log *logrus.Logger) (err erro
 		log.Info("lan.interfaces is empty: no transparent capture, explicit ports only")
 	}
 
+	// The other inbounds, each in its own file: explicit HTTP/SOCKS ports and transparent UDP.
+	// Each returns what Run must close at shutdown (listeners first, so no new flow starts).
+	for _, start := range []func(context.Context, *configs.Config, *logrus.Logger) ([]io.Closer, error){
+		g.startExplicit,
+		g.startUDP,
+	} {
+		cs, err := start(flowCtx, cfg, log)
+		for _, c := range cs {
+			closers = append(closers, c)
+		}
+		if err != nil {
+			return err
+		}
+	}
+
 	go g.RunIdleSweeper(flowCtx)
 	log.WithField("upstreams", len(cfg.Upstreams)).Info("socksgate ready")
 	<-ctx.Done()
@@ -92,6 +112,9 @@ func Run(ctx context.Context, cfg *configs.Config, log *logrus.Logger) (err erro
 	log.Info("shutting down")
 	for _, ln := range listeners {
 		ln.Close()
+	}
+	for _, c := range closers {
+		c.Close()
 	}
 	graceCtx, cancel := context.WithTimeout(context.Background(), time.Duration(cfg.Timeouts.Grace))
 	defer cancel()
