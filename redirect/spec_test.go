@@ -1,0 +1,310 @@
+package redirect
+
+import (
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+)
+
+func pfx(ss ...string) []netip.Prefix {
+	var out []netip.Prefix
+	for _, s := range ss {
+		out = append(out, netip.MustParsePrefix(s))
+	}
+	return out
+}
+
+func rangesString(rs []addrRange) string { return strings.Join(rangeStrings(rs), " ") }
+
+func TestMergeBypass(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		in     []netip.Prefix
+		v4, v6 string
+	}{
+		{"empty", nil, "", ""},
+		{"single host v4 and v6", pfx("203.0.113.7/32", "2001:db8::1/128"), "203.0.113.7", "2001:db8::1"},
+		{"unmasked prefixes are masked", pfx("10.1.2.3/8", "2001:db8::1/32"), "10.0.0.0/8", "2001:db8::/32"},
+		{"contained prefix disappears", pfx("10.0.0.0/8", "10.1.0.0/16"), "10.0.0.0/8", ""},
+		{"contained first", pfx("10.1.0.0/16", "10.0.0.0/8"), "10.0.0.0/8", ""},
+		{"adjacent merge into a prefix", pfx("10.0.0.0/8", "11.0.0.0/8"), "10.0.0.0/7", ""},
+		{"adjacent merge into a range", pfx("11.0.0.0/8", "12.0.0.0/8"), "11.0.0.0-12.255.255.255", ""},
+		{"adjacent hosts", pfx("192.0.2.1/32", "192.0.2.2/32"), "192.0.2.1-192.0.2.2", ""},
+		{"gap of one address stays apart", pfx("192.0.2.1/32", "192.0.2.3/32"), "192.0.2.1 192.0.2.3", ""},
+		{"duplicates", pfx("10.0.0.0/8", "10.0.0.0/8"), "10.0.0.0/8", ""},
+		{"whole v4 space", pfx("0.0.0.0/0", "10.0.0.0/8"), "0.0.0.0/0", ""},
+		{"whole v6 space", pfx("::/0", "fc00::/7"), "", "::/0"},
+		{"reaching the top", pfx("240.0.0.0/4", "224.0.0.0/4", "255.255.255.255/32"), "224.0.0.0/3", ""},
+		{"v6 top", pfx("ff00::/8", "ffff::1/128"), "", "ff00::/8"},
+		{"families split and sorted", pfx("fc00::/7", "192.168.0.0/16", "::1/128", "10.0.0.0/8"), "10.0.0.0/8 192.168.0.0/16", "::1 fc00::/7"},
+		{"v4-mapped counts as v4", pfx("::ffff:10.0.0.0/104"), "10.0.0.0/8", ""},
+		{"chain of overlaps", pfx("10.0.0.0/16", "10.0.128.0/17", "10.0.255.0/24", "10.1.0.0/16"), "10.0.0.0/15", ""},
+		{"invalid skipped", []netip.Prefix{{}}, "", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			v4, v6 := mergeBypass(tc.in)
+			if got := rangesString(v4); got != tc.v4 {
+				t.Errorf("v4 = %q, want %q", got, tc.v4)
+			}
+			if got := rangesString(v6); got != tc.v6 {
+				t.Errorf("v6 = %q, want %q", got, tc.v6)
+			}
+		})
+	}
+}
+
+func TestBuiltinBypassMergesToDisjointRanges(t *testing.T) {
+	v4, v6 := mergeBypass(BuiltinBypass())
+	if got, want := rangesString(v4), "0.0.0.0/8 10.0.0.0/8 127.0.0.0/8 169.254.0.0/16 172.16.0.0/12 192.168.0.0/16 224.0.0.0/3"; got != want {
+		t.Errorf("v4 = %q, want %q", got, want)
+	}
+	if got, want := rangesString(v6), "::/127 fc00::/7 fe80::/10 ff00::/8"; got != want {
+		t.Errorf("v6 = %q, want %q", got, want)
+	}
+}
+
+// FuzzMergeBypass checks the interval-set invariants for arbitrary prefixes:
+// ranges are sorted, disjoint and not adjacent, and an address is covered
+// after merging exactly when some input prefix contains it.
+func FuzzMergeBypass(f *testing.F) {
+	f.Add([]byte{10, 0, 0, 0, 8, 11, 0, 0, 0, 8})
+	f.Add([]byte{255, 255, 255, 255, 32, 240, 0, 0, 0, 4, 0, 0, 0, 0, 0})
+	f.Add([]byte{192, 0, 2, 1, 32, 192, 0, 2, 3, 32, 192, 0, 2, 2, 31})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var in []netip.Prefix
+		for len(data) >= 5 {
+			a := netip.AddrFrom4([4]byte(data[:4]))
+			in = append(in, netip.PrefixFrom(a, int(data[4])%33))
+			data = data[5:]
+		}
+		v4, _ := mergeBypass(slices.Clone(in))
+		for i := 1; i < len(v4); i++ {
+			if next := v4[i-1].last.Next(); !next.IsValid() || v4[i].first.Compare(next) <= 0 {
+				t.Fatalf("ranges %v and %v overlap or touch", v4[i-1], v4[i])
+			}
+		}
+		covered := func(a netip.Addr) bool {
+			for _, r := range v4 {
+				if r.first.Compare(a) <= 0 && a.Compare(r.last) <= 0 {
+					return true
+				}
+			}
+			return false
+		}
+		probe := []netip.Addr{netip.IPv4Unspecified(), netip.AddrFrom4([4]byte{255, 255, 255, 255})}
+		for _, p := range in {
+			m := p.Masked()
+			probe = append(probe, m.Addr(), m.Addr().Prev(), lastAddr(m), lastAddr(m).Next())
+		}
+		for _, a := range probe {
+			if !a.IsValid() {
+				continue
+			}
+			want := false
+			for _, p := range in {
+				want = want || p.Contains(a)
+			}
+			if got := covered(a); got != want {
+				t.Fatalf("%v covered = %v, want %v (input %v, ranges %v)", a, got, want, in, v4)
+			}
+		}
+	})
+}
+
+func TestValidate(t *testing.T) {
+	ok := Spec{LANInterfaces: []string{"eth1"}, TCPPort: 1, UDPPort: 2, Mark: 1}
+	for _, tc := range []struct {
+		name string
+		mod  func(*Spec)
+		want string // substring of the error; "" means valid
+	}{
+		{"defaults are valid", func(*Spec) {}, ""},
+		{"no capture needs no mark", func(s *Spec) { s.LANInterfaces = nil; s.Mark = 0 }, ""},
+		{"capture needs a mark", func(s *Spec) { s.Mark = 0 }, "mark: must be non-zero"},
+		{"tproxy mark equal to mark", func(s *Spec) { s.TProxyMark = 1 }, "tproxy_mark: 0x1 must differ"},
+		{"bad tcp mode", func(s *Spec) { s.TCPMode = "nat" }, `tcp_mode: "nat"`},
+		{"bad on_crash", func(s *Spec) { s.OnCrash = "maybe" }, `on_crash: "maybe"`},
+		{"long interface name", func(s *Spec) { s.LANInterfaces = []string{"eth0", "abcdefghijklmnop"} }, "lan_interfaces[1]"},
+		{"wildcard interface", func(s *Spec) { s.LANInterfaces = []string{"eth*"} }, "lan_interfaces[0]"},
+		{"main table", func(s *Spec) { s.RouteTable = 254 }, "route_table: 254 is a system table"},
+		{"priority after main", func(s *Spec) { s.RulePriority = 32766 }, "rule_priority: 32766"},
+		{"invalid bypass", func(s *Spec) { s.Bypass = []netip.Prefix{{}} }, "bypass[0]: invalid prefix"},
+		{"bad table name", func(s *Spec) { s.Table = "a b" }, "table: invalid"},
+		{"policy fields unchecked without tproxy", func(s *Spec) { s.UDPPort = 0; s.RouteTable = 254 }, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := ok
+			tc.mod(&s)
+			err := s.Validate()
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("Validate: %v", err)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Fatalf("Validate = %v, want an error containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func opsOf(c chainPlan) []ruleOp {
+	var ops []ruleOp
+	for _, r := range c.rules {
+		ops = append(ops, r.op)
+	}
+	return ops
+}
+
+func TestPlanChains(t *testing.T) {
+	exempt := []ruleOp{opOwnMarkReturn, opNotUnicast, opLocalReturn, opBypass4Return, opBypass6Return}
+	with := func(ops ...ruleOp) []ruleOp { return append(slices.Clone(exempt), ops...) }
+	base := Spec{LANInterfaces: []string{"eth1"}, TCPPort: 1, UDPPort: 2, Mark: 1}
+	for _, tc := range []struct {
+		name           string
+		mod            func(*Spec)
+		mangle, natOps []ruleOp // nil: chain absent
+	}{
+		{"redirect tcp, udp, closed", func(*Spec) {},
+			with(opTProxy, opTProxy, opDropUDP), with(opRedirectTCP)},
+		{"redirect tcp, udp, open: no drop", func(s *Spec) { s.OnCrash = OnCrashOpen },
+			with(opTProxy, opTProxy), with(opRedirectTCP)},
+		{"tproxy tcp, udp, closed", func(s *Spec) { s.TCPMode = TCPModeTProxy },
+			with(opTransparentTCP, opTProxy, opTProxy, opTProxy, opTProxy, opDropUDP, opRejectTCP), nil},
+		{"tproxy tcp only, closed: reset, no udp drop", func(s *Spec) { s.TCPMode = TCPModeTProxy; s.UDPPort = 0 },
+			with(opTransparentTCP, opTProxy, opTProxy, opRejectTCP), nil},
+		{"tproxy tcp only, open", func(s *Spec) { s.TCPMode = TCPModeTProxy; s.UDPPort = 0; s.OnCrash = OnCrashOpen },
+			with(opTransparentTCP, opTProxy, opTProxy), nil},
+		{"redirect tcp only: no mangle chain", func(s *Spec) { s.UDPPort = 0 }, nil, with(opRedirectTCP)},
+		{"udp only", func(s *Spec) { s.TCPPort = 0 }, with(opTProxy, opTProxy, opDropUDP), nil},
+		{"no interfaces: nothing", func(s *Spec) { s.LANInterfaces = nil }, nil, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := base
+			tc.mod(&s)
+			p := s.withDefaults().plan()
+			var mangle, nat []ruleOp
+			for _, c := range p.chains {
+				switch c.name {
+				case chainMangle:
+					mangle = opsOf(c)
+					if c.typ != "filter" || c.priority != -150 {
+						t.Errorf("mangle chain is %s at %d", c.typ, c.priority)
+					}
+				case chainNAT:
+					nat = opsOf(c)
+					if c.typ != "nat" || c.priority != -100 {
+						t.Errorf("nat chain is %s at %d", c.typ, c.priority)
+					}
+				}
+			}
+			if !slices.Equal(mangle, tc.mangle) {
+				t.Errorf("mangle ops = %v, want %v", mangle, tc.mangle)
+			}
+			if !slices.Equal(nat, tc.natOps) {
+				t.Errorf("nat ops = %v, want %v", nat, tc.natOps)
+			}
+		})
+	}
+}
+
+func TestRenderShowsRulesAndPolicyRouting(t *testing.T) {
+	s := Spec{
+		LANInterfaces: []string{"eth2", "eth1", "eth1"},
+		TCPPort:       12345,
+		UDPPort:       12346,
+		Mark:          0x100,
+		TProxyMark:    0x2,
+		RouteTable:    100,
+		RulePriority:  100,
+		Bypass:        pfx("10.0.0.0/8", "11.0.0.0/8", "fc00::/7"),
+	}
+	want := `# socksgate kernel steering (on_crash: closed)
+# policy routing for TPROXY (installed with netlink):
+#   ip -4 rule add fwmark 0x2 lookup 100 priority 100
+#   ip -6 rule add fwmark 0x2 lookup 100 priority 100
+#   ip -4 route add local 0.0.0.0/0 dev lo table 100
+#   ip -6 route add local ::/0 dev lo table 100
+table inet socksgate {
+	set lan_ifaces {
+		type ifname
+		elements = { "eth1", "eth2" }
+	}
+
+	set bypass4 {
+		type ipv4_addr
+		flags interval
+		elements = { 10.0.0.0/7 }
+	}
+
+	set bypass6 {
+		type ipv6_addr
+		flags interval
+		elements = { fc00::/7 }
+	}
+
+	chain prerouting_mangle {
+		type filter hook prerouting priority mangle; policy accept;
+		meta mark & 0x00000100 == 0x00000100 return
+		meta pkttype != host return
+		fib daddr type local return
+		ip daddr @bypass4 return
+		ip6 daddr @bypass6 return
+		iifname @lan_ifaces meta l4proto udp meta nfproto ipv4 tproxy ip to :12346 meta mark set 0x00000002 accept
+		iifname @lan_ifaces meta l4proto udp meta nfproto ipv6 tproxy ip6 to :12346 meta mark set 0x00000002 accept
+		iifname @lan_ifaces meta l4proto udp drop
+	}
+
+	chain prerouting_nat {
+		type nat hook prerouting priority dstnat; policy accept;
+		meta mark & 0x00000100 == 0x00000100 return
+		meta pkttype != host return
+		fib daddr type local return
+		ip daddr @bypass4 return
+		ip6 daddr @bypass6 return
+		iifname @lan_ifaces meta l4proto tcp redirect to :12345
+	}
+}
+`
+	if got := s.Render(); got != want {
+		t.Errorf("Render:\n%s\nwant:\n%s", got, want)
+	}
+}
+
+func TestRenderVariants(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		spec        Spec
+		has, hasNot []string
+	}{
+		{"open: owner note, no drop",
+			Spec{LANInterfaces: []string{"eth1"}, UDPPort: 5, Mark: 1, OnCrash: OnCrashOpen},
+			[]string{"NFT_TABLE_F_OWNER", "tproxy ip6 to :5"}, []string{"drop", "prerouting_nat"}},
+		{"tcp redirect only: no policy routing",
+			Spec{LANInterfaces: []string{"eth1"}, TCPPort: 5, Mark: 1},
+			[]string{"redirect to :5"}, []string{"ip -4 rule", "prerouting_mangle"}},
+		{"tcp tproxy closed: transparent shortcut and reset",
+			Spec{LANInterfaces: []string{"eth1"}, TCPPort: 5, TCPMode: TCPModeTProxy, Mark: 1},
+			[]string{"socket transparent 1", "tproxy ip to :5", "reject with tcp reset", "ip -6 rule add fwmark 0x5348 lookup 100 priority 100"},
+			[]string{"redirect to", "udp drop"}},
+		{"nothing captured",
+			Spec{TCPPort: 5},
+			[]string{"nothing is captured", "table inet socksgate {"}, []string{"chain"}},
+		{"custom table", Spec{Table: "sg2"}, []string{"table inet sg2 {"}, nil},
+		{"invalid spec is a comment", Spec{LANInterfaces: []string{"eth1"}, TCPPort: 5},
+			[]string{"# invalid spec: mark: must be non-zero"}, []string{"table inet"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := tc.spec.Render()
+			for _, s := range tc.has {
+				if !strings.Contains(got, s) {
+					t.Errorf("Render lacks %q:\n%s", s, got)
+				}
+			}
+			for _, s := range tc.hasNot {
+				if strings.Contains(got, s) {
+					t.Errorf("Render has %q:\n%s", s, got)
+				}
+			}
+		})
+	}
+}
