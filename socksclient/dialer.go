@@ -101,7 +101,7 @@ type Dialer struct {
 	// its sockets carry SO_MARK (a net.Dialer with its Control hook).
 	ProxyDial DialFunc
 	// ListenUDP opens the local UDP socket of a UDP association (network "udp4" or "udp6",
-	// address ""); nil means net.ListenConfig{}.ListenPacket. The gateway sets it to a
+	// address ":0"); nil means net.ListenConfig{}.ListenPacket. The gateway sets it to a
 	// net.ListenConfig with the same SO_MARK Control hook as ProxyDial, so the datagrams to
 	// the relay are not captured again.
 	ListenUDP ListenFunc
