@@ -602,3 +602,18 @@ func TestMarkControlSetsSOMark(t *testing.T) {
 		}
 	})
 }
+
+func TestMarkControlFailsLoudlyWithoutPrivilege(t *testing.T) {
+	if os.Geteuid() == 0 {
+		t.Skip("skipping: checks the unprivileged failure; root may set SO_MARK")
+	}
+	lc := net.ListenConfig{Control: MarkControl(0x1234)}
+	pc, err := lc.ListenPacket(t.Context(), "udp", "127.0.0.1:0")
+	if err == nil {
+		pc.Close()
+		t.Fatal("SO_MARK without CAP_NET_ADMIN: no error")
+	}
+	if !errors.Is(err, unix.EPERM) || !strings.Contains(err.Error(), "SO_MARK") {
+		t.Errorf("error = %v, want EPERM naming SO_MARK", err)
+	}
+}

@@ -31,14 +31,14 @@ var (
 // google/nftables v0.3.0 cannot create a table with flags, and an owned table
 // can only be changed through the socket that owns it. Both are solved by
 // handing the library a dial function (WithTestDial: its only hook that sees
-// the messages) that forwards each batch to our socket, after fixing up the
-// NEWTABLE messages for our table:
-//   - a NEWTABLE before the batch's DELTABLE (the "make sure it exists so the
-//     delete cannot fail" step) is sent without a flags attribute, so it
-//     neither changes an existing table's flags (the kernel refuses to add or
-//     drop the owner flag of a live table) nor fails on one we own;
-//   - a NEWTABLE after the DELTABLE creates the table afresh and carries
-//     tableFlags (nftTableFlagOwner for on_crash open).
+// the messages) that forwards each batch to our socket, after fixing up its
+// NEWTABLE messages:
+//   - a NEWTABLE that re-creates tableName after that table's DELTABLE in
+//     the same batch carries tableFlags (nftTableFlagOwner for on_crash open);
+//   - every other NEWTABLE (the "make sure it exists so the delete cannot
+//     fail" step) is sent without a flags attribute, so it neither tries to
+//     change a live table's flags (the kernel refuses to add or drop the owner
+//     flag of an existing table) nor fails on a table we own.
 //
 // Replies are passed through unchanged. Only batches (Flush) go through this
 // connection; reads use a plain one (see listConn), because the library's
