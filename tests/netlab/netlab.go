@@ -244,7 +244,10 @@ func (n *NS) Start(args ...string) *Proc {
 	cmd := exec.Command("ip", append([]string{"netns", "exec", n.Name}, args...)...)
 	p := &Proc{Cmd: cmd, name: n.Role + ":" + args[0], out: &syncBuffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.out, p.out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	// Its own process group, so Kill reaches the children of forking daemons (danted, squid),
+	// and a bound on waiting for output pipes those children may still hold.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+	cmd.WaitDelay = 2 * time.Second
 	if err := cmd.Start(); err != nil {
 		n.lab.t.Fatalf("[%s] start %v: %v", n.Role, args, err)
 	}
@@ -271,6 +274,7 @@ func (p *Proc) Kill() {
 		return
 	default:
 	}
+	syscall.Kill(-p.Cmd.Process.Pid, syscall.SIGKILL)
 	p.Cmd.Process.Kill()
 	<-p.done
 }
