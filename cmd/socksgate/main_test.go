@@ -1,0 +1,84 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func runMain(args ...string) (code int, stdout, stderr string) {
+	var o, e bytes.Buffer
+	code = realMain(args, &o, &e)
+	return code, o.String(), e.String()
+}
+
+func writeConfig(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "c.yaml")
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestCheckReportsEveryProblemWithFieldPathAndFails(t *testing.T) {
+	p := writeConfig(t, `upstreams:
+  - {name: a, url: "sock5://10.0.0.1:1080"}
+rules:
+  - {action: proxy, upstream: nope}
+`)
+	code, _, stderr := runMain("check", "-c", p)
+	if code != 1 {
+		t.Fatalf("exit %d, want 1", code)
+	}
+	for _, want := range []string{`upstreams[0].url: unsupported scheme "sock5"`, `rules[0].upstream: no upstream or group named "nope"`} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("stderr lacks %q:\n%s", want, stderr)
+		}
+	}
+}
+
+func TestCheckAcceptsExamples(t *testing.T) {
+	files, _ := filepath.Glob("../../configs/examples/*.yaml")
+	if len(files) == 0 {
+		t.Fatal("no example configs found")
+	}
+	for _, f := range files {
+		if code, out, errOut := runMain("check", "-c", f); code != 0 || !strings.Contains(out, ": ok") {
+			t.Errorf("check %s: exit %d\n%s%s", f, code, out, errOut)
+		}
+	}
+}
+
+func TestCheckNeedsAFile(t *testing.T) {
+	if code, _, _ := runMain("check"); code != 2 {
+		t.Fatalf("exit %d, want 2", code)
+	}
+}
+
+func TestRulesPrintsTheTableWithoutRoot(t *testing.T) {
+	p := writeConfig(t, "lan: {interfaces: [lan9]}\ntransparent: {tcp_port: 4321}\n")
+	code, out, stderr := runMain("rules", "-c", p)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	for _, want := range []string{"table inet socksgate", `"lan9"`, "redirect to :4321"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("rules output lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+func TestUnknownCommandIsAUsageError(t *testing.T) {
+	if code, _, stderr := runMain("frobnicate"); code != 2 || !strings.Contains(stderr, "usage") {
+		t.Fatalf("exit %d, stderr %q", code, stderr)
+	}
+}
+
+func TestVersionPrints(t *testing.T) {
+	if code, out, _ := runMain("version"); code != 0 || !strings.HasPrefix(out, "socksgate ") {
+		t.Fatalf("exit %d, out %q", code, out)
+	}
+}
