@@ -1,0 +1,537 @@
+package httpproxy
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Server defaults, used when the matching field is zero.
+const (
+	DefaultHandshakeTimeout = 10 * time.Second
+	DefaultIdleTimeout      = 2 * time.Minute
+	DefaultMaxHeaderBytes   = 32 << 10
+	// Via is the pseudonym this proxy adds to the Via header of requests and responses.
+	Via = "socksgate"
+)
+
+// Target is a destination a client asked for: an address, or a name with a port.
+type Target struct {
+	Src  netip.AddrPort // the client
+	Host string         // destination name, when the client sent one
+	Addr netip.AddrPort // destination address, when the client sent an IP literal (unmapped)
+	Port uint16         // destination port, in both cases
+}
+
+// String is "host:port".
+func (t Target) String() string {
+	if t.Host != "" {
+		return net.JoinHostPort(t.Host, strconv.Itoa(int(t.Port)))
+	}
+	return t.Addr.String()
+}
+
+// ErrNotAllowed is what a Tunneler wraps for a destination a rule refuses: the client gets
+// 403 Forbidden.
+var ErrNotAllowed = errors.New("not allowed by rule")
+
+// Tunneler routes and carries what clients ask for. The gateway implements it.
+type Tunneler interface {
+	// Tunnel takes over client for a CONNECT: it routes and dials t, calls reply exactly once
+	// with the outcome (nil or the dial error; the server writes its answer there), relays
+	// both ways, and closes client.
+	Tunnel(ctx context.Context, client net.Conn, t Target, reply func(error) error)
+	// Dial routes and dials t for forwarding absolute-URI requests; the connection is kept
+	// for more requests to the same destination from the same client.
+	Dial(ctx context.Context, t Target) (net.Conn, error)
+}
+
+// Server is the explicit HTTP proxy: CONNECT tunnels and absolute-URI forwarding.
+//
+// It is net/http's server underneath, fed connections by ServeConn: request reading with a
+// header size cap (431 beyond it) and a header read timeout, HTTP/1.0 and 1.1 clients,
+// keep-alive, chunked bodies and streaming. Forwarding is net/http/httputil.ReverseProxy with
+// its hop-by-hop header hygiene, over an http.Transport per client connection whose dial is
+// the Tunneler's: routing depends on the client's address, so upstream connections are never
+// shared between clients. Forwarded requests carry no X-Forwarded-For (a LAN client's address
+// is not the internet's business) and get a Via header.
+//
+// Set the fields before the first ServeConn.
+type Server struct {
+	// Tunneler carries the flows; required.
+	Tunneler Tunneler
+	// Authenticate, when set, requires Basic proxy authentication (407 otherwise). It must
+	// compare in constant time; Credentials does.
+	Authenticate func(user, pass string) bool
+	// Allow is the source ACL; nil allows everyone. A refused client gets 403.
+	Allow func(netip.Addr) bool
+	// HandshakeTimeout bounds reading a request header; default DefaultHandshakeTimeout.
+	HandshakeTimeout time.Duration
+	// IdleTimeout closes a keep-alive client connection idle this long; default
+	// DefaultIdleTimeout.
+	IdleTimeout time.Duration
+	// MaxHeaderBytes caps a request header; default DefaultMaxHeaderBytes.
+	MaxHeaderBytes int
+	// ErrorLog receives refusals and failures worth a line (never credentials); nil discards.
+	ErrorLog func(src netip.AddrPort, err error)
+
+	once   sync.Once
+	ln     *connListener
+	srv    *http.Server
+	proxy  *httputil.ReverseProxy
+	mu     sync.Mutex
+	perCon map[net.Conn]*http.Transport
+}
+
+// Error kinds reported to ErrorLog.
+var (
+	ErrRefusedSource = errors.New("source not allowed by listen.allow")
+	ErrAuthFailed    = errors.New("proxy authentication failed")
+)
+
+// Credentials returns an Authenticate function for a fixed user list. Every user is compared,
+// each name and password in constant time, so the time taken says nothing about which part
+// was wrong.
+func Credentials(users map[string]string) func(user, pass string) bool {
+	type cred struct{ user, pass []byte }
+	list := make([]cred, 0, len(users))
+	for u, p := range users {
+		list = append(list, cred{[]byte(u), []byte(p)})
+	}
+	return func(user, pass string) bool {
+		ok := 0
+		for _, c := range list {
+			ok |= subtle.ConstantTimeCompare([]byte(user), c.user) & subtle.ConstantTimeCompare([]byte(pass), c.pass)
+		}
+		return ok == 1
+	}
+}
+
+func (s *Server) report(src netip.AddrPort, err error) {
+	if s.ErrorLog != nil {
+		s.ErrorLog(src, err)
+	}
+}
+
+type ctxKey struct{}
+
+// acceptedConn carries the context ServeConn was given to the connection's handlers.
+type acceptedConn struct {
+	net.Conn
+	ctx context.Context
+}
+
+func (s *Server) init() {
+	s.ln = &connListener{conns: make(chan net.Conn), done: make(chan struct{})}
+	s.perCon = make(map[net.Conn]*http.Transport)
+	hs := s.HandshakeTimeout
+	if hs <= 0 {
+		hs = DefaultHandshakeTimeout
+	}
+	idle := s.IdleTimeout
+	if idle <= 0 {
+		idle = DefaultIdleTimeout
+	}
+	maxHdr := s.MaxHeaderBytes
+	if maxHdr <= 0 {
+		maxHdr = DefaultMaxHeaderBytes
+	}
+	s.proxy = &httputil.ReverseProxy{
+		Rewrite:        rewrite,
+		Transport:      connTransport{},
+		ModifyResponse: func(r *http.Response) error { addVia(r.Header, r.ProtoMajor, r.ProtoMinor); return nil },
+		ErrorHandler:   s.forwardError,
+		ErrorLog:       log.New(discardOrReport{s}, "", 0),
+		FlushInterval:  -1, // stream: flush every write, for long polls and event streams
+	}
+	s.srv = &http.Server{
+		Handler:           http.HandlerFunc(s.serveHTTP),
+		ReadHeaderTimeout: hs,
+		IdleTimeout:       idle,
+		MaxHeaderBytes:    maxHdr,
+		ErrorLog:          log.New(discardOrReport{s}, "", 0),
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			if ac, ok := c.(*acceptedConn); ok {
+				ctx = ac.ctx
+			}
+			tr := s.newTransport(addrPortOf(c.RemoteAddr()))
+			s.mu.Lock()
+			s.perCon[c] = tr
+			s.mu.Unlock()
+			return context.WithValue(ctx, ctxKey{}, tr)
+		},
+		ConnState: func(c net.Conn, st http.ConnState) {
+			if st != http.StateClosed && st != http.StateHijacked {
+				return
+			}
+			s.mu.Lock()
+			tr := s.perCon[c]
+			delete(s.perCon, c)
+			s.mu.Unlock()
+			if tr != nil {
+				tr.CloseIdleConnections()
+			}
+		},
+	}
+	go s.srv.Serve(s.ln)
+}
+
+// ServeConn hands one client connection to the server, which serves it and closes it. It
+// returns at once; the connection is served in its own goroutine, with ctx as the base of its
+// requests' contexts. After Close it closes c.
+func (s *Server) ServeConn(ctx context.Context, c net.Conn) {
+	s.once.Do(s.init)
+	src := addrPortOf(c.RemoteAddr())
+	if s.Allow != nil && !s.Allow(src.Addr()) {
+		c.SetWriteDeadline(time.Now().Add(time.Second))
+		io.WriteString(c, "HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain; charset=utf-8\r\n"+
+			"Connection: close\r\nContent-Length: 40\r\n\r\nsocksgate: your address may not use it\r\n")
+		c.Close()
+		s.report(src, ErrRefusedSource)
+		return
+	}
+	select {
+	case s.ln.conns <- &acceptedConn{Conn: c, ctx: ctx}:
+	case <-s.ln.done:
+		c.Close()
+	}
+}
+
+// Close stops serving: no new connections; idle keep-alive connections close now, and
+// requests in progress get grace to finish before their connections are closed too.
+// Tunnels (CONNECT) already handed to the Tunneler are its business.
+func (s *Server) Close() error { return s.CloseGrace(5 * time.Second) }
+
+// CloseGrace is Close with a chosen grace period for requests in progress.
+func (s *Server) CloseGrace(grace time.Duration) error {
+	s.once.Do(s.init)
+	s.ln.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	if err := s.srv.Shutdown(ctx); err != nil {
+		return s.srv.Close()
+	}
+	return nil
+}
+
+func (s *Server) newTransport(src netip.AddrPort) *http.Transport {
+	return &http.Transport{
+		Proxy: nil,
+		DialContext: func(ctx context.Context, network, address string) (net.Conn, error) {
+			t, err := parseTarget(src, address)
+			if err != nil {
+				return nil, err
+			}
+			return s.Tunneler.Dial(ctx, t)
+		},
+		MaxIdleConnsPerHost:   4,
+		IdleConnTimeout:       90 * time.Second,
+		ExpectContinueTimeout: time.Second,
+		// A proxy passes bodies as they are: no Accept-Encoding of its own, no decoding.
+		DisableCompression: true,
+	}
+}
+
+// connTransport sends each request over its client connection's own Transport.
+type connTransport struct{}
+
+func (connTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	tr, ok := r.Context().Value(ctxKey{}).(*http.Transport)
+	if !ok {
+		return nil, errors.New("no transport for this connection")
+	}
+	return tr.RoundTrip(r)
+}
+
+// rewrite prepares a forwarded request. ReverseProxy has already removed the hop-by-hop headers
+// (those named in Connection, Proxy-Connection, Proxy-Authorization, Keep-Alive, TE except
+// "trailers", Trailer, Transfer-Encoding, Upgrade) and any X-Forwarded-* and Forwarded.
+func rewrite(pr *httputil.ProxyRequest) {
+	pr.Out.URL = pr.In.URL // absolute: scheme and host come from the request line
+	pr.Out.Host = pr.In.Host
+	addVia(pr.Out.Header, pr.In.ProtoMajor, pr.In.ProtoMinor)
+}
+
+func addVia(h http.Header, major, minor int) {
+	v := strconv.Itoa(major) + "." + strconv.Itoa(minor) + " " + Via
+	if prior := h.Values("Via"); len(prior) > 0 {
+		v = strings.Join(prior, ", ") + ", " + v
+	}
+	h.Set("Via", v)
+}
+
+func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	src := addrPortOf(remoteAddr(r))
+	if s.Authenticate != nil {
+		user, pass, ok := proxyBasicAuth(r.Header.Get("Proxy-Authorization"))
+		if !ok || !s.Authenticate(user, pass) {
+			w.Header().Set("Proxy-Authenticate", `Basic realm="socksgate"`)
+			plainError(w, http.StatusProxyAuthRequired, "socksgate: proxy authentication required")
+			s.report(src, ErrAuthFailed)
+			return
+		}
+	}
+	if r.Method == http.MethodConnect {
+		s.serveConnect(w, r, src)
+		return
+	}
+	if !r.URL.IsAbs() || r.URL.Host == "" {
+		plainError(w, http.StatusBadRequest, "socksgate is a proxy: send absolute-URI requests (GET http://host/path) or CONNECT, not "+r.Method+" "+clipTarget(r.RequestURI))
+		return
+	}
+	if r.URL.Scheme != "http" && r.URL.Scheme != "https" {
+		plainError(w, http.StatusBadRequest, "socksgate: unsupported scheme "+strconv.Quote(r.URL.Scheme))
+		return
+	}
+	s.proxy.ServeHTTP(w, r)
+}
+
+func (s *Server) serveConnect(w http.ResponseWriter, r *http.Request, src netip.AddrPort) {
+	t, err := requestTarget(src, r)
+	if err != nil {
+		plainError(w, http.StatusBadRequest, "socksgate: "+err.Error())
+		return
+	}
+	hj, ok := w.(http.Hijacker)
+	if !ok {
+		plainError(w, http.StatusInternalServerError, "socksgate: cannot take over the connection")
+		return
+	}
+	c, brw, err := hj.Hijack()
+	if err != nil {
+		s.report(src, fmt.Errorf("hijack for CONNECT: %w", err))
+		return
+	}
+	c.SetDeadline(time.Time{})
+	if ac, ok := c.(*acceptedConn); ok {
+		c = ac.Conn // the bare *net.TCPConn, so the relay can splice
+	}
+	client := c
+	if n := brw.Reader.Buffered(); n > 0 {
+		// Bytes the client sent after its CONNECT (a TLS ClientHello, typically) go first.
+		b, _ := brw.Reader.Peek(n)
+		client = &prefixedConn{Conn: c, prefix: append([]byte(nil), b...)}
+	}
+	proto := "HTTP/1.1"
+	if !r.ProtoAtLeast(1, 1) {
+		proto = "HTTP/1.0"
+	}
+	replied := false
+	s.Tunneler.Tunnel(r.Context(), client, t, func(err error) error {
+		if replied {
+			return nil
+		}
+		replied = true
+		if err == nil {
+			_, werr := io.WriteString(c, proto+" 200 Connection established\r\n\r\n")
+			return werr
+		}
+		code, msg := Status(err)
+		body := "socksgate: " + msg + "\r\n"
+		_, werr := io.WriteString(c, fmt.Sprintf("%s %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s",
+			proto, code, http.StatusText(code), len(body), body))
+		return werr
+	})
+}
+
+// forwardError answers a forwarded request that could not be carried.
+func (s *Server) forwardError(w http.ResponseWriter, r *http.Request, err error) {
+	if r.Context().Err() != nil {
+		return // the client went away
+	}
+	code, msg := Status(err)
+	plainError(w, code, "socksgate: "+msg)
+}
+
+// Status is the HTTP answer for a Tunneler's dial error, and a short reason for the body:
+//
+//	ErrNotAllowed                      403 Forbidden
+//	timeout (dial or upstream)         504 Gateway Timeout
+//	anything else (refused, an
+//	upstream's refusal, DNS)          502 Bad Gateway, with the error as reason
+func Status(err error) (int, string) {
+	var ne net.Error
+	switch {
+	case errors.Is(err, ErrNotAllowed):
+		return http.StatusForbidden, "blocked by rule"
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded),
+		errors.As(err, &ne) && ne.Timeout():
+		return http.StatusGatewayTimeout, "upstream timed out: " + err.Error()
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return http.StatusBadGateway, "connection refused: " + err.Error()
+	}
+	return http.StatusBadGateway, err.Error()
+}
+
+func plainError(w http.ResponseWriter, code int, msg string) {
+	h := w.Header()
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("X-Content-Type-Options", "nosniff")
+	if code >= 400 && code != http.StatusProxyAuthRequired {
+		h.Set("Connection", "close")
+	}
+	w.WriteHeader(code)
+	io.WriteString(w, msg+"\r\n")
+}
+
+func clipTarget(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "..."
+	}
+	return s
+}
+
+// proxyBasicAuth decodes a Proxy-Authorization: Basic header.
+func proxyBasicAuth(h string) (user, pass string, ok bool) {
+	scheme, cred, found := strings.Cut(h, " ")
+	if !found || !strings.EqualFold(scheme, "Basic") {
+		return "", "", false
+	}
+	b, err := base64.StdEncoding.DecodeString(strings.TrimSpace(cred))
+	if err != nil {
+		return "", "", false
+	}
+	user, pass, ok = strings.Cut(string(b), ":")
+	return user, pass, ok
+}
+
+// requestTarget is the destination of a CONNECT (authority form, host:port).
+func requestTarget(src netip.AddrPort, r *http.Request) (Target, error) {
+	hostport := r.RequestURI
+	if hostport == "" || strings.Contains(hostport, "/") {
+		hostport = r.Host
+	}
+	return parseTarget(src, hostport)
+}
+
+// parseTarget parses "host:port", the host a name or an IP literal (IPv6 in brackets).
+func parseTarget(src netip.AddrPort, hostport string) (Target, error) {
+	host, port, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return Target{}, fmt.Errorf("target %q: want host:port", clipTarget(hostport))
+	}
+	p, err := strconv.ParseUint(port, 10, 16)
+	if err != nil || p == 0 {
+		return Target{}, fmt.Errorf("target %q: bad port", clipTarget(hostport))
+	}
+	if ip, err := netip.ParseAddr(host); err == nil {
+		if ip.Zone() != "" {
+			return Target{}, fmt.Errorf("target %q: an IPv6 zone is not allowed", clipTarget(hostport))
+		}
+		return Target{Src: src, Addr: netip.AddrPortFrom(ip.Unmap(), uint16(p)), Port: uint16(p)}, nil
+	}
+	if host == "" || len(host) > 253 || strings.ContainsAny(host, " \t\r\n/\\@%") {
+		return Target{}, fmt.Errorf("target %q: bad host name", clipTarget(hostport))
+	}
+	return Target{Src: src, Host: host, Port: uint16(p)}, nil
+}
+
+func remoteAddr(r *http.Request) net.Addr {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		return nil
+	}
+	return net.TCPAddrFromAddrPort(ap)
+}
+
+// addrPortOf returns the unmapped address of a TCP net.Addr.
+func addrPortOf(a net.Addr) netip.AddrPort {
+	var ap netip.AddrPort
+	switch a := a.(type) {
+	case *net.TCPAddr:
+		ap = a.AddrPort()
+	default:
+		if a != nil {
+			ap, _ = netip.ParseAddrPort(a.String())
+		}
+	}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}
+
+// discardOrReport turns net/http's log lines (panics in handlers, copy errors) into ErrorLog
+// calls.
+type discardOrReport struct{ s *Server }
+
+func (d discardOrReport) Write(p []byte) (int, error) {
+	d.s.report(netip.AddrPort{}, errors.New(strings.TrimSpace(string(p))))
+	return len(p), nil
+}
+
+// connListener is a net.Listener fed by ServeConn.
+type connListener struct {
+	conns chan net.Conn
+	done  chan struct{}
+	once  sync.Once
+}
+
+func (l *connListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *connListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *connListener) Addr() net.Addr { return &net.TCPAddr{} }
+
+// prefixedConn is a connection with bytes already read from it in front. It keeps the
+// half-close and the splice paths of the connection underneath.
+type prefixedConn struct {
+	net.Conn
+	prefix []byte
+}
+
+func (c *prefixedConn) Read(p []byte) (int, error) {
+	if len(c.prefix) > 0 {
+		n := copy(p, c.prefix)
+		c.prefix = c.prefix[n:]
+		return n, nil
+	}
+	return c.Conn.Read(p)
+}
+
+// WriteTo writes the prefix, then lets the connection underneath copy (splice) the rest.
+func (c *prefixedConn) WriteTo(w io.Writer) (int64, error) {
+	var total int64
+	if len(c.prefix) > 0 {
+		n, err := w.Write(c.prefix)
+		total += int64(n)
+		c.prefix = c.prefix[n:]
+		if err != nil {
+			return total, err
+		}
+	}
+	n, err := io.Copy(w, c.Conn)
+	return total + n, err
+}
+
+// ReadFrom copies into the connection underneath (splice when both are TCP).
+func (c *prefixedConn) ReadFrom(r io.Reader) (int64, error) { return io.Copy(c.Conn, r) }
+
+// CloseWrite shuts down the sending half, when the connection underneath can.
+func (c *prefixedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return c.Conn.Close()
+}

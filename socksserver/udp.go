@@ -1,0 +1,149 @@
+package socksserver
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/socksgate/socksgate/socks"
+)
+
+// maxDatagram bounds a relayed datagram, header included (the largest UDP payload).
+const maxDatagram = 65535
+
+// associate answers a UDP ASSOCIATE: it opens a relay socket on the local address the client
+// reached us on, tells the client where it is, and returns the relay loop, which runs until
+// the control connection ends.
+//
+// Only datagrams from the client's IP address are taken, and from the port the client
+// declared in its request when that is not zero; replies go to that port, or else to the port
+// the client's latest datagram came from. Fragments (FRAG != 0) are dropped and counted.
+func (s *Server) associate(ctx context.Context, c net.Conn, br *bufio.Reader, src netip.AddrPort, declared Target) (func(), error) {
+	local := addrPortOf(c.LocalAddr()).Addr()
+	network := "udp6"
+	if local.Is4() {
+		network = "udp4"
+	}
+	listen := s.ListenUDP
+	if listen == nil {
+		listen = net.ListenPacket
+	}
+	pc, err := listen(network, net.JoinHostPort(local.String(), "0"))
+	if err != nil {
+		writeReply5(c, socks.ReplyGeneralFailure, socks.Addr{})
+		return nil, fmt.Errorf("udp associate: open relay socket: %w", err)
+	}
+	r := &udpRelay{srv: s, pc: pc, clientIP: src.Addr()}
+	if declared.Host == "" && declared.Addr.Port() != 0 {
+		r.clientPort = declared.Addr.Port()
+		r.peer.Store(ptr(netip.AddrPortFrom(src.Addr(), r.clientPort)))
+	}
+	sess, err := s.Tunneler.OpenUDP(ctx, src, r.deliver)
+	if err != nil {
+		pc.Close()
+		writeReply5(c, ReplyCode(err), socks.Addr{})
+		return nil, fmt.Errorf("udp associate: %w", err)
+	}
+	r.sess = sess
+	bound := socks.AddrFromAddrPort(addrPortOf(pc.LocalAddr()))
+	if err := writeReply5(c, socks.ReplySucceeded, bound); err != nil {
+		pc.Close()
+		sess.Close()
+		return nil, fmt.Errorf("udp associate: write reply: %w", err)
+	}
+	return func() {
+		c.SetDeadline(time.Time{})
+		// The association lives as long as the control connection: when the client closes
+		// it (or it breaks), or the server shuts down, the relay socket closes too.
+		go func() {
+			io.Copy(io.Discard, br)
+			pc.Close()
+		}()
+		stop := context.AfterFunc(ctx, func() { c.Close() })
+		r.loop(ctx)
+		stop()
+		c.Close()
+		sess.Close()
+	}, nil
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// udpRelay is one association's relay socket.
+type udpRelay struct {
+	srv        *Server
+	pc         net.PacketConn
+	sess       UDPSession
+	clientIP   netip.Addr
+	clientPort uint16                         // declared by the client; 0: learn it
+	peer       atomic.Pointer[netip.AddrPort] // where replies go
+
+	wmu  sync.Mutex
+	wbuf []byte
+}
+
+func (r *udpRelay) loop(ctx context.Context) {
+	buf := make([]byte, maxDatagram)
+	for {
+		n, from, err := r.pc.ReadFrom(buf)
+		if err != nil {
+			return
+		}
+		ap := addrPortOf(from)
+		if ap.Addr() != r.clientIP || (r.clientPort != 0 && ap.Port() != r.clientPort) {
+			r.srv.stats.foreign.Add(1)
+			continue
+		}
+		h, hl, err := socks.ParseUDPHeader(buf[:n])
+		if err != nil {
+			r.srv.stats.malformed.Add(1)
+			continue
+		}
+		if h.Frag != 0 {
+			r.srv.stats.frag.Add(1)
+			continue
+		}
+		if r.clientPort == 0 {
+			if p := r.peer.Load(); p == nil || *p != ap {
+				r.peer.Store(ptr(ap))
+			}
+		}
+		var t Target
+		if h.Addr.IsName() {
+			t = targetFromName(netip.AddrPortFrom(r.clientIP, ap.Port()), h.Addr.Name, h.Addr.Port)
+		} else {
+			a, _ := h.Addr.AddrPort()
+			t = Target{Src: netip.AddrPortFrom(r.clientIP, ap.Port()), Addr: a, Port: a.Port()}
+		}
+		if err := r.sess.Send(ctx, buf[hl:n], t); err != nil {
+			r.srv.stats.dropped.Add(1)
+		}
+	}
+}
+
+// deliver sends a reply from a remote to the client, with the remote in the SOCKS5 header.
+func (r *udpRelay) deliver(payload []byte, from socks.Addr) {
+	p := r.peer.Load()
+	if p == nil {
+		r.srv.stats.dropped.Add(1)
+		return
+	}
+	r.wmu.Lock()
+	defer r.wmu.Unlock()
+	b, err := socks.AppendUDPHeader(r.wbuf[:0], socks.UDPHeader{Addr: from})
+	if err != nil {
+		r.srv.stats.dropped.Add(1)
+		return
+	}
+	b = append(b, payload...)
+	r.wbuf = b[:0]
+	if _, err := r.pc.WriteTo(b, net.UDPAddrFromAddrPort(*p)); err != nil {
+		r.srv.stats.dropped.Add(1)
+	}
+}
