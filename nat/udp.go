@@ -1,0 +1,581 @@
+package nat
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Defaults of UDPTable fields left at their zero value.
+const (
+	DefaultUDPIdle        = 60 * time.Second
+	DefaultUDPMaxSessions = 4096
+	DefaultUDPMaxReply    = 16 << 10 // bytes read per reply datagram; longer ones are truncated
+	maxPendingDatagrams   = 32       // per outbound, while it is being opened
+	maxSessionDests       = 1024     // cached per-destination routes per session
+	maxDatagram           = 64 << 10
+)
+
+// Errors a session or a datagram can end with.
+var (
+	ErrSessionLimit = errors.New("udp session limit reached")
+	ErrReplyFamily  = errors.New("reply from a remote of the other address family")
+	errTableClosed  = errors.New("udp table closed")
+)
+
+// UDPConn is a session's way out: a SOCKS5 UDP association, a marked direct socket, or any
+// datagram carrier whose writes name the real destination. Writes must not block for long:
+// they run on the listener's goroutine (a UDP send, or a hand-off to a queue).
+type UDPConn interface {
+	WriteToAddrPort(b []byte, dst netip.AddrPort) (int, error)
+	// ReadFromAddrPort returns one reply and the remote it came from. It fails once the
+	// carrier is closed or has ended (for example, the proxy closed the association).
+	ReadFromAddrPort(b []byte) (int, netip.AddrPort, error)
+	Close() error
+}
+
+// ReplyConn sends replies to a client from a remote's address (a transparent socket bound to
+// that address; *net.UDPConn satisfies it).
+type ReplyConn interface {
+	WriteToUDPAddrPort(b []byte, addr netip.AddrPort) (int, error)
+	Close() error
+}
+
+// DatagramReader yields captured datagrams with their client and original destination
+// (*UDPListener on Linux).
+type DatagramReader interface {
+	ReadDatagram(b []byte) (n int, src, dst netip.AddrPort, err error)
+}
+
+// UDPRoute is where a session's datagrams to one destination go.
+type UDPRoute struct {
+	// Drop, when not nil, drops datagrams to this destination (a blocking rule); it is the
+	// session's error if the session has no other.
+	Drop error
+	// Outbound names the way out. Destinations of one session with the same Outbound share
+	// one UDPConn (one upstream association), so replies from any remote reach the client.
+	Outbound string
+	// Open opens the way out; it is called once per session and Outbound, off the listener's
+	// goroutine, with the first destination sent to it. ctx ends with the session.
+	Open func(ctx context.Context, firstDst netip.AddrPort) (UDPConn, error)
+	// Tag is opaque to nat and handed back in the session's report (the rule, the upstream).
+	Tag any
+}
+
+// UDPSessionReport describes a session at its end.
+type UDPSessionReport struct {
+	Src, FirstDst           netip.AddrPort
+	Tag                     any // the first destination's UDPRoute.Tag
+	Start                   time.Time
+	Duration                time.Duration
+	PacketsUp, BytesUp      uint64 // client → remotes
+	PacketsDown, BytesDown  uint64 // remotes → client
+	Dests                   int    // distinct destinations routed
+	Dropped                 uint64 // datagrams of this session dropped, either way
+	Err                     error  // why it ended, if not idleness or shutdown; or the first drop reason
+	Idle                    bool   // ended by the idle timeout
+}
+
+// ReplyError is a reply that could not be sent to the client: its socket could not be bound
+// to the remote's address (EADDRINUSE when a local daemon holds that port), or the send failed.
+type ReplyError struct {
+	Client, Remote netip.AddrPort
+	Err            error
+}
+
+func (e *ReplyError) Error() string {
+	return fmt.Sprintf("udp reply from %s to %s: %v", e.Remote, e.Client, e.Err)
+}
+
+func (e *ReplyError) Unwrap() error { return e.Err }
+
+// UDPStats are a table's counters since it was made.
+type UDPStats struct {
+	Active          int    // sessions now
+	Sessions        uint64 // sessions ever created
+	Refused         uint64 // datagrams refused because the table was full
+	Blocked         uint64 // datagrams dropped by a route's Drop
+	QueueDrops      uint64 // datagrams dropped while their outbound was opening (queue full) or after it failed
+	UpstreamErrors  uint64 // datagrams the outbound failed to send
+	ReplyBindErrors uint64 // replies dropped because the reply socket could not be bound
+	ReplyErrors     uint64 // replies dropped for any other reason (send failure, family mismatch)
+	ReadErrors      uint64 // datagrams the listener could not decode (no original destination)
+}
+
+// UDPTable is the UDP NAT table: sessions keyed by the client's address, each with its
+// outbounds (usually one upstream association) and its reply sockets, one per remote address
+// that answered. Serve reads captured datagrams and never blocks on a session: routes are
+// looked up inline (Route must be quick), outbounds are opened in the background with a short
+// queue, and replies are written by one goroutine per outbound.
+//
+// Routing is per destination, cached per session: the first datagram to each new destination
+// of a session is routed, so a rule that blocks a destination still blocks it even when a
+// session already talks elsewhere; destinations with the same Outbound share one UDPConn.
+type UDPTable struct {
+	Idle        time.Duration // a session without traffic either way for this long ends; default DefaultUDPIdle
+	MaxSessions int           // beyond it, new clients' datagrams are dropped and counted; default DefaultUDPMaxSessions
+	MaxReply    int           // reply datagram buffer size per outbound; default DefaultUDPMaxReply
+
+	// Route decides where a session's datagram to dst goes. Required.
+	Route func(src, dst netip.AddrPort) UDPRoute
+	// OpenReply opens the socket replies from remote leave by. Required (ListenReply on Linux).
+	OpenReply func(remote netip.AddrPort) (ReplyConn, error)
+	// OnSessionEnd receives each session's report, from its own goroutine. Optional.
+	OnSessionEnd func(UDPSessionReport)
+	// OnError receives per-datagram failures that drop one datagram (a *ReplyError, an
+	// outbound's send or open error); the caller rate-limits any logging. Optional.
+	OnError func(error)
+
+	mu       sync.Mutex
+	sessions map[netip.AddrPort]*udpSession
+	closed   bool
+	wg       sync.WaitGroup // sessions finishing, the sweeper
+
+	sessionsTotal, refused, blocked, queueDrops, upstreamErrors atomic.Uint64
+	replyBindErrors, replyErrors, readErrors                    atomic.Uint64
+	stop                                                        chan struct{}
+	startOnce                                                   sync.Once
+}
+
+func (t *UDPTable) idle() time.Duration {
+	if t.Idle > 0 {
+		return t.Idle
+	}
+	return DefaultUDPIdle
+}
+
+func (t *UDPTable) maxSessions() int {
+	if t.MaxSessions > 0 {
+		return t.MaxSessions
+	}
+	return DefaultUDPMaxSessions
+}
+
+func (t *UDPTable) maxReply() int {
+	if t.MaxReply > 0 {
+		return t.MaxReply
+	}
+	return DefaultUDPMaxReply
+}
+
+func (t *UDPTable) init() {
+	t.startOnce.Do(func() {
+		t.mu.Lock()
+		t.sessions = make(map[netip.AddrPort]*udpSession)
+		t.stop = make(chan struct{})
+		if !t.closed {
+			t.wg.Add(1)
+			go t.sweep()
+		}
+		t.mu.Unlock()
+	})
+}
+
+// Stats returns the table's counters.
+func (t *UDPTable) Stats() UDPStats {
+	t.mu.Lock()
+	active := len(t.sessions)
+	t.mu.Unlock()
+	return UDPStats{
+		Active:          active,
+		Sessions:        t.sessionsTotal.Load(),
+		Refused:         t.refused.Load(),
+		Blocked:         t.blocked.Load(),
+		QueueDrops:      t.queueDrops.Load(),
+		UpstreamErrors:  t.upstreamErrors.Load(),
+		ReplyBindErrors: t.replyBindErrors.Load(),
+		ReplyErrors:     t.replyErrors.Load(),
+		ReadErrors:      t.readErrors.Load(),
+	}
+}
+
+// Serve reads datagrams from r and relays them until r fails (is closed). It returns nil when
+// the failure is the table's Close or r's closing; sessions live on until Close.
+func (t *UDPTable) Serve(r DatagramReader) error {
+	t.init()
+	buf := make([]byte, maxDatagram)
+	for {
+		n, src, dst, err := r.ReadDatagram(buf)
+		if err != nil {
+			if errors.Is(err, ErrNoOriginalDst) {
+				t.readErrors.Add(1)
+				continue
+			}
+			t.mu.Lock()
+			closed := t.closed
+			t.mu.Unlock()
+			if closed || isClosed(err) {
+				return nil
+			}
+			return fmt.Errorf("read udp datagram: %w", err)
+		}
+		t.Handle(buf[:n], src, dst)
+	}
+}
+
+// Handle relays one datagram from src to dst (Serve calls it; tests and other inbounds may
+// too). b is not retained.
+func (t *UDPTable) Handle(b []byte, src, dst netip.AddrPort) {
+	t.init()
+	src = unmapAddrPort(src)
+	dst = unmapAddrPort(dst)
+	s := t.session(src, dst)
+	if s == nil {
+		return
+	}
+	s.touch()
+	s.mu.Lock()
+	if s.ended {
+		s.mu.Unlock()
+		s.dropped.Add(1)
+		return
+	}
+	o, known := s.dests[dst]
+	if !known {
+		r := t.Route(src, dst)
+		if len(s.dests) >= maxSessionDests {
+			clear(s.dests)
+		}
+		if s.routes == 0 {
+			s.tag = r.Tag
+		}
+		s.routes++
+		if r.Drop != nil {
+			s.dests[dst] = nil
+			if s.err == nil {
+				s.err = r.Drop
+			}
+		} else {
+			o = s.outs[r.Outbound]
+			if o == nil {
+				o = &udpOutbound{name: r.Outbound}
+				s.outs[r.Outbound] = o
+				s.wg.Add(1)
+				go t.open(s, o, r.Open, dst)
+			}
+			s.dests[dst] = o
+		}
+	}
+	if o == nil {
+		s.mu.Unlock()
+		t.blocked.Add(1)
+		s.dropped.Add(1)
+		return
+	}
+	c := o.conn
+	if c == nil {
+		if o.failed || len(o.pending) >= maxPendingDatagrams {
+			s.mu.Unlock()
+			t.queueDrops.Add(1)
+			s.dropped.Add(1)
+			return
+		}
+		o.pending = append(o.pending, pendingDatagram{dst: dst, b: append([]byte(nil), b...)})
+		s.mu.Unlock()
+		return
+	}
+	s.mu.Unlock()
+	t.send(s, c, b, dst)
+}
+
+func (t *UDPTable) send(s *udpSession, c UDPConn, b []byte, dst netip.AddrPort) {
+	if _, err := c.WriteToAddrPort(b, dst); err != nil {
+		t.upstreamErrors.Add(1)
+		s.dropped.Add(1)
+		if t.OnError != nil {
+			t.OnError(fmt.Errorf("udp %s → %s: %w", s.src, dst, err))
+		}
+		return
+	}
+	s.packetsUp.Add(1)
+	s.bytesUp.Add(uint64(len(b)))
+}
+
+// session returns src's session, creating it for its first datagram to dst; nil when the table
+// is full or closed.
+func (t *UDPTable) session(src, dst netip.AddrPort) *udpSession {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if s := t.sessions[src]; s != nil {
+		return s
+	}
+	if t.closed {
+		return nil
+	}
+	if len(t.sessions) >= t.maxSessions() {
+		t.refused.Add(1)
+		return nil
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &udpSession{
+		src: src, firstDst: dst, start: time.Now(),
+		ctx: ctx, cancel: cancel,
+		dests:   make(map[netip.AddrPort]*udpOutbound),
+		outs:    make(map[string]*udpOutbound),
+		replies: make(map[netip.AddrPort]ReplyConn),
+	}
+	s.touch()
+	t.sessions[src] = s
+	t.sessionsTotal.Add(1)
+	return s
+}
+
+// open opens o's carrier, flushes what was queued meanwhile and relays replies until it fails.
+func (t *UDPTable) open(s *udpSession, o *udpOutbound, open func(context.Context, netip.AddrPort) (UDPConn, error), first netip.AddrPort) {
+	defer s.wg.Done()
+	var c UDPConn
+	var err error
+	if open == nil {
+		err = errors.New("route has no Open")
+	} else {
+		c, err = open(s.ctx, first)
+	}
+	s.mu.Lock()
+	if err == nil && s.ended {
+		c.Close()
+		err = errSessionEnded
+	}
+	if err != nil {
+		o.failed = true
+		n := len(o.pending)
+		o.pending = nil
+		s.mu.Unlock()
+		t.queueDrops.Add(uint64(n))
+		s.dropped.Add(uint64(n))
+		if !errors.Is(err, errSessionEnded) {
+			t.end(s, fmt.Errorf("open %s: %w", o.name, err), false)
+		}
+		return
+	}
+	o.conn = c
+	pending := o.pending
+	o.pending = nil
+	s.mu.Unlock()
+	for _, p := range pending {
+		t.send(s, c, p.b, p.dst)
+	}
+	t.relayReplies(s, c)
+}
+
+var errSessionEnded = errors.New("session ended")
+
+// relayReplies copies replies from c to the client, each from its remote's address.
+func (t *UDPTable) relayReplies(s *udpSession, c UDPConn) {
+	buf := make([]byte, t.maxReply())
+	for {
+		n, from, err := c.ReadFromAddrPort(buf)
+		if err != nil {
+			s.mu.Lock()
+			ended := s.ended
+			s.mu.Unlock()
+			if !ended {
+				t.end(s, fmt.Errorf("outbound ended: %w", err), false)
+			}
+			return
+		}
+		s.touch()
+		from = unmapAddrPort(from)
+		if from.Addr().Is4() != s.src.Addr().Is4() {
+			t.replyErrors.Add(1)
+			s.dropped.Add(1)
+			t.reportErr(&ReplyError{Client: s.src, Remote: from, Err: ErrReplyFamily})
+			continue
+		}
+		rc, err := t.reply(s, from)
+		if err != nil {
+			t.replyBindErrors.Add(1)
+			s.dropped.Add(1)
+			t.reportErr(&ReplyError{Client: s.src, Remote: from, Err: err})
+			continue
+		}
+		if _, err := rc.WriteToUDPAddrPort(buf[:n], s.src); err != nil {
+			t.replyErrors.Add(1)
+			s.dropped.Add(1)
+			t.reportErr(&ReplyError{Client: s.src, Remote: from, Err: err})
+			continue
+		}
+		s.packetsDown.Add(1)
+		s.bytesDown.Add(uint64(n))
+	}
+}
+
+func (t *UDPTable) reportErr(err error) {
+	if t.OnError != nil {
+		t.OnError(err)
+	}
+}
+
+// reply returns the session's reply socket for remote, opening it on first use. A failed open
+// is not cached: the port may be free again for the next reply.
+func (t *UDPTable) reply(s *udpSession, remote netip.AddrPort) (ReplyConn, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ended {
+		return nil, errSessionEnded
+	}
+	if rc := s.replies[remote]; rc != nil {
+		return rc, nil
+	}
+	rc, err := t.OpenReply(remote)
+	if err != nil {
+		return nil, err
+	}
+	s.replies[remote] = rc
+	return rc, nil
+}
+
+// end removes s from the table and closes its outbounds; its goroutines finish and report in
+// the background. It is idempotent.
+func (t *UDPTable) end(s *udpSession, cause error, idle bool) {
+	s.mu.Lock()
+	if s.ended {
+		s.mu.Unlock()
+		return
+	}
+	s.ended = true
+	s.endErr, s.idle = cause, idle
+	var conns []UDPConn
+	for _, o := range s.outs {
+		if o.conn != nil {
+			conns = append(conns, o.conn)
+		}
+	}
+	s.mu.Unlock()
+	s.cancel()
+	t.mu.Lock()
+	if t.sessions[s.src] == s {
+		delete(t.sessions, s.src)
+	}
+	t.wg.Add(1)
+	t.mu.Unlock()
+	for _, c := range conns {
+		c.Close()
+	}
+	go t.finish(s)
+}
+
+// finish waits for s's goroutines, closes its reply sockets and reports it.
+func (t *UDPTable) finish(s *udpSession) {
+	defer t.wg.Done()
+	s.wg.Wait()
+	s.mu.Lock()
+	for _, rc := range s.replies {
+		rc.Close()
+	}
+	clear(s.replies)
+	err := s.endErr
+	if err == nil || errors.Is(err, errTableClosed) {
+		err = s.err
+	}
+	r := UDPSessionReport{
+		Src: s.src, FirstDst: s.firstDst, Tag: s.tag, Start: s.start,
+		Duration:  time.Since(s.start),
+		PacketsUp: s.packetsUp.Load(), BytesUp: s.bytesUp.Load(),
+		PacketsDown: s.packetsDown.Load(), BytesDown: s.bytesDown.Load(),
+		Dests: s.routes, Dropped: s.dropped.Load(), Err: err, Idle: s.idle,
+	}
+	s.mu.Unlock()
+	if t.OnSessionEnd != nil {
+		t.OnSessionEnd(r)
+	}
+}
+
+// sweep ends idle sessions.
+func (t *UDPTable) sweep() {
+	defer t.wg.Done()
+	idle := t.idle()
+	tick := time.NewTicker(min(max(idle/4, 20*time.Millisecond), 5*time.Second))
+	defer tick.Stop()
+	for {
+		select {
+		case <-t.stop:
+			return
+		case now := <-tick.C:
+			var expired []*udpSession
+			t.mu.Lock()
+			for _, s := range t.sessions {
+				if now.Sub(time.Unix(0, s.last.Load())) >= idle {
+					expired = append(expired, s)
+				}
+			}
+			t.mu.Unlock()
+			for _, s := range expired {
+				t.end(s, nil, true)
+			}
+		}
+	}
+}
+
+// Close ends every session (each is reported) and waits for them. Serve's reader must be
+// closed by the caller; datagrams arriving meanwhile are dropped.
+func (t *UDPTable) Close() error {
+	t.init()
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		t.wg.Wait()
+		return nil
+	}
+	t.closed = true
+	close(t.stop)
+	all := make([]*udpSession, 0, len(t.sessions))
+	for _, s := range t.sessions {
+		all = append(all, s)
+	}
+	t.mu.Unlock()
+	for _, s := range all {
+		t.end(s, errTableClosed, false)
+	}
+	t.wg.Wait()
+	return nil
+}
+
+type udpSession struct {
+	src, firstDst netip.AddrPort
+	start         time.Time
+	last          atomic.Int64 // unix nanoseconds of the last datagram either way
+	ctx           context.Context
+	cancel        context.CancelFunc
+	wg            sync.WaitGroup // outbound goroutines
+
+	packetsUp, bytesUp, packetsDown, bytesDown, dropped atomic.Uint64
+
+	mu      sync.Mutex
+	dests   map[netip.AddrPort]*udpOutbound // nil value: dropped by the route
+	outs    map[string]*udpOutbound
+	replies map[netip.AddrPort]ReplyConn
+	tag     any
+	routes  int
+	err     error // first drop reason
+	ended   bool
+	endErr  error
+	idle    bool
+}
+
+func (s *udpSession) touch() { s.last.Store(time.Now().UnixNano()) }
+
+type udpOutbound struct {
+	name    string
+	conn    UDPConn // nil while opening
+	failed  bool
+	pending []pendingDatagram
+}
+
+type pendingDatagram struct {
+	dst netip.AddrPort
+	b   []byte
+}
+
+func unmapAddrPort(ap netip.AddrPort) netip.AddrPort {
+	if ap.Addr().Is4In6() {
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	return ap
+}
+
+func isClosed(err error) bool { return errors.Is(err, net.ErrClosed) }

@@ -1,0 +1,183 @@
+package nat
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"net"
+	"net/netip"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// UDPListener is the transparent UDP socket TPROXY delivers captured datagrams to. Each
+// datagram carries its original destination in a control message.
+type UDPListener struct {
+	conn *net.UDPConn
+	oob  []byte
+}
+
+// ListenUDPTransparent opens the TPROXY listener on addr, e.g. "[::]:12345": one dual-stack
+// socket takes both families. IPV6_TRANSPARENT, IP_TRANSPARENT, IPV6_RECVORIGDSTADDR and
+// IP_RECVORIGDSTADDR are set before bind (an IPv4 addr gets only the IPv4 options). It needs
+// CAP_NET_ADMIN.
+func ListenUDPTransparent(ctx context.Context, addr string) (*UDPListener, error) {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("transparent udp listener %q: %w", addr, err)
+	}
+	v4 := ap.Addr().Is4()
+	network := "udp"
+	if v4 {
+		network = "udp4"
+	}
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		return setSockopts(c, listenerOpts(v4))
+	}}
+	pc, err := lc.ListenPacket(ctx, network, addr)
+	if err != nil {
+		return nil, fmt.Errorf("transparent udp listener %s: %w", addr, err)
+	}
+	return &UDPListener{
+		conn: pc.(*net.UDPConn),
+		oob:  make([]byte, unix.CmsgSpace(unix.SizeofSockaddrInet6)*2),
+	}, nil
+}
+
+type sockopt struct {
+	level, name int
+	what        string
+}
+
+func listenerOpts(v4 bool) []sockopt {
+	opts := []sockopt{
+		{unix.SOL_IP, unix.IP_TRANSPARENT, "IP_TRANSPARENT"},
+		{unix.SOL_IP, unix.IP_RECVORIGDSTADDR, "IP_RECVORIGDSTADDR"},
+	}
+	if !v4 {
+		opts = append(opts,
+			sockopt{unix.SOL_IPV6, unix.IPV6_TRANSPARENT, "IPV6_TRANSPARENT"},
+			sockopt{unix.SOL_IPV6, unix.IPV6_RECVORIGDSTADDR, "IPV6_RECVORIGDSTADDR"})
+	}
+	return opts
+}
+
+func setSockopts(c syscall.RawConn, opts []sockopt) error {
+	var serr error
+	err := c.Control(func(fd uintptr) {
+		for _, o := range opts {
+			if err := unix.SetsockoptInt(int(fd), o.level, o.name, 1); err != nil {
+				serr = fmt.Errorf("setsockopt %s: %w", o.what, err)
+				return
+			}
+		}
+	})
+	if err != nil {
+		return err
+	}
+	return serr
+}
+
+// ReadDatagram reads one captured datagram into b and returns its client (src) and original
+// destination (dst), IPv4 ones unmapped. A datagram without the control message (not
+// delivered by TPROXY) returns an error wrapping ErrNoOriginalDst. Not safe for concurrent
+// use: one goroutine reads.
+func (l *UDPListener) ReadDatagram(b []byte) (int, netip.AddrPort, netip.AddrPort, error) {
+	n, oobn, _, src, err := l.conn.ReadMsgUDPAddrPort(b, l.oob)
+	if err != nil {
+		return 0, netip.AddrPort{}, netip.AddrPort{}, err
+	}
+	dst, err := origDstFromOOB(l.oob[:oobn])
+	if err != nil {
+		return n, unmapAddrPort(src), netip.AddrPort{}, fmt.Errorf("datagram from %s: %w", src, err)
+	}
+	return n, unmapAddrPort(src), dst, nil
+}
+
+// LocalAddr is the listener's address.
+func (l *UDPListener) LocalAddr() net.Addr { return l.conn.LocalAddr() }
+
+// Close closes the listener; a pending ReadDatagram returns net.ErrClosed.
+func (l *UDPListener) Close() error { return l.conn.Close() }
+
+// cmsgAlign rounds n up the way CMSG_ALIGN does.
+func cmsgAlign(n int) int { return unix.CmsgSpace(n) - unix.CmsgSpace(0) }
+
+// origDstFromOOB finds IP_ORIGDSTADDR or IPV6_ORIGDSTADDR among the control messages and
+// decodes its sockaddr, without allocating. It agrees with unix.ParseSocketControlMessage
+// followed by unix.ParseOrigDstAddr (FuzzOrigDstFromOOB checks that), which allocate on every
+// datagram.
+func origDstFromOOB(oob []byte) (netip.AddrPort, error) {
+	lenSize := unix.SizeofCmsghdr - 8 // cmsg_len is a size_t, then two int32s
+	for len(oob) >= unix.SizeofCmsghdr {
+		var l uint64
+		if lenSize == 8 {
+			l = binary.NativeEndian.Uint64(oob)
+		} else {
+			l = uint64(binary.NativeEndian.Uint32(oob))
+		}
+		level := int32(binary.NativeEndian.Uint32(oob[lenSize:]))
+		typ := int32(binary.NativeEndian.Uint32(oob[lenSize+4:]))
+		if l < uint64(unix.SizeofCmsghdr) || l > uint64(len(oob)) {
+			break
+		}
+		data := oob[cmsgAlign(unix.SizeofCmsghdr):l]
+		switch {
+		case level == unix.SOL_IP && typ == unix.IP_ORIGDSTADDR:
+			if len(data) < unix.SizeofSockaddrInet4 {
+				return netip.AddrPort{}, fmt.Errorf("%w: short IP_ORIGDSTADDR", ErrNoOriginalDst)
+			}
+			if binary.NativeEndian.Uint16(data) != unix.AF_INET {
+				return netip.AddrPort{}, fmt.Errorf("%w: IP_ORIGDSTADDR of family %d", ErrNoOriginalDst, binary.NativeEndian.Uint16(data))
+			}
+			return netip.AddrPortFrom(netip.AddrFrom4([4]byte(data[4:8])), binary.BigEndian.Uint16(data[2:4])), nil
+		case level == unix.SOL_IPV6 && typ == unix.IPV6_ORIGDSTADDR:
+			if len(data) < unix.SizeofSockaddrInet6 {
+				return netip.AddrPort{}, fmt.Errorf("%w: short IPV6_ORIGDSTADDR", ErrNoOriginalDst)
+			}
+			if binary.NativeEndian.Uint16(data) != unix.AF_INET6 {
+				return netip.AddrPort{}, fmt.Errorf("%w: IPV6_ORIGDSTADDR of family %d", ErrNoOriginalDst, binary.NativeEndian.Uint16(data))
+			}
+			a := netip.AddrFrom16([16]byte(data[8:24])).Unmap()
+			return netip.AddrPortFrom(a, binary.BigEndian.Uint16(data[2:4])), nil
+		}
+		next := cmsgAlign(int(l))
+		if next > len(oob) {
+			break
+		}
+		oob = oob[next:]
+	}
+	return netip.AddrPort{}, fmt.Errorf("%w: no IP_ORIGDSTADDR/IPV6_ORIGDSTADDR control message", ErrNoOriginalDst)
+}
+
+// ListenReply opens the socket that sends replies to clients from remote's address: an
+// IP(V6)_TRANSPARENT socket with SO_REUSEADDR bound to remote, so several sessions can answer
+// from the same remote, with control applied last (socksgate's SO_MARK hook, so the reply is
+// never captured). When a local process holds remote's port without SO_REUSEADDR the bind fails
+// with EADDRINUSE.
+func ListenReply(remote netip.AddrPort, control func(network, address string, c syscall.RawConn) error) (*net.UDPConn, error) {
+	remote = unmapAddrPort(remote)
+	network := "udp6"
+	opts := []sockopt{{unix.SOL_SOCKET, unix.SO_REUSEADDR, "SO_REUSEADDR"}}
+	if remote.Addr().Is4() {
+		network = "udp4"
+		opts = append(opts, sockopt{unix.SOL_IP, unix.IP_TRANSPARENT, "IP_TRANSPARENT"})
+	} else {
+		opts = append(opts, sockopt{unix.SOL_IPV6, unix.IPV6_TRANSPARENT, "IPV6_TRANSPARENT"})
+	}
+	lc := net.ListenConfig{Control: func(nw, addr string, c syscall.RawConn) error {
+		if err := setSockopts(c, opts); err != nil {
+			return err
+		}
+		if control != nil {
+			return control(nw, addr, c)
+		}
+		return nil
+	}}
+	pc, err := lc.ListenPacket(context.Background(), network, remote.String())
+	if err != nil {
+		return nil, fmt.Errorf("reply socket on %s: %w", remote, err)
+	}
+	return pc.(*net.UDPConn), nil
+}
