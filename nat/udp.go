@@ -69,16 +69,16 @@ type UDPRoute struct {
 
 // UDPSessionReport describes a session at its end.
 type UDPSessionReport struct {
-	Src, FirstDst           netip.AddrPort
-	Tag                     any // the first destination's UDPRoute.Tag
-	Start                   time.Time
-	Duration                time.Duration
-	PacketsUp, BytesUp      uint64 // client → remotes
-	PacketsDown, BytesDown  uint64 // remotes → client
-	Dests                   int    // distinct destinations routed
-	Dropped                 uint64 // datagrams of this session dropped, either way
-	Err                     error  // why it ended, if not idleness or shutdown; or the first drop reason
-	Idle                    bool   // ended by the idle timeout
+	Src, FirstDst          netip.AddrPort
+	Tag                    any // the first destination's UDPRoute.Tag
+	Start                  time.Time
+	Duration               time.Duration
+	PacketsUp, BytesUp     uint64 // client → remotes
+	PacketsDown, BytesDown uint64 // remotes → client
+	Dests                  int    // distinct destinations routed
+	Dropped                uint64 // datagrams of this session dropped, either way
+	Err                    error  // why it ended, if not idleness or shutdown; or the first drop reason
+	Idle                   bool   // ended by the idle timeout
 }
 
 // ReplyError is a reply that could not be sent to the client: its socket could not be bound
