@@ -2,14 +2,583 @@ package gateway
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"io"
+	"net"
+	"net/netip"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
 
 	"github.com/sirupsen/logrus"
-
 	"github.com/socksgate/socksgate/configs"
+	"github.com/socksgate/socksgate/httpproxy"
+	"github.com/socksgate/socksgate/redirect"
+	"github.com/socksgate/socksgate/socks"
+	"github.com/socksgate/socksgate/socksclient"
+	"github.com/socksgate/socksgate/socksserver"
 )
 
-// startExplicit opens the explicit proxy ports (HTTP, SOCKS, mixed) of cfg.Listen.
+// startExplicit opens the explicit proxy ports (HTTP, SOCKS, mixed) of cfg.Listen. Explicit
+// clients get the same routing and upstreams as captured flows: the servers parse their
+// protocol and hand each destination to the adapters below, which build the Flow and call
+// Handle (CONNECT-style tunnels), Dial (HTTP forwarding) or route each UDP datagram.
 func (g *Gateway) startExplicit(ctx context.Context, cfg *configs.Config, log *logrus.Logger) ([]io.Closer, error) {
-	return nil, nil
+	l := cfg.Listen
+	if len(l.HTTP)+len(l.SOCKS)+len(l.Mixed) == 0 {
+		return nil, nil
+	}
+	allow, err := explicitACL(cfg)
+	if err != nil {
+		return nil, err
+	}
+	var auth func(user, pass string) bool
+	if len(l.Users) > 0 {
+		users := make(map[string]string, len(l.Users))
+		for _, u := range l.Users {
+			users[u.Username] = string(u.Password)
+		}
+		auth = httpproxy.Credentials(users)
+	}
+	hs := time.Duration(cfg.Timeouts.Handshake)
+	guard := &loopGuard{}
+	report := func(inbound string) func(netip.AddrPort, error) {
+		return func(src netip.AddrPort, err error) {
+			e := log.WithFields(logrus.Fields{"inbound": inbound, "src": src.String()}).WithError(err)
+			switch {
+			case errors.Is(err, httpproxy.ErrRefusedSource), errors.Is(err, socksserver.ErrRefusedSource):
+				e.Warn("explicit client refused")
+			case errors.Is(err, httpproxy.ErrAuthFailed), errors.Is(err, socksserver.ErrAuthFailed),
+				errors.Is(err, socksserver.ErrSOCKS4WithUsers):
+				e.Warn("explicit client not authenticated")
+			default:
+				e.Debug("explicit client handshake failed")
+			}
+		}
+	}
+	hsrv := &httpproxy.Server{
+		Tunneler:         &httpInbound{g: g, guard: guard},
+		Authenticate:     auth,
+		Allow:            allow,
+		HandshakeTimeout: hs,
+		ErrorLog:         report(InboundHTTP),
+	}
+	ssrv := &socksserver.Server{
+		Tunneler:         &socksInbound{g: g, guard: guard},
+		Authenticate:     auth,
+		Allow:            allow,
+		HandshakeTimeout: hs,
+		ErrorLog:         report(InboundSOCKS),
+	}
+	mixed := func(c net.Conn) {
+		b, err := peekByte(c, hs)
+		if err != nil {
+			c.Close()
+			report("mixed")(addrPort(c.RemoteAddr()), fmt.Errorf("read first byte: %w", err))
+			return
+		}
+		if b == socks.Version4 || b == socks.Version5 {
+			ssrv.ServeConn(ctx, c)
+			return
+		}
+		hsrv.ServeConn(ctx, c)
+	}
+	var lns []io.Closer
+	for _, kind := range []struct {
+		name  string
+		addrs configs.AddrList
+		serve func(net.Conn)
+	}{
+		{InboundHTTP, l.HTTP, func(c net.Conn) { hsrv.ServeConn(ctx, c) }},
+		{InboundSOCKS, l.SOCKS, func(c net.Conn) { ssrv.ServeConn(ctx, c) }},
+		{"mixed", l.Mixed, mixed},
+	} {
+		for i, s := range kind.addrs {
+			addrs, err := listenAddrs(cfg, s)
+			if err != nil {
+				return append(lns, hsrv), fmt.Errorf("listen.%s[%d]: %w", kind.name, i, err)
+			}
+			for _, a := range addrs {
+				ln, err := net.Listen("tcp", a)
+				if err != nil {
+					return append(lns, hsrv), fmt.Errorf("listen.%s[%d]: %w", kind.name, i, err)
+				}
+				lns = append(lns, ln)
+				guard.add(addrPort(ln.Addr()))
+				log.WithFields(logrus.Fields{"kind": kind.name, "addr": ln.Addr().String()}).Info("explicit proxy listening")
+				go func() {
+					if err := serveAccept(ctx, ln, kind.serve); err != nil {
+						log.WithError(err).WithField("addr", ln.Addr().String()).Error("explicit listener stopped")
+					}
+				}()
+			}
+		}
+	}
+	if len(cfg.LAN.Interfaces) > 0 {
+		guard.add(netip.AddrPortFrom(netip.IPv6Unspecified(), cfg.Transparent.TCPPort))
+	}
+	// The listeners close first (no new clients), then the HTTP server lets requests in
+	// progress finish.
+	return append(lns, hsrv), nil
+}
+
+// listenAddrs expands one listen.* entry: "lan:PORT" is each address of each lan.interfaces
+// interface (IPv6 link-local ones skipped: they need a zone and are no LAN clients' target);
+// anything else is listened on as written.
+func listenAddrs(cfg *configs.Config, s string) ([]string, error) {
+	a, err := configs.ParseListenAddr(s)
+	if err != nil {
+		return nil, err
+	}
+	port := strconv.Itoa(int(a.Port))
+	if !a.LAN {
+		return []string{net.JoinHostPort(a.Host, port)}, nil
+	}
+	var out []string
+	for _, name := range cfg.LAN.Interfaces {
+		ifi, err := net.InterfaceByName(name)
+		if err != nil {
+			return nil, fmt.Errorf("lan interface %s: %w", name, err)
+		}
+		addrs, err := ifi.Addrs()
+		if err != nil {
+			return nil, fmt.Errorf("addresses of %s: %w", name, err)
+		}
+		for _, ad := range addrs {
+			ipn, ok := ad.(*net.IPNet)
+			if !ok {
+				continue
+			}
+			ip, ok := netip.AddrFromSlice(ipn.IP)
+			if !ok {
+				continue
+			}
+			ip = ip.Unmap()
+			if ip.Is6() && ip.IsLinkLocalUnicast() {
+				continue
+			}
+			out = append(out, net.JoinHostPort(ip.String(), port))
+		}
+	}
+	return out, nil
+}
+
+// explicitACL is listen.allow, or by default loopback plus the LAN: lan.prefixes and the
+// prefixes of the lan.interfaces addresses.
+func explicitACL(cfg *configs.Config) (func(netip.Addr) bool, error) {
+	allow := cfg.Listen.Allow
+	if len(allow) == 0 {
+		allow = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
+		allow = append(allow, cfg.LAN.Prefixes...)
+		if len(cfg.LAN.Interfaces) > 0 {
+			own, err := redirect.InterfacePrefixes(cfg.LAN.Interfaces)
+			if err != nil {
+				return nil, fmt.Errorf("listen.allow (default, from lan.interfaces): %w", err)
+			}
+			allow = append(allow, own...)
+		}
+	}
+	return func(a netip.Addr) bool {
+		a = a.Unmap()
+		return slices.ContainsFunc(allow, func(p netip.Prefix) bool { return p.Contains(a) })
+	}, nil
+}
+
+// peekByte returns the first byte the client sent without taking it from the socket (MSG_PEEK),
+// so the server that gets the connection reads it whole and the relay can still splice.
+func peekByte(c net.Conn, timeout time.Duration) (byte, error) {
+	if timeout > 0 {
+		c.SetReadDeadline(time.Now().Add(timeout))
+		defer c.SetReadDeadline(time.Time{})
+	}
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return 0, errors.New("not a socket")
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var b [1]byte
+	var n int
+	var rerr error
+	err = raw.Read(func(fd uintptr) bool {
+		n, _, rerr = syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK)
+		return rerr != syscall.EAGAIN
+	})
+	if err == nil {
+		err = rerr
+	}
+	if err == nil && n == 0 {
+		err = io.EOF
+	}
+	return b[0], err
+}
+
+// loopGuard knows socksgate's own listening ports, so that an explicit client asking for one of
+// them (http://gw:8080/ through gw:8080) is refused instead of dialing itself forever.
+type loopGuard struct {
+	mu    sync.Mutex
+	own   []netip.AddrPort
+	local []netip.Addr
+}
+
+func (l *loopGuard) add(ap netip.AddrPort) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.own = append(l.own, ap)
+	l.local = nil // refreshed on the next check
+}
+
+// loops reports whether dst is one of the listeners.
+func (l *loopGuard) loops(dst netip.AddrPort) bool {
+	if !dst.IsValid() {
+		return false
+	}
+	a := dst.Addr().Unmap()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, o := range l.own {
+		if o.Port() != dst.Port() {
+			continue
+		}
+		if o.Addr().Unmap() == a {
+			return true
+		}
+		if o.Addr().IsUnspecified() || a.IsLoopback() || a.IsUnspecified() {
+			if a.IsLoopback() || a.IsUnspecified() || l.isLocal(a) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func (l *loopGuard) isLocal(a netip.Addr) bool {
+	if l.local == nil {
+		addrs, _ := net.InterfaceAddrs()
+		l.local = []netip.Addr{}
+		for _, ad := range addrs {
+			if ipn, ok := ad.(*net.IPNet); ok {
+				if ip, ok := netip.AddrFromSlice(ipn.IP); ok {
+					l.local = append(l.local, ip.Unmap())
+				}
+			}
+		}
+	}
+	return slices.Contains(l.local, a)
+}
+
+var errLoop = errors.New("destination is socksgate's own listener (loop)")
+
+// httpInbound is the gateway as the HTTP proxy's Tunneler.
+type httpInbound struct {
+	g     *Gateway
+	guard *loopGuard
+}
+
+func (h *httpInbound) flow(t httpproxy.Target) Flow {
+	return Flow{Network: "tcp", Src: t.Src, Dst: t.Addr, Host: t.Host, Port: t.Port, Inbound: InboundHTTP}
+}
+
+// httpError maps a gateway error to what httpproxy answers: a blocked flow is 403.
+func httpError(err error) error {
+	if errors.Is(err, ErrBlocked) || errors.Is(err, errLoop) {
+		return fmt.Errorf("%w: %w", httpproxy.ErrNotAllowed, err)
+	}
+	return err
+}
+
+func (h *httpInbound) Tunnel(ctx context.Context, client net.Conn, t httpproxy.Target, reply func(error) error) {
+	f := h.flow(t)
+	if h.guard.loops(f.Dst) {
+		reply(httpError(errLoop))
+		client.Close()
+		h.g.logFlow(f, Decision{Action: ActionBlock, Rule: "-"}, 0, 0, 0, errLoop)
+		return
+	}
+	h.g.Handle(ctx, client, f, func(err error) error { return reply(httpError(err)) })
+}
+
+func (h *httpInbound) Dial(ctx context.Context, t httpproxy.Target) (net.Conn, error) {
+	f := h.flow(t)
+	if h.guard.loops(f.Dst) {
+		h.g.logFlow(f, Decision{Action: ActionBlock, Rule: "-"}, 0, 0, 0, errLoop)
+		return nil, httpError(errLoop)
+	}
+	start := time.Now()
+	c, d, err := h.g.Dial(ctx, f)
+	if err != nil {
+		h.g.logFlow(f, d, 0, 0, time.Since(start), err)
+		return nil, httpError(err)
+	}
+	return &loggedConn{Conn: c, g: h.g, f: f, d: d, start: start}, nil
+}
+
+// loggedConn is an upstream connection of forwarded HTTP requests: it counts bytes and logs the
+// flow line when the connection closes, as Handle does for tunnels.
+type loggedConn struct {
+	net.Conn
+	g        *Gateway
+	f        Flow
+	d        Decision
+	start    time.Time
+	up, down atomic.Int64
+	once     sync.Once
+}
+
+func (c *loggedConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.down.Add(int64(n))
+	return n, err
+}
+
+func (c *loggedConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	c.up.Add(int64(n))
+	return n, err
+}
+
+func (c *loggedConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(func() { c.g.logFlow(c.f, c.d, c.up.Load(), c.down.Load(), time.Since(c.start), nil) })
+	return err
+}
+
+// socksInbound is the gateway as the SOCKS server's Tunneler.
+type socksInbound struct {
+	g     *Gateway
+	guard *loopGuard
+}
+
+func (s *socksInbound) flow(network string, t socksserver.Target) Flow {
+	return Flow{Network: network, Src: t.Src, Dst: t.Addr, Host: t.Host, Port: t.Port, Inbound: InboundSOCKS}
+}
+
+// socksError maps a gateway error to what socksserver answers: a blocked flow is 0x02 / 0x5B.
+func socksError(err error) error {
+	if errors.Is(err, ErrBlocked) || errors.Is(err, errLoop) {
+		return fmt.Errorf("%w: %w", socksserver.ErrNotAllowed, err)
+	}
+	return err
+}
+
+func (s *socksInbound) Tunnel(ctx context.Context, client net.Conn, t socksserver.Target, reply func(error) error) {
+	f := s.flow("tcp", t)
+	if s.guard.loops(f.Dst) {
+		reply(socksError(errLoop))
+		client.Close()
+		s.g.logFlow(f, Decision{Action: ActionBlock, Rule: "-"}, 0, 0, 0, errLoop)
+		return
+	}
+	s.g.Handle(ctx, client, f, func(err error) error { return reply(socksError(err)) })
+}
+
+func (s *socksInbound) OpenUDP(ctx context.Context, src netip.AddrPort, deliver func([]byte, socks.Addr)) (socksserver.UDPSession, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	return &explicitUDP{
+		g: s.g, src: src, deliver: deliver, ctx: ctx, cancel: cancel, start: time.Now(),
+		paths: make(map[string]net.PacketConn), names: make(map[string]netip.Addr),
+	}, nil
+}
+
+// explicitUDP is one SOCKS5 UDP association on the gateway's side: every datagram is routed on
+// its own (rules see protocol udp, the destination and its name); a proxied one goes out over
+// that upstream's UDP association, opened at its first datagram and kept for the session, a
+// direct one over a marked UDP socket. Replies from any remote come back to the client.
+type explicitUDP struct {
+	g       *Gateway
+	src     netip.AddrPort
+	deliver func([]byte, socks.Addr)
+	ctx     context.Context
+	cancel  context.CancelFunc
+	start   time.Time
+
+	mu      sync.Mutex
+	paths   map[string]net.PacketConn // by upstream name
+	names   map[string]netip.Addr     // names resolved for direct datagrams
+	closed  bool
+	lastErr error
+	rule    string
+	wg      sync.WaitGroup
+
+	upPkts, downPkts, upBytes, downBytes, dropped atomic.Int64
+}
+
+func (u *explicitUDP) Send(ctx context.Context, payload []byte, t socksserver.Target) error {
+	f := Flow{Network: "udp", Src: u.src, Dst: t.Addr, Host: t.Host, Port: t.Port, Inbound: InboundSOCKS}
+	d := u.g.Router.Route(ctx, f)
+	err := u.send(f, d, payload)
+	u.mu.Lock()
+	u.rule = d.Rule
+	if err != nil {
+		u.lastErr = err
+	}
+	u.mu.Unlock()
+	if err != nil {
+		u.dropped.Add(1)
+		return err
+	}
+	u.upPkts.Add(1)
+	u.upBytes.Add(int64(len(payload)))
+	return nil
+}
+
+func (u *explicitUDP) send(f Flow, d Decision, payload []byte) error {
+	if d.Action == ActionBlock {
+		return ErrBlocked
+	}
+	if d.Upstream == nil {
+		return fmt.Errorf("rule %s: no upstream", d.Rule)
+	}
+	pc, err := u.path(d.Upstream)
+	if err != nil {
+		return err
+	}
+	var to net.Addr
+	switch {
+	case f.Dst.IsValid():
+		to = net.UDPAddrFromAddrPort(f.Dst)
+	case isAssociation(pc):
+		to = socks.Addr{Name: f.Host, Port: f.Port} // the upstream resolves it
+	default:
+		ip, err := u.resolve(f.Host)
+		if err != nil {
+			return err
+		}
+		to = net.UDPAddrFromAddrPort(netip.AddrPortFrom(ip, f.Port))
+	}
+	_, err = pc.WriteTo(payload, to)
+	return err
+}
+
+func isAssociation(pc net.PacketConn) bool {
+	_, ok := pc.(*socksclient.Association)
+	return ok
+}
+
+// resolve looks a name up once per session, for datagrams that go direct.
+func (u *explicitUDP) resolve(host string) (netip.Addr, error) {
+	u.mu.Lock()
+	ip, ok := u.names[host]
+	u.mu.Unlock()
+	if ok {
+		return ip, nil
+	}
+	ctx, cancel := context.WithTimeout(u.ctx, u.dialTimeout())
+	defer cancel()
+	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("resolve %s: %w", host, err)
+	}
+	if len(ips) == 0 {
+		return netip.Addr{}, fmt.Errorf("resolve %s: no address", host)
+	}
+	ip = ips[0].Unmap()
+	u.mu.Lock()
+	u.names[host] = ip
+	u.mu.Unlock()
+	return ip, nil
+}
+
+func (u *explicitUDP) dialTimeout() time.Duration {
+	if u.g.DialTimeout > 0 {
+		return u.g.DialTimeout
+	}
+	return 10 * time.Second
+}
+
+// path returns the session's packet socket toward up, opening it (and its reader) at first use.
+// The handshake of an upstream association holds the session's lock: the client's datagrams
+// wait for it in order, which is what a client of one association expects.
+func (u *explicitUDP) path(up Upstream) (net.PacketConn, error) {
+	key := up.String()
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.closed {
+		return nil, net.ErrClosed
+	}
+	if pc, ok := u.paths[key]; ok {
+		return pc, nil
+	}
+	ctx, cancel := context.WithTimeout(u.ctx, u.dialTimeout())
+	defer cancel()
+	pc, err := up.ListenPacket(ctx)
+	if err != nil {
+		return nil, err
+	}
+	u.paths[key] = pc
+	u.wg.Add(1)
+	go u.read(key, pc)
+	return pc, nil
+}
+
+// read hands every datagram arriving on pc to the client, with its real source.
+func (u *explicitUDP) read(key string, pc net.PacketConn) {
+	defer u.wg.Done()
+	buf := make([]byte, 65535)
+	for {
+		n, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			u.mu.Lock()
+			if u.paths[key] == pc {
+				delete(u.paths, key) // a dead association is reopened by the next datagram
+				if !u.closed {
+					u.lastErr = err
+				}
+			}
+			u.mu.Unlock()
+			pc.Close()
+			return
+		}
+		var sa socks.Addr
+		switch a := from.(type) {
+		case *net.UDPAddr:
+			ap := a.AddrPort()
+			sa = socks.Addr{IP: ap.Addr().Unmap(), Port: ap.Port()}
+		case socks.Addr:
+			sa = a
+		default:
+			continue
+		}
+		u.downPkts.Add(1)
+		u.downBytes.Add(int64(n))
+		u.deliver(buf[:n], sa)
+	}
+}
+
+// Close ends the session and logs one line for it.
+func (u *explicitUDP) Close() error {
+	u.mu.Lock()
+	if u.closed {
+		u.mu.Unlock()
+		return nil
+	}
+	u.closed = true
+	var ups []string
+	for k, pc := range u.paths {
+		ups = append(ups, k)
+		pc.Close()
+	}
+	u.mu.Unlock()
+	u.cancel()
+	u.wg.Wait()
+	if u.g.Log != nil {
+		slices.Sort(ups)
+		e := u.g.Log.WithFields(logrus.Fields{
+			"src": u.src.String(), "inbound": InboundSOCKS, "network": "udp", "rule": u.rule,
+			"upstreams": ups, "datagrams_up": u.upPkts.Load(), "datagrams_down": u.downPkts.Load(),
+			"up": u.upBytes.Load(), "down": u.downBytes.Load(), "dropped": u.dropped.Load(),
+			"duration": time.Since(u.start).Round(time.Millisecond).String(),
+		})
+		if u.lastErr != nil && u.dropped.Load() > 0 {
+			e = e.WithField("last_error", u.lastErr.Error())
+		}
+		e.Info("udp association")
+	}
+	return nil
 }
