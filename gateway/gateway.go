@@ -25,6 +25,7 @@ type Gateway struct {
 	Log         *logrus.Entry
 	DialTimeout time.Duration // bound on routing + dialing + the upstream handshake
 	Idle        time.Duration // a TCP flow with no data either way for this long is closed; 0: never
+	Stats       Stats         // counters for the admin endpoint (stats.go); the zero value counts
 
 	mu      sync.Mutex
 	flows   map[*liveFlow]struct{}
@@ -37,6 +38,8 @@ type liveFlow struct {
 	Flow
 	client, remote net.Conn
 	start          time.Time
+	decision       Decision // set once routed (routed true), for the flow list
+	routed         bool
 }
 
 // Dial routes f and connects to its destination the way the decision says. It returns the
@@ -79,10 +82,12 @@ func (g *Gateway) Handle(ctx context.Context, client net.Conn, f Flow, ready fun
 		}
 		client.Close()
 		g.logFlow(f, d, up, down, time.Since(start), err)
+		g.Stats.FlowEnded(f, d, up, down, err)
 	}()
 
 	var remote net.Conn
 	remote, d, err = g.Dial(ctx, f)
+	g.routed(lf, d, err)
 	if ready != nil {
 		if rerr := ready(err); rerr != nil && err == nil {
 			err = fmt.Errorf("reply to client: %w", rerr)

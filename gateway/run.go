@@ -95,6 +95,7 @@ func Run(ctx context.Context, cfg *configs.Config, log *logrus.Logger) (err erro
 	for _, start := range []func(context.Context, *configs.Config, *logrus.Logger) ([]io.Closer, error){
 		g.startExplicit,
 		g.startUDP,
+		g.startAdmin, // the admin endpoint when cfg.Admin is set (stats_admin.go)
 	} {
 		cs, err := start(flowCtx, cfg, log)
 		for _, c := range cs {

@@ -1,0 +1,160 @@
+// Package admin serves socksgate's operations endpoint: Prometheus metrics (/metrics, on a
+// private registry), the live flows (/flows) and upstream health (/upstreams) as JSON, and a
+// liveness probe (/healthz). It reads everything from a Source at request time, so the data
+// path pays nothing for an endpoint nobody asks; it also holds the client side that
+// `socksgate status` uses. It imports nothing of socksgate, so the gateway can start it.
+package admin
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+)
+
+// Flow is one live flow as /flows reports it.
+type Flow struct {
+	Network   string    `json:"network"`            // tcp or udp
+	Src       string    `json:"src"`                // client address
+	Dst       string    `json:"dst"`                // original destination ("" when the client gave only a name)
+	Name      string    `json:"name,omitempty"`     // destination name, when known
+	Inbound   string    `json:"inbound"`            // redirect, tproxy, http, socks
+	Upstream  string    `json:"upstream,omitempty"` // redacted; empty while the flow is still being routed
+	Rule      string    `json:"rule,omitempty"`     // the rule that matched
+	Action    string    `json:"action,omitempty"`   // proxy, direct, block
+	Start     time.Time `json:"start"`
+	Age       float64   `json:"age_seconds"`
+	BytesUp   uint64    `json:"bytes_up"`   // client → destination, as the client socket counts it
+	BytesDown uint64    `json:"bytes_down"` // destination → client
+}
+
+// Upstream is one upstream's health as /upstreams and the socksgate_upstream_up metric report it.
+type Upstream struct {
+	Name   string    `json:"name"`
+	Group  string    `json:"group,omitempty"` // the group this state belongs to; "" for a plain upstream
+	URL    string    `json:"url,omitempty"`   // redacted
+	Up     bool      `json:"up"`
+	Reason string    `json:"reason,omitempty"` // why it is down, or how its state is known
+	Since  time.Time `json:"since,omitzero"`
+}
+
+// FlowCount is the totals of the ended flows sharing one (inbound, upstream, outcome).
+type FlowCount struct {
+	Inbound, Upstream, Outcome string
+	Flows, BytesUp, BytesDown  uint64
+}
+
+// ActiveCount is the number of live flows sharing one (inbound, upstream).
+type ActiveCount struct {
+	Inbound, Upstream string
+	Flows             int
+}
+
+// Histogram is a cumulative histogram as Prometheus exposes it.
+type Histogram struct {
+	Upstream string
+	Count    uint64
+	Sum      float64             // seconds
+	Buckets  map[float64]uint64 // upper bound (seconds) → cumulative count
+}
+
+// Snapshot is every counter at one moment.
+type Snapshot struct {
+	Active            []ActiveCount
+	Ended             []FlowCount
+	Refused           map[string]uint64 // reason → flows refused before routing
+	DialLatency       []Histogram       // routing + dial + upstream handshake, successful dials
+	UDPSessions       int64
+	UDPSessionsTotal  uint64
+	ReplyBindFailures uint64
+}
+
+// Source is what the endpoint reads; the gateway implements it.
+type Source interface {
+	Snapshot() Snapshot
+	Flows() []Flow
+	Upstreams() []Upstream
+}
+
+// Handler serves /metrics, /flows, /upstreams and /healthz from src. version labels
+// socksgate_build_info.
+func Handler(src Source, version string) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", metricsHandler(src, version))
+	mux.HandleFunc("GET /flows", func(w http.ResponseWriter, r *http.Request) {
+		flows := src.Flows()
+		if flows == nil {
+			flows = []Flow{}
+		}
+		writeJSON(w, flows)
+	})
+	mux.HandleFunc("GET /upstreams", func(w http.ResponseWriter, r *http.Request) {
+		ups := src.Upstreams()
+		if ups == nil {
+			ups = []Upstream{}
+		}
+		writeJSON(w, ups)
+	})
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		fmt.Fprintln(w, "ok")
+	})
+	return mux
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+// Server is a running admin endpoint.
+type Server struct {
+	srv *http.Server
+	ln  net.Listener
+	err chan error
+}
+
+// Listen opens addr (host:port) and serves Handler(src, version) on it until Close.
+func Listen(addr string, src Source, version string) (*Server, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("admin endpoint: %w", err)
+	}
+	s := &Server{
+		srv: &http.Server{
+			Handler:           Handler(src, version),
+			ReadHeaderTimeout: 5 * time.Second,
+			ReadTimeout:       10 * time.Second,
+			WriteTimeout:      30 * time.Second,
+			IdleTimeout:       time.Minute,
+			MaxHeaderBytes:    16 << 10,
+		},
+		ln:  ln,
+		err: make(chan error, 1),
+	}
+	go func() { s.err <- s.srv.Serve(ln) }()
+	return s, nil
+}
+
+// Addr is the address the endpoint listens on.
+func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+
+// Close stops the endpoint: /healthz stops answering at once; requests in progress get a
+// second to finish.
+func (s *Server) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	err := s.srv.Shutdown(ctx)
+	if errors.Is(err, context.DeadlineExceeded) {
+		err = s.srv.Close()
+	}
+	if serr := <-s.err; !errors.Is(serr, http.ErrServerClosed) {
+		err = errors.Join(err, serr)
+	}
+	return err
+}

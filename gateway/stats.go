@@ -1,0 +1,258 @@
+package gateway
+
+import (
+	"errors"
+	"math"
+	"net"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/socksgate/socksgate/admin"
+)
+
+// Stats counts what the gateway did, for the admin endpoint. Its zero value is ready to use and
+// every method is safe for concurrent use. TCP flows are counted once each, when they end (and
+// their dial once, when it completes), never per byte; live flows are read from the flow table
+// and the kernel's TCP_INFO only when someone asks.
+//
+// The exported counters are hooks for the inbounds that keep their own session tables (the
+// transparent UDP NAT): they update them directly.
+type Stats struct {
+	// UDPSessions is the number of UDP sessions in the NAT table now (Add(1) on create, Add(-1)
+	// on expiry).
+	UDPSessions atomic.Int64
+	// UDPSessionsTotal counts UDP sessions created.
+	UDPSessionsTotal atomic.Uint64
+	// ReplyBindFailures counts UDP replies dropped because their transparent reply socket could
+	// not be bound (EADDRINUSE: a local daemon holds that address).
+	ReplyBindFailures atomic.Uint64
+
+	mu      sync.Mutex
+	ended   map[endKey]*endTotals
+	refused map[string]uint64
+	dial    map[string]*latency
+}
+
+// Flow outcomes, the "outcome" label of socksgate_flows_total.
+const (
+	OutcomeOK      = "ok"
+	OutcomeFailed  = "failed"
+	OutcomeBlocked = "blocked"
+)
+
+type endKey struct{ inbound, upstream, outcome string }
+
+type endTotals struct{ flows, up, down uint64 }
+
+// dialBuckets are the upper bounds (seconds) of the dial latency histogram: a LAN-side proxy
+// answers in milliseconds, a distant one or a chain in hundreds, a failing one at the timeout.
+var dialBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
+
+type latency struct {
+	counts []uint64 // per bucket, not cumulative; one extra for +Inf
+	sum    float64
+}
+
+// FlowEnded counts one ended flow: its outcome (blocked by a rule, failed with err, or ok) and
+// its bytes each way. Handle calls it for TCP; the UDP engine calls it when a session ends.
+func (s *Stats) FlowEnded(f Flow, d Decision, up, down int64, err error) {
+	outcome := OutcomeOK
+	switch {
+	case d.Action == ActionBlock || errors.Is(err, ErrBlocked):
+		outcome = OutcomeBlocked
+	case err != nil:
+		outcome = OutcomeFailed
+	}
+	k := endKey{f.Inbound, upstreamLabel(d), outcome}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ended == nil {
+		s.ended = make(map[endKey]*endTotals)
+	}
+	t := s.ended[k]
+	if t == nil {
+		t = &endTotals{}
+		s.ended[k] = t
+	}
+	t.flows++
+	t.up += uint64(max(up, 0))
+	t.down += uint64(max(down, 0))
+}
+
+// Refuse counts a flow refused before it was routed, by a short reason ("loop",
+// "max_flows", ...).
+func (s *Stats) Refuse(reason string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.refused == nil {
+		s.refused = make(map[string]uint64)
+	}
+	s.refused[reason]++
+}
+
+// DialDone records how long a successful dial took, from the flow's start to a ready upstream
+// connection (routing, connect, proxy handshakes). Failed dials are counted by FlowEnded.
+func (s *Stats) DialDone(d Decision, took time.Duration) {
+	sec := took.Seconds()
+	i := sort.SearchFloat64s(dialBuckets, sec) // first bound >= sec
+	label := upstreamLabel(d)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.dial == nil {
+		s.dial = make(map[string]*latency)
+	}
+	l := s.dial[label]
+	if l == nil {
+		l = &latency{counts: make([]uint64, len(dialBuckets)+1)}
+		s.dial[label] = l
+	}
+	l.counts[i]++
+	l.sum += sec
+}
+
+// snapshot copies the counters kept by s (not the live flows).
+func (s *Stats) snapshot() admin.Snapshot {
+	snap := admin.Snapshot{
+		Refused:           map[string]uint64{},
+		UDPSessions:       s.UDPSessions.Load(),
+		UDPSessionsTotal:  s.UDPSessionsTotal.Load(),
+		ReplyBindFailures: s.ReplyBindFailures.Load(),
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for k, t := range s.ended {
+		snap.Ended = append(snap.Ended, admin.FlowCount{
+			Inbound: k.inbound, Upstream: k.upstream, Outcome: k.outcome,
+			Flows: t.flows, BytesUp: t.up, BytesDown: t.down,
+		})
+	}
+	sort.Slice(snap.Ended, func(i, j int) bool {
+		a, b := snap.Ended[i], snap.Ended[j]
+		return a.Inbound+"\x00"+a.Upstream+"\x00"+a.Outcome < b.Inbound+"\x00"+b.Upstream+"\x00"+b.Outcome
+	})
+	for r, n := range s.refused {
+		snap.Refused[r] += n
+	}
+	for label, l := range s.dial {
+		h := admin.Histogram{Upstream: label, Sum: l.sum, Buckets: make(map[float64]uint64, len(dialBuckets))}
+		for i, c := range l.counts {
+			h.Count += c
+			if i < len(dialBuckets) {
+				h.Buckets[dialBuckets[i]] = h.Count
+			}
+		}
+		snap.DialLatency = append(snap.DialLatency, h)
+	}
+	sort.Slice(snap.DialLatency, func(i, j int) bool { return snap.DialLatency[i].Upstream < snap.DialLatency[j].Upstream })
+	return snap
+}
+
+// upstreamLabel names a decision's way out for metrics and /flows: the upstream's redacted
+// String, or "none" for a block.
+func upstreamLabel(d Decision) string {
+	if d.Upstream != nil {
+		return d.Upstream.String()
+	}
+	return "none"
+}
+
+// routed is Handle's hook once the dial is done: the decision becomes visible in the live flow
+// table and a successful dial's latency is recorded.
+func (g *Gateway) routed(lf *liveFlow, d Decision, err error) {
+	g.mu.Lock()
+	lf.decision, lf.routed = d, true
+	g.mu.Unlock()
+	if err == nil {
+		g.Stats.DialDone(d, time.Since(lf.start))
+	}
+}
+
+// LiveFlows lists the flows being handled now, oldest first. Bytes are read from the client
+// socket's TCP_INFO (bytes received from the client, bytes it acknowledged), so the relay keeps
+// no counters; for explicit inbounds they include the client's proxy handshake.
+func (g *Gateway) LiveFlows() []admin.Flow {
+	type entry struct {
+		lf     liveFlow
+		client any
+	}
+	g.mu.Lock()
+	entries := make([]entry, 0, len(g.flows))
+	for lf := range g.flows {
+		entries = append(entries, entry{lf: liveFlow{Flow: lf.Flow, start: lf.start, decision: lf.decision, routed: lf.routed}, client: lf.client})
+	}
+	g.mu.Unlock()
+	now := time.Now()
+	out := make([]admin.Flow, 0, len(entries))
+	for _, e := range entries {
+		f := e.lf.Flow
+		af := admin.Flow{
+			Network: f.Network,
+			Src:     f.Src.String(),
+			Name:    f.Host,
+			Inbound: f.Inbound,
+			Start:   e.lf.start,
+			Age:     math.Round(now.Sub(e.lf.start).Seconds()*1000) / 1000,
+		}
+		if af.Network == "" {
+			af.Network = "tcp"
+		}
+		if f.Dst.IsValid() {
+			af.Dst = f.Dst.String()
+		} else if f.Host != "" {
+			af.Dst = f.Address()
+		}
+		if e.lf.routed {
+			af.Upstream = upstreamLabel(e.lf.decision)
+			af.Rule = e.lf.decision.Rule
+			af.Action = e.lf.decision.Action.String()
+		}
+		af.BytesUp, af.BytesDown = socketBytes(e.client)
+		out = append(out, af)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Start.Before(out[j].Start) })
+	return out
+}
+
+// activeCounts groups the live flows by inbound and upstream ("pending" while dialing).
+func (g *Gateway) activeCounts() []admin.ActiveCount {
+	type key struct{ inbound, upstream string }
+	counts := map[key]int{}
+	g.mu.Lock()
+	for lf := range g.flows {
+		k := key{lf.Inbound, "pending"}
+		if lf.routed {
+			k.upstream = upstreamLabel(lf.decision)
+		}
+		counts[k]++
+	}
+	g.mu.Unlock()
+	out := make([]admin.ActiveCount, 0, len(counts))
+	for k, n := range counts {
+		out = append(out, admin.ActiveCount{Inbound: k.inbound, Upstream: k.upstream, Flows: n})
+	}
+	sort.Slice(out, func(i, j int) bool {
+		return out[i].Inbound+"\x00"+out[i].Upstream < out[j].Inbound+"\x00"+out[j].Upstream
+	})
+	return out
+}
+
+// refusalReason shortens a refusal's error text to a metric label: "refused: flow limit
+// reached (limits.max_flows)" becomes "flow limit reached (limits.max_flows)".
+func refusalReason(s string) string {
+	return strings.TrimSpace(strings.TrimPrefix(s, "refused:"))
+}
+
+// unwrapConn finds the socket under wrappers that expose it (tls.Conn-style NetConn).
+func unwrapConn(c any) any {
+	for range 8 {
+		w, ok := c.(interface{ NetConn() net.Conn })
+		if !ok {
+			return c
+		}
+		c = w.NetConn()
+	}
+	return c
+}

@@ -1,0 +1,105 @@
+package gateway
+
+import (
+	"context"
+	"io"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/socksgate/socksgate/admin"
+	"github.com/socksgate/socksgate/configs"
+)
+
+// BuildVersion labels socksgate_build_info; the command sets it before Run.
+var BuildVersion = "dev"
+
+// UpstreamState is one upstream's health as whatever checks upstreams knows it.
+type UpstreamState struct {
+	Name   string    // the upstream's name in the config
+	Group  string    // the group whose view this is; "" for an upstream outside any group
+	URL    string    // redacted
+	Up     bool      // usable for new flows
+	Reason string    // why it is down (the last check's error), or how the state is known
+	Since  time.Time // when the state last changed; zero when unknown
+}
+
+// HealthReporter is implemented by routers (or the group code behind them) that check their
+// upstreams. The admin endpoint asks it at every scrape; without one, every configured upstream
+// is reported up with the reason "not health-checked".
+type HealthReporter interface {
+	UpstreamStates() []UpstreamState
+}
+
+// ConfiguredHealth reports every upstream in cfg as up, for configs without health checks.
+func ConfiguredHealth(cfg *configs.Config) HealthReporter {
+	states := make([]UpstreamState, 0, len(cfg.Upstreams))
+	for _, u := range cfg.Upstreams {
+		states = append(states, UpstreamState{
+			Name: u.Name, URL: configs.Redacted(u.URL), Up: true, Reason: "not health-checked",
+		})
+	}
+	return staticHealth(states)
+}
+
+type staticHealth []UpstreamState
+
+func (s staticHealth) UpstreamStates() []UpstreamState { return s }
+
+// AdminSource is what the admin endpoint reads from a running gateway.
+type AdminSource struct {
+	G      *Gateway
+	Health HealthReporter // nil: no upstreams reported
+}
+
+var _ admin.Source = AdminSource{}
+
+// Snapshot implements admin.Source: the counters, the live flows grouped, and the refusals
+// counted by the flow table.
+func (a AdminSource) Snapshot() admin.Snapshot {
+	s := a.G.Stats.snapshot()
+	s.Active = a.G.activeCounts()
+	// The flow table counts the flows it refuses (limits, shutdown) itself; read them through
+	// an interface so this file does not depend on that code's shape.
+	if r, ok := any(a.G).(interface{ Refusals() map[string]uint64 }); ok {
+		for reason, n := range r.Refusals() {
+			s.Refused[refusalReason(reason)] += n
+		}
+	}
+	return s
+}
+
+// Flows implements admin.Source.
+func (a AdminSource) Flows() []admin.Flow { return a.G.LiveFlows() }
+
+// Upstreams implements admin.Source.
+func (a AdminSource) Upstreams() []admin.Upstream {
+	if a.Health == nil {
+		return nil
+	}
+	states := a.Health.UpstreamStates()
+	out := make([]admin.Upstream, 0, len(states))
+	for _, s := range states {
+		out = append(out, admin.Upstream(s))
+	}
+	return out
+}
+
+// startAdmin opens the admin endpoint when cfg.Admin is set. The router reports upstream
+// health when it implements HealthReporter (groups with health checks); otherwise the
+// configured upstreams are reported up.
+func (g *Gateway) startAdmin(ctx context.Context, cfg *configs.Config, log *logrus.Logger) ([]io.Closer, error) {
+	if cfg.Admin == "" {
+		return nil, nil
+	}
+	health, ok := g.Router.(HealthReporter)
+	if !ok {
+		health = ConfiguredHealth(cfg)
+	}
+	srv, err := admin.Listen(cfg.Admin, AdminSource{G: g, Health: health}, BuildVersion)
+	if err != nil {
+		return nil, err
+	}
+	log.WithField("addr", srv.Addr().String()).Info("admin endpoint on (/metrics, /flows, /upstreams, /healthz)")
+	return []io.Closer{srv}, nil
+}
