@@ -2,14 +2,287 @@ package gateway
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"io"
+	"net"
+	"net/netip"
+	"strconv"
+	"sync"
+	"time"
 
 	"github.com/sirupsen/logrus"
 
 	"github.com/socksgate/socksgate/configs"
+	"github.com/socksgate/socksgate/nat"
+	"github.com/socksgate/socksgate/redirect"
+	"github.com/socksgate/socksgate/socks"
+	"github.com/socksgate/socksgate/socksclient"
 )
 
-// startUDP opens the transparent UDP (TPROXY) listener when cfg.Transparent.UDP is on.
+// startUDP opens the transparent UDP (TPROXY) listener when cfg.Transparent.UDP is on and LAN
+// capture is configured, and serves it through a nat.UDPTable until Run closes it.
+//
+// Routing is per destination, cached per session (see nat.UDPTable): the first datagram of a
+// session to each new destination asks the Router with Flow{Network: "udp", Src, Dst, Inbound:
+// InboundTProxy}, so a blocking rule holds even inside a session that already talks elsewhere;
+// destinations routed to the same upstream share one association. The session's log line names
+// the first destination's rule and upstream.
 func (g *Gateway) startUDP(ctx context.Context, cfg *configs.Config, log *logrus.Logger) ([]io.Closer, error) {
-	return nil, nil
+	t := cfg.Transparent
+	if !t.UDP || len(cfg.LAN.Interfaces) == 0 {
+		return nil, nil
+	}
+	ln, err := nat.ListenUDPTransparent(ctx, net.JoinHostPort("::", strconv.Itoa(int(t.UDPPort))))
+	if err != nil {
+		return nil, err
+	}
+	mark := redirect.MarkControl(cfg.Mark)
+	u := &udpInbound{
+		g:              g,
+		direct:         Direct{Control: mark},
+		withoutSupport: t.UDPOverTCPUpstream,
+		dnsOverTCP:     t.DNSOverTCP,
+		dialTimeout:    time.Duration(cfg.Timeouts.Dial),
+		log:            g.Log.WithFields(logrus.Fields{"inbound": InboundTProxy, "network": "udp"}),
+	}
+	u.table = &nat.UDPTable{
+		Idle:         time.Duration(t.UDPIdle),
+		MaxSessions:  t.UDPMaxSessions,
+		Route:        u.route,
+		OpenReply:    func(remote netip.AddrPort) (nat.ReplyConn, error) { return nat.ListenReply(remote, mark) },
+		OnSessionEnd: u.logSession,
+		OnError:      u.logError,
+	}
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		if err := u.table.Serve(ln); err != nil {
+			log.WithError(err).Error("transparent UDP listener stopped")
+		}
+	}()
+	log.WithFields(logrus.Fields{
+		"udp_port": t.UDPPort, "udp_idle": time.Duration(t.UDPIdle).String(),
+		"udp_max_sessions": t.UDPMaxSessions, "udp_without_support": t.UDPOverTCPUpstream,
+		"dns_over_tcp": t.DNSOverTCP,
+	}).Info("transparent UDP capture on")
+	return []io.Closer{closerFunc(func() error {
+		err := ln.Close()
+		<-served
+		u.table.Close()
+		st := u.table.Stats()
+		u.log.WithFields(logrus.Fields{
+			"sessions": st.Sessions, "refused": st.Refused, "blocked": st.Blocked,
+			"queue_drops": st.QueueDrops, "upstream_errors": st.UpstreamErrors,
+			"reply_bind_errors": st.ReplyBindErrors, "reply_errors": st.ReplyErrors,
+			"read_errors": st.ReadErrors,
+		}).Info("transparent UDP stopped")
+		return err
+	})}, nil
 }
+
+type closerFunc func() error
+
+func (f closerFunc) Close() error { return f() }
+
+// udpInbound connects the nat table to the gateway's router, upstreams and logger.
+type udpInbound struct {
+	g              *Gateway
+	table          *nat.UDPTable
+	direct         Direct
+	withoutSupport string // configs.UDPBlock or configs.UDPDirect
+	dnsOverTCP     bool
+	dialTimeout    time.Duration
+	log            *logrus.Entry
+
+	replyErrLog, sendErrLog rateLimit
+}
+
+// route asks the Router about one destination of a session. It runs on the listener's
+// goroutine; the Router is pure computation.
+func (u *udpInbound) route(src, dst netip.AddrPort) nat.UDPRoute {
+	d := u.g.Router.Route(context.Background(), Flow{Network: "udp", Src: src, Dst: dst, Inbound: InboundTProxy})
+	switch {
+	case d.Action == ActionBlock:
+		return nat.UDPRoute{Drop: ErrBlocked, Tag: d}
+	case d.Upstream == nil:
+		return nat.UDPRoute{Drop: fmt.Errorf("rule %s: no upstream", d.Rule), Tag: d}
+	}
+	return nat.UDPRoute{
+		Outbound: d.Action.String() + " " + d.Upstream.String(),
+		Open: func(ctx context.Context, first netip.AddrPort) (nat.UDPConn, error) {
+			return u.open(ctx, d.Upstream)
+		},
+		Tag: d,
+	}
+}
+
+// open opens a session's way out through up: its UDP association, or, for an upstream that
+// carries no UDP, DNS over TCP through it and the udp_without_support policy for the rest.
+// ctx lives as long as the session.
+func (u *udpInbound) open(ctx context.Context, up Upstream) (nat.UDPConn, error) {
+	hctx, cancel := ctx, context.CancelFunc(func() {})
+	if u.dialTimeout > 0 {
+		hctx, cancel = context.WithTimeout(ctx, u.dialTimeout)
+	}
+	defer cancel()
+	pc, err := up.ListenPacket(hctx)
+	if err == nil {
+		return udpCarrier(pc), nil
+	}
+	if !errors.Is(err, ErrUDPUnsupported) {
+		return nil, err
+	}
+	var other nat.UDPConn
+	if u.withoutSupport == configs.UDPDirect {
+		pc, derr := u.direct.ListenPacket(hctx)
+		if derr != nil {
+			return nil, fmt.Errorf("%w; direct instead: %w", err, derr)
+		}
+		other = udpCarrier(pc)
+	} else if !u.dnsOverTCP {
+		return nil, err
+	}
+	return newFallbackConn(ctx, up, u.dnsOverTCP, other, err, u.dialTimeout), nil
+}
+
+// logSession writes the session's one line at its end.
+func (u *udpInbound) logSession(r nat.UDPSessionReport) {
+	d, _ := r.Tag.(Decision)
+	fields := logrus.Fields{
+		"src":          r.Src.String(),
+		"dst":          r.FirstDst.String(),
+		"rule":         d.Rule,
+		"action":       d.Action.String(),
+		"packets_up":   r.PacketsUp,
+		"up":           r.BytesUp,
+		"packets_down": r.PacketsDown,
+		"down":         r.BytesDown,
+		"dests":        r.Dests,
+		"duration":     r.Duration.Round(time.Millisecond).String(),
+	}
+	if d.Upstream != nil {
+		fields["upstream"] = d.Upstream.String()
+	}
+	if r.Dropped > 0 {
+		fields["dropped"] = r.Dropped
+	}
+	if r.Idle {
+		fields["end"] = "idle"
+	}
+	e := u.log.WithFields(fields)
+	if r.Err != nil {
+		e.WithError(r.Err).Warn("udp session failed")
+		return
+	}
+	e.Info("udp session")
+}
+
+// logError logs per-datagram drops, at most one line a second per kind, with the number of
+// lines suppressed since the last one and the table's total.
+func (u *udpInbound) logError(err error) {
+	var re *nat.ReplyError
+	if errors.As(err, &re) {
+		if n, ok := u.replyErrLog.allow(time.Now()); ok {
+			st := u.table.Stats()
+			u.log.WithError(err).WithFields(logrus.Fields{
+				"src": re.Client.String(), "remote": re.Remote.String(), "suppressed": n,
+				"reply_bind_errors": st.ReplyBindErrors, "reply_errors": st.ReplyErrors,
+			}).Warn("udp reply dropped")
+		}
+		return
+	}
+	if n, ok := u.sendErrLog.allow(time.Now()); ok {
+		u.log.WithError(err).WithFields(logrus.Fields{
+			"suppressed": n, "upstream_errors": u.table.Stats().UpstreamErrors,
+		}).Warn("udp datagram dropped")
+	}
+}
+
+// rateLimit lets one event a second through and counts the rest.
+type rateLimit struct {
+	mu         sync.Mutex
+	last       time.Time
+	suppressed int
+}
+
+func (r *rateLimit) allow(now time.Time) (suppressed int, ok bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.last.IsZero() && now.Sub(r.last) < time.Second {
+		r.suppressed++
+		return 0, false
+	}
+	r.last, suppressed, r.suppressed = now, r.suppressed, 0
+	return suppressed, true
+}
+
+// udpCarrier adapts an upstream's PacketConn to nat.UDPConn, without allocating per datagram
+// for SOCKS5 associations and UDP sockets.
+func udpCarrier(pc net.PacketConn) nat.UDPConn {
+	switch c := pc.(type) {
+	case *socksclient.Association:
+		return assocCarrier{c}
+	case *net.UDPConn:
+		return udpSocketCarrier{c}
+	}
+	return packetCarrier{pc}
+}
+
+type assocCarrier struct{ a *socksclient.Association }
+
+func (c assocCarrier) WriteToAddrPort(b []byte, dst netip.AddrPort) (int, error) {
+	return c.a.WriteToSocks(b, socks.Addr{IP: dst.Addr(), Port: dst.Port()})
+}
+
+func (c assocCarrier) ReadFromAddrPort(b []byte) (int, netip.AddrPort, error) {
+	for {
+		n, from, err := c.a.ReadFromSocks(b)
+		if err != nil {
+			return 0, netip.AddrPort{}, err
+		}
+		if ap, ok := from.AddrPort(); ok {
+			return n, ap, nil
+		}
+		// A reply named by a domain has no address to answer the client from: dropped.
+	}
+}
+
+func (c assocCarrier) Close() error { return c.a.Close() }
+
+type udpSocketCarrier struct{ c *net.UDPConn }
+
+func (c udpSocketCarrier) WriteToAddrPort(b []byte, dst netip.AddrPort) (int, error) {
+	return c.c.WriteToUDPAddrPort(b, dst)
+}
+
+func (c udpSocketCarrier) ReadFromAddrPort(b []byte) (int, netip.AddrPort, error) {
+	n, ap, err := c.c.ReadFromUDPAddrPort(b)
+	return n, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), err
+}
+
+func (c udpSocketCarrier) Close() error { return c.c.Close() }
+
+type packetCarrier struct{ pc net.PacketConn }
+
+func (c packetCarrier) WriteToAddrPort(b []byte, dst netip.AddrPort) (int, error) {
+	return c.pc.WriteTo(b, net.UDPAddrFromAddrPort(dst))
+}
+
+func (c packetCarrier) ReadFromAddrPort(b []byte) (int, netip.AddrPort, error) {
+	for {
+		n, addr, err := c.pc.ReadFrom(b)
+		if err != nil {
+			return 0, netip.AddrPort{}, err
+		}
+		var ap netip.AddrPort
+		if ua, ok := addr.(*net.UDPAddr); ok {
+			ap = ua.AddrPort()
+		} else if ap, err = netip.ParseAddrPort(addr.String()); err != nil {
+			continue
+		}
+		return n, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
+	}
+}
+
+func (c packetCarrier) Close() error { return c.pc.Close() }

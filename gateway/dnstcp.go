@@ -1,0 +1,225 @@
+package gateway
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/socksgate/socksgate/nat"
+)
+
+// dnsPort is the destination port whose datagrams dns_over_tcp carries over TCP.
+const dnsPort = 53
+
+const (
+	dnsQueueLen  = 32 // queries waiting per DNS server while its connection opens or writes
+	dnsReplyLen  = 64 // replies waiting for the session's reader
+	dnsMaxMsgLen = 65535
+)
+
+// fallbackConn is a session's way out through an upstream that carries no UDP: DNS datagrams
+// (destination port 53, when dnsTCP) go as DNS over TCP (RFC 7766: each message prefixed by its
+// 2-byte length) through the upstream's TCP, one pipelined connection per DNS server; any other
+// datagram goes to other (a direct socket, when udp_without_support is direct) or is refused
+// with unsupported. Writes never block: each DNS server has a bounded queue.
+type fallbackConn struct {
+	ctx         context.Context // the session's
+	up          Upstream
+	dnsTCP      bool
+	other       nat.UDPConn // nil: non-DNS datagrams are refused
+	unsupported error
+	dialTimeout time.Duration
+
+	replies chan dnsReply
+	done    chan struct{}
+	once    sync.Once
+
+	mu      sync.Mutex
+	streams map[netip.AddrPort]*dnsStream
+}
+
+type dnsReply struct {
+	b    []byte
+	from netip.AddrPort
+}
+
+type dnsStream struct {
+	queue chan []byte
+	mu    sync.Mutex
+	conn  net.Conn // set once dialed
+}
+
+func newFallbackConn(ctx context.Context, up Upstream, dnsTCP bool, other nat.UDPConn, unsupported error, dialTimeout time.Duration) *fallbackConn {
+	c := &fallbackConn{
+		ctx: ctx, up: up, dnsTCP: dnsTCP, other: other, unsupported: unsupported, dialTimeout: dialTimeout,
+		replies: make(chan dnsReply, dnsReplyLen),
+		done:    make(chan struct{}),
+		streams: make(map[netip.AddrPort]*dnsStream),
+	}
+	if other != nil {
+		go c.readOther()
+	}
+	return c
+}
+
+// WriteToAddrPort queues a DNS query for its server's TCP connection, or sends any other
+// datagram the udp_without_support way.
+func (c *fallbackConn) WriteToAddrPort(b []byte, dst netip.AddrPort) (int, error) {
+	select {
+	case <-c.done:
+		return 0, net.ErrClosed
+	default:
+	}
+	if !c.dnsTCP || dst.Port() != dnsPort {
+		if c.other == nil {
+			return 0, c.unsupported
+		}
+		return c.other.WriteToAddrPort(b, dst)
+	}
+	if len(b) > dnsMaxMsgLen {
+		return 0, errors.New("dns over tcp: message too long")
+	}
+	s := c.stream(dst)
+	msg := make([]byte, 2+len(b))
+	binary.BigEndian.PutUint16(msg, uint16(len(b)))
+	copy(msg[2:], b)
+	select {
+	case s.queue <- msg:
+		return len(b), nil
+	default:
+		return 0, fmt.Errorf("dns over tcp to %s: queue full", dst)
+	}
+}
+
+// stream returns the live stream to the DNS server dst, starting one if there is none.
+func (c *fallbackConn) stream(dst netip.AddrPort) *dnsStream {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if s := c.streams[dst]; s != nil {
+		return s
+	}
+	s := &dnsStream{queue: make(chan []byte, dnsQueueLen)}
+	c.streams[dst] = s
+	go c.runStream(dst, s)
+	return s
+}
+
+// runStream dials the DNS server through the upstream, writes queued queries and reads replies
+// until either side fails or the session ends; the next query then opens a new connection.
+func (c *fallbackConn) runStream(dst netip.AddrPort, s *dnsStream) {
+	defer func() {
+		c.mu.Lock()
+		if c.streams[dst] == s {
+			delete(c.streams, dst)
+		}
+		c.mu.Unlock()
+	}()
+	ctx := c.ctx
+	if c.dialTimeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.dialTimeout)
+		defer cancel()
+	}
+	conn, err := c.up.DialContext(ctx, "tcp", dst.String())
+	if err != nil {
+		return
+	}
+	s.mu.Lock()
+	s.conn = conn
+	s.mu.Unlock()
+	stop := context.AfterFunc(c.ctx, func() { conn.Close() })
+	defer stop()
+	readDone := make(chan struct{})
+	go func() {
+		defer close(readDone)
+		defer conn.Close()
+		c.readReplies(conn, dst)
+	}()
+	for {
+		select {
+		case msg := <-s.queue:
+			if _, err := conn.Write(msg); err != nil {
+				conn.Close()
+				<-readDone
+				return
+			}
+		case <-readDone:
+			return
+		case <-c.done:
+			conn.Close()
+			<-readDone
+			return
+		}
+	}
+}
+
+// readReplies reads length-prefixed DNS messages and hands them to the session's reader as
+// datagrams from the server.
+func (c *fallbackConn) readReplies(conn net.Conn, from netip.AddrPort) {
+	var hdr [2]byte
+	for {
+		if _, err := io.ReadFull(conn, hdr[:]); err != nil {
+			return
+		}
+		msg := make([]byte, binary.BigEndian.Uint16(hdr[:]))
+		if _, err := io.ReadFull(conn, msg); err != nil {
+			return
+		}
+		select {
+		case c.replies <- dnsReply{msg, from}:
+		case <-c.done:
+			return
+		}
+	}
+}
+
+func (c *fallbackConn) readOther() {
+	buf := make([]byte, nat.DefaultUDPMaxReply)
+	for {
+		n, from, err := c.other.ReadFromAddrPort(buf)
+		if err != nil {
+			return
+		}
+		select {
+		case c.replies <- dnsReply{append([]byte(nil), buf[:n]...), from}:
+		case <-c.done:
+			return
+		}
+	}
+}
+
+// ReadFromAddrPort returns the next reply, DNS or other.
+func (c *fallbackConn) ReadFromAddrPort(b []byte) (int, netip.AddrPort, error) {
+	select {
+	case r := <-c.replies:
+		return copy(b, r.b), r.from, nil
+	case <-c.done:
+		return 0, netip.AddrPort{}, net.ErrClosed
+	}
+}
+
+// Close ends every DNS connection and the direct socket.
+func (c *fallbackConn) Close() error {
+	c.once.Do(func() {
+		close(c.done)
+		if c.other != nil {
+			c.other.Close()
+		}
+		c.mu.Lock()
+		for _, s := range c.streams {
+			s.mu.Lock()
+			if s.conn != nil {
+				s.conn.Close()
+			}
+			s.mu.Unlock()
+		}
+		c.mu.Unlock()
+	})
+	return nil
+}
