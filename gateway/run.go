@@ -24,10 +24,11 @@ import (
 func Run(ctx context.Context, cfg *configs.Config, log *logrus.Logger) (err error) {
 	raiseFileLimit(log)
 	mark := redirect.MarkControl(cfg.Mark)
-	ups, err := NewUpstreams(cfg, mark)
+	ups, stopHealth, err := NewUpstreams(cfg, mark, logrus.NewEntry(log))
 	if err != nil {
 		return err
 	}
+	defer stopHealth()
 	router, err := NewRouter(cfg, ups)
 	if err != nil {
 		return err

@@ -5,15 +5,59 @@ import (
 	"fmt"
 	"net"
 
+	"github.com/sirupsen/logrus"
+
 	"github.com/socksgate/socksgate/configs"
+	"github.com/socksgate/socksgate/httpproxy"
 	"github.com/socksgate/socksgate/socksclient"
 )
 
-// NewUpstreams builds every configured upstream, keyed by name, plus "direct". An upstream with
-// `via` is reached through the named one: each hop takes the dial function of the hop below,
-// so chains of any depth are plain composition. Every socket at the bottom of every chain is
-// opened by Direct and so carries socksgate's mark.
-func NewUpstreams(cfg *configs.Config, control Control) (map[string]Upstream, error) {
+// NewUpstreams builds every configured upstream and group, keyed by name, plus "direct". An
+// upstream with `via` is reached through the named one: each hop takes the dial function of the
+// hop below, so chains of any depth are plain composition. Every socket at the bottom of every
+// chain is opened by Direct and so carries socksgate's mark. A group (*Group) is an Upstream in
+// the same map; its health checks start here and log their state changes to log.
+//
+// stop ends the health checks and waits for them; call it once the upstreams are no longer used
+// (dials still work afterwards, with the members' last known state). On error nothing runs.
+func NewUpstreams(cfg *configs.Config, control Control, log *logrus.Entry) (ups map[string]Upstream, stop func(), err error) {
+	ups, err = newUpstreams(cfg, control)
+	if err != nil {
+		return nil, nil, err
+	}
+	direct := ups[configs.SchemeDirect]
+	var groups []*Group
+	for i := range cfg.Groups {
+		gc := cfg.Groups[i]
+		if _, dup := ups[gc.Name]; dup {
+			return nil, nil, fmt.Errorf("group %q: name already used by an upstream", gc.Name)
+		}
+		members := make([]GroupMember, 0, len(gc.Upstreams))
+		for _, name := range gc.Upstreams {
+			u, ok := ups[name]
+			if !ok {
+				return nil, nil, fmt.Errorf("group %q: no upstream named %q", gc.Name, name)
+			}
+			members = append(members, GroupMember{Name: name, Upstream: u})
+		}
+		if len(members) == 0 {
+			return nil, nil, fmt.Errorf("group %q: no upstreams", gc.Name)
+		}
+		groups = append(groups, NewGroup(gc, members, direct, log))
+		ups[gc.Name] = groups[len(groups)-1]
+	}
+	for _, g := range groups {
+		g.Start()
+	}
+	return ups, func() {
+		for _, g := range groups {
+			g.Close()
+		}
+	}, nil
+}
+
+// newUpstreams builds the configured upstreams (not the groups).
+func newUpstreams(cfg *configs.Config, control Control) (map[string]Upstream, error) {
 	direct := Direct{Control: control}
 	ups := map[string]Upstream{configs.SchemeDirect: direct}
 	byName := make(map[string]*configs.Upstream, len(cfg.Upstreams))
@@ -62,9 +106,19 @@ func newUpstream(c *configs.Upstream, below Upstream, direct Direct) (Upstream, 
 		user = u.User.Username()
 		pass, _ = u.User.Password()
 	}
+	// Failures to reach the proxy through the hop below are marked, so a group can tell "this
+	// proxy is unusable" from "this proxy refused the destination".
+	proxyDial := reachDial(below.DialContext)
 	switch u.Scheme {
 	case configs.SchemeDirect:
 		return direct, nil
+	case configs.SchemeHTTP:
+		return &httpUpstream{&httpproxy.Dialer{
+			Address:   u.Host,
+			Username:  user,
+			Password:  pass,
+			ProxyDial: proxyDial,
+		}}, nil
 	case configs.SchemeSOCKS5, configs.SchemeSOCKS5H, configs.SchemeSOCKS4, configs.SchemeSOCKS4A:
 		v := map[string]socksclient.Version{
 			configs.SchemeSOCKS5: socksclient.SOCKS5, configs.SchemeSOCKS5H: socksclient.SOCKS5,
@@ -75,7 +129,7 @@ func newUpstream(c *configs.Upstream, below Upstream, direct Direct) (Upstream, 
 			Address:   u.Host,
 			Username:  user,
 			Password:  pass,
-			ProxyDial: below.DialContext,
+			ProxyDial: proxyDial,
 			ListenUDP: direct.ListenUDP,
 		}}, nil
 	}
@@ -97,3 +151,33 @@ func (s *socksUpstream) ListenPacket(ctx context.Context) (net.PacketConn, error
 }
 
 func (s *socksUpstream) String() string { return s.d.String() }
+
+func (s *socksUpstream) probeProxy(ctx context.Context) error {
+	return probeDial(ctx, s.d.ProxyDial, s.d.Address)
+}
+
+// httpUpstream adapts httpproxy.Dialer (HTTP CONNECT) to Upstream. CONNECT carries no UDP.
+type httpUpstream struct{ d *httpproxy.Dialer }
+
+func (h *httpUpstream) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	return h.d.DialContext(ctx, network, address)
+}
+
+func (h *httpUpstream) ListenPacket(context.Context) (net.PacketConn, error) {
+	return nil, fmt.Errorf("%s: HTTP CONNECT: %w", h.d, ErrUDPUnsupported)
+}
+
+func (h *httpUpstream) String() string { return h.d.String() }
+
+func (h *httpUpstream) probeProxy(ctx context.Context) error {
+	return probeDial(ctx, h.d.ProxyDial, h.d.Address)
+}
+
+// probeDial checks that a proxy accepts a TCP connection through the hop below.
+func probeDial(ctx context.Context, dial func(context.Context, string, string) (net.Conn, error), address string) error {
+	c, err := dial(ctx, "tcp", address)
+	if err != nil {
+		return err
+	}
+	return c.Close()
+}

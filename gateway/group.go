@@ -1,0 +1,518 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/socksgate/socksgate/configs"
+	"github.com/socksgate/socksgate/httpproxy"
+	"github.com/socksgate/socksgate/socksclient"
+)
+
+// ErrGroupDown is wrapped by the dial error of a group whose every member is down while its
+// on_down is block: the flow fails at once and nothing goes direct.
+var ErrGroupDown = errors.New("every upstream of the group is down")
+
+// GroupMember is one upstream of a group, with the name the config gave it.
+type GroupMember struct {
+	Name     string
+	Upstream Upstream
+}
+
+// MemberStatus is the health of one group member, for reporting.
+type MemberStatus struct {
+	Name   string
+	Up     bool
+	Reason string // why it is in its state (the last failure while down)
+	Since  time.Time
+	Active int64 // connections dialed through it that are still open (least-connections only)
+}
+
+// Group is a set of upstreams used under a policy; it is itself an Upstream, so rules name it
+// like any upstream. Each member is up or down: a dial that fails in a way that speaks about the
+// proxy (unreachable, refused, timed out reaching it, authentication, protocol violation) marks
+// it down at once and the flow moves on to the next member within its own context; a refusal
+// about the destination (a SOCKS reply code, an HTTP 403 or 502) is returned as is and says
+// nothing about the member's health. Health checks bring members back (and take them out):
+// every Health.Interval each member dials Health.Probe (a real handshake through it; without a
+// probe, a TCP connection to the proxy itself), and Rise consecutive successes mark a down member
+// up, Fall consecutive failures mark an up member down. With Interval 0 there are no periodic
+// checks, and a down member is retried in the background with a growing backoff.
+//
+// Members start up. When every member is down, a dial follows OnDown: block fails at once with
+// an error wrapping ErrGroupDown; direct dials Direct. Each state change is logged once, at
+// warn ("upstream down") or info ("upstream up"), with the member and the reason.
+type Group struct {
+	// Log receives the state changes; nil discards them.
+	Log *logrus.Entry
+
+	name    string
+	policy  string
+	onDown  string
+	health  configs.Health
+	direct  Upstream
+	members []*member
+	next    atomic.Uint64 // round-robin cursor
+
+	backoffMin, backoffMax time.Duration // retry of down members when health.interval is 0
+
+	ctx     context.Context // ends at Close: stops checks and retries
+	stop    context.CancelFunc
+	started sync.Once
+	mu      sync.Mutex // guards closed and wg.Add against Close's Wait
+	closed  bool
+	wg      sync.WaitGroup
+}
+
+type member struct {
+	GroupMember
+	idx    int
+	active atomic.Int64
+
+	mu          sync.Mutex
+	up          bool
+	reason      string
+	since       time.Time
+	rises, fall int  // consecutive check successes while down, failures while up
+	retrying    bool // a backoff retry goroutine is running (interval 0)
+}
+
+// NewGroup makes a group from its config, its members (in the config's order) and the direct
+// upstream used when on_down is direct. Health checks start with Start.
+func NewGroup(cfg configs.Group, members []GroupMember, direct Upstream, log *logrus.Entry) *Group {
+	ctx, cancel := context.WithCancel(context.Background())
+	g := &Group{
+		Log: log, name: cfg.Name, policy: cfg.Policy, onDown: cfg.OnDown, health: cfg.Health,
+		direct: direct, ctx: ctx, stop: cancel,
+		backoffMin: time.Second, backoffMax: 30 * time.Second,
+	}
+	if g.health.Timeout <= 0 {
+		g.health.Timeout = configs.Duration(5 * time.Second)
+	}
+	g.health.Rise, g.health.Fall = max(g.health.Rise, 1), max(g.health.Fall, 1)
+	now := time.Now()
+	for i, m := range members {
+		g.members = append(g.members, &member{GroupMember: m, idx: i, up: true, since: now})
+	}
+	return g
+}
+
+// Start begins the periodic health checks (when Health.Interval is set). Close stops them.
+func (g *Group) Start() {
+	g.started.Do(func() {
+		if g.health.Interval <= 0 {
+			return
+		}
+		for _, m := range g.members {
+			g.goBackground(func() { g.checkLoop(m) })
+		}
+	})
+}
+
+// goBackground runs fn in a goroutine Close waits for, unless the group is closed.
+func (g *Group) goBackground(fn func()) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closed {
+		return false
+	}
+	g.wg.Go(fn)
+	return true
+}
+
+// Close stops the health checks and background retries and waits for them to end. The group
+// still dials afterwards (members keep their last state), so flows in their grace period work.
+func (g *Group) Close() error {
+	g.mu.Lock()
+	g.closed = true
+	g.mu.Unlock()
+	g.stop()
+	g.wg.Wait()
+	return nil
+}
+
+// String names the group for logs: "group:NAME".
+func (g *Group) String() string { return "group:" + g.name }
+
+// Status reports every member's health, in the config's order.
+func (g *Group) Status() []MemberStatus {
+	out := make([]MemberStatus, 0, len(g.members))
+	for _, m := range g.members {
+		m.mu.Lock()
+		out = append(out, MemberStatus{Name: m.Name, Up: m.up, Reason: m.reason, Since: m.since, Active: m.active.Load()})
+		m.mu.Unlock()
+	}
+	return out
+}
+
+// DialContext dials address through the member the policy picks, moving on to the next up
+// member when one fails as a proxy; see Group.
+func (g *Group) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	var tried uint64 // bit i: member i was tried in this flow (groups are small)
+	var failures []string
+	for {
+		m := g.pick(tried)
+		if m == nil {
+			break
+		}
+		tried |= 1 << (m.idx % 64)
+		c, err := m.Upstream.DialContext(ctx, network, address)
+		if err == nil {
+			return g.track(m, c), nil
+		}
+		if ctx.Err() != nil {
+			// The flow's own time is up or its client left: no verdict on the member unless the
+			// proxy itself could not be reached in time.
+			if errors.As(err, new(*proxyReachError)) && ctx.Err() == context.DeadlineExceeded {
+				g.markDown(m, "dial: "+err.Error())
+			}
+			return nil, fmt.Errorf("%s via %s: %w", g, m.Name, err)
+		}
+		reason, fault := proxyFault(err)
+		if !fault {
+			return nil, fmt.Errorf("%s via %s: %w", g, m.Name, err)
+		}
+		g.markDown(m, reason)
+		failures = append(failures, m.Name+": "+err.Error())
+	}
+	if g.anyUp() {
+		// Every member that was up when this flow began failed it; others came up meanwhile, but
+		// this flow has spent its attempts.
+		return nil, fmt.Errorf("%s: every upstream failed: %s", g, strings.Join(failures, "; "))
+	}
+	if g.onDown == configs.OnDownDirect && g.direct != nil {
+		return g.direct.DialContext(ctx, network, address)
+	}
+	return nil, g.downError(failures)
+}
+
+func (g *Group) downError(failures []string) error {
+	if len(failures) == 0 {
+		return fmt.Errorf("%s: %w (on_down: block)", g, ErrGroupDown)
+	}
+	return fmt.Errorf("%s: %w (on_down: block): %s", g, ErrGroupDown, strings.Join(failures, "; "))
+}
+
+// ListenPacket opens a UDP association through the first up member that carries UDP.
+func (g *Group) ListenPacket(ctx context.Context) (net.PacketConn, error) {
+	var failures []string
+	unsupported := true
+	for _, m := range g.members {
+		if !m.isUp() {
+			unsupported = false
+			continue
+		}
+		pc, err := m.Upstream.ListenPacket(ctx)
+		if err == nil {
+			return pc, nil
+		}
+		if errors.Is(err, ErrUDPUnsupported) {
+			continue
+		}
+		unsupported = false
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("%s via %s: %w", g, m.Name, err)
+		}
+		reason, fault := proxyFault(err)
+		if !fault {
+			return nil, fmt.Errorf("%s via %s: %w", g, m.Name, err)
+		}
+		g.markDown(m, reason)
+		failures = append(failures, m.Name+": "+err.Error())
+	}
+	if unsupported {
+		return nil, fmt.Errorf("%s: no member carries UDP: %w", g, ErrUDPUnsupported)
+	}
+	if !g.anyUp() && g.onDown == configs.OnDownDirect && g.direct != nil {
+		return g.direct.ListenPacket(ctx)
+	}
+	if g.anyUp() {
+		return nil, fmt.Errorf("%s: every UDP upstream failed: %s", g, strings.Join(failures, "; "))
+	}
+	return nil, g.downError(failures)
+}
+
+// pick returns the member the policy chooses among those up and not yet tried, or nil.
+func (g *Group) pick(tried uint64) *member {
+	n := len(g.members)
+	usable := func(m *member) bool { return tried&(1<<(m.idx%64)) == 0 && m.isUp() }
+	switch g.policy {
+	case configs.PolicyRoundRobin:
+		start := int(g.next.Add(1)-1) % n
+		for i := range n {
+			if m := g.members[(start+i)%n]; usable(m) {
+				return m
+			}
+		}
+		return nil
+	case configs.PolicyLeastConnections:
+		var best *member
+		for _, m := range g.members {
+			if usable(m) && (best == nil || m.active.Load() < best.active.Load()) {
+				best = m
+			}
+		}
+		return best
+	}
+	for _, m := range g.members { // failover: the first up member, in order
+		if usable(m) {
+			return m
+		}
+	}
+	return nil
+}
+
+func (g *Group) anyUp() bool {
+	for _, m := range g.members {
+		if m.isUp() {
+			return true
+		}
+	}
+	return false
+}
+
+func (m *member) isUp() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.up
+}
+
+// markDown takes m out of use at once (a failed live dial) and, without periodic checks,
+// starts retrying it in the background.
+func (g *Group) markDown(m *member, reason string) {
+	m.mu.Lock()
+	changed := m.up
+	m.rises, m.fall = 0, 0
+	if changed {
+		m.up, m.reason, m.since = false, reason, time.Now()
+	}
+	retry := g.health.Interval <= 0 && !m.retrying
+	if retry {
+		m.retrying = true
+	}
+	m.mu.Unlock()
+	if changed {
+		g.logChange(m, false, reason)
+	}
+	if retry && !g.goBackground(func() { g.retryLoop(m) }) {
+		m.mu.Lock()
+		m.retrying = false
+		m.mu.Unlock()
+	}
+}
+
+// checked records one health check's outcome, applying rise and fall.
+func (g *Group) checked(m *member, err error) {
+	m.mu.Lock()
+	var changed bool
+	var reason string
+	switch {
+	case err == nil && !m.up:
+		m.rises++
+		if m.rises >= g.health.Rise {
+			changed, reason = true, fmt.Sprintf("health check passed %d times", m.rises)
+			m.up, m.rises, m.fall, m.reason, m.since = true, 0, 0, "", time.Now()
+		}
+	case err == nil:
+		m.fall = 0
+	case m.up:
+		m.fall++
+		if m.fall >= g.health.Fall {
+			changed, reason = true, fmt.Sprintf("health check failed %d times: %v", m.fall, err)
+			m.up, m.rises, m.fall, m.reason, m.since = false, 0, 0, reason, time.Now()
+		}
+	default:
+		m.rises = 0
+		m.reason = "health check: " + err.Error()
+	}
+	up := m.up
+	m.mu.Unlock()
+	if changed {
+		g.logChange(m, up, reason)
+	}
+}
+
+func (g *Group) logChange(m *member, up bool, reason string) {
+	if g.Log == nil {
+		return
+	}
+	e := g.Log.WithFields(logrus.Fields{"group": g.name, "upstream": m.Name, "proxy": m.Upstream.String(), "reason": reason})
+	if up {
+		e.Info("upstream up")
+	} else {
+		e.Warn("upstream down")
+	}
+}
+
+// check runs one health check of m: a handshake through it to the probe target, or without a
+// probe a connection to the proxy itself.
+func (g *Group) check(m *member) error {
+	ctx, cancel := context.WithTimeout(g.ctx, g.health.Timeout.Std())
+	defer cancel()
+	if g.health.Probe != "" {
+		c, err := m.Upstream.DialContext(ctx, "tcp", g.health.Probe)
+		if err != nil {
+			return err
+		}
+		return c.Close()
+	}
+	if p, ok := m.Upstream.(proxyProber); ok {
+		return p.probeProxy(ctx)
+	}
+	return nil
+}
+
+// checkLoop checks m at once and then every interval until the group is closed.
+func (g *Group) checkLoop(m *member) {
+	t := time.NewTicker(g.health.Interval.Std())
+	defer t.Stop()
+	for {
+		err := g.check(m)
+		if g.ctx.Err() != nil {
+			return
+		}
+		g.checked(m, err)
+		select {
+		case <-g.ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// retryLoop retries a down member with a growing backoff until it answers (interval 0).
+func (g *Group) retryLoop(m *member) {
+	wait := g.backoffMin
+	for {
+		select {
+		case <-g.ctx.Done():
+			m.mu.Lock()
+			m.retrying = false
+			m.mu.Unlock()
+			return
+		case <-time.After(wait):
+		}
+		err := g.check(m)
+		if g.ctx.Err() != nil {
+			continue
+		}
+		m.mu.Lock()
+		if err == nil {
+			m.retrying = false
+			changed := !m.up
+			m.up, m.rises, m.fall, m.reason, m.since = true, 0, 0, "", time.Now()
+			m.mu.Unlock()
+			if changed {
+				g.logChange(m, true, "retry succeeded")
+			}
+			return
+		}
+		m.reason = "retry: " + err.Error()
+		m.mu.Unlock()
+		wait = min(2*wait, g.backoffMax)
+	}
+}
+
+// track counts m's live connections for least-connections.
+func (g *Group) track(m *member, c net.Conn) net.Conn {
+	if g.policy != configs.PolicyLeastConnections {
+		return c
+	}
+	m.active.Add(1)
+	return &countedConn{Conn: c, done: func() { m.active.Add(-1) }}
+}
+
+// countedConn runs done once when closed. It keeps the relay's fast paths: half-close,
+// WriteTo/ReadFrom reaching the TCP connection (splice) and SyscallConn.
+type countedConn struct {
+	net.Conn
+	once sync.Once
+	done func()
+}
+
+func (c *countedConn) Close() error {
+	c.once.Do(c.done)
+	return c.Conn.Close()
+}
+
+func (c *countedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(closeWriter); ok {
+		return cw.CloseWrite()
+	}
+	return fmt.Errorf("close write: %T cannot half-close", c.Conn)
+}
+
+func (c *countedConn) WriteTo(w io.Writer) (int64, error)  { return io.Copy(w, c.Conn) }
+func (c *countedConn) ReadFrom(r io.Reader) (int64, error) { return io.Copy(c.Conn, r) }
+
+func (c *countedConn) SyscallConn() (syscall.RawConn, error) {
+	if sc, ok := c.Conn.(syscall.Conn); ok {
+		return sc.SyscallConn()
+	}
+	return nil, fmt.Errorf("%T has no syscall connection", c.Conn)
+}
+
+// proxyProber is an upstream that can check that its proxy accepts connections.
+type proxyProber interface {
+	probeProxy(ctx context.Context) error
+}
+
+// proxyReachError is a failure to reach a proxy at all (the TCP connection to it, through the
+// hop below); upstreams wrap their ProxyDial with reachDial so a group can tell it from a
+// refusal about the destination.
+type proxyReachError struct{ err error }
+
+func (e *proxyReachError) Error() string { return e.err.Error() }
+func (e *proxyReachError) Unwrap() error { return e.err }
+
+// reachDial wraps a hop's dial function so that its failures are proxyReachErrors.
+func reachDial(dial func(ctx context.Context, network, address string) (net.Conn, error)) func(ctx context.Context, network, address string) (net.Conn, error) {
+	return func(ctx context.Context, network, address string) (net.Conn, error) {
+		c, err := dial(ctx, network, address)
+		if err != nil {
+			return nil, &proxyReachError{err}
+		}
+		return c, nil
+	}
+}
+
+// proxyFault reports whether a dial error says the proxy itself is unusable (so the member goes
+// down) rather than that the destination was refused or unreachable through it, with a short
+// reason for the log.
+func proxyFault(err error) (reason string, fault bool) {
+	var se *httpproxy.StatusError
+	var re *socksclient.ReplyError
+	switch {
+	case errors.As(err, new(*proxyReachError)):
+		return "cannot reach the proxy: " + err.Error(), true
+	case errors.Is(err, socksclient.ErrAuthFailed), errors.Is(err, socksclient.ErrNoAcceptableMethods):
+		return "authentication: " + err.Error(), true
+	case errors.As(err, &se):
+		if se.Code == 407 {
+			return "authentication: " + err.Error(), true
+		}
+		return "", false
+	case errors.As(err, &re):
+		// A reply code speaks about the destination (or the proxy's rules for it).
+		return "", false
+	case errors.Is(err, socksclient.ErrUnsupportedDestination):
+		return "", false
+	case errors.Is(err, socksclient.ErrProtocol), errors.Is(err, httpproxy.ErrProtocol),
+		errors.Is(err, httpproxy.ErrResponseTooLarge):
+		return "protocol violation: " + err.Error(), true
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF),
+		errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+		return "proxy closed the handshake: " + err.Error(), true
+	}
+	return "", false
+}

@@ -1,0 +1,488 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	logtest "github.com/sirupsen/logrus/hooks/test"
+
+	"github.com/socksgate/socksgate/configs"
+	"github.com/socksgate/socksgate/httpproxy"
+	"github.com/socksgate/socksgate/socks"
+	"github.com/socksgate/socksgate/socksclient"
+)
+
+// fakeUpstream answers dials with a net.Pipe end, or with err when set.
+type fakeUpstream struct {
+	name string
+
+	mu     sync.Mutex
+	err    error
+	udpErr error
+	dials  []string
+}
+
+func (f *fakeUpstream) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.dials = append(f.dials, address)
+	if f.err != nil {
+		return nil, f.err
+	}
+	a, b := net.Pipe()
+	go func() { io.Copy(io.Discard, b); b.Close() }()
+	return a, nil
+}
+
+func (f *fakeUpstream) ListenPacket(context.Context) (net.PacketConn, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.udpErr != nil {
+		return nil, f.udpErr
+	}
+	return fakePacketConn{f.name}, nil
+}
+
+func (f *fakeUpstream) String() string { return "fake://" + f.name }
+
+func (f *fakeUpstream) set(err error) {
+	f.mu.Lock()
+	f.err = err
+	f.mu.Unlock()
+}
+
+func (f *fakeUpstream) count(address string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := 0
+	for _, d := range f.dials {
+		if address == "" || d == address {
+			n++
+		}
+	}
+	return n
+}
+
+type fakePacketConn struct{ from string }
+
+func (fakePacketConn) ReadFrom([]byte) (int, net.Addr, error)    { return 0, nil, io.EOF }
+func (fakePacketConn) WriteTo(p []byte, _ net.Addr) (int, error) { return len(p), nil }
+func (fakePacketConn) Close() error                              { return nil }
+func (fakePacketConn) LocalAddr() net.Addr                       { return nil }
+func (fakePacketConn) SetDeadline(time.Time) error               { return nil }
+func (fakePacketConn) SetReadDeadline(time.Time) error           { return nil }
+func (fakePacketConn) SetWriteDeadline(time.Time) error          { return nil }
+
+// Errors as the real dialers produce them.
+var (
+	errRefused = &net.OpError{Op: "socks connect", Err: &proxyReachError{fmt.Errorf("dial proxy: %w",
+		&net.OpError{Op: "dial", Err: syscall.ECONNREFUSED})}}
+	errHostUnreachable = &net.OpError{Op: "socks connect", Err: &socksclient.ReplyError{Version: socksclient.SOCKS5, Code: socks.ReplyHostUnreachable}}
+	errAuth            = &net.OpError{Op: "socks connect", Err: fmt.Errorf("%w for user \"u\"", socksclient.ErrAuthFailed)}
+	err407             = &net.OpError{Op: "http connect", Err: &httpproxy.StatusError{Code: 407}}
+	err403             = &net.OpError{Op: "http connect", Err: &httpproxy.StatusError{Code: 403}}
+)
+
+type groupFixture struct {
+	g       *Group
+	ups     []*fakeUpstream
+	direct  *fakeUpstream
+	logs    *logtest.Hook
+	members []GroupMember
+}
+
+func newGroupFixture(t *testing.T, cfg configs.Group, names ...string) *groupFixture {
+	t.Helper()
+	logger, hook := logtest.NewNullLogger()
+	fx := &groupFixture{direct: &fakeUpstream{name: "direct"}, logs: hook}
+	for _, n := range names {
+		u := &fakeUpstream{name: n}
+		fx.ups = append(fx.ups, u)
+		fx.members = append(fx.members, GroupMember{Name: n, Upstream: u})
+	}
+	if cfg.Name == "" {
+		cfg.Name = "out"
+	}
+	if cfg.Policy == "" {
+		cfg.Policy = configs.PolicyFailover
+	}
+	if cfg.OnDown == "" {
+		cfg.OnDown = configs.OnDownBlock
+	}
+	fx.g = NewGroup(cfg, fx.members, fx.direct, logrus.NewEntry(logger))
+	fx.g.backoffMin, fx.g.backoffMax = 5*time.Millisecond, 20*time.Millisecond
+	fx.g.Start()
+	t.Cleanup(func() { fx.g.Close() })
+	return fx
+}
+
+func (fx *groupFixture) dial(t *testing.T) (string, error) {
+	t.Helper()
+	before := make([]int, len(fx.ups))
+	for i, u := range fx.ups {
+		before[i] = u.count("")
+	}
+	dBefore := fx.direct.count("")
+	c, err := fx.g.DialContext(context.Background(), "tcp", "203.0.113.10:80")
+	if err != nil {
+		return "", err
+	}
+	c.Close()
+	if fx.direct.count("") > dBefore {
+		return "direct", nil
+	}
+	// The member that answered is the last one dialed.
+	for i := len(fx.ups) - 1; i >= 0; i-- {
+		if fx.ups[i].count("") > before[i] && fx.ups[i].err == nil {
+			return fx.ups[i].name, nil
+		}
+	}
+	return "?", nil
+}
+
+func (fx *groupFixture) messages(msg string) []string {
+	var out []string
+	for _, e := range fx.logs.AllEntries() {
+		if e.Message == msg {
+			out = append(out, fmt.Sprint(e.Data["upstream"], ": ", e.Data["reason"]))
+		}
+	}
+	return out
+}
+
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func memberUp(g *Group, name string) bool {
+	for _, s := range g.Status() {
+		if s.Name == name {
+			return s.Up
+		}
+	}
+	return false
+}
+
+func TestGroupFailoverUsesFirstUpMemberAndRetriesNextWithinTheFlow(t *testing.T) {
+	fx := newGroupFixture(t, configs.Group{}, "a", "b")
+	if got, err := fx.dial(t); err != nil || got != "a" {
+		t.Fatalf("dial went to %q, %v; want a", got, err)
+	}
+	fx.ups[0].set(errRefused)
+	if got, err := fx.dial(t); err != nil || got != "b" {
+		t.Fatalf("after a was refused the dial went to %q, %v; want b in the same flow", got, err)
+	}
+	if memberUp(fx.g, "a") {
+		t.Fatal("a is still up after a refused connection")
+	}
+	n := fx.ups[0].count("")
+	if got, _ := fx.dial(t); got != "b" || fx.ups[0].count("") != n {
+		t.Fatalf("a down member was dialed again (%q)", got)
+	}
+	if down := fx.messages("upstream down"); len(down) != 1 || !strings.HasPrefix(down[0], "a: cannot reach the proxy") {
+		t.Fatalf("down log lines: %q", down)
+	}
+}
+
+func TestGroupDestinationRefusalKeepsMemberUpAndIsNotRetried(t *testing.T) {
+	for _, err := range []error{errHostUnreachable, err403} {
+		t.Run(err.Error(), func(t *testing.T) {
+			fx := newGroupFixture(t, configs.Group{}, "a", "b")
+			fx.ups[0].set(err)
+			_, derr := fx.dial(t)
+			if !errors.Is(derr, err) && !errors.As(derr, new(*net.OpError)) {
+				t.Fatalf("dial error %v does not carry %v", derr, err)
+			}
+			if !memberUp(fx.g, "a") || fx.ups[1].count("") != 0 || len(fx.messages("upstream down")) != 0 {
+				t.Fatalf("a destination refusal changed health or moved on: status %+v", fx.g.Status())
+			}
+		})
+	}
+}
+
+func TestGroupAuthAndProtocolFailuresMarkDown(t *testing.T) {
+	for _, err := range []error{errAuth, err407, fmt.Errorf("x: %w", socksclient.ErrProtocol), fmt.Errorf("read: %w", io.ErrUnexpectedEOF)} {
+		t.Run(err.Error(), func(t *testing.T) {
+			fx := newGroupFixture(t, configs.Group{}, "a", "b")
+			fx.ups[0].set(err)
+			if got, derr := fx.dial(t); derr != nil || got != "b" {
+				t.Fatalf("dial %q %v", got, derr)
+			}
+			if memberUp(fx.g, "a") {
+				t.Fatal("a still up")
+			}
+		})
+	}
+}
+
+func TestGroupAllDown(t *testing.T) {
+	t.Run("block fails promptly and never goes direct", func(t *testing.T) {
+		fx := newGroupFixture(t, configs.Group{OnDown: configs.OnDownBlock}, "a", "b")
+		fx.ups[0].set(errRefused)
+		fx.ups[1].set(errRefused)
+		for range 2 { // once while discovering, once with both known down
+			start := time.Now()
+			_, err := fx.dial(t)
+			if !errors.Is(err, ErrGroupDown) || !strings.Contains(err.Error(), "on_down: block") {
+				t.Fatalf("error %v, want ErrGroupDown", err)
+			}
+			if time.Since(start) > time.Second {
+				t.Fatal("not prompt")
+			}
+		}
+		if fx.direct.count("") != 0 {
+			t.Fatal("a blocked group dialed direct")
+		}
+		if got := fx.ups[0].count("") + fx.ups[1].count(""); got != 2 {
+			t.Fatalf("%d member dials, want 2 (down members are not dialed by flows)", got)
+		}
+	})
+	t.Run("direct", func(t *testing.T) {
+		fx := newGroupFixture(t, configs.Group{OnDown: configs.OnDownDirect}, "a")
+		fx.ups[0].set(errRefused)
+		if got, err := fx.dial(t); err != nil || got != "direct" {
+			t.Fatalf("dial %q %v, want direct", got, err)
+		}
+	})
+}
+
+func TestGroupRoundRobinSpreadsAndSkipsDownMembers(t *testing.T) {
+	fx := newGroupFixture(t, configs.Group{Policy: configs.PolicyRoundRobin}, "a", "b", "c")
+	for range 6 {
+		if _, err := fx.dial(t); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, u := range fx.ups {
+		if n := u.count(""); n != 2 {
+			t.Fatalf("%s got %d of 6 dials", u.name, n)
+		}
+	}
+	fx.ups[1].set(errRefused)
+	seen := map[string]int{}
+	for range 6 {
+		got, err := fx.dial(t)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen[got]++
+	}
+	if seen["b"] != 0 || seen["a"] == 0 || seen["c"] == 0 {
+		t.Fatalf("spread with b down: %v", seen)
+	}
+}
+
+func TestGroupLeastConnectionsPicksTheLeastBusy(t *testing.T) {
+	fx := newGroupFixture(t, configs.Group{Policy: configs.PolicyLeastConnections}, "a", "b")
+	ctx := context.Background()
+	c1, _ := fx.g.DialContext(ctx, "tcp", "x:1") // a (tie: first)
+	c2, _ := fx.g.DialContext(ctx, "tcp", "x:2") // b
+	c3, _ := fx.g.DialContext(ctx, "tcp", "x:3") // a or b: tie again -> a
+	if fx.ups[0].count("x:1") != 1 || fx.ups[1].count("x:2") != 1 || fx.ups[0].count("x:3") != 1 {
+		t.Fatalf("dials a=%v b=%v", fx.ups[0].dials, fx.ups[1].dials)
+	}
+	c1.Close()
+	c1.Close() // counted once
+	c3.Close()
+	fx.g.DialContext(ctx, "tcp", "x:4")
+	if fx.ups[0].count("x:4") != 1 {
+		t.Fatalf("x:4 did not go to the idle member a: a=%v b=%v", fx.ups[0].dials, fx.ups[1].dials)
+	}
+	if _, ok := c2.(closeWriter); !ok {
+		t.Fatal("the counted connection lost CloseWrite")
+	}
+	if st := fx.g.Status(); st[0].Active != 1 || st[1].Active != 1 {
+		t.Fatalf("status %+v", st)
+	}
+}
+
+func TestGroupHealthChecksApplyFallAndRiseAndLogOnce(t *testing.T) {
+	const probe = "198.51.100.1:443"
+	fx := newGroupFixture(t, configs.Group{Health: configs.Health{
+		Probe: probe, Interval: configs.Duration(2 * time.Millisecond), Timeout: configs.Duration(time.Second), Rise: 3, Fall: 2,
+	}}, "a", "b")
+	waitUntil(t, "first probes", func() bool { return fx.ups[0].count(probe) >= 2 })
+	fx.ups[0].set(errHostUnreachable) // the probe target is unreachable through a: a fails its checks
+	waitUntil(t, "a down", func() bool { return !memberUp(fx.g, "a") })
+	if got, err := fx.dial(t); err != nil || got != "b" {
+		t.Fatalf("with a down the dial went to %q, %v", got, err)
+	}
+	fx.ups[0].set(nil)
+	waitUntil(t, "a up again", func() bool { return memberUp(fx.g, "a") })
+	time.Sleep(20 * time.Millisecond) // more checks pass: nothing more is logged
+	down, up := fx.messages("upstream down"), fx.messages("upstream up")
+	if len(down) != 1 || !strings.Contains(down[0], "health check failed 2 times") {
+		t.Fatalf("down lines %q", down)
+	}
+	if len(up) != 1 || !strings.Contains(up[0], "health check passed 3 times") {
+		t.Fatalf("up lines %q", up)
+	}
+	if got, err := fx.dial(t); err != nil || got != "a" {
+		t.Fatalf("after recovery the dial went to %q %v", got, err)
+	}
+}
+
+func TestGroupLiveFailureIsRetriedByTheHealthChecker(t *testing.T) {
+	fx := newGroupFixture(t, configs.Group{Health: configs.Health{
+		Probe: "p:1", Interval: configs.Duration(2 * time.Millisecond), Timeout: configs.Duration(time.Second), Rise: 2, Fall: 5,
+	}}, "a", "b")
+	fx.ups[0].set(errRefused)
+	if got, _ := fx.dial(t); got != "b" {
+		t.Fatalf("dial went to %q", got)
+	}
+	fx.ups[0].set(nil)
+	waitUntil(t, "a back up", func() bool { return memberUp(fx.g, "a") })
+}
+
+func TestGroupWithoutIntervalRetriesDownMembersWithBackoff(t *testing.T) {
+	fx := newGroupFixture(t, configs.Group{Health: configs.Health{Probe: "p:1", Rise: 1, Fall: 1}}, "a", "b")
+	time.Sleep(10 * time.Millisecond)
+	if n := fx.ups[0].count(""); n != 0 {
+		t.Fatalf("%d checks with interval 0 while up", n)
+	}
+	fx.ups[0].set(errRefused)
+	fx.dial(t)
+	waitUntil(t, "retries", func() bool { return fx.ups[0].count("") >= 3 })
+	fx.ups[0].set(nil)
+	waitUntil(t, "a up", func() bool { return memberUp(fx.g, "a") })
+	if up := fx.messages("upstream up"); len(up) != 1 || !strings.Contains(up[0], "retry succeeded") {
+		t.Fatalf("up lines %q", up)
+	}
+}
+
+func TestGroupCloseStopsBackgroundWork(t *testing.T) {
+	fx := newGroupFixture(t, configs.Group{Health: configs.Health{
+		Probe: "p:1", Interval: configs.Duration(time.Millisecond), Timeout: configs.Duration(time.Second), Rise: 1, Fall: 1,
+	}}, "a")
+	waitUntil(t, "checks", func() bool { return fx.ups[0].count("p:1") >= 2 })
+	fx.g.Close()
+	n := fx.ups[0].count("p:1")
+	time.Sleep(20 * time.Millisecond)
+	if fx.ups[0].count("p:1") != n {
+		t.Fatal("health checks went on after Close")
+	}
+	if _, err := fx.dial(t); err != nil {
+		t.Fatalf("dial after Close: %v", err)
+	}
+}
+
+func TestGroupCancelledFlowDoesNotMarkDown(t *testing.T) {
+	fx := newGroupFixture(t, configs.Group{}, "a", "b")
+	fx.ups[0].set(errRefused)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := fx.g.DialContext(ctx, "tcp", "x:1"); err == nil {
+		t.Fatal("dial succeeded")
+	}
+	if !memberUp(fx.g, "a") || fx.ups[1].count("") != 0 {
+		t.Fatal("a cancelled flow judged the member or moved on")
+	}
+}
+
+func TestGroupListenPacketUsesFirstUpMemberWithUDP(t *testing.T) {
+	fx := newGroupFixture(t, configs.Group{}, "http", "socks", "socks2")
+	fx.ups[0].udpErr = fmt.Errorf("x: %w", ErrUDPUnsupported)
+	pc, err := fx.g.ListenPacket(context.Background())
+	if err != nil || pc.(fakePacketConn).from != "socks" {
+		t.Fatalf("%v %v", pc, err)
+	}
+	fx.ups[1].udpErr = errRefused
+	pc, err = fx.g.ListenPacket(context.Background())
+	if err != nil || pc.(fakePacketConn).from != "socks2" || memberUp(fx.g, "socks") {
+		t.Fatalf("%v %v", pc, err)
+	}
+
+	only := newGroupFixture(t, configs.Group{}, "http")
+	only.ups[0].udpErr = fmt.Errorf("x: %w", ErrUDPUnsupported)
+	if _, err := only.g.ListenPacket(context.Background()); !errors.Is(err, ErrUDPUnsupported) {
+		t.Fatalf("error %v, want ErrUDPUnsupported", err)
+	}
+}
+
+func TestProxyFaultClassification(t *testing.T) {
+	for _, tc := range []struct {
+		err   error
+		fault bool
+	}{
+		{errRefused, true},
+		{errAuth, true},
+		{&net.OpError{Err: socksclient.ErrNoAcceptableMethods}, true},
+		{err407, true},
+		{&net.OpError{Err: fmt.Errorf("%w: bad", httpproxy.ErrProtocol)}, true},
+		{&net.OpError{Err: syscall.ECONNRESET}, true},
+		{errHostUnreachable, false},
+		{&socksclient.ReplyError{Version: socksclient.SOCKS4, Code: 0x5b}, false},
+		{err403, false},
+		{&net.OpError{Err: &httpproxy.StatusError{Code: 502}}, false},
+		{&net.OpError{Err: socksclient.ErrUnsupportedDestination}, false},
+		{context.DeadlineExceeded, false},
+	} {
+		if _, got := proxyFault(tc.err); got != tc.fault {
+			t.Errorf("proxyFault(%v) = %v, want %v", tc.err, got, tc.fault)
+		}
+	}
+}
+
+func TestNewUpstreamsBuildsHTTPChainsAndGroups(t *testing.T) {
+	mustURL := func(s string) *url.URL {
+		u, err := url.Parse(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return u
+	}
+	cfg := &configs.Config{
+		Upstreams: []configs.Upstream{
+			{Name: "corp", URL: mustURL("http://u:secret@127.0.0.1:1")},
+			{Name: "outer", URL: mustURL("socks5://127.0.0.1:2"), Via: "corp"},
+			{Name: "back", URL: mustURL("socks4://127.0.0.1:3")},
+		},
+		Groups: []configs.Group{{Name: "out", Policy: configs.PolicyFailover, OnDown: configs.OnDownBlock,
+			Upstreams: []string{"outer", "back"}, Health: configs.Health{Rise: 1, Fall: 1}}},
+	}
+	ups, stop, err := NewUpstreams(cfg, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	if s := ups["corp"].String(); s != "http://u@127.0.0.1:1" {
+		t.Errorf("corp is %q", s)
+	}
+	if _, err := ups["corp"].ListenPacket(context.Background()); !errors.Is(err, ErrUDPUnsupported) {
+		t.Errorf("http ListenPacket: %v", err)
+	}
+	g, ok := ups["out"].(*Group)
+	if !ok || g.String() != "group:out" || len(g.Status()) != 2 {
+		t.Fatalf("out is %T %v", ups["out"], ups["out"])
+	}
+	// The chain reaches outer through corp: with corp unreachable the error is corp's.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_, err = ups["outer"].DialContext(ctx, "tcp", "203.0.113.10:80")
+	if err == nil || !strings.Contains(err.Error(), "http connect") || !strings.Contains(err.Error(), "socks connect") {
+		t.Fatalf("chain error %v", err)
+	}
+	if _, fault := proxyFault(err); !fault {
+		t.Fatal("an unreachable first hop is not a proxy fault of the chain")
+	}
+	if strings.Contains(err.Error(), "secret") {
+		t.Fatal("password in error")
+	}
+}
