@@ -10,8 +10,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 )
 
@@ -57,7 +59,7 @@ type ActiveCount struct {
 type Histogram struct {
 	Upstream string
 	Count    uint64
-	Sum      float64             // seconds
+	Sum      float64            // seconds
 	Buckets  map[float64]uint64 // upper bound (seconds) → cumulative count
 }
 
@@ -114,9 +116,11 @@ func writeJSON(w http.ResponseWriter, v any) {
 
 // Server is a running admin endpoint.
 type Server struct {
-	srv *http.Server
-	ln  net.Listener
-	err chan error
+	srv    *http.Server
+	ln     net.Listener
+	err    chan error
+	once   sync.Once
+	closed error
 }
 
 // Listen opens addr (host:port) and serves Handler(src, version) on it until Close.
@@ -147,14 +151,67 @@ func (s *Server) Addr() net.Addr { return s.ln.Addr() }
 // Close stops the endpoint: /healthz stops answering at once; requests in progress get a
 // second to finish.
 func (s *Server) Close() error {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-	defer cancel()
-	err := s.srv.Shutdown(ctx)
-	if errors.Is(err, context.DeadlineExceeded) {
-		err = s.srv.Close()
+	s.once.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		err := s.srv.Shutdown(ctx)
+		if errors.Is(err, context.DeadlineExceeded) {
+			err = s.srv.Close()
+		}
+		if serr := <-s.err; !errors.Is(serr, http.ErrServerClosed) {
+			err = errors.Join(err, serr)
+		}
+		s.closed = err
+	})
+	return s.closed
+}
+
+// Client reads a running socksgate's admin endpoint; `socksgate status` uses it.
+type Client struct {
+	Base string       // "http://127.0.0.1:9091"
+	HTTP *http.Client // nil: a client with a 5s timeout
+}
+
+// Flows fetches /flows.
+func (c Client) Flows(ctx context.Context) ([]Flow, error) {
+	var v []Flow
+	return v, c.get(ctx, "/flows", &v)
+}
+
+// Upstreams fetches /upstreams.
+func (c Client) Upstreams(ctx context.Context) ([]Upstream, error) {
+	var v []Upstream
+	return v, c.get(ctx, "/upstreams", &v)
+}
+
+func (c Client) get(ctx context.Context, path string, v any) error {
+	hc := c.HTTP
+	if hc == nil {
+		hc = &http.Client{Timeout: 5 * time.Second}
 	}
-	if serr := <-s.err; !errors.Is(serr, http.ErrServerClosed) {
-		err = errors.Join(err, serr)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.Base+path, nil)
+	if err != nil {
+		return fmt.Errorf("admin %s: %w", path, err)
 	}
-	return err
+	resp, err := hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("admin %s: %w", path, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("admin %s: %s", path, resp.Status)
+	}
+	if err := DecodeJSON(resp.Body, v); err != nil {
+		return fmt.Errorf("admin %s: %w", path, err)
+	}
+	return nil
+}
+
+// DecodeJSON decodes one JSON document of at most 64 MiB from r into v.
+func DecodeJSON(r io.Reader, v any) error {
+	dec := json.NewDecoder(io.LimitReader(r, 64<<20))
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("decode: %w", err)
+	}
+	return nil
 }

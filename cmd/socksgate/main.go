@@ -5,6 +5,7 @@
 //	socksgate run     [-c FILE]   serve (the embedded default config without -c)
 //	socksgate check    -c FILE    validate a config; non-zero exit with the error list
 //	socksgate rules   [-c FILE]   print the nftables rules it would install, without root
+//	socksgate status  [-a ADDR]   live flows and upstream health from the admin endpoint
 //	socksgate version
 package main
 
@@ -34,6 +35,7 @@ commands:
   run     [-c FILE]   run the gateway (with no -c: the embedded default config)
   check    -c FILE    validate a config file and print its warnings
   rules   [-c FILE]   print the nftables rules and policy routing it would install
+  status  [-a ADDR]   show live flows and upstream health (needs admin: in the config)
   version             print the version
 `
 
@@ -52,6 +54,8 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 	path := fs.String("c", "", "config file (YAML)")
 	switch cmd {
 	case "run", "check", "rules":
+	case "status":
+		return statusMain(args, stdout, stderr)
 	case "version", "-version", "--version":
 		fmt.Fprintln(stdout, "socksgate", versionString())
 		return 0

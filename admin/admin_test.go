@@ -1,0 +1,168 @@
+package admin
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+)
+
+type fakeSource struct {
+	snap  Snapshot
+	flows []Flow
+	ups   []Upstream
+}
+
+func (f fakeSource) Snapshot() Snapshot    { return f.snap }
+func (f fakeSource) Flows() []Flow         { return f.flows }
+func (f fakeSource) Upstreams() []Upstream { return f.ups }
+
+var testSource = fakeSource{
+	snap: Snapshot{
+		Active: []ActiveCount{{Inbound: "redirect", Upstream: "socks5://10.0.2.2:1080", Flows: 3}},
+		Ended: []FlowCount{
+			{Inbound: "redirect", Upstream: "socks5://10.0.2.2:1080", Outcome: "ok", Flows: 5, BytesUp: 100, BytesDown: 2000},
+			{Inbound: "redirect", Upstream: "socks5://10.0.2.2:1080", Outcome: "failed", Flows: 1, BytesUp: 7, BytesDown: 0},
+			{Inbound: "http", Upstream: "none", Outcome: "blocked", Flows: 2},
+		},
+		Refused:           map[string]uint64{"loop": 4},
+		DialLatency:       []Histogram{{Upstream: "direct", Count: 2, Sum: 0.03, Buckets: map[float64]uint64{0.01: 1, 0.1: 2}}},
+		UDPSessions:       6,
+		UDPSessionsTotal:  60,
+		ReplyBindFailures: 9,
+	},
+	flows: []Flow{{Network: "tcp", Src: "10.0.1.2:40000", Dst: "203.0.113.10:80", Inbound: "redirect",
+		Upstream: "direct", Rule: "default", Action: "direct", Age: 1.5, BytesUp: 10, BytesDown: 20}},
+	ups: []Upstream{{Name: "main", URL: "socks5://10.0.2.2:1080", Up: true}, {Name: "backup", Group: "pool", Up: false, Reason: "dial: refused"}},
+}
+
+func get(t *testing.T, h http.Handler, path string) (int, string) {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+	return rec.Code, rec.Body.String()
+}
+
+// /metrics exposes every socksgate series the snapshot holds, in Prometheus text format, plus
+// the Go runtime and process collectors of the private registry.
+func TestMetricsExposeEverySeries(t *testing.T) {
+	code, body := get(t, Handler(testSource, "v1.2.3"), "/metrics")
+	if code != 200 {
+		t.Fatalf("status %d: %s", code, body)
+	}
+	for _, want := range []string{
+		`socksgate_flows_active{inbound="redirect",upstream="socks5://10.0.2.2:1080"} 3`,
+		`socksgate_flows_total{inbound="redirect",outcome="ok",upstream="socks5://10.0.2.2:1080"} 5`,
+		`socksgate_flows_total{inbound="redirect",outcome="failed",upstream="socks5://10.0.2.2:1080"} 1`,
+		`socksgate_flows_total{inbound="http",outcome="blocked",upstream="none"} 2`,
+		`socksgate_flow_bytes_total{direction="up",inbound="redirect",upstream="socks5://10.0.2.2:1080"} 107`,
+		`socksgate_flow_bytes_total{direction="down",inbound="redirect",upstream="socks5://10.0.2.2:1080"} 2000`,
+		`socksgate_flows_refused_total{reason="loop"} 4`,
+		`socksgate_dial_duration_seconds_bucket{upstream="direct",le="0.01"} 1`,
+		`socksgate_dial_duration_seconds_bucket{upstream="direct",le="+Inf"} 2`,
+		`socksgate_dial_duration_seconds_count{upstream="direct"} 2`,
+		`socksgate_upstream_up{group="",upstream="main"} 1`,
+		`socksgate_upstream_up{group="pool",upstream="backup"} 0`,
+		`socksgate_udp_sessions 6`,
+		`socksgate_udp_sessions_total 60`,
+		`socksgate_udp_reply_bind_failures_total 9`,
+		`socksgate_build_info{goversion="`,
+		`go_goroutines `,
+		`process_open_fds `,
+	} {
+		if !strings.Contains(body, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+	if t.Failed() {
+		t.Log(body)
+	}
+}
+
+// The JSON endpoints and /healthz, read back through the Client over a real listener.
+func TestListenServesClient(t *testing.T) {
+	s, err := Listen("127.0.0.1:0", testSource, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := "http://" + s.Addr().String()
+	c := Client{Base: base}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	flows, err := c.Flows(ctx)
+	if err != nil || len(flows) != 1 || flows[0] != testSource.flows[0] {
+		t.Fatalf("flows: %v %+v", err, flows)
+	}
+	ups, err := c.Upstreams(ctx)
+	if err != nil || len(ups) != 2 || ups[1].Reason != "dial: refused" || ups[1].Up {
+		t.Fatalf("upstreams: %v %+v", err, ups)
+	}
+	resp, err := http.Get(base + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || string(body) != "ok\n" {
+		t.Fatalf("healthz: %d %q", resp.StatusCode, body)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatalf("close: %v", err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatalf("second close: %v", err)
+	}
+	if _, err := http.Get(base + "/healthz"); err == nil {
+		t.Fatal("healthz still answers after Close")
+	}
+}
+
+// Empty lists are JSON arrays, not null, so scripts can iterate them.
+func TestEmptyListsAreArrays(t *testing.T) {
+	h := Handler(fakeSource{}, "")
+	for _, path := range []string{"/flows", "/upstreams"} {
+		if code, body := get(t, h, path); code != 200 || strings.TrimSpace(body) != "[]" {
+			t.Errorf("%s: %d %q", path, code, body)
+		}
+	}
+}
+
+func TestUnknownPathAndMethodRefused(t *testing.T) {
+	h := Handler(testSource, "")
+	if code, _ := get(t, h, "/nope"); code != 404 {
+		t.Errorf("/nope: %d", code)
+	}
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/flows", nil))
+	if rec.Code != http.StatusMethodNotAllowed {
+		t.Errorf("POST /flows: %d", rec.Code)
+	}
+}
+
+// The client names the endpoint and the status when the server does not answer 200.
+func TestClientReportsHTTPErrors(t *testing.T) {
+	srv := httptest.NewServer(http.NotFoundHandler())
+	defer srv.Close()
+	_, err := Client{Base: srv.URL}.Flows(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "/flows") || !strings.Contains(err.Error(), "404") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+// FuzzDecodeFlows: whatever an endpoint answers, decoding it never panics.
+func FuzzDecodeFlows(f *testing.F) {
+	f.Add(`[{"network":"tcp","src":"10.0.1.2:1","dst":"203.0.113.10:80","age_seconds":1.5,"bytes_up":1}]`)
+	f.Add(`[]`)
+	f.Add(`null`)
+	f.Add(`[{"start":"x"}]`)
+	f.Add(`{"a":`)
+	f.Fuzz(func(t *testing.T, s string) {
+		var flows []Flow
+		_ = DecodeJSON(strings.NewReader(s), &flows)
+		var ups []Upstream
+		_ = DecodeJSON(strings.NewReader(s), &ups)
+	})
+}
