@@ -1,0 +1,335 @@
+package tests
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/socksgate/socksgate/tests/netlab"
+)
+
+// udpConfig is the transparent config with UDP capture on and a short idle timeout, everything
+// through upstream "main". extraTransparent is added inside `transparent:`; extra is appended.
+func udpConfig(upstreamURL, extraTransparent, extra string) string {
+	return gatewayConfig(upstreamURL, fmt.Sprintf("transparent: {udp: true, udp_port: 12346, udp_idle: 1s%s}\n%s", extraTransparent, extra))
+}
+
+// udpStartDNS runs dnsmasq in wan answering web.test with 203.0.113.10 and 2001:db8:3::10, on
+// UDP and TCP port 53 of both wan addresses.
+func udpStartDNS(t *testing.T, tp *netlab.Topology) *netlab.Proc {
+	t.Helper()
+	needBin(t, "dnsmasq", "dig")
+	pid := writeFile(t, "dnsmasq.pid", "")
+	p := tp.WAN.Start("dnsmasq", "-k", "--no-resolv", "--no-hosts", "--log-queries", "--log-facility=-",
+		"--address=/web.test/"+netlab.WAN4, "--address=/web.test/"+netlab.WAN6,
+		"--listen-address="+netlab.WAN4+","+netlab.WAN6, "--bind-interfaces", "-p", "53",
+		"--user=root", "--pid-file="+pid)
+	tp.WAN.WaitListening(net.JoinHostPort(netlab.WAN4, "53"), 5*time.Second)
+	return p
+}
+
+// udpDig asks server for name's record of type qtype from lan, with plain dig.
+func udpDig(tp *netlab.Topology, server, name, qtype string) (string, error) {
+	out, err := tp.LAN.Run("dig", "+short", "+time=2", "+tries=3", "@"+server, name, qtype)
+	return strings.TrimSpace(out), err
+}
+
+// udpEcho runs a UDP echo in wan on port (both families) and counts what it received.
+func udpEcho(t *testing.T, tp *netlab.Topology, port int) *atomic.Int64 {
+	t.Helper()
+	pc := tp.WAN.ListenPacket("udp", fmt.Sprintf("[::]:%d", port))
+	var n atomic.Int64
+	go func() {
+		buf := make([]byte, 65536)
+		for {
+			k, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			n.Add(1)
+			pc.WriteTo(buf[:k], from)
+		}
+	}()
+	return &n
+}
+
+// udpExchange sends payload from pc to dst until an answer comes from dst (up to tries times)
+// and returns the answer and its source.
+func udpExchange(pc net.PacketConn, dst netip.AddrPort, payload string, tries int, wait time.Duration) (string, netip.AddrPort, error) {
+	buf := make([]byte, 2048)
+	var lastErr error
+	for range tries {
+		if _, err := pc.WriteTo([]byte(payload), net.UDPAddrFromAddrPort(dst)); err != nil {
+			return "", netip.AddrPort{}, err
+		}
+		pc.SetReadDeadline(time.Now().Add(wait))
+		n, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		ap := from.(*net.UDPAddr).AddrPort()
+		return string(buf[:n]), netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
+	}
+	return "", netip.AddrPort{}, lastErr
+}
+
+// ipRuleCount counts policy rules mentioning fwmark, per family, in ns.
+func udpFwmarkRules(t *testing.T, ns *netlab.NS) (v4, v6 int) {
+	t.Helper()
+	o4, _ := ns.Run("ip", "-4", "rule", "show")
+	o6, _ := ns.Run("ip", "-6", "rule", "show")
+	return countLines(o4, "fwmark"), countLines(o6, "fwmark")
+}
+
+// dig from lan, with no configuration but the server address, gets its answer over IPv4 and
+// IPv6 through dante's UDP ASSOCIATE; direct UDP from gw to wan is dropped by the lab. Each
+// session ends after the idle timeout with one log line naming the upstream.
+func TestUDPDNSThroughDante(t *testing.T) {
+	tp := netlab.NewTopology(t)
+	udpStartDNS(t, tp)
+	d := startDante(t, tp, danteOptions{})
+	gw := startSocksgate(t, tp.GW, udpConfig("socks5://"+netlab.Proxy4+":1080", "", ""))
+
+	for _, tc := range []struct{ server, qtype, want string }{
+		{netlab.WAN4, "A", netlab.WAN4},
+		{netlab.WAN6, "AAAA", netlab.WAN6},
+		{netlab.WAN4, "AAAA", netlab.WAN6},
+	} {
+		out, err := udpDig(tp, tc.server, "web.test", tc.qtype)
+		if err != nil || out != tc.want {
+			t.Fatalf("dig @%s web.test %s: %v: %q, want %q\n%s", tc.server, tc.qtype, err, out, tc.want, gw.Output())
+		}
+	}
+	for _, server := range []string{netlab.WAN4, netlab.WAN6} {
+		want := `dst="` + net.JoinHostPort(server, "53") + `"`
+		if !waitFor(5*time.Second, func() bool {
+			return strings.Contains(lastLine(gw.Output(), want), "msg=\"udp session\"")
+		}) {
+			t.Fatalf("no udp session line with %s after the idle timeout:\n%s", want, gw.Output())
+		}
+		line := lastLine(gw.Output(), want)
+		for _, f := range []string{"src=", `upstream="socks5://` + netlab.Proxy4 + `:1080"`, "rule=", "packets_up=", "packets_down=", "end=idle", "duration="} {
+			if !strings.Contains(line, f) {
+				t.Errorf("session line lacks %s: %s", f, line)
+			}
+		}
+	}
+	// Dante's own log shows both associations carrying the queries: the path was the proxy.
+	for _, want := range []string{netlab.WAN4 + ".53", netlab.WAN6 + ".53"} {
+		if !waitFor(3*time.Second, func() bool {
+			return strings.Contains(d.Output(), "udpassociate ]") && strings.Contains(d.Output(), want)
+		}) {
+			t.Fatalf("dante's log does not show the association to %s:\n%s", want, d.Output())
+		}
+	}
+}
+
+// Several lan clients at once, each from its own port, each talking to two echo ports over
+// both families: every payload comes back to the client that sent it, from the address it
+// was sent to; a rule blocking one destination blocks it even inside a live session; each
+// session is logged once when it goes idle.
+func TestUDPEchoManyClientsFullCone(t *testing.T) {
+	const clients, packets = 6, 40
+	tp := netlab.NewTopology(t)
+	udpEcho(t, tp, 7007)
+	udpEcho(t, tp, 7008)
+	blockedHits := udpEcho(t, tp, 7009)
+	startDante(t, tp, danteOptions{})
+	gw := startSocksgate(t, tp.GW, udpConfig("socks5://["+netlab.Proxy6+"]:1080", "", `rules:
+  - {name: no-7009, protocol: [udp], dst_ports: [7009], action: block}
+  - {name: all, action: proxy, upstream: main}
+`))
+
+	var wg sync.WaitGroup
+	errs := make(chan error, clients*packets*2)
+	srcs := make([]uint16, clients)
+	for c := range clients {
+		wan := netlab.WAN4
+		if c%2 == 1 {
+			wan = netlab.WAN6
+		}
+		pc := tp.LAN.ListenPacket("udp", ":0")
+		srcs[c] = pc.LocalAddr().(*net.UDPAddr).AddrPort().Port()
+		wg.Go(func() {
+			for i := range packets {
+				for _, port := range []uint16{7007, 7008} {
+					dst := netip.AddrPortFrom(netip.MustParseAddr(wan), port)
+					payload := fmt.Sprintf("client %d packet %d to %s %s", c, i, dst, strings.Repeat("x", i*13))
+					got, from, err := udpExchange(pc, dst, payload, 4, time.Second)
+					switch {
+					case err != nil:
+						errs <- fmt.Errorf("client %d to %s: %v", c, dst, err)
+					case got != payload || from != dst:
+						errs <- fmt.Errorf("client %d sent %q to %s, got %q from %s", c, payload, dst, got, from)
+					}
+				}
+			}
+			// The blocked destination stays blocked inside the live session.
+			dst := netip.AddrPortFrom(netip.MustParseAddr(wan), 7009)
+			if got, _, err := udpExchange(pc, dst, "blocked?", 1, 300*time.Millisecond); err == nil {
+				errs <- fmt.Errorf("client %d: blocked destination answered %q", c, got)
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if t.Failed() {
+		t.FailNow()
+	}
+	if n := blockedHits.Load(); n != 0 {
+		t.Fatalf("the blocked echo received %d datagrams", n)
+	}
+	if !waitFor(5*time.Second, func() bool { return countLines(gw.Output(), `msg="udp session`) >= clients }) {
+		t.Fatalf("%d session lines after the idle timeout, want %d:\n%s", countLines(gw.Output(), `msg="udp session`), clients, gw.Output())
+	}
+	for c, port := range srcs {
+		line := lastLine(gw.Output(), fmt.Sprintf(":%d\" ", port))
+		if !strings.Contains(line, "end=idle") || !strings.Contains(line, "dests=3") || !strings.Contains(line, "rule=all") {
+			t.Errorf("client %d's session line: %s", c, line)
+		}
+	}
+}
+
+// The policy rules and routes follow the process: exactly one fwmark rule per family while
+// running, none after SIGTERM; after SIGKILL with on_crash closed the table stays and lan UDP
+// goes nowhere even with the lab's filter open; a restart replaces the state cleanly.
+func TestUDPRulesLifecycle(t *testing.T) {
+	tp := netlab.NewTopology(t)
+	hits := udpEcho(t, tp, 7007)
+	startDante(t, tp, danteOptions{})
+	cfg := udpConfig("socks5://"+netlab.Proxy4+":1080", "", "")
+	client := tp.LAN.ListenPacket("udp", ":0")
+	dst4 := netip.AddrPortFrom(netip.MustParseAddr(netlab.WAN4), 7007)
+	dst6 := netip.AddrPortFrom(netip.MustParseAddr(netlab.WAN6), 7007)
+	works := func(when string) {
+		t.Helper()
+		for _, dst := range []netip.AddrPort{dst4, dst6} {
+			if got, from, err := udpExchange(client, dst, "ping", 4, time.Second); err != nil || got != "ping" || from != dst {
+				t.Fatalf("%s: echo via %s: %q from %s, %v", when, dst, got, from, err)
+			}
+		}
+	}
+	oneRuleEach := func(when string) {
+		t.Helper()
+		if v4, v6 := udpFwmarkRules(t, tp.GW); v4 != 1 || v6 != 1 {
+			out, _ := tp.GW.Run("sh", "-c", "ip -4 rule; ip -6 rule")
+			t.Fatalf("%s: %d IPv4 and %d IPv6 fwmark rules, want one each:\n%s", when, v4, v6, out)
+		}
+	}
+
+	gw := startSocksgate(t, tp.GW, cfg)
+	oneRuleEach("running")
+	works("running")
+	gw.Signal(syscall.SIGTERM)
+	if exited, err := gw.Wait(10 * time.Second); !exited || err != nil {
+		t.Fatalf("after SIGTERM: exited=%v err=%v\n%s", exited, err, gw.Output())
+	}
+	if v4, v6 := udpFwmarkRules(t, tp.GW); v4 != 0 || v6 != 0 {
+		t.Fatalf("fwmark rules left after SIGTERM: %d, %d", v4, v6)
+	}
+	if routes, _ := tp.GW.Run("ip", "route", "show", "table", "all"); strings.Contains(routes, "table 100") {
+		t.Fatalf("policy route left after SIGTERM:\n%s", routes)
+	}
+	if !strings.Contains(gw.Output(), "transparent UDP stopped") {
+		t.Fatalf("no UDP shutdown line:\n%s", gw.Output())
+	}
+
+	gw = startSocksgate(t, tp.GW, cfg)
+	works("restarted")
+	gw.Kill()
+	if got := countLines(nftTables(t, tp.GW), "socksgate"); got != 1 {
+		t.Fatalf("%d socksgate tables after SIGKILL, want the one left to fail closed", got)
+	}
+	tp.AllowDirect(netlab.WAN4) // prove it is socksgate's drop rule, not the lab's filter, that holds
+	tp.AllowDirect(netlab.WAN6)
+	before := hits.Load()
+	for _, dst := range []netip.AddrPort{dst4, dst6} {
+		if got, _, err := udpExchange(client, dst, "leak?", 2, 500*time.Millisecond); err == nil {
+			t.Fatalf("lan UDP reached %s while socksgate was dead with on_crash closed: %q", dst, got)
+		}
+	}
+	if n := hits.Load() - before; n != 0 {
+		t.Fatalf("the echo in wan received %d datagrams while socksgate was dead", n)
+	}
+
+	gw = startSocksgate(t, tp.GW, cfg)
+	oneRuleEach("after SIGKILL and restart")
+	if got := countLines(nftTables(t, tp.GW), "socksgate"); got != 1 {
+		t.Fatalf("%d socksgate tables after restart", got)
+	}
+	works("after SIGKILL and restart")
+}
+
+// A local daemon in gw holding the echo's port stops replies from that port only (counted and
+// logged, rate-limited); other flows and clients go on.
+func TestUDPLocalDaemonHoldingReplyPort(t *testing.T) {
+	tp := netlab.NewTopology(t)
+	udpEcho(t, tp, 7007)
+	udpEcho(t, tp, 7008)
+	startDante(t, tp, danteOptions{})
+	tp.GW.ListenPacket("udp", "[::]:7007") // the local daemon, without SO_REUSEADDR
+	gw := startSocksgate(t, tp.GW, udpConfig("socks5://"+netlab.Proxy4+":1080", "", ""))
+
+	held := netip.AddrPortFrom(netip.MustParseAddr(netlab.WAN4), 7007)
+	free := netip.AddrPortFrom(netip.MustParseAddr(netlab.WAN4), 7008)
+	a := tp.LAN.ListenPacket("udp", ":0")
+	b := tp.LAN.ListenPacket("udp", ":0")
+	if got, _, err := udpExchange(a, held, "to held", 2, 500*time.Millisecond); err == nil {
+		t.Fatalf("a reply came from the held port: %q", got)
+	}
+	for i := range 20 {
+		for _, pc := range []net.PacketConn{a, b} {
+			payload := fmt.Sprintf("free %d", i)
+			if got, from, err := udpExchange(pc, free, payload, 3, time.Second); err != nil || got != payload || from != free {
+				t.Fatalf("echo on the free port: %q from %s, %v", got, from, err)
+			}
+		}
+	}
+	if !waitFor(2*time.Second, func() bool { return strings.Contains(gw.Output(), "udp reply dropped") }) {
+		t.Fatalf("no log line for the dropped reply:\n%s", gw.Output())
+	}
+	line := lastLine(gw.Output(), "udp reply dropped")
+	if !strings.Contains(line, "address already in use") || !strings.Contains(line, "reply_bind_errors=") {
+		t.Fatalf("reply drop line: %s", line)
+	}
+	if n := countLines(gw.Output(), "udp reply dropped"); n > 3 {
+		t.Fatalf("%d reply-drop lines for a few seconds of drops; they should be rate-limited", n)
+	}
+}
+
+// With an upstream that carries no UDP (dante as SOCKS4), DNS still works over TCP through it
+// when dns_over_tcp is on, and other UDP is blocked by default.
+func TestUDPDNSOverTCPThroughSOCKS4(t *testing.T) {
+	tp := netlab.NewTopology(t)
+	udpStartDNS(t, tp)
+	hits := udpEcho(t, tp, 7007)
+	d := startDante(t, tp, danteOptions{})
+	gw := startSocksgate(t, tp.GW, udpConfig("socks4://"+netlab.Proxy4+":1080", ", dns_over_tcp: true", ""))
+	out, err := udpDig(tp, netlab.WAN4, "web.test", "A")
+	if err != nil || out != netlab.WAN4 {
+		t.Fatalf("dig over tcp: %v: %q\n%s", err, out, gw.Output())
+	}
+	if !waitFor(2*time.Second, func() bool { return strings.Contains(d.Output(), netlab.WAN4+".53") }) {
+		t.Logf("dante's log does not show the TCP DNS connection:\n%s", d.Output())
+	}
+	client := tp.LAN.ListenPacket("udp", ":0")
+	if got, _, err := udpExchange(client, netip.AddrPortFrom(netip.MustParseAddr(netlab.WAN4), 7007), "x", 2, 500*time.Millisecond); err == nil {
+		t.Fatalf("non-DNS UDP went out through a TCP-only upstream: %q", got)
+	}
+	if hits.Load() != 0 {
+		t.Fatal("the echo received datagrams with udp_without_support: block")
+	}
+	if !waitFor(5*time.Second, func() bool { return strings.Contains(gw.Output(), "does not carry UDP") }) {
+		t.Fatalf("no session line naming the missing UDP support:\n%s", gw.Output())
+	}
+}
