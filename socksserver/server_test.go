@@ -1,0 +1,333 @@
+package socksserver
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/socksgate/socksgate/socks"
+	"github.com/socksgate/socksgate/socksclient"
+)
+
+// fakeTunneler records targets; Tunnel answers with err and, on success, echoes the client.
+type fakeTunneler struct {
+	mu      sync.Mutex
+	targets []Target
+	err     error
+	sent    [][]byte // datagrams the UDP session was asked to send
+}
+
+func (f *fakeTunneler) Tunnel(ctx context.Context, c net.Conn, t Target, reply func(error) error) {
+	defer c.Close()
+	f.mu.Lock()
+	f.targets = append(f.targets, t)
+	err := f.err
+	f.mu.Unlock()
+	if reply(err) != nil || err != nil {
+		return
+	}
+	io.Copy(c, c)
+}
+
+func (f *fakeTunneler) OpenUDP(ctx context.Context, src netip.AddrPort, deliver func([]byte, socks.Addr)) (UDPSession, error) {
+	return &echoSession{f: f, deliver: deliver}, nil
+}
+
+// echoSession sends every datagram straight back, as if from its destination.
+type echoSession struct {
+	f       *fakeTunneler
+	deliver func([]byte, socks.Addr)
+}
+
+func (s *echoSession) Send(ctx context.Context, p []byte, t Target) error {
+	s.f.mu.Lock()
+	s.f.sent = append(s.f.sent, append([]byte(nil), p...))
+	s.f.mu.Unlock()
+	from := socks.Addr{Name: t.Host, IP: t.Addr.Addr(), Port: t.Port}
+	s.deliver(p, from)
+	return nil
+}
+
+func (s *echoSession) Close() error { return nil }
+
+func (f *fakeTunneler) last() Target {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.targets) == 0 {
+		return Target{}
+	}
+	return f.targets[len(f.targets)-1]
+}
+
+// serve runs s on a loopback listener and returns its address.
+func serve(t *testing.T, s *Server) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go s.ServeConn(context.Background(), c)
+		}
+	}()
+	return ln.Addr().String()
+}
+
+func TestConnectEveryVersionAndAddressType(t *testing.T) {
+	ft := &fakeTunneler{}
+	addr := serve(t, &Server{Tunneler: ft})
+	tests := []struct {
+		name    string
+		version socksclient.Version
+		dst     string
+		want    Target
+	}{
+		{"socks5 ipv4", socksclient.SOCKS5, "192.0.2.1:80", Target{Addr: netip.MustParseAddrPort("192.0.2.1:80"), Port: 80}},
+		{"socks5 ipv6", socksclient.SOCKS5, "[2001:db8::1]:443", Target{Addr: netip.MustParseAddrPort("[2001:db8::1]:443"), Port: 443}},
+		{"socks5 name", socksclient.SOCKS5, "example.com:8080", Target{Host: "example.com", Port: 8080}},
+		{"socks4", socksclient.SOCKS4, "192.0.2.9:22", Target{Addr: netip.MustParseAddrPort("192.0.2.9:22"), Port: 22}},
+		{"socks4a name", socksclient.SOCKS4A, "web.test:80", Target{Host: "web.test", Port: 80}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := &socksclient.Dialer{Version: tt.version, Address: addr}
+			c, err := d.DialContext(context.Background(), "tcp", tt.dst)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.Write([]byte("ping"))
+			buf := make([]byte, 4)
+			if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "ping" {
+				t.Fatalf("echo: %q %v", buf, err)
+			}
+			got := ft.last()
+			got.Src = netip.AddrPort{}
+			if got != tt.want {
+				t.Fatalf("target %+v, want %+v", got, tt.want)
+			}
+		})
+	}
+}
+
+// Bytes a client sends right behind its request reach the flow first, in order.
+func TestConnectKeepsOptimisticData(t *testing.T) {
+	ft := &fakeTunneler{}
+	addr := serve(t, &Server{Tunneler: ft})
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	req, _ := socks.AppendRequest4(nil, socks.Request4{Cmd: socks.CmdConnect, IP: netip.MustParseAddr("192.0.2.1"), Port: 80})
+	c.Write(append(req, "early"...))
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	rep, err := socks.ReadReply4(c)
+	if err != nil || rep.Code != socks.Reply4Granted {
+		t.Fatalf("reply %+v %v", rep, err)
+	}
+	buf := make([]byte, 5)
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "early" {
+		t.Fatalf("echo %q %v", buf, err)
+	}
+}
+
+func TestUsernamePassword(t *testing.T) {
+	ft := &fakeTunneler{}
+	auth := func(u, p string) bool { return u == "alice" && p == "pw" }
+	addr := serve(t, &Server{Tunneler: ft, Authenticate: auth})
+	dial := func(v socksclient.Version, user, pass string) error {
+		d := &socksclient.Dialer{Version: v, Address: addr, Username: user, Password: pass}
+		c, err := d.DialContext(context.Background(), "tcp", "192.0.2.1:80")
+		if err == nil {
+			c.Close()
+		}
+		return err
+	}
+	if err := dial(socksclient.SOCKS5, "alice", "pw"); err != nil {
+		t.Fatalf("right credentials: %v", err)
+	}
+	if err := dial(socksclient.SOCKS5, "alice", "nope"); !errors.Is(err, socksclient.ErrAuthFailed) {
+		t.Fatalf("wrong password: %v", err)
+	}
+	if err := dial(socksclient.SOCKS5, "", ""); !errors.Is(err, socksclient.ErrNoAcceptableMethods) {
+		t.Fatalf("no credentials: %v", err)
+	}
+	var re *socksclient.ReplyError
+	if err := dial(socksclient.SOCKS4, "alice", ""); !errors.As(err, &re) || re.Code != socks.Reply4Rejected {
+		t.Fatalf("socks4 with users set: %v", err)
+	}
+}
+
+func TestRefusals(t *testing.T) {
+	tests := []struct {
+		name    string
+		srv     *Server
+		version socksclient.Version
+		want    socks.ReplyCode
+	}{
+		{"blocked by rule", &Server{Tunneler: &fakeTunneler{err: fmt.Errorf("x: %w", ErrNotAllowed)}}, socksclient.SOCKS5, socks.ReplyNotAllowed},
+		{"blocked by rule, socks4", &Server{Tunneler: &fakeTunneler{err: ErrNotAllowed}}, socksclient.SOCKS4, socks.Reply4Rejected},
+		{"refused upstream", &Server{Tunneler: &fakeTunneler{err: syscall.ECONNREFUSED}}, socksclient.SOCKS5, socks.ReplyConnectionRefused},
+		{"acl", &Server{Tunneler: &fakeTunneler{}, Allow: func(netip.Addr) bool { return false }}, socksclient.SOCKS5, socks.ReplyNotAllowed},
+		{"acl, socks4", &Server{Tunneler: &fakeTunneler{}, Allow: func(netip.Addr) bool { return false }}, socksclient.SOCKS4, socks.Reply4Rejected},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := &socksclient.Dialer{Version: tt.version, Address: serve(t, tt.srv)}
+			_, err := d.DialContext(context.Background(), "tcp", "192.0.2.1:80")
+			var re *socksclient.ReplyError
+			if !errors.As(err, &re) || re.Code != tt.want {
+				t.Fatalf("err %v, want reply %v", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestBindIsNotSupported(t *testing.T) {
+	addr := serve(t, &Server{Tunneler: &fakeTunneler{}})
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte{5, 1, 0})
+	socks.ReadMethodSelection(c)
+	req, _ := socks.AppendRequest(nil, socks.Request{Cmd: socks.CmdBind, Addr: socks.Addr{IP: netip.MustParseAddr("192.0.2.1"), Port: 1}})
+	c.Write(req)
+	rep, err := socks.ReadReply(c)
+	if err != nil || rep.Code != socks.ReplyCommandNotSupported {
+		t.Fatalf("reply %+v %v", rep, err)
+	}
+}
+
+func TestReplyCodeMapping(t *testing.T) {
+	tests := []struct {
+		err  error
+		want socks.ReplyCode
+	}{
+		{nil, socks.ReplySucceeded},
+		{fmt.Errorf("rule x: %w", ErrNotAllowed), socks.ReplyNotAllowed},
+		{&net.OpError{Op: "dial", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}, socks.ReplyConnectionRefused},
+		{&net.OpError{Op: "dial", Err: os.NewSyscallError("connect", syscall.ENETUNREACH)}, socks.ReplyNetworkUnreachable},
+		{&net.OpError{Op: "dial", Err: os.NewSyscallError("connect", syscall.EHOSTUNREACH)}, socks.ReplyHostUnreachable},
+		{context.DeadlineExceeded, socks.ReplyHostUnreachable},
+		{&net.DNSError{Err: "no such host", Name: "x", IsNotFound: true}, socks.ReplyHostUnreachable},
+		{&net.OpError{Op: "socks connect", Err: &socksclient.ReplyError{Version: socksclient.SOCKS5, Code: socks.ReplyTTLExpired}}, socks.ReplyTTLExpired},
+		{&socksclient.ReplyError{Version: socksclient.SOCKS4, Code: socks.Reply4Rejected}, socks.ReplyGeneralFailure},
+		{errors.New("anything"), socks.ReplyGeneralFailure},
+	}
+	for _, tt := range tests {
+		if got := ReplyCode(tt.err); got != tt.want {
+			t.Errorf("ReplyCode(%v) = %v, want %v", tt.err, got, tt.want)
+		}
+	}
+}
+
+// A client that sends nothing, or too little, is closed after the handshake timeout.
+func TestHandshakeTimeout(t *testing.T) {
+	var reported sync.WaitGroup
+	reported.Add(2)
+	addr := serve(t, &Server{Tunneler: &fakeTunneler{}, HandshakeTimeout: 200 * time.Millisecond,
+		ErrorLog: func(netip.AddrPort, error) { reported.Done() }})
+	for _, sent := range [][]byte{nil, {5, 1}} {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.Write(sent)
+		start := time.Now()
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		io.Copy(io.Discard, c)
+		if d := time.Since(start); d > 2*time.Second {
+			t.Fatalf("closed after %v", d)
+		}
+	}
+	reported.Wait()
+}
+
+// UDP ASSOCIATE: datagrams from the client come back with the SOCKS5 header of their source;
+// fragments and datagrams from another port than the one declared are dropped and counted;
+// the association ends with its control connection.
+func TestUDPAssociate(t *testing.T) {
+	ft := &fakeTunneler{}
+	s := &Server{Tunneler: ft}
+	addr := serve(t, s)
+	client, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	stranger, _ := net.ListenPacket("udp4", "127.0.0.1:0")
+	defer stranger.Close()
+
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Write([]byte{5, 1, 0})
+	socks.ReadMethodSelection(c)
+	declared := socks.AddrFromAddrPort(client.LocalAddr().(*net.UDPAddr).AddrPort())
+	req, _ := socks.AppendRequest(nil, socks.Request{Cmd: socks.CmdUDPAssociate, Addr: declared})
+	c.Write(req)
+	rep, err := socks.ReadReply(c)
+	if err != nil || rep.Code != socks.ReplySucceeded {
+		t.Fatalf("reply %+v %v", rep, err)
+	}
+	relay, _ := rep.Addr.AddrPort()
+	if relay.Addr() != netip.MustParseAddr("127.0.0.1") {
+		t.Fatalf("relay on %v, want the control connection's local address", relay)
+	}
+	to := net.UDPAddrFromAddrPort(relay)
+	dst := socks.Addr{Name: "dns.test", Port: 53}
+	frag, _ := socks.AppendUDPHeader(nil, socks.UDPHeader{Frag: 1, Addr: dst})
+	client.WriteTo(append(frag, "frag"...), to)
+	whole, _ := socks.AppendUDPHeader(nil, socks.UDPHeader{Addr: dst})
+	stranger.WriteTo(append(whole, "stranger"...), to)
+	payload := bytes.Repeat([]byte{0xab}, 512)
+	client.WriteTo(append(whole, payload...), to)
+
+	buf := make([]byte, 2048)
+	client.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, _, err := client.ReadFrom(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, hl, err := socks.ParseUDPHeader(buf[:n])
+	if err != nil || h.Addr != dst || !bytes.Equal(buf[hl:n], payload) {
+		t.Fatalf("reply from %v, %d bytes, %v", h.Addr, n-hl, err)
+	}
+	st := s.Stats()
+	if st.Fragmented != 1 || st.Foreign != 1 {
+		t.Fatalf("stats %+v, want one fragment and one foreign datagram dropped", st)
+	}
+	ft.mu.Lock()
+	if len(ft.sent) != 1 {
+		t.Fatalf("%d datagrams sent upstream, want 1", len(ft.sent))
+	}
+	ft.mu.Unlock()
+
+	c.Close()
+	time.Sleep(100 * time.Millisecond)
+	client.WriteTo(append(whole, "late"...), to)
+	client.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	if _, _, err := client.ReadFrom(buf); err == nil {
+		t.Fatal("the relay still answers after the control connection closed")
+	}
+}
