@@ -320,7 +320,7 @@ func TestUDPDNSOverTCPThroughSOCKS4(t *testing.T) {
 		t.Fatalf("dig over tcp: %v: %q\n%s", err, out, gw.Output())
 	}
 	if !waitFor(2*time.Second, func() bool { return strings.Contains(d.Output(), netlab.WAN4+".53") }) {
-		t.Logf("dante's log does not show the TCP DNS connection:\n%s", d.Output())
+		t.Fatalf("dante's log does not show the TCP DNS connection:\n%s", d.Output())
 	}
 	client := tp.LAN.ListenPacket("udp", ":0")
 	if got, _, err := udpExchange(client, netip.AddrPortFrom(netip.MustParseAddr(netlab.WAN4), 7007), "x", 2, 500*time.Millisecond); err == nil {
