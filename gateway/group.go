@@ -498,7 +498,7 @@ func proxyFault(err error) (reason string, fault bool) {
 	case errors.Is(err, socksclient.ErrAuthFailed), errors.Is(err, socksclient.ErrNoAcceptableMethods):
 		return "authentication: " + err.Error(), true
 	case errors.As(err, &se):
-		if se.Code == 407 {
+		if se.Code == 407 || se.Code == 401 { // 401: tinyproxy's answer to bad credentials
 			return "authentication: " + err.Error(), true
 		}
 		return "", false

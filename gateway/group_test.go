@@ -425,6 +425,7 @@ func TestProxyFaultClassification(t *testing.T) {
 		{errAuth, true},
 		{&net.OpError{Err: socksclient.ErrNoAcceptableMethods}, true},
 		{err407, true},
+		{&net.OpError{Err: &httpproxy.StatusError{Code: 401}}, true},
 		{&net.OpError{Err: fmt.Errorf("%w: bad", httpproxy.ErrProtocol)}, true},
 		{&net.OpError{Err: syscall.ECONNRESET}, true},
 		{errHostUnreachable, false},

@@ -41,6 +41,8 @@ func (e *StatusError) Error() string {
 	switch e.Code {
 	case http.StatusProxyAuthRequired:
 		s += " (407: the proxy wants credentials, or refused the ones given)"
+	case http.StatusUnauthorized: // tinyproxy answers a CONNECT with bad credentials this way
+		s += " (401: the proxy refused the credentials given, or wants some)"
 	case http.StatusForbidden:
 		s += " (403: forbidden by the proxy's access rules)"
 	}

@@ -123,6 +123,8 @@ func TestDialRefusals(t *testing.T) {
 	}{
 		{"407 named", "HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm=\"x\"\r\n\r\n",
 			"203.0.113.10:80", 407, []string{"407", "Proxy Authentication Required", "credentials"}, nil},
+		{"401 from tinyproxy names credentials", "HTTP/1.0 401 Unauthorized\r\n\r\n",
+			"203.0.113.10:80", 401, []string{"401", "credentials"}, nil},
 		{"403 on port 80 explains the 443-only trap", "HTTP/1.1 403 Forbidden\r\nContent-Length: 3\r\n\r\nno\n",
 			"203.0.113.10:80", 403, []string{"403", "forbidden", "443", "SSL_ports", "allow port 80"}, nil},
 		{"405 on port 8080 explains too", "HTTP/1.1 405 Method Not Allowed\r\n\r\n",
