@@ -32,7 +32,9 @@ func upstreamsFetch(t *testing.T, tp *netlab.Topology, cfg string) (out, gwLog s
 	t.Helper()
 	gw := startSocksgate(t, tp.GW, cfg)
 	out, err = curl(tp.LAN, urlFor(netlab.WAN4, "/"))
-	waitFor(2*time.Second, func() bool { return strings.Contains(gw.Output(), "flow") && strings.Contains(gw.Output(), "203.0.113.10:80") })
+	waitFor(2*time.Second, func() bool {
+		return strings.Contains(gw.Output(), "flow") && strings.Contains(gw.Output(), "203.0.113.10:80")
+	})
 	gw.Kill()
 	return out, gw.Output(), err
 }
