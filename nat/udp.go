@@ -128,7 +128,7 @@ type UDPTable struct {
 	// OnSessionEnd receives each session's report, from its own goroutine. Optional.
 	OnSessionEnd func(UDPSessionReport)
 	// OnError receives per-datagram failures that drop one datagram (a *ReplyError, an
-	// outbound's send or open error); the caller rate-limits any logging. Optional.
+	// outbound's send error, ErrSessionLimit); the caller rate-limits any logging. Optional.
 	OnError func(error)
 
 	mu       sync.Mutex
@@ -224,8 +224,11 @@ func (t *UDPTable) Handle(b []byte, src, dst netip.AddrPort) {
 	t.init()
 	src = unmapAddrPort(src)
 	dst = unmapAddrPort(dst)
-	s := t.session(src, dst)
+	s, refused := t.session(src, dst)
 	if s == nil {
+		if refused {
+			t.reportErr(fmt.Errorf("udp %s → %s: %w", src, dst, ErrSessionLimit))
+		}
 		return
 	}
 	s.touch()
@@ -297,19 +300,19 @@ func (t *UDPTable) send(s *udpSession, c UDPConn, b []byte, dst netip.AddrPort) 
 }
 
 // session returns src's session, creating it for its first datagram to dst; nil when the table
-// is full or closed.
-func (t *UDPTable) session(src, dst netip.AddrPort) *udpSession {
+// is closed or full (refused).
+func (t *UDPTable) session(src, dst netip.AddrPort) (_ *udpSession, refused bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if s := t.sessions[src]; s != nil {
-		return s
+		return s, false
 	}
 	if t.closed {
-		return nil
+		return nil, false
 	}
 	if len(t.sessions) >= t.maxSessions() {
 		t.refused.Add(1)
-		return nil
+		return nil, true
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &udpSession{
@@ -322,7 +325,7 @@ func (t *UDPTable) session(src, dst netip.AddrPort) *udpSession {
 	s.touch()
 	t.sessions[src] = s
 	t.sessionsTotal.Add(1)
-	return s
+	return s, false
 }
 
 // open opens o's carrier, flushes what was queued meanwhile and relays replies until it fails.

@@ -269,12 +269,21 @@ func TestUDPTableRoutesEachNewDestination(t *testing.T) {
 func TestUDPTableRefusesSessionsBeyondTheLimit(t *testing.T) {
 	tbl, rep, _, _ := echoTable(t)
 	tbl.MaxSessions = 1
+	var limitErrs atomic.Int64
+	tbl.OnError = func(err error) {
+		if errors.Is(err, ErrSessionLimit) {
+			limitErrs.Add(1)
+		}
+	}
 	tbl.Handle([]byte("1"), client1, remoteA)
 	tbl.Handle([]byte("2"), client2, remoteA)
 	tbl.Handle([]byte("3"), client1, remoteA)
 	waitUntil(t, "replies", func() bool { return len(rep.snapshot()) == 2 })
 	if st := tbl.Stats(); st.Refused != 1 || st.Active != 1 {
 		t.Fatalf("stats %+v, want 1 refused and 1 active", st)
+	}
+	if limitErrs.Load() != 1 {
+		t.Fatalf("%d ErrSessionLimit reports, want 1", limitErrs.Load())
 	}
 	for _, r := range rep.snapshot() {
 		if r.to != client1 {

@@ -333,3 +333,23 @@ func TestUDPDNSOverTCPThroughSOCKS4(t *testing.T) {
 		t.Fatalf("no session line naming the missing UDP support:\n%s", gw.Output())
 	}
 }
+
+// With udp_without_support: direct, UDP whose route gives a TCP-only upstream goes out of gw's
+// own marked socket instead (no lab opening needed: gw's own traffic is not forwarded), and the
+// reply still comes back from the address the client sent to.
+func TestUDPWithoutSupportDirect(t *testing.T) {
+	tp := netlab.NewTopology(t)
+	hits := udpEcho(t, tp, 7007)
+	startDante(t, tp, danteOptions{})
+	gw := startSocksgate(t, tp.GW, udpConfig("socks4://"+netlab.Proxy4+":1080", ", udp_without_support: direct", ""))
+	client := tp.LAN.ListenPacket("udp", ":0")
+	for _, wan := range []string{netlab.WAN4, netlab.WAN6} {
+		dst := netip.AddrPortFrom(netip.MustParseAddr(wan), 7007)
+		if got, from, err := udpExchange(client, dst, "direct "+wan, 3, time.Second); err != nil || got != "direct "+wan || from != dst {
+			t.Fatalf("echo via %s: %q from %s, %v\n%s", dst, got, from, err, gw.Output())
+		}
+	}
+	if hits.Load() == 0 {
+		t.Fatal("the echo saw nothing")
+	}
+}
