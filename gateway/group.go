@@ -320,7 +320,7 @@ func (g *Group) checked(m *member, err error) {
 	case err == nil && !m.up:
 		m.rises++
 		if m.rises >= g.health.Rise {
-			changed, reason = true, fmt.Sprintf("health check passed %d times", m.rises)
+			changed, reason = true, fmt.Sprintf("%d health check(s) in a row passed", m.rises)
 			m.up, m.rises, m.fall, m.reason, m.since = true, 0, 0, "", time.Now()
 		}
 	case err == nil:
@@ -328,7 +328,7 @@ func (g *Group) checked(m *member, err error) {
 	case m.up:
 		m.fall++
 		if m.fall >= g.health.Fall {
-			changed, reason = true, fmt.Sprintf("health check failed %d times: %v", m.fall, err)
+			changed, reason = true, fmt.Sprintf("%d health check(s) in a row failed: %v", m.fall, err)
 			m.up, m.rises, m.fall, m.reason, m.since = false, 0, 0, reason, time.Now()
 		}
 	default:

@@ -328,10 +328,10 @@ func TestGroupHealthChecksApplyFallAndRiseAndLogOnce(t *testing.T) {
 	waitUntil(t, "a up again", func() bool { return memberUp(fx.g, "a") })
 	time.Sleep(20 * time.Millisecond) // more checks pass: nothing more is logged
 	down, up := fx.messages("upstream down"), fx.messages("upstream up")
-	if len(down) != 1 || !strings.Contains(down[0], "health check failed 2 times") {
+	if len(down) != 1 || !strings.Contains(down[0], "2 health check(s) in a row failed") {
 		t.Fatalf("down lines %q", down)
 	}
-	if len(up) != 1 || !strings.Contains(up[0], "health check passed 3 times") {
+	if len(up) != 1 || !strings.Contains(up[0], "3 health check(s) in a row passed") {
 		t.Fatalf("up lines %q", up)
 	}
 	if got, err := fx.dial(t); err != nil || got != "a" {
