@@ -1,0 +1,358 @@
+package httpproxy
+
+import (
+	"bufio"
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"os"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// srvTunneler dials a fixed backend for every target and records the targets.
+type srvTunneler struct {
+	backend string
+	err     error
+	mu      sync.Mutex
+	targets []Target
+	dials   int
+}
+
+func (f *srvTunneler) record(t Target) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.targets = append(f.targets, t)
+	f.dials++
+	return f.err
+}
+
+func (f *srvTunneler) Tunnel(ctx context.Context, c net.Conn, t Target, reply func(error) error) {
+	defer c.Close()
+	if err := f.record(t); err != nil {
+		reply(err)
+		return
+	}
+	if reply(nil) != nil {
+		return
+	}
+	io.Copy(c, c) // echo
+}
+
+func (f *srvTunneler) Dial(ctx context.Context, t Target) (net.Conn, error) {
+	if err := f.record(t); err != nil {
+		return nil, err
+	}
+	var d net.Dialer
+	return d.DialContext(ctx, "tcp", f.backend)
+}
+
+// srvStart runs s on a loopback listener and returns its address.
+func srvStart(t *testing.T, s *Server) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close(); s.CloseGrace(time.Second) })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s.ServeConn(context.Background(), c)
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// srvBackend is an origin server that answers with the request headers it saw.
+func srvBackend(t *testing.T) *httptest.Server {
+	b := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Connection", "X-Resp-Hop")
+		w.Header().Set("X-Resp-Hop", "1")
+		w.Header().Set("Keep-Alive", "timeout=5")
+		w.Header().Set("X-End-To-End", "kept")
+		body, _ := io.ReadAll(r.Body)
+		fmt.Fprintf(w, "method=%s uri=%s host=%s body=%d\n", r.Method, r.RequestURI, r.Host, len(body))
+		r.Header.Write(w)
+	}))
+	t.Cleanup(b.Close)
+	return b
+}
+
+// srvRoundTrip writes raw to the proxy and reads one response.
+func srvRoundTrip(t *testing.T, addr, raw string) (*http.Response, string) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, raw)
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("read response: %v", err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	return resp, string(b)
+}
+
+func TestForwardHeaderHygiene(t *testing.T) {
+	b := srvBackend(t)
+	addr := srvStart(t, &Server{Tunneler: &srvTunneler{backend: b.Listener.Addr().String()}})
+	resp, body := srvRoundTrip(t, addr, "GET http://origin.test/p?q=1 HTTP/1.1\r\nHost: origin.test\r\n"+
+		"Connection: keep-alive, X-Hop\r\nX-Hop: secret\r\nProxy-Connection: keep-alive\r\n"+
+		"Proxy-Authorization: Basic Zm9vOmJhcg==\r\nKeep-Alive: 300\r\nTE: gzip\r\nUpgrade: foo/1\r\n"+
+		"Trailer: X-T\r\nVia: 1.0 other\r\nX-End-To-End: yes\r\n\r\n")
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d: %s", resp.StatusCode, body)
+	}
+	for _, h := range []string{"X-Hop", "Proxy-Connection", "Proxy-Authorization", "Keep-Alive", "Te", "Upgrade", "Trailer"} {
+		if strings.Contains(body, h+":") {
+			t.Errorf("origin received hop-by-hop header %s:\n%s", h, body)
+		}
+	}
+	for _, want := range []string{"uri=/p?q=1", "host=origin.test", "X-End-To-End: yes", "Via: 1.0 other, 1.1 socksgate"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("origin did not get %q:\n%s", want, body)
+		}
+	}
+	if resp.Header.Get("X-Resp-Hop") != "" || resp.Header.Get("Keep-Alive") != "" {
+		t.Errorf("hop-by-hop response headers reached the client: %v", resp.Header)
+	}
+	if resp.Header.Get("X-End-To-End") != "kept" || resp.Header.Get("Via") != "1.1 socksgate" {
+		t.Errorf("response headers: %v", resp.Header)
+	}
+}
+
+// Two requests and a chunked upload on one client connection: one upstream connection, kept.
+func TestForwardKeepAliveAndChunkedBody(t *testing.T) {
+	b := srvBackend(t)
+	ft := &srvTunneler{backend: b.Listener.Addr().String()}
+	addr := srvStart(t, &Server{Tunneler: ft})
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	br := bufio.NewReader(c)
+	for i, raw := range []string{
+		"GET http://origin.test/a HTTP/1.1\r\nHost: origin.test\r\n\r\n",
+		"POST http://origin.test/b HTTP/1.1\r\nHost: origin.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+	} {
+		io.WriteString(c, raw)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != 200 {
+			t.Fatalf("request %d: %d %s", i, resp.StatusCode, body)
+		}
+		if i == 1 && !strings.Contains(string(body), "body=11") {
+			t.Fatalf("chunked body not forwarded whole: %s", body)
+		}
+	}
+	if ft.dials != 1 {
+		t.Fatalf("%d upstream dials for two requests on one connection, want 1", ft.dials)
+	}
+	if got := ft.targets[0]; got.Host != "origin.test" || got.Port != 80 {
+		t.Fatalf("target %+v", got)
+	}
+}
+
+// An HTTP/1.0 client gets a response it can read without chunking.
+func TestForwardHTTP10Client(t *testing.T) {
+	b := srvBackend(t)
+	addr := srvStart(t, &Server{Tunneler: &srvTunneler{backend: b.Listener.Addr().String()}})
+	resp, body := srvRoundTrip(t, addr, "GET http://192.0.2.1:8000/x HTTP/1.0\r\n\r\n")
+	if resp.StatusCode != 200 || resp.ProtoMinor != 0 && len(resp.TransferEncoding) > 0 || !strings.Contains(body, "Via: 1.0 socksgate") {
+		t.Fatalf("%s %v: %s", resp.Status, resp.TransferEncoding, body)
+	}
+}
+
+// CONNECT: the 200 comes first, and bytes the client sent right behind its request reach the
+// tunnel first.
+func TestConnectForwardsEarlyBytes(t *testing.T) {
+	ft := &srvTunneler{}
+	addr := srvStart(t, &Server{Tunneler: ft})
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, "CONNECT [2001:db8::1]:443 HTTP/1.1\r\nHost: [2001:db8::1]:443\r\n\r\nearly-bytes")
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, &http.Request{Method: "CONNECT"})
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("CONNECT: %v %v", resp, err)
+	}
+	buf := make([]byte, len("early-bytes"))
+	if _, err := io.ReadFull(br, buf); err != nil || string(buf) != "early-bytes" {
+		t.Fatalf("echo %q %v", buf, err)
+	}
+	if got := ft.targets[0]; got.Addr != netip.MustParseAddrPort("[2001:db8::1]:443") || got.Host != "" {
+		t.Fatalf("target %+v", got)
+	}
+}
+
+func TestAuthentication(t *testing.T) {
+	b := srvBackend(t)
+	auth := Credentials(map[string]string{"alice": "pw", "bob": "other"})
+	addr := srvStart(t, &Server{Tunneler: &srvTunneler{backend: b.Listener.Addr().String()}, Authenticate: auth})
+	basic := func(up string) string { return "Proxy-Authorization: Basic " + base64.StdEncoding.EncodeToString([]byte(up)) + "\r\n" }
+	tests := []struct {
+		name, header string
+		want         int
+	}{
+		{"right", basic("alice:pw"), 200},
+		{"second user", basic("bob:other"), 200},
+		{"wrong password", basic("alice:other"), 407},
+		{"password of another user", basic("bob:pw"), 407},
+		{"no colon", basic("alice"), 407},
+		{"not basic", "Proxy-Authorization: Bearer x\r\n", 407},
+		{"none", "", 407},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			for _, req := range []string{
+				"GET http://origin.test/ HTTP/1.1\r\nHost: origin.test\r\n" + tt.header + "\r\n",
+				"CONNECT origin.test:443 HTTP/1.1\r\nHost: origin.test:443\r\n" + tt.header + "\r\n",
+			} {
+				resp, body := srvRoundTrip(t, addr, req)
+				if resp.StatusCode != tt.want {
+					t.Fatalf("%q: status %d, want %d: %s", req[:7], resp.StatusCode, tt.want, body)
+				}
+				if tt.want == 407 && resp.Header.Get("Proxy-Authenticate") != `Basic realm="socksgate"` {
+					t.Fatalf("407 without Proxy-Authenticate: %v", resp.Header)
+				}
+				if strings.Contains(body, "Proxy-Authorization") {
+					t.Fatalf("credentials forwarded: %s", body)
+				}
+			}
+		})
+	}
+}
+
+func TestErrorStatuses(t *testing.T) {
+	tests := []struct {
+		name string
+		err  error
+		want int
+	}{
+		{"blocked", fmt.Errorf("rule x: %w", ErrNotAllowed), 403},
+		{"timeout", fmt.Errorf("dial: %w", context.DeadlineExceeded), 504},
+		{"net timeout", &net.OpError{Op: "dial", Err: os.ErrDeadlineExceeded}, 504},
+		{"refused", &net.OpError{Op: "dial", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}, 502},
+		{"upstream refusal", &net.OpError{Op: "http connect", Err: &StatusError{Code: 403, Status: "Forbidden"}}, 502},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			addr := srvStart(t, &Server{Tunneler: &srvTunneler{err: tt.err}})
+			for _, req := range []string{
+				"GET http://origin.test/ HTTP/1.1\r\nHost: origin.test\r\n\r\n",
+				"CONNECT origin.test:443 HTTP/1.1\r\nHost: origin.test:443\r\n\r\n",
+			} {
+				resp, body := srvRoundTrip(t, addr, req)
+				if resp.StatusCode != tt.want {
+					t.Fatalf("%q: status %d, want %d: %s", req[:7], resp.StatusCode, tt.want, body)
+				}
+				if tt.want == 502 && !strings.Contains(body, tt.err.Error()) {
+					t.Fatalf("502 body does not give the reason %q: %s", tt.err, body)
+				}
+			}
+		})
+	}
+}
+
+func TestMalformedRequests(t *testing.T) {
+	addr := srvStart(t, &Server{Tunneler: &srvTunneler{}, MaxHeaderBytes: 1024})
+	tests := []struct {
+		name, raw string
+		want      int
+		body      string
+	}{
+		{"origin form", "GET / HTTP/1.1\r\nHost: gw\r\n\r\n", 400, "absolute-URI"},
+		{"garbage", "HELLO\r\n\r\n", 400, ""},
+		{"connect without port", "CONNECT origin.test HTTP/1.1\r\nHost: origin.test\r\n\r\n", 400, "host:port"},
+		{"unsupported scheme", "GET ftp://origin.test/ HTTP/1.1\r\nHost: origin.test\r\n\r\n", 400, "scheme"},
+		{"header too large", "GET http://origin.test/ HTTP/1.1\r\nHost: origin.test\r\nX-Big: " + strings.Repeat("a", 8<<10) + "\r\n\r\n", 431, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			resp, body := srvRoundTrip(t, addr, tt.raw)
+			if resp.StatusCode != tt.want || !strings.Contains(body, tt.body) {
+				t.Fatalf("status %d, want %d; body %q", resp.StatusCode, tt.want, body)
+			}
+		})
+	}
+}
+
+// A client that sends its header too slowly is cut off after the handshake timeout.
+func TestSlowClientIsClosed(t *testing.T) {
+	addr := srvStart(t, &Server{Tunneler: &srvTunneler{}, HandshakeTimeout: 200 * time.Millisecond})
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	start := time.Now()
+	go func() {
+		for _, b := range []byte("GET http://origin.test/ HTTP/1.1\r\nHost: x\r\n") {
+			if _, err := c.Write([]byte{b}); err != nil {
+				return
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	io.Copy(io.Discard, c)
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("slow client kept for %v", d)
+	}
+}
+
+func TestACLRefusal(t *testing.T) {
+	var refused []error
+	var mu sync.Mutex
+	addr := srvStart(t, &Server{Tunneler: &srvTunneler{}, Allow: func(netip.Addr) bool { return false },
+		ErrorLog: func(_ netip.AddrPort, err error) { mu.Lock(); refused = append(refused, err); mu.Unlock() }})
+	resp, _ := srvRoundTrip(t, addr, "GET http://origin.test/ HTTP/1.1\r\nHost: origin.test\r\n\r\n")
+	if resp.StatusCode != 403 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(refused) != 1 || !errors.Is(refused[0], ErrRefusedSource) {
+		t.Fatalf("reported %v", refused)
+	}
+}
+
+func TestCredentials(t *testing.T) {
+	check := Credentials(map[string]string{"alice": "pw"})
+	for _, c := range []struct {
+		u, p string
+		ok   bool
+	}{{"alice", "pw", true}, {"alice", "pw2", false}, {"alic", "pw", false}, {"", "", false}} {
+		if check(c.u, c.p) != c.ok {
+			t.Errorf("%q/%q: %v", c.u, c.p, !c.ok)
+		}
+	}
+	if Credentials(nil)("", "") {
+		t.Error("empty user list accepts the empty credentials")
+	}
+}
