@@ -214,7 +214,9 @@ func TestAuthentication(t *testing.T) {
 	b := srvBackend(t)
 	auth := Credentials(map[string]string{"alice": "pw", "bob": "other"})
 	addr := srvStart(t, &Server{Tunneler: &srvTunneler{backend: b.Listener.Addr().String()}, Authenticate: auth})
-	basic := func(up string) string { return "Proxy-Authorization: Basic " + base64.StdEncoding.EncodeToString([]byte(up)) + "\r\n" }
+	basic := func(up string) string {
+		return "Proxy-Authorization: Basic " + base64.StdEncoding.EncodeToString([]byte(up)) + "\r\n"
+	}
 	tests := []struct {
 		name, header string
 		want         int
