@@ -1,0 +1,111 @@
+package gateway
+
+import (
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/socksgate/socksgate/configs"
+)
+
+func TestExplicitLoopGuard(t *testing.T) {
+	var g loopGuard
+	g.add(netip.MustParseAddrPort("10.0.1.1:8080"))
+	g.add(netip.MustParseAddrPort("[::]:1080"))
+	tests := []struct {
+		dst  string
+		loop bool
+	}{
+		{"10.0.1.1:8080", true},
+		{"127.0.0.1:1080", true},
+		{"[::1]:1080", true},
+		{"0.0.0.0:1080", true},
+		{"10.0.1.1:8081", false},
+		{"203.0.113.10:8080", false},
+		{"203.0.113.10:1080", false},
+	}
+	for _, tt := range tests {
+		if got := g.loops(netip.MustParseAddrPort(tt.dst)); got != tt.loop {
+			t.Errorf("loops(%s) = %v, want %v", tt.dst, got, tt.loop)
+		}
+	}
+	if g.loops(netip.AddrPort{}) {
+		t.Error("a name-only flow counted as a loop")
+	}
+}
+
+// The mixed port peeks at the first byte and leaves it in the socket for the server.
+func TestExplicitPeekByteLeavesTheByte(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	s, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	start := time.Now()
+	if _, err := peekByte(s, 100*time.Millisecond); err == nil || time.Since(start) > time.Second {
+		t.Fatalf("silent client: err %v after %v", err, time.Since(start))
+	}
+	c.Write([]byte{5, 1, 0})
+	b, err := peekByte(s, time.Second)
+	if err != nil || b != 5 {
+		t.Fatalf("peek = %d, %v", b, err)
+	}
+	buf := make([]byte, 3)
+	s.SetReadDeadline(time.Now().Add(time.Second))
+	if n, err := s.Read(buf); err != nil || n != 3 || buf[0] != 5 {
+		t.Fatalf("read after peek: % x, %v", buf[:n], err)
+	}
+}
+
+func TestExplicitACLDefaultsToLoopbackAndLANPrefixes(t *testing.T) {
+	cfg := &configs.Config{}
+	cfg.LAN.Prefixes = []netip.Prefix{netip.MustParsePrefix("192.168.1.0/24")}
+	allow, err := explicitACL(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for a, want := range map[string]bool{
+		"127.0.0.1": true, "::1": true, "192.168.1.20": true, "::ffff:192.168.1.20": true,
+		"192.168.2.1": false, "203.0.113.1": false, "2001:db8::1": false,
+	} {
+		if allow(netip.MustParseAddr(a)) != want {
+			t.Errorf("allow(%s) = %v, want %v", a, !want, want)
+		}
+	}
+	cfg.Listen.Allow = []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")}
+	allow, _ = explicitACL(cfg)
+	if !allow(netip.MustParseAddr("203.0.113.1")) || allow(netip.MustParseAddr("::1")) {
+		t.Error("an explicit allow list is not used as written")
+	}
+}
+
+func TestExplicitListenAddrs(t *testing.T) {
+	cfg := &configs.Config{}
+	got, err := listenAddrs(cfg, "127.0.0.1:8080")
+	if err != nil || len(got) != 1 || got[0] != "127.0.0.1:8080" {
+		t.Fatalf("= %v, %v", got, err)
+	}
+	if got, err := listenAddrs(cfg, "lan:8080"); err != nil || len(got) != 0 {
+		t.Fatalf("lan without interfaces = %v, %v; want nothing", got, err)
+	}
+	cfg.LAN.Interfaces = []string{"lo"}
+	got, err = listenAddrs(cfg, "lan:1080")
+	if err != nil || len(got) == 0 || got[0] != "127.0.0.1:1080" {
+		t.Fatalf("lan on lo = %v, %v", got, err)
+	}
+	cfg.LAN.Interfaces = []string{"no-such-if0"}
+	if _, err := listenAddrs(cfg, "lan:1080"); err == nil {
+		t.Fatal("a missing LAN interface is not an error")
+	}
+}
