@@ -88,6 +88,8 @@ func (g *Gateway) startExplicit(ctx context.Context, cfg *configs.Config, log *l
 		hsrv.ServeConn(ctx, c)
 	}
 	var lns []io.Closer
+	grace := time.Duration(cfg.Timeouts.Grace)
+	httpCloser := closerFunc(func() error { return hsrv.CloseGrace(grace) })
 	for _, kind := range []struct {
 		name  string
 		addrs configs.AddrList
@@ -100,12 +102,12 @@ func (g *Gateway) startExplicit(ctx context.Context, cfg *configs.Config, log *l
 		for i, s := range kind.addrs {
 			addrs, err := listenAddrs(cfg, s)
 			if err != nil {
-				return append(lns, hsrv), fmt.Errorf("listen.%s[%d]: %w", kind.name, i, err)
+				return append(lns, httpCloser), fmt.Errorf("listen.%s[%d]: %w", kind.name, i, err)
 			}
 			for _, a := range addrs {
 				ln, err := net.Listen("tcp", a)
 				if err != nil {
-					return append(lns, hsrv), fmt.Errorf("listen.%s[%d]: %w", kind.name, i, err)
+					return append(lns, httpCloser), fmt.Errorf("listen.%s[%d]: %w", kind.name, i, err)
 				}
 				lns = append(lns, ln)
 				guard.add(addrPort(ln.Addr()))
@@ -123,7 +125,7 @@ func (g *Gateway) startExplicit(ctx context.Context, cfg *configs.Config, log *l
 	}
 	// The listeners close first (no new clients), then the HTTP server lets requests in
 	// progress finish.
-	return append(lns, hsrv), nil
+	return append(lns, httpCloser), nil
 }
 
 // listenAddrs expands one listen.* entry: "lan:PORT" is each address of each lan.interfaces
