@@ -1,0 +1,34 @@
+# `make cross`: static, stripped socksgate binaries for router CPUs, each checked against a size
+# budget. Included by the top-level Makefile (`include cross.mk`); also usable on its own:
+# `make -f cross.mk cross`.
+#
+#   linux/amd64, linux/arm64, linux/arm (GOARM=7), linux/mipsle and linux/mips (GOMIPS=softfloat)
+#
+# CGO is off (static, no libc), -trimpath, -ldflags "-s -w" (no symbol table, no DWARF).
+GO              ?= go
+VERSION         ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+CROSS_DIR       ?= bin/cross
+CROSS_MAX_BYTES ?= 10485760
+CROSS_LDFLAGS   ?= -s -w -X main.version=$(VERSION)
+# os/arch/variant: the variant is GOARM for arm and GOMIPS for mips*.
+CROSS_TARGETS   ?= linux/amd64/- linux/arm64/- linux/arm/7 linux/mipsle/softfloat linux/mips/softfloat
+
+.PHONY: cross
+cross:
+	@mkdir -p $(CROSS_DIR)
+	@set -e; fail=0; \
+	for t in $(CROSS_TARGETS); do \
+	  os=$${t%%/*}; rest=$${t#*/}; arch=$${rest%%/*}; variant=$${rest#*/}; \
+	  name=socksgate-$$os-$$arch; goarm=; gomips=; \
+	  case $$arch in \
+	    arm) goarm=$$variant; name=$$name"v"$$variant ;; \
+	    mips|mipsle|mips64|mips64le) gomips=$$variant; name=$$name-$$variant ;; \
+	  esac; \
+	  out=$(CROSS_DIR)/$$name; \
+	  CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch GOARM=$$goarm GOMIPS=$$gomips \
+	    $(GO) build -trimpath -ldflags '$(CROSS_LDFLAGS)' -o $$out ./cmd/socksgate; \
+	  size=$$(stat -c %s $$out); \
+	  if [ $$size -gt $(CROSS_MAX_BYTES) ]; then verdict="TOO BIG (limit $(CROSS_MAX_BYTES))"; fail=1; else verdict=ok; fi; \
+	  awk -v f=$$out -v s=$$size -v v="$$verdict" 'BEGIN { printf "%-42s %9d bytes  %6.2f MiB  %s\n", f, s, s/1048576, v }'; \
+	done; \
+	if [ $$fail -ne 0 ]; then echo "cross: a binary is over the size budget"; exit 1; fi
