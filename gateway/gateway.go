@@ -25,6 +25,7 @@ type Gateway struct {
 	Log         *logrus.Entry
 	DialTimeout time.Duration // bound on routing + dialing + the upstream handshake
 	Idle        time.Duration // a TCP flow with no data either way for this long is closed; 0: never
+	Relay       string        // TCP relay mode: RelayAuto ("" too), RelaySplice, RelayBuffered, RelayKernel
 	Stats       Stats         // counters for the admin endpoint (stats.go); the zero value counts
 
 	mu      sync.Mutex
@@ -102,7 +103,7 @@ func (g *Gateway) Handle(ctx context.Context, client net.Conn, f Flow, ready fun
 	g.mu.Lock()
 	lf.remote = remote
 	g.mu.Unlock()
-	up, down, err = Relay(client, remote)
+	up, down, err = RelayWith(g.Relay, client, remote)
 }
 
 func (g *Gateway) logFlow(f Flow, d Decision, up, down int64, dur time.Duration, err error) {

@@ -5,21 +5,52 @@ import (
 	"io"
 	"net"
 	"sync"
+	"syscall"
 )
+
+// Relay modes, as in configs.Config.Relay.
+const (
+	// RelayAuto is the measured default (see tests/bench/results): the buffered relay.
+	RelayAuto = "auto"
+	// RelaySplice moves bytes with splice(2) through a pipe per direction (io.Copy between
+	// two *net.TCPConn): no copy through user space, but each flow holds two pipes (four fds
+	// and their kernel buffers) for its whole life, idle or not.
+	RelaySplice = "splice"
+	// RelayBuffered waits for a socket to become readable holding nothing, then borrows a
+	// pooled buffer, reads and writes until the socket has no more, and gives the buffer back.
+	// An idle flow holds no buffer, no pipe and only its two sockets.
+	RelayBuffered = "buffered"
+	// RelayKernel is the sockmap relay; not built yet, it falls back to the default.
+	RelayKernel = "kernel"
+)
+
+// relayBufSize is the size of a pooled relay buffer. It is only held while bytes are moving.
+const relayBufSize = 64 << 10
+
+var relayBufs = sync.Pool{New: func() any { b := make([]byte, relayBufSize); return &b }}
 
 // closeWriter is a connection that can shut down its sending half (TCP, and the upstream
 // connections of socksclient and httpproxy, which wrap a TCP connection).
 type closeWriter interface{ CloseWrite() error }
 
-// Relay copies bytes both ways between a and b until both directions have ended, then closes
-// both. When one side finishes sending (EOF), the other side's write half is shut down and the
-// opposite direction keeps flowing (half-close), as TCP allows. When a direction fails (reset,
-// deadline), both connections are closed at once so the other direction cannot linger.
-//
-// Between two *net.TCPConn, io.Copy moves the data with splice(2) and never touches it in user
-// space. It returns the bytes sent a→b ("up") and b→a ("down") and the first error that was not
-// a clean end of stream.
+// Relay copies bytes both ways between a and b with the default relay; see RelayWith.
 func Relay(a, b net.Conn) (up, down int64, err error) {
+	return RelayWith(RelayAuto, a, b)
+}
+
+// RelayWith copies bytes both ways between a and b until both directions have ended, then
+// closes both. When one side finishes sending (EOF), the other side's write half is shut down
+// and the opposite direction keeps flowing (half-close), as TCP allows. When a direction fails
+// (reset, deadline), both connections are closed at once so the other direction cannot linger.
+//
+// mode is one of RelayAuto (also ""), RelaySplice, RelayBuffered or RelayKernel (which falls
+// back to the default for now). It returns the bytes sent a→b ("up") and b→a ("down") and the
+// first error that was not a clean end of stream.
+func RelayWith(mode string, a, b net.Conn) (up, down int64, err error) {
+	copyFn := copyBuffered
+	if mode == RelaySplice {
+		copyFn = copySplice
+	}
 	var wg sync.WaitGroup
 	var once sync.Once
 	var firstErr error
@@ -28,9 +59,8 @@ func Relay(a, b net.Conn) (up, down int64, err error) {
 		b.Close()
 	}
 	pipe := func(dst, src net.Conn, n *int64) {
-		defer wg.Done()
 		var e error
-		*n, e = io.Copy(dst, src)
+		*n, e = copyFn(dst, src)
 		if e == nil {
 			if cw, ok := dst.(closeWriter); ok {
 				if cw.CloseWrite() == nil {
@@ -43,10 +73,64 @@ func Relay(a, b net.Conn) (up, down int64, err error) {
 		}
 		closeBoth()
 	}
-	wg.Add(2)
-	go pipe(b, a, &up)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		pipe(b, a, &up)
+	}()
 	pipe(a, b, &down)
 	wg.Wait()
 	closeBoth()
 	return up, down, firstErr
+}
+
+// copySplice is io.Copy: between two *net.TCPConn it splices through a pipe the runtime keeps
+// for the whole copy.
+func copySplice(dst, src net.Conn) (int64, error) {
+	return io.Copy(dst, src)
+}
+
+// copyBuffered copies src to dst until EOF. While src has nothing to read it holds no buffer:
+// it waits for readability (waitReadable), then borrows a pooled buffer and keeps it only as
+// long as reads fill it.
+func copyBuffered(dst, src net.Conn) (int64, error) {
+	var rc syscall.RawConn
+	if sc, ok := src.(syscall.Conn); ok {
+		rc, _ = sc.SyscallConn()
+	}
+	var total int64
+	for {
+		if rc != nil {
+			if err := waitReadable(rc); err != nil {
+				return total, err
+			}
+		}
+		bp := relayBufs.Get().(*[]byte)
+		buf := *bp
+		for {
+			n, rerr := src.Read(buf)
+			if n > 0 {
+				w, werr := dst.Write(buf[:n])
+				total += int64(w)
+				if werr == nil && w < n {
+					werr = io.ErrShortWrite
+				}
+				if werr != nil {
+					relayBufs.Put(bp)
+					return total, werr
+				}
+			}
+			if rerr != nil {
+				relayBufs.Put(bp)
+				if rerr == io.EOF {
+					return total, nil
+				}
+				return total, rerr
+			}
+			if n < len(buf) && rc != nil {
+				break // drained: give the buffer back while waiting
+			}
+		}
+		relayBufs.Put(bp)
+	}
 }

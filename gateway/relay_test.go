@@ -9,7 +9,7 @@ import (
 )
 
 // tcpPair returns the two ends of a loopback TCP connection.
-func tcpPair(t *testing.T) (*net.TCPConn, *net.TCPConn) {
+func tcpPair(t testing.TB) (*net.TCPConn, *net.TCPConn) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -31,6 +31,15 @@ func tcpPair(t *testing.T) (*net.TCPConn, *net.TCPConn) {
 // The client half-closes after its request; the server still answers through the relay, and
 // the counts are the bytes each way.
 func TestRelayHalfCloseKeepsOtherDirection(t *testing.T) {
+	for _, mode := range relayModes {
+		t.Run(mode, func(t *testing.T) { testRelayHalfClose(t, mode) })
+	}
+}
+
+// relayModes are the relays every behaviour test runs against.
+var relayModes = []string{RelayAuto, RelaySplice, RelayBuffered}
+
+func testRelayHalfClose(t *testing.T, mode string) {
 	client, relayA := tcpPair(t)
 	relayB, server := tcpPair(t)
 	type result struct {
@@ -39,7 +48,7 @@ func TestRelayHalfCloseKeepsOtherDirection(t *testing.T) {
 	}
 	done := make(chan result, 1)
 	go func() {
-		up, down, err := Relay(relayA, relayB)
+		up, down, err := RelayWith(mode, relayA, relayB)
 		done <- result{up, down, err}
 	}()
 
@@ -69,10 +78,16 @@ func TestRelayHalfCloseKeepsOtherDirection(t *testing.T) {
 
 // A reset on one side ends the relay at once and closes the other side.
 func TestRelayResetClosesBothSides(t *testing.T) {
+	for _, mode := range relayModes {
+		t.Run(mode, func(t *testing.T) { testRelayReset(t, mode) })
+	}
+}
+
+func testRelayReset(t *testing.T, mode string) {
 	client, relayA := tcpPair(t)
 	relayB, server := tcpPair(t)
-	done := make(chan struct{})
-	go func() { Relay(relayA, relayB); close(done) }()
+	done := make(chan error, 1)
+	go func() { _, _, err := RelayWith(mode, relayA, relayB); done <- err }()
 	server.SetLinger(0)
 	server.Close() // RST toward the relay
 	client.SetReadDeadline(time.Now().Add(5 * time.Second))
@@ -80,8 +95,85 @@ func TestRelayResetClosesBothSides(t *testing.T) {
 		t.Fatal("client connection still open after the server reset")
 	}
 	select {
-	case <-done:
+	case err := <-done:
+		if err == nil {
+			t.Error("Relay reported no error after a reset")
+		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("Relay did not return after a reset")
+	}
+}
+
+// Large transfers both ways at once arrive intact in every mode, also when one side is not a
+// TCP socket (net.Pipe: no splice, no readability probe).
+func TestRelayCarriesBulkBothWaysIntact(t *testing.T) {
+	for _, mode := range relayModes {
+		for _, pipeClient := range []bool{false, true} {
+			name := mode
+			if pipeClient {
+				name += "/pipe-client"
+			}
+			t.Run(name, func(t *testing.T) {
+				var client, relayA net.Conn
+				if pipeClient {
+					client, relayA = net.Pipe()
+				} else {
+					client, relayA = tcpPair(t)
+				}
+				relayB, server := tcpPair(t)
+				go RelayWith(mode, relayA, relayB)
+				const n = 8 << 20
+				payload := make([]byte, n)
+				for i := range payload {
+					payload[i] = byte(i*7 + i>>11)
+				}
+				echo := make(chan error, 1)
+				go func() { // the server sends the payload back while it is still receiving
+					_, err := io.Copy(server, server)
+					server.CloseWrite()
+					echo <- err
+				}()
+				go func() {
+					client.Write(payload)
+					if cw, ok := client.(closeWriter); ok {
+						cw.CloseWrite()
+					}
+				}()
+				got := make([]byte, n)
+				client.SetReadDeadline(time.Now().Add(20 * time.Second))
+				if _, err := io.ReadFull(client, got); err != nil {
+					t.Fatalf("read back: %v", err)
+				}
+				if !bytes.Equal(got, payload) {
+					t.Fatal("payload changed on the way")
+				}
+				if pipeClient {
+					return // net.Pipe cannot half-close, so the echo never sees its end
+				}
+				if err := <-echo; err != nil {
+					t.Fatalf("echo: %v", err)
+				}
+			})
+		}
+	}
+}
+
+// BenchmarkRelayLoopback is one-way bulk through each relay on loopback.
+func BenchmarkRelayLoopback(b *testing.B) {
+	for _, mode := range relayModes {
+		b.Run(mode, func(b *testing.B) {
+			client, relayA := tcpPair(b)
+			relayB, server := tcpPair(b)
+			go RelayWith(mode, relayA, relayB)
+			go io.Copy(io.Discard, server)
+			buf := make([]byte, 256<<10)
+			b.SetBytes(int64(len(buf)))
+			b.ResetTimer()
+			for range b.N {
+				if _, err := client.Write(buf); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
