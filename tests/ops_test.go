@@ -1,0 +1,409 @@
+package tests
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/socksgate/socksgate/tests/netlab"
+)
+
+// opsBin is socksgate built the way it ships (no race detector, static, stripped) into a
+// directory every user may read, for the unprivileged and memory tests.
+var (
+	opsBinOnce sync.Once
+	opsBinPath string
+	opsBinErr  error
+)
+
+func opsShippedBinary(t *testing.T) string {
+	t.Helper()
+	opsBinOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "socksgate-ops-")
+		if err != nil {
+			opsBinErr = err
+			return
+		}
+		os.Chmod(dir, 0o755)
+		opsBinPath = filepath.Join(dir, "socksgate")
+		cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w", "-o", opsBinPath, "../cmd/socksgate")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			opsBinErr = fmt.Errorf("build: %v: %s", err, out)
+		}
+	})
+	if opsBinErr != nil {
+		t.Fatal(opsBinErr)
+	}
+	return opsBinPath
+}
+
+// opsPublicConfig writes a config file that an unprivileged user can read.
+func opsPublicConfig(t *testing.T, yaml string) string {
+	t.Helper()
+	// Not t.TempDir: its parent is private to root.
+	dir, err := os.MkdirTemp("", "socksgate-ops-cfg-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o755)
+	p := filepath.Join(dir, "socksgate.yaml")
+	if err := os.WriteFile(p, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// opsGet fetches url from inside ns.
+func opsGet(ns *netlab.NS, url string) (string, error) {
+	c := &http.Client{
+		Timeout:   5 * time.Second,
+		Transport: &http.Transport{DialContext: ns.Dial, DisableKeepAlives: true},
+	}
+	resp, err := c.Get(url)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		return string(b), fmt.Errorf("%s: %s", url, resp.Status)
+	}
+	return string(b), err
+}
+
+type opsFlow struct {
+	Src, Dst, Inbound, Upstream, Rule, Action string
+	Age                                       float64 `json:"age_seconds"`
+	BytesUp                                   uint64  `json:"bytes_up"`
+	BytesDown                                 uint64  `json:"bytes_down"`
+}
+
+// opsProcStatus reads one field (e.g. "VmRSS", "CapEff", "Uid") of /proc/PID/status.
+func opsProcStatus(t *testing.T, pid int, field string) string {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(l, ":"); ok && k == field {
+			return strings.TrimSpace(v)
+		}
+	}
+	t.Fatalf("no %s in /proc/%d/status", field, pid)
+	return ""
+}
+
+// The admin endpoint lists a live transparent flow with its route and growing byte counts,
+// counts it in /metrics once it ends, answers /healthz, and `socksgate status` prints it.
+func TestOpsAdminEndpointShowsFlows(t *testing.T) {
+	tp := netlab.NewTopology(t)
+	serveWeb(t, tp)
+	startMicrosocks(t, tp, "", "")
+	gw := startSocksgate(t, tp.GW, gatewayConfig("socks5://"+netlab.Proxy4+":1080", "admin: 127.0.0.1:9091\n"))
+	const base = "http://127.0.0.1:9091"
+
+	if body, err := opsGet(tp.GW, base+"/healthz"); err != nil || body != "ok\n" {
+		t.Fatalf("healthz: %v %q", err, body)
+	}
+	// A slow download stays live long enough to be seen.
+	dl := tp.LAN.Start("curl", "-sS", "-o", "/dev/null", "--limit-rate", "200k", "--max-time", "30",
+		urlFor(netlab.WAN4, "/bytes?n=1500000"))
+	var live opsFlow
+	ok := waitFor(10*time.Second, func() bool {
+		body, err := opsGet(tp.GW, base+"/flows")
+		if err != nil {
+			return false
+		}
+		var flows []opsFlow
+		if json.Unmarshal([]byte(body), &flows) != nil || len(flows) != 1 {
+			return false
+		}
+		live = flows[0]
+		return live.BytesDown > 100_000 && live.BytesUp > 0
+	})
+	if !ok {
+		t.Fatalf("no live flow with bytes in /flows; last %+v\n%s", live, gw.Output())
+	}
+	if live.Dst != netlab.WAN4+":80" || !strings.HasPrefix(live.Src, netlab.LAN4+":") || live.Inbound != "redirect" ||
+		live.Upstream != "socks5://"+netlab.Proxy4+":1080" || live.Rule == "" || live.Action != "proxy" {
+		t.Fatalf("live flow: %+v", live)
+	}
+	status, err := tp.GW.Run(socksgateBin, "status", "-a", "127.0.0.1:9091")
+	if err != nil || !strings.Contains(status, netlab.WAN4+":80") || !strings.Contains(status, "main") || !strings.Contains(status, "FLOWS (1)") {
+		t.Fatalf("socksgate status: %v\n%s", err, status)
+	}
+	t.Logf("socksgate status:\n%s", status)
+	if exited, err := dl.Wait(40 * time.Second); !exited || err != nil {
+		t.Fatalf("download: exited=%v err=%v %s", exited, err, dl.Output())
+	}
+
+	want := []string{
+		`socksgate_flows_total{inbound="redirect",outcome="ok",upstream="socks5://` + netlab.Proxy4 + `:1080"} 1`,
+		`socksgate_dial_duration_seconds_count{upstream="socks5://` + netlab.Proxy4 + `:1080"} 1`,
+		`socksgate_upstream_up{group="",upstream="main"} 1`,
+		`socksgate_udp_sessions 0`,
+		`go_goroutines `,
+	}
+	var metrics string
+	if !waitFor(5*time.Second, func() bool {
+		metrics, _ = opsGet(tp.GW, base+"/metrics")
+		for _, w := range want {
+			if !strings.Contains(metrics, w) {
+				return false
+			}
+		}
+		return true
+	}) {
+		t.Fatalf("metrics lack one of %q:\n%s", want, metrics)
+	}
+	down := opsMetric(metrics, `socksgate_flow_bytes_total{direction="down",inbound="redirect",upstream="socks5://`+netlab.Proxy4+`:1080"}`)
+	if down < 1_500_000 || down > 1_510_000 {
+		t.Fatalf("bytes down %v, want the 1500000-byte body plus headers", down)
+	}
+	if body, _ := opsGet(tp.GW, base+"/flows"); strings.TrimSpace(body) != "[]" {
+		t.Fatalf("ended flow still listed: %s", body)
+	}
+	// The admin port is closed with the rest at shutdown.
+	gw.Signal(syscall.SIGTERM)
+	gw.Wait(10 * time.Second)
+	if _, err := opsGet(tp.GW, base+"/healthz"); err == nil {
+		t.Fatal("healthz answers after exit")
+	}
+}
+
+// socksgate runs as user nobody with only CAP_NET_ADMIN, CAP_NET_BIND_SERVICE and CAP_NET_RAW
+// (what dist/socksgate.service grants) and carries a transparent flow; without CAP_NET_ADMIN it
+// refuses to start and says why.
+func TestOpsRunsUnprivilegedWithCapabilities(t *testing.T) {
+	needBin(t, "setpriv")
+	tp := netlab.NewTopology(t)
+	serveWeb(t, tp)
+	startMicrosocks(t, tp, "", "")
+	bin := opsShippedBinary(t)
+	cfg := opsPublicConfig(t, gatewayConfig("socks5://"+netlab.Proxy4+":1080", "admin: 127.0.0.1:9091\n"))
+	setpriv := func(caps string) []string {
+		return []string{"setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+			"--inh-caps=-all," + caps, "--ambient-caps=-all," + caps, "--bounding-set=-all," + caps,
+			"--no-new-privs", bin, "run", "-c", cfg}
+	}
+
+	t.Run("service capabilities", func(t *testing.T) {
+		p := tp.GW.Start(setpriv("+net_admin,+net_bind_service,+net_raw")...)
+		if !p.WaitOutput("socksgate ready", 15*time.Second) {
+			t.Fatalf("not ready:\n%s", p.Output())
+		}
+		pid := p.Cmd.Process.Pid
+		if uid := strings.Fields(opsProcStatus(t, pid, "Uid")); uid[1] != "65534" {
+			t.Fatalf("effective uid %s, want nobody", uid[1])
+		}
+		// CAP_NET_BIND_SERVICE (10), CAP_NET_ADMIN (12), CAP_NET_RAW (13): 0x3400, nothing else.
+		if eff := opsProcStatus(t, pid, "CapEff"); eff != "0000000000003400" {
+			t.Fatalf("CapEff %s, want 0000000000003400", eff)
+		}
+		for _, dst := range []string{netlab.WAN4, netlab.WAN6} {
+			if out, err := curl(tp.LAN, urlFor(dst, "/")); err != nil || out != pageBody {
+				t.Fatalf("curl %s as an unprivileged gateway: %v %q\n%s", dst, err, out, p.Output())
+			}
+		}
+		if !strings.Contains(nftTables(t, tp.GW), "socksgate") {
+			t.Fatal("no socksgate table")
+		}
+		p.Signal(syscall.SIGTERM)
+		if exited, err := p.Wait(10 * time.Second); !exited || err != nil {
+			t.Fatalf("SIGTERM: exited=%v err=%v\n%s", exited, err, p.Output())
+		}
+		if strings.Contains(nftTables(t, tp.GW), "socksgate") {
+			t.Fatalf("the unprivileged process left its table behind:\n%s", p.Output())
+		}
+	})
+
+	t.Run("without CAP_NET_ADMIN", func(t *testing.T) {
+		p := tp.GW.Start(setpriv("+net_bind_service,+net_raw")...)
+		exited, err := p.Wait(15 * time.Second)
+		if !exited || err == nil {
+			t.Fatalf("started without CAP_NET_ADMIN: exited=%v err=%v\n%s", exited, err, p.Output())
+		}
+		if !strings.Contains(strings.ToLower(p.Output()), "operation not permitted") {
+			t.Fatalf("the failure does not say it lacks permission:\n%s", p.Output())
+		}
+		if strings.Contains(nftTables(t, tp.GW), "socksgate") {
+			t.Fatal("a table appeared anyway")
+		}
+	})
+}
+
+// fw4Ruleset is a cut-down OpenWrt fw4: input policy drop with the LAN zone accepted, forward
+// LAN to WAN, masquerade on the upstream interface.
+const fw4Ruleset = `table inet fw4 {
+	chain input {
+		type filter hook input priority filter; policy drop;
+		iifname "lo" accept
+		ct state established,related accept
+		meta l4proto { icmp, ipv6-icmp } accept
+		iifname "` + netlab.GWLANIf + `" jump input_lan
+		counter
+	}
+	chain input_lan {
+		accept
+	}
+	chain forward {
+		type filter hook forward priority filter; policy drop;
+		ct state established,related accept
+		iifname "` + netlab.GWLANIf + `" oifname "` + netlab.GWUpIf + `" accept
+	}
+	chain output {
+		type filter hook output priority filter; policy accept;
+	}
+	chain dstnat {
+		type nat hook prerouting priority dstnat; policy accept;
+	}
+	chain srcnat {
+		type nat hook postrouting priority srcnat; policy accept;
+		oifname "` + netlab.GWUpIf + `" counter masquerade
+	}
+}
+`
+
+// Beside a firewall's own nftables table (fw4-like: filtering and masquerade), both work: a
+// proxied flow goes through socksgate, a bypassed one is routed and masqueraded by the
+// firewall. socksgate changes nothing outside its own table, and after it exits the firewall's
+// table lists byte for byte as before.
+func TestOpsCoexistsWithFirewallTable(t *testing.T) {
+	tp := netlab.NewTopology(t)
+	serveWeb(t, tp)
+	startMicrosocks(t, tp, "", "")
+	// A server that answers with the address it sees, to tell masquerade from plain routing.
+	ln := tp.WAN.Listen("tcp", "[::]:81")
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		host, _, _ := net.SplitHostPort(r.RemoteAddr)
+		io.WriteString(w, strings.TrimPrefix(host, "::ffff:"))
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	tp.GW.MustRun("nft", "-f", writeFile(t, "fw4.nft", fw4Ruleset))
+	tp.AllowDirect(netlab.WAN4)
+
+	stateless := func() string { return tp.GW.MustRun("nft", "-a", "-s", "list", "ruleset") }
+	withCounters := func() string { return tp.GW.MustRun("nft", "-a", "list", "table", "inet", "fw4") }
+	ipRules := func() string { return tp.GW.MustRun("ip", "rule") + tp.GW.MustRun("ip", "-6", "rule") }
+	rulesetBefore, ipRulesBefore := stateless(), ipRules()
+
+	gw := startSocksgate(t, tp.GW, gatewayConfig("socks5://"+netlab.Proxy4+":1080",
+		"transparent: {bypass: ["+netlab.WAN4+"/32]}\n"))
+	if out, err := curl(tp.LAN, urlFor(netlab.WAN6, "/")); err != nil || out != pageBody {
+		t.Fatalf("proxied flow beside fw4: %v %q\n%s", err, out, gw.Output())
+	}
+	if !waitFor(2*time.Second, func() bool { return strings.Contains(gw.Output(), "msg=flow") }) {
+		t.Fatalf("the proxied flow did not pass socksgate:\n%s", gw.Output())
+	}
+	out, err := curl(tp.LAN, "http://"+netlab.WAN4+":81/")
+	if err != nil || out != netlab.GWUp4 {
+		t.Fatalf("bypassed flow: %v; the server saw %q, want the masqueraded %s", err, out, netlab.GWUp4)
+	}
+	if strings.Count(gw.Output(), "msg=flow") != 1 {
+		t.Fatalf("the bypassed flow reached socksgate:\n%s", gw.Output())
+	}
+	if c := tp.GW.MustRun("nft", "list", "chain", "inet", "fw4", "srcnat"); strings.Contains(c, "packets 0 ") {
+		t.Fatalf("fw4's masquerade never matched:\n%s", c)
+	}
+
+	// While running: every table but socksgate's is exactly as it was.
+	running := tp.GW.MustRun("nft", "-a", "-s", "list", "ruleset")
+	if got := opsWithoutTable(running, "table inet socksgate"); got != rulesetBefore {
+		t.Fatalf("socksgate changed other tables while running:\nbefore:\n%s\nnow:\n%s", rulesetBefore, got)
+	}
+	if ipRules() != ipRulesBefore {
+		t.Fatalf("ip rules changed:\n%s", ipRules())
+	}
+	countersBefore := withCounters()
+	gw.Signal(syscall.SIGTERM)
+	if exited, err := gw.Wait(10 * time.Second); !exited || err != nil {
+		t.Fatalf("SIGTERM: exited=%v err=%v", exited, err)
+	}
+	if got := stateless(); got != rulesetBefore {
+		t.Fatalf("ruleset after exit differs:\nbefore:\n%s\nafter:\n%s", rulesetBefore, got)
+	}
+	if got := withCounters(); got != countersBefore {
+		t.Fatalf("fw4 table (with counters) changed across socksgate's exit:\nbefore:\n%s\nafter:\n%s", countersBefore, got)
+	}
+	if ipRules() != ipRulesBefore {
+		t.Fatalf("ip rules changed after exit:\n%s", ipRules())
+	}
+}
+
+// opsMetric is the value of one series in a Prometheus text exposition, or -1.
+func opsMetric(exposition, series string) float64 {
+	for _, l := range strings.Split(exposition, "\n") {
+		if v, ok := strings.CutPrefix(l, series+" "); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			if err == nil {
+				return f
+			}
+		}
+	}
+	return -1
+}
+
+// opsWithoutTable removes one "table ... { ... }" block from an nft listing.
+func opsWithoutTable(listing, header string) string {
+	i := strings.Index(listing, header)
+	if i < 0 {
+		return listing
+	}
+	end := strings.Index(listing[i:], "\n}\n")
+	if end < 0 {
+		return listing[:i]
+	}
+	return listing[:i] + listing[i+end+3:]
+}
+
+// Idle, with the default config and no flows, the shipped binary stays under 15 MB of RSS.
+func TestOpsIdleRSSUnder15MB(t *testing.T) {
+	lab := netlab.New(t)
+	ns := lab.NS("rss")
+	bin := opsShippedBinary(t)
+	for _, c := range []struct{ name, yaml string }{
+		{"default config", ""},
+		{"default config with admin endpoint", "admin: 127.0.0.1:9091\n"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			args := []string{bin, "run"}
+			if c.yaml != "" {
+				args = append(args, "-c", opsPublicConfig(t, c.yaml))
+			}
+			p := ns.Start(args...)
+			if !p.WaitOutput("socksgate ready", 15*time.Second) {
+				t.Fatalf("not ready:\n%s", p.Output())
+			}
+			if c.yaml != "" {
+				opsGet(ns, "http://127.0.0.1:9091/metrics") // the endpoint's first use allocates
+			}
+			time.Sleep(time.Second)
+			rss := opsProcStatus(t, p.Cmd.Process.Pid, "VmRSS") // "8123 kB"
+			kb, err := strconv.Atoi(strings.Fields(rss)[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("idle VmRSS %d kB (%.1f MiB)", kb, float64(kb)/1024)
+			if kb > 15*1024 {
+				t.Fatalf("idle RSS %d kB is over 15 MB", kb)
+			}
+			p.Signal(syscall.SIGTERM)
+			p.Wait(10 * time.Second)
+		})
+	}
+}
