@@ -240,6 +240,9 @@ func TestOpsRunsUnprivilegedWithCapabilities(t *testing.T) {
 		if !strings.Contains(strings.ToLower(p.Output()), "operation not permitted") {
 			t.Fatalf("the failure does not say it lacks permission:\n%s", p.Output())
 		}
+		if testing.Verbose() {
+			t.Logf("without CAP_NET_ADMIN:\n%s", p.Output())
+		}
 		if strings.Contains(nftTables(t, tp.GW), "socksgate") {
 			t.Fatal("a table appeared anyway")
 		}
