@@ -31,6 +31,7 @@ type Stats struct {
 	ReplyBindFailures atomic.Uint64
 
 	mu      sync.Mutex
+	udp     func() UDPCounts // see SetUDPSource
 	ended   map[endKey]*endTotals
 	refused map[string]uint64
 	dial    map[string]*latency
@@ -54,6 +55,22 @@ var dialBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2
 type latency struct {
 	counts []uint64 // per bucket, not cumulative; one extra for +Inf
 	sum    float64
+}
+
+// UDPCounts are the UDP NAT table's counters as the admin endpoint shows them.
+type UDPCounts struct {
+	Active            int64  // sessions now
+	Total             uint64 // sessions created
+	ReplyBindFailures uint64 // replies dropped: reply socket bind failed
+}
+
+// SetUDPSource makes the admin endpoint read the UDP counters from f (for a NAT table that
+// keeps its own, e.g. nat.UDPTable.Stats) instead of the UDPSessions, UDPSessionsTotal and
+// ReplyBindFailures fields; what f returns is added to those fields.
+func (s *Stats) SetUDPSource(f func() UDPCounts) {
+	s.mu.Lock()
+	s.udp = f
+	s.mu.Unlock()
 }
 
 // FlowEnded counts one ended flow: its outcome (blocked by a rule, failed with err, or ok) and
@@ -120,6 +137,15 @@ func (s *Stats) snapshot() admin.Snapshot {
 		UDPSessions:       s.UDPSessions.Load(),
 		UDPSessionsTotal:  s.UDPSessionsTotal.Load(),
 		ReplyBindFailures: s.ReplyBindFailures.Load(),
+	}
+	s.mu.Lock()
+	udp := s.udp
+	s.mu.Unlock()
+	if udp != nil {
+		c := udp()
+		snap.UDPSessions += c.Active
+		snap.UDPSessionsTotal += c.Total
+		snap.ReplyBindFailures += c.ReplyBindFailures
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()

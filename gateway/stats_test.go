@@ -44,7 +44,13 @@ func TestStatsCountEndedFlowsByOutcome(t *testing.T) {
 	s.UDPSessions.Add(2)
 	s.ReplyBindFailures.Add(1)
 
+	s.SetUDPSource(func() UDPCounts { return UDPCounts{Active: 3, Total: 10, ReplyBindFailures: 4} })
 	snap := s.snapshot()
+	if snap.UDPSessions != 5 || snap.UDPSessionsTotal != 10 || snap.ReplyBindFailures != 5 {
+		t.Errorf("udp counters with a source: %+v", snap)
+	}
+	s.SetUDPSource(nil)
+	snap = s.snapshot()
 	got := map[string][3]uint64{}
 	for _, e := range snap.Ended {
 		got[e.Inbound+"|"+e.Upstream+"|"+e.Outcome] = [3]uint64{e.Flows, e.BytesUp, e.BytesDown}
