@@ -54,6 +54,10 @@ func (g *Gateway) startUDP(ctx context.Context, cfg *configs.Config, log *logrus
 		OnSessionEnd: u.logSession,
 		OnError:      u.logError,
 	}
+	g.Stats.SetUDPSource(func() UDPCounts {
+		st := u.table.Stats()
+		return UDPCounts{Active: int64(st.Active), Total: st.Sessions, ReplyBindFailures: st.ReplyBindErrors}
+	})
 	served := make(chan struct{})
 	go func() {
 		defer close(served)

@@ -105,7 +105,8 @@ func loadConfig(path string) (*configs.Config, error) {
 
 func run(cfg *configs.Config, path string, stderr io.Writer) int {
 	log := newLogger(cfg, stderr)
-	entry := log.WithField("version", versionString())
+	gateway.BuildVersion = versionString()
+	entry := log.WithField("version", gateway.BuildVersion)
 	if path == "" {
 		entry.Info("no -c given: running the embedded default config")
 	} else {
