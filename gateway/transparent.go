@@ -33,7 +33,8 @@ func (g *Gateway) ServeRedirect(ctx context.Context, ln net.Listener) error {
 			g.logFlow(f, Decision{Action: ActionBlock, Rule: "-"}, 0, 0, 0, err)
 			return
 		}
-		g.Handle(ctx, c, f, nil)
+		replay := g.sniffName(tc, &f)
+		g.handle(ctx, c, f, nil, replay)
 	})
 }
 
