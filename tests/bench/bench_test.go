@@ -1,0 +1,581 @@
+// Package bench is socksgate's side-by-side benchmark (`make bench`): in the namespace lab
+// (lan → gw → proxy → wan) it measures plain routing, a client speaking SOCKS5 to dante itself,
+// socksgate (through dante and direct) and redsocks through dante, alternating the contenders,
+// and writes a markdown table to tests/bench/results/. It runs only with BENCH=1 and as root;
+// `go test ./...` skips it. BENCH_QUICK=1 makes it a smoke run of a few seconds per contender.
+//
+// Knobs: BENCH_RELAYS=splice,buffered adds socksgate contenders with those relay modes;
+// BENCH_ONLY=substr keeps the contenders whose name contains substr (plus the baselines);
+// BENCH_ROUNDS, BENCH_IDLE=2000,9000 override the defaults.
+package bench
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"math"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/socksgate/socksgate/tests/netlab"
+)
+
+const (
+	iperfPort = "5201"
+	httpPort  = "80"
+	idlePort  = "9000"
+	dantePort = "1080"
+	redsPort  = "12346"
+)
+
+// params are the sizes of one run.
+type params struct {
+	quick      bool
+	rounds     int
+	iperfArgs  []string // duration or size of one iperf3 run
+	loadSecs   string
+	loadConc   int
+	idleCounts []int
+}
+
+func benchParams() params {
+	p := params{rounds: 2, iperfArgs: []string{"-t", "3"}, loadSecs: "3", loadConc: 16, idleCounts: []int{2000, 9000}}
+	if os.Getenv("BENCH_QUICK") != "" {
+		p = params{quick: true, rounds: 1, iperfArgs: []string{"-n", "192M"}, loadSecs: "0.5", loadConc: 8, idleCounts: []int{200}}
+	}
+	if v, err := strconv.Atoi(os.Getenv("BENCH_ROUNDS")); err == nil && v > 0 {
+		p.rounds = v
+	}
+	if v := os.Getenv("BENCH_IDLE"); v != "" {
+		p.idleCounts = nil
+		for _, f := range strings.Split(v, ",") {
+			if n, err := strconv.Atoi(f); err == nil {
+				p.idleCounts = append(p.idleCounts, n)
+			}
+		}
+	}
+	return p
+}
+
+// contender is one way of getting lan's traffic to wan.
+type contender struct {
+	name     string
+	explicit bool   // the client speaks SOCKS5 to dante itself
+	baseline string // the contender whose kernel memory per flow is this one's without the gateway
+	// start sets the path up and returns the gateway's pid (0: no gateway process) and a
+	// function undoing everything it did.
+	start func(t *testing.T) (pid int, stop func())
+}
+
+// results of one contender, accumulated over rounds.
+type results struct {
+	tput     map[string][]float64 // Gbit/s by iperf case
+	flows    []float64            // flows per second
+	p50, p99 []float64            // ms
+	cpuSecs  float64              // gateway CPU seconds during iperf runs
+	bytes    float64              // bytes those runs carried
+	idle     map[int]idleResult
+}
+
+type idleResult struct {
+	held              int
+	rssKiB, slabKiB   float64 // per flow
+	fds               float64 // per flow
+	note              string
+	gatewayRSS, slabΔ float64
+}
+
+var iperfCases = []struct {
+	name string
+	args []string
+}{
+	{"1 stream →", []string{"-P", "1"}},
+	{"1 stream ←", []string{"-P", "1", "-R"}},
+	{"8 streams →", []string{"-P", "8"}},
+	{"8 streams ←", []string{"-P", "8", "-R"}},
+}
+
+func TestBench(t *testing.T) {
+	if os.Getenv("BENCH") == "" {
+		t.Skip("bench: the namespace benchmark runs only with BENCH=1 (use `make bench`, as root)")
+	}
+	for _, b := range []string{"iperf3", "danted", "redsocks", "proxychains4", "nft"} {
+		if _, err := exec.LookPath(b); err != nil {
+			t.Fatalf("bench needs %s (apt-get install iperf3 dante-server redsocks proxychains4 nftables)", b)
+		}
+	}
+	// Ctrl-C or SIGTERM: the children in the namespaces die with it (same process group or
+	// Pdeathsig); this process stops at the next step and lets the test cleanup delete the
+	// namespaces and rules, instead of dying with them in place.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sig)
+	check := func() {
+		select {
+		case s := <-sig:
+			t.Fatalf("bench: %v: stopping and cleaning up", s)
+		default:
+		}
+	}
+	p := benchParams()
+	bin := buildSocksgate(t)
+	tp := netlab.NewTopology(t)
+	for _, ns := range []*netlab.NS{tp.LAN, tp.GW, tp.Proxy, tp.WAN} {
+		ns.MustRun("sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65000", "net.ipv4.tcp_tw_reuse=1",
+			"net.core.somaxconn=8192", "net.ipv4.tcp_max_syn_backlog=8192")
+	}
+	tp.WAN.Start("iperf3", "-s", "-p", iperfPort)
+	serveHTTP(t, tp.WAN.Listen("tcp", ":"+httpPort))
+	serveIdle(t, tp.WAN.Listen("tcp", ":"+idlePort))
+	startDante(t, tp)
+	tp.Proxy.WaitListening(net.JoinHostPort(netlab.WAN4, httpPort), 5*time.Second)
+	time.Sleep(300 * time.Millisecond) // iperf3 -s has no readiness signal
+	contenders := makeContenders(t, tp, bin)
+
+	all := map[string]*results{}
+	for _, c := range contenders {
+		all[c.name] = &results{tput: map[string][]float64{}, idle: map[int]idleResult{}}
+	}
+	began := time.Now()
+	for round := range p.rounds {
+		for _, c := range contenders {
+			check()
+			t.Logf("round %d: %s", round+1, c.name)
+			pid, stop := c.start(t)
+			r := all[c.name]
+			for _, ic := range iperfCases {
+				check()
+				before := cpuTicks(pid)
+				gbps, n, err := runIperf(tp, c, append(slices.Clone(p.iperfArgs), ic.args...))
+				if err != nil {
+					t.Logf("%s %s: %v", c.name, ic.name, err)
+					continue
+				}
+				r.tput[ic.name] = append(r.tput[ic.name], gbps)
+				r.cpuSecs += float64(cpuTicks(pid)-before) / 100
+				r.bytes += n
+			}
+			flows, p50, p99, err := runLoad(tp, c, p)
+			if err != nil {
+				t.Logf("%s load: %v", c.name, err)
+			} else {
+				r.flows, r.p50, r.p99 = append(r.flows, flows), append(r.p50, p50), append(r.p99, p99)
+			}
+			stop()
+		}
+	}
+	for _, n := range p.idleCounts {
+		for _, c := range contenders {
+			check()
+			t.Logf("idle %d: %s", n, c.name)
+			pid, stop := c.start(t)
+			all[c.name].idle[n] = runIdle(t, tp, c, pid, n)
+			stop()
+		}
+	}
+	table := render(p, contenders, all, time.Since(began))
+	fmt.Println(table)
+	name := fmt.Sprintf("%s-%s%s.md", time.Now().Format("2006-01-02-150405"), hostTag(), map[bool]string{true: "-quick"}[p.quick])
+	path := filepath.Join("results", name)
+	if err := os.WriteFile(path, []byte(table), 0o644); err != nil {
+		t.Fatalf("save results: %v", err)
+	}
+	t.Logf("saved %s", path)
+}
+
+// buildSocksgate builds the daemon as shipped (no race detector).
+func buildSocksgate(t *testing.T) string {
+	bin := filepath.Join(t.TempDir(), "socksgate")
+	out, err := exec.Command("go", "build", "-trimpath", "-o", bin, "../../cmd/socksgate").CombinedOutput()
+	if err != nil {
+		t.Fatalf("build socksgate: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func writeFile(t *testing.T, name, content string) string {
+	p := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// startDante runs dante in proxy with a few worker processes, as the upstream for every
+// proxied contender.
+func startDante(t *testing.T, tp *netlab.Topology) {
+	conf := `logoutput: stderr
+internal: ` + netlab.Proxy4 + ` port = ` + dantePort + `
+external: wan0
+socksmethod: none
+clientmethod: none
+user.privileged: root
+user.unprivileged: nobody
+client pass { from: 0/0 to: 0/0 }
+socks pass {
+	from: 0/0 to: 0/0
+	command: connect
+	log: error
+}
+`
+	path := writeFile(t, "danted.conf", conf)
+	tp.Proxy.Start("danted", "-f", path, "-N", "4", "-p", path+".pid")
+	tp.GW.WaitListening(net.JoinHostPort(netlab.Proxy4, dantePort), 10*time.Second)
+}
+
+// labFilter sets gw's forwarding filter: "closed" (only socksgate's own sockets reach wan),
+// "proxy" (lan may also reach dante) or "open" (plain routing).
+func labFilter(tp *netlab.Topology, mode string) {
+	tp.GW.MustRun("nft", "flush chain inet labfilter forward")
+	switch mode {
+	case "open":
+		return
+	case "proxy":
+		tp.GW.MustRun("nft", "add rule inet labfilter forward ip daddr "+netlab.Proxy4+" accept")
+		tp.GW.MustRun("nft", "add rule inet labfilter forward ip saddr "+netlab.Proxy4+" accept")
+	}
+	tp.GW.MustRun("nft", "add rule inet labfilter forward iifname "+netlab.GWLANIf+" oifname "+netlab.GWUpIf+" counter drop")
+}
+
+func makeContenders(t *testing.T, tp *netlab.Topology, bin string) []contender {
+	socksgate := func(mode, action string) func(t *testing.T) (int, func()) {
+		return func(t *testing.T) (int, func()) {
+			labFilter(tp, "closed")
+			rule := "{name: all, action: proxy, upstream: dante}"
+			if action == "direct" {
+				rule = "{name: all, action: direct}"
+			}
+			cfg := fmt.Sprintf(`log: {level: warn}
+lan: {interfaces: [%s]}
+listen: {http: [], socks: []}
+timeouts: {dial: 10s, grace: 1s}
+relay: %s
+upstreams:
+  - {name: dante, url: "socks5://%s:%s"}
+rules:
+  - %s
+`, netlab.GWLANIf, mode, netlab.Proxy4, dantePort, rule)
+			// "ready" is logged at info; wait for the listener instead.
+			p := tp.GW.Start(bin, "run", "-c", writeFile(t, "socksgate.yaml", cfg))
+			tp.GW.WaitListening("127.0.0.1:12345", 10*time.Second)
+			waitRules(t, tp)
+			return procPid(p, "socksgate"), func() { stopGently(p); tp.GW.Run("nft", "delete", "table", "inet", "socksgate") }
+		}
+	}
+	cs := []contender{
+		{name: "routing", start: func(t *testing.T) (int, func()) {
+			labFilter(tp, "open")
+			return 0, func() { labFilter(tp, "closed") }
+		}},
+		{name: "explicit", explicit: true, start: func(t *testing.T) (int, func()) {
+			labFilter(tp, "proxy")
+			return 0, func() { labFilter(tp, "closed") }
+		}},
+		{name: "socksgate → dante", baseline: "explicit", start: socksgate("auto", "proxy")},
+		{name: "socksgate → direct", baseline: "routing", start: socksgate("auto", "direct")},
+		{name: "redsocks → dante", baseline: "explicit", start: func(t *testing.T) (int, func()) {
+			labFilter(tp, "closed")
+			conf := `base { log_debug = off; log_info = off; log = stderr; daemon = off; redirector = iptables; }
+redsocks { local_ip = 0.0.0.0; local_port = ` + redsPort + `; ip = ` + netlab.Proxy4 + `; port = ` + dantePort + `; type = socks5; }
+`
+			p := tp.GW.Start("redsocks", "-c", writeFile(t, "redsocks.conf", conf))
+			tp.GW.WaitListening("127.0.0.1:"+redsPort, 10*time.Second)
+			nftConf := `table ip benchredsocks {
+	chain pre {
+		type nat hook prerouting priority dstnat; policy accept;
+		iifname "` + netlab.GWLANIf + `" ip daddr 203.0.113.0/24 meta l4proto tcp redirect to :` + redsPort + `
+	}
+}
+`
+			tp.GW.MustRun("nft", "-f", writeFile(t, "redsocks.nft", nftConf))
+			return procPid(p, "redsocks"), func() {
+				tp.GW.Run("nft", "delete", "table", "ip", "benchredsocks")
+				stopGently(p)
+			}
+		}},
+	}
+	for _, m := range strings.Split(os.Getenv("BENCH_RELAYS"), ",") {
+		if m = strings.TrimSpace(m); m != "" {
+			cs = append(cs,
+				contender{name: "socksgate[" + m + "] → dante", baseline: "explicit", start: socksgate(m, "proxy")},
+				contender{name: "socksgate[" + m + "] → direct", baseline: "routing", start: socksgate(m, "direct")})
+		}
+	}
+	if only := os.Getenv("BENCH_ONLY"); only != "" {
+		cs = slices.DeleteFunc(cs, func(c contender) bool {
+			return c.name != "routing" && c.name != "explicit" && !strings.Contains(c.name, only)
+		})
+	}
+	return cs
+}
+
+// waitRules waits until socksgate's table is in place.
+func waitRules(t *testing.T, tp *netlab.Topology) {
+	for range 200 {
+		if out, _ := tp.GW.Run("nft", "list", "tables"); strings.Contains(out, "socksgate") {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatal("socksgate's nftables table did not appear")
+}
+
+// stopGently asks a process to exit (SIGTERM: socksgate removes its rules) and kills it if it
+// does not within a few seconds.
+func stopGently(p *netlab.Proc) {
+	p.Signal(syscall.SIGTERM)
+	if exited, _ := p.Wait(5 * time.Second); !exited {
+		p.Kill()
+	}
+}
+
+// procPid is the pid of the program netlab started: `ip netns exec` execs it in place, but
+// look at the children too in case it forked.
+func procPid(p *netlab.Proc, comm string) int {
+	pid := p.Cmd.Process.Pid
+	for range 100 {
+		if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); strings.TrimSpace(string(b)) == comm {
+			return pid
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return pid
+}
+
+func cpuTicks(pid int) int64 {
+	if pid == 0 {
+		return 0
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	u, _ := strconv.ParseInt(f[11], 10, 64)
+	k, _ := strconv.ParseInt(f[12], 10, 64)
+	return u + k
+}
+
+func statusKiB(pid int, key string) float64 {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	return fieldKiB(string(b), key)
+}
+
+func meminfoKiB(key string) float64 {
+	b, _ := os.ReadFile("/proc/meminfo")
+	return fieldKiB(string(b), key)
+}
+
+func fieldKiB(s, key string) float64 {
+	for _, l := range strings.Split(s, "\n") {
+		if strings.HasPrefix(l, key+":") {
+			f := strings.Fields(l[len(key)+1:])
+			if len(f) > 0 {
+				v, _ := strconv.ParseFloat(f[0], 64)
+				return v
+			}
+		}
+	}
+	return 0
+}
+
+func fdCount(pid int) int {
+	if pid == 0 {
+		return 0
+	}
+	e, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	return len(e)
+}
+
+func proxychainsConf(tp *netlab.Topology) string {
+	return "strict_chain\nquiet_mode\ntcp_read_time_out 15000\ntcp_connect_time_out 8000\n[ProxyList]\nsocks5 " + netlab.Proxy4 + " " + dantePort + "\n"
+}
+
+// runIperf runs one iperf3 client in lan and returns Gbit/s and bytes received.
+func runIperf(tp *netlab.Topology, c contender, args []string) (float64, float64, error) {
+	cmd := []string{"iperf3", "-c", netlab.WAN4, "-p", iperfPort, "-J"}
+	if c.explicit {
+		pc := filepath.Join(os.TempDir(), fmt.Sprintf("bench-proxychains-%d.conf", os.Getpid()))
+		os.WriteFile(pc, []byte(proxychainsConf(tp)), 0o600)
+		defer os.Remove(pc)
+		cmd = append([]string{"proxychains4", "-q", "-f", pc}, cmd...)
+	}
+	var out string
+	var err error
+	for try := range 3 { // the server may still be busy with the previous test
+		out, err = tp.LAN.Run(append(cmd, args...)...)
+		if err == nil {
+			break
+		}
+		time.Sleep(time.Duration(try+1) * 300 * time.Millisecond)
+	}
+	var j struct {
+		End struct {
+			SumReceived struct {
+				Bytes         float64 `json:"bytes"`
+				BitsPerSecond float64 `json:"bits_per_second"`
+			} `json:"sum_received"`
+		} `json:"end"`
+		Error string `json:"error"`
+	}
+	if jerr := json.Unmarshal([]byte(out[max(0, strings.IndexByte(out, '{')):]), &j); jerr != nil {
+		return 0, 0, fmt.Errorf("iperf3: %v %v: %.300s", err, jerr, out)
+	}
+	if j.Error != "" || j.End.SumReceived.Bytes == 0 {
+		return 0, 0, fmt.Errorf("iperf3: %v %s", err, j.Error)
+	}
+	return j.End.SumReceived.BitsPerSecond / 1e9, j.End.SumReceived.Bytes, nil
+}
+
+// runLoad runs the short-request load generator in lan.
+func runLoad(tp *netlab.Topology, c contender, p params) (flows, p50, p99 float64, err error) {
+	socks := "-"
+	if c.explicit {
+		socks = "socks5://" + net.JoinHostPort(netlab.Proxy4, dantePort)
+	}
+	self, _ := os.Executable()
+	out, err := tp.LAN.Run("env", "BENCH_HELPER=load", self, net.JoinHostPort(netlab.WAN4, httpPort), socks,
+		strconv.Itoa(p.loadConc), p.loadSecs)
+	if err != nil {
+		return 0, 0, 0, fmt.Errorf("%v: %s", err, out)
+	}
+	var n, errs int
+	var secs float64
+	if _, serr := fmt.Sscanf(out[strings.Index(out, "result"):], "result flows=%d errors=%d secs=%g p50=%g p99=%g", &n, &errs, &secs, &p50, &p99); serr != nil {
+		return 0, 0, 0, fmt.Errorf("load output %q: %v", out, serr)
+	}
+	if errs > 0 {
+		err = fmt.Errorf("%d failed requests: %s", errs, out[strings.Index(out, "first_error="):])
+	}
+	return float64(n) / secs, p50, p99, err
+}
+
+// runIdle holds n relayed connections open and measures what the gateway and the kernel spend
+// on them.
+func runIdle(t *testing.T, tp *netlab.Topology, c contender, pid, n int) idleResult {
+	socks := "-"
+	if c.explicit {
+		socks = "socks5://" + net.JoinHostPort(netlab.Proxy4, dantePort)
+	}
+	settle()
+	rss0, fd0, slab0 := statusKiB(pid, "VmRSS"), fdCount(pid), meminfoKiB("Slab")
+	self, _ := os.Executable()
+	h := tp.LAN.Start("env", "BENCH_HELPER=idle", self, net.JoinHostPort(netlab.WAN4, idlePort), socks, strconv.Itoa(n))
+	var r idleResult
+	if !h.WaitOutput("ready", 3*time.Minute) {
+		h.Kill()
+		r.note = "no ready line: " + lastLine(h.Output())
+		return r
+	}
+	settle()
+	out := h.Output()
+	fmt.Sscanf(out[strings.Index(out, "ready"):], "ready held=%d", &r.held)
+	if !strings.Contains(out, "errors=0 ") {
+		r.note = lastLine(out)
+	}
+	rss1, fd1, slab1 := statusKiB(pid, "VmRSS"), fdCount(pid), meminfoKiB("Slab")
+	h.Kill()
+	if r.held > 0 {
+		k := float64(r.held)
+		r.rssKiB, r.fds, r.slabKiB = (rss1-rss0)/k, float64(fd1-fd0)/k, (slab1-slab0)/k
+		r.gatewayRSS, r.slabΔ = rss1, slab1-slab0
+	}
+	// Let the flows drain before the next contender measures its baseline.
+	for range 100 {
+		if pid == 0 || fdCount(pid) <= fd0+4 {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return r
+}
+
+// settle lets the dust of the previous step (closing sockets, RCU-freed slab objects) fall.
+func settle() {
+	time.Sleep(1500 * time.Millisecond)
+	os.WriteFile("/proc/sys/vm/drop_caches", []byte("2"), 0) // reclaimable slab only; harmless
+	time.Sleep(300 * time.Millisecond)
+}
+
+func lastLine(s string) string {
+	l := strings.Split(strings.TrimSpace(s), "\n")
+	return l[len(l)-1]
+}
+
+// serveHTTP answers every connection with a tiny response and closes it (the server closes
+// first, so TIME_WAIT lands in wan, not on the path being measured).
+func serveHTTP(t *testing.T, ln net.Listener) {
+	const resp = "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n"
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(10 * time.Second))
+				r := bufio.NewReader(c)
+				for {
+					l, err := r.ReadString('\n')
+					if err != nil {
+						return
+					}
+					if l == "\r\n" {
+						break
+					}
+				}
+				c.Write([]byte(resp))
+			}()
+		}
+	}()
+}
+
+// serveIdle echoes one byte on each connection and then holds it until the client closes.
+func serveIdle(t *testing.T, ln net.Listener) {
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				b := make([]byte, 1)
+				if _, err := c.Read(b); err != nil {
+					return
+				}
+				c.Write(b)
+				c.Read(b) // until EOF
+			}()
+		}
+	}()
+}
+
+func hostTag() string {
+	h, _ := os.Hostname()
+	return fmt.Sprintf("%dcpu-%s", runtime.NumCPU(), strings.ReplaceAll(h, ".", "_"))
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return math.NaN()
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
