@@ -25,6 +25,7 @@ type Gateway struct {
 	Log         *logrus.Entry
 	DialTimeout time.Duration // bound on routing + dialing + the upstream handshake
 	Idle        time.Duration // a TCP flow with no data either way for this long is closed; 0: never
+	Sniff       *Sniffing     // name sniffing on captured TCP (transparent.sniff); nil: off
 	Relay       string        // TCP relay mode: RelayAuto ("" too), RelaySplice, RelayBuffered, RelayKernel
 	Stats       Stats         // counters for the admin endpoint (stats.go); the zero value counts
 
@@ -58,7 +59,13 @@ func (g *Gateway) Dial(ctx context.Context, f Flow) (net.Conn, Decision, error) 
 		ctx, cancel = context.WithTimeout(ctx, g.DialTimeout)
 		defer cancel()
 	}
-	c, err := d.Upstream.DialContext(ctx, "tcp", f.Address())
+	addr := f.Address()
+	if d.Action == ActionDirect && f.Dst.IsValid() {
+		// A captured flow with a sniffed name goes direct to the address the client chose,
+		// not to whatever the gateway's own resolver says the name is.
+		addr = f.Dst.String()
+	}
+	c, err := d.Upstream.DialContext(ctx, "tcp", addr)
 	return c, d, err
 }
 
@@ -67,6 +74,12 @@ func (g *Gateway) Dial(ctx context.Context, f Flow) (net.Conn, Decision, error) 
 // have no reply to send), relays both ways, and logs one line when the flow ends. It closes
 // client. A panic in the flow is recovered and logged; the process keeps serving.
 func (g *Gateway) Handle(ctx context.Context, client net.Conn, f Flow, ready func(error) error) {
+	g.handle(ctx, client, f, ready, nil)
+}
+
+// handle is Handle with replay: bytes already read from client (while sniffing its name),
+// written to the remote right after the dial, before the relay starts.
+func (g *Gateway) handle(ctx context.Context, client net.Conn, f Flow, ready func(error) error, replay []byte) {
 	start := time.Now()
 	lf := &liveFlow{Flow: f, client: client, start: start}
 	if !g.track(lf) {
@@ -103,7 +116,15 @@ func (g *Gateway) Handle(ctx context.Context, client net.Conn, f Flow, ready fun
 	g.mu.Lock()
 	lf.remote = remote
 	g.mu.Unlock()
+	if len(replay) > 0 {
+		if _, err = remote.Write(replay); err != nil {
+			err = fmt.Errorf("replay the client's first bytes: %w", err)
+			remote.Close()
+			return
+		}
+	}
 	up, down, err = RelayWith(g.Relay, client, remote)
+	up += int64(len(replay))
 }
 
 func (g *Gateway) logFlow(f Flow, d Decision, up, down int64, dur time.Duration, err error) {

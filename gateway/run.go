@@ -38,6 +38,7 @@ func Run(ctx context.Context, cfg *configs.Config, log *logrus.Logger) (err erro
 		Log:         logrus.NewEntry(log),
 		DialTimeout: time.Duration(cfg.Timeouts.Dial),
 		Idle:        time.Duration(cfg.Timeouts.Idle),
+		Sniff:       NewSniffing(cfg.Transparent.Sniff),
 		Relay:       cfg.Relay,
 	}
 
