@@ -169,12 +169,15 @@ func (s *Server) handshake(ctx context.Context, c net.Conn, br *bufio.Reader, sr
 }
 
 func (s *Server) handshake4(ctx context.Context, c net.Conn, br *bufio.Reader, src netip.AddrPort, allowed bool) (func(), error) {
-	req, err := socks.ReadRequest4(br)
-	if err != nil {
-		return nil, err
-	}
 	reject := func(err error) (func(), error) {
 		c.Write(socks.AppendReply4(nil, socks.Reply4{Code: socks.Reply4Rejected}))
+		return nil, err
+	}
+	req, err := socks.ReadRequest4(br)
+	if err != nil {
+		if malformed(err) {
+			return reject(err)
+		}
 		return nil, err
 	}
 	switch {
@@ -204,6 +207,9 @@ func (s *Server) handshake4(ctx context.Context, c net.Conn, br *bufio.Reader, s
 func (s *Server) handshake5(ctx context.Context, c net.Conn, br *bufio.Reader, src netip.AddrPort, allowed bool) (func(), error) {
 	methods, err := socks.ReadGreeting(br)
 	if err != nil {
+		if malformed(err) {
+			c.Write(socks.AppendMethodSelection(nil, socks.MethodNoAcceptable))
+		}
 		return nil, err
 	}
 	want := socks.MethodNoAuth
@@ -227,6 +233,9 @@ func (s *Server) handshake5(ctx context.Context, c net.Conn, br *bufio.Reader, s
 	if want == socks.MethodUserPass {
 		user, pass, err := socks.ReadUserPassRequest(br)
 		if err != nil {
+			if malformed(err) {
+				c.Write(socks.AppendUserPassReply(nil, socks.UserPassFailure))
+			}
 			return nil, err
 		}
 		if !s.Authenticate(user, pass) {
@@ -239,8 +248,11 @@ func (s *Server) handshake5(ctx context.Context, c net.Conn, br *bufio.Reader, s
 	}
 	req, err := socks.ReadRequest(br)
 	if err != nil {
-		if errors.Is(err, socks.ErrBadAddrType) {
+		switch {
+		case errors.Is(err, socks.ErrBadAddrType):
 			writeReply5(c, socks.ReplyAddrTypeNotSupported, socks.Addr{})
+		case malformed(err):
+			writeReply5(c, socks.ReplyGeneralFailure, socks.Addr{})
 		}
 		return nil, err
 	}
@@ -269,6 +281,14 @@ func (s *Server) handshake5(ctx context.Context, c net.Conn, br *bufio.Reader, s
 	}
 	writeReply5(c, socks.ReplyCommandNotSupported, socks.Addr{})
 	return nil, fmt.Errorf("socks5 %v: not supported", req.Cmd)
+}
+
+// malformed reports whether a handshake read failed on what the client sent (a bad version, an
+// oversize or empty field) rather than on the connection itself (EOF, reset, the handshake
+// deadline): such a client still gets the protocol's failure reply before the close.
+func malformed(err error) bool {
+	var ne net.Error
+	return !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.As(err, &ne)
 }
 
 // targetFromName keeps an IP literal sent as a name as an address.

@@ -331,3 +331,37 @@ func TestUDPAssociate(t *testing.T) {
 		t.Fatal("the relay still answers after the control connection closed")
 	}
 }
+
+// A malformed greeting, request or SOCKS4 request gets the protocol's failure reply before the
+// close; a truncated one (EOF) just the close.
+func TestMalformedRequestsGetFailureReply(t *testing.T) {
+	addr := serve(t, &Server{Tunneler: &fakeTunneler{}, HandshakeTimeout: 2 * time.Second})
+	long := bytes.Repeat([]byte("x"), 300)
+	tests := []struct {
+		name       string
+		send, want []byte
+	}{
+		{"greeting without methods", []byte{5, 0}, []byte{5, 0xff}},
+		{"request version 4", []byte{5, 1, 0, 4, 1, 0, 1, 192, 0, 2, 1, 0, 80}, []byte{5, 0, 5, 1, 0, 1, 0, 0, 0, 0, 0, 0}},
+		{"request empty name", []byte{5, 1, 0, 5, 1, 0, 3, 0, 0, 80}, []byte{5, 0, 5, 1, 0, 1, 0, 0, 0, 0, 0, 0}},
+		{"socks4 user id too long", append([]byte{4, 1, 0, 80, 192, 0, 2, 1}, long...), []byte{0, 0x5b, 0, 0, 0, 0, 0, 0}},
+		{"socks4a name too long", append([]byte{4, 1, 0, 80, 0, 0, 0, 1, 0}, long...), []byte{0, 0x5b, 0, 0, 0, 0, 0, 0}},
+		{"truncated request", []byte{5, 1, 0, 5, 1, 0, 1, 192}, []byte{5, 0}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.Write(tt.send)
+			c.(*net.TCPConn).CloseWrite()
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			got, err := io.ReadAll(c)
+			if !bytes.Equal(got, tt.want) {
+				t.Fatalf("got % x (%v), want % x then a close", got, err, tt.want)
+			}
+		})
+	}
+}
