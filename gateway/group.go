@@ -245,10 +245,13 @@ func (g *Group) ListenPacket(ctx context.Context) (net.PacketConn, error) {
 // pick returns the member the policy chooses among those up and not yet tried, or nil.
 func (g *Group) pick(tried uint64) *member {
 	n := len(g.members)
+	if n == 0 {
+		return nil
+	}
 	usable := func(m *member) bool { return tried&(1<<(m.idx%64)) == 0 && m.isUp() }
 	switch g.policy {
 	case configs.PolicyRoundRobin:
-		start := int(g.next.Add(1)-1) % n
+		start := int((g.next.Add(1) - 1) % uint64(n))
 		for i := range n {
 			if m := g.members[(start+i)%n]; usable(m) {
 				return m
