@@ -1,0 +1,215 @@
+package tests
+
+import (
+	"bufio"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/socksgate/socksgate/tests/netlab"
+)
+
+// Name sniffing on captured flows: the TLS SNI or HTTP Host of what the lan client sends
+// becomes the flow's name, a domain rule matches it, and the upstream (dante) is asked for the
+// name, which it resolves itself; a protocol where the server speaks first is not held up
+// longer than the sniff timeout.
+
+const sniffName = "name.test"
+
+// sniffServeTLS runs an HTTPS server in wan on port 443 with a self-signed certificate for
+// sniffName made for this test; "/" answers pageBody.
+func sniffServeTLS(t *testing.T, tp *netlab.Topology) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: sniffName},
+		DNSNames:     []string{sniffName},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert := tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	ln := tls.NewListener(tp.WAN.Listen("tcp", "[::]:443"), &tls.Config{Certificates: []tls.Certificate{cert}})
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, pageBody) })}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+}
+
+// sniffHosts makes names resolve inside ns for processes started after the call (`ip netns
+// exec` bind-mounts /etc/netns/NS/hosts over /etc/hosts); removed in cleanup.
+func sniffHosts(t *testing.T, ns *netlab.NS, lines string) {
+	t.Helper()
+	dir := filepath.Join("/etc/netns", ns.Name)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.WriteFile(filepath.Join(dir, "hosts"), []byte("127.0.0.1 localhost\n::1 localhost\n"+lines), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The flow is decided by a name rule (the catch-all blocks, so only the name can let it
+// through), and dante's log shows the name it was asked for, not the address.
+func TestSniffRoutesByNameThroughDante(t *testing.T) {
+	tp := netlab.NewTopology(t)
+	serveWeb(t, tp)
+	sniffServeTLS(t, tp)
+	// Only dante can resolve the names: the proof that it was sent the name.
+	sniffHosts(t, tp.Proxy, netlab.WAN4+" "+sniffName+" web.test\n")
+	d := sniffStartDante(t, tp)
+	gw := startSocksgate(t, tp.GW, gatewayConfig("socks5://"+netlab.Proxy4+":1080", `rules:
+  - {name: by-name, domain: [name.test, web.test], upstream: main}
+  - {name: catchall, action: block}
+transparent: {sniff: {enabled: true, ports: [80, 443], timeout: 300ms}}
+`))
+
+	t.Run("TLS SNI", func(t *testing.T) {
+		out, err := curl(tp.LAN, "-k", "--resolve", sniffName+":443:"+netlab.WAN4, "https://"+sniffName+"/")
+		if err != nil || out != pageBody {
+			t.Fatalf("curl: %v: %q", err, out)
+		}
+		line := routingFlowLine(t, gw, sniffName+":443")
+		for _, want := range []string{"rule=by-name", "ip=\"" + netlab.WAN4 + ":443\""} {
+			if !strings.Contains(line, want) {
+				t.Fatalf("flow line lacks %s: %s", want, line)
+			}
+		}
+		sniffDanteAskedForName(t, d, sniffName+".443", netlab.WAN4+".443")
+	})
+	t.Run("HTTP Host", func(t *testing.T) {
+		out, err := curl(tp.LAN, "--resolve", "web.test:80:"+netlab.WAN4, "http://web.test/")
+		if err != nil || out != pageBody {
+			t.Fatalf("curl: %v: %q", err, out)
+		}
+		line := routingFlowLine(t, gw, "web.test:80")
+		if !strings.Contains(line, "rule=by-name") {
+			t.Fatalf("flow line: %s", line)
+		}
+		sniffDanteAskedForName(t, d, "web.test.80", netlab.WAN4+".80")
+	})
+	t.Run("no name, no match", func(t *testing.T) {
+		// By address, the same server is refused by the catch-all: the name made the difference.
+		if out, err := curl(tp.LAN, "-k", "--max-time", "5", "https://"+netlab.WAN4+"/"); err == nil {
+			t.Fatalf("a flow without a name passed: %q", out)
+		}
+		line := routingFlowLine(t, gw, netlab.WAN4+":443")
+		if !strings.Contains(line, "rule=catchall") {
+			t.Fatalf("flow line: %s", line)
+		}
+	})
+}
+
+// sniffStartDante runs dante in proxy on port 1080 at debug level 1, where it logs each request
+// as it arrived ("Packet: VER: 5 CMD: 1 FLAG: 0 ATYP: 3 address: name.test.443"); its connect
+// lines at the default level only show the address it resolved and connected to.
+func sniffStartDante(t *testing.T, tp *netlab.Topology) *netlab.Proc {
+	t.Helper()
+	needBin(t, "danted")
+	conf := `logoutput: stderr
+debug: 1
+internal: ` + netlab.Proxy4 + ` port = 1080
+internal: ` + netlab.Proxy6 + ` port = 1080
+external: wan0
+socksmethod: none
+clientmethod: none
+user.privileged: root
+user.unprivileged: nobody
+client pass { from: 0/0 to: 0/0 }
+socks pass {
+	from: 0/0 to: 0/0
+	command: connect
+	log: connect disconnect error
+}
+`
+	path := writeFile(t, "danted-sniff.conf", conf)
+	p := tp.Proxy.Start("danted", "-f", path, "-N", "2", "-p", path+".pid")
+	tp.GW.WaitListening(net.JoinHostPort(netlab.Proxy4, "1080"), 10*time.Second)
+	return p
+}
+
+// sniffDanteAskedForName checks dante received a request for the name (address type 3,
+// domain) and none for the address.
+func sniffDanteAskedForName(t *testing.T, d *netlab.Proc, name, addr string) {
+	t.Helper()
+	if !waitFor(2*time.Second, func() bool { return strings.Contains(d.Output(), "ATYP: 3 address: "+name) }) {
+		t.Fatalf("dante was not asked for %s:\n%s", name, d.Output())
+	}
+	if strings.Contains(d.Output(), "address: "+addr+" ") {
+		t.Fatalf("dante was asked for the address %s:\n%s", addr, d.Output())
+	}
+}
+
+// A server that speaks first (an SMTP-like banner) on a sniffed port: the client, which sends
+// nothing until it has the banner, gets it after at most the sniff timeout plus the dial.
+func TestSniffServerSpeaksFirstNotDelayed(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	tp := netlab.NewTopology(t)
+	ln := tp.WAN.Listen("tcp", "[::]:443")
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				io.WriteString(c, "220 banner.test ESMTP ready\r\n")
+				line, _ := bufio.NewReader(c).ReadString('\n')
+				io.WriteString(c, "250 got "+line)
+			}()
+		}
+	}()
+	t.Cleanup(func() { ln.Close() })
+	startMicrosocks(t, tp, "", "")
+	gw := startSocksgate(t, tp.GW, gatewayConfig("socks5://"+netlab.Proxy4+":1080",
+		"transparent: {sniff: {enabled: true, ports: [443], timeout: 300ms}}\n"))
+
+	for _, dst := range []string{netlab.WAN4, netlab.WAN6} {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		start := time.Now()
+		c, err := tp.LAN.Dial(ctx, "tcp", net.JoinHostPort(dst, "443"))
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		r := bufio.NewReader(c)
+		banner, err := r.ReadString('\n')
+		delay := time.Since(start)
+		if err != nil || !strings.HasPrefix(banner, "220 ") {
+			t.Fatalf("%s: banner %q: %v", dst, banner, err)
+		}
+		if delay > timeout+2*time.Second {
+			t.Fatalf("%s: the banner took %v, beyond the sniff timeout %v (+2s slack)", dst, delay, timeout)
+		}
+		t.Logf("%s: banner after %v (sniff timeout %v)", dst, delay.Round(time.Millisecond), timeout)
+		// The conversation continues normally both ways.
+		io.WriteString(c, "EHLO lan\r\n")
+		if reply, err := r.ReadString('\n'); err != nil || reply != "250 got EHLO lan\r\n" {
+			t.Fatalf("%s: reply %q: %v", dst, reply, err)
+		}
+		c.Close()
+		routingFlowLine(t, gw, net.JoinHostPort(dst, "443"))
+	}
+}
