@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"runtime/debug"
 	"sync"
 	"time"
@@ -27,13 +28,24 @@ type Gateway struct {
 	Idle        time.Duration // a TCP flow with no data either way for this long is closed; 0: never
 	Sniff       *Sniffing     // name sniffing on captured TCP (transparent.sniff); nil: off
 	Relay       string        // TCP relay mode: RelayAuto ("" too), RelaySplice, RelayBuffered, RelayKernel
+	MaxFlows    int           // concurrent TCP flows; beyond it new flows are refused at once. 0: no bound
+	MaxPerSrc   int           // concurrent TCP flows per source address. 0: no bound
 	Stats       Stats         // counters for the admin endpoint (stats.go); the zero value counts
 
-	mu      sync.Mutex
-	flows   map[*liveFlow]struct{}
-	closing bool
-	wg      sync.WaitGroup // one per tracked flow
+	mu       sync.Mutex
+	flows    map[*liveFlow]struct{}
+	perSrc   map[netip.Addr]int
+	closing  bool
+	refusals map[string]uint64 // refused flows by reason
+	wg       sync.WaitGroup    // one per tracked flow
 }
+
+// Reasons a flow is refused before it is routed.
+var (
+	ErrFlowLimit    = errors.New("refused: flow limit reached (limits.max_flows)")
+	ErrSourceLimit  = errors.New("refused: per-source flow limit reached (limits.max_flows_per_source)")
+	ErrShuttingDown = errors.New("refused: shutting down")
+)
 
 // liveFlow is one TCP flow being relayed.
 type liveFlow struct {
@@ -82,8 +94,12 @@ func (g *Gateway) Handle(ctx context.Context, client net.Conn, f Flow, ready fun
 func (g *Gateway) handle(ctx context.Context, client net.Conn, f Flow, ready func(error) error, replay []byte) {
 	start := time.Now()
 	lf := &liveFlow{Flow: f, client: client, start: start}
-	if !g.track(lf) {
+	if err := g.track(lf); err != nil {
+		if ready != nil {
+			ready(err)
+		}
 		client.Close()
+		g.logFlow(f, Decision{Action: ActionBlock, Rule: "-"}, 0, 0, 0, err)
 		return
 	}
 	defer g.untrack(lf)
@@ -155,24 +171,59 @@ func (g *Gateway) logFlow(f Flow, d Decision, up, down int64, dur time.Duration,
 	e.Info("flow")
 }
 
-// track registers a live flow; it reports false once Shutdown has begun.
-func (g *Gateway) track(lf *liveFlow) bool {
+// track registers a live flow, or says why it may not start: shutdown has begun, or a flow
+// limit is reached. Refusing here, before any dial, costs the refused client nothing but a
+// prompt close, and keeps the accept loop turning instead of running into EMFILE.
+func (g *Gateway) track(lf *liveFlow) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.flows == nil {
 		g.flows = make(map[*liveFlow]struct{})
+		g.perSrc = make(map[netip.Addr]int)
+		g.refusals = make(map[string]uint64)
 	}
-	if g.closing {
-		return false
+	var err error
+	src := lf.Src.Addr()
+	switch {
+	case g.closing:
+		err = ErrShuttingDown
+	case g.MaxFlows > 0 && len(g.flows) >= g.MaxFlows:
+		err = ErrFlowLimit
+	case g.MaxPerSrc > 0 && g.perSrc[src] >= g.MaxPerSrc:
+		err = ErrSourceLimit
+	}
+	if err != nil {
+		g.refusals[err.Error()]++
+		return err
 	}
 	g.flows[lf] = struct{}{}
+	if g.MaxPerSrc > 0 {
+		g.perSrc[src]++
+	}
 	g.wg.Add(1)
-	return true
+	return nil
 }
 
 func (g *Gateway) untrack(lf *liveFlow) {
 	g.mu.Lock()
 	delete(g.flows, lf)
+	if g.MaxPerSrc > 0 {
+		src := lf.Src.Addr()
+		if g.perSrc[src]--; g.perSrc[src] <= 0 {
+			delete(g.perSrc, src)
+		}
+	}
 	g.mu.Unlock()
 	g.wg.Done()
+}
+
+// Refusals returns how many flows were refused before routing, by reason.
+func (g *Gateway) Refusals() map[string]uint64 {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	out := make(map[string]uint64, len(g.refusals))
+	for k, v := range g.refusals {
+		out[k] = v
+	}
+	return out
 }

@@ -22,7 +22,7 @@ import (
 // the rules and returns. A failure to start (a port in use, rules refused) is returned at once,
 // with whatever was already set up undone.
 func Run(ctx context.Context, cfg *configs.Config, log *logrus.Logger) (err error) {
-	raiseFileLimit(log)
+	nofile := raiseFileLimit(log)
 	mark := redirect.MarkControl(cfg.Mark)
 	ups, stopHealth, err := NewUpstreams(cfg, mark, logrus.NewEntry(log))
 	if err != nil {
@@ -40,7 +40,15 @@ func Run(ctx context.Context, cfg *configs.Config, log *logrus.Logger) (err erro
 		Idle:        time.Duration(cfg.Timeouts.Idle),
 		Sniff:       NewSniffing(cfg.Transparent.Sniff),
 		Relay:       cfg.Relay,
+		MaxFlows:    cfg.Limits.MaxFlows,
+		MaxPerSrc:   cfg.Limits.MaxFlowsPerSource,
 	}
+	if g.MaxFlows == 0 && nofile > 0 {
+		// Each relayed flow holds two descriptors; keep some for listeners, UDP and the admin
+		// endpoint, so the bound is met before accept(2) ever sees EMFILE.
+		g.MaxFlows = max(int(nofile)-256, 64) / 2
+	}
+	log.WithField("max_flows", g.MaxFlows).Info("flow limit")
 
 	flowCtx, cancelFlows := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelFlows()

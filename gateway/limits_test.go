@@ -1,0 +1,81 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+)
+
+// staticRouter sends every flow the same way.
+type staticRouter Decision
+
+func (r staticRouter) Route(context.Context, Flow) Decision { return Decision(r) }
+
+// Beyond MaxFlows, and beyond MaxPerSrc for one source, a new flow is refused at once (the
+// inbound's reply gets the reason) and counted; flows from other sources still start.
+func TestFlowLimitsRefuseAtOnceAndCount(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(io.Discard, c); c.Close() }() // open until the client ends
+		}
+	}()
+	dst := netip.MustParseAddrPort(ln.Addr().String())
+	g := &Gateway{Router: staticRouter{Action: ActionDirect, Upstream: Direct{}, Rule: "all"}, MaxFlows: 3, MaxPerSrc: 2}
+
+	start := func(src string) (error, func()) {
+		a, b := tcpPair(t)
+		replied := make(chan error, 1)
+		go g.Handle(context.Background(), b, Flow{Network: "tcp", Src: netip.MustParseAddrPort(src), Dst: dst, Inbound: InboundSOCKS},
+			func(err error) error { replied <- err; return nil })
+		select {
+		case err := <-replied:
+			return err, func() { a.Close() }
+		case <-time.After(5 * time.Second):
+			t.Fatal("no reply from Handle")
+			return nil, nil
+		}
+	}
+	var stops []func()
+	for _, src := range []string{"10.0.0.1:1", "10.0.0.1:2"} {
+		err, stop := start(src)
+		if err != nil {
+			t.Fatalf("flow from %s refused: %v", src, err)
+		}
+		stops = append(stops, stop)
+	}
+	if err, _ := start("10.0.0.1:3"); !errors.Is(err, ErrSourceLimit) {
+		t.Fatalf("third flow from one source: %v, want ErrSourceLimit", err)
+	}
+	err, stop := start("10.0.0.2:1")
+	if err != nil {
+		t.Fatalf("flow from another source refused: %v", err)
+	}
+	stops = append(stops, stop)
+	if err, _ := start("10.0.0.3:1"); !errors.Is(err, ErrFlowLimit) {
+		t.Fatalf("fourth flow: %v, want ErrFlowLimit", err)
+	}
+	if r := g.Refusals(); r[ErrSourceLimit.Error()] != 1 || r[ErrFlowLimit.Error()] != 1 {
+		t.Fatalf("refusal counters %v", r)
+	}
+	for _, s := range stops {
+		s()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if cut := g.Shutdown(ctx); cut != 0 {
+		t.Fatalf("%d flows still live after their clients closed", cut)
+	}
+}
