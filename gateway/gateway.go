@@ -32,6 +32,8 @@ type Gateway struct {
 	MaxPerSrc   int           // concurrent TCP flows per source address. 0: no bound
 	Stats       Stats         // counters for the admin endpoint (stats.go); the zero value counts
 
+	upstreams map[string]Upstream // by name, groups included (for health reporting)
+
 	mu       sync.Mutex
 	flows    map[*liveFlow]struct{}
 	perSrc   map[netip.Addr]int

@@ -40,6 +40,7 @@ func Run(ctx context.Context, cfg *configs.Config, log *logrus.Logger) (err erro
 		Idle:        time.Duration(cfg.Timeouts.Idle),
 		Sniff:       NewSniffing(cfg.Transparent.Sniff),
 		Relay:       cfg.Relay,
+		upstreams:   ups,
 		MaxFlows:    cfg.Limits.MaxFlows,
 		MaxPerSrc:   cfg.Limits.MaxFlowsPerSource,
 	}

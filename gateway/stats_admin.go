@@ -42,6 +42,38 @@ func ConfiguredHealth(cfg *configs.Config) HealthReporter {
 	return staticHealth(states)
 }
 
+// groupHealth reports the members of every group with their checked state, and every upstream
+// outside a group as up ("not health-checked": only groups run health checks).
+type groupHealth struct {
+	cfg *configs.Config
+	ups map[string]Upstream
+}
+
+func (h groupHealth) UpstreamStates() []UpstreamState {
+	var out []UpstreamState
+	grouped := map[string]bool{}
+	for _, gc := range h.cfg.Groups {
+		grp, ok := h.ups[gc.Name].(*Group)
+		if !ok {
+			continue
+		}
+		for _, m := range grp.Status() {
+			grouped[m.Name] = true
+			st := UpstreamState{Name: m.Name, Group: gc.Name, Up: m.Up, Reason: m.Reason, Since: m.Since}
+			if u := h.cfg.Upstream(m.Name); u != nil {
+				st.URL = configs.Redacted(u.URL)
+			}
+			out = append(out, st)
+		}
+	}
+	for _, st := range ConfiguredHealth(h.cfg).UpstreamStates() {
+		if !grouped[st.Name] {
+			out = append(out, st)
+		}
+	}
+	return out
+}
+
 type staticHealth []UpstreamState
 
 func (s staticHealth) UpstreamStates() []UpstreamState { return s }
@@ -94,7 +126,7 @@ func (g *Gateway) startAdmin(ctx context.Context, cfg *configs.Config, log *logr
 	}
 	health, ok := g.Router.(HealthReporter)
 	if !ok {
-		health = ConfiguredHealth(cfg)
+		health = groupHealth{cfg: cfg, ups: g.upstreams}
 	}
 	srv, err := admin.Listen(cfg.Admin, AdminSource{G: g, Health: health}, BuildVersion)
 	if err != nil {
