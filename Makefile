@@ -6,7 +6,10 @@ VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev
 LDFLAGS  := -s -w -X main.version=$(VERSION)
 PKGS     := ./...
 
-.PHONY: all build test unit lint demo bench deps fuzz clean
+.PHONY: all build test unit lint demo deps fuzz clean
+
+include cross.mk
+include tests/bench/Makefile.inc
 
 all: build
 
