@@ -8,6 +8,7 @@ PKGS     := ./...
 
 .PHONY: all build test unit lint demo deps fuzz clean
 
+.DEFAULT_GOAL := all
 include cross.mk
 include tests/bench/Makefile.inc
 
