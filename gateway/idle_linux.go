@@ -2,26 +2,52 @@ package gateway
 
 import (
 	"net"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
 
-// idleFor returns the milliseconds since c last sent or received data, or 0 when unknown.
-func idleFor(c net.Conn) uint32 {
-	tc, ok := c.(*net.TCPConn)
+// tcpInfo reads TCP_INFO of the socket under c (through NetConn wrappers), or nil.
+func tcpInfo(c net.Conn) *unix.TCPInfo {
+	sc, ok := unwrapConn(c).(interface {
+		SyscallConn() (syscall.RawConn, error)
+	})
 	if !ok {
-		return 0
+		return nil
 	}
-	raw, err := tc.SyscallConn()
+	raw, err := sc.SyscallConn()
 	if err != nil {
-		return 0
+		return nil
 	}
 	var info *unix.TCPInfo
 	cerr := raw.Control(func(fd uintptr) {
 		info, err = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
 	})
 	if cerr != nil || err != nil {
+		return nil
+	}
+	return info
+}
+
+// idleFor returns the milliseconds since c last sent or received data, or 0 when unknown.
+func idleFor(c net.Conn) uint32 {
+	info := tcpInfo(c)
+	if info == nil {
 		return 0
 	}
 	return min(info.Last_data_recv, info.Last_data_sent)
+}
+
+// stalledFor returns the milliseconds since c's peer last acknowledged anything while c has
+// data waiting for it (in flight, or queued and not yet sent: a local drop or a full window),
+// or 0 when nothing waits (or it is unknown). A peer that vanished (its path blackholed, its
+// host gone) leaves data unacknowledged while the other side of the flow may keep it looking
+// busy, so idleFor alone would never see it. A live peer acknowledges, even a zero-window
+// probe, so it never looks stalled.
+func stalledFor(c net.Conn) uint32 {
+	info := tcpInfo(c)
+	if info == nil || (info.Unacked == 0 && info.Notsent_bytes == 0) {
+		return 0
+	}
+	return info.Last_ack_recv
 }

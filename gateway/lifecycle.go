@@ -43,9 +43,12 @@ func (lf *liveFlow) close() {
 }
 
 // ExpireIdle closes every TCP flow whose client socket has neither sent nor received data for
-// longer than g.Idle, and reports how many it closed. The kernel keeps those times
-// (TCP_INFO tcpi_last_data_recv / tcpi_last_data_sent), so the relay's data path carries no
-// timer and no bookkeeping: one sweep over the live flows is the whole cost.
+// longer than g.Idle, or one of whose sockets has had data in flight with no acknowledgment
+// from its peer for that long (a blackholed upstream while the client still trickles bytes
+// toward it; a LAN host gone while the server still sends), and reports how many it closed.
+// The kernel keeps those times (TCP_INFO tcpi_last_data_recv / tcpi_last_data_sent,
+// tcpi_unacked / tcpi_last_ack_recv), so the relay's data path carries no timer and no
+// bookkeeping: one sweep over the live flows is the whole cost.
 func (g *Gateway) ExpireIdle() int {
 	if g.Idle <= 0 {
 		return 0
@@ -54,7 +57,7 @@ func (g *Gateway) ExpireIdle() int {
 	g.mu.Lock()
 	var idle []*liveFlow
 	for lf := range g.flows {
-		if lf.remote != nil && idleFor(lf.client) > limit {
+		if lf.remote != nil && (idleFor(lf.client) > limit || stalledFor(lf.remote) > limit || stalledFor(lf.client) > limit) {
 			idle = append(idle, lf)
 		}
 	}
