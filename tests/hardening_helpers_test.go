@@ -306,16 +306,17 @@ func hardeningNoPanic(t testing.TB, p *netlab.Proc) {
 }
 
 // hardeningConfig is a transparent config (capture on gw's LAN interface, explicit ports off,
-// sniffing off, the admin endpoint on) with upstream "main" at upstreamURL; extra is appended.
-func hardeningConfig(upstreamURL, extra string) string {
+// sniffing off, the admin endpoint on) with upstream "main" at upstreamURL; transparent is added
+// to the transparent section (", udp: true"), extra appended.
+func hardeningConfig(upstreamURL, transparent, extra string) string {
 	return fmt.Sprintf(`log: {level: debug}
 lan: {interfaces: [%s]}
 listen: {http: [], socks: []}
-transparent: {sniff: {enabled: false}}
+transparent: {sniff: {enabled: false}%s}
 admin: %s
 upstreams:
   - {name: main, url: %q}
-%s`, netlab.GWLANIf, hardeningAdmin, upstreamURL, extra)
+%s`, netlab.GWLANIf, transparent, hardeningAdmin, upstreamURL, extra)
 }
 
 // hardeningCurlTimed runs curl in ns and returns how long it took.
