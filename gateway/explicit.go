@@ -413,7 +413,7 @@ type explicitUDP struct {
 
 func (u *explicitUDP) Send(ctx context.Context, payload []byte, t socksserver.Target) error {
 	f := Flow{Network: "udp", Src: u.src, Dst: t.Addr, Host: t.Host, Port: t.Port, Inbound: InboundSOCKS}
-	d := u.g.Router.Route(ctx, f)
+	d := u.g.router().Route(ctx, f)
 	err := u.send(f, d, payload)
 	u.mu.Lock()
 	u.rule = d.Rule

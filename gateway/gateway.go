@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -32,7 +33,8 @@ type Gateway struct {
 	MaxPerSrc   int           // concurrent TCP flows per source address. 0: no bound
 	Stats       Stats         // counters for the admin endpoint (stats.go); the zero value counts
 
-	upstreams map[string]Upstream // by name, groups included (for health reporting)
+	health   atomic.Pointer[groupHealth] // upstreams in force, for health reporting
+	reloaded atomic.Pointer[routerBox]   // the router of the last reload, replacing Router
 
 	mu       sync.Mutex
 	flows    map[*liveFlow]struct{}
@@ -61,7 +63,7 @@ type liveFlow struct {
 // Dial routes f and connects to its destination the way the decision says. It returns the
 // decision too, so the caller can log which rule and upstream were used even on failure.
 func (g *Gateway) Dial(ctx context.Context, f Flow) (net.Conn, Decision, error) {
-	d := g.Router.Route(ctx, f)
+	d := g.router().Route(ctx, f)
 	if d.Action == ActionBlock {
 		return nil, d, ErrBlocked
 	}
@@ -229,3 +231,17 @@ func (g *Gateway) Refusals() map[string]uint64 {
 	}
 	return out
 }
+
+type routerBox struct{ Router }
+
+// router is the router in force: Router, or the one the last reload installed.
+func (g *Gateway) router() Router {
+	if b := g.reloaded.Load(); b != nil {
+		return b.Router
+	}
+	return g.Router
+}
+
+// SetRouter switches the router for every flow routed from now on; live flows keep the
+// decision they were made with.
+func (g *Gateway) SetRouter(r Router) { g.reloaded.Store(&routerBox{r}) }

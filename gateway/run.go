@@ -1,7 +1,9 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -20,16 +22,13 @@ import (
 // Run serves cfg until ctx is cancelled: it opens the listeners, installs the kernel rules, and
 // on cancellation closes the listeners, lets live flows finish for the grace period, removes
 // the rules and returns. A failure to start (a port in use, rules refused) is returned at once,
-// with whatever was already set up undone.
-func Run(ctx context.Context, cfg *configs.Config, log *logrus.Logger) (err error) {
+// with whatever was already set up undone. Every config received from reload is applied
+// without dropping live flows (see runtime.reload); reload may be nil.
+func Run(ctx context.Context, cfg *configs.Config, log *logrus.Logger, reload <-chan *configs.Config) (err error) {
 	nofile := raiseFileLimit(log)
-	mark := redirect.MarkControl(cfg.Mark)
-	ups, stopHealth, err := NewUpstreams(cfg, mark, logrus.NewEntry(log))
-	if err != nil {
-		return err
-	}
-	defer stopHealth()
-	router, err := NewRouter(cfg, ups)
+	rt := &running{log: log, cfg: cfg, mark: redirect.MarkControl(cfg.Mark)}
+	defer rt.stopHealth()
+	router, err := rt.buildRouting(cfg)
 	if err != nil {
 		return err
 	}
@@ -40,10 +39,11 @@ func Run(ctx context.Context, cfg *configs.Config, log *logrus.Logger) (err erro
 		Idle:        time.Duration(cfg.Timeouts.Idle),
 		Sniff:       NewSniffing(cfg.Transparent.Sniff),
 		Relay:       cfg.Relay,
-		upstreams:   ups,
 		MaxFlows:    cfg.Limits.MaxFlows,
 		MaxPerSrc:   cfg.Limits.MaxFlowsPerSource,
 	}
+	rt.g = g
+	g.health.Store(&groupHealth{cfg: cfg, ups: rt.ups})
 	if g.MaxFlows == 0 && nofile > 0 {
 		// Each relayed flow holds two descriptors; keep some for listeners, UDP and the admin
 		// endpoint, so the bound is met before accept(2) ever sees EMFILE.
@@ -53,41 +53,20 @@ func Run(ctx context.Context, cfg *configs.Config, log *logrus.Logger) (err erro
 
 	flowCtx, cancelFlows := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelFlows()
-	var listeners []net.Listener
-	var closers []io.Closer
-	var serving sync.WaitGroup
-	defer func() {
-		for _, ln := range listeners {
-			ln.Close()
-		}
-		for _, c := range closers {
-			c.Close()
-		}
-		serving.Wait()
-	}()
+	rt.flowCtx = flowCtx
+	defer rt.closeInbounds()
 
-	var rules *redirect.Ruleset
 	if len(cfg.LAN.Interfaces) > 0 {
-		ln, err := net.Listen("tcp", net.JoinHostPort("::", strconv.Itoa(int(cfg.Transparent.TCPPort))))
-		if err != nil {
-			return fmt.Errorf("transparent TCP listener: %w", err)
-		}
-		listeners = append(listeners, ln)
-		serving.Go(func() {
-			if err := g.ServeRedirect(flowCtx, ln); err != nil {
-				log.WithError(err).Error("transparent TCP listener stopped")
-			}
-		})
-		spec, err := ruleSpec(cfg)
-		if err != nil {
+		if err := rt.startTransparentTCP(cfg); err != nil {
 			return err
 		}
-		rules, err = redirect.Apply(spec)
+		spec := rt.ruleSpec(cfg)
+		rt.rules, err = redirect.Apply(spec)
 		if err != nil {
 			return fmt.Errorf("install nftables rules: %w", err)
 		}
 		defer func() {
-			if cerr := rules.Close(); cerr != nil {
+			if cerr := rt.rules.Close(); cerr != nil {
 				log.WithError(cerr).Error("remove nftables rules")
 				err = errors.Join(err, cerr)
 			} else {
@@ -96,40 +75,35 @@ func Run(ctx context.Context, cfg *configs.Config, log *logrus.Logger) (err erro
 		}()
 		log.WithFields(logrus.Fields{
 			"interfaces": cfg.LAN.Interfaces, "tcp_port": cfg.Transparent.TCPPort,
-			"on_crash": cfg.OnCrash, "bypass": len(spec.Bypass),
+			"tcp_mode": spec.TCPMode, "on_crash": cfg.OnCrash, "bypass": len(spec.Bypass),
 		}).Info("transparent capture on")
 	} else {
 		log.Info("lan.interfaces is empty: no transparent capture, explicit ports only")
 	}
 
-	// The other inbounds, each in its own file: explicit HTTP/SOCKS ports and transparent UDP.
-	// Each returns what Run must close at shutdown (listeners first, so no new flow starts).
-	for _, start := range []func(context.Context, *configs.Config, *logrus.Logger) ([]io.Closer, error){
-		g.startExplicit,
-		g.startUDP,
-		g.startAdmin, // the admin endpoint when cfg.Admin is set (stats_admin.go)
-	} {
-		cs, err := start(flowCtx, cfg, log)
-		for _, c := range cs {
-			closers = append(closers, c)
-		}
-		if err != nil {
+	// The other inbounds, each in its own file: explicit HTTP/SOCKS ports, transparent UDP and
+	// the admin endpoint. Each returns what must be closed at shutdown (or when a reload
+	// replaces it).
+	for _, kind := range []string{inboundExplicit, inboundUDP, inboundAdmin} {
+		if err := rt.startInbound(kind, cfg); err != nil {
 			return err
 		}
 	}
 
 	go g.RunIdleSweeper(flowCtx)
 	log.WithField("upstreams", len(cfg.Upstreams)).Info("socksgate ready")
-	<-ctx.Done()
+	for done := false; !done; {
+		select {
+		case <-ctx.Done():
+			done = true
+		case next := <-reload:
+			rt.reload(next)
+		}
+	}
 
 	log.Info("shutting down")
-	for _, ln := range listeners {
-		ln.Close()
-	}
-	for _, c := range closers {
-		c.Close()
-	}
-	graceCtx, cancel := context.WithTimeout(context.Background(), time.Duration(cfg.Timeouts.Grace))
+	rt.closeInbounds()
+	graceCtx, cancel := context.WithTimeout(context.Background(), time.Duration(rt.cfg.Timeouts.Grace))
 	defer cancel()
 	if cut := g.Shutdown(graceCtx); cut > 0 {
 		log.WithField("flows", cut).Warn("grace period over: closed live flows")
@@ -138,14 +112,225 @@ func Run(ctx context.Context, cfg *configs.Config, log *logrus.Logger) (err erro
 	return nil
 }
 
+// The inbounds a reload can replace one by one.
+const (
+	inboundTCP      = "transparent tcp"
+	inboundExplicit = "explicit"
+	inboundUDP      = "transparent udp"
+	inboundAdmin    = "admin"
+)
+
+// running is what Run holds while serving: the config in force, the upstreams and their health
+// checks, the kernel rules and the open inbounds.
+type running struct {
+	log      *logrus.Logger
+	g        *Gateway
+	cfg      *configs.Config
+	mark     Control
+	ups      map[string]Upstream
+	stopUps  func()
+	rules    *redirect.Ruleset
+	flowCtx  context.Context
+	inbounds map[string][]io.Closer
+	serving  sync.WaitGroup
+}
+
+// buildRouting builds the upstreams (starting their health checks) and the router of cfg. On
+// success the previous upstreams' health checks are stopped: flows already dialed keep their
+// connections, new flows use the new upstreams.
+func (rt *running) buildRouting(cfg *configs.Config) (Router, error) {
+	ups, stop, err := NewUpstreams(cfg, rt.mark, logrus.NewEntry(rt.log))
+	if err != nil {
+		return nil, err
+	}
+	router, err := NewRouter(cfg, ups)
+	if err != nil {
+		stop()
+		return nil, err
+	}
+	rt.stopHealth()
+	rt.ups, rt.stopUps = ups, stop
+	return router, nil
+}
+
+func (rt *running) stopHealth() {
+	if rt.stopUps != nil {
+		rt.stopUps()
+		rt.stopUps = nil
+	}
+}
+
+// startTransparentTCP opens the listener captured TCP is delivered to: a plain one for
+// REDIRECT (the original destination comes from conntrack), a transparent one for TPROXY (the
+// original destination is the accepted socket's own local address).
+func (rt *running) startTransparentTCP(cfg *configs.Config) error {
+	addr := net.JoinHostPort("::", strconv.Itoa(int(cfg.Transparent.TCPPort)))
+	var lc net.ListenConfig
+	serve := rt.g.ServeRedirect
+	if cfg.Transparent.TCPMode == configs.TCPModeTProxy {
+		lc.Control = transparentControl
+		serve = rt.g.ServeTProxy
+	}
+	ln, err := lc.Listen(context.Background(), "tcp", addr)
+	if err != nil {
+		return fmt.Errorf("transparent TCP listener: %w", err)
+	}
+	rt.addInbound(inboundTCP, ln)
+	rt.serving.Go(func() {
+		if err := serve(rt.flowCtx, ln); err != nil {
+			rt.log.WithError(err).Error("transparent TCP listener stopped")
+		}
+	})
+	return nil
+}
+
+func (rt *running) startInbound(kind string, cfg *configs.Config) error {
+	start := map[string]func(context.Context, *configs.Config, *logrus.Logger) ([]io.Closer, error){
+		inboundExplicit: rt.g.startExplicit,
+		inboundUDP:      rt.g.startUDP,
+		inboundAdmin:    rt.g.startAdmin, // stats_admin.go
+	}[kind]
+	cs, err := start(rt.flowCtx, cfg, rt.log)
+	rt.addInbound(kind, cs...)
+	return err
+}
+
+func (rt *running) addInbound(kind string, cs ...io.Closer) {
+	if rt.inbounds == nil {
+		rt.inbounds = map[string][]io.Closer{}
+	}
+	rt.inbounds[kind] = append(rt.inbounds[kind], cs...)
+}
+
+// closeInbound closes one inbound's listeners; flows it already handed on keep running.
+func (rt *running) closeInbound(kind string) {
+	for _, c := range rt.inbounds[kind] {
+		c.Close()
+	}
+	delete(rt.inbounds, kind)
+}
+
+func (rt *running) closeInbounds() {
+	for _, kind := range []string{inboundTCP, inboundExplicit, inboundUDP, inboundAdmin} {
+		rt.closeInbound(kind)
+	}
+	rt.serving.Wait()
+}
+
 // ruleSpec turns the config into the kernel rules' spec, adding the LAN interfaces' own
-// prefixes to the bypass set so that traffic between LAN hosts is never captured.
-func ruleSpec(cfg *configs.Config) (redirect.Spec, error) {
+// prefixes to the bypass set so that traffic between LAN hosts is never captured. A LAN
+// interface that does not exist yet (a bridge created later) is not an error: its name is
+// matched when it appears, and its prefixes are added at the next reload.
+func (rt *running) ruleSpec(cfg *configs.Config) redirect.Spec {
 	own, err := redirect.InterfacePrefixes(cfg.LAN.Interfaces)
 	if err != nil {
-		return redirect.Spec{}, fmt.Errorf("lan.interfaces: %w", err)
+		rt.log.WithError(err).Warn("lan.interfaces: own prefixes not found; only the configured bypass applies")
 	}
-	return SpecFromConfig(cfg, own), nil
+	return SpecFromConfig(cfg, own)
+}
+
+// reload applies next, a config that has already been validated. Live flows are never
+// dropped: the router and upstreams switch for new flows; the kernel table is replaced in one
+// batch; an inbound is reopened only when its own settings changed. Settings that only a
+// restart applies are named in a warning. If anything fails, what was running keeps running
+// where possible and the error is logged.
+func (rt *running) reload(next *configs.Config) {
+	log, old, g := rt.log, rt.cfg, rt.g
+	var changed, restart []string
+	note := func(what string, differs bool, list *[]string) {
+		if differs {
+			*list = append(*list, what)
+		}
+	}
+
+	router, err := rt.buildRouting(next)
+	if err != nil {
+		log.WithError(err).Error("reload refused: the running config stays in force")
+		return
+	}
+	g.SetRouter(router)
+	g.health.Store(&groupHealth{cfg: next, ups: rt.ups})
+	changed = append(changed, "upstreams, groups and rules")
+
+	if lvl, err := logrus.ParseLevel(next.Log.Level); err == nil && next.Log.Level != old.Log.Level {
+		log.SetLevel(lvl)
+		changed = append(changed, "log.level")
+	}
+
+	capture := len(next.LAN.Interfaces) > 0
+	switch {
+	case capture != (len(old.LAN.Interfaces) > 0):
+		restart = append(restart, "lan.interfaces (turning capture on or off)")
+	case capture:
+		if next.Transparent.TCPPort != old.Transparent.TCPPort || next.Transparent.TCPMode != old.Transparent.TCPMode {
+			// Open the new listener before the rules point at it; close the old one after.
+			oldTCP := rt.inbounds[inboundTCP]
+			delete(rt.inbounds, inboundTCP)
+			if err := rt.startTransparentTCP(next); err != nil {
+				log.WithError(err).Error("reload: transparent TCP listener; keeping the old one")
+				rt.inbounds[inboundTCP] = oldTCP
+				next.Transparent.TCPPort, next.Transparent.TCPMode = old.Transparent.TCPPort, old.Transparent.TCPMode
+			} else {
+				defer func() {
+					for _, c := range oldTCP {
+						c.Close()
+					}
+				}()
+				changed = append(changed, "transparent.tcp_port/tcp_mode")
+			}
+		}
+		if err := rt.rules.Replace(rt.ruleSpec(next)); err != nil {
+			log.WithError(err).Error("reload: replace nftables rules; the previous rules stay")
+		} else {
+			changed = append(changed, "kernel rules")
+		}
+	}
+
+	if !equalJSON(next.Listen, old.Listen) {
+		rt.closeInbound(inboundExplicit)
+		if err := rt.startInbound(inboundExplicit, next); err != nil {
+			log.WithError(err).Error("reload: explicit listeners")
+		}
+		changed = append(changed, "listen")
+	}
+	nt, ot := next.Transparent, old.Transparent
+	if nt.UDP != ot.UDP || nt.UDP && (nt.UDPPort != ot.UDPPort || nt.UDPIdle != ot.UDPIdle ||
+		nt.UDPMaxSessions != ot.UDPMaxSessions || nt.UDPOverTCPUpstream != ot.UDPOverTCPUpstream ||
+		nt.DNSOverTCP != ot.DNSOverTCP || capture != (len(old.LAN.Interfaces) > 0)) {
+		// UDP sessions live in the listener's table: reopening it ends them (clients retry).
+		rt.closeInbound(inboundUDP)
+		if err := rt.startInbound(inboundUDP, next); err != nil {
+			log.WithError(err).Error("reload: transparent UDP")
+		}
+		changed = append(changed, "transparent UDP")
+	}
+	if next.Admin != old.Admin {
+		rt.closeInbound(inboundAdmin)
+		if err := rt.startInbound(inboundAdmin, next); err != nil {
+			log.WithError(err).Error("reload: admin endpoint")
+		}
+		changed = append(changed, "admin")
+	}
+	note("mark", next.Mark != old.Mark, &restart)
+	note("relay", next.Relay != old.Relay, &restart)
+	note("timeouts", next.Timeouts != old.Timeouts, &restart)
+	note("limits", next.Limits != old.Limits, &restart)
+	note("log.format", next.Log.Format != old.Log.Format, &restart)
+	note("transparent.sniff", !equalJSON(next.Transparent.Sniff, old.Transparent.Sniff), &restart)
+
+	rt.cfg = next
+	e := log.WithField("applied", changed)
+	if len(restart) > 0 {
+		e = e.WithField("needs_restart", restart)
+	}
+	e.Info("config reloaded")
+}
+
+// equalJSON compares two config sections by value (they hold slices, so == does not apply).
+func equalJSON(a, b any) bool {
+	ja, err1 := json.Marshal(a)
+	jb, err2 := json.Marshal(b)
+	return err1 == nil && err2 == nil && bytes.Equal(ja, jb)
 }
 
 // SpecFromConfig is the kernel rules' spec for cfg, with extra bypass prefixes (the LAN's own,

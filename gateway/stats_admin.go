@@ -74,6 +74,16 @@ func (h groupHealth) UpstreamStates() []UpstreamState {
 	return out
 }
 
+// liveHealth reports the upstreams in force, following reloads.
+type liveHealth struct{ g *Gateway }
+
+func (h liveHealth) UpstreamStates() []UpstreamState {
+	if gh := h.g.health.Load(); gh != nil {
+		return gh.UpstreamStates()
+	}
+	return nil
+}
+
 type staticHealth []UpstreamState
 
 func (s staticHealth) UpstreamStates() []UpstreamState { return s }
@@ -126,7 +136,7 @@ func (g *Gateway) startAdmin(ctx context.Context, cfg *configs.Config, log *logr
 	}
 	health, ok := g.Router.(HealthReporter)
 	if !ok {
-		health = groupHealth{cfg: cfg, ups: g.upstreams}
+		health = liveHealth{g}
 	}
 	srv, err := admin.Listen(cfg.Admin, AdminSource{G: g, Health: health}, BuildVersion)
 	if err != nil {

@@ -30,6 +30,7 @@ func (g *Gateway) ServeRedirect(ctx context.Context, ln net.Listener) error {
 		f := Flow{Network: "tcp", Src: src, Dst: dst, Inbound: InboundRedirect}
 		if err != nil {
 			c.Close()
+			g.Stats.Refuse("loop")
 			g.logFlow(f, Decision{Action: ActionBlock, Rule: "-"}, 0, 0, 0, err)
 			return
 		}

@@ -105,7 +105,7 @@ type udpInbound struct {
 // route asks the Router about one destination of a session. It runs on the listener's
 // goroutine; the Router is pure computation.
 func (u *udpInbound) route(src, dst netip.AddrPort) nat.UDPRoute {
-	d := u.g.Router.Route(context.Background(), Flow{Network: "udp", Src: src, Dst: dst, Inbound: InboundTProxy})
+	d := u.g.router().Route(context.Background(), Flow{Network: "udp", Src: src, Dst: dst, Inbound: InboundTProxy})
 	switch {
 	case d.Action == ActionBlock:
 		return nat.UDPRoute{Drop: ErrBlocked, Tag: d}

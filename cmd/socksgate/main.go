@@ -6,6 +6,7 @@
 //	socksgate check    -c FILE    validate a config; non-zero exit with the error list
 //	socksgate rules   [-c FILE]   print the nftables rules it would install, without root
 //	socksgate status  [-a ADDR]   live flows and upstream health from the admin endpoint
+//	socksgate reload  [-p PID]    make the running socksgate re-read its config (SIGHUP)
 //	socksgate version
 package main
 
@@ -17,6 +18,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"strings"
 	"syscall"
 
 	"github.com/sirupsen/logrus"
@@ -36,6 +38,7 @@ commands:
   check    -c FILE    validate a config file and print its warnings
   rules   [-c FILE]   print the nftables rules and policy routing it would install
   status  [-a ADDR]   show live flows and upstream health (needs admin: in the config)
+  reload  [-p PID]    make a running socksgate re-read its config (SIGHUP)
   version             print the version
 `
 
@@ -56,6 +59,8 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 	case "run", "check", "rules":
 	case "status":
 		return statusMain(args, stdout, stderr)
+	case "reload":
+		return reloadMain(args, stdout, stderr)
 	case "version", "-version", "--version":
 		fmt.Fprintln(stdout, "socksgate", versionString())
 		return 0
@@ -120,12 +125,51 @@ func run(cfg *configs.Config, path string, stderr io.Writer) int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := gateway.Run(ctx, cfg, log); err != nil {
+	reload := make(chan *configs.Config)
+	go watchReload(ctx, log, path, reload)
+	if err := gateway.Run(ctx, cfg, log, reload); err != nil {
 		log.WithError(err).Error("socksgate stopped")
 		return 1
 	}
 	log.Info("stopped")
 	return 0
+}
+
+// watchReload re-reads the config file on each SIGHUP and hands a valid one to the gateway. An
+// invalid one is refused with its whole error list, and the running config stays in force.
+func watchReload(ctx context.Context, log *logrus.Logger, path string, reload chan<- *configs.Config) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+		}
+		if path == "" {
+			log.Warn("SIGHUP: running the embedded default config, nothing to re-read")
+			continue
+		}
+		cfg, err := configs.Load(path)
+		if err != nil {
+			log.WithField("config", path).Error("reload refused, the running config stays in force")
+			for _, line := range strings.Split(err.Error(), "\n") {
+				log.Error("config: " + line)
+			}
+			continue
+		}
+		for _, w := range cfg.Warnings() {
+			log.Warn("config: " + w)
+		}
+		warnReadableSecrets(log, cfg, path)
+		log.WithField("config", path).Info("reloading")
+		select {
+		case reload <- cfg:
+		case <-ctx.Done():
+			return
+		}
+	}
 }
 
 func newLogger(cfg *configs.Config, out io.Writer) *logrus.Logger {

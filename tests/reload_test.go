@@ -1,0 +1,124 @@
+package tests
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/socksgate/socksgate/tests/netlab"
+)
+
+// reloadEchoServer echoes lines on wan port 7000.
+func reloadEchoServer(t *testing.T, tp *netlab.Topology) {
+	ln := tp.WAN.Listen("tcp", "[::]:7000")
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(c, c); c.Close() }()
+		}
+	}()
+}
+
+func reloadEcho(t *testing.T, c net.Conn, r *bufio.Reader, msg string) {
+	t.Helper()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(c, msg+"\n"); err != nil {
+		t.Fatalf("write on the live flow: %v", err)
+	}
+	line, err := r.ReadString('\n')
+	if err != nil || line != msg+"\n" {
+		t.Fatalf("echo on the live flow: %q, %v", line, err)
+	}
+}
+
+// SIGHUP applies a new config without dropping live flows: new rules hold for new flows, the
+// kernel table is replaced (still one), a changed capture port moves; an invalid config is
+// refused with its errors and the running one stays in force.
+func TestReloadKeepsLiveFlowsAndAppliesNewRules(t *testing.T) {
+	tp := netlab.NewTopology(t)
+	serveWeb(t, tp)
+	reloadEchoServer(t, tp)
+	startMicrosocks(t, tp, "", "")
+	base := gatewayConfig("socks5://"+netlab.Proxy4+":1080", "")
+	cfgPath := writeFile(t, "socksgate.yaml", base)
+	gw := tp.GW.Start(socksgateBin, "run", "-c", cfgPath)
+	if !gw.WaitOutput("socksgate ready", 15*time.Second) {
+		t.Fatalf("not ready:\n%s", gw.Output())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	live, err := tp.LAN.Dial(ctx, "tcp", net.JoinHostPort(netlab.WAN4, "7000"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer live.Close()
+	lr := bufio.NewReader(live)
+	reloadEcho(t, live, lr, "before")
+
+	reloadWith := func(yaml, wait string) {
+		t.Helper()
+		if err := os.WriteFile(cfgPath, []byte(yaml), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		n := strings.Count(gw.Output(), wait)
+		gw.Signal(syscall.SIGHUP)
+		if !waitFor(10*time.Second, func() bool { return strings.Count(gw.Output(), wait) > n }) {
+			t.Fatalf("no %q after SIGHUP:\n%s", wait, gw.Output())
+		}
+	}
+
+	// New rules: web traffic to WAN4 is blocked from now on.
+	reloadWith(base+"rules:\n  - {name: no-web4, dst: ["+netlab.WAN4+"/32], dst_ports: [80], action: block}\n  - {action: proxy, upstream: main}\n", "config reloaded")
+	reloadEcho(t, live, lr, "after rules reload")
+	if out, err := curl(tp.LAN, "--max-time", "5", urlFor(netlab.WAN4, "/")); err == nil {
+		t.Fatalf("a rule added by reload did not block: %q", out)
+	}
+	if out, err := curl(tp.LAN, urlFor(netlab.WAN6, "/")); err != nil || out != pageBody {
+		t.Fatalf("curl after reload: %v: %q", err, out)
+	}
+	if !strings.Contains(gw.Output(), `rule=no-web4`) {
+		t.Fatalf("the blocked flow's log line does not name the new rule:\n%s", gw.Output())
+	}
+
+	// An invalid config is refused, with its error list, and changes nothing.
+	reloadWith(base+"rules:\n  - {action: proxy, upstream: nowhere}\n", "reload refused")
+	if !strings.Contains(gw.Output(), `no upstream or group named`) {
+		t.Fatalf("the refusal does not carry the validation error:\n%s", gw.Output())
+	}
+	if out, err := curl(tp.LAN, "--max-time", "5", urlFor(netlab.WAN4, "/")); err == nil {
+		t.Fatalf("the refused config replaced the running rules: %q", out)
+	}
+	reloadEcho(t, live, lr, "after refused reload")
+
+	// The capture port moves: new listener, rules replaced in one batch, still one table.
+	moved := strings.Replace(base, "lan:", "transparent: {tcp_port: 12399}\nlan:", 1)
+	reloadWith(moved, "config reloaded")
+	rules := tp.GW.MustRun("nft", "list", "table", "inet", "socksgate")
+	if strings.Count(rules, "redirect to :12399") != 1 || strings.Contains(rules, ":12345") {
+		t.Fatalf("rules after moving the port:\n%s", rules)
+	}
+	if got := countLines(nftTables(t, tp.GW), "socksgate"); got != 1 {
+		t.Fatalf("%d socksgate tables after reloads", got)
+	}
+	if out, err := curl(tp.LAN, urlFor(netlab.WAN4, "/")); err != nil || out != pageBody {
+		t.Fatalf("curl through the moved port: %v: %q", err, out)
+	}
+	reloadEcho(t, live, lr, "after port move")
+
+	gw.Signal(syscall.SIGTERM)
+	if exited, err := gw.Wait(10 * time.Second); !exited || err != nil {
+		t.Fatalf("exit after reloads: %v %v\n%s", exited, err, gw.Output())
+	}
+	if strings.Contains(nftTables(t, tp.GW), "socksgate") {
+		t.Fatal("table left after SIGTERM")
+	}
+}
