@@ -2,7 +2,6 @@ package tests
 
 import (
 	"fmt"
-	"os"
 	"net"
 	"strings"
 	"sync"
@@ -328,11 +327,6 @@ func TestHardeningUpstreamBlackholeTimesOut(t *testing.T) {
 		t.Errorf("a new flow through the blackholed upstream: err %v after %v; the dial timeout is 3s", err, took)
 	}
 
-	if os.Getenv("HARDENING_DEBUG") != "" {
-		time.Sleep(4 * time.Second)
-		out, _ := tp.GW.Run("ss", "-tinp", "dst", netlab.Proxy4)
-		t.Logf("DEBUG ss:\n%s", out)
-	}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	slowest := map[string]time.Duration{}

@@ -241,6 +241,15 @@ func hardeningDialMany(ns *netlab.NS, addr, local string, n int) ([]net.Conn, er
 // hardeningEchoCheck writes a payload unique to (tag, i) on each connection and reads it back,
 // with bounded concurrency; it returns how many failed and the first failure.
 func hardeningEchoCheck(conns []net.Conn, tag string) (failed int, first error) {
+	return hardeningEcho2(conns, tag, 20*time.Second)
+}
+
+// hardeningEchoCheckWithin is hardeningEchoCheck with a bound on each exchange.
+func hardeningEchoCheckWithin(conns []net.Conn, within time.Duration) (failed int, first error) {
+	return hardeningEcho2(conns, "within", within)
+}
+
+func hardeningEcho2(conns []net.Conn, tag string, within time.Duration) (failed int, first error) {
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 256)
@@ -251,7 +260,7 @@ func hardeningEchoCheck(conns []net.Conn, tag string) (failed int, first error) 
 			defer wg.Done()
 			defer func() { <-sem }()
 			msg := fmt.Sprintf("%s-%d;", tag, i)
-			c.SetDeadline(time.Now().Add(20 * time.Second))
+			c.SetDeadline(time.Now().Add(within))
 			defer c.SetDeadline(time.Time{})
 			got := make([]byte, len(msg))
 			_, err := c.Write([]byte(msg))
