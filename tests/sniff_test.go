@@ -81,7 +81,7 @@ func TestSniffRoutesByNameThroughDante(t *testing.T) {
 	gw := startSocksgate(t, tp.GW, gatewayConfig("socks5://"+netlab.Proxy4+":1080", `rules:
   - {name: by-name, domain: [name.test, web.test], upstream: main}
   - {name: catchall, action: block}
-transparent: {sniff: {enabled: true, ports: [80, 443], timeout: 300ms}}
+transparent: {sniff: {enabled: true, ports: [80, 443], timeout: 3s}}
 `))
 
 	t.Run("TLS SNI", func(t *testing.T) {
