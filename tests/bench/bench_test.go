@@ -6,7 +6,8 @@
 //
 // Knobs: BENCH_RELAYS=splice,buffered adds socksgate contenders with those relay modes;
 // BENCH_ONLY=substr keeps the contenders whose name contains substr (plus the baselines);
-// BENCH_ROUNDS, BENCH_IDLE=2000,9000 override the defaults.
+// BENCH_ROUNDS, BENCH_IDLE=2000,9000 override the defaults; BENCH_PARTS=idle measures only the
+// idle connections.
 package bench
 
 import (
@@ -147,7 +148,11 @@ func TestBench(t *testing.T) {
 		all[c.name] = &results{tput: map[string][]float64{}, idle: map[int]idleResult{}}
 	}
 	began := time.Now()
-	for round := range p.rounds {
+	rounds := p.rounds
+	if os.Getenv("BENCH_PARTS") == "idle" {
+		rounds = 0
+	}
+	for round := range rounds {
 		for _, c := range contenders {
 			check()
 			t.Logf("round %d: %s", round+1, c.name)
@@ -269,7 +274,14 @@ rules:
 			p := tp.GW.Start(bin, "run", "-c", writeFile(t, "socksgate.yaml", cfg))
 			tp.GW.WaitListening("127.0.0.1:12345", 10*time.Second)
 			waitRules(t, tp)
-			return procPid(p, "socksgate"), func() { stopGently(p); tp.GW.Run("nft", "delete", "table", "inet", "socksgate") }
+			return procPid(p, "socksgate"), func() {
+				stopGently(p)
+				tp.GW.Run("nft", "delete", "table", "inet", "socksgate")
+				if os.Getenv("BENCH_DEBUG") != "" {
+					out := strings.Split(p.Output(), "\n")
+					t.Logf("socksgate output (%d lines), last ones:\n%s", len(out), strings.Join(out[max(0, len(out)-8):], "\n"))
+				}
+			}
 		}
 	}
 	cs := []contender{

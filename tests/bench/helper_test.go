@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/socksgate/socksgate/socksclient"
+	"github.com/socksgate/socksgate/tests/netlab"
 )
 
 // The bench test binary doubles as the load generator run inside the lan namespace: TestMain
@@ -54,7 +55,9 @@ func helperDialer(socksURL string) (dialFunc, error) {
 	return d.DialContext, nil
 }
 
-const loadRequest = "GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+// The Host is the server's address: socksgate sniffs it and sends it to the upstream as the
+// destination, and dante must be able to reach it.
+const loadRequest = "GET / HTTP/1.1\r\nHost: " + netlab.WAN4 + "\r\nConnection: close\r\n\r\n"
 
 // helperLoad runs CONCURRENCY clients, each doing connect + request + read-to-close in a loop
 // for SECONDS, and prints the flow count and latency percentiles (connect included).
