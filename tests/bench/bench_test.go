@@ -6,7 +6,7 @@
 //
 // Knobs: BENCH_RELAYS=splice,buffered adds socksgate contenders with those relay modes;
 // BENCH_ONLY=substr keeps the contenders whose name contains substr (plus the baselines);
-// BENCH_ROUNDS, BENCH_IDLE=2000,9000 override the defaults; BENCH_PARTS=idle measures only the
+// BENCH_SOCKSGATE=path uses a prebuilt binary; BENCH_ROUNDS, BENCH_IDLE=2000,9000 override the defaults; BENCH_PARTS=idle measures only the
 // idle connections.
 package bench
 
@@ -198,8 +198,11 @@ func TestBench(t *testing.T) {
 	t.Logf("saved %s", path)
 }
 
-// buildSocksgate builds the daemon as shipped (no race detector).
+// buildSocksgate builds the daemon as shipped (no race detector), or takes BENCH_SOCKSGATE.
 func buildSocksgate(t *testing.T) string {
+	if p := os.Getenv("BENCH_SOCKSGATE"); p != "" {
+		return p
+	}
 	bin := filepath.Join(t.TempDir(), "socksgate")
 	out, err := exec.Command("go", "build", "-trimpath", "-o", bin, "../../cmd/socksgate").CombinedOutput()
 	if err != nil {
