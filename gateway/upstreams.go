@@ -124,7 +124,7 @@ func newUpstream(c *configs.Upstream, below Upstream, direct Direct) (Upstream, 
 			configs.SchemeSOCKS5: socksclient.SOCKS5, configs.SchemeSOCKS5H: socksclient.SOCKS5,
 			configs.SchemeSOCKS4: socksclient.SOCKS4, configs.SchemeSOCKS4A: socksclient.SOCKS4A,
 		}[u.Scheme]
-		return &socksUpstream{&socksclient.Dialer{
+		return &socksUpstream{viaChain: c.Via != "", d: &socksclient.Dialer{
 			Version:   v,
 			Address:   u.Host,
 			Username:  user,
@@ -137,7 +137,10 @@ func newUpstream(c *configs.Upstream, below Upstream, direct Direct) (Upstream, 
 }
 
 // socksUpstream adapts socksclient.Dialer to Upstream.
-type socksUpstream struct{ d *socksclient.Dialer }
+type socksUpstream struct {
+	d        *socksclient.Dialer
+	viaChain bool // reached through another upstream: no UDP
+}
 
 func (s *socksUpstream) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
 	return s.d.DialContext(ctx, network, address)
@@ -146,6 +149,10 @@ func (s *socksUpstream) DialContext(ctx context.Context, network, address string
 func (s *socksUpstream) ListenPacket(ctx context.Context) (net.PacketConn, error) {
 	if s.d.Version != socksclient.SOCKS5 {
 		return nil, fmt.Errorf("%s: %w", s.d, ErrUDPUnsupported)
+	}
+	if s.viaChain {
+		// The association's datagrams would go straight to the relay, around the chain.
+		return nil, fmt.Errorf("%s reached via another upstream: %w", s.d, ErrUDPUnsupported)
 	}
 	return s.d.ListenPacket(ctx)
 }
