@@ -31,6 +31,7 @@ type Gateway struct {
 	Relay       string        // TCP relay mode: RelayAuto ("" too), RelaySplice, RelayBuffered, RelayKernel
 	MaxFlows    int           // concurrent TCP flows; beyond it new flows are refused at once. 0: no bound
 	MaxPerSrc   int           // concurrent TCP flows per source address. 0: no bound
+	UDPFallback Upstream      // UDP routed to an upstream without UDP goes here; nil: dropped
 	Stats       Stats         // counters for the admin endpoint (stats.go); the zero value counts
 
 	health   atomic.Pointer[groupHealth] // upstreams in force, for health reporting

@@ -43,6 +43,9 @@ func Run(ctx context.Context, cfg *configs.Config, log *logrus.Logger, reload <-
 		MaxPerSrc:   cfg.Limits.MaxFlowsPerSource,
 	}
 	rt.g = g
+	if cfg.Transparent.UDPOverTCPUpstream == configs.UDPDirect {
+		g.UDPFallback = Direct{Control: rt.mark}
+	}
 	g.health.Store(&groupHealth{cfg: cfg, ups: rt.ups})
 	if g.MaxFlows == 0 && nofile > 0 {
 		// Each relayed flow holds two descriptors; keep some for listeners, UDP and the admin
