@@ -200,18 +200,23 @@ type Response struct {
 func ReadResponse(r io.Reader) (Response, []byte, error) {
 	buf := make([]byte, 0, 2048)
 	consumed := 0 // start of the current response inside buf
+	scanned := 0  // how much of buf[consumed:] is known to hold no header end
 	for {
-		if end := headerEnd(buf[consumed:]); end >= 0 {
+		if end := headerEnd(buf[consumed:], scanned); end >= 0 {
 			resp, err := parseHeader(buf[consumed : consumed+end])
 			if err != nil {
 				return Response{}, nil, err
 			}
 			consumed += end
+			scanned = 0
 			if resp.Code/100 == 1 && resp.Code != http.StatusSwitchingProtocols {
 				continue // interim response: the final one follows
 			}
 			return resp, bytes.Clone(buf[consumed:]), nil
 		}
+		// A header end needs up to two bytes after a newline: rescan only those next time, so a
+		// proxy trickling its header a byte at a time costs linear, not quadratic, work.
+		scanned = max(len(buf)-consumed-2, 0)
 		if len(buf) >= MaxResponseHeader {
 			return Response{}, nil, ErrResponseTooLarge
 		}
@@ -222,7 +227,7 @@ func ReadResponse(r io.Reader) (Response, []byte, error) {
 		}
 		n, err := r.Read(buf[len(buf):cap(buf)])
 		buf = buf[:len(buf)+n]
-		if err != nil && headerEnd(buf[consumed:]) < 0 {
+		if err != nil && headerEnd(buf[consumed:], scanned) < 0 {
 			switch {
 			case errors.Is(err, io.EOF) && len(buf) == 0:
 				return Response{}, nil, fmt.Errorf("read response: proxy closed the connection: %w", io.ErrUnexpectedEOF)
@@ -235,9 +240,10 @@ func ReadResponse(r io.Reader) (Response, []byte, error) {
 }
 
 // headerEnd returns the length of the header at the start of b including its blank line, or -1
-// when b does not hold a whole header yet. Lines may end in CRLF or a bare LF.
-func headerEnd(b []byte) int {
-	for i := 0; i < len(b); i++ {
+// when b does not hold a whole header yet; the search starts at from (b[:from] holds no header
+// end). Lines may end in CRLF or a bare LF.
+func headerEnd(b []byte, from int) int {
+	for i := from; i < len(b); i++ {
 		if b[i] != '\n' {
 			continue
 		}

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"testing/iotest"
 	"time"
 )
 
@@ -310,4 +311,31 @@ func FuzzReadResponse(f *testing.F) {
 		}
 		t.Fatalf("rest %q does not follow a header end", rest)
 	})
+}
+
+// A response trickled one byte per read parses exactly as one read in full (the header-end
+// search resumes where it stopped), and a 16 KiB endless header trickled that way is refused.
+func TestReadResponseByteAtATime(t *testing.T) {
+	for _, in := range []string{
+		"HTTP/1.1 200 Connection established\r\n\r\n",
+		"HTTP/1.0 200 OK\r\nProxy-Agent: x\r\n\r\nearly bytes",
+		"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm=\"r\"\r\n\r\n",
+		"HTTP/1.1 403 Forbidden\n\n",
+		"HTTP/1.1 200 OK\n\r\nrest",
+		"HTTP/1.1 200 OK\r\nX: y\r\n",
+	} {
+		want, wantRest, wantErr := ReadResponse(strings.NewReader(in))
+		got, gotRest, gotErr := ReadResponse(iotest.OneByteReader(strings.NewReader(in)))
+		if got != want || (gotErr == nil) != (wantErr == nil) {
+			t.Errorf("%q: byte at a time %+v %v, at once %+v %v", in, got, gotErr, want, wantErr)
+		}
+		// Read one byte at a time, the rest past the header is what the last read brought.
+		if wantErr == nil && !strings.HasPrefix(string(wantRest), string(gotRest)) {
+			t.Errorf("%q: rest %q, at once %q", in, gotRest, wantRest)
+		}
+	}
+	endless := "HTTP/1.1 200 OK\r\n" + strings.Repeat("X-Pad: aaaaaaaaaa\r\n", 2000)
+	if _, _, err := ReadResponse(iotest.OneByteReader(strings.NewReader(endless))); !errors.Is(err, ErrResponseTooLarge) {
+		t.Fatalf("endless header: %v, want ErrResponseTooLarge", err)
+	}
 }
