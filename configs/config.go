@@ -251,10 +251,12 @@ type Rule struct {
 
 // Timeouts bound the stages of a flow and the shutdown.
 type Timeouts struct {
-	// Dial bounds connecting to an upstream or destination. Default 10s.
+	// Dial bounds reaching a destination: connecting to the upstream (every
+	// hop of a chain) and its proxy handshake, or a direct connect. Default 10s.
 	Dial Duration `yaml:"dial"`
-	// Handshake bounds each protocol handshake: the client's on the explicit
-	// ports (including reading HTTP headers) and the upstream's. Default 10s.
+	// Handshake bounds the client's protocol handshake on the explicit ports
+	// (including reading HTTP headers). An upstream's handshake is part of its
+	// dial and bounded by Dial. Default 10s.
 	Handshake Duration `yaml:"handshake"`
 	// Idle closes a TCP flow with no traffic in either direction for this
 	// long. Default 2h; 0 disables.

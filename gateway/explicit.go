@@ -113,7 +113,7 @@ func (g *Gateway) startExplicit(ctx context.Context, cfg *configs.Config, log *l
 				guard.add(addrPort(ln.Addr()))
 				log.WithFields(logrus.Fields{"kind": kind.name, "addr": ln.Addr().String()}).Info("explicit proxy listening")
 				go func() {
-					if err := serveAccept(ctx, ln, kind.serve); err != nil {
+					if err := g.serveAccept(ctx, ln, kind.serve); err != nil {
 						log.WithError(err).WithField("addr", ln.Addr().String()).Error("explicit listener stopped")
 					}
 				}()

@@ -11,7 +11,7 @@ import (
 // a transparent listener: the accepted socket's own local address is the original destination.
 func (g *Gateway) ServeTProxy(ctx context.Context, ln net.Listener) error {
 	port := addrPort(ln.Addr()).Port()
-	return serveAccept(ctx, ln, func(c net.Conn) {
+	return g.serveAccept(ctx, ln, func(c net.Conn) {
 		tc, ok := c.(*net.TCPConn)
 		if !ok {
 			c.Close()

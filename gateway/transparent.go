@@ -6,7 +6,10 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"runtime/debug"
 	"time"
+
+	"github.com/sirupsen/logrus"
 
 	"github.com/socksgate/socksgate/nat"
 )
@@ -14,7 +17,7 @@ import (
 // ServeRedirect accepts connections captured by the nftables REDIRECT rule on ln, recovers each
 // one's original destination and hands it to Handle. It returns when ln is closed.
 func (g *Gateway) ServeRedirect(ctx context.Context, ln net.Listener) error {
-	return serveAccept(ctx, ln, func(c net.Conn) {
+	return g.serveAccept(ctx, ln, func(c net.Conn) {
 		tc, ok := c.(*net.TCPConn)
 		if !ok {
 			c.Close()
@@ -42,7 +45,7 @@ func (g *Gateway) ServeRedirect(ctx context.Context, ln net.Listener) error {
 // serveAccept runs the accept loop shared by every TCP inbound: one goroutine per connection,
 // and on a temporary error (EMFILE, ENFILE, ECONNABORTED) a growing pause instead of a busy
 // loop, as net/http does.
-func serveAccept(ctx context.Context, ln net.Listener, handle func(net.Conn)) error {
+func (g *Gateway) serveAccept(ctx context.Context, ln net.Listener, handle func(net.Conn)) error {
 	var pause time.Duration
 	for {
 		c, err := ln.Accept()
@@ -66,7 +69,20 @@ func serveAccept(ctx context.Context, ln net.Listener, handle func(net.Conn)) er
 			return fmt.Errorf("accept: %w", err)
 		}
 		pause = 0
-		go handle(c)
+		go func() {
+			// A panic in an inbound's handshake (outside Handle's own recover) costs this
+			// connection, not the process.
+			defer func() {
+				if p := recover(); p != nil {
+					c.Close()
+					if g.Log != nil {
+						g.Log.WithFields(logrus.Fields{"src": c.RemoteAddr().String(), "local": c.LocalAddr().String()}).
+							Errorf("panic in connection handler: %v\n%s", p, debug.Stack())
+					}
+				}
+			}()
+			handle(c)
+		}()
 	}
 }
 
