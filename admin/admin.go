@@ -1,6 +1,7 @@
-// Package admin serves socksgate's operations endpoint: Prometheus metrics (/metrics, on a
-// private registry), the live flows (/flows) and upstream health (/upstreams) as JSON, and a
-// liveness probe (/healthz). It reads everything from a Source at request time, so the data
+// Package admin serves socksgate's operations endpoint: Prometheus metrics (/metrics, in the
+// text exposition format 0.0.4, written by a small writer of its own so the binary carries no
+// Prometheus client library), the live flows (/flows) and upstream health (/upstreams) as
+// JSON, and a liveness probe (/healthz). It reads everything from a Source at request time, so the data
 // path pays nothing for an endpoint nobody asks; it also holds the client side that
 // `socksgate status` uses. It imports nothing of socksgate, so the gateway can start it.
 package admin

@@ -47,7 +47,7 @@ func get(t *testing.T, h http.Handler, path string) (int, string) {
 }
 
 // /metrics exposes every socksgate series the snapshot holds, in Prometheus text format, plus
-// the Go runtime and process collectors of the private registry.
+// the Go runtime and process series.
 func TestMetricsExposeEverySeries(t *testing.T) {
 	code, body := get(t, Handler(testSource, "v1.2.3"), "/metrics")
 	if code != 200 {

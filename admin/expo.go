@@ -43,7 +43,7 @@ type family struct {
 type series struct {
 	labels    []labelPair // sorted by name
 	value     float64
-	buckets   []bucket // ascending upper bounds, cumulative counts, no +Inf
+	buckets   []bucket   // ascending upper bounds, cumulative counts, no +Inf
 	quantiles []quantile // ascending
 	count     uint64
 	sum       float64
