@@ -337,6 +337,15 @@ func TestACLRefusal(t *testing.T) {
 	if resp.StatusCode != 403 {
 		t.Fatalf("status %d", resp.StatusCode)
 	}
+	// The refusal is reported around the time the 403 is written: wait for it, don't race it.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		mu.Lock()
+		n := len(refused)
+		mu.Unlock()
+		if n > 0 || time.Now().After(deadline) {
+			break
+		}
+	}
 	mu.Lock()
 	defer mu.Unlock()
 	if len(refused) != 1 || !errors.Is(refused[0], ErrRefusedSource) {
