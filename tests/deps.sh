@@ -15,6 +15,13 @@ have socat     || need+=(socat)
 have dig       || need+=(bind9-dnsutils)
 have proxychains4 || need+=(proxychains4)
 have openssl   || need+=(openssl)
+have dnsmasq   || need+=(dnsmasq)
+have sysctl    || need+=(procps)
+{ have setpriv && have prlimit && have unshare; } || need+=(util-linux)
+# make bench
+have redsocks  || need+=(redsocks)
+have iperf3    || need+=(iperf3)
+have wrk       || need+=(wrk)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ] || ! have apt-get; then
 	echo "deps: missing ${need[*]}; install them (Debian package names) or run as root on Debian/Ubuntu." >&2

@@ -42,6 +42,9 @@ type NS struct {
 func New(t testing.TB) *Lab {
 	t.Helper()
 	if os.Geteuid() != 0 {
+		if os.Getenv("CI") != "" {
+			t.Fatal("netlab: CI must run the end-to-end tests as root")
+		}
 		t.Skip("netlab: needs root to create network namespaces (run `sudo make test`)")
 	}
 	if _, err := exec.LookPath("ip"); err != nil {
