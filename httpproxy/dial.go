@@ -12,7 +12,8 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
-	"time"
+
+	"github.com/socksgate/socksgate/internal/netctx"
 )
 
 // MaxResponseHeader bounds the proxy's answer to CONNECT (status line and headers together). A
@@ -114,7 +115,7 @@ func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.
 		return nil, opErr(dst, fmt.Errorf("dial proxy: %w", err))
 	}
 	var rest []byte
-	err = withContext(ctx, c, func() error {
+	err = netctx.Do(ctx, c, func() error {
 		req := d.request(target)
 		_, err := c.Write(req)
 		clear(req) // the credentials
@@ -342,41 +343,3 @@ type addr string
 
 func (a addr) Network() string { return "tcp" }
 func (a addr) String() string  { return string(a) }
-
-// aLongTimeAgo is a deadline in the past, set to unblock an exchange when its context ends.
-var aLongTimeAgo = time.Unix(1, 0)
-
-// withContext runs a blocking exchange on c under ctx: the context's deadline becomes the
-// connection's, and cancelling the context sets a deadline in the past. The deadline is cleared
-// afterwards. When the context ended, its error replaces the exchange's.
-func withContext(ctx context.Context, c net.Conn, exchange func() error) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	if dl, ok := ctx.Deadline(); ok {
-		if err := c.SetDeadline(dl); err != nil {
-			return fmt.Errorf("set deadline: %w", err)
-		}
-	}
-	stop := context.AfterFunc(ctx, func() { c.SetDeadline(aLongTimeAgo) })
-	err := exchange()
-	if !stop() {
-		// The context ended during the exchange: a past deadline may land at any moment.
-		if cerr := ctx.Err(); cerr != nil {
-			return cerr
-		}
-	}
-	if err != nil {
-		if cerr := ctx.Err(); cerr != nil {
-			return cerr
-		}
-		if dl, ok := ctx.Deadline(); ok && !time.Now().Before(dl) {
-			return context.DeadlineExceeded
-		}
-		return err
-	}
-	if err := c.SetDeadline(time.Time{}); err != nil {
-		return fmt.Errorf("clear deadline: %w", err)
-	}
-	return nil
-}

@@ -17,8 +17,8 @@ import (
 	"net"
 	"net/url"
 	"strconv"
-	"time"
 
+	"github.com/socksgate/socksgate/internal/netctx"
 	"github.com/socksgate/socksgate/socks"
 )
 
@@ -178,7 +178,7 @@ func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.
 	if err != nil {
 		return nil, opErr(dst, err)
 	}
-	err = withContext(ctx, c, func() error {
+	err = netctx.Do(ctx, c, func() error {
 		if d.Version == SOCKS5 {
 			_, err := d.handshake5(c, socks.CmdConnect, dst)
 			return err
@@ -237,46 +237,6 @@ type rawAddr string
 
 func (a rawAddr) Network() string { return "tcp" }
 func (a rawAddr) String() string  { return string(a) }
-
-// aLongTimeAgo is a deadline in the past, set to unblock a handshake when its context ends.
-var aLongTimeAgo = time.Unix(1, 0)
-
-// withContext runs a blocking handshake on c under ctx: the context's deadline becomes the
-// connection's, and cancelling the context sets a deadline in the past. The deadline is cleared
-// afterwards. When the context ended, its error replaces the handshake's.
-func withContext(ctx context.Context, c net.Conn, handshake func() error) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	if dl, ok := ctx.Deadline(); ok {
-		if err := c.SetDeadline(dl); err != nil {
-			return fmt.Errorf("set handshake deadline: %w", err)
-		}
-	}
-	stop := context.AfterFunc(ctx, func() { c.SetDeadline(aLongTimeAgo) })
-	err := handshake()
-	if !stop() {
-		// The context ended during the handshake; the AfterFunc ran or is running, so the
-		// connection may carry a past deadline at any moment: it is unusable.
-		if cerr := ctx.Err(); cerr != nil {
-			return cerr
-		}
-	}
-	if err != nil {
-		if cerr := ctx.Err(); cerr != nil {
-			return cerr
-		}
-		if dl, ok := ctx.Deadline(); ok && !time.Now().Before(dl) {
-			// The connection saw the context's deadline before the context's own timer did.
-			return context.DeadlineExceeded
-		}
-		return err
-	}
-	if err := c.SetDeadline(time.Time{}); err != nil {
-		return fmt.Errorf("clear handshake deadline: %w", err)
-	}
-	return nil
-}
 
 // handshake5 authenticates and sends one request, returning the reply's bound address.
 func (d *Dialer) handshake5(c net.Conn, cmd socks.Command, dst socks.Addr) (socks.Addr, error) {

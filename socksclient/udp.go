@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/socksgate/socksgate/internal/netctx"
 	"github.com/socksgate/socksgate/socks"
 )
 
@@ -37,7 +38,7 @@ func (d *Dialer) ListenPacket(ctx context.Context) (net.PacketConn, error) {
 		return nil, opErr(err)
 	}
 	var bnd socks.Addr
-	err = withContext(ctx, c, func() error {
+	err = netctx.Do(ctx, c, func() error {
 		var err error
 		bnd, err = d.handshake5(c, socks.CmdUDPAssociate, socks.Addr{IP: netip.IPv4Unspecified()})
 		return err
