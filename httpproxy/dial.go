@@ -14,6 +14,7 @@ import (
 	"strings"
 
 	"github.com/socksgate/socksgate/internal/netctx"
+	"github.com/socksgate/socksgate/internal/prefixconn"
 )
 
 // MaxResponseHeader bounds the proxy's answer to CONNECT (status line and headers together). A
@@ -139,7 +140,7 @@ func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.
 	if len(rest) == 0 {
 		return c, nil
 	}
-	return &bufferedConn{Conn: c, buf: rest}, nil
+	return prefixconn.New(c, rest), nil
 }
 
 // refusal turns a non-2xx answer into an error, explaining the common port-443-only trap.
@@ -286,56 +287,6 @@ func clip(s string) string {
 		return s[:64] + "..."
 	}
 	return s
-}
-
-// bufferedConn is a tunnel whose first bytes arrived with the proxy's response header.
-type bufferedConn struct {
-	net.Conn
-	buf []byte
-}
-
-func (c *bufferedConn) Read(p []byte) (int, error) {
-	if len(c.buf) > 0 {
-		n := copy(p, c.buf)
-		c.buf = c.buf[n:]
-		return n, nil
-	}
-	return c.Conn.Read(p)
-}
-
-// WriteTo sends the buffered bytes, then copies the connection itself, so a relay into a
-// *net.TCPConn still reaches the kernel's splice path once the buffer is drained.
-func (c *bufferedConn) WriteTo(w io.Writer) (int64, error) {
-	var n int64
-	if len(c.buf) > 0 {
-		m, err := w.Write(c.buf)
-		n += int64(m)
-		c.buf = c.buf[m:]
-		if err != nil {
-			return n, err
-		}
-	}
-	m, err := io.Copy(w, c.Conn)
-	return n + m, err
-}
-
-// ReadFrom copies into the connection itself (splicing when both are TCP).
-func (c *bufferedConn) ReadFrom(r io.Reader) (int64, error) { return io.Copy(c.Conn, r) }
-
-// CloseWrite shuts down the sending half when the underlying connection can.
-func (c *bufferedConn) CloseWrite() error {
-	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
-	}
-	return fmt.Errorf("close write: %T cannot half-close", c.Conn)
-}
-
-// CloseRead shuts down the receiving half when the underlying connection can.
-func (c *bufferedConn) CloseRead() error {
-	if cr, ok := c.Conn.(interface{ CloseRead() error }); ok {
-		return cr.CloseRead()
-	}
-	return fmt.Errorf("close read: %T cannot half-close", c.Conn)
 }
 
 // addr is a "host:port" as a net.Addr for errors.

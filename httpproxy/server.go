@@ -18,6 +18,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/socksgate/socksgate/internal/prefixconn"
 )
 
 // Server defaults, used when the matching field is zero.
@@ -324,7 +326,7 @@ func (s *Server) serveConnect(w http.ResponseWriter, r *http.Request, src netip.
 	if n := brw.Reader.Buffered(); n > 0 {
 		// Bytes the client sent after its CONNECT (a TLS ClientHello, typically) go first.
 		b, _ := brw.Reader.Peek(n)
-		client = &prefixedConn{Conn: c, prefix: append([]byte(nil), b...)}
+		client = prefixconn.New(c, append([]byte(nil), b...))
 	}
 	proto := "HTTP/1.1"
 	if !r.ProtoAtLeast(1, 1) {
@@ -493,45 +495,3 @@ func (l *connListener) Close() error {
 }
 
 func (l *connListener) Addr() net.Addr { return &net.TCPAddr{} }
-
-// prefixedConn is a connection with bytes already read from it in front. It keeps the
-// half-close and the splice paths of the connection underneath.
-type prefixedConn struct {
-	net.Conn
-	prefix []byte
-}
-
-func (c *prefixedConn) Read(p []byte) (int, error) {
-	if len(c.prefix) > 0 {
-		n := copy(p, c.prefix)
-		c.prefix = c.prefix[n:]
-		return n, nil
-	}
-	return c.Conn.Read(p)
-}
-
-// WriteTo writes the prefix, then lets the connection underneath copy (splice) the rest.
-func (c *prefixedConn) WriteTo(w io.Writer) (int64, error) {
-	var total int64
-	if len(c.prefix) > 0 {
-		n, err := w.Write(c.prefix)
-		total += int64(n)
-		c.prefix = c.prefix[n:]
-		if err != nil {
-			return total, err
-		}
-	}
-	n, err := io.Copy(w, c.Conn)
-	return total + n, err
-}
-
-// ReadFrom copies into the connection underneath (splice when both are TCP).
-func (c *prefixedConn) ReadFrom(r io.Reader) (int64, error) { return io.Copy(c.Conn, r) }
-
-// CloseWrite shuts down the sending half, when the connection underneath can.
-func (c *prefixedConn) CloseWrite() error {
-	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
-	}
-	return c.Conn.Close()
-}

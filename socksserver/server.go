@@ -22,6 +22,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/socksgate/socksgate/internal/prefixconn"
 	"github.com/socksgate/socksgate/socks"
 	"github.com/socksgate/socksgate/socksclient"
 )
@@ -316,7 +317,7 @@ func (s *Server) connect(ctx context.Context, c net.Conn, br *bufio.Reader, t Ta
 		client := c
 		if n := br.Buffered(); n > 0 {
 			b, _ := br.Peek(n)
-			client = &prefixedConn{Conn: c, prefix: append([]byte(nil), b...)}
+			client = prefixconn.New(c, append([]byte(nil), b...))
 		}
 		replied := false
 		s.Tunneler.Tunnel(ctx, client, t, func(err error) error {
@@ -381,46 +382,4 @@ func addrPortOf(a net.Addr) netip.AddrPort {
 		}
 	}
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-}
-
-// prefixedConn is a connection with bytes already read from it in front. It keeps the
-// half-close and the splice paths of the connection underneath.
-type prefixedConn struct {
-	net.Conn
-	prefix []byte
-}
-
-func (c *prefixedConn) Read(p []byte) (int, error) {
-	if len(c.prefix) > 0 {
-		n := copy(p, c.prefix)
-		c.prefix = c.prefix[n:]
-		return n, nil
-	}
-	return c.Conn.Read(p)
-}
-
-// WriteTo writes the prefix, then lets the connection underneath copy (splice) the rest.
-func (c *prefixedConn) WriteTo(w io.Writer) (int64, error) {
-	var total int64
-	if len(c.prefix) > 0 {
-		n, err := w.Write(c.prefix)
-		total += int64(n)
-		c.prefix = c.prefix[n:]
-		if err != nil {
-			return total, err
-		}
-	}
-	n, err := io.Copy(w, c.Conn)
-	return total + n, err
-}
-
-// ReadFrom copies into the connection underneath (splice when both are TCP).
-func (c *prefixedConn) ReadFrom(r io.Reader) (int64, error) { return io.Copy(c.Conn, r) }
-
-// CloseWrite shuts down the sending half, when the connection underneath can.
-func (c *prefixedConn) CloseWrite() error {
-	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
-		return cw.CloseWrite()
-	}
-	return c.Conn.Close()
 }
