@@ -10,7 +10,8 @@ import (
 
 // Relay modes, as in configs.Config.Relay.
 const (
-	// RelayAuto is the measured default (see tests/bench/results): the buffered relay.
+	// RelayAuto is the measured default (see tests/bench/results): buffered while a flow is
+	// idle or trickles, splice through a pooled pipe while it moves bulk data (Linux).
 	RelayAuto = "auto"
 	// RelaySplice moves bytes with splice(2) through a pipe per direction (io.Copy between
 	// two *net.TCPConn): no copy through user space, but each flow holds two pipes (four fds
@@ -47,9 +48,12 @@ func Relay(a, b net.Conn) (up, down int64, err error) {
 // back to the default for now). It returns the bytes sent a→b ("up") and b→a ("down") and the
 // first error that was not a clean end of stream.
 func RelayWith(mode string, a, b net.Conn) (up, down int64, err error) {
-	copyFn := copyBuffered
-	if mode == RelaySplice {
+	copyFn := copyHybrid
+	switch mode {
+	case RelaySplice:
 		copyFn = copySplice
+	case RelayBuffered:
+		copyFn = copyBuffered
 	}
 	var wg sync.WaitGroup
 	var once sync.Once
@@ -88,6 +92,54 @@ func RelayWith(mode string, a, b net.Conn) (up, down int64, err error) {
 // for the whole copy.
 func copySplice(dst, src net.Conn) (int64, error) {
 	return io.Copy(dst, src)
+}
+
+// copyHybrid is copyBuffered that hands bulk bursts to splice(2) when both ends are plain TCP
+// sockets: a read that fills the whole buffer means more is queued, and the rest of the burst
+// goes through a pooled pipe without passing through user space.
+func copyHybrid(dst, src net.Conn) (int64, error) {
+	rd, rs, ok := rawConns(dst, src)
+	if !ok {
+		return copyBuffered(dst, src)
+	}
+	var total int64
+	for {
+		if err := waitReadable(rs); err != nil {
+			return total, err
+		}
+		bp := relayBufs.Get().(*[]byte)
+		buf := *bp
+		n, rerr := src.Read(buf)
+		if n > 0 {
+			w, werr := dst.Write(buf[:n])
+			total += int64(w)
+			if werr == nil && w < n {
+				werr = io.ErrShortWrite
+			}
+			if werr != nil {
+				relayBufs.Put(bp)
+				return total, werr
+			}
+		}
+		relayBufs.Put(bp)
+		if rerr != nil {
+			if rerr == io.EOF {
+				return total, nil
+			}
+			return total, rerr
+		}
+		if n < len(buf) {
+			continue // a small read: the source is drained, wait again holding nothing
+		}
+		m, eof, err := spliceBurst(rd, rs)
+		total += m
+		if err != nil {
+			return total, err
+		}
+		if eof {
+			return total, nil
+		}
+	}
 }
 
 // copyBuffered copies src to dst until EOF. While src has nothing to read it holds no buffer:

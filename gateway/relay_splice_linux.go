@@ -1,0 +1,125 @@
+package gateway
+
+import (
+	"net"
+	"os"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// The hybrid relay (RelayAuto on Linux) is the buffered relay until a read fills a whole
+// buffer, which says bulk data is queued. It then moves bytes with splice(2) through a pipe
+// borrowed from a small pool, and gives the pipe back as soon as the source has nothing more
+// to read. So an idle flow holds only its two sockets (as the buffered relay), and a busy one
+// copies nothing through user space (as the splice relay).
+
+// relayPipe is one pipe, both ends non-blocking.
+type relayPipe struct{ r, w int }
+
+// spliceChunk is the most one splice call moves; the pipe is sized to hold it.
+const spliceChunk = 256 << 10
+
+// relayPipes keeps drained pipes for the next burst. Beyond its size, pipes are closed: the
+// pool never holds more idle kernel buffers than this.
+var relayPipes = make(chan *relayPipe, 64)
+
+func getPipe() (*relayPipe, error) {
+	select {
+	case p := <-relayPipes:
+		return p, nil
+	default:
+	}
+	var fds [2]int
+	if err := unix.Pipe2(fds[:], unix.O_NONBLOCK|unix.O_CLOEXEC); err != nil {
+		return nil, os.NewSyscallError("pipe2", err)
+	}
+	// A bigger pipe moves more per call; if the system refuses, the default 64 KiB works too.
+	unix.FcntlInt(uintptr(fds[1]), unix.F_SETPIPE_SZ, spliceChunk)
+	return &relayPipe{r: fds[0], w: fds[1]}, nil
+}
+
+// putPipe returns a drained pipe to the pool, or closes it.
+func putPipe(p *relayPipe) {
+	select {
+	case relayPipes <- p:
+	default:
+		p.close()
+	}
+}
+
+func (p *relayPipe) close() {
+	unix.Close(p.r)
+	unix.Close(p.w)
+}
+
+// rawConns returns the raw sockets of dst and src when both are plain TCP sockets that splice
+// can serve; ok is false otherwise (a wrapped or buffered connection).
+func rawConns(dst, src net.Conn) (rd, rs syscall.RawConn, ok bool) {
+	d, ok1 := dst.(*net.TCPConn)
+	s, ok2 := src.(*net.TCPConn)
+	if !ok1 || !ok2 {
+		return nil, nil, false
+	}
+	rd, err1 := d.SyscallConn()
+	rs, err2 := s.SyscallConn()
+	return rd, rs, err1 == nil && err2 == nil
+}
+
+// spliceBurst moves what src has queued to dst through a pooled pipe, until src has nothing
+// more to read right now (it returns with eof false), or src ended (eof true). Writes wait for
+// dst in the poller, so a slow receiver holds back the sender as TCP intends; reads never
+// wait: an empty source ends the burst and the pipe goes back to the pool.
+func spliceBurst(dst, src syscall.RawConn) (n int64, eof bool, err error) {
+	p, err := getPipe()
+	if err != nil {
+		return 0, false, err
+	}
+	var inPipe int64
+	defer func() {
+		if inPipe == 0 {
+			putPipe(p)
+		} else {
+			p.close() // bytes stranded by an error: never hand them to another flow
+		}
+	}()
+	for {
+		var moved int64
+		var serr error
+		rerr := src.Read(func(fd uintptr) bool {
+			for {
+				moved, serr = unix.Splice(int(fd), nil, p.w, nil, spliceChunk, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+				if serr != unix.EINTR {
+					return true // never park here: EAGAIN means the burst is over
+				}
+			}
+		})
+		if rerr != nil {
+			return n, false, rerr
+		}
+		switch {
+		case serr == unix.EAGAIN:
+			return n, false, nil
+		case serr != nil:
+			return n, false, &net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("splice", serr)}
+		case moved == 0:
+			return n, true, nil
+		}
+		inPipe += moved
+		for inPipe > 0 {
+			var out int64
+			var werr error
+			if err := dst.Write(func(fd uintptr) bool {
+				out, werr = unix.Splice(p.r, nil, int(fd), nil, int(inPipe), unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+				return werr != unix.EAGAIN && werr != unix.EINTR // EAGAIN: wait until dst can take more
+			}); err != nil {
+				return n, false, err
+			}
+			if werr != nil {
+				return n, false, &net.OpError{Op: "write", Net: "tcp", Err: os.NewSyscallError("splice", werr)}
+			}
+			inPipe -= out
+			n += out
+		}
+	}
+}
