@@ -12,6 +12,7 @@ package bench
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -304,7 +305,12 @@ rules:
 redsocks { local_ip = 0.0.0.0; local_port = ` + redsPort + `; ip = ` + netlab.Proxy4 + `; port = ` + dantePort + `; type = socks5; }
 `
 			p := tp.GW.Start("redsocks", "-c", writeFile(t, "redsocks.conf", conf))
-			tp.GW.WaitListening("127.0.0.1:"+redsPort, 10*time.Second)
+			if !benchListening(tp.GW, "127.0.0.1:"+redsPort, 10*time.Second) {
+				// A peer that will not start is a row with a note, not the end of the run.
+				t.Logf("redsocks did not listen on :%s; its output:\n%s", redsPort, p.Output())
+				p.Kill()
+				return 0, func() {}
+			}
 			nftConf := `table ip benchredsocks {
 	chain pre {
 		type nat hook prerouting priority dstnat; policy accept;
@@ -347,6 +353,20 @@ func waitRules(t *testing.T, tp *netlab.Topology) {
 
 // stopGently asks a process to exit (SIGTERM: socksgate removes its rules) and kills it if it
 // does not within a few seconds.
+// benchListening polls a TCP connect from inside ns until it succeeds or within passes.
+func benchListening(ns *netlab.NS, addr string, within time.Duration) bool {
+	for deadline := time.Now().Add(within); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		c, err := ns.Dial(ctx, "tcp", addr)
+		cancel()
+		if err == nil {
+			c.Close()
+			return true
+		}
+	}
+	return false
+}
+
 func stopGently(p *netlab.Proc) {
 	p.Signal(syscall.SIGTERM)
 	if exited, _ := p.Wait(5 * time.Second); !exited {
