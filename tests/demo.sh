@@ -16,6 +16,7 @@ NS=(lan gw proxy wan)
 WORK=$(mktemp -d)
 cleanup() {
 	set +e
+	exec 2>/dev/null # the shell's own "Killed" notices for the lab's processes
 	for n in "${NS[@]}"; do
 		for pid in $(ip netns pids $P-$n 2>/dev/null); do kill -9 "$pid" 2>/dev/null; done
 	done
@@ -54,7 +55,17 @@ x gw nft add chain inet labfilter forward '{ type filter hook forward priority 0
 x gw nft add rule inet labfilter forward iifname lan0 oifname up0 counter drop
 
 say "wan: a web server on 203.0.113.10:80; proxy: microsocks on 10.0.2.2:1080"
-x wan socat TCP-LISTEN:80,fork,reuseaddr 'SYSTEM:printf "HTTP/1.0 200 OK\\r\\nContent-Type: text/plain\\r\\n\\r\\nhello from wan\\n"' &
+cat > "$WORK/http.sh" <<'SH'
+#!/bin/sh
+# One HTTP/1.0 exchange: read the request head, answer a fixed page.
+cr=$(printf '\r')
+while IFS= read -r line; do
+	case "$line" in "$cr"|"") break ;; esac
+done
+printf 'HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 15\r\n\r\nhello from wan\n'
+SH
+chmod +x "$WORK/http.sh"
+x wan socat TCP-LISTEN:80,fork,reuseaddr EXEC:"$WORK/http.sh" &
 x proxy microsocks -i 0.0.0.0 -p 1080 >/dev/null 2>&1 &
 
 cat > "$WORK/socksgate.yaml" <<YAML
@@ -75,7 +86,9 @@ say "gw: the rules socksgate installed (nft list table inet socksgate)"
 x gw nft list table inet socksgate
 
 say "lan: curl http://203.0.113.10/   (no proxy settings)"
-x lan curl -sS --max-time 10 http://203.0.113.10/
+if ! x lan curl -sS --max-time 10 http://203.0.113.10/; then
+	echo "demo: the request failed; socksgate's log:"; cat "$WORK/socksgate.log"; exit 1
+fi
 
 sleep 0.2
 say "gw: socksgate's log"
