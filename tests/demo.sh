@@ -79,6 +79,7 @@ YAML
 say "gw: socksgate with this config"
 cat "$WORK/socksgate.yaml"
 x gw "$BIN" run -c "$WORK/socksgate.yaml" >"$WORK/socksgate.log" 2>&1 &
+disown -a # cleanup kills them by namespace; no job notices
 for _ in $(seq 100); do grep -q "socksgate ready" "$WORK/socksgate.log" && break; sleep 0.1; done
 grep -q "socksgate ready" "$WORK/socksgate.log" || { cat "$WORK/socksgate.log"; exit 1; }
 
