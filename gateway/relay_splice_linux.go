@@ -88,7 +88,8 @@ func spliceBurst(dst, src syscall.RawConn) (n int64, eof bool, err error) {
 		var serr error
 		rerr := src.Read(func(fd uintptr) bool {
 			for {
-				moved, serr = unix.Splice(int(fd), nil, p.w, nil, spliceChunk, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+				m, e := unix.Splice(int(fd), nil, p.w, nil, spliceChunk, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+				moved, serr = int64(m), e // the count is an int on 32-bit platforms
 				if serr != unix.EINTR {
 					return true // never park here: EAGAIN means the burst is over
 				}
@@ -110,7 +111,8 @@ func spliceBurst(dst, src syscall.RawConn) (n int64, eof bool, err error) {
 			var out int64
 			var werr error
 			if err := dst.Write(func(fd uintptr) bool {
-				out, werr = unix.Splice(p.r, nil, int(fd), nil, int(inPipe), unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+				m, e := unix.Splice(p.r, nil, int(fd), nil, int(inPipe), unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+				out, werr = int64(m), e
 				return werr != unix.EAGAIN && werr != unix.EINTR // EAGAIN: wait until dst can take more
 			}); err != nil {
 				return n, false, err
