@@ -2,21 +2,10 @@ package tests
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/binary"
 	"fmt"
-	"io"
-	"math/big"
 	"net"
-	"net/http"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -38,47 +27,6 @@ upstreams:
   - {name: main, url: %q}
 rules:
 %s`, netlab.GWLANIf, extra, upstreamURL, rules)
-}
-
-// explicitServeTLS runs an HTTPS server in wan on port 443 (both families) with a self-signed
-// certificate made for this test; "/" answers pageBody.
-func explicitServeTLS(t testing.TB, tp *netlab.Topology) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "web.test"},
-		DNSNames:     []string{"web.test"},
-		IPAddresses:  []net.IP{net.ParseIP(netlab.WAN4), net.ParseIP(netlab.WAN6)},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert := tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
-	ln := tls.NewListener(tp.WAN.Listen("tcp", "[::]:443"), &tls.Config{Certificates: []tls.Certificate{cert}})
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, pageBody) })}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-}
-
-// explicitHosts makes name resolve to addr inside ns, for processes started after this call
-// (`ip netns exec` bind-mounts /etc/netns/NS/hosts over /etc/hosts). It is removed in cleanup.
-func explicitHosts(t testing.TB, ns *netlab.NS, lines string) {
-	t.Helper()
-	dir := filepath.Join("/etc/netns", ns.Name)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.WriteFile(filepath.Join(dir, "hosts"), []byte("127.0.0.1 localhost\n::1 localhost\n"+lines), 0o644); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // explicitUDPEcho runs a UDP echo in wan on port 7, both families.

@@ -30,8 +30,8 @@ var (
 func TestExplicitEveryClientModeThroughUpstream(t *testing.T) {
 	tp := netlab.NewTopology(t)
 	serveWeb(t, tp)
-	explicitServeTLS(t, tp)
-	explicitHosts(t, tp.Proxy, netlab.WAN4+" "+explicitName+"\n")
+	serveTLS(t, tp, explicitName)
+	nsHosts(t, tp.Proxy, netlab.WAN4+" "+explicitName+"\n")
 	startMicrosocks(t, tp, "", "")
 	gw := startSocksgate(t, tp.GW, explicitConfig("socks5://"+netlab.Proxy4+":1080", "  - {action: proxy, upstream: main}", ""))
 
@@ -90,7 +90,7 @@ func TestExplicitEveryClientModeThroughUpstream(t *testing.T) {
 func TestExplicitRoutingPerRule(t *testing.T) {
 	tp := netlab.NewTopology(t)
 	serveWeb(t, tp)
-	explicitHosts(t, tp.GW, netlab.WAN4+" "+explicitName+"\n")
+	nsHosts(t, tp.GW, netlab.WAN4+" "+explicitName+"\n")
 	d := startDante(t, tp, danteOptions{})
 	rules := `  - {name: no-81, dst_ports: [81], action: block}
   - {name: socks-direct, inbound: [socks], action: direct}
@@ -163,7 +163,7 @@ func TestExplicitAuthentication(t *testing.T) {
 	const user, pass = "alice", "Explicit-s3cret"
 	tp := netlab.NewTopology(t)
 	serveWeb(t, tp)
-	explicitServeTLS(t, tp)
+	serveTLS(t, tp, explicitName)
 	startMicrosocks(t, tp, "", "")
 	gw := startSocksgate(t, tp.GW, explicitConfig("socks5://"+netlab.Proxy4+":1080", "  - {action: proxy, upstream: main}",
 		"  users: [{username: "+user+", password: "+pass+"}]"))

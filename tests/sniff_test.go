@@ -3,18 +3,8 @@ package tests
 import (
 	"bufio"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"io"
-	"math/big"
 	"net"
-	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -29,54 +19,14 @@ import (
 
 const sniffName = "name.test"
 
-// sniffServeTLS runs an HTTPS server in wan on port 443 with a self-signed certificate for
-// sniffName made for this test; "/" answers pageBody.
-func sniffServeTLS(t *testing.T, tp *netlab.Topology) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: sniffName},
-		DNSNames:     []string{sniffName},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert := tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
-	ln := tls.NewListener(tp.WAN.Listen("tcp", "[::]:443"), &tls.Config{Certificates: []tls.Certificate{cert}})
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, pageBody) })}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-}
-
-// sniffHosts makes names resolve inside ns for processes started after the call (`ip netns
-// exec` bind-mounts /etc/netns/NS/hosts over /etc/hosts); removed in cleanup.
-func sniffHosts(t *testing.T, ns *netlab.NS, lines string) {
-	t.Helper()
-	dir := filepath.Join("/etc/netns", ns.Name)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.WriteFile(filepath.Join(dir, "hosts"), []byte("127.0.0.1 localhost\n::1 localhost\n"+lines), 0o644); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // The flow is decided by a name rule (the catch-all blocks, so only the name can let it
 // through), and dante's log shows the name it was asked for, not the address.
 func TestSniffRoutesByNameThroughDante(t *testing.T) {
 	tp := netlab.NewTopology(t)
 	serveWeb(t, tp)
-	sniffServeTLS(t, tp)
+	serveTLS(t, tp, sniffName)
 	// Only dante can resolve the names: the proof that it was sent the name.
-	sniffHosts(t, tp.Proxy, netlab.WAN4+" "+sniffName+" web.test\n")
+	nsHosts(t, tp.Proxy, netlab.WAN4+" "+sniffName+" web.test\n")
 	d := sniffStartDante(t, tp)
 	gw := startSocksgate(t, tp.GW, gatewayConfig("socks5://"+netlab.Proxy4+":1080", `rules:
   - {name: by-name, domain: [name.test, web.test], upstream: main}
