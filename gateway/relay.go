@@ -108,27 +108,13 @@ func copyHybrid(dst, src net.Conn) (int64, error) {
 			return total, err
 		}
 		bp := relayBufs.Get().(*[]byte)
-		buf := *bp
-		n, rerr := src.Read(buf)
-		if n > 0 {
-			w, werr := dst.Write(buf[:n])
-			total += int64(w)
-			if werr == nil && w < n {
-				werr = io.ErrShortWrite
-			}
-			if werr != nil {
-				relayBufs.Put(bp)
-				return total, werr
-			}
-		}
+		n, w, eof, err := readWrite(dst, src, *bp)
 		relayBufs.Put(bp)
-		if rerr != nil {
-			if rerr == io.EOF {
-				return total, nil
-			}
-			return total, rerr
+		total += w
+		if err != nil || eof {
+			return total, err
 		}
-		if n < len(buf) {
+		if n < relayBufSize {
 			continue // a small read: the source is drained, wait again holding nothing
 		}
 		m, eof, err := spliceBurst(rd, rs)
@@ -160,24 +146,11 @@ func copyBuffered(dst, src net.Conn) (int64, error) {
 		bp := relayBufs.Get().(*[]byte)
 		buf := *bp
 		for {
-			n, rerr := src.Read(buf)
-			if n > 0 {
-				w, werr := dst.Write(buf[:n])
-				total += int64(w)
-				if werr == nil && w < n {
-					werr = io.ErrShortWrite
-				}
-				if werr != nil {
-					relayBufs.Put(bp)
-					return total, werr
-				}
-			}
-			if rerr != nil {
+			n, w, eof, err := readWrite(dst, src, buf)
+			total += w
+			if err != nil || eof {
 				relayBufs.Put(bp)
-				if rerr == io.EOF {
-					return total, nil
-				}
-				return total, rerr
+				return total, err
 			}
 			if n < len(buf) && rc != nil {
 				break // drained: give the buffer back while waiting
@@ -185,4 +158,24 @@ func copyBuffered(dst, src net.Conn) (int64, error) {
 		}
 		relayBufs.Put(bp)
 	}
+}
+
+// readWrite reads once from src into buf and writes what it read to dst. It returns how many
+// bytes were read and written; eof reports a clean end of src.
+func readWrite(dst, src net.Conn, buf []byte) (read int, written int64, eof bool, err error) {
+	n, rerr := src.Read(buf)
+	if n > 0 {
+		w, werr := dst.Write(buf[:n])
+		written = int64(w)
+		if werr == nil && w < n {
+			werr = io.ErrShortWrite
+		}
+		if werr != nil {
+			return n, written, false, werr
+		}
+	}
+	if rerr == io.EOF {
+		return n, written, true, nil
+	}
+	return n, written, false, rerr
 }
