@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package tests holds socksgate's end-to-end tests: each builds its own network namespaces
 // (tests/netlab), starts real third-party peers in them (curl, microsocks, dante, tinyproxy,
 // squid) and the socksgate binary in the gateway namespace, and checks what arrives where.

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package bench is socksgate's side-by-side benchmark (`make bench`): in the namespace lab
 // (lan → gw → proxy → wan) it measures plain routing, a client speaking SOCKS5 to dante itself,
 // socksgate (through dante and direct) and redsocks through dante, alternating the contenders,

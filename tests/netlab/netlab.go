@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package netlab builds throwaway network namespaces for end-to-end tests: hosts joined by veth
 // pairs, processes started inside them, and sockets opened inside them from the test process.
 // Everything a Lab creates is removed in the test's cleanup, even when the test fails; nothing
