@@ -16,6 +16,7 @@ type danteOptions struct {
 	Port       string // default 1080
 	SOCKSAuth  string // dante socksmethod: "none" (default) or "username"
 	ExtraRules string // appended to the config verbatim
+	Server     string // server options, placed before the rules (e.g. "debug: 1", "udp.connectdst: no")
 }
 
 // startDante runs dante-server (danted) in the proxy namespace on 10.0.2.2 and fd00:2::2 with
@@ -38,6 +39,7 @@ socksmethod: ` + o.SOCKSAuth + `
 clientmethod: none
 user.privileged: root
 user.unprivileged: nobody
+` + o.Server + `
 client pass { from: 0/0 to: 0/0 }
 socks pass {
 	from: 0/0 to: 0/0

@@ -29,7 +29,7 @@ func TestSniffRoutesByNameThroughDante(t *testing.T) {
 	serveTLS(t, tp, sniffName)
 	// Only dante can resolve the names: the proof that it was sent the name.
 	nsHosts(t, tp.Proxy, netlab.WAN4+" "+sniffName+" web.test\n")
-	d := sniffStartDante(t, tp)
+	d := startDante(t, tp, danteOptions{Server: "debug: 1"}) // debug logs each request as sent ("ATYP: 3 address: name.test.443"); plain connect lines show only the resolved address
 	gw := startSocksgate(t, tp.GW, gatewayConfig("socks5://"+netlab.Proxy4+":1080", `rules:
   - {name: by-name, domain: [name.test, web.test], upstream: main}
   - {name: catchall, action: block}
@@ -70,34 +70,6 @@ transparent: {sniff: {enabled: true, ports: [80, 443], timeout: 3s}}
 			t.Fatalf("flow line: %s", line)
 		}
 	})
-}
-
-// sniffStartDante runs dante in proxy on port 1080 at debug level 1, where it logs each request
-// as it arrived ("Packet: VER: 5 CMD: 1 FLAG: 0 ATYP: 3 address: name.test.443"); its connect
-// lines at the default level only show the address it resolved and connected to.
-func sniffStartDante(t *testing.T, tp *netlab.Topology) *netlab.Proc {
-	t.Helper()
-	needBin(t, "danted")
-	conf := `logoutput: stderr
-debug: 1
-internal: ` + netlab.Proxy4 + ` port = 1080
-internal: ` + netlab.Proxy6 + ` port = 1080
-external: wan0
-socksmethod: none
-clientmethod: none
-user.privileged: root
-user.unprivileged: nobody
-client pass { from: 0/0 to: 0/0 }
-socks pass {
-	from: 0/0 to: 0/0
-	command: connect
-	log: connect disconnect error
-}
-`
-	path := writeFile(t, "danted-sniff.conf", conf)
-	p := tp.Proxy.Start("danted", "-f", path, "-N", "2", "-p", path+".pid")
-	tp.GW.WaitListening(net.JoinHostPort(netlab.Proxy4, "1080"), 10*time.Second)
-	return p
 }
 
 // sniffDanteAskedForName checks dante received a request for the name (address type 3,

@@ -374,7 +374,7 @@ func TestUDPFullConeReplyFromAnotherRemote(t *testing.T) {
 	}()
 	// dante connects its relay socket to the first destination unless told not to; with
 	// udp.connectdst off it relays replies from any remote (udpreply from 0/0).
-	udpStartDanteFullCone(t, tp)
+	startDante(t, tp, danteOptions{Server: "udp.connectdst: no"}) // replies from any remote
 	gw := startSocksgate(t, tp.GW, udpConfig("socks5://"+netlab.Proxy4+":1080", "", ""))
 	client := tp.LAN.ListenPacket("udp", ":0")
 	for _, wan := range []string{netlab.WAN4, netlab.WAN6} {
@@ -384,31 +384,4 @@ func TestUDPFullConeReplyFromAnotherRemote(t *testing.T) {
 			t.Fatalf("sent to %s: %q from %s, %v; want the answer from %s\n%s", dst, got, from, err, want, gw.Output())
 		}
 	}
-}
-
-// udpStartDanteFullCone runs dante like startDante, with its relay sockets left unconnected
-// (udp.connectdst: no, a server option that must precede the rules), so replies from any
-// remote are relayed.
-func udpStartDanteFullCone(t *testing.T, tp *netlab.Topology) *netlab.Proc {
-	t.Helper()
-	needBin(t, "danted")
-	conf := `logoutput: stderr
-internal: ` + netlab.Proxy4 + ` port = 1080
-external: wan0
-socksmethod: none
-clientmethod: none
-user.privileged: root
-user.unprivileged: nobody
-udp.connectdst: no
-client pass { from: 0/0 to: 0/0 }
-socks pass {
-	from: 0/0 to: 0/0
-	command: udpassociate udpreply
-	log: connect disconnect error
-}
-`
-	path := writeFile(t, "danted-fullcone.conf", conf)
-	p := tp.Proxy.Start("danted", "-f", path, "-N", "2", "-p", path+".pid")
-	tp.GW.WaitListening(net.JoinHostPort(netlab.Proxy4, "1080"), 10*time.Second)
-	return p
 }
