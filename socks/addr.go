@@ -160,7 +160,8 @@ func (a Addr) MarshalBinary() ([]byte, error) {
 
 // ReadAddr reads one SOCKS5-encoded address (ATYP, address, port) from r, reading no further.
 func ReadAddr(r io.Reader) (Addr, error) {
-	var buf [MaxAddrLen]byte
+	buf := getScratch()
+	defer putScratch(buf)
 	if _, err := io.ReadFull(r, buf[:2]); err != nil {
 		return Addr{}, fmt.Errorf("read address: %w", eofUnexpected(err))
 	}

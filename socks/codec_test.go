@@ -371,3 +371,42 @@ func TestUDPHeaderDoesNotAllocateForIPs(t *testing.T) {
 		t.Fatalf("%v allocations per header, want 0", allocs)
 	}
 }
+
+// The decoders run once or twice per new flow: for IP addresses they must not allocate (a
+// name costs its string, nothing more).
+func TestDecodersDoNotAllocateForIPAddresses(t *testing.T) {
+	if raceEnabled {
+		t.Skip("sync.Pool drops items at random under the race detector")
+	}
+	dst := AddrFromAddrPort(netip.MustParseAddrPort("203.0.113.10:443"))
+	req, _ := AppendRequest(nil, Request{Cmd: CmdConnect, Addr: dst})
+	rep, _ := AppendReply(nil, Reply{Code: ReplySucceeded, Addr: dst})
+	req4, _ := AppendRequest4(nil, Request4{Cmd: CmdConnect, IP: dst.IP, Port: 443})
+	rep4 := AppendReply4(nil, Reply4{Code: Reply4Granted})
+	addr, _ := dst.MarshalBinary()
+	cases := []struct {
+		name string
+		wire []byte
+		read func(r io.Reader) error
+	}{
+		{"ReadRequest", req, func(r io.Reader) error { _, err := ReadRequest(r); return err }},
+		{"ReadReply", rep, func(r io.Reader) error { _, err := ReadReply(r); return err }},
+		{"ReadAddr", addr, func(r io.Reader) error { _, err := ReadAddr(r); return err }},
+		{"ReadMethodSelection", []byte{Version5, 0}, func(r io.Reader) error { _, err := ReadMethodSelection(r); return err }},
+		{"ReadUserPassReply", []byte{UserPassVersion, 0}, func(r io.Reader) error { _, err := ReadUserPassReply(r); return err }},
+		{"ReadReply4", rep4, func(r io.Reader) error { _, err := ReadReply4(r); return err }},
+		{"ReadRequest4", req4, func(r io.Reader) error { _, err := ReadRequest4(r); return err }},
+	}
+	for _, c := range cases {
+		r := bytes.NewReader(c.wire)
+		allocs := testing.AllocsPerRun(100, func() {
+			r.Reset(c.wire)
+			if err := c.read(r); err != nil {
+				t.Fatalf("%s: %v", c.name, err)
+			}
+		})
+		if allocs != 0 {
+			t.Errorf("%s: %v allocations per call, want 0", c.name, allocs)
+		}
+	}
+}

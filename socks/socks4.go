@@ -60,8 +60,9 @@ func AppendRequest4(b []byte, req Request4) ([]byte, error) {
 // are each bounded to 255 bytes; the reader is consumed up to the final NUL and no further (one
 // byte at a time unless r is an io.ByteReader, such as a bufio.Reader).
 func ReadRequest4(r io.Reader) (Request4, error) {
-	var buf [8]byte
-	if _, err := io.ReadFull(r, buf[:]); err != nil {
+	buf := getScratch()
+	defer putScratch(buf)
+	if _, err := io.ReadFull(r, buf[:8]); err != nil {
 		return Request4{}, fmt.Errorf("read socks4 request: %w", eofUnexpected(err))
 	}
 	if buf[0] != Version4 {
@@ -73,11 +74,11 @@ func ReadRequest4(r io.Reader) (Request4, error) {
 		IP:   netip.AddrFrom4([4]byte(buf[4:8])),
 	}
 	var err error
-	if req.UserID, err = readCString(r); err != nil {
+	if req.UserID, err = readCString(r, buf); err != nil {
 		return Request4{}, fmt.Errorf("read socks4 request: user id: %w", err)
 	}
 	if Is4a(req.IP) {
-		if req.Name, err = readCString(r); err != nil {
+		if req.Name, err = readCString(r, buf); err != nil {
 			return Request4{}, fmt.Errorf("read socks4a request: name: %w", err)
 		}
 		if req.Name == "" {
@@ -87,11 +88,11 @@ func ReadRequest4(r io.Reader) (Request4, error) {
 	return req, nil
 }
 
-// readCString reads a NUL-terminated string of at most 255 bytes before the NUL.
-func readCString(r io.Reader) (string, error) {
-	var buf [256]byte
+// readCString reads a NUL-terminated string of at most 255 bytes before the NUL, using buf as
+// scratch space.
+func readCString(r io.Reader, buf *scratch) (string, error) {
 	br, _ := r.(io.ByteReader)
-	for i := range buf {
+	for i := range 256 {
 		var c byte
 		if br != nil {
 			var err error
@@ -130,8 +131,9 @@ func AppendReply4(b []byte, rep Reply4) []byte {
 
 // ReadReply4 reads a SOCKS4 reply (8 bytes). Its version byte must be 0.
 func ReadReply4(r io.Reader) (Reply4, error) {
-	var buf [8]byte
-	if _, err := io.ReadFull(r, buf[:]); err != nil {
+	buf := getScratch()
+	defer putScratch(buf)
+	if _, err := io.ReadFull(r, buf[:8]); err != nil {
 		return Reply4{}, fmt.Errorf("read socks4 reply: %w", eofUnexpected(err))
 	}
 	if buf[0] != 0 {

@@ -113,7 +113,8 @@ func AppendGreeting(b []byte, methods ...Method) ([]byte, error) {
 // ReadGreeting reads a SOCKS5 client greeting, version byte included, and returns the methods
 // offered (at most 255).
 func ReadGreeting(r io.Reader) ([]Method, error) {
-	var buf [2 + 255]byte
+	buf := getScratch()
+	defer putScratch(buf)
 	if _, err := io.ReadFull(r, buf[:2]); err != nil {
 		return nil, fmt.Errorf("read greeting: %w", eofUnexpected(err))
 	}
@@ -141,8 +142,9 @@ func AppendMethodSelection(b []byte, m Method) []byte {
 
 // ReadMethodSelection reads the server's method choice.
 func ReadMethodSelection(r io.Reader) (Method, error) {
-	var buf [2]byte
-	if _, err := io.ReadFull(r, buf[:]); err != nil {
+	buf := getScratch()
+	defer putScratch(buf)
+	if _, err := io.ReadFull(r, buf[:2]); err != nil {
 		return 0, fmt.Errorf("read method selection: %w", eofUnexpected(err))
 	}
 	if buf[0] != Version5 {
@@ -166,7 +168,8 @@ func AppendRequest(b []byte, req Request) ([]byte, error) {
 // ReadRequest reads a SOCKS5 request, version byte included. The command is returned as sent;
 // the server decides which it supports.
 func ReadRequest(r io.Reader) (Request, error) {
-	var buf [MaxAddrLen + 3]byte
+	buf := getScratch()
+	defer putScratch(buf)
 	if _, err := io.ReadFull(r, buf[:5]); err != nil {
 		return Request{}, fmt.Errorf("read request: %w", eofUnexpected(err))
 	}
@@ -201,7 +204,8 @@ func AppendReply(b []byte, rep Reply) ([]byte, error) {
 // error as soon as its code is known, with a zero Addr: servers differ in what address (if any)
 // follows a failure, and the connection is of no further use. A reply's version must be 5.
 func ReadReply(r io.Reader) (Reply, error) {
-	var buf [MaxAddrLen + 3]byte
+	buf := getScratch()
+	defer putScratch(buf)
 	n, err := io.ReadFull(r, buf[:5])
 	if n >= 2 && buf[0] == Version5 && ReplyCode(buf[1]) != ReplySucceeded {
 		return Reply{Code: ReplyCode(buf[1])}, nil
@@ -243,7 +247,11 @@ func AppendUserPassRequest(b []byte, user, pass string) ([]byte, error) {
 
 // ReadUserPassRequest reads an RFC 1929 request.
 func ReadUserPassRequest(r io.Reader) (user, pass string, err error) {
-	var buf [256]byte
+	buf := getScratch()
+	defer func() {
+		clear(buf[:]) // the password
+		putScratch(buf)
+	}()
 	if _, err := io.ReadFull(r, buf[:2]); err != nil {
 		return "", "", fmt.Errorf("read username/password: %w", eofUnexpected(err))
 	}
@@ -270,8 +278,9 @@ func AppendUserPassReply(b []byte, status byte) []byte {
 // ReadUserPassReply reads an RFC 1929 reply and returns its status (0 is success). The version
 // must be 1; 5, which some servers send, is accepted too.
 func ReadUserPassReply(r io.Reader) (status byte, err error) {
-	var buf [2]byte
-	if _, err := io.ReadFull(r, buf[:]); err != nil {
+	buf := getScratch()
+	defer putScratch(buf)
+	if _, err := io.ReadFull(r, buf[:2]); err != nil {
 		return 0, fmt.Errorf("read username/password reply: %w", eofUnexpected(err))
 	}
 	if buf[0] != UserPassVersion && buf[0] != Version5 {
