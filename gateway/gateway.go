@@ -56,6 +56,7 @@ var (
 type liveFlow struct {
 	Flow
 	client, remote net.Conn
+	relay          *relay // set with remote, under Gateway.mu
 	start          time.Time
 	decision       Decision // set once routed (routed true), for the flow list
 	routed         bool
@@ -88,17 +89,19 @@ func (g *Gateway) Dial(ctx context.Context, f Flow) (net.Conn, Decision, error) 
 
 // Handle carries one TCP flow: it routes and dials f, tells the inbound the outcome through
 // ready (which writes the protocol's success or failure reply; nil for transparent flows, which
-// have no reply to send), relays both ways, and logs one line when the flow ends. It closes
-// client. A panic in the flow is recovered and logged; the process keeps serving.
+// have no reply to send), starts the relay both ways and returns; the flow's line is logged when
+// it ends (Shutdown waits for that). It closes client. A panic in the flow is recovered and
+// logged; the process keeps serving.
 func (g *Gateway) Handle(ctx context.Context, client net.Conn, f Flow, ready func(error) error) {
 	g.handle(ctx, client, f, ready, nil)
 }
 
 // handle is Handle with replay: bytes already read from client (while sniffing its name),
-// written to the remote right after the dial, before the relay starts.
+// written to the remote right after the dial, before the relay starts. It returns once the
+// relay has started: the relay ends the flow (endFlow) on its own goroutines, so the
+// handshake's goroutine, whose stack the dial has grown, does not stay for the flow's life.
 func (g *Gateway) handle(ctx context.Context, client net.Conn, f Flow, ready func(error) error, replay []byte) {
-	start := time.Now()
-	lf := &liveFlow{Flow: f, client: client, start: start}
+	lf := &liveFlow{Flow: f, client: client, start: time.Now()}
 	if err := g.track(lf); err != nil {
 		if ready != nil {
 			ready(err)
@@ -107,17 +110,16 @@ func (g *Gateway) handle(ctx context.Context, client net.Conn, f Flow, ready fun
 		g.logFlow(f, Decision{Action: ActionBlock, Rule: "-"}, 0, 0, 0, err)
 		return
 	}
-	defer g.untrack(lf)
 	var d Decision
-	var up, down int64
 	var err error
+	relaying := false
 	defer func() {
 		if p := recover(); p != nil {
 			err = fmt.Errorf("panic: %v\n%s", p, debug.Stack())
 		}
-		client.Close()
-		g.logFlow(f, d, up, down, time.Since(start), err)
-		g.Stats.FlowEnded(f, d, up, down, err)
+		if !relaying {
+			g.endFlow(lf, d, 0, 0, err)
+		}
 	}()
 
 	var remote net.Conn
@@ -134,9 +136,6 @@ func (g *Gateway) handle(ctx context.Context, client net.Conn, f Flow, ready fun
 		}
 		return
 	}
-	g.mu.Lock()
-	lf.remote = remote
-	g.mu.Unlock()
 	if len(replay) > 0 {
 		if _, err = remote.Write(replay); err != nil {
 			err = fmt.Errorf("replay the client's first bytes: %w", err)
@@ -144,8 +143,22 @@ func (g *Gateway) handle(ctx context.Context, client net.Conn, f Flow, ready fun
 			return
 		}
 	}
-	up, down, err = RelayWith(g.Relay, client, remote)
-	up += int64(len(replay))
+	r := newRelay(g.Relay, client, remote, func(up, down int64, err error) {
+		g.endFlow(lf, d, up+int64(len(replay)), down, err)
+	})
+	g.mu.Lock()
+	lf.remote, lf.relay = remote, r
+	g.mu.Unlock()
+	relaying = true
+	r.start()
+}
+
+// endFlow closes what is left of a flow, logs its line and counts it.
+func (g *Gateway) endFlow(lf *liveFlow, d Decision, up, down int64, err error) {
+	lf.client.Close()
+	g.logFlow(lf.Flow, d, up, down, time.Since(lf.start), err)
+	g.Stats.FlowEnded(lf.Flow, d, up, down, err)
+	g.untrack(lf)
 }
 
 func (g *Gateway) logFlow(f Flow, d Decision, up, down int64, dur time.Duration, err error) {

@@ -35,7 +35,14 @@ func (g *Gateway) Active() int {
 	return len(g.flows)
 }
 
+// close ends a flow from outside (shutdown, idle expiry): the relay closes both sockets and
+// wakes its parked directions, which end the flow on the closed sockets. The caller holds
+// Gateway.mu, which guards lf.remote and lf.relay.
 func (lf *liveFlow) close() {
+	if lf.relay != nil {
+		lf.relay.closeBoth()
+		return
+	}
 	lf.client.Close()
 	if lf.remote != nil {
 		lf.remote.Close()
@@ -55,17 +62,15 @@ func (g *Gateway) ExpireIdle() int {
 	}
 	limit := uint32(g.Idle / time.Millisecond)
 	g.mu.Lock()
-	var idle []*liveFlow
+	defer g.mu.Unlock()
+	n := 0
 	for lf := range g.flows {
 		if lf.remote != nil && (idleFor(lf.client) > limit || stalledFor(lf.remote) > limit || stalledFor(lf.client) > limit) {
-			idle = append(idle, lf)
+			lf.close() // closing only wakes the relay; the flow leaves g.flows on its own goroutine
+			n++
 		}
 	}
-	g.mu.Unlock()
-	for _, lf := range idle {
-		lf.close()
-	}
-	return len(idle)
+	return n
 }
 
 // RunIdleSweeper calls ExpireIdle periodically until ctx ends.

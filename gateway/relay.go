@@ -2,24 +2,30 @@ package gateway
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"os"
+	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"syscall"
+	"time"
 )
 
 // Relay modes, as in configs.Config.Relay.
 const (
-	// RelayAuto is the measured default (see tests/bench/results): buffered while a flow is
-	// idle or trickles, splice through a pooled pipe while it moves bulk data (Linux).
+	// RelayAuto is the measured default (see tests/bench/results): buffered while a flow
+	// trickles, splice through a pooled pipe while it moves bulk data (Linux), and parked
+	// with no goroutine at all while it is idle.
 	RelayAuto = "auto"
 	// RelaySplice moves bytes with splice(2) through a pipe per direction (io.Copy between
 	// two *net.TCPConn): no copy through user space, but each flow holds two pipes (four fds
-	// and their kernel buffers) for its whole life, idle or not.
+	// and their kernel buffers) and two goroutines for its whole life, idle or not.
 	RelaySplice = "splice"
 	// RelayBuffered waits for a socket to become readable holding nothing, then borrows a
 	// pooled buffer, reads and writes until the socket has no more, and gives the buffer back.
-	// An idle flow holds no buffer, no pipe and only its two sockets.
+	// An idle flow is parked like RelayAuto's.
 	RelayBuffered = "buffered"
 	// RelayKernel is the sockmap relay; not built yet, it falls back to the default.
 	RelayKernel = "kernel"
@@ -29,6 +35,13 @@ const (
 const relayBufSize = 64 << 10
 
 var relayBufs = sync.Pool{New: func() any { b := make([]byte, relayBufSize); return &b }}
+
+// parkAfter is how long a direction waits for data in the runtime poller, on its own
+// goroutine, before it parks: its goroutine ends and a single poller for all parked flows
+// (parker) starts a new one when the socket becomes readable. A goroutine costs a flow
+// several KiB of stack; a parked direction costs a map entry. A flow that sends every few
+// hundred milliseconds (a shell session) stays on its goroutine; one that idles is parked.
+var parkAfter = time.Second
 
 // closeWriter is a connection that can shut down its sending half (TCP, and the upstream
 // connections of socksclient and httpproxy, which wrap a TCP connection).
@@ -46,119 +59,235 @@ func Relay(a, b net.Conn) (up, down int64, err error) {
 //
 // mode is one of RelayAuto (also ""), RelaySplice, RelayBuffered or RelayKernel (which falls
 // back to the default for now). It returns the bytes sent a→b ("up") and b→a ("down") and the
-// first error that was not a clean end of stream.
+// first error that was not a clean end of stream. The gateway itself uses startRelay, which
+// does not hold the calling goroutine.
 func RelayWith(mode string, a, b net.Conn) (up, down int64, err error) {
-	copyFn := copyHybrid
-	switch mode {
-	case RelaySplice:
-		copyFn = copySplice
-	case RelayBuffered:
-		copyFn = copyBuffered
+	done := make(chan struct{})
+	newRelay(mode, a, b, func(u, d int64, e error) {
+		up, down, err = u, d, e
+		close(done)
+	}).start()
+	<-done
+	return up, down, err
+}
+
+// relay is one flow's two directions: dirs[0] copies a→b, dirs[1] b→a. Each runs on a
+// goroutine of its own while it has data or has just had some, and is parked (no goroutine)
+// while its source stays idle. When both have ended, done runs once, on the goroutine of the
+// direction that ended last.
+type relay struct {
+	a, b net.Conn
+	dirs [2]direction
+	left atomic.Int32 // directions not ended yet
+	mu   sync.Mutex
+	err  error // the first error that was not a clean end
+	done func(up, down int64, err error)
+}
+
+// direction states.
+const (
+	dirRunning int32 = iota // on a goroutine
+	dirParked               // no goroutine: waiting in the parker for its source
+	dirEnded
+)
+
+type direction struct {
+	r        *relay
+	dst, src net.Conn
+	splice   bool            // RelaySplice: io.Copy for the flow's whole life
+	rs       syscall.RawConn // src's socket: wait for readability, park; nil: block in Read
+	rd       syscall.RawConn // dst's socket too: bulk bursts go through splice (RelayAuto)
+	n        int64           // bytes written to dst
+	state    atomic.Int32
+	deadline time.Time // src's read deadline, which bounds a wait before parking
+	token    uint32    // the parker's key for this direction, once parked
+	lastErr  error     // why copy stopped
+}
+
+func newRelay(mode string, a, b net.Conn, done func(up, down int64, err error)) *relay {
+	r := &relay{a: a, b: b, done: done}
+	r.left.Store(2)
+	r.dirs[0].init(r, mode, b, a)
+	r.dirs[1].init(r, mode, a, b)
+	return r
+}
+
+func (d *direction) init(r *relay, mode string, dst, src net.Conn) {
+	d.r, d.dst, d.src = r, dst, src
+	if mode == RelaySplice {
+		d.splice = true
+		return
 	}
-	var wg sync.WaitGroup
-	var once sync.Once
-	var firstErr error
-	closeBoth := func() {
-		a.Close()
-		b.Close()
+	if sc, ok := src.(syscall.Conn); ok && canPark {
+		d.rs, _ = sc.SyscallConn()
 	}
-	pipe := func(dst, src net.Conn, n *int64) {
-		var e error
-		*n, e = copyFn(dst, src)
-		if e == nil {
-			if cw, ok := dst.(closeWriter); ok {
-				if cw.CloseWrite() == nil {
-					return
-				}
-			}
-			// The peer cannot take a half-close: ending the flow is all that is left.
-		} else if !errors.Is(e, net.ErrClosed) {
-			once.Do(func() { firstErr = e })
+	if mode != RelayBuffered && d.rs != nil {
+		d.rd, _ = spliceTarget(dst)
+	}
+}
+
+// start runs both directions on goroutines of their own and returns at once.
+func (r *relay) start() {
+	go r.dirs[0].run()
+	go r.dirs[1].run()
+}
+
+// closeBoth closes both connections and wakes any parked direction, which then ends on the
+// closed socket. It is how a failed direction, the idle sweeper and shutdown end a flow.
+func (r *relay) closeBoth() {
+	r.a.Close()
+	r.b.Close()
+	for i := range r.dirs {
+		r.dirs[i].unpark()
+	}
+}
+
+func (r *relay) fail(err error) {
+	r.mu.Lock()
+	if r.err == nil {
+		r.err = err
+	}
+	r.mu.Unlock()
+}
+
+// run copies until the source ends, fails or parks; a parked direction is run again by the
+// parker, continuing where it stopped.
+func (d *direction) run() {
+	var err error
+	defer func() {
+		if p := recover(); p != nil {
+			d.end(fmt.Errorf("panic in relay: %v\n%s", p, debug.Stack()))
 		}
-		closeBoth()
-	}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		pipe(b, a, &up)
 	}()
-	pipe(a, b, &down)
-	wg.Wait()
-	closeBoth()
-	return up, down, firstErr
-}
-
-// copySplice is io.Copy: between two *net.TCPConn it splices through a pipe the runtime keeps
-// for the whole copy.
-func copySplice(dst, src net.Conn) (int64, error) {
-	return io.Copy(dst, src)
-}
-
-// copyHybrid is copyBuffered that hands bulk bursts to splice(2) when both ends are plain TCP
-// sockets: a read that fills the whole buffer means more is queued, and the rest of the burst
-// goes through a pooled pipe without passing through user space.
-func copyHybrid(dst, src net.Conn) (int64, error) {
-	rd, rs, ok := rawConns(dst, src)
-	if !ok {
-		return copyBuffered(dst, src)
+	if d.splice {
+		d.n, err = io.Copy(d.dst, d.src)
+	} else if d.copy() {
+		return // parked
+	} else {
+		err = d.lastErr
 	}
-	var total int64
+	d.end(err)
+}
+
+// end finishes this direction: on a clean end of the source, the destination's write half is
+// shut down and the other direction goes on; on an error, both sockets close. The last
+// direction to end closes both sockets and reports the flow.
+func (d *direction) end(err error) {
+	d.state.Store(dirEnded)
+	r := d.r
+	halfClosed := false
+	if err == nil {
+		if cw, ok := d.dst.(closeWriter); ok && cw.CloseWrite() == nil {
+			halfClosed = true
+		}
+		// Otherwise the peer cannot take a half-close: ending the flow is all that is left.
+	} else if !errors.Is(err, net.ErrClosed) {
+		r.fail(err)
+	}
+	if !halfClosed {
+		r.closeBoth()
+	}
+	if r.left.Add(-1) > 0 {
+		return
+	}
+	r.a.Close()
+	r.b.Close()
+	for i := range r.dirs {
+		forget(&r.dirs[i])
+	}
+	r.mu.Lock()
+	err = r.err
+	r.mu.Unlock()
+	r.done(r.dirs[0].n, r.dirs[1].n, err)
+}
+
+// copy moves bytes from src to dst until src ends (false, lastErr nil), fails (false, lastErr
+// set) or has been idle for parkAfter (true: parked, the goroutine must return).
+//
+// While src has nothing to read it holds no buffer: it waits for readability, then borrows a
+// pooled buffer and keeps it only while reads fill it. With RelayAuto, a read that fills the
+// whole buffer says bulk data is queued, and the rest of the burst goes through splice.
+func (d *direction) copy() (parked bool) {
 	for {
-		if err := waitReadable(rs); err != nil {
-			return total, err
-		}
-		bp := relayBufs.Get().(*[]byte)
-		n, w, eof, err := readWrite(dst, src, *bp)
-		relayBufs.Put(bp)
-		total += w
-		if err != nil || eof {
-			return total, err
-		}
-		if n < relayBufSize {
-			continue // a small read: the source is drained, wait again holding nothing
-		}
-		m, eof, err := spliceBurst(rd, rs)
-		total += m
-		if err != nil {
-			return total, err
-		}
-		if eof {
-			return total, nil
-		}
-	}
-}
-
-// copyBuffered copies src to dst until EOF. While src has nothing to read it holds no buffer:
-// it waits for readability (waitReadable), then borrows a pooled buffer and keeps it only as
-// long as reads fill it.
-func copyBuffered(dst, src net.Conn) (int64, error) {
-	var rc syscall.RawConn
-	if sc, ok := src.(syscall.Conn); ok {
-		rc, _ = sc.SyscallConn()
-	}
-	var total int64
-	for {
-		if rc != nil {
-			if err := waitReadable(rc); err != nil {
-				return total, err
+		if d.rs != nil {
+			if err := d.wait(); err != nil {
+				if isTimeout(err) {
+					if d.park() {
+						return true
+					}
+					continue
+				}
+				d.lastErr = err
+				return false
 			}
 		}
 		bp := relayBufs.Get().(*[]byte)
 		buf := *bp
 		for {
-			n, w, eof, err := readWrite(dst, src, buf)
-			total += w
+			n, w, eof, err := readWrite(d.dst, d.src, buf)
+			d.n += w
+			if n == 0 && d.rs != nil && isTimeout(err) {
+				break // the wait's deadline passed before the read: wait again
+			}
 			if err != nil || eof {
 				relayBufs.Put(bp)
-				return total, err
+				d.lastErr = err
+				return false
 			}
-			if n < len(buf) && rc != nil {
+			if n == len(buf) && d.rd != nil {
+				m, eof, err := spliceBurst(d.rd, d.rs)
+				d.n += m
+				if err != nil && !isTimeout(err) || eof {
+					relayBufs.Put(bp)
+					d.lastErr = err
+					return false
+				}
+				break
+			}
+			if n < len(buf) && d.rs != nil {
 				break // drained: give the buffer back while waiting
 			}
 		}
 		relayBufs.Put(bp)
 	}
 }
+
+// wait waits for src to be readable, at most until a deadline about parkAfter away. The
+// deadline is moved only when less than half of parkAfter is left, so a busy flow touches
+// its timer about once per half parkAfter, not once per read.
+func (d *direction) wait() error {
+	now := time.Now()
+	if d.deadline.Sub(now) < parkAfter/2 {
+		d.deadline = now.Add(parkAfter)
+		if err := d.src.SetReadDeadline(d.deadline); err != nil {
+			return err
+		}
+	}
+	return waitReadable(d.rs)
+}
+
+// park hands the direction to the parker and reports true if its goroutine must now return.
+// If the parker cannot take it (the socket was closed meanwhile), the direction goes on here.
+func (d *direction) park() bool {
+	d.state.Store(dirParked)
+	if err := park(d); err != nil {
+		// Nobody else can have woken it: it was never armed. Go on waiting here; a
+		// closed socket shows up as the wait's error.
+		return !d.state.CompareAndSwap(dirParked, dirRunning)
+	}
+	return true
+}
+
+// unpark runs a parked direction again on a new goroutine; it does nothing to a running or
+// ended one. The parker calls it when the source becomes readable, closeBoth when the flow
+// is being ended.
+func (d *direction) unpark() {
+	if d.state.CompareAndSwap(dirParked, dirRunning) {
+		go d.run()
+	}
+}
+
+func isTimeout(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }
 
 // readWrite reads once from src into buf and writes what it read to dst. It returns how many
 // bytes were read and written; eof reports a clean end of src.

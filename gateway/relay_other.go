@@ -3,15 +3,22 @@
 package gateway
 
 import (
+	"errors"
 	"net"
 	"syscall"
 )
 
-// waitReadable is a no-op where no readability probe exists: the caller then holds a buffer
-// while it waits in Read.
+// No readability probe and no parker off Linux: a direction waits in Read, holding its buffer
+// and its goroutine.
+const canPark = false
+
 func waitReadable(rc syscall.RawConn) error { return nil }
 
-// rawConns: no splice off Linux, so the hybrid relay is the buffered one.
-func rawConns(dst, src net.Conn) (rd, rs syscall.RawConn, ok bool) { return nil, nil, false }
+func park(d *direction) error { return errors.ErrUnsupported }
+
+func forget(d *direction) {}
+
+// spliceTarget: no splice off Linux, so the hybrid relay is the buffered one.
+func spliceTarget(dst net.Conn) (syscall.RawConn, bool) { return nil, false }
 
 func spliceBurst(dst, src syscall.RawConn) (int64, bool, error) { return 0, true, nil }

@@ -53,17 +53,14 @@ func (p *relayPipe) close() {
 	unix.Close(p.w)
 }
 
-// rawConns returns the raw sockets of dst and src when both are plain TCP sockets that splice
-// can serve; ok is false otherwise (a wrapped or buffered connection).
-func rawConns(dst, src net.Conn) (rd, rs syscall.RawConn, ok bool) {
-	d, ok1 := dst.(*net.TCPConn)
-	s, ok2 := src.(*net.TCPConn)
-	if !ok1 || !ok2 {
-		return nil, nil, false
+// spliceTarget returns the raw socket of dst when it is one splice can write to.
+func spliceTarget(dst net.Conn) (syscall.RawConn, bool) {
+	sc, ok := dst.(syscall.Conn)
+	if !ok {
+		return nil, false
 	}
-	rd, err1 := d.SyscallConn()
-	rs, err2 := s.SyscallConn()
-	return rd, rs, err1 == nil && err2 == nil
+	rd, err := sc.SyscallConn()
+	return rd, err == nil
 }
 
 // spliceBurst moves what src has queued to dst through a pooled pipe, until src has nothing

@@ -2,8 +2,10 @@ package gateway
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"net"
+	"runtime"
 	"testing"
 	"time"
 )
@@ -113,48 +115,64 @@ func TestRelayCarriesBulkBothWaysIntact(t *testing.T) {
 			if pipeClient {
 				name += "/pipe-client"
 			}
-			t.Run(name, func(t *testing.T) {
-				var client, relayA net.Conn
-				if pipeClient {
-					client, relayA = net.Pipe()
-				} else {
-					client, relayA = tcpPair(t)
-				}
-				relayB, server := tcpPair(t)
-				go RelayWith(mode, relayA, relayB)
-				const n = 8 << 20
-				payload := make([]byte, n)
-				for i := range payload {
-					payload[i] = byte(i*7 + i>>11)
-				}
-				echo := make(chan error, 1)
-				go func() { // the server sends the payload back while it is still receiving
-					_, err := io.Copy(server, server)
-					server.CloseWrite()
-					echo <- err
-				}()
-				go func() {
-					client.Write(payload)
-					if cw, ok := client.(closeWriter); ok {
-						cw.CloseWrite()
-					}
-				}()
-				got := make([]byte, n)
-				client.SetReadDeadline(time.Now().Add(20 * time.Second))
-				if _, err := io.ReadFull(client, got); err != nil {
-					t.Fatalf("read back: %v", err)
-				}
-				if !bytes.Equal(got, payload) {
-					t.Fatal("payload changed on the way")
-				}
-				if pipeClient {
-					return // net.Pipe cannot half-close, so the echo never sees its end
-				}
-				if err := <-echo; err != nil {
-					t.Fatalf("echo: %v", err)
-				}
-			})
+			t.Run(name, func(t *testing.T) { testRelayBulk(t, mode, pipeClient) })
 		}
+	}
+}
+
+// With a park deadline far shorter than the transfer, reads and splices keep running into the
+// wait's deadline and directions park and wake in the middle of it: nothing may be lost.
+func TestRelayBulkSurvivesParkDeadlines(t *testing.T) {
+	old := parkAfter
+	parkAfter = 2 * time.Millisecond
+	t.Cleanup(func() { parkAfter = old })
+	for _, mode := range []string{RelayAuto, RelayBuffered} {
+		t.Run(mode, func(t *testing.T) { testRelayBulk(t, mode, false) })
+	}
+}
+
+func testRelayBulk(t *testing.T, mode string, pipeClient bool) {
+	var client, relayA net.Conn
+	if pipeClient {
+		client, relayA = net.Pipe()
+	} else {
+		client, relayA = tcpPair(t)
+	}
+	relayB, server := tcpPair(t)
+	go RelayWith(mode, relayA, relayB)
+	const n = 8 << 20
+	payload := make([]byte, n)
+	for i := range payload {
+		payload[i] = byte(i*7 + i>>11)
+	}
+	echo := make(chan error, 1)
+	go func() { // the server sends the payload back while it is still receiving
+		_, err := io.Copy(server, server)
+		server.CloseWrite()
+		echo <- err
+	}()
+	go func() {
+		for off := 0; off < n; off += 1 << 20 {
+			client.Write(payload[off : off+1<<20])
+			time.Sleep(time.Millisecond) // pauses, so that directions also park mid-flow
+		}
+		if cw, ok := client.(closeWriter); ok {
+			cw.CloseWrite()
+		}
+	}()
+	got := make([]byte, n)
+	client.SetReadDeadline(time.Now().Add(20 * time.Second))
+	if _, err := io.ReadFull(client, got); err != nil {
+		t.Fatalf("read back: %v", err)
+	}
+	if !bytes.Equal(got, payload) {
+		t.Fatal("payload changed on the way")
+	}
+	if pipeClient {
+		return // net.Pipe cannot half-close, so the echo never sees its end
+	}
+	if err := <-echo; err != nil {
+		t.Fatalf("echo: %v", err)
 	}
 }
 
@@ -175,5 +193,108 @@ func BenchmarkRelayLoopback(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// Idle flows are parked: after parkAfter without data neither direction keeps a goroutine,
+// and a parked flow still carries data both ways, half-closes, and ends when closed from
+// outside (the idle sweeper, shutdown).
+func TestRelayParksIdleFlows(t *testing.T) {
+	if !canPark {
+		t.Skip("no parker on this system")
+	}
+	old := parkAfter
+	parkAfter = 50 * time.Millisecond
+	t.Cleanup(func() { parkAfter = old })
+	for _, mode := range []string{RelayAuto, RelayBuffered} {
+		t.Run(mode, func(t *testing.T) { testRelayParks(t, mode) })
+	}
+}
+
+func testRelayParks(t *testing.T, mode string) {
+	const flows = 50
+	base := runtime.NumGoroutine()
+	type flow struct {
+		client, server *net.TCPConn
+		r              *relay
+		done           chan error
+	}
+	fs := make([]flow, flows)
+	for i := range fs {
+		client, relayA := tcpPair(t)
+		relayB, server := tcpPair(t)
+		done := make(chan error, 1)
+		r := newRelay(mode, relayA, relayB, func(up, down int64, err error) { done <- err })
+		r.start()
+		fs[i] = flow{client, server, r, done}
+	}
+	// Every flow idles: all directions park, leaving no goroutine per flow behind.
+	waitUntil(t, "directions parked", func() bool {
+		for i := range fs {
+			for j := range fs[i].r.dirs {
+				if fs[i].r.dirs[j].state.Load() != dirParked {
+					return false
+				}
+			}
+		}
+		return true
+	})
+	if g := runtime.NumGoroutine() - base; g > flows/5 {
+		t.Errorf("%d goroutines for %d parked flows", g, flows)
+	}
+	// A parked flow wakes for data each way, and parks again.
+	for round := range 2 {
+		for i := range fs {
+			msg := []byte(fmt.Sprintf("ping %d %d", round, i))
+			echoOnce(t, fs[i].client, fs[i].server, msg)
+			echoOnce(t, fs[i].server, fs[i].client, msg)
+		}
+		time.Sleep(3 * parkAfter)
+	}
+	// Half-close from a parked state: the server sees EOF, still answers, the client reads it.
+	f := fs[0]
+	f.client.CloseWrite()
+	f.server.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if b, err := io.ReadAll(f.server); err != nil || len(b) != 0 {
+		t.Fatalf("server after half-close: %q, %v", b, err)
+	}
+	echoOnce(t, f.server, f.client, []byte("still here"))
+	f.server.CloseWrite()
+	select {
+	case err := <-f.done:
+		if err != nil {
+			t.Fatalf("half-closed flow ended with %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("half-closed flow did not end")
+	}
+	// Closing parked flows from outside ends them; their sockets are closed.
+	for _, f := range fs[1:] {
+		f.r.closeBoth()
+	}
+	for _, f := range fs[1:] {
+		select {
+		case <-f.done:
+		case <-time.After(5 * time.Second):
+			t.Fatal("parked flow closed from outside did not end")
+		}
+		f.client.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := f.client.Read(make([]byte, 1)); err == nil {
+			t.Fatal("client still connected after the flow was closed")
+		}
+	}
+	waitUntil(t, "goroutines back to the baseline", func() bool { return runtime.NumGoroutine() <= base+1 })
+}
+
+// echoOnce writes msg on from and reads it on to.
+func echoOnce(t *testing.T, from, to *net.TCPConn, msg []byte) {
+	t.Helper()
+	if _, err := from.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(msg))
+	to.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(to, got); err != nil || !bytes.Equal(got, msg) {
+		t.Fatalf("read %q, %v; want %q", got, err, msg)
 	}
 }

@@ -151,7 +151,11 @@ func TestLiveFlowsShowDecisionAndBytes(t *testing.T) {
 	select {
 	case <-done:
 	case <-time.After(5 * time.Second):
-		t.Fatal("flow did not end")
+		t.Fatal("Handle did not return")
+	}
+	// Handle returns once the relay runs; the flow ends on the relay's goroutines.
+	for end := time.Now().Add(5 * time.Second); g.Active() > 0 && time.Now().Before(end); {
+		time.Sleep(5 * time.Millisecond)
 	}
 	if l := g.LiveFlows(); len(l) != 0 {
 		t.Fatalf("ended flow still listed: %+v", l)
