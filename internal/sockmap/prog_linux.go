@@ -20,7 +20,11 @@ const (
 	offBase    = 24 // written(peer) when the flow was added (see written)
 	offRelayed = 32 // bytes userspace read from this socket and wrote into the peer
 	offLimit   = 40 // bound on the redirect backlog toward the peer, in bytes; 0: none
+	offSignal  = 48 // 1 once the program told userspace that the backlog passed the limit
 	slotSize   = 64
+
+	// hardLimitShift: beyond limit<<hardLimitShift the program stops redirecting by itself.
+	hardLimitShift = 2
 )
 
 // sk_skb verdicts.
@@ -65,30 +69,36 @@ func kernelTCPSockOffsets() (tcpSockOffsets, error) {
 	return o, nil
 }
 
-// verdictProgram returns the sk_skb verdict program. In pseudo-C:
+// verdictProgram returns the sk_skb verdict program, attached to the ingress sockmap. In pseudo-C:
 //
 //	slot = slots[cookie(skb)];  st = &state[slot]        // not ours: SK_PASS
 //	if skb->len == 0: return SK_DROP                     // the empty skb that carries a FIN
 //	if st->paused:
 //		if st->passed != st->relayed: goto pass          // userspace has not caught up yet
 //		st->paused = 0
-//	peer = socks[slot^1]                                 // takes a reference
+//	peer = targets[slot^1]                               // takes a reference
 //	if !peer: goto pause                                 // peer not in the map yet (Add in progress)
 //	if st->limit:
 //		tp = skc_to_tcp_sock(peer)
 //		written = tp->bytes_acked + (u32)(tp->write_seq - tp->snd_una)
 //		backlog = st->sent + st->base + st->relayed - written
 //	release(peer)
-//	if backlog > st->limit: goto pause
-//	st->sent += len; return sk_redirect_map(skb, socks, slot^1, 0)
+//	if backlog > st->limit << 2: goto pause              // hard bound
+//	if backlog > st->limit && !st->signal:               // soft bound: ask userspace to throttle
+//		st->signal = 1; ringbuf_output(events, &slot)
+//	st->sent += len; return sk_redirect_map(skb, targets, slot^1, 0)
 //	pause: st->paused = 1
 //	pass: st->passed += len; return SK_PASS
 //
 // The backlog is what the kernel queued for the peer and has not yet pushed into the peer's send
-// queue: sockmap has no backpressure of its own, so without this bound a fast sender into a slow sink
-// queues without limit. Passed bytes stay charged to this socket's receive buffer, so TCP flow control
-// pushes back on the sender while userspace copies them, in order, once the backlog has drained.
-func verdictProgram(socks, slots, state *ebpf.Map, off tcpSockOffsets) asm.Instructions {
+// queue: sockmap has no backpressure of its own, so without a bound a fast sender into a slow sink
+// queues without limit. At the soft bound userspace takes the socket out of the ingress map (it stays
+// in the target map, so the other direction goes on): its bytes then wait in its own receive queue
+// and TCP flow control pushes back on the sender; once the backlog has drained, userspace puts it
+// back. The hard bound covers the time userspace takes to react: passed bytes stay charged to this
+// socket's receive buffer, so TCP pushes back too, and userspace copies them, in order, once the
+// backlog has drained.
+func verdictProgram(targets, slots, state, events *ebpf.Map, off tcpSockOffsets) asm.Instructions {
 	const (
 		fpCookie  = -8
 		fpSlot    = -12
@@ -96,9 +106,9 @@ func verdictProgram(socks, slots, state *ebpf.Map, off tcpSockOffsets) asm.Instr
 		fpWritten = -24
 	)
 	return asm.Instructions{
-		asm.Mov.Reg(asm.R6, asm.R1),                 // r6 = skb
-		asm.LoadMem(asm.R9, asm.R6, 0, asm.Word),    // r9 = skb->len
-		asm.FnGetSocketCookie.Call(),                // r0 = cookie
+		asm.Mov.Reg(asm.R6, asm.R1),              // r6 = skb
+		asm.LoadMem(asm.R9, asm.R6, 0, asm.Word), // r9 = skb->len
+		asm.FnGetSocketCookie.Call(),             // r0 = cookie
 		asm.StoreMem(asm.RFP, fpCookie, asm.R0, asm.DWord),
 		asm.LoadMapPtr(asm.R1, slots.FD()),
 		asm.Mov.Reg(asm.R2, asm.RFP),
@@ -125,7 +135,7 @@ func verdictProgram(socks, slots, state *ebpf.Map, off tcpSockOffsets) asm.Instr
 		asm.Mov.Imm(asm.R1, 0),
 		asm.StoreMem(asm.R7, offPaused, asm.R1, asm.DWord),
 
-		asm.LoadMapPtr(asm.R1, socks.FD()).WithSymbol("lookup_peer"),
+		asm.LoadMapPtr(asm.R1, targets.FD()).WithSymbol("lookup_peer"),
 		asm.Mov.Reg(asm.R2, asm.RFP),
 		asm.Add.Imm(asm.R2, fpPeer),
 		asm.FnMapLookupElem.Call(),
@@ -155,16 +165,31 @@ func verdictProgram(socks, slots, state *ebpf.Map, off tcpSockOffsets) asm.Instr
 		asm.Add.Reg(asm.R2, asm.R3),
 		asm.LoadMem(asm.R3, asm.RFP, fpWritten, asm.DWord),
 		asm.Sub.Reg(asm.R2, asm.R3), // r2 = backlog
-		asm.JSGT.Reg(asm.R2, asm.R1, "pause"),
+		asm.Mov.Reg(asm.R3, asm.R1),
+		asm.LSh.Imm(asm.R3, hardLimitShift),
+		asm.JSGT.Reg(asm.R2, asm.R3, "pause"),
+		asm.JSGT.Reg(asm.R2, asm.R1, "signal"),
 
 		asm.Mov.Reg(asm.R1, asm.R9).WithSymbol("redirect"),
 		asm.AddAtomic.Mem(asm.R7, asm.R1, asm.DWord, offSent),
 		asm.Mov.Reg(asm.R1, asm.R6),
-		asm.LoadMapPtr(asm.R2, socks.FD()),
+		asm.LoadMapPtr(asm.R2, targets.FD()),
 		asm.LoadMem(asm.R3, asm.RFP, fpPeer, asm.Word),
 		asm.Mov.Imm(asm.R4, 0),
 		asm.FnSkRedirectMap.Call(),
 		asm.Return(),
+
+		asm.LoadMem(asm.R1, asm.R7, offSignal, asm.DWord).WithSymbol("signal"),
+		asm.JNE.Imm(asm.R1, 0, "redirect"),
+		asm.Mov.Imm(asm.R1, 1),
+		asm.StoreMem(asm.R7, offSignal, asm.R1, asm.DWord),
+		asm.LoadMapPtr(asm.R1, events.FD()),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, fpSlot),
+		asm.Mov.Imm(asm.R3, 4),
+		asm.Mov.Imm(asm.R4, 0),
+		asm.FnRingbufOutput.Call(),
+		asm.Ja.Label("redirect"),
 
 		asm.Mov.Imm(asm.R1, 1).WithSymbol("pause"),
 		asm.StoreMem(asm.R7, offPaused, asm.R1, asm.DWord),

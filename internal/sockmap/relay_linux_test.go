@@ -73,9 +73,18 @@ func TestEchoThroughKernelIsByteIdenticalAndCounted(t *testing.T) {
 	if err := waitDone(t, done, 10*time.Second); err != nil {
 		t.Fatalf("flow ended with %v", err)
 	}
+	logSlots(t, f)
 	ab, ba := f.Bytes()
 	if ab != size || ba != size {
 		t.Fatalf("counters a→b %d b→a %d, want %d each", ab, ba, size)
 	}
 	t.Logf("%d MiB each way in %v: %.2f Gbit/s per direction", size>>20, el, float64(size)*8/el.Seconds()/1e9)
+}
+
+func logSlots(t testing.TB, f *Flow) {
+	for s := range 2 {
+		t.Logf("side %d: sent %d passed %d relayed %d paused %d", s,
+			*f.r.field(f.slot[s], offSent), *f.r.field(f.slot[s], offPassed),
+			*f.r.field(f.slot[s], offRelayed), *f.r.field(f.slot[s], offPaused))
+	}
 }

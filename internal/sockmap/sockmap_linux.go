@@ -3,6 +3,7 @@
 package sockmap
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"github.com/cilium/ebpf/ringbuf"
 	"golang.org/x/sys/unix"
 )
 
@@ -38,9 +40,13 @@ const (
 
 // Relay holds the sockmap, the verdict program and the state of every flow in it. One per process.
 type Relay struct {
-	socks, slots, state *ebpf.Map
-	prog                *ebpf.Program
-	mem                 []byte // the state array, mmap-ed
+	// ingress holds the sockets whose received bytes the program redirects (the verdict program is
+	// attached to it); targets holds every socket of every flow, as redirect destinations. A socket
+	// out of ingress but in targets keeps receiving its peer's bytes while its own input waits.
+	ingress, targets, slots, state, events *ebpf.Map
+	prog                                   *ebpf.Program
+	mem                                    []byte // the state array, mmap-ed
+	throttles                              *ringbuf.Reader
 
 	limit int64 // backlog bound given to new flows
 
@@ -50,6 +56,7 @@ type Relay struct {
 	waiting   map[*Flow]struct{}
 	monitorOn bool
 	closed    bool
+	byPair    map[uint32]*Flow
 }
 
 // Flow is one flow in the kernel relay: socket a (side 0) and socket b (side 1). Its methods are safe
@@ -66,6 +73,7 @@ type Flow struct {
 	buf     [2][]byte  // bytes read from side s not yet written to the other side
 	pool    [2]*[]byte // the pooled buffer behind buf
 	eof     [2]bool    // side s has received a FIN
+	held    [2]bool    // side s is out of the ingress map: its input waits for the backlog to drain
 	shut    [2]bool    // we shut down side s for writing (its peer's FIN, propagated)
 	done    bool
 	err     error
@@ -84,7 +92,7 @@ var (
 // process. Every error wraps ErrUnsupported and is an *OpenError that names the failed step and what
 // is probably missing.
 func Open() (*Relay, error) {
-	r := &Relay{limit: DefaultBacklogLimit, waiting: map[*Flow]struct{}{}}
+	r := &Relay{limit: DefaultBacklogLimit, waiting: map[*Flow]struct{}{}, byPair: map[uint32]*Flow{}}
 	if err := r.open(); err != nil {
 		r.Close()
 		return nil, err
@@ -109,9 +117,17 @@ func (r *Relay) open() error {
 	if err != nil {
 		return &OpenError{Step: "read struct tcp_sock layout", Hint: "needs kernel BTF (CONFIG_DEBUG_INFO_BTF)", Err: err}
 	}
-	if r.socks, err = ebpf.NewMap(&ebpf.MapSpec{Name: "sg_socks", Type: ebpf.SockMap, KeySize: 4, ValueSize: 4,
+	if r.ingress, err = ebpf.NewMap(&ebpf.MapSpec{Name: "sg_ingress", Type: ebpf.SockMap, KeySize: 4, ValueSize: 4,
 		MaxEntries: maxSockets}); err != nil {
 		return fail("create sockmap", err)
+	}
+	if r.targets, err = ebpf.NewMap(&ebpf.MapSpec{Name: "sg_targets", Type: ebpf.SockMap, KeySize: 4, ValueSize: 4,
+		MaxEntries: maxSockets}); err != nil {
+		return fail("create sockmap", err)
+	}
+	if r.events, err = ebpf.NewMap(&ebpf.MapSpec{Name: "sg_events", Type: ebpf.RingBuf,
+		MaxEntries: 64 << 10}); err != nil {
+		return fail("create ring buffer", err)
 	}
 	if r.slots, err = ebpf.NewMap(&ebpf.MapSpec{Name: "sg_slots", Type: ebpf.Hash, KeySize: 8, ValueSize: 4,
 		MaxEntries: maxSockets, Flags: unix.BPF_F_NO_PREALLOC}); err != nil {
@@ -128,17 +144,42 @@ func (r *Relay) open() error {
 		Name:         "sg_verdict",
 		Type:         ebpf.SkSKB,
 		AttachType:   ebpf.AttachSkSKBVerdict,
-		Instructions: verdictProgram(r.socks, r.slots, r.state, off),
+		Instructions: verdictProgram(r.targets, r.slots, r.state, r.events, off),
 		License:      "Dual MIT/GPL",
 	})
 	if err != nil {
 		return fail("load sk_skb verdict program", err)
 	}
-	if err := link.RawAttachProgram(link.RawAttachProgramOptions{Target: r.socks.FD(), Program: r.prog,
+	if err := link.RawAttachProgram(link.RawAttachProgramOptions{Target: r.ingress.FD(), Program: r.prog,
 		Attach: ebpf.AttachSkSKBVerdict}); err != nil {
 		return fail("attach verdict program to sockmap", err)
 	}
+	if r.throttles, err = ringbuf.NewReader(r.events); err != nil {
+		return fail("read ring buffer", err)
+	}
+	go r.readThrottles()
 	return nil
+}
+
+// readThrottles takes a socket out of the ingress map when the program reports that the backlog
+// toward its peer passed the limit. It is the relay's one long-lived goroutine.
+func (r *Relay) readThrottles() {
+	var rec ringbuf.Record
+	for {
+		if err := r.throttles.ReadInto(&rec); err != nil {
+			return // closed
+		}
+		if len(rec.RawSample) < 4 {
+			continue
+		}
+		slot := binary.NativeEndian.Uint32(rec.RawSample)
+		r.mu.Lock()
+		f := r.byPair[slot/2]
+		r.mu.Unlock()
+		if f != nil {
+			f.hold(int(slot & 1))
+		}
+	}
 }
 
 // Close releases the program and maps. Flows still in the map lose their queued bytes; remove them
@@ -148,11 +189,14 @@ func (r *Relay) Close() error {
 	r.closed = true
 	r.mu.Unlock()
 	var errs []error
+	if r.throttles != nil {
+		errs = append(errs, r.throttles.Close())
+	}
 	if r.mem != nil {
 		errs = append(errs, unix.Munmap(r.mem))
 		r.mem = nil
 	}
-	for _, c := range []interface{ Close() error }{r.prog, r.socks, r.slots, r.state} {
+	for _, c := range []interface{ Close() error }{r.prog, r.ingress, r.targets, r.slots, r.state, r.events} {
 		if c != nil && !isNilPtr(c) {
 			errs = append(errs, c.Close())
 		}
@@ -165,6 +209,8 @@ func isNilPtr(c interface{ Close() error }) bool {
 	case *ebpf.Map:
 		return v == nil
 	case *ebpf.Program:
+		return v == nil
+	case *ringbuf.Reader:
 		return v == nil
 	}
 	return false
@@ -277,21 +323,78 @@ func (r *Relay) Add(a, b *net.TCPConn, onDone func(*Flow, error)) (*Flow, error)
 			return nil, fmt.Errorf("kernel relay: add socket cookie: %w", err)
 		}
 	}
-	for s := range 2 {
-		if err := r.socks.Put(f.slot[s], uint32(f.fd[s])); err != nil {
-			f.Remove()
-			return nil, fmt.Errorf("kernel relay: add socket to sockmap: %w", err)
+	r.mu.Lock()
+	r.byPair[pair] = f
+	r.mu.Unlock()
+	for _, m := range []*ebpf.Map{r.targets, r.ingress} {
+		for s := range 2 {
+			if err := m.Put(f.slot[s], uint32(f.fd[s])); err != nil {
+				f.Remove()
+				return nil, fmt.Errorf("kernel relay: add socket to sockmap: %w", err)
+			}
 		}
 	}
 	// Bytes that were queued before the sockets entered the map wait for the next data_ready, which may
 	// never come. Setting SO_RCVLOWAT makes TCP call it now (tcp_set_rcvlowat → tcp_data_ready).
 	for s := range 2 {
-		if err := unix.SetsockoptInt(f.fd[s], unix.SOL_SOCKET, unix.SO_RCVLOWAT, 1); err != nil {
+		if err := kick(f.fd[s]); err != nil {
 			f.Remove()
-			return nil, fmt.Errorf("kernel relay: %w", os.NewSyscallError("setsockopt SO_RCVLOWAT", err))
+			return nil, fmt.Errorf("kernel relay: %w", err)
 		}
 	}
 	return f, nil
+}
+
+// kick makes TCP hand the bytes already in the socket's receive queue to the verdict program: they
+// arrived before the socket entered the ingress map and would otherwise wait for the next segment,
+// which may never come. Setting SO_RCVLOWAT calls tcp_data_ready, which calls sk_data_ready.
+func kick(fd int) error {
+	return os.NewSyscallError("setsockopt SO_RCVLOWAT", unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVLOWAT, 1))
+}
+
+// hold takes side s out of the ingress map: the backlog toward its peer passed the limit.
+func (f *Flow) hold(s int) {
+	f.mu.Lock()
+	if f.done || f.removed || f.held[s] {
+		f.mu.Unlock()
+		return
+	}
+	if err := f.r.ingress.Delete(f.slot[s]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		f.mu.Unlock()
+		return // stays in: the hard bound still holds
+	}
+	f.held[s] = true
+	f.mu.Unlock()
+	f.r.watch(f)
+}
+
+// backlog is the bytes the kernel holds for side s's peer beyond that socket's send queue.
+func (f *Flow) backlog(s int) (int64, error) {
+	w, err := written(f.fd[1-s])
+	if err != nil {
+		return 0, err
+	}
+	r := f.r
+	want := atomic.LoadUint64(r.field(f.slot[s], offBase)) + atomic.LoadUint64(r.field(f.slot[s], offSent)) +
+		atomic.LoadUint64(r.field(f.slot[s], offRelayed))
+	return int64(want - w), nil
+}
+
+// release puts a held side back into the ingress map once its backlog has drained to half the limit.
+func (f *Flow) release(s int) (wait bool, err error) {
+	b, err := f.backlog(s)
+	if err != nil {
+		return false, err
+	}
+	if b > f.r.limit/2 {
+		return true, nil
+	}
+	atomic.StoreUint64(f.r.field(f.slot[s], offSignal), 0)
+	if err := f.r.ingress.Put(f.slot[s], uint32(f.fd[s])); err != nil {
+		return false, fmt.Errorf("put socket back into sockmap: %w", err)
+	}
+	f.held[s] = false
+	return false, kick(f.fd[s])
 }
 
 // Fds returns the two sockets' descriptors, for the caller's epoll set.
@@ -389,6 +492,11 @@ func (f *Flow) drained(s int) (bool, error) {
 
 func (f *Flow) advanceDir(s int) (wait bool, err error) {
 	r, p := f.r, 1-s
+	if f.held[s] {
+		if w, err := f.release(s); w || err != nil {
+			return w, err
+		}
+	}
 	passed := r.field(f.slot[s], offPassed)
 	relayed := r.field(f.slot[s], offRelayed)
 	for range 64 {
@@ -486,13 +594,18 @@ func (f *Flow) Remove() error {
 	f.r.unwatch(f)
 	var errs []error
 	for s := range 2 {
-		if err := f.r.socks.Delete(f.slot[s]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-			errs = append(errs, fmt.Errorf("remove socket from sockmap: %w", err))
+		for _, m := range []*ebpf.Map{f.r.ingress, f.r.targets} {
+			if err := m.Delete(f.slot[s]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				errs = append(errs, fmt.Errorf("remove socket from sockmap: %w", err))
+			}
 		}
 		if err := f.r.slots.Delete(f.cookie[s]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			errs = append(errs, fmt.Errorf("remove socket cookie: %w", err))
 		}
 	}
+	f.r.mu.Lock()
+	delete(f.r.byPair, f.slot[0]/2)
+	f.r.mu.Unlock()
 	f.r.freePair(f.slot[0] / 2)
 	return errors.Join(errs...)
 }

@@ -24,6 +24,6 @@ func (r *Relay) Add(a, b *net.TCPConn, onDone func(*Flow, error)) (*Flow, error)
 	return nil, ErrUnsupported
 }
 
-func (f *Flow) Bytes() (aToB, bToA int64)                { return 0, 0 }
+func (f *Flow) Bytes() (aToB, bToA int64)                  { return 0, 0 }
 func (f *Flow) OnReadable(side int) (done bool, err error) { return true, ErrUnsupported }
-func (f *Flow) Remove() error                             { return nil }
+func (f *Flow) Remove() error                              { return nil }
