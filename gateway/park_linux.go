@@ -32,6 +32,10 @@ type parker struct {
 
 var theParker parker
 
+// startParker starts the parker with the first relay, not the first park, so that its epoll
+// descriptor and goroutine are part of the process's baseline from the first flow on.
+func startParker() { theParker.once.Do(theParker.init) }
+
 // park arms d's source socket in the parker. d.state must already be dirParked: an event may
 // run d before park returns.
 func park(d *direction) error {

@@ -106,6 +106,9 @@ type direction struct {
 
 func newRelay(mode string, a, b net.Conn, done func(up, down int64, err error)) *relay {
 	r := &relay{a: a, b: b, done: done}
+	if mode != RelaySplice {
+		startParker()
+	}
 	r.left.Store(2)
 	r.dirs[0].init(r, mode, b, a)
 	r.dirs[1].init(r, mode, a, b)

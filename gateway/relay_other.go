@@ -18,6 +18,8 @@ func park(d *direction) error { return errors.ErrUnsupported }
 
 func forget(d *direction) {}
 
+func startParker() {}
+
 // spliceTarget: no splice off Linux, so the hybrid relay is the buffered one.
 func spliceTarget(dst net.Conn) (syscall.RawConn, bool) { return nil, false }
 
