@@ -25,3 +25,8 @@ func (e *OpenError) Error() string {
 }
 
 func (e *OpenError) Unwrap() []error { return []error{ErrUnsupported, e.Err} }
+
+// ErrNotEstablished is wrapped by Add when a socket is no longer in the ESTABLISHED state (it has
+// received or sent a FIN, or was reset): the kernel accepts only established TCP sockets in a sockmap,
+// so such a flow must be relayed in userspace.
+var ErrNotEstablished = errors.New("socket not established: relay this flow in userspace")

@@ -36,6 +36,8 @@ const (
 	// monitorInterval is how often the relay re-examines flows that wait on the kernel: a paused
 	// direction whose destination is draining, or a FIN waiting for the redirected bytes to drain.
 	monitorInterval = 2 * time.Millisecond
+
+	tcpEstablished = 1 // TCP_ESTABLISHED
 )
 
 // Relay holds the sockmap, the verdict program and the state of every flow in it. One per process.
@@ -74,6 +76,7 @@ type Flow struct {
 	pool    [2]*[]byte // the pooled buffer behind buf
 	eof     [2]bool    // side s has received a FIN
 	held    [2]bool    // side s is out of the ingress map: its input waits for the backlog to drain
+	user    [2]bool    // side s could not go back into the map: userspace copies its input to the end
 	shut    [2]bool    // we shut down side s for writing (its peer's FIN, propagated)
 	done    bool
 	err     error
@@ -299,6 +302,13 @@ func (r *Relay) Add(a, b *net.TCPConn, onDone func(*Flow, error)) (*Flow, error)
 		if f.cookie[i], err = unix.GetsockoptUint64(f.fd[i], unix.SOL_SOCKET, unix.SO_COOKIE); err != nil {
 			return nil, fmt.Errorf("kernel relay: %w", os.NewSyscallError("getsockopt SO_COOKIE", err))
 		}
+		ti, err := unix.GetsockoptTCPInfo(f.fd[i], unix.IPPROTO_TCP, unix.TCP_INFO)
+		if err != nil {
+			return nil, fmt.Errorf("kernel relay: %w", os.NewSyscallError("getsockopt TCP_INFO", err))
+		}
+		if ti.State != tcpEstablished {
+			return nil, fmt.Errorf("kernel relay: side %d in TCP state %d: %w", i, ti.State, ErrNotEstablished)
+		}
 	}
 	pair, err := r.allocPair()
 	if err != nil {
@@ -330,6 +340,9 @@ func (r *Relay) Add(a, b *net.TCPConn, onDone func(*Flow, error)) (*Flow, error)
 		for s := range 2 {
 			if err := m.Put(f.slot[s], uint32(f.fd[s])); err != nil {
 				f.Remove()
+				if errors.Is(err, unix.EOPNOTSUPP) {
+					err = fmt.Errorf("%w (%w)", ErrNotEstablished, err)
+				}
 				return nil, fmt.Errorf("kernel relay: add socket to sockmap: %w", err)
 			}
 		}
@@ -391,7 +404,11 @@ func (f *Flow) release(s int) (wait bool, err error) {
 	}
 	atomic.StoreUint64(f.r.field(f.slot[s], offSignal), 0)
 	if err := f.r.ingress.Put(f.slot[s], uint32(f.fd[s])); err != nil {
-		return false, fmt.Errorf("put socket back into sockmap: %w", err)
+		// The kernel accepts only established sockets: one that received a FIN (or was closed)
+		// while held stays out, and userspace copies the rest of its input, which is in order in
+		// its own receive queue.
+		f.held[s], f.user[s] = false, true
+		return false, nil
 	}
 	f.held[s] = false
 	return false, kick(f.fd[s])
@@ -502,6 +519,9 @@ func (f *Flow) advanceDir(s int) (wait bool, err error) {
 	for range 64 {
 		if len(f.buf[s]) == 0 {
 			unread := atomic.LoadUint64(passed) - f.read[s]
+			if f.user[s] && !f.eof[s] {
+				unread = max(unread, relayBufSize)
+			}
 			if unread == 0 {
 				break
 			}
@@ -511,13 +531,19 @@ func (f *Flow) advanceDir(s int) (wait bool, err error) {
 			b := (*f.pool[s])[:min(uint64(relayBufSize), unread)]
 			n, err := unix.Read(f.fd[s], b)
 			if err == unix.EAGAIN {
-				wait = true // passed bytes still on their way to the socket's queue
+				// Passed bytes still on their way to the socket's queue; in userspace mode, the
+				// caller's next readability event brings more.
+				wait = wait || !f.user[s]
 				break
 			}
 			if err != nil {
 				return false, os.NewSyscallError("read", err)
 			}
 			if n == 0 {
+				if f.user[s] {
+					f.eof[s] = true
+					break
+				}
 				return false, fmt.Errorf("side %d: EOF before %d passed bytes", s, unread)
 			}
 			f.read[s] += uint64(n)
@@ -546,11 +572,11 @@ func (f *Flow) advanceDir(s int) (wait bool, err error) {
 		bufPool.Put(f.pool[s])
 		f.pool[s], f.buf[s] = nil, nil
 	}
-	caughtUp := len(f.buf[s]) == 0 && atomic.LoadUint64(passed) == f.read[s]
+	caughtUp := len(f.buf[s]) == 0 && (f.user[s] || atomic.LoadUint64(passed) <= f.read[s])
 	if !caughtUp {
 		return true, nil
 	}
-	if !f.eof[s] {
+	if !f.eof[s] && !f.user[s] {
 		var one [1]byte
 		n, _, err := unix.Recvfrom(f.fd[s], one[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
 		switch {
