@@ -21,10 +21,8 @@ const (
 	offRelayed = 32 // bytes userspace read from this socket and wrote into the peer
 	offLimit   = 40 // bound on the redirect backlog toward the peer, in bytes; 0: none
 	offSignal  = 48 // 1 once the program told userspace that the backlog passed the limit
+	offHard    = 56 // the hard bound: beyond it the program stops redirecting by itself
 	slotSize   = 64
-
-	// hardLimitShift: beyond limit<<hardLimitShift the program stops redirecting by itself.
-	hardLimitShift = 2
 )
 
 // sk_skb verdicts.
@@ -83,7 +81,7 @@ func kernelTCPSockOffsets() (tcpSockOffsets, error) {
 //		written = tp->bytes_acked + (u32)(tp->write_seq - tp->snd_una)
 //		backlog = st->sent + st->base + st->relayed - written
 //	release(peer)
-//	if backlog > st->limit << 2: goto pause              // hard bound
+//	if backlog > st->hard: goto pause                    // hard bound
 //	if backlog > st->limit && !st->signal:               // soft bound: ask userspace to throttle
 //		st->signal = 1; ringbuf_output(events, &slot)
 //	st->sent += len; return sk_redirect_map(skb, targets, slot^1, 0)
@@ -95,9 +93,10 @@ func kernelTCPSockOffsets() (tcpSockOffsets, error) {
 // queues without limit. At the soft bound userspace takes the socket out of the ingress map (it stays
 // in the target map, so the other direction goes on): its bytes then wait in its own receive queue
 // and TCP flow control pushes back on the sender; once the backlog has drained, userspace puts it
-// back. The hard bound covers the time userspace takes to react: passed bytes stay charged to this
-// socket's receive buffer, so TCP pushes back too, and userspace copies them, in order, once the
-// backlog has drained.
+// back. The hard bound (2×limit plus the socket's receive buffer: what a put-back socket may hand
+// over at once) covers the time userspace takes to react: passed bytes stay charged to this socket's
+// receive buffer, so TCP pushes back too, and userspace copies them, in order, once the backlog has
+// drained.
 func verdictProgram(targets, slots, state, events *ebpf.Map, off tcpSockOffsets) asm.Instructions {
 	const (
 		fpCookie  = -8
@@ -165,8 +164,7 @@ func verdictProgram(targets, slots, state, events *ebpf.Map, off tcpSockOffsets)
 		asm.Add.Reg(asm.R2, asm.R3),
 		asm.LoadMem(asm.R3, asm.RFP, fpWritten, asm.DWord),
 		asm.Sub.Reg(asm.R2, asm.R3), // r2 = backlog
-		asm.Mov.Reg(asm.R3, asm.R1),
-		asm.LSh.Imm(asm.R3, hardLimitShift),
+		asm.LoadMem(asm.R3, asm.R7, offHard, asm.DWord),
 		asm.JSGT.Reg(asm.R2, asm.R3, "pause"),
 		asm.JSGT.Reg(asm.R2, asm.R1, "signal"),
 

@@ -77,6 +77,7 @@ type Flow struct {
 	eof     [2]bool    // side s has received a FIN
 	held    [2]bool    // side s is out of the ingress map: its input waits for the backlog to drain
 	user    [2]bool    // side s could not go back into the map: userspace copies its input to the end
+	capped  [2]bool    // side s's receive buffer was fixed at the limit when it was first held
 	shut    [2]bool    // we shut down side s for writing (its peer's FIN, propagated)
 	done    bool
 	err     error
@@ -324,6 +325,10 @@ func (r *Relay) Add(a, b *net.TCPConn, onDone func(*Flow, error)) (*Flow, error)
 		}
 		atomic.StoreUint64(r.field(f.slot[s], offBase), base)
 		atomic.StoreUint64(r.field(f.slot[s], offLimit), uint64(r.limit))
+		if err := f.setHard(s); err != nil {
+			r.freePair(pair)
+			return nil, fmt.Errorf("kernel relay: %w", err)
+		}
 	}
 	// The cookie entries go first: a socket whose data reaches the program before its peer is in the
 	// map is paused (its bytes stay in its own queue) rather than dropped.
@@ -365,6 +370,17 @@ func kick(fd int) error {
 	return os.NewSyscallError("setsockopt SO_RCVLOWAT", unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVLOWAT, 1))
 }
 
+// setHard sets side s's hard bound: twice the limit plus what its receive buffer may hold now, since
+// a socket put back into the map hands its whole receive queue to the program at once.
+func (f *Flow) setHard(s int) error {
+	rcvbuf, err := unix.GetsockoptInt(f.fd[s], unix.SOL_SOCKET, unix.SO_RCVBUF)
+	if err != nil {
+		return os.NewSyscallError("getsockopt SO_RCVBUF", err)
+	}
+	atomic.StoreUint64(f.r.field(f.slot[s], offHard), uint64(2*f.r.limit+int64(rcvbuf)))
+	return nil
+}
+
 // hold takes side s out of the ingress map: the backlog toward its peer passed the limit.
 func (f *Flow) hold(s int) {
 	f.mu.Lock()
@@ -375,6 +391,12 @@ func (f *Flow) hold(s int) {
 	if err := f.r.ingress.Delete(f.slot[s]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		f.mu.Unlock()
 		return // stays in: the hard bound still holds
+	}
+	// Held, the socket's bytes wait in its receive queue, which TCP autotuning grows to tcp_rmem[2]
+	// (32 MiB on some hosts) because the program empties it at once on release. A direction that
+	// needed holding has a destination slower than its source: a fixed buffer of the limit is enough.
+	if !f.capped[s] {
+		f.capped[s] = unix.SetsockoptInt(f.fd[s], unix.SOL_SOCKET, unix.SO_RCVBUF, int(f.r.limit)) == nil
 	}
 	f.held[s] = true
 	f.mu.Unlock()
@@ -401,6 +423,9 @@ func (f *Flow) release(s int) (wait bool, err error) {
 	}
 	if b > f.r.limit/2 {
 		return true, nil
+	}
+	if err := f.setHard(s); err != nil {
+		return false, err
 	}
 	atomic.StoreUint64(f.r.field(f.slot[s], offSignal), 0)
 	if err := f.r.ingress.Put(f.slot[s], uint32(f.fd[s])); err != nil {
