@@ -5,6 +5,7 @@ package bench
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -12,7 +13,9 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -24,7 +27,7 @@ import (
 // dispatches on BENCH_HELPER before any test runs.
 //
 //	BENCH_HELPER=load ADDR SOCKS_URL|- CONCURRENCY SECONDS   short requests, Connection: close
-//	BENCH_HELPER=idle ADDR SOCKS_URL|- N                     N connections, one byte each way, held
+//	BENCH_HELPER=idle ADDR SOCKS_URL|- N SECONDS             N connections, one byte each way, held
 func TestMain(m *testing.M) {
 	switch os.Getenv("BENCH_HELPER") {
 	case "":
@@ -134,10 +137,13 @@ func helperLoad(args []string) int {
 }
 
 // helperIdle opens N connections (one byte each way, so every hop is established and has
-// carried data), prints "ready", and holds them until killed.
+// carried data), prints "ready", and holds them until killed. The opening has a deadline for
+// all of them: a gateway that stops accepting (out of descriptors, at its connection cap)
+// leaves connections hanging in its listen queue, and N of those each waiting for its own
+// timeout would take hours. What is not open by then counts as failed, by kind of failure.
 func helperIdle(args []string) int {
-	if len(args) != 3 {
-		fmt.Fprintln(os.Stderr, "idle: ADDR SOCKS N")
+	if len(args) != 4 {
+		fmt.Fprintln(os.Stderr, "idle: ADDR SOCKS N SECONDS")
 		return 2
 	}
 	dial, err := helperDialer(args[1])
@@ -146,29 +152,38 @@ func helperIdle(args []string) int {
 		return 2
 	}
 	n, _ := strconv.Atoi(args[2])
+	secs, _ := strconv.Atoi(args[3])
+	all, cancel := context.WithTimeout(context.Background(), time.Duration(secs)*time.Second)
+	defer cancel()
 	conns := make([]net.Conn, n)
-	var errs sync.Map
+	var mu sync.Mutex
+	kinds := map[string]int{}
+	var first error
 	sem := make(chan struct{}, 64)
 	var wg sync.WaitGroup
 	for i := range n {
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			ctx, cancel := context.WithTimeout(all, 20*time.Second)
 			defer cancel()
 			c, err := dial(ctx, "tcp", args[0])
 			if err == nil {
-				c.SetDeadline(time.Now().Add(20 * time.Second))
+				dl, _ := ctx.Deadline()
+				c.SetDeadline(dl)
 				if _, err = c.Write([]byte{'x'}); err == nil {
 					_, err = io.ReadFull(c, make([]byte, 1))
 				}
 				c.SetDeadline(time.Time{})
 			}
 			if err != nil {
-				errs.Store(i, err)
 				if c != nil {
 					c.Close()
 				}
+				mu.Lock()
+				kinds[errKind(err)]++
+				first = cmp.Or(first, err)
+				mu.Unlock()
 				return
 			}
 			conns[i] = c
@@ -176,14 +191,28 @@ func helperIdle(args []string) int {
 	}
 	wg.Wait()
 	bad := 0
-	var first error
-	errs.Range(func(_, v any) bool {
-		if first == nil {
-			first = v.(error)
-		}
-		bad++
-		return true
-	})
-	fmt.Printf("ready held=%d errors=%d first_error=%v\n", n-bad, bad, first)
+	var ks []string
+	for k, v := range kinds {
+		bad += v
+		ks = append(ks, fmt.Sprintf("%s:%d", k, v))
+	}
+	slices.Sort(ks)
+	fmt.Printf("ready held=%d errors=%d kinds=%s first_error=%v\n", n-bad, bad, strings.Join(ks, ","), first)
 	select {}
+}
+
+// errKind names a failed connection's error in one word.
+func errKind(err error) string {
+	var ne net.Error
+	switch {
+	case errors.Is(err, syscall.ECONNRESET):
+		return "reset"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "refused"
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return "closed"
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
+		return "timeout"
+	}
+	return "other"
 }
