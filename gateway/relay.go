@@ -27,7 +27,9 @@ const (
 	// pooled buffer, reads and writes until the socket has no more, and gives the buffer back.
 	// An idle flow is parked like RelayAuto's.
 	RelayBuffered = "buffered"
-	// RelayKernel is the sockmap relay; not built yet, it falls back to the default.
+	// RelayKernel is the sockmap relay. It was built and taken out again: without a bound a
+	// fast sender queues unbounded kernel memory, and both bounds sockmap allows lose or
+	// duplicate bytes on current kernels (README, "Kernel relay"). It falls back to RelayAuto.
 	RelayKernel = "kernel"
 )
 
@@ -58,7 +60,7 @@ func Relay(a, b net.Conn) (up, down int64, err error) {
 // (reset, deadline), both connections are closed at once so the other direction cannot linger.
 //
 // mode is one of RelayAuto (also ""), RelaySplice, RelayBuffered or RelayKernel (which falls
-// back to the default for now). It returns the bytes sent a→b ("up") and b→a ("down") and the
+// back to the default). It returns the bytes sent a→b ("up") and b→a ("down") and the
 // first error that was not a clean end of stream. The gateway itself uses startRelay, which
 // does not hold the calling goroutine.
 func RelayWith(mode string, a, b net.Conn) (up, down int64, err error) {

@@ -43,6 +43,9 @@ func Run(ctx context.Context, cfg *configs.Config, log *logrus.Logger, reload <-
 		MaxPerSrc:   cfg.Limits.MaxFlowsPerSource,
 	}
 	rt.g = g
+	if g.Relay == RelayKernel {
+		log.Warn("relay: kernel is not available (sockmap gives no safe flow control on current kernels; see the README), using the default relay")
+	}
 	if cfg.Transparent.UDPOverTCPUpstream == configs.UDPDirect {
 		g.UDPFallback = Direct{Control: rt.mark}
 	}
