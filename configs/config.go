@@ -51,7 +51,7 @@ type Config struct {
 	Limits Limits `yaml:"limits"`
 	// Relay selects the TCP relay implementation: RelayAuto (default, the
 	// gateway's measured choice), RelaySplice, RelayBuffered or RelayKernel
-	// (sockmap, with automatic fallback where unavailable).
+	// (the sockmap relay: not available, it falls back to RelayAuto; README "Kernel relay").
 	Relay string `yaml:"relay"`
 	// Admin is the host:port of the admin endpoint (/metrics, /flows,
 	// /healthz); empty (default) disables it.
