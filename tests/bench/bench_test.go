@@ -8,8 +8,8 @@
 //
 // Knobs: BENCH_RELAYS=splice,buffered adds socksgate contenders with those relay modes;
 // BENCH_ONLY=substr keeps the contenders whose name contains substr (plus the baselines);
-// BENCH_SOCKSGATE=path uses a prebuilt binary; BENCH_ROUNDS, BENCH_IDLE=2000,9000 override the defaults; BENCH_PARTS=idle measures only the
-// idle connections.
+// BENCH_SOCKSGATE=path uses a prebuilt binary; BENCH_ROUNDS, BENCH_IDLE=2000,9000 override the
+// defaults; BENCH_PARTS=throughput,slowsink,idle (the default: all three) picks what to measure.
 package bench
 
 import (
@@ -31,6 +31,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/socksgate/socksgate/tests/bench/slowsink"
 	"github.com/socksgate/socksgate/tests/netlab"
 )
 
@@ -55,12 +56,21 @@ type params struct {
 	loadSecs   string
 	loadConc   int
 	idleCounts []int
+	slowSecs   int             // how long the fast sender writes into the slow sink
+	parts      map[string]bool // throughput, slowsink, idle
 }
 
 func benchParams() params {
-	p := params{rounds: 2, iperfArgs: []string{"-t", "3"}, loadSecs: "3", loadConc: 16, idleCounts: []int{2000, 9000}}
+	p := params{rounds: 2, iperfArgs: []string{"-t", "3"}, loadSecs: "3", loadConc: 16, idleCounts: []int{2000, 9000}, slowSecs: 5}
 	if os.Getenv("BENCH_QUICK") != "" {
-		p = params{quick: true, rounds: 1, iperfArgs: []string{"-n", "192M"}, loadSecs: "0.5", loadConc: 8, idleCounts: []int{200}}
+		p = params{quick: true, rounds: 1, iperfArgs: []string{"-n", "192M"}, loadSecs: "0.5", loadConc: 8, idleCounts: []int{200}, slowSecs: 2}
+	}
+	p.parts = map[string]bool{"throughput": true, "slowsink": true, "idle": true}
+	if v := os.Getenv("BENCH_PARTS"); v != "" {
+		p.parts = map[string]bool{}
+		for _, f := range strings.Split(v, ",") {
+			p.parts[strings.TrimSpace(f)] = true
+		}
 	}
 	if v, err := strconv.Atoi(os.Getenv("BENCH_ROUNDS")); err == nil && v > 0 {
 		p.rounds = v
@@ -96,6 +106,8 @@ type results struct {
 	cpuSecs  float64              // gateway CPU seconds during iperf runs
 	bytes    float64              // bytes those runs carried
 	idle     map[int]idleResult
+	slow     slowsink.Result // fast sender, slow sink
+	slowErr  error
 }
 
 type idleResult struct {
@@ -163,7 +175,7 @@ func TestBench(t *testing.T) {
 	}
 	began := time.Now()
 	rounds := p.rounds
-	if os.Getenv("BENCH_PARTS") == "idle" {
+	if !p.parts["throughput"] {
 		rounds = 0
 	}
 	for round := range rounds {
@@ -192,6 +204,23 @@ func TestBench(t *testing.T) {
 			}
 			stop()
 		}
+	}
+	if p.parts["slowsink"] {
+		sink := slowsink.Serve(tp.WAN.Listen("tcp", ":"+sinkPort), slowSinkRate)
+		for _, c := range contenders {
+			check()
+			t.Logf("fast sender, slow sink: %s", c.name)
+			pid, stop := startContender(t, tp, c)
+			r := all[c.name]
+			r.slow, r.slowErr = runSlowSink(tp, c, sink, pid, p.slowSecs)
+			if r.slowErr != nil {
+				t.Logf("%s: slow sink: %v", c.name, r.slowErr)
+			}
+			stop()
+		}
+	}
+	if !p.parts["idle"] {
+		p.idleCounts = nil
 	}
 	for _, n := range p.idleCounts {
 		for _, c := range contenders {
@@ -676,6 +705,39 @@ func nofileLimit(pid int) int {
 		}
 	}
 	return 0
+}
+
+// slowSinkRate is what the slow sink reads, in bytes per second (the figure of issue 6).
+const slowSinkRate = 10e6
+
+// runSlowSink sends one flow from lan as fast as the path takes it, for secs seconds, into the
+// slow sink in wan, and records the peaks of what the gateway and the lab's kernel hold.
+func runSlowSink(tp *netlab.Topology, c contender, sink *slowsink.Sink, pid, secs int) (slowsink.Result, error) {
+	socks := "-"
+	if c.explicit {
+		socks = "socks5://" + net.JoinHostPort(netlab.Proxy4, dantePort)
+	}
+	dial, err := helperDialer(socks)
+	if err != nil {
+		return slowsink.Result{}, err
+	}
+	settle()
+	var conn net.Conn
+	err = tp.LAN.Do(func() (err error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		conn, err = dial(ctx, "tcp", net.JoinHostPort(netlab.WAN4, sinkPort))
+		return err
+	})
+	if err != nil {
+		return slowsink.Result{}, fmt.Errorf("dial the sink: %w", err)
+	}
+	r := slowsink.Run(conn, sink, slowsink.Probe{PID: pid, Duration: time.Duration(secs) * time.Second, Every: 100 * time.Millisecond,
+		Namespaces: []string{tp.LAN.Name, tp.GW.Name, tp.Proxy.Name, tp.WAN.Name}})
+	if r.Received == 0 {
+		return r, fmt.Errorf("the sink read nothing")
+	}
+	return r, nil
 }
 
 // settle lets the dust of the previous step (closing sockets, RCU-freed slab objects) fall.

@@ -67,6 +67,34 @@ func render(p params, cs []contender, all map[string]*results, took time.Duratio
 	}
 	ratio("redsocks → dante", "explicit")
 
+	if p.parts["slowsink"] {
+		fmt.Fprintf(&b, "\n## Fast sender, slow sink\n\n")
+		fmt.Fprintf(&b, "One flow: the lan client writes as fast as the path takes it for %ds into a wan sink that reads %.0f MB/s. "+
+			"Peaks over samples every 100 ms: bytes in flight (written and not yet read: everything the path holds, "+
+			"including queues no kernel counter charges), and the growth of the gateway's RSS, of the kernel memory of the lab's TCP sockets "+
+			"(`ss -m` skmem receive queue + send queue + forward allocation, over the four namespaces), of the machine's TCP memory "+
+			"(/proc/net/sockstat, machine-wide) and of Slab. Issue 6 bounds the memory at 100 MiB.\n\n", p.slowSecs, slowSinkRate/1e6)
+		b.WriteString("| contender | sink MB/s | in flight MiB | gateway RSS +MiB | lab TCP sockets +MiB | machine TCP memory +MiB | slab +MiB | note |\n")
+		b.WriteString("|---|---:|---:|---:|---:|---:|---:|---|\n")
+		for _, c := range cs {
+			r := all[c.name]
+			if r.slowErr != nil && r.slow.Samples == 0 {
+				fmt.Fprintf(&b, "| %s | – | – | – | – | – | – | %v |\n", c.name, r.slowErr)
+				continue
+			}
+			s, rss := r.slow, "–"
+			if c.baseline != "" {
+				rss = num(float64(s.Peak.RSSKiB)/1024, 1)
+			}
+			note := ""
+			if r.slowErr != nil {
+				note = r.slowErr.Error()
+			}
+			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s |\n", c.name, num(s.SinkRate(), 1), num(float64(s.Peak.InFlight)/(1<<20), 1), rss,
+				num(float64(s.Peak.LabTCPKiB)/1024, 1), num(float64(s.Peak.TCPMemKiB)/1024, 1), num(float64(s.Peak.SlabKiB)/1024, 1), note)
+		}
+	}
+
 	for _, n := range p.idleCounts {
 		fmt.Fprintf(&b, "\n## %d idle relayed connections\n\n", n)
 		b.WriteString("Each connection carried one byte each way, then idles. Per flow = (after − before) ÷ flows held. " +
@@ -86,7 +114,7 @@ func render(p params, cs []contender, all map[string]*results, took time.Duratio
 			fmt.Fprintf(&b, "| %s | %d | %s | %s | %s | %s | %s |\n", c.name, r.held, rss, fds, num(r.slabKiB, 1), share, r.note)
 		}
 	}
-	b.WriteString("\nReproduce: `sudo make bench` (full) or `sudo BENCH_QUICK=1 make bench`; `BENCH_RELAYS=splice,buffered` adds the other relay modes.\n")
+	b.WriteString("\nReproduce: `sudo make bench` (full) or `sudo BENCH_QUICK=1 make bench`; `BENCH_RELAYS=splice,buffered,kernel` adds the other relay modes; `BENCH_PARTS=throughput,slowsink,idle` picks the parts.\n")
 	return b.String()
 }
 
