@@ -99,6 +99,7 @@ type direction struct {
 	splice   bool            // RelaySplice: io.Copy for the flow's whole life
 	rs       syscall.RawConn // src's socket: wait for readability, park; nil: block in Read
 	rd       syscall.RawConn // dst's socket too: bulk bursts go through splice (RelayAuto)
+	bulk     bool            // moving bulk data: splice, waiting in the poller without a probe
 	n        int64           // bytes written to dst
 	state    atomic.Int32
 	deadline time.Time // src's read deadline, which bounds a wait before parking
@@ -211,9 +212,21 @@ func (d *direction) end(err error) {
 //
 // While src has nothing to read it holds no buffer: it waits for readability, then borrows a
 // pooled buffer and keeps it only while reads fill it. With RelayAuto, a read that fills the
-// whole buffer says bulk data is queued, and the rest of the burst goes through splice.
+// whole buffer says bulk data is queued: the direction turns to splice (bulk) and stays with it
+// until it parks, so a busy flow neither probes nor copies through user space.
 func (d *direction) copy() (parked bool) {
 	for {
+		if d.bulk {
+			parked, err, done := d.spliceUntilIdle()
+			if done {
+				d.lastErr = err
+				return false
+			}
+			if parked {
+				return true
+			}
+			continue
+		}
 		if d.rs != nil {
 			if err := d.wait(); err != nil {
 				if isTimeout(err) {
@@ -240,13 +253,7 @@ func (d *direction) copy() (parked bool) {
 				return false
 			}
 			if n == len(buf) && d.rd != nil {
-				m, eof, err := spliceBurst(d.rd, d.rs)
-				d.n += m
-				if err != nil && !isTimeout(err) || eof {
-					relayBufs.Put(bp)
-					d.lastErr = err
-					return false
-				}
+				d.bulk = true
 				break
 			}
 			if n < len(buf) && d.rs != nil {
@@ -257,18 +264,50 @@ func (d *direction) copy() (parked bool) {
 	}
 }
 
+// spliceUntilIdle moves bytes with splice through a pooled pipe, waiting for src in the
+// runtime poller between bursts, until src ends or fails (done), or has been idle for
+// parkAfter: then the pipe goes back to the pool, the direction leaves bulk mode and parks.
+func (d *direction) spliceUntilIdle() (parked bool, err error, done bool) {
+	p, err := getPipe()
+	if err != nil {
+		return false, err, true
+	}
+	for {
+		d.refreshDeadline()
+		m, eof, err := spliceBurst(d.rd, d.rs, p)
+		d.n += m
+		switch {
+		case err != nil && isTimeout(err):
+			putPipe(p) // the burst ended with the pipe drained
+			d.bulk = false
+			return d.park(), nil, false
+		case err != nil:
+			p.close() // bytes may be stranded in it: never hand them to another flow
+			return false, err, true
+		case eof:
+			putPipe(p)
+			return false, nil, true
+		}
+	}
+}
+
 // wait waits for src to be readable, at most until a deadline about parkAfter away. The
 // deadline is moved only when less than half of parkAfter is left, so a busy flow touches
 // its timer about once per half parkAfter, not once per read.
 func (d *direction) wait() error {
+	if err := d.refreshDeadline(); err != nil {
+		return err
+	}
+	return waitReadable(d.rs)
+}
+
+func (d *direction) refreshDeadline() error {
 	now := time.Now()
 	if d.deadline.Sub(now) < parkAfter/2 {
 		d.deadline = now.Add(parkAfter)
-		if err := d.src.SetReadDeadline(d.deadline); err != nil {
-			return err
-		}
+		return d.src.SetReadDeadline(d.deadline)
 	}
-	return waitReadable(d.rs)
+	return nil
 }
 
 // park hands the direction to the parker and reports true if its goroutine must now return.

@@ -10,9 +10,10 @@ import (
 
 // The hybrid relay (RelayAuto on Linux) is the buffered relay until a read fills a whole
 // buffer, which says bulk data is queued. It then moves bytes with splice(2) through a pipe
-// borrowed from a small pool, and gives the pipe back as soon as the source has nothing more
-// to read. So an idle flow holds only its two sockets (as the buffered relay), and a busy one
-// copies nothing through user space (as the splice relay).
+// borrowed from a small pool, waiting for the source in the poller with the pipe in hand, and
+// gives the pipe back when the direction parks. So an idle flow holds only its two sockets
+// (as the buffered relay), and a busy one copies nothing through user space and needs no
+// readability probe between bursts (as the splice relay).
 
 // relayPipe is one pipe, both ends non-blocking.
 type relayPipe struct{ r, w int }
@@ -63,62 +64,47 @@ func spliceTarget(dst net.Conn) (syscall.RawConn, bool) {
 	return rd, err == nil
 }
 
-// spliceBurst moves what src has queued to dst through a pooled pipe, until src has nothing
-// more to read right now (it returns with eof false), or src ended (eof true). Writes wait for
-// dst in the poller, so a slow receiver holds back the sender as TCP intends; reads never
-// wait: an empty source ends the burst and the pipe goes back to the pool.
-func spliceBurst(dst, src syscall.RawConn) (n int64, eof bool, err error) {
-	p, err := getPipe()
-	if err != nil {
-		return 0, false, err
+// spliceBurst moves what src sends to dst through pipe p (empty on entry and on a nil or
+// timeout return): it waits in the poller for src to have data, splices it into the pipe and
+// from the pipe to dst, and returns after each filling of the pipe (n bytes moved), when src
+// ended (eof), or with the read deadline's timeout when src stayed idle until then. Writes
+// wait for dst in the poller, so a slow receiver holds back the sender as TCP intends.
+func spliceBurst(dst, src syscall.RawConn, p *relayPipe) (n int64, eof bool, err error) {
+	var moved int64
+	var serr error
+	rerr := src.Read(func(fd uintptr) bool {
+		for {
+			m, e := unix.Splice(int(fd), nil, p.w, nil, spliceChunk, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+			moved, serr = int64(m), e // the count is an int on 32-bit platforms
+			if serr != unix.EINTR {
+				return serr != unix.EAGAIN // EAGAIN: wait in the poller for src
+			}
+		}
+	})
+	if rerr != nil {
+		return 0, false, rerr
 	}
-	var inPipe int64
-	defer func() {
-		if inPipe == 0 {
-			putPipe(p)
-		} else {
-			p.close() // bytes stranded by an error: never hand them to another flow
-		}
-	}()
-	for {
-		var moved int64
-		var serr error
-		rerr := src.Read(func(fd uintptr) bool {
-			for {
-				m, e := unix.Splice(int(fd), nil, p.w, nil, spliceChunk, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
-				moved, serr = int64(m), e // the count is an int on 32-bit platforms
-				if serr != unix.EINTR {
-					return true // never park here: EAGAIN means the burst is over
-				}
-			}
-		})
-		if rerr != nil {
-			return n, false, rerr
-		}
-		switch {
-		case serr == unix.EAGAIN:
-			return n, false, nil
-		case serr != nil:
-			return n, false, &net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("splice", serr)}
-		case moved == 0:
-			return n, true, nil
-		}
-		inPipe += moved
-		for inPipe > 0 {
-			var out int64
-			var werr error
-			if err := dst.Write(func(fd uintptr) bool {
-				m, e := unix.Splice(p.r, nil, int(fd), nil, int(inPipe), unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
-				out, werr = int64(m), e
-				return werr != unix.EAGAIN && werr != unix.EINTR // EAGAIN: wait until dst can take more
-			}); err != nil {
-				return n, false, err
-			}
-			if werr != nil {
-				return n, false, &net.OpError{Op: "write", Net: "tcp", Err: os.NewSyscallError("splice", werr)}
-			}
-			inPipe -= out
-			n += out
-		}
+	switch {
+	case serr != nil:
+		return 0, false, &net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("splice", serr)}
+	case moved == 0:
+		return 0, true, nil
 	}
+	for inPipe := moved; inPipe > 0; {
+		var out int64
+		var werr error
+		if err := dst.Write(func(fd uintptr) bool {
+			m, e := unix.Splice(p.r, nil, int(fd), nil, int(inPipe), unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+			out, werr = int64(m), e
+			return werr != unix.EAGAIN && werr != unix.EINTR // EAGAIN: wait until dst can take more
+		}); err != nil {
+			return n, false, err
+		}
+		if werr != nil {
+			return n, false, &net.OpError{Op: "write", Net: "tcp", Err: os.NewSyscallError("splice", werr)}
+		}
+		inPipe -= out
+		n += out
+	}
+	return n, false, nil
 }
