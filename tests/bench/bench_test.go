@@ -686,7 +686,7 @@ func runIdle(t *testing.T, tp *netlab.Topology, c contender, pid, n int) idleRes
 func idleNote(n int, r idleResult, failed int, kinds string, fds, limit int, firstErr string) string {
 	note := fmt.Sprintf("%d of %d failed (%s)", failed, n, kinds)
 	if r.fds > 0 && limit > 0 && r.fds*float64(n) > float64(limit) {
-		return fmt.Sprintf("fd cap: %.0f fds/flow × %d = %.0f > %d open files (the gateway held %d fds); %s",
+		return fmt.Sprintf("fd cap: %.3g fds/flow × %d = %.0f > %d open files (the gateway held %d fds); %s",
 			r.fds, n, r.fds*float64(n), limit, fds, note)
 	}
 	return note + "; " + firstErr

@@ -90,6 +90,9 @@ func render(p params, cs []contender, all map[string]*results, took time.Duratio
 			if r.slowErr != nil {
 				note = r.slowErr.Error()
 			}
+			if worst := max(s.Peak.InFlight, s.Peak.RSSKiB<<10, s.Peak.LabTCPKiB<<10); worst >= 100<<20 {
+				note = strings.TrimPrefix(note+"; over the 100 MiB bound", "; ")
+			}
 			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s |\n", c.name, num(s.SinkRate(), 1), num(float64(s.Peak.InFlight)/(1<<20), 1), rss,
 				num(float64(s.Peak.LabTCPKiB)/1024, 1), num(float64(s.Peak.TCPMemKiB)/1024, 1), num(float64(s.Peak.SlabKiB)/1024, 1), note)
 		}
