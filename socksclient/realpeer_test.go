@@ -220,6 +220,20 @@ func TestMicrosocksConnect(t *testing.T) {
 			t.Fatalf("body %q", body)
 		}
 	})
+	t.Run("pipelined request is never answered", func(t *testing.T) {
+		// Why Dialer.Pipeline is off by default: microsocks 1.0.3 reads the greeting, answers
+		// it, and never reads the request that came with it.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		c, err := (&Dialer{Address: proxy, Pipeline: true}).DialContext(ctx, "tcp", echo4.String())
+		if err == nil {
+			c.Close()
+			t.Fatal("microsocks answered a pipelined request: Pipeline could be safe with it now")
+		}
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("err = %v, want the deadline", err)
+		}
+	})
 	t.Run("no udp associate", func(t *testing.T) {
 		_, err := d.ListenPacket(context.Background())
 		var re *ReplyError
@@ -313,6 +327,7 @@ func TestDanteConnect(t *testing.T) {
 	}{
 		{"socks5 ipv4", &Dialer{Address: proxy}, echo.String()},
 		{"socks5 name", &Dialer{Address: proxy}, net.JoinHostPort("localhost", strconv.Itoa(echo.Port))},
+		{"socks5 pipelined", &Dialer{Address: proxy, Pipeline: true}, echo.String()},
 		{"socks4", &Dialer{Version: SOCKS4, Address: proxy, Username: "someone"}, echo.String()},
 		{"socks4a with an ip literal", &Dialer{Version: SOCKS4A, Address: proxy}, echo.String()},
 	}
