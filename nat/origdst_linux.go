@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -48,29 +49,40 @@ func OriginalDst(c *net.TCPConn) (netip.AddrPort, error) {
 	return dst, nil
 }
 
-// originalDst4 reads a struct sockaddr_in. unix.GetsockoptIPv6Mreq is used only as a 20-byte
-// buffer: its Multiaddr field receives the first 16 bytes, which hold the whole sockaddr_in.
+// originalDst4 reads a struct sockaddr_in.
 func originalDst4(fd int) (netip.AddrPort, error) {
-	m, err := unix.GetsockoptIPv6Mreq(fd, unix.SOL_IP, unix.SO_ORIGINAL_DST)
-	if err != nil {
+	var sa unix.RawSockaddrInet4
+	if err := getsockoptSockaddr(fd, unix.SOL_IP, unix.SO_ORIGINAL_DST, unsafe.Pointer(&sa), unix.SizeofSockaddrInet4); err != nil {
 		return netip.AddrPort{}, fmt.Errorf("getsockopt SO_ORIGINAL_DST: %w", err)
 	}
-	b := m.Multiaddr
-	port := binary.BigEndian.Uint16(b[2:4])
-	return netip.AddrPortFrom(netip.AddrFrom4([4]byte(b[4:8])), port), nil
+	return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), netPort(sa.Port)), nil
 }
 
-// originalDst6 reads a struct sockaddr_in6 (28 bytes); unix.GetsockoptIPv6MTUInfo's Addr field is
-// exactly a RawSockaddrInet6.
+// originalDst6 reads a struct sockaddr_in6.
 func originalDst6(fd int) (netip.AddrPort, error) {
-	mi, err := unix.GetsockoptIPv6MTUInfo(fd, unix.SOL_IPV6, ip6tSOOriginalDst)
-	if err != nil {
+	var sa unix.RawSockaddrInet6
+	if err := getsockoptSockaddr(fd, unix.SOL_IPV6, ip6tSOOriginalDst, unsafe.Pointer(&sa), unix.SizeofSockaddrInet6); err != nil {
 		return netip.AddrPort{}, fmt.Errorf("getsockopt IP6T_SO_ORIGINAL_DST: %w", err)
 	}
-	sa := mi.Addr
-	// Port holds network byte order in memory: put it back as the native bytes it was.
-	var pb [2]byte
-	binary.NativeEndian.PutUint16(pb[:], sa.Port)
-	port := binary.BigEndian.Uint16(pb[:])
-	return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), port), nil
+	return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), netPort(sa.Port)), nil
+}
+
+// getsockoptSockaddr is getsockopt(2) into the caller's sockaddr. x/sys/unix has no typed
+// getter for a sockaddr, and borrowing one of another shape (IPv6Mreq, IPv6MTUInfo) costs a
+// heap allocation per flow; this one fills a stack variable.
+func getsockoptSockaddr(fd, level, opt int, sa unsafe.Pointer, size uint32) error {
+	l := size
+	_, _, errno := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), uintptr(level), uintptr(opt), uintptr(sa), uintptr(unsafe.Pointer(&l)), 0)
+	if errno != 0 {
+		return errno
+	}
+	return nil
+}
+
+// netPort converts a port as the kernel stores it in a sockaddr (network byte order in memory,
+// read as a native integer) to its value.
+func netPort(p uint16) uint16 {
+	var b [2]byte
+	binary.NativeEndian.PutUint16(b[:], p)
+	return binary.BigEndian.Uint16(b[:])
 }
