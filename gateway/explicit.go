@@ -105,7 +105,8 @@ func (g *Gateway) startExplicit(ctx context.Context, cfg *configs.Config, log *l
 				return append(lns, httpCloser), fmt.Errorf("listen.%s[%d]: %w", kind.name, i, err)
 			}
 			for _, a := range addrs {
-				ln, err := net.Listen("tcp", a)
+				lc := net.ListenConfig{KeepAliveConfig: keepAlive}
+				ln, err := lc.Listen(context.Background(), "tcp", a)
 				if err != nil {
 					return append(lns, httpCloser), fmt.Errorf("listen.%s[%d]: %w", kind.name, i, err)
 				}

@@ -162,8 +162,8 @@ func (g *Gateway) endFlow(lf *liveFlow, d Decision, up, down int64, err error) {
 }
 
 func (g *Gateway) logFlow(f Flow, d Decision, up, down int64, dur time.Duration, err error) {
-	if g.Log == nil {
-		return
+	if g.Log == nil || err == nil && !g.Log.Logger.IsLevelEnabled(logrus.InfoLevel) {
+		return // build no fields for a line nobody reads
 	}
 	fields := logrus.Fields{
 		"src":      f.Src.String(),

@@ -171,7 +171,7 @@ func (rt *running) stopHealth() {
 // original destination is the accepted socket's own local address).
 func (rt *running) startTransparentTCP(cfg *configs.Config) error {
 	addr := net.JoinHostPort("::", strconv.Itoa(int(cfg.Transparent.TCPPort)))
-	var lc net.ListenConfig
+	lc := net.ListenConfig{KeepAliveConfig: keepAlive}
 	serve := rt.g.ServeRedirect
 	if cfg.Transparent.TCPMode == configs.TCPModeTProxy {
 		lc.Control = transparentControl

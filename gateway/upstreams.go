@@ -113,25 +113,29 @@ func newUpstream(c *configs.Upstream, below Upstream, direct Direct) (Upstream, 
 	case configs.SchemeDirect:
 		return direct, nil
 	case configs.SchemeHTTP:
-		return &httpUpstream{&httpproxy.Dialer{
+		h := &httpUpstream{d: &httpproxy.Dialer{
 			Address:   u.Host,
 			Username:  user,
 			Password:  pass,
 			ProxyDial: proxyDial,
-		}}, nil
+		}}
+		h.name = h.d.String()
+		return h, nil
 	case configs.SchemeSOCKS5, configs.SchemeSOCKS5H, configs.SchemeSOCKS4, configs.SchemeSOCKS4A:
 		v := map[string]socksclient.Version{
 			configs.SchemeSOCKS5: socksclient.SOCKS5, configs.SchemeSOCKS5H: socksclient.SOCKS5,
 			configs.SchemeSOCKS4: socksclient.SOCKS4, configs.SchemeSOCKS4A: socksclient.SOCKS4A,
 		}[u.Scheme]
-		return &socksUpstream{viaChain: c.Via != "", d: &socksclient.Dialer{
+		s := &socksUpstream{viaChain: c.Via != "", d: &socksclient.Dialer{
 			Version:   v,
 			Address:   u.Host,
 			Username:  user,
 			Password:  pass,
 			ProxyDial: proxyDial,
 			ListenUDP: direct.ListenUDP,
-		}}, nil
+		}}
+		s.name = s.d.String()
+		return s, nil
 	}
 	return nil, fmt.Errorf("unsupported scheme %q", u.Scheme)
 }
@@ -139,7 +143,8 @@ func newUpstream(c *configs.Upstream, below Upstream, direct Direct) (Upstream, 
 // socksUpstream adapts socksclient.Dialer to Upstream.
 type socksUpstream struct {
 	d        *socksclient.Dialer
-	viaChain bool // reached through another upstream: no UDP
+	name     string // d.String(), built once
+	viaChain bool   // reached through another upstream: no UDP
 }
 
 func (s *socksUpstream) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
@@ -157,14 +162,18 @@ func (s *socksUpstream) ListenPacket(ctx context.Context) (net.PacketConn, error
 	return s.d.ListenPacket(ctx)
 }
 
-func (s *socksUpstream) String() string { return s.d.String() }
+// String is the dialer's redacted URL, built once: every flow's log line and counters use it.
+func (s *socksUpstream) String() string { return s.name }
 
 func (s *socksUpstream) probeProxy(ctx context.Context) error {
 	return probeDial(ctx, s.d.ProxyDial, s.d.Address)
 }
 
 // httpUpstream adapts httpproxy.Dialer (HTTP CONNECT) to Upstream. CONNECT carries no UDP.
-type httpUpstream struct{ d *httpproxy.Dialer }
+type httpUpstream struct {
+	d    *httpproxy.Dialer
+	name string // d.String(), built once
+}
 
 func (h *httpUpstream) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
 	return h.d.DialContext(ctx, network, address)
@@ -174,7 +183,7 @@ func (h *httpUpstream) ListenPacket(context.Context) (net.PacketConn, error) {
 	return nil, fmt.Errorf("%s: HTTP CONNECT: %w", h.d, ErrUDPUnsupported)
 }
 
-func (h *httpUpstream) String() string { return h.d.String() }
+func (h *httpUpstream) String() string { return h.name }
 
 func (h *httpUpstream) probeProxy(ctx context.Context) error {
 	return probeDial(ctx, h.d.ProxyDial, h.d.Address)
