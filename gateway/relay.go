@@ -102,9 +102,13 @@ type direction struct {
 	bulk     bool            // moving bulk data: splice, waiting in the poller without a probe
 	n        int64           // bytes written to dst
 	state    atomic.Int32
-	deadline time.Time // src's read deadline, which bounds a wait before parking
-	token    uint32    // the parker's key for this direction, once parked
-	lastErr  error     // why copy stopped
+	deadline time.Time             // src's read deadline, which bounds a wait before parking
+	readFn   func(fd uintptr) bool // d.tryRead, bound once (a method value per read would allocate)
+	bp       *[]byte               // tryRead's results, for read
+	rn       int
+	rerr     error
+	token    uint32 // the parker's key for this direction, once parked
+	lastErr  error  // why copy stopped
 }
 
 func newRelay(mode string, a, b net.Conn, done func(up, down int64, err error)) *relay {
@@ -126,6 +130,7 @@ func (d *direction) init(r *relay, mode string, dst, src net.Conn) {
 	}
 	if sc, ok := src.(syscall.Conn); ok && canPark {
 		d.rs, _ = sc.SyscallConn()
+		d.readFn = d.tryRead
 	}
 	if mode != RelayBuffered && d.rs != nil {
 		d.rd, _ = spliceTarget(dst)
@@ -210,11 +215,15 @@ func (d *direction) end(err error) {
 // copy moves bytes from src to dst until src ends (false, lastErr nil), fails (false, lastErr
 // set) or has been idle for parkAfter (true: parked, the goroutine must return).
 //
-// While src has nothing to read it holds no buffer: it waits for readability, then borrows a
-// pooled buffer and keeps it only while reads fill it. With RelayAuto, a read that fills the
+// While src has nothing to read it holds no buffer: read waits in the poller and borrows a
+// pooled buffer only once there is something to read. With RelayAuto, a read that fills the
 // whole buffer says bulk data is queued: the direction turns to splice (bulk) and stays with it
-// until it parks, so a busy flow neither probes nor copies through user space.
+// until it parks, so a busy flow copies nothing through user space.
 func (d *direction) copy() (parked bool) {
+	if d.rs == nil {
+		d.lastErr = d.copyHolding()
+		return false
+	}
 	for {
 		if d.bulk {
 			parked, err, done := d.spliceUntilIdle()
@@ -227,40 +236,45 @@ func (d *direction) copy() (parked bool) {
 			}
 			continue
 		}
-		if d.rs != nil {
-			if err := d.wait(); err != nil {
-				if isTimeout(err) {
-					if d.park() {
-						return true
-					}
-					continue
-				}
-				d.lastErr = err
-				return false
-			}
+		if err := d.refreshDeadline(); err != nil {
+			d.lastErr = err
+			return false
 		}
-		bp := relayBufs.Get().(*[]byte)
-		buf := *bp
-		for {
-			n, w, eof, err := readWrite(d.dst, d.src, buf)
-			d.n += w
-			if n == 0 && d.rs != nil && isTimeout(err) {
-				break // the wait's deadline passed before the read: wait again
+		bp, n, err := d.read()
+		if isTimeout(err) {
+			if d.park() {
+				return true
 			}
-			if err != nil || eof {
-				relayBufs.Put(bp)
-				d.lastErr = err
-				return false
-			}
-			if n == len(buf) && d.rd != nil {
-				d.bulk = true
-				break
-			}
-			if n < len(buf) && d.rs != nil {
-				break // drained: give the buffer back while waiting
-			}
+			continue
 		}
+		if err != nil || n == 0 { // n == 0: end of stream
+			d.lastErr = err
+			return false
+		}
+		w, err := d.dst.Write((*bp)[:n])
 		relayBufs.Put(bp)
+		d.n += int64(w)
+		if err != nil {
+			d.lastErr = err
+			return false
+		}
+		if n == relayBufSize && d.rd != nil {
+			d.bulk = true
+		}
+	}
+}
+
+// copyHolding relays from a source that is not a socket of its own (a wrapped connection, such
+// as one replaying a client's early bytes): it holds a buffer and its goroutine while it waits.
+func (d *direction) copyHolding() error {
+	bp := relayBufs.Get().(*[]byte)
+	defer relayBufs.Put(bp)
+	for {
+		_, w, eof, err := readWrite(d.dst, d.src, *bp)
+		d.n += w
+		if err != nil || eof {
+			return err
+		}
 	}
 }
 
@@ -291,16 +305,9 @@ func (d *direction) spliceUntilIdle() (parked bool, err error, done bool) {
 	}
 }
 
-// wait waits for src to be readable, at most until a deadline about parkAfter away. The
-// deadline is moved only when less than half of parkAfter is left, so a busy flow touches
-// its timer about once per half parkAfter, not once per read.
-func (d *direction) wait() error {
-	if err := d.refreshDeadline(); err != nil {
-		return err
-	}
-	return waitReadable(d.rs)
-}
-
+// refreshDeadline keeps src's read deadline, which bounds a wait before parking, about
+// parkAfter away. It is moved only when less than half of parkAfter is left, so a busy flow
+// touches its timer about once per half parkAfter, not once per read.
 func (d *direction) refreshDeadline() error {
 	now := time.Now()
 	if d.deadline.Sub(now) < parkAfter/2 {

@@ -3,35 +3,50 @@ package gateway
 import (
 	"net"
 	"os"
-	"syscall"
 
 	"golang.org/x/sys/unix"
 )
 
-// peekScratch receives the byte a readability probe peeks at. The byte is never read back, so
-// every probe can share it (the kernel writes it; no Go code reads it), which keeps the probe
-// free of allocations.
-var peekScratch [1]byte
-
-// waitReadable parks the calling goroutine in the runtime poller, holding no buffer, until rc
-// has something to read: data, end of stream or an error. A MSG_PEEK probe tells "nothing yet"
-// (EAGAIN: wait) from everything else. A socket error (a reset) is reported to the probe only
-// once, so it is returned here; data and end of stream are left for the caller's Read.
-func waitReadable(rc syscall.RawConn) error {
-	var perr error
-	err := rc.Read(func(fd uintptr) bool {
-		_, _, e := unix.Recvfrom(int(fd), peekScratch[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-		if e == unix.EAGAIN || e == unix.EINTR {
-			return false
+// read waits in the runtime poller until src has data, end of stream or an error, holding no
+// buffer, then reads once into a borrowed one: one read(2) per wake-up, no readability probe.
+// It returns the buffer with n > 0 bytes (the caller puts it back), n == 0 at end of stream,
+// or the error (the read deadline's timeout when src stayed idle until it).
+func (d *direction) read() (bp *[]byte, n int, err error) {
+	if err := d.rs.Read(d.readFn); err != nil {
+		return nil, 0, err
+	}
+	bp, n, err = d.bp, d.rn, d.rerr
+	d.bp, d.rerr = nil, nil
+	if err != nil || n == 0 {
+		relayBufs.Put(bp)
+		if err != nil {
+			return nil, 0, &net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("read", err)}
 		}
-		perr = e
+		return nil, 0, nil
+	}
+	return bp, n, nil
+}
+
+// tryRead is read's callback: it borrows a buffer and reads; on EAGAIN it gives the buffer back
+// and asks the poller to wait.
+func (d *direction) tryRead(fd uintptr) bool {
+	if d.bp == nil {
+		d.bp = relayBufs.Get().(*[]byte)
+	}
+	for {
+		n, err := unix.Read(int(fd), *d.bp)
+		switch err {
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			relayBufs.Put(d.bp)
+			d.bp = nil
+			return false
+		case nil:
+			d.rn, d.rerr = n, nil
+		default:
+			d.rn, d.rerr = 0, err
+		}
 		return true
-	})
-	if err != nil {
-		return err
 	}
-	if perr != nil {
-		return &net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("recvfrom", perr)}
-	}
-	return nil
 }

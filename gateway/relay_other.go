@@ -12,7 +12,10 @@ import (
 // and its goroutine.
 const canPark = false
 
-func waitReadable(rc syscall.RawConn) error { return nil }
+// read is never called: without canPark no direction has a raw source.
+func (d *direction) read() (*[]byte, int, error) { return nil, 0, errors.ErrUnsupported }
+
+func (d *direction) tryRead(fd uintptr) bool { return true }
 
 func park(d *direction) error { return errors.ErrUnsupported }
 
