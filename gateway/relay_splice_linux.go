@@ -19,7 +19,7 @@ import (
 type relayPipe struct{ r, w int }
 
 // spliceChunk is the most one splice call moves; the pipe is sized to hold it.
-const spliceChunk = 256 << 10
+const spliceChunk = 1 << 20
 
 // relayPipes keeps drained pipes for the next burst. Beyond its size, pipes are closed: the
 // pool never holds more idle kernel buffers than this.
