@@ -143,6 +143,14 @@ func (r *relay) start() {
 	go r.dirs[1].run()
 }
 
+// runHere runs the a→b direction on the calling goroutine, until it ends or parks, and b→a on a
+// new one: a flow's handler, whose stack has already grown, carries the first direction instead
+// of a fresh goroutine growing its own.
+func (r *relay) runHere() {
+	go r.dirs[1].run()
+	r.dirs[0].run()
+}
+
 // closeBoth closes both connections and wakes any parked direction, which then ends on the
 // closed socket. It is how a failed direction, the idle sweeper and shutdown end a flow.
 func (r *relay) closeBoth() {
