@@ -104,6 +104,8 @@ type results struct {
 	flows    []float64            // flows per second
 	p50, p99 []float64            // ms
 	cpuSecs  float64              // gateway CPU seconds during iperf runs
+	loadCPU  float64              // gateway CPU seconds during the new-flows load
+	loadN    float64              // flows that load carried
 	bytes    float64              // bytes those runs carried
 	idle     map[int]idleResult
 	slow     slowsink.Result // fast sender, slow sink
@@ -196,11 +198,14 @@ func TestBench(t *testing.T) {
 				r.cpuSecs += float64(cpuTicks(pid)-before) / 100
 				r.bytes += n
 			}
-			flows, p50, p99, err := runLoad(tp, c, p)
+			before := cpuTicks(pid)
+			flows, n, p50, p99, err := runLoad(tp, c, p)
 			if err != nil {
 				t.Logf("%s load: %v", c.name, err)
 			} else {
 				r.flows, r.p50, r.p99 = append(r.flows, flows), append(r.p50, p50), append(r.p99, p99)
+				r.loadCPU += float64(cpuTicks(pid)-before) / 100
+				r.loadN += float64(n)
 			}
 			stop()
 		}
@@ -603,7 +608,7 @@ func runIperf(tp *netlab.Topology, c contender, args []string) (float64, float64
 }
 
 // runLoad runs the short-request load generator in lan.
-func runLoad(tp *netlab.Topology, c contender, p params) (flows, p50, p99 float64, err error) {
+func runLoad(tp *netlab.Topology, c contender, p params) (flows float64, n int, p50, p99 float64, err error) {
 	socks := "-"
 	if c.explicit {
 		socks = "socks5://" + net.JoinHostPort(netlab.Proxy4, dantePort)
@@ -612,17 +617,17 @@ func runLoad(tp *netlab.Topology, c contender, p params) (flows, p50, p99 float6
 	out, err := tp.LAN.Run("env", "BENCH_HELPER=load", self, net.JoinHostPort(netlab.WAN4, httpPort), socks,
 		strconv.Itoa(p.loadConc), p.loadSecs)
 	if err != nil {
-		return 0, 0, 0, fmt.Errorf("%v: %s", err, out)
+		return 0, 0, 0, 0, fmt.Errorf("%v: %s", err, out)
 	}
-	var n, errs int
+	var errs int
 	var secs float64
 	if _, serr := fmt.Sscanf(out[strings.Index(out, "result"):], "result flows=%d errors=%d secs=%g p50=%g p99=%g", &n, &errs, &secs, &p50, &p99); serr != nil {
-		return 0, 0, 0, fmt.Errorf("load output %q: %v", out, serr)
+		return 0, 0, 0, 0, fmt.Errorf("load output %q: %v", out, serr)
 	}
 	if errs > 0 {
 		err = fmt.Errorf("%d failed requests: %s", errs, out[strings.Index(out, "first_error="):])
 	}
-	return float64(n) / secs, p50, p99, err
+	return float64(n) / secs, n, p50, p99, err
 }
 
 // idleOpenSecs bounds the opening of all idle connections: a gateway that stops accepting

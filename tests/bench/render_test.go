@@ -27,19 +27,24 @@ func render(p params, cs []contender, all map[string]*results, took time.Duratio
 	fmt.Fprintf(&b, "- lab: lan → gw → proxy → wan namespaces (veth); upstream dante-server (danted -N 4) in proxy; socksgate and redsocks run in gw; throughput and latency are medians over rounds\n\n")
 
 	b.WriteString("## Throughput, flows, latency\n\n")
-	b.WriteString("| contender | 1 stream → Gbit/s | 1 stream ← | 8 streams → | 8 streams ← | new flows/s | p50 ms | p99 ms | gateway CPU s/GiB |\n")
-	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	b.WriteString("| contender | 1 stream → Gbit/s | 1 stream ← | 8 streams → | 8 streams ← | new flows/s | p50 ms | p99 ms | gateway CPU s/GiB | gateway CPU µs/flow |\n")
+	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, c := range cs {
 		r := all[c.name]
 		fmt.Fprintf(&b, "| %s |", c.name)
 		for _, ic := range iperfCases {
 			fmt.Fprintf(&b, " %s |", num(median(r.tput[ic.name]), 2))
 		}
-		cpu := "–"
-		if r.bytes > 0 && (strings.HasPrefix(c.name, "socksgate") || strings.HasPrefix(c.name, "redsocks")) {
-			cpu = num(r.cpuSecs/(r.bytes/(1<<30)), 3)
+		cpu, perFlow := "–", "–"
+		if strings.HasPrefix(c.name, "socksgate") || strings.HasPrefix(c.name, "redsocks") {
+			if r.bytes > 0 {
+				cpu = num(r.cpuSecs/(r.bytes/(1<<30)), 3)
+			}
+			if r.loadN > 0 {
+				perFlow = num(r.loadCPU/r.loadN*1e6, 0)
+			}
 		}
-		fmt.Fprintf(&b, " %s | %s | %s | %s |\n", num(median(r.flows), 0), num(median(r.p50), 2), num(median(r.p99), 2), cpu)
+		fmt.Fprintf(&b, " %s | %s | %s | %s | %s |\n", num(median(r.flows), 0), num(median(r.p50), 2), num(median(r.p99), 2), cpu, perFlow)
 	}
 
 	b.WriteString("\n## Ratios\n\n")
