@@ -61,8 +61,9 @@ func Relay(a, b net.Conn) (up, down int64, err error) {
 //
 // mode is one of RelayAuto (also ""), RelaySplice, RelayBuffered or RelayKernel (which falls
 // back to the default). It returns the bytes sent a→b ("up") and b→a ("down") and the
-// first error that was not a clean end of stream. The gateway itself uses startRelay, which
-// does not hold the calling goroutine.
+// first error that was not a clean end of stream. The gateway itself uses newRelay and
+// runHere, which return once the flow has ended or gone idle and report the end through a
+// callback.
 func RelayWith(mode string, a, b net.Conn) (up, down int64, err error) {
 	done := make(chan struct{})
 	newRelay(mode, a, b, func(u, d int64, e error) {
@@ -174,7 +175,9 @@ func (r *relay) fail(err error) {
 func (d *direction) run() {
 	var err error
 	defer func() {
-		if p := recover(); p != nil {
+		// A panic while copying ends the flow with it as the error; one in the flow's own
+		// ending (d.end already ran) must not end it twice.
+		if p := recover(); p != nil && d.state.Load() != dirEnded {
 			d.end(fmt.Errorf("panic in relay: %v\n%s", p, debug.Stack()))
 		}
 	}()
