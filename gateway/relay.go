@@ -101,6 +101,7 @@ type direction struct {
 	rs       syscall.RawConn // src's socket: wait for readability, park; nil: block in Read
 	rd       syscall.RawConn // dst's socket too: bulk bursts go through splice (RelayAuto)
 	bulk     bool            // moving bulk data: splice, waiting in the poller without a probe
+	sp       *splicer        // splice state, from the first bulk burst on
 	n        int64           // bytes written to dst
 	state    atomic.Int32
 	deadline time.Time             // src's read deadline, which bounds a wait before parking
@@ -299,7 +300,7 @@ func (d *direction) spliceUntilIdle() (parked bool, err error, done bool) {
 	}
 	for {
 		d.refreshDeadline()
-		m, eof, err := spliceBurst(d.rd, d.rs, p)
+		m, eof, err := spliceBurst(d, p)
 		d.n += m
 		switch {
 		case err != nil && isTimeout(err):

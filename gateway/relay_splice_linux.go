@@ -64,47 +64,76 @@ func spliceTarget(dst net.Conn) (syscall.RawConn, bool) {
 	return rd, err == nil
 }
 
+// splicer is a direction's splice state, made at its first bulk burst: its callbacks are bound
+// once, so a burst allocates nothing (a closure per call would).
+type splicer struct {
+	d             *direction
+	p             *relayPipe
+	moved, inPipe int64
+	err           error
+	in, out       func(fd uintptr) bool
+}
+
 // spliceBurst moves what src sends to dst through pipe p (empty on entry and on a nil or
 // timeout return): it waits in the poller for src to have data, splices it into the pipe and
 // from the pipe to dst, and returns after each filling of the pipe (n bytes moved), when src
 // ended (eof), or with the read deadline's timeout when src stayed idle until then. Writes
 // wait for dst in the poller, so a slow receiver holds back the sender as TCP intends.
-func spliceBurst(dst, src syscall.RawConn, p *relayPipe) (n int64, eof bool, err error) {
-	var moved int64
-	var serr error
-	rerr := src.Read(func(fd uintptr) bool {
-		for {
-			m, e := unix.Splice(int(fd), nil, p.w, nil, spliceChunk, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
-			moved, serr = int64(m), e // the count is an int on 32-bit platforms
-			if serr != unix.EINTR {
-				return serr != unix.EAGAIN // EAGAIN: wait in the poller for src
-			}
-		}
-	})
-	if rerr != nil {
-		return 0, false, rerr
+func spliceBurst(d *direction, p *relayPipe) (n int64, eof bool, err error) {
+	s := d.sp
+	if s == nil {
+		s = &splicer{d: d}
+		s.in, s.out = s.spliceIn, s.spliceOut
+		d.sp = s
+	}
+	s.p, s.err = p, nil
+	if err := d.rs.Read(s.in); err != nil {
+		return 0, false, err
 	}
 	switch {
-	case serr != nil:
-		return 0, false, &net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("splice", serr)}
-	case moved == 0:
+	case s.err != nil:
+		return 0, false, &net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("splice", s.err)}
+	case s.moved == 0:
 		return 0, true, nil
 	}
-	for inPipe := moved; inPipe > 0; {
-		var out int64
-		var werr error
-		if err := dst.Write(func(fd uintptr) bool {
-			m, e := unix.Splice(p.r, nil, int(fd), nil, int(inPipe), unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
-			out, werr = int64(m), e
-			return werr != unix.EAGAIN && werr != unix.EINTR // EAGAIN: wait until dst can take more
-		}); err != nil {
+	for s.inPipe = s.moved; s.inPipe > 0; {
+		if err := d.rd.Write(s.out); err != nil {
 			return n, false, err
 		}
-		if werr != nil {
-			return n, false, &net.OpError{Op: "write", Net: "tcp", Err: os.NewSyscallError("splice", werr)}
+		if s.err != nil {
+			return n, false, &net.OpError{Op: "write", Net: "tcp", Err: os.NewSyscallError("splice", s.err)}
 		}
-		inPipe -= out
-		n += out
+		n += s.moved
+		s.inPipe -= s.moved
 	}
 	return n, false, nil
+}
+
+// spliceIn moves what the source socket has into the pipe; EAGAIN waits in the poller.
+func (s *splicer) spliceIn(fd uintptr) bool {
+	for {
+		m, e := unix.Splice(int(fd), nil, s.p.w, nil, spliceChunk, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+		s.moved, s.err = int64(m), e // the count is an int on 32-bit platforms
+		if e != unix.EINTR {
+			if e == unix.EAGAIN {
+				return false
+			}
+			return true
+		}
+	}
+}
+
+// spliceOut moves what the pipe holds to the destination socket; EAGAIN waits until it can
+// take more.
+func (s *splicer) spliceOut(fd uintptr) bool {
+	m, e := unix.Splice(s.p.r, nil, int(fd), nil, int(s.inPipe), unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+	s.moved, s.err = int64(m), e
+	if e == unix.EAGAIN || e == unix.EINTR {
+		s.moved, s.err = 0, nil
+		return false
+	}
+	if e != nil {
+		s.moved = 0
+	}
+	return true
 }
