@@ -85,6 +85,7 @@ type Decision struct {
 	Action   Action
 	Upstream Upstream // set for ActionProxy and ActionDirect
 	Rule     string   // the rule that matched, for the flow log
+	Member   string   // the group member that carried the flow, once dialed through a group
 }
 
 // Router maps a flow to a decision. It must be safe for concurrent use.

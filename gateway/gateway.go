@@ -84,6 +84,9 @@ func (g *Gateway) Dial(ctx context.Context, f Flow) (net.Conn, Decision, error) 
 		addr = f.Dst.String()
 	}
 	c, err := d.Upstream.DialContext(ctx, "tcp", addr)
+	if m, ok := c.(interface{ Member() string }); ok {
+		d.Member = m.Member()
+	}
 	return c, d, err
 }
 
@@ -178,6 +181,9 @@ func (g *Gateway) logFlow(f Flow, d Decision, up, down int64, dur time.Duration,
 	}
 	if d.Upstream != nil {
 		fields["upstream"] = d.Upstream.String()
+	}
+	if d.Member != "" {
+		fields["member"] = d.Member
 	}
 	if f.Host != "" && f.Dst.IsValid() {
 		fields["ip"] = f.Dst.String()

@@ -426,39 +426,48 @@ func (g *Group) retryLoop(m *member) {
 	}
 }
 
-// track counts m's live connections for least-connections.
+// track wraps a member's connection: it names the member for the flow's log line, and for
+// least-connections counts the member's live connections.
 func (g *Group) track(m *member, c net.Conn) net.Conn {
-	if g.policy != configs.PolicyLeastConnections {
-		return c
+	mc := &memberConn{Conn: c, member: m.Name}
+	if g.policy == configs.PolicyLeastConnections {
+		m.active.Add(1)
+		mc.done = func() { m.active.Add(-1) }
 	}
-	m.active.Add(1)
-	return &countedConn{Conn: c, done: func() { m.active.Add(-1) }}
+	return mc
 }
 
-// countedConn runs done once when closed. It keeps the relay's fast paths: half-close,
-// WriteTo/ReadFrom reaching the TCP connection (splice) and SyscallConn.
-type countedConn struct {
+// memberConn is a connection through one member of a group; done, if set, runs once when it
+// closes. It keeps the relay's fast paths: half-close, WriteTo/ReadFrom reaching the TCP
+// connection (splice) and SyscallConn.
+type memberConn struct {
 	net.Conn
-	once sync.Once
-	done func()
+	member string
+	once   sync.Once
+	done   func()
 }
 
-func (c *countedConn) Close() error {
-	c.once.Do(c.done)
+// Member names the group member the connection went through.
+func (c *memberConn) Member() string { return c.member }
+
+func (c *memberConn) Close() error {
+	if c.done != nil {
+		c.once.Do(c.done)
+	}
 	return c.Conn.Close()
 }
 
-func (c *countedConn) CloseWrite() error {
+func (c *memberConn) CloseWrite() error {
 	if cw, ok := c.Conn.(closeWriter); ok {
 		return cw.CloseWrite()
 	}
 	return fmt.Errorf("close write: %T cannot half-close", c.Conn)
 }
 
-func (c *countedConn) WriteTo(w io.Writer) (int64, error)  { return io.Copy(w, c.Conn) }
-func (c *countedConn) ReadFrom(r io.Reader) (int64, error) { return io.Copy(c.Conn, r) }
+func (c *memberConn) WriteTo(w io.Writer) (int64, error)  { return io.Copy(w, c.Conn) }
+func (c *memberConn) ReadFrom(r io.Reader) (int64, error) { return io.Copy(c.Conn, r) }
 
-func (c *countedConn) SyscallConn() (syscall.RawConn, error) {
+func (c *memberConn) SyscallConn() (syscall.RawConn, error) {
 	if sc, ok := c.Conn.(syscall.Conn); ok {
 		return sc.SyscallConn()
 	}

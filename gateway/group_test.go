@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"net/url"
 	"strings"
 	"sync"
@@ -489,5 +490,25 @@ func TestNewUpstreamsBuildsHTTPChainsAndGroups(t *testing.T) {
 	}
 	if strings.Contains(err.Error(), "secret") {
 		t.Fatal("password in error")
+	}
+}
+
+// A flow through a group names the member that carried it: the dial's decision (and so the
+// flow's log line and the live flow list) says which one.
+func TestGroupNamesTheMemberInTheDecision(t *testing.T) {
+	fx := newGroupFixture(t, configs.Group{}, "a", "b")
+	fx.ups[0].set(errRefused)
+	g := &Gateway{Router: fixedRouter{Action: ActionProxy, Upstream: fx.g, Rule: "all"}}
+	dst := netip.MustParseAddrPort(groupDialTarget)
+	c, d, err := g.Dial(context.Background(), Flow{Network: "tcp", Dst: dst})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if d.Member != "b" || d.Upstream != Upstream(fx.g) {
+		t.Fatalf("decision %+v; want the group as upstream and member b", d)
+	}
+	if _, ok := c.(syscall.Conn); !ok {
+		t.Fatalf("%T hides SyscallConn: the relay could neither park nor splice", c)
 	}
 }

@@ -232,6 +232,9 @@ func (g *Gateway) LiveFlows() []admin.Flow {
 		}
 		if e.lf.routed {
 			af.Upstream = upstreamLabel(e.lf.decision)
+			if m := e.lf.decision.Member; m != "" {
+				af.Upstream += " via " + m // the group, and the member carrying this flow
+			}
 			af.Rule = e.lf.decision.Rule
 			af.Action = e.lf.decision.Action.String()
 		}

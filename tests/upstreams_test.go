@@ -252,6 +252,10 @@ rules:
 	if time.Since(killed) > 5*time.Second || served(second) <= secondBefore {
 		t.Fatalf("requests were not served by the second upstream promptly (%v)", time.Since(killed))
 	}
+	// The flow lines name the group and the member that carried each flow.
+	if l := lastLine(gw.Output(), "msg=flow "); !strings.Contains(l, `upstream="group:pool"`) || !strings.Contains(l, "member=second") {
+		t.Fatalf("the last flow line does not name the group and its member second: %q", l)
+	}
 	if !waitFor(2*time.Second, func() bool { return countLines(gw.Output(), "upstream down") == 1 }) ||
 		!strings.Contains(lastLine(gw.Output(), "upstream down"), "upstream=first") {
 		t.Fatalf("want one 'upstream down' line for first:\n%s", gw.Output())
