@@ -93,8 +93,8 @@ func (g *Gateway) Dial(ctx context.Context, f Flow) (net.Conn, Decision, error) 
 // Handle carries one TCP flow: it routes and dials f, tells the inbound the outcome through
 // ready (which writes the protocol's success or failure reply; nil for transparent flows, which
 // have no reply to send), runs the relay both ways and returns once the flow has ended or gone
-// idle; the flow's line is logged when it ends (Shutdown waits for that). It closes client. A panic in the flow is recovered and
-// logged; the process keeps serving.
+// idle; the flow's line is logged when it ends (Shutdown waits for that). It closes client. A
+// panic in the flow is recovered and logged; the process keeps serving.
 func (g *Gateway) Handle(ctx context.Context, client net.Conn, f Flow, ready func(error) error) {
 	g.handle(ctx, client, f, ready, nil)
 }
