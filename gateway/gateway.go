@@ -92,18 +92,19 @@ func (g *Gateway) Dial(ctx context.Context, f Flow) (net.Conn, Decision, error) 
 
 // Handle carries one TCP flow: it routes and dials f, tells the inbound the outcome through
 // ready (which writes the protocol's success or failure reply; nil for transparent flows, which
-// have no reply to send), runs the relay both ways and returns once the flow has ended or gone
-// idle; the flow's line is logged when it ends (Shutdown waits for that). It closes client. A
-// panic in the flow is recovered and logged; the process keeps serving.
+// have no reply to send), starts the relay both ways and returns; the flow's line is logged when
+// it ends (Shutdown waits for that). It closes client. A panic in the flow is recovered and
+// logged; the process keeps serving.
 func (g *Gateway) Handle(ctx context.Context, client net.Conn, f Flow, ready func(error) error) {
 	g.handle(ctx, client, f, ready, nil)
 }
 
 // handle is Handle with replay: bytes already read from client (while sniffing its name),
-// written to the remote right after the dial, before the relay starts. Its goroutine then
-// carries the client→remote direction until that ends or parks (relay.runHere); the relay ends
-// the flow (endFlow) on whichever goroutine finishes last, so the handshake's goroutine, whose
-// stack the dial has grown, does not stay for an idle flow's life.
+// written to the remote right after the dial, before the relay starts. It returns once the
+// relay has started: the relay ends the flow (endFlow) on its own goroutines, so the
+// handshake's goroutine, whose stack the dial has grown, does not stay for the flow's life.
+// (Letting it carry one direction until that parks saved no CPU measurably and kept grown
+// stacks alive: 2,000 idle flows took 14.4 KiB RSS each instead of 8.2.)
 func (g *Gateway) handle(ctx context.Context, client net.Conn, f Flow, ready func(error) error, replay []byte) {
 	lf := &liveFlow{Flow: f, client: client, start: time.Now()}
 	if err := g.track(lf); err != nil {
@@ -154,7 +155,7 @@ func (g *Gateway) handle(ctx context.Context, client net.Conn, f Flow, ready fun
 	lf.remote, lf.relay = remote, r
 	g.mu.Unlock()
 	relaying = true
-	r.runHere()
+	r.start()
 }
 
 // endFlow closes what is left of a flow, logs its line and counts it.

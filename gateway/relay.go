@@ -61,9 +61,8 @@ func Relay(a, b net.Conn) (up, down int64, err error) {
 //
 // mode is one of RelayAuto (also ""), RelaySplice, RelayBuffered or RelayKernel (which falls
 // back to the default). It returns the bytes sent a→b ("up") and b→a ("down") and the
-// first error that was not a clean end of stream. The gateway itself uses newRelay and
-// runHere, which return once the flow has ended or gone idle and report the end through a
-// callback.
+// first error that was not a clean end of stream. The gateway itself uses newRelay and start,
+// which return at once and report the flow's end through a callback.
 func RelayWith(mode string, a, b net.Conn) (up, down int64, err error) {
 	done := make(chan struct{})
 	newRelay(mode, a, b, func(u, d int64, e error) {
@@ -143,14 +142,6 @@ func (d *direction) init(r *relay, mode string, dst, src net.Conn) {
 func (r *relay) start() {
 	go r.dirs[0].run()
 	go r.dirs[1].run()
-}
-
-// runHere runs the a→b direction on the calling goroutine, until it ends or parks, and b→a on a
-// new one: a flow's handler, whose stack has already grown, carries the first direction instead
-// of a fresh goroutine growing its own.
-func (r *relay) runHere() {
-	go r.dirs[1].run()
-	r.dirs[0].run()
 }
 
 // closeBoth closes both connections and wakes any parked direction, which then ends on the
