@@ -49,11 +49,6 @@ var parkAfter = time.Second
 // connections of socksclient and httpproxy, which wrap a TCP connection).
 type closeWriter interface{ CloseWrite() error }
 
-// Relay copies bytes both ways between a and b with the default relay; see RelayWith.
-func Relay(a, b net.Conn) (up, down int64, err error) {
-	return RelayWith(RelayAuto, a, b)
-}
-
 // RelayWith copies bytes both ways between a and b until both directions have ended, then
 // closes both. When one side finishes sending (EOF), the other side's write half is shut down
 // and the opposite direction keeps flowing (half-close), as TCP allows. When a direction fails

@@ -229,7 +229,7 @@ func testRelayParks(t *testing.T, mode string) {
 		fs[i] = flow{client, server, r, done}
 	}
 	// Every flow idles: all directions park, leaving no goroutine per flow behind.
-	waitUntil(t, "directions parked", func() bool {
+	allParked := func() bool {
 		for i := range fs {
 			for j := range fs[i].r.dirs {
 				if fs[i].r.dirs[j].state.Load() != dirParked {
@@ -238,7 +238,8 @@ func testRelayParks(t *testing.T, mode string) {
 			}
 		}
 		return true
-	})
+	}
+	waitUntil(t, "directions parked", allParked)
 	if g := runtime.NumGoroutine() - base; g > flows/5 {
 		t.Errorf("%d goroutines for %d parked flows", g, flows)
 	}
@@ -249,7 +250,7 @@ func testRelayParks(t *testing.T, mode string) {
 			echoOnce(t, fs[i].client, fs[i].server, msg)
 			echoOnce(t, fs[i].server, fs[i].client, msg)
 		}
-		time.Sleep(3 * parkAfter)
+		waitUntil(t, "directions parked again", allParked)
 	}
 	// Half-close from a parked state: the server sees EOF, still answers, the client reads it.
 	f := fs[0]
