@@ -104,7 +104,10 @@ type results struct {
 	flows    []float64            // flows per second
 	p50, p99 []float64            // ms
 	cpuSecs  float64              // gateway CPU seconds during iperf runs
+	cpuSys   float64              // of them, in the kernel
 	loadCPU  float64              // gateway CPU seconds during the new-flows load
+	loadSys  float64              // of them, in the kernel
+	busy     map[string][]float64 // the machine's busy fraction of its CPUs, by iperf case and "flows"
 	loadN    float64              // flows that load carried
 	bytes    float64              // bytes those runs carried
 	idle     map[int]idleResult
@@ -173,7 +176,7 @@ func TestBench(t *testing.T) {
 
 	all := map[string]*results{}
 	for _, c := range contenders {
-		all[c.name] = &results{tput: map[string][]float64{}, idle: map[int]idleResult{}}
+		all[c.name] = &results{tput: map[string][]float64{}, busy: map[string][]float64{}, idle: map[int]idleResult{}}
 	}
 	began := time.Now()
 	rounds := p.rounds
@@ -188,23 +191,29 @@ func TestBench(t *testing.T) {
 			r := all[c.name]
 			for _, ic := range iperfCases {
 				check()
-				before := cpuTicks(pid)
+				before, mBefore := procCPU(pid), machineCPU()
 				gbps, n, err := runIperf(tp, c, append(slices.Clone(p.iperfArgs), ic.args...))
 				if err != nil {
 					t.Logf("%s %s: %v", c.name, ic.name, err)
 					continue
 				}
+				used := procCPU(pid).sub(before)
 				r.tput[ic.name] = append(r.tput[ic.name], gbps)
-				r.cpuSecs += float64(cpuTicks(pid)-before) / 100
+				r.busy[ic.name] = append(r.busy[ic.name], machineCPU().busySince(mBefore))
+				r.cpuSecs += used.secs()
+				r.cpuSys += used.sysSecs()
 				r.bytes += n
 			}
-			before := cpuTicks(pid)
+			before, mBefore := procCPU(pid), machineCPU()
 			flows, n, p50, p99, err := runLoad(tp, c, p)
 			if err != nil {
 				t.Logf("%s load: %v", c.name, err)
 			} else {
+				used := procCPU(pid).sub(before)
 				r.flows, r.p50, r.p99 = append(r.flows, flows), append(r.p50, p50), append(r.p99, p99)
-				r.loadCPU += float64(cpuTicks(pid)-before) / 100
+				r.busy["flows"] = append(r.busy["flows"], machineCPU().busySince(mBefore))
+				r.loadCPU += used.secs()
+				r.loadSys += used.sysSecs()
 				r.loadN += float64(n)
 			}
 			stop()
@@ -507,19 +516,58 @@ func procPid(p *netlab.Proc, comm string) int {
 	return pid
 }
 
-func cpuTicks(pid int) int64 {
+// cpuTime is a process's CPU time in clock ticks (USER_HZ, 100 on Linux).
+type cpuTime struct{ user, sys int64 }
+
+func (c cpuTime) sub(o cpuTime) cpuTime { return cpuTime{c.user - o.user, c.sys - o.sys} }
+func (c cpuTime) secs() float64         { return float64(c.user+c.sys) / 100 }
+func (c cpuTime) sysSecs() float64      { return float64(c.sys) / 100 }
+
+// procCPU reads a process's user and system time; pid 0 (no gateway) reads zero.
+func procCPU(pid int) cpuTime {
 	if pid == 0 {
-		return 0
+		return cpuTime{}
 	}
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0
+		return cpuTime{}
 	}
 	s := string(b)
 	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
 	u, _ := strconv.ParseInt(f[11], 10, 64)
 	k, _ := strconv.ParseInt(f[12], 10, 64)
-	return u + k
+	return cpuTime{u, k}
+}
+
+// machineTime is the machine's CPU time over all CPUs, from /proc/stat, in clock ticks.
+type machineTime struct{ busy, total int64 }
+
+func machineCPU() machineTime {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return machineTime{}
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	var m machineTime
+	for i, f := range strings.Fields(line)[1:] {
+		if i >= 8 { // guest time is counted in user already
+			break
+		}
+		v, _ := strconv.ParseInt(f, 10, 64)
+		m.total += v
+		if i != 3 && i != 4 { // idle, iowait
+			m.busy += v
+		}
+	}
+	return m
+}
+
+// busySince is the fraction of all CPUs' time that was busy since before.
+func (m machineTime) busySince(before machineTime) float64 {
+	if m.total <= before.total {
+		return math.NaN()
+	}
+	return float64(m.busy-before.busy) / float64(m.total-before.total)
 }
 
 func statusKiB(pid int, key string) float64 {

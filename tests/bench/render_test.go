@@ -38,10 +38,10 @@ func render(p params, cs []contender, all map[string]*results, took time.Duratio
 		cpu, perFlow := "–", "–"
 		if strings.HasPrefix(c.name, "socksgate") || strings.HasPrefix(c.name, "redsocks") {
 			if r.bytes > 0 {
-				cpu = num(r.cpuSecs/(r.bytes/(1<<30)), 3)
+				cpu = num(r.cpuSecs/(r.bytes/(1<<30)), 3) + kernelShare(r.cpuSys, r.cpuSecs)
 			}
 			if r.loadN > 0 {
-				perFlow = num(r.loadCPU/r.loadN*1e6, 0)
+				perFlow = num(r.loadCPU/r.loadN*1e6, 0) + kernelShare(r.loadSys, r.loadCPU)
 			}
 		}
 		fmt.Fprintf(&b, " %s | %s | %s | %s | %s |\n", num(median(r.flows), 0), num(median(r.p50), 2), num(median(r.p99), 2), cpu, perFlow)
@@ -71,6 +71,7 @@ func render(p params, cs []contender, all map[string]*results, took time.Duratio
 		}
 	}
 	ratio("redsocks → dante", "explicit")
+	budgets(&b, cs, all)
 
 	if p.parts["slowsink"] {
 		fmt.Fprintf(&b, "\n## Fast sender, slow sink\n\n")
@@ -124,6 +125,74 @@ func render(p params, cs []contender, all map[string]*results, took time.Duratio
 	}
 	b.WriteString("\nReproduce: `sudo make bench` (full) or `sudo BENCH_QUICK=1 make bench`; `BENCH_RELAYS=splice,buffered,kernel` adds the other relay modes; `BENCH_PARTS=throughput,slowsink,idle` picks the parts.\n")
 	return b.String()
+}
+
+// kernelShare is " (N% kernel)": how much of a CPU figure the kernel spent.
+func kernelShare(sys, all float64) string {
+	if all <= 0 {
+		return ""
+	}
+	return fmt.Sprintf(" (%.0f%% kernel)", 100*sys/all)
+}
+
+// budgets writes what the CPU-bound targets of issue 6 leave a gateway. When the machine's CPUs
+// are all busy, every contender shares them: a gateway that adds c CPU-seconds per flow (or per
+// GiB) to the explicit path brings the rate from E down to 1/(1/E + c/N) on N CPUs. A target
+// rate T therefore allows the gateway at most N/T − N/E, whatever it is written in; a negative
+// budget means that not even a gateway costing nothing reaches it in this run.
+func budgets(b *strings.Builder, cs []contender, all map[string]*results) {
+	ex, rs := all["explicit"], all["redsocks → dante"]
+	if ex == nil || rs == nil || len(ex.flows) == 0 {
+		return
+	}
+	var gws []string
+	for _, c := range cs {
+		if c.baseline == "explicit" {
+			gws = append(gws, c.name)
+		}
+	}
+	cpus := float64(runtime.NumCPU())
+	b.WriteString("\n## What the CPU-bound targets leave a gateway\n\n")
+	fmt.Fprintf(b, "With all %d CPUs busy (second column: the machine during explicit), a gateway that adds c CPU-seconds per flow or per GiB "+
+		"to the explicit path brings its rate E down to 1/(1/E + c/N) on N CPUs, so a target rate T leaves the gateway at most N/T − N/E. "+
+		"The gateway columns are the gateway process's own CPU for the same unit, with the part spent in the kernel (accept, connect, "+
+		"TCP send and receive, splice: what any relay that terminates TCP pays) in brackets. A budget below that kernel part is out of "+
+		"reach of such a relay on this machine; a negative one, of any gateway at all.\n\n", int(cpus))
+	b.WriteString("| target | machine busy | budget |")
+	for _, g := range gws {
+		fmt.Fprintf(b, " %s |", g)
+	}
+	b.WriteString("\n|---|---:|---:|" + strings.Repeat("---:|", len(gws)) + "\n")
+	row := func(target, unit string, e, t, busy float64, cost func(r *results) (all, sys float64), prec int, scale float64) {
+		budget := (cpus/t - cpus/e) * scale
+		fmt.Fprintf(b, "| %s | %s | %s %s |", target, num(100*busy, 0)+"%", num(budget, prec), unit)
+		for _, g := range gws {
+			a, k := cost(all[g])
+			fmt.Fprintf(b, " %s (%s) |", num(a*scale, prec), num(k*scale, prec))
+		}
+		b.WriteString("\n")
+	}
+	perFlow := func(r *results) (float64, float64) {
+		if r.loadN == 0 {
+			return math.NaN(), math.NaN()
+		}
+		return r.loadCPU / r.loadN, r.loadSys / r.loadN
+	}
+	perGiB := func(r *results) (float64, float64) {
+		if r.bytes == 0 {
+			return math.NaN(), math.NaN()
+		}
+		return r.cpuSecs / (r.bytes / (1 << 30)), r.cpuSys / (r.bytes / (1 << 30))
+	}
+	e, busy := median(ex.flows), median(ex.busy["flows"])
+	row("new flows/s ≥ 0.9× explicit", "µs/flow", e, 0.9*e, busy, perFlow, 0, 1e6)
+	row("new flows/s ≥ 1.3× redsocks", "µs/flow", e, 1.3*median(rs.flows), busy, perFlow, 0, 1e6)
+	gib := func(gbps float64) float64 { return gbps * 1e9 / 8 / (1 << 30) }
+	for _, ic := range iperfCases[2:] { // the 8-stream cases; one stream is not CPU-bound
+		e, busy := gib(median(ex.tput[ic.name])), median(ex.busy[ic.name])
+		row(ic.name+" ≥ 0.95× explicit", "s/GiB", e, 0.95*e, busy, perGiB, 3, 1)
+		row(ic.name+" ≥ 1.15× redsocks", "s/GiB", e, 1.15*gib(median(rs.tput[ic.name])), busy, perGiB, 3, 1)
+	}
 }
 
 func num(v float64, prec int) string {
