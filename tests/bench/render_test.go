@@ -135,11 +135,11 @@ func kernelShare(sys, all float64) string {
 	return fmt.Sprintf(" (%.0f%% kernel)", 100*sys/all)
 }
 
-// budgets writes what the CPU-bound targets of issue 6 leave a gateway. When the machine's CPUs
-// are all busy, every contender shares them: a gateway that adds c CPU-seconds per flow (or per
-// GiB) to the explicit path brings the rate from E down to 1/(1/E + c/N) on N CPUs. A target
-// rate T therefore allows the gateway at most N/T − N/E, whatever it is written in; a negative
-// budget means that not even a gateway costing nothing reaches it in this run.
+// budgets writes what the CPU-bound targets of issue 6 leave a gateway, under a simple model:
+// when the machine's CPUs are all busy, a gateway that adds c CPU-seconds per flow (or per GiB) to
+// the explicit path brings the rate from E to about 1/(1/E + c/N) on N CPUs, so a target rate T
+// leaves it about N/T − N/E. It is an estimate: the gateway path also drops work the explicit one
+// has (gw forwarding lan↔proxy packets, the client's own SOCKS exchange).
 func budgets(b *strings.Builder, cs []contender, all map[string]*results) {
 	ex, rs := all["explicit"], all["redsocks → dante"]
 	if ex == nil || rs == nil || len(ex.flows) == 0 {
@@ -153,11 +153,11 @@ func budgets(b *strings.Builder, cs []contender, all map[string]*results) {
 	}
 	cpus := float64(runtime.NumCPU())
 	b.WriteString("\n## What the CPU-bound targets leave a gateway\n\n")
-	fmt.Fprintf(b, "With all %d CPUs busy (second column: the machine during explicit), a gateway that adds c CPU-seconds per flow or per GiB "+
-		"to the explicit path brings its rate E down to 1/(1/E + c/N) on N CPUs, so a target rate T leaves the gateway at most N/T − N/E. "+
-		"The gateway columns are the gateway process's own CPU for the same unit, with the part spent in the kernel (accept, connect, "+
-		"TCP send and receive, splice: what any relay that terminates TCP pays) in brackets. A budget below that kernel part is out of "+
-		"reach of such a relay on this machine; a negative one, of any gateway at all.\n\n", int(cpus))
+	fmt.Fprintf(b, "When all %d CPUs are busy (second column: the machine during explicit), a gateway that adds c CPU-seconds per flow or per GiB "+
+		"to the explicit path brings its rate E down to about 1/(1/E + c/N) on N CPUs, so a target rate T leaves the gateway about N/T − N/E. "+
+		"The gateway columns are the gateway process's own CPU for the same unit and, in brackets, the part of it spent in the kernel "+
+		"(accept, connect, TCP send and receive, splice), which any relay that terminates TCP pays in some form; some of it replaces "+
+		"forwarding that gw does for explicit too, so it is a guide, not a floor. A negative budget asks for more than explicit's own rate.\n\n", int(cpus))
 	b.WriteString("| target | machine busy | budget |")
 	for _, g := range gws {
 		fmt.Fprintf(b, " %s |", g)
