@@ -94,13 +94,18 @@ type direction struct {
 	splice   bool            // RelaySplice: io.Copy for the flow's whole life
 	rs       syscall.RawConn // src's socket: wait for readability, park; nil: block in Read
 	rd       syscall.RawConn // dst's socket too: bulk bursts go through splice (RelayAuto)
+	wd       syscall.RawConn // dst's socket, written with raw calls (Linux); nil: dst.Write
 	bulk     bool            // moving bulk data: splice, waiting in the poller without a probe
 	sp       *splicer        // splice state, from the first bulk burst on
 	n        int64           // bytes written to dst
 	state    atomic.Int32
 	deadline time.Time             // src's read deadline, which bounds a wait before parking
 	readFn   func(fd uintptr) bool // d.tryRead, bound once (a method value per read would allocate)
+	writeFn  func(fd uintptr) bool // d.tryWrite, bound once
 	bp       *[]byte               // tryRead's results, for read
+	wb       []byte                // what write still has to write, and how it went
+	wn       int
+	werr     error
 	rn       int
 	rerr     error
 	token    uint32 // the parker's key for this direction, once parked
@@ -128,8 +133,13 @@ func (d *direction) init(r *relay, mode string, dst, src net.Conn) {
 		d.rs, _ = sc.SyscallConn()
 		d.readFn = d.tryRead
 	}
-	if mode != RelayBuffered && d.rs != nil {
-		d.rd, _ = spliceTarget(dst)
+	if d.rs != nil {
+		if d.wd, _ = spliceTarget(dst); d.wd != nil {
+			d.writeFn = d.tryWrite
+		}
+		if mode != RelayBuffered {
+			d.rd = d.wd
+		}
 	}
 }
 
@@ -249,7 +259,7 @@ func (d *direction) copy() (parked bool) {
 			d.lastErr = err
 			return false
 		}
-		w, err := d.dst.Write((*bp)[:n])
+		w, err := d.write((*bp)[:n])
 		relayBufs.Put(bp)
 		d.n += int64(w)
 		if err != nil {

@@ -3,6 +3,7 @@ package gateway
 import (
 	"net"
 	"os"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -34,7 +35,7 @@ func (d *direction) tryRead(fd uintptr) bool {
 		d.bp = relayBufs.Get().(*[]byte)
 	}
 	for {
-		n, err := unix.Read(int(fd), *d.bp)
+		n, err := rawRead(int(fd), *d.bp)
 		switch err {
 		case unix.EINTR:
 			continue
@@ -49,4 +50,71 @@ func (d *direction) tryRead(fd uintptr) bool {
 		}
 		return true
 	}
+}
+
+// write writes all of p to dst, waiting in the poller while dst's send buffer is full (and
+// honouring its write deadline, as dst.Write does).
+func (d *direction) write(p []byte) (int, error) {
+	if d.wd == nil {
+		return d.dst.Write(p)
+	}
+	d.wb, d.wn, d.werr = p, 0, nil
+	err := d.wd.Write(d.writeFn)
+	n := d.wn
+	if err == nil && d.werr != nil {
+		err = &net.OpError{Op: "write", Net: "tcp", Source: d.dst.LocalAddr(), Addr: d.dst.RemoteAddr(), Err: os.NewSyscallError("write", d.werr)}
+	}
+	d.wb, d.werr = nil, nil
+	return n, err
+}
+
+// tryWrite is write's callback: it writes until p is all written or fails; on EAGAIN it asks
+// the poller to wait until dst takes more.
+func (d *direction) tryWrite(fd uintptr) bool {
+	for d.wn < len(d.wb) {
+		n, err := rawSend(int(fd), d.wb[d.wn:])
+		switch err {
+		case nil:
+			d.wn += n
+		case unix.EINTR:
+		case unix.EAGAIN:
+			return false
+		default:
+			d.werr = err
+			return true
+		}
+	}
+	return true
+}
+
+// The relay's own system calls, on sockets and pipes that are all non-blocking, are made
+// without telling the scheduler (RawSyscall): they never wait, they only work in the kernel.
+// A call the scheduler knows about that runs longer than sysmon's 20 µs tick (splicing a MiB
+// does) lets sysmon hand the goroutine's P to another thread, and keeps sysmon itself waking
+// every 20 µs: 14% of the gateway's CPU in a profile of 8 bulk streams, gone with raw calls.
+
+func rawRead(fd int, p []byte) (int, error) {
+	n, _, e := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
+}
+
+// rawSend writes p to a socket; with MSG_NOSIGNAL a peer that has gone is an EPIPE, not a signal.
+func rawSend(fd int, p []byte) (int, error) {
+	n, _, e := unix.RawSyscall6(unix.SYS_SENDTO, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)), unix.MSG_NOSIGNAL, 0, 0)
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
+}
+
+// rawSplice moves up to n bytes from in to out (one of them a pipe).
+func rawSplice(in, out, n, flags int) (int, error) {
+	m, _, e := unix.RawSyscall6(unix.SYS_SPLICE, uintptr(in), 0, uintptr(out), 0, uintptr(n), uintptr(flags))
+	if e != 0 {
+		return 0, e
+	}
+	return int(m), nil
 }

@@ -17,6 +17,11 @@ func (d *direction) read() (*[]byte, int, error) { return nil, 0, errors.ErrUnsu
 
 func (d *direction) tryRead(fd uintptr) bool { return true }
 
+func (d *direction) tryWrite(fd uintptr) bool { return true }
+
+// write is the plain Write: no raw calls off Linux.
+func (d *direction) write(p []byte) (int, error) { return d.dst.Write(p) }
+
 func park(d *direction) error { return errors.ErrUnsupported }
 
 func forget(d *direction) {}

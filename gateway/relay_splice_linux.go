@@ -112,7 +112,7 @@ func spliceBurst(d *direction, p *relayPipe) (n int64, eof bool, err error) {
 // spliceIn moves what the source socket has into the pipe; EAGAIN waits in the poller.
 func (s *splicer) spliceIn(fd uintptr) bool {
 	for {
-		m, e := unix.Splice(int(fd), nil, s.p.w, nil, spliceChunk, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+		m, e := rawSplice(int(fd), s.p.w, spliceChunk, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
 		s.moved, s.err = int64(m), e // the count is an int on 32-bit platforms
 		if e != unix.EINTR {
 			if e == unix.EAGAIN {
@@ -126,7 +126,7 @@ func (s *splicer) spliceIn(fd uintptr) bool {
 // spliceOut moves what the pipe holds to the destination socket; EAGAIN waits until it can
 // take more.
 func (s *splicer) spliceOut(fd uintptr) bool {
-	m, e := unix.Splice(s.p.r, nil, int(fd), nil, int(s.inPipe), unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+	m, e := rawSplice(s.p.r, int(fd), int(s.inPipe), unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
 	s.moved, s.err = int64(m), e
 	if e == unix.EAGAIN || e == unix.EINTR {
 		s.moved, s.err = 0, nil
