@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"sync/atomic"
+	"time"
 
 	"github.com/sirupsen/logrus"
 
@@ -21,7 +23,7 @@ import (
 // stop ends the health checks and waits for them; call it once the upstreams are no longer used
 // (dials still work afterwards, with the members' last known state). On error nothing runs.
 func NewUpstreams(cfg *configs.Config, control Control, log *logrus.Entry) (ups map[string]Upstream, stop func(), err error) {
-	ups, err = newUpstreams(cfg, control)
+	ups, err = newUpstreams(cfg, control, log)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -57,7 +59,7 @@ func NewUpstreams(cfg *configs.Config, control Control, log *logrus.Entry) (ups 
 }
 
 // newUpstreams builds the configured upstreams (not the groups).
-func newUpstreams(cfg *configs.Config, control Control) (map[string]Upstream, error) {
+func newUpstreams(cfg *configs.Config, control Control, log *logrus.Entry) (map[string]Upstream, error) {
 	direct := Direct{Control: control}
 	ups := map[string]Upstream{configs.SchemeDirect: direct}
 	byName := make(map[string]*configs.Upstream, len(cfg.Upstreams))
@@ -83,7 +85,7 @@ func newUpstreams(cfg *configs.Config, control Control) (map[string]Upstream, er
 				return nil, fmt.Errorf("upstream %q: %w", name, err)
 			}
 		}
-		u, err := newUpstream(c, below, direct)
+		u, err := newUpstream(c, below, direct, log)
 		if err != nil {
 			return nil, fmt.Errorf("upstream %q: %w", name, err)
 		}
@@ -99,7 +101,7 @@ func newUpstreams(cfg *configs.Config, control Control) (map[string]Upstream, er
 }
 
 // newUpstream makes one hop reached through below.
-func newUpstream(c *configs.Upstream, below Upstream, direct Direct) (Upstream, error) {
+func newUpstream(c *configs.Upstream, below Upstream, direct Direct, log *logrus.Entry) (Upstream, error) {
 	u := c.URL
 	var user, pass string
 	if u.User != nil {
@@ -126,7 +128,7 @@ func newUpstream(c *configs.Upstream, below Upstream, direct Direct) (Upstream, 
 			configs.SchemeSOCKS5: socksclient.SOCKS5, configs.SchemeSOCKS5H: socksclient.SOCKS5,
 			configs.SchemeSOCKS4: socksclient.SOCKS4, configs.SchemeSOCKS4A: socksclient.SOCKS4A,
 		}[u.Scheme]
-		s := &socksUpstream{viaChain: c.Via != "", d: &socksclient.Dialer{
+		s := &socksUpstream{viaChain: c.Via != "", log: log, d: &socksclient.Dialer{
 			Version:   v,
 			Address:   u.Host,
 			Username:  user,
@@ -135,20 +137,84 @@ func newUpstream(c *configs.Upstream, below Upstream, direct Direct) (Upstream, 
 			ListenUDP: direct.ListenUDP,
 		}}
 		s.name = s.d.String()
+		if v == socksclient.SOCKS5 && user == "" {
+			dp := *s.d
+			dp.Pipeline = true
+			s.dp = &dp
+		}
 		return s, nil
 	}
 	return nil, fmt.Errorf("unsupported scheme %q", u.Scheme)
 }
 
 // socksUpstream adapts socksclient.Dialer to Upstream.
+//
+// A SOCKS5 proxy without credentials is asked once, in the background at its first dial,
+// whether it answers a request sent together with the greeting (socksclient.ProbePipelining);
+// if it does, later dials send both in one write and save a round trip to the proxy each.
+// Until then, and for a proxy that does not (microsocks), dials wait for the method choice as
+// the RFC has it. A probe that could not reach the proxy is repeated at a dial after
+// pipelineRetry.
 type socksUpstream struct {
-	d        *socksclient.Dialer
-	name     string // d.String(), built once
-	viaChain bool   // reached through another upstream: no UDP
+	d         *socksclient.Dialer
+	dp        *socksclient.Dialer // d with Pipeline; nil when d cannot pipeline (SOCKS4, credentials)
+	pipeline  atomic.Int32        // a pipeline* state
+	nextProbe atomic.Int64        // unix nanoseconds before which a failed probe is not repeated
+	log       *logrus.Entry
+	name      string // d.String(), built once
+	viaChain  bool   // reached through another upstream: no UDP
 }
 
+// Pipelining states of a socksUpstream.
+const (
+	pipelineUnknown int32 = iota
+	pipelineProbing
+	pipelineYes
+	pipelineNo
+)
+
+// pipelineProbeTimeout bounds the probe: a proxy that answers pipelined requests answers the
+// probe (a request for 0.0.0.0:0, which it can only refuse) within a few round trips.
+// pipelineRetry is how long a probe that could not reach the proxy waits to be repeated.
+var pipelineProbeTimeout, pipelineRetry = 3 * time.Second, 30 * time.Second
+
 func (s *socksUpstream) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	if s.dp != nil {
+		switch s.pipeline.Load() {
+		case pipelineYes:
+			return s.dp.DialContext(ctx, network, address)
+		case pipelineUnknown:
+			if time.Now().UnixNano() >= s.nextProbe.Load() && s.pipeline.CompareAndSwap(pipelineUnknown, pipelineProbing) {
+				go s.probePipelining()
+			}
+		}
+	}
 	return s.d.DialContext(ctx, network, address)
+}
+
+// probePipelining asks the proxy whether it takes pipelined requests and records the answer.
+func (s *socksUpstream) probePipelining() {
+	ctx, cancel := context.WithTimeout(context.Background(), pipelineProbeTimeout)
+	defer cancel()
+	ok, err := s.dp.ProbePipelining(ctx)
+	switch {
+	case err != nil:
+		s.nextProbe.Store(time.Now().Add(pipelineRetry).UnixNano())
+		s.pipeline.Store(pipelineUnknown)
+		if s.log != nil {
+			s.log.WithError(err).Debugf("upstream %s: could not ask whether it takes pipelined requests; asking again in %v", s.name, pipelineRetry)
+		}
+	case ok:
+		s.pipeline.Store(pipelineYes)
+		if s.log != nil {
+			s.log.Infof("upstream %s answers a request sent with its greeting: pipelining them (one round trip less per flow)", s.name)
+		}
+	default:
+		s.pipeline.Store(pipelineNo)
+		if s.log != nil {
+			s.log.Infof("upstream %s does not answer a request sent with its greeting: waiting for its method choice on each flow", s.name)
+		}
+	}
 }
 
 func (s *socksUpstream) ListenPacket(ctx context.Context) (net.PacketConn, error) {

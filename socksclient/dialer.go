@@ -110,8 +110,9 @@ type Dialer struct {
 	// Pipeline makes a SOCKS5 dialer without credentials send its greeting and its request in
 	// one write, without waiting for the server's method choice: one round trip and one write
 	// fewer per dial. Off by default: the RFC has the client wait, and not every server reads
-	// ahead (microsocks does not answer a pipelined request). Dante 1.4 takes it. It has no
-	// effect with a Username (the credentials always wait for the method choice) or on SOCKS4.
+	// ahead (microsocks does not answer a pipelined request). Dante 1.4 takes it;
+	// ProbePipelining tells. It has no effect with a Username (the credentials always wait for
+	// the method choice) or on SOCKS4.
 	Pipeline bool
 }
 

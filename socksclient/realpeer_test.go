@@ -234,6 +234,13 @@ func TestMicrosocksConnect(t *testing.T) {
 			t.Fatalf("err = %v, want the deadline", err)
 		}
 	})
+	t.Run("probe says no pipelining", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		if ok, err := d.ProbePipelining(ctx); ok || err != nil {
+			t.Fatalf("ProbePipelining = %v, %v; want false, nil", ok, err)
+		}
+	})
 	t.Run("no udp associate", func(t *testing.T) {
 		_, err := d.ListenPacket(context.Background())
 		var re *ReplyError
@@ -334,6 +341,13 @@ func TestDanteConnect(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { roundTrip(t, tt.d, tt.address) })
 	}
+	t.Run("probe says pipelining", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if ok, err := (&Dialer{Address: proxy}).ProbePipelining(ctx); !ok || err != nil {
+			t.Fatalf("ProbePipelining = %v, %v; want true, nil", ok, err)
+		}
+	})
 }
 
 func TestDanteUDPAssociate(t *testing.T) {

@@ -58,7 +58,7 @@ func TestTransparentTCPThroughDante(t *testing.T) {
 	tp := netlab.NewTopology(t)
 	serveWeb(t, tp)
 	d := startDante(t, tp, danteOptions{})
-	startSocksgate(t, tp.GW, gatewayConfig("socks5://["+netlab.Proxy6+"]:1080", ""))
+	gw := startSocksgate(t, tp.GW, gatewayConfig("socks5://["+netlab.Proxy6+"]:1080", ""))
 	for _, dst := range []string{netlab.WAN4, netlab.WAN6} {
 		out, err := curl(tp.LAN, urlFor(dst, "/"))
 		if err != nil || out != pageBody {
@@ -67,5 +67,15 @@ func TestTransparentTCPThroughDante(t *testing.T) {
 	}
 	if !waitFor(2*time.Second, func() bool { return strings.Contains(d.Output(), netlab.WAN4) }) {
 		t.Fatalf("dante's log does not show the flow:\n%s", d.Output())
+	}
+	// Dante reads ahead: the first flow's probe finds it, and later flows send their request
+	// with the greeting.
+	if !gw.WaitOutput("answers a request sent with its greeting: pipelining them", 5*time.Second) {
+		t.Fatalf("no pipelining verdict for dante:\n%s", gw.Output())
+	}
+	for _, dst := range []string{netlab.WAN4, netlab.WAN6} {
+		if out, err := curl(tp.LAN, urlFor(dst, "/")); err != nil || out != pageBody {
+			t.Fatalf("curl %s pipelined: %v: %q", dst, err, out)
+		}
 	}
 }

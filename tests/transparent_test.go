@@ -39,6 +39,14 @@ func TestTransparentTCPThroughSOCKS5(t *testing.T) {
 	if !strings.Contains(tp.DirectDrops(), "drop") {
 		t.Fatal("the lab's forwarding filter is missing")
 	}
+	// microsocks never answers a request sent with the greeting: the first flow's probe finds
+	// it out, and flows go on waiting for the method choice.
+	if !gw.WaitOutput("does not answer a request sent with its greeting", 5*time.Second) {
+		t.Fatalf("no pipelining verdict for microsocks:\n%s", gw.Output())
+	}
+	if out, err := curl(tp.LAN, urlFor(netlab.WAN4, "/")); err != nil || out != pageBody {
+		t.Fatalf("curl after the probe: %v: %q", err, out)
+	}
 }
 
 // Username/password (RFC 1929) against microsocks: the right credentials work; wrong ones make

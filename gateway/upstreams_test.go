@@ -1,0 +1,178 @@
+package gateway
+
+import (
+	"bufio"
+	"io"
+	"net"
+	"net/url"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/socksgate/socksgate/configs"
+	"github.com/socksgate/socksgate/socks"
+)
+
+// pipelineProxy is a SOCKS5 server (no authentication, CONNECT answered with success and an
+// echo) that counts the requests that arrived before it answered the greeting. readsAhead false
+// makes it behave like microsocks: it reads the greeting with one read and drops what came
+// with it, so a pipelined request is never answered.
+type pipelineProxy struct {
+	addr      string
+	pipelined atomic.Int32
+}
+
+func startPipelineProxy(t *testing.T, readsAhead bool) *pipelineProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	p := &pipelineProxy{addr: ln.Addr().String()}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go p.serve(c, readsAhead)
+		}
+	}()
+	return p
+}
+
+func (p *pipelineProxy) serve(c net.Conn, readsAhead bool) {
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	r := bufio.NewReader(c)
+	if !readsAhead {
+		buf := make([]byte, 512)
+		n, err := c.Read(buf)
+		if err != nil {
+			return
+		}
+		c.Write([]byte{5, 0})
+		if n > 3 { // the request came with the greeting and is gone: wait, as microsocks does
+			io.Copy(io.Discard, c)
+			return
+		}
+	} else {
+		if _, err := socks.ReadGreeting(r); err != nil {
+			return
+		}
+		// A request already here was sent before the client could see the method choice.
+		c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+		if _, err := r.Peek(1); err == nil {
+			p.pipelined.Add(1)
+		}
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		c.Write([]byte{5, 0})
+	}
+	req, err := socks.ReadRequest(r)
+	if err != nil {
+		return
+	}
+	code := socks.ReplySucceeded
+	if !req.Addr.IP.IsValid() || req.Addr.IP.IsUnspecified() {
+		code = socks.ReplyConnectionRefused
+	}
+	rep, _ := socks.AppendReply(nil, socks.Reply{Code: code})
+	c.Write(rep)
+	if code == socks.ReplySucceeded {
+		io.Copy(c, r)
+	}
+}
+
+func TestSocksUpstreamLearnsPipelining(t *testing.T) {
+	defer func(old time.Duration) { pipelineProbeTimeout = old }(pipelineProbeTimeout)
+	pipelineProbeTimeout = 300 * time.Millisecond
+	tests := []struct {
+		name          string
+		readsAhead    bool
+		want          int32
+		wantPipelined int32
+	}{
+		{"a proxy that reads ahead (dante)", true, pipelineYes, 2}, // the probe and the second dial
+		{"a proxy that does not (microsocks)", false, pipelineNo, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := startPipelineProxy(t, tt.readsAhead)
+			u, err := newUpstream(&configs.Upstream{Name: "p", URL: &url.URL{Scheme: "socks5", Host: p.addr}}, Direct{}, Direct{}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := u.(*socksUpstream)
+			dial := func() {
+				t.Helper()
+				c, err := s.DialContext(t.Context(), "tcp", "192.0.2.1:80")
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(5 * time.Second))
+				if _, err := c.Write([]byte("ping")); err != nil {
+					t.Fatal(err)
+				}
+				b := make([]byte, 4)
+				if _, err := io.ReadFull(c, b); err != nil || string(b) != "ping" {
+					t.Fatalf("echo: %q, %v", b, err)
+				}
+			}
+			dial() // starts the probe; waits for the method choice itself
+			deadline := time.Now().Add(3 * time.Second)
+			for s.pipeline.Load() != tt.want && time.Now().Before(deadline) {
+				time.Sleep(10 * time.Millisecond)
+			}
+			if got := s.pipeline.Load(); got != tt.want {
+				t.Fatalf("pipelining state %d, want %d", got, tt.want)
+			}
+			dial()
+			if got := p.pipelined.Load(); got != tt.wantPipelined {
+				t.Fatalf("%d requests came with their greeting, want %d", got, tt.wantPipelined)
+			}
+		})
+	}
+}
+
+func TestSocksUpstreamRetriesAFailedProbeLater(t *testing.T) {
+	defer func(old time.Duration) { pipelineRetry = old }(pipelineRetry)
+	pipelineRetry = time.Hour
+	ln, _ := net.Listen("tcp4", "127.0.0.1:0")
+	addr := ln.Addr().String()
+	ln.Close() // nothing listens: dials and the probe are refused
+	u, err := newUpstream(&configs.Upstream{Name: "p", URL: &url.URL{Scheme: "socks5", Host: addr}}, Direct{}, Direct{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := u.(*socksUpstream)
+	if _, err := s.DialContext(t.Context(), "tcp", "192.0.2.1:80"); err == nil {
+		t.Fatal("dial through a proxy that is not there succeeded")
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for (s.nextProbe.Load() == 0 || s.pipeline.Load() != pipelineUnknown) && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if s.pipeline.Load() != pipelineUnknown || time.Until(time.Unix(0, s.nextProbe.Load())) < 50*time.Minute {
+		t.Fatalf("after a failed probe: state %d, next probe in %v; want unknown, in about an hour",
+			s.pipeline.Load(), time.Until(time.Unix(0, s.nextProbe.Load())))
+	}
+	s.DialContext(t.Context(), "tcp", "192.0.2.1:80")
+	if s.pipeline.Load() == pipelineProbing {
+		t.Fatal("a dial before the retry time started another probe")
+	}
+}
+
+func TestSocksUpstreamNeverProbesWithCredentialsOrSOCKS4(t *testing.T) {
+	for _, raw := range []string{"socks5://u:p@127.0.0.1:1", "socks4://127.0.0.1:1", "socks4a://127.0.0.1:1"} {
+		uu, _ := url.Parse(raw)
+		u, err := newUpstream(&configs.Upstream{Name: "p", URL: uu}, Direct{}, Direct{}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s := u.(*socksUpstream); s.dp != nil {
+			t.Fatalf("%s: has a pipelining dialer", uu.Redacted())
+		}
+	}
+}
