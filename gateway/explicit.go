@@ -307,29 +307,47 @@ func (h *httpInbound) Tunnel(ctx context.Context, client net.Conn, t httpproxy.T
 	h.g.Handle(ctx, client, f, func(err error) error { return reply(httpError(err)) })
 }
 
+// Dial opens the upstream connection of forwarded (absolute-URI) requests. It is a flow like a
+// tunnel: counted against the flow limits, listed in the live flows while open, cut at
+// shutdown, and logged and counted when it closes.
 func (h *httpInbound) Dial(ctx context.Context, t httpproxy.Target) (net.Conn, error) {
 	f := h.flow(t)
 	if h.guard.loops(f.Dst) {
 		h.g.logFlow(f, Decision{Action: ActionBlock, Rule: "-"}, 0, 0, 0, errLoop)
 		return nil, httpError(errLoop)
 	}
-	start := time.Now()
+	lf := &liveFlow{Flow: f, start: time.Now()}
+	if err := h.g.track(lf); err != nil {
+		h.g.logFlow(f, Decision{Action: ActionBlock, Rule: "-"}, 0, 0, 0, err)
+		return nil, err
+	}
 	c, d, err := h.g.Dial(ctx, f)
+	h.g.routed(lf, d, err)
 	if err != nil {
-		h.g.logFlow(f, d, 0, 0, time.Since(start), err)
+		h.g.logFlow(f, d, 0, 0, time.Since(lf.start), err)
+		h.g.Stats.FlowEnded(f, d, 0, 0, err)
+		h.g.untrack(lf)
 		return nil, httpError(err)
 	}
-	return &loggedConn{Conn: c, g: h.g, f: f, d: d, start: start}, nil
+	lc := &loggedConn{Conn: c, g: h.g, lf: lf, d: d}
+	h.g.mu.Lock()
+	lf.client = lc
+	cut := lf.cut // shutdown's deadline passed while this was dialing
+	h.g.mu.Unlock()
+	if cut {
+		lc.Close()
+		return nil, ErrShuttingDown
+	}
+	return lc, nil
 }
 
-// loggedConn is an upstream connection of forwarded HTTP requests: it counts bytes and logs the
-// flow line when the connection closes, as Handle does for tunnels.
+// loggedConn is an upstream connection of forwarded HTTP requests, the client side of its
+// liveFlow: it counts bytes and ends the flow (log line, counters, live list) when it closes.
 type loggedConn struct {
 	net.Conn
 	g        *Gateway
-	f        Flow
+	lf       *liveFlow
 	d        Decision
-	start    time.Time
 	up, down atomic.Int64
 	once     sync.Once
 }
@@ -348,8 +366,19 @@ func (c *loggedConn) Write(p []byte) (int, error) {
 
 func (c *loggedConn) Close() error {
 	err := c.Conn.Close()
-	c.once.Do(func() { c.g.logFlow(c.f, c.d, c.up.Load(), c.down.Load(), time.Since(c.start), nil) })
+	c.once.Do(func() {
+		up, down := c.up.Load(), c.down.Load()
+		c.g.logFlow(c.lf.Flow, c.d, up, down, time.Since(c.lf.start), nil)
+		c.g.Stats.FlowEnded(c.lf.Flow, c.d, up, down, nil)
+		c.g.untrack(c.lf)
+	})
 	return err
+}
+
+// flowBytes is what the live flow list shows for a forwarded flow: bytes sent to and received
+// from the upstream (a tunnel's are read from its client socket instead).
+func (c *loggedConn) flowBytes() (up, down uint64) {
+	return uint64(c.up.Load()), uint64(c.down.Load())
 }
 
 // socksInbound is the gateway as the SOCKS server's Tunneler.

@@ -1,12 +1,16 @@
 package gateway
 
 import (
+	"context"
+	"errors"
+	"io"
 	"net"
 	"net/netip"
 	"testing"
 	"time"
 
 	"github.com/socksgate/socksgate/configs"
+	"github.com/socksgate/socksgate/httpproxy"
 )
 
 func TestExplicitLoopGuard(t *testing.T) {
@@ -107,5 +111,65 @@ func TestExplicitListenAddrs(t *testing.T) {
 	cfg.LAN.Interfaces = []string{"no-such-if0"}
 	if _, err := listenAddrs(cfg, "lan:1080"); err == nil {
 		t.Fatal("a missing LAN interface is not an error")
+	}
+}
+
+// The upstream connection of forwarded HTTP requests is a flow: it counts against the flow
+// limits, is listed live with its bytes, and is logged and counted once when it closes;
+// shutdown cuts it.
+func TestForwardedHTTPConnectionIsAFlow(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(c, c); c.Close() }() // echo until the client ends
+		}
+	}()
+	dst := netip.MustParseAddrPort(ln.Addr().String())
+	g := &Gateway{Router: staticRouter{Action: ActionDirect, Upstream: stubUpstream{"direct-stub"}, Rule: "all"}, MaxFlows: 1}
+	h := &httpInbound{g: g, guard: &loopGuard{}}
+	target := httpproxy.Target{Src: netip.MustParseAddrPort("10.0.0.1:5000"), Addr: dst, Port: dst.Port()}
+
+	c, err := h.Dial(context.Background(), target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.Dial(context.Background(), target); !errors.Is(err, ErrFlowLimit) {
+		t.Fatalf("second forwarded connection: %v, want ErrFlowLimit", err)
+	}
+	c.Write([]byte("hello"))
+	if _, err := io.ReadFull(c, make([]byte, 5)); err != nil {
+		t.Fatal(err)
+	}
+	l := g.LiveFlows()
+	if len(l) != 1 || l[0].Inbound != InboundHTTP || l[0].Upstream != "direct-stub" || l[0].Dst != dst.String() ||
+		l[0].BytesUp != 5 || l[0].BytesDown != 5 {
+		t.Fatalf("live flows: %+v", l)
+	}
+	c.Close()
+	c.Close() // a second close ends nothing twice
+	if g.Active() != 0 {
+		t.Fatalf("%d flows live after the close", g.Active())
+	}
+	snap := AdminSource{G: g}.Snapshot()
+	if len(snap.Ended) != 1 || snap.Ended[0].Flows != 1 || snap.Ended[0].BytesUp != 5 || snap.Ended[0].BytesDown != 5 {
+		t.Fatalf("ended: %+v", snap.Ended)
+	}
+
+	// Shutdown cuts a forwarded connection nobody closed.
+	if _, err := h.Dial(context.Background(), target); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if cut := g.Shutdown(ctx); cut != 1 {
+		t.Fatalf("shutdown cut %d flows, want 1", cut)
 	}
 }

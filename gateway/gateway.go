@@ -52,7 +52,8 @@ var (
 	ErrShuttingDown = errors.New("refused: shutting down")
 )
 
-// liveFlow is one TCP flow being relayed.
+// liveFlow is one TCP flow being relayed, or the upstream connection of forwarded HTTP
+// requests (then client is that connection, set once dialled, and remote is nil).
 type liveFlow struct {
 	Flow
 	client, remote net.Conn
@@ -60,6 +61,7 @@ type liveFlow struct {
 	start          time.Time
 	decision       Decision // set once routed (routed true), for the flow list
 	routed         bool
+	cut            bool // closed from outside before it had a client (a forwarded flow dialling)
 }
 
 // Dial routes f and connects to its destination the way the decision says. It returns the

@@ -43,6 +43,14 @@ func (lf *liveFlow) close() {
 		lf.relay.closeBoth()
 		return
 	}
+	switch c := lf.client.(type) {
+	case nil: // a forwarded flow still dialling: its dial sees this and gives up
+		lf.cut = true
+		return
+	case *loggedConn:
+		go c.Close() // its close untracks the flow, which takes Gateway.mu: our caller holds it
+		return
+	}
 	lf.client.Close()
 	if lf.remote != nil {
 		lf.remote.Close()

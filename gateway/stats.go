@@ -238,7 +238,11 @@ func (g *Gateway) LiveFlows() []admin.Flow {
 			af.Rule = e.lf.decision.Rule
 			af.Action = e.lf.decision.Action.String()
 		}
-		af.BytesUp, af.BytesDown = socketBytes(e.client)
+		if fb, ok := e.client.(interface{ flowBytes() (uint64, uint64) }); ok {
+			af.BytesUp, af.BytesDown = fb.flowBytes()
+		} else {
+			af.BytesUp, af.BytesDown = socketBytes(e.client)
+		}
 		out = append(out, af)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Start.Before(out[j].Start) })
