@@ -118,21 +118,7 @@ func TestExplicitListenAddrs(t *testing.T) {
 // limits, is listed live with its bytes, and is logged and counted once when it closes;
 // shutdown cuts it.
 func TestForwardedHTTPConnectionIsAFlow(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { io.Copy(c, c); c.Close() }() // echo until the client ends
-		}
-	}()
-	dst := netip.MustParseAddrPort(ln.Addr().String())
+	dst := serveLoopback(t, func(c net.Conn) { io.Copy(c, c); c.Close() }) // echo until the client ends
 	g := &Gateway{Router: staticRouter{Action: ActionDirect, Upstream: stubUpstream{"direct-stub"}, Rule: "all"}, MaxFlows: 1}
 	h := &httpInbound{g: g, guard: &loopGuard{}}
 	target := httpproxy.Target{Src: netip.MustParseAddrPort("10.0.0.1:5000"), Addr: dst, Port: dst.Port()}

@@ -18,21 +18,7 @@ func (r staticRouter) Route(context.Context, Flow) Decision { return Decision(r)
 // Beyond MaxFlows, and beyond MaxPerSrc for one source, a new flow is refused at once (the
 // inbound's reply gets the reason) and counted; flows from other sources still start.
 func TestFlowLimitsRefuseAtOnceAndCount(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { io.Copy(io.Discard, c); c.Close() }() // open until the client ends
-		}
-	}()
-	dst := netip.MustParseAddrPort(ln.Addr().String())
+	dst := serveLoopback(t, func(c net.Conn) { io.Copy(io.Discard, c); c.Close() }) // open until the client ends
 	g := &Gateway{Router: staticRouter{Action: ActionDirect, Upstream: Direct{}, Rule: "all"}, MaxFlows: 3, MaxPerSrc: 2}
 
 	start := func(src string) (error, func()) {

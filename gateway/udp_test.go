@@ -27,37 +27,23 @@ func (tcpOnlyUpstream) String() string { return "tcp-only" }
 
 // serveDNSOverTCP answers each length-prefixed message with "re:" + the message.
 func serveDNSOverTCP(t *testing.T) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
+	return serveLoopback(t, func(c net.Conn) {
+		defer c.Close()
+		var hdr [2]byte
 		for {
-			c, err := ln.Accept()
-			if err != nil {
+			if _, err := io.ReadFull(c, hdr[:]); err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				var hdr [2]byte
-				for {
-					if _, err := io.ReadFull(c, hdr[:]); err != nil {
-						return
-					}
-					msg := make([]byte, binary.BigEndian.Uint16(hdr[:]))
-					if _, err := io.ReadFull(c, msg); err != nil {
-						return
-					}
-					out := append([]byte{0, 0}, "re:"...)
-					out = append(out, msg...)
-					binary.BigEndian.PutUint16(out, uint16(len(out)-2))
-					c.Write(out)
-				}
-			}()
+			msg := make([]byte, binary.BigEndian.Uint16(hdr[:]))
+			if _, err := io.ReadFull(c, msg); err != nil {
+				return
+			}
+			out := append([]byte{0, 0}, "re:"...)
+			out = append(out, msg...)
+			binary.BigEndian.PutUint16(out, uint16(len(out)-2))
+			c.Write(out)
 		}
-	}()
-	return ln.Addr().String()
+	}).String()
 }
 
 // Through an upstream without UDP, DNS datagrams travel as length-prefixed messages over its

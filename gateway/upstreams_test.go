@@ -24,21 +24,8 @@ type pipelineProxy struct {
 
 func startPipelineProxy(t *testing.T, readsAhead bool) *pipelineProxy {
 	t.Helper()
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	p := &pipelineProxy{addr: ln.Addr().String()}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go p.serve(c, readsAhead)
-		}
-	}()
+	p := &pipelineProxy{}
+	p.addr = serveLoopback(t, func(c net.Conn) { p.serve(c, readsAhead) }).String()
 	return p
 }
 
