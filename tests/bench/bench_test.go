@@ -102,7 +102,8 @@ type contender struct {
 type results struct {
 	tput     map[string][]float64 // Gbit/s by iperf case
 	flows    []float64            // flows per second
-	p50, p99 []float64            // ms
+	p50, p99 []float64            // ms, under the load
+	p50one   []float64            // ms, one client alone: the path's own latency, no queueing
 	cpuSecs  float64              // gateway CPU seconds during iperf runs
 	cpuSys   float64              // of them, in the kernel
 	loadCPU  float64              // gateway CPU seconds during the new-flows load
@@ -205,7 +206,7 @@ func TestBench(t *testing.T) {
 				r.bytes += n
 			}
 			before, mBefore := procCPU(pid), machineCPU()
-			flows, n, p50, p99, err := runLoad(tp, c, p)
+			flows, n, p50, p99, err := runLoad(tp, c, p.loadConc, p.loadSecs)
 			if err != nil {
 				t.Logf("%s load: %v", c.name, err)
 			} else {
@@ -215,6 +216,11 @@ func TestBench(t *testing.T) {
 				r.loadCPU += used.secs()
 				r.loadSys += used.sysSecs()
 				r.loadN += float64(n)
+			}
+			if _, _, one, _, err := runLoad(tp, c, 1, p.loadSecs); err != nil {
+				t.Logf("%s load, one client: %v", c.name, err)
+			} else {
+				r.p50one = append(r.p50one, one)
 			}
 			stop()
 		}
@@ -656,14 +662,14 @@ func runIperf(tp *netlab.Topology, c contender, args []string) (float64, float64
 }
 
 // runLoad runs the short-request load generator in lan.
-func runLoad(tp *netlab.Topology, c contender, p params) (flows float64, n int, p50, p99 float64, err error) {
+func runLoad(tp *netlab.Topology, c contender, conc int, duration string) (flows float64, n int, p50, p99 float64, err error) {
 	socks := "-"
 	if c.explicit {
 		socks = "socks5://" + net.JoinHostPort(netlab.Proxy4, dantePort)
 	}
 	self, _ := os.Executable()
 	out, err := tp.LAN.Run("env", "BENCH_HELPER=load", self, net.JoinHostPort(netlab.WAN4, httpPort), socks,
-		strconv.Itoa(p.loadConc), p.loadSecs)
+		strconv.Itoa(conc), duration)
 	if err != nil {
 		return 0, 0, 0, 0, fmt.Errorf("%v: %s", err, out)
 	}

@@ -22,13 +22,13 @@ func render(p params, cs []contender, all map[string]*results, took time.Duratio
 	}
 	fmt.Fprintf(&b, "# socksgate benchmark, %s\n\n", time.Now().Format("2006-01-02 15:04 MST"))
 	fmt.Fprintf(&b, "- machine: %d CPUs (%s), kernel %s, %s\n", runtime.NumCPU(), cpuModel(), kernel(), goVersion())
-	fmt.Fprintf(&b, "- run: %s, %d round(s) alternating contenders, iperf3 %s per case, %d concurrent clients for %ss of `Connection: close` requests, took %s\n",
+	fmt.Fprintf(&b, "- run: %s, %d round(s) alternating contenders, iperf3 %s per case, %d concurrent clients for %ss of `Connection: close` requests (then one client alone for as long: the path's latency without queueing), took %s\n",
 		mode, p.rounds, strings.Join(p.iperfArgs, " "), p.loadConc, p.loadSecs, took.Round(time.Second))
 	fmt.Fprintf(&b, "- lab: lan → gw → proxy → wan namespaces (veth); upstream dante-server (danted -N 4) in proxy; socksgate and redsocks run in gw; throughput and latency are medians over rounds\n\n")
 
 	b.WriteString("## Throughput, flows, latency\n\n")
-	b.WriteString("| contender | 1 stream → Gbit/s | 1 stream ← | 8 streams → | 8 streams ← | new flows/s | p50 ms | p99 ms | gateway CPU s/GiB | gateway CPU µs/flow |\n")
-	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	b.WriteString("| contender | 1 stream → Gbit/s | 1 stream ← | 8 streams → | 8 streams ← | new flows/s | p50 ms | p99 ms | p50 ms, 1 client | gateway CPU s/GiB | gateway CPU µs/flow |\n")
+	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, c := range cs {
 		r := all[c.name]
 		fmt.Fprintf(&b, "| %s |", c.name)
@@ -44,12 +44,12 @@ func render(p params, cs []contender, all map[string]*results, took time.Duratio
 				perFlow = num(r.loadCPU/r.loadN*1e6, 0) + kernelShare(r.loadSys, r.loadCPU)
 			}
 		}
-		fmt.Fprintf(&b, " %s | %s | %s | %s | %s |\n", num(median(r.flows), 0), num(median(r.p50), 2), num(median(r.p99), 2), cpu, perFlow)
+		fmt.Fprintf(&b, " %s | %s | %s | %s | %s | %s |\n", num(median(r.flows), 0), num(median(r.p50), 2), num(median(r.p99), 2), num(median(r.p50one), 2), cpu, perFlow)
 	}
 
 	b.WriteString("\n## Ratios\n\n")
-	b.WriteString("| ratio | 1 stream → | 1 stream ← | 8 streams → | 8 streams ← | new flows/s | p50 latency |\n")
-	b.WriteString("|---|---:|---:|---:|---:|---:|---:|\n")
+	b.WriteString("| ratio | 1 stream → | 1 stream ← | 8 streams → | 8 streams ← | new flows/s | p50 latency | p50, 1 client |\n")
+	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|\n")
 	ratio := func(a, ref string) {
 		ra, rr := all[a], all[ref]
 		if ra == nil || rr == nil {
@@ -59,7 +59,7 @@ func render(p params, cs []contender, all map[string]*results, took time.Duratio
 		for _, ic := range iperfCases {
 			fmt.Fprintf(&b, " %s |", num(median(ra.tput[ic.name])/median(rr.tput[ic.name]), 2))
 		}
-		fmt.Fprintf(&b, " %s | %s |\n", num(median(ra.flows)/median(rr.flows), 2), num(median(ra.p50)/median(rr.p50), 2))
+		fmt.Fprintf(&b, " %s | %s | %s |\n", num(median(ra.flows)/median(rr.flows), 2), num(median(ra.p50)/median(rr.p50), 2), num(median(ra.p50one)/median(rr.p50one), 2))
 	}
 	for _, c := range cs {
 		switch {
