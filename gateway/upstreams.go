@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"sync/atomic"
@@ -154,7 +155,10 @@ func newUpstream(c *configs.Upstream, below Upstream, direct Direct, log *logrus
 // if it does, later dials send both in one write and save a round trip to the proxy each.
 // Until then, and for a proxy that does not (microsocks), dials wait for the method choice as
 // the RFC has it. A probe that could not reach the proxy is repeated at a dial after
-// pipelineRetry.
+// pipelineRetry. A pipelined dial that the proxy answered only up to the greeting
+// (socksclient.ErrPipelinedUnanswered) asks again at once: a proxy replaced by one that does
+// not read ahead is found out after one failed flow, and one that was only slow to reach the
+// destination answers yes again.
 type socksUpstream struct {
 	d         *socksclient.Dialer
 	dp        *socksclient.Dialer // d with Pipeline; nil when d cannot pipeline (SOCKS4, credentials)
@@ -182,18 +186,23 @@ func (s *socksUpstream) DialContext(ctx context.Context, network, address string
 	if s.dp != nil {
 		switch s.pipeline.Load() {
 		case pipelineYes:
-			return s.dp.DialContext(ctx, network, address)
+			c, err := s.dp.DialContext(ctx, network, address)
+			if errors.Is(err, socksclient.ErrPipelinedUnanswered) && s.pipeline.CompareAndSwap(pipelineYes, pipelineProbing) {
+				go s.probePipelining(true)
+			}
+			return c, err
 		case pipelineUnknown:
 			if time.Now().UnixNano() >= s.nextProbe.Load() && s.pipeline.CompareAndSwap(pipelineUnknown, pipelineProbing) {
-				go s.probePipelining()
+				go s.probePipelining(false)
 			}
 		}
 	}
 	return s.d.DialContext(ctx, network, address)
 }
 
-// probePipelining asks the proxy whether it takes pipelined requests and records the answer.
-func (s *socksUpstream) probePipelining() {
+// probePipelining asks the proxy whether it takes pipelined requests and records the answer;
+// again says a pipelined dial has just gone unanswered.
+func (s *socksUpstream) probePipelining(again bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), pipelineProbeTimeout)
 	defer cancel()
 	ok, err := s.dp.ProbePipelining(ctx)
@@ -206,12 +215,16 @@ func (s *socksUpstream) probePipelining() {
 		}
 	case ok:
 		s.pipeline.Store(pipelineYes)
-		if s.log != nil {
+		if s.log != nil && again {
+			s.log.Debugf("upstream %s left a pipelined request unanswered but answers the probe: still pipelining", s.name)
+		} else if s.log != nil {
 			s.log.Infof("upstream %s answers a request sent with its greeting: pipelining them (one round trip less per flow)", s.name)
 		}
 	default:
 		s.pipeline.Store(pipelineNo)
-		if s.log != nil {
+		if s.log != nil && again {
+			s.log.Warnf("upstream %s stopped answering requests sent with its greeting: waiting for its method choice on each flow from now on", s.name)
+		} else if s.log != nil {
 			s.log.Infof("upstream %s does not answer a request sent with its greeting: waiting for its method choice on each flow", s.name)
 		}
 	}

@@ -2,6 +2,8 @@ package gateway
 
 import (
 	"bufio"
+	"context"
+	"errors"
 	"io"
 	"net"
 	"net/url"
@@ -11,6 +13,7 @@ import (
 
 	"github.com/socksgate/socksgate/configs"
 	"github.com/socksgate/socksgate/socks"
+	"github.com/socksgate/socksgate/socksclient"
 )
 
 // pipelineProxy is a SOCKS5 server (no authentication, CONNECT answered with success and an
@@ -18,14 +21,16 @@ import (
 // makes it behave like microsocks: it reads the greeting with one read and drops what came
 // with it, so a pipelined request is never answered.
 type pipelineProxy struct {
-	addr      string
-	pipelined atomic.Int32
+	addr       string
+	pipelined  atomic.Int32
+	readsAhead atomic.Bool
 }
 
 func startPipelineProxy(t *testing.T, readsAhead bool) *pipelineProxy {
 	t.Helper()
 	p := &pipelineProxy{}
-	p.addr = serveLoopback(t, func(c net.Conn) { p.serve(c, readsAhead) }).String()
+	p.readsAhead.Store(readsAhead)
+	p.addr = serveLoopback(t, func(c net.Conn) { p.serve(c, p.readsAhead.Load()) }).String()
 	return p
 }
 
@@ -161,5 +166,48 @@ func TestSocksUpstreamNeverProbesWithCredentialsOrSOCKS4(t *testing.T) {
 		if s := u.(*socksUpstream); s.dp != nil {
 			t.Fatalf("%s: has a pipelining dialer", uu.Redacted())
 		}
+	}
+}
+
+// A proxy that stops reading ahead after the probe said it does (replaced behind the same
+// address) costs one flow: its unanswered pipelined request makes the upstream ask again.
+func TestSocksUpstreamNoticesAProxyThatStopsReadingAhead(t *testing.T) {
+	defer func(old time.Duration) { pipelineProbeTimeout = old }(pipelineProbeTimeout)
+	pipelineProbeTimeout = 300 * time.Millisecond
+	p := startPipelineProxy(t, true)
+	u, err := newUpstream(&configs.Upstream{Name: "p", URL: &url.URL{Scheme: "socks5", Host: p.addr}}, Direct{}, Direct{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := u.(*socksUpstream)
+	dial := func(timeout time.Duration) error {
+		ctx, cancel := context.WithTimeout(t.Context(), timeout)
+		defer cancel()
+		c, err := s.DialContext(ctx, "tcp", "192.0.2.1:80")
+		if err == nil {
+			c.Close()
+		}
+		return err
+	}
+	await := func(want int32) {
+		t.Helper()
+		for end := time.Now().Add(3 * time.Second); s.pipeline.Load() != want && time.Now().Before(end); {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if got := s.pipeline.Load(); got != want {
+			t.Fatalf("pipelining state %d, want %d", got, want)
+		}
+	}
+	if err := dial(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	await(pipelineYes)
+	p.readsAhead.Store(false)
+	if err := dial(300 * time.Millisecond); !errors.Is(err, socksclient.ErrPipelinedUnanswered) {
+		t.Fatalf("pipelined dial to a proxy that no longer reads ahead: %v, want ErrPipelinedUnanswered", err)
+	}
+	await(pipelineNo)
+	if err := dial(5 * time.Second); err != nil {
+		t.Fatalf("dial after the proxy was found out: %v", err)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/url"
 	"strconv"
@@ -63,6 +64,11 @@ var (
 	ErrUDPUnsupported = fmt.Errorf("socks: UDP needs SOCKS5: %w", errors.ErrUnsupported)
 	// ErrProtocol: the server sent something the protocol does not allow.
 	ErrProtocol = errors.New("socks: protocol violation")
+	// ErrPipelinedUnanswered: with Pipeline, the server answered the greeting and then closed
+	// or stayed silent until the dial's end instead of answering the request that came with
+	// it. A server that does not read ahead behaves so; so does one still connecting to a slow
+	// destination when the deadline comes, which is why it is only a hint.
+	ErrPipelinedUnanswered = errors.New("socks: no answer to a pipelined request")
 )
 
 // ReplyError is a request the proxy answered with a failure code: a SOCKS5 REP (0x01-0x08 and
@@ -186,15 +192,19 @@ func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.
 	if err != nil {
 		return nil, opErr(dst, err)
 	}
+	var herr error // the exchange's own error, which netctx.Do replaces when ctx ended
 	err = netctx.Do(ctx, c, func() error {
 		if d.Version == SOCKS5 {
-			_, err := d.handshake5(c, socks.CmdConnect, dst)
-			return err
+			_, herr = d.handshake5(c, socks.CmdConnect, dst)
+			return herr
 		}
 		return d.handshake4(c, dst)
 	})
 	if err != nil {
 		c.Close()
+		if errors.Is(herr, ErrPipelinedUnanswered) && !errors.Is(err, ErrPipelinedUnanswered) {
+			err = fmt.Errorf("%w: %w", ErrPipelinedUnanswered, err)
+		}
 		return nil, opErr(dst, err)
 	}
 	return c, nil
@@ -315,6 +325,9 @@ func (d *Dialer) handshake5(c net.Conn, cmd socks.Command, dst socks.Addr) (sock
 	}
 	rep, err := socks.ReadReply(c)
 	if err != nil {
+		if pipelined && isSilence(err) {
+			return socks.Addr{}, fmt.Errorf("%w: %w", ErrPipelinedUnanswered, err)
+		}
 		return socks.Addr{}, protoErr(err)
 	}
 	if rep.Code != socks.ReplySucceeded {
@@ -351,6 +364,12 @@ func (d *Dialer) handshake4(c net.Conn, dst socks.Addr) error {
 }
 
 // protoErr marks a decoding failure as ErrProtocol, keeping I/O errors (timeouts, EOF) intact.
+// isSilence reports a read that ended without an answer: end of stream or a deadline.
+func isSilence(err error) bool {
+	var ne net.Error
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || (errors.As(err, &ne) && ne.Timeout())
+}
+
 func protoErr(err error) error {
 	var ne net.Error
 	if errors.As(err, &ne) || errors.Is(err, net.ErrClosed) {

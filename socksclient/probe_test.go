@@ -105,3 +105,65 @@ func TestProbePipeliningUnreachableProxy(t *testing.T) {
 		t.Fatalf("ProbePipelining = %v, %v; want false, the dial error", ok, err)
 	}
 }
+
+// A pipelined request answered only up to the greeting is ErrPipelinedUnanswered, whether the
+// server then closes or stays silent until the dial's deadline; a refusal, or the same silence
+// without pipelining, is not.
+func TestDialReportsPipelinedRequestUnanswered(t *testing.T) {
+	silent := func(c net.Conn) error {
+		var b [512]byte
+		if _, err := c.Read(b[:]); err != nil {
+			return err
+		}
+		if _, err := c.Write([]byte{5, 0}); err != nil {
+			return err
+		}
+		c.Read(b[:]) // until the client gives up
+		return nil
+	}
+	closes := func(c net.Conn) error {
+		var b [512]byte
+		if _, err := c.Read(b[:]); err != nil {
+			return err
+		}
+		return writeLast(c, []byte{5, 0})
+	}
+	refuses := func(c net.Conn) error {
+		var b [512]byte
+		if _, err := c.Read(b[:]); err != nil {
+			return err
+		}
+		return writeLast(c, append([]byte{5, 0}, reply(socks.ReplyConnectionRefused, socks.Addr{})...))
+	}
+	tests := []struct {
+		name     string
+		pipeline bool
+		serve    func(net.Conn) error
+		want     bool
+	}{
+		{"pipelined, silent", true, silent, true},
+		{"pipelined, closes", true, closes, true},
+		{"pipelined, refused", true, refuses, false},
+		{"not pipelined, closes", false, func(c net.Conn) error {
+			if err := expect(c, []byte{5, 1, 0}); err != nil {
+				return err
+			}
+			return writeLast(c, []byte{5, 0})
+		}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d, _ := fakeProxy(t, SOCKS5, tt.serve)
+			d.Pipeline = tt.pipeline
+			ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+			defer cancel()
+			_, err := d.DialContext(ctx, "tcp", "192.0.2.1:80")
+			if err == nil {
+				t.Fatal("dial succeeded")
+			}
+			if got := errors.Is(err, ErrPipelinedUnanswered); got != tt.want {
+				t.Fatalf("errors.Is(%v, ErrPipelinedUnanswered) = %v, want %v", err, got, tt.want)
+			}
+		})
+	}
+}
