@@ -93,8 +93,8 @@ type direction struct {
 	dst, src net.Conn
 	splice   bool            // RelaySplice: io.Copy for the flow's whole life
 	rs       syscall.RawConn // src's socket: wait for readability, park; nil: block in Read
-	rd       syscall.RawConn // dst's socket too: bulk bursts go through splice (RelayAuto)
 	wd       syscall.RawConn // dst's socket, written with raw calls (Linux); nil: dst.Write
+	canBulk  bool            // bulk bursts may splice src to wd (RelayAuto with a socket dst)
 	bulk     bool            // moving bulk data: splice, waiting in the poller without a probe
 	sp       *splicer        // splice state, from the first bulk burst on
 	n        int64           // bytes written to dst
@@ -134,12 +134,10 @@ func (d *direction) init(r *relay, mode string, dst, src net.Conn) {
 		d.readFn = d.tryRead
 	}
 	if d.rs != nil {
-		if d.wd, _ = spliceTarget(dst); d.wd != nil {
+		if d.wd, _ = rawTarget(dst); d.wd != nil {
 			d.writeFn = d.tryWrite
 		}
-		if mode != RelayBuffered {
-			d.rd = d.wd
-		}
+		d.canBulk = d.wd != nil && mode != RelayBuffered
 	}
 }
 
@@ -266,7 +264,7 @@ func (d *direction) copy() (parked bool) {
 			d.lastErr = err
 			return false
 		}
-		if n == relayBufSize && d.rd != nil {
+		if n == relayBufSize && d.canBulk {
 			d.bulk = true
 		}
 	}

@@ -28,8 +28,8 @@ func forget(d *direction) {}
 
 func startParker() {}
 
-// spliceTarget: no splice off Linux, so the hybrid relay is the buffered one.
-func spliceTarget(dst net.Conn) (syscall.RawConn, bool) { return nil, false }
+// rawTarget: no raw writes and no splice off Linux, so the hybrid relay is the buffered one.
+func rawTarget(dst net.Conn) (syscall.RawConn, bool) { return nil, false }
 
 type relayPipe struct{}
 

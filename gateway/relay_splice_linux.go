@@ -54,8 +54,8 @@ func (p *relayPipe) close() {
 	unix.Close(p.w)
 }
 
-// spliceTarget returns the raw socket of dst when it is one splice can write to.
-func spliceTarget(dst net.Conn) (syscall.RawConn, bool) {
+// rawTarget returns the raw socket of dst, which the relay writes and splices to directly.
+func rawTarget(dst net.Conn) (syscall.RawConn, bool) {
 	sc, ok := dst.(syscall.Conn)
 	if !ok {
 		return nil, false
@@ -97,7 +97,7 @@ func spliceBurst(d *direction, p *relayPipe) (n int64, eof bool, err error) {
 		return 0, true, nil
 	}
 	for s.inPipe = s.moved; s.inPipe > 0; {
-		if err := d.rd.Write(s.out); err != nil {
+		if err := d.wd.Write(s.out); err != nil {
 			return n, false, err
 		}
 		if s.err != nil {

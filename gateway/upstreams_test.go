@@ -150,8 +150,11 @@ func TestSocksUpstreamRetriesAFailedProbeLater(t *testing.T) {
 		t.Fatalf("after a failed probe: state %d, next probe in %v; want unknown, in about an hour",
 			s.pipeline.Load(), time.Until(time.Unix(0, s.nextProbe.Load())))
 	}
+	// A probe started now would be Probing when the dial returns (the state changes before
+	// the probe's goroutine starts), or, if it already failed, would have moved nextProbe.
+	next := s.nextProbe.Load()
 	s.DialContext(t.Context(), "tcp", "192.0.2.1:80")
-	if s.pipeline.Load() == pipelineProbing {
+	if s.pipeline.Load() != pipelineUnknown || s.nextProbe.Load() != next {
 		t.Fatal("a dial before the retry time started another probe")
 	}
 }
