@@ -193,6 +193,14 @@ func budgets(b *strings.Builder, cs []contender, all map[string]*results) {
 		row(ic.name+" ≥ 0.95× explicit", "s/GiB", e, 0.95*e, busy, perGiB, 3, 1)
 		row(ic.name+" ≥ 1.15× redsocks", "s/GiB", e, 1.15*gib(median(rs.tput[ic.name])), busy, perGiB, 3, 1)
 	}
+	b.WriteString("\n### One stream\n\nOne stream is not bound by CPU but by the slowest stage of its path, and every proxied contender's path " +
+		"includes the upstream, whose own rate is explicit's. What the one-stream target asks, against that rate:\n\n" +
+		"| target | explicit Gbit/s | asks Gbit/s | asks ÷ explicit |\n|---|---:|---:|---:|\n")
+	for _, ic := range iperfCases[:2] {
+		e, t := median(ex.tput[ic.name]), 1.15*median(rs.tput[ic.name])
+		fmt.Fprintf(b, "| %s ≥ 1.15× redsocks | %s | %s | %s |\n", ic.name, num(e, 2), num(t, 2), num(t/e, 2))
+	}
+	b.WriteString("\nAbove 1, the target asks a gateway to carry one stream faster than its upstream carries it alone.\n")
 }
 
 func num(v float64, prec int) string {
