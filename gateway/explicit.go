@@ -412,10 +412,17 @@ func (s *socksInbound) Tunnel(ctx context.Context, client net.Conn, t socksserve
 
 func (s *socksInbound) OpenUDP(ctx context.Context, src netip.AddrPort, deliver func([]byte, socks.Addr)) (socksserver.UDPSession, error) {
 	ctx, cancel := context.WithCancel(ctx)
-	return &explicitUDP{
+	u := &explicitUDP{
 		g: s.g, src: src, deliver: deliver, ctx: ctx, cancel: cancel, start: time.Now(),
 		paths: make(map[string]net.PacketConn), names: make(map[string]netip.Addr),
-	}, nil
+	}
+	s.g.mu.Lock()
+	if s.g.assocs == nil {
+		s.g.assocs = make(map[*explicitUDP]struct{})
+	}
+	s.g.assocs[u] = struct{}{}
+	s.g.mu.Unlock()
+	return u, nil
 }
 
 // explicitUDP is one SOCKS5 UDP association on the gateway's side: every datagram is routed on
@@ -436,6 +443,8 @@ type explicitUDP struct {
 	closed  bool
 	lastErr error
 	rule    string
+	first   Flow     // the first datagram's destination, for the flow list
+	firstD  Decision // and its route
 	wg      sync.WaitGroup
 
 	upPkts, downPkts, upBytes, downBytes, dropped atomic.Int64
@@ -447,6 +456,9 @@ func (u *explicitUDP) Send(ctx context.Context, payload []byte, t socksserver.Ta
 	err := u.send(f, d, payload)
 	u.mu.Lock()
 	u.rule = d.Rule
+	if u.first.Network == "" {
+		u.first, u.firstD = f, d
+	}
 	if err != nil {
 		u.lastErr = err
 	}
@@ -601,6 +613,9 @@ func (u *explicitUDP) Close() error {
 		pc.Close()
 	}
 	u.mu.Unlock()
+	u.g.mu.Lock()
+	delete(u.g.assocs, u)
+	u.g.mu.Unlock()
 	u.cancel()
 	u.wg.Wait()
 	if u.g.Log != nil {

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+
+	"github.com/socksgate/socksgate/nat"
 )
 
 // ErrBlocked is the error of a flow that a rule blocked.
@@ -41,8 +43,10 @@ type Gateway struct {
 	flows    map[*liveFlow]struct{}
 	perSrc   map[netip.Addr]int
 	closing  bool
-	refusals map[string]uint64 // refused flows by reason
-	wg       sync.WaitGroup    // one per tracked flow
+	refusals map[string]uint64         // refused flows by reason
+	wg       sync.WaitGroup            // one per tracked flow
+	udpTable *nat.UDPTable             // transparent UDP sessions, for the flow list; nil: none
+	assocs   map[*explicitUDP]struct{} // explicit UDP associations, for the flow list
 }
 
 // Reasons a flow is refused before it is routed.

@@ -245,7 +245,54 @@ func (g *Gateway) LiveFlows() []admin.Flow {
 		}
 		out = append(out, af)
 	}
+	out = append(out, g.udpFlows(now)...)
 	sort.Slice(out, func(i, j int) bool { return out[i].Start.Before(out[j].Start) })
+	return out
+}
+
+// udpFlows lists the live UDP sessions: transparent ones from the NAT table, explicit SOCKS5
+// associations. A session may talk to many destinations; dst, rule and upstream are those of
+// its first datagram.
+func (g *Gateway) udpFlows(now time.Time) []admin.Flow {
+	g.mu.Lock()
+	tbl := g.udpTable
+	assocs := make([]*explicitUDP, 0, len(g.assocs))
+	for u := range g.assocs {
+		assocs = append(assocs, u)
+	}
+	g.mu.Unlock()
+	var out []admin.Flow
+	add := func(f Flow, d Decision, routed bool, start time.Time, up, down uint64) {
+		af := admin.Flow{
+			Network: "udp", Src: f.Src.String(), Name: f.Host, Inbound: f.Inbound, Start: start,
+			Age:     math.Round(now.Sub(start).Seconds()*1000) / 1000,
+			BytesUp: up, BytesDown: down,
+		}
+		if f.Dst.IsValid() {
+			af.Dst = f.Dst.String()
+		} else if f.Host != "" {
+			af.Dst = f.Address()
+		}
+		if routed {
+			af.Upstream, af.Rule, af.Action = upstreamLabel(d), d.Rule, d.Action.String()
+		}
+		out = append(out, af)
+	}
+	if tbl != nil {
+		for _, s := range tbl.Sessions() {
+			d, routed := s.Tag.(Decision)
+			add(Flow{Src: s.Src, Dst: s.FirstDst, Inbound: InboundTProxy}, d, routed, s.Start, s.BytesUp, s.BytesDown)
+		}
+	}
+	for _, u := range assocs {
+		u.mu.Lock()
+		f, d, routed := u.first, u.firstD, u.first.Network != ""
+		u.mu.Unlock()
+		if !routed { // no datagram yet
+			f = Flow{Src: u.src, Inbound: InboundSOCKS}
+		}
+		add(f, d, routed, u.start, uint64(u.upBytes.Load()), uint64(u.downBytes.Load()))
+	}
 	return out
 }
 

@@ -54,6 +54,9 @@ func (g *Gateway) startUDP(ctx context.Context, cfg *configs.Config, log *logrus
 		OnSessionEnd: u.logSession,
 		OnError:      u.logError,
 	}
+	g.mu.Lock()
+	g.udpTable = u.table
+	g.mu.Unlock()
 	g.Stats.SetUDPSource(func() UDPCounts {
 		st := u.table.Stats()
 		return UDPCounts{Active: int64(st.Active), Total: st.Sessions, ReplyBindFailures: st.ReplyBindErrors}
@@ -74,6 +77,11 @@ func (g *Gateway) startUDP(ctx context.Context, cfg *configs.Config, log *logrus
 		err := ln.Close()
 		<-served
 		u.table.Close()
+		g.mu.Lock()
+		if g.udpTable == u.table {
+			g.udpTable = nil
+		}
+		g.mu.Unlock()
 		st := u.table.Stats()
 		u.log.WithFields(logrus.Fields{
 			"sessions": st.Sessions, "refused": st.Refused, "blocked": st.Blocked,

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -475,16 +476,40 @@ func (t *UDPTable) finish(s *udpSession) {
 	if err == nil || errors.Is(err, errTableClosed) {
 		err = s.err
 	}
-	r := UDPSessionReport{
+	r := s.report()
+	r.Err, r.Idle = err, s.idle
+	s.mu.Unlock()
+	if t.OnSessionEnd != nil {
+		t.OnSessionEnd(r)
+	}
+}
+
+// Sessions reports the live sessions so far, oldest first (Err and Idle are unset).
+func (t *UDPTable) Sessions() []UDPSessionReport {
+	t.mu.Lock()
+	ss := make([]*udpSession, 0, len(t.sessions))
+	for _, s := range t.sessions {
+		ss = append(ss, s)
+	}
+	t.mu.Unlock()
+	out := make([]UDPSessionReport, 0, len(ss))
+	for _, s := range ss {
+		s.mu.Lock()
+		out = append(out, s.report())
+		s.mu.Unlock()
+	}
+	slices.SortFunc(out, func(a, b UDPSessionReport) int { return a.Start.Compare(b.Start) })
+	return out
+}
+
+// report is s's report so far; s.mu is held.
+func (s *udpSession) report() UDPSessionReport {
+	return UDPSessionReport{
 		Src: s.src, FirstDst: s.firstDst, Tag: s.tag, Start: s.start,
 		Duration:  time.Since(s.start),
 		PacketsUp: s.packetsUp.Load(), BytesUp: s.bytesUp.Load(),
 		PacketsDown: s.packetsDown.Load(), BytesDown: s.bytesDown.Load(),
-		Dests: s.routes, Dropped: s.dropped.Load(), Err: err, Idle: s.idle,
-	}
-	s.mu.Unlock()
-	if t.OnSessionEnd != nil {
-		t.OnSessionEnd(r)
+		Dests: s.routes, Dropped: s.dropped.Load(),
 	}
 }
 

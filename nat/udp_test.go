@@ -319,6 +319,33 @@ func TestUDPTableExpiresIdleSessions(t *testing.T) {
 	}
 }
 
+// Sessions lists the live sessions, oldest first, with their traffic so far; an ended one is gone.
+func TestUDPTableSessionsListsLiveSessions(t *testing.T) {
+	tbl, rep, reps, _ := echoTable(t)
+	tbl.Idle = 200 * time.Millisecond
+	tbl.Handle([]byte("first"), client1, remoteA)
+	tbl.Handle([]byte("to b"), client1, remoteB)
+	waitUntil(t, "replies", func() bool { return len(rep.snapshot()) == 2 })
+	tbl.Handle([]byte("v6"), client6, remote6)
+	waitUntil(t, "v6 reply", func() bool { return len(rep.snapshot()) == 3 })
+	ss := tbl.Sessions()
+	if len(ss) != 2 {
+		t.Fatalf("%d sessions listed, want 2: %+v", len(ss), ss)
+	}
+	s := ss[0]
+	if s.Src != client1 || s.FirstDst != remoteA || s.Tag != "rule-up" || s.Dests != 2 ||
+		s.PacketsUp != 2 || s.BytesUp != 9 || s.PacketsDown != 2 || s.BytesDown != 9 || s.Duration <= 0 {
+		t.Errorf("first session %+v", s)
+	}
+	if ss[1].Src != client6 || ss[1].FirstDst != remote6 || ss[1].BytesUp != 2 || ss[1].Start.Before(s.Start) {
+		t.Errorf("second session %+v", ss[1])
+	}
+	waitUntil(t, "both sessions ended", func() bool { return len(reps.get()) == 2 })
+	if ss := tbl.Sessions(); len(ss) != 0 {
+		t.Errorf("ended sessions still listed: %+v", ss)
+	}
+}
+
 // A reply socket that cannot be bound (a local daemon holds the port) drops that remote's
 // replies with a counter and a *ReplyError; other remotes and sessions are unaffected.
 func TestUDPTableReplyBindFailureDropsOnlyThatReply(t *testing.T) {

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/socksgate/socksgate/socks"
 	"github.com/socksgate/socksgate/tests/netlab"
 )
 
@@ -184,6 +186,83 @@ func TestOpsAdminEndpointShowsFlows(t *testing.T) {
 	gw.Wait(10 * time.Second)
 	if _, err := opsGet(tp.GW, base+"/healthz"); err == nil {
 		t.Fatal("healthz answers after exit")
+	}
+}
+
+// /flows lists live UDP sessions as well, both kinds, through dante: a transparent one (inbound
+// tproxy) and an explicit SOCKS5 association, each with its first destination, route and bytes;
+// each leaves the list when it ends (idle timeout, the client closing its association).
+func TestOpsFlowsListUDPSessions(t *testing.T) {
+	tp := netlab.NewTopology(t)
+	explicitUDPEcho(t, tp)
+	startDante(t, tp, danteOptions{})
+	gw := startSocksgate(t, tp.GW, explicitConfig("socks5://"+netlab.Proxy4+":1080", "  - {name: via-dante, action: proxy, upstream: main}",
+		"transparent: {udp: true, udp_port: 12346, udp_idle: 2s}\nadmin: 127.0.0.1:9091\n"))
+	const base = "http://127.0.0.1:9091"
+	upstream := "socks5://" + netlab.Proxy4 + ":1080"
+
+	pc := tp.LAN.ListenPacket("udp", ":0")
+	defer pc.Close()
+	echo4 := netip.AddrPortFrom(netip.MustParseAddr(netlab.WAN4), 7)
+	if got, _, err := udpExchange(pc, echo4, "transparent", 5, time.Second); err != nil || got != "transparent" {
+		t.Fatalf("transparent datagram: %v %q\n%s", err, got, gw.Output())
+	}
+	assoc := explicitAssociate(t, tp.LAN, explicitSOCKS4)
+	to6 := socks.Addr{IP: netip.MustParseAddr(netlab.WAN6), Port: 7}
+	if got, _, err := assoc.roundTrip(to6, []byte("explicit!")); err != nil || string(got) != "explicit!" {
+		t.Fatalf("explicit datagram: %v %q\n%s", err, got, gw.Output())
+	}
+
+	udpFlows := func() (tproxy, explicit []opsFlow) {
+		body, err := opsGet(tp.GW, base+"/flows")
+		if err != nil {
+			t.Fatalf("/flows: %v", err)
+		}
+		var flows []struct {
+			opsFlow
+			Network string
+		}
+		if err := json.Unmarshal([]byte(body), &flows); err != nil {
+			t.Fatalf("/flows: %v: %s", err, body)
+		}
+		for _, f := range flows {
+			switch {
+			case f.Network != "udp":
+				t.Errorf("unexpected flow %+v", f)
+			case f.Inbound == "tproxy":
+				tproxy = append(tproxy, f.opsFlow)
+			case f.Inbound == "socks":
+				explicit = append(explicit, f.opsFlow)
+			default:
+				t.Errorf("unexpected udp flow %+v", f)
+			}
+		}
+		return tproxy, explicit
+	}
+	tproxy, explicit := udpFlows()
+	if len(tproxy) != 1 || len(explicit) != 1 {
+		t.Fatalf("/flows lists %d transparent and %d explicit udp sessions, want 1 each: %+v %+v", len(tproxy), len(explicit), tproxy, explicit)
+	}
+	tf, ef := tproxy[0], explicit[0]
+	if tf.Dst != echo4.String() || tf.Src != netlab.LAN4+":"+strconv.Itoa(pc.LocalAddr().(*net.UDPAddr).Port) ||
+		tf.Upstream != upstream || tf.Rule != "via-dante" || tf.Action != "proxy" || tf.BytesUp != 11 || tf.BytesDown != 11 {
+		t.Errorf("transparent session: %+v", tf)
+	}
+	if ef.Dst != "["+netlab.WAN6+"]:7" || !strings.HasPrefix(ef.Src, netlab.LAN4+":") ||
+		ef.Upstream != upstream || ef.Rule != "via-dante" || ef.Action != "proxy" || ef.BytesUp != 9 || ef.BytesDown != 9 {
+		t.Errorf("explicit association: %+v", ef)
+	}
+	status, err := tp.GW.Run(socksgateBin, "status", "-a", "127.0.0.1:9091")
+	if err != nil || strings.Count(status, "udp") < 2 || !strings.Contains(status, "tproxy") {
+		t.Errorf("socksgate status: %v\n%s", err, status)
+	}
+
+	assoc.ctrl.Close()
+	if !waitFor(5*time.Second, func() bool { _, e := udpFlows(); return len(e) == 0 }) {
+		t.Errorf("closed association still listed")
+	}
+	if !waitFor(6*time.Second, func() bool { tp, _ := udpFlows(); return len(tp) == 0 }) {
+		t.Errorf("idle transparent session still listed")
 	}
 }
 
