@@ -18,7 +18,7 @@ const (
 	helpRefuse = "Flows refused before routing, by reason."
 	helpDial   = "Time from a flow's start to its upstream connection being ready (routing, connect and proxy handshake), successful dials."
 	helpUp     = "Upstream health: 1 up, 0 down. Members of a group are reported with the group label."
-	helpUDP    = "UDP sessions in the NAT table now."
+	helpUDP    = "UDP sessions now: transparent ones in the NAT table and explicit SOCKS5 associations."
 	helpUDPTot = "UDP sessions created."
 	helpBind   = "UDP replies dropped because their transparent reply socket could not be bound."
 	helpBuild  = "Always 1; labelled with the build."

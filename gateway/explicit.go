@@ -422,6 +422,8 @@ func (s *socksInbound) OpenUDP(ctx context.Context, src netip.AddrPort, deliver 
 	}
 	s.g.assocs[u] = struct{}{}
 	s.g.mu.Unlock()
+	s.g.Stats.UDPSessions.Add(1)
+	s.g.Stats.UDPSessionsTotal.Add(1)
 	return u, nil
 }
 
@@ -616,6 +618,7 @@ func (u *explicitUDP) Close() error {
 	u.g.mu.Lock()
 	delete(u.g.assocs, u)
 	u.g.mu.Unlock()
+	u.g.Stats.UDPSessions.Add(-1)
 	u.cancel()
 	u.wg.Wait()
 	if u.g.Log != nil {

@@ -18,11 +18,12 @@ import (
 // their dial once, when it completes), never per byte; live flows are read from the flow table
 // and the kernel's TCP_INFO only when someone asks.
 //
-// The exported counters are hooks for the inbounds that keep their own session tables (the
-// transparent UDP NAT): they update them directly.
+// The exported counters are hooks for inbounds that keep UDP sessions of their own (the explicit
+// SOCKS5 associations): they update them directly; a table that counts its own sessions (the
+// transparent UDP NAT) reports them through SetUDPSource instead.
 type Stats struct {
-	// UDPSessions is the number of UDP sessions in the NAT table now (Add(1) on create, Add(-1)
-	// on expiry).
+	// UDPSessions is the number of UDP sessions now that no table reports through SetUDPSource
+	// (explicit SOCKS5 associations): Add(1) on create, Add(-1) at the end.
 	UDPSessions atomic.Int64
 	// UDPSessionsTotal counts UDP sessions created.
 	UDPSessionsTotal atomic.Uint64

@@ -252,6 +252,10 @@ func TestOpsFlowsListUDPSessions(t *testing.T) {
 		ef.Upstream != upstream || ef.Rule != "via-dante" || ef.Action != "proxy" || ef.BytesUp != 9 || ef.BytesDown != 9 {
 		t.Errorf("explicit association: %+v", ef)
 	}
+	metrics, _ := opsGet(tp.GW, base+"/metrics")
+	if n, total := opsMetric(metrics, "socksgate_udp_sessions"), opsMetric(metrics, "socksgate_udp_sessions_total"); n != 2 || total != 2 {
+		t.Errorf("socksgate_udp_sessions %v, _total %v, want 2 and 2", n, total)
+	}
 	status, err := tp.GW.Run(socksgateBin, "status", "-a", "127.0.0.1:9091")
 	if err != nil || strings.Count(status, "udp") < 2 || !strings.Contains(status, "tproxy") {
 		t.Errorf("socksgate status: %v\n%s", err, status)
@@ -263,6 +267,10 @@ func TestOpsFlowsListUDPSessions(t *testing.T) {
 	}
 	if !waitFor(6*time.Second, func() bool { tp, _ := udpFlows(); return len(tp) == 0 }) {
 		t.Errorf("idle transparent session still listed")
+	}
+	metrics, _ = opsGet(tp.GW, base+"/metrics")
+	if n, total := opsMetric(metrics, "socksgate_udp_sessions"), opsMetric(metrics, "socksgate_udp_sessions_total"); n != 0 || total != 2 {
+		t.Errorf("after both ended: socksgate_udp_sessions %v, _total %v, want 0 and 2", n, total)
 	}
 }
 
