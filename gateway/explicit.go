@@ -621,6 +621,17 @@ func (u *explicitUDP) Close() error {
 	u.g.Stats.UDPSessions.Add(-1)
 	u.cancel()
 	u.wg.Wait()
+	u.mu.Lock()
+	f, d, lastErr := u.first, u.firstD, u.lastErr
+	u.mu.Unlock()
+	if f.Network == "" { // no datagram came
+		f = Flow{Network: "udp", Src: u.src, Inbound: InboundSOCKS}
+	}
+	var err error
+	if u.dropped.Load() > 0 {
+		err = lastErr
+	}
+	u.g.Stats.FlowEnded(f, d, u.upBytes.Load(), u.downBytes.Load(), err)
 	if u.g.Log != nil {
 		slices.Sort(ups)
 		e := u.g.Log.WithFields(logrus.Fields{
@@ -629,8 +640,8 @@ func (u *explicitUDP) Close() error {
 			"up": u.upBytes.Load(), "down": u.downBytes.Load(), "dropped": u.dropped.Load(),
 			"duration": time.Since(u.start).Round(time.Millisecond).String(),
 		})
-		if u.lastErr != nil && u.dropped.Load() > 0 {
-			e = e.WithField("last_error", u.lastErr.Error())
+		if err != nil {
+			e = e.WithField("last_error", err.Error())
 		}
 		e.Info("udp association")
 	}

@@ -75,7 +75,8 @@ func (s *Stats) SetUDPSource(f func() UDPCounts) {
 }
 
 // FlowEnded counts one ended flow: its outcome (blocked by a rule, failed with err, or ok) and
-// its bytes each way. Handle calls it for TCP; the UDP engine calls it when a session ends.
+// its bytes each way. Handle calls it for TCP; a UDP session (transparent or an explicit
+// association) is counted once when it ends, with its first destination's route.
 func (s *Stats) FlowEnded(f Flow, d Decision, up, down int64, err error) {
 	outcome := OutcomeOK
 	switch {

@@ -158,9 +158,10 @@ func (u *udpInbound) open(ctx context.Context, up Upstream) (nat.UDPConn, error)
 	return newFallbackConn(ctx, up, u.dnsOverTCP, other, err, u.dialTimeout), nil
 }
 
-// logSession writes the session's one line at its end.
+// logSession writes the session's one line at its end and counts it.
 func (u *udpInbound) logSession(r nat.UDPSessionReport) {
 	d, _ := r.Tag.(Decision)
+	u.g.Stats.FlowEnded(Flow{Network: "udp", Src: r.Src, Dst: r.FirstDst, Inbound: InboundTProxy}, d, int64(r.BytesUp), int64(r.BytesDown), r.Err)
 	fields := logrus.Fields{
 		"src":          r.Src.String(),
 		"dst":          r.FirstDst.String(),

@@ -204,7 +204,8 @@ func TestOpsFlowsListUDPSessions(t *testing.T) {
 	pc := tp.LAN.ListenPacket("udp", ":0")
 	defer pc.Close()
 	echo4 := netip.AddrPortFrom(netip.MustParseAddr(netlab.WAN4), 7)
-	if got, _, err := udpExchange(pc, echo4, "transparent", 5, time.Second); err != nil || got != "transparent" {
+	// One datagram each way, no retry: the byte counts are checked below.
+	if got, _, err := udpExchange(pc, echo4, "transparent", 1, 5*time.Second); err != nil || got != "transparent" {
 		t.Fatalf("transparent datagram: %v %q\n%s", err, got, gw.Output())
 	}
 	assoc := explicitAssociate(t, tp.LAN, explicitSOCKS4)
@@ -271,6 +272,22 @@ func TestOpsFlowsListUDPSessions(t *testing.T) {
 	metrics, _ = opsGet(tp.GW, base+"/metrics")
 	if n, total := opsMetric(metrics, "socksgate_udp_sessions"), opsMetric(metrics, "socksgate_udp_sessions_total"); n != 0 || total != 2 {
 		t.Errorf("after both ended: socksgate_udp_sessions %v, _total %v, want 0 and 2", n, total)
+	}
+	// Each session is counted once as an ended flow, with its bytes.
+	for _, in := range []struct {
+		inbound string
+		bytes   float64
+	}{{"tproxy", 11}, {"socks", 9}} {
+		labels := `{inbound="` + in.inbound + `",outcome="ok",upstream="` + upstream + `"}`
+		if n := opsMetric(metrics, "socksgate_flows_total"+labels); n != 1 {
+			t.Errorf("socksgate_flows_total%s = %v, want 1", labels, n)
+		}
+		for _, dir := range []string{"up", "down"} {
+			series := `socksgate_flow_bytes_total{direction="` + dir + `",inbound="` + in.inbound + `",upstream="` + upstream + `"}`
+			if n := opsMetric(metrics, series); n != in.bytes {
+				t.Errorf("%s = %v, want %v", series, n, in.bytes)
+			}
+		}
 	}
 }
 
