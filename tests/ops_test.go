@@ -261,6 +261,7 @@ func TestOpsFlowsListUDPSessions(t *testing.T) {
 	if err != nil || strings.Count(status, "udp") < 2 || !strings.Contains(status, "tproxy") {
 		t.Errorf("socksgate status: %v\n%s", err, status)
 	}
+	t.Logf("socksgate status:\n%s", status)
 
 	assoc.ctrl.Close()
 	if !waitFor(5*time.Second, func() bool { _, e := udpFlows(); return len(e) == 0 }) {
