@@ -124,3 +124,39 @@ func TestReloadKeepsLiveFlowsAndAppliesNewRules(t *testing.T) {
 		t.Fatal("table left after SIGTERM")
 	}
 }
+
+// A SIGHUP that arrives while socksgate is shutting down (a reload racing a stop) is ignored:
+// the process still removes its rules and exits cleanly, instead of dying on the signal's
+// default action with the rules left behind.
+func TestReloadSignalDuringShutdown(t *testing.T) {
+	tp := netlab.NewTopology(t)
+	reloadEchoServer(t, tp)
+	startMicrosocks(t, tp, "", "")
+	cfgPath := writeFile(t, "socksgate.yaml", gatewayConfig("socks5://"+netlab.Proxy4+":1080", ""))
+	gw := tp.GW.Start(socksgateBin, "run", "-c", cfgPath)
+	if !gw.WaitOutput("socksgate ready", 15*time.Second) {
+		t.Fatalf("not ready:\n%s", gw.Output())
+	}
+	// A live flow holds the shutdown in its grace period (timeouts.grace: 2s).
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	live, err := tp.LAN.Dial(ctx, "tcp", net.JoinHostPort(netlab.WAN4, "7000"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer live.Close()
+	reloadEcho(t, live, bufio.NewReader(live), "before")
+
+	gw.Signal(syscall.SIGTERM)
+	time.Sleep(200 * time.Millisecond)
+	gw.Signal(syscall.SIGHUP)
+	if exited, err := gw.Wait(10 * time.Second); !exited || err != nil {
+		t.Fatalf("exit after SIGTERM then SIGHUP: exited=%v err=%v\n%s", exited, err, gw.Output())
+	}
+	if !strings.Contains(gw.Output(), "msg=stopped") {
+		t.Fatalf("no clean stop:\n%s", gw.Output())
+	}
+	if strings.Contains(nftTables(t, tp.GW), "socksgate") {
+		t.Fatal("table left after SIGTERM and SIGHUP")
+	}
+}

@@ -125,8 +125,14 @@ func run(cfg *configs.Config, path string, stderr io.Writer) int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	// SIGHUP is caught for the whole life of run, shutdown included: were its handler removed
+	// before the gateway has taken its rules down, a HUP (a reload racing a stop) would kill
+	// the process with Go's default action and leave the rules behind.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	reload := make(chan *configs.Config)
-	go watchReload(ctx, log, path, reload)
+	go watchReload(ctx, log, path, hup, reload)
 	if err := gateway.Run(ctx, cfg, log, reload); err != nil {
 		log.WithError(err).Error("socksgate stopped")
 		return 1
@@ -137,10 +143,7 @@ func run(cfg *configs.Config, path string, stderr io.Writer) int {
 
 // watchReload re-reads the config file on each SIGHUP and hands a valid one to the gateway. An
 // invalid one is refused with its whole error list, and the running config stays in force.
-func watchReload(ctx context.Context, log *logrus.Logger, path string, reload chan<- *configs.Config) {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
+func watchReload(ctx context.Context, log *logrus.Logger, path string, hup <-chan os.Signal, reload chan<- *configs.Config) {
 	for {
 		select {
 		case <-ctx.Done():
