@@ -263,25 +263,42 @@ func (rt *running) reload(next *configs.Config) {
 		changed = append(changed, "log.level")
 	}
 
-	capture := len(next.LAN.Interfaces) > 0
-	switch {
-	case capture != (len(old.LAN.Interfaces) > 0):
+	capture := len(old.LAN.Interfaces) > 0
+	if (len(next.LAN.Interfaces) > 0) != capture {
+		// Capture cannot be turned on or off live: what runs keeps its interfaces and its
+		// transparent settings, and the config recorded as running says so, so the next
+		// reload compares against what is really installed (rules or none).
 		restart = append(restart, "lan.interfaces (turning capture on or off)")
-	case capture:
+		next.LAN, next.Transparent = old.LAN, old.Transparent
+	}
+	if capture {
 		if next.Transparent.TCPPort != old.Transparent.TCPPort || next.Transparent.TCPMode != old.Transparent.TCPMode {
-			// Open the new listener before the rules point at it; close the old one after.
+			// Open the new listener before the rules point at it; close the old one after. A
+			// new mode on the same port needs the port itself: the old listener gives it up
+			// first, and a connection arriving in that instant is refused.
+			samePort := next.Transparent.TCPPort == old.Transparent.TCPPort
 			oldTCP := rt.inbounds[inboundTCP]
 			delete(rt.inbounds, inboundTCP)
+			closeOld := func() {
+				for _, c := range oldTCP {
+					c.Close()
+				}
+			}
+			if samePort {
+				closeOld()
+			}
 			if err := rt.startTransparentTCP(next); err != nil {
 				log.WithError(err).Error("reload: transparent TCP listener; keeping the old one")
-				rt.inbounds[inboundTCP] = oldTCP
 				next.Transparent.TCPPort, next.Transparent.TCPMode = old.Transparent.TCPPort, old.Transparent.TCPMode
+				if !samePort {
+					rt.inbounds[inboundTCP] = oldTCP
+				} else if err := rt.startTransparentTCP(old); err != nil {
+					log.WithError(err).Error("reload: reopening the old transparent TCP listener failed: captured TCP is refused until a restart")
+				}
 			} else {
-				defer func() {
-					for _, c := range oldTCP {
-						c.Close()
-					}
-				}()
+				if !samePort {
+					defer closeOld()
+				}
 				changed = append(changed, "transparent.tcp_port/tcp_mode")
 			}
 		}
@@ -302,7 +319,7 @@ func (rt *running) reload(next *configs.Config) {
 	nt, ot := next.Transparent, old.Transparent
 	if nt.UDP != ot.UDP || nt.UDP && (nt.UDPPort != ot.UDPPort || nt.UDPIdle != ot.UDPIdle ||
 		nt.UDPMaxSessions != ot.UDPMaxSessions || nt.UDPOverTCPUpstream != ot.UDPOverTCPUpstream ||
-		nt.DNSOverTCP != ot.DNSOverTCP || capture != (len(old.LAN.Interfaces) > 0)) {
+		nt.DNSOverTCP != ot.DNSOverTCP) {
 		// UDP sessions live in the listener's table: reopening it ends them (clients retry).
 		rt.closeInbound(inboundUDP)
 		if err := rt.startInbound(inboundUDP, next); err != nil {

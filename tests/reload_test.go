@@ -5,6 +5,7 @@ package tests
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -158,5 +159,97 @@ func TestReloadSignalDuringShutdown(t *testing.T) {
 	}
 	if strings.Contains(nftTables(t, tp.GW), "socksgate") {
 		t.Fatal("table left after SIGTERM and SIGHUP")
+	}
+}
+
+// Reloads that change how TCP is captured: a new tcp_mode on the same port takes over the port
+// (the old listener has to give it up first); turning capture off is refused as needing a
+// restart, and capture keeps working through that reload and the next one (which once found
+// no rules to replace and crashed).
+func TestReloadCaptureModeAndToggle(t *testing.T) {
+	tp := netlab.NewTopology(t)
+	serveWeb(t, tp)
+	startMicrosocks(t, tp, "", "")
+	base := gatewayConfig("socks5://"+netlab.Proxy4+":1080", "")
+	cfgPath := writeFile(t, "socksgate.yaml", base)
+	gw := tp.GW.Start(socksgateBin, "run", "-c", cfgPath)
+	if !gw.WaitOutput("socksgate ready", 15*time.Second) {
+		t.Fatalf("not ready:\n%s", gw.Output())
+	}
+	reloadWith := func(yaml string) string {
+		t.Helper()
+		if err := os.WriteFile(cfgPath, []byte(yaml), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		n := strings.Count(gw.Output(), "config reloaded")
+		gw.Signal(syscall.SIGHUP)
+		if !waitFor(10*time.Second, func() bool { return strings.Count(gw.Output(), "config reloaded") > n }) {
+			t.Fatalf("no reload after SIGHUP:\n%s", gw.Output())
+		}
+		return lastLine(gw.Output(), "config reloaded")
+	}
+	web := func(when string) {
+		t.Helper()
+		if out, err := curl(tp.LAN, urlFor(netlab.WAN4, "/")); err != nil || out != pageBody {
+			t.Fatalf("curl %s: %v: %q\n%s", when, err, out, gw.Output())
+		}
+	}
+	web("at start")
+
+	line := reloadWith(strings.Replace(base, "lan:", "transparent: {tcp_mode: tproxy}\nlan:", 1))
+	if !strings.Contains(line, "tcp_mode") || strings.Contains(gw.Output(), "reload: transparent TCP listener") {
+		t.Fatalf("tcp_mode not applied: %s\n%s", line, gw.Output())
+	}
+	if rules := tp.GW.MustRun("nft", "list", "table", "inet", "socksgate"); !strings.Contains(rules, "tproxy") {
+		t.Fatalf("rules after the switch to tproxy:\n%s", rules)
+	}
+	web("after the switch to tproxy")
+
+	off := strings.Replace(base, "lan: {interfaces: ["+netlab.GWLANIf+"]}", "lan: {interfaces: []}", 1)
+	if off == base {
+		t.Fatal("test config: lan line not found")
+	}
+	for i := range 2 {
+		line = reloadWith(off)
+		if !strings.Contains(line, "needs_restart") || !strings.Contains(line, "lan.interfaces") {
+			t.Fatalf("reload %d turning capture off: %s", i, line)
+		}
+		if got := countLines(nftTables(t, tp.GW), "socksgate"); got != 1 {
+			t.Fatalf("reload %d turning capture off: %d socksgate tables, want the running one", i, got)
+		}
+		web(fmt.Sprintf("after reload %d turning capture off", i))
+	}
+	gw.Signal(syscall.SIGTERM)
+	if exited, err := gw.Wait(10 * time.Second); !exited || err != nil {
+		t.Fatalf("exit: %v %v\n%s", exited, err, gw.Output())
+	}
+	if strings.Contains(nftTables(t, tp.GW), "socksgate") {
+		t.Fatal("table left after SIGTERM")
+	}
+
+	// The other way: started without capture (explicit ports only), reloaded twice with it.
+	explicitOnly := strings.Replace(off, "listen: {http: [], socks: []}", "listen: {http: [\""+netlab.GWLAN4+":8080\"], socks: [], allow: [10.0.1.0/24]}", 1)
+	if err := os.WriteFile(cfgPath, []byte(explicitOnly), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	gw = tp.GW.Start(socksgateBin, "run", "-c", cfgPath)
+	if !gw.WaitOutput("socksgate ready", 15*time.Second) {
+		t.Fatalf("not ready:\n%s", gw.Output())
+	}
+	for i := range 2 {
+		line = reloadWith(strings.Replace(base, "listen: {http: [], socks: []}", "listen: {http: [\""+netlab.GWLAN4+":8080\"], socks: [], allow: [10.0.1.0/24]}", 1))
+		if !strings.Contains(line, "needs_restart") || !strings.Contains(line, "lan.interfaces") {
+			t.Fatalf("reload %d turning capture on: %s", i, line)
+		}
+		if strings.Contains(nftTables(t, tp.GW), "socksgate") {
+			t.Fatalf("reload %d turning capture on installed rules", i)
+		}
+	}
+	if out, err := curl(tp.LAN, "--proxy", "http://"+netlab.GWLAN4+":8080", urlFor(netlab.WAN4, "/")); err != nil || out != pageBody {
+		t.Fatalf("explicit proxy after the reloads: %v: %q\n%s", err, out, gw.Output())
+	}
+	gw.Signal(syscall.SIGTERM)
+	if exited, err := gw.Wait(10 * time.Second); !exited || err != nil {
+		t.Fatalf("exit: %v %v\n%s", exited, err, gw.Output())
 	}
 }
