@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"sync"
@@ -32,6 +33,13 @@ type parker struct {
 
 var theParker parker
 
+// errNotParked is park's answer for a direction that was woken (its flow is ending) before the
+// parker could take it.
+var errNotParked = errors.New("relay parker: direction no longer parked")
+
+// testHookPark, when set by a test, runs in park before the parker's lock is taken.
+var testHookPark func(*direction)
+
 // startParker starts the parker with the first relay, not the first park, so that its epoll
 // descriptor and goroutine are part of the process's baseline from the first flow on.
 func startParker() { theParker.once.Do(theParker.init) }
@@ -44,21 +52,33 @@ func park(d *direction) error {
 	if p.err != nil {
 		return p.err
 	}
+	if testHookPark != nil {
+		testHookPark(d)
+	}
 	op := unix.EPOLL_CTL_MOD
 	p.mu.Lock()
-	if d.token == 0 {
+	token := d.token.Load()
+	if token == 0 {
 		for {
 			p.next++
 			if p.next != 0 && p.dirs[p.next] == nil {
 				break
 			}
 		}
-		d.token = p.next
-		p.dirs[d.token] = d
+		token = p.next
+		d.token.Store(token) // before the state check below: see forget
+		p.dirs[token] = d
 		op = unix.EPOLL_CTL_ADD
 	}
+	// closeBoth may have woken the direction meanwhile, and its flow may have ended already:
+	// then it leaves the parker here, or nothing would ever take it out.
+	if d.state.Load() != dirParked {
+		delete(p.dirs, token)
+		p.mu.Unlock()
+		return errNotParked
+	}
 	p.mu.Unlock()
-	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: int32(d.token)}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: int32(token)}
 	var err error
 	cerr := d.rs.Control(func(fd uintptr) {
 		err = unix.EpollCtl(p.epfd, op, int(fd), &ev)
@@ -77,14 +97,18 @@ func park(d *direction) error {
 }
 
 // forget drops an ended direction's key. Its socket is about to close, which removes it from
-// the epoll set.
+// the epoll set. A direction that never parked has no key and costs no lock. One whose park is
+// still running on another goroutine either stored its key before finding it no longer parked
+// (which that ended flow's state change, sequenced after, makes visible here) or removes the
+// key itself.
 func forget(d *direction) {
-	if d.token == 0 {
+	token := d.token.Load()
+	if token == 0 {
 		return
 	}
 	p := &theParker
 	p.mu.Lock()
-	delete(p.dirs, d.token)
+	delete(p.dirs, token)
 	p.mu.Unlock()
 }
 

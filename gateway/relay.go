@@ -108,8 +108,8 @@ type direction struct {
 	werr     error
 	rn       int
 	rerr     error
-	token    uint32 // the parker's key for this direction, once parked
-	lastErr  error  // why copy stopped
+	token    atomic.Uint32 // the parker's key for this direction, once parked
+	lastErr  error         // why copy stopped
 }
 
 func newRelay(mode string, a, b net.Conn, done func(up, down int64, err error)) *relay {
@@ -328,8 +328,9 @@ func (d *direction) refreshDeadline() error {
 func (d *direction) park() bool {
 	d.state.Store(dirParked)
 	if err := park(d); err != nil {
-		// Nobody else can have woken it: it was never armed. Go on waiting here; a
-		// closed socket shows up as the wait's error.
+		// It was never armed. If closeBoth woke it meanwhile, the goroutine it started owns
+		// the direction now; otherwise go on waiting here (a closed socket shows up as the
+		// wait's error).
 		return !d.state.CompareAndSwap(dirParked, dirRunning)
 	}
 	return true
