@@ -11,6 +11,7 @@ import (
 
 	"github.com/socksgate/socksgate/configs"
 	"github.com/socksgate/socksgate/httpproxy"
+	"github.com/socksgate/socksgate/internal/prefixconn"
 )
 
 func TestExplicitLoopGuard(t *testing.T) {
@@ -158,4 +159,56 @@ func TestForwardedHTTPConnectionIsAFlow(t *testing.T) {
 	if cut := g.Shutdown(ctx); cut != 1 {
 		t.Fatalf("shutdown cut %d flows, want 1", cut)
 	}
+}
+
+// An explicit client's bytes sent ahead of the proxy's reply (an inbound hands Handle a
+// prefixconn) reach the remote first and in order, and the relay gets the socket itself: it
+// can park the flow and read its TCP_INFO (the flow list's byte counts).
+func TestHandleReplaysAnExplicitClientsEarlyBytes(t *testing.T) {
+	got := make(chan string, 1)
+	dst := serveLoopback(t, func(c net.Conn) {
+		defer c.Close()
+		b := make([]byte, len("early and later"))
+		_, err := io.ReadFull(c, b)
+		if err != nil {
+			got <- err.Error()
+			return
+		}
+		got <- string(b)
+		c.Write([]byte("ok"))
+		io.Copy(io.Discard, c)
+	})
+	client, inbound := tcpPair(t)
+	g := &Gateway{Router: fixedRouter{Action: ActionDirect, Upstream: stubUpstream{"direct-stub"}, Rule: "all"}}
+	ready := make(chan error, 1)
+	go g.Handle(context.Background(), prefixconn.New(inbound, []byte("early ")), Flow{Network: "tcp", Src: netip.MustParseAddrPort(client.LocalAddr().String()), Dst: dst, Inbound: InboundSOCKS},
+		func(err error) error { ready <- err; return nil })
+	if err := <-ready; err != nil {
+		t.Fatal(err)
+	}
+	client.Write([]byte("and later"))
+	select {
+	case s := <-got:
+		if s != "early and later" {
+			t.Fatalf("remote got %q", s)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("nothing reached the remote")
+	}
+	client.SetReadDeadline(time.Now().Add(5 * time.Second))
+	answer := make([]byte, 2)
+	if _, err := io.ReadFull(client, answer); err != nil || string(answer) != "ok" {
+		t.Fatalf("answer through the relay: %q, %v", answer, err)
+	}
+	g.mu.Lock()
+	for lf := range g.flows {
+		if lf.relay == nil || lf.relay.dirs[0].rs == nil {
+			t.Errorf("the relay reads the client through a wrapper: it cannot park it (client %T)", lf.client)
+		}
+	}
+	g.mu.Unlock()
+	if l := g.LiveFlows(); len(l) != 1 || l[0].BytesUp == 0 {
+		t.Errorf("flow list: %+v, want the flow with its client's bytes", l)
+	}
+	client.Close()
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/socksgate/socksgate/internal/prefixconn"
 	"github.com/socksgate/socksgate/nat"
 )
 
@@ -102,7 +103,14 @@ func (g *Gateway) Dial(ctx context.Context, f Flow) (net.Conn, Decision, error) 
 // it ends (Shutdown waits for that). It closes client. A panic in the flow is recovered and
 // logged; the process keeps serving.
 func (g *Gateway) Handle(ctx context.Context, client net.Conn, f Flow, ready func(error) error) {
-	g.handle(ctx, client, f, ready, nil)
+	var replay []byte
+	if pc, ok := client.(*prefixconn.Conn); ok {
+		// What the client sent ahead of the proxy's reply (SOCKS data before the reply, a
+		// TLS hello with the CONNECT) goes to the remote first, as sniffed bytes do; the relay
+		// then has the socket itself, so it can park the flow and use raw calls on it.
+		replay, client = pc.Prefix, pc.Conn
+	}
+	g.handle(ctx, client, f, ready, replay)
 }
 
 // handle is Handle with replay: bytes already read from client (while sniffing its name),

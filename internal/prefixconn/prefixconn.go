@@ -46,6 +46,9 @@ func (c *Conn) WriteTo(w io.Writer) (int64, error) {
 // ReadFrom copies into the connection underneath (splice when both are TCP).
 func (c *Conn) ReadFrom(r io.Reader) (int64, error) { return io.Copy(c.Conn, r) }
 
+// NetConn returns the connection underneath, for what reads its socket's state (TCP_INFO).
+func (c *Conn) NetConn() net.Conn { return c.Conn }
+
 // CloseWrite shuts down the sending half, when the connection underneath can.
 func (c *Conn) CloseWrite() error {
 	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
