@@ -442,6 +442,9 @@ func (t *UDPTable) end(s *udpSession, cause error, idle bool) {
 		return
 	}
 	s.ended = true
+	// finish is counted before anyone can see the session ended: Close, finding it ended,
+	// must still wait for it.
+	t.wg.Add(1)
 	s.endErr, s.idle = cause, idle
 	var conns []UDPConn
 	for _, o := range s.outs {
@@ -455,7 +458,6 @@ func (t *UDPTable) end(s *udpSession, cause error, idle bool) {
 	if t.sessions[s.src] == s {
 		delete(t.sessions, s.src)
 	}
-	t.wg.Add(1)
 	t.mu.Unlock()
 	for _, c := range conns {
 		c.Close()
