@@ -40,6 +40,7 @@ func (g *Gateway) startUDP(ctx context.Context, cfg *configs.Config, log *logrus
 	mark := redirect.MarkControl(cfg.Mark)
 	u := &udpInbound{
 		g:              g,
+		port:           t.UDPPort,
 		direct:         Direct{Control: mark},
 		withoutSupport: t.UDPOverTCPUpstream,
 		dnsOverTCP:     t.DNSOverTCP,
@@ -99,6 +100,7 @@ func (f closerFunc) Close() error { return f() }
 
 // udpInbound connects the nat table to the gateway's router, upstreams and logger.
 type udpInbound struct {
+	port           uint16 // the transparent listener's port (transparent.udp_port)
 	g              *Gateway
 	table          *nat.UDPTable
 	direct         Direct
@@ -113,6 +115,13 @@ type udpInbound struct {
 // route asks the Router about one destination of a session. It runs on the listener's
 // goroutine; the Router is pure computation.
 func (u *udpInbound) route(src, dst netip.AddrPort) nat.UDPRoute {
+	if dst.Port() == u.port && isLocalAddr(dst.Addr()) {
+		// Sent to the listener itself, not captured (the rules let traffic to this host
+		// through): relaying it would send it to the listener again from a new port, a new
+		// session each time, until the table is full.
+		u.g.Stats.Refuse("loop")
+		return nat.UDPRoute{Drop: errLoop, Tag: Decision{Action: ActionBlock, Rule: "-"}}
+	}
 	d := u.g.router().Route(context.Background(), Flow{Network: "udp", Src: src, Dst: dst, Inbound: InboundTProxy})
 	switch {
 	case d.Action == ActionBlock:

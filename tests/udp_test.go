@@ -385,3 +385,38 @@ func TestUDPFullConeReplyFromAnotherRemote(t *testing.T) {
 		}
 	}
 }
+
+// A datagram sent to the transparent UDP listener's own address (the rules let traffic to the
+// router itself through, uncaptured) is dropped as a loop: relayed, it would come back to the
+// listener from a new port, a new session each time, until the session table is full.
+func TestUDPToTheListenerItselfIsNotALoop(t *testing.T) {
+	tp := netlab.NewTopology(t)
+	udpEcho(t, tp, 7)
+	startDante(t, tp, danteOptions{})
+	// Direct for the router's own addresses (the loop would be gw to gw), dante for the rest.
+	gw := startSocksgate(t, tp.GW, udpConfig("socks5://"+netlab.Proxy4+":1080", "",
+		"rules:\n  - {dst: ["+netlab.GWLAN4+"/32, \""+netlab.GWLAN6+"/128\"], action: direct}\n  - {action: proxy, upstream: main}\n"))
+
+	pc := tp.LAN.ListenPacket("udp", ":0")
+	for _, to := range []string{netlab.GWLAN4, netlab.GWLAN6} {
+		if _, err := pc.WriteTo([]byte("to the listener"), net.UDPAddrFromAddrPort(netip.AddrPortFrom(netip.MustParseAddr(to), 12346))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Both sessions end after udp_idle (1s) and are logged once each.
+	if !waitFor(5*time.Second, func() bool { return countLines(gw.Output(), "udp session") >= 2 }) {
+		t.Fatalf("no session lines:\n%s", gw.Output())
+	}
+	time.Sleep(1500 * time.Millisecond)
+	if n := countLines(gw.Output(), "udp session"); n != 2 {
+		t.Fatalf("%d udp session lines for 2 datagrams to the listener, want 2 (a loop makes more)", n)
+	}
+	if line := lastLine(gw.Output(), "udp session"); !strings.Contains(line, "loop") {
+		t.Fatalf("the session line does not say loop: %s", line)
+	}
+	// Captured UDP still works.
+	echo := netip.AddrPortFrom(netip.MustParseAddr(netlab.WAN4), 7)
+	if got, _, err := udpExchange(pc, echo, "captured", 3, time.Second); err != nil || got != "captured" {
+		t.Fatalf("captured echo after the loop attempt: %q, %v\n%s", got, err, gw.Output())
+	}
+}
