@@ -315,11 +315,13 @@ func TestValidationProblems(t *testing.T) {
 		{"log enums", "log: {level: verbose, format: xml}", []string{
 			`log.level: must be one of debug, info, warn, error (got "verbose")`,
 			`log.format: must be one of text, json (got "xml")`}},
-		{"lan interfaces", `lan: {interfaces: [eth1, "", averyveryverylongname, "a/b", eth1]}`, []string{
+		{"lan interfaces", `lan: {interfaces: [eth1, "", averyveryverylongname, "a/b", eth1, "eth*", "a\"b"]}`, []string{
 			`lan.interfaces[1]: must not be empty`,
 			`lan.interfaces[2]: interface name "averyveryverylongname" is longer than 15 bytes`,
 			`lan.interfaces[3]: invalid interface name "a/b"`,
-			`lan.interfaces[4]: duplicate of lan.interfaces[0]`}},
+			`lan.interfaces[4]: duplicate of lan.interfaces[0]`,
+			`lan.interfaces[5]: "eth*": a wildcard is not supported; list each interface`,
+			`lan.interfaces[6]: invalid interface name "a\"b"`}},
 		{"transparent numbers", `transparent: {tcp_port: 0, udp_port: 0, udp_idle: 0, udp_max_sessions: 0, route_table: 254, rule_priority: 32766}`, []string{
 			`transparent.tcp_port: must be 1-65535`,
 			`transparent.udp_port: must be 1-65535`,
@@ -330,7 +332,9 @@ func TestValidationProblems(t *testing.T) {
 		{"transparent enums", `transparent: {tcp_mode: nat, udp_without_support: drop, route_table: -1}`, []string{
 			`transparent.tcp_mode: must be one of redirect, tproxy (got "nat")`,
 			`transparent.udp_without_support: must be one of block, direct (got "drop")`,
-			`transparent.route_table: must be 1-4294967295`}},
+			`transparent.route_table: must be 1-2147483647`}},
+		{"route table beyond a 32-bit int", `transparent: {route_table: 3000000000}`, []string{
+			`transparent.route_table: must be 1-2147483647`}},
 		{"tproxy mark equals mark", "mark: 7\ntransparent: {tproxy_mark: 7}", []string{
 			`transparent.tproxy_mark: must differ from mark`}},
 		{"zero marks", "mark: 0\ntransparent: {tproxy_mark: 0}", []string{

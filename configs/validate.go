@@ -132,8 +132,10 @@ func (c *Config) validateLAN(p *problems) {
 			p.add(path, "must not be empty")
 		case len(name) > 15:
 			p.add(path, "interface name %q is longer than 15 bytes", name)
-		case strings.ContainsAny(name, "/: \t\n") || name == "." || name == "..":
+		case strings.ContainsAny(name, "/: \t\n\"\x00") || name == "." || name == "..":
 			p.add(path, "invalid interface name %q", name)
+		case strings.Contains(name, "*"):
+			p.add(path, "%q: a wildcard is not supported; list each interface", name)
 		}
 		if j, dup := seen[name]; dup {
 			p.add(path, "duplicate of lan.interfaces[%d]", j)
@@ -169,8 +171,10 @@ func (c *Config) validateTransparent(p *problems) {
 	case 253, 254, 255:
 		p.add("transparent.route_table", "%d is reserved (253 default, 254 main, 255 local)", t.RouteTable)
 	default:
-		if t.RouteTable <= 0 || int64(t.RouteTable) > 0xFFFFFFFF {
-			p.add("transparent.route_table", "must be 1-4294967295")
+		// The kernel takes 32-bit table ids, but netlink carries them as an int, 32 bits on
+		// the small routers socksgate runs on.
+		if t.RouteTable <= 0 || int64(t.RouteTable) > 1<<31-1 {
+			p.add("transparent.route_table", "must be 1-2147483647")
 		}
 	}
 	if t.RulePriority < 1 || t.RulePriority > 32765 {
