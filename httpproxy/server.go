@@ -299,8 +299,41 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		plainError(w, http.StatusBadRequest, "socksgate: unsupported scheme "+strconv.Quote(r.URL.Scheme))
 		return
 	}
-	s.proxy.ServeHTTP(w, r)
+	if r.Body != nil && r.Body != http.NoBody {
+		r.Body = &idleBody{ReadCloser: r.Body, rc: http.NewResponseController(w), idle: s.srv.IdleTimeout}
+	}
+	s.proxy.ServeHTTP(keepContentType{w}, r)
 }
+
+// idleBody moves the client connection's read deadline before each read of a forwarded
+// request's body: a client that stops sending in the middle of its body is cut after the idle
+// timeout, as one that stops between requests is (ReadHeaderTimeout covers only the headers).
+type idleBody struct {
+	io.ReadCloser
+	rc   *http.ResponseController
+	idle time.Duration
+}
+
+func (b *idleBody) Read(p []byte) (int, error) {
+	b.rc.SetReadDeadline(time.Now().Add(b.idle))
+	return b.ReadCloser.Read(p)
+}
+
+// keepContentType passes a forwarded response on as the origin sent it: without a
+// Content-Type of its own, net/http would add one sniffed from the body, which changes what a
+// browser does with it (an untyped script served with nosniff would no longer run).
+type keepContentType struct{ http.ResponseWriter }
+
+func (w keepContentType) WriteHeader(code int) {
+	h := w.Header()
+	if _, ok := h["Content-Type"]; !ok {
+		h["Content-Type"] = nil // net/http: present but nil means no Content-Type at all
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+// Unwrap lets http.ResponseController (flush, hijack for an upgrade) reach the writer.
+func (w keepContentType) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 func (s *Server) serveConnect(w http.ResponseWriter, r *http.Request, src netip.AddrPort) {
 	t, err := requestTarget(src, r)
@@ -353,7 +386,10 @@ func (s *Server) serveConnect(w http.ResponseWriter, r *http.Request, src netip.
 // forwardError answers a forwarded request that could not be carried.
 func (s *Server) forwardError(w http.ResponseWriter, r *http.Request, err error) {
 	if r.Context().Err() != nil {
-		return // the client went away
+		// The client went away, or shutdown cut the flow: close the connection with no
+		// answer. Returning would let net/http answer 200 with an empty body, which a client
+		// still reading would take for the origin's success.
+		panic(http.ErrAbortHandler)
 	}
 	code, msg := Status(err)
 	plainError(w, code, "socksgate: "+msg)

@@ -367,3 +367,81 @@ func TestCredentials(t *testing.T) {
 		t.Error("empty user list accepts the empty credentials")
 	}
 }
+
+// A client that stops in the middle of a forwarded request's body is closed after the idle
+// timeout (the header timeout no longer applies once the headers are in).
+func TestSlowBodyIsClosed(t *testing.T) {
+	b := srvBackend(t)
+	addr := srvStart(t, &Server{Tunneler: &srvTunneler{backend: b.Listener.Addr().String()}, IdleTimeout: 300 * time.Millisecond})
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	start := time.Now()
+	io.WriteString(c, "POST http://origin.test/ HTTP/1.1\r\nHost: origin.test\r\nContent-Length: 100\r\n\r\nab")
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	io.Copy(io.Discard, c) // whatever comes back, the connection must end
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("a client silent mid-body was kept for %v", d)
+	}
+}
+
+// A response without a Content-Type reaches the client without one: the proxy does not add a
+// sniffed type; one the origin set is kept.
+func TestForwardKeepsAbsentContentType(t *testing.T) {
+	b := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/typed" {
+			w.Header().Set("Content-Type", "application/javascript")
+		} else {
+			w.Header()["Content-Type"] = nil
+		}
+		io.WriteString(w, "<html><script>alert(1)</script></html>")
+		if r.URL.Query().Has("chunked") {
+			w.(http.Flusher).Flush() // no Content-Length: the body goes chunked
+			io.WriteString(w, " and more")
+		}
+	}))
+	t.Cleanup(b.Close)
+	addr := srvStart(t, &Server{Tunneler: &srvTunneler{backend: b.Listener.Addr().String()}})
+	// Whether net/http would sniff depends on a race (ReverseProxy flushes the headers on a
+	// timer that may or may not beat the first body write), so ask a number of times.
+	for i := range 100 {
+		path := []string{"/untyped", "/untyped?chunked"}[i%2]
+		resp, body := srvRoundTrip(t, addr, "GET http://origin.test"+path+" HTTP/1.1\r\nHost: origin.test\r\n\r\n")
+		if ct, ok := resp.Header["Content-Type"]; ok || !strings.Contains(body, "<script>") {
+			t.Fatalf("%s, request %d: untyped response came with Content-Type %q (body %q)", path, i, ct, body)
+		}
+	}
+	resp, _ := srvRoundTrip(t, addr, "GET http://origin.test/typed HTTP/1.1\r\nHost: origin.test\r\n\r\n")
+	if ct := resp.Header.Get("Content-Type"); ct != "application/javascript" {
+		t.Fatalf("typed response: Content-Type %q", ct)
+	}
+}
+
+// A client that goes away while its forwarded request waits for the origin gets the connection
+// closed, never an empty 200 that would pass for the origin's success.
+func TestForwardAbortedRequestGetsNoAnswer(t *testing.T) {
+	release := make(chan struct{})
+	b := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+		io.WriteString(w, "late")
+	}))
+	t.Cleanup(func() { close(release); b.Close() })
+	addr := srvStart(t, &Server{Tunneler: &srvTunneler{backend: b.Listener.Addr().String()}})
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "GET http://origin.test/slow HTTP/1.1\r\nHost: origin.test\r\n\r\n")
+	c.(*net.TCPConn).CloseWrite() // the client is done sending: net/http cancels the request
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	got, _ := io.ReadAll(c)
+	if len(got) > 0 {
+		t.Fatalf("an aborted request was answered: %q", got)
+	}
+}
