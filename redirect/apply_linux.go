@@ -85,18 +85,43 @@ func Apply(s Spec, opts ...Option) (*Ruleset, error) {
 	return r, nil
 }
 
+// install puts s in place: its policy routing first (the TPROXY rules set a mark that only
+// means "deliver locally" once the fwmark rule exists), then the table in one batch, and only
+// once the batch is in, the policy routing s does not use (a previous run's, or the spec's
+// being replaced): removed before, a failed batch would leave TPROXY rules without their route.
+// A failed batch takes out the policy routing this call added, and only that: what was there
+// before may serve rules still in force (ours being replaced, or another instance's).
 func (r *Ruleset) install(s Spec, oldTable string) error {
 	h, err := r.opts.handle()
 	if err != nil {
 		return err
 	}
 	defer h.Close()
-	// Routing first: the TPROXY rules set a mark that only means "deliver
-	// locally" once the fwmark rule exists.
-	if err := ensurePolicy(h, s); err != nil {
+	added := false
+	if s.needsPolicyRouting() {
+		had, err := hasPolicy(h, s)
+		if err != nil {
+			return err
+		}
+		err = ensurePolicy(h, s)
+		added = !had
+		if err != nil {
+			if added {
+				err = errors.Join(err, removePolicy(h, s))
+			}
+			return err
+		}
+	}
+	if err := r.conn.install(s.plan(), oldTable); err != nil {
+		if added {
+			err = errors.Join(err, removePolicy(h, s))
+		}
 		return err
 	}
-	return r.conn.install(s.plan(), oldTable)
+	if !s.needsPolicyRouting() {
+		return removePolicy(h, s)
+	}
+	return nil
 }
 
 // Spec returns the spec in force, with defaults filled in.

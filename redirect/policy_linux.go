@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -75,15 +76,11 @@ func listRules(h *netlink.Handle, family int) ([]netlink.Rule, error) {
 	return nil, err
 }
 
-// ensurePolicy makes the policy routing exactly what s needs: the wanted rule
-// and route are added first (EEXIST is fine), then stale rules at our priority
-// and table are swept, so at no moment is there no rule for a mark the
-// installed nftables rules may already be setting. With s not needing policy
-// routing, everything of ours is removed.
+// ensurePolicy makes the policy routing exactly what s, which needs it, asks for:
+// the wanted rule and route are added first (EEXIST is fine), then stale rules at
+// our priority and table are swept, so at no moment is there no rule for a mark
+// the installed nftables rules may already be setting.
 func ensurePolicy(h *netlink.Handle, s Spec) error {
-	if !s.needsPolicyRouting() {
-		return removePolicy(h, s)
-	}
 	lo, err := h.LinkByName("lo")
 	if err != nil {
 		return fmt.Errorf("find loopback interface: %w", err)
@@ -108,6 +105,20 @@ func ensurePolicy(h *netlink.Handle, s Spec) error {
 		}
 	}
 	return nil
+}
+
+// hasPolicy reports whether the rule s wants is in place for every family already.
+func hasPolicy(h *netlink.Handle, s Spec) (bool, error) {
+	for _, f := range families {
+		rules, err := listRules(h, f)
+		if err != nil {
+			return false, fmt.Errorf("list %s rules: %w", familyName(f), err)
+		}
+		if !slices.ContainsFunc(rules, func(r netlink.Rule) bool { return isWanted(s, r) }) {
+			return false, nil
+		}
+	}
+	return true, nil
 }
 
 // removePolicy deletes every rule at our priority and table and the local

@@ -617,3 +617,33 @@ func TestMarkControlFailsLoudlyWithoutPrivilege(t *testing.T) {
 		t.Errorf("error = %v, want EPERM naming SO_MARK", err)
 	}
 }
+
+// An Apply whose table cannot be installed (here: another instance owns it) takes out the
+// policy routing it added for it, and only that: the owner's own, in use, stays.
+func TestFailedApplyTakesOutOnlyThePolicyRoutingItAdded(t *testing.T) {
+	ns := newNS(t)
+	startHelper(t, ns, OnCrashOpen)
+	if _, err := Apply(systemSpec(), WithNetNS(ns.fd)); !errors.Is(err, unix.EPERM) {
+		t.Fatalf("Apply over an owned table: %v, want EPERM", err)
+	}
+	other := systemSpec()
+	other.RouteTable, other.RulePriority = 124, 1240
+	if _, err := Apply(other, WithNetNS(ns.fd)); !errors.Is(err, unix.EPERM) {
+		t.Fatalf("Apply over an owned table: %v, want EPERM", err)
+	}
+	for _, fam := range []string{"-4", "-6"} {
+		rules := ns.ipRules(t, fam)
+		if !strings.Contains(rules, "fwmark 0x2 lookup 123") {
+			t.Errorf("ip %s: the owner's rule was removed by a failed Apply:\n%s", fam, rules)
+		}
+		if strings.Contains(rules, "lookup 124") {
+			t.Errorf("ip %s: a failed Apply left its rule:\n%s", fam, rules)
+		}
+		if routes := ns.routes(t, fam, 124); strings.Contains(routes, "local") {
+			t.Errorf("ip %s: a failed Apply left its route:\n%s", fam, routes)
+		}
+		if routes := ns.routes(t, fam, 123); !strings.Contains(routes, "local default dev lo") {
+			t.Errorf("ip %s: the owner's route was removed:\n%s", fam, routes)
+		}
+	}
+}
