@@ -271,6 +271,23 @@ func (rt *running) reload(next *configs.Config) {
 		restart = append(restart, "lan.interfaces (turning capture on or off)")
 		next.LAN, next.Transparent = old.LAN, old.Transparent
 	}
+	// UDP capture on a new port (or turned on): the new listener opens before the rules point
+	// at it, and the old one closes after; if it cannot open, UDP stays as it was.
+	var oldUDP []io.Closer
+	udpMoved := false
+	if nt, ot := next.Transparent, old.Transparent; capture && nt.UDP && (!ot.UDP || nt.UDPPort != ot.UDPPort) {
+		oldUDP = rt.inbounds[inboundUDP]
+		delete(rt.inbounds, inboundUDP)
+		if err := rt.startInbound(inboundUDP, next); err != nil {
+			log.WithError(err).Error("reload: transparent UDP listener; keeping the old one")
+			rt.closeInbound(inboundUDP)
+			rt.inbounds[inboundUDP] = oldUDP
+			keepUDPSettings(&next.Transparent, old.Transparent)
+		} else {
+			udpMoved = true
+			changed = append(changed, "transparent UDP")
+		}
+	}
 	if capture {
 		if next.Transparent.TCPPort != old.Transparent.TCPPort || next.Transparent.TCPMode != old.Transparent.TCPMode {
 			// Open the new listener before the rules point at it; close the old one after. A
@@ -316,11 +333,15 @@ func (rt *running) reload(next *configs.Config) {
 		}
 		changed = append(changed, "listen")
 	}
-	nt, ot := next.Transparent, old.Transparent
-	if nt.UDP != ot.UDP || nt.UDP && (nt.UDPPort != ot.UDPPort || nt.UDPIdle != ot.UDPIdle ||
-		nt.UDPMaxSessions != ot.UDPMaxSessions || nt.UDPOverTCPUpstream != ot.UDPOverTCPUpstream ||
-		nt.DNSOverTCP != ot.DNSOverTCP) {
+	switch {
+	case udpMoved:
+		for _, c := range oldUDP {
+			c.Close()
+		}
+	case udpSettingsDiffer(next.Transparent, old.Transparent):
 		// UDP sessions live in the listener's table: reopening it ends them (clients retry).
+		// On the same port the old listener has to go first; turned off, the rules no
+		// longer send anything to it.
 		rt.closeInbound(inboundUDP)
 		if err := rt.startInbound(inboundUDP, next); err != nil {
 			log.WithError(err).Error("reload: transparent UDP")
@@ -347,6 +368,20 @@ func (rt *running) reload(next *configs.Config) {
 		e = e.WithField("needs_restart", restart)
 	}
 	e.Info("config reloaded")
+}
+
+// udpSettingsDiffer reports whether the transparent UDP inbound must be reopened.
+func udpSettingsDiffer(a, b configs.Transparent) bool {
+	return a.UDP != b.UDP || a.UDP && (a.UDPPort != b.UDPPort || a.UDPIdle != b.UDPIdle ||
+		a.UDPMaxSessions != b.UDPMaxSessions || a.UDPOverTCPUpstream != b.UDPOverTCPUpstream ||
+		a.DNSOverTCP != b.DNSOverTCP)
+}
+
+// keepUDPSettings puts back in t the UDP settings in force (from was), when new ones could
+// not be applied.
+func keepUDPSettings(t *configs.Transparent, was configs.Transparent) {
+	t.UDP, t.UDPPort, t.UDPIdle, t.UDPMaxSessions = was.UDP, was.UDPPort, was.UDPIdle, was.UDPMaxSessions
+	t.UDPOverTCPUpstream, t.DNSOverTCP = was.UDPOverTCPUpstream, was.DNSOverTCP
 }
 
 // equalJSON compares two config sections by value (they hold slices, so == does not apply).

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"strings"
 	"syscall"
@@ -252,4 +253,59 @@ func TestReloadCaptureModeAndToggle(t *testing.T) {
 	if exited, err := gw.Wait(10 * time.Second); !exited || err != nil {
 		t.Fatalf("exit: %v %v\n%s", exited, err, gw.Output())
 	}
+}
+
+// Moving the UDP capture port by reload: a port that cannot be opened (a daemon in gw holds it)
+// leaves UDP capture where it was, rules included; a free one takes over, the new listener
+// opening before the rules point at it.
+func TestReloadMovesUDPPort(t *testing.T) {
+	tp := netlab.NewTopology(t)
+	udpEcho(t, tp, 7)
+	startDante(t, tp, danteOptions{})
+	base := udpConfig("socks5://"+netlab.Proxy4+":1080", "", "")
+	cfgPath := writeFile(t, "socksgate.yaml", base)
+	gw := tp.GW.Start(socksgateBin, "run", "-c", cfgPath)
+	if !gw.WaitOutput("socksgate ready", 15*time.Second) {
+		t.Fatalf("not ready:\n%s", gw.Output())
+	}
+	pc := tp.LAN.ListenPacket("udp", ":0")
+	echo := netip.AddrPortFrom(netip.MustParseAddr(netlab.WAN4), 7)
+	exchange := func(when string) {
+		t.Helper()
+		if got, _, err := udpExchange(pc, echo, when, 3, time.Second); err != nil || got != when {
+			t.Fatalf("udp echo %s: %q, %v\n%s", when, got, err, gw.Output())
+		}
+	}
+	reloadWith := func(yaml string) string {
+		t.Helper()
+		if err := os.WriteFile(cfgPath, []byte(yaml), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		n := strings.Count(gw.Output(), "config reloaded")
+		gw.Signal(syscall.SIGHUP)
+		if !waitFor(10*time.Second, func() bool { return strings.Count(gw.Output(), "config reloaded") > n }) {
+			t.Fatalf("no reload after SIGHUP:\n%s", gw.Output())
+		}
+		return lastLine(gw.Output(), "config reloaded")
+	}
+	exchange("at start")
+
+	tp.GW.ListenPacket("udp", "[::]:12350") // a local daemon holds the port
+	reloadWith(strings.Replace(base, "udp_port: 12346", "udp_port: 12350", 1))
+	if !strings.Contains(gw.Output(), "reload: transparent UDP listener; keeping the old one") {
+		t.Fatalf("no error for the busy port:\n%s", gw.Output())
+	}
+	if rules := tp.GW.MustRun("nft", "list", "table", "inet", "socksgate"); strings.Contains(rules, ":12350") || !strings.Contains(rules, ":12346") {
+		t.Fatalf("rules point at the port that could not be opened:\n%s", rules)
+	}
+	exchange("after a refused move")
+
+	line := reloadWith(strings.Replace(base, "udp_port: 12346", "udp_port: 12351", 1))
+	if !strings.Contains(line, "transparent UDP") {
+		t.Fatalf("UDP move not applied: %s", line)
+	}
+	if rules := tp.GW.MustRun("nft", "list", "table", "inet", "socksgate"); !strings.Contains(rules, ":12351") || strings.Contains(rules, ":12346") {
+		t.Fatalf("rules after the move:\n%s", rules)
+	}
+	exchange("after the move")
 }
