@@ -87,7 +87,7 @@ func (g *Gateway) startUDP(ctx context.Context, cfg *configs.Config, log *logrus
 		u.log.WithFields(logrus.Fields{
 			"sessions": st.Sessions, "refused": st.Refused, "blocked": st.Blocked,
 			"queue_drops": st.QueueDrops, "upstream_errors": st.UpstreamErrors,
-			"reply_bind_errors": st.ReplyBindErrors, "reply_errors": st.ReplyErrors,
+			"reply_bind_errors": st.ReplyBindErrors, "reply_errors": st.ReplyErrors, "reply_limited": st.ReplyLimited,
 			"read_errors": st.ReadErrors,
 		}).Info("transparent UDP stopped")
 		return err
@@ -209,7 +209,7 @@ func (u *udpInbound) logError(err error) {
 			st := u.table.Stats()
 			u.log.WithError(err).WithFields(logrus.Fields{
 				"src": re.Client.String(), "remote": re.Remote.String(), "suppressed": n,
-				"reply_bind_errors": st.ReplyBindErrors, "reply_errors": st.ReplyErrors,
+				"reply_bind_errors": st.ReplyBindErrors, "reply_errors": st.ReplyErrors, "reply_limited": st.ReplyLimited,
 			}).Warn("udp reply dropped")
 		}
 		return

@@ -17,15 +17,20 @@ const (
 	DefaultUDPIdle        = 60 * time.Second
 	DefaultUDPMaxSessions = 4096
 	DefaultUDPMaxReply    = 16 << 10 // bytes read per reply datagram; longer ones are truncated
-	maxPendingDatagrams   = 32       // per outbound, while it is being opened
-	maxSessionDests       = 1024     // cached per-destination routes per session
-	maxDatagram           = 64 << 10
+	// DefaultUDPMaxReplySockets bounds the reply sockets of all sessions together: full cone,
+	// any remote can answer a session, and each new remote address takes a descriptor.
+	DefaultUDPMaxReplySockets = 8192
+	maxSessionReplies         = 64   // reply sockets per session; beyond, the least recently used closes
+	maxPendingDatagrams       = 32   // per outbound, while it is being opened
+	maxSessionDests           = 1024 // cached per-destination routes per session
+	maxDatagram               = 64 << 10
 )
 
 // Errors a session or a datagram can end with.
 var (
 	ErrSessionLimit = errors.New("udp session limit reached")
 	ErrReplyFamily  = errors.New("reply from a remote of the other address family")
+	ErrReplyLimit   = errors.New("udp reply socket limit reached")
 	errTableClosed  = errors.New("udp table closed")
 )
 
@@ -105,6 +110,8 @@ type UDPStats struct {
 	UpstreamErrors  uint64 // datagrams the outbound failed to send
 	ReplyBindErrors uint64 // replies dropped because the reply socket could not be bound
 	ReplyErrors     uint64 // replies dropped for any other reason (send failure, family mismatch)
+	ReplyLimited    uint64 // replies dropped because every reply socket allowed was in use
+	ReplySockets    int    // reply sockets open now
 	ReadErrors      uint64 // datagrams the listener could not decode (no original destination)
 }
 
@@ -121,6 +128,10 @@ type UDPTable struct {
 	Idle        time.Duration // a session without traffic either way for this long ends; default DefaultUDPIdle
 	MaxSessions int           // beyond it, new clients' datagrams are dropped and counted; default DefaultUDPMaxSessions
 	MaxReply    int           // reply datagram buffer size per outbound; default DefaultUDPMaxReply
+	// MaxReplySockets bounds the reply sockets open at once over all sessions; default
+	// DefaultUDPMaxReplySockets. A session at its own bound (64) or at this one closes its
+	// least recently used reply socket for a new remote; one that has none drops the reply.
+	MaxReplySockets int
 
 	// Route decides where a session's datagram to dst goes. Required.
 	Route func(src, dst netip.AddrPort) UDPRoute
@@ -138,7 +149,8 @@ type UDPTable struct {
 	wg       sync.WaitGroup // sessions finishing, the sweeper
 
 	sessionsTotal, refused, blocked, queueDrops, upstreamErrors atomic.Uint64
-	replyBindErrors, replyErrors, readErrors                    atomic.Uint64
+	replyBindErrors, replyErrors, readErrors, replyLimited      atomic.Uint64
+	replySockets                                                atomic.Int64
 	stop                                                        chan struct{}
 	startOnce                                                   sync.Once
 }
@@ -155,6 +167,13 @@ func (t *UDPTable) maxSessions() int {
 		return t.MaxSessions
 	}
 	return DefaultUDPMaxSessions
+}
+
+func (t *UDPTable) maxReplySockets() int64 {
+	if t.MaxReplySockets > 0 {
+		return int64(t.MaxReplySockets)
+	}
+	return DefaultUDPMaxReplySockets
 }
 
 func (t *UDPTable) maxReply() int {
@@ -192,6 +211,8 @@ func (t *UDPTable) Stats() UDPStats {
 		ReplyBindErrors: t.replyBindErrors.Load(),
 		ReplyErrors:     t.replyErrors.Load(),
 		ReadErrors:      t.readErrors.Load(),
+		ReplyLimited:    t.replyLimited.Load(),
+		ReplySockets:    int(t.replySockets.Load()),
 	}
 }
 
@@ -321,7 +342,7 @@ func (t *UDPTable) session(src, dst netip.AddrPort) (_ *udpSession, refused bool
 		ctx: ctx, cancel: cancel,
 		dests:   make(map[netip.AddrPort]*udpOutbound),
 		outs:    make(map[string]*udpOutbound),
-		replies: make(map[netip.AddrPort]ReplyConn),
+		replies: make(map[netip.AddrPort]*replySocket),
 	}
 	s.touch()
 	t.sessions[src] = s
@@ -392,7 +413,11 @@ func (t *UDPTable) relayReplies(s *udpSession, c UDPConn) {
 		}
 		rc, err := t.reply(s, from)
 		if err != nil {
-			t.replyBindErrors.Add(1)
+			if errors.Is(err, ErrReplyLimit) {
+				t.replyLimited.Add(1)
+			} else {
+				t.replyBindErrors.Add(1)
+			}
 			s.dropped.Add(1)
 			t.reportErr(&ReplyError{Client: s.src, Remote: from, Err: err})
 			continue
@@ -415,22 +440,50 @@ func (t *UDPTable) reportErr(err error) {
 }
 
 // reply returns the session's reply socket for remote, opening it on first use. A failed open
-// is not cached: the port may be free again for the next reply.
+// is not cached: the port may be free again for the next reply. At the session's bound or the
+// table's, the session's least recently used reply socket makes room; a session with none to
+// give up (the table is full with other sessions' sockets) gets ErrReplyLimit.
 func (t *UDPTable) reply(s *udpSession, remote netip.AddrPort) (ReplyConn, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.ended {
 		return nil, errSessionEnded
 	}
-	if rc := s.replies[remote]; rc != nil {
-		return rc, nil
+	s.replyTick++
+	if r := s.replies[remote]; r != nil {
+		r.used = s.replyTick
+		return r.rc, nil
+	}
+	if len(s.replies) >= maxSessionReplies || t.replySockets.Load() >= t.maxReplySockets() {
+		if !t.evictReply(s) {
+			return nil, ErrReplyLimit
+		}
 	}
 	rc, err := t.OpenReply(remote)
 	if err != nil {
 		return nil, err
 	}
-	s.replies[remote] = rc
+	t.replySockets.Add(1)
+	s.replies[remote] = &replySocket{rc: rc, used: s.replyTick}
 	return rc, nil
+}
+
+// evictReply closes s's least recently used reply socket; s.mu is held.
+func (t *UDPTable) evictReply(s *udpSession) bool {
+	var oldest netip.AddrPort
+	var r *replySocket
+	for remote, x := range s.replies {
+		if r == nil || x.used < r.used {
+			oldest, r = remote, x
+		}
+	}
+	if r == nil {
+		return false
+	}
+	r.rc.Close()
+	delete(s.replies, oldest)
+	t.replySockets.Add(-1)
+	return true
 }
 
 // end removes s from the table and closes its outbounds; its goroutines finish and report in
@@ -470,9 +523,10 @@ func (t *UDPTable) finish(s *udpSession) {
 	defer t.wg.Done()
 	s.wg.Wait()
 	s.mu.Lock()
-	for _, rc := range s.replies {
-		rc.Close()
+	for _, r := range s.replies {
+		r.rc.Close()
 	}
+	t.replySockets.Add(-int64(len(s.replies)))
 	clear(s.replies)
 	err := s.endErr
 	if err == nil || errors.Is(err, errTableClosed) {
@@ -575,19 +629,26 @@ type udpSession struct {
 
 	packetsUp, bytesUp, packetsDown, bytesDown, dropped atomic.Uint64
 
-	mu      sync.Mutex
-	dests   map[netip.AddrPort]*udpOutbound // nil value: dropped by the route
-	outs    map[string]*udpOutbound
-	replies map[netip.AddrPort]ReplyConn
-	tag     any
-	routes  int
-	err     error // first drop reason
-	ended   bool
-	endErr  error
-	idle    bool
+	mu        sync.Mutex
+	dests     map[netip.AddrPort]*udpOutbound // nil value: dropped by the route
+	outs      map[string]*udpOutbound
+	replies   map[netip.AddrPort]*replySocket
+	replyTick uint64 // orders replies' uses, for evicting the least recently used socket
+	tag       any
+	routes    int
+	err       error // first drop reason
+	ended     bool
+	endErr    error
+	idle      bool
 }
 
 func (s *udpSession) touch() { s.last.Store(time.Now().UnixNano()) }
+
+// replySocket is a session's reply socket for one remote, with its last use.
+type replySocket struct {
+	rc   ReplyConn
+	used uint64
+}
 
 type udpOutbound struct {
 	name    string

@@ -494,3 +494,54 @@ func (r *chanReader) ReadDatagram(b []byte) (int, netip.AddrPort, netip.AddrPort
 	}
 	return copy(b, d.b), d.addr, remoteA, nil
 }
+
+// Reply sockets are bounded: a session answered by more remotes than its bound (full cone: any
+// remote may answer) closes its least recently used one for each new remote, so every reply is
+// still delivered; at the table's bound, a session with no socket of its own to give up drops
+// the reply (counted), and one that has some makes room.
+func TestUDPTableBoundsReplySockets(t *testing.T) {
+	tbl, rep, _, _ := echoTable(t)
+	const remotes = maxSessionReplies + 10
+	for i := range remotes {
+		dst := netip.AddrPortFrom(netip.MustParseAddr("203.0.113.10"), uint16(1000+i))
+		tbl.Handle([]byte(fmt.Sprint(i)), client1, dst)
+		waitUntil(t, "reply", func() bool { return len(rep.snapshot()) == i+1 })
+		if n := tbl.Stats().ReplySockets; n > maxSessionReplies {
+			t.Fatalf("%d reply sockets open for one session, bound %d", n, maxSessionReplies)
+		}
+	}
+	if got := rep.closed.Load(); got != remotes-maxSessionReplies {
+		t.Fatalf("%d reply sockets closed to make room, want %d", got, remotes-maxSessionReplies)
+	}
+	// The most recently used remote kept its socket: a second reply from it opens none.
+	rep.mu.Lock()
+	last := netip.AddrPortFrom(netip.MustParseAddr("203.0.113.10"), uint16(1000+remotes-1))
+	opens := rep.open[last]
+	rep.mu.Unlock()
+	tbl.Handle([]byte("again"), client1, last)
+	waitUntil(t, "reply again", func() bool { return len(rep.snapshot()) == remotes+1 })
+	rep.mu.Lock()
+	if rep.open[last] != opens {
+		t.Errorf("the most recently used remote's socket was reopened")
+	}
+	rep.mu.Unlock()
+
+	// The table's bound: session 1 holds all of it; session 2 has nothing to give up.
+	tbl.MaxReplySockets = maxSessionReplies
+	tbl.Handle([]byte("two"), client2, remoteA)
+	waitUntil(t, "a refused reply", func() bool { return tbl.Stats().ReplyLimited == 1 })
+	st := tbl.Stats()
+	if st.ReplySockets != maxSessionReplies || len(rep.snapshot()) != remotes+1 {
+		t.Fatalf("after a refused reply: %+v, %d replies", st, len(rep.snapshot()))
+	}
+	// Session 1 still gets replies from new remotes: it gives up one of its own.
+	tbl.Handle([]byte("new"), client1, remoteB)
+	waitUntil(t, "reply from a new remote", func() bool { return len(rep.snapshot()) == remotes+2 })
+	if n := tbl.Stats().ReplySockets; n != maxSessionReplies {
+		t.Fatalf("%d reply sockets, want the table's bound %d", n, maxSessionReplies)
+	}
+	tbl.Close()
+	if n := tbl.Stats().ReplySockets; n != 0 {
+		t.Fatalf("%d reply sockets counted after Close", n)
+	}
+}
