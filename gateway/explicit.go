@@ -554,9 +554,9 @@ func (u *explicitUDP) path(up Upstream) (net.PacketConn, error) {
 	ctx, cancel := context.WithTimeout(u.ctx, u.dialTimeout())
 	defer cancel()
 	pc, err := up.ListenPacket(ctx)
-	if errors.Is(err, ErrUDPUnsupported) && u.g.UDPFallback != nil {
+	if fb := u.g.udpFallback(); errors.Is(err, ErrUDPUnsupported) && fb != nil {
 		// transparent.udp_without_support: direct applies to explicit clients as well.
-		pc, err = u.g.UDPFallback.ListenPacket(ctx)
+		pc, err = fb.ListenPacket(ctx)
 	}
 	if err != nil {
 		return nil, err

@@ -39,6 +39,7 @@ type Gateway struct {
 
 	health   atomic.Pointer[groupHealth] // upstreams in force, for health reporting
 	reloaded atomic.Pointer[routerBox]   // the router of the last reload, replacing Router
+	fallback atomic.Pointer[routerBox]   // UDPFallback as the last reload set it (Router unused)
 
 	mu       sync.Mutex
 	flows    map[*liveFlow]struct{}
@@ -268,7 +269,10 @@ func (g *Gateway) Refusals() map[string]uint64 {
 	return out
 }
 
-type routerBox struct{ Router }
+type routerBox struct {
+	Router
+	fallback Upstream
+}
 
 // router is the router in force: Router, or the one the last reload installed.
 func (g *Gateway) router() Router {
@@ -280,4 +284,15 @@ func (g *Gateway) router() Router {
 
 // SetRouter switches the router for every flow routed from now on; live flows keep the
 // decision they were made with.
-func (g *Gateway) SetRouter(r Router) { g.reloaded.Store(&routerBox{r}) }
+func (g *Gateway) SetRouter(r Router) { g.reloaded.Store(&routerBox{Router: r}) }
+
+// SetUDPFallback replaces UDPFallback for new UDP sessions (a reload); nil drops such UDP.
+func (g *Gateway) SetUDPFallback(up Upstream) { g.fallback.Store(&routerBox{fallback: up}) }
+
+// udpFallback is the UDP fallback in force: UDPFallback, or the last reload's.
+func (g *Gateway) udpFallback() Upstream {
+	if b := g.fallback.Load(); b != nil {
+		return b.fallback
+	}
+	return g.UDPFallback
+}

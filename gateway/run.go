@@ -263,6 +263,13 @@ func (rt *running) reload(next *configs.Config) {
 		changed = append(changed, "log.level")
 	}
 
+	if next.Mark != old.Mark {
+		// socksgate's own sockets carry the mark the rules exempt: rules with a new mark and
+		// sockets with the old one would capture socksgate's own traffic again. Both change
+		// with a restart only.
+		restart = append(restart, "mark")
+		next.Mark = old.Mark
+	}
 	capture := len(old.LAN.Interfaces) > 0
 	if (len(next.LAN.Interfaces) > 0) != capture {
 		// Capture cannot be turned on or off live: what runs keeps its interfaces and its
@@ -348,6 +355,14 @@ func (rt *running) reload(next *configs.Config) {
 		}
 		changed = append(changed, "transparent UDP")
 	}
+	if w := next.Transparent.UDPOverTCPUpstream; w != old.Transparent.UDPOverTCPUpstream {
+		// Explicit SOCKS UDP follows it too (the transparent inbound has just been reopened).
+		var fb Upstream
+		if w == configs.UDPDirect {
+			fb = Direct{Control: rt.mark}
+		}
+		g.SetUDPFallback(fb)
+	}
 	if next.Admin != old.Admin {
 		rt.closeInbound(inboundAdmin)
 		if err := rt.startInbound(inboundAdmin, next); err != nil {
@@ -355,7 +370,6 @@ func (rt *running) reload(next *configs.Config) {
 		}
 		changed = append(changed, "admin")
 	}
-	note("mark", next.Mark != old.Mark, &restart)
 	note("relay", next.Relay != old.Relay, &restart)
 	note("timeouts", next.Timeouts != old.Timeouts, &restart)
 	note("limits", next.Limits != old.Limits, &restart)

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/socksgate/socksgate/socks"
 	"github.com/socksgate/socksgate/tests/netlab"
 )
 
@@ -206,6 +207,18 @@ func TestReloadCaptureModeAndToggle(t *testing.T) {
 	}
 	web("after the switch to tproxy")
 
+	// A new mark needs a restart: the rules keep exempting the mark socksgate's sockets carry
+	// (rules with the new one would capture socksgate's own connections again).
+	before := tp.GW.MustRun("nft", "list", "table", "inet", "socksgate")
+	line = reloadWith(strings.Replace(base, "lan:", "transparent: {tcp_mode: tproxy}\nmark: 0x7\nlan:", 1))
+	if !strings.Contains(line, "needs_restart") || !strings.Contains(line, "mark") {
+		t.Fatalf("a new mark was not refused as needing a restart: %s", line)
+	}
+	if after := tp.GW.MustRun("nft", "list", "table", "inet", "socksgate"); after != before {
+		t.Fatalf("rules changed with the mark:\n%s\nwas:\n%s", after, before)
+	}
+	web("after a reload with a new mark")
+
 	off := strings.Replace(base, "lan: {interfaces: ["+netlab.GWLANIf+"]}", "lan: {interfaces: []}", 1)
 	if off == base {
 		t.Fatal("test config: lan line not found")
@@ -308,4 +321,37 @@ func TestReloadMovesUDPPort(t *testing.T) {
 		t.Fatalf("rules after the move:\n%s", rules)
 	}
 	exchange("after the move")
+}
+
+// udp_without_support switched by reload applies to explicit SOCKS5 UDP clients as well: their
+// datagrams routed to an upstream without UDP (SOCKS4 here) are dropped, then sent direct.
+func TestReloadUDPWithoutSupportForExplicitClients(t *testing.T) {
+	tp := netlab.NewTopology(t)
+	explicitUDPEcho(t, tp)
+	startDante(t, tp, danteOptions{})
+	base := explicitConfig("socks4://"+netlab.Proxy4+":1080", "  - {action: proxy, upstream: main}", "")
+	cfgPath := writeFile(t, "socksgate.yaml", base)
+	gw := tp.GW.Start(socksgateBin, "run", "-c", cfgPath)
+	if !gw.WaitOutput("socksgate ready", 15*time.Second) {
+		t.Fatalf("not ready:\n%s", gw.Output())
+	}
+	to := socks.Addr{IP: netip.MustParseAddr(netlab.WAN4), Port: 7}
+	c := explicitAssociate(t, tp.LAN, explicitSOCKS4)
+	if got, _, err := c.roundTrip(to, []byte("blocked")); err == nil {
+		t.Fatalf("a datagram for an upstream without UDP came back under udp_without_support: block: %q", got)
+	}
+	c.ctrl.Close()
+
+	direct := explicitConfig("socks4://"+netlab.Proxy4+":1080", "  - {action: proxy, upstream: main}", "transparent: {udp_without_support: direct}")
+	if err := os.WriteFile(cfgPath, []byte(direct), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	gw.Signal(syscall.SIGHUP)
+	if !gw.WaitOutput("config reloaded", 10*time.Second) {
+		t.Fatalf("no reload:\n%s", gw.Output())
+	}
+	c = explicitAssociate(t, tp.LAN, explicitSOCKS4)
+	if got, _, err := c.roundTrip(to, []byte("direct")); err != nil || string(got) != "direct" {
+		t.Fatalf("after the reload to direct: %q, %v\n%s", got, err, gw.Output())
+	}
 }
