@@ -1,5 +1,7 @@
 # socksgate — see README.md. `make test` and `make demo` need root (network namespaces); on a
 # fresh Debian/Ubuntu machine they install the packages they need first (tests/deps.sh).
+# sudo's secure_path leaves out where Go is usually installed: `sudo make test` finds it anyway.
+export PATH := $(PATH):/usr/local/go/bin
 GO       ?= go
 BIN      ?= bin/socksgate
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)

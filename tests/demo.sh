@@ -67,6 +67,11 @@ SH
 chmod +x "$WORK/http.sh"
 x wan socat TCP-LISTEN:80,fork,reuseaddr EXEC:"$WORK/http.sh" &
 x proxy microsocks -i 0.0.0.0 -p 1080 >/dev/null 2>&1 &
+# Wait for both to listen (bash connects with /dev/tcp from inside their own namespaces).
+for _ in $(seq 100); do
+	x wan bash -c '</dev/tcp/127.0.0.1/80' 2>/dev/null && x proxy bash -c '</dev/tcp/127.0.0.1/1080' 2>/dev/null && break
+	sleep 0.1
+done
 
 cat > "$WORK/socksgate.yaml" <<YAML
 lan: {interfaces: [lan0]}
@@ -91,7 +96,8 @@ if ! x lan curl -sS --max-time 10 http://203.0.113.10/; then
 	echo "demo: the request failed; socksgate's log:"; cat "$WORK/socksgate.log"; exit 1
 fi
 
-sleep 0.2
+# The flow's line is written when the flow ends, just after curl has its answer.
+for _ in $(seq 50); do grep -q 'msg=flow' "$WORK/socksgate.log" && break; sleep 0.1; done
 say "gw: socksgate's log"
 cat "$WORK/socksgate.log"
 say "gw: packets the lab filter dropped trying to go direct (socksgate's own sockets are not forwarded)"

@@ -4,6 +4,9 @@
 set -euo pipefail
 need=()
 have() { command -v "$1" >/dev/null 2>&1; }
+# make runs the tests; -race needs cgo, so a C compiler and libc's headers.
+have make      || need+=(make)
+{ have gcc && [ -e /usr/include/stdlib.h ]; } || need+=(gcc libc6-dev)
 have ip        || need+=(iproute2)
 have nft       || need+=(nftables)
 have curl      || need+=(curl)
@@ -15,7 +18,7 @@ have socat     || need+=(socat)
 have dig       || need+=(bind9-dnsutils)
 have proxychains4 || need+=(proxychains4)
 have openssl   || need+=(openssl)
-have dnsmasq   || need+=(dnsmasq)
+have dnsmasq   || need+=(dnsmasq-base) # the binary only: no system service
 have sysctl    || need+=(procps)
 { have setpriv && have prlimit && have unshare; } || need+=(util-linux)
 # make bench
@@ -31,10 +34,17 @@ fi
 echo "deps: installing Debian packages: ${need[*]}"
 # Packages such as squid and dante-server would start system-wide services on install: forbid it.
 policy=/usr/sbin/policy-rc.d
-created=0
-if [ ! -e "$policy" ]; then printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod +x "$policy"; created=1; fi
+if [ ! -e "$policy" ]; then
+	printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod +x "$policy"
+	trap 'rm -f "$policy"' EXIT # also when apt fails: left behind, it would stop every service start
+fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-[ "$created" = 1 ] && rm -f "$policy"
+# Nor start at the next boot: the services these packages enable are not wanted on this machine.
+if have systemctl; then
+	for unit in squid tinyproxy danted redsocks; do
+		systemctl disable --quiet "$unit" >/dev/null 2>&1 || true
+	done
+fi
 echo "deps: done"

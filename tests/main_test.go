@@ -12,6 +12,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
+
+	"github.com/socksgate/socksgate/tests/netlab"
 )
 
 // socksgateBin is the binary under test, built once by TestMain (with the race detector, so the
@@ -19,6 +21,7 @@ import (
 var socksgateBin string
 
 func TestMain(m *testing.M) {
+	netlab.SweepStale()
 	dir, err := os.MkdirTemp("", "socksgate-e2e-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -37,5 +40,8 @@ func TestMain(m *testing.M) {
 	}
 	code := m.Run()
 	os.RemoveAll(dir)
+	if opsBinPath != "" {
+		os.RemoveAll(filepath.Dir(opsBinPath)) // the shipped-style build of ops_test.go
+	}
 	os.Exit(code)
 }

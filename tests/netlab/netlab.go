@@ -52,7 +52,7 @@ func New(t testing.TB) *Lab {
 	if _, err := exec.LookPath("ip"); err != nil {
 		t.Skip("netlab: the `ip` command (iproute2) is not installed")
 	}
-	return &Lab{t: t, prefix: fmt.Sprintf("sgt%d-%d", os.Getpid()%100000, seq.Add(1))}
+	return &Lab{t: t, prefix: fmt.Sprintf("sgt%d-%d", os.Getpid(), seq.Add(1))}
 }
 
 // NS creates a namespace with loopback up; it is deleted in cleanup after every process started
@@ -72,9 +72,46 @@ func (l *Lab) NS(role string) *NS {
 }
 
 func (n *NS) destroy() {
-	// Kill whatever still lives in the namespace; `ip netns del` alone would leave it running.
+	if err := destroyNS(n.Name); err != nil {
+		n.lab.t.Logf("%v", err)
+	}
+}
+
+// SweepStale removes the namespaces (and what runs in them) of earlier runs that did not get to
+// clean up: killed, or stopped by the test timeout, which runs no cleanup. Only names of this
+// package's form whose creating process is gone are touched. It needs root; without, it does
+// nothing.
+func SweepStale() {
+	if os.Geteuid() != 0 {
+		return
+	}
+	out, err := exec.Command("ip", "netns", "list").Output()
+	if err != nil {
+		return
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		name, _, _ := strings.Cut(strings.TrimSpace(line), " ")
+		var pid, n int
+		var role string
+		if k, _ := fmt.Sscanf(name, "sgt%d-%d-%s", &pid, &n, &role); k != 3 || pid <= 0 {
+			continue
+		}
+		if err := syscall.Kill(pid, 0); err != syscall.ESRCH {
+			continue // its run is still going (or the pid is someone else's now: leave it)
+		}
+		if err := destroyNS(name); err != nil {
+			fmt.Fprintln(os.Stderr, "netlab:", err)
+		} else {
+			fmt.Fprintln(os.Stderr, "netlab: removed the stale namespace", name)
+		}
+	}
+}
+
+// destroyNS kills whatever lives in the namespace (`ip netns del` alone would leave it
+// running), then deletes it.
+func destroyNS(name string) error {
 	for range 50 {
-		out, _ := exec.Command("ip", "netns", "pids", n.Name).Output()
+		out, _ := exec.Command("ip", "netns", "pids", name).Output()
 		pids := strings.Fields(string(out))
 		if len(pids) == 0 {
 			break
@@ -88,9 +125,10 @@ func (n *NS) destroy() {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if out, err := exec.Command("ip", "netns", "del", n.Name).CombinedOutput(); err != nil {
-		n.lab.t.Logf("ip netns del %s: %v: %s", n.Name, err, out)
+	if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
+		return fmt.Errorf("ip netns del %s: %v: %s", name, err, out)
 	}
+	return nil
 }
 
 // Link joins a and b with a veth pair named aIf inside a and bIf inside b, both up.
