@@ -86,7 +86,7 @@ func (g *Gateway) Dial(ctx context.Context, f Flow) (net.Conn, Decision, error) 
 		defer cancel()
 	}
 	addr := f.Address()
-	if d.Action == ActionDirect && f.Dst.IsValid() {
+	if d.Action == ActionDirect && f.Dst.IsValid() && g.directToAddress(ctx, f) {
 		// A captured flow with a sniffed name goes direct to the address the client chose,
 		// not to whatever the gateway's own resolver says the name is.
 		addr = f.Dst.String()
@@ -96,6 +96,18 @@ func (g *Gateway) Dial(ctx context.Context, f Flow) (net.Conn, Decision, error) 
 		d.Member = m.Member()
 	}
 	return c, d, err
+}
+
+// directToAddress reports whether a captured flow routed direct may go to the address its client
+// chose. A sniffed name is the client's claim: when the address alone would not have gone
+// direct, it was the name that made the flow direct, and the flow goes to that name, resolved
+// by the gateway, so that a made-up SNI or Host reaches the named server and no other address.
+func (g *Gateway) directToAddress(ctx context.Context, f Flow) bool {
+	if f.Host == "" {
+		return true
+	}
+	f.Host = ""
+	return g.router().Route(ctx, f).Action == ActionDirect
 }
 
 // Handle carries one TCP flow: it routes and dials f, tells the inbound the outcome through

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"errors"
 	"io"
 	"net"
 	"net/netip"
@@ -138,4 +139,47 @@ func TestHandleReplaysSniffedBytes(t *testing.T) {
 	}
 	client.Close()
 	<-done
+}
+
+// recordingUpstream records the addresses it is asked to dial and fails them.
+type recordingUpstream struct{ dialed chan string }
+
+func (u recordingUpstream) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	u.dialed <- address
+	return nil, errors.New("recorded")
+}
+func (recordingUpstream) ListenPacket(context.Context) (net.PacketConn, error) {
+	return nil, ErrUDPUnsupported
+}
+func (recordingUpstream) String() string { return "recording" }
+
+// byNameRouter sends the names in direct to up as direct, everything else through proxy.
+type byNameRouter struct {
+	direct    string
+	up, proxy Upstream
+}
+
+func (r byNameRouter) Route(_ context.Context, f Flow) Decision {
+	if f.Host == r.direct {
+		return Decision{Action: ActionDirect, Upstream: r.up, Rule: "name-direct"}
+	}
+	return Decision{Action: ActionProxy, Upstream: r.proxy, Rule: "proxy"}
+}
+
+// A sniffed name that alone makes a flow direct sends it to that name, not to the address its
+// client chose: a made-up SNI cannot carry a flow direct to an arbitrary address. When the
+// address alone goes direct too, the address is dialled as before.
+func TestDirectByNameOnlyDialsTheName(t *testing.T) {
+	up := recordingUpstream{make(chan string, 1)}
+	g := &Gateway{Router: byNameRouter{direct: "bank.test", up: up, proxy: stubUpstream{"proxy"}}}
+	f := Flow{Network: "tcp", Dst: netip.MustParseAddrPort("198.51.100.9:443"), Host: "bank.test", Inbound: InboundRedirect}
+	g.Dial(context.Background(), f)
+	if got := <-up.dialed; got != "bank.test:443" {
+		t.Fatalf("dialled %s, want the name (the address alone is proxied)", got)
+	}
+	g.Router = sniffTestRouter{Action: ActionDirect, Upstream: up, Rule: "all-direct"}
+	g.Dial(context.Background(), f)
+	if got := <-up.dialed; got != "198.51.100.9:443" {
+		t.Fatalf("dialled %s, want the client's address (the address alone goes direct)", got)
+	}
 }

@@ -276,13 +276,15 @@ func splitHostPort(s string) (host, port string, ok bool) {
 }
 
 // cleanName validates a name as a DNS hostname and normalises it (lowercase, no trailing
-// dot). Address literals are not names: the flow already has its address.
+// dot). Address literals are not names: the flow already has its address. Nor is anything
+// whose last label is a number ("127.1", "10.0x1", "2130706433"): resolvers that accept the
+// old inet_aton forms would turn it into an address, which no rule about names expects.
 func cleanName(s string) (string, error) {
 	s = strings.TrimSuffix(s, ".")
 	if len(s) == 0 || len(s) > 253 {
 		return "", ErrNoName
 	}
-	if _, err := netip.ParseAddr(s); err == nil {
+	if _, err := netip.ParseAddr(s); err == nil || endsInNumber(s) {
 		return "", ErrNoName
 	}
 	label := 0
@@ -313,4 +315,23 @@ func cleanName(s string) (string, error) {
 		return "", ErrNoName
 	}
 	return strings.ToLower(s), nil
+}
+
+// endsInNumber reports whether the last label of s is a decimal or 0x-hexadecimal number, as
+// the WHATWG URL standard's host parser decides it (no top-level domain is one).
+func endsInNumber(s string) bool {
+	last := s[strings.LastIndexByte(s, '.')+1:]
+	if last == "" {
+		return false
+	}
+	digits := "0123456789"
+	if len(last) >= 2 && last[0] == '0' && (last[1] == 'x' || last[1] == 'X') {
+		last, digits = last[2:], "0123456789abcdefABCDEF"
+	}
+	for i := 0; i < len(last); i++ {
+		if !strings.ContainsRune(digits, rune(last[i])) {
+			return false
+		}
+	}
+	return true
 }

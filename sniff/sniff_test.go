@@ -100,6 +100,9 @@ func TestNameRejects(t *testing.T) {
 		{"http host is an address", []byte("GET / HTTP/1.1\r\nHost: 203.0.113.10\r\n\r\n"), ErrNoName},
 		{"http host is a v6 address", []byte("GET / HTTP/1.1\r\nHost: [2001:db8::1]:8080\r\n\r\n"), ErrNoName},
 		{"http host with bad characters", []byte("GET / HTTP/1.1\r\nHost: a b.test\r\n\r\n"), ErrNoName},
+		{"http host is a short-form address", []byte("GET / HTTP/1.1\r\nHost: 127.1\r\n\r\n"), ErrNoName},
+		{"http host is one number", []byte("GET / HTTP/1.1\r\nHost: 2130706433\r\n\r\n"), ErrNoName},
+		{"http host ends in a hex number", []byte("GET / HTTP/1.1\r\nHost: intranet.0x7f\r\n\r\n"), ErrNoName},
 		{"http partial request line", []byte("GET /index.ht"), ErrIncomplete},
 		{"http partial headers", []byte("GET / HTTP/1.1\r\nUser-Agent: curl\r\nHo"), ErrIncomplete},
 	}
