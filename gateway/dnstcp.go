@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/socksgate/socksgate/nat"
@@ -21,7 +22,20 @@ const (
 	dnsQueueLen  = 32 // queries waiting per DNS server while its connection opens or writes
 	dnsReplyLen  = 64 // replies waiting for the session's reader
 	dnsMaxMsgLen = 65535
+	// dnsMaxStreams bounds the DNS servers one session talks to at once, and dnsMaxStreamsTotal
+	// the connections of all sessions together: each holds a descriptor and two goroutines.
+	dnsMaxStreams      = 8
+	dnsMaxStreamsTotal = 1024
+	// dnsReplyWait is how long a connection waits for the server after a query before it is
+	// taken for dead (a path that died without a reset would swallow every later query).
+	dnsReplyWaitDefault = 10 * time.Second
 )
+
+// dnsStreams counts the DNS-over-TCP connections open, against dnsMaxStreamsTotal.
+var dnsStreams atomic.Int64
+
+// dnsReplyWait is dnsReplyWaitDefault; tests shorten it.
+var dnsReplyWait = dnsReplyWaitDefault
 
 // fallbackConn is a session's way out through an upstream that carries no UDP: DNS datagrams
 // (destination port 53, when dnsTCP) go as DNS over TCP (RFC 7766: each message prefixed by its
@@ -85,7 +99,10 @@ func (c *fallbackConn) WriteToAddrPort(b []byte, dst netip.AddrPort) (int, error
 	if len(b) > dnsMaxMsgLen {
 		return 0, errors.New("dns over tcp: message too long")
 	}
-	s := c.stream(dst)
+	s, err := c.stream(dst)
+	if err != nil {
+		return 0, err
+	}
 	msg := make([]byte, 2+len(b))
 	binary.BigEndian.PutUint16(msg, uint16(len(b)))
 	copy(msg[2:], b)
@@ -97,17 +114,25 @@ func (c *fallbackConn) WriteToAddrPort(b []byte, dst netip.AddrPort) (int, error
 	}
 }
 
-// stream returns the live stream to the DNS server dst, starting one if there is none.
-func (c *fallbackConn) stream(dst netip.AddrPort) *dnsStream {
+// stream returns the live stream to the DNS server dst, starting one if there is none and the
+// bounds allow it.
+func (c *fallbackConn) stream(dst netip.AddrPort) (*dnsStream, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if s := c.streams[dst]; s != nil {
-		return s
+		return s, nil
+	}
+	if len(c.streams) >= dnsMaxStreams {
+		return nil, fmt.Errorf("dns over tcp to %s: this session already talks to %d DNS servers", dst, dnsMaxStreams)
+	}
+	if dnsStreams.Add(1) > dnsMaxStreamsTotal {
+		dnsStreams.Add(-1)
+		return nil, fmt.Errorf("dns over tcp to %s: %d connections open, the most allowed", dst, dnsMaxStreamsTotal)
 	}
 	s := &dnsStream{queue: make(chan []byte, dnsQueueLen)}
 	c.streams[dst] = s
 	go c.runStream(dst, s)
-	return s
+	return s, nil
 }
 
 // runStream dials the DNS server through the upstream, writes queued queries and reads replies
@@ -119,6 +144,7 @@ func (c *fallbackConn) runStream(dst netip.AddrPort, s *dnsStream) {
 			delete(c.streams, dst)
 		}
 		c.mu.Unlock()
+		dnsStreams.Add(-1)
 	}()
 	ctx := c.ctx
 	if c.dialTimeout > 0 {
@@ -149,6 +175,9 @@ func (c *fallbackConn) runStream(dst netip.AddrPort, s *dnsStream) {
 				<-readDone
 				return
 			}
+			// An answer is due: a server silent this long ends the connection (the reader
+			// fails on the deadline), and the next query opens a new one.
+			conn.SetReadDeadline(time.Now().Add(dnsReplyWait))
 		case <-readDone:
 			return
 		case <-c.done:
@@ -198,10 +227,45 @@ func (c *fallbackConn) readOther() {
 func (c *fallbackConn) ReadFromAddrPort(b []byte) (int, netip.AddrPort, error) {
 	select {
 	case r := <-c.replies:
+		if len(r.b) > len(b) {
+			// Longer than the client can be sent (a large DNSSEC answer): a cut message would be
+			// malformed, so it gets the header and question with TC set, and asks again over
+			// TCP, which is captured like any TCP.
+			return copy(b, dnsTruncated(r.b)), r.from, nil
+		}
 		return copy(b, r.b), r.from, nil
 	case <-c.done:
 		return 0, netip.AddrPort{}, net.ErrClosed
 	}
+}
+
+// dnsTruncated is msg cut to its header and question section with the TC bit set and no
+// records, as a server answers over UDP what does not fit; the header alone when the question
+// cannot be parsed.
+func dnsTruncated(msg []byte) []byte {
+	if len(msg) < 12 {
+		return msg
+	}
+	end, qd := 12, int(binary.BigEndian.Uint16(msg[4:6]))
+	for range qd {
+		for end < len(msg) && msg[end] != 0 {
+			if msg[end]&0xC0 != 0 { // a compression pointer ends the name
+				end++
+				break
+			}
+			end += 1 + int(msg[end])
+		}
+		end += 1 + 4 // the name's last byte, QTYPE and QCLASS
+		if end > len(msg) {
+			end, qd = 12, 0
+			break
+		}
+	}
+	out := append([]byte(nil), msg[:end]...)
+	out[2] |= 0x02 // TC
+	binary.BigEndian.PutUint16(out[4:6], uint16(qd))
+	clear(out[6:12]) // ANCOUNT, NSCOUNT, ARCOUNT
+	return out
 }
 
 // Close ends every DNS connection and the direct socket.

@@ -1,12 +1,15 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
 	"io"
 	"net"
 	"net/netip"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -106,4 +109,97 @@ func TestUDPErrorLogIsRateLimited(t *testing.T) {
 			t.Fatalf("at %v: allow = %d, %v; want %d, %v", s.at, n, ok, s.suppressed, s.ok)
 		}
 	}
+}
+
+// dnsQuery is a minimal DNS query for name (type A), with id.
+func dnsQuery(id uint16, name string) []byte {
+	q := []byte{byte(id >> 8), byte(id), 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0}
+	for _, l := range strings.Split(name, ".") {
+		q = append(q, byte(len(l)))
+		q = append(q, l...)
+	}
+	return append(q, 0, 0, 1, 0, 1)
+}
+
+// An answer longer than the client can be sent reaches it as the header and question with TC
+// set and no records (it asks again over TCP), never as a cut, malformed message.
+func TestUDPFallbackTruncatesAnswersTooLongForTheClient(t *testing.T) {
+	query := dnsQuery(0x1234, "big.test")
+	answer := append(append([]byte(nil), query...), make([]byte, 20000)...)
+	answer[2] |= 0x80                            // QR
+	binary.BigEndian.PutUint16(answer[6:8], 100) // ANCOUNT
+	addr := serveLoopback(t, func(c net.Conn) {
+		defer c.Close()
+		var hdr [2]byte
+		if _, err := io.ReadFull(c, hdr[:]); err != nil {
+			return
+		}
+		io.ReadFull(c, make([]byte, binary.BigEndian.Uint16(hdr[:])))
+		out := binary.BigEndian.AppendUint16(nil, uint16(len(answer)))
+		c.Write(append(out, answer...))
+		io.Copy(io.Discard, c)
+	}).String()
+	u := &udpInbound{withoutSupport: "block", dnsOverTCP: true, dialTimeout: 2 * time.Second}
+	c, err := u.open(context.Background(), tcpOnlyUpstream{addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.WriteToAddrPort(query, netip.MustParseAddrPort("203.0.113.10:53")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 16<<10)
+	n, _, err := c.ReadFromAddrPort(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := buf[:n]
+	want := append([]byte(nil), answer[:len(query)]...)
+	want[2] |= 0x02 // TC
+	binary.BigEndian.PutUint16(want[6:8], 0)
+	if !bytes.Equal(got, want) {
+		t.Fatalf("client got %d bytes %x, want the header and question with TC %x", n, got[:min(n, 40)], want)
+	}
+}
+
+// A session talks to a bounded number of DNS servers at once over TCP, and a connection whose
+// server stays silent after a query is given up, so later queries get a fresh one instead of
+// disappearing into a dead path.
+func TestUDPFallbackBoundsAndExpiresDNSConnections(t *testing.T) {
+	old := dnsReplyWait
+	dnsReplyWait = 200 * time.Millisecond
+	t.Cleanup(func() { dnsReplyWait = old })
+	var conns atomic.Int64
+	silent := serveLoopback(t, func(c net.Conn) { conns.Add(1); io.Copy(io.Discard, c); c.Close() }).String()
+	u := &udpInbound{withoutSupport: "block", dnsOverTCP: true, dialTimeout: 2 * time.Second}
+	c, err := u.open(context.Background(), tcpOnlyUpstream{silent})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for i := range dnsMaxStreams {
+		if _, err := c.WriteToAddrPort(dnsQuery(1, "a.test"), netip.AddrPortFrom(netip.AddrFrom4([4]byte{203, 0, 113, byte(10 + i)}), 53)); err != nil {
+			t.Fatalf("server %d: %v", i, err)
+		}
+	}
+	if _, err := c.WriteToAddrPort(dnsQuery(1, "a.test"), netip.MustParseAddrPort("203.0.113.99:53")); err == nil {
+		t.Fatalf("a query to a %dth DNS server was taken", dnsMaxStreams+1)
+	}
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		for end := time.Now().Add(5 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(end) {
+				t.Fatalf("timed out waiting for %s", what)
+			}
+		}
+	}
+	waitFor("the connections", func() bool { return conns.Load() == dnsMaxStreams })
+	// The silent servers' connections are given up after dnsReplyWait: room again, and the
+	// next query to the first server opens a new connection.
+	fc := c.(*fallbackConn)
+	waitFor("silent connections given up", func() bool { fc.mu.Lock(); defer fc.mu.Unlock(); return len(fc.streams) == 0 })
+	if _, err := c.WriteToAddrPort(dnsQuery(2, "a.test"), netip.MustParseAddrPort("203.0.113.10:53")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor("a fresh connection", func() bool { return conns.Load() == dnsMaxStreams+1 })
 }
