@@ -417,8 +417,10 @@ func (s *socksInbound) OpenUDP(ctx context.Context, src netip.AddrPort, deliver 
 		paths: make(map[string]net.PacketConn), names: make(map[string]netip.Addr),
 	}
 	s.g.mu.Lock()
-	if s.g.assocs == nil {
-		s.g.assocs = make(map[*explicitUDP]struct{})
+	if err := s.g.admit(src.Addr()); err != nil {
+		s.g.mu.Unlock()
+		cancel()
+		return nil, err
 	}
 	s.g.assocs[u] = struct{}{}
 	s.g.mu.Unlock()
@@ -445,8 +447,9 @@ type explicitUDP struct {
 	closed  bool
 	lastErr error
 	rule    string
-	first   Flow     // the first datagram's destination, for the flow list
-	firstD  Decision // and its route
+	seen    sync.Mutex // guards first and firstD, read by the flow list while mu may be held for a dial
+	first   Flow       // the first datagram's destination, for the flow list
+	firstD  Decision   // and its route
 	wg      sync.WaitGroup
 
 	upPkts, downPkts, upBytes, downBytes, dropped atomic.Int64
@@ -455,12 +458,14 @@ type explicitUDP struct {
 func (u *explicitUDP) Send(ctx context.Context, payload []byte, t socksserver.Target) error {
 	f := Flow{Network: "udp", Src: u.src, Dst: t.Addr, Host: t.Host, Port: t.Port, Inbound: InboundSOCKS}
 	d := u.g.router().Route(ctx, f)
-	err := u.send(f, d, payload)
-	u.mu.Lock()
-	u.rule = d.Rule
+	u.seen.Lock()
 	if u.first.Network == "" {
 		u.first, u.firstD = f, d
 	}
+	u.seen.Unlock()
+	err := u.send(f, d, payload)
+	u.mu.Lock()
+	u.rule = d.Rule
 	if err != nil {
 		u.lastErr = err
 	}
@@ -603,6 +608,7 @@ func (u *explicitUDP) read(key string, pc net.PacketConn) {
 
 // Close ends the session and logs one line for it.
 func (u *explicitUDP) Close() error {
+	u.cancel() // first: a path still being opened holds mu until its dial gives up
 	u.mu.Lock()
 	if u.closed {
 		u.mu.Unlock()
@@ -617,13 +623,16 @@ func (u *explicitUDP) Close() error {
 	u.mu.Unlock()
 	u.g.mu.Lock()
 	delete(u.g.assocs, u)
+	u.g.release(u.src.Addr())
 	u.g.mu.Unlock()
 	u.g.Stats.UDPSessions.Add(-1)
-	u.cancel()
 	u.wg.Wait()
 	u.mu.Lock()
-	f, d, lastErr := u.first, u.firstD, u.lastErr
+	lastErr := u.lastErr
 	u.mu.Unlock()
+	u.seen.Lock()
+	f, d := u.first, u.firstD
+	u.seen.Unlock()
 	if f.Network == "" { // no datagram came
 		f = Flow{Network: "udp", Src: u.src, Inbound: InboundSOCKS}
 	}

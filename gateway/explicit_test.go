@@ -9,9 +9,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/socksgate/socksgate/admin"
 	"github.com/socksgate/socksgate/configs"
 	"github.com/socksgate/socksgate/httpproxy"
 	"github.com/socksgate/socksgate/internal/prefixconn"
+	"github.com/socksgate/socksgate/socks"
+	"github.com/socksgate/socksgate/socksserver"
 )
 
 func TestExplicitLoopGuard(t *testing.T) {
@@ -211,4 +214,85 @@ func TestHandleReplaysAnExplicitClientsEarlyBytes(t *testing.T) {
 		t.Errorf("flow list: %+v, want the flow with its client's bytes", l)
 	}
 	client.Close()
+}
+
+// An explicit UDP association is a flow for the limits: it counts against max_flows and
+// max_flows_per_source with the TCP flows, is refused beyond them, and gives its slot back when
+// it ends.
+func TestExplicitUDPAssociationsAreHeldToTheFlowLimits(t *testing.T) {
+	g := &Gateway{Router: fixedRouter{Action: ActionDirect, Upstream: stubUpstream{"direct-stub"}, Rule: "all"}, MaxPerSrc: 2, MaxFlows: 3}
+	in := &socksInbound{g: g}
+	deliver := func([]byte, socks.Addr) {}
+	src := netip.MustParseAddrPort("10.0.1.2:5000")
+	a, err := in.OpenUDP(context.Background(), src, deliver)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := in.OpenUDP(context.Background(), netip.MustParseAddrPort("10.0.1.2:5001"), deliver)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := in.OpenUDP(context.Background(), netip.MustParseAddrPort("10.0.1.2:5002"), deliver); !errors.Is(err, ErrSourceLimit) {
+		t.Fatalf("a third association from one source: %v, want ErrSourceLimit", err)
+	}
+	// The source's TCP flows are held to the same count.
+	if err := g.track(&liveFlow{Flow: Flow{Network: "tcp", Src: netip.MustParseAddrPort("10.0.1.2:6000")}}); !errors.Is(err, ErrSourceLimit) {
+		t.Fatalf("a TCP flow from a source with two associations: %v, want ErrSourceLimit", err)
+	}
+	c, err := in.OpenUDP(context.Background(), netip.MustParseAddrPort("10.0.1.3:5000"), deliver)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := in.OpenUDP(context.Background(), netip.MustParseAddrPort("10.0.1.4:5000"), deliver); !errors.Is(err, ErrFlowLimit) {
+		t.Fatalf("a fourth association in all: %v, want ErrFlowLimit", err)
+	}
+	a.Close()
+	if d, err := in.OpenUDP(context.Background(), netip.MustParseAddrPort("10.0.1.2:5003"), deliver); err != nil {
+		t.Fatalf("after one ended: %v", err)
+	} else {
+		d.Close()
+	}
+	b.Close()
+	c.Close()
+	if n := g.Stats.UDPSessions.Load(); n != 0 {
+		t.Fatalf("%d associations counted after all closed", n)
+	}
+}
+
+// slowUDPUpstream opens its UDP path only when released.
+type slowUDPUpstream struct {
+	stubUpstream
+	release chan struct{}
+}
+
+func (u slowUDPUpstream) ListenPacket(ctx context.Context) (net.PacketConn, error) {
+	select {
+	case <-u.release:
+	case <-ctx.Done():
+	}
+	return nil, errors.New("not today")
+}
+
+// The flow list does not wait for an association that is opening its path to an upstream.
+func TestFlowListDoesNotWaitForAnAssociationsDial(t *testing.T) {
+	up := slowUDPUpstream{stubUpstream{"slow"}, make(chan struct{})}
+	defer close(up.release)
+	g := &Gateway{Router: fixedRouter{Action: ActionProxy, Upstream: up, Rule: "all"}}
+	u, err := (&socksInbound{g: g}).OpenUDP(context.Background(), netip.MustParseAddrPort("10.0.1.2:5000"), func([]byte, socks.Addr) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer u.Close()
+	go u.Send(context.Background(), []byte("q"), socksserver.Target{Addr: netip.MustParseAddrPort("203.0.113.10:53")})
+	time.Sleep(50 * time.Millisecond) // the datagram is in the dial, holding the association
+	listed := make(chan []admin.Flow, 1)
+	go func() { listed <- g.LiveFlows() }()
+	select {
+	case l := <-listed:
+		if len(l) != 1 || l[0].Network != "udp" || l[0].Dst != "203.0.113.10:53" {
+			t.Fatalf("flow list: %+v", l)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("the flow list waited for the association's dial")
+	}
 }

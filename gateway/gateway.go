@@ -230,17 +230,36 @@ func (g *Gateway) logFlow(f Flow, d Decision, up, down int64, dur time.Duration,
 func (g *Gateway) track(lf *liveFlow) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	if err := g.admit(lf.Src.Addr()); err != nil {
+		return err
+	}
+	g.flows[lf] = struct{}{}
+	g.wg.Add(1)
+	return nil
+}
+
+func (g *Gateway) untrack(lf *liveFlow) {
+	g.mu.Lock()
+	delete(g.flows, lf)
+	g.release(lf.Src.Addr())
+	g.mu.Unlock()
+	g.wg.Done()
+}
+
+// admit holds the flow limits (limits.max_flows, max_flows_per_source) for one more flow from
+// src, a TCP flow or an explicit UDP association, and counts it for src; g.mu is held.
+func (g *Gateway) admit(src netip.Addr) error {
 	if g.flows == nil {
 		g.flows = make(map[*liveFlow]struct{})
 		g.perSrc = make(map[netip.Addr]int)
 		g.refusals = make(map[string]uint64)
+		g.assocs = make(map[*explicitUDP]struct{})
 	}
 	var err error
-	src := lf.Src.Addr()
 	switch {
 	case g.closing:
 		err = ErrShuttingDown
-	case g.MaxFlows > 0 && len(g.flows) >= g.MaxFlows:
+	case g.MaxFlows > 0 && len(g.flows)+len(g.assocs) >= g.MaxFlows:
 		err = ErrFlowLimit
 	case g.MaxPerSrc > 0 && g.perSrc[src] >= g.MaxPerSrc:
 		err = ErrSourceLimit
@@ -249,25 +268,19 @@ func (g *Gateway) track(lf *liveFlow) error {
 		g.refusals[err.Error()]++
 		return err
 	}
-	g.flows[lf] = struct{}{}
 	if g.MaxPerSrc > 0 {
 		g.perSrc[src]++
 	}
-	g.wg.Add(1)
 	return nil
 }
 
-func (g *Gateway) untrack(lf *liveFlow) {
-	g.mu.Lock()
-	delete(g.flows, lf)
+// release gives back what admit counted for src; g.mu is held.
+func (g *Gateway) release(src netip.Addr) {
 	if g.MaxPerSrc > 0 {
-		src := lf.Src.Addr()
 		if g.perSrc[src]--; g.perSrc[src] <= 0 {
 			delete(g.perSrc, src)
 		}
 	}
-	g.mu.Unlock()
-	g.wg.Done()
 }
 
 // Refusals returns how many flows were refused before routing, by reason.

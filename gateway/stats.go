@@ -287,9 +287,9 @@ func (g *Gateway) udpFlows(now time.Time) []admin.Flow {
 		}
 	}
 	for _, u := range assocs {
-		u.mu.Lock()
+		u.seen.Lock() // not u.mu: an association holds it while it dials an upstream
 		f, d, routed := u.first, u.firstD, u.first.Network != ""
-		u.mu.Unlock()
+		u.seen.Unlock()
 		if !routed { // no datagram yet
 			f = Flow{Src: u.src, Inbound: InboundSOCKS}
 		}
