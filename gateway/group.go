@@ -85,6 +85,10 @@ type member struct {
 	since       time.Time
 	rises, fall int  // consecutive check successes while down, failures while up
 	retrying    bool // a backoff retry goroutine is running (interval 0)
+	// retryWait is where the next retry backoff starts: it keeps growing for a member that
+	// goes down again soon after its retry brought it up (a proxy that takes connections but
+	// refuses our credentials passes the retry's check and fails the next flow).
+	retryWait time.Duration
 }
 
 // NewGroup makes a group from its config, its members (in the config's order) and the direct
@@ -297,6 +301,9 @@ func (g *Group) markDown(m *member, reason string) {
 	changed := m.up
 	m.rises, m.fall = 0, 0
 	if changed {
+		if time.Since(m.since) > g.backoffMax {
+			m.retryWait = 0 // it stayed up a while: this is a new failure, not the same one
+		}
 		m.up, m.reason, m.since = false, reason, time.Now()
 	}
 	retry := g.health.Interval <= 0 && !m.retrying
@@ -395,7 +402,9 @@ func (g *Group) checkLoop(m *member) {
 
 // retryLoop retries a down member with a growing backoff until it answers (interval 0).
 func (g *Group) retryLoop(m *member) {
-	wait := g.backoffMin
+	m.mu.Lock()
+	wait := max(m.retryWait, g.backoffMin)
+	m.mu.Unlock()
 	for {
 		select {
 		case <-g.ctx.Done():
@@ -412,6 +421,7 @@ func (g *Group) retryLoop(m *member) {
 		m.mu.Lock()
 		if err == nil {
 			m.retrying = false
+			m.retryWait = min(2*wait, g.backoffMax) // if it fails again soon
 			changed := !m.up
 			m.up, m.rises, m.fall, m.reason, m.since = true, 0, 0, "", time.Now()
 			m.mu.Unlock()

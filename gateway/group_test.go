@@ -509,3 +509,22 @@ func TestGroupNamesTheMemberInTheDecision(t *testing.T) {
 		t.Fatalf("decision %+v; want the group as upstream and member b", d)
 	}
 }
+
+// A member that passes the retry's check but fails every flow (a proxy that refuses our
+// credentials takes connections fine) is retried with a backoff that keeps growing across
+// those flaps, not every backoffMin for ever.
+func TestGroupFlappingMemberBacksOffAcrossRetries(t *testing.T) {
+	fx := newGroupFixture(t, configs.Group{Health: configs.Health{Rise: 1, Fall: 1}}, "a")
+	fx.g.backoffMin, fx.g.backoffMax = 20*time.Millisecond, 160*time.Millisecond
+	m := fx.g.members[0]
+	var ups []time.Time
+	for range 5 {
+		fx.g.markDown(m, "authentication failed")
+		waitUntil(t, "a up again", func() bool { return memberUp(fx.g, "a") })
+		ups = append(ups, time.Now())
+	}
+	// Waits of 20, 40, 80, 160, 160 ms: the last gaps are well above backoffMin.
+	if gap := ups[4].Sub(ups[3]); gap < 120*time.Millisecond {
+		t.Fatalf("a member failing right after each retry came back after %v; the backoff did not grow (%v)", gap, ups)
+	}
+}
