@@ -149,7 +149,7 @@ func (r *RuleRouter) match(f *Flow) int32 {
 	k := flowKey{
 		proto:   protoBit(f.Network),
 		inbound: inboundBit(f.Inbound),
-		src:     f.Src.Addr().Unmap(),
+		src:     f.Src.Addr().Unmap().WithZone(""), // prefixes never contain a zoned address
 		port:    f.DstPort(),
 		host:    f.Host,
 	}
@@ -163,7 +163,7 @@ func (r *RuleRouter) match(f *Flow) int32 {
 			break
 		}
 	}
-	if dst := f.Dst.Addr().Unmap(); dst.IsValid() {
+	if dst := f.Dst.Addr().Unmap().WithZone(""); dst.IsValid() {
 		es, e := r.byDst.longest(dst)
 		for ; e >= 0; e = es[e].parent {
 			for _, i := range es[e].rules {

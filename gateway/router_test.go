@@ -98,6 +98,9 @@ func TestRouteMatchers(t *testing.T) {
 		{"src outside", configs.Rule{Src: pfx("10.0.9.0/24")}, tcpFlow("203.0.113.10:80"), "default"},
 		{"src v6", configs.Rule{Src: pfx("fd00:1::/64")}, with(tcpFlow("[2001:db8:3::10]:80"), func(f *Flow) { f.Src = ap("[fd00:1::2]:5000") }), "r"},
 		{"src v4-mapped", configs.Rule{Src: pfx("10.0.1.0/24")}, with(tcpFlow("203.0.113.10:80"), func(f *Flow) { f.Src = ap("[::ffff:10.0.1.2]:5000") }), "r"},
+		{"src link-local with a zone", configs.Rule{Src: pfx("fe80::/10")}, with(tcpFlow("[2001:db8:3::10]:80"), func(f *Flow) { f.Src = ap("[fe80::2%lan0]:5000") }), "r"},
+		{"src link-local with a zone, many prefixes", configs.Rule{Src: pfx("fe80::/10", "10.1.0.0/24", "10.2.0.0/24", "10.3.0.0/24", "10.4.0.0/24", "10.5.0.0/24", "10.6.0.0/24", "10.7.0.0/24", "10.8.0.0/24")}, with(tcpFlow("[2001:db8:3::10]:80"), func(f *Flow) { f.Src = ap("[fe80::2%lan0]:5000") }), "r"},
+		{"dst link-local with a zone", configs.Rule{Dst: pfx("fe80::/10")}, tcpFlow("[fe80::1%lan0]:80"), "r"},
 		{"src many prefixes (indexed set)", configs.Rule{Src: manyPrefixes(100, "10.%d.0.0/16")}, with(tcpFlow("203.0.113.10:80"), func(f *Flow) { f.Src = ap("10.57.3.4:1") }), "r"},
 		{"src many prefixes miss", configs.Rule{Src: manyPrefixes(100, "10.%d.0.0/16")}, with(tcpFlow("203.0.113.10:80"), func(f *Flow) { f.Src = ap("10.157.3.4:1") }), "default"},
 		{"protocol tcp", configs.Rule{Protocol: []string{"tcp"}}, tcpFlow("203.0.113.10:80"), "r"},
@@ -259,11 +262,11 @@ func (r *RuleRouter) linearRoute(f Flow, dst [][]netip.Prefix) Decision {
 	k := flowKey{
 		proto:   protoBit(f.Network),
 		inbound: inboundBit(f.Inbound),
-		src:     f.Src.Addr().Unmap(),
+		src:     f.Src.Addr().Unmap().WithZone(""),
 		port:    f.DstPort(),
 		host:    f.Host,
 	}
-	a := f.Dst.Addr().Unmap()
+	a := f.Dst.Addr().Unmap().WithZone("") // a zone says which link, not which address
 	for i := range r.rules {
 		if len(dst[i]) > 0 {
 			if !a.IsValid() {
