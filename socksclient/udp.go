@@ -92,23 +92,42 @@ func (d *Dialer) relayAddr(ctx context.Context, ctrl net.Conn, bnd socks.Addr) (
 	}
 	ip := bnd.IP.Unmap()
 	if !ip.IsUnspecified() {
-		return netip.AddrPortFrom(ip, bnd.Port), nil
+		return netip.AddrPortFrom(linkZone(ip, ctrl), bnd.Port), nil
 	}
 	// The proxy's own address. Address wins over the control connection's peer, which is the
 	// next hop, not the proxy, when ProxyDial goes through another proxy.
 	if host, _, err := net.SplitHostPort(d.Address); err == nil {
 		if pip, err := netip.ParseAddr(host); err == nil {
-			return netip.AddrPortFrom(pip.Unmap().WithZone(""), bnd.Port), nil
+			return netip.AddrPortFrom(linkZone(pip.Unmap(), ctrl), bnd.Port), nil
 		}
 	}
 	remote := ctrl.RemoteAddr()
 	if ta, ok := remote.(*net.TCPAddr); ok {
-		return netip.AddrPortFrom(ta.AddrPort().Addr().Unmap().WithZone(""), bnd.Port), nil
+		return netip.AddrPortFrom(ta.AddrPort().Addr().Unmap(), bnd.Port), nil
 	}
 	if ap, err := netip.ParseAddrPort(remote.String()); err == nil {
 		return netip.AddrPortFrom(ap.Addr().Unmap(), bnd.Port), nil
 	}
 	return netip.AddrPort{}, fmt.Errorf("udp relay address unspecified and proxy address %q unknown", d.Address)
+}
+
+// linkZone gives a link-local IPv6 address without a zone the zone of the control connection
+// (the link the proxy was reached on): without one, datagrams to it leave by whichever link's
+// route comes first.
+func linkZone(ip netip.Addr, ctrl net.Conn) netip.Addr {
+	if !ip.Is6() || !ip.IsLinkLocalUnicast() || ip.Zone() != "" {
+		return ip
+	}
+	if ta, ok := ctrl.RemoteAddr().(*net.TCPAddr); ok && ta.Zone != "" {
+		return ip.WithZone(ta.Zone)
+	}
+	return ip
+}
+
+// sameRelay reports whether a datagram from src comes from the relay. Zones are left out: the
+// kernel names a link by its interface name, a configured address may name it by its index.
+func sameRelay(src, relay netip.AddrPort) bool {
+	return src.Port() == relay.Port() && src.Addr().WithZone("") == relay.Addr().WithZone("")
 }
 
 // Association is a SOCKS5 UDP association: a local UDP socket talking to the proxy's relay,
@@ -212,7 +231,7 @@ func (a *Association) ReadFromSocks(b []byte) (int, socks.Addr, error) {
 		if err != nil {
 			return 0, socks.Addr{}, a.ioErr("read", a.relayAddr, err)
 		}
-		if src != a.relay {
+		if !sameRelay(src, a.relay) {
 			a.dropped.Add(1)
 			continue
 		}

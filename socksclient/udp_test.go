@@ -282,3 +282,32 @@ func TestListenPacketRefusal(t *testing.T) {
 		t.Fatalf("err = %v, want command not supported", err)
 	}
 }
+
+// zonedConn is a control connection whose peer is a link-local address on a named link.
+type zonedConn struct{ net.Conn }
+
+func (zonedConn) RemoteAddr() net.Addr {
+	return &net.TCPAddr{IP: net.ParseIP("fe80::2"), Port: 1080, Zone: "lan0"}
+}
+
+// A link-local relay address gets the control connection's link, so datagrams leave by the
+// link the proxy is on; replies from it are recognised whatever name the kernel gives the link.
+func TestAssociationLinkLocalRelayKeepsItsLink(t *testing.T) {
+	d := &Dialer{Address: "[fe80::2%lan0]:1080"}
+	for _, bnd := range []socks.Addr{
+		{IP: netip.MustParseAddr("fe80::2"), Port: 5000}, // as the proxy wrote it: no zone
+		{IP: netip.IPv6Unspecified(), Port: 5000},        // "the proxy's own address"
+	} {
+		got, err := d.relayAddr(context.Background(), zonedConn{}, bnd)
+		if err != nil || got != netip.MustParseAddrPort("[fe80::2%lan0]:5000") {
+			t.Errorf("relay for BND.ADDR %v: %v, %v; want [fe80::2%%lan0]:5000", bnd, got, err)
+		}
+	}
+	relay := netip.MustParseAddrPort("[fe80::2%lan0]:5000")
+	if !sameRelay(netip.MustParseAddrPort("[fe80::2%3]:5000"), relay) || !sameRelay(relay, relay) {
+		t.Error("a reply from the relay on the same link was not recognised")
+	}
+	if sameRelay(netip.MustParseAddrPort("[fe80::3%lan0]:5000"), relay) || sameRelay(netip.MustParseAddrPort("[fe80::2%lan0]:5001"), relay) {
+		t.Error("a datagram from another address or port passed as the relay's")
+	}
+}
