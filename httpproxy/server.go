@@ -168,7 +168,13 @@ func (s *Server) init() {
 		ErrorLog:          log.New(discardOrReport{s}, "", 0),
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			if ac, ok := c.(*acceptedConn); ok {
-				ctx = ac.ctx
+				// ServeConn's context, keeping what net/http put in its own: without
+				// ServerContextKey, ReverseProxy takes itself for a test and, when an origin
+				// fails mid-body, ends the response cleanly instead of aborting it, so the
+				// client would take a cut download for a whole one.
+				base := ctx
+				ctx = context.WithValue(ac.ctx, http.ServerContextKey, base.Value(http.ServerContextKey))
+				ctx = context.WithValue(ctx, http.LocalAddrContextKey, base.Value(http.LocalAddrContextKey))
 			}
 			tr := s.newTransport(addrPortOf(c.RemoteAddr()))
 			s.mu.Lock()
@@ -316,7 +322,14 @@ type idleBody struct {
 
 func (b *idleBody) Read(p []byte) (int, error) {
 	b.rc.SetReadDeadline(time.Now().Add(b.idle))
-	return b.ReadCloser.Read(p)
+	n, err := b.ReadCloser.Read(p)
+	if err == io.EOF {
+		// The body is complete: the deadline must not outlive it, or net/http's read behind
+		// the handler would end the request while the response still streams. (After a
+		// timeout it stays: that connection is done.)
+		b.rc.SetReadDeadline(time.Time{})
+	}
+	return n, err
 }
 
 // keepContentType passes a forwarded response on as the origin sent it: without a

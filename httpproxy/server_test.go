@@ -445,3 +445,55 @@ func TestForwardAbortedRequestGetsNoAnswer(t *testing.T) {
 		t.Fatalf("an aborted request was answered: %q", got)
 	}
 }
+
+// A forwarded request with a body gets all of a response that streams for longer than the idle
+// timeout after the upload ended: the body's read deadline goes with the body.
+func TestForwardLongResponseAfterABody(t *testing.T) {
+	b := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		for i := range 10 {
+			fmt.Fprintf(w, "line %d\n", i)
+			w.(http.Flusher).Flush()
+			time.Sleep(100 * time.Millisecond)
+		}
+	}))
+	t.Cleanup(b.Close)
+	addr := srvStart(t, &Server{Tunneler: &srvTunneler{backend: b.Listener.Addr().String()}, IdleTimeout: 300 * time.Millisecond})
+	resp, body := srvRoundTrip(t, addr, "POST http://origin.test/ HTTP/1.1\r\nHost: origin.test\r\nContent-Length: 5\r\n\r\nhello")
+	if resp.StatusCode != 200 || strings.Count(body, "line ") != 10 {
+		t.Fatalf("status %d, body %q: the response was cut", resp.StatusCode, body)
+	}
+}
+
+// An origin that fails in the middle of a chunked response: the client sees the response
+// broken off (the proxy aborts it), not a clean end that would pass for the whole body.
+func TestForwardCutResponseStaysCut(t *testing.T) {
+	b := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		brw.WriteString("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\npart1\n\r\n")
+		brw.Flush()
+		time.Sleep(50 * time.Millisecond)
+		c.(*net.TCPConn).SetLinger(0)
+		c.Close() // a reset, mid-body
+	}))
+	t.Cleanup(b.Close)
+	addr := srvStart(t, &Server{Tunneler: &srvTunneler{backend: b.Listener.Addr().String()}})
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, "GET http://origin.test/ HTTP/1.1\r\nHost: origin.test\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	if err == nil {
+		t.Fatalf("a response the origin broke off arrived whole: %q", body)
+	}
+}
