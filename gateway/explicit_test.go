@@ -296,3 +296,24 @@ func TestFlowListDoesNotWaitForAnAssociationsDial(t *testing.T) {
 		t.Fatal("the flow list waited for the association's dial")
 	}
 }
+
+// The idle sweeper expires a forwarded request's upstream connection that stays silent (a
+// stalled origin, or a connection idle in the client's pool): it holds a flow slot like any flow.
+func TestIdleSweeperExpiresForwardedConnections(t *testing.T) {
+	if !canPark { // TCP_INFO, which the sweeper reads, is Linux's
+		t.Skip("no TCP_INFO here")
+	}
+	dst := serveLoopback(t, func(c net.Conn) { io.Copy(io.Discard, c); c.Close() }) // never answers
+	g := &Gateway{Router: staticRouter{Action: ActionDirect, Upstream: stubUpstream{"direct-stub"}, Rule: "all"}, Idle: 100 * time.Millisecond}
+	h := &httpInbound{g: g, guard: &loopGuard{}}
+	c, err := h.Dial(context.Background(), httpproxy.Target{Src: netip.MustParseAddrPort("10.0.0.1:5000"), Addr: dst, Port: dst.Port()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	time.Sleep(300 * time.Millisecond)
+	if n := g.ExpireIdle(); n != 1 {
+		t.Fatalf("the sweeper closed %d flows, want the silent forwarded connection", n)
+	}
+	waitUntil(t, "the flow to end", func() bool { return g.Active() == 0 })
+}

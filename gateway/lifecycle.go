@@ -73,7 +73,15 @@ func (g *Gateway) ExpireIdle() int {
 	defer g.mu.Unlock()
 	n := 0
 	for lf := range g.flows {
-		if lf.remote != nil && (idleFor(lf.client) > limit || stalledFor(lf.remote) > limit || stalledFor(lf.client) > limit) {
+		idle := false
+		if c, ok := lf.client.(*loggedConn); ok {
+			// A forwarded request's upstream connection (its only socket here), in use or
+			// idle in the client's pool: it holds a flow slot like any flow.
+			idle = idleFor(c.Conn) > limit || stalledFor(c.Conn) > limit
+		} else if lf.remote != nil {
+			idle = idleFor(lf.client) > limit || stalledFor(lf.remote) > limit || stalledFor(lf.client) > limit
+		}
+		if idle {
 			lf.close() // closing only wakes the relay; the flow leaves g.flows on its own goroutine
 			n++
 		}
