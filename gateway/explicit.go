@@ -290,8 +290,11 @@ func (h *httpInbound) flow(t httpproxy.Target) Flow {
 
 // httpError maps a gateway error to what httpproxy answers: a blocked flow is 403.
 func httpError(err error) error {
-	if errors.Is(err, ErrBlocked) || errors.Is(err, errLoop) {
+	switch {
+	case errors.Is(err, ErrBlocked) || errors.Is(err, errLoop):
 		return fmt.Errorf("%w: %w", httpproxy.ErrNotAllowed, err)
+	case errors.Is(err, ErrFlowLimit) || errors.Is(err, ErrSourceLimit):
+		return fmt.Errorf("%w: %w", httpproxy.ErrBusy, err)
 	}
 	return err
 }
@@ -319,7 +322,7 @@ func (h *httpInbound) Dial(ctx context.Context, t httpproxy.Target) (net.Conn, e
 	lf := &liveFlow{Flow: f, start: time.Now()}
 	if err := h.g.track(lf); err != nil {
 		h.g.logFlow(f, Decision{Action: ActionBlock, Rule: "-"}, 0, 0, 0, err)
-		return nil, err
+		return nil, httpError(err)
 	}
 	c, d, err := h.g.Dial(ctx, f)
 	h.g.routed(lf, d, err)

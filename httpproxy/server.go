@@ -51,6 +51,11 @@ func (t Target) String() string {
 // 403 Forbidden.
 var ErrNotAllowed = errors.New("not allowed by rule")
 
+// ErrBusy is wrapped by a Tunneler's Dial error when a bound on connections refused it. The
+// server then closes its client's idle upstream connections, which count against such bounds,
+// and dials once more; a refusal that stands is answered 503.
+var ErrBusy = errors.New("too many connections")
+
 // Tunneler routes and carries what clients ask for. The gateway implements it.
 type Tunneler interface {
 	// Tunnel takes over client for a CONNECT: it routes and dials t, calls reply exactly once
@@ -237,21 +242,28 @@ func (s *Server) CloseGrace(grace time.Duration) error {
 }
 
 func (s *Server) newTransport(src netip.AddrPort) *http.Transport {
-	return &http.Transport{
-		Proxy: nil,
-		DialContext: func(ctx context.Context, network, address string) (net.Conn, error) {
-			t, err := parseTarget(src, address)
-			if err != nil {
-				return nil, err
-			}
-			return s.Tunneler.Dial(ctx, t)
-		},
+	tr := &http.Transport{
+		Proxy:                 nil,
 		MaxIdleConnsPerHost:   4,
-		IdleConnTimeout:       90 * time.Second,
+		IdleConnTimeout:       30 * time.Second,
 		ExpectContinueTimeout: time.Second,
 		// A proxy passes bodies as they are: no Accept-Encoding of its own, no decoding.
 		DisableCompression: true,
 	}
+	tr.DialContext = func(ctx context.Context, network, address string) (net.Conn, error) {
+		t, err := parseTarget(src, address)
+		if err != nil {
+			return nil, err
+		}
+		c, err := s.Tunneler.Dial(ctx, t)
+		if errors.Is(err, ErrBusy) {
+			// This client's own idle upstream connections may be what fills the bound.
+			tr.CloseIdleConnections()
+			c, err = s.Tunneler.Dial(ctx, t)
+		}
+		return c, err
+	}
+	return tr
 }
 
 // connTransport sends each request over its client connection's own Transport.
@@ -411,6 +423,7 @@ func (s *Server) forwardError(w http.ResponseWriter, r *http.Request, err error)
 // Status is the HTTP answer for a Tunneler's dial error, and a short reason for the body:
 //
 //	ErrNotAllowed                      403 Forbidden
+//	ErrBusy (a flow limit)             503 Service Unavailable
 //	timeout (dial or upstream)         504 Gateway Timeout
 //	anything else (refused, an
 //	upstream's refusal, DNS)          502 Bad Gateway, with the error as reason
@@ -419,6 +432,8 @@ func Status(err error) (int, string) {
 	switch {
 	case errors.Is(err, ErrNotAllowed):
 		return http.StatusForbidden, "blocked by rule"
+	case errors.Is(err, ErrBusy):
+		return http.StatusServiceUnavailable, err.Error()
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded),
 		errors.As(err, &ne) && ne.Timeout():
 		return http.StatusGatewayTimeout, "upstream timed out: " + err.Error()

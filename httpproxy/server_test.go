@@ -14,6 +14,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -495,5 +496,67 @@ func TestForwardCutResponseStaysCut(t *testing.T) {
 	body, err := io.ReadAll(resp.Body)
 	if err == nil {
 		t.Fatalf("a response the origin broke off arrived whole: %q", body)
+	}
+}
+
+// oneAtATime is a Tunneler whose Dial allows one upstream connection at a time, as a flow limit
+// of one would.
+type oneAtATime struct {
+	srvTunneler
+	live atomic.Int32
+}
+
+type countedConn struct {
+	net.Conn
+	once sync.Once
+	live *atomic.Int32
+}
+
+func (c *countedConn) Close() error { c.once.Do(func() { c.live.Add(-1) }); return c.Conn.Close() }
+
+func (o *oneAtATime) Dial(ctx context.Context, t Target) (net.Conn, error) {
+	if o.live.Add(1) > 1 {
+		o.live.Add(-1)
+		return nil, fmt.Errorf("%w: flow limit", ErrBusy)
+	}
+	c, err := o.srvTunneler.Dial(ctx, t)
+	if err != nil {
+		o.live.Add(-1)
+		return nil, err
+	}
+	return &countedConn{Conn: c, live: &o.live}, nil
+}
+
+// A keep-alive client asking two hosts one after the other under a bound of one upstream
+// connection: its idle connection to the first gives way to the second (it would otherwise be
+// refused while nothing is in flight); a refusal that stands is a 503.
+func TestForwardIdleConnectionsGiveWayToABound(t *testing.T) {
+	b := srvBackend(t)
+	tun := &oneAtATime{srvTunneler: srvTunneler{backend: b.Listener.Addr().String()}}
+	addr := srvStart(t, &Server{Tunneler: tun})
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	br := bufio.NewReader(c)
+	for _, host := range []string{"one.test", "two.test"} {
+		io.WriteString(c, "GET http://"+host+"/ HTTP/1.1\r\nHost: "+host+"\r\n\r\n")
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.ReadAll(resp.Body)
+		if resp.StatusCode != 200 {
+			t.Fatalf("%s: %s; the idle connection to the first host kept the slot", host, resp.Status)
+		}
+	}
+	// Someone else's connection holds the slot: the refusal stands, as a 503.
+	tun.live.Add(1)
+	defer tun.live.Add(-1)
+	resp, _ := srvRoundTrip(t, addr, "GET http://three.test/ HTTP/1.1\r\nHost: three.test\r\n\r\n")
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("a standing refusal: %s, want 503", resp.Status)
 	}
 }
