@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -62,10 +63,25 @@ func Run(ctx context.Context, cfg *configs.Config, log *logrus.Logger, reload <-
 	rt.flowCtx = flowCtx
 	defer rt.closeInbounds()
 
-	if len(cfg.LAN.Interfaces) > 0 {
+	// Every listener opens before the kernel is touched: a start that fails (a port taken)
+	// leaves the kernel as it found it, including a table a crash left with on_crash closed,
+	// which keeps the LAN from leaking direct until a start succeeds.
+	capture := len(cfg.LAN.Interfaces) > 0
+	if capture {
 		if err := rt.startTransparentTCP(cfg); err != nil {
 			return err
 		}
+	}
+	// The other inbounds, each in its own file: explicit HTTP/SOCKS ports, transparent UDP and
+	// the admin endpoint. Each returns what must be closed at shutdown (or when a reload
+	// replaces it).
+	for _, kind := range []string{inboundExplicit, inboundUDP, inboundAdmin} {
+		if err := rt.startInbound(kind, cfg); err != nil {
+			return err
+		}
+	}
+
+	if capture {
 		spec := rt.ruleSpec(cfg)
 		rt.rules, err = redirect.Apply(spec)
 		if err != nil {
@@ -85,14 +101,11 @@ func Run(ctx context.Context, cfg *configs.Config, log *logrus.Logger, reload <-
 		}).Info("transparent capture on")
 	} else {
 		log.Info("lan.interfaces is empty: no transparent capture, explicit ports only")
-	}
-
-	// The other inbounds, each in its own file: explicit HTTP/SOCKS ports, transparent UDP and
-	// the admin endpoint. Each returns what must be closed at shutdown (or when a reload
-	// replaces it).
-	for _, kind := range []string{inboundExplicit, inboundUDP, inboundAdmin} {
-		if err := rt.startInbound(kind, cfg); err != nil {
-			return err
+		// Capture turned off by a restart after a crash with on_crash closed: the table that
+		// crash left would keep capturing into nothing. (One owned by a running socksgate,
+		// on_crash open, cannot be removed, nor can anything without CAP_NET_ADMIN.)
+		if err := redirect.Remove(SpecFromConfig(cfg, nil)); err != nil && !errors.Is(err, syscall.EPERM) {
+			log.WithError(err).Warn("removing rules an earlier run may have left")
 		}
 	}
 

@@ -153,6 +153,18 @@ func TestTransparentRulesLifecycle(t *testing.T) {
 		if out, err := curl(tp.LAN, "--max-time", "3", urlFor(netlab.WAN4, "/")); err == nil {
 			t.Fatalf("lan reached wan while socksgate was dead with on_crash closed: %q", out)
 		}
+		// A start that fails (its admin port is taken) leaves that table as it is.
+		tp.GW.Listen("tcp", "127.0.0.1:9099")
+		failed := tp.GW.Start(socksgateBin, "run", "-c", writeFile(t, "failing.yaml", cfg+"admin: 127.0.0.1:9099\n"))
+		if exited, err := failed.Wait(15 * time.Second); !exited || err == nil {
+			t.Fatalf("a start with its admin port taken: exited=%v err=%v\n%s", exited, err, failed.Output())
+		}
+		if got := countLines(nftTables(t, tp.GW), "socksgate"); got != 1 {
+			t.Fatalf("%d socksgate tables after a failed start, want the one left to fail closed\n%s", got, failed.Output())
+		}
+		if out, err := curl(tp.LAN, "--max-time", "3", urlFor(netlab.WAN4, "/")); err == nil {
+			t.Fatalf("lan reached wan after a failed start with on_crash closed: %q", out)
+		}
 		gw = startSocksgate(t, tp.GW, cfg)
 		if got := countLines(nftTables(t, tp.GW), "socksgate"); got != 1 {
 			t.Fatalf("%d socksgate tables after restart", got)
@@ -163,6 +175,14 @@ func TestTransparentRulesLifecycle(t *testing.T) {
 		}
 		if out, err := curl(tp.LAN, urlFor(netlab.WAN4, "/")); err != nil || out != pageBody {
 			t.Fatalf("curl after restart: %v: %q", err, out)
+		}
+		// Crashed again, then restarted with capture turned off: the table goes too.
+		gw.Kill()
+		off := strings.Replace(cfg, "lan: {interfaces: ["+netlab.GWLANIf+"]}", "lan: {interfaces: []}", 1)
+		off = strings.Replace(off, "listen: {http: [], socks: []}", "listen: {http: [\"127.0.0.1:8080\"], socks: []}", 1)
+		gw = startSocksgate(t, tp.GW, off)
+		if tables := nftTables(t, tp.GW); strings.Contains(tables, "socksgate") {
+			t.Fatalf("a start with capture off left the crashed run's table:\n%s", tables)
 		}
 		gw.Signal(syscall.SIGTERM)
 		gw.Wait(10 * time.Second)
