@@ -107,21 +107,21 @@ func (r *Ruleset) install(s Spec, oldTable string) error {
 		added = !had
 		if err != nil {
 			if added {
-				err = errors.Join(err, removePolicy(h, s))
+				err = errors.Join(err, undoPolicy(h, s))
 			}
 			return err
 		}
 	}
 	if err := r.conn.install(s.plan(), oldTable); err != nil {
 		if added {
-			err = errors.Join(err, removePolicy(h, s))
+			err = errors.Join(err, undoPolicy(h, s))
 		}
 		return err
 	}
 	if !s.needsPolicyRouting() {
 		return removePolicy(h, s)
 	}
-	return nil
+	return sweepPolicy(h, s)
 }
 
 // Spec returns the spec in force, with defaults filled in.

@@ -76,10 +76,10 @@ func listRules(h *netlink.Handle, family int) ([]netlink.Rule, error) {
 	return nil, err
 }
 
-// ensurePolicy makes the policy routing exactly what s, which needs it, asks for:
-// the wanted rule and route are added first (EEXIST is fine), then stale rules at
-// our priority and table are swept, so at no moment is there no rule for a mark
-// the installed nftables rules may already be setting.
+// ensurePolicy adds the policy routing s, which needs it, asks for: the local route
+// and the fwmark rule (EEXIST is fine). Stale rules at our priority and table stay
+// until sweepPolicy: the rules in force (a table being replaced) may still be
+// setting their mark.
 func ensurePolicy(h *netlink.Handle, s Spec) error {
 	lo, err := h.LinkByName("lo")
 	if err != nil {
@@ -92,6 +92,14 @@ func ensurePolicy(h *netlink.Handle, s Spec) error {
 		if err := h.RuleAdd(policyRule(s, f)); err != nil && !errors.Is(err, unix.EEXIST) {
 			return fmt.Errorf("add %s rule fwmark %#x lookup %d priority %d: %w", familyName(f), s.TProxyMark, s.RouteTable, s.RulePriority, err)
 		}
+	}
+	return nil
+}
+
+// sweepPolicy deletes the rules at our priority and table that s does not want (another
+// mark, duplicates a crashed run left); run once the nftables rules of s are in force.
+func sweepPolicy(h *netlink.Handle, s Spec) error {
+	for _, f := range families {
 		rules, err := listRules(h, f)
 		if err != nil {
 			return fmt.Errorf("list %s rules: %w", familyName(f), err)
@@ -105,6 +113,35 @@ func ensurePolicy(h *netlink.Handle, s Spec) error {
 		}
 	}
 	return nil
+}
+
+// undoPolicy takes out the rule ensurePolicy added for s, and its route if no rule of ours
+// is left at that priority and table (one that is may belong to rules still in force).
+func undoPolicy(h *netlink.Handle, s Spec) error {
+	var errs []error
+	left := false
+	for _, f := range families {
+		rules, err := listRules(h, f)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("list %s rules: %w", familyName(f), err))
+			left = true
+			continue
+		}
+		for _, r := range rules {
+			switch {
+			case isWanted(s, r):
+				if err := delRule(h, r); err != nil {
+					errs = append(errs, err)
+				}
+			case isOurRule(s, r):
+				left = true
+			}
+		}
+	}
+	if !left {
+		errs = append(errs, removePolicy(h, s))
+	}
+	return errors.Join(errs...)
 }
 
 // hasPolicy reports whether the rule s wants is in place for every family already.

@@ -631,10 +631,20 @@ func TestFailedApplyTakesOutOnlyThePolicyRoutingItAdded(t *testing.T) {
 	if _, err := Apply(other, WithNetNS(ns.fd)); !errors.Is(err, unix.EPERM) {
 		t.Fatalf("Apply over an owned table: %v, want EPERM", err)
 	}
+	// Another mark at the owner's priority and table: the owner's rule and route must survive
+	// the failed Apply, which takes out only its own rule.
+	remarked := systemSpec()
+	remarked.TProxyMark = 0x3
+	if _, err := Apply(remarked, WithNetNS(ns.fd)); !errors.Is(err, unix.EPERM) {
+		t.Fatalf("Apply over an owned table: %v, want EPERM", err)
+	}
 	for _, fam := range []string{"-4", "-6"} {
 		rules := ns.ipRules(t, fam)
 		if !strings.Contains(rules, "fwmark 0x2 lookup 123") {
 			t.Errorf("ip %s: the owner's rule was removed by a failed Apply:\n%s", fam, rules)
+		}
+		if strings.Contains(rules, "fwmark 0x3") {
+			t.Errorf("ip %s: a failed Apply left its rule for another mark:\n%s", fam, rules)
 		}
 		if strings.Contains(rules, "lookup 124") {
 			t.Errorf("ip %s: a failed Apply left its rule:\n%s", fam, rules)
