@@ -23,6 +23,8 @@ const (
 	opTProxy                       // iifname @lan_ifaces meta l4proto P meta nfproto F tproxy ipX to :P meta mark set M accept
 	opDropUDP                      // iifname @lan_ifaces meta l4proto udp drop
 	opRejectTCP                    // iifname @lan_ifaces meta l4proto tcp reject with tcp reset
+	opReplyReturn                  // ct direction reply return
+	opNotrackReplies               // meta mark & M == M meta l4proto udp fib saddr type != local notrack
 )
 
 // IP protocol numbers and the address families of a TPROXY rule.
@@ -42,7 +44,8 @@ type rule struct {
 type chainPlan struct {
 	name     string
 	typ      string // "filter" or "nat"
-	priority int32  // -150 (mangle) or -100 (dstnat)
+	output   bool   // hook output; otherwise prerouting
+	priority int32  // -150 (mangle), -100 (dstnat) or -300 (raw)
 	rules    []rule
 }
 
@@ -84,6 +87,17 @@ type tablePlan struct {
 //   - TPROXY for TCP is preceded by `socket transparent 1`: packets of an
 //     established TPROXY connection already have a transparent socket and only
 //     need the mark, which skips the listener lookup.
+//   - The TPROXY chain also lets through packets conntrack has as replies (`ct
+//     direction reply`): a LAN host answering a connection that came from
+//     outside (a port forward, allowed inbound IPv6) is not a flow of its own.
+//     The nat chain needs no such rule: it only sees a connection's first packet.
+//   - Which in turn needs the raw output chain: a reply socket sends a full-cone
+//     UDP reply from a remote the client never wrote to, and conntrack would
+//     record that as a new connection, making the client's next datagram to that
+//     remote a "reply" the TPROXY chain lets go direct. Reply sockets are the
+//     only sockets of socksgate that send UDP from an address that is not the
+//     router's (`fib saddr type != local`, with socksgate's mark): those packets
+//     are not tracked.
 //   - on_crash closed: a TPROXY rule whose socket is gone simply does not
 //     match, and the packet would be forwarded as if there were no rule. So
 //     after the TPROXY rules, LAN UDP is dropped and LAN TCP (tproxy mode) is
@@ -108,7 +122,8 @@ func (s Spec) plan() tablePlan {
 
 	if s.needsPolicyRouting() {
 		c := chainPlan{name: chainMangle, typ: "filter", priority: -150}
-		c.rules = append(c.rules, exemptions...)
+		c.rules = append(c.rules, exemptions[0], rule{op: opReplyReturn})
+		c.rules = append(c.rules, exemptions[1:]...)
 		if s.tproxyTCP() {
 			c.rules = append(c.rules,
 				rule{op: opTransparentTCP, mark: s.TProxyMark},
@@ -131,6 +146,10 @@ func (s Spec) plan() tablePlan {
 			}
 		}
 		t.chains = append(t.chains, c)
+	}
+	if s.captureUDP() {
+		t.chains = append(t.chains, chainPlan{name: chainRawOut, typ: "filter", output: true, priority: -300,
+			rules: []rule{{op: opNotrackReplies, mark: s.Mark}}})
 	}
 	if s.redirectTCP() {
 		c := chainPlan{name: chainNAT, typ: "nat", priority: -100}
@@ -180,6 +199,10 @@ func (r rule) String() string {
 		return lan + "meta l4proto udp drop"
 	case opRejectTCP:
 		return lan + "meta l4proto tcp reject with tcp reset"
+	case opReplyReturn:
+		return "ct direction reply return"
+	case opNotrackReplies:
+		return fmt.Sprintf("meta mark & 0x%08x == 0x%08x meta l4proto udp fib saddr type != local notrack", r.mark, r.mark)
 	}
 	return fmt.Sprintf("# unknown rule op %d", r.op)
 }
@@ -230,11 +253,17 @@ func (s Spec) Render() string {
 	b.WriteString("\n")
 	writeSet(setBypass6, "ipv6_addr", true, rangeStrings(p.bypass6))
 	for _, c := range p.chains {
-		prio := "mangle"
-		if c.priority == -100 {
+		prio, hook := "mangle", "prerouting"
+		switch {
+		case c.priority == -100:
 			prio = "dstnat"
+		case c.priority == -300:
+			prio = "raw"
 		}
-		fmt.Fprintf(&b, "\n\tchain %s {\n\t\ttype %s hook prerouting priority %s; policy accept;\n", c.name, c.typ, prio)
+		if c.output {
+			hook = "output"
+		}
+		fmt.Fprintf(&b, "\n\tchain %s {\n\t\ttype %s hook %s priority %s; policy accept;\n", c.name, c.typ, hook, prio)
 		for _, r := range c.rules {
 			b.WriteString("\t\t" + r.String() + "\n")
 		}

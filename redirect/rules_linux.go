@@ -41,8 +41,34 @@ func (r rule) exprs(sets setRefs) []expr.Any {
 		return dropUDP(sets.lan)
 	case opRejectTCP:
 		return rejectTCP(sets.lan)
+	case opReplyReturn:
+		return replyReturn()
+	case opNotrackReplies:
+		return notrackReplies(r.mark)
 	}
 	return nil
+}
+
+// replyReturn: ct direction reply return
+func replyReturn() []expr.Any {
+	return []expr.Any{
+		&expr.Ct{Register: 1, Key: expr.CtKeyDIRECTION},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{1}}, // IP_CT_DIR_REPLY
+		&expr.Verdict{Kind: expr.VerdictReturn},
+	}
+}
+
+// notrackReplies: meta mark & M == M meta l4proto udp fib saddr type != local notrack
+func notrackReplies(mark uint32) []expr.Any {
+	e := ownMarkReturn(mark)
+	e = e[:len(e)-1] // the mark match, without its return
+	return append(e,
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{protoUDP}},
+		&expr.Fib{Register: 1, FlagSADDR: true, ResultADDRTYPE: true},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(unix.RTN_LOCAL)},
+		&expr.Notrack{},
+	)
 }
 
 // ownMarkReturn: meta mark & M == M return

@@ -45,6 +45,7 @@ const (
 	setBypass6  = "bypass6"
 	chainNAT    = "prerouting_nat"
 	chainMangle = "prerouting_mangle"
+	chainRawOut = "output_raw"
 )
 
 // Spec is everything the kernel rules depend on.

@@ -158,6 +158,10 @@ func opsOf(c chainPlan) []ruleOp {
 func TestPlanChains(t *testing.T) {
 	exempt := []ruleOp{opOwnMarkReturn, opNotUnicast, opLocalReturn, opBypass4Return, opBypass6Return}
 	with := func(ops ...ruleOp) []ruleOp { return append(slices.Clone(exempt), ops...) }
+	// The TPROXY chain lets conntrack's replies through, right after socksgate's own mark.
+	withReplies := func(ops ...ruleOp) []ruleOp {
+		return append([]ruleOp{opOwnMarkReturn, opReplyReturn}, append(slices.Clone(exempt[1:]), ops...)...)
+	}
 	base := Spec{LANInterfaces: []string{"eth1"}, TCPPort: 1, UDPPort: 2, Mark: 1}
 	for _, tc := range []struct {
 		name           string
@@ -165,17 +169,17 @@ func TestPlanChains(t *testing.T) {
 		mangle, natOps []ruleOp // nil: chain absent
 	}{
 		{"redirect tcp, udp, closed", func(*Spec) {},
-			with(opTProxy, opTProxy, opDropUDP), with(opRedirectTCP)},
+			withReplies(opTProxy, opTProxy, opDropUDP), with(opRedirectTCP)},
 		{"redirect tcp, udp, open: no drop", func(s *Spec) { s.OnCrash = OnCrashOpen },
-			with(opTProxy, opTProxy), with(opRedirectTCP)},
+			withReplies(opTProxy, opTProxy), with(opRedirectTCP)},
 		{"tproxy tcp, udp, closed", func(s *Spec) { s.TCPMode = TCPModeTProxy },
-			with(opTransparentTCP, opTProxy, opTProxy, opTProxy, opTProxy, opDropUDP, opRejectTCP), nil},
+			withReplies(opTransparentTCP, opTProxy, opTProxy, opTProxy, opTProxy, opDropUDP, opRejectTCP), nil},
 		{"tproxy tcp only, closed: reset, no udp drop", func(s *Spec) { s.TCPMode = TCPModeTProxy; s.UDPPort = 0 },
-			with(opTransparentTCP, opTProxy, opTProxy, opRejectTCP), nil},
+			withReplies(opTransparentTCP, opTProxy, opTProxy, opRejectTCP), nil},
 		{"tproxy tcp only, open", func(s *Spec) { s.TCPMode = TCPModeTProxy; s.UDPPort = 0; s.OnCrash = OnCrashOpen },
-			with(opTransparentTCP, opTProxy, opTProxy), nil},
+			withReplies(opTransparentTCP, opTProxy, opTProxy), nil},
 		{"redirect tcp only: no mangle chain", func(s *Spec) { s.UDPPort = 0 }, nil, with(opRedirectTCP)},
-		{"udp only", func(s *Spec) { s.TCPPort = 0 }, with(opTProxy, opTProxy, opDropUDP), nil},
+		{"udp only", func(s *Spec) { s.TCPPort = 0 }, withReplies(opTProxy, opTProxy, opDropUDP), nil},
 		{"no interfaces: nothing", func(s *Spec) { s.LANInterfaces = nil }, nil, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -183,8 +187,14 @@ func TestPlanChains(t *testing.T) {
 			tc.mod(&s)
 			p := s.withDefaults().plan()
 			var mangle, nat []ruleOp
+			rawOut := false
 			for _, c := range p.chains {
 				switch c.name {
+				case chainRawOut:
+					rawOut = true
+					if ops := opsOf(c); !c.output || c.priority != -300 || !slices.Equal(ops, []ruleOp{opNotrackReplies}) {
+						t.Errorf("raw output chain: output %v at %d, ops %v", c.output, c.priority, ops)
+					}
 				case chainMangle:
 					mangle = opsOf(c)
 					if c.typ != "filter" || c.priority != -150 {
@@ -202,6 +212,10 @@ func TestPlanChains(t *testing.T) {
 			}
 			if !slices.Equal(nat, tc.natOps) {
 				t.Errorf("nat ops = %v, want %v", nat, tc.natOps)
+			}
+			// UDP's reply sockets are left untracked exactly when UDP is captured.
+			if want := s.withDefaults().captureUDP(); rawOut != want {
+				t.Errorf("raw output chain present: %v, want %v", rawOut, want)
 			}
 		})
 	}
@@ -245,6 +259,7 @@ table inet socksgate {
 	chain prerouting_mangle {
 		type filter hook prerouting priority mangle; policy accept;
 		meta mark & 0x00000100 == 0x00000100 return
+		ct direction reply return
 		meta pkttype != host return
 		fib daddr type local return
 		ip daddr @bypass4 return
@@ -252,6 +267,11 @@ table inet socksgate {
 		iifname @lan_ifaces meta l4proto udp meta nfproto ipv4 tproxy ip to :12346 meta mark set 0x00000002 accept
 		iifname @lan_ifaces meta l4proto udp meta nfproto ipv6 tproxy ip6 to :12346 meta mark set 0x00000002 accept
 		iifname @lan_ifaces meta l4proto udp drop
+	}
+
+	chain output_raw {
+		type filter hook output priority raw; policy accept;
+		meta mark & 0x00000100 == 0x00000100 meta l4proto udp fib saddr type != local notrack
 	}
 
 	chain prerouting_nat {

@@ -202,11 +202,15 @@ func (tc *tableConn) install(p tablePlan, oldName string) error {
 			typ = nftables.ChainTypeNAT
 		}
 		policy := nftables.ChainPolicyAccept
+		hook := nftables.ChainHookPrerouting
+		if cp.output {
+			hook = nftables.ChainHookOutput
+		}
 		ch := c.AddChain(&nftables.Chain{
 			Name:     cp.name,
 			Table:    t,
 			Type:     typ,
-			Hooknum:  nftables.ChainHookPrerouting,
+			Hooknum:  hook,
 			Priority: nftables.ChainPriorityRef(nftables.ChainPriority(cp.priority)),
 			Policy:   &policy,
 		})

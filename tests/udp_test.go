@@ -372,6 +372,16 @@ func TestUDPFullConeReplyFromAnotherRemote(t *testing.T) {
 			out.WriteTo(buf[:n], from)
 		}
 	}()
+	go func() { // the second port answers what it is sent itself
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := out.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			out.WriteTo(append([]byte("back:"), buf[:n]...), from)
+		}
+	}()
 	// dante connects its relay socket to the first destination unless told not to; with
 	// udp.connectdst off it relays replies from any remote (udpreply from 0/0).
 	startDante(t, tp, danteOptions{Server: "udp.connectdst: no"}) // replies from any remote
@@ -382,6 +392,11 @@ func TestUDPFullConeReplyFromAnotherRemote(t *testing.T) {
 		want := netip.AddrPortFrom(dst.Addr(), 7012)
 		if got, from, err := udpExchange(client, dst, "cone", 3, time.Second); err != nil || got != "cone" || from != want {
 			t.Fatalf("sent to %s: %q from %s, %v; want the answer from %s\n%s", dst, got, from, err, want, gw.Output())
+		}
+		// Then the client writes to the remote that answered: still captured and carried
+		// (the reply socket's datagram left no conntrack entry that would make it a "reply").
+		if got, from, err := udpExchange(client, want, "again", 3, time.Second); err != nil || got != "back:again" || from != want {
+			t.Fatalf("sent to %s, which had answered: %q from %s, %v\n%s", want, got, from, err, gw.Output())
 		}
 	}
 }
@@ -418,5 +433,40 @@ func TestUDPToTheListenerItselfIsNotALoop(t *testing.T) {
 	echo := netip.AddrPortFrom(netip.MustParseAddr(netlab.WAN4), 7)
 	if got, _, err := udpExchange(pc, echo, "captured", 3, time.Second); err != nil || got != "captured" {
 		t.Fatalf("captured echo after the loop attempt: %q, %v\n%s", got, err, gw.Output())
+	}
+}
+
+// A LAN host answering a datagram that came from outside through a port forward (DNAT on the
+// router) is answering, not starting a flow: its reply goes back the way the request came,
+// instead of being captured as a UDP session of its own and sent to the upstream.
+func TestUDPRepliesToAPortForwardAreNotCaptured(t *testing.T) {
+	tp := netlab.NewTopology(t)
+	startDante(t, tp, danteOptions{})
+	gw := startSocksgate(t, tp.GW, udpConfig("socks5://"+netlab.Proxy4+":1080", "", ""))
+	// The router forwards udp/5353 on its upstream address to the LAN host, and the lab's
+	// filter lets that exchange through (it drops the LAN's own direct traffic otherwise).
+	tp.GW.MustRun("nft", "add table ip labpf")
+	tp.GW.MustRun("nft", "add chain ip labpf pre { type nat hook prerouting priority dstnat; policy accept; }")
+	tp.GW.MustRun("nft", "add rule ip labpf pre iifname "+netlab.GWUpIf+" udp dport 5353 dnat to "+netlab.LAN4+":5353")
+	tp.AllowDirect(netlab.WAN4)
+	server := tp.LAN.ListenPacket("udp", "0.0.0.0:5353")
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := server.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			server.WriteTo(append([]byte("lan:"), buf[:n]...), from)
+		}
+	}()
+	client := tp.WAN.ListenPacket("udp", "0.0.0.0:0")
+	fwd := netip.AddrPortFrom(netip.MustParseAddr(netlab.GWUp4), 5353)
+	if got, from, err := udpExchange(client, fwd, "hello", 3, time.Second); err != nil || got != "lan:hello" || from != fwd {
+		t.Fatalf("through the port forward: %q from %s, %v\n%s", got, from, err, gw.Output())
+	}
+	time.Sleep(1500 * time.Millisecond) // a session would have ended (udp_idle 1s) and been logged
+	if strings.Contains(gw.Output(), "udp session") || strings.Contains(gw.Output(), `src="`+netlab.LAN4+`:5353"`) {
+		t.Fatalf("the LAN host's reply was taken for a session of its own:\n%s", gw.Output())
 	}
 }
