@@ -124,6 +124,7 @@ func (g *Gateway) startExplicit(ctx context.Context, cfg *configs.Config, log *l
 	if len(cfg.LAN.Interfaces) > 0 {
 		guard.add(netip.AddrPortFrom(netip.IPv6Unspecified(), cfg.Transparent.TCPPort))
 	}
+	g.guard.Store(guard)
 	// The listeners close first (no new clients), then the HTTP server lets requests in
 	// progress finish.
 	return append(lns, httpCloser), nil
@@ -226,8 +227,9 @@ func peekByte(c net.Conn, timeout time.Duration) (byte, error) {
 // them (http://gw:8080/ through gw:8080) is refused instead of dialing itself forever.
 type loopGuard struct {
 	mu    sync.Mutex
-	own   []netip.AddrPort
-	local []netip.Addr
+	own     []netip.AddrPort
+	local   []netip.Addr
+	localAt time.Time // when local was read
 }
 
 func (l *loopGuard) add(ap netip.AddrPort) {
@@ -262,7 +264,8 @@ func (l *loopGuard) loops(dst netip.AddrPort) bool {
 }
 
 func (l *loopGuard) isLocal(a netip.Addr) bool {
-	if l.local == nil {
+	if l.local == nil || time.Since(l.localAt) > 30*time.Second { // addresses come and go (DHCP, PPPoE, IPv6)
+		l.localAt = time.Now()
 		addrs, _ := net.InterfaceAddrs()
 		l.local = []netip.Addr{}
 		for _, ad := range addrs {

@@ -317,3 +317,35 @@ func TestIdleSweeperExpiresForwardedConnections(t *testing.T) {
 	}
 	waitUntil(t, "the flow to end", func() bool { return g.Active() == 0 })
 }
+
+// A destination given by name that leads back to one of socksgate's own explicit listeners
+// (localhost, the router's own name) is refused once dialled direct: the flow would come back
+// in as the router, past the client's own rules and limits.
+func TestNamedDestinationLoopingToAListenerIsRefused(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	listener := netip.MustParseAddrPort(ln.Addr().String())
+	g := &Gateway{Router: fixedRouter{Action: ActionDirect, Upstream: Direct{}, Rule: "all"}}
+	guard := &loopGuard{}
+	guard.add(listener)
+	g.guard.Store(guard)
+	f := Flow{Network: "tcp", Src: netip.MustParseAddrPort("10.0.1.2:5000"), Host: "localhost", Port: listener.Port(), Inbound: InboundHTTP}
+	if c, _, err := g.Dial(context.Background(), f); !errors.Is(err, errLoop) {
+		if c != nil {
+			c.Close()
+		}
+		t.Fatalf("dial localhost:%d, the explicit listener: %v, want the loop refused", listener.Port(), err)
+	}
+}

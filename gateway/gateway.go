@@ -40,6 +40,7 @@ type Gateway struct {
 	health   atomic.Pointer[groupHealth] // upstreams in force, for health reporting
 	reloaded atomic.Pointer[routerBox]   // the router of the last reload, replacing Router
 	fallback atomic.Pointer[routerBox]   // UDPFallback as the last reload set it (Router unused)
+	guard    atomic.Pointer[loopGuard]   // the explicit listeners, which a named destination may turn out to be
 
 	mu       sync.Mutex
 	flows    map[*liveFlow]struct{}
@@ -94,6 +95,15 @@ func (g *Gateway) Dial(ctx context.Context, f Flow) (net.Conn, Decision, error) 
 	c, err := d.Upstream.DialContext(ctx, "tcp", addr)
 	if m, ok := c.(interface{ Member() string }); ok {
 		d.Member = m.Member()
+	}
+	if err == nil && d.Action == ActionDirect && !f.Dst.IsValid() {
+		// A name (localhost, the router's own name) can lead back to socksgate's own
+		// listeners, which its address would have shown: the flow would come back in as
+		// the router, past the client's own rules and limits.
+		if guard := g.guard.Load(); guard != nil && guard.loops(addrPort(c.RemoteAddr())) {
+			c.Close()
+			return nil, d, errLoop
+		}
 	}
 	return c, d, err
 }
