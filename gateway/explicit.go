@@ -226,7 +226,7 @@ func peekByte(c net.Conn, timeout time.Duration) (byte, error) {
 // loopGuard knows socksgate's own listening ports, so that an explicit client asking for one of
 // them (http://gw:8080/ through gw:8080) is refused instead of dialing itself forever.
 type loopGuard struct {
-	mu    sync.Mutex
+	mu      sync.Mutex
 	own     []netip.AddrPort
 	local   []netip.Addr
 	localAt time.Time // when local was read
