@@ -45,6 +45,21 @@ func reloadEcho(t *testing.T, c net.Conn, r *bufio.Reader, msg string) {
 	}
 }
 
+// reloadTo writes yaml as gw's config file, sends SIGHUP and waits for one more log line with
+// wait in it, which it returns.
+func reloadTo(t *testing.T, gw *netlab.Proc, cfgPath, yaml, wait string) string {
+	t.Helper()
+	if err := os.WriteFile(cfgPath, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	n := strings.Count(gw.Output(), wait)
+	gw.Signal(syscall.SIGHUP)
+	if !waitFor(10*time.Second, func() bool { return strings.Count(gw.Output(), wait) > n }) {
+		t.Fatalf("no %q after SIGHUP:\n%s", wait, gw.Output())
+	}
+	return lastLine(gw.Output(), wait)
+}
+
 // SIGHUP applies a new config without dropping live flows: new rules hold for new flows, the
 // kernel table is replaced (still one), a changed capture port moves; an invalid config is
 // refused with its errors and the running one stays in force.
@@ -69,17 +84,7 @@ func TestReloadKeepsLiveFlowsAndAppliesNewRules(t *testing.T) {
 	lr := bufio.NewReader(live)
 	reloadEcho(t, live, lr, "before")
 
-	reloadWith := func(yaml, wait string) {
-		t.Helper()
-		if err := os.WriteFile(cfgPath, []byte(yaml), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		n := strings.Count(gw.Output(), wait)
-		gw.Signal(syscall.SIGHUP)
-		if !waitFor(10*time.Second, func() bool { return strings.Count(gw.Output(), wait) > n }) {
-			t.Fatalf("no %q after SIGHUP:\n%s", wait, gw.Output())
-		}
-	}
+	reloadWith := func(yaml, wait string) { t.Helper(); reloadTo(t, gw, cfgPath, yaml, wait) }
 
 	// New rules: web traffic to WAN4 is blocked from now on.
 	reloadWith(base+"rules:\n  - {name: no-web4, dst: ["+netlab.WAN4+"/32], dst_ports: [80], action: block}\n  - {action: proxy, upstream: main}\n", "config reloaded")
@@ -178,18 +183,7 @@ func TestReloadCaptureModeAndToggle(t *testing.T) {
 	if !gw.WaitOutput("socksgate ready", 15*time.Second) {
 		t.Fatalf("not ready:\n%s", gw.Output())
 	}
-	reloadWith := func(yaml string) string {
-		t.Helper()
-		if err := os.WriteFile(cfgPath, []byte(yaml), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		n := strings.Count(gw.Output(), "config reloaded")
-		gw.Signal(syscall.SIGHUP)
-		if !waitFor(10*time.Second, func() bool { return strings.Count(gw.Output(), "config reloaded") > n }) {
-			t.Fatalf("no reload after SIGHUP:\n%s", gw.Output())
-		}
-		return lastLine(gw.Output(), "config reloaded")
-	}
+	reloadWith := func(yaml string) string { t.Helper(); return reloadTo(t, gw, cfgPath, yaml, "config reloaded") }
 	web := func(when string) {
 		t.Helper()
 		if out, err := curl(tp.LAN, urlFor(netlab.WAN4, "/")); err != nil || out != pageBody {
@@ -289,18 +283,7 @@ func TestReloadMovesUDPPort(t *testing.T) {
 			t.Fatalf("udp echo %s: %q, %v\n%s", when, got, err, gw.Output())
 		}
 	}
-	reloadWith := func(yaml string) string {
-		t.Helper()
-		if err := os.WriteFile(cfgPath, []byte(yaml), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		n := strings.Count(gw.Output(), "config reloaded")
-		gw.Signal(syscall.SIGHUP)
-		if !waitFor(10*time.Second, func() bool { return strings.Count(gw.Output(), "config reloaded") > n }) {
-			t.Fatalf("no reload after SIGHUP:\n%s", gw.Output())
-		}
-		return lastLine(gw.Output(), "config reloaded")
-	}
+	reloadWith := func(yaml string) string { t.Helper(); return reloadTo(t, gw, cfgPath, yaml, "config reloaded") }
 	exchange("at start")
 
 	tp.GW.ListenPacket("udp", "[::]:12350") // a local daemon holds the port
