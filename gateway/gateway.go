@@ -39,7 +39,7 @@ type Gateway struct {
 
 	health   atomic.Pointer[groupHealth] // upstreams in force, for health reporting
 	reloaded atomic.Pointer[routerBox]   // the router of the last reload, replacing Router
-	fallback atomic.Pointer[routerBox]   // UDPFallback as the last reload set it (Router unused)
+	fallback atomic.Pointer[upstreamBox] // UDPFallback as the last reload set it
 	guard    atomic.Pointer[loopGuard]   // the explicit listeners, which a named destination may turn out to be
 
 	mu       sync.Mutex
@@ -304,10 +304,10 @@ func (g *Gateway) Refusals() map[string]uint64 {
 	return out
 }
 
-type routerBox struct {
-	Router
-	fallback Upstream
-}
+type routerBox struct{ Router }
+
+// upstreamBox holds an Upstream, which may be nil, for an atomic.Pointer.
+type upstreamBox struct{ Upstream }
 
 // router is the router in force: Router, or the one the last reload installed.
 func (g *Gateway) router() Router {
@@ -319,15 +319,15 @@ func (g *Gateway) router() Router {
 
 // SetRouter switches the router for every flow routed from now on; live flows keep the
 // decision they were made with.
-func (g *Gateway) SetRouter(r Router) { g.reloaded.Store(&routerBox{Router: r}) }
+func (g *Gateway) SetRouter(r Router) { g.reloaded.Store(&routerBox{r}) }
 
 // SetUDPFallback replaces UDPFallback for new UDP sessions (a reload); nil drops such UDP.
-func (g *Gateway) SetUDPFallback(up Upstream) { g.fallback.Store(&routerBox{fallback: up}) }
+func (g *Gateway) SetUDPFallback(up Upstream) { g.fallback.Store(&upstreamBox{up}) }
 
 // udpFallback is the UDP fallback in force: UDPFallback, or the last reload's.
 func (g *Gateway) udpFallback() Upstream {
 	if b := g.fallback.Load(); b != nil {
-		return b.fallback
+		return b.Upstream
 	}
 	return g.UDPFallback
 }
