@@ -259,13 +259,14 @@ func TestExplicitUDPAssociationsAreHeldToTheFlowLimits(t *testing.T) {
 	}
 }
 
-// slowUDPUpstream opens its UDP path only when released.
+// slowUDPUpstream opens its UDP path only when released; entered says a dial has begun.
 type slowUDPUpstream struct {
 	stubUpstream
-	release chan struct{}
+	entered, release chan struct{}
 }
 
 func (u slowUDPUpstream) ListenPacket(ctx context.Context) (net.PacketConn, error) {
+	u.entered <- struct{}{}
 	select {
 	case <-u.release:
 	case <-ctx.Done():
@@ -275,7 +276,7 @@ func (u slowUDPUpstream) ListenPacket(ctx context.Context) (net.PacketConn, erro
 
 // The flow list does not wait for an association that is opening its path to an upstream.
 func TestFlowListDoesNotWaitForAnAssociationsDial(t *testing.T) {
-	up := slowUDPUpstream{stubUpstream{"slow"}, make(chan struct{})}
+	up := slowUDPUpstream{stubUpstream{"slow"}, make(chan struct{}, 1), make(chan struct{})}
 	defer close(up.release)
 	g := &Gateway{Router: fixedRouter{Action: ActionProxy, Upstream: up, Rule: "all"}}
 	u, err := (&socksInbound{g: g}).OpenUDP(context.Background(), netip.MustParseAddrPort("10.0.1.2:5000"), func([]byte, socks.Addr) {})
@@ -284,7 +285,7 @@ func TestFlowListDoesNotWaitForAnAssociationsDial(t *testing.T) {
 	}
 	defer u.Close()
 	go u.Send(context.Background(), []byte("q"), socksserver.Target{Addr: netip.MustParseAddrPort("203.0.113.10:53")})
-	time.Sleep(50 * time.Millisecond) // the datagram is in the dial, holding the association
+	<-up.entered // the datagram is in the dial, holding the association
 	listed := make(chan []admin.Flow, 1)
 	go func() { listed <- g.LiveFlows() }()
 	select {
@@ -322,21 +323,7 @@ func TestIdleSweeperExpiresForwardedConnections(t *testing.T) {
 // (localhost, the router's own name) is refused once dialled direct: the flow would come back
 // in as the router, past the client's own rules and limits.
 func TestNamedDestinationLoopingToAListenerIsRefused(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
-	listener := netip.MustParseAddrPort(ln.Addr().String())
+	listener := serveLoopback(t, func(c net.Conn) { c.Close() })
 	g := &Gateway{Router: fixedRouter{Action: ActionDirect, Upstream: Direct{}, Rule: "all"}}
 	guard := &loopGuard{}
 	guard.add(listener)

@@ -37,9 +37,6 @@ var theParker parker
 // parker could take it.
 var errNotParked = errors.New("relay parker: direction no longer parked")
 
-// testHookPark, when set by a test, runs in park before the parker's lock is taken.
-var testHookPark func(*direction)
-
 // startParker starts the parker with the first relay, not the first park, so that its epoll
 // descriptor and goroutine are part of the process's baseline from the first flow on.
 func startParker() { theParker.once.Do(theParker.init) }
@@ -51,9 +48,6 @@ func park(d *direction) error {
 	p.once.Do(p.init)
 	if p.err != nil {
 		return p.err
-	}
-	if testHookPark != nil {
-		testHookPark(d)
 	}
 	op := unix.EPOLL_CTL_MOD
 	p.mu.Lock()

@@ -22,6 +22,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -112,12 +113,32 @@ func writeFile(t testing.TB, name, content string) string {
 // says it is ready.
 func startSocksgate(t testing.TB, ns *netlab.NS, yaml string) *netlab.Proc {
 	t.Helper()
+	p, _ := startSocksgateFile(t, ns, yaml)
+	return p
+}
+
+// startSocksgateFile is startSocksgate that also returns the config file's path, for tests that
+// rewrite it and reload.
+func startSocksgateFile(t testing.TB, ns *netlab.NS, yaml string) (*netlab.Proc, string) {
+	t.Helper()
 	cfg := writeFile(t, "socksgate.yaml", yaml)
 	p := ns.Start(socksgateBin, "run", "-c", cfg)
 	if !p.WaitOutput("socksgate ready", 15*time.Second) {
 		t.Fatalf("socksgate did not become ready:\n%s", p.Output())
 	}
-	return p
+	return p, cfg
+}
+
+// stopSocksgate sends SIGTERM and checks that socksgate exits cleanly and leaves no table.
+func stopSocksgate(t testing.TB, ns *netlab.NS, gw *netlab.Proc) {
+	t.Helper()
+	gw.Signal(syscall.SIGTERM)
+	if exited, err := gw.Wait(10 * time.Second); !exited || err != nil {
+		t.Fatalf("exit after SIGTERM: exited=%v err=%v\n%s", exited, err, gw.Output())
+	}
+	if tables := nftTables(t, ns); strings.Contains(tables, "socksgate") {
+		t.Fatalf("table left after SIGTERM:\n%s", tables)
+	}
 }
 
 // gatewayConfig is the usual transparent config: capture on gw's LAN interface, everything

@@ -69,11 +69,7 @@ func TestReloadKeepsLiveFlowsAndAppliesNewRules(t *testing.T) {
 	reloadEchoServer(t, tp)
 	startMicrosocks(t, tp, "", "")
 	base := gatewayConfig("socks5://"+netlab.Proxy4+":1080", "")
-	cfgPath := writeFile(t, "socksgate.yaml", base)
-	gw := tp.GW.Start(socksgateBin, "run", "-c", cfgPath)
-	if !gw.WaitOutput("socksgate ready", 15*time.Second) {
-		t.Fatalf("not ready:\n%s", gw.Output())
-	}
+	gw, cfgPath := startSocksgateFile(t, tp.GW, base)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	live, err := tp.LAN.Dial(ctx, "tcp", net.JoinHostPort(netlab.WAN4, "7000"))
@@ -124,13 +120,7 @@ func TestReloadKeepsLiveFlowsAndAppliesNewRules(t *testing.T) {
 	}
 	reloadEcho(t, live, lr, "after port move")
 
-	gw.Signal(syscall.SIGTERM)
-	if exited, err := gw.Wait(10 * time.Second); !exited || err != nil {
-		t.Fatalf("exit after reloads: %v %v\n%s", exited, err, gw.Output())
-	}
-	if strings.Contains(nftTables(t, tp.GW), "socksgate") {
-		t.Fatal("table left after SIGTERM")
-	}
+	stopSocksgate(t, tp.GW, gw)
 }
 
 // A SIGHUP that arrives while socksgate is shutting down (a reload racing a stop) is ignored:
@@ -140,11 +130,7 @@ func TestReloadSignalDuringShutdown(t *testing.T) {
 	tp := netlab.NewTopology(t)
 	reloadEchoServer(t, tp)
 	startMicrosocks(t, tp, "", "")
-	cfgPath := writeFile(t, "socksgate.yaml", gatewayConfig("socks5://"+netlab.Proxy4+":1080", ""))
-	gw := tp.GW.Start(socksgateBin, "run", "-c", cfgPath)
-	if !gw.WaitOutput("socksgate ready", 15*time.Second) {
-		t.Fatalf("not ready:\n%s", gw.Output())
-	}
+	gw := startSocksgate(t, tp.GW, gatewayConfig("socks5://"+netlab.Proxy4+":1080", ""))
 	// A live flow holds the shutdown in its grace period (timeouts.grace: 2s).
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -178,11 +164,7 @@ func TestReloadCaptureModeAndToggle(t *testing.T) {
 	serveWeb(t, tp)
 	startMicrosocks(t, tp, "", "")
 	base := gatewayConfig("socks5://"+netlab.Proxy4+":1080", "")
-	cfgPath := writeFile(t, "socksgate.yaml", base)
-	gw := tp.GW.Start(socksgateBin, "run", "-c", cfgPath)
-	if !gw.WaitOutput("socksgate ready", 15*time.Second) {
-		t.Fatalf("not ready:\n%s", gw.Output())
-	}
+	gw, cfgPath := startSocksgateFile(t, tp.GW, base)
 	reloadWith := func(yaml string) string { t.Helper(); return reloadTo(t, gw, cfgPath, yaml, "config reloaded") }
 	web := func(when string) {
 		t.Helper()
@@ -227,23 +209,11 @@ func TestReloadCaptureModeAndToggle(t *testing.T) {
 		}
 		web(fmt.Sprintf("after reload %d turning capture off", i))
 	}
-	gw.Signal(syscall.SIGTERM)
-	if exited, err := gw.Wait(10 * time.Second); !exited || err != nil {
-		t.Fatalf("exit: %v %v\n%s", exited, err, gw.Output())
-	}
-	if strings.Contains(nftTables(t, tp.GW), "socksgate") {
-		t.Fatal("table left after SIGTERM")
-	}
+	stopSocksgate(t, tp.GW, gw)
 
 	// The other way: started without capture (explicit ports only), reloaded twice with it.
 	explicitOnly := strings.Replace(off, "listen: {http: [], socks: []}", "listen: {http: [\""+netlab.GWLAN4+":8080\"], socks: [], allow: [10.0.1.0/24]}", 1)
-	if err := os.WriteFile(cfgPath, []byte(explicitOnly), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	gw = tp.GW.Start(socksgateBin, "run", "-c", cfgPath)
-	if !gw.WaitOutput("socksgate ready", 15*time.Second) {
-		t.Fatalf("not ready:\n%s", gw.Output())
-	}
+	gw, cfgPath = startSocksgateFile(t, tp.GW, explicitOnly) // reloadWith follows both
 	for i := range 2 {
 		line = reloadWith(strings.Replace(base, "listen: {http: [], socks: []}", "listen: {http: [\""+netlab.GWLAN4+":8080\"], socks: [], allow: [10.0.1.0/24]}", 1))
 		if !strings.Contains(line, "needs_restart") || !strings.Contains(line, "lan.interfaces") {
@@ -270,11 +240,7 @@ func TestReloadMovesUDPPort(t *testing.T) {
 	udpEcho(t, tp, 7)
 	startDante(t, tp, danteOptions{})
 	base := udpConfig("socks5://"+netlab.Proxy4+":1080", "", "")
-	cfgPath := writeFile(t, "socksgate.yaml", base)
-	gw := tp.GW.Start(socksgateBin, "run", "-c", cfgPath)
-	if !gw.WaitOutput("socksgate ready", 15*time.Second) {
-		t.Fatalf("not ready:\n%s", gw.Output())
-	}
+	gw, cfgPath := startSocksgateFile(t, tp.GW, base)
 	pc := tp.LAN.ListenPacket("udp", ":0")
 	echo := netip.AddrPortFrom(netip.MustParseAddr(netlab.WAN4), 7)
 	exchange := func(when string) {
@@ -313,11 +279,7 @@ func TestReloadUDPWithoutSupportForExplicitClients(t *testing.T) {
 	explicitUDPEcho(t, tp)
 	startDante(t, tp, danteOptions{})
 	base := explicitConfig("socks4://"+netlab.Proxy4+":1080", "  - {action: proxy, upstream: main}", "")
-	cfgPath := writeFile(t, "socksgate.yaml", base)
-	gw := tp.GW.Start(socksgateBin, "run", "-c", cfgPath)
-	if !gw.WaitOutput("socksgate ready", 15*time.Second) {
-		t.Fatalf("not ready:\n%s", gw.Output())
-	}
+	gw, cfgPath := startSocksgateFile(t, tp.GW, base)
 	to := socks.Addr{IP: netip.MustParseAddr(netlab.WAN4), Port: 7}
 	c := explicitAssociate(t, tp.LAN, explicitSOCKS4)
 	if got, _, err := c.roundTrip(to, []byte("blocked")); err == nil {
