@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/socksgate/socksgate/nat"
+	"github.com/socksgate/socksgate/upstream"
 )
 
 // dnsPort is the destination port whose datagrams dns_over_tcp carries over TCP.
@@ -44,7 +45,7 @@ var dnsReplyWait = dnsReplyWaitDefault
 // with unsupported. Writes never block: each DNS server has a bounded queue.
 type fallbackConn struct {
 	ctx         context.Context // the session's
-	up          Upstream
+	up          upstream.Upstream
 	dnsTCP      bool
 	other       nat.UDPConn // nil: non-DNS datagrams are refused
 	unsupported error
@@ -69,7 +70,7 @@ type dnsStream struct {
 	conn  net.Conn // set once dialed
 }
 
-func newFallbackConn(ctx context.Context, up Upstream, dnsTCP bool, other nat.UDPConn, unsupported error, dialTimeout time.Duration) *fallbackConn {
+func newFallbackConn(ctx context.Context, up upstream.Upstream, dnsTCP bool, other nat.UDPConn, unsupported error, dialTimeout time.Duration) *fallbackConn {
 	c := &fallbackConn{
 		ctx: ctx, up: up, dnsTCP: dnsTCP, other: other, unsupported: unsupported, dialTimeout: dialTimeout,
 		replies: make(chan dnsReply, dnsReplyLen),

@@ -15,12 +15,15 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+
 	"github.com/socksgate/socksgate/configs"
 	"github.com/socksgate/socksgate/httpproxy"
 	"github.com/socksgate/socksgate/redirect"
+	"github.com/socksgate/socksgate/route"
 	"github.com/socksgate/socksgate/socks"
 	"github.com/socksgate/socksgate/socksclient"
 	"github.com/socksgate/socksgate/socksserver"
+	"github.com/socksgate/socksgate/upstream"
 )
 
 // startExplicit opens the explicit proxy ports (HTTP, SOCKS, mixed) of cfg.Listen. Explicit
@@ -65,14 +68,14 @@ func (g *Gateway) startExplicit(ctx context.Context, cfg *configs.Config, log *l
 		Authenticate:     auth,
 		Allow:            allow,
 		HandshakeTimeout: hs,
-		ErrorLog:         report(InboundHTTP),
+		ErrorLog:         report(route.InboundHTTP),
 	}
 	ssrv := &socksserver.Server{
 		Tunneler:         &socksInbound{g: g, guard: guard},
 		Authenticate:     auth,
 		Allow:            allow,
 		HandshakeTimeout: hs,
-		ErrorLog:         report(InboundSOCKS),
+		ErrorLog:         report(route.InboundSOCKS),
 	}
 	mixed := func(c net.Conn) {
 		b, err := peekByte(c, hs)
@@ -95,8 +98,8 @@ func (g *Gateway) startExplicit(ctx context.Context, cfg *configs.Config, log *l
 		addrs configs.AddrList
 		serve func(net.Conn)
 	}{
-		{InboundHTTP, l.HTTP, func(c net.Conn) { hsrv.ServeConn(ctx, c) }},
-		{InboundSOCKS, l.SOCKS, func(c net.Conn) { ssrv.ServeConn(ctx, c) }},
+		{route.InboundHTTP, l.HTTP, func(c net.Conn) { hsrv.ServeConn(ctx, c) }},
+		{route.InboundSOCKS, l.SOCKS, func(c net.Conn) { ssrv.ServeConn(ctx, c) }},
 		{"mixed", l.Mixed, mixed},
 	} {
 		for i, s := range kind.addrs {
@@ -105,7 +108,7 @@ func (g *Gateway) startExplicit(ctx context.Context, cfg *configs.Config, log *l
 				return append(lns, httpCloser), fmt.Errorf("listen.%s[%d]: %w", kind.name, i, err)
 			}
 			for _, a := range addrs {
-				lc := net.ListenConfig{KeepAliveConfig: keepAlive}
+				lc := net.ListenConfig{KeepAliveConfig: upstream.KeepAlive}
 				ln, err := lc.Listen(context.Background(), "tcp", a)
 				if err != nil {
 					return append(lns, httpCloser), fmt.Errorf("listen.%s[%d]: %w", kind.name, i, err)
@@ -287,8 +290,8 @@ type httpInbound struct {
 	guard *loopGuard
 }
 
-func (h *httpInbound) flow(t httpproxy.Target) Flow {
-	return Flow{Network: "tcp", Src: t.Src, Dst: t.Addr, Host: t.Host, Port: t.Port, Inbound: InboundHTTP}
+func (h *httpInbound) flow(t httpproxy.Target) route.Flow {
+	return route.Flow{Network: "tcp", Src: t.Src, Dst: t.Addr, Host: t.Host, Port: t.Port, Inbound: route.InboundHTTP}
 }
 
 // httpError maps a gateway error to what httpproxy answers: a blocked flow is 403.
@@ -307,7 +310,7 @@ func (h *httpInbound) Tunnel(ctx context.Context, client net.Conn, t httpproxy.T
 	if h.guard.loops(f.Dst) {
 		reply(httpError(errLoop))
 		client.Close()
-		h.g.logFlow(f, Decision{Action: ActionBlock, Rule: "-"}, 0, 0, 0, errLoop)
+		h.g.logFlow(f, route.Decision{Action: route.ActionBlock, Rule: "-"}, 0, 0, 0, errLoop)
 		return
 	}
 	h.g.Handle(ctx, client, f, func(err error) error { return reply(httpError(err)) })
@@ -319,12 +322,12 @@ func (h *httpInbound) Tunnel(ctx context.Context, client net.Conn, t httpproxy.T
 func (h *httpInbound) Dial(ctx context.Context, t httpproxy.Target) (net.Conn, error) {
 	f := h.flow(t)
 	if h.guard.loops(f.Dst) {
-		h.g.logFlow(f, Decision{Action: ActionBlock, Rule: "-"}, 0, 0, 0, errLoop)
+		h.g.logFlow(f, route.Decision{Action: route.ActionBlock, Rule: "-"}, 0, 0, 0, errLoop)
 		return nil, httpError(errLoop)
 	}
 	lf := &liveFlow{Flow: f, start: time.Now()}
 	if err := h.g.track(lf); err != nil {
-		h.g.logFlow(f, Decision{Action: ActionBlock, Rule: "-"}, 0, 0, 0, err)
+		h.g.logFlow(f, route.Decision{Action: route.ActionBlock, Rule: "-"}, 0, 0, 0, err)
 		return nil, httpError(err)
 	}
 	c, d, err := h.g.Dial(ctx, f)
@@ -353,7 +356,7 @@ type loggedConn struct {
 	net.Conn
 	g        *Gateway
 	lf       *liveFlow
-	d        Decision
+	d        route.Decision
 	up, down atomic.Int64
 	once     sync.Once
 }
@@ -393,8 +396,8 @@ type socksInbound struct {
 	guard *loopGuard
 }
 
-func (s *socksInbound) flow(network string, t socksserver.Target) Flow {
-	return Flow{Network: network, Src: t.Src, Dst: t.Addr, Host: t.Host, Port: t.Port, Inbound: InboundSOCKS}
+func (s *socksInbound) flow(network string, t socksserver.Target) route.Flow {
+	return route.Flow{Network: network, Src: t.Src, Dst: t.Addr, Host: t.Host, Port: t.Port, Inbound: route.InboundSOCKS}
 }
 
 // socksError maps a gateway error to what socksserver answers: a blocked flow is 0x02 / 0x5B.
@@ -410,7 +413,7 @@ func (s *socksInbound) Tunnel(ctx context.Context, client net.Conn, t socksserve
 	if s.guard.loops(f.Dst) {
 		reply(socksError(errLoop))
 		client.Close()
-		s.g.logFlow(f, Decision{Action: ActionBlock, Rule: "-"}, 0, 0, 0, errLoop)
+		s.g.logFlow(f, route.Decision{Action: route.ActionBlock, Rule: "-"}, 0, 0, 0, errLoop)
 		return
 	}
 	s.g.Handle(ctx, client, f, func(err error) error { return reply(socksError(err)) })
@@ -453,16 +456,16 @@ type explicitUDP struct {
 	closed  bool
 	lastErr error
 	rule    string
-	seen    sync.Mutex // guards first and firstD, read by the flow list while mu may be held for a dial
-	first   Flow       // the first datagram's destination, for the flow list
-	firstD  Decision   // and its route
+	seen    sync.Mutex     // guards first and firstD, read by the flow list while mu may be held for a dial
+	first   route.Flow     // the first datagram's destination, for the flow list
+	firstD  route.Decision // and its route
 	wg      sync.WaitGroup
 
 	upPkts, downPkts, upBytes, downBytes, dropped atomic.Int64
 }
 
 func (u *explicitUDP) Send(ctx context.Context, payload []byte, t socksserver.Target) error {
-	f := Flow{Network: "udp", Src: u.src, Dst: t.Addr, Host: t.Host, Port: t.Port, Inbound: InboundSOCKS}
+	f := route.Flow{Network: "udp", Src: u.src, Dst: t.Addr, Host: t.Host, Port: t.Port, Inbound: route.InboundSOCKS}
 	d := u.g.router().Route(ctx, f)
 	u.seen.Lock()
 	if u.first.Network == "" {
@@ -485,8 +488,8 @@ func (u *explicitUDP) Send(ctx context.Context, payload []byte, t socksserver.Ta
 	return nil
 }
 
-func (u *explicitUDP) send(f Flow, d Decision, payload []byte) error {
-	if d.Action == ActionBlock {
+func (u *explicitUDP) send(f route.Flow, d route.Decision, payload []byte) error {
+	if d.Action == route.ActionBlock {
 		return ErrBlocked
 	}
 	if d.Upstream == nil {
@@ -552,7 +555,7 @@ func (u *explicitUDP) dialTimeout() time.Duration {
 // path returns the session's packet socket toward up, opening it (and its reader) at first use.
 // The handshake of an upstream association holds the session's lock: the client's datagrams
 // wait for it in order, which is what a client of one association expects.
-func (u *explicitUDP) path(up Upstream) (net.PacketConn, error) {
+func (u *explicitUDP) path(up upstream.Upstream) (net.PacketConn, error) {
 	key := up.String()
 	u.mu.Lock()
 	defer u.mu.Unlock()
@@ -565,7 +568,7 @@ func (u *explicitUDP) path(up Upstream) (net.PacketConn, error) {
 	ctx, cancel := context.WithTimeout(u.ctx, u.dialTimeout())
 	defer cancel()
 	pc, err := up.ListenPacket(ctx)
-	if fb := u.g.udpFallback(); errors.Is(err, ErrUDPUnsupported) && fb != nil {
+	if fb := u.g.udpFallback(); errors.Is(err, upstream.ErrUDPUnsupported) && fb != nil {
 		// transparent.udp_without_support: direct applies to explicit clients as well.
 		pc, err = fb.ListenPacket(ctx)
 	}
@@ -640,7 +643,7 @@ func (u *explicitUDP) Close() error {
 	f, d := u.first, u.firstD
 	u.seen.Unlock()
 	if f.Network == "" { // no datagram came
-		f = Flow{Network: "udp", Src: u.src, Inbound: InboundSOCKS}
+		f = route.Flow{Network: "udp", Src: u.src, Inbound: route.InboundSOCKS}
 	}
 	var err error
 	if u.dropped.Load() > 0 {
@@ -650,7 +653,7 @@ func (u *explicitUDP) Close() error {
 	if u.g.Log != nil {
 		slices.Sort(ups)
 		e := u.g.Log.WithFields(logrus.Fields{
-			"src": u.src.String(), "inbound": InboundSOCKS, "network": "udp", "rule": u.rule,
+			"src": u.src.String(), "inbound": route.InboundSOCKS, "network": "udp", "rule": u.rule,
 			"upstreams": ups, "datagrams_up": u.upPkts.Load(), "datagrams_down": u.downPkts.Load(),
 			"up": u.upBytes.Load(), "down": u.downBytes.Load(), "dropped": u.dropped.Load(),
 			"duration": time.Since(u.start).Round(time.Millisecond).String(),

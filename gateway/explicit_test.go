@@ -9,12 +9,17 @@ import (
 	"testing"
 	"time"
 
+	"github.com/socksgate/socksgate/internal/testutil"
+
 	"github.com/socksgate/socksgate/admin"
 	"github.com/socksgate/socksgate/configs"
 	"github.com/socksgate/socksgate/httpproxy"
 	"github.com/socksgate/socksgate/internal/prefixconn"
+	"github.com/socksgate/socksgate/relay"
+	"github.com/socksgate/socksgate/route"
 	"github.com/socksgate/socksgate/socks"
 	"github.com/socksgate/socksgate/socksserver"
+	"github.com/socksgate/socksgate/upstream"
 )
 
 func TestExplicitLoopGuard(t *testing.T) {
@@ -122,8 +127,8 @@ func TestExplicitListenAddrs(t *testing.T) {
 // limits, is listed live with its bytes, and is logged and counted once when it closes;
 // shutdown cuts it.
 func TestForwardedHTTPConnectionIsAFlow(t *testing.T) {
-	dst := serveLoopback(t, func(c net.Conn) { io.Copy(c, c); c.Close() }) // echo until the client ends
-	g := &Gateway{Router: staticRouter{Action: ActionDirect, Upstream: stubUpstream{"direct-stub"}, Rule: "all"}, MaxFlows: 1}
+	dst := testutil.ServeLoopback(t, func(c net.Conn) { io.Copy(c, c); c.Close() }) // echo until the client ends
+	g := &Gateway{Router: staticRouter{Action: route.ActionDirect, Upstream: stubUpstream{"direct-stub"}, Rule: "all"}, MaxFlows: 1}
 	h := &httpInbound{g: g, guard: &loopGuard{}}
 	target := httpproxy.Target{Src: netip.MustParseAddrPort("10.0.0.1:5000"), Addr: dst, Port: dst.Port()}
 
@@ -139,7 +144,7 @@ func TestForwardedHTTPConnectionIsAFlow(t *testing.T) {
 		t.Fatal(err)
 	}
 	l := g.LiveFlows()
-	if len(l) != 1 || l[0].Inbound != InboundHTTP || l[0].Upstream != "direct-stub" || l[0].Dst != dst.String() ||
+	if len(l) != 1 || l[0].Inbound != route.InboundHTTP || l[0].Upstream != "direct-stub" || l[0].Dst != dst.String() ||
 		l[0].BytesUp != 5 || l[0].BytesDown != 5 {
 		t.Fatalf("live flows: %+v", l)
 	}
@@ -169,7 +174,7 @@ func TestForwardedHTTPConnectionIsAFlow(t *testing.T) {
 // can park the flow and read its TCP_INFO (the flow list's byte counts).
 func TestHandleReplaysAnExplicitClientsEarlyBytes(t *testing.T) {
 	got := make(chan string, 1)
-	dst := serveLoopback(t, func(c net.Conn) {
+	dst := testutil.ServeLoopback(t, func(c net.Conn) {
 		defer c.Close()
 		b := make([]byte, len("early and later"))
 		_, err := io.ReadFull(c, b)
@@ -181,10 +186,10 @@ func TestHandleReplaysAnExplicitClientsEarlyBytes(t *testing.T) {
 		c.Write([]byte("ok"))
 		io.Copy(io.Discard, c)
 	})
-	client, inbound := tcpPair(t)
-	g := &Gateway{Router: fixedRouter{Action: ActionDirect, Upstream: stubUpstream{"direct-stub"}, Rule: "all"}}
+	client, inbound := testutil.TCPPair(t)
+	g := &Gateway{Router: fixedRouter{Action: route.ActionDirect, Upstream: stubUpstream{"direct-stub"}, Rule: "all"}}
 	ready := make(chan error, 1)
-	go g.Handle(context.Background(), prefixconn.New(inbound, []byte("early ")), Flow{Network: "tcp", Src: netip.MustParseAddrPort(client.LocalAddr().String()), Dst: dst, Inbound: InboundSOCKS},
+	go g.Handle(context.Background(), prefixconn.New(inbound, []byte("early ")), route.Flow{Network: "tcp", Src: netip.MustParseAddrPort(client.LocalAddr().String()), Dst: dst, Inbound: route.InboundSOCKS},
 		func(err error) error { ready <- err; return nil })
 	if err := <-ready; err != nil {
 		t.Fatal(err)
@@ -205,7 +210,7 @@ func TestHandleReplaysAnExplicitClientsEarlyBytes(t *testing.T) {
 	}
 	g.mu.Lock()
 	for lf := range g.flows {
-		if lf.relay == nil || lf.relay.dirs[0].rs == nil {
+		if lf.relay == nil || !lf.relay.Parks() {
 			t.Errorf("the relay reads the client through a wrapper: it cannot park it (client %T)", lf.client)
 		}
 	}
@@ -220,7 +225,7 @@ func TestHandleReplaysAnExplicitClientsEarlyBytes(t *testing.T) {
 // max_flows_per_source with the TCP flows, is refused beyond them, and gives its slot back when
 // it ends.
 func TestExplicitUDPAssociationsAreHeldToTheFlowLimits(t *testing.T) {
-	g := &Gateway{Router: fixedRouter{Action: ActionDirect, Upstream: stubUpstream{"direct-stub"}, Rule: "all"}, MaxPerSrc: 2, MaxFlows: 3}
+	g := &Gateway{Router: fixedRouter{Action: route.ActionDirect, Upstream: stubUpstream{"direct-stub"}, Rule: "all"}, MaxPerSrc: 2, MaxFlows: 3}
 	in := &socksInbound{g: g}
 	deliver := func([]byte, socks.Addr) {}
 	src := netip.MustParseAddrPort("10.0.1.2:5000")
@@ -236,7 +241,7 @@ func TestExplicitUDPAssociationsAreHeldToTheFlowLimits(t *testing.T) {
 		t.Fatalf("a third association from one source: %v, want ErrSourceLimit", err)
 	}
 	// The source's TCP flows are held to the same count.
-	if err := g.track(&liveFlow{Flow: Flow{Network: "tcp", Src: netip.MustParseAddrPort("10.0.1.2:6000")}}); !errors.Is(err, ErrSourceLimit) {
+	if err := g.track(&liveFlow{Flow: route.Flow{Network: "tcp", Src: netip.MustParseAddrPort("10.0.1.2:6000")}}); !errors.Is(err, ErrSourceLimit) {
 		t.Fatalf("a TCP flow from a source with two associations: %v, want ErrSourceLimit", err)
 	}
 	c, err := in.OpenUDP(context.Background(), netip.MustParseAddrPort("10.0.1.3:5000"), deliver)
@@ -278,7 +283,7 @@ func (u slowUDPUpstream) ListenPacket(ctx context.Context) (net.PacketConn, erro
 func TestFlowListDoesNotWaitForAnAssociationsDial(t *testing.T) {
 	up := slowUDPUpstream{stubUpstream{"slow"}, make(chan struct{}, 1), make(chan struct{})}
 	defer close(up.release)
-	g := &Gateway{Router: fixedRouter{Action: ActionProxy, Upstream: up, Rule: "all"}}
+	g := &Gateway{Router: fixedRouter{Action: route.ActionProxy, Upstream: up, Rule: "all"}}
 	u, err := (&socksInbound{g: g}).OpenUDP(context.Background(), netip.MustParseAddrPort("10.0.1.2:5000"), func([]byte, socks.Addr) {})
 	if err != nil {
 		t.Fatal(err)
@@ -301,11 +306,11 @@ func TestFlowListDoesNotWaitForAnAssociationsDial(t *testing.T) {
 // The idle sweeper expires a forwarded request's upstream connection that stays silent (a
 // stalled origin, or a connection idle in the client's pool): it holds a flow slot like any flow.
 func TestIdleSweeperExpiresForwardedConnections(t *testing.T) {
-	if !canPark { // TCP_INFO, which the sweeper reads, is Linux's
+	if !relay.CanPark { // TCP_INFO, which the sweeper reads, is Linux's
 		t.Skip("no TCP_INFO here")
 	}
-	dst := serveLoopback(t, func(c net.Conn) { io.Copy(io.Discard, c); c.Close() }) // never answers
-	g := &Gateway{Router: staticRouter{Action: ActionDirect, Upstream: stubUpstream{"direct-stub"}, Rule: "all"}, Idle: 100 * time.Millisecond}
+	dst := testutil.ServeLoopback(t, func(c net.Conn) { io.Copy(io.Discard, c); c.Close() }) // never answers
+	g := &Gateway{Router: staticRouter{Action: route.ActionDirect, Upstream: stubUpstream{"direct-stub"}, Rule: "all"}, Idle: 100 * time.Millisecond}
 	h := &httpInbound{g: g, guard: &loopGuard{}}
 	c, err := h.Dial(context.Background(), httpproxy.Target{Src: netip.MustParseAddrPort("10.0.0.1:5000"), Addr: dst, Port: dst.Port()})
 	if err != nil {
@@ -316,19 +321,19 @@ func TestIdleSweeperExpiresForwardedConnections(t *testing.T) {
 	if n := g.ExpireIdle(); n != 1 {
 		t.Fatalf("the sweeper closed %d flows, want the silent forwarded connection", n)
 	}
-	waitUntil(t, "the flow to end", func() bool { return g.Active() == 0 })
+	testutil.WaitUntil(t, "the flow to end", func() bool { return g.Active() == 0 })
 }
 
 // A destination given by name that leads back to one of socksgate's own explicit listeners
 // (localhost, the router's own name) is refused once dialled direct: the flow would come back
 // in as the router, past the client's own rules and limits.
 func TestNamedDestinationLoopingToAListenerIsRefused(t *testing.T) {
-	listener := serveLoopback(t, func(c net.Conn) { c.Close() })
-	g := &Gateway{Router: fixedRouter{Action: ActionDirect, Upstream: Direct{}, Rule: "all"}}
+	listener := testutil.ServeLoopback(t, func(c net.Conn) { c.Close() })
+	g := &Gateway{Router: fixedRouter{Action: route.ActionDirect, Upstream: upstream.Direct{}, Rule: "all"}}
 	guard := &loopGuard{}
 	guard.add(listener)
 	g.guard.Store(guard)
-	f := Flow{Network: "tcp", Src: netip.MustParseAddrPort("10.0.1.2:5000"), Host: "localhost", Port: listener.Port(), Inbound: InboundHTTP}
+	f := route.Flow{Network: "tcp", Src: netip.MustParseAddrPort("10.0.1.2:5000"), Host: "localhost", Port: listener.Port(), Inbound: route.InboundHTTP}
 	if c, _, err := g.Dial(context.Background(), f); !errors.Is(err, errLoop) {
 		if c != nil {
 			c.Close()

@@ -15,27 +15,27 @@ import (
 
 	"github.com/socksgate/socksgate/internal/prefixconn"
 	"github.com/socksgate/socksgate/nat"
+	"github.com/socksgate/socksgate/relay"
+	"github.com/socksgate/socksgate/route"
+	"github.com/socksgate/socksgate/upstream"
 )
 
 // ErrBlocked is the error of a flow that a rule blocked.
 var ErrBlocked = errors.New("blocked by rule")
 
-// ErrUDPUnsupported is wrapped by Upstream.ListenPacket of upstreams that cannot carry UDP.
-var ErrUDPUnsupported = errors.New("upstream does not carry UDP")
-
 // Gateway routes and relays flows handed to it by the inbounds (transparent listeners, explicit
 // HTTP and SOCKS servers). It keeps a table of live flows for shutdown, idle expiry and reporting.
 type Gateway struct {
-	Router      Router
+	Router      route.Router
 	Log         *logrus.Entry
-	DialTimeout time.Duration // bound on routing + dialing + the upstream handshake
-	Idle        time.Duration // a TCP flow with no data either way for this long is closed; 0: never
-	Sniff       *Sniffing     // name sniffing on captured TCP (transparent.sniff); nil: off
-	Relay       string        // TCP relay mode: RelayAuto ("" too), RelaySplice, RelayBuffered, RelayKernel
-	MaxFlows    int           // concurrent TCP flows; beyond it new flows are refused at once. 0: no bound
-	MaxPerSrc   int           // concurrent TCP flows per source address. 0: no bound
-	UDPFallback Upstream      // UDP routed to an upstream without UDP goes here; nil: dropped
-	Stats       Stats         // counters for the admin endpoint (stats.go); the zero value counts
+	DialTimeout time.Duration     // bound on routing + dialing + the upstream handshake
+	Idle        time.Duration     // a TCP flow with no data either way for this long is closed; 0: never
+	Sniff       *Sniffing         // name sniffing on captured TCP (transparent.sniff); nil: off
+	Relay       relay.Mode        // how TCP flows are relayed; the zero value is relay.Auto
+	MaxFlows    int               // concurrent TCP flows; beyond it new flows are refused at once. 0: no bound
+	MaxPerSrc   int               // concurrent TCP flows per source address. 0: no bound
+	UDPFallback upstream.Upstream // UDP routed to an upstream without UDP goes here; nil: dropped
+	Stats       Stats             // counters for the admin endpoint (stats.go); the zero value counts
 
 	health   atomic.Pointer[groupHealth] // upstreams in force, for health reporting
 	reloaded atomic.Pointer[routerBox]   // the router of the last reload, replacing Router
@@ -62,20 +62,20 @@ var (
 // liveFlow is one TCP flow being relayed, or the upstream connection of forwarded HTTP
 // requests (then client is that connection, set once dialled, and remote is nil).
 type liveFlow struct {
-	Flow
+	route.Flow
 	client, remote net.Conn
-	relay          *relay // set with remote, under Gateway.mu
+	relay          *relay.Relay // set with remote, under Gateway.mu
 	start          time.Time
-	decision       Decision // set once routed (routed true), for the flow list
+	decision       route.Decision // set once routed (routed true), for the flow list
 	routed         bool
 	cut            bool // closed from outside before it had a client (a forwarded flow dialling)
 }
 
 // Dial routes f and connects to its destination the way the decision says. It returns the
 // decision too, so the caller can log which rule and upstream were used even on failure.
-func (g *Gateway) Dial(ctx context.Context, f Flow) (net.Conn, Decision, error) {
+func (g *Gateway) Dial(ctx context.Context, f route.Flow) (net.Conn, route.Decision, error) {
 	d := g.router().Route(ctx, f)
-	if d.Action == ActionBlock {
+	if d.Action == route.ActionBlock {
 		return nil, d, ErrBlocked
 	}
 	if d.Upstream == nil {
@@ -87,7 +87,7 @@ func (g *Gateway) Dial(ctx context.Context, f Flow) (net.Conn, Decision, error) 
 		defer cancel()
 	}
 	addr := f.Address()
-	if d.Action == ActionDirect && f.Dst.IsValid() && g.directToAddress(ctx, f) {
+	if d.Action == route.ActionDirect && f.Dst.IsValid() && g.directToAddress(ctx, f) {
 		// A captured flow with a sniffed name goes direct to the address the client chose,
 		// not to whatever the gateway's own resolver says the name is.
 		addr = f.Dst.String()
@@ -96,7 +96,7 @@ func (g *Gateway) Dial(ctx context.Context, f Flow) (net.Conn, Decision, error) 
 	if m, ok := c.(interface{ Member() string }); ok {
 		d.Member = m.Member()
 	}
-	if err == nil && d.Action == ActionDirect && !f.Dst.IsValid() {
+	if err == nil && d.Action == route.ActionDirect && !f.Dst.IsValid() {
 		// A name (localhost, the router's own name) can lead back to socksgate's own
 		// listeners, which its address would have shown: the flow would come back in as
 		// the router, past the client's own rules and limits.
@@ -112,12 +112,12 @@ func (g *Gateway) Dial(ctx context.Context, f Flow) (net.Conn, Decision, error) 
 // chose. A sniffed name is the client's claim: when the address alone would not have gone
 // direct, it was the name that made the flow direct, and the flow goes to that name, resolved
 // by the gateway, so that a made-up SNI or Host reaches the named server and no other address.
-func (g *Gateway) directToAddress(ctx context.Context, f Flow) bool {
+func (g *Gateway) directToAddress(ctx context.Context, f route.Flow) bool {
 	if f.Host == "" {
 		return true
 	}
 	f.Host = ""
-	return g.router().Route(ctx, f).Action == ActionDirect
+	return g.router().Route(ctx, f).Action == route.ActionDirect
 }
 
 // Handle carries one TCP flow: it routes and dials f, tells the inbound the outcome through
@@ -125,7 +125,7 @@ func (g *Gateway) directToAddress(ctx context.Context, f Flow) bool {
 // have no reply to send), starts the relay both ways and returns; the flow's line is logged when
 // it ends (Shutdown waits for that). It closes client. A panic in the flow is recovered and
 // logged; the process keeps serving.
-func (g *Gateway) Handle(ctx context.Context, client net.Conn, f Flow, ready func(error) error) {
+func (g *Gateway) Handle(ctx context.Context, client net.Conn, f route.Flow, ready func(error) error) {
 	var replay []byte
 	if pc, ok := client.(*prefixconn.Conn); ok {
 		// What the client sent ahead of the proxy's reply (SOCKS data before the reply, a
@@ -142,17 +142,17 @@ func (g *Gateway) Handle(ctx context.Context, client net.Conn, f Flow, ready fun
 // handshake's goroutine, whose stack the dial has grown, does not stay for the flow's life.
 // (Letting it carry one direction until that parks saved no CPU measurably and kept grown
 // stacks alive: 2,000 idle flows took 14.4 KiB RSS each instead of 8.2.)
-func (g *Gateway) handle(ctx context.Context, client net.Conn, f Flow, ready func(error) error, replay []byte) {
+func (g *Gateway) handle(ctx context.Context, client net.Conn, f route.Flow, ready func(error) error, replay []byte) {
 	lf := &liveFlow{Flow: f, client: client, start: time.Now()}
 	if err := g.track(lf); err != nil {
 		if ready != nil {
 			ready(err)
 		}
 		client.Close()
-		g.logFlow(f, Decision{Action: ActionBlock, Rule: "-"}, 0, 0, 0, err)
+		g.logFlow(f, route.Decision{Action: route.ActionBlock, Rule: "-"}, 0, 0, 0, err)
 		return
 	}
-	var d Decision
+	var d route.Decision
 	var err error
 	relaying := false
 	defer func() {
@@ -185,25 +185,25 @@ func (g *Gateway) handle(ctx context.Context, client net.Conn, f Flow, ready fun
 			return
 		}
 	}
-	r := newRelay(g.Relay, client, remote, func(up, down int64, err error) {
+	r := relay.New(g.Relay, client, remote, func(up, down int64, err error) {
 		g.endFlow(lf, d, up+int64(len(replay)), down, err)
 	})
 	g.mu.Lock()
 	lf.remote, lf.relay = remote, r
 	g.mu.Unlock()
 	relaying = true
-	r.start()
+	r.Start()
 }
 
 // endFlow closes what is left of a flow, logs its line and counts it.
-func (g *Gateway) endFlow(lf *liveFlow, d Decision, up, down int64, err error) {
+func (g *Gateway) endFlow(lf *liveFlow, d route.Decision, up, down int64, err error) {
 	lf.client.Close()
 	g.logFlow(lf.Flow, d, up, down, time.Since(lf.start), err)
 	g.Stats.FlowEnded(lf.Flow, d, up, down, err)
 	g.untrack(lf)
 }
 
-func (g *Gateway) logFlow(f Flow, d Decision, up, down int64, dur time.Duration, err error) {
+func (g *Gateway) logFlow(f route.Flow, d route.Decision, up, down int64, dur time.Duration, err error) {
 	if g.Log == nil || err == nil && !g.Log.Logger.IsLevelEnabled(logrus.InfoLevel) {
 		return // build no fields for a line nobody reads
 	}
@@ -304,13 +304,13 @@ func (g *Gateway) Refusals() map[string]uint64 {
 	return out
 }
 
-type routerBox struct{ Router }
+type routerBox struct{ route.Router }
 
 // upstreamBox holds an Upstream, which may be nil, for an atomic.Pointer.
-type upstreamBox struct{ Upstream }
+type upstreamBox struct{ upstream.Upstream }
 
 // router is the router in force: Router, or the one the last reload installed.
-func (g *Gateway) router() Router {
+func (g *Gateway) router() route.Router {
 	if b := g.reloaded.Load(); b != nil {
 		return b.Router
 	}
@@ -319,13 +319,13 @@ func (g *Gateway) router() Router {
 
 // SetRouter switches the router for every flow routed from now on; live flows keep the
 // decision they were made with.
-func (g *Gateway) SetRouter(r Router) { g.reloaded.Store(&routerBox{r}) }
+func (g *Gateway) SetRouter(r route.Router) { g.reloaded.Store(&routerBox{r}) }
 
 // SetUDPFallback replaces UDPFallback for new UDP sessions (a reload); nil drops such UDP.
-func (g *Gateway) SetUDPFallback(up Upstream) { g.fallback.Store(&upstreamBox{up}) }
+func (g *Gateway) SetUDPFallback(up upstream.Upstream) { g.fallback.Store(&upstreamBox{up}) }
 
 // udpFallback is the UDP fallback in force: UDPFallback, or the last reload's.
-func (g *Gateway) udpFallback() Upstream {
+func (g *Gateway) udpFallback() upstream.Upstream {
 	if b := g.fallback.Load(); b != nil {
 		return b.Upstream
 	}

@@ -3,6 +3,8 @@ package gateway
 import (
 	"context"
 	"time"
+
+	"github.com/socksgate/socksgate/internal/tcpinfo"
 )
 
 // Shutdown stops taking new flows and waits for the live ones to end until ctx is done; then it
@@ -40,7 +42,7 @@ func (g *Gateway) Active() int {
 // Gateway.mu, which guards lf.remote and lf.relay.
 func (lf *liveFlow) close() {
 	if lf.relay != nil {
-		lf.relay.closeBoth()
+		lf.relay.Close()
 		return
 	}
 	switch c := lf.client.(type) {
@@ -77,9 +79,9 @@ func (g *Gateway) ExpireIdle() int {
 		if c, ok := lf.client.(*loggedConn); ok {
 			// A forwarded request's upstream connection (its only socket here), in use or
 			// idle in the client's pool: it holds a flow slot like any flow.
-			idle = idleFor(c.Conn) > limit || stalledFor(c.Conn) > limit
+			idle = tcpinfo.IdleFor(c.Conn) > limit || tcpinfo.StalledFor(c.Conn) > limit
 		} else if lf.remote != nil {
-			idle = idleFor(lf.client) > limit || stalledFor(lf.remote) > limit || stalledFor(lf.client) > limit
+			idle = tcpinfo.IdleFor(lf.client) > limit || tcpinfo.StalledFor(lf.remote) > limit || tcpinfo.StalledFor(lf.client) > limit
 		}
 		if idle {
 			lf.close() // closing only wakes the relay; the flow leaves g.flows on its own goroutine

@@ -8,23 +8,28 @@ import (
 	"net/netip"
 	"testing"
 	"time"
+
+	"github.com/socksgate/socksgate/internal/testutil"
+
+	"github.com/socksgate/socksgate/route"
+	"github.com/socksgate/socksgate/upstream"
 )
 
 // staticRouter sends every flow the same way.
-type staticRouter Decision
+type staticRouter route.Decision
 
-func (r staticRouter) Route(context.Context, Flow) Decision { return Decision(r) }
+func (r staticRouter) Route(context.Context, route.Flow) route.Decision { return route.Decision(r) }
 
 // Beyond MaxFlows, and beyond MaxPerSrc for one source, a new flow is refused at once (the
 // inbound's reply gets the reason) and counted; flows from other sources still start.
 func TestFlowLimitsRefuseAtOnceAndCount(t *testing.T) {
-	dst := serveLoopback(t, func(c net.Conn) { io.Copy(io.Discard, c); c.Close() }) // open until the client ends
-	g := &Gateway{Router: staticRouter{Action: ActionDirect, Upstream: Direct{}, Rule: "all"}, MaxFlows: 3, MaxPerSrc: 2}
+	dst := testutil.ServeLoopback(t, func(c net.Conn) { io.Copy(io.Discard, c); c.Close() }) // open until the client ends
+	g := &Gateway{Router: staticRouter{Action: route.ActionDirect, Upstream: upstream.Direct{}, Rule: "all"}, MaxFlows: 3, MaxPerSrc: 2}
 
 	start := func(src string) (error, func()) {
-		a, b := tcpPair(t)
+		a, b := testutil.TCPPair(t)
 		replied := make(chan error, 1)
-		go g.Handle(context.Background(), b, Flow{Network: "tcp", Src: netip.MustParseAddrPort(src), Dst: dst, Inbound: InboundSOCKS},
+		go g.Handle(context.Background(), b, route.Flow{Network: "tcp", Src: netip.MustParseAddrPort(src), Dst: dst, Inbound: route.InboundSOCKS},
 			func(err error) error { replied <- err; return nil })
 		select {
 		case err := <-replied:

@@ -18,6 +18,9 @@ import (
 
 	"github.com/socksgate/socksgate/configs"
 	"github.com/socksgate/socksgate/redirect"
+	"github.com/socksgate/socksgate/relay"
+	"github.com/socksgate/socksgate/route"
+	"github.com/socksgate/socksgate/upstream"
 )
 
 // Run serves cfg until ctx is cancelled: it opens the listeners, installs the kernel rules, and
@@ -39,16 +42,13 @@ func Run(ctx context.Context, cfg *configs.Config, log *logrus.Logger, reload <-
 		DialTimeout: time.Duration(cfg.Timeouts.Dial),
 		Idle:        time.Duration(cfg.Timeouts.Idle),
 		Sniff:       NewSniffing(cfg.Transparent.Sniff),
-		Relay:       cfg.Relay,
+		Relay:       relayMode(cfg.Relay, log),
 		MaxFlows:    cfg.Limits.MaxFlows,
 		MaxPerSrc:   cfg.Limits.MaxFlowsPerSource,
 	}
 	rt.g = g
-	if g.Relay == RelayKernel {
-		log.Warn("relay: kernel is not available (sockmap gives no safe flow control on current kernels; see the README), using the default relay")
-	}
 	if cfg.Transparent.UDPOverTCPUpstream == configs.UDPDirect {
-		g.UDPFallback = Direct{Control: rt.mark}
+		g.UDPFallback = upstream.Direct{Control: rt.mark}
 	}
 	g.health.Store(&groupHealth{cfg: cfg, ups: rt.ups})
 	if g.MaxFlows == 0 && nofile > 0 {
@@ -145,8 +145,8 @@ type running struct {
 	log      *logrus.Logger
 	g        *Gateway
 	cfg      *configs.Config
-	mark     Control
-	ups      map[string]Upstream
+	mark     upstream.Control
+	ups      map[string]upstream.Upstream
 	stopUps  func()
 	rules    *redirect.Ruleset
 	flowCtx  context.Context
@@ -157,12 +157,12 @@ type running struct {
 // buildRouting builds the upstreams (starting their health checks) and the router of cfg. On
 // success the previous upstreams' health checks are stopped: flows already dialed keep their
 // connections, new flows use the new upstreams.
-func (rt *running) buildRouting(cfg *configs.Config) (Router, error) {
-	ups, stop, err := NewUpstreams(cfg, rt.mark, logrus.NewEntry(rt.log))
+func (rt *running) buildRouting(cfg *configs.Config) (route.Router, error) {
+	ups, stop, err := upstream.NewUpstreams(cfg, rt.mark, logrus.NewEntry(rt.log))
 	if err != nil {
 		return nil, err
 	}
-	router, err := NewRouter(cfg, ups)
+	router, err := route.NewRouter(cfg, ups)
 	if err != nil {
 		stop()
 		return nil, err
@@ -184,7 +184,7 @@ func (rt *running) stopHealth() {
 // original destination is the accepted socket's own local address).
 func (rt *running) startTransparentTCP(cfg *configs.Config) error {
 	addr := net.JoinHostPort("::", strconv.Itoa(int(cfg.Transparent.TCPPort)))
-	lc := net.ListenConfig{KeepAliveConfig: keepAlive}
+	lc := net.ListenConfig{KeepAliveConfig: upstream.KeepAlive}
 	serve := rt.g.ServeRedirect
 	if cfg.Transparent.TCPMode == configs.TCPModeTProxy {
 		lc.Control = transparentControl
@@ -370,9 +370,9 @@ func (rt *running) reload(next *configs.Config) {
 	}
 	if w := next.Transparent.UDPOverTCPUpstream; w != old.Transparent.UDPOverTCPUpstream {
 		// Explicit SOCKS UDP follows it too (the transparent inbound has just been reopened).
-		var fb Upstream
+		var fb upstream.Upstream
 		if w == configs.UDPDirect {
-			fb = Direct{Control: rt.mark}
+			fb = upstream.Direct{Control: rt.mark}
 		}
 		g.SetUDPFallback(fb)
 	}
@@ -437,4 +437,14 @@ func SpecFromConfig(cfg *configs.Config, extraBypass []netip.Prefix) redirect.Sp
 		s.UDPPort = t.UDPPort
 	}
 	return s
+}
+
+// relayMode is the config's relay mode. "kernel" (the sockmap relay, taken out: it loses or
+// duplicates bytes on current kernels, docs/performance.md) runs the default, with a warning.
+func relayMode(s string, log *logrus.Logger) relay.Mode {
+	m, err := relay.ParseMode(s)
+	if err != nil {
+		log.Warnf("relay: %q is not available (the kernel relay was taken out: see docs/performance.md); using auto", s)
+	}
+	return m
 }

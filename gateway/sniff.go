@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/socksgate/socksgate/configs"
+	"github.com/socksgate/socksgate/route"
 	"github.com/socksgate/socksgate/sniff"
 )
 
@@ -43,7 +44,7 @@ func (s *Sniffing) applies(port uint16) bool {
 // sets f.Host when a name was found and returns every byte read, which the caller must
 // replay to the remote unchanged. It reads from the *net.TCPConn itself and leaves it as it
 // was (no deadline), so the relay afterwards still splices.
-func (g *Gateway) sniffName(c *net.TCPConn, f *Flow) []byte {
+func (g *Gateway) sniffName(c *net.TCPConn, f *route.Flow) []byte {
 	if !g.Sniff.applies(f.DstPort()) {
 		return nil
 	}

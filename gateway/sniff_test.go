@@ -11,7 +11,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/socksgate/socksgate/internal/testutil"
+
 	"github.com/socksgate/socksgate/configs"
+	"github.com/socksgate/socksgate/route"
+	"github.com/socksgate/socksgate/upstream"
 )
 
 // sniffTestHello is the first flight of a real crypto/tls client asking for serverName.
@@ -63,9 +67,9 @@ func TestSniffName(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			client, server := tcpPair(t)
+			client, server := testutil.TCPPair(t)
 			go tc.send(client)
-			f := Flow{Network: "tcp", Dst: netip.AddrPortFrom(netip.MustParseAddr("203.0.113.10"), tc.port)}
+			f := route.Flow{Network: "tcp", Dst: netip.AddrPortFrom(netip.MustParseAddr("203.0.113.10"), tc.port)}
 			start := time.Now()
 			got := sniffTestGateway().sniffName(server, &f)
 			took := time.Since(start)
@@ -86,9 +90,9 @@ func TestSniffName(t *testing.T) {
 }
 
 // sniffTestRouter decides every flow the same way.
-type sniffTestRouter Decision
+type sniffTestRouter route.Decision
 
-func (r sniffTestRouter) Route(context.Context, Flow) Decision { return Decision(r) }
+func (r sniffTestRouter) Route(context.Context, route.Flow) route.Decision { return route.Decision(r) }
 
 // The sniffed bytes reach the remote first and unchanged, followed by the rest of the stream;
 // a direct flow with a sniffed name is dialed to its address, not the name.
@@ -109,8 +113,8 @@ func TestHandleReplaysSniffedBytes(t *testing.T) {
 		got <- b
 	}()
 	g := sniffTestGateway()
-	g.Router = sniffTestRouter{Action: ActionDirect, Upstream: Direct{}, Rule: "d"}
-	client, server := tcpPair(t)
+	g.Router = sniffTestRouter{Action: route.ActionDirect, Upstream: upstream.Direct{}, Rule: "d"}
+	client, server := testutil.TCPPair(t)
 	dst := netip.MustParseAddrPort(ln.Addr().String())
 	hello := sniffTestHello(t, "no-such-name.invalid")
 	go func() {
@@ -121,7 +125,7 @@ func TestHandleReplaysSniffedBytes(t *testing.T) {
 		client.Write([]byte("after"))
 		client.CloseWrite()
 	}()
-	f := Flow{Network: "tcp", Dst: netip.AddrPortFrom(dst.Addr(), 443), Inbound: InboundRedirect}
+	f := route.Flow{Network: "tcp", Dst: netip.AddrPortFrom(dst.Addr(), 443), Inbound: route.InboundRedirect}
 	replay := g.sniffName(server, &f)
 	if f.Host != "no-such-name.invalid" {
 		t.Fatalf("host %q", f.Host)
@@ -149,21 +153,21 @@ func (u recordingUpstream) DialContext(ctx context.Context, network, address str
 	return nil, errors.New("recorded")
 }
 func (recordingUpstream) ListenPacket(context.Context) (net.PacketConn, error) {
-	return nil, ErrUDPUnsupported
+	return nil, upstream.ErrUDPUnsupported
 }
 func (recordingUpstream) String() string { return "recording" }
 
 // byNameRouter sends the names in direct to up as direct, everything else through proxy.
 type byNameRouter struct {
 	direct    string
-	up, proxy Upstream
+	up, proxy upstream.Upstream
 }
 
-func (r byNameRouter) Route(_ context.Context, f Flow) Decision {
+func (r byNameRouter) Route(_ context.Context, f route.Flow) route.Decision {
 	if f.Host == r.direct {
-		return Decision{Action: ActionDirect, Upstream: r.up, Rule: "name-direct"}
+		return route.Decision{Action: route.ActionDirect, Upstream: r.up, Rule: "name-direct"}
 	}
-	return Decision{Action: ActionProxy, Upstream: r.proxy, Rule: "proxy"}
+	return route.Decision{Action: route.ActionProxy, Upstream: r.proxy, Rule: "proxy"}
 }
 
 // A sniffed name that alone makes a flow direct sends it to that name, not to the address its
@@ -172,12 +176,12 @@ func (r byNameRouter) Route(_ context.Context, f Flow) Decision {
 func TestDirectByNameOnlyDialsTheName(t *testing.T) {
 	up := recordingUpstream{make(chan string, 1)}
 	g := &Gateway{Router: byNameRouter{direct: "bank.test", up: up, proxy: stubUpstream{"proxy"}}}
-	f := Flow{Network: "tcp", Dst: netip.MustParseAddrPort("198.51.100.9:443"), Host: "bank.test", Inbound: InboundRedirect}
+	f := route.Flow{Network: "tcp", Dst: netip.MustParseAddrPort("198.51.100.9:443"), Host: "bank.test", Inbound: route.InboundRedirect}
 	g.Dial(context.Background(), f)
 	if got := <-up.dialed; got != "bank.test:443" {
 		t.Fatalf("dialled %s, want the name (the address alone is proxied)", got)
 	}
-	g.Router = sniffTestRouter{Action: ActionDirect, Upstream: up, Rule: "all-direct"}
+	g.Router = sniffTestRouter{Action: route.ActionDirect, Upstream: up, Rule: "all-direct"}
 	g.Dial(context.Background(), f)
 	if got := <-up.dialed; got != "198.51.100.9:443" {
 		t.Fatalf("dialled %s, want the client's address (the address alone goes direct)", got)

@@ -3,7 +3,6 @@ package gateway
 import (
 	"errors"
 	"math"
-	"net"
 	"sort"
 	"strings"
 	"sync"
@@ -11,6 +10,8 @@ import (
 	"time"
 
 	"github.com/socksgate/socksgate/admin"
+	"github.com/socksgate/socksgate/internal/tcpinfo"
+	"github.com/socksgate/socksgate/route"
 )
 
 // Stats counts what the gateway did, for the admin endpoint. Its zero value is ready to use and
@@ -77,10 +78,10 @@ func (s *Stats) SetUDPSource(f func() UDPCounts) {
 // FlowEnded counts one ended flow: its outcome (blocked by a rule, failed with err, or ok) and
 // its bytes each way. Handle calls it for TCP; a UDP session (transparent or an explicit
 // association) is counted once when it ends, with its first destination's route.
-func (s *Stats) FlowEnded(f Flow, d Decision, up, down int64, err error) {
+func (s *Stats) FlowEnded(f route.Flow, d route.Decision, up, down int64, err error) {
 	outcome := OutcomeOK
 	switch {
-	case d.Action == ActionBlock || errors.Is(err, ErrBlocked):
+	case d.Action == route.ActionBlock || errors.Is(err, ErrBlocked):
 		outcome = OutcomeBlocked
 	case err != nil:
 		outcome = OutcomeFailed
@@ -114,7 +115,7 @@ func (s *Stats) Refuse(reason string) {
 
 // DialDone records how long a successful dial took, from the flow's start to a ready upstream
 // connection (routing, connect, proxy handshakes). Failed dials are counted by FlowEnded.
-func (s *Stats) DialDone(d Decision, took time.Duration) {
+func (s *Stats) DialDone(d route.Decision, took time.Duration) {
 	sec := took.Seconds()
 	i := sort.SearchFloat64s(dialBuckets, sec) // first bound >= sec
 	label := upstreamLabel(d)
@@ -180,7 +181,7 @@ func (s *Stats) snapshot() admin.Snapshot {
 
 // upstreamLabel names a decision's way out for metrics and /flows: the upstream's redacted
 // String, or "none" for a block.
-func upstreamLabel(d Decision) string {
+func upstreamLabel(d route.Decision) string {
 	if d.Upstream != nil {
 		return d.Upstream.String()
 	}
@@ -189,7 +190,7 @@ func upstreamLabel(d Decision) string {
 
 // routed is Handle's hook once the dial is done: the decision becomes visible in the live flow
 // table and a successful dial's latency is recorded.
-func (g *Gateway) routed(lf *liveFlow, d Decision, err error) {
+func (g *Gateway) routed(lf *liveFlow, d route.Decision, err error) {
 	g.mu.Lock()
 	lf.decision, lf.routed = d, true
 	g.mu.Unlock()
@@ -243,7 +244,7 @@ func (g *Gateway) LiveFlows() []admin.Flow {
 		if fb, ok := e.client.(interface{ flowBytes() (uint64, uint64) }); ok {
 			af.BytesUp, af.BytesDown = fb.flowBytes()
 		} else {
-			af.BytesUp, af.BytesDown = socketBytes(e.client)
+			af.BytesUp, af.BytesDown = tcpinfo.Bytes(e.client)
 		}
 		out = append(out, af)
 	}
@@ -264,7 +265,7 @@ func (g *Gateway) udpFlows(now time.Time) []admin.Flow {
 	}
 	g.mu.Unlock()
 	var out []admin.Flow
-	add := func(f Flow, d Decision, routed bool, start time.Time, up, down uint64) {
+	add := func(f route.Flow, d route.Decision, routed bool, start time.Time, up, down uint64) {
 		af := admin.Flow{
 			Network: "udp", Src: f.Src.String(), Name: f.Host, Inbound: f.Inbound, Start: start,
 			Age:     math.Round(now.Sub(start).Seconds()*1000) / 1000,
@@ -282,8 +283,8 @@ func (g *Gateway) udpFlows(now time.Time) []admin.Flow {
 	}
 	if tbl != nil {
 		for _, s := range tbl.Sessions() {
-			d, routed := s.Tag.(Decision)
-			add(Flow{Src: s.Src, Dst: s.FirstDst, Inbound: InboundTProxy}, d, routed, s.Start, s.BytesUp, s.BytesDown)
+			d, routed := s.Tag.(route.Decision)
+			add(route.Flow{Src: s.Src, Dst: s.FirstDst, Inbound: route.InboundTProxy}, d, routed, s.Start, s.BytesUp, s.BytesDown)
 		}
 	}
 	for _, u := range assocs {
@@ -291,7 +292,7 @@ func (g *Gateway) udpFlows(now time.Time) []admin.Flow {
 		f, d, routed := u.first, u.firstD, u.first.Network != ""
 		u.seen.Unlock()
 		if !routed { // no datagram yet
-			f = Flow{Src: u.src, Inbound: InboundSOCKS}
+			f = route.Flow{Src: u.src, Inbound: route.InboundSOCKS}
 		}
 		add(f, d, routed, u.start, uint64(u.upBytes.Load()), uint64(u.downBytes.Load()))
 	}
@@ -325,16 +326,4 @@ func (g *Gateway) activeCounts() []admin.ActiveCount {
 // reached (limits.max_flows)" becomes "flow limit reached (limits.max_flows)".
 func refusalReason(s string) string {
 	return strings.TrimSpace(strings.TrimPrefix(s, "refused:"))
-}
-
-// unwrapConn finds the socket under wrappers that expose it (tls.Conn-style NetConn).
-func unwrapConn(c any) any {
-	for range 8 {
-		w, ok := c.(interface{ NetConn() net.Conn })
-		if !ok {
-			return c
-		}
-		c = w.NetConn()
-	}
-	return c
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/socksgate/socksgate/admin"
 	"github.com/socksgate/socksgate/configs"
+	"github.com/socksgate/socksgate/upstream"
 )
 
 // BuildVersion labels socksgate_build_info; the command sets it before Run.
@@ -46,14 +47,14 @@ func ConfiguredHealth(cfg *configs.Config) HealthReporter {
 // outside a group as up ("not health-checked": only groups run health checks).
 type groupHealth struct {
 	cfg *configs.Config
-	ups map[string]Upstream
+	ups map[string]upstream.Upstream
 }
 
 func (h groupHealth) UpstreamStates() []UpstreamState {
 	var out []UpstreamState
 	grouped := map[string]bool{}
 	for _, gc := range h.cfg.Groups {
-		grp, ok := h.ups[gc.Name].(*Group)
+		grp, ok := h.ups[gc.Name].(*upstream.Group)
 		if !ok {
 			continue
 		}

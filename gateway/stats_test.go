@@ -9,12 +9,15 @@ import (
 	"runtime"
 	"testing"
 	"time"
+
+	"github.com/socksgate/socksgate/route"
+	"github.com/socksgate/socksgate/upstream"
 )
 
 // fixedRouter decides every flow the same way.
-type fixedRouter Decision
+type fixedRouter route.Decision
 
-func (r fixedRouter) Route(context.Context, Flow) Decision { return Decision(r) }
+func (r fixedRouter) Route(context.Context, route.Flow) route.Decision { return route.Decision(r) }
 
 // stubUpstream dials loopback directly under a fixed name.
 type stubUpstream struct{ name string }
@@ -24,7 +27,7 @@ func (s stubUpstream) DialContext(ctx context.Context, network, address string) 
 	return d.DialContext(ctx, network, address)
 }
 func (stubUpstream) ListenPacket(context.Context) (net.PacketConn, error) {
-	return nil, ErrUDPUnsupported
+	return nil, upstream.ErrUDPUnsupported
 }
 func (s stubUpstream) String() string { return s.name }
 
@@ -33,14 +36,14 @@ func (s stubUpstream) String() string { return s.name }
 func TestStatsCountEndedFlowsByOutcome(t *testing.T) {
 	var s Stats
 	up := stubUpstream{"socks5://proxy:1080"}
-	f := Flow{Network: "tcp", Inbound: InboundRedirect}
-	s.FlowEnded(f, Decision{Action: ActionProxy, Upstream: up}, 10, 200, nil)
-	s.FlowEnded(f, Decision{Action: ActionProxy, Upstream: up}, 5, 50, nil)
-	s.FlowEnded(f, Decision{Action: ActionProxy, Upstream: up}, 1, 0, errors.New("reset"))
-	s.FlowEnded(f, Decision{Action: ActionBlock, Rule: "ads"}, 0, 0, ErrBlocked)
+	f := route.Flow{Network: "tcp", Inbound: route.InboundRedirect}
+	s.FlowEnded(f, route.Decision{Action: route.ActionProxy, Upstream: up}, 10, 200, nil)
+	s.FlowEnded(f, route.Decision{Action: route.ActionProxy, Upstream: up}, 5, 50, nil)
+	s.FlowEnded(f, route.Decision{Action: route.ActionProxy, Upstream: up}, 1, 0, errors.New("reset"))
+	s.FlowEnded(f, route.Decision{Action: route.ActionBlock, Rule: "ads"}, 0, 0, ErrBlocked)
 	s.Refuse("loop")
-	s.DialDone(Decision{Upstream: up}, 3*time.Millisecond)
-	s.DialDone(Decision{Upstream: up}, 20*time.Second)
+	s.DialDone(route.Decision{Upstream: up}, 3*time.Millisecond)
+	s.DialDone(route.Decision{Upstream: up}, 20*time.Second)
 	s.UDPSessions.Add(2)
 	s.ReplyBindFailures.Add(1)
 
@@ -107,7 +110,7 @@ func TestLiveFlowsShowDecisionAndBytes(t *testing.T) {
 	defer front.Close()
 
 	up := stubUpstream{"direct-stub"}
-	g := &Gateway{Router: fixedRouter{Action: ActionDirect, Upstream: up, Rule: "all"}}
+	g := &Gateway{Router: fixedRouter{Action: route.ActionDirect, Upstream: up, Rule: "all"}}
 	dst := netip.MustParseAddrPort(server.Addr().String())
 	done := make(chan struct{})
 	go func() {
@@ -115,7 +118,7 @@ func TestLiveFlowsShowDecisionAndBytes(t *testing.T) {
 		if err != nil {
 			return
 		}
-		g.Handle(context.Background(), c, Flow{Network: "tcp", Src: netip.MustParseAddrPort(c.RemoteAddr().String()), Dst: dst, Inbound: InboundRedirect}, nil)
+		g.Handle(context.Background(), c, route.Flow{Network: "tcp", Src: netip.MustParseAddrPort(c.RemoteAddr().String()), Dst: dst, Inbound: route.InboundRedirect}, nil)
 		close(done)
 	}()
 	client, err := net.Dial("tcp", front.Addr().String())

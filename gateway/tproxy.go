@@ -5,6 +5,8 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+
+	"github.com/socksgate/socksgate/route"
 )
 
 // ServeTProxy accepts TCP captured by an nftables TPROXY rule (transparent.tcp_mode: tproxy) on
@@ -17,12 +19,12 @@ func (g *Gateway) ServeTProxy(ctx context.Context, ln net.Listener) error {
 			c.Close()
 			return
 		}
-		f := Flow{Network: "tcp", Src: addrPort(c.RemoteAddr()), Dst: addrPort(c.LocalAddr()), Inbound: InboundTProxy}
+		f := route.Flow{Network: "tcp", Src: addrPort(c.RemoteAddr()), Dst: addrPort(c.LocalAddr()), Inbound: route.InboundTProxy}
 		if f.Dst.Port() == port && isLocalAddr(f.Dst.Addr()) {
 			// Aimed at the listener itself, not captured: relaying it would loop.
 			c.Close()
 			g.Stats.Refuse("loop")
-			g.logFlow(f, Decision{Action: ActionBlock, Rule: "-"}, 0, 0, 0,
+			g.logFlow(f, route.Decision{Action: route.ActionBlock, Rule: "-"}, 0, 0, 0,
 				errors.New("connection to the transparent listener itself (loop)"))
 			return
 		}

@@ -12,6 +12,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/socksgate/socksgate/nat"
+	"github.com/socksgate/socksgate/route"
 )
 
 // ServeRedirect accepts connections captured by the nftables REDIRECT rule on ln, recovers each
@@ -30,11 +31,11 @@ func (g *Gateway) ServeRedirect(ctx context.Context, ln net.Listener) error {
 			// dial ourselves again, forever.
 			err = errors.New("connection to the transparent listener itself (loop)")
 		}
-		f := Flow{Network: "tcp", Src: src, Dst: dst, Inbound: InboundRedirect}
+		f := route.Flow{Network: "tcp", Src: src, Dst: dst, Inbound: route.InboundRedirect}
 		if err != nil {
 			c.Close()
 			g.Stats.Refuse("loop")
-			g.logFlow(f, Decision{Action: ActionBlock, Rule: "-"}, 0, 0, 0, err)
+			g.logFlow(f, route.Decision{Action: route.ActionBlock, Rule: "-"}, 0, 0, 0, err)
 			return
 		}
 		replay := g.sniffName(tc, &f)

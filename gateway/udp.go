@@ -16,8 +16,10 @@ import (
 	"github.com/socksgate/socksgate/configs"
 	"github.com/socksgate/socksgate/nat"
 	"github.com/socksgate/socksgate/redirect"
+	"github.com/socksgate/socksgate/route"
 	"github.com/socksgate/socksgate/socks"
 	"github.com/socksgate/socksgate/socksclient"
+	"github.com/socksgate/socksgate/upstream"
 )
 
 // startUDP opens the transparent UDP (TPROXY) listener when cfg.Transparent.UDP is on and LAN
@@ -41,11 +43,11 @@ func (g *Gateway) startUDP(ctx context.Context, cfg *configs.Config, log *logrus
 	u := &udpInbound{
 		g:              g,
 		port:           t.UDPPort,
-		direct:         Direct{Control: mark},
+		direct:         upstream.Direct{Control: mark},
 		withoutSupport: t.UDPOverTCPUpstream,
 		dnsOverTCP:     t.DNSOverTCP,
 		dialTimeout:    time.Duration(cfg.Timeouts.Dial),
-		log:            g.Log.WithFields(logrus.Fields{"inbound": InboundTProxy, "network": "udp"}),
+		log:            g.Log.WithFields(logrus.Fields{"inbound": route.InboundTProxy, "network": "udp"}),
 	}
 	u.table = &nat.UDPTable{
 		Idle:         time.Duration(t.UDPIdle),
@@ -103,7 +105,7 @@ type udpInbound struct {
 	port           uint16 // the transparent listener's port (transparent.udp_port)
 	g              *Gateway
 	table          *nat.UDPTable
-	direct         Direct
+	direct         upstream.Direct
 	withoutSupport string // configs.UDPBlock or configs.UDPDirect
 	dnsOverTCP     bool
 	dialTimeout    time.Duration
@@ -120,11 +122,11 @@ func (u *udpInbound) route(src, dst netip.AddrPort) nat.UDPRoute {
 		// through): relaying it would send it to the listener again from a new port, a new
 		// session each time, until the table is full.
 		u.g.Stats.Refuse("loop")
-		return nat.UDPRoute{Drop: errLoop, Tag: Decision{Action: ActionBlock, Rule: "-"}}
+		return nat.UDPRoute{Drop: errLoop, Tag: route.Decision{Action: route.ActionBlock, Rule: "-"}}
 	}
-	d := u.g.router().Route(context.Background(), Flow{Network: "udp", Src: src, Dst: dst, Inbound: InboundTProxy})
+	d := u.g.router().Route(context.Background(), route.Flow{Network: "udp", Src: src, Dst: dst, Inbound: route.InboundTProxy})
 	switch {
-	case d.Action == ActionBlock:
+	case d.Action == route.ActionBlock:
 		return nat.UDPRoute{Drop: ErrBlocked, Tag: d}
 	case d.Upstream == nil:
 		return nat.UDPRoute{Drop: fmt.Errorf("rule %s: no upstream", d.Rule), Tag: d}
@@ -141,7 +143,7 @@ func (u *udpInbound) route(src, dst netip.AddrPort) nat.UDPRoute {
 // open opens a session's way out through up: its UDP association, or, for an upstream that
 // carries no UDP, DNS over TCP through it and the udp_without_support policy for the rest.
 // ctx lives as long as the session.
-func (u *udpInbound) open(ctx context.Context, up Upstream) (nat.UDPConn, error) {
+func (u *udpInbound) open(ctx context.Context, up upstream.Upstream) (nat.UDPConn, error) {
 	hctx, cancel := ctx, context.CancelFunc(func() {})
 	if u.dialTimeout > 0 {
 		hctx, cancel = context.WithTimeout(ctx, u.dialTimeout)
@@ -151,7 +153,7 @@ func (u *udpInbound) open(ctx context.Context, up Upstream) (nat.UDPConn, error)
 	if err == nil {
 		return udpCarrier(pc), nil
 	}
-	if !errors.Is(err, ErrUDPUnsupported) {
+	if !errors.Is(err, upstream.ErrUDPUnsupported) {
 		return nil, err
 	}
 	var other nat.UDPConn
@@ -169,8 +171,8 @@ func (u *udpInbound) open(ctx context.Context, up Upstream) (nat.UDPConn, error)
 
 // logSession writes the session's one line at its end and counts it.
 func (u *udpInbound) logSession(r nat.UDPSessionReport) {
-	d, _ := r.Tag.(Decision)
-	u.g.Stats.FlowEnded(Flow{Network: "udp", Src: r.Src, Dst: r.FirstDst, Inbound: InboundTProxy}, d, int64(r.BytesUp), int64(r.BytesDown), r.Err)
+	d, _ := r.Tag.(route.Decision)
+	u.g.Stats.FlowEnded(route.Flow{Network: "udp", Src: r.Src, Dst: r.FirstDst, Inbound: route.InboundTProxy}, d, int64(r.BytesUp), int64(r.BytesDown), r.Err)
 	fields := logrus.Fields{
 		"src":          r.Src.String(),
 		"dst":          r.FirstDst.String(),

@@ -12,6 +12,10 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/socksgate/socksgate/internal/testutil"
+
+	"github.com/socksgate/socksgate/upstream"
 )
 
 // tcpOnlyUpstream dials TCP on loopback and carries no UDP, like SOCKS4 or HTTP CONNECT.
@@ -23,14 +27,14 @@ func (u tcpOnlyUpstream) DialContext(ctx context.Context, network, _ string) (ne
 }
 
 func (tcpOnlyUpstream) ListenPacket(context.Context) (net.PacketConn, error) {
-	return nil, ErrUDPUnsupported
+	return nil, upstream.ErrUDPUnsupported
 }
 
 func (tcpOnlyUpstream) String() string { return "tcp-only" }
 
 // serveDNSOverTCP answers each length-prefixed message with "re:" + the message.
 func serveDNSOverTCP(t *testing.T) string {
-	return serveLoopback(t, func(c net.Conn) {
+	return testutil.ServeLoopback(t, func(c net.Conn) {
 		defer c.Close()
 		var hdr [2]byte
 		for {
@@ -73,7 +77,7 @@ func TestUDPFallbackCarriesDNSOverTCP(t *testing.T) {
 			t.Fatalf("got %q from %s (%v), want %q from %s", buf[:n], from, err, want, server)
 		}
 	}
-	if _, err := c.WriteToAddrPort([]byte("x"), netip.MustParseAddrPort("203.0.113.10:123")); !errors.Is(err, ErrUDPUnsupported) {
+	if _, err := c.WriteToAddrPort([]byte("x"), netip.MustParseAddrPort("203.0.113.10:123")); !errors.Is(err, upstream.ErrUDPUnsupported) {
 		t.Fatalf("non-DNS datagram: %v, want ErrUDPUnsupported", err)
 	}
 	c.Close()
@@ -86,7 +90,7 @@ func TestUDPFallbackCarriesDNSOverTCP(t *testing.T) {
 // with ErrUDPUnsupported (the session ends, logged with that reason).
 func TestUDPOpenWithoutSupportBlocks(t *testing.T) {
 	u := &udpInbound{withoutSupport: "block"}
-	if _, err := u.open(context.Background(), tcpOnlyUpstream{}); !errors.Is(err, ErrUDPUnsupported) {
+	if _, err := u.open(context.Background(), tcpOnlyUpstream{}); !errors.Is(err, upstream.ErrUDPUnsupported) {
 		t.Fatalf("open: %v, want ErrUDPUnsupported", err)
 	}
 }
@@ -128,7 +132,7 @@ func TestUDPFallbackTruncatesAnswersTooLongForTheClient(t *testing.T) {
 	answer := append(append([]byte(nil), query...), make([]byte, 20000)...)
 	answer[2] |= 0x80                            // QR
 	binary.BigEndian.PutUint16(answer[6:8], 100) // ANCOUNT
-	addr := serveLoopback(t, func(c net.Conn) {
+	addr := testutil.ServeLoopback(t, func(c net.Conn) {
 		defer c.Close()
 		var hdr [2]byte
 		if _, err := io.ReadFull(c, hdr[:]); err != nil {
@@ -170,7 +174,7 @@ func TestUDPFallbackBoundsAndExpiresDNSConnections(t *testing.T) {
 	dnsReplyWait = 200 * time.Millisecond
 	t.Cleanup(func() { dnsReplyWait = old })
 	var conns atomic.Int64
-	silent := serveLoopback(t, func(c net.Conn) { conns.Add(1); io.Copy(io.Discard, c); c.Close() }).String()
+	silent := testutil.ServeLoopback(t, func(c net.Conn) { conns.Add(1); io.Copy(io.Discard, c); c.Close() }).String()
 	u := &udpInbound{withoutSupport: "block", dnsOverTCP: true, dialTimeout: 2 * time.Second}
 	c, err := u.open(context.Background(), tcpOnlyUpstream{silent})
 	if err != nil {

@@ -1,4 +1,4 @@
-package gateway
+package upstream
 
 import (
 	"context"
@@ -6,13 +6,14 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/netip"
 	"net/url"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/socksgate/socksgate/internal/testutil"
 
 	"github.com/sirupsen/logrus"
 	logtest "github.com/sirupsen/logrus/hooks/test"
@@ -165,17 +166,6 @@ func (fx *groupFixture) messages(msg string) []string {
 	return out
 }
 
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
-
 func memberUp(g *Group, name string) bool {
 	for _, s := range g.Status() {
 		if s.Name == name {
@@ -323,14 +313,14 @@ func TestGroupHealthChecksApplyFallAndRiseAndLogOnce(t *testing.T) {
 	fx := newGroupFixture(t, configs.Group{Health: configs.Health{
 		Probe: probe, Interval: configs.Duration(2 * time.Millisecond), Timeout: configs.Duration(time.Second), Rise: 3, Fall: 2,
 	}}, "a", "b")
-	waitUntil(t, "first probes", func() bool { return fx.ups[0].count(probe) >= 2 })
+	testutil.WaitUntil(t, "first probes", func() bool { return fx.ups[0].count(probe) >= 2 })
 	fx.ups[0].set(errHostUnreachable) // the probe target is unreachable through a: a fails its checks
-	waitUntil(t, "a down", func() bool { return !memberUp(fx.g, "a") })
+	testutil.WaitUntil(t, "a down", func() bool { return !memberUp(fx.g, "a") })
 	if got, err := fx.dial(t); err != nil || got != "b" {
 		t.Fatalf("with a down the dial went to %q, %v", got, err)
 	}
 	fx.ups[0].set(nil)
-	waitUntil(t, "a up again", func() bool { return memberUp(fx.g, "a") })
+	testutil.WaitUntil(t, "a up again", func() bool { return memberUp(fx.g, "a") })
 	time.Sleep(20 * time.Millisecond) // more checks pass: nothing more is logged
 	down, up := fx.messages("upstream down"), fx.messages("upstream up")
 	if len(down) != 1 || !strings.Contains(down[0], "2 health check(s) in a row failed") {
@@ -353,7 +343,7 @@ func TestGroupLiveFailureIsRetriedByTheHealthChecker(t *testing.T) {
 		t.Fatalf("dial went to %q", got)
 	}
 	fx.ups[0].set(nil)
-	waitUntil(t, "a back up", func() bool { return memberUp(fx.g, "a") })
+	testutil.WaitUntil(t, "a back up", func() bool { return memberUp(fx.g, "a") })
 }
 
 func TestGroupWithoutIntervalRetriesDownMembersWithBackoff(t *testing.T) {
@@ -364,9 +354,9 @@ func TestGroupWithoutIntervalRetriesDownMembersWithBackoff(t *testing.T) {
 	}
 	fx.ups[0].set(errRefused)
 	fx.dial(t)
-	waitUntil(t, "retries", func() bool { return fx.ups[0].count("") >= 3 })
+	testutil.WaitUntil(t, "retries", func() bool { return fx.ups[0].count("") >= 3 })
 	fx.ups[0].set(nil)
-	waitUntil(t, "a up", func() bool { return memberUp(fx.g, "a") })
+	testutil.WaitUntil(t, "a up", func() bool { return memberUp(fx.g, "a") })
 	if up := fx.messages("upstream up"); len(up) != 1 || !strings.Contains(up[0], "retry succeeded") {
 		t.Fatalf("up lines %q", up)
 	}
@@ -376,7 +366,7 @@ func TestGroupCloseStopsBackgroundWork(t *testing.T) {
 	fx := newGroupFixture(t, configs.Group{Health: configs.Health{
 		Probe: "p:1", Interval: configs.Duration(time.Millisecond), Timeout: configs.Duration(time.Second), Rise: 1, Fall: 1,
 	}}, "a")
-	waitUntil(t, "checks", func() bool { return fx.ups[0].count("p:1") >= 2 })
+	testutil.WaitUntil(t, "checks", func() bool { return fx.ups[0].count("p:1") >= 2 })
 	fx.g.Close()
 	n := fx.ups[0].count("p:1")
 	time.Sleep(20 * time.Millisecond)
@@ -493,20 +483,19 @@ func TestNewUpstreamsBuildsHTTPChainsAndGroups(t *testing.T) {
 	}
 }
 
-// A flow through a group names the member that carried it: the dial's decision (and so the
-// flow's log line and the live flow list) says which one.
-func TestGroupNamesTheMemberInTheDecision(t *testing.T) {
+// A connection through a group names the member that carried it (the gateway puts it in the
+// flow's decision, so its log line and the live flow list say which one).
+func TestGroupNamesTheMemberOfTheConnection(t *testing.T) {
 	fx := newGroupFixture(t, configs.Group{}, "a", "b")
 	fx.ups[0].set(errRefused)
-	g := &Gateway{Router: fixedRouter{Action: ActionProxy, Upstream: fx.g, Rule: "all"}}
-	dst := netip.MustParseAddrPort(groupDialTarget)
-	c, d, err := g.Dial(context.Background(), Flow{Network: "tcp", Dst: dst})
+	c, err := fx.g.DialContext(context.Background(), "tcp", groupDialTarget)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	if d.Member != "b" || d.Upstream != Upstream(fx.g) {
-		t.Fatalf("decision %+v; want the group as upstream and member b", d)
+	m, ok := c.(interface{ Member() string })
+	if !ok || m.Member() != "b" {
+		t.Fatalf("connection %T does not name member b", c)
 	}
 }
 
@@ -520,7 +509,7 @@ func TestGroupFlappingMemberBacksOffAcrossRetries(t *testing.T) {
 	var ups []time.Time
 	for range 5 {
 		fx.g.markDown(m, "authentication failed")
-		waitUntil(t, "a up again", func() bool { return memberUp(fx.g, "a") })
+		testutil.WaitUntil(t, "a up again", func() bool { return memberUp(fx.g, "a") })
 		ups = append(ups, time.Now())
 	}
 	// Waits of 20, 40, 80, 160, 160 ms: the last gaps are well above backoffMin.

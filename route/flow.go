@@ -1,14 +1,16 @@
-// Package gateway decides where each flow goes and carries it there: the Flow model, the Router
-// that maps a flow to a Decision, the Upstream interface every proxy kind implements, the relay,
-// and Run, which wires listeners, kernel rules and shutdown together. It parses no wire protocol:
-// captured and explicit inbounds hand it a connection and a Flow.
-package gateway
+// Package route decides where a flow goes: the Flow as the router sees it (network, source,
+// destination address or name, inbound), the rules compiled into an index that answers in
+// O(log n) without allocating, and the Decision (proxy through an upstream, direct, or block,
+// with the rule that matched). It dials nothing: the gateway carries out the decision.
+package route
 
 import (
 	"context"
 	"net"
 	"net/netip"
 	"strconv"
+
+	"github.com/socksgate/socksgate/upstream"
 )
 
 // Inbound kinds: where a flow entered socksgate.
@@ -46,19 +48,6 @@ func (f Flow) Address() string {
 	return f.Dst.String()
 }
 
-// Upstream is one way out: a proxy (SOCKS5, SOCKS4/4a, HTTP CONNECT, possibly chained) or direct.
-// Implementations must mark every socket they open so that socksgate's own traffic is never
-// captured again.
-type Upstream interface {
-	// DialContext connects to address ("host:port") through the upstream.
-	DialContext(ctx context.Context, network, address string) (net.Conn, error)
-	// ListenPacket opens a UDP association; WriteTo carries the real destination. Upstreams
-	// that cannot carry UDP return an error wrapping ErrUDPUnsupported.
-	ListenPacket(ctx context.Context) (net.PacketConn, error)
-	// String names the upstream for logs, with any password redacted.
-	String() string
-}
-
 // Action is what the router decided for a flow.
 type Action int
 
@@ -83,9 +72,9 @@ func (a Action) String() string {
 // Decision is the router's answer for one flow.
 type Decision struct {
 	Action   Action
-	Upstream Upstream // set for ActionProxy and ActionDirect
-	Rule     string   // the rule that matched, for the flow log
-	Member   string   // the group member that carried the flow, once dialed through a group
+	Upstream upstream.Upstream // set for ActionProxy and ActionDirect
+	Rule     string            // the rule that matched, for the flow log
+	Member   string            // the group member that carried the flow, once dialed through a group
 }
 
 // Router maps a flow to a decision. It must be safe for concurrent use.

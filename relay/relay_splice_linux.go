@@ -1,4 +1,4 @@
-package gateway
+package relay
 
 import (
 	"net"
@@ -8,7 +8,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The hybrid relay (RelayAuto on Linux) is the buffered relay until a read fills a whole
+// The hybrid relay (Auto on Linux) is the buffered relay until a read fills a whole
 // buffer, which says bulk data is queued. It then moves bytes with splice(2) through a pipe
 // borrowed from a small pool, waiting for the source in the poller with the pipe in hand, and
 // gives the pipe back when the direction parks. So an idle flow holds only its two sockets

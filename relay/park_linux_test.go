@@ -1,7 +1,8 @@
-package gateway
+package relay
 
 import (
 	"errors"
+	"github.com/socksgate/socksgate/internal/testutil"
 	"testing"
 	"time"
 )
@@ -11,18 +12,18 @@ import (
 // enter the direction, whose flow has ended and been forgotten (an entry left behind would
 // hold the flow's relay and connections for the life of the process).
 func TestParkRacingCloseLeavesNoEntry(t *testing.T) {
-	_, relayA := tcpPair(t)
-	relayB, _ := tcpPair(t)
+	_, relayA := testutil.TCPPair(t)
+	relayB, _ := testutil.TCPPair(t)
 	done := make(chan error, 1)
-	r := newRelay(RelayAuto, relayA, relayB, func(up, down int64, err error) { done <- err })
-	r.start()
-	r.closeBoth()
+	r := New(Auto, relayA, relayB, func(up, down int64, err error) { done <- err })
+	r.Start()
+	r.Close()
 	select {
 	case <-done:
 	case <-time.After(5 * time.Second):
 		t.Fatal("the flow did not end")
 	}
-	waitUntil(t, "both directions ended", func() bool {
+	testutil.WaitUntil(t, "both directions ended", func() bool {
 		return r.dirs[0].state.Load() == dirEnded && r.dirs[1].state.Load() == dirEnded
 	})
 	// The call that was on its way in goes on now, as it would after losing the race.

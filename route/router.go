@@ -1,4 +1,4 @@
-package gateway
+package route
 
 import (
 	"context"
@@ -6,6 +6,7 @@ import (
 	"net/netip"
 
 	"github.com/socksgate/socksgate/configs"
+	"github.com/socksgate/socksgate/upstream"
 )
 
 // RuleRouter applies the config's ordered rules: the first rule whose every matcher accepts the
@@ -71,7 +72,7 @@ func inboundBit(in string) uint8 {
 
 // NewRouter compiles cfg.Rules against the built upstreams (and groups, which NewUpstreams
 // registers under their names). A proxy rule naming something that is not in ups is an error.
-func NewRouter(cfg *configs.Config, ups map[string]Upstream) (*RuleRouter, error) {
+func NewRouter(cfg *configs.Config, ups map[string]upstream.Upstream) (*RuleRouter, error) {
 	r := &RuleRouter{}
 	var dstRefs []prefixRef
 	for i, cr := range cfg.Rules {

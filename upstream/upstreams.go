@@ -1,4 +1,4 @@
-package gateway
+package upstream
 
 import (
 	"context"
@@ -129,7 +129,7 @@ func newUpstream(c *configs.Upstream, below Upstream, direct Direct, log *logrus
 			configs.SchemeSOCKS5: socksclient.SOCKS5, configs.SchemeSOCKS5H: socksclient.SOCKS5,
 			configs.SchemeSOCKS4: socksclient.SOCKS4, configs.SchemeSOCKS4A: socksclient.SOCKS4A,
 		}[u.Scheme]
-		s := &socksUpstream{viaChain: c.Via != "", log: log, d: &socksclient.Dialer{
+		s := &socksUpstream{viaChain: c.Via != "", log: log, probeTimeout: pipelineProbeTimeout, retry: pipelineRetry, d: &socksclient.Dialer{
 			Version:   v,
 			Address:   u.Host,
 			Username:  user,
@@ -167,6 +167,10 @@ type socksUpstream struct {
 	log       *logrus.Entry
 	name      string // d.String(), built once
 	viaChain  bool   // reached through another upstream: no UDP
+	// probeTimeout bounds the probe: a proxy that answers pipelined requests answers the probe
+	// (a request for 0.0.0.0:0, which it can only refuse) within a few round trips. retry is
+	// how long a probe that could not reach the proxy waits to be repeated.
+	probeTimeout, retry time.Duration
 }
 
 // Pipelining states of a socksUpstream.
@@ -177,10 +181,8 @@ const (
 	pipelineNo
 )
 
-// pipelineProbeTimeout bounds the probe: a proxy that answers pipelined requests answers the
-// probe (a request for 0.0.0.0:0, which it can only refuse) within a few round trips.
-// pipelineRetry is how long a probe that could not reach the proxy waits to be repeated.
-var pipelineProbeTimeout, pipelineRetry = 3 * time.Second, 30 * time.Second
+// The defaults of socksUpstream.probeTimeout and retry.
+const pipelineProbeTimeout, pipelineRetry = 3 * time.Second, 30 * time.Second
 
 func (s *socksUpstream) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
 	if s.dp != nil {
@@ -203,15 +205,15 @@ func (s *socksUpstream) DialContext(ctx context.Context, network, address string
 // probePipelining asks the proxy whether it takes pipelined requests and records the answer;
 // again says a pipelined dial has just gone unanswered.
 func (s *socksUpstream) probePipelining(again bool) {
-	ctx, cancel := context.WithTimeout(context.Background(), pipelineProbeTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), s.probeTimeout)
 	defer cancel()
 	ok, err := s.dp.ProbePipelining(ctx)
 	switch {
 	case err != nil:
-		s.nextProbe.Store(time.Now().Add(pipelineRetry).UnixNano())
+		s.nextProbe.Store(time.Now().Add(s.retry).UnixNano())
 		s.pipeline.Store(pipelineUnknown)
 		if s.log != nil {
-			s.log.WithError(err).Debugf("upstream %s: could not ask whether it takes pipelined requests; asking again in %v", s.name, pipelineRetry)
+			s.log.WithError(err).Debugf("upstream %s: could not ask whether it takes pipelined requests; asking again in %v", s.name, s.retry)
 		}
 	case ok:
 		s.pipeline.Store(pipelineYes)

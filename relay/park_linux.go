@@ -1,4 +1,4 @@
-package gateway
+package relay
 
 import (
 	"errors"
@@ -9,8 +9,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// canPark: Linux has the parker.
-const canPark = true
+// CanPark: Linux has the parker.
+const CanPark = true
 
 // The parker holds the directions of idle flows without a goroutine each: their source
 // sockets sit in one epoll set of its own, armed one-shot for readability, and one goroutine

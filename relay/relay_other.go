@@ -1,6 +1,6 @@
 //go:build !linux
 
-package gateway
+package relay
 
 import (
 	"errors"
@@ -10,9 +10,9 @@ import (
 
 // No readability probe and no parker off Linux: a direction waits in Read, holding its buffer
 // and its goroutine.
-const canPark = false
+const CanPark = false
 
-// read is never called: without canPark no direction has a raw source.
+// read is never called: without CanPark no direction has a raw source.
 func (d *direction) read() (*[]byte, int, error) { return nil, 0, errors.ErrUnsupported }
 
 func (d *direction) tryRead(fd uintptr) bool { return true }

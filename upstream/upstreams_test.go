@@ -1,4 +1,4 @@
-package gateway
+package upstream
 
 import (
 	"bufio"
@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/socksgate/socksgate/internal/testutil"
 
 	"github.com/socksgate/socksgate/configs"
 	"github.com/socksgate/socksgate/socks"
@@ -30,7 +32,7 @@ func startPipelineProxy(t *testing.T, readsAhead bool) *pipelineProxy {
 	t.Helper()
 	p := &pipelineProxy{}
 	p.readsAhead.Store(readsAhead)
-	p.addr = serveLoopback(t, func(c net.Conn) { p.serve(c, p.readsAhead.Load()) }).String()
+	p.addr = testutil.ServeLoopback(t, func(c net.Conn) { p.serve(c, p.readsAhead.Load()) }).String()
 	return p
 }
 
@@ -77,8 +79,6 @@ func (p *pipelineProxy) serve(c net.Conn, readsAhead bool) {
 }
 
 func TestSocksUpstreamLearnsPipelining(t *testing.T) {
-	defer func(old time.Duration) { pipelineProbeTimeout = old }(pipelineProbeTimeout)
-	pipelineProbeTimeout = 300 * time.Millisecond
 	tests := []struct {
 		name          string
 		readsAhead    bool
@@ -96,6 +96,7 @@ func TestSocksUpstreamLearnsPipelining(t *testing.T) {
 				t.Fatal(err)
 			}
 			s := u.(*socksUpstream)
+			s.probeTimeout = 300 * time.Millisecond
 			dial := func() {
 				t.Helper()
 				c, err := s.DialContext(t.Context(), "tcp", "192.0.2.1:80")
@@ -129,8 +130,6 @@ func TestSocksUpstreamLearnsPipelining(t *testing.T) {
 }
 
 func TestSocksUpstreamRetriesAFailedProbeLater(t *testing.T) {
-	defer func(old time.Duration) { pipelineRetry = old }(pipelineRetry)
-	pipelineRetry = time.Hour
 	ln, _ := net.Listen("tcp4", "127.0.0.1:0")
 	addr := ln.Addr().String()
 	ln.Close() // nothing listens: dials and the probe are refused
@@ -139,6 +138,7 @@ func TestSocksUpstreamRetriesAFailedProbeLater(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := u.(*socksUpstream)
+	s.retry = time.Hour
 	if _, err := s.DialContext(t.Context(), "tcp", "192.0.2.1:80"); err == nil {
 		t.Fatal("dial through a proxy that is not there succeeded")
 	}
@@ -175,14 +175,13 @@ func TestSocksUpstreamNeverProbesWithCredentialsOrSOCKS4(t *testing.T) {
 // A proxy that stops reading ahead after the probe said it does (replaced behind the same
 // address) costs one flow: its unanswered pipelined request makes the upstream ask again.
 func TestSocksUpstreamNoticesAProxyThatStopsReadingAhead(t *testing.T) {
-	defer func(old time.Duration) { pipelineProbeTimeout = old }(pipelineProbeTimeout)
-	pipelineProbeTimeout = 300 * time.Millisecond
 	p := startPipelineProxy(t, true)
 	u, err := newUpstream(&configs.Upstream{Name: "p", URL: &url.URL{Scheme: "socks5", Host: p.addr}}, Direct{}, Direct{}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	s := u.(*socksUpstream)
+	s.probeTimeout = 300 * time.Millisecond
 	dial := func(timeout time.Duration) error {
 		ctx, cancel := context.WithTimeout(t.Context(), timeout)
 		defer cancel()

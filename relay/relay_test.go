@@ -1,8 +1,9 @@
-package gateway
+package relay
 
 import (
 	"bytes"
 	"fmt"
+	"github.com/socksgate/socksgate/internal/testutil"
 	"io"
 	"net"
 	"runtime"
@@ -10,47 +11,27 @@ import (
 	"time"
 )
 
-// tcpPair returns the two ends of a loopback TCP connection.
-func tcpPair(t testing.TB) (*net.TCPConn, *net.TCPConn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close(); s.Close() })
-	return c.(*net.TCPConn), s.(*net.TCPConn)
-}
-
 // The client half-closes after its request; the server still answers through the relay, and
 // the counts are the bytes each way.
 func TestRelayHalfCloseKeepsOtherDirection(t *testing.T) {
 	for _, mode := range relayModes {
-		t.Run(mode, func(t *testing.T) { testRelayHalfClose(t, mode) })
+		t.Run(mode.String(), func(t *testing.T) { testRelayHalfClose(t, mode) })
 	}
 }
 
 // relayModes are the relays every behaviour test runs against.
-var relayModes = []string{RelayAuto, RelaySplice, RelayBuffered}
+var relayModes = []Mode{Auto, Splice, Buffered}
 
-func testRelayHalfClose(t *testing.T, mode string) {
-	client, relayA := tcpPair(t)
-	relayB, server := tcpPair(t)
+func testRelayHalfClose(t *testing.T, mode Mode) {
+	client, relayA := testutil.TCPPair(t)
+	relayB, server := testutil.TCPPair(t)
 	type result struct {
 		up, down int64
 		err      error
 	}
 	done := make(chan result, 1)
 	go func() {
-		up, down, err := RelayWith(mode, relayA, relayB)
+		up, down, err := Copy(mode, relayA, relayB)
 		done <- result{up, down, err}
 	}()
 
@@ -81,15 +62,15 @@ func testRelayHalfClose(t *testing.T, mode string) {
 // A reset on one side ends the relay at once and closes the other side.
 func TestRelayResetClosesBothSides(t *testing.T) {
 	for _, mode := range relayModes {
-		t.Run(mode, func(t *testing.T) { testRelayReset(t, mode) })
+		t.Run(mode.String(), func(t *testing.T) { testRelayReset(t, mode) })
 	}
 }
 
-func testRelayReset(t *testing.T, mode string) {
-	client, relayA := tcpPair(t)
-	relayB, server := tcpPair(t)
+func testRelayReset(t *testing.T, mode Mode) {
+	client, relayA := testutil.TCPPair(t)
+	relayB, server := testutil.TCPPair(t)
 	done := make(chan error, 1)
-	go func() { _, _, err := RelayWith(mode, relayA, relayB); done <- err }()
+	go func() { _, _, err := Copy(mode, relayA, relayB); done <- err }()
 	server.SetLinger(0)
 	server.Close() // RST toward the relay
 	client.SetReadDeadline(time.Now().Add(5 * time.Second))
@@ -111,7 +92,7 @@ func testRelayReset(t *testing.T, mode string) {
 func TestRelayCarriesBulkBothWaysIntact(t *testing.T) {
 	for _, mode := range relayModes {
 		for _, pipeClient := range []bool{false, true} {
-			name := mode
+			name := mode.String()
 			if pipeClient {
 				name += "/pipe-client"
 			}
@@ -126,20 +107,20 @@ func TestRelayBulkSurvivesParkDeadlines(t *testing.T) {
 	old := parkAfter
 	parkAfter = 2 * time.Millisecond
 	t.Cleanup(func() { parkAfter = old })
-	for _, mode := range []string{RelayAuto, RelayBuffered} {
-		t.Run(mode, func(t *testing.T) { testRelayBulk(t, mode, false) })
+	for _, mode := range []Mode{Auto, Buffered} {
+		t.Run(mode.String(), func(t *testing.T) { testRelayBulk(t, mode, false) })
 	}
 }
 
-func testRelayBulk(t *testing.T, mode string, pipeClient bool) {
+func testRelayBulk(t *testing.T, mode Mode, pipeClient bool) {
 	var client, relayA net.Conn
 	if pipeClient {
 		client, relayA = net.Pipe()
 	} else {
-		client, relayA = tcpPair(t)
+		client, relayA = testutil.TCPPair(t)
 	}
-	relayB, server := tcpPair(t)
-	go RelayWith(mode, relayA, relayB)
+	relayB, server := testutil.TCPPair(t)
+	go Copy(mode, relayA, relayB)
 	const n = 8 << 20
 	payload := make([]byte, n)
 	for i := range payload {
@@ -179,10 +160,10 @@ func testRelayBulk(t *testing.T, mode string, pipeClient bool) {
 // BenchmarkRelayLoopback is one-way bulk through each relay on loopback.
 func BenchmarkRelayLoopback(b *testing.B) {
 	for _, mode := range relayModes {
-		b.Run(mode, func(b *testing.B) {
-			client, relayA := tcpPair(b)
-			relayB, server := tcpPair(b)
-			go RelayWith(mode, relayA, relayB)
+		b.Run(mode.String(), func(b *testing.B) {
+			client, relayA := testutil.TCPPair(b)
+			relayB, server := testutil.TCPPair(b)
+			go Copy(mode, relayA, relayB)
 			go io.Copy(io.Discard, server)
 			buf := make([]byte, 256<<10)
 			b.SetBytes(int64(len(buf)))
@@ -200,32 +181,32 @@ func BenchmarkRelayLoopback(b *testing.B) {
 // and a parked flow still carries data both ways, half-closes, and ends when closed from
 // outside (the idle sweeper, shutdown).
 func TestRelayParksIdleFlows(t *testing.T) {
-	if !canPark {
+	if !CanPark {
 		t.Skip("no parker on this system")
 	}
 	old := parkAfter
 	parkAfter = 50 * time.Millisecond
 	t.Cleanup(func() { parkAfter = old })
-	for _, mode := range []string{RelayAuto, RelayBuffered} {
-		t.Run(mode, func(t *testing.T) { testRelayParks(t, mode) })
+	for _, mode := range []Mode{Auto, Buffered} {
+		t.Run(mode.String(), func(t *testing.T) { testRelayParks(t, mode) })
 	}
 }
 
-func testRelayParks(t *testing.T, mode string) {
+func testRelayParks(t *testing.T, mode Mode) {
 	const flows = 50
 	base := runtime.NumGoroutine()
 	type flow struct {
 		client, server *net.TCPConn
-		r              *relay
+		r              *Relay
 		done           chan error
 	}
 	fs := make([]flow, flows)
 	for i := range fs {
-		client, relayA := tcpPair(t)
-		relayB, server := tcpPair(t)
+		client, relayA := testutil.TCPPair(t)
+		relayB, server := testutil.TCPPair(t)
 		done := make(chan error, 1)
-		r := newRelay(mode, relayA, relayB, func(up, down int64, err error) { done <- err })
-		r.start()
+		r := New(mode, relayA, relayB, func(up, down int64, err error) { done <- err })
+		r.Start()
 		fs[i] = flow{client, server, r, done}
 	}
 	// Every flow idles: all directions park, leaving no goroutine per flow behind.
@@ -239,7 +220,7 @@ func testRelayParks(t *testing.T, mode string) {
 		}
 		return true
 	}
-	waitUntil(t, "directions parked", allParked)
+	testutil.WaitUntil(t, "directions parked", allParked)
 	if g := runtime.NumGoroutine() - base; g > flows/5 {
 		t.Errorf("%d goroutines for %d parked flows", g, flows)
 	}
@@ -250,7 +231,7 @@ func testRelayParks(t *testing.T, mode string) {
 			echoOnce(t, fs[i].client, fs[i].server, msg)
 			echoOnce(t, fs[i].server, fs[i].client, msg)
 		}
-		waitUntil(t, "directions parked again", allParked)
+		testutil.WaitUntil(t, "directions parked again", allParked)
 	}
 	// Half-close from a parked state: the server sees EOF, still answers, the client reads it.
 	f := fs[0]
@@ -271,7 +252,7 @@ func testRelayParks(t *testing.T, mode string) {
 	}
 	// Closing parked flows from outside ends them; their sockets are closed.
 	for _, f := range fs[1:] {
-		f.r.closeBoth()
+		f.r.Close()
 	}
 	for _, f := range fs[1:] {
 		select {
@@ -284,7 +265,7 @@ func testRelayParks(t *testing.T, mode string) {
 			t.Fatal("client still connected after the flow was closed")
 		}
 	}
-	waitUntil(t, "goroutines back to the baseline", func() bool { return runtime.NumGoroutine() <= base+1 })
+	testutil.WaitUntil(t, "goroutines back to the baseline", func() bool { return runtime.NumGoroutine() <= base+1 })
 }
 
 // echoOnce writes msg on from and reads it on to.

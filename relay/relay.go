@@ -1,4 +1,8 @@
-package gateway
+// Package relay carries the bytes of a TCP flow both ways between two connections, with
+// half-close, until both directions end. An idle direction holds no goroutine and no buffer (it
+// waits in one shared epoll set, the parker); a bulk one splices through a pooled pipe. It knows
+// nothing of flows, rules or upstreams, and imports only x/sys beyond the standard library.
+package relay
 
 import (
 	"errors"
@@ -7,31 +11,56 @@ import (
 	"net"
 	"os"
 	"runtime/debug"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 )
 
-// Relay modes, as in configs.Config.Relay.
+// Mode is how a relay moves bytes. The zero value is Auto.
+type Mode uint8
+
 const (
-	// RelayAuto is the measured default (see tests/bench/results): buffered while a flow
-	// trickles, splice through a pooled pipe while it moves bulk data (Linux), and parked
-	// with no goroutine at all while it is idle.
-	RelayAuto = "auto"
-	// RelaySplice moves bytes with splice(2) through a pipe per direction (io.Copy between
-	// two *net.TCPConn): no copy through user space, but each flow holds two pipes (four fds
-	// and their kernel buffers) and two goroutines for its whole life, idle or not.
-	RelaySplice = "splice"
-	// RelayBuffered waits for a socket to become readable holding nothing, then borrows a
-	// pooled buffer, reads and writes until the socket has no more, and gives the buffer back.
-	// An idle flow is parked like RelayAuto's.
-	RelayBuffered = "buffered"
-	// RelayKernel is the sockmap relay. It was built and taken out again: without a bound a
-	// fast sender queues unbounded kernel memory, and both bounds sockmap allows lose or
-	// duplicate bytes on current kernels (README, "Kernel relay"). It falls back to RelayAuto.
-	RelayKernel = "kernel"
+	// Auto is the measured default (docs/performance.md): buffered while a flow trickles,
+	// splice through a pooled pipe while it moves bulk data (Linux), and parked with no
+	// goroutine at all while it is idle.
+	Auto Mode = iota
+	// Splice moves bytes with splice(2) through a pipe per direction (io.Copy between two
+	// *net.TCPConn): no copy through user space, but each flow holds two pipes (four fds and
+	// their kernel buffers) and two goroutines for its whole life, idle or not.
+	Splice
+	// Buffered waits for a socket to become readable holding nothing, then borrows a pooled
+	// buffer, reads and writes until the socket has no more, and gives the buffer back. An
+	// idle flow is parked like Auto's.
+	Buffered
 )
+
+// String is the mode's name in the config (relay: auto | splice | buffered).
+func (m Mode) String() string {
+	switch m {
+	case Auto:
+		return "auto"
+	case Splice:
+		return "splice"
+	case Buffered:
+		return "buffered"
+	}
+	return "mode(" + strconv.Itoa(int(m)) + ")"
+}
+
+// ParseMode reads a mode's config name; "" is Auto.
+func ParseMode(s string) (Mode, error) {
+	switch s {
+	case "", "auto":
+		return Auto, nil
+	case "splice":
+		return Splice, nil
+	case "buffered":
+		return Buffered, nil
+	}
+	return Auto, fmt.Errorf("unknown relay mode %q (want auto, splice or buffered)", s)
+}
 
 // relayBufSize is the size of a pooled relay buffer. It is only held while bytes are moving.
 const relayBufSize = 64 << 10
@@ -49,30 +78,29 @@ var parkAfter = time.Second
 // connections of socksclient and httpproxy, which wrap a TCP connection).
 type closeWriter interface{ CloseWrite() error }
 
-// RelayWith copies bytes both ways between a and b until both directions have ended, then
+// Copy copies bytes both ways between a and b until both directions have ended, then
 // closes both. When one side finishes sending (EOF), the other side's write half is shut down
 // and the opposite direction keeps flowing (half-close), as TCP allows. When a direction fails
 // (reset, deadline), both connections are closed at once so the other direction cannot linger.
 //
-// mode is one of RelayAuto (also ""), RelaySplice, RelayBuffered or RelayKernel (which falls
-// back to the default). It returns the bytes sent a→b ("up") and b→a ("down") and the
-// first error that was not a clean end of stream. The gateway itself uses newRelay and start,
-// which return at once and report the flow's end through a callback.
-func RelayWith(mode string, a, b net.Conn) (up, down int64, err error) {
+// It returns the bytes sent a→b ("up") and b→a ("down") and the first error that was not a
+// clean end of stream. The gateway itself uses New and Start, which return at once and report
+// the flow's end through a callback.
+func Copy(mode Mode, a, b net.Conn) (up, down int64, err error) {
 	done := make(chan struct{})
-	newRelay(mode, a, b, func(u, d int64, e error) {
+	New(mode, a, b, func(u, d int64, e error) {
 		up, down, err = u, d, e
 		close(done)
-	}).start()
+	}).Start()
 	<-done
 	return up, down, err
 }
 
-// relay is one flow's two directions: dirs[0] copies a→b, dirs[1] b→a. Each runs on a
+// Relay is one flow's two directions: dirs[0] copies a→b, dirs[1] b→a. Each runs on a
 // goroutine of its own while it has data or has just had some, and is parked (no goroutine)
 // while its source stays idle. When both have ended, done runs once, on the goroutine of the
 // direction that ended last.
-type relay struct {
+type Relay struct {
 	a, b net.Conn
 	dirs [2]direction
 	left atomic.Int32 // directions not ended yet
@@ -89,12 +117,12 @@ const (
 )
 
 type direction struct {
-	r        *relay
+	r        *Relay
 	dst, src net.Conn
-	splice   bool            // RelaySplice: io.Copy for the flow's whole life
+	splice   bool            // Splice: io.Copy for the flow's whole life
 	rs       syscall.RawConn // src's socket: wait for readability, park; nil: block in Read
 	wd       syscall.RawConn // dst's socket, written with raw calls (Linux); nil: dst.Write
-	canBulk  bool            // bulk bursts may splice src to wd (RelayAuto with a socket dst)
+	canBulk  bool            // bulk bursts may splice src to wd (Auto with a socket dst)
 	bulk     bool            // moving bulk data: splice, waiting in the poller without a probe
 	sp       *splicer        // splice state, from the first bulk burst on
 	n        int64           // bytes written to dst
@@ -112,9 +140,12 @@ type direction struct {
 	lastErr  error         // why copy stopped
 }
 
-func newRelay(mode string, a, b net.Conn, done func(up, down int64, err error)) *relay {
-	r := &relay{a: a, b: b, done: done}
-	if mode != RelaySplice {
+// New prepares a relay between a and b; Start runs it. done is called once, when both
+// directions have ended and both connections are closed, with the bytes each way and the first
+// error that was not a clean end.
+func New(mode Mode, a, b net.Conn, done func(up, down int64, err error)) *Relay {
+	r := &Relay{a: a, b: b, done: done}
+	if mode != Splice {
 		startParker()
 	}
 	r.left.Store(2)
@@ -123,13 +154,13 @@ func newRelay(mode string, a, b net.Conn, done func(up, down int64, err error)) 
 	return r
 }
 
-func (d *direction) init(r *relay, mode string, dst, src net.Conn) {
+func (d *direction) init(r *Relay, mode Mode, dst, src net.Conn) {
 	d.r, d.dst, d.src = r, dst, src
-	if mode == RelaySplice {
+	if mode == Splice {
 		d.splice = true
 		return
 	}
-	if sc, ok := src.(syscall.Conn); ok && canPark {
+	if sc, ok := src.(syscall.Conn); ok && CanPark {
 		d.rs, _ = sc.SyscallConn()
 		d.readFn = d.tryRead
 	}
@@ -137,19 +168,19 @@ func (d *direction) init(r *relay, mode string, dst, src net.Conn) {
 		if d.wd, _ = rawTarget(dst); d.wd != nil {
 			d.writeFn = d.tryWrite
 		}
-		d.canBulk = d.wd != nil && mode != RelayBuffered
+		d.canBulk = d.wd != nil && mode != Buffered
 	}
 }
 
-// start runs both directions on goroutines of their own and returns at once.
-func (r *relay) start() {
+// Start runs both directions on goroutines of their own and returns at once.
+func (r *Relay) Start() {
 	go r.dirs[0].run()
 	go r.dirs[1].run()
 }
 
-// closeBoth closes both connections and wakes any parked direction, which then ends on the
+// Close closes both connections and wakes any parked direction, which then ends on the
 // closed socket. It is how a failed direction, the idle sweeper and shutdown end a flow.
-func (r *relay) closeBoth() {
+func (r *Relay) Close() {
 	r.a.Close()
 	r.b.Close()
 	for i := range r.dirs {
@@ -157,7 +188,7 @@ func (r *relay) closeBoth() {
 	}
 }
 
-func (r *relay) fail(err error) {
+func (r *Relay) fail(err error) {
 	r.mu.Lock()
 	if r.err == nil {
 		r.err = err
@@ -202,7 +233,7 @@ func (d *direction) end(err error) {
 		r.fail(err)
 	}
 	if !halfClosed {
-		r.closeBoth()
+		r.Close()
 	}
 	if r.left.Add(-1) > 0 {
 		return
@@ -222,7 +253,7 @@ func (d *direction) end(err error) {
 // set) or has been idle for parkAfter (true: parked, the goroutine must return).
 //
 // While src has nothing to read it holds no buffer: read waits in the poller and borrows a
-// pooled buffer only once there is something to read. With RelayAuto, a read that fills the
+// pooled buffer only once there is something to read. With Auto, a read that fills the
 // whole buffer says bulk data is queued: the direction turns to splice (bulk) and stays with it
 // until it parks, so a busy flow copies nothing through user space.
 func (d *direction) copy() (parked bool) {
@@ -366,3 +397,7 @@ func readWrite(dst, src net.Conn, buf []byte) (read int, written int64, eof bool
 	}
 	return n, written, false, rerr
 }
+
+// Parks reports whether both directions read a raw socket of their own, so that an idle one can
+// be parked (no goroutine, no buffer) instead of waiting on a goroutine.
+func (r *Relay) Parks() bool { return r.dirs[0].rs != nil && r.dirs[1].rs != nil }

@@ -1,4 +1,4 @@
-package gateway
+package route
 
 import (
 	"context"
@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/socksgate/socksgate/configs"
+	"github.com/socksgate/socksgate/upstream"
 )
 
 // namedUpstream is an Upstream that only has a name, for routing tests.
@@ -18,12 +19,12 @@ func (n namedUpstream) DialContext(context.Context, string, string) (net.Conn, e
 	return nil, fmt.Errorf("%s: not dialable in tests", string(n))
 }
 func (n namedUpstream) ListenPacket(context.Context) (net.PacketConn, error) {
-	return nil, ErrUDPUnsupported
+	return nil, upstream.ErrUDPUnsupported
 }
 func (n namedUpstream) String() string { return string(n) }
 
-func testUpstreams() map[string]Upstream {
-	return map[string]Upstream{
+func testUpstreams() map[string]upstream.Upstream {
+	return map[string]upstream.Upstream{
 		configs.SchemeDirect: namedUpstream("direct"),
 		"up1":                namedUpstream("up1"),
 		"grp":                namedUpstream("grp"), // groups sit in the same map under their names

@@ -1,4 +1,4 @@
-package gateway
+package upstream
 
 import (
 	"context"
@@ -15,16 +15,16 @@ type Direct struct {
 	Control Control
 }
 
-// keepAlive turns TCP keepalive on for every socket socksgate opens or accepts, with the
+// KeepAlive turns TCP keepalive on for every socket socksgate opens or accepts, with the
 // kernel's timings (net.ipv4.tcp_keepalive_time, _intvl, _probes). Go's default (15 s, then
 // every 15 s) would cost four setsockopt calls per socket and, on a router holding thousands of
 // idle flows, a probe per socket every 15 s. Idle flows are the idle sweeper's business
 // (timeouts.idle); keepalive only finds peers that vanished.
-var keepAlive = net.KeepAliveConfig{Enable: true, Idle: -1, Interval: -1, Count: -1}
+var KeepAlive = net.KeepAliveConfig{Enable: true, Idle: -1, Interval: -1, Count: -1}
 
 // dialer is the bottom of every dial path: plain TCP with socksgate's mark and keepalive.
 func (d Direct) dialer() *net.Dialer {
-	return &net.Dialer{Control: d.Control, KeepAliveConfig: keepAlive}
+	return &net.Dialer{Control: d.Control, KeepAliveConfig: KeepAlive}
 }
 
 // DialContext connects to address directly.
