@@ -86,7 +86,7 @@ type httpInbound struct {
 }
 
 func (h *httpInbound) flow(t httpproxy.Target) route.Flow {
-	return route.Flow{Network: "tcp", Src: t.Src, Dst: t.Addr, Host: t.Host, Port: t.Port, Inbound: route.InboundHTTP}
+	return route.Flow{Network: route.TCP, Src: t.Src, Dst: t.Addr, Host: t.Host, Port: t.Port, Inbound: route.HTTP}
 }
 
 // httpError maps a gateway error to what httpproxy answers: a blocked flow is 403.
@@ -191,8 +191,8 @@ type socksInbound struct {
 	guard *loopGuard
 }
 
-func (s *socksInbound) flow(network string, t socksserver.Target) route.Flow {
-	return route.Flow{Network: network, Src: t.Src, Dst: t.Addr, Host: t.Host, Port: t.Port, Inbound: route.InboundSOCKS}
+func (s *socksInbound) flow(network route.Network, t socksserver.Target) route.Flow {
+	return route.Flow{Network: network, Src: t.Src, Dst: t.Addr, Host: t.Host, Port: t.Port, Inbound: route.SOCKS}
 }
 
 // socksError maps a gateway error to what socksserver answers: a blocked flow is 0x02 / 0x5B.
@@ -204,7 +204,7 @@ func socksError(err error) error {
 }
 
 func (s *socksInbound) Tunnel(ctx context.Context, client net.Conn, t socksserver.Target, reply func(error) error) {
-	f := s.flow("tcp", t)
+	f := s.flow(route.TCP, t)
 	if s.guard.loops(f.Dst) {
 		reply(socksError(errLoop))
 		client.Close()
@@ -260,10 +260,10 @@ type explicitUDP struct {
 }
 
 func (u *explicitUDP) Send(ctx context.Context, payload []byte, t socksserver.Target) error {
-	f := route.Flow{Network: "udp", Src: u.src, Dst: t.Addr, Host: t.Host, Port: t.Port, Inbound: route.InboundSOCKS}
+	f := route.Flow{Network: route.UDP, Src: u.src, Dst: t.Addr, Host: t.Host, Port: t.Port, Inbound: route.SOCKS}
 	d := u.g.router().Route(ctx, f)
 	u.seen.Lock()
-	if u.first.Network == "" {
+	if u.first.Network == 0 {
 		u.first, u.firstD = f, d
 	}
 	u.seen.Unlock()
@@ -437,8 +437,8 @@ func (u *explicitUDP) Close() error {
 	u.seen.Lock()
 	f, d := u.first, u.firstD
 	u.seen.Unlock()
-	if f.Network == "" { // no datagram came
-		f = route.Flow{Network: "udp", Src: u.src, Inbound: route.InboundSOCKS}
+	if f.Network == 0 { // no datagram came
+		f = route.Flow{Network: route.UDP, Src: u.src, Inbound: route.SOCKS}
 	}
 	var err error
 	if u.dropped.Load() > 0 {
@@ -448,7 +448,7 @@ func (u *explicitUDP) Close() error {
 	if u.g.Log != nil {
 		slices.Sort(ups)
 		e := u.g.Log.WithFields(logrus.Fields{
-			"src": u.src.String(), "inbound": route.InboundSOCKS, "network": "udp", "rule": u.rule,
+			"src": u.src.String(), "inbound": route.SOCKS, "network": "udp", "rule": u.rule,
 			"upstreams": ups, "datagrams_up": u.upPkts.Load(), "datagrams_down": u.downPkts.Load(),
 			"up": u.upBytes.Load(), "down": u.downBytes.Load(), "dropped": u.dropped.Load(),
 			"duration": time.Since(u.start).Round(time.Millisecond).String(),

@@ -144,7 +144,7 @@ func TestForwardedHTTPConnectionIsAFlow(t *testing.T) {
 		t.Fatal(err)
 	}
 	l := g.LiveFlows()
-	if len(l) != 1 || l[0].Inbound != route.InboundHTTP || l[0].Upstream != "direct-stub" || l[0].Dst != dst.String() ||
+	if len(l) != 1 || l[0].Inbound != route.HTTP.String() || l[0].Upstream != "direct-stub" || l[0].Dst != dst.String() ||
 		l[0].BytesUp != 5 || l[0].BytesDown != 5 {
 		t.Fatalf("live flows: %+v", l)
 	}
@@ -189,7 +189,7 @@ func TestHandleReplaysAnExplicitClientsEarlyBytes(t *testing.T) {
 	client, inbound := testutil.TCPPair(t)
 	g := &Gateway{Router: fixedRouter{Action: route.ActionDirect, Upstream: stubUpstream{"direct-stub"}, Rule: "all"}}
 	ready := make(chan error, 1)
-	go g.Handle(context.Background(), prefixconn.New(inbound, []byte("early ")), route.Flow{Network: "tcp", Src: netip.MustParseAddrPort(client.LocalAddr().String()), Dst: dst, Inbound: route.InboundSOCKS},
+	go g.Handle(context.Background(), prefixconn.New(inbound, []byte("early ")), route.Flow{Network: route.TCP, Src: netip.MustParseAddrPort(client.LocalAddr().String()), Dst: dst, Inbound: route.SOCKS},
 		func(err error) error { ready <- err; return nil })
 	if err := <-ready; err != nil {
 		t.Fatal(err)
@@ -241,7 +241,7 @@ func TestExplicitUDPAssociationsAreHeldToTheFlowLimits(t *testing.T) {
 		t.Fatalf("a third association from one source: %v, want ErrSourceLimit", err)
 	}
 	// The source's TCP flows are held to the same count.
-	if err := g.track(&liveFlow{Flow: route.Flow{Network: "tcp", Src: netip.MustParseAddrPort("10.0.1.2:6000")}}); !errors.Is(err, ErrSourceLimit) {
+	if err := g.track(&liveFlow{Flow: route.Flow{Network: route.TCP, Src: netip.MustParseAddrPort("10.0.1.2:6000")}}); !errors.Is(err, ErrSourceLimit) {
 		t.Fatalf("a TCP flow from a source with two associations: %v, want ErrSourceLimit", err)
 	}
 	c, err := in.OpenUDP(context.Background(), netip.MustParseAddrPort("10.0.1.3:5000"), deliver)
@@ -333,7 +333,7 @@ func TestNamedDestinationLoopingToAListenerIsRefused(t *testing.T) {
 	guard := &loopGuard{}
 	guard.add(listener)
 	g.guard.Store(guard)
-	f := route.Flow{Network: "tcp", Src: netip.MustParseAddrPort("10.0.1.2:5000"), Host: "localhost", Port: listener.Port(), Inbound: route.InboundHTTP}
+	f := route.Flow{Network: route.TCP, Src: netip.MustParseAddrPort("10.0.1.2:5000"), Host: "localhost", Port: listener.Port(), Inbound: route.HTTP}
 	if c, _, err := g.Dial(context.Background(), f); !errors.Is(err, errLoop) {
 		if c != nil {
 			c.Close()

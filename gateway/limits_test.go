@@ -29,7 +29,7 @@ func TestFlowLimitsRefuseAtOnceAndCount(t *testing.T) {
 	start := func(src string) (error, func()) {
 		a, b := testutil.TCPPair(t)
 		replied := make(chan error, 1)
-		go g.Handle(context.Background(), b, route.Flow{Network: "tcp", Src: netip.MustParseAddrPort(src), Dst: dst, Inbound: route.InboundSOCKS},
+		go g.Handle(context.Background(), b, route.Flow{Network: route.TCP, Src: netip.MustParseAddrPort(src), Dst: dst, Inbound: route.SOCKS},
 			func(err error) error { replied <- err; return nil })
 		select {
 		case err := <-replied:

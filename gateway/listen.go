@@ -64,14 +64,14 @@ func (g *Gateway) startExplicit(ctx context.Context, cfg *configs.Config, log *l
 		Authenticate:     auth,
 		Allow:            allow,
 		HandshakeTimeout: hs,
-		ErrorLog:         report(route.InboundHTTP),
+		ErrorLog:         report(route.HTTP.String()),
 	}
 	ssrv := &socksserver.Server{
 		Tunneler:         &socksInbound{g: g, guard: guard},
 		Authenticate:     auth,
 		Allow:            allow,
 		HandshakeTimeout: hs,
-		ErrorLog:         report(route.InboundSOCKS),
+		ErrorLog:         report(route.SOCKS.String()),
 	}
 	mixed := func(c net.Conn) {
 		b, err := peekByte(c, hs)
@@ -94,8 +94,8 @@ func (g *Gateway) startExplicit(ctx context.Context, cfg *configs.Config, log *l
 		addrs configs.AddrList
 		serve func(net.Conn)
 	}{
-		{route.InboundHTTP, l.HTTP, func(c net.Conn) { hsrv.ServeConn(ctx, c) }},
-		{route.InboundSOCKS, l.SOCKS, func(c net.Conn) { ssrv.ServeConn(ctx, c) }},
+		{route.HTTP.String(), l.HTTP, func(c net.Conn) { hsrv.ServeConn(ctx, c) }},
+		{route.SOCKS.String(), l.SOCKS, func(c net.Conn) { ssrv.ServeConn(ctx, c) }},
 		{"mixed", l.Mixed, mixed},
 	} {
 		for i, s := range kind.addrs {

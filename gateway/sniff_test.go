@@ -69,7 +69,7 @@ func TestSniffName(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			client, server := testutil.TCPPair(t)
 			go tc.send(client)
-			f := route.Flow{Network: "tcp", Dst: netip.AddrPortFrom(netip.MustParseAddr("203.0.113.10"), tc.port)}
+			f := route.Flow{Network: route.TCP, Dst: netip.AddrPortFrom(netip.MustParseAddr("203.0.113.10"), tc.port)}
 			start := time.Now()
 			got := sniffTestGateway().sniffName(server, &f)
 			took := time.Since(start)
@@ -125,7 +125,7 @@ func TestHandleReplaysSniffedBytes(t *testing.T) {
 		client.Write([]byte("after"))
 		client.CloseWrite()
 	}()
-	f := route.Flow{Network: "tcp", Dst: netip.AddrPortFrom(dst.Addr(), 443), Inbound: route.InboundRedirect}
+	f := route.Flow{Network: route.TCP, Dst: netip.AddrPortFrom(dst.Addr(), 443), Inbound: route.Redirect}
 	replay := g.sniffName(server, &f)
 	if f.Host != "no-such-name.invalid" {
 		t.Fatalf("host %q", f.Host)
@@ -176,7 +176,7 @@ func (r byNameRouter) Route(_ context.Context, f route.Flow) route.Decision {
 func TestDirectByNameOnlyDialsTheName(t *testing.T) {
 	up := recordingUpstream{make(chan string, 1)}
 	g := &Gateway{Router: byNameRouter{direct: "bank.test", up: up, proxy: stubUpstream{"proxy"}}}
-	f := route.Flow{Network: "tcp", Dst: netip.MustParseAddrPort("198.51.100.9:443"), Host: "bank.test", Inbound: route.InboundRedirect}
+	f := route.Flow{Network: route.TCP, Dst: netip.MustParseAddrPort("198.51.100.9:443"), Host: "bank.test", Inbound: route.Redirect}
 	g.Dial(context.Background(), f)
 	if got := <-up.dialed; got != "bank.test:443" {
 		t.Fatalf("dialled %s, want the name (the address alone is proxied)", got)

@@ -86,7 +86,7 @@ func (s *Stats) FlowEnded(f route.Flow, d route.Decision, up, down int64, err er
 	case err != nil:
 		outcome = OutcomeFailed
 	}
-	k := endKey{f.Inbound, upstreamLabel(d), outcome}
+	k := endKey{f.Inbound.String(), upstreamLabel(d), outcome}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.ended == nil {
@@ -218,10 +218,10 @@ func (g *Gateway) LiveFlows() []admin.Flow {
 	for _, e := range entries {
 		f := e.lf.Flow
 		af := admin.Flow{
-			Network: f.Network,
+			Network: f.Network.String(),
 			Src:     f.Src.String(),
 			Name:    f.Host,
-			Inbound: f.Inbound,
+			Inbound: f.Inbound.String(),
 			Start:   e.lf.start,
 			Age:     math.Round(now.Sub(e.lf.start).Seconds()*1000) / 1000,
 		}
@@ -267,7 +267,7 @@ func (g *Gateway) udpFlows(now time.Time) []admin.Flow {
 	var out []admin.Flow
 	add := func(f route.Flow, d route.Decision, routed bool, start time.Time, up, down uint64) {
 		af := admin.Flow{
-			Network: "udp", Src: f.Src.String(), Name: f.Host, Inbound: f.Inbound, Start: start,
+			Network: "udp", Src: f.Src.String(), Name: f.Host, Inbound: f.Inbound.String(), Start: start,
 			Age:     math.Round(now.Sub(start).Seconds()*1000) / 1000,
 			BytesUp: up, BytesDown: down,
 		}
@@ -284,15 +284,15 @@ func (g *Gateway) udpFlows(now time.Time) []admin.Flow {
 	if tbl != nil {
 		for _, s := range tbl.Sessions() {
 			d, routed := s.Tag.(route.Decision)
-			add(route.Flow{Src: s.Src, Dst: s.FirstDst, Inbound: route.InboundTProxy}, d, routed, s.Start, s.BytesUp, s.BytesDown)
+			add(route.Flow{Src: s.Src, Dst: s.FirstDst, Inbound: route.TProxy}, d, routed, s.Start, s.BytesUp, s.BytesDown)
 		}
 	}
 	for _, u := range assocs {
 		u.seen.Lock() // not u.mu: an association holds it while it dials an upstream
-		f, d, routed := u.first, u.firstD, u.first.Network != ""
+		f, d, routed := u.first, u.firstD, u.first.Network != 0
 		u.seen.Unlock()
 		if !routed { // no datagram yet
-			f = route.Flow{Src: u.src, Inbound: route.InboundSOCKS}
+			f = route.Flow{Src: u.src, Inbound: route.SOCKS}
 		}
 		add(f, d, routed, u.start, uint64(u.upBytes.Load()), uint64(u.downBytes.Load()))
 	}
@@ -305,7 +305,7 @@ func (g *Gateway) activeCounts() []admin.ActiveCount {
 	counts := map[key]int{}
 	g.mu.Lock()
 	for lf := range g.flows {
-		k := key{lf.Inbound, "pending"}
+		k := key{lf.Inbound.String(), "pending"}
 		if lf.routed {
 			k.upstream = upstreamLabel(lf.decision)
 		}

@@ -36,7 +36,7 @@ func (s stubUpstream) String() string { return s.name }
 func TestStatsCountEndedFlowsByOutcome(t *testing.T) {
 	var s Stats
 	up := stubUpstream{"socks5://proxy:1080"}
-	f := route.Flow{Network: "tcp", Inbound: route.InboundRedirect}
+	f := route.Flow{Network: route.TCP, Inbound: route.Redirect}
 	s.FlowEnded(f, route.Decision{Action: route.ActionProxy, Upstream: up}, 10, 200, nil)
 	s.FlowEnded(f, route.Decision{Action: route.ActionProxy, Upstream: up}, 5, 50, nil)
 	s.FlowEnded(f, route.Decision{Action: route.ActionProxy, Upstream: up}, 1, 0, errors.New("reset"))
@@ -118,7 +118,7 @@ func TestLiveFlowsShowDecisionAndBytes(t *testing.T) {
 		if err != nil {
 			return
 		}
-		g.Handle(context.Background(), c, route.Flow{Network: "tcp", Src: netip.MustParseAddrPort(c.RemoteAddr().String()), Dst: dst, Inbound: route.InboundRedirect}, nil)
+		g.Handle(context.Background(), c, route.Flow{Network: route.TCP, Src: netip.MustParseAddrPort(c.RemoteAddr().String()), Dst: dst, Inbound: route.Redirect}, nil)
 		close(done)
 	}()
 	client, err := net.Dial("tcp", front.Addr().String())

@@ -19,7 +19,7 @@ func (g *Gateway) ServeTProxy(ctx context.Context, ln net.Listener) error {
 			c.Close()
 			return
 		}
-		f := route.Flow{Network: "tcp", Src: addrPort(c.RemoteAddr()), Dst: addrPort(c.LocalAddr()), Inbound: route.InboundTProxy}
+		f := route.Flow{Network: route.TCP, Src: addrPort(c.RemoteAddr()), Dst: addrPort(c.LocalAddr()), Inbound: route.TProxy}
 		if f.Dst.Port() == port && isLocalAddr(f.Dst.Addr()) {
 			// Aimed at the listener itself, not captured: relaying it would loop.
 			c.Close()

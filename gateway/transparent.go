@@ -31,7 +31,7 @@ func (g *Gateway) ServeRedirect(ctx context.Context, ln net.Listener) error {
 			// dial ourselves again, forever.
 			err = errors.New("connection to the transparent listener itself (loop)")
 		}
-		f := route.Flow{Network: "tcp", Src: src, Dst: dst, Inbound: route.InboundRedirect}
+		f := route.Flow{Network: route.TCP, Src: src, Dst: dst, Inbound: route.Redirect}
 		if err != nil {
 			c.Close()
 			g.Stats.Refuse("loop")

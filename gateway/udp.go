@@ -26,7 +26,7 @@ import (
 // capture is configured, and serves it through a nat.UDPTable until Run closes it.
 //
 // Routing is per destination, cached per session (see nat.UDPTable): the first datagram of a
-// session to each new destination asks the Router with Flow{Network: "udp", Src, Dst, Inbound:
+// session to each new destination asks the Router with Flow{Network: route.UDP, Src, Dst, Inbound:
 // InboundTProxy}, so a blocking rule holds even inside a session that already talks elsewhere;
 // destinations routed to the same upstream share one association. The session's log line names
 // the first destination's rule and upstream.
@@ -47,7 +47,7 @@ func (g *Gateway) startUDP(ctx context.Context, cfg *configs.Config, log *logrus
 		withoutSupport: t.UDPOverTCPUpstream,
 		dnsOverTCP:     t.DNSOverTCP,
 		dialTimeout:    time.Duration(cfg.Timeouts.Dial),
-		log:            g.Log.WithFields(logrus.Fields{"inbound": route.InboundTProxy, "network": "udp"}),
+		log:            g.Log.WithFields(logrus.Fields{"inbound": route.TProxy, "network": "udp"}),
 	}
 	u.table = &nat.UDPTable{
 		Idle:         time.Duration(t.UDPIdle),
@@ -124,7 +124,7 @@ func (u *udpInbound) route(src, dst netip.AddrPort) nat.UDPRoute {
 		u.g.Stats.Refuse("loop")
 		return nat.UDPRoute{Drop: errLoop, Tag: route.Decision{Action: route.ActionBlock, Rule: "-"}}
 	}
-	d := u.g.router().Route(context.Background(), route.Flow{Network: "udp", Src: src, Dst: dst, Inbound: route.InboundTProxy})
+	d := u.g.router().Route(context.Background(), route.Flow{Network: route.UDP, Src: src, Dst: dst, Inbound: route.TProxy})
 	switch {
 	case d.Action == route.ActionBlock:
 		return nat.UDPRoute{Drop: ErrBlocked, Tag: d}
@@ -172,7 +172,7 @@ func (u *udpInbound) open(ctx context.Context, up upstream.Upstream) (nat.UDPCon
 // logSession writes the session's one line at its end and counts it.
 func (u *udpInbound) logSession(r nat.UDPSessionReport) {
 	d, _ := r.Tag.(route.Decision)
-	u.g.Stats.FlowEnded(route.Flow{Network: "udp", Src: r.Src, Dst: r.FirstDst, Inbound: route.InboundTProxy}, d, int64(r.BytesUp), int64(r.BytesDown), r.Err)
+	u.g.Stats.FlowEnded(route.Flow{Network: route.UDP, Src: r.Src, Dst: r.FirstDst, Inbound: route.TProxy}, d, int64(r.BytesUp), int64(r.BytesDown), r.Err)
 	fields := logrus.Fields{
 		"src":          r.Src.String(),
 		"dst":          r.FirstDst.String(),

@@ -13,22 +13,61 @@ import (
 	"github.com/socksgate/socksgate/upstream"
 )
 
-// Inbound kinds: where a flow entered socksgate.
+// Network is a flow's transport.
+type Network uint8
+
 const (
-	InboundRedirect = "redirect" // transparent TCP, nftables REDIRECT
-	InboundTProxy   = "tproxy"   // transparent TCP or UDP, nftables TPROXY
-	InboundHTTP     = "http"     // explicit HTTP proxy port
-	InboundSOCKS    = "socks"    // explicit SOCKS port
+	TCP Network = iota + 1
+	UDP
 )
+
+// String is the network's name in rules, logs and Go's dial functions: "tcp" or "udp".
+func (n Network) String() string {
+	switch n {
+	case TCP:
+		return "tcp"
+	case UDP:
+		return "udp"
+	}
+	return "network(" + strconv.Itoa(int(n)) + ")"
+}
+
+// Inbound is where a flow entered socksgate.
+type Inbound uint8
+
+const (
+	Redirect Inbound = iota + 1 // transparent TCP, nftables REDIRECT
+	TProxy                      // transparent TCP or UDP, nftables TPROXY
+	HTTP                        // explicit HTTP proxy port
+	SOCKS                       // explicit SOCKS port
+)
+
+// String is the inbound's name in logs, metrics and the flow list.
+func (in Inbound) String() string {
+	switch in {
+	case Redirect:
+		return "redirect"
+	case TProxy:
+		return "tproxy"
+	case HTTP:
+		return "http"
+	case SOCKS:
+		return "socks"
+	}
+	return "inbound(" + strconv.Itoa(int(in)) + ")"
+}
+
+// Transparent reports whether the flow was captured (rules call both kinds "transparent").
+func (in Inbound) Transparent() bool { return in == Redirect || in == TProxy }
 
 // Flow is one client connection (TCP) or UDP session as the router sees it.
 type Flow struct {
-	Network string         // "tcp" or "udp"
+	Network Network
 	Src     netip.AddrPort // the client
 	Dst     netip.AddrPort // the destination address; zero when the client gave only a name
 	Host    string         // destination name, when known (HTTP, SOCKS4a/5 domain, sniffed SNI/Host)
 	Port    uint16         // destination port when Dst is zero (name-only flows); else Dst.Port()
-	Inbound string         // one of the Inbound constants
+	Inbound Inbound
 }
 
 // DstPort is the destination port, whether the flow has an address or only a name.
@@ -81,3 +120,9 @@ type Decision struct {
 type Router interface {
 	Route(ctx context.Context, f Flow) Decision
 }
+
+// MarshalText writes the name, so that logs and JSON show "udp", not 2.
+func (n Network) MarshalText() ([]byte, error) { return []byte(n.String()), nil }
+
+// MarshalText writes the name, so that logs and JSON show "socks", not 4.
+func (in Inbound) MarshalText() ([]byte, error) { return []byte(in.String()), nil }

@@ -48,8 +48,9 @@ const (
 	inSOCKS
 )
 
-func protoBit(network string) uint8 {
-	switch network {
+// protoBit is a rule's protocol name as a bit; flowProto a flow's.
+func protoBit(name string) uint8 {
+	switch name {
 	case configs.ProtocolTCP:
 		return protoTCP
 	case configs.ProtocolUDP:
@@ -58,13 +59,36 @@ func protoBit(network string) uint8 {
 	return 0
 }
 
-func inboundBit(in string) uint8 {
-	switch in {
-	case InboundRedirect, InboundTProxy, configs.InboundTransparent:
+func flowProto(n Network) uint8 {
+	switch n {
+	case TCP:
+		return protoTCP
+	case UDP:
+		return protoUDP
+	}
+	return 0
+}
+
+// inboundBit is a rule's inbound name as a bit; flowInbound a flow's.
+func inboundBit(name string) uint8 {
+	switch name {
+	case configs.InboundTransparent:
 		return inTransparent
-	case InboundHTTP:
+	case configs.InboundHTTP:
 		return inHTTP
-	case InboundSOCKS:
+	case configs.InboundSOCKS:
+		return inSOCKS
+	}
+	return 0
+}
+
+func flowInbound(in Inbound) uint8 {
+	switch in {
+	case Redirect, TProxy:
+		return inTransparent
+	case HTTP:
+		return inHTTP
+	case SOCKS:
 		return inSOCKS
 	}
 	return 0
@@ -148,8 +172,8 @@ func (r *RuleRouter) Route(_ context.Context, f Flow) Decision {
 // match returns the index of the first rule matching f, or -1.
 func (r *RuleRouter) match(f *Flow) int32 {
 	k := flowKey{
-		proto:   protoBit(f.Network),
-		inbound: inboundBit(f.Inbound),
+		proto:   flowProto(f.Network),
+		inbound: flowInbound(f.Inbound),
 		src:     f.Src.Addr().Unmap().WithZone(""), // prefixes never contain a zoned address
 		port:    f.DstPort(),
 		host:    f.Host,

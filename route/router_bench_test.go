@@ -38,7 +38,7 @@ func BenchmarkRoute10kCIDR(b *testing.B) {
 	dst := dstOf(cfg)
 	last := cfg.Rules[len(cfg.Rules)-2].Dst[0].Addr().Next()
 	flows := map[string]Flow{
-		"late-match": {Network: "tcp", Src: ap("10.0.1.2:40000"), Dst: netip.AddrPortFrom(last, 443), Inbound: InboundRedirect},
+		"late-match": {Network: TCP, Src: ap("10.0.1.2:40000"), Dst: netip.AddrPortFrom(last, 443), Inbound: Redirect},
 		"no-match":   tcpFlow("203.0.113.10:443"),
 		"ipv6":       tcpFlow("[2001:db8:3::10]:443"),
 	}

@@ -53,7 +53,7 @@ func ap(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
 
 // tcpFlow is a transparent TCP flow from 10.0.1.2.
 func tcpFlow(dst string) Flow {
-	return Flow{Network: "tcp", Src: ap("10.0.1.2:40000"), Dst: ap(dst), Inbound: InboundRedirect}
+	return Flow{Network: TCP, Src: ap("10.0.1.2:40000"), Dst: ap(dst), Inbound: Redirect}
 }
 
 func block(name string) configs.Rule {
@@ -64,7 +64,7 @@ func block(name string) configs.Rule {
 // describes and the rest fall through to "default".
 func TestRouteMatchers(t *testing.T) {
 	nameOnly := func(host string, port uint16) Flow {
-		return Flow{Network: "tcp", Src: ap("10.0.1.2:40000"), Host: host, Port: port, Inbound: InboundSOCKS}
+		return Flow{Network: TCP, Src: ap("10.0.1.2:40000"), Host: host, Port: port, Inbound: SOCKS}
 	}
 	with := func(f Flow, mod func(*Flow)) Flow { mod(&f); return f }
 	cases := []struct {
@@ -106,12 +106,12 @@ func TestRouteMatchers(t *testing.T) {
 		{"src many prefixes miss", configs.Rule{Src: manyPrefixes(100, "10.%d.0.0/16")}, with(tcpFlow("203.0.113.10:80"), func(f *Flow) { f.Src = ap("10.157.3.4:1") }), "default"},
 		{"protocol tcp", configs.Rule{Protocol: []string{"tcp"}}, tcpFlow("203.0.113.10:80"), "r"},
 		{"protocol udp vs tcp flow", configs.Rule{Protocol: []string{"udp"}}, tcpFlow("203.0.113.10:80"), "default"},
-		{"protocol udp", configs.Rule{Protocol: []string{"udp"}}, with(tcpFlow("203.0.113.10:53"), func(f *Flow) { f.Network = "udp"; f.Inbound = InboundTProxy }), "r"},
+		{"protocol udp", configs.Rule{Protocol: []string{"udp"}}, with(tcpFlow("203.0.113.10:53"), func(f *Flow) { f.Network = UDP; f.Inbound = TProxy }), "r"},
 		{"inbound transparent covers redirect", configs.Rule{Inbound: []string{"transparent"}}, tcpFlow("203.0.113.10:80"), "r"},
-		{"inbound transparent covers tproxy", configs.Rule{Inbound: []string{"transparent"}}, with(tcpFlow("203.0.113.10:80"), func(f *Flow) { f.Inbound = InboundTProxy }), "r"},
+		{"inbound transparent covers tproxy", configs.Rule{Inbound: []string{"transparent"}}, with(tcpFlow("203.0.113.10:80"), func(f *Flow) { f.Inbound = TProxy }), "r"},
 		{"inbound transparent not socks", configs.Rule{Inbound: []string{"transparent"}}, nameOnly("example.com", 443), "default"},
 		{"inbound socks", configs.Rule{Inbound: []string{"socks"}}, nameOnly("example.com", 443), "r"},
-		{"inbound http", configs.Rule{Inbound: []string{"http", "socks"}}, with(nameOnly("example.com", 443), func(f *Flow) { f.Inbound = InboundHTTP }), "r"},
+		{"inbound http", configs.Rule{Inbound: []string{"http", "socks"}}, with(nameOnly("example.com", 443), func(f *Flow) { f.Inbound = HTTP }), "r"},
 		{"domain exact", configs.Rule{Domain: []string{"example.com"}}, nameOnly("example.com", 443), "r"},
 		{"domain exact case and trailing dot", configs.Rule{Domain: []string{"example.com"}}, nameOnly("Example.COM.", 443), "r"},
 		{"domain exact not a subdomain", configs.Rule{Domain: []string{"example.com"}}, nameOnly("www.example.com", 443), "default"},
@@ -207,8 +207,8 @@ func TestRouteFirstMatchWinsInRuleOrder(t *testing.T) {
 		{tcpFlow("203.0.200.1:80"), "wide"},
 		{tcpFlow("[2001:db8:1::1]:80"), "wide"},
 		{tcpFlow("198.51.100.1:80"), "src"},
-		{Flow{Network: "udp", Src: ap("10.0.1.2:1"), Dst: ap("203.0.113.11:53"), Inbound: InboundTProxy}, "net-udp"},
-		{Flow{Network: "tcp", Src: ap("10.0.9.2:1"), Dst: ap("198.51.100.1:80"), Inbound: InboundRedirect}, "default"},
+		{Flow{Network: UDP, Src: ap("10.0.1.2:1"), Dst: ap("203.0.113.11:53"), Inbound: TProxy}, "net-udp"},
+		{Flow{Network: TCP, Src: ap("10.0.9.2:1"), Dst: ap("198.51.100.1:80"), Inbound: Redirect}, "default"},
 	}
 	for _, c := range cases {
 		if got := r.Route(context.Background(), c.flow).Rule; got != c.want {
@@ -261,8 +261,8 @@ func TestRouteDoesNotAllocate(t *testing.T) {
 // directly. Tests compare Route against it; the benchmark shows what the index saves.
 func (r *RuleRouter) linearRoute(f Flow, dst [][]netip.Prefix) Decision {
 	k := flowKey{
-		proto:   protoBit(f.Network),
-		inbound: inboundBit(f.Inbound),
+		proto:   flowProto(f.Network),
+		inbound: flowInbound(f.Inbound),
 		src:     f.Src.Addr().Unmap().WithZone(""),
 		port:    f.DstPort(),
 		host:    f.Host,
@@ -362,9 +362,9 @@ func randomRules(rng *rand.Rand, n int) *configs.Config {
 
 func randomFlow(rng *rand.Rand) Flow {
 	f := Flow{
-		Network: []string{"tcp", "udp"}[rng.IntN(2)],
+		Network: []Network{TCP, UDP}[rng.IntN(2)],
 		Src:     netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, byte(rng.IntN(4)), 2}), 40000),
-		Inbound: []string{InboundRedirect, InboundTProxy, InboundHTTP, InboundSOCKS}[rng.IntN(4)],
+		Inbound: []Inbound{Redirect, TProxy, HTTP, SOCKS}[rng.IntN(4)],
 	}
 	port := uint16(rng.IntN(1300))
 	switch rng.IntN(6) {
