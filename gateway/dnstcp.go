@@ -35,9 +35,6 @@ const (
 // dnsStreams counts the DNS-over-TCP connections open, against dnsMaxStreamsTotal.
 var dnsStreams atomic.Int64
 
-// dnsReplyWait is dnsReplyWaitDefault; tests shorten it.
-var dnsReplyWait = dnsReplyWaitDefault
-
 // fallbackConn is a session's way out through an upstream that carries no UDP: DNS datagrams
 // (destination port 53, when dnsTCP) go as DNS over TCP (RFC 7766: each message prefixed by its
 // 2-byte length) through the upstream's TCP, one pipelined connection per DNS server; any other
@@ -50,6 +47,7 @@ type fallbackConn struct {
 	other       nat.UDPConn // nil: non-DNS datagrams are refused
 	unsupported error
 	dialTimeout time.Duration
+	replyWait   time.Duration // dnsReplyWaitDefault; tests shorten it
 
 	replies chan dnsReply
 	done    chan struct{}
@@ -70,9 +68,12 @@ type dnsStream struct {
 	conn  net.Conn // set once dialed
 }
 
-func newFallbackConn(ctx context.Context, up upstream.Upstream, dnsTCP bool, other nat.UDPConn, unsupported error, dialTimeout time.Duration) *fallbackConn {
+func newFallbackConn(ctx context.Context, up upstream.Upstream, dnsTCP bool, other nat.UDPConn, unsupported error, dialTimeout, replyWait time.Duration) *fallbackConn {
+	if replyWait <= 0 {
+		replyWait = dnsReplyWaitDefault
+	}
 	c := &fallbackConn{
-		ctx: ctx, up: up, dnsTCP: dnsTCP, other: other, unsupported: unsupported, dialTimeout: dialTimeout,
+		ctx: ctx, up: up, dnsTCP: dnsTCP, other: other, unsupported: unsupported, dialTimeout: dialTimeout, replyWait: replyWait,
 		replies: make(chan dnsReply, dnsReplyLen),
 		done:    make(chan struct{}),
 		streams: make(map[netip.AddrPort]*dnsStream),
@@ -178,7 +179,7 @@ func (c *fallbackConn) runStream(dst netip.AddrPort, s *dnsStream) {
 			}
 			// An answer is due: a server silent this long ends the connection (the reader
 			// fails on the deadline), and the next query opens a new one.
-			conn.SetReadDeadline(time.Now().Add(dnsReplyWait))
+			conn.SetReadDeadline(time.Now().Add(c.replyWait))
 		case <-readDone:
 			return
 		case <-c.done:

@@ -24,17 +24,14 @@ import (
 // loopGuard knows socksgate's own listening ports, so that an explicit client asking for one of
 // them (http://gw:8080/ through gw:8080) is refused instead of dialing itself forever.
 type loopGuard struct {
-	mu      sync.Mutex
-	own     []netip.AddrPort
-	local   []netip.Addr
-	localAt time.Time // when local was read
+	mu  sync.Mutex
+	own []netip.AddrPort
 }
 
 func (l *loopGuard) add(ap netip.AddrPort) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.own = append(l.own, ap)
-	l.local = nil // refreshed on the next check
 }
 
 // loops reports whether dst is one of the listeners.
@@ -53,31 +50,13 @@ func (l *loopGuard) loops(dst netip.AddrPort) bool {
 			return true
 		}
 		if o.Addr().IsUnspecified() || a.IsLoopback() || a.IsUnspecified() {
-			if a.IsLoopback() || a.IsUnspecified() || l.isLocal(a) {
+			if isLocalAddr(a) {
 				return true
 			}
 		}
 	}
 	return false
 }
-
-func (l *loopGuard) isLocal(a netip.Addr) bool {
-	if l.local == nil || time.Since(l.localAt) > 30*time.Second { // addresses come and go (DHCP, PPPoE, IPv6)
-		l.localAt = time.Now()
-		addrs, _ := net.InterfaceAddrs()
-		l.local = []netip.Addr{}
-		for _, ad := range addrs {
-			if ipn, ok := ad.(*net.IPNet); ok {
-				if ip, ok := netip.AddrFromSlice(ipn.IP); ok {
-					l.local = append(l.local, ip.Unmap())
-				}
-			}
-		}
-	}
-	return slices.Contains(l.local, a)
-}
-
-var errLoop = errors.New("destination is socksgate's own listener (loop)")
 
 // httpInbound is the gateway as the HTTP proxy's Tunneler.
 type httpInbound struct {
@@ -105,7 +84,7 @@ func (h *httpInbound) Tunnel(ctx context.Context, client net.Conn, t httpproxy.T
 	if h.guard.loops(f.Dst) {
 		reply(httpError(errLoop))
 		client.Close()
-		h.g.logFlow(f, route.Decision{Action: route.ActionBlock, Rule: "-"}, 0, 0, 0, errLoop)
+		h.g.refuse(f, errLoop)
 		return
 	}
 	h.g.Handle(ctx, client, f, func(err error) error { return reply(httpError(err)) })
@@ -117,20 +96,17 @@ func (h *httpInbound) Tunnel(ctx context.Context, client net.Conn, t httpproxy.T
 func (h *httpInbound) Dial(ctx context.Context, t httpproxy.Target) (net.Conn, error) {
 	f := h.flow(t)
 	if h.guard.loops(f.Dst) {
-		h.g.logFlow(f, route.Decision{Action: route.ActionBlock, Rule: "-"}, 0, 0, 0, errLoop)
+		h.g.refuse(f, errLoop)
 		return nil, httpError(errLoop)
 	}
-	lf := &liveFlow{Flow: f, start: time.Now()}
-	if err := h.g.track(lf); err != nil {
-		h.g.logFlow(f, route.Decision{Action: route.ActionBlock, Rule: "-"}, 0, 0, 0, err)
+	lf, err := h.g.begin(f, nil)
+	if err != nil {
 		return nil, httpError(err)
 	}
 	c, d, err := h.g.Dial(ctx, f)
 	h.g.routed(lf, d, err)
 	if err != nil {
-		h.g.logFlow(f, d, 0, 0, time.Since(lf.start), err)
-		h.g.Stats.FlowEnded(f, d, 0, 0, err)
-		h.g.untrack(lf)
+		h.g.finish(lf, flowEnd{d: d, err: err})
 		return nil, httpError(err)
 	}
 	lc := &loggedConn{Conn: c, g: h.g, lf: lf, d: d}
@@ -171,10 +147,7 @@ func (c *loggedConn) Write(p []byte) (int, error) {
 func (c *loggedConn) Close() error {
 	err := c.Conn.Close()
 	c.once.Do(func() {
-		up, down := c.up.Load(), c.down.Load()
-		c.g.logFlow(c.lf.Flow, c.d, up, down, time.Since(c.lf.start), nil)
-		c.g.Stats.FlowEnded(c.lf.Flow, c.d, up, down, nil)
-		c.g.untrack(c.lf)
+		c.g.finish(c.lf, flowEnd{d: c.d, up: c.up.Load(), down: c.down.Load()})
 	})
 	return err
 }
@@ -208,7 +181,7 @@ func (s *socksInbound) Tunnel(ctx context.Context, client net.Conn, t socksserve
 	if s.guard.loops(f.Dst) {
 		reply(socksError(errLoop))
 		client.Close()
-		s.g.logFlow(f, route.Decision{Action: route.ActionBlock, Rule: "-"}, 0, 0, 0, errLoop)
+		s.g.refuse(f, errLoop)
 		return
 	}
 	s.g.Handle(ctx, client, f, func(err error) error { return reply(socksError(err)) })
@@ -218,12 +191,13 @@ func (s *socksInbound) OpenUDP(ctx context.Context, src netip.AddrPort, deliver 
 	ctx, cancel := context.WithCancel(ctx)
 	u := &explicitUDP{
 		g: s.g, src: src, deliver: deliver, ctx: ctx, cancel: cancel, start: time.Now(),
-		paths: make(map[string]net.PacketConn), names: make(map[string]netip.Addr),
+		paths: make(map[upstream.Upstream]net.PacketConn), names: make(map[string]netip.Addr),
 	}
 	s.g.mu.Lock()
 	if err := s.g.admit(src.Addr()); err != nil {
 		s.g.mu.Unlock()
 		cancel()
+		s.g.refuse(route.Flow{Network: route.UDP, Src: src, Inbound: route.SOCKS}, err)
 		return nil, err
 	}
 	s.g.assocs[u] = struct{}{}
@@ -246,11 +220,10 @@ type explicitUDP struct {
 	start   time.Time
 
 	mu      sync.Mutex
-	paths   map[string]net.PacketConn // by upstream name
-	names   map[string]netip.Addr     // names resolved for direct datagrams
+	paths   map[upstream.Upstream]net.PacketConn // by upstream, by identity (not by URL, which two may share)
+	names   map[string]netip.Addr                // names resolved for direct datagrams
 	closed  bool
 	lastErr error
-	rule    string
 	seen    sync.Mutex     // guards first and firstD, read by the flow list while mu may be held for a dial
 	first   route.Flow     // the first datagram's destination, for the flow list
 	firstD  route.Decision // and its route
@@ -269,7 +242,6 @@ func (u *explicitUDP) Send(ctx context.Context, payload []byte, t socksserver.Ta
 	u.seen.Unlock()
 	err := u.send(f, d, payload)
 	u.mu.Lock()
-	u.rule = d.Rule
 	if err != nil {
 		u.lastErr = err
 	}
@@ -300,12 +272,17 @@ func (u *explicitUDP) send(f route.Flow, d route.Decision, payload []byte) error
 		to = net.UDPAddrFromAddrPort(f.Dst)
 	case isAssociation(pc):
 		to = socks.Addr{Name: f.Host, Port: f.Port} // the upstream resolves it
+	case d.Addr.IsValid(): // the router resolved the name for an address rule
+		to = net.UDPAddrFromAddrPort(netip.AddrPortFrom(d.Addr, f.Port))
 	default:
 		ip, err := u.resolve(f.Host)
 		if err != nil {
 			return err
 		}
 		to = net.UDPAddrFromAddrPort(netip.AddrPortFrom(ip, f.Port))
+	}
+	if ua, ok := to.(*net.UDPAddr); ok && !isAssociation(pc) && isLocalDst(ua.AddrPort().Addr()) && !d.ByDst {
+		return errLocalDst // sent from the router itself: to its own services, or back to itself
 	}
 	_, err = pc.WriteTo(payload, to)
 	return err
@@ -351,7 +328,7 @@ func (u *explicitUDP) dialTimeout() time.Duration {
 // The handshake of an upstream association holds the session's lock: the client's datagrams
 // wait for it in order, which is what a client of one association expects.
 func (u *explicitUDP) path(up upstream.Upstream) (net.PacketConn, error) {
-	key := up.String()
+	key := up
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if u.closed {
@@ -377,7 +354,7 @@ func (u *explicitUDP) path(up upstream.Upstream) (net.PacketConn, error) {
 }
 
 // read hands every datagram arriving on pc to the client, with its real source.
-func (u *explicitUDP) read(key string, pc net.PacketConn) {
+func (u *explicitUDP) read(key upstream.Upstream, pc net.PacketConn) {
 	defer u.wg.Done()
 	buf := make([]byte, 65535)
 	for {
@@ -421,7 +398,7 @@ func (u *explicitUDP) Close() error {
 	u.closed = true
 	var ups []string
 	for k, pc := range u.paths {
-		ups = append(ups, k)
+		ups = append(ups, k.String())
 		pc.Close()
 	}
 	u.mu.Unlock()
@@ -437,26 +414,18 @@ func (u *explicitUDP) Close() error {
 	u.seen.Lock()
 	f, d := u.first, u.firstD
 	u.seen.Unlock()
-	if f.Network == 0 { // no datagram came
-		f = route.Flow{Network: route.UDP, Src: u.src, Inbound: route.SOCKS}
-	}
 	var err error
 	if u.dropped.Load() > 0 {
 		err = lastErr
 	}
-	u.g.Stats.FlowEnded(f, d, u.upBytes.Load(), u.downBytes.Load(), err)
-	if u.g.Log != nil {
-		slices.Sort(ups)
-		e := u.g.Log.WithFields(logrus.Fields{
-			"src": u.src.String(), "inbound": route.SOCKS, "network": "udp", "rule": u.rule,
-			"upstreams": ups, "datagrams_up": u.upPkts.Load(), "datagrams_down": u.downPkts.Load(),
-			"up": u.upBytes.Load(), "down": u.downBytes.Load(), "dropped": u.dropped.Load(),
-			"duration": time.Since(u.start).Round(time.Millisecond).String(),
-		})
-		if err != nil {
-			e = e.WithField("last_error", err.Error())
+	if f.Network == 0 { // no datagram came: an association unused, no flow to count
+		if u.g.Log != nil {
+			u.g.Log.WithFields(logrus.Fields{"src": u.src.String(), "inbound": route.SOCKS.String(), "network": "udp"}).Debug("udp association closed unused")
 		}
-		e.Info("udp association")
+		return nil
 	}
+	slices.Sort(ups)
+	u.g.ended(flowEnd{f: f, d: d, up: u.upBytes.Load(), down: u.downBytes.Load(), dur: time.Since(u.start), err: err,
+		extra: logrus.Fields{"upstreams": ups, "packets_up": u.upPkts.Load(), "packets_down": u.downPkts.Load(), "dropped": u.dropped.Load()}})
 	return nil
 }

@@ -128,7 +128,7 @@ func TestExplicitListenAddrs(t *testing.T) {
 // shutdown cuts it.
 func TestForwardedHTTPConnectionIsAFlow(t *testing.T) {
 	dst := testutil.ServeLoopback(t, func(c net.Conn) { io.Copy(c, c); c.Close() }) // echo until the client ends
-	g := &Gateway{Router: staticRouter{Action: route.ActionDirect, Upstream: stubUpstream{"direct-stub"}, Rule: "all"}, MaxFlows: 1}
+	g := &Gateway{Router: fixedRouter{Action: route.ActionDirect, ByDst: true, Upstream: stubUpstream{"direct-stub"}, Rule: "all"}, MaxFlows: 1}
 	h := &httpInbound{g: g, guard: &loopGuard{}}
 	target := httpproxy.Target{Src: netip.MustParseAddrPort("10.0.0.1:5000"), Addr: dst, Port: dst.Port()}
 
@@ -187,7 +187,7 @@ func TestHandleReplaysAnExplicitClientsEarlyBytes(t *testing.T) {
 		io.Copy(io.Discard, c)
 	})
 	client, inbound := testutil.TCPPair(t)
-	g := &Gateway{Router: fixedRouter{Action: route.ActionDirect, Upstream: stubUpstream{"direct-stub"}, Rule: "all"}}
+	g := &Gateway{Router: fixedRouter{Action: route.ActionDirect, ByDst: true, Upstream: stubUpstream{"direct-stub"}, Rule: "all"}}
 	ready := make(chan error, 1)
 	go g.Handle(context.Background(), prefixconn.New(inbound, []byte("early ")), route.Flow{Network: route.TCP, Src: netip.MustParseAddrPort(client.LocalAddr().String()), Dst: dst, Inbound: route.SOCKS},
 		func(err error) error { ready <- err; return nil })
@@ -225,7 +225,7 @@ func TestHandleReplaysAnExplicitClientsEarlyBytes(t *testing.T) {
 // max_flows_per_source with the TCP flows, is refused beyond them, and gives its slot back when
 // it ends.
 func TestExplicitUDPAssociationsAreHeldToTheFlowLimits(t *testing.T) {
-	g := &Gateway{Router: fixedRouter{Action: route.ActionDirect, Upstream: stubUpstream{"direct-stub"}, Rule: "all"}, MaxPerSrc: 2, MaxFlows: 3}
+	g := &Gateway{Router: fixedRouter{Action: route.ActionDirect, ByDst: true, Upstream: stubUpstream{"direct-stub"}, Rule: "all"}, MaxPerSrc: 2, MaxFlows: 3}
 	in := &socksInbound{g: g}
 	deliver := func([]byte, socks.Addr) {}
 	src := netip.MustParseAddrPort("10.0.1.2:5000")
@@ -310,7 +310,7 @@ func TestIdleSweeperExpiresForwardedConnections(t *testing.T) {
 		t.Skip("no TCP_INFO here")
 	}
 	dst := testutil.ServeLoopback(t, func(c net.Conn) { io.Copy(io.Discard, c); c.Close() }) // never answers
-	g := &Gateway{Router: staticRouter{Action: route.ActionDirect, Upstream: stubUpstream{"direct-stub"}, Rule: "all"}, Idle: 100 * time.Millisecond}
+	g := &Gateway{Router: fixedRouter{Action: route.ActionDirect, ByDst: true, Upstream: stubUpstream{"direct-stub"}, Rule: "all"}, Idle: 100 * time.Millisecond}
 	h := &httpInbound{g: g, guard: &loopGuard{}}
 	c, err := h.Dial(context.Background(), httpproxy.Target{Src: netip.MustParseAddrPort("10.0.0.1:5000"), Addr: dst, Port: dst.Port()})
 	if err != nil {
@@ -329,7 +329,7 @@ func TestIdleSweeperExpiresForwardedConnections(t *testing.T) {
 // in as the router, past the client's own rules and limits.
 func TestNamedDestinationLoopingToAListenerIsRefused(t *testing.T) {
 	listener := testutil.ServeLoopback(t, func(c net.Conn) { c.Close() })
-	g := &Gateway{Router: fixedRouter{Action: route.ActionDirect, Upstream: upstream.Direct{}, Rule: "all"}}
+	g := &Gateway{Router: fixedRouter{Action: route.ActionDirect, ByDst: true, Upstream: upstream.Direct{}, Rule: "all"}}
 	guard := &loopGuard{}
 	guard.add(listener)
 	g.guard.Store(guard)
@@ -339,5 +339,71 @@ func TestNamedDestinationLoopingToAListenerIsRefused(t *testing.T) {
 			c.Close()
 		}
 		t.Fatalf("dial localhost:%d, the explicit listener: %v, want the loop refused", listener.Port(), err)
+	}
+}
+
+// Two upstreams with one URL (one reached via another, which carries no UDP) are two ways out:
+// an explicit association keeps a path per upstream, not per URL, so UDP meant for the one
+// without UDP does not slip out through the other's association (and past
+// udp_without_support). The transparent session table keys its ways out the same way.
+func TestUpstreamsSharingAURLAreTwoWaysOut(t *testing.T) {
+	const url = "socks5://192.0.2.1:1080"
+	withUDP := &udpUpstream{stubUpstream{url}, make(chan net.PacketConn, 4)}
+	chained := stubUpstream{url} // the same URL reached via another hop: no UDP
+	r := routerFunc(func(f route.Flow) route.Decision {
+		if f.Dst.Port() == 53 {
+			return route.Decision{Action: route.ActionProxy, Upstream: withUDP, Rule: "dns", ByDst: true}
+		}
+		return route.Decision{Action: route.ActionProxy, Upstream: chained, Rule: "chained"}
+	})
+	g := &Gateway{Router: r}
+	u, err := (&socksInbound{g: g}).OpenUDP(context.Background(), netip.MustParseAddrPort("10.0.1.2:5000"), func([]byte, socks.Addr) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer u.Close()
+	if err := u.Send(context.Background(), []byte("q"), socksserver.Target{Addr: netip.MustParseAddrPort("127.0.0.1:53")}); err != nil {
+		t.Fatalf("datagram for the upstream with UDP: %v", err)
+	}
+	err = u.Send(context.Background(), []byte("q"), socksserver.Target{Addr: netip.MustParseAddrPort("127.0.0.1:5353")})
+	if !errors.Is(err, upstream.ErrUDPUnsupported) {
+		t.Fatalf("datagram for the chained upstream (no UDP): %v; want ErrUDPUnsupported, not the other's association", err)
+	}
+
+	in := &udpInbound{g: g}
+	a := in.route(netip.MustParseAddrPort("10.0.1.2:5000"), netip.MustParseAddrPort("203.0.113.1:53"))
+	b := in.route(netip.MustParseAddrPort("10.0.1.2:5000"), netip.MustParseAddrPort("203.0.113.1:5353"))
+	if a.Outbound == b.Outbound {
+		t.Fatalf("transparent UDP: one way out (%v) for two upstreams sharing a URL", a.Outbound)
+	}
+}
+
+// A flow dialled direct to the router itself (loopback, or one of its own addresses) is
+// refused unless the rule that decided it names that destination with dst: a LAN client must
+// not reach the admin endpoint or the router's other services through the proxy ports. A name
+// that leads there (localhost) is refused once dialled.
+func TestDirectFlowToTheRouterItselfNeedsARuleNamingIt(t *testing.T) {
+	svc := testutil.ServeLoopback(t, func(c net.Conn) { c.Write([]byte("secret")); c.Close() })
+	direct := stubUpstream{"direct"}
+	for _, tt := range []struct {
+		name string
+		f    route.Flow
+		d    route.Decision
+		want error
+	}{
+		{"address, catch-all rule", route.Flow{Network: route.TCP, Dst: svc, Inbound: route.HTTP}, route.Decision{Action: route.ActionDirect, Upstream: direct, Rule: "all"}, errLocalDst},
+		{"name, catch-all rule", route.Flow{Network: route.TCP, Host: "localhost", Port: svc.Port(), Inbound: route.SOCKS}, route.Decision{Action: route.ActionDirect, Upstream: direct, Rule: "all"}, errLocalDst},
+		{"address, a rule naming it", route.Flow{Network: route.TCP, Dst: svc, Inbound: route.HTTP}, route.Decision{Action: route.ActionDirect, Upstream: direct, Rule: "router-ui", ByDst: true}, nil},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			g := &Gateway{Router: fixedRouter(tt.d)}
+			c, _, err := g.Dial(context.Background(), tt.f)
+			if c != nil {
+				c.Close()
+			}
+			if !errors.Is(err, tt.want) {
+				t.Fatalf("dial: %v, want %v", err, tt.want)
+			}
+		})
 	}
 }

@@ -46,18 +46,10 @@ type Gateway struct {
 	flows    map[*liveFlow]struct{}
 	perSrc   map[netip.Addr]int
 	closing  bool
-	refusals map[string]uint64         // refused flows by reason
 	wg       sync.WaitGroup            // one per tracked flow
 	udpTable *nat.UDPTable             // transparent UDP sessions, for the flow list; nil: none
 	assocs   map[*explicitUDP]struct{} // explicit UDP associations, for the flow list
 }
-
-// Reasons a flow is refused before it is routed.
-var (
-	ErrFlowLimit    = errors.New("refused: flow limit reached (limits.max_flows)")
-	ErrSourceLimit  = errors.New("refused: per-source flow limit reached (limits.max_flows_per_source)")
-	ErrShuttingDown = errors.New("refused: shutting down")
-)
 
 // liveFlow is one TCP flow being relayed, or the upstream connection of forwarded HTTP
 // requests (then client is that connection, set once dialled, and remote is nil).
@@ -87,22 +79,36 @@ func (g *Gateway) Dial(ctx context.Context, f route.Flow) (net.Conn, route.Decis
 		defer cancel()
 	}
 	addr := f.Address()
-	if d.Action == route.ActionDirect && f.Dst.IsValid() && g.directToAddress(ctx, f) {
-		// A captured flow with a sniffed name goes direct to the address the client chose,
-		// not to whatever the gateway's own resolver says the name is.
-		addr = f.Dst.String()
+	if d.Action == route.ActionDirect {
+		switch {
+		case f.Dst.IsValid() && g.directToAddress(ctx, f):
+			// A captured flow with a sniffed name goes direct to the address the client
+			// chose, not to whatever the gateway's own resolver says the name is.
+			addr = f.Dst.String()
+		case !f.Dst.IsValid() && d.Addr.IsValid():
+			// The router resolved the name for an address rule: dial what it matched.
+			addr = netip.AddrPortFrom(d.Addr, f.DstPort()).String()
+		}
+		if ap, err := netip.ParseAddrPort(addr); err == nil && isLocalDst(ap.Addr()) && !d.ByDst {
+			return nil, d, errLocalDst
+		}
 	}
 	c, err := d.Upstream.DialContext(ctx, "tcp", addr)
 	if m, ok := c.(interface{ Member() string }); ok {
 		d.Member = m.Member()
 	}
 	if err == nil && d.Action == route.ActionDirect && !f.Dst.IsValid() {
-		// A name (localhost, the router's own name) can lead back to socksgate's own
-		// listeners, which its address would have shown: the flow would come back in as
-		// the router, past the client's own rules and limits.
-		if guard := g.guard.Load(); guard != nil && guard.loops(addrPort(c.RemoteAddr())) {
+		// A name (localhost, the router's own name) can lead back to the router: to socksgate's
+		// own listeners (the flow would come back in as the router, past the client's own rules
+		// and limits), or to its other services.
+		remote := addrPort(c.RemoteAddr())
+		if guard := g.guard.Load(); guard != nil && guard.loops(remote) {
 			c.Close()
 			return nil, d, errLoop
+		}
+		if isLocalDst(remote.Addr()) && !d.ByDst {
+			c.Close()
+			return nil, d, errLocalDst
 		}
 	}
 	return c, d, err
@@ -143,17 +149,15 @@ func (g *Gateway) Handle(ctx context.Context, client net.Conn, f route.Flow, rea
 // (Letting it carry one direction until that parks saved no CPU measurably and kept grown
 // stacks alive: 2,000 idle flows took 14.4 KiB RSS each instead of 8.2.)
 func (g *Gateway) handle(ctx context.Context, client net.Conn, f route.Flow, ready func(error) error, replay []byte) {
-	lf := &liveFlow{Flow: f, client: client, start: time.Now()}
-	if err := g.track(lf); err != nil {
+	lf, err := g.begin(f, client)
+	if err != nil {
 		if ready != nil {
 			ready(err)
 		}
 		client.Close()
-		g.logFlow(f, route.Decision{Action: route.ActionBlock, Rule: "-"}, 0, 0, 0, err)
 		return
 	}
 	var d route.Decision
-	var err error
 	relaying := false
 	defer func() {
 		if p := recover(); p != nil {
@@ -195,43 +199,10 @@ func (g *Gateway) handle(ctx context.Context, client net.Conn, f route.Flow, rea
 	r.Start()
 }
 
-// endFlow closes what is left of a flow, logs its line and counts it.
+// endFlow closes what is left of a relayed flow and finishes its record.
 func (g *Gateway) endFlow(lf *liveFlow, d route.Decision, up, down int64, err error) {
 	lf.client.Close()
-	g.logFlow(lf.Flow, d, up, down, time.Since(lf.start), err)
-	g.Stats.FlowEnded(lf.Flow, d, up, down, err)
-	g.untrack(lf)
-}
-
-func (g *Gateway) logFlow(f route.Flow, d route.Decision, up, down int64, dur time.Duration, err error) {
-	if g.Log == nil || err == nil && !g.Log.Logger.IsLevelEnabled(logrus.InfoLevel) {
-		return // build no fields for a line nobody reads
-	}
-	fields := logrus.Fields{
-		"src":      f.Src.String(),
-		"dst":      f.Address(),
-		"inbound":  f.Inbound,
-		"rule":     d.Rule,
-		"action":   d.Action.String(),
-		"up":       up,
-		"down":     down,
-		"duration": dur.Round(time.Millisecond).String(),
-	}
-	if d.Upstream != nil {
-		fields["upstream"] = d.Upstream.String()
-	}
-	if d.Member != "" {
-		fields["member"] = d.Member
-	}
-	if f.Host != "" && f.Dst.IsValid() {
-		fields["ip"] = f.Dst.String()
-	}
-	e := g.Log.WithFields(fields)
-	if err != nil {
-		e.WithError(err).Warn("flow failed")
-		return
-	}
-	e.Info("flow")
+	g.finish(lf, flowEnd{d: d, up: up, down: down, err: err})
 }
 
 // track registers a live flow, or says why it may not start: shutdown has begun, or a flow
@@ -262,7 +233,6 @@ func (g *Gateway) admit(src netip.Addr) error {
 	if g.flows == nil {
 		g.flows = make(map[*liveFlow]struct{})
 		g.perSrc = make(map[netip.Addr]int)
-		g.refusals = make(map[string]uint64)
 		g.assocs = make(map[*explicitUDP]struct{})
 	}
 	var err error
@@ -275,7 +245,6 @@ func (g *Gateway) admit(src netip.Addr) error {
 		err = ErrSourceLimit
 	}
 	if err != nil {
-		g.refusals[err.Error()]++
 		return err
 	}
 	if g.MaxPerSrc > 0 {
@@ -291,17 +260,6 @@ func (g *Gateway) release(src netip.Addr) {
 			delete(g.perSrc, src)
 		}
 	}
-}
-
-// Refusals returns how many flows were refused before routing, by reason.
-func (g *Gateway) Refusals() map[string]uint64 {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	out := make(map[string]uint64, len(g.refusals))
-	for k, v := range g.refusals {
-		out[k] = v
-	}
-	return out
 }
 
 type routerBox struct{ route.Router }

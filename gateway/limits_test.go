@@ -15,16 +15,11 @@ import (
 	"github.com/socksgate/socksgate/upstream"
 )
 
-// staticRouter sends every flow the same way.
-type staticRouter route.Decision
-
-func (r staticRouter) Route(context.Context, route.Flow) route.Decision { return route.Decision(r) }
-
 // Beyond MaxFlows, and beyond MaxPerSrc for one source, a new flow is refused at once (the
 // inbound's reply gets the reason) and counted; flows from other sources still start.
 func TestFlowLimitsRefuseAtOnceAndCount(t *testing.T) {
 	dst := testutil.ServeLoopback(t, func(c net.Conn) { io.Copy(io.Discard, c); c.Close() }) // open until the client ends
-	g := &Gateway{Router: staticRouter{Action: route.ActionDirect, Upstream: upstream.Direct{}, Rule: "all"}, MaxFlows: 3, MaxPerSrc: 2}
+	g := &Gateway{Router: fixedRouter{Action: route.ActionDirect, ByDst: true, Upstream: upstream.Direct{}, Rule: "all"}, MaxFlows: 3, MaxPerSrc: 2}
 
 	start := func(src string) (error, func()) {
 		a, b := testutil.TCPPair(t)
@@ -58,7 +53,7 @@ func TestFlowLimitsRefuseAtOnceAndCount(t *testing.T) {
 	if err, _ := start("10.0.0.3:1"); !errors.Is(err, ErrFlowLimit) {
 		t.Fatalf("fourth flow: %v, want ErrFlowLimit", err)
 	}
-	if r := g.Refusals(); r[ErrSourceLimit.Error()] != 1 || r[ErrFlowLimit.Error()] != 1 {
+	if r := g.Stats.snapshot().Refused; r[ErrSourceLimit.Reason] != 1 || r[ErrFlowLimit.Reason] != 1 {
 		t.Fatalf("refusal counters %v", r)
 	}
 	for _, s := range stops {

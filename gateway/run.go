@@ -48,7 +48,7 @@ func Run(ctx context.Context, cfg *configs.Config, log *logrus.Logger, reload <-
 	}
 	rt.g = g
 	if cfg.Transparent.UDPOverTCPUpstream == configs.UDPDirect {
-		g.UDPFallback = upstream.Direct{Control: rt.mark}
+		g.UDPFallback = &upstream.Direct{Control: rt.mark}
 	}
 	g.health.Store(&groupHealth{cfg: cfg, ups: rt.ups})
 	if g.MaxFlows == 0 && nofile > 0 {
@@ -372,7 +372,7 @@ func (rt *running) reload(next *configs.Config) {
 		// Explicit SOCKS UDP follows it too (the transparent inbound has just been reopened).
 		var fb upstream.Upstream
 		if w == configs.UDPDirect {
-			fb = upstream.Direct{Control: rt.mark}
+			fb = &upstream.Direct{Control: rt.mark}
 		}
 		g.SetUDPFallback(fb)
 	}

@@ -89,11 +89,6 @@ func TestSniffName(t *testing.T) {
 	}
 }
 
-// sniffTestRouter decides every flow the same way.
-type sniffTestRouter route.Decision
-
-func (r sniffTestRouter) Route(context.Context, route.Flow) route.Decision { return route.Decision(r) }
-
 // The sniffed bytes reach the remote first and unchanged, followed by the rest of the stream;
 // a direct flow with a sniffed name is dialed to its address, not the name.
 func TestHandleReplaysSniffedBytes(t *testing.T) {
@@ -113,7 +108,7 @@ func TestHandleReplaysSniffedBytes(t *testing.T) {
 		got <- b
 	}()
 	g := sniffTestGateway()
-	g.Router = sniffTestRouter{Action: route.ActionDirect, Upstream: upstream.Direct{}, Rule: "d"}
+	g.Router = fixedRouter{Action: route.ActionDirect, ByDst: true, Upstream: upstream.Direct{}, Rule: "d"}
 	client, server := testutil.TCPPair(t)
 	dst := netip.MustParseAddrPort(ln.Addr().String())
 	hello := sniffTestHello(t, "no-such-name.invalid")
@@ -181,7 +176,7 @@ func TestDirectByNameOnlyDialsTheName(t *testing.T) {
 	if got := <-up.dialed; got != "bank.test:443" {
 		t.Fatalf("dialled %s, want the name (the address alone is proxied)", got)
 	}
-	g.Router = sniffTestRouter{Action: route.ActionDirect, Upstream: up, Rule: "all-direct"}
+	g.Router = fixedRouter{Action: route.ActionDirect, ByDst: true, Upstream: up, Rule: "all-direct"}
 	g.Dial(context.Background(), f)
 	if got := <-up.dialed; got != "198.51.100.9:443" {
 		t.Fatalf("dialled %s, want the client's address (the address alone goes direct)", got)

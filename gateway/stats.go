@@ -1,10 +1,8 @@
 package gateway
 
 import (
-	"errors"
 	"math"
 	"sort"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -39,13 +37,6 @@ type Stats struct {
 	dial    map[string]*latency
 }
 
-// Flow outcomes, the "outcome" label of socksgate_flows_total.
-const (
-	OutcomeOK      = "ok"
-	OutcomeFailed  = "failed"
-	OutcomeBlocked = "blocked"
-)
-
 type endKey struct{ inbound, upstream, outcome string }
 
 type endTotals struct{ flows, up, down uint64 }
@@ -79,14 +70,7 @@ func (s *Stats) SetUDPSource(f func() UDPCounts) {
 // its bytes each way. Handle calls it for TCP; a UDP session (transparent or an explicit
 // association) is counted once when it ends, with its first destination's route.
 func (s *Stats) FlowEnded(f route.Flow, d route.Decision, up, down int64, err error) {
-	outcome := OutcomeOK
-	switch {
-	case d.Action == route.ActionBlock || errors.Is(err, ErrBlocked):
-		outcome = OutcomeBlocked
-	case err != nil:
-		outcome = OutcomeFailed
-	}
-	k := endKey{f.Inbound.String(), upstreamLabel(d), outcome}
+	k := endKey{f.Inbound.String(), upstreamLabel(d), outcomeOf(d, err).String()}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.ended == nil {
@@ -102,7 +86,7 @@ func (s *Stats) FlowEnded(f route.Flow, d route.Decision, up, down int64, err er
 	t.down += uint64(max(down, 0))
 }
 
-// Refuse counts a flow refused before it was routed, by a short reason ("loop",
+// Refuse counts a flow refused before it was routed, by its Refusal's reason ("loop",
 // "max_flows", ...).
 func (s *Stats) Refuse(reason string) {
 	s.mu.Lock()
@@ -320,10 +304,4 @@ func (g *Gateway) activeCounts() []admin.ActiveCount {
 		return out[i].Inbound+"\x00"+out[i].Upstream < out[j].Inbound+"\x00"+out[j].Upstream
 	})
 	return out
-}
-
-// refusalReason shortens a refusal's error text to a metric label: "refused: flow limit
-// reached (limits.max_flows)" becomes "flow limit reached (limits.max_flows)".
-func refusalReason(s string) string {
-	return strings.TrimSpace(strings.TrimPrefix(s, "refused:"))
 }

@@ -97,18 +97,11 @@ type AdminSource struct {
 
 var _ admin.Source = AdminSource{}
 
-// Snapshot implements admin.Source: the counters, the live flows grouped, and the refusals
-// counted by the flow table.
+// Snapshot implements admin.Source: the counters (refusals among them) and the live flows
+// grouped.
 func (a AdminSource) Snapshot() admin.Snapshot {
 	s := a.G.Stats.snapshot()
 	s.Active = a.G.activeCounts()
-	// The flow table counts the flows it refuses (limits, shutdown) itself; read them through
-	// an interface so this file does not depend on that code's shape.
-	if r, ok := any(a.G).(interface{ Refusals() map[string]uint64 }); ok {
-		for reason, n := range r.Refusals() {
-			s.Refused[refusalReason(reason)] += n
-		}
-	}
 	return s
 }
 

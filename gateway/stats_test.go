@@ -6,30 +6,15 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"net/url"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/socksgate/socksgate/configs"
 	"github.com/socksgate/socksgate/route"
-	"github.com/socksgate/socksgate/upstream"
 )
-
-// fixedRouter decides every flow the same way.
-type fixedRouter route.Decision
-
-func (r fixedRouter) Route(context.Context, route.Flow) route.Decision { return route.Decision(r) }
-
-// stubUpstream dials loopback directly under a fixed name.
-type stubUpstream struct{ name string }
-
-func (s stubUpstream) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
-	var d net.Dialer
-	return d.DialContext(ctx, network, address)
-}
-func (stubUpstream) ListenPacket(context.Context) (net.PacketConn, error) {
-	return nil, upstream.ErrUDPUnsupported
-}
-func (s stubUpstream) String() string { return s.name }
 
 // A flow ended is counted once by inbound, upstream and outcome, with its bytes; blocked and
 // failed flows get their own outcome.
@@ -110,7 +95,7 @@ func TestLiveFlowsShowDecisionAndBytes(t *testing.T) {
 	defer front.Close()
 
 	up := stubUpstream{"direct-stub"}
-	g := &Gateway{Router: fixedRouter{Action: route.ActionDirect, Upstream: up, Rule: "all"}}
+	g := &Gateway{Router: fixedRouter{Action: route.ActionDirect, ByDst: true, Upstream: up, Rule: "all"}}
 	dst := netip.MustParseAddrPort(server.Addr().String())
 	done := make(chan struct{})
 	go func() {
@@ -172,13 +157,17 @@ func TestLiveFlowsShowDecisionAndBytes(t *testing.T) {
 	}
 }
 
-// Without health checks every configured upstream is reported up, and says why.
+// Without health checks every configured upstream is reported up, and says why; its URL is
+// shown without the password.
 func TestConfiguredHealthReportsUpstreamsUp(t *testing.T) {
-	ups := AdminSource{Health: staticHealth{{Name: "a", Up: true, Reason: "not health-checked"}}}.Upstreams()
-	if len(ups) != 1 || !ups[0].Up || ups[0].Name != "a" {
+	cfg := &configs.Config{Upstreams: []configs.Upstream{
+		{Name: "a", URL: &url.URL{Scheme: "socks5", User: url.UserPassword("u", "secret"), Host: "192.0.2.1:1080"}},
+	}}
+	ups := AdminSource{Health: ConfiguredHealth(cfg)}.Upstreams()
+	if len(ups) != 1 || !ups[0].Up || ups[0].Name != "a" || ups[0].Reason != "not health-checked" {
 		t.Fatalf("%+v", ups)
 	}
-	if got := refusalReason("refused: flow limit reached (limits.max_flows)"); got != "flow limit reached (limits.max_flows)" {
-		t.Fatalf("refusalReason = %q", got)
+	if strings.Contains(ups[0].URL, "secret") || !strings.Contains(ups[0].URL, "192.0.2.1:1080") {
+		t.Fatalf("URL %q", ups[0].URL)
 	}
 }

@@ -2,9 +2,7 @@ package gateway
 
 import (
 	"context"
-	"errors"
 	"net"
-	"net/netip"
 
 	"github.com/socksgate/socksgate/route"
 )
@@ -23,31 +21,10 @@ func (g *Gateway) ServeTProxy(ctx context.Context, ln net.Listener) error {
 		if f.Dst.Port() == port && isLocalAddr(f.Dst.Addr()) {
 			// Aimed at the listener itself, not captured: relaying it would loop.
 			c.Close()
-			g.Stats.Refuse("loop")
-			g.logFlow(f, route.Decision{Action: route.ActionBlock, Rule: "-"}, 0, 0, 0,
-				errors.New("connection to the transparent listener itself (loop)"))
+			g.refuse(f, errListenerLoop)
 			return
 		}
 		replay := g.sniffName(tc, &f)
 		g.handle(ctx, c, f, nil, replay)
 	})
-}
-
-// isLocalAddr reports whether a is an address of this host (its namespace).
-func isLocalAddr(a netip.Addr) bool {
-	if a.IsLoopback() || a.IsUnspecified() {
-		return true
-	}
-	addrs, err := net.InterfaceAddrs()
-	if err != nil {
-		return false
-	}
-	for _, ia := range addrs {
-		if n, ok := ia.(*net.IPNet); ok {
-			if ip, ok := netip.AddrFromSlice(n.IP); ok && ip.Unmap() == a {
-				return true
-			}
-		}
-	}
-	return false
 }

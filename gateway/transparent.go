@@ -26,16 +26,17 @@ func (g *Gateway) ServeRedirect(ctx context.Context, ln net.Listener) error {
 		}
 		src := addrPort(c.RemoteAddr())
 		dst, err := nat.OriginalDst(tc)
-		if err == nil && dst == addrPort(c.LocalAddr()) {
+		if err != nil {
+			err = fmt.Errorf("%w: %w", errNoOriginalDst, err)
+		} else if dst == addrPort(c.LocalAddr()) {
 			// Not redirected: someone connected to the listener itself. Relaying it would
 			// dial ourselves again, forever.
-			err = errors.New("connection to the transparent listener itself (loop)")
+			err = errListenerLoop
 		}
 		f := route.Flow{Network: route.TCP, Src: src, Dst: dst, Inbound: route.Redirect}
 		if err != nil {
 			c.Close()
-			g.Stats.Refuse("loop")
-			g.logFlow(f, route.Decision{Action: route.ActionBlock, Rule: "-"}, 0, 0, 0, err)
+			g.refuse(f, err)
 			return
 		}
 		replay := g.sniffName(tc, &f)

@@ -43,7 +43,7 @@ func (g *Gateway) startUDP(ctx context.Context, cfg *configs.Config, log *logrus
 	u := &udpInbound{
 		g:              g,
 		port:           t.UDPPort,
-		direct:         upstream.Direct{Control: mark},
+		direct:         &upstream.Direct{Control: mark},
 		withoutSupport: t.UDPOverTCPUpstream,
 		dnsOverTCP:     t.DNSOverTCP,
 		dialTimeout:    time.Duration(cfg.Timeouts.Dial),
@@ -105,11 +105,12 @@ type udpInbound struct {
 	port           uint16 // the transparent listener's port (transparent.udp_port)
 	g              *Gateway
 	table          *nat.UDPTable
-	direct         upstream.Direct
+	direct         *upstream.Direct
 	withoutSupport string // configs.UDPBlock or configs.UDPDirect
 	dnsOverTCP     bool
 	dialTimeout    time.Duration
 	log            *logrus.Entry
+	dnsReplyWait   time.Duration // 0: dnsReplyWaitDefault
 
 	replyErrLog, sendErrLog rateLimit
 }
@@ -121,8 +122,8 @@ func (u *udpInbound) route(src, dst netip.AddrPort) nat.UDPRoute {
 		// Sent to the listener itself, not captured (the rules let traffic to this host
 		// through): relaying it would send it to the listener again from a new port, a new
 		// session each time, until the table is full.
-		u.g.Stats.Refuse("loop")
-		return nat.UDPRoute{Drop: errLoop, Tag: route.Decision{Action: route.ActionBlock, Rule: "-"}}
+		u.g.Stats.Refuse(errListenerLoop.Reason)
+		return nat.UDPRoute{Drop: errListenerLoop}
 	}
 	d := u.g.router().Route(context.Background(), route.Flow{Network: route.UDP, Src: src, Dst: dst, Inbound: route.TProxy})
 	switch {
@@ -132,7 +133,7 @@ func (u *udpInbound) route(src, dst netip.AddrPort) nat.UDPRoute {
 		return nat.UDPRoute{Drop: fmt.Errorf("rule %s: no upstream", d.Rule), Tag: d}
 	}
 	return nat.UDPRoute{
-		Outbound: d.Action.String() + " " + d.Upstream.String(),
+		Outbound: d.Upstream, // by identity: two upstreams may share a URL
 		Open: func(ctx context.Context, first netip.AddrPort) (nat.UDPConn, error) {
 			return u.open(ctx, d.Upstream)
 		},
@@ -166,40 +167,23 @@ func (u *udpInbound) open(ctx context.Context, up upstream.Upstream) (nat.UDPCon
 	} else if !u.dnsOverTCP {
 		return nil, err
 	}
-	return newFallbackConn(ctx, up, u.dnsOverTCP, other, err, u.dialTimeout), nil
+	return newFallbackConn(ctx, up, u.dnsOverTCP, other, err, u.dialTimeout, u.dnsReplyWait), nil
 }
 
-// logSession writes the session's one line at its end and counts it.
+// logSession ends the session's record: its one line and its one metrics update.
 func (u *udpInbound) logSession(r nat.UDPSessionReport) {
 	d, _ := r.Tag.(route.Decision)
-	u.g.Stats.FlowEnded(route.Flow{Network: route.UDP, Src: r.Src, Dst: r.FirstDst, Inbound: route.TProxy}, d, int64(r.BytesUp), int64(r.BytesDown), r.Err)
-	fields := logrus.Fields{
-		"src":          r.Src.String(),
-		"dst":          r.FirstDst.String(),
-		"rule":         d.Rule,
-		"action":       d.Action.String(),
-		"packets_up":   r.PacketsUp,
-		"up":           r.BytesUp,
-		"packets_down": r.PacketsDown,
-		"down":         r.BytesDown,
-		"dests":        r.Dests,
-		"duration":     r.Duration.Round(time.Millisecond).String(),
-	}
-	if d.Upstream != nil {
-		fields["upstream"] = d.Upstream.String()
-	}
+	extra := logrus.Fields{"packets_up": r.PacketsUp, "packets_down": r.PacketsDown, "dests": r.Dests}
 	if r.Dropped > 0 {
-		fields["dropped"] = r.Dropped
+		extra["dropped"] = r.Dropped
 	}
 	if r.Idle {
-		fields["end"] = "idle"
+		extra["end"] = "idle"
 	}
-	e := u.log.WithFields(fields)
-	if r.Err != nil {
-		e.WithError(r.Err).Warn("udp session failed")
-		return
-	}
-	e.Info("udp session")
+	u.g.ended(flowEnd{
+		f: route.Flow{Network: route.UDP, Src: r.Src, Dst: r.FirstDst, Inbound: route.TProxy}, d: d,
+		up: int64(r.BytesUp), down: int64(r.BytesDown), dur: r.Duration, err: r.Err, extra: extra,
+	})
 }
 
 // logError logs per-datagram drops, at most one line a second per kind, with the number of

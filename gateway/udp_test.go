@@ -170,12 +170,9 @@ func TestUDPFallbackTruncatesAnswersTooLongForTheClient(t *testing.T) {
 // server stays silent after a query is given up, so later queries get a fresh one instead of
 // disappearing into a dead path.
 func TestUDPFallbackBoundsAndExpiresDNSConnections(t *testing.T) {
-	old := dnsReplyWait
-	dnsReplyWait = 200 * time.Millisecond
-	t.Cleanup(func() { dnsReplyWait = old })
 	var conns atomic.Int64
 	silent := testutil.ServeLoopback(t, func(c net.Conn) { conns.Add(1); io.Copy(io.Discard, c); c.Close() }).String()
-	u := &udpInbound{withoutSupport: "block", dnsOverTCP: true, dialTimeout: 2 * time.Second}
+	u := &udpInbound{withoutSupport: "block", dnsOverTCP: true, dialTimeout: 2 * time.Second, dnsReplyWait: 200 * time.Millisecond}
 	c, err := u.open(context.Background(), tcpOnlyUpstream{silent})
 	if err != nil {
 		t.Fatal(err)

@@ -63,9 +63,11 @@ type UDPRoute struct {
 	// Drop, when not nil, drops datagrams to this destination (a blocking rule); it is the
 	// session's error if the session has no other.
 	Drop error
-	// Outbound names the way out. Destinations of one session with the same Outbound share
-	// one UDPConn (one upstream association), so replies from any remote reach the client.
-	Outbound string
+	// Outbound is the way out, by identity (a comparable value: the gateway gives the
+	// upstream itself, never its URL, which two upstreams may share). Destinations of one
+	// session with the same Outbound share one UDPConn (one upstream association), so replies
+	// from any remote reach the client. Its String, if any, names it in errors.
+	Outbound any
 	// Open opens the way out; it is called once per session and Outbound, off the listener's
 	// goroutine, with the first destination sent to it. ctx ends with the session.
 	Open func(ctx context.Context, firstDst netip.AddrPort) (UDPConn, error)
@@ -278,7 +280,7 @@ func (t *UDPTable) Handle(b []byte, src, dst netip.AddrPort) {
 		} else {
 			o = s.outs[r.Outbound]
 			if o == nil {
-				o = &udpOutbound{name: r.Outbound}
+				o = &udpOutbound{name: fmt.Sprint(r.Outbound)}
 				s.outs[r.Outbound] = o
 				s.wg.Add(1)
 				go t.open(s, o, r.Open, dst)
@@ -341,7 +343,7 @@ func (t *UDPTable) session(src, dst netip.AddrPort) (_ *udpSession, refused bool
 		src: src, firstDst: dst, start: time.Now(),
 		ctx: ctx, cancel: cancel,
 		dests:   make(map[netip.AddrPort]*udpOutbound),
-		outs:    make(map[string]*udpOutbound),
+		outs:    make(map[any]*udpOutbound),
 		replies: make(map[netip.AddrPort]*replySocket),
 	}
 	s.touch()
@@ -631,7 +633,7 @@ type udpSession struct {
 
 	mu        sync.Mutex
 	dests     map[netip.AddrPort]*udpOutbound // nil value: dropped by the route
-	outs      map[string]*udpOutbound
+	outs      map[any]*udpOutbound
 	replies   map[netip.AddrPort]*replySocket
 	replyTick uint64 // orders replies' uses, for evicting the least recently used socket
 	tag       any

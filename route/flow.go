@@ -114,6 +114,12 @@ type Decision struct {
 	Upstream upstream.Upstream // set for ActionProxy and ActionDirect
 	Rule     string            // the rule that matched, for the flow log
 	Member   string            // the group member that carried the flow, once dialed through a group
+	// Addr is the address a name-only flow's name was resolved to and matched by the rules
+	// on addresses (see RuleRouter.Route); a direct dial goes to it, not to the name again.
+	Addr netip.Addr
+	// ByDst says the rule matched the destination's address with a dst matcher: it names
+	// that destination explicitly (what a flow to the router itself needs, see the gateway).
+	ByDst bool
 }
 
 // Router maps a flow to a decision. It must be safe for concurrent use.

@@ -3,7 +3,9 @@ package route
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/netip"
+	"time"
 
 	"github.com/socksgate/socksgate/configs"
 	"github.com/socksgate/socksgate/upstream"
@@ -21,10 +23,18 @@ import (
 // handful), so ten thousand CIDRs in one rule cost as little as ten thousand rules. Route
 // allocates nothing.
 type RuleRouter struct {
-	rules []compiledRule
-	byDst prefixIndex // rules with a dst matcher, by prefix
-	noDst []int32     // ascending indices of the rules without a dst matcher
+	rules    []compiledRule
+	byDst    prefixIndex // rules with a dst matcher, by prefix
+	noDst    []int32     // ascending indices of the rules without a dst matcher
+	firstDst int32       // index of the first rule with a dst matcher; len(rules) if none
+
+	// Resolve looks up a name for the rules on addresses (see Route); nil is the system's
+	// resolver. It must be safe for concurrent use.
+	Resolve func(ctx context.Context, host string) ([]netip.Addr, error)
 }
+
+// resolveTimeout bounds the lookup of a name that an address rule has to decide.
+const resolveTimeout = 5 * time.Second
 
 type compiledRule struct {
 	name     string
@@ -154,19 +164,93 @@ func NewRouter(cfg *configs.Config, ups map[string]upstream.Upstream) (*RuleRout
 		r.rules = append(r.rules, c)
 	}
 	r.byDst = buildPrefixIndex(dstRefs)
+	r.firstDst = int32(len(r.rules))
+	if len(dstRefs) > 0 {
+		r.firstDst = dstRefs[0].rule // appended in rule order
+		for _, ref := range dstRefs {
+			r.firstDst = min(r.firstDst, ref.rule)
+		}
+	}
 	return r, nil
 }
 
 // noMatch is the decision when no rule matches (never, after configs.Parse).
 var noMatch = Decision{Action: ActionBlock, Rule: "no rule matched"}
 
-// Route returns the decision of the first matching rule, or block when none matches. A flow
-// with only a name (Dst invalid) never matches a rule with a destination matcher.
-func (r *RuleRouter) Route(_ context.Context, f Flow) Decision {
-	if i := r.match(&f); i >= 0 {
-		return r.rules[i].decision
+// Route returns the decision of the first matching rule, or block when none matches.
+//
+// A flow with only a name (Dst invalid) is matched against the rules on addresses too, with
+// the addresses the name stands for: when a rule with a dst matcher comes before the first rule
+// the name alone matches, the name is resolved on the gateway and every address it gives is
+// matched. If any of them is blocked, the flow is; otherwise the earliest rule any of them
+// matches decides, and Decision.Addr is that address: the one to dial, so that a second lookup
+// cannot give another. (So `dst: [127.0.0.1/32] → block` also blocks `localhost`.) A name that
+// cannot be resolved is decided by the rules on names alone. A name no address rule could claim
+// is never resolved: nothing is asked of the resolver for it.
+func (r *RuleRouter) Route(ctx context.Context, f Flow) Decision {
+	i := r.match(&f)
+	if !f.Dst.IsValid() && f.Host != "" && r.firstDst < r.orEnd(i) {
+		return r.routeResolved(ctx, f, i)
+	}
+	if i >= 0 {
+		return r.decide(i)
 	}
 	return noMatch
+}
+
+func (r *RuleRouter) orEnd(i int32) int32 {
+	if i < 0 {
+		return int32(len(r.rules))
+	}
+	return i
+}
+
+// decide is rule i's decision, saying whether it matched on the destination's address.
+func (r *RuleRouter) decide(i int32) Decision {
+	d := r.rules[i].decision
+	d.ByDst = r.rules[i].hasDst
+	return d
+}
+
+// routeResolved decides a name-only flow with the addresses of its name; byName is the
+// rule the name alone matched (-1: none).
+func (r *RuleRouter) routeResolved(ctx context.Context, f Flow, byName int32) Decision {
+	resolve := r.Resolve
+	if resolve == nil {
+		resolve = defaultResolve
+	}
+	ctx, cancel := context.WithTimeout(ctx, resolveTimeout)
+	addrs, err := resolve(ctx, f.Host)
+	cancel()
+	if err != nil || len(addrs) == 0 {
+		if byName >= 0 {
+			return r.decide(byName)
+		}
+		return noMatch
+	}
+	best, bestAddr := int32(-1), netip.Addr{}
+	for _, a := range addrs {
+		fa := f
+		fa.Dst = netip.AddrPortFrom(a.Unmap(), f.Port)
+		j := r.match(&fa)
+		if j < 0 {
+			continue
+		}
+		if r.rules[j].decision.Action == ActionBlock {
+			d := r.decide(j)
+			d.Addr = fa.Dst.Addr()
+			return d
+		}
+		if best < 0 || j < best {
+			best, bestAddr = j, fa.Dst.Addr()
+		}
+	}
+	if best < 0 {
+		return noMatch
+	}
+	d := r.decide(best)
+	d.Addr = bestAddr
+	return d
 }
 
 // match returns the index of the first rule matching f, or -1.
@@ -253,4 +337,11 @@ func (c *compiledRule) matchesRest(k *flowKey) bool {
 		}
 	}
 	return true
+}
+
+// defaultResolve is the system's resolver; route's tests replace it (they ask no DNS server).
+var defaultResolve = lookupIP
+
+func lookupIP(ctx context.Context, host string) ([]netip.Addr, error) {
+	return net.DefaultResolver.LookupNetIP(ctx, "ip", host)
 }

@@ -60,12 +60,14 @@ func block(name string) configs.Rule {
 	return configs.Rule{Name: name, Action: configs.ActionBlock}
 }
 
+// nameOnly is a flow that came with a name only (SOCKS5 domain, CONNECT host).
+func nameOnly(host string, port uint16) Flow {
+	return Flow{Network: TCP, Src: ap("10.0.1.2:40000"), Host: host, Port: port, Inbound: SOCKS}
+}
+
 // Every matcher kind, alone, in front of the default rule: the rule takes exactly the flows it
 // describes and the rest fall through to "default".
 func TestRouteMatchers(t *testing.T) {
-	nameOnly := func(host string, port uint16) Flow {
-		return Flow{Network: TCP, Src: ap("10.0.1.2:40000"), Host: host, Port: port, Inbound: SOCKS}
-	}
 	with := func(f Flow, mod func(*Flow)) Flow { mod(&f); return f }
 	cases := []struct {
 		name string
@@ -382,3 +384,48 @@ func randomFlow(rng *rand.Rand) Flow {
 }
 
 func ports(from, to uint16) []configs.PortRange { return []configs.PortRange{{From: from, To: to}} }
+
+// A rule on addresses sees the addresses a name stands for: `dst: 127.0.0.1/32 → block`
+// blocks `localhost` too, an address of a name that a block rule covers blocks it, the earliest
+// rule any address matches decides (and the decision names that address, to be dialled); a name
+// no address rule could claim is never resolved.
+func TestAddressRulesSeeTheAddressesOfAName(t *testing.T) {
+	var asked []string
+	r := mustRouter(t,
+		configs.Rule{Name: "no-loopback", Action: configs.ActionBlock, Dst: pfx("127.0.0.0/8", "::1/128")},
+		configs.Rule{Name: "no-private", Action: configs.ActionBlock, Dst: pfx("10.0.0.0/8")},
+		configs.Rule{Name: "doc2-direct", Action: configs.ActionDirect, Dst: pfx("203.0.113.0/24")},
+		configs.Rule{Name: "names", Action: configs.ActionDirect, Domain: []string{"named.test"}},
+	)
+	r.Resolve = func(ctx context.Context, host string) ([]netip.Addr, error) {
+		asked = append(asked, host)
+		return defaultResolve(ctx, host)
+	}
+	for _, tt := range []struct {
+		host, rule string
+		addr       string
+	}{
+		{"localhost", "no-loopback", "127.0.0.1"},
+		{"blocked-one.test", "no-private", "10.99.0.1"}, // one of its two addresses is private
+		{"two.test", "doc2-direct", "203.0.113.7"},      // the earliest rule any address matches
+		{"unknown.test", "default", ""},                 // cannot be resolved: the rules on names decide
+	} {
+		d := r.Route(context.Background(), nameOnly(tt.host, 80))
+		if d.Rule != tt.rule || d.Addr.String() != tt.addr && tt.addr != "" {
+			t.Errorf("%s: rule %q addr %v, want %q %s", tt.host, d.Rule, d.Addr, tt.rule, tt.addr)
+		}
+		if tt.rule == "doc2-direct" && !d.ByDst {
+			t.Errorf("%s: decision does not say it matched by dst", tt.host)
+		}
+	}
+	// A rule on names before every rule on addresses: nothing to resolve.
+	asked = nil
+	r2 := mustRouter(t,
+		configs.Rule{Name: "names", Action: configs.ActionDirect, Domain: []string{".test"}},
+		configs.Rule{Name: "no-loopback", Action: configs.ActionBlock, Dst: pfx("127.0.0.0/8")},
+	)
+	r2.Resolve = r.Resolve
+	if d := r2.Route(context.Background(), nameOnly("two.test", 80)); d.Rule != "names" || len(asked) != 0 {
+		t.Fatalf("rule %q, resolved %v; want the name rule and no lookup", d.Rule, asked)
+	}
+}

@@ -261,11 +261,11 @@ func TestExplicitUDPAssociate(t *testing.T) {
 				}
 				c.ctrl.Close() // ends the association
 			}
-			if !waitFor(3*time.Second, func() bool { return countLines(gw.Output(), "udp association") >= 2 }) {
+			if !waitFor(3*time.Second, func() bool { return countLines(gw.Output(), "inbound=socks network=udp") >= 2 }) {
 				t.Fatalf("no association log lines:\n%s", gw.Output())
 			}
-			line := lastLine(gw.Output(), "udp association")
-			for _, want := range []string{"datagrams_up=40", "datagrams_down=40", "dropped=0"} {
+			line := lastLine(gw.Output(), "inbound=socks network=udp")
+			for _, want := range []string{"inbound=socks", "packets_up=40", "packets_down=40", "dropped=0", "outcome=ok"} {
 				if !strings.Contains(line, want) {
 					t.Errorf("association line lacks %s: %s", want, line)
 				}

@@ -158,7 +158,7 @@ rules:
 	if n := hardeningMetricSum(metrics, "socksgate_flows_refused_total"); n < hammer+2 {
 		t.Errorf("socksgate_flows_refused_total sums to %v, want at least %d", n, hammer+2)
 	}
-	if !strings.Contains(strings.Join(reasons, "\n"), "max_flows_per_source") || !strings.Contains(strings.Join(reasons, "\n"), "limits.max_flows)") {
+	if !strings.Contains(strings.Join(reasons, "\n"), `reason="max_flows_per_source"`) || !strings.Contains(strings.Join(reasons, "\n"), `reason="max_flows"`) {
 		t.Errorf("want refusals by both limits in /metrics:\n%s", strings.Join(reasons, "\n"))
 	}
 	if n := countLines(gw.Output(), "flow limit reached"); n < hammer {

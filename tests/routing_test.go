@@ -79,7 +79,7 @@ func routingFlowLine(t *testing.T, gw *netlab.Proc, dst string) string {
 	var line string
 	waitFor(3*time.Second, func() bool {
 		for _, l := range strings.Split(gw.Output(), "\n") {
-			if strings.Contains(l, want) && (strings.Contains(l, "msg=flow") || strings.Contains(l, "msg=\"flow failed\"")) {
+			if strings.Contains(l, want) && (strings.Contains(l, "msg=flow") || strings.Contains(l, "msg=\"flow failed\"") || strings.Contains(l, "msg=\"flow blocked\"")) {
 				line = l
 				return true
 			}

@@ -62,7 +62,9 @@ func NewUpstreams(cfg *configs.Config, control Control, log *logrus.Entry) (ups 
 // newUpstreams builds the configured upstreams (not the groups).
 func newUpstreams(cfg *configs.Config, control Control, log *logrus.Entry) (map[string]Upstream, error) {
 	direct := Direct{Control: control}
-	ups := map[string]Upstream{configs.SchemeDirect: direct}
+	// Upstreams are pointers: an Upstream is its own identity (a map key for the ways out of
+	// a UDP session), whatever its URL says.
+	ups := map[string]Upstream{configs.SchemeDirect: &direct}
 	byName := make(map[string]*configs.Upstream, len(cfg.Upstreams))
 	for i := range cfg.Upstreams {
 		byName[cfg.Upstreams[i].Name] = &cfg.Upstreams[i]
@@ -79,7 +81,7 @@ func newUpstreams(cfg *configs.Config, control Control, log *logrus.Entry) (map[
 		if depth > len(byName) {
 			return nil, fmt.Errorf("upstream %q: via cycle", name)
 		}
-		below := Upstream(direct)
+		below := Upstream(&direct)
 		if c.Via != "" {
 			var err error
 			if below, err = build(c.Via, depth+1); err != nil {
@@ -122,7 +124,7 @@ func newUpstream(c *configs.Upstream, below Upstream, direct Direct, log *logrus
 			Password:  pass,
 			ProxyDial: proxyDial,
 		}}
-		h.name = h.d.String()
+		h.name = nameVia(h.d.String(), c, below)
 		return h, nil
 	case configs.SchemeSOCKS5, configs.SchemeSOCKS5H, configs.SchemeSOCKS4, configs.SchemeSOCKS4A:
 		v := map[string]socksclient.Version{
@@ -137,7 +139,7 @@ func newUpstream(c *configs.Upstream, below Upstream, direct Direct, log *logrus
 			ProxyDial: proxyDial,
 			ListenUDP: direct.ListenUDP,
 		}}
-		s.name = s.d.String()
+		s.name = nameVia(s.d.String(), c, below)
 		if v == socksclient.SOCKS5 && user == "" {
 			dp := *s.d
 			dp.Pipeline = true
@@ -277,4 +279,14 @@ func probeDial(ctx context.Context, dial func(context.Context, string, string) (
 		return err
 	}
 	return c.Close()
+}
+
+// nameVia is an upstream's name for logs and metrics: its redacted URL, and for a chained one
+// the hop it is reached through, so that two upstreams with one URL (one reached via another)
+// are told apart.
+func nameVia(url string, c *configs.Upstream, below Upstream) string {
+	if c.Via == "" {
+		return url
+	}
+	return url + " via " + below.String()
 }

@@ -1,0 +1,181 @@
+package gateway
+
+import (
+	"errors"
+	"net"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/socksgate/socksgate/route"
+)
+
+// The flow record: every inbound (captured TCP and UDP, HTTP CONNECT and forwarding, SOCKS
+// CONNECT and UDP) goes through it. begin counts the flow against the limits and lists it in
+// the live table, or refuses it (one "flow refused" line, one count by reason); routed records
+// the decision; finish writes the flow's one line and its one metrics update. The layout of the
+// line is the same for every inbound: src, dst (the name when there is one), ip, network,
+// inbound, rule, action, upstream, member, up, down, duration, outcome, and error when it failed.
+
+// Outcome is how a flow ended, the "outcome" label of socksgate_flows_total.
+type Outcome uint8
+
+const (
+	OutcomeOK      Outcome = iota // carried
+	OutcomeFailed                 // routed, but the dial or the relay failed
+	OutcomeBlocked                // a rule blocked it
+	OutcomeRefused                // refused before routing: a limit, a loop, shutdown
+)
+
+func (o Outcome) String() string {
+	switch o {
+	case OutcomeOK:
+		return "ok"
+	case OutcomeFailed:
+		return "failed"
+	case OutcomeBlocked:
+		return "blocked"
+	case OutcomeRefused:
+		return "refused"
+	}
+	return "unknown"
+}
+
+// A Refusal is why a flow was refused before it was routed. Reason is its metric label
+// (socksgate_flows_refused_total{reason}); the error text is for people.
+type Refusal struct {
+	Reason string
+	text   string
+}
+
+func (r *Refusal) Error() string { return r.text }
+
+// Reasons a flow is refused before it is routed.
+var (
+	ErrFlowLimit    = &Refusal{"max_flows", "refused: flow limit reached (limits.max_flows)"}
+	ErrSourceLimit  = &Refusal{"max_flows_per_source", "refused: per-source flow limit reached (limits.max_flows_per_source)"}
+	ErrShuttingDown = &Refusal{"shutting_down", "refused: shutting down"}
+	// errLoop: the destination is one of socksgate's own listeners (the flow would come back in).
+	errLoop = &Refusal{"loop", "refused: destination is socksgate's own listener (loop)"}
+	// errListenerLoop: a connection to the transparent listener itself, not captured.
+	errListenerLoop = &Refusal{"loop", "refused: connection to the transparent listener itself (loop)"}
+	// errNoOriginalDst: conntrack does not know where a captured connection was going.
+	errNoOriginalDst = &Refusal{"no_original_dst", "refused: original destination unknown"}
+)
+
+// outcomeOf classifies an ended flow.
+func outcomeOf(d route.Decision, err error) Outcome {
+	var r *Refusal
+	switch {
+	case errors.As(err, &r):
+		return OutcomeRefused
+	case d.Action == route.ActionBlock || errors.Is(err, ErrBlocked):
+		return OutcomeBlocked
+	case err != nil:
+		return OutcomeFailed
+	}
+	return OutcomeOK
+}
+
+// begin admits a new flow: it is counted against the limits and listed in the live table, or
+// refused, and then logged and counted as refused here (the caller only answers its client).
+// client, when known, is the flow's client connection (closed by shutdown and the idle sweeper).
+func (g *Gateway) begin(f route.Flow, client net.Conn) (*liveFlow, error) {
+	lf := &liveFlow{Flow: f, client: client, start: time.Now()}
+	if err := g.track(lf); err != nil {
+		g.refuse(f, err)
+		return nil, err
+	}
+	return lf, nil
+}
+
+// refuse logs and counts a flow refused before it was routed (err is a *Refusal).
+func (g *Gateway) refuse(f route.Flow, err error) {
+	reason := "other"
+	var r *Refusal
+	if errors.As(err, &r) {
+		reason = r.Reason
+	}
+	g.Stats.Refuse(reason)
+	g.logEnd(flowEnd{f: f, err: err})
+}
+
+// flowEnd is what the end of one flow reports.
+type flowEnd struct {
+	f        route.Flow
+	d        route.Decision
+	up, down int64
+	dur      time.Duration
+	err      error
+	extra    logrus.Fields // per-inbound figures (datagrams of a UDP session)
+}
+
+// finish ends a tracked flow: its one line, its one metrics update, out of the live table.
+func (g *Gateway) finish(lf *liveFlow, e flowEnd) {
+	e.f, e.dur = lf.Flow, time.Since(lf.start)
+	g.ended(e)
+	g.untrack(lf)
+}
+
+// ended writes the line and the metrics update of a flow that has ended; a flow refused
+// before routing was counted by refuse, among the refusals, not among the flows.
+func (g *Gateway) ended(e flowEnd) {
+	if outcomeOf(e.d, e.err) != OutcomeRefused {
+		g.Stats.FlowEnded(e.f, e.d, e.up, e.down, e.err)
+	}
+	g.logEnd(e)
+}
+
+// logEnd writes a flow's one line.
+func (g *Gateway) logEnd(e flowEnd) {
+	if g.Log == nil || e.err == nil && !g.Log.Logger.IsLevelEnabled(logrus.InfoLevel) {
+		return // build no fields for a line nobody reads
+	}
+	f, d := e.f, e.d
+	outcome := outcomeOf(d, e.err)
+	fields := make(logrus.Fields, 16+len(e.extra))
+	fields["src"] = f.Src.String()
+	if f.Dst.IsValid() || f.Host != "" {
+		fields["dst"] = f.Address()
+	}
+	fields["network"] = f.Network.String()
+	fields["inbound"] = f.Inbound.String()
+	fields["outcome"] = outcome.String()
+	if outcome != OutcomeRefused {
+		fields["rule"] = d.Rule
+		fields["action"] = d.Action.String()
+		fields["up"] = e.up
+		fields["down"] = e.down
+		fields["duration"] = e.dur.Round(time.Millisecond).String()
+	}
+	if d.Upstream != nil {
+		fields["upstream"] = d.Upstream.String()
+	}
+	if d.Member != "" {
+		fields["member"] = d.Member
+	}
+	if f.Host != "" && f.Dst.IsValid() {
+		fields["ip"] = f.Dst.String()
+	}
+	for k, v := range e.extra {
+		fields[k] = v
+	}
+	l := g.Log.WithFields(fields)
+	if e.err != nil {
+		l = l.WithError(e.err)
+	}
+	msg := "flow"
+	if f.Network == route.UDP {
+		msg = "udp session"
+	}
+	switch outcome {
+	case OutcomeOK:
+		l.Info(msg)
+	case OutcomeBlocked:
+		l.Info(msg + " blocked")
+	case OutcomeRefused:
+		l.Warn(msg + " refused")
+	default:
+		l.Warn(msg + " failed")
+	}
+}
