@@ -365,3 +365,85 @@ func TestMalformedRequestsGetFailureReply(t *testing.T) {
 		})
 	}
 }
+
+// An association is bound to one client socket: the port the client declared, or, when it
+// declared port 0 (it does not know it yet), the port of its first datagram. Datagrams from
+// another port of the same host are dropped and counted as foreign, and never steal the
+// replies (dante gives them to the first socket too).
+func TestUDPAssociationBindsOneClientPort(t *testing.T) {
+	for _, declare := range []string{"zero", "port"} {
+		t.Run(declare, func(t *testing.T) {
+			ft := &fakeTunneler{}
+			s := &Server{Tunneler: ft}
+			addr := serve(t, s)
+			first, err := net.ListenPacket("udp4", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer first.Close()
+			second, err := net.ListenPacket("udp4", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer second.Close()
+
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.Write([]byte{5, 1, 0})
+			socks.ReadMethodSelection(c)
+			declared := socks.Addr{IP: netip.IPv4Unspecified()}
+			if declare == "port" {
+				declared = socks.AddrFromAddrPort(first.LocalAddr().(*net.UDPAddr).AddrPort())
+			}
+			req, _ := socks.AppendRequest(nil, socks.Request{Cmd: socks.CmdUDPAssociate, Addr: declared})
+			c.Write(req)
+			rep, err := socks.ReadReply(c)
+			if err != nil || rep.Code != socks.ReplySucceeded {
+				t.Fatalf("reply %+v %v", rep, err)
+			}
+			relay, _ := rep.Addr.AddrPort()
+			to := net.UDPAddrFromAddrPort(relay)
+			hdr, _ := socks.AppendUDPHeader(nil, socks.UDPHeader{Addr: socks.Addr{Name: "echo.test", Port: 7}})
+			buf := make([]byte, 2048)
+			read := func(pc net.PacketConn, wait time.Duration) (string, error) {
+				pc.SetReadDeadline(time.Now().Add(wait))
+				n, _, err := pc.ReadFrom(buf)
+				if err != nil {
+					return "", err
+				}
+				_, hl, err := socks.ParseUDPHeader(buf[:n])
+				if err != nil {
+					return "", err
+				}
+				return string(buf[hl:n]), nil
+			}
+
+			first.WriteTo(append(hdr, "one"...), to)
+			if got, err := read(first, 5*time.Second); got != "one" {
+				t.Fatalf("first socket got %q, %v; want its echo", got, err)
+			}
+			second.WriteTo(append(hdr, "intruder"...), to)
+			first.WriteTo(append(hdr, "two"...), to)
+			if got, err := read(first, 5*time.Second); got != "two" {
+				t.Fatalf("first socket got %q, %v; want its second echo", got, err)
+			}
+			// The relay read the second socket's datagram before the first socket's "two",
+			// and the fake session answers at once: had it been relayed, its echo would
+			// already wait in the second socket.
+			if got, err := read(second, 100*time.Millisecond); err == nil {
+				t.Fatalf("the second socket of the client's host got %q", got)
+			}
+			if st := s.Stats(); st.Foreign != 1 {
+				t.Fatalf("stats %+v, want the second socket's datagram counted foreign", st)
+			}
+			ft.mu.Lock()
+			defer ft.mu.Unlock()
+			if len(ft.sent) != 2 {
+				t.Fatalf("%d datagrams sent on, want the first socket's 2", len(ft.sent))
+			}
+		})
+	}
+}

@@ -21,9 +21,12 @@ const maxDatagram = 65535
 // reached us on, tells the client where it is, and returns the relay loop, which runs until
 // the control connection ends.
 //
-// Only datagrams from the client's IP address are taken, and from the port the client
-// declared in its request when that is not zero; replies go to that port, or else to the port
-// the client's latest datagram came from. Fragments (FRAG != 0) are dropped and counted.
+// The association belongs to one socket of the client: its IP address is the control
+// connection's, its port the one the client declared in its request, or, when the client
+// declared port 0 (RFC 1928 allows it when the client does not know it yet), the port of the
+// first datagram the relay takes from the client's address. Datagrams from any other source,
+// other ports of the client's host included, are dropped and counted as foreign, and replies
+// go only to that socket (dante does the same). Fragments (FRAG != 0) are dropped and counted.
 func (s *Server) associate(ctx context.Context, c net.Conn, br *bufio.Reader, src netip.AddrPort, declared Target) (func(), error) {
 	local := addrPortOf(c.LocalAddr()).Addr()
 	network := "udp6"
@@ -41,8 +44,7 @@ func (s *Server) associate(ctx context.Context, c net.Conn, br *bufio.Reader, sr
 	}
 	r := &udpRelay{srv: s, pc: pc, clientIP: src.Addr()}
 	if declared.Host == "" && declared.Addr.Port() != 0 {
-		r.clientPort = declared.Addr.Port()
-		r.peer.Store(ptr(netip.AddrPortFrom(src.Addr(), r.clientPort)))
+		r.peer.Store(ptr(netip.AddrPortFrom(src.Addr(), declared.Addr.Port())))
 	}
 	sess, err := s.Tunneler.OpenUDP(ctx, src, r.deliver)
 	if err != nil {
@@ -77,12 +79,13 @@ func ptr[T any](v T) *T { return &v }
 
 // udpRelay is one association's relay socket.
 type udpRelay struct {
-	srv        *Server
-	pc         net.PacketConn
-	sess       UDPSession
-	clientIP   netip.Addr
-	clientPort uint16                         // declared by the client; 0: learn it
-	peer       atomic.Pointer[netip.AddrPort] // where replies go
+	srv      *Server
+	pc       net.PacketConn
+	sess     UDPSession
+	clientIP netip.Addr
+	// peer is the client's socket: datagrams are taken only from it and replies go only to
+	// it. It is declared, or else set once, by loop, from the first datagram it relays.
+	peer atomic.Pointer[netip.AddrPort]
 
 	wmu  sync.Mutex
 	wbuf []byte
@@ -96,7 +99,8 @@ func (r *udpRelay) loop(ctx context.Context) {
 			return
 		}
 		ap := addrPortOf(from)
-		if ap.Addr() != r.clientIP || (r.clientPort != 0 && ap.Port() != r.clientPort) {
+		peer := r.peer.Load()
+		if ap.Addr() != r.clientIP || (peer != nil && ap != *peer) {
 			r.srv.stats.foreign.Add(1)
 			continue
 		}
@@ -109,10 +113,8 @@ func (r *udpRelay) loop(ctx context.Context) {
 			r.srv.stats.frag.Add(1)
 			continue
 		}
-		if r.clientPort == 0 {
-			if p := r.peer.Load(); p == nil || *p != ap {
-				r.peer.Store(ptr(ap))
-			}
+		if peer == nil {
+			r.peer.Store(ptr(ap)) // the first datagram binds the association
 		}
 		var t Target
 		if h.Addr.IsName() {

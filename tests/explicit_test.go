@@ -294,6 +294,46 @@ func TestExplicitUDPDropsFragments(t *testing.T) {
 	}
 }
 
+// An association declared as 0.0.0.0:0 belongs to the client socket that sends first: a second
+// socket on the same host gets none of its replies, and its own datagrams are not relayed.
+// Dante, the reference, behaves the same; the same client runs against both.
+func TestExplicitUDPAssociationBelongsToFirstSocket(t *testing.T) {
+	for _, peer := range []string{"socksgate", "dante"} {
+		t.Run(peer, func(t *testing.T) {
+			tp := netlab.NewTopology(t)
+			explicitUDPEcho(t, tp)
+			ns, server := tp.LAN, explicitSOCKS4
+			var out func() string
+			if peer == "dante" {
+				d := startDante(t, tp, danteOptions{})
+				ns, server, out = tp.GW, netlab.Proxy4+":1080", d.Output
+			} else {
+				gw := startSocksgate(t, tp.GW, explicitConfig("socks5://"+netlab.Proxy4+":1080", "  - {protocol: [udp], action: direct}\n  - {action: block}", ""))
+				out = gw.Output
+			}
+			c := explicitAssociate(t, ns, server)
+			second := ns.ListenPacket("udp4", ":0")
+			defer second.Close()
+			echo := socks.Addr{IP: netip.MustParseAddr(netlab.WAN4), Port: 7}
+			if got, _, err := c.roundTrip(echo, []byte("first-1")); err != nil || string(got) != "first-1" {
+				t.Fatalf("first socket: %q, %v\n%s", got, err, out())
+			}
+			b, _ := socks.AppendUDPHeader(nil, socks.UDPHeader{Addr: echo})
+			second.WriteTo(append(b, "intruder"...), net.UDPAddrFromAddrPort(c.relay))
+			// The first socket's next datagram follows the intruder through the relay and the
+			// echo: its echo coming back means the intruder's would have come back before it.
+			if got, _, err := c.roundTrip(echo, []byte("first-2")); err != nil || string(got) != "first-2" {
+				t.Fatalf("first socket after the intruder: %q, %v; want its own echo", got, err)
+			}
+			buf := make([]byte, 2048)
+			second.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+			if n, _, err := second.ReadFrom(buf); err == nil {
+				t.Fatalf("the second socket got %d bytes: % x", n, buf[:n])
+			}
+		})
+	}
+}
+
 // With the default listen addresses, the explicit ports are not reachable from the WAN side,
 // while lan reaches them.
 func TestExplicitPortsClosedToWAN(t *testing.T) {
