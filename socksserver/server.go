@@ -91,26 +91,44 @@ type Server struct {
 	ListenUDP func(network, address string) (net.PacketConn, error)
 	// ErrorLog receives handshake failures and refusals, one call per client; nil discards.
 	ErrorLog func(src netip.AddrPort, err error)
+	// Counters, when set, is where the server counts the UDP datagrams it drops, so that a
+	// caller replacing its Server (a reload) can hand the next one the same counters and
+	// the counts go on; nil means counters of the server's own. Stats reads them either way.
+	Counters *UDPCounters
 
-	stats struct {
-		frag, foreign, malformed, dropped atomic.Uint64
+	own UDPCounters
+}
+
+// UDPCounters count the UDP datagrams of SOCKS5 associations that a Server drops. The zero
+// value is ready to use; it is safe for concurrent use.
+type UDPCounters struct {
+	frag, foreign, malformed, dropped atomic.Uint64
+}
+
+// Load returns the counts.
+func (c *UDPCounters) Load() Stats {
+	return Stats{
+		Fragmented: c.frag.Load(), Foreign: c.foreign.Load(),
+		Malformed: c.malformed.Load(), Dropped: c.dropped.Load(),
 	}
 }
 
-// Stats are the server's counters of dropped UDP datagrams.
+// Stats are the counts of dropped UDP datagrams.
 type Stats struct {
 	Fragmented uint64 // FRAG != 0 (reassembly is not supported)
-	Foreign    uint64 // from an address other than the association's client
+	Foreign    uint64 // from another source than the association's client socket
 	Malformed  uint64 // unparsable SOCKS5 UDP header
-	Dropped    uint64 // refused by the Tunneler (blocked, unroutable, upstream failure)
+	Dropped    uint64 // refused by the Tunneler (blocked, unroutable, upstream failure), or undeliverable
 }
 
-// Stats returns the counters.
-func (s *Server) Stats() Stats {
-	return Stats{
-		Fragmented: s.stats.frag.Load(), Foreign: s.stats.foreign.Load(),
-		Malformed: s.stats.malformed.Load(), Dropped: s.stats.dropped.Load(),
+// Stats returns the counters: those of Counters when it is set.
+func (s *Server) Stats() Stats { return s.counters().Load() }
+
+func (s *Server) counters() *UDPCounters {
+	if s.Counters != nil {
+		return s.Counters
 	}
+	return &s.own
 }
 
 // Error kinds reported to ErrorLog.

@@ -447,3 +447,52 @@ func TestUDPAssociationBindsOneClientPort(t *testing.T) {
 		})
 	}
 }
+
+// Servers given the same UDPCounters count into them: the counts survive a server's
+// replacement (a reload), and Stats of each reads them.
+func TestUDPCountersSharedAcrossServers(t *testing.T) {
+	counters := &UDPCounters{}
+	var servers []*Server
+	for range 2 {
+		s := &Server{Tunneler: &fakeTunneler{}, Counters: counters}
+		servers = append(servers, s)
+		c, err := net.Dial("tcp", serve(t, s))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.Write([]byte{5, 1, 0})
+		socks.ReadMethodSelection(c)
+		req, _ := socks.AppendRequest(nil, socks.Request{Cmd: socks.CmdUDPAssociate, Addr: socks.Addr{IP: netip.IPv4Unspecified()}})
+		c.Write(req)
+		rep, err := socks.ReadReply(c)
+		if err != nil || rep.Code != socks.ReplySucceeded {
+			t.Fatalf("reply %+v %v", rep, err)
+		}
+		relay, _ := rep.Addr.AddrPort()
+		pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer pc.Close()
+		dst := socks.Addr{Name: "echo.test", Port: 7}
+		frag, _ := socks.AppendUDPHeader(nil, socks.UDPHeader{Frag: 1, Addr: dst})
+		pc.WriteTo(append(frag, "frag"...), net.UDPAddrFromAddrPort(relay))
+		pc.WriteTo([]byte{0, 0}, net.UDPAddrFromAddrPort(relay)) // malformed
+		whole, _ := socks.AppendUDPHeader(nil, socks.UDPHeader{Addr: dst})
+		pc.WriteTo(append(whole, "whole"...), net.UDPAddrFromAddrPort(relay))
+		pc.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, _, err := pc.ReadFrom(make([]byte, 512)); err != nil { // read after the two drops
+			t.Fatal(err)
+		}
+	}
+	want := Stats{Fragmented: 2, Malformed: 2}
+	if got := counters.Load(); got != want {
+		t.Fatalf("shared counters %+v, want %+v", got, want)
+	}
+	for i, s := range servers {
+		if got := s.Stats(); got != want {
+			t.Fatalf("server %d: Stats %+v, want %+v", i, got, want)
+		}
+	}
+}

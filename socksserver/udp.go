@@ -42,7 +42,7 @@ func (s *Server) associate(ctx context.Context, c net.Conn, br *bufio.Reader, sr
 		writeReply5(c, socks.ReplyGeneralFailure, socks.Addr{})
 		return nil, fmt.Errorf("udp associate: open relay socket: %w", err)
 	}
-	r := &udpRelay{srv: s, pc: pc, clientIP: src.Addr()}
+	r := &udpRelay{stats: s.counters(), pc: pc, clientIP: src.Addr()}
 	if declared.Host == "" && declared.Addr.Port() != 0 {
 		r.peer.Store(ptr(netip.AddrPortFrom(src.Addr(), declared.Addr.Port())))
 	}
@@ -79,7 +79,7 @@ func ptr[T any](v T) *T { return &v }
 
 // udpRelay is one association's relay socket.
 type udpRelay struct {
-	srv      *Server
+	stats    *UDPCounters
 	pc       net.PacketConn
 	sess     UDPSession
 	clientIP netip.Addr
@@ -101,16 +101,16 @@ func (r *udpRelay) loop(ctx context.Context) {
 		ap := addrPortOf(from)
 		peer := r.peer.Load()
 		if ap.Addr() != r.clientIP || (peer != nil && ap != *peer) {
-			r.srv.stats.foreign.Add(1)
+			r.stats.foreign.Add(1)
 			continue
 		}
 		h, hl, err := socks.ParseUDPHeader(buf[:n])
 		if err != nil {
-			r.srv.stats.malformed.Add(1)
+			r.stats.malformed.Add(1)
 			continue
 		}
 		if h.Frag != 0 {
-			r.srv.stats.frag.Add(1)
+			r.stats.frag.Add(1)
 			continue
 		}
 		if peer == nil {
@@ -124,7 +124,7 @@ func (r *udpRelay) loop(ctx context.Context) {
 			t = Target{Src: netip.AddrPortFrom(r.clientIP, ap.Port()), Addr: a, Port: a.Port()}
 		}
 		if err := r.sess.Send(ctx, buf[hl:n], t); err != nil {
-			r.srv.stats.dropped.Add(1)
+			r.stats.dropped.Add(1)
 		}
 	}
 }
@@ -133,19 +133,19 @@ func (r *udpRelay) loop(ctx context.Context) {
 func (r *udpRelay) deliver(payload []byte, from socks.Addr) {
 	p := r.peer.Load()
 	if p == nil {
-		r.srv.stats.dropped.Add(1)
+		r.stats.dropped.Add(1)
 		return
 	}
 	r.wmu.Lock()
 	defer r.wmu.Unlock()
 	b, err := socks.AppendUDPHeader(r.wbuf[:0], socks.UDPHeader{Addr: from})
 	if err != nil {
-		r.srv.stats.dropped.Add(1)
+		r.stats.dropped.Add(1)
 		return
 	}
 	b = append(b, payload...)
 	r.wbuf = b[:0]
 	if _, err := r.pc.WriteTo(b, net.UDPAddrFromAddrPort(*p)); err != nil {
-		r.srv.stats.dropped.Add(1)
+		r.stats.dropped.Add(1)
 	}
 }
