@@ -18,6 +18,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -131,12 +132,37 @@ func (s *Server) counters() *UDPCounters {
 	return &s.own
 }
 
-// Error kinds reported to ErrorLog.
+// Error kinds reported to ErrorLog. A client that does not authenticate is reported as an
+// *AuthError, which matches ErrAuthFailed.
 var (
 	ErrRefusedSource   = errors.New("source not allowed by listen.allow")
 	ErrAuthFailed      = errors.New("authentication failed")
 	ErrSOCKS4WithUsers = errors.New("SOCKS4 refused: authentication is required and SOCKS4 carries no password")
 )
+
+// AuthError is a SOCKS5 client that did not authenticate: it offered no method the server
+// takes, or its username and password were refused. It matches ErrAuthFailed (errors.Is), so
+// that a caller logs it as it logs any failed authentication, and it never holds a password.
+type AuthError struct {
+	Want    socks.Method   // the method the server asks for
+	Offered []socks.Method // the methods the client offered, when none was Want
+	User    string         // the username sent, when username/password was refused
+}
+
+func (e *AuthError) Error() string {
+	if e.Offered != nil {
+		names := make([]string, len(e.Offered))
+		for i, m := range e.Offered {
+			names[i] = m.String()
+		}
+		return fmt.Sprintf("%v: client offers no acceptable method (offered: %s; want %v)",
+			ErrAuthFailed, strings.Join(names, ", "), e.Want)
+	}
+	return fmt.Sprintf("%v: wrong username or password for user %q", ErrAuthFailed, e.User)
+}
+
+// Unwrap returns ErrAuthFailed.
+func (e *AuthError) Unwrap() error { return ErrAuthFailed }
 
 func (s *Server) report(src netip.AddrPort, err error) {
 	if s.ErrorLog != nil {
@@ -244,7 +270,7 @@ func (s *Server) handshake5(ctx context.Context, c net.Conn, br *bufio.Reader, s
 		if !allowed {
 			return nil, ErrRefusedSource
 		}
-		return nil, fmt.Errorf("client offers no %s method", want)
+		return nil, &AuthError{Want: want, Offered: methods}
 	}
 	if _, err := c.Write(socks.AppendMethodSelection(nil, want)); err != nil {
 		return nil, fmt.Errorf("write method selection: %w", err)
@@ -259,7 +285,7 @@ func (s *Server) handshake5(ctx context.Context, c net.Conn, br *bufio.Reader, s
 		}
 		if !s.Authenticate(user, pass) {
 			c.Write(socks.AppendUserPassReply(nil, socks.UserPassFailure))
-			return nil, ErrAuthFailed
+			return nil, &AuthError{Want: want, User: user}
 		}
 		if _, err := c.Write(socks.AppendUserPassReply(nil, socks.UserPassSuccess)); err != nil {
 			return nil, fmt.Errorf("write auth reply: %w", err)

@@ -9,6 +9,8 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -494,5 +496,64 @@ func TestUDPCountersSharedAcrossServers(t *testing.T) {
 		if got := s.Stats(); got != want {
 			t.Fatalf("server %d: Stats %+v, want %+v", i, got, want)
 		}
+	}
+}
+
+// A SOCKS5 client that does not authenticate is reported as an authentication failure with
+// its reason: the methods it offered when none is acceptable, the username (never the
+// password) when the credentials are wrong.
+func TestAuthFailuresAreReportedWithTheirReason(t *testing.T) {
+	const secret = "Sekr1t-pass"
+	tests := []struct {
+		name    string
+		auth    bool
+		send    []byte
+		want    []string // in the error's text
+		offered []socks.Method
+	}{
+		{"no acceptable method, users set", true, []byte{5, 2, 0, 1},
+			[]string{"no acceptable method", "no authentication required, GSSAPI", "want username/password"},
+			[]socks.Method{socks.MethodNoAuth, socks.MethodGSSAPI}},
+		{"no acceptable method, no users", false, []byte{5, 1, 2},
+			[]string{"no acceptable method", "offered: username/password", "want no authentication required"},
+			[]socks.Method{socks.MethodUserPass}},
+		{"wrong password", true, append([]byte{5, 1, 2, 1, 5, 'a', 'l', 'i', 'c', 'e', byte(len(secret))}, secret...),
+			[]string{"wrong username or password", `user "alice"`}, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			errs := make(chan error, 1)
+			s := &Server{Tunneler: &fakeTunneler{}, ErrorLog: func(_ netip.AddrPort, err error) { errs <- err }}
+			if tt.auth {
+				s.Authenticate = func(u, p string) bool { return u == "alice" && p == "pw" }
+			}
+			c, err := net.Dial("tcp", serve(t, s))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.Write(tt.send)
+			var err2 error
+			select {
+			case err2 = <-errs:
+			case <-time.After(10 * time.Second):
+				t.Fatal("nothing reported")
+			}
+			var ae *AuthError
+			if !errors.Is(err2, ErrAuthFailed) || !errors.As(err2, &ae) {
+				t.Fatalf("reported %v (%T), want an *AuthError matching ErrAuthFailed", err2, err2)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err2.Error(), w) {
+					t.Errorf("%q lacks %q", err2, w)
+				}
+			}
+			if strings.Contains(err2.Error(), secret) || strings.Contains(fmt.Sprintf("%+v", ae), secret) {
+				t.Errorf("the password is in %q", err2)
+			}
+			if !slices.Equal(ae.Offered, tt.offered) {
+				t.Errorf("offered %v, want %v", ae.Offered, tt.offered)
+			}
+		})
 	}
 }

@@ -205,11 +205,28 @@ func TestExplicitAuthentication(t *testing.T) {
 	if !waitFor(2*time.Second, func() bool { return strings.Contains(gw.Output(), "SOCKS4 refused") }) {
 		t.Errorf("the log does not say why SOCKS4 was refused")
 	}
+	// Each SOCKS5 client that did not authenticate is a warning with its reason: curl with
+	// no credentials offers "no authentication" and GSSAPI, with a wrong password it names a user.
+	for _, reason := range []string{"no acceptable method (offered: no authentication required, GSSAPI; want username/password)", `wrong username or password for user \"alice\"`} {
+		if !waitFor(2*time.Second, func() bool { return warningWith(gw.Output(), reason) }) {
+			t.Errorf("no warning says %q:\n%s", reason, gw.Output())
+		}
+	}
 	gw.Signal(syscall.SIGTERM)
 	gw.Wait(10 * time.Second)
 	if strings.Contains(gw.Output(), pass) || strings.Contains(gw.Output(), "wrong-pass") {
 		t.Fatalf("a password appears in the log:\n%s", gw.Output())
 	}
+}
+
+// warningWith reports whether a warning line of log contains s.
+func warningWith(log, s string) bool {
+	for _, l := range strings.Split(log, "\n") {
+		if strings.Contains(l, "level=warning") && strings.Contains(l, s) {
+			return true
+		}
+	}
+	return false
 }
 
 // An unmodified program (curl with no proxy flags) run under proxychains4 reaches wan through
