@@ -239,6 +239,9 @@ func (s *Server) handshake4(ctx context.Context, c net.Conn, br *bufio.Reader, s
 	} else {
 		t.Addr = netip.AddrPortFrom(req.IP, req.Port)
 	}
+	if err := t.check(); err != nil {
+		return reject(err)
+	}
 	return s.connect(ctx, c, br, t, func(err error) error {
 		code := socks.Reply4Granted
 		if err != nil {
@@ -314,6 +317,10 @@ func (s *Server) handshake5(ctx context.Context, c net.Conn, br *bufio.Reader, s
 	}
 	switch req.Cmd {
 	case socks.CmdConnect:
+		if err := t.check(); err != nil {
+			writeReply5(c, socks.ReplyNotAllowed, socks.Addr{})
+			return nil, err
+		}
 		bound := socks.AddrFromAddrPort(addrPortOf(c.LocalAddr()))
 		return s.connect(ctx, c, br, t, func(err error) error {
 			if err != nil {
@@ -334,6 +341,27 @@ func (s *Server) handshake5(ctx context.Context, c net.Conn, br *bufio.Reader, s
 func malformed(err error) bool {
 	var ne net.Error
 	return !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.As(err, &ne)
+}
+
+// ErrBadDestination is a destination that names no remote host; see Target.check.
+var ErrBadDestination = errors.New("destination names no remote host")
+
+// check refuses a destination that names no remote host: port 0, the unspecified address (a
+// dial to it reaches this host), or an IP literal with a zone sent as a name. SOCKS cannot
+// carry a zone, and as a name such a literal would escape every rule's address matcher while
+// the dialer still connects to the address ("::ffff:10.0.0.1%x" dials 10.0.0.1).
+func (t Target) check() error {
+	switch {
+	case t.Port == 0:
+		return fmt.Errorf("%w: %s: port 0", ErrBadDestination, t)
+	case t.Host == "" && t.Addr.Addr().IsUnspecified():
+		return fmt.Errorf("%w: %s: the unspecified address", ErrBadDestination, t)
+	case t.Host != "":
+		if _, err := netip.ParseAddr(t.Host); err == nil { // zoned: targetFromName took the rest
+			return fmt.Errorf("%w: %q: an IP address with a zone", ErrBadDestination, t.Host)
+		}
+	}
+	return nil
 }
 
 // targetFromName keeps an IP literal sent as a name as an address.

@@ -557,3 +557,104 @@ func TestAuthFailuresAreReportedWithTheirReason(t *testing.T) {
 		})
 	}
 }
+
+// A destination that names no remote host is refused before it reaches the Tunneler: the
+// unspecified address (a dial to it reaches this host), port 0, and an IP literal with a zone
+// sent as a name (SOCKS cannot carry a zone; as a name it would escape the rules' address
+// matchers, and Go's dialer still connects to the address).
+func TestConnectRefusesDestinationsNamingNoRemote(t *testing.T) {
+	tests := []struct {
+		name string
+		req  []byte
+		want []byte // the reply
+	}{
+		{"socks5 0.0.0.0", []byte{5, 1, 0, 5, 1, 0, 1, 0, 0, 0, 0, 0, 80}, []byte{5, 0, 5, 2, 0, 1, 0, 0, 0, 0, 0, 0}},
+		{"socks5 ::", append(append([]byte{5, 1, 0, 5, 1, 0, 4}, make([]byte, 16)...), 0, 80), []byte{5, 0, 5, 2, 0, 1, 0, 0, 0, 0, 0, 0}},
+		{"socks5 port 0", []byte{5, 1, 0, 5, 1, 0, 1, 192, 0, 2, 1, 0, 0}, []byte{5, 0, 5, 2, 0, 1, 0, 0, 0, 0, 0, 0}},
+		{"socks5 name port 0", []byte{5, 1, 0, 5, 1, 0, 3, 3, 'a', '.', 'b', 0, 0}, []byte{5, 0, 5, 2, 0, 1, 0, 0, 0, 0, 0, 0}},
+		{"socks5 name 0.0.0.0", append(append([]byte{5, 1, 0, 5, 1, 0, 3, 7}, "0.0.0.0"...), 0, 80), []byte{5, 0, 5, 2, 0, 1, 0, 0, 0, 0, 0, 0}},
+		{"socks5 zoned mapped name", append(append([]byte{5, 1, 0, 5, 1, 0, 3, 20}, "::ffff:192.0.2.1%eth"...), 0, 80), []byte{5, 0, 5, 2, 0, 1, 0, 0, 0, 0, 0, 0}},
+		{"socks4 0.0.0.0", []byte{4, 1, 0, 80, 0, 0, 0, 0, 0}, []byte{0, 0x5b, 0, 0, 0, 0, 0, 0}},
+		{"socks4 port 0", []byte{4, 1, 0, 0, 192, 0, 2, 1, 0}, []byte{0, 0x5b, 0, 0, 0, 0, 0, 0}},
+		{"socks4a zoned name", append(append([]byte{4, 1, 0, 80, 0, 0, 0, 1, 0}, "fe80::1%lo"...), 0), []byte{0, 0x5b, 0, 0, 0, 0, 0, 0}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ft := &fakeTunneler{}
+			errs := make(chan error, 1)
+			addr := serve(t, &Server{Tunneler: ft, ErrorLog: func(_ netip.AddrPort, err error) { errs <- err }})
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.Write(tt.req)
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			got := make([]byte, len(tt.want))
+			if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, tt.want) {
+				t.Fatalf("got % x (%v), want % x", got, err, tt.want)
+			}
+			select {
+			case err := <-errs:
+				if !errors.Is(err, ErrBadDestination) {
+					t.Fatalf("reported %v, want ErrBadDestination", err)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("nothing reported")
+			}
+			if got := ft.last(); got != (Target{}) {
+				t.Fatalf("the Tunneler was handed %v", got)
+			}
+		})
+	}
+}
+
+// A datagram to a destination naming no remote host is dropped as malformed; the association
+// goes on.
+func TestUDPDropsDatagramsToNoRemote(t *testing.T) {
+	ft := &fakeTunneler{}
+	s := &Server{Tunneler: ft}
+	c, err := net.Dial("tcp", serve(t, s))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte{5, 1, 0})
+	socks.ReadMethodSelection(c)
+	req, _ := socks.AppendRequest(nil, socks.Request{Cmd: socks.CmdUDPAssociate, Addr: socks.Addr{IP: netip.IPv4Unspecified()}})
+	c.Write(req)
+	rep, err := socks.ReadReply(c)
+	if err != nil || rep.Code != socks.ReplySucceeded {
+		t.Fatalf("reply %+v %v", rep, err)
+	}
+	relay, _ := rep.Addr.AddrPort()
+	to := net.UDPAddrFromAddrPort(relay)
+	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	for _, dst := range []socks.Addr{
+		{IP: netip.IPv4Unspecified(), Port: 53},
+		{IP: netip.IPv6Unspecified(), Port: 53},
+		{IP: netip.MustParseAddr("192.0.2.1"), Port: 0},
+		{Name: "::ffff:192.0.2.1%eth0", Port: 53},
+	} {
+		b, _ := socks.AppendUDPHeader(nil, socks.UDPHeader{Addr: dst})
+		pc.WriteTo(append(b, "x"...), to)
+	}
+	b, _ := socks.AppendUDPHeader(nil, socks.UDPHeader{Addr: socks.Addr{IP: netip.MustParseAddr("192.0.2.1"), Port: 53}})
+	pc.WriteTo(append(b, "ok"...), to)
+	pc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 512)
+	n, _, err := pc.ReadFrom(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, hl, err := socks.ParseUDPHeader(buf[:n]); err != nil || string(buf[hl:n]) != "ok" {
+		t.Fatalf("first echo %q, %v; want only the valid datagram's", buf[:n], err)
+	}
+	if st := s.Stats(); st.Malformed != 4 {
+		t.Fatalf("stats %+v, want 4 malformed", st)
+	}
+}

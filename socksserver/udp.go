@@ -113,15 +113,19 @@ func (r *udpRelay) loop(ctx context.Context) {
 			r.stats.frag.Add(1)
 			continue
 		}
-		if peer == nil {
-			r.peer.Store(ptr(ap)) // the first datagram binds the association
-		}
 		var t Target
 		if h.Addr.IsName() {
-			t = targetFromName(netip.AddrPortFrom(r.clientIP, ap.Port()), h.Addr.Name, h.Addr.Port)
+			t = targetFromName(ap, h.Addr.Name, h.Addr.Port)
 		} else {
 			a, _ := h.Addr.AddrPort()
-			t = Target{Src: netip.AddrPortFrom(r.clientIP, ap.Port()), Addr: a, Port: a.Port()}
+			t = Target{Src: ap, Addr: a, Port: a.Port()}
+		}
+		if t.check() != nil {
+			r.stats.malformed.Add(1)
+			continue
+		}
+		if peer == nil {
+			r.peer.Store(ptr(ap)) // the first datagram relayed binds the association
 		}
 		if err := r.sess.Send(ctx, buf[hl:n], t); err != nil {
 			r.stats.dropped.Add(1)

@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"strings"
@@ -407,5 +408,51 @@ func TestExplicitACLRefusesOutsiders(t *testing.T) {
 	// Loopback is not in this allow list either; the listener on 127.0.0.1 refuses it too.
 	if code, _ := curl(tp.GW, "-o", "/dev/null", "-w", "%{http_code}", "-x", "http://127.0.0.1:8080", web); code != "403" {
 		t.Errorf("loopback: status %q, want 403", code)
+	}
+}
+
+// A blocked address stays blocked when a client sends it as a name with an IPv6 zone
+// ("::ffff:203.0.113.10%x", which Go's dialer connects to 203.0.113.10) or as the
+// unspecified address: the SOCKS port refuses both, and the allowed destination still works.
+func TestExplicitSOCKSZonedNameDoesNotEscapeRules(t *testing.T) {
+	tp := netlab.NewTopology(t)
+	serveWeb(t, tp)
+	gw := startSocksgate(t, tp.GW, explicitConfig("socks5://"+netlab.Proxy4+":1080",
+		"  - {name: no-wan-web, dst: ["+netlab.WAN4+"/32], action: block}\n  - {action: direct}", ""))
+	connect := func(atyp byte, addr []byte) (byte, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		c, err := tp.LAN.Dial(ctx, "tcp", explicitSOCKS4)
+		if err != nil {
+			return 0, err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		req := append([]byte{5, 1, 0, 5, 1, 0, atyp}, addr...)
+		c.Write(append(req, 0, 80))
+		if m, err := socks.ReadMethodSelection(c); err != nil || m != socks.MethodNoAuth {
+			return 0, fmt.Errorf("method %v: %v", m, err)
+		}
+		rep, err := socks.ReadReply(c)
+		return byte(rep.Code), err
+	}
+	zoned := "::ffff:" + netlab.WAN4 + "%x"
+	for _, tt := range []struct {
+		name string
+		atyp byte
+		addr []byte
+		want socks.ReplyCode
+	}{
+		{"zoned name", 3, append([]byte{byte(len(zoned))}, zoned...), socks.ReplyNotAllowed},
+		{"the address", 1, netip.MustParseAddr(netlab.WAN4).AsSlice(), socks.ReplyNotAllowed},
+		{"unspecified", 1, []byte{0, 0, 0, 0}, socks.ReplyNotAllowed},
+		{"another address", 1, netip.MustParseAddr(netlab.Proxy4).AsSlice(), socks.ReplyConnectionRefused},
+	} {
+		if code, err := connect(tt.atyp, tt.addr); err != nil || socks.ReplyCode(code) != tt.want {
+			t.Errorf("%s: reply %v, %v; want %v", tt.name, socks.ReplyCode(code), err, tt.want)
+		}
+	}
+	if t.Failed() {
+		t.Log(gw.Output())
 	}
 }
