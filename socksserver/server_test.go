@@ -658,3 +658,37 @@ func TestUDPDropsDatagramsToNoRemote(t *testing.T) {
 		t.Fatalf("stats %+v, want 4 malformed", st)
 	}
 }
+
+// A client that trickles its request, one byte well within the handshake timeout after
+// another, is still cut off when the timeout ends: the deadline covers the whole handshake,
+// not each read.
+func TestHandshakeTimeoutCoversATricklingClient(t *testing.T) {
+	errs := make(chan error, 1)
+	addr := serve(t, &Server{Tunneler: &fakeTunneler{}, HandshakeTimeout: 300 * time.Millisecond,
+		ErrorLog: func(_ netip.AddrPort, err error) { errs <- err }})
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// A SOCKS4 request whose user id, 255 bytes one every 20 ms, takes about 5 s to send;
+	// a per-read deadline would let all of it in.
+	c.Write([]byte{4, 1, 0, 80, 192, 0, 2, 1})
+	go func() {
+		for range 255 {
+			if _, err := c.Write([]byte{'x'}); err != nil {
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		c.Write([]byte{0})
+	}()
+	select {
+	case err := <-errs:
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("reported %v, want the handshake deadline", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the trickling client was never cut off")
+	}
+}
