@@ -73,6 +73,14 @@ type Snapshot struct {
 	UDPSessions       int64
 	UDPSessionsTotal  uint64
 	ReplyBindFailures uint64
+	SOCKSUDPDropped   SOCKSUDPDrops // explicit SOCKS5 UDP relay
+}
+
+// SOCKSUDPDrops count the datagrams the explicit SOCKS5 UDP relay dropped, by reason.
+type SOCKSUDPDrops struct {
+	ForeignSource uint64 // not from the association's client socket
+	Fragment      uint64 // FRAG != 0: reassembly is not supported
+	Malformed     uint64 // unparsable SOCKS5 UDP header
 }
 
 // Source is what the endpoint reads; the gateway implements it.

@@ -21,6 +21,7 @@ const (
 	helpUDP    = "UDP sessions now: transparent ones in the NAT table and explicit SOCKS5 associations."
 	helpUDPTot = "UDP sessions created."
 	helpBind   = "UDP replies dropped because their transparent reply socket could not be bound."
+	helpSUDP   = "Datagrams the explicit SOCKS5 UDP relay dropped, by reason: foreign_source (not from the association's client socket), fragment (FRAG not 0, unsupported), malformed (unparsable SOCKS5 UDP header)."
 	helpBuild  = "Always 1; labelled with the build."
 )
 
@@ -65,6 +66,10 @@ func socksgateSeries(e *expo, src Source, version string) {
 	e.gauge("socksgate_udp_sessions", helpUDP, float64(s.UDPSessions))
 	e.counter("socksgate_udp_sessions_total", helpUDPTot, float64(s.UDPSessionsTotal))
 	e.counter("socksgate_udp_reply_bind_failures_total", helpBind, float64(s.ReplyBindFailures))
+	d := s.SOCKSUDPDropped
+	e.counter("socksgate_socks_udp_dropped_total", helpSUDP, float64(d.ForeignSource), "reason", "foreign_source")
+	e.counter("socksgate_socks_udp_dropped_total", helpSUDP, float64(d.Fragment), "reason", "fragment")
+	e.counter("socksgate_socks_udp_dropped_total", helpSUDP, float64(d.Malformed), "reason", "malformed")
 	e.gauge("socksgate_build_info", helpBuild, 1, "version", version, "goversion", runtime.Version())
 }
 

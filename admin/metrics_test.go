@@ -56,6 +56,7 @@ func TestMetricsParseWithEveryFamilyTyped(t *testing.T) {
 		"socksgate_udp_sessions":                  dto.MetricType_GAUGE,
 		"socksgate_udp_sessions_total":            dto.MetricType_COUNTER,
 		"socksgate_udp_reply_bind_failures_total": dto.MetricType_COUNTER,
+		"socksgate_socks_udp_dropped_total":       dto.MetricType_COUNTER,
 		"socksgate_build_info":                    dto.MetricType_GAUGE,
 		"go_goroutines":                           dto.MetricType_GAUGE,
 		"go_threads":                              dto.MetricType_GAUGE,
@@ -450,4 +451,23 @@ func httptestGet(t *testing.T, h http.Handler, path string) response {
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
 	return response{rec.Code, rec.Body.String(), rec.Header().Get("Content-Type")}
+}
+
+// The SOCKS UDP drop counters are written for every reason from the start, zeros included, so
+// that rate() and alerts see each series before its first drop.
+func TestMetricsSOCKSUDPDropsHaveEveryReason(t *testing.T) {
+	fams := parseExposition(t, scrape(t, fakeSource{}))
+	got := map[string]float64{}
+	for _, m := range fams["socksgate_socks_udp_dropped_total"].GetMetric() {
+		got[label(m, "reason")] = m.GetCounter().GetValue()
+	}
+	want := map[string]float64{"foreign_source": 0, "fragment": 0, "malformed": 0}
+	if len(got) != len(want) {
+		t.Fatalf("socksgate_socks_udp_dropped_total series %v, want %v", got, want)
+	}
+	for r, v := range want {
+		if g, ok := got[r]; !ok || g != v {
+			t.Errorf("reason %q: %v (present %v), want %v", r, g, ok, v)
+		}
+	}
 }

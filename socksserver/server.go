@@ -18,6 +18,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -91,34 +92,77 @@ type Server struct {
 	ListenUDP func(network, address string) (net.PacketConn, error)
 	// ErrorLog receives handshake failures and refusals, one call per client; nil discards.
 	ErrorLog func(src netip.AddrPort, err error)
+	// Counters, when set, is where the server counts the UDP datagrams it drops, so that a
+	// caller replacing its Server (a reload) can hand the next one the same counters and
+	// the counts go on; nil means counters of the server's own. Stats reads them either way.
+	Counters *UDPCounters
 
-	stats struct {
-		frag, foreign, malformed, dropped atomic.Uint64
+	own UDPCounters
+}
+
+// UDPCounters count the UDP datagrams of SOCKS5 associations that a Server drops. The zero
+// value is ready to use; it is safe for concurrent use.
+type UDPCounters struct {
+	frag, foreign, malformed, dropped atomic.Uint64
+}
+
+// Load returns the counts.
+func (c *UDPCounters) Load() Stats {
+	return Stats{
+		Fragmented: c.frag.Load(), Foreign: c.foreign.Load(),
+		Malformed: c.malformed.Load(), Dropped: c.dropped.Load(),
 	}
 }
 
-// Stats are the server's counters of dropped UDP datagrams.
+// Stats are the counts of dropped UDP datagrams.
 type Stats struct {
 	Fragmented uint64 // FRAG != 0 (reassembly is not supported)
-	Foreign    uint64 // from an address other than the association's client
+	Foreign    uint64 // from another source than the association's client socket
 	Malformed  uint64 // unparsable SOCKS5 UDP header
-	Dropped    uint64 // refused by the Tunneler (blocked, unroutable, upstream failure)
+	Dropped    uint64 // refused by the Tunneler (blocked, unroutable, upstream failure), or undeliverable
 }
 
-// Stats returns the counters.
-func (s *Server) Stats() Stats {
-	return Stats{
-		Fragmented: s.stats.frag.Load(), Foreign: s.stats.foreign.Load(),
-		Malformed: s.stats.malformed.Load(), Dropped: s.stats.dropped.Load(),
+// Stats returns the counters: those of Counters when it is set.
+func (s *Server) Stats() Stats { return s.counters().Load() }
+
+func (s *Server) counters() *UDPCounters {
+	if s.Counters != nil {
+		return s.Counters
 	}
+	return &s.own
 }
 
-// Error kinds reported to ErrorLog.
+// Error kinds reported to ErrorLog. A client that does not authenticate is reported as an
+// *AuthError, which matches ErrAuthFailed.
 var (
 	ErrRefusedSource   = errors.New("source not allowed by listen.allow")
 	ErrAuthFailed      = errors.New("authentication failed")
 	ErrSOCKS4WithUsers = errors.New("SOCKS4 refused: authentication is required and SOCKS4 carries no password")
 )
+
+// AuthError is a SOCKS5 client that did not authenticate: it offered no method the server
+// takes, or its username and password were refused. It matches ErrAuthFailed (errors.Is), so
+// that a caller logs it as it logs any failed authentication, and it never holds a password.
+type AuthError struct {
+	Want    socks.Method   // the method the server asks for
+	Offered []socks.Method // the methods the client offered, when none was Want
+	User    string         // the username sent, when username/password was refused
+}
+
+func (e *AuthError) Error() string {
+	if e.Offered != nil {
+		names := make([]string, len(e.Offered))
+		for i, m := range e.Offered {
+			names[i] = m.String()
+		}
+		return fmt.Sprintf("%v: client offers no acceptable method (offered: %s; want %v)",
+			ErrAuthFailed, strings.Join(names, ", "), e.Want)
+	}
+	return fmt.Sprintf("%v: wrong username or password for user %q", ErrAuthFailed, e.User)
+}
+
+// Unwrap returns ErrAuthFailed.
+func (e *AuthError) Unwrap() error { return ErrAuthFailed }
 
 func (s *Server) report(src netip.AddrPort, err error) {
 	if s.ErrorLog != nil {
@@ -195,6 +239,9 @@ func (s *Server) handshake4(ctx context.Context, c net.Conn, br *bufio.Reader, s
 	} else {
 		t.Addr = netip.AddrPortFrom(req.IP, req.Port)
 	}
+	if err := t.check(); err != nil {
+		return reject(err)
+	}
 	return s.connect(ctx, c, br, t, func(err error) error {
 		code := socks.Reply4Granted
 		if err != nil {
@@ -226,7 +273,7 @@ func (s *Server) handshake5(ctx context.Context, c net.Conn, br *bufio.Reader, s
 		if !allowed {
 			return nil, ErrRefusedSource
 		}
-		return nil, fmt.Errorf("client offers no %s method", want)
+		return nil, &AuthError{Want: want, Offered: methods}
 	}
 	if _, err := c.Write(socks.AppendMethodSelection(nil, want)); err != nil {
 		return nil, fmt.Errorf("write method selection: %w", err)
@@ -241,7 +288,7 @@ func (s *Server) handshake5(ctx context.Context, c net.Conn, br *bufio.Reader, s
 		}
 		if !s.Authenticate(user, pass) {
 			c.Write(socks.AppendUserPassReply(nil, socks.UserPassFailure))
-			return nil, ErrAuthFailed
+			return nil, &AuthError{Want: want, User: user}
 		}
 		if _, err := c.Write(socks.AppendUserPassReply(nil, socks.UserPassSuccess)); err != nil {
 			return nil, fmt.Errorf("write auth reply: %w", err)
@@ -270,6 +317,10 @@ func (s *Server) handshake5(ctx context.Context, c net.Conn, br *bufio.Reader, s
 	}
 	switch req.Cmd {
 	case socks.CmdConnect:
+		if err := t.check(); err != nil {
+			writeReply5(c, socks.ReplyNotAllowed, socks.Addr{})
+			return nil, err
+		}
 		bound := socks.AddrFromAddrPort(addrPortOf(c.LocalAddr()))
 		return s.connect(ctx, c, br, t, func(err error) error {
 			if err != nil {
@@ -290,6 +341,27 @@ func (s *Server) handshake5(ctx context.Context, c net.Conn, br *bufio.Reader, s
 func malformed(err error) bool {
 	var ne net.Error
 	return !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.As(err, &ne)
+}
+
+// ErrBadDestination is a destination that names no remote host; see Target.check.
+var ErrBadDestination = errors.New("destination names no remote host")
+
+// check refuses a destination that names no remote host: port 0, the unspecified address (a
+// dial to it reaches this host), or an IP literal with a zone sent as a name. SOCKS cannot
+// carry a zone, and as a name such a literal would escape every rule's address matcher while
+// the dialer still connects to the address ("::ffff:10.0.0.1%x" dials 10.0.0.1).
+func (t Target) check() error {
+	switch {
+	case t.Port == 0:
+		return fmt.Errorf("%w: %s: port 0", ErrBadDestination, t)
+	case t.Host == "" && t.Addr.Addr().IsUnspecified():
+		return fmt.Errorf("%w: %s: the unspecified address", ErrBadDestination, t)
+	case t.Host != "":
+		if _, err := netip.ParseAddr(t.Host); err == nil { // zoned: targetFromName took the rest
+			return fmt.Errorf("%w: %q: an IP address with a zone", ErrBadDestination, t.Host)
+		}
+	}
+	return nil
 }
 
 // targetFromName keeps an IP literal sent as a name as an address.

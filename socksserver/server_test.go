@@ -9,6 +9,8 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -363,5 +365,330 @@ func TestMalformedRequestsGetFailureReply(t *testing.T) {
 				t.Fatalf("got % x (%v), want % x then a close", got, err, tt.want)
 			}
 		})
+	}
+}
+
+// An association is bound to one client socket: the port the client declared, or, when it
+// declared port 0 (it does not know it yet), the port of its first datagram. Datagrams from
+// another port of the same host are dropped and counted as foreign, and never steal the
+// replies (dante gives them to the first socket too).
+func TestUDPAssociationBindsOneClientPort(t *testing.T) {
+	for _, declare := range []string{"zero", "port"} {
+		t.Run(declare, func(t *testing.T) {
+			ft := &fakeTunneler{}
+			s := &Server{Tunneler: ft}
+			addr := serve(t, s)
+			first, err := net.ListenPacket("udp4", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer first.Close()
+			second, err := net.ListenPacket("udp4", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer second.Close()
+
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.Write([]byte{5, 1, 0})
+			socks.ReadMethodSelection(c)
+			declared := socks.Addr{IP: netip.IPv4Unspecified()}
+			if declare == "port" {
+				declared = socks.AddrFromAddrPort(first.LocalAddr().(*net.UDPAddr).AddrPort())
+			}
+			req, _ := socks.AppendRequest(nil, socks.Request{Cmd: socks.CmdUDPAssociate, Addr: declared})
+			c.Write(req)
+			rep, err := socks.ReadReply(c)
+			if err != nil || rep.Code != socks.ReplySucceeded {
+				t.Fatalf("reply %+v %v", rep, err)
+			}
+			relay, _ := rep.Addr.AddrPort()
+			to := net.UDPAddrFromAddrPort(relay)
+			hdr, _ := socks.AppendUDPHeader(nil, socks.UDPHeader{Addr: socks.Addr{Name: "echo.test", Port: 7}})
+			buf := make([]byte, 2048)
+			read := func(pc net.PacketConn, wait time.Duration) (string, error) {
+				pc.SetReadDeadline(time.Now().Add(wait))
+				n, _, err := pc.ReadFrom(buf)
+				if err != nil {
+					return "", err
+				}
+				_, hl, err := socks.ParseUDPHeader(buf[:n])
+				if err != nil {
+					return "", err
+				}
+				return string(buf[hl:n]), nil
+			}
+
+			first.WriteTo(append(hdr, "one"...), to)
+			if got, err := read(first, 5*time.Second); got != "one" {
+				t.Fatalf("first socket got %q, %v; want its echo", got, err)
+			}
+			second.WriteTo(append(hdr, "intruder"...), to)
+			first.WriteTo(append(hdr, "two"...), to)
+			if got, err := read(first, 5*time.Second); got != "two" {
+				t.Fatalf("first socket got %q, %v; want its second echo", got, err)
+			}
+			// The relay read the second socket's datagram before the first socket's "two",
+			// and the fake session answers at once: had it been relayed, its echo would
+			// already wait in the second socket.
+			if got, err := read(second, 100*time.Millisecond); err == nil {
+				t.Fatalf("the second socket of the client's host got %q", got)
+			}
+			if st := s.Stats(); st.Foreign != 1 {
+				t.Fatalf("stats %+v, want the second socket's datagram counted foreign", st)
+			}
+			ft.mu.Lock()
+			defer ft.mu.Unlock()
+			if len(ft.sent) != 2 {
+				t.Fatalf("%d datagrams sent on, want the first socket's 2", len(ft.sent))
+			}
+		})
+	}
+}
+
+// Servers given the same UDPCounters count into them: the counts survive a server's
+// replacement (a reload), and Stats of each reads them.
+func TestUDPCountersSharedAcrossServers(t *testing.T) {
+	counters := &UDPCounters{}
+	var servers []*Server
+	for range 2 {
+		s := &Server{Tunneler: &fakeTunneler{}, Counters: counters}
+		servers = append(servers, s)
+		c, err := net.Dial("tcp", serve(t, s))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.Write([]byte{5, 1, 0})
+		socks.ReadMethodSelection(c)
+		req, _ := socks.AppendRequest(nil, socks.Request{Cmd: socks.CmdUDPAssociate, Addr: socks.Addr{IP: netip.IPv4Unspecified()}})
+		c.Write(req)
+		rep, err := socks.ReadReply(c)
+		if err != nil || rep.Code != socks.ReplySucceeded {
+			t.Fatalf("reply %+v %v", rep, err)
+		}
+		relay, _ := rep.Addr.AddrPort()
+		pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer pc.Close()
+		dst := socks.Addr{Name: "echo.test", Port: 7}
+		frag, _ := socks.AppendUDPHeader(nil, socks.UDPHeader{Frag: 1, Addr: dst})
+		pc.WriteTo(append(frag, "frag"...), net.UDPAddrFromAddrPort(relay))
+		pc.WriteTo([]byte{0, 0}, net.UDPAddrFromAddrPort(relay)) // malformed
+		whole, _ := socks.AppendUDPHeader(nil, socks.UDPHeader{Addr: dst})
+		pc.WriteTo(append(whole, "whole"...), net.UDPAddrFromAddrPort(relay))
+		pc.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, _, err := pc.ReadFrom(make([]byte, 512)); err != nil { // read after the two drops
+			t.Fatal(err)
+		}
+	}
+	want := Stats{Fragmented: 2, Malformed: 2}
+	if got := counters.Load(); got != want {
+		t.Fatalf("shared counters %+v, want %+v", got, want)
+	}
+	for i, s := range servers {
+		if got := s.Stats(); got != want {
+			t.Fatalf("server %d: Stats %+v, want %+v", i, got, want)
+		}
+	}
+}
+
+// A SOCKS5 client that does not authenticate is reported as an authentication failure with
+// its reason: the methods it offered when none is acceptable, the username (never the
+// password) when the credentials are wrong.
+func TestAuthFailuresAreReportedWithTheirReason(t *testing.T) {
+	const secret = "Sekr1t-pass"
+	tests := []struct {
+		name    string
+		auth    bool
+		send    []byte
+		want    []string // in the error's text
+		offered []socks.Method
+	}{
+		{"no acceptable method, users set", true, []byte{5, 2, 0, 1},
+			[]string{"no acceptable method", "no authentication required, GSSAPI", "want username/password"},
+			[]socks.Method{socks.MethodNoAuth, socks.MethodGSSAPI}},
+		{"no acceptable method, no users", false, []byte{5, 1, 2},
+			[]string{"no acceptable method", "offered: username/password", "want no authentication required"},
+			[]socks.Method{socks.MethodUserPass}},
+		{"wrong password", true, append([]byte{5, 1, 2, 1, 5, 'a', 'l', 'i', 'c', 'e', byte(len(secret))}, secret...),
+			[]string{"wrong username or password", `user "alice"`}, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			errs := make(chan error, 1)
+			s := &Server{Tunneler: &fakeTunneler{}, ErrorLog: func(_ netip.AddrPort, err error) { errs <- err }}
+			if tt.auth {
+				s.Authenticate = func(u, p string) bool { return u == "alice" && p == "pw" }
+			}
+			c, err := net.Dial("tcp", serve(t, s))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.Write(tt.send)
+			var err2 error
+			select {
+			case err2 = <-errs:
+			case <-time.After(10 * time.Second):
+				t.Fatal("nothing reported")
+			}
+			var ae *AuthError
+			if !errors.Is(err2, ErrAuthFailed) || !errors.As(err2, &ae) {
+				t.Fatalf("reported %v (%T), want an *AuthError matching ErrAuthFailed", err2, err2)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err2.Error(), w) {
+					t.Errorf("%q lacks %q", err2, w)
+				}
+			}
+			if strings.Contains(err2.Error(), secret) || strings.Contains(fmt.Sprintf("%+v", ae), secret) {
+				t.Errorf("the password is in %q", err2)
+			}
+			if !slices.Equal(ae.Offered, tt.offered) {
+				t.Errorf("offered %v, want %v", ae.Offered, tt.offered)
+			}
+		})
+	}
+}
+
+// A destination that names no remote host is refused before it reaches the Tunneler: the
+// unspecified address (a dial to it reaches this host), port 0, and an IP literal with a zone
+// sent as a name (SOCKS cannot carry a zone; as a name it would escape the rules' address
+// matchers, and Go's dialer still connects to the address).
+func TestConnectRefusesDestinationsNamingNoRemote(t *testing.T) {
+	tests := []struct {
+		name string
+		req  []byte
+		want []byte // the reply
+	}{
+		{"socks5 0.0.0.0", []byte{5, 1, 0, 5, 1, 0, 1, 0, 0, 0, 0, 0, 80}, []byte{5, 0, 5, 2, 0, 1, 0, 0, 0, 0, 0, 0}},
+		{"socks5 ::", append(append([]byte{5, 1, 0, 5, 1, 0, 4}, make([]byte, 16)...), 0, 80), []byte{5, 0, 5, 2, 0, 1, 0, 0, 0, 0, 0, 0}},
+		{"socks5 port 0", []byte{5, 1, 0, 5, 1, 0, 1, 192, 0, 2, 1, 0, 0}, []byte{5, 0, 5, 2, 0, 1, 0, 0, 0, 0, 0, 0}},
+		{"socks5 name port 0", []byte{5, 1, 0, 5, 1, 0, 3, 3, 'a', '.', 'b', 0, 0}, []byte{5, 0, 5, 2, 0, 1, 0, 0, 0, 0, 0, 0}},
+		{"socks5 name 0.0.0.0", append(append([]byte{5, 1, 0, 5, 1, 0, 3, 7}, "0.0.0.0"...), 0, 80), []byte{5, 0, 5, 2, 0, 1, 0, 0, 0, 0, 0, 0}},
+		{"socks5 zoned mapped name", append(append([]byte{5, 1, 0, 5, 1, 0, 3, 20}, "::ffff:192.0.2.1%eth"...), 0, 80), []byte{5, 0, 5, 2, 0, 1, 0, 0, 0, 0, 0, 0}},
+		{"socks4 0.0.0.0", []byte{4, 1, 0, 80, 0, 0, 0, 0, 0}, []byte{0, 0x5b, 0, 0, 0, 0, 0, 0}},
+		{"socks4 port 0", []byte{4, 1, 0, 0, 192, 0, 2, 1, 0}, []byte{0, 0x5b, 0, 0, 0, 0, 0, 0}},
+		{"socks4a zoned name", append(append([]byte{4, 1, 0, 80, 0, 0, 0, 1, 0}, "fe80::1%lo"...), 0), []byte{0, 0x5b, 0, 0, 0, 0, 0, 0}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ft := &fakeTunneler{}
+			errs := make(chan error, 1)
+			addr := serve(t, &Server{Tunneler: ft, ErrorLog: func(_ netip.AddrPort, err error) { errs <- err }})
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.Write(tt.req)
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			got := make([]byte, len(tt.want))
+			if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, tt.want) {
+				t.Fatalf("got % x (%v), want % x", got, err, tt.want)
+			}
+			select {
+			case err := <-errs:
+				if !errors.Is(err, ErrBadDestination) {
+					t.Fatalf("reported %v, want ErrBadDestination", err)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("nothing reported")
+			}
+			if got := ft.last(); got != (Target{}) {
+				t.Fatalf("the Tunneler was handed %v", got)
+			}
+		})
+	}
+}
+
+// A datagram to a destination naming no remote host is dropped as malformed; the association
+// goes on.
+func TestUDPDropsDatagramsToNoRemote(t *testing.T) {
+	ft := &fakeTunneler{}
+	s := &Server{Tunneler: ft}
+	c, err := net.Dial("tcp", serve(t, s))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte{5, 1, 0})
+	socks.ReadMethodSelection(c)
+	req, _ := socks.AppendRequest(nil, socks.Request{Cmd: socks.CmdUDPAssociate, Addr: socks.Addr{IP: netip.IPv4Unspecified()}})
+	c.Write(req)
+	rep, err := socks.ReadReply(c)
+	if err != nil || rep.Code != socks.ReplySucceeded {
+		t.Fatalf("reply %+v %v", rep, err)
+	}
+	relay, _ := rep.Addr.AddrPort()
+	to := net.UDPAddrFromAddrPort(relay)
+	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	for _, dst := range []socks.Addr{
+		{IP: netip.IPv4Unspecified(), Port: 53},
+		{IP: netip.IPv6Unspecified(), Port: 53},
+		{IP: netip.MustParseAddr("192.0.2.1"), Port: 0},
+		{Name: "::ffff:192.0.2.1%eth0", Port: 53},
+	} {
+		b, _ := socks.AppendUDPHeader(nil, socks.UDPHeader{Addr: dst})
+		pc.WriteTo(append(b, "x"...), to)
+	}
+	b, _ := socks.AppendUDPHeader(nil, socks.UDPHeader{Addr: socks.Addr{IP: netip.MustParseAddr("192.0.2.1"), Port: 53}})
+	pc.WriteTo(append(b, "ok"...), to)
+	pc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 512)
+	n, _, err := pc.ReadFrom(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, hl, err := socks.ParseUDPHeader(buf[:n]); err != nil || string(buf[hl:n]) != "ok" {
+		t.Fatalf("first echo %q, %v; want only the valid datagram's", buf[:n], err)
+	}
+	if st := s.Stats(); st.Malformed != 4 {
+		t.Fatalf("stats %+v, want 4 malformed", st)
+	}
+}
+
+// A client that trickles its request, one byte well within the handshake timeout after
+// another, is still cut off when the timeout ends: the deadline covers the whole handshake,
+// not each read.
+func TestHandshakeTimeoutCoversATricklingClient(t *testing.T) {
+	errs := make(chan error, 1)
+	addr := serve(t, &Server{Tunneler: &fakeTunneler{}, HandshakeTimeout: 300 * time.Millisecond,
+		ErrorLog: func(_ netip.AddrPort, err error) { errs <- err }})
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// A SOCKS4 request whose user id, 255 bytes one every 20 ms, takes about 5 s to send;
+	// a per-read deadline would let all of it in.
+	c.Write([]byte{4, 1, 0, 80, 192, 0, 2, 1})
+	go func() {
+		for range 255 {
+			if _, err := c.Write([]byte{'x'}); err != nil {
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		c.Write([]byte{0})
+	}()
+	select {
+	case err := <-errs:
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("reported %v, want the handshake deadline", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the trickling client was never cut off")
 	}
 }

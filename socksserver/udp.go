@@ -21,9 +21,12 @@ const maxDatagram = 65535
 // reached us on, tells the client where it is, and returns the relay loop, which runs until
 // the control connection ends.
 //
-// Only datagrams from the client's IP address are taken, and from the port the client
-// declared in its request when that is not zero; replies go to that port, or else to the port
-// the client's latest datagram came from. Fragments (FRAG != 0) are dropped and counted.
+// The association belongs to one socket of the client: its IP address is the control
+// connection's, its port the one the client declared in its request, or, when the client
+// declared port 0 (RFC 1928 allows it when the client does not know it yet), the port of the
+// first datagram the relay takes from the client's address. Datagrams from any other source,
+// other ports of the client's host included, are dropped and counted as foreign, and replies
+// go only to that socket (dante does the same). Fragments (FRAG != 0) are dropped and counted.
 func (s *Server) associate(ctx context.Context, c net.Conn, br *bufio.Reader, src netip.AddrPort, declared Target) (func(), error) {
 	local := addrPortOf(c.LocalAddr()).Addr()
 	network := "udp6"
@@ -39,10 +42,9 @@ func (s *Server) associate(ctx context.Context, c net.Conn, br *bufio.Reader, sr
 		writeReply5(c, socks.ReplyGeneralFailure, socks.Addr{})
 		return nil, fmt.Errorf("udp associate: open relay socket: %w", err)
 	}
-	r := &udpRelay{srv: s, pc: pc, clientIP: src.Addr()}
+	r := &udpRelay{stats: s.counters(), pc: pc, clientIP: src.Addr()}
 	if declared.Host == "" && declared.Addr.Port() != 0 {
-		r.clientPort = declared.Addr.Port()
-		r.peer.Store(ptr(netip.AddrPortFrom(src.Addr(), r.clientPort)))
+		r.peer.Store(ptr(netip.AddrPortFrom(src.Addr(), declared.Addr.Port())))
 	}
 	sess, err := s.Tunneler.OpenUDP(ctx, src, r.deliver)
 	if err != nil {
@@ -77,12 +79,13 @@ func ptr[T any](v T) *T { return &v }
 
 // udpRelay is one association's relay socket.
 type udpRelay struct {
-	srv        *Server
-	pc         net.PacketConn
-	sess       UDPSession
-	clientIP   netip.Addr
-	clientPort uint16                         // declared by the client; 0: learn it
-	peer       atomic.Pointer[netip.AddrPort] // where replies go
+	stats    *UDPCounters
+	pc       net.PacketConn
+	sess     UDPSession
+	clientIP netip.Addr
+	// peer is the client's socket: datagrams are taken only from it and replies go only to
+	// it. It is declared, or else set once, by loop, from the first datagram it relays.
+	peer atomic.Pointer[netip.AddrPort]
 
 	wmu  sync.Mutex
 	wbuf []byte
@@ -96,33 +99,36 @@ func (r *udpRelay) loop(ctx context.Context) {
 			return
 		}
 		ap := addrPortOf(from)
-		if ap.Addr() != r.clientIP || (r.clientPort != 0 && ap.Port() != r.clientPort) {
-			r.srv.stats.foreign.Add(1)
+		peer := r.peer.Load()
+		if ap.Addr() != r.clientIP || (peer != nil && ap != *peer) {
+			r.stats.foreign.Add(1)
 			continue
 		}
 		h, hl, err := socks.ParseUDPHeader(buf[:n])
 		if err != nil {
-			r.srv.stats.malformed.Add(1)
+			r.stats.malformed.Add(1)
 			continue
 		}
 		if h.Frag != 0 {
-			r.srv.stats.frag.Add(1)
+			r.stats.frag.Add(1)
 			continue
-		}
-		if r.clientPort == 0 {
-			if p := r.peer.Load(); p == nil || *p != ap {
-				r.peer.Store(ptr(ap))
-			}
 		}
 		var t Target
 		if h.Addr.IsName() {
-			t = targetFromName(netip.AddrPortFrom(r.clientIP, ap.Port()), h.Addr.Name, h.Addr.Port)
+			t = targetFromName(ap, h.Addr.Name, h.Addr.Port)
 		} else {
 			a, _ := h.Addr.AddrPort()
-			t = Target{Src: netip.AddrPortFrom(r.clientIP, ap.Port()), Addr: a, Port: a.Port()}
+			t = Target{Src: ap, Addr: a, Port: a.Port()}
+		}
+		if t.check() != nil {
+			r.stats.malformed.Add(1)
+			continue
+		}
+		if peer == nil {
+			r.peer.Store(ptr(ap)) // the first datagram relayed binds the association
 		}
 		if err := r.sess.Send(ctx, buf[hl:n], t); err != nil {
-			r.srv.stats.dropped.Add(1)
+			r.stats.dropped.Add(1)
 		}
 	}
 }
@@ -131,19 +137,19 @@ func (r *udpRelay) loop(ctx context.Context) {
 func (r *udpRelay) deliver(payload []byte, from socks.Addr) {
 	p := r.peer.Load()
 	if p == nil {
-		r.srv.stats.dropped.Add(1)
+		r.stats.dropped.Add(1)
 		return
 	}
 	r.wmu.Lock()
 	defer r.wmu.Unlock()
 	b, err := socks.AppendUDPHeader(r.wbuf[:0], socks.UDPHeader{Addr: from})
 	if err != nil {
-		r.srv.stats.dropped.Add(1)
+		r.stats.dropped.Add(1)
 		return
 	}
 	b = append(b, payload...)
 	r.wbuf = b[:0]
 	if _, err := r.pc.WriteTo(b, net.UDPAddrFromAddrPort(*p)); err != nil {
-		r.srv.stats.dropped.Add(1)
+		r.stats.dropped.Add(1)
 	}
 }

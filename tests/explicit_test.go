@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"strings"
@@ -205,11 +206,28 @@ func TestExplicitAuthentication(t *testing.T) {
 	if !waitFor(2*time.Second, func() bool { return strings.Contains(gw.Output(), "SOCKS4 refused") }) {
 		t.Errorf("the log does not say why SOCKS4 was refused")
 	}
+	// Each SOCKS5 client that did not authenticate is a warning with its reason: curl with
+	// no credentials offers "no authentication" and GSSAPI, with a wrong password it names a user.
+	for _, reason := range []string{"no acceptable method (offered: no authentication required, GSSAPI; want username/password)", `wrong username or password for user \"alice\"`} {
+		if !waitFor(2*time.Second, func() bool { return warningWith(gw.Output(), reason) }) {
+			t.Errorf("no warning says %q:\n%s", reason, gw.Output())
+		}
+	}
 	gw.Signal(syscall.SIGTERM)
 	gw.Wait(10 * time.Second)
 	if strings.Contains(gw.Output(), pass) || strings.Contains(gw.Output(), "wrong-pass") {
 		t.Fatalf("a password appears in the log:\n%s", gw.Output())
 	}
+}
+
+// warningWith reports whether a warning line of log contains s.
+func warningWith(log, s string) bool {
+	for _, l := range strings.Split(log, "\n") {
+		if strings.Contains(l, "level=warning") && strings.Contains(l, s) {
+			return true
+		}
+	}
+	return false
 }
 
 // An unmodified program (curl with no proxy flags) run under proxychains4 reaches wan through
@@ -294,6 +312,46 @@ func TestExplicitUDPDropsFragments(t *testing.T) {
 	}
 }
 
+// An association declared as 0.0.0.0:0 belongs to the client socket that sends first: a second
+// socket on the same host gets none of its replies, and its own datagrams are not relayed.
+// Dante, the reference, behaves the same; the same client runs against both.
+func TestExplicitUDPAssociationBelongsToFirstSocket(t *testing.T) {
+	for _, peer := range []string{"socksgate", "dante"} {
+		t.Run(peer, func(t *testing.T) {
+			tp := netlab.NewTopology(t)
+			explicitUDPEcho(t, tp)
+			ns, server := tp.LAN, explicitSOCKS4
+			var out func() string
+			if peer == "dante" {
+				d := startDante(t, tp, danteOptions{})
+				ns, server, out = tp.GW, netlab.Proxy4+":1080", d.Output
+			} else {
+				gw := startSocksgate(t, tp.GW, explicitConfig("socks5://"+netlab.Proxy4+":1080", "  - {protocol: [udp], action: direct}\n  - {action: block}", ""))
+				out = gw.Output
+			}
+			c := explicitAssociate(t, ns, server)
+			second := ns.ListenPacket("udp4", ":0")
+			defer second.Close()
+			echo := socks.Addr{IP: netip.MustParseAddr(netlab.WAN4), Port: 7}
+			if got, _, err := c.roundTrip(echo, []byte("first-1")); err != nil || string(got) != "first-1" {
+				t.Fatalf("first socket: %q, %v\n%s", got, err, out())
+			}
+			b, _ := socks.AppendUDPHeader(nil, socks.UDPHeader{Addr: echo})
+			second.WriteTo(append(b, "intruder"...), net.UDPAddrFromAddrPort(c.relay))
+			// The first socket's next datagram follows the intruder through the relay and the
+			// echo: its echo coming back means the intruder's would have come back before it.
+			if got, _, err := c.roundTrip(echo, []byte("first-2")); err != nil || string(got) != "first-2" {
+				t.Fatalf("first socket after the intruder: %q, %v; want its own echo", got, err)
+			}
+			buf := make([]byte, 2048)
+			second.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+			if n, _, err := second.ReadFrom(buf); err == nil {
+				t.Fatalf("the second socket got %d bytes: % x", n, buf[:n])
+			}
+		})
+	}
+}
+
 // With the default listen addresses, the explicit ports are not reachable from the WAN side,
 // while lan reaches them.
 func TestExplicitPortsClosedToWAN(t *testing.T) {
@@ -350,5 +408,51 @@ func TestExplicitACLRefusesOutsiders(t *testing.T) {
 	// Loopback is not in this allow list either; the listener on 127.0.0.1 refuses it too.
 	if code, _ := curl(tp.GW, "-o", "/dev/null", "-w", "%{http_code}", "-x", "http://127.0.0.1:8080", web); code != "403" {
 		t.Errorf("loopback: status %q, want 403", code)
+	}
+}
+
+// A blocked address stays blocked when a client sends it as a name with an IPv6 zone
+// ("::ffff:203.0.113.10%x", which Go's dialer connects to 203.0.113.10) or as the
+// unspecified address: the SOCKS port refuses both, and the allowed destination still works.
+func TestExplicitSOCKSZonedNameDoesNotEscapeRules(t *testing.T) {
+	tp := netlab.NewTopology(t)
+	serveWeb(t, tp)
+	gw := startSocksgate(t, tp.GW, explicitConfig("socks5://"+netlab.Proxy4+":1080",
+		"  - {name: no-wan-web, dst: ["+netlab.WAN4+"/32], action: block}\n  - {action: direct}", ""))
+	connect := func(atyp byte, addr []byte) (byte, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		c, err := tp.LAN.Dial(ctx, "tcp", explicitSOCKS4)
+		if err != nil {
+			return 0, err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		req := append([]byte{5, 1, 0, 5, 1, 0, atyp}, addr...)
+		c.Write(append(req, 0, 80))
+		if m, err := socks.ReadMethodSelection(c); err != nil || m != socks.MethodNoAuth {
+			return 0, fmt.Errorf("method %v: %v", m, err)
+		}
+		rep, err := socks.ReadReply(c)
+		return byte(rep.Code), err
+	}
+	zoned := "::ffff:" + netlab.WAN4 + "%x"
+	for _, tt := range []struct {
+		name string
+		atyp byte
+		addr []byte
+		want socks.ReplyCode
+	}{
+		{"zoned name", 3, append([]byte{byte(len(zoned))}, zoned...), socks.ReplyNotAllowed},
+		{"the address", 1, netip.MustParseAddr(netlab.WAN4).AsSlice(), socks.ReplyNotAllowed},
+		{"unspecified", 1, []byte{0, 0, 0, 0}, socks.ReplyNotAllowed},
+		{"another address", 1, netip.MustParseAddr(netlab.Proxy4).AsSlice(), socks.ReplyConnectionRefused},
+	} {
+		if code, err := connect(tt.atyp, tt.addr); err != nil || socks.ReplyCode(code) != tt.want {
+			t.Errorf("%s: reply %v, %v; want %v", tt.name, socks.ReplyCode(code), err, tt.want)
+		}
+	}
+	if t.Failed() {
+		t.Log(gw.Output())
 	}
 }
