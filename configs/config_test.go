@@ -509,7 +509,7 @@ transparent:
   sniff: {ports: [0, "90-80", "x"], timeout: -1s}
 listen: {http: {a: b}}
 rules:
-  - dst: 10.0.0.0/8
+  - dst: {a: 1}
     action: [direct]
   -
 mark: -1
@@ -550,6 +550,54 @@ mark: -1
 				t.Errorf("problems:\n  %s\nwant:\n  %s", strings.Join(got, "\n  "), strings.Join(tt.want, "\n  "))
 			}
 		})
+	}
+}
+
+// Where a list of scalars is expected, one scalar is the list of that one
+// value, for every such key (and the config is the same as with the list).
+func TestScalarIsAListOfOne(t *testing.T) {
+	const ups = "upstreams: [{name: main, url: \"socks5://10.0.0.1:1080\"}]\n"
+	scalar := mustParse(t, ups+`
+lan: {interfaces: eth1, prefixes: 192.168.1.0/24}
+transparent: {bypass: 198.51.100.0/24, sniff: {ports: 443}}
+listen: {http: "127.0.0.1:8080", allow: 10.0.0.0/8}
+groups: [{name: g, upstreams: main}]
+rules:
+  - {protocol: udp, dst: 10.0.0.0/8, dst_ports: "1000-2000", src: 192.168.1.5/32, inbound: socks, domain: example.com, upstream: g}
+  - {protocol: &p tcp, action: direct}
+  - {protocol: *p, domain: &d ".example.org", action: block}
+  - {name: *d, action: direct}
+`)
+	list := mustParse(t, ups+`
+lan: {interfaces: [eth1], prefixes: [192.168.1.0/24]}
+transparent: {bypass: [198.51.100.0/24], sniff: {ports: [443]}}
+listen: {http: ["127.0.0.1:8080"], allow: [10.0.0.0/8]}
+groups: [{name: g, upstreams: [main]}]
+rules:
+  - {protocol: [udp], dst: [10.0.0.0/8], dst_ports: ["1000-2000"], src: [192.168.1.5/32], inbound: [socks], domain: [example.com], upstream: g}
+  - {protocol: [tcp], action: direct}
+  - {protocol: [tcp], domain: [".example.org"], action: block}
+  - {name: ".example.org", action: direct}
+`)
+	if !reflect.DeepEqual(scalar, list) {
+		t.Errorf("scalar form differs from list form:\nscalar: %+v\nlist:   %+v", scalar, list)
+	}
+	// A null still means the default, and a bad scalar is reported at its
+	// place in the list.
+	if c := mustParse(t, "transparent: {sniff: {ports: ~}}"); !slices.Equal(c.Transparent.Sniff.Ports, defaultSniffPorts()) {
+		t.Errorf("sniff.ports: ~ gave %v", c.Transparent.Sniff.Ports)
+	}
+	_, err := Parse([]byte("rules: [{dst: 10.0.0.1, protocol: icmp, action: direct}]"))
+	want := []string{
+		`line 1: rules[0].dst[0]: invalid prefix "10.0.0.1": want CIDR notation such as 192.0.2.0/24 or 2001:db8::/32`,
+	}
+	if got := problemsOf(t, err); !slices.Equal(got, want) {
+		t.Errorf("problems %q, want %q", got, want)
+	}
+	_, err = Parse([]byte("rules: [{protocol: icmp, action: direct}]"))
+	want = []string{`rules[0].protocol[0]: must be one of tcp, udp (got "icmp")`}
+	if got := problemsOf(t, err); !slices.Equal(got, want) {
+		t.Errorf("problems %q, want %q", got, want)
 	}
 }
 

@@ -26,6 +26,8 @@ func FuzzParse(f *testing.F) {
 		"groups: [{name: g, upstreams: [g], health: {<<: {interval: 1s}}}]",
 		"a: &a [*a]", "listen: {http: [*x]}", "listen: {http: &x [1, *x]}",
 		"transparent: {sniff: {ports: [[1]]}}",
+		"rules: [{protocol: udp, dst: 10.0.0.0/8, dst_ports: 53, domain: &d x.example, src: *d}]",
+		"groups: [{name: g, upstreams: main}]\nlan: {interfaces: &i eth1, prefixes: *i}",
 	} {
 		f.Add([]byte(s))
 	}

@@ -101,11 +101,10 @@ func decode(data []byte) (*Config, error) {
 	if len(w.problems) > 0 {
 		return nil, &ValidationError{Problems: w.problems}
 	}
-	// The walk above has already checked every key and value; the strict
-	// decoder is the backstop.
-	strict := yaml.NewDecoder(bytes.NewReader(data))
-	strict.KnownFields(true)
-	if err := strict.Decode(c); err != nil {
+	// The walk above has checked every key and value, and has turned each
+	// scalar written where a list of scalars is expected into a list of one,
+	// so the tree it leaves is what is decoded (not the text again).
+	if err := doc.Decode(c); err != nil {
 		return nil, yamlError(err)
 	}
 	c.finish()
@@ -495,8 +494,46 @@ func (w *walker) walkStruct(n *yaml.Node, t reflect.Type, path string) {
 			}
 			continue
 		}
+		if listOfScalars(ft) {
+			n.Content[i+1] = listOfOne(vn)
+			vn = n.Content[i+1]
+		}
 		w.walk(vn, ft, p)
 	}
+}
+
+// listOfScalars reports whether t is a list of scalars without a decoder of
+// its own (AddrList has one): where the schema wants one, a single scalar is
+// accepted as the list of that one value ("protocol: udp", "dst: 10.0.0.0/8",
+// "upstreams: main").
+func listOfScalars(t reflect.Type) bool {
+	if t.Kind() != reflect.Slice || reflect.PointerTo(t).Implements(unmarshalerType) {
+		return false
+	}
+	e := t.Elem()
+	if e == portRangeType || reflect.PointerTo(e).Implements(textUnmarshalType) {
+		return true
+	}
+	switch e.Kind() {
+	case reflect.Struct, reflect.Slice, reflect.Array, reflect.Map, reflect.Pointer, reflect.Interface:
+		return false
+	}
+	return true
+}
+
+// listOfOne returns n, or a one-entry sequence holding n when n is (or is an
+// alias of) a scalar other than null. The walk and the decoder then see the
+// list the schema wants; the alias target itself is left alone, as it may be
+// used elsewhere as a plain value.
+func listOfOne(n *yaml.Node) *yaml.Node {
+	v := n
+	if v.Kind == yaml.AliasNode {
+		v = v.Alias
+	}
+	if v == nil || v.Kind != yaml.ScalarNode || isNull(v) {
+		return n
+	}
+	return &yaml.Node{Kind: yaml.SequenceNode, Tag: "!!seq", Line: n.Line, Column: n.Column, Content: []*yaml.Node{n}}
 }
 
 func (w *walker) walkMerge(n *yaml.Node, t reflect.Type, path string) {
