@@ -528,6 +528,18 @@ mark: -1
 			`line 11: rules[0].action: expected a string`,
 			`line 12: rules[1]: empty list entry`,
 			`line 13: mark: expected an integer from 0 to 4294967295 (0x... allowed), got "-1"`}},
+		{"integers are written as integers", `transparent: {tcp_port: 12345.9, udp_port: 1e3, udp_max_sessions: 4096.0, route_table: .inf, rule_priority: "100"}
+limits: {max_flows: 1.5e3}
+mark: 0x1
+groups: [{name: g, upstreams: [a], health: {rise: 2.0, fall: 3}}]
+`, []string{
+			`line 1: transparent.tcp_port: expected an integer from 0 to 65535, got "12345.9": write a plain integer, without a fraction or exponent`,
+			`line 1: transparent.udp_port: expected an integer from 0 to 65535, got "1e3": write a plain integer, without a fraction or exponent`,
+			`line 1: transparent.udp_max_sessions: expected an integer, got "4096.0": write a plain integer, without a fraction or exponent`,
+			`line 1: transparent.route_table: expected an integer, got ".inf": write a plain integer, without a fraction or exponent`,
+			`line 1: transparent.rule_priority: expected an integer, got "100"`,
+			`line 2: limits.max_flows: expected an integer, got "1.5e3": write a plain integer, without a fraction or exponent`,
+			`line 4: groups[0].health.rise: expected an integer, got "2.0": write a plain integer, without a fraction or exponent`}},
 		{"not a mapping", "- a\n- b\n", []string{
 			`line 1: expected a mapping of keys (log, lan, transparent, listen, upstreams, ...) at the top level`}},
 		{"section not a mapping", "log: info\n", []string{

@@ -459,9 +459,24 @@ func (w *walker) walkScalar(n *yaml.Node, t reflect.Type, path string) {
 		w.add(n, path, "expected %s", want)
 		return
 	}
+	// yaml.v3 truncates a float decoded into an integer (12345.9 becomes
+	// 12345, 1e3 becomes 1000): an integer must be written as one.
+	if isInteger(t) && n.ShortTag() != "!!int" && n.ShortTag() != "!!str" {
+		w.add(n, path, "expected %s, got %q: write a plain integer, without a fraction or exponent", want, n.Value)
+		return
+	}
 	if err := n.Decode(reflect.New(t).Interface()); err != nil {
 		w.add(n, path, "expected %s, got %q", want, n.Value)
 	}
+}
+
+func isInteger(t reflect.Type) bool {
+	switch t.Kind() {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return true
+	}
+	return false
 }
 
 func (w *walker) walkStruct(n *yaml.Node, t reflect.Type, path string) {
