@@ -350,6 +350,34 @@ listen: {http: ["127.0.0.1", "lan:12345"], socks: ["[::1]:1080", "bad host:1"], 
 			`listen.socks[1]: "bad host:1": invalid host "bad host"`,
 			`listen.mixed[0]: "[::1]:1080" is already used by listen.socks[0]`,
 			`listen.mixed[1]: "1.2.3.4:99999": invalid port "99999"`}},
+		{"listen addresses that cannot exist or collide", `
+lan: {interfaces: [eth1]}
+listen:
+  http: [":8080", "127.0.0.1:8080", "lan:8081"]
+  socks: ["[::1]:1080", "localhost:1081", "999.1.1.1:1", "10.1:2", "host.example.:3"]
+  mixed: ["127.0.0.1:1081", "0.0.0.0:8081", "[::ffff:127.0.0.1]:1082", "127.0.0.1:1082", "127.0.0.1:"]
+admin: "[::]:1080"`, []string{
+			`listen.http[1]: "127.0.0.1:8080" collides with listen.http[0] (":8080"): the same port on the same address or on every address`,
+			`listen.socks[2]: "999.1.1.1:1": invalid IPv4 address "999.1.1.1"`,
+			`listen.socks[3]: "10.1:2": invalid IPv4 address "10.1"`,
+			`listen.mixed[0]: "127.0.0.1:1081" collides with listen.socks[1] ("localhost:1081"): the same port on the same address or on every address`,
+			`listen.mixed[1]: "0.0.0.0:8081" collides with listen.http[2] ("lan:8081"): the same port on the same address or on every address`,
+			`listen.mixed[3]: "127.0.0.1:1082" collides with listen.mixed[2] ("[::ffff:127.0.0.1]:1082"): the same port on the same address or on every address`,
+			`listen.mixed[4]: "127.0.0.1:": invalid port ""`,
+			`admin: "[::]:1080" collides with listen.socks[0] ("[::1]:1080"): the same port on the same address or on every address`}},
+		{"admin on an explicit port", `admin: "127.0.0.1:8080"`, []string{
+			`admin: "127.0.0.1:8080" is already used by listen.http[0]`}},
+		{"admin on the transparent port", "lan: {interfaces: [eth1]}\nadmin: \"127.0.0.1:12345\"", []string{
+			`admin: port 12345 is transparent.tcp_port`}},
+		{"admin with the lan keyword", `admin: "lan:9091"`, []string{
+			`admin: "lan:9091": the lan keyword is for listen.*; write an address, e.g. 127.0.0.1:9091`}},
+		{"hosts that cannot exist", `admin: "999.1.1.1:9091"
+upstreams: [{name: a, url: "socks5://256.0.0.1:1080"}]
+groups: [{name: g, upstreams: [a], health: {probe: "1.2.3.400:443"}}]
+rules: [{upstream: g}]`, []string{
+			`upstreams[0].url: invalid host "256.0.0.1"`,
+			`groups[0].health.probe: "1.2.3.400:443": invalid IPv4 address "1.2.3.400"`,
+			`admin: "999.1.1.1:9091": invalid IPv4 address "999.1.1.1"`}},
 		{"listen users", `listen: {users: [{username: "", password: ""}, {username: "a:b", password: x}, {username: u, password: p}, {username: u, password: q}]}`, []string{
 			`listen.users[0].username: required`,
 			`listen.users[0].password: required`,
@@ -765,6 +793,12 @@ func TestParseListenAddr(t *testing.T) {
 		{"8080", ListenAddr{}, false, true},
 		{"[::1:80", ListenAddr{}, false, true},
 		{"[zz::1]:80", ListenAddr{}, false, true},
+		{"999.1.1.1:80", ListenAddr{}, false, true},
+		{"1.2.3:80", ListenAddr{}, false, true},
+		{"127.0.0.1:-1", ListenAddr{}, false, true},
+		{"127.0.0.1:http", ListenAddr{}, false, true},
+		{"router.example:80", ListenAddr{Host: "router.example", Port: 80}, false, false},
+		{"1.2.3.4.example:80", ListenAddr{Host: "1.2.3.4.example", Port: 80}, false, false},
 	}
 	for _, tt := range tests {
 		got, err := ParseListenAddr(tt.in)
@@ -772,6 +806,19 @@ func TestParseListenAddr(t *testing.T) {
 			t.Errorf("ParseListenAddr(%q) = %+v (all=%v), %v", tt.in, got, got.AllAddresses(), err)
 		}
 	}
+}
+
+// Listeners that can live side by side are not refused.
+func TestListenersThatDoNotCollide(t *testing.T) {
+	mustParse(t, `
+listen:
+  http: [":8080", "lan:8080", "127.0.0.1:8081", "[::1]:8081"]
+  socks: ["127.0.0.1:1080", "127.0.0.2:1080", "localhost:0", "127.0.0.1:0"]
+admin: "127.0.0.1:12345"`)
+	mustParse(t, `
+lan: {interfaces: [eth1]}
+transparent: {udp: true, udp_port: 9091}
+admin: "127.0.0.1:9091"`)
 }
 
 func TestMatchDomain(t *testing.T) {

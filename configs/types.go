@@ -229,11 +229,41 @@ func splitHostPort(s string, emptyHostOK bool) (string, uint16, error) {
 			return "", 0, fmt.Errorf("%q: invalid IPv6 address %q", s, host)
 		}
 	default:
-		if _, err := netip.ParseAddr(host); err != nil && !validHostname(host) {
-			return "", 0, fmt.Errorf("%q: invalid host %q", s, host)
+		if _, err := netip.ParseAddr(host); err != nil {
+			if numericHost(host) {
+				return "", 0, fmt.Errorf("%q: invalid IPv4 address %q", s, host)
+			}
+			if !validHostname(host) {
+				return "", 0, fmt.Errorf("%q: invalid host %q", s, host)
+			}
 		}
 	}
 	return host, uint16(n), nil
+}
+
+// numericHost reports whether h, which is not an IP literal, can only have
+// been meant as one: its last label is all digits ("999.1.1.1", "10.1"). No
+// top-level domain is numeric, so such a name would be looked up in vain.
+func numericHost(h string) bool {
+	h = strings.TrimSuffix(h, ".")
+	last := h[strings.LastIndexByte(h, '.')+1:]
+	if last == "" {
+		return false
+	}
+	for _, c := range last {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+// validHost reports whether h is an IP literal or a DNS name that can exist.
+func validHost(h string) bool {
+	if _, err := netip.ParseAddr(h); err == nil {
+		return true
+	}
+	return validHostname(h) && !numericHost(h)
 }
 
 // validHostname reports whether h is a plausible DNS name (letters, digits,

@@ -3,6 +3,7 @@ package configs
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -112,15 +113,35 @@ func (c *Config) Validate() error {
 		p.add("limits.max_flows_per_source", "exceeds limits.max_flows")
 	}
 	p.oneOf("relay", c.Relay, RelayAuto, RelaySplice, RelayBuffered, RelayKernel)
-	if c.Admin != "" {
-		if _, _, err := splitHostPort(c.Admin, true); err != nil {
-			p.add("admin", "%v", err)
-		}
-	}
+	c.validateAdmin(&p)
 	if len(p) == 0 {
 		return nil
 	}
 	return &ValidationError{Problems: p}
+}
+
+// validateAdmin checks the admin address, which is listened on as written
+// (no "lan" keyword), and that it is free of socksgate's other listeners.
+func (c *Config) validateAdmin(p *problems) {
+	if c.Admin == "" {
+		return
+	}
+	a, err := ParseListenAddr(c.Admin)
+	switch {
+	case err != nil:
+		p.add("admin", "%v", err)
+		return
+	case a.LAN:
+		p.add("admin", "%q: the lan keyword is for listen.*; write an address, e.g. 127.0.0.1:%d", c.Admin, a.Port)
+		return
+	}
+	others := c.explicitListeners()
+	if tl, ok := c.transparentListener(); ok {
+		others = append(others, tl)
+	}
+	if msg := c.collision(tcpListener{path: "admin", raw: c.Admin, addr: a}, others); msg != "" {
+		p.add("admin", "%s", msg)
+	}
 }
 
 func (c *Config) validateLAN(p *problems) {
@@ -186,8 +207,93 @@ func (c *Config) validateTransparent(p *problems) {
 	p.portRanges("transparent.sniff.ports", t.Sniff.Ports)
 }
 
+// tcpListener is a TCP socket socksgate listens on, as configured.
+type tcpListener struct {
+	path string // listen.http[0], transparent.tcp_port, admin
+	raw  string // the address as written ("" for transparent.tcp_port)
+	addr ListenAddr
+}
+
+// transparentListener is the listener captured TCP is delivered to, on every
+// address ([::]:tcp_port), when there is capture.
+func (c *Config) transparentListener() (tcpListener, bool) {
+	if len(c.LAN.Interfaces) == 0 {
+		return tcpListener{}, false
+	}
+	return tcpListener{path: "transparent.tcp_port", addr: ListenAddr{Port: c.Transparent.TCPPort}}, true
+}
+
+// explicitListeners returns the listen.* addresses that parse, in order.
+func (c *Config) explicitListeners() []tcpListener {
+	var out []tcpListener
+	for _, l := range []struct {
+		key   string
+		addrs AddrList
+	}{{"http", c.Listen.HTTP}, {"socks", c.Listen.SOCKS}, {"mixed", c.Listen.Mixed}} {
+		for i, s := range l.addrs {
+			if a, err := ParseListenAddr(s); err == nil {
+				out = append(out, tcpListener{path: fmt.Sprintf("listen.%s[%d]", l.key, i), raw: s, addr: a})
+			}
+		}
+	}
+	return out
+}
+
+// collides reports whether a and b cannot both be listened on: the same
+// port, and the same address, or one of them every address (Go listens on
+// 0.0.0.0 and [::] alike with one dual-stack socket). "lan" expands to the
+// LAN interfaces' addresses, which are known only at run time: it collides
+// with "lan" and with every address, and with nothing when lanOn is false
+// (it expands to nothing). "localhost" is listened on as 127.0.0.1.
+func collides(a, b ListenAddr, lanOn bool) bool {
+	if a.Port == 0 || a.Port != b.Port {
+		return false
+	}
+	if (a.LAN || b.LAN) && !lanOn {
+		return false
+	}
+	if a.AllAddresses() || b.AllAddresses() {
+		return true
+	}
+	if a.LAN || b.LAN {
+		return a.LAN && b.LAN
+	}
+	return strings.EqualFold(listenHost(a.Host), listenHost(b.Host))
+}
+
+// listenHost is the address a listen host is bound to, as text.
+func listenHost(h string) string {
+	if strings.EqualFold(h, "localhost") {
+		return "127.0.0.1"
+	}
+	if ip, err := netip.ParseAddr(h); err == nil {
+		return ip.Unmap().String()
+	}
+	return h
+}
+
+// collision describes why l cannot listen beside the earlier listeners, or
+// returns "".
+func (c *Config) collision(l tcpListener, earlier []tcpListener) string {
+	lanOn := len(c.LAN.Interfaces) > 0
+	for _, e := range earlier {
+		switch {
+		case !collides(l.addr, e.addr, lanOn):
+		case e.raw == "":
+			return fmt.Sprintf("port %d is %s", l.addr.Port, e.path)
+		case e.raw == l.raw:
+			return fmt.Sprintf("%q is already used by %s", l.raw, e.path)
+		default:
+			return fmt.Sprintf("%q collides with %s (%q): the same port on the same address or on every address",
+				l.raw, e.path, e.raw)
+		}
+	}
+	return ""
+}
+
 func (c *Config) validateListen(p *problems) {
-	used := map[string]string{}
+	tl, capture := c.transparentListener()
+	var earlier []tcpListener
 	for _, l := range []struct {
 		key   string
 		addrs AddrList
@@ -199,16 +305,15 @@ func (c *Config) validateListen(p *problems) {
 				p.add(path, "%v", err)
 				continue
 			}
-			if a.Port != 0 {
-				if prev, dup := used[s]; dup {
-					p.add(path, "%q is already used by %s", s, prev)
-				} else {
-					used[s] = path
-				}
-				if len(c.LAN.Interfaces) > 0 && a.Port == c.Transparent.TCPPort {
-					p.add(path, "port %d is transparent.tcp_port", a.Port)
-				}
+			this := tcpListener{path: path, raw: s, addr: a}
+			against := earlier
+			if capture {
+				against = append(slices.Clip(earlier), tl)
 			}
+			if msg := c.collision(this, against); msg != "" {
+				p.add(path, "%s", msg)
+			}
+			earlier = append(earlier, this)
 		}
 	}
 	seen := map[string]int{}
@@ -332,10 +437,8 @@ func validateUpstreamURL(p *problems, path string, u *Upstream) {
 		if n, err := strconv.ParseUint(url.Port(), 10, 16); err != nil || n == 0 {
 			p.add(path, "invalid port %q", url.Port())
 		}
-		if h := url.Hostname(); !validHostname(h) {
-			if _, err := netip.ParseAddr(h); err != nil {
-				p.add(path, "invalid host %q", h)
-			}
+		if h := url.Hostname(); !validHost(h) {
+			p.add(path, "invalid host %q", h)
 		}
 	}
 	if url.Opaque != "" || (url.Path != "" && url.Path != "/") || url.RawQuery != "" || url.Fragment != "" {
