@@ -1139,3 +1139,50 @@ func TestDefaultReturnsIndependentCopies(t *testing.T) {
 		t.Errorf("Validate after modification = %v", err)
 	}
 }
+
+// A huge value is quoted in a message only in part (maxQuoted bytes and
+// "…"), wherever it is.
+func TestHugeValuesAreClippedInMessages(t *testing.T) {
+	big := strings.Repeat("x", 1<<20)
+	digits := strings.Repeat("1", 1<<20)
+	docs := []string{
+		"log: {level: " + big + "}",
+		"listen: {http: [" + big + "]}",
+		"listen: {http: [\"" + big + ":1\"]}",
+		"admin: \"" + digits + ".1:1\"",
+		"rules: [{domain: [" + big + "], action: direct}]",
+		"transparent: {tcp_port: " + digits + "}",
+		"transparent: {udp_idle: " + digits + "}",
+		"transparent: {sniff: {ports: [" + big + "]}}",
+		"? " + big + "\n: 1\n",
+		"transparent:\n  ? " + big + "\n  : 1\n",
+		"lan: {prefixes: [" + big + "], interfaces: [" + big + "]}",
+		"upstreams: [{name: a, url: \"socks5://h:" + digits + "\"}]",
+		"upstreams: [{name: a, url: \"" + big + "://h:1\"}]",
+		"upstreams: [{name: a, url: \"socks5://" + big + "\"}]",
+		"upstreams: [{name: \"" + big + " \", url: \"direct://\", via: " + big + "}]",
+		"groups: [{name: g, upstreams: [" + big + "], health: {probe: " + big + "}}]",
+		"rules: [{upstream: " + big + "}]",
+	}
+	for i, doc := range docs {
+		_, err := Parse([]byte(doc))
+		if err == nil {
+			t.Errorf("doc %d accepted", i)
+			continue
+		}
+		for _, p := range problemsOf(t, err) {
+			if len(p) > 400 {
+				t.Errorf("doc %d: problem of %d bytes: %.200s", i, len(p), p)
+			}
+		}
+	}
+	c := mustParse(t, "rules: [{name: "+big+", action: direct}, {name: b, action: block}]")
+	for _, w := range c.Warnings() {
+		if len(w) > 400 {
+			t.Errorf("warning of %d bytes: %.200s", len(w), w)
+		}
+	}
+	if got := clip(strings.Repeat("é", 40)); got != strings.Repeat("é", 32)+"…" {
+		t.Errorf("clip cuts inside a character: %q", got)
+	}
+}

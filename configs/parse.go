@@ -236,12 +236,16 @@ func parseUpstreamURL(s string) (*url.URL, string) {
 	if err != nil {
 		var ue *url.Error
 		if errors.As(err, &ue) {
-			return nil, "invalid URL: " + ue.Err.Error()
+			// url's messages quote the offending part of the URL.
+			return nil, "invalid URL: " + clipMessage(ue.Err.Error())
 		}
 		return nil, "invalid URL"
 	}
 	return u, ""
 }
+
+// clipMessage bounds a message made elsewhere that may quote a value whole.
+func clipMessage(s string) string { return cut(s, 2*maxQuoted) }
 
 // finish applies the defaults that depend on the document (null lists,
 // rule names, the implicit rule) and normalises values.
@@ -364,7 +368,7 @@ var (
 )
 
 func (w *walker) add(n *yaml.Node, path, format string, args ...any) {
-	msg := fmt.Sprintf(format, args...)
+	msg := sprintf(format, args...)
 	if path != "" {
 		msg = path + ": " + msg
 	}
@@ -496,9 +500,9 @@ func (w *walker) walkStruct(n *yaml.Node, t reflect.Type, path string) {
 			continue
 		}
 		key := kn.Value
-		p := key
+		p := clip(key)
 		if path != "" {
-			p = path + "." + key
+			p = path + "." + p
 		}
 		ft, ok := fields[key]
 		if !ok {
@@ -591,6 +595,9 @@ func yamlFields(t reflect.Type) (map[string]reflect.Type, []string) {
 func closest(s string, candidates []string) string {
 	best, bestD := "", 3
 	for _, c := range candidates {
+		if len(s) > len(c)+2 || len(c) > len(s)+2 {
+			continue // farther than 2 whatever the letters
+		}
 		if d := editDistance(s, c); d < bestD && d < len(s) {
 			best, bestD = c, d
 		}

@@ -40,7 +40,7 @@ func (e *ValidationError) Error() string {
 type problems []string
 
 func (p *problems) add(path, format string, args ...any) {
-	*p = append(*p, path+": "+fmt.Sprintf(format, args...))
+	*p = append(*p, path+": "+sprintf(format, args...))
 }
 
 // oneOf checks an enumerated value.
@@ -280,11 +280,11 @@ func (c *Config) collision(l tcpListener, earlier []tcpListener) string {
 		switch {
 		case !collides(l.addr, e.addr, lanOn):
 		case e.raw == "":
-			return fmt.Sprintf("port %d is %s", l.addr.Port, e.path)
+			return sprintf("port %d is %s", l.addr.Port, e.path)
 		case e.raw == l.raw:
-			return fmt.Sprintf("%q is already used by %s", l.raw, e.path)
+			return sprintf("%q is already used by %s", l.raw, e.path)
 		default:
-			return fmt.Sprintf("%q collides with %s (%q): the same port on the same address or on every address",
+			return sprintf("%q collides with %s (%q): the same port on the same address or on every address",
 				l.raw, e.path, e.raw)
 		}
 	}
@@ -432,7 +432,7 @@ func validateUpstreamURL(p *problems, path string, u *Upstream) {
 	case url.Hostname() == "":
 		p.add(path, "missing host")
 	case url.Port() == "":
-		p.add(path, "missing port (e.g. %s://%s:1080)", url.Scheme, url.Hostname())
+		p.add(path, "missing port (e.g. %s://%s:1080)", url.Scheme, clip(url.Hostname()))
 	default:
 		if n, err := strconv.ParseUint(url.Port(), 10, 16); err != nil || n == 0 {
 			p.add(path, "invalid port %q", url.Port())
@@ -467,7 +467,7 @@ func (c *Config) validateViaCycles(p *problems) {
 		if start.Via == "" || c.upstreamIndex(start.Name) != i {
 			continue
 		}
-		chain := []string{start.Name}
+		chain := []string{clip(start.Name)}
 		onChain := map[int]bool{i: true}
 		minIdx := i
 		cur := start
@@ -478,7 +478,7 @@ func (c *Config) validateViaCycles(p *problems) {
 			}
 			if j == i {
 				if minIdx == i {
-					chain = append(chain, start.Name)
+					chain = append(chain, clip(start.Name))
 					p.add(fmt.Sprintf("upstreams[%d].via", i), "cycle %s", strings.Join(chain, " -> "))
 				}
 				break
@@ -489,7 +489,7 @@ func (c *Config) validateViaCycles(p *problems) {
 			onChain[j] = true
 			minIdx = min(minIdx, j)
 			cur = &c.Upstreams[j]
-			chain = append(chain, cur.Name)
+			chain = append(chain, clip(cur.Name))
 		}
 	}
 }

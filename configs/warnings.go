@@ -1,7 +1,6 @@
 package configs
 
 import (
-	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -15,7 +14,7 @@ import (
 // no effect. Whether the file is readable by others is the daemon's check.
 func (c *Config) Warnings() []string {
 	var w []string
-	add := func(format string, args ...any) { w = append(w, fmt.Sprintf(format, args...)) }
+	add := func(format string, args ...any) { w = append(w, sprintf(format, args...)) }
 
 	for j := range c.Rules {
 		for i := range j {
@@ -35,7 +34,7 @@ func (c *Config) Warnings() []string {
 		r := &c.Rules[n-1]
 		what := "go direct"
 		if r.Action == ActionProxy {
-			what = fmt.Sprintf("go through upstream %q", r.Upstream)
+			what = sprintf("go through upstream %q", r.Upstream)
 		}
 		if n == 1 {
 			add("rules: none configured; every flow will %s (implicit rule %q)", what, r.Name)
@@ -122,7 +121,7 @@ func (c *Config) withoutUDP(name string) []string {
 	var out []string
 	check := func(n string) {
 		if u := c.Upstream(n); u != nil && !u.SupportsUDP() {
-			out = append(out, fmt.Sprintf("upstream %q", n))
+			out = append(out, sprintf("upstream %q", n))
 		}
 	}
 	if g := c.Group(name); g != nil && c.Upstream(name) == nil {
