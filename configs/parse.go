@@ -13,6 +13,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -569,8 +570,26 @@ func (w *walker) walkMerge(n *yaml.Node, t reflect.Type, path string) {
 	}
 }
 
-// yamlFields maps the yaml keys of struct type t to their field types.
+// fieldsCache holds yamlFields by type: the walk asks once per mapping.
+var fieldsCache sync.Map // reflect.Type -> schemaFields
+
+type schemaFields struct {
+	types map[string]reflect.Type
+	names []string
+}
+
+// yamlFields maps the yaml keys of struct type t to their field types, and
+// lists the keys in order. The results are shared: do not modify them.
 func yamlFields(t reflect.Type) (map[string]reflect.Type, []string) {
+	if f, ok := fieldsCache.Load(t); ok {
+		return f.(schemaFields).types, f.(schemaFields).names
+	}
+	m, names := structFields(t)
+	fieldsCache.Store(t, schemaFields{m, names})
+	return m, names
+}
+
+func structFields(t reflect.Type) (map[string]reflect.Type, []string) {
 	m := map[string]reflect.Type{}
 	var names []string
 	for f := range t.Fields() {

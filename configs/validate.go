@@ -91,9 +91,10 @@ func (c *Config) Validate() error {
 	c.validateLAN(&p)
 	c.validateTransparent(&p)
 	c.validateListen(&p)
-	c.validateUpstreams(&p)
-	c.validateGroups(&p)
-	c.validateRules(&p)
+	ix := newNameIndex(c)
+	c.validateUpstreams(&p, ix)
+	c.validateGroups(&p, ix)
+	c.validateRules(&p, ix)
 
 	p.positive("timeouts.dial", c.Timeouts.Dial)
 	p.positive("timeouts.handshake", c.Timeouts.Handshake)
@@ -366,30 +367,49 @@ func checkName(p *problems, path, name string) {
 	}
 }
 
-func (c *Config) upstreamIndex(name string) int {
+// nameIndex finds upstreams and groups by name (the first of a name), so
+// that validation stays linear in the size of the configuration.
+type nameIndex struct {
+	ups, groups map[string]int
+}
+
+func newNameIndex(c *Config) *nameIndex {
+	ix := &nameIndex{ups: make(map[string]int, len(c.Upstreams)), groups: make(map[string]int, len(c.Groups))}
 	for i := range c.Upstreams {
-		if c.Upstreams[i].Name == name {
-			return i
+		if _, dup := ix.ups[c.Upstreams[i].Name]; !dup {
+			ix.ups[c.Upstreams[i].Name] = i
 		}
 	}
-	return -1
-}
-
-func (c *Config) groupIndex(name string) int {
 	for i := range c.Groups {
-		if c.Groups[i].Name == name {
-			return i
+		if _, dup := ix.groups[c.Groups[i].Name]; !dup {
+			ix.groups[c.Groups[i].Name] = i
 		}
+	}
+	return ix
+}
+
+// upstream returns the index of the first upstream named name, or -1.
+func (ix *nameIndex) upstream(name string) int {
+	if i, ok := ix.ups[name]; ok {
+		return i
 	}
 	return -1
 }
 
-func (c *Config) validateUpstreams(p *problems) {
+// group returns the index of the first group named name, or -1.
+func (ix *nameIndex) group(name string) int {
+	if i, ok := ix.groups[name]; ok {
+		return i
+	}
+	return -1
+}
+
+func (c *Config) validateUpstreams(p *problems, ix *nameIndex) {
 	for i := range c.Upstreams {
 		u := &c.Upstreams[i]
 		path := fmt.Sprintf("upstreams[%d]", i)
 		checkName(p, path+".name", u.Name)
-		if j := c.upstreamIndex(u.Name); u.Name != "" && j < i {
+		if j := ix.upstream(u.Name); u.Name != "" && j < i {
 			p.add(path+".name", "duplicate of upstreams[%d]", j)
 		}
 		validateUpstreamURL(p, path+".url", u)
@@ -397,14 +417,14 @@ func (c *Config) validateUpstreams(p *problems) {
 			switch {
 			case u.URL != nil && u.URL.Scheme == SchemeDirect:
 				p.add(path+".via", "a direct upstream cannot have via")
-			case c.upstreamIndex(u.Via) < 0 && c.groupIndex(u.Via) >= 0:
+			case ix.upstream(u.Via) < 0 && ix.group(u.Via) >= 0:
 				p.add(path+".via", "%q is a group; via must name an upstream", u.Via)
-			case c.upstreamIndex(u.Via) < 0:
+			case ix.upstream(u.Via) < 0:
 				p.add(path+".via", "no upstream named %q", u.Via)
 			}
 		}
 	}
-	c.validateViaCycles(p)
+	c.validateViaCycles(p, ix)
 }
 
 func validateUpstreamURL(p *problems, path string, u *Upstream) {
@@ -460,48 +480,64 @@ func validateUpstreamURL(p *problems, path string, u *Upstream) {
 	}
 }
 
-// validateViaCycles reports each via cycle once, at its member listed first.
-func (c *Config) validateViaCycles(p *problems) {
+// validateViaCycles reports each via cycle once, at its member listed first,
+// the chain starting there. Each upstream has at most one via, so the
+// upstreams form chains that end at one without via or in a cycle: one walk
+// along each, every upstream visited once.
+func (c *Config) validateViaCycles(p *problems, ix *nameIndex) {
+	const (
+		unseen = iota
+		onWalk
+		done
+	)
+	state := make([]uint8, len(c.Upstreams))
+	type cycle struct {
+		first int
+		chain []string
+	}
+	var cycles []cycle
+	var walk []int
 	for i := range c.Upstreams {
-		start := &c.Upstreams[i]
-		if start.Via == "" || c.upstreamIndex(start.Name) != i {
+		if state[i] != unseen || ix.upstream(c.Upstreams[i].Name) != i {
 			continue
 		}
-		chain := []string{clip(start.Name)}
-		onChain := map[int]bool{i: true}
-		minIdx := i
-		cur := start
-		for cur.Via != "" {
-			j := c.upstreamIndex(cur.Via)
-			if j < 0 {
-				break
+		walk = walk[:0]
+		j := i
+		for j >= 0 && state[j] == unseen {
+			state[j] = onWalk
+			walk = append(walk, j)
+			j = -1
+			if via := c.Upstreams[walk[len(walk)-1]].Via; via != "" {
+				j = ix.upstream(via)
 			}
-			if j == i {
-				if minIdx == i {
-					chain = append(chain, clip(start.Name))
-					p.add(fmt.Sprintf("upstreams[%d].via", i), "cycle %s", strings.Join(chain, " -> "))
-				}
-				break
-			}
-			if onChain[j] {
-				break // a cycle not through start: reported from its own member
-			}
-			onChain[j] = true
-			minIdx = min(minIdx, j)
-			cur = &c.Upstreams[j]
-			chain = append(chain, clip(cur.Name))
 		}
+		if j >= 0 && state[j] == onWalk {
+			members := walk[slices.Index(walk, j):]
+			k := slices.Index(members, slices.Min(members))
+			var chain []string
+			for _, m := range slices.Concat(members[k:], members[:k+1]) {
+				chain = append(chain, clip(c.Upstreams[m].Name))
+			}
+			cycles = append(cycles, cycle{members[k], chain})
+		}
+		for _, w := range walk {
+			state[w] = done
+		}
+	}
+	slices.SortFunc(cycles, func(a, b cycle) int { return a.first - b.first })
+	for _, cy := range cycles {
+		p.add(fmt.Sprintf("upstreams[%d].via", cy.first), "cycle %s", strings.Join(cy.chain, " -> "))
 	}
 }
 
-func (c *Config) validateGroups(p *problems) {
+func (c *Config) validateGroups(p *problems, ix *nameIndex) {
 	for i := range c.Groups {
 		g := &c.Groups[i]
 		path := fmt.Sprintf("groups[%d]", i)
 		checkName(p, path+".name", g.Name)
-		if j := c.groupIndex(g.Name); g.Name != "" && j < i {
+		if j := ix.group(g.Name); g.Name != "" && j < i {
 			p.add(path+".name", "duplicate of groups[%d]", j)
-		} else if j := c.upstreamIndex(g.Name); g.Name != "" && j >= 0 {
+		} else if j := ix.upstream(g.Name); g.Name != "" && j >= 0 {
 			p.add(path+".name", "%q is already the name of upstreams[%d]", g.Name, j)
 		}
 		p.oneOf(path+".policy", g.Policy, PolicyFailover, PolicyRoundRobin, PolicyLeastConnections)
@@ -512,8 +548,8 @@ func (c *Config) validateGroups(p *problems) {
 		for j, name := range g.Upstreams {
 			mp := fmt.Sprintf("%s.upstreams[%d]", path, j)
 			switch {
-			case c.upstreamIndex(name) >= 0:
-			case c.groupIndex(name) >= 0:
+			case ix.upstream(name) >= 0:
+			case ix.group(name) >= 0:
 				p.add(mp, "%q is a group; groups hold upstreams only", name)
 			default:
 				p.add(mp, "no upstream named %q", name)
@@ -546,7 +582,7 @@ func (c *Config) validateGroups(p *problems) {
 	}
 }
 
-func (c *Config) validateRules(p *problems) {
+func (c *Config) validateRules(p *problems, ix *nameIndex) {
 	names := map[string]int{}
 	for i := range c.Rules {
 		r := &c.Rules[i]
@@ -577,7 +613,7 @@ func (c *Config) validateRules(p *problems) {
 			switch {
 			case r.Upstream == "":
 				p.add(path+".upstream", "required for action proxy")
-			case c.upstreamIndex(r.Upstream) < 0 && c.groupIndex(r.Upstream) < 0:
+			case ix.upstream(r.Upstream) < 0 && ix.group(r.Upstream) < 0:
 				p.add(path+".upstream", "no upstream or group named %q", r.Upstream)
 			}
 		case ActionDirect, ActionBlock:
