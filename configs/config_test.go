@@ -483,7 +483,7 @@ admin: "localhost"`, []string{
 			`timeouts.handshake: must be positive`,
 			`on_crash: must be one of closed, open (got "ajar")`,
 			`limits.max_flows_per_source: exceeds limits.max_flows`,
-			`relay: must be one of auto, splice, buffered, kernel (got "teleport")`,
+			`relay: must be one of auto, splice, buffered (got "teleport")`,
 			`admin: "localhost" is not host:port`}},
 		{"negative limits", `limits: {max_flows: -1, max_flows_per_source: -2}`, []string{
 			`limits.max_flows: must not be negative`,
@@ -939,6 +939,32 @@ rules:
 	}
 	if got := c.Warnings(); !slices.Equal(got, want) {
 		t.Errorf("warnings:\n  %s\nwant:\n  %s", strings.Join(got, "\n  "), strings.Join(want, "\n  "))
+	}
+}
+
+// relay: kernel (the removed sockmap relay) is still accepted, read as
+// auto, with a warning naming the replacement.
+func TestRelayKernelIsReadAsAutoWithAWarning(t *testing.T) {
+	c := mustParse(t, "relay: kernel\n")
+	if c.Relay != RelayAuto {
+		t.Errorf("relay = %q, want %q", c.Relay, RelayAuto)
+	}
+	want := `relay: "kernel" is no longer available (the sockmap relay was removed: it loses or duplicates bytes on current kernels); using its replacement, auto: write relay: auto`
+	if w := c.Warnings(); len(w) == 0 || w[0] != want {
+		t.Errorf("warnings = %q, want first %q", w, want)
+	}
+	if err := c.Validate(); err != nil {
+		t.Errorf("Validate: %v", err)
+	}
+	if w := mustParse(t, "relay: auto\n").Warnings(); slices.ContainsFunc(w, func(s string) bool { return strings.HasPrefix(s, "relay:") }) {
+		t.Errorf("relay: auto warns: %q", w)
+	}
+	c.Relay = RelayKernel
+	if err := c.Validate(); err == nil || !slices.Contains(problemsOf(t, err), "relay: kernel is no longer available; use auto") {
+		t.Errorf("Validate of relay kernel set in code = %v", err)
+	}
+	if d := string(DefaultYAML()); strings.Contains(d, "| kernel") || strings.Contains(d, "relay: kernel") {
+		t.Error("default.yaml still offers relay kernel")
 	}
 }
 

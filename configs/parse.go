@@ -277,6 +277,10 @@ func (c *Config) finish() {
 	for i := range c.Groups {
 		emptyToNil(&c.Groups[i].Upstreams)
 	}
+	if c.Relay == RelayKernel {
+		c.Relay = RelayAuto
+		c.deprecated = append(c.deprecated, `relay: "kernel" is no longer available (the sockmap relay was removed: it loses or duplicates bytes on current kernels); using its replacement, auto: write relay: auto`)
+	}
 	maskAll(c.LAN.Prefixes)
 	maskAll(c.Transparent.Bypass)
 	maskAll(c.Listen.Allow)

@@ -113,7 +113,11 @@ func (c *Config) Validate() error {
 	if c.Limits.MaxFlows > 0 && c.Limits.MaxFlowsPerSource > c.Limits.MaxFlows {
 		p.add("limits.max_flows_per_source", "exceeds limits.max_flows")
 	}
-	p.oneOf("relay", c.Relay, RelayAuto, RelaySplice, RelayBuffered, RelayKernel)
+	if c.Relay == RelayKernel {
+		p.add("relay", "kernel is no longer available; use auto")
+	} else {
+		p.oneOf("relay", c.Relay, RelayAuto, RelaySplice, RelayBuffered)
+	}
 	c.validateAdmin(&p)
 	if len(p) == 0 {
 		return nil

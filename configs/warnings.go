@@ -9,13 +9,14 @@ import (
 )
 
 // Warnings returns non-fatal findings about a valid configuration, for
-// `socksgate check` and the start-up log: rules that can never match
+// `socksgate check` and the start-up log: deprecated values Parse read as
+// their replacement (relay: kernel), rules that can never match
 // because an earlier rule takes every flow they would match, the implicit
 // default rule, upstreams and groups nothing uses, UDP routed to upstreams
 // without UDP, listeners reachable from every address, and settings that have
 // no effect. Whether the file is readable by others is the daemon's check.
 func (c *Config) Warnings() []string {
-	var w []string
+	w := slices.Clone(c.deprecated)
 	add := func(format string, args ...any) { w = append(w, sprintf(format, args...)) }
 
 	shadows := newShadowIndex(c.Rules)
