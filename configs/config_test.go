@@ -378,6 +378,35 @@ rules: [{upstream: g}]`, []string{
 			`upstreams[0].url: invalid host "256.0.0.1"`,
 			`groups[0].health.probe: "1.2.3.400:443": invalid IPv4 address "1.2.3.400"`,
 			`admin: "999.1.1.1:9091": invalid IPv4 address "999.1.1.1"`}},
+		{"upstreams that are socksgate itself", `
+lan: {interfaces: [eth1]}
+listen:
+  http: ["127.0.0.1:8080", "192.168.1.1:3128"]
+  socks: ["localhost:1080", "[::1]:1081"]
+  mixed: [":7890"]
+upstreams:
+  - {name: a, url: "socks5://127.0.0.1:1080"}
+  - {name: b, url: "http://u:secret@localhost:8080"}
+  - {name: c, url: "socks5://[::1]:7890"}
+  - {name: d, url: "socks5://0.0.0.0:7890"}
+  - {name: e, url: "http://192.168.1.1:3128"}
+  - {name: f, url: "socks5://127.0.0.1:12345"}
+  - {name: g, url: "socks4://LOCALHOST.:1081"}
+  - {name: h, url: "socks5://[::]:8080"}
+  - {name: i, url: "socks5://127.0.0.2:8080"}
+  - {name: j, url: "socks5://127.0.0.1:3128"}
+  - {name: k, url: "socks5://10.0.0.1:7890"}
+  - {name: l, url: "socks5://127.0.0.1:1080", via: k}
+rules: [{upstream: a}, {upstream: b}, {upstream: c}, {upstream: d}, {upstream: e}, {upstream: f}, {upstream: g}, {upstream: h}, {upstream: i}, {upstream: j}, {upstream: l}]`, []string{
+			`upstreams[0].url: "127.0.0.1:1080" is socksgate's own listen.socks[0] ("localhost:1080"): every flow through this upstream would come back to socksgate; change the upstream's address or that listener`,
+			`upstreams[1].url: "localhost:8080" is socksgate's own listen.http[0] ("127.0.0.1:8080"): every flow through this upstream would come back to socksgate; change the upstream's address or that listener`,
+			`upstreams[2].url: "[::1]:7890" is socksgate's own listen.mixed[0] (":7890"): every flow through this upstream would come back to socksgate; change the upstream's address or that listener`,
+			`upstreams[3].url: "0.0.0.0:7890" is socksgate's own listen.mixed[0] (":7890"): every flow through this upstream would come back to socksgate; change the upstream's address or that listener`,
+			`upstreams[4].url: "192.168.1.1:3128" is socksgate's own listen.http[1] ("192.168.1.1:3128"): every flow through this upstream would come back to socksgate; change the upstream's address or that listener`,
+			`upstreams[5].url: "127.0.0.1:12345" is socksgate's own transparent.tcp_port: every flow through this upstream would come back to socksgate; change the upstream's address or that listener`,
+			`upstreams[6].url: "LOCALHOST.:1081" is socksgate's own listen.socks[1] ("[::1]:1081"): every flow through this upstream would come back to socksgate; change the upstream's address or that listener`}},
+		{"the default listeners as upstream", `upstreams: [{name: ssh, url: "socks5://127.0.0.1:1080"}]`, []string{
+			`upstreams[0].url: "127.0.0.1:1080" is socksgate's own listen.socks[0] ("127.0.0.1:1080"): every flow through this upstream would come back to socksgate; change the upstream's address or that listener`}},
 		{"listen users", `listen: {users: [{username: "", password: ""}, {username: "a:b", password: x}, {username: u, password: p}, {username: u, password: q}]}`, []string{
 			`listen.users[0].username: required`,
 			`listen.users[0].password: required`,

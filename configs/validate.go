@@ -2,6 +2,7 @@ package configs
 
 import (
 	"fmt"
+	"net"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -417,6 +418,7 @@ func (c *Config) validateUpstreams(p *problems, ix *nameIndex) {
 			p.add(path+".name", "duplicate of upstreams[%d]", j)
 		}
 		validateUpstreamURL(p, path+".url", u)
+		c.validateNotSelf(p, path+".url", u)
 		if u.Via != "" {
 			switch {
 			case u.URL != nil && u.URL.Scheme == SchemeDirect:
@@ -482,6 +484,73 @@ func validateUpstreamURL(p *problems, path string, u *Upstream) {
 			}
 		}
 	}
+}
+
+// validateNotSelf refuses an upstream that is one of socksgate's own proxy
+// listeners (listen.*, transparent.tcp_port): every flow sent through it
+// would come back in, and go out through it again, without end. It judges
+// what it can see from the file: the upstream's host is the listener's own
+// address, or a loopback address, "localhost" or an unspecified address
+// (connecting to 0.0.0.0 reaches loopback) while the listener is on
+// loopback or every address; and the port is the same. An upstream reached
+// through via is dialed by another proxy, where 127.0.0.1 is that proxy's
+// own host: it is not judged.
+func (c *Config) validateNotSelf(p *problems, path string, u *Upstream) {
+	if u.URL == nil || u.Via != "" || u.URL.Scheme == SchemeDirect {
+		return
+	}
+	host := u.URL.Hostname()
+	port, err := strconv.ParseUint(u.URL.Port(), 10, 16)
+	if err != nil || port == 0 || host == "" {
+		return
+	}
+	own := c.explicitListeners()
+	if tl, ok := c.transparentListener(); ok {
+		own = append(own, tl)
+	}
+	for _, l := range own {
+		if !dialsListener(host, uint16(port), l.addr) {
+			continue
+		}
+		where := l.path
+		if l.raw != "" {
+			where = sprintf("%s (%q)", l.path, l.raw)
+		}
+		p.add(path, "%q is socksgate's own %s: every flow through this upstream would come back to socksgate; change the upstream's address or that listener",
+			net.JoinHostPort(host, u.URL.Port()), where)
+		return
+	}
+}
+
+// dialsListener reports whether connecting to host:port from this machine
+// reaches a socket listening on l, as far as the addresses tell.
+func dialsListener(host string, port uint16, l ListenAddr) bool {
+	if l.Port == 0 || l.Port != port || l.LAN {
+		return false // "lan" addresses are known only at run time
+	}
+	localhost := strings.EqualFold(strings.TrimSuffix(host, "."), "localhost")
+	ip, err := netip.ParseAddr(host)
+	isIP := err == nil
+	ip = ip.Unmap()
+	loopback := localhost || isIP && (ip.IsLoopback() || ip.IsUnspecified())
+	if l.AllAddresses() {
+		return loopback
+	}
+	lhost := listenHost(l.Host)
+	lip, err := netip.ParseAddr(lhost)
+	if err != nil {
+		return strings.EqualFold(host, l.Host) // a name listened on: the same name
+	}
+	switch {
+	case isIP && ip == lip:
+		return true
+	case localhost:
+		return lip == netip.AddrFrom4([4]byte{127, 0, 0, 1}) || lip == netip.IPv6Loopback()
+	case isIP && ip.IsUnspecified():
+		// The kernel connects 0.0.0.0 to 127.0.0.1 and :: to ::1.
+		return ip.Is4() && lip == netip.AddrFrom4([4]byte{127, 0, 0, 1}) || ip.Is6() && lip == netip.IPv6Loopback()
+	}
+	return false
 }
 
 // validateViaCycles reports each via cycle once, at its member listed first,
