@@ -50,12 +50,17 @@ type Config struct {
 	// Limits bound the number of flows.
 	Limits Limits `yaml:"limits"`
 	// Relay selects the TCP relay implementation: RelayAuto (default, the
-	// gateway's measured choice), RelaySplice, RelayBuffered or RelayKernel
-	// (the sockmap relay: not available, it falls back to RelayAuto; README "Kernel relay").
+	// gateway's measured choice), RelaySplice or RelayBuffered. The file may
+	// still say "kernel" (RelayKernel, the removed sockmap relay): Parse reads
+	// it as RelayAuto and Warnings says so.
 	Relay string `yaml:"relay"`
 	// Admin is the host:port of the admin endpoint (/metrics, /flows,
 	// /healthz); empty (default) disables it.
 	Admin string `yaml:"admin"`
+
+	// deprecated are warnings about values that are still accepted but mean
+	// something else now, found by Parse; Warnings returns them first.
+	deprecated []string
 }
 
 // Log configures logging.
@@ -297,7 +302,12 @@ const (
 	RelayAuto     = "auto"
 	RelaySplice   = "splice"
 	RelayBuffered = "buffered"
-	RelayKernel   = "kernel"
+	// RelayKernel was the sockmap relay, removed because it loses or
+	// duplicates bytes on current kernels. Parse reads it as RelayAuto,
+	// with a warning; Validate refuses it.
+	//
+	// Deprecated: use RelayAuto.
+	RelayKernel = "kernel"
 
 	PolicyFailover         = "failover"
 	PolicyRoundRobin       = "round-robin"

@@ -350,6 +350,63 @@ listen: {http: ["127.0.0.1", "lan:12345"], socks: ["[::1]:1080", "bad host:1"], 
 			`listen.socks[1]: "bad host:1": invalid host "bad host"`,
 			`listen.mixed[0]: "[::1]:1080" is already used by listen.socks[0]`,
 			`listen.mixed[1]: "1.2.3.4:99999": invalid port "99999"`}},
+		{"listen addresses that cannot exist or collide", `
+lan: {interfaces: [eth1]}
+listen:
+  http: [":8080", "127.0.0.1:8080", "lan:8081"]
+  socks: ["[::1]:1080", "localhost:1081", "999.1.1.1:1", "10.1:2", "host.example.:3"]
+  mixed: ["127.0.0.1:1081", "0.0.0.0:8081", "[::ffff:127.0.0.1]:1082", "127.0.0.1:1082", "127.0.0.1:"]
+admin: "[::]:1080"`, []string{
+			`listen.http[1]: "127.0.0.1:8080" collides with listen.http[0] (":8080"): the same port on the same address or on every address`,
+			`listen.socks[2]: "999.1.1.1:1": invalid IPv4 address "999.1.1.1"`,
+			`listen.socks[3]: "10.1:2": invalid IPv4 address "10.1"`,
+			`listen.mixed[0]: "127.0.0.1:1081" collides with listen.socks[1] ("localhost:1081"): the same port on the same address or on every address`,
+			`listen.mixed[1]: "0.0.0.0:8081" collides with listen.http[2] ("lan:8081"): the same port on the same address or on every address`,
+			`listen.mixed[3]: "127.0.0.1:1082" collides with listen.mixed[2] ("[::ffff:127.0.0.1]:1082"): the same port on the same address or on every address`,
+			`listen.mixed[4]: "127.0.0.1:": invalid port ""`,
+			`admin: "[::]:1080" collides with listen.socks[0] ("[::1]:1080"): the same port on the same address or on every address`}},
+		{"admin on an explicit port", `admin: "127.0.0.1:8080"`, []string{
+			`admin: "127.0.0.1:8080" is already used by listen.http[0]`}},
+		{"admin on the transparent port", "lan: {interfaces: [eth1]}\nadmin: \"127.0.0.1:12345\"", []string{
+			`admin: port 12345 is transparent.tcp_port`}},
+		{"admin with the lan keyword", `admin: "lan:9091"`, []string{
+			`admin: "lan:9091": the lan keyword is for listen.*; write an address, e.g. 127.0.0.1:9091`}},
+		{"hosts that cannot exist", `admin: "999.1.1.1:9091"
+upstreams: [{name: a, url: "socks5://256.0.0.1:1080"}]
+groups: [{name: g, upstreams: [a], health: {probe: "1.2.3.400:443"}}]
+rules: [{upstream: g}]`, []string{
+			`upstreams[0].url: invalid host "256.0.0.1"`,
+			`groups[0].health.probe: "1.2.3.400:443": invalid IPv4 address "1.2.3.400"`,
+			`admin: "999.1.1.1:9091": invalid IPv4 address "999.1.1.1"`}},
+		{"upstreams that are socksgate itself", `
+lan: {interfaces: [eth1]}
+listen:
+  http: ["127.0.0.1:8080", "192.168.1.1:3128"]
+  socks: ["localhost:1080", "[::1]:1081"]
+  mixed: [":7890"]
+upstreams:
+  - {name: a, url: "socks5://127.0.0.1:1080"}
+  - {name: b, url: "http://u:secret@localhost:8080"}
+  - {name: c, url: "socks5://[::1]:7890"}
+  - {name: d, url: "socks5://0.0.0.0:7890"}
+  - {name: e, url: "http://192.168.1.1:3128"}
+  - {name: f, url: "socks5://127.0.0.1:12345"}
+  - {name: g, url: "socks4://LOCALHOST.:1081"}
+  - {name: h, url: "socks5://[::]:8080"}
+  - {name: i, url: "socks5://127.0.0.2:8080"}
+  - {name: j, url: "socks5://127.0.0.1:3128"}
+  - {name: k, url: "socks5://10.0.0.1:7890"}
+  - {name: l, url: "socks5://127.0.0.1:1080", via: k}
+rules: [{upstream: a}, {upstream: b}, {upstream: c}, {upstream: d}, {upstream: e}, {upstream: f}, {upstream: g}, {upstream: h}, {upstream: i}, {upstream: j}, {upstream: l}]`, []string{
+			`upstreams[0].url: "127.0.0.1:1080" is socksgate's own listen.socks[0] ("localhost:1080"): every flow through this upstream would come back to socksgate; change the upstream's address or that listener`,
+			`upstreams[1].url: "localhost:8080" is socksgate's own listen.http[0] ("127.0.0.1:8080"): every flow through this upstream would come back to socksgate; change the upstream's address or that listener`,
+			`upstreams[2].url: "[::1]:7890" is socksgate's own listen.mixed[0] (":7890"): every flow through this upstream would come back to socksgate; change the upstream's address or that listener`,
+			`upstreams[3].url: "0.0.0.0:7890" is socksgate's own listen.mixed[0] (":7890"): every flow through this upstream would come back to socksgate; change the upstream's address or that listener`,
+			`upstreams[4].url: "192.168.1.1:3128" is socksgate's own listen.http[1] ("192.168.1.1:3128"): every flow through this upstream would come back to socksgate; change the upstream's address or that listener`,
+			`upstreams[5].url: "127.0.0.1:12345" is socksgate's own transparent.tcp_port: every flow through this upstream would come back to socksgate; change the upstream's address or that listener`,
+			`upstreams[6].url: "LOCALHOST.:1081" is socksgate's own listen.socks[1] ("[::1]:1081"): every flow through this upstream would come back to socksgate; change the upstream's address or that listener`}},
+		{"the default listeners as upstream", `upstreams: [{name: ssh, url: "socks5://127.0.0.1:1080"}]`, []string{
+			`upstreams[0].url: "127.0.0.1:1080" is socksgate's own listen.socks[0] ("127.0.0.1:1080"): every flow through this upstream would come back to socksgate; change the upstream's address or that listener`}},
 		{"listen users", `listen: {users: [{username: "", password: ""}, {username: "a:b", password: x}, {username: u, password: p}, {username: u, password: q}]}`, []string{
 			`listen.users[0].username: required`,
 			`listen.users[0].password: required`,
@@ -455,7 +512,7 @@ admin: "localhost"`, []string{
 			`timeouts.handshake: must be positive`,
 			`on_crash: must be one of closed, open (got "ajar")`,
 			`limits.max_flows_per_source: exceeds limits.max_flows`,
-			`relay: must be one of auto, splice, buffered, kernel (got "teleport")`,
+			`relay: must be one of auto, splice, buffered (got "teleport")`,
 			`admin: "localhost" is not host:port`}},
 		{"negative limits", `limits: {max_flows: -1, max_flows_per_source: -2}`, []string{
 			`limits.max_flows: must not be negative`,
@@ -509,7 +566,7 @@ transparent:
   sniff: {ports: [0, "90-80", "x"], timeout: -1s}
 listen: {http: {a: b}}
 rules:
-  - dst: 10.0.0.0/8
+  - dst: {a: 1}
     action: [direct]
   -
 mark: -1
@@ -528,6 +585,18 @@ mark: -1
 			`line 11: rules[0].action: expected a string`,
 			`line 12: rules[1]: empty list entry`,
 			`line 13: mark: expected an integer from 0 to 4294967295 (0x... allowed), got "-1"`}},
+		{"integers are written as integers", `transparent: {tcp_port: 12345.9, udp_port: 1e3, udp_max_sessions: 4096.0, route_table: .inf, rule_priority: "100"}
+limits: {max_flows: 1.5e3}
+mark: 0x1
+groups: [{name: g, upstreams: [a], health: {rise: 2.0, fall: 3}}]
+`, []string{
+			`line 1: transparent.tcp_port: expected an integer from 0 to 65535, got "12345.9": write a plain integer, without a fraction or exponent`,
+			`line 1: transparent.udp_port: expected an integer from 0 to 65535, got "1e3": write a plain integer, without a fraction or exponent`,
+			`line 1: transparent.udp_max_sessions: expected an integer, got "4096.0": write a plain integer, without a fraction or exponent`,
+			`line 1: transparent.route_table: expected an integer, got ".inf": write a plain integer, without a fraction or exponent`,
+			`line 1: transparent.rule_priority: expected an integer, got "100"`,
+			`line 2: limits.max_flows: expected an integer, got "1.5e3": write a plain integer, without a fraction or exponent`,
+			`line 4: groups[0].health.rise: expected an integer, got "2.0": write a plain integer, without a fraction or exponent`}},
 		{"not a mapping", "- a\n- b\n", []string{
 			`line 1: expected a mapping of keys (log, lan, transparent, listen, upstreams, ...) at the top level`}},
 		{"section not a mapping", "log: info\n", []string{
@@ -550,6 +619,54 @@ mark: -1
 				t.Errorf("problems:\n  %s\nwant:\n  %s", strings.Join(got, "\n  "), strings.Join(tt.want, "\n  "))
 			}
 		})
+	}
+}
+
+// Where a list of scalars is expected, one scalar is the list of that one
+// value, for every such key (and the config is the same as with the list).
+func TestScalarIsAListOfOne(t *testing.T) {
+	const ups = "upstreams: [{name: main, url: \"socks5://10.0.0.1:1080\"}]\n"
+	scalar := mustParse(t, ups+`
+lan: {interfaces: eth1, prefixes: 192.168.1.0/24}
+transparent: {bypass: 198.51.100.0/24, sniff: {ports: 443}}
+listen: {http: "127.0.0.1:8080", allow: 10.0.0.0/8}
+groups: [{name: g, upstreams: main}]
+rules:
+  - {protocol: udp, dst: 10.0.0.0/8, dst_ports: "1000-2000", src: 192.168.1.5/32, inbound: socks, domain: example.com, upstream: g}
+  - {protocol: &p tcp, action: direct}
+  - {protocol: *p, domain: &d ".example.org", action: block}
+  - {name: *d, action: direct}
+`)
+	list := mustParse(t, ups+`
+lan: {interfaces: [eth1], prefixes: [192.168.1.0/24]}
+transparent: {bypass: [198.51.100.0/24], sniff: {ports: [443]}}
+listen: {http: ["127.0.0.1:8080"], allow: [10.0.0.0/8]}
+groups: [{name: g, upstreams: [main]}]
+rules:
+  - {protocol: [udp], dst: [10.0.0.0/8], dst_ports: ["1000-2000"], src: [192.168.1.5/32], inbound: [socks], domain: [example.com], upstream: g}
+  - {protocol: [tcp], action: direct}
+  - {protocol: [tcp], domain: [".example.org"], action: block}
+  - {name: ".example.org", action: direct}
+`)
+	if !reflect.DeepEqual(scalar, list) {
+		t.Errorf("scalar form differs from list form:\nscalar: %+v\nlist:   %+v", scalar, list)
+	}
+	// A null still means the default, and a bad scalar is reported at its
+	// place in the list.
+	if c := mustParse(t, "transparent: {sniff: {ports: ~}}"); !slices.Equal(c.Transparent.Sniff.Ports, defaultSniffPorts()) {
+		t.Errorf("sniff.ports: ~ gave %v", c.Transparent.Sniff.Ports)
+	}
+	_, err := Parse([]byte("rules: [{dst: 10.0.0.1, protocol: icmp, action: direct}]"))
+	want := []string{
+		`line 1: rules[0].dst[0]: invalid prefix "10.0.0.1": want CIDR notation such as 192.0.2.0/24 or 2001:db8::/32`,
+	}
+	if got := problemsOf(t, err); !slices.Equal(got, want) {
+		t.Errorf("problems %q, want %q", got, want)
+	}
+	_, err = Parse([]byte("rules: [{protocol: icmp, action: direct}]"))
+	want = []string{`rules[0].protocol[0]: must be one of tcp, udp (got "icmp")`}
+	if got := problemsOf(t, err); !slices.Equal(got, want) {
+		t.Errorf("problems %q, want %q", got, want)
 	}
 }
 
@@ -705,6 +822,12 @@ func TestParseListenAddr(t *testing.T) {
 		{"8080", ListenAddr{}, false, true},
 		{"[::1:80", ListenAddr{}, false, true},
 		{"[zz::1]:80", ListenAddr{}, false, true},
+		{"999.1.1.1:80", ListenAddr{}, false, true},
+		{"1.2.3:80", ListenAddr{}, false, true},
+		{"127.0.0.1:-1", ListenAddr{}, false, true},
+		{"127.0.0.1:http", ListenAddr{}, false, true},
+		{"router.example:80", ListenAddr{Host: "router.example", Port: 80}, false, false},
+		{"1.2.3.4.example:80", ListenAddr{Host: "1.2.3.4.example", Port: 80}, false, false},
 	}
 	for _, tt := range tests {
 		got, err := ParseListenAddr(tt.in)
@@ -712,6 +835,19 @@ func TestParseListenAddr(t *testing.T) {
 			t.Errorf("ParseListenAddr(%q) = %+v (all=%v), %v", tt.in, got, got.AllAddresses(), err)
 		}
 	}
+}
+
+// Listeners that can live side by side are not refused.
+func TestListenersThatDoNotCollide(t *testing.T) {
+	mustParse(t, `
+listen:
+  http: [":8080", "lan:8080", "127.0.0.1:8081", "[::1]:8081"]
+  socks: ["127.0.0.1:1080", "127.0.0.2:1080", "localhost:0", "127.0.0.1:0"]
+admin: "127.0.0.1:12345"`)
+	mustParse(t, `
+lan: {interfaces: [eth1]}
+transparent: {udp: true, udp_port: 9091}
+admin: "127.0.0.1:9091"`)
 }
 
 func TestMatchDomain(t *testing.T) {
@@ -832,6 +968,32 @@ rules:
 	}
 	if got := c.Warnings(); !slices.Equal(got, want) {
 		t.Errorf("warnings:\n  %s\nwant:\n  %s", strings.Join(got, "\n  "), strings.Join(want, "\n  "))
+	}
+}
+
+// relay: kernel (the removed sockmap relay) is still accepted, read as
+// auto, with a warning naming the replacement.
+func TestRelayKernelIsReadAsAutoWithAWarning(t *testing.T) {
+	c := mustParse(t, "relay: kernel\n")
+	if c.Relay != RelayAuto {
+		t.Errorf("relay = %q, want %q", c.Relay, RelayAuto)
+	}
+	want := `relay: "kernel" is no longer available (the sockmap relay was removed: it loses or duplicates bytes on current kernels); using its replacement, auto: write relay: auto`
+	if w := c.Warnings(); len(w) == 0 || w[0] != want {
+		t.Errorf("warnings = %q, want first %q", w, want)
+	}
+	if err := c.Validate(); err != nil {
+		t.Errorf("Validate: %v", err)
+	}
+	if w := mustParse(t, "relay: auto\n").Warnings(); slices.ContainsFunc(w, func(s string) bool { return strings.HasPrefix(s, "relay:") }) {
+		t.Errorf("relay: auto warns: %q", w)
+	}
+	c.Relay = RelayKernel
+	if err := c.Validate(); err == nil || !slices.Contains(problemsOf(t, err), "relay: kernel is no longer available; use auto") {
+		t.Errorf("Validate of relay kernel set in code = %v", err)
+	}
+	if d := string(DefaultYAML()); strings.Contains(d, "| kernel") || strings.Contains(d, "relay: kernel") {
+		t.Error("default.yaml still offers relay kernel")
 	}
 }
 
@@ -1030,5 +1192,52 @@ func TestDefaultReturnsIndependentCopies(t *testing.T) {
 	}
 	if err := a.Validate(); err == nil || !slices.Contains(problemsOf(t, err), "mark: must be non-zero") {
 		t.Errorf("Validate after modification = %v", err)
+	}
+}
+
+// A huge value is quoted in a message only in part (maxQuoted bytes and
+// "…"), wherever it is.
+func TestHugeValuesAreClippedInMessages(t *testing.T) {
+	big := strings.Repeat("x", 1<<20)
+	digits := strings.Repeat("1", 1<<20)
+	docs := []string{
+		"log: {level: " + big + "}",
+		"listen: {http: [" + big + "]}",
+		"listen: {http: [\"" + big + ":1\"]}",
+		"admin: \"" + digits + ".1:1\"",
+		"rules: [{domain: [" + big + "], action: direct}]",
+		"transparent: {tcp_port: " + digits + "}",
+		"transparent: {udp_idle: " + digits + "}",
+		"transparent: {sniff: {ports: [" + big + "]}}",
+		"? " + big + "\n: 1\n",
+		"transparent:\n  ? " + big + "\n  : 1\n",
+		"lan: {prefixes: [" + big + "], interfaces: [" + big + "]}",
+		"upstreams: [{name: a, url: \"socks5://h:" + digits + "\"}]",
+		"upstreams: [{name: a, url: \"" + big + "://h:1\"}]",
+		"upstreams: [{name: a, url: \"socks5://" + big + "\"}]",
+		"upstreams: [{name: \"" + big + " \", url: \"direct://\", via: " + big + "}]",
+		"groups: [{name: g, upstreams: [" + big + "], health: {probe: " + big + "}}]",
+		"rules: [{upstream: " + big + "}]",
+	}
+	for i, doc := range docs {
+		_, err := Parse([]byte(doc))
+		if err == nil {
+			t.Errorf("doc %d accepted", i)
+			continue
+		}
+		for _, p := range problemsOf(t, err) {
+			if len(p) > 400 {
+				t.Errorf("doc %d: problem of %d bytes: %.200s", i, len(p), p)
+			}
+		}
+	}
+	c := mustParse(t, "rules: [{name: "+big+", action: direct}, {name: b, action: block}]")
+	for _, w := range c.Warnings() {
+		if len(w) > 400 {
+			t.Errorf("warning of %d bytes: %.200s", len(w), w)
+		}
+	}
+	if got := clip(strings.Repeat("é", 40)); got != strings.Repeat("é", 32)+"…" {
+		t.Errorf("clip cuts inside a character: %q", got)
 	}
 }

@@ -26,6 +26,11 @@ func FuzzParse(f *testing.F) {
 		"groups: [{name: g, upstreams: [g], health: {<<: {interval: 1s}}}]",
 		"a: &a [*a]", "listen: {http: [*x]}", "listen: {http: &x [1, *x]}",
 		"transparent: {sniff: {ports: [[1]]}}",
+		"rules: [{protocol: udp, dst: 10.0.0.0/8, dst_ports: 53, domain: &d x.example, src: *d}]",
+		"groups: [{name: g, upstreams: main}]\nlan: {interfaces: &i eth1, prefixes: *i}",
+		"transparent: {tcp_port: 12345.9, udp_port: 1e3, route_table: .nan}\nmark: 0x1_0",
+		"listen: {http: [\":8080\", \"127.0.0.1:8080\", \"999.1.1.1:1\"], mixed: lan:8080}\nadmin: \"[::]:8080\"",
+		"relay: kernel\nupstreams: [{name: a, url: \"socks5://localhost:1080\"}, {name: b, url: \"socks5://0.0.0.0:8080\", via: a}]",
 	} {
 		f.Add([]byte(s))
 	}

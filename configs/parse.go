@@ -13,6 +13,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -101,11 +102,10 @@ func decode(data []byte) (*Config, error) {
 	if len(w.problems) > 0 {
 		return nil, &ValidationError{Problems: w.problems}
 	}
-	// The walk above has already checked every key and value; the strict
-	// decoder is the backstop.
-	strict := yaml.NewDecoder(bytes.NewReader(data))
-	strict.KnownFields(true)
-	if err := strict.Decode(c); err != nil {
+	// The walk above has checked every key and value, and has turned each
+	// scalar written where a list of scalars is expected into a list of one,
+	// so the tree it leaves is what is decoded (not the text again).
+	if err := doc.Decode(c); err != nil {
 		return nil, yamlError(err)
 	}
 	c.finish()
@@ -237,12 +237,16 @@ func parseUpstreamURL(s string) (*url.URL, string) {
 	if err != nil {
 		var ue *url.Error
 		if errors.As(err, &ue) {
-			return nil, "invalid URL: " + ue.Err.Error()
+			// url's messages quote the offending part of the URL.
+			return nil, "invalid URL: " + clipMessage(ue.Err.Error())
 		}
 		return nil, "invalid URL"
 	}
 	return u, ""
 }
+
+// clipMessage bounds a message made elsewhere that may quote a value whole.
+func clipMessage(s string) string { return cut(s, 2*maxQuoted) }
 
 // finish applies the defaults that depend on the document (null lists,
 // rule names, the implicit rule) and normalises values.
@@ -272,6 +276,10 @@ func (c *Config) finish() {
 	emptyToNil(&c.Groups)
 	for i := range c.Groups {
 		emptyToNil(&c.Groups[i].Upstreams)
+	}
+	if c.Relay == RelayKernel {
+		c.Relay = RelayAuto
+		c.deprecated = append(c.deprecated, `relay: "kernel" is no longer available (the sockmap relay was removed: it loses or duplicates bytes on current kernels); using its replacement, auto: write relay: auto`)
 	}
 	maskAll(c.LAN.Prefixes)
 	maskAll(c.Transparent.Bypass)
@@ -365,7 +373,7 @@ var (
 )
 
 func (w *walker) add(n *yaml.Node, path, format string, args ...any) {
-	msg := fmt.Sprintf(format, args...)
+	msg := sprintf(format, args...)
 	if path != "" {
 		msg = path + ": " + msg
 	}
@@ -460,9 +468,24 @@ func (w *walker) walkScalar(n *yaml.Node, t reflect.Type, path string) {
 		w.add(n, path, "expected %s", want)
 		return
 	}
+	// yaml.v3 truncates a float decoded into an integer (12345.9 becomes
+	// 12345, 1e3 becomes 1000): an integer must be written as one.
+	if isInteger(t) && n.ShortTag() != "!!int" && n.ShortTag() != "!!str" {
+		w.add(n, path, "expected %s, got %q: write a plain integer, without a fraction or exponent", want, n.Value)
+		return
+	}
 	if err := n.Decode(reflect.New(t).Interface()); err != nil {
 		w.add(n, path, "expected %s, got %q", want, n.Value)
 	}
+}
+
+func isInteger(t reflect.Type) bool {
+	switch t.Kind() {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return true
+	}
+	return false
 }
 
 func (w *walker) walkStruct(n *yaml.Node, t reflect.Type, path string) {
@@ -482,9 +505,9 @@ func (w *walker) walkStruct(n *yaml.Node, t reflect.Type, path string) {
 			continue
 		}
 		key := kn.Value
-		p := key
+		p := clip(key)
 		if path != "" {
-			p = path + "." + key
+			p = path + "." + p
 		}
 		ft, ok := fields[key]
 		if !ok {
@@ -495,8 +518,46 @@ func (w *walker) walkStruct(n *yaml.Node, t reflect.Type, path string) {
 			}
 			continue
 		}
+		if listOfScalars(ft) {
+			n.Content[i+1] = listOfOne(vn)
+			vn = n.Content[i+1]
+		}
 		w.walk(vn, ft, p)
 	}
+}
+
+// listOfScalars reports whether t is a list of scalars without a decoder of
+// its own (AddrList has one): where the schema wants one, a single scalar is
+// accepted as the list of that one value ("protocol: udp", "dst: 10.0.0.0/8",
+// "upstreams: main").
+func listOfScalars(t reflect.Type) bool {
+	if t.Kind() != reflect.Slice || reflect.PointerTo(t).Implements(unmarshalerType) {
+		return false
+	}
+	e := t.Elem()
+	if e == portRangeType || reflect.PointerTo(e).Implements(textUnmarshalType) {
+		return true
+	}
+	switch e.Kind() {
+	case reflect.Struct, reflect.Slice, reflect.Array, reflect.Map, reflect.Pointer, reflect.Interface:
+		return false
+	}
+	return true
+}
+
+// listOfOne returns n, or a one-entry sequence holding n when n is (or is an
+// alias of) a scalar other than null. The walk and the decoder then see the
+// list the schema wants; the alias target itself is left alone, as it may be
+// used elsewhere as a plain value.
+func listOfOne(n *yaml.Node) *yaml.Node {
+	v := n
+	if v.Kind == yaml.AliasNode {
+		v = v.Alias
+	}
+	if v == nil || v.Kind != yaml.ScalarNode || isNull(v) {
+		return n
+	}
+	return &yaml.Node{Kind: yaml.SequenceNode, Tag: "!!seq", Line: n.Line, Column: n.Column, Content: []*yaml.Node{n}}
 }
 
 func (w *walker) walkMerge(n *yaml.Node, t reflect.Type, path string) {
@@ -513,8 +574,26 @@ func (w *walker) walkMerge(n *yaml.Node, t reflect.Type, path string) {
 	}
 }
 
-// yamlFields maps the yaml keys of struct type t to their field types.
+// fieldsCache holds yamlFields by type: the walk asks once per mapping.
+var fieldsCache sync.Map // reflect.Type -> schemaFields
+
+type schemaFields struct {
+	types map[string]reflect.Type
+	names []string
+}
+
+// yamlFields maps the yaml keys of struct type t to their field types, and
+// lists the keys in order. The results are shared: do not modify them.
 func yamlFields(t reflect.Type) (map[string]reflect.Type, []string) {
+	if f, ok := fieldsCache.Load(t); ok {
+		return f.(schemaFields).types, f.(schemaFields).names
+	}
+	m, names := structFields(t)
+	fieldsCache.Store(t, schemaFields{m, names})
+	return m, names
+}
+
+func structFields(t reflect.Type) (map[string]reflect.Type, []string) {
 	m := map[string]reflect.Type{}
 	var names []string
 	for f := range t.Fields() {
@@ -539,6 +618,9 @@ func yamlFields(t reflect.Type) (map[string]reflect.Type, []string) {
 func closest(s string, candidates []string) string {
 	best, bestD := "", 3
 	for _, c := range candidates {
+		if len(s) > len(c)+2 || len(c) > len(s)+2 {
+			continue // farther than 2 whatever the letters
+		}
 		if d := editDistance(s, c); d < bestD && d < len(s) {
 			best, bestD = c, d
 		}

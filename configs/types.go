@@ -8,9 +8,61 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"go.yaml.in/yaml/v3"
 )
+
+// maxQuoted is how many bytes of a value a message quotes at most: a value
+// of 20 MB is an error, not something to echo.
+const maxQuoted = 64
+
+// clip returns s, or its first maxQuoted bytes (cut on a character
+// boundary) followed by "…" when it is longer.
+func clip(s string) string { return cut(s, maxQuoted) }
+
+// cut returns s, or its first n bytes (cut on a character boundary)
+// followed by "…" when it is longer.
+func cut(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "…"
+}
+
+// clipped is a string argument of a message: quoted (%q), it shows at most
+// maxQuoted bytes; with other verbs it is printed whole.
+type clipped string
+
+// Format implements fmt.Formatter.
+func (s clipped) Format(f fmt.State, verb rune) {
+	v := string(s)
+	if verb == 'q' {
+		v = clip(v)
+	}
+	fmt.Fprintf(f, fmt.FormatString(f, verb), v)
+}
+
+// clipArgs makes every string argument clipped. Every message of this
+// package quotes the values it echoes with %q, and formats them through
+// errorf, sprintf or an add method, which call clipArgs.
+func clipArgs(args []any) []any {
+	out := make([]any, len(args))
+	for i, a := range args {
+		if s, ok := a.(string); ok {
+			a = clipped(s)
+		}
+		out[i] = a
+	}
+	return out
+}
+
+func errorf(format string, args ...any) error { return fmt.Errorf(format, clipArgs(args)...) }
+
+func sprintf(format string, args ...any) string { return fmt.Sprintf(format, clipArgs(args)...) }
 
 // Duration is a time.Duration written in YAML as a Go duration string
 // ("300ms", "10s", "1h30m"). The bare number 0 is accepted; other bare
@@ -30,14 +82,14 @@ func ParseDuration(s string) (Duration, error) {
 		return 0, nil
 	}
 	if _, err := strconv.ParseFloat(s, 64); err == nil {
-		return 0, fmt.Errorf("duration %q needs a unit, e.g. \"%ss\"", s, s)
+		return 0, errorf("duration %q needs a unit, e.g. %q", s, s+"s")
 	}
 	d, err := time.ParseDuration(s)
 	if err != nil {
-		return 0, fmt.Errorf("invalid duration %q (want e.g. \"300ms\", \"10s\", \"2h\")", s)
+		return 0, errorf("invalid duration %q (want e.g. \"300ms\", \"10s\", \"2h\")", s)
 	}
 	if d < 0 {
-		return 0, fmt.Errorf("duration %q must not be negative", s)
+		return 0, errorf("duration %q must not be negative", s)
 	}
 	return Duration(d), nil
 }
@@ -80,7 +132,7 @@ func ParsePortRange(s string) (PortRange, error) {
 		return PortRange{}, err
 	}
 	if a > b {
-		return PortRange{}, fmt.Errorf("port range %q is reversed", s)
+		return PortRange{}, errorf("port range %q is reversed", s)
 	}
 	return PortRange{From: a, To: b}, nil
 }
@@ -88,10 +140,10 @@ func ParsePortRange(s string) (PortRange, error) {
 func parsePort(p, whole string) (uint16, error) {
 	n, err := strconv.ParseUint(strings.TrimSpace(p), 10, 16)
 	if err != nil {
-		return 0, fmt.Errorf("invalid port or port range %q (want 443 or \"1000-2000\")", whole)
+		return 0, errorf("invalid port or port range %q (want 443 or \"1000-2000\")", whole)
 	}
 	if n == 0 {
-		return 0, fmt.Errorf("port 0 in %q is not a port", whole)
+		return 0, errorf("port 0 in %q is not a port", whole)
 	}
 	return uint16(n), nil
 }
@@ -213,27 +265,57 @@ func (a ListenAddr) AllAddresses() bool {
 func splitHostPort(s string, emptyHostOK bool) (string, uint16, error) {
 	host, port, err := net.SplitHostPort(s)
 	if err != nil {
-		return "", 0, fmt.Errorf("%q is not host:port", s)
+		return "", 0, errorf("%q is not host:port", s)
 	}
 	n, err := strconv.ParseUint(port, 10, 16)
 	if err != nil {
-		return "", 0, fmt.Errorf("%q: invalid port %q", s, port)
+		return "", 0, errorf("%q: invalid port %q", s, port)
 	}
 	switch {
 	case host == "":
 		if !emptyHostOK {
-			return "", 0, fmt.Errorf("%q: missing host", s)
+			return "", 0, errorf("%q: missing host", s)
 		}
 	case strings.Contains(host, ":"):
 		if _, err := netip.ParseAddr(host); err != nil {
-			return "", 0, fmt.Errorf("%q: invalid IPv6 address %q", s, host)
+			return "", 0, errorf("%q: invalid IPv6 address %q", s, host)
 		}
 	default:
-		if _, err := netip.ParseAddr(host); err != nil && !validHostname(host) {
-			return "", 0, fmt.Errorf("%q: invalid host %q", s, host)
+		if _, err := netip.ParseAddr(host); err != nil {
+			if numericHost(host) {
+				return "", 0, errorf("%q: invalid IPv4 address %q", s, host)
+			}
+			if !validHostname(host) {
+				return "", 0, errorf("%q: invalid host %q", s, host)
+			}
 		}
 	}
 	return host, uint16(n), nil
+}
+
+// numericHost reports whether h, which is not an IP literal, can only have
+// been meant as one: its last label is all digits ("999.1.1.1", "10.1"). No
+// top-level domain is numeric, so such a name would be looked up in vain.
+func numericHost(h string) bool {
+	h = strings.TrimSuffix(h, ".")
+	last := h[strings.LastIndexByte(h, '.')+1:]
+	if last == "" {
+		return false
+	}
+	for _, c := range last {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+// validHost reports whether h is an IP literal or a DNS name that can exist.
+func validHost(h string) bool {
+	if _, err := netip.ParseAddr(h); err == nil {
+		return true
+	}
+	return validHostname(h) && !numericHost(h)
 }
 
 // validHostname reports whether h is a plausible DNS name (letters, digits,
@@ -271,7 +353,7 @@ func normalizeDomain(p string) (string, error) {
 	}
 	d = strings.TrimSuffix(d, ".")
 	if !validHostname(d) {
-		return "", fmt.Errorf("invalid domain pattern %q (want \"example.com\", \".example.com\" or \"*.example.com\")", p)
+		return "", errorf("invalid domain pattern %q (want \"example.com\", \".example.com\" or \"*.example.com\")", p)
 	}
 	if suffix {
 		return "." + d, nil

@@ -2,7 +2,9 @@ package configs
 
 import (
 	"fmt"
+	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -39,7 +41,7 @@ func (e *ValidationError) Error() string {
 type problems []string
 
 func (p *problems) add(path, format string, args ...any) {
-	*p = append(*p, path+": "+fmt.Sprintf(format, args...))
+	*p = append(*p, path+": "+sprintf(format, args...))
 }
 
 // oneOf checks an enumerated value.
@@ -90,9 +92,10 @@ func (c *Config) Validate() error {
 	c.validateLAN(&p)
 	c.validateTransparent(&p)
 	c.validateListen(&p)
-	c.validateUpstreams(&p)
-	c.validateGroups(&p)
-	c.validateRules(&p)
+	ix := newNameIndex(c)
+	c.validateUpstreams(&p, ix)
+	c.validateGroups(&p, ix)
+	c.validateRules(&p, ix)
 
 	p.positive("timeouts.dial", c.Timeouts.Dial)
 	p.positive("timeouts.handshake", c.Timeouts.Handshake)
@@ -111,16 +114,40 @@ func (c *Config) Validate() error {
 	if c.Limits.MaxFlows > 0 && c.Limits.MaxFlowsPerSource > c.Limits.MaxFlows {
 		p.add("limits.max_flows_per_source", "exceeds limits.max_flows")
 	}
-	p.oneOf("relay", c.Relay, RelayAuto, RelaySplice, RelayBuffered, RelayKernel)
-	if c.Admin != "" {
-		if _, _, err := splitHostPort(c.Admin, true); err != nil {
-			p.add("admin", "%v", err)
-		}
+	if c.Relay == RelayKernel {
+		p.add("relay", "kernel is no longer available; use auto")
+	} else {
+		p.oneOf("relay", c.Relay, RelayAuto, RelaySplice, RelayBuffered)
 	}
+	c.validateAdmin(&p)
 	if len(p) == 0 {
 		return nil
 	}
 	return &ValidationError{Problems: p}
+}
+
+// validateAdmin checks the admin address, which is listened on as written
+// (no "lan" keyword), and that it is free of socksgate's other listeners.
+func (c *Config) validateAdmin(p *problems) {
+	if c.Admin == "" {
+		return
+	}
+	a, err := ParseListenAddr(c.Admin)
+	switch {
+	case err != nil:
+		p.add("admin", "%v", err)
+		return
+	case a.LAN:
+		p.add("admin", "%q: the lan keyword is for listen.*; write an address, e.g. 127.0.0.1:%d", c.Admin, a.Port)
+		return
+	}
+	others := c.explicitListeners()
+	if tl, ok := c.transparentListener(); ok {
+		others = append(others, tl)
+	}
+	if msg := c.collision(tcpListener{path: "admin", raw: c.Admin, addr: a}, others); msg != "" {
+		p.add("admin", "%s", msg)
+	}
 }
 
 func (c *Config) validateLAN(p *problems) {
@@ -186,8 +213,93 @@ func (c *Config) validateTransparent(p *problems) {
 	p.portRanges("transparent.sniff.ports", t.Sniff.Ports)
 }
 
+// tcpListener is a TCP socket socksgate listens on, as configured.
+type tcpListener struct {
+	path string // listen.http[0], transparent.tcp_port, admin
+	raw  string // the address as written ("" for transparent.tcp_port)
+	addr ListenAddr
+}
+
+// transparentListener is the listener captured TCP is delivered to, on every
+// address ([::]:tcp_port), when there is capture.
+func (c *Config) transparentListener() (tcpListener, bool) {
+	if len(c.LAN.Interfaces) == 0 {
+		return tcpListener{}, false
+	}
+	return tcpListener{path: "transparent.tcp_port", addr: ListenAddr{Port: c.Transparent.TCPPort}}, true
+}
+
+// explicitListeners returns the listen.* addresses that parse, in order.
+func (c *Config) explicitListeners() []tcpListener {
+	var out []tcpListener
+	for _, l := range []struct {
+		key   string
+		addrs AddrList
+	}{{"http", c.Listen.HTTP}, {"socks", c.Listen.SOCKS}, {"mixed", c.Listen.Mixed}} {
+		for i, s := range l.addrs {
+			if a, err := ParseListenAddr(s); err == nil {
+				out = append(out, tcpListener{path: fmt.Sprintf("listen.%s[%d]", l.key, i), raw: s, addr: a})
+			}
+		}
+	}
+	return out
+}
+
+// collides reports whether a and b cannot both be listened on: the same
+// port, and the same address, or one of them every address (Go listens on
+// 0.0.0.0 and [::] alike with one dual-stack socket). "lan" expands to the
+// LAN interfaces' addresses, which are known only at run time: it collides
+// with "lan" and with every address, and with nothing when lanOn is false
+// (it expands to nothing). "localhost" is listened on as 127.0.0.1.
+func collides(a, b ListenAddr, lanOn bool) bool {
+	if a.Port == 0 || a.Port != b.Port {
+		return false
+	}
+	if (a.LAN || b.LAN) && !lanOn {
+		return false
+	}
+	if a.AllAddresses() || b.AllAddresses() {
+		return true
+	}
+	if a.LAN || b.LAN {
+		return a.LAN && b.LAN
+	}
+	return strings.EqualFold(listenHost(a.Host), listenHost(b.Host))
+}
+
+// listenHost is the address a listen host is bound to, as text.
+func listenHost(h string) string {
+	if strings.EqualFold(h, "localhost") {
+		return "127.0.0.1"
+	}
+	if ip, err := netip.ParseAddr(h); err == nil {
+		return ip.Unmap().String()
+	}
+	return h
+}
+
+// collision describes why l cannot listen beside the earlier listeners, or
+// returns "".
+func (c *Config) collision(l tcpListener, earlier []tcpListener) string {
+	lanOn := len(c.LAN.Interfaces) > 0
+	for _, e := range earlier {
+		switch {
+		case !collides(l.addr, e.addr, lanOn):
+		case e.raw == "":
+			return sprintf("port %d is %s", l.addr.Port, e.path)
+		case e.raw == l.raw:
+			return sprintf("%q is already used by %s", l.raw, e.path)
+		default:
+			return sprintf("%q collides with %s (%q): the same port on the same address or on every address",
+				l.raw, e.path, e.raw)
+		}
+	}
+	return ""
+}
+
 func (c *Config) validateListen(p *problems) {
-	used := map[string]string{}
+	tl, capture := c.transparentListener()
+	var earlier []tcpListener
 	for _, l := range []struct {
 		key   string
 		addrs AddrList
@@ -199,16 +311,15 @@ func (c *Config) validateListen(p *problems) {
 				p.add(path, "%v", err)
 				continue
 			}
-			if a.Port != 0 {
-				if prev, dup := used[s]; dup {
-					p.add(path, "%q is already used by %s", s, prev)
-				} else {
-					used[s] = path
-				}
-				if len(c.LAN.Interfaces) > 0 && a.Port == c.Transparent.TCPPort {
-					p.add(path, "port %d is transparent.tcp_port", a.Port)
-				}
+			this := tcpListener{path: path, raw: s, addr: a}
+			against := earlier
+			if capture {
+				against = append(slices.Clip(earlier), tl)
 			}
+			if msg := c.collision(this, against); msg != "" {
+				p.add(path, "%s", msg)
+			}
+			earlier = append(earlier, this)
 		}
 	}
 	seen := map[string]int{}
@@ -261,45 +372,65 @@ func checkName(p *problems, path, name string) {
 	}
 }
 
-func (c *Config) upstreamIndex(name string) int {
+// nameIndex finds upstreams and groups by name (the first of a name), so
+// that validation stays linear in the size of the configuration.
+type nameIndex struct {
+	ups, groups map[string]int
+}
+
+func newNameIndex(c *Config) *nameIndex {
+	ix := &nameIndex{ups: make(map[string]int, len(c.Upstreams)), groups: make(map[string]int, len(c.Groups))}
 	for i := range c.Upstreams {
-		if c.Upstreams[i].Name == name {
-			return i
+		if _, dup := ix.ups[c.Upstreams[i].Name]; !dup {
+			ix.ups[c.Upstreams[i].Name] = i
 		}
 	}
-	return -1
-}
-
-func (c *Config) groupIndex(name string) int {
 	for i := range c.Groups {
-		if c.Groups[i].Name == name {
-			return i
+		if _, dup := ix.groups[c.Groups[i].Name]; !dup {
+			ix.groups[c.Groups[i].Name] = i
 		}
+	}
+	return ix
+}
+
+// upstream returns the index of the first upstream named name, or -1.
+func (ix *nameIndex) upstream(name string) int {
+	if i, ok := ix.ups[name]; ok {
+		return i
 	}
 	return -1
 }
 
-func (c *Config) validateUpstreams(p *problems) {
+// group returns the index of the first group named name, or -1.
+func (ix *nameIndex) group(name string) int {
+	if i, ok := ix.groups[name]; ok {
+		return i
+	}
+	return -1
+}
+
+func (c *Config) validateUpstreams(p *problems, ix *nameIndex) {
 	for i := range c.Upstreams {
 		u := &c.Upstreams[i]
 		path := fmt.Sprintf("upstreams[%d]", i)
 		checkName(p, path+".name", u.Name)
-		if j := c.upstreamIndex(u.Name); u.Name != "" && j < i {
+		if j := ix.upstream(u.Name); u.Name != "" && j < i {
 			p.add(path+".name", "duplicate of upstreams[%d]", j)
 		}
 		validateUpstreamURL(p, path+".url", u)
+		c.validateNotSelf(p, path+".url", u)
 		if u.Via != "" {
 			switch {
 			case u.URL != nil && u.URL.Scheme == SchemeDirect:
 				p.add(path+".via", "a direct upstream cannot have via")
-			case c.upstreamIndex(u.Via) < 0 && c.groupIndex(u.Via) >= 0:
+			case ix.upstream(u.Via) < 0 && ix.group(u.Via) >= 0:
 				p.add(path+".via", "%q is a group; via must name an upstream", u.Via)
-			case c.upstreamIndex(u.Via) < 0:
+			case ix.upstream(u.Via) < 0:
 				p.add(path+".via", "no upstream named %q", u.Via)
 			}
 		}
 	}
-	c.validateViaCycles(p)
+	c.validateViaCycles(p, ix)
 }
 
 func validateUpstreamURL(p *problems, path string, u *Upstream) {
@@ -327,15 +458,13 @@ func validateUpstreamURL(p *problems, path string, u *Upstream) {
 	case url.Hostname() == "":
 		p.add(path, "missing host")
 	case url.Port() == "":
-		p.add(path, "missing port (e.g. %s://%s:1080)", url.Scheme, url.Hostname())
+		p.add(path, "missing port (e.g. %s://%s:1080)", url.Scheme, clip(url.Hostname()))
 	default:
 		if n, err := strconv.ParseUint(url.Port(), 10, 16); err != nil || n == 0 {
 			p.add(path, "invalid port %q", url.Port())
 		}
-		if h := url.Hostname(); !validHostname(h) {
-			if _, err := netip.ParseAddr(h); err != nil {
-				p.add(path, "invalid host %q", h)
-			}
+		if h := url.Hostname(); !validHost(h) {
+			p.add(path, "invalid host %q", h)
 		}
 	}
 	if url.Opaque != "" || (url.Path != "" && url.Path != "/") || url.RawQuery != "" || url.Fragment != "" {
@@ -357,48 +486,131 @@ func validateUpstreamURL(p *problems, path string, u *Upstream) {
 	}
 }
 
-// validateViaCycles reports each via cycle once, at its member listed first.
-func (c *Config) validateViaCycles(p *problems) {
-	for i := range c.Upstreams {
-		start := &c.Upstreams[i]
-		if start.Via == "" || c.upstreamIndex(start.Name) != i {
+// validateNotSelf refuses an upstream that is one of socksgate's own proxy
+// listeners (listen.*, transparent.tcp_port): every flow sent through it
+// would come back in, and go out through it again, without end. It judges
+// what it can see from the file: the upstream's host is the listener's own
+// address, or a loopback address, "localhost" or an unspecified address
+// (connecting to 0.0.0.0 reaches loopback) while the listener is on
+// loopback or every address; and the port is the same. An upstream reached
+// through via is dialed by another proxy, where 127.0.0.1 is that proxy's
+// own host: it is not judged.
+func (c *Config) validateNotSelf(p *problems, path string, u *Upstream) {
+	if u.URL == nil || u.Via != "" || u.URL.Scheme == SchemeDirect {
+		return
+	}
+	host := u.URL.Hostname()
+	port, err := strconv.ParseUint(u.URL.Port(), 10, 16)
+	if err != nil || port == 0 || host == "" {
+		return
+	}
+	own := c.explicitListeners()
+	if tl, ok := c.transparentListener(); ok {
+		own = append(own, tl)
+	}
+	for _, l := range own {
+		if !dialsListener(host, uint16(port), l.addr) {
 			continue
 		}
-		chain := []string{start.Name}
-		onChain := map[int]bool{i: true}
-		minIdx := i
-		cur := start
-		for cur.Via != "" {
-			j := c.upstreamIndex(cur.Via)
-			if j < 0 {
-				break
-			}
-			if j == i {
-				if minIdx == i {
-					chain = append(chain, start.Name)
-					p.add(fmt.Sprintf("upstreams[%d].via", i), "cycle %s", strings.Join(chain, " -> "))
-				}
-				break
-			}
-			if onChain[j] {
-				break // a cycle not through start: reported from its own member
-			}
-			onChain[j] = true
-			minIdx = min(minIdx, j)
-			cur = &c.Upstreams[j]
-			chain = append(chain, cur.Name)
+		where := l.path
+		if l.raw != "" {
+			where = sprintf("%s (%q)", l.path, l.raw)
 		}
+		p.add(path, "%q is socksgate's own %s: every flow through this upstream would come back to socksgate; change the upstream's address or that listener",
+			net.JoinHostPort(host, u.URL.Port()), where)
+		return
 	}
 }
 
-func (c *Config) validateGroups(p *problems) {
+// dialsListener reports whether connecting to host:port from this machine
+// reaches a socket listening on l, as far as the addresses tell.
+func dialsListener(host string, port uint16, l ListenAddr) bool {
+	if l.Port == 0 || l.Port != port || l.LAN {
+		return false // "lan" addresses are known only at run time
+	}
+	localhost := strings.EqualFold(strings.TrimSuffix(host, "."), "localhost")
+	ip, err := netip.ParseAddr(host)
+	isIP := err == nil
+	ip = ip.Unmap()
+	loopback := localhost || isIP && (ip.IsLoopback() || ip.IsUnspecified())
+	if l.AllAddresses() {
+		return loopback
+	}
+	lhost := listenHost(l.Host)
+	lip, err := netip.ParseAddr(lhost)
+	if err != nil {
+		return strings.EqualFold(host, l.Host) // a name listened on: the same name
+	}
+	switch {
+	case isIP && ip == lip:
+		return true
+	case localhost:
+		return lip == netip.AddrFrom4([4]byte{127, 0, 0, 1}) || lip == netip.IPv6Loopback()
+	case isIP && ip.IsUnspecified():
+		// The kernel connects 0.0.0.0 to 127.0.0.1 and :: to ::1.
+		return ip.Is4() && lip == netip.AddrFrom4([4]byte{127, 0, 0, 1}) || ip.Is6() && lip == netip.IPv6Loopback()
+	}
+	return false
+}
+
+// validateViaCycles reports each via cycle once, at its member listed first,
+// the chain starting there. Each upstream has at most one via, so the
+// upstreams form chains that end at one without via or in a cycle: one walk
+// along each, every upstream visited once.
+func (c *Config) validateViaCycles(p *problems, ix *nameIndex) {
+	const (
+		unseen = iota
+		onWalk
+		done
+	)
+	state := make([]uint8, len(c.Upstreams))
+	type cycle struct {
+		first int
+		chain []string
+	}
+	var cycles []cycle
+	var walk []int
+	for i := range c.Upstreams {
+		if state[i] != unseen || ix.upstream(c.Upstreams[i].Name) != i {
+			continue
+		}
+		walk = walk[:0]
+		j := i
+		for j >= 0 && state[j] == unseen {
+			state[j] = onWalk
+			walk = append(walk, j)
+			j = -1
+			if via := c.Upstreams[walk[len(walk)-1]].Via; via != "" {
+				j = ix.upstream(via)
+			}
+		}
+		if j >= 0 && state[j] == onWalk {
+			members := walk[slices.Index(walk, j):]
+			k := slices.Index(members, slices.Min(members))
+			var chain []string
+			for _, m := range slices.Concat(members[k:], members[:k+1]) {
+				chain = append(chain, clip(c.Upstreams[m].Name))
+			}
+			cycles = append(cycles, cycle{members[k], chain})
+		}
+		for _, w := range walk {
+			state[w] = done
+		}
+	}
+	slices.SortFunc(cycles, func(a, b cycle) int { return a.first - b.first })
+	for _, cy := range cycles {
+		p.add(fmt.Sprintf("upstreams[%d].via", cy.first), "cycle %s", strings.Join(cy.chain, " -> "))
+	}
+}
+
+func (c *Config) validateGroups(p *problems, ix *nameIndex) {
 	for i := range c.Groups {
 		g := &c.Groups[i]
 		path := fmt.Sprintf("groups[%d]", i)
 		checkName(p, path+".name", g.Name)
-		if j := c.groupIndex(g.Name); g.Name != "" && j < i {
+		if j := ix.group(g.Name); g.Name != "" && j < i {
 			p.add(path+".name", "duplicate of groups[%d]", j)
-		} else if j := c.upstreamIndex(g.Name); g.Name != "" && j >= 0 {
+		} else if j := ix.upstream(g.Name); g.Name != "" && j >= 0 {
 			p.add(path+".name", "%q is already the name of upstreams[%d]", g.Name, j)
 		}
 		p.oneOf(path+".policy", g.Policy, PolicyFailover, PolicyRoundRobin, PolicyLeastConnections)
@@ -409,8 +621,8 @@ func (c *Config) validateGroups(p *problems) {
 		for j, name := range g.Upstreams {
 			mp := fmt.Sprintf("%s.upstreams[%d]", path, j)
 			switch {
-			case c.upstreamIndex(name) >= 0:
-			case c.groupIndex(name) >= 0:
+			case ix.upstream(name) >= 0:
+			case ix.group(name) >= 0:
 				p.add(mp, "%q is a group; groups hold upstreams only", name)
 			default:
 				p.add(mp, "no upstream named %q", name)
@@ -443,7 +655,7 @@ func (c *Config) validateGroups(p *problems) {
 	}
 }
 
-func (c *Config) validateRules(p *problems) {
+func (c *Config) validateRules(p *problems, ix *nameIndex) {
 	names := map[string]int{}
 	for i := range c.Rules {
 		r := &c.Rules[i]
@@ -474,7 +686,7 @@ func (c *Config) validateRules(p *problems) {
 			switch {
 			case r.Upstream == "":
 				p.add(path+".upstream", "required for action proxy")
-			case c.upstreamIndex(r.Upstream) < 0 && c.groupIndex(r.Upstream) < 0:
+			case ix.upstream(r.Upstream) < 0 && ix.group(r.Upstream) < 0:
 				p.add(path+".upstream", "no upstream or group named %q", r.Upstream)
 			}
 		case ActionDirect, ActionBlock:

@@ -1,6 +1,7 @@
 package configs
 
 import (
+	"cmp"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -8,23 +9,23 @@ import (
 )
 
 // Warnings returns non-fatal findings about a valid configuration, for
-// `socksgate check` and the start-up log: rules that can never match
+// `socksgate check` and the start-up log: deprecated values Parse read as
+// their replacement (relay: kernel), rules that can never match
 // because an earlier rule takes every flow they would match, the implicit
 // default rule, upstreams and groups nothing uses, UDP routed to upstreams
 // without UDP, listeners reachable from every address, and settings that have
 // no effect. Whether the file is readable by others is the daemon's check.
 func (c *Config) Warnings() []string {
-	var w []string
-	add := func(format string, args ...any) { w = append(w, fmt.Sprintf(format, args...)) }
+	w := slices.Clone(c.deprecated)
+	add := func(format string, args ...any) { w = append(w, sprintf(format, args...)) }
 
+	shadows := newShadowIndex(c.Rules)
 	for j := range c.Rules {
-		for i := range j {
-			if covers(&c.Rules[i], &c.Rules[j]) {
-				add("rules[%d] (%q): never matches: every flow it matches is taken first by rules[%d] (%q)",
-					j, c.Rules[j].Name, i, c.Rules[i].Name)
-				break
-			}
+		if i := shadows.coveredBy(j); i >= 0 {
+			add("rules[%d] (%q): never matches: every flow it matches is taken first by rules[%d] (%q)",
+				j, c.Rules[j].Name, i, c.Rules[i].Name)
 		}
+		shadows.add(j)
 		r := &c.Rules[j]
 		if len(r.Protocol) > 0 && !slices.Contains(r.Protocol, ProtocolTCP) &&
 			len(r.Inbound) > 0 && !slices.ContainsFunc(r.Inbound, func(s string) bool { return s != InboundHTTP }) {
@@ -35,7 +36,7 @@ func (c *Config) Warnings() []string {
 		r := &c.Rules[n-1]
 		what := "go direct"
 		if r.Action == ActionProxy {
-			what = fmt.Sprintf("go through upstream %q", r.Upstream)
+			what = sprintf("go through upstream %q", r.Upstream)
 		}
 		if n == 1 {
 			add("rules: none configured; every flow will %s (implicit rule %q)", what, r.Name)
@@ -72,12 +73,24 @@ func (c *Config) Warnings() []string {
 	}
 
 	if c.Transparent.UDP {
+		ups := make(map[string]*Upstream, len(c.Upstreams))
+		for i := range c.Upstreams {
+			if u := &c.Upstreams[i]; ups[u.Name] == nil {
+				ups[u.Name] = u
+			}
+		}
+		groups := make(map[string]*Group, len(c.Groups))
+		for i := range c.Groups {
+			if g := &c.Groups[i]; groups[g.Name] == nil {
+				groups[g.Name] = g
+			}
+		}
 		for i := range c.Rules {
 			r := &c.Rules[i]
 			if r.Action != ActionProxy || (len(r.Protocol) > 0 && !slices.Contains(r.Protocol, ProtocolUDP)) {
 				continue
 			}
-			if lacking := c.withoutUDP(r.Upstream); len(lacking) > 0 {
+			if lacking := withoutUDP(r.Upstream, ups, groups); len(lacking) > 0 {
 				add("rules[%d] (%q): %s cannot carry UDP; UDP flows it matches follow transparent.udp_without_support (%s)",
 					i, r.Name, strings.Join(lacking, ", "), c.Transparent.UDPOverTCPUpstream)
 			}
@@ -118,14 +131,14 @@ func isLoopbackHost(h string) bool {
 
 // withoutUDP names the upstreams behind name (an upstream or a group's
 // members) that cannot carry UDP, quoted.
-func (c *Config) withoutUDP(name string) []string {
+func withoutUDP(name string, ups map[string]*Upstream, groups map[string]*Group) []string {
 	var out []string
 	check := func(n string) {
-		if u := c.Upstream(n); u != nil && !u.SupportsUDP() {
-			out = append(out, fmt.Sprintf("upstream %q", n))
+		if u := ups[n]; u != nil && !u.SupportsUDP() {
+			out = append(out, sprintf("upstream %q", n))
 		}
 	}
-	if g := c.Group(name); g != nil && c.Upstream(name) == nil {
+	if g := groups[name]; g != nil && ups[name] == nil {
 		for _, m := range g.Upstreams {
 			check(m)
 		}
@@ -133,6 +146,165 @@ func (c *Config) withoutUDP(name string) []string {
 	}
 	check(name)
 	return out
+}
+
+// maxShadowChecks bounds the earlier rules compared with each rule when
+// looking for the one that shadows it: a rule with more candidates than that
+// is not reported (the finding is conservative anyway), and checking stays
+// linear in the number of rules.
+const maxShadowChecks = 256
+
+// shadowIndex finds, for each rule, the first earlier rule that covers it,
+// comparing it only with the earlier rules that could: an earlier rule with
+// a dst matcher must hold a prefix containing the rule's first dst prefix;
+// one without dst but with src, a prefix containing its first src prefix;
+// one with neither but with a domain matcher, a pattern matching its first
+// domain; and of the earlier rules with none of those matchers, only the
+// first of each distinct protocol/inbound/ports combination can be first.
+type shadowIndex struct {
+	rules    []Rule
+	dst, src prefixIndex
+	domain   map[string][]int
+	rest     []int
+	restSeen map[string]bool
+}
+
+// prefixIndex lists rules by each prefix of a matcher, and the prefix
+// lengths present per address family.
+type prefixIndex struct {
+	rules map[netip.Prefix][]int
+	lens4 [33]bool
+	lens6 [129]bool
+}
+
+func (x *prefixIndex) add(ps []netip.Prefix, i int) {
+	for _, p := range ps {
+		if !p.IsValid() {
+			continue
+		}
+		p = p.Masked()
+		if l := x.rules[p]; len(l) > 0 && l[len(l)-1] == i {
+			continue
+		}
+		x.rules[p] = append(x.rules[p], i)
+		if p.Addr().Is4() {
+			x.lens4[p.Bits()] = true
+		} else {
+			x.lens6[p.Bits()] = true
+		}
+	}
+}
+
+// containing appends the rules listed under a prefix that contains p.
+func (x *prefixIndex) containing(p netip.Prefix, out [][]int) [][]int {
+	lens := x.lens6[:]
+	if p.Addr().Is4() {
+		lens = x.lens4[:]
+	}
+	for bits := 0; bits <= p.Bits(); bits++ {
+		if !lens[bits] {
+			continue
+		}
+		q, err := p.Addr().Prefix(bits)
+		if err == nil {
+			if l := x.rules[q]; len(l) > 0 {
+				out = append(out, l)
+			}
+		}
+	}
+	return out
+}
+
+func newShadowIndex(rules []Rule) *shadowIndex {
+	return &shadowIndex{
+		rules:    rules,
+		dst:      prefixIndex{rules: map[netip.Prefix][]int{}},
+		src:      prefixIndex{rules: map[netip.Prefix][]int{}},
+		domain:   map[string][]int{},
+		restSeen: map[string]bool{},
+	}
+}
+
+// add makes rule i a candidate for the rules after it.
+func (x *shadowIndex) add(i int) {
+	r := &x.rules[i]
+	switch {
+	case len(r.Dst) > 0:
+		x.dst.add(r.Dst, i)
+	case len(r.Src) > 0:
+		x.src.add(r.Src, i)
+	case len(r.Domain) > 0:
+		for _, d := range r.Domain {
+			n, err := normalizeDomain(d)
+			if err != nil {
+				continue
+			}
+			if l := x.domain[n]; len(l) == 0 || l[len(l)-1] != i {
+				x.domain[n] = append(l, i)
+			}
+		}
+	default:
+		ports := slices.Clone(r.DstPorts)
+		slices.SortFunc(ports, func(a, b PortRange) int { return cmp.Or(cmp.Compare(a.From, b.From), cmp.Compare(a.To, b.To)) })
+		key := fmt.Sprint(sortedSet(r.Protocol), sortedSet(r.Inbound), ports)
+		if !x.restSeen[key] {
+			x.restSeen[key] = true
+			x.rest = append(x.rest, i)
+		}
+	}
+}
+
+func sortedSet(s []string) []string {
+	s = slices.Clone(s)
+	slices.Sort(s)
+	return slices.Compact(s)
+}
+
+// coveredBy returns the first rule added so far that covers rule j, or -1.
+func (x *shadowIndex) coveredBy(j int) int {
+	b := &x.rules[j]
+	var lists [][]int
+	if len(b.Dst) > 0 && b.Dst[0].IsValid() {
+		lists = x.dst.containing(b.Dst[0], lists)
+	}
+	if len(b.Src) > 0 && b.Src[0].IsValid() {
+		lists = x.src.containing(b.Src[0], lists)
+	}
+	if len(b.Domain) > 0 {
+		if bn, err := normalizeDomain(b.Domain[0]); err == nil {
+			base := strings.TrimPrefix(bn, ".")
+			for _, k := range []string{bn, "." + base} {
+				if l := x.domain[k]; len(l) > 0 {
+					lists = append(lists, l)
+				}
+			}
+			for k := strings.IndexByte(base, '.'); k >= 0; {
+				if l := x.domain[base[k:]]; len(l) > 0 {
+					lists = append(lists, l)
+				}
+				next := strings.IndexByte(base[k+1:], '.')
+				if next < 0 {
+					break
+				}
+				k += 1 + next
+			}
+		}
+	}
+	lists = append(lists, x.rest)
+	// Each list is in rule order: the first maxShadowChecks of their union
+	// are among the first maxShadowChecks of each.
+	var cand []int
+	for _, l := range lists {
+		cand = append(cand, l[:min(len(l), maxShadowChecks)]...)
+	}
+	slices.Sort(cand)
+	cand = slices.Compact(cand)
+	for _, i := range cand[:min(len(cand), maxShadowChecks)] {
+		if covers(&x.rules[i], b) {
+			return i
+		}
+	}
+	return -1
 }
 
 // IsCatchAll reports whether the rule matches every flow.

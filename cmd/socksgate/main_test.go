@@ -82,3 +82,11 @@ func TestVersionPrints(t *testing.T) {
 		t.Fatalf("exit %d, out %q", code, out)
 	}
 }
+
+func TestCheckWarnsThatRelayKernelIsAuto(t *testing.T) {
+	p := writeConfig(t, "relay: kernel\n")
+	code, out, errOut := runMain("check", "-c", p)
+	if code != 0 || !strings.Contains(out, `warning: relay: "kernel" is no longer available`) || !strings.Contains(out, "relay: auto") {
+		t.Errorf("check: exit %d\n%s%s", code, out, errOut)
+	}
+}
