@@ -27,6 +27,9 @@ const (
 	DefaultHandshakeTimeout = 10 * time.Second
 	DefaultIdleTimeout      = 2 * time.Minute
 	DefaultMaxHeaderBytes   = 32 << 10
+	// DefaultMaxResponseHeaderBytes caps an origin's response header, as squid's
+	// reply_header_max_size does (64 KB there too); net/http alone would read 10 MiB of it.
+	DefaultMaxResponseHeaderBytes = 64 << 10
 	// Via is the pseudonym this proxy adds to the Via header of requests and responses.
 	Via = "socksgate"
 )
@@ -93,6 +96,9 @@ type Server struct {
 	IdleTimeout time.Duration
 	// MaxHeaderBytes caps a request header; default DefaultMaxHeaderBytes.
 	MaxHeaderBytes int
+	// MaxResponseHeaderBytes caps an origin's response header to a forwarded request (502
+	// beyond it); default DefaultMaxResponseHeaderBytes.
+	MaxResponseHeaderBytes int
 	// ErrorLog receives refusals and failures worth a line (never credentials); nil discards.
 	ErrorLog func(src netip.AddrPort, err error)
 
@@ -243,10 +249,11 @@ func (s *Server) CloseGrace(grace time.Duration) error {
 
 func (s *Server) newTransport(src netip.AddrPort) *http.Transport {
 	tr := &http.Transport{
-		Proxy:                 nil,
-		MaxIdleConnsPerHost:   4,
-		IdleConnTimeout:       30 * time.Second,
-		ExpectContinueTimeout: time.Second,
+		Proxy:                  nil,
+		MaxResponseHeaderBytes: int64(s.maxResponseHeader()),
+		MaxIdleConnsPerHost:    4,
+		IdleConnTimeout:        30 * time.Second,
+		ExpectContinueTimeout:  time.Second,
 		// A proxy passes bodies as they are: no Accept-Encoding of its own, no decoding.
 		DisableCompression: true,
 	}
@@ -417,7 +424,18 @@ func (s *Server) forwardError(w http.ResponseWriter, r *http.Request, err error)
 		panic(http.ErrAbortHandler)
 	}
 	code, msg := Status(err)
+	if strings.Contains(err.Error(), "server response headers exceeded") {
+		// net/http's error for MaxResponseHeaderBytes has no sentinel to test for.
+		msg = fmt.Sprintf("the origin's response header is larger than %d bytes", s.maxResponseHeader())
+	}
 	plainError(w, code, "socksgate: "+msg)
+}
+
+func (s *Server) maxResponseHeader() int {
+	if s.MaxResponseHeaderBytes > 0 {
+		return s.MaxResponseHeaderBytes
+	}
+	return DefaultMaxResponseHeaderBytes
 }
 
 // Status is the HTTP answer for a Tunneler's dial error, and a short reason for the body:

@@ -560,3 +560,67 @@ func TestForwardIdleConnectionsGiveWayToABound(t *testing.T) {
 		t.Fatalf("a standing refusal: %s, want 503", resp.Status)
 	}
 }
+
+// An origin whose response header is larger than the cap gets the client a 502 that says so,
+// and the proxy stops reading at the cap (Go's default would read 10 MiB of it first).
+func TestForwardResponseHeaderTooLarge(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		http.ReadRequest(bufio.NewReader(c))
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nX-Big: ")
+		io.Copy(c, io.LimitReader(neverEnding('a'), 11<<20))
+	}()
+	tun := &countingTunneler{srvTunneler: srvTunneler{backend: ln.Addr().String()}}
+	addr := srvStart(t, &Server{Tunneler: tun})
+	resp, body := srvRoundTrip(t, addr, "GET http://origin.test/ HTTP/1.1\r\nHost: origin.test\r\n\r\n")
+	if resp.StatusCode != http.StatusBadGateway || !strings.HasPrefix(body, "socksgate: ") || !strings.Contains(body, "response header") {
+		t.Fatalf("status %d, body %q; want 502 naming the response header", resp.StatusCode, body)
+
+	}
+	if n := tun.read.Load(); n > 1<<20 {
+		t.Fatalf("the proxy read %d bytes of the origin's header", n)
+	}
+}
+
+// countingTunneler counts the bytes read from its upstream connections.
+type countingTunneler struct {
+	srvTunneler
+	read atomic.Int64
+}
+
+type readCounter struct {
+	net.Conn
+	n *atomic.Int64
+}
+
+func (c readCounter) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+func (ct *countingTunneler) Dial(ctx context.Context, t Target) (net.Conn, error) {
+	c, err := ct.srvTunneler.Dial(ctx, t)
+	if err != nil {
+		return nil, err
+	}
+	return readCounter{c, &ct.read}, nil
+}
+
+type neverEnding byte
+
+func (b neverEnding) Read(p []byte) (int, error) {
+	for i := range p {
+		p[i] = byte(b)
+	}
+	return len(p), nil
+}
