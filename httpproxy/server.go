@@ -142,6 +142,9 @@ func (s *Server) report(src netip.AddrPort, err error) {
 
 type ctxKey struct{}
 
+// bodyKey holds a forwarded request's *idleBody in its context.
+type bodyKey struct{}
+
 // acceptedConn carries the context ServeConn was given to the connection's handlers.
 type acceptedConn struct {
 	net.Conn
@@ -325,7 +328,9 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if r.Body != nil && r.Body != http.NoBody {
-		r.Body = &idleBody{ReadCloser: r.Body, rc: http.NewResponseController(w), idle: s.srv.IdleTimeout}
+		ib := &idleBody{ReadCloser: r.Body, rc: http.NewResponseController(w), idle: s.srv.IdleTimeout}
+		r.Body = ib
+		r = r.WithContext(context.WithValue(r.Context(), bodyKey{}, ib)) // for forwardError
 	}
 	s.proxy.ServeHTTP(keepContentType{w}, r)
 }
@@ -333,15 +338,35 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 // idleBody moves the client connection's read deadline before each read of a forwarded
 // request's body: a client that stops sending in the middle of its body is cut after the idle
 // timeout, as one that stops between requests is (ReadHeaderTimeout covers only the headers).
+//
+// It also keeps the first error reading the body (malformed chunking, the client's timeout or
+// disconnect), so that a forward that fails on it is answered as the client's fault (400) and
+// not as the origin's (502).
 type idleBody struct {
 	io.ReadCloser
 	rc   *http.ResponseController
 	idle time.Duration
+	mu   sync.Mutex
+	err  error
+}
+
+// failure is the first error reading the body, other than its end.
+func (b *idleBody) failure() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.err
 }
 
 func (b *idleBody) Read(p []byte) (int, error) {
 	b.rc.SetReadDeadline(time.Now().Add(b.idle))
 	n, err := b.ReadCloser.Read(p)
+	if err != nil && err != io.EOF {
+		b.mu.Lock()
+		if b.err == nil {
+			b.err = err
+		}
+		b.mu.Unlock()
+	}
 	if err == io.EOF {
 		// The body is complete: the deadline must not outlive it, or net/http's read behind
 		// the handler would end the request while the response still streams. (After a
@@ -422,6 +447,15 @@ func (s *Server) forwardError(w http.ResponseWriter, r *http.Request, err error)
 		// answer. Returning would let net/http answer 200 with an empty body, which a client
 		// still reading would take for the origin's success.
 		panic(http.ErrAbortHandler)
+	}
+	if ib, ok := r.Context().Value(bodyKey{}).(*idleBody); ok {
+		if berr := ib.failure(); berr != nil {
+			// The client's body failed the forward: that is the client's fault. (A client
+			// that stalls mid-body times out on the connection, which cancels the request
+			// above: it gets no answer.)
+			plainError(w, http.StatusBadRequest, "socksgate: malformed request body: "+berr.Error())
+			return
+		}
 	}
 	code, msg := Status(err)
 	if strings.Contains(err.Error(), "server response headers exceeded") {

@@ -624,3 +624,16 @@ func (b neverEnding) Read(p []byte) (int, error) {
 	}
 	return len(p), nil
 }
+
+// A request body the client framed wrongly is the client's fault: 400, not a 502 that blames the
+// origin.
+func TestForwardMalformedChunkedBody(t *testing.T) {
+	b := srvBackend(t)
+	addr := srvStart(t, &Server{Tunneler: &srvTunneler{backend: b.Listener.Addr().String()}})
+	for _, body := range []string{"Z\r\nhello\r\n0\r\n\r\n", "5\r\nhelloXX0\r\n\r\n", "fffffffffffffffff\r\n"} {
+		resp, got := srvRoundTrip(t, addr, "POST http://origin.test/ HTTP/1.1\r\nHost: origin.test\r\nTransfer-Encoding: chunked\r\n\r\n"+body)
+		if resp.StatusCode != http.StatusBadRequest || !strings.HasPrefix(got, "socksgate: ") || !strings.Contains(got, "request body") {
+			t.Errorf("body %q: status %d, body %q; want 400 naming the request body", body, resp.StatusCode, got)
+		}
+	}
+}
