@@ -329,8 +329,13 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if r.Body != nil && r.Body != http.NoBody {
 		ib := &idleBody{ReadCloser: r.Body, rc: http.NewResponseController(w), idle: s.srv.IdleTimeout}
+		// The body is replaced in a copy of the request only. net/http looks at its own
+		// request's body when the response starts: an unanswered Expect: 100-continue body
+		// tells it to close after the response, where any other body would be read (up to
+		// 256 KiB) before the response goes out, holding an origin's early final answer (413)
+		// until the client, waiting for a 100 Continue, sent its body anyway.
+		r = r.WithContext(context.WithValue(r.Context(), bodyKey{}, ib)) // ib for forwardError
 		r.Body = ib
-		r = r.WithContext(context.WithValue(r.Context(), bodyKey{}, ib)) // for forwardError
 	}
 	s.proxy.ServeHTTP(keepContentType{w}, r)
 }

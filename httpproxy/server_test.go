@@ -637,3 +637,31 @@ func TestForwardMalformedChunkedBody(t *testing.T) {
 		}
 	}
 }
+
+// An origin that refuses an Expect: 100-continue upload with a final response (413, no 100
+// Continue) has it relayed at once: the client need not send its body first; the connection
+// then closes.
+func TestForwardEarlyFinalResponseToExpectContinue(t *testing.T) {
+	b := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "too large", http.StatusRequestEntityTooLarge) // without reading the body
+	}))
+	t.Cleanup(b.Close)
+	addr := srvStart(t, &Server{Tunneler: &srvTunneler{backend: b.Listener.Addr().String()}})
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, "PUT http://origin.test/up HTTP/1.1\r\nHost: origin.test\r\nExpect: 100-continue\r\nContent-Length: 10000000\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("no response before the body was sent: %v", err)
+	}
+	if resp.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Fatalf("status %d, want the origin's 413 (a 100 Continue would ask for the body)", resp.StatusCode)
+	}
+	if !resp.Close {
+		t.Fatal("the connection is kept, though the body the client may still send would be read as its next request")
+	}
+}
