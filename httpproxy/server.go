@@ -306,6 +306,12 @@ func addVia(h http.Header, major, minor int) {
 
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	src := addrPortOf(remoteAddr(r))
+	if r.Method != http.MethodConnect && (!r.URL.IsAbs() || r.URL.Host == "") {
+		// Not a proxy request (a browser pointed at the port as at a web server): say what the
+		// port is, before asking for credentials that would not help.
+		plainError(w, http.StatusBadRequest, "socksgate: this port is an HTTP proxy: send absolute-URI requests (GET http://host/path) or CONNECT, not "+r.Method+" "+clipTarget(r.RequestURI))
+		return
+	}
 	if s.Authenticate != nil {
 		user, pass, ok := proxyBasicAuth(r.Header.Get("Proxy-Authorization"))
 		if !ok || !s.Authenticate(user, pass) {
@@ -317,10 +323,6 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if r.Method == http.MethodConnect {
 		s.serveConnect(w, r, src)
-		return
-	}
-	if !r.URL.IsAbs() || r.URL.Host == "" {
-		plainError(w, http.StatusBadRequest, "socksgate is a proxy: send absolute-URI requests (GET http://host/path) or CONNECT, not "+r.Method+" "+clipTarget(r.RequestURI))
 		return
 	}
 	if r.URL.Scheme != "http" && r.URL.Scheme != "https" {
@@ -493,11 +495,21 @@ func Status(err error) (int, string) {
 		return http.StatusServiceUnavailable, err.Error()
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded),
 		errors.As(err, &ne) && ne.Timeout():
-		return http.StatusGatewayTimeout, "upstream timed out: " + err.Error()
+		return http.StatusGatewayTimeout, sayOnce("timed out", err.Error(), "timeout", "timed out", "deadline exceeded")
 	case errors.Is(err, syscall.ECONNREFUSED):
-		return http.StatusBadGateway, "connection refused: " + err.Error()
+		return http.StatusBadGateway, sayOnce("connection refused", err.Error(), "refused")
 	}
 	return http.StatusBadGateway, err.Error()
+}
+
+// sayOnce is reason, led by cause unless reason already says it in one of the words given.
+func sayOnce(cause, reason string, words ...string) string {
+	for _, w := range words {
+		if strings.Contains(reason, w) {
+			return reason
+		}
+	}
+	return cause + ": " + reason
 }
 
 func plainError(w http.ResponseWriter, code int, msg string) {

@@ -256,12 +256,14 @@ func TestErrorStatuses(t *testing.T) {
 		name string
 		err  error
 		want int
+		once string // said once in the body
 	}{
-		{"blocked", fmt.Errorf("rule x: %w", ErrNotAllowed), 403},
-		{"timeout", fmt.Errorf("dial: %w", context.DeadlineExceeded), 504},
-		{"net timeout", &net.OpError{Op: "dial", Err: os.ErrDeadlineExceeded}, 504},
-		{"refused", &net.OpError{Op: "dial", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}, 502},
-		{"upstream refusal", &net.OpError{Op: "http connect", Err: &StatusError{Code: 403, Status: "Forbidden"}}, 502},
+		{"blocked", fmt.Errorf("rule x: %w", ErrNotAllowed), 403, ""},
+		{"timeout", fmt.Errorf("dial: %w", context.DeadlineExceeded), 504, "deadline exceeded"},
+		{"net timeout", &net.OpError{Op: "dial", Err: os.ErrDeadlineExceeded}, 504, "timeout"},
+		{"refused", &net.OpError{Op: "dial", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}, 502, "connection refused"},
+		{"refused, said otherwise", fmt.Errorf("dial: %w", syscall.ECONNREFUSED), 502, "connection refused"},
+		{"upstream refusal", &net.OpError{Op: "http connect", Err: &StatusError{Code: 403, Status: "Forbidden"}}, 502, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -276,6 +278,9 @@ func TestErrorStatuses(t *testing.T) {
 				}
 				if tt.want == 502 && !strings.Contains(body, tt.err.Error()) {
 					t.Fatalf("502 body does not give the reason %q: %s", tt.err, body)
+				}
+				if tt.once != "" && strings.Count(body, tt.once) != 1 {
+					t.Fatalf("the body should say %q once: %q", tt.once, body)
 				}
 			}
 		})
@@ -663,5 +668,15 @@ func TestForwardEarlyFinalResponseToExpectContinue(t *testing.T) {
 	}
 	if !resp.Close {
 		t.Fatal("the connection is kept, though the body the client may still send would be read as its next request")
+	}
+}
+
+// A request that is no proxy request (origin form: a browser pointed at the port as at a web
+// server) is told what the port is, before any credentials are asked for.
+func TestOriginFormBeforeAuthentication(t *testing.T) {
+	addr := srvStart(t, &Server{Tunneler: &srvTunneler{}, Authenticate: Credentials(map[string]string{"alice": "pw"})})
+	resp, body := srvRoundTrip(t, addr, "GET / HTTP/1.1\r\nHost: gw\r\n\r\n")
+	if resp.StatusCode != http.StatusBadRequest || !strings.HasPrefix(body, "socksgate: ") || !strings.Contains(body, "HTTP proxy") {
+		t.Fatalf("status %d, body %q: want 400 saying the port is an HTTP proxy", resp.StatusCode, body)
 	}
 }
