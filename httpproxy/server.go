@@ -180,6 +180,9 @@ func (s *Server) init() {
 		IdleTimeout:       idle,
 		MaxHeaderBytes:    maxHdr,
 		ErrorLog:          log.New(discardOrReport{s}, "", 0),
+		// "OPTIONS *" comes to serveHTTP, which asks for credentials first, instead of being
+		// answered by net/http before any handler sees it.
+		DisableGeneralOptionsHandler: true,
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			if ac, ok := c.(*acceptedConn); ok {
 				// ServeConn's context, keeping what net/http put in its own: without
@@ -306,7 +309,8 @@ func addVia(h http.Header, major, minor int) {
 
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	src := addrPortOf(remoteAddr(r))
-	if r.Method != http.MethodConnect && (!r.URL.IsAbs() || r.URL.Host == "") {
+	asterisk := r.Method == http.MethodOptions && r.RequestURI == "*" // about the proxy itself
+	if r.Method != http.MethodConnect && !asterisk && (!r.URL.IsAbs() || r.URL.Host == "") {
 		// Not a proxy request (a browser pointed at the port as at a web server): say what the
 		// port is, before asking for credentials that would not help.
 		plainError(w, http.StatusBadRequest, "socksgate: this port is an HTTP proxy: send absolute-URI requests (GET http://host/path) or CONNECT, not "+r.Method+" "+clipTarget(r.RequestURI))
@@ -325,9 +329,28 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		s.serveConnect(w, r, src)
 		return
 	}
+	if asterisk {
+		answerOptions(w)
+		return
+	}
 	if r.URL.Scheme != "http" && r.URL.Scheme != "https" {
 		plainError(w, http.StatusBadRequest, "socksgate: unsupported scheme "+strconv.Quote(r.URL.Scheme))
 		return
+	}
+	if r.Method == http.MethodTrace || r.Method == http.MethodOptions {
+		// RFC 9110, section 7.6.2: the recipient that finds Max-Forwards at 0 answers
+		// itself; any other decrements it.
+		if n, ok := maxForwards(r.Header); ok {
+			if n == 0 {
+				if r.Method == http.MethodTrace {
+					answerTrace(w, r)
+				} else {
+					answerOptions(w)
+				}
+				return
+			}
+			r.Header.Set("Max-Forwards", strconv.FormatUint(n-1, 10))
+		}
 	}
 	if r.Body != nil && r.Body != http.NoBody {
 		ib := &idleBody{ReadCloser: r.Body, rc: http.NewResponseController(w), idle: s.srv.IdleTimeout}
@@ -340,6 +363,50 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		r.Body = ib
 	}
 	s.proxy.ServeHTTP(keepContentType{w}, r)
+}
+
+// proxyMethods is what the proxy answers an OPTIONS addressed to itself with: the methods it
+// forwards, and CONNECT.
+const proxyMethods = "CONNECT, DELETE, GET, HEAD, OPTIONS, PATCH, POST, PUT, TRACE"
+
+// answerOptions answers an OPTIONS addressed to the proxy itself ("OPTIONS *", or Max-Forwards
+// at 0) with its own communication options.
+func answerOptions(w http.ResponseWriter) {
+	w.Header().Set("Allow", proxyMethods)
+	w.Header().Set("Content-Length", "0")
+	w.WriteHeader(http.StatusOK)
+}
+
+// answerTrace answers a TRACE that Max-Forwards ends here as squid does: 200 with the request
+// as received, as message/http (RFC 9110, section 9.3.8). The fields that carry credentials are
+// masked, as squid masks Proxy-Authorization: an echo is how a script would read them (cross-site
+// tracing).
+func answerTrace(w http.ResponseWriter, r *http.Request) {
+	h := r.Header.Clone()
+	for _, k := range []string{"Proxy-Authorization", "Authorization", "Cookie"} {
+		if _, ok := h[k]; ok {
+			h[k] = []string{"** not displayed **"}
+		}
+	}
+	var b strings.Builder
+	b.WriteString(r.Method + " " + r.RequestURI + " " + r.Proto + "\r\nHost: " + r.Host + "\r\n")
+	h.Write(&b)
+	b.WriteString("\r\n")
+	w.Header().Set("Content-Type", "message/http")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.Header().Set("Content-Length", strconv.Itoa(b.Len()))
+	w.WriteHeader(http.StatusOK)
+	io.WriteString(w, b.String())
+}
+
+// maxForwards is a request's Max-Forwards, when it has a valid one.
+func maxForwards(h http.Header) (uint64, bool) {
+	v, ok := h["Max-Forwards"]
+	if !ok || len(v) == 0 {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(strings.TrimSpace(v[0]), 10, 32)
+	return n, err == nil
 }
 
 // idleBody moves the client connection's read deadline before each read of a forwarded

@@ -680,3 +680,43 @@ func TestOriginFormBeforeAuthentication(t *testing.T) {
 		t.Fatalf("status %d, body %q: want 400 saying the port is an HTTP proxy", resp.StatusCode, body)
 	}
 }
+
+// TRACE and OPTIONS whose Max-Forwards is 0 are answered by the proxy (TRACE with the request
+// echoed, credentials masked, as squid does); a higher Max-Forwards is decremented on the way.
+// "OPTIONS *" is about the proxy too, and needs credentials like any request.
+func TestMaxForwardsAndOptionsAsterisk(t *testing.T) {
+	b := srvBackend(t)
+	tun := &srvTunneler{backend: b.Listener.Addr().String()}
+	auth := "Proxy-Authorization: Basic " + base64.StdEncoding.EncodeToString([]byte("alice:pw-secret")) + "\r\n"
+	addr := srvStart(t, &Server{Tunneler: tun, Authenticate: Credentials(map[string]string{"alice": "pw-secret"})})
+
+	resp, body := srvRoundTrip(t, addr, "TRACE http://origin.test/x HTTP/1.1\r\nHost: origin.test\r\nMax-Forwards: 0\r\n"+auth+"Cookie: c=secret\r\nX-Test: 1\r\n\r\n")
+	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "message/http" ||
+		!strings.HasPrefix(body, "TRACE http://origin.test/x HTTP/1.1\r\n") || !strings.Contains(body, "X-Test: 1\r\n") {
+		t.Fatalf("TRACE, Max-Forwards 0: %d %v %q", resp.StatusCode, resp.Header, body)
+	}
+	if strings.Contains(body, "secret") || strings.Contains(body, base64.StdEncoding.EncodeToString([]byte("alice:pw-secret"))) {
+		t.Fatalf("TRACE echoed credentials: %q", body)
+	}
+	resp, body = srvRoundTrip(t, addr, "OPTIONS http://origin.test/x HTTP/1.1\r\nHost: origin.test\r\nMax-Forwards: 0\r\n"+auth+"\r\n")
+	if resp.StatusCode != 200 || !strings.Contains(resp.Header.Get("Allow"), "GET") || body != "" {
+		t.Fatalf("OPTIONS, Max-Forwards 0: %d %v %q", resp.StatusCode, resp.Header, body)
+	}
+	if tun.dials != 0 {
+		t.Fatalf("%d dials: a request Max-Forwards ends at the proxy went on", tun.dials)
+	}
+	for _, m := range []string{"TRACE", "OPTIONS"} {
+		resp, body = srvRoundTrip(t, addr, m+" http://origin.test/x HTTP/1.1\r\nHost: origin.test\r\nMax-Forwards: 3\r\n"+auth+"\r\n")
+		if resp.StatusCode != 200 || !strings.Contains(body, "method="+m) || !strings.Contains(body, "Max-Forwards: 2\r\n") {
+			t.Fatalf("%s, Max-Forwards 3: %d %q: want it forwarded with 2", m, resp.StatusCode, body)
+		}
+	}
+	resp, _ = srvRoundTrip(t, addr, "OPTIONS * HTTP/1.1\r\nHost: gw\r\n\r\n")
+	if resp.StatusCode != http.StatusProxyAuthRequired {
+		t.Fatalf("OPTIONS * without credentials: %d, want 407", resp.StatusCode)
+	}
+	resp, _ = srvRoundTrip(t, addr, "OPTIONS * HTTP/1.1\r\nHost: gw\r\n"+auth+"\r\n")
+	if resp.StatusCode != 200 || !strings.Contains(resp.Header.Get("Allow"), "CONNECT") {
+		t.Fatalf("OPTIONS * with credentials: %d %v", resp.StatusCode, resp.Header)
+	}
+}
