@@ -113,7 +113,13 @@ type Server struct {
 // Error kinds reported to ErrorLog.
 var (
 	ErrRefusedSource = errors.New("source not allowed by listen.allow")
-	ErrAuthFailed    = errors.New("proxy authentication failed")
+	// ErrAuthRequired: a request came without credentials and was answered 407 with the
+	// challenge. Browsers and libcurl try without credentials first: this is part of a normal
+	// login, not a failure.
+	ErrAuthRequired = errors.New("proxy credentials required (407 challenge)")
+	// ErrAuthFailed: credentials came and were refused (wrong, or malformed). The error says
+	// why, never with the password.
+	ErrAuthFailed = errors.New("proxy authentication failed")
 )
 
 // Credentials returns an Authenticate function for a fixed user list. Every user is compared,
@@ -317,11 +323,18 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if s.Authenticate != nil {
-		user, pass, ok := proxyBasicAuth(r.Header.Get("Proxy-Authorization"))
-		if !ok || !s.Authenticate(user, pass) {
+		var refused error
+		if h, ok := r.Header["Proxy-Authorization"]; !ok {
+			refused = ErrAuthRequired
+		} else if user, pass, err := proxyBasicAuth(h[0]); err != nil {
+			refused = fmt.Errorf("%w: %w", ErrAuthFailed, err)
+		} else if !s.Authenticate(user, pass) {
+			refused = fmt.Errorf("%w: wrong user name or password (user %q)", ErrAuthFailed, clip(user))
+		}
+		if refused != nil {
+			s.report(src, refused)
 			w.Header().Set("Proxy-Authenticate", `Basic realm="socksgate"`)
 			plainError(w, http.StatusProxyAuthRequired, "socksgate: proxy authentication required")
-			s.report(src, ErrAuthFailed)
 			return
 		}
 	}
@@ -597,18 +610,22 @@ func clipTarget(s string) string {
 	return s
 }
 
-// proxyBasicAuth decodes a Proxy-Authorization: Basic header.
-func proxyBasicAuth(h string) (user, pass string, ok bool) {
-	scheme, cred, found := strings.Cut(h, " ")
-	if !found || !strings.EqualFold(scheme, "Basic") {
-		return "", "", false
+// proxyBasicAuth decodes a Proxy-Authorization: Basic header. Its errors say what is wrong
+// with the header without quoting the credentials.
+func proxyBasicAuth(h string) (user, pass string, err error) {
+	scheme, cred, _ := strings.Cut(strings.TrimSpace(h), " ")
+	if !strings.EqualFold(scheme, "Basic") {
+		return "", "", fmt.Errorf("scheme %q in Proxy-Authorization, want Basic", clip(scheme))
 	}
 	b, err := base64.StdEncoding.DecodeString(strings.TrimSpace(cred))
 	if err != nil {
-		return "", "", false
+		return "", "", errors.New("Proxy-Authorization: Basic credentials are not base64")
 	}
-	user, pass, ok = strings.Cut(string(b), ":")
-	return user, pass, ok
+	user, pass, ok := strings.Cut(string(b), ":")
+	if !ok {
+		return "", "", errors.New("Proxy-Authorization: Basic credentials have no colon between user and password")
+	}
+	return user, pass, nil
 }
 
 // requestTarget is the destination of a CONNECT (authority form, host:port).

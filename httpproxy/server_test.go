@@ -214,24 +214,57 @@ func TestConnectForwardsEarlyBytes(t *testing.T) {
 func TestAuthentication(t *testing.T) {
 	b := srvBackend(t)
 	auth := Credentials(map[string]string{"alice": "pw", "bob": "other"})
-	addr := srvStart(t, &Server{Tunneler: &srvTunneler{backend: b.Listener.Addr().String()}, Authenticate: auth})
+	var mu sync.Mutex
+	var reported []error
+	addr := srvStart(t, &Server{Tunneler: &srvTunneler{backend: b.Listener.Addr().String()}, Authenticate: auth,
+		ErrorLog: func(_ netip.AddrPort, err error) { mu.Lock(); reported = append(reported, err); mu.Unlock() }})
 	basic := func(up string) string {
 		return "Proxy-Authorization: Basic " + base64.StdEncoding.EncodeToString([]byte(up)) + "\r\n"
 	}
+	// What is reported: nothing for a success; ErrAuthRequired (the challenge of a normal
+	// login, which browsers and libcurl start without credentials) apart from ErrAuthFailed,
+	// which says why and never shows the password.
 	tests := []struct {
 		name, header string
 		want         int
+		report       error
+		reason       string
 	}{
-		{"right", basic("alice:pw"), 200},
-		{"second user", basic("bob:other"), 200},
-		{"wrong password", basic("alice:other"), 407},
-		{"password of another user", basic("bob:pw"), 407},
-		{"no colon", basic("alice"), 407},
-		{"not basic", "Proxy-Authorization: Bearer x\r\n", 407},
-		{"none", "", 407},
+		{"right", basic("alice:pw"), 200, nil, ""},
+		{"second user", basic("bob:other"), 200, nil, ""},
+		{"wrong password", basic("alice:other"), 407, ErrAuthFailed, `wrong user name or password (user "alice")`},
+		{"password of another user", basic("bob:pw"), 407, ErrAuthFailed, `(user "bob")`},
+		{"no colon", basic("alice"), 407, ErrAuthFailed, "no colon"},
+		{"not base64", "Proxy-Authorization: Basic !!!\r\n", 407, ErrAuthFailed, "not base64"},
+		{"not basic", "Proxy-Authorization: Bearer x\r\n", 407, ErrAuthFailed, `scheme "Bearer"`},
+		{"none", "", 407, ErrAuthRequired, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			defer func() {
+				mu.Lock()
+				defer mu.Unlock()
+				got := reported
+				reported = nil
+				if tt.report == nil {
+					if len(got) > 0 {
+						t.Fatalf("a success reported %v", got)
+					}
+					return
+				}
+				if len(got) != 2 {
+					t.Fatalf("reported %v, want one for each request", got)
+				}
+				for _, err := range got {
+					if !errors.Is(err, tt.report) || errors.Is(err, ErrAuthRequired) && errors.Is(err, ErrAuthFailed) ||
+						!strings.Contains(err.Error(), tt.reason) {
+						t.Fatalf("reported %q, want %q with %q", err, tt.report, tt.reason)
+					}
+					if strings.Contains(err.Error(), "other") || strings.Contains(err.Error(), "pw") {
+						t.Fatalf("a password in a report: %q", err)
+					}
+				}
+			}()
 			for _, req := range []string{
 				"GET http://origin.test/ HTTP/1.1\r\nHost: origin.test\r\n" + tt.header + "\r\n",
 				"CONNECT origin.test:443 HTTP/1.1\r\nHost: origin.test:443\r\n" + tt.header + "\r\n",

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/socksgate/socksgate/tests/netlab"
 )
@@ -31,5 +32,41 @@ func TestHTTPProxyRelaysEarlyFinalResponseToExpectContinue(t *testing.T) {
 		"-o", "/dev/null", "-w", "%{http_code}", urlFor(netlab.WAN4, "/upload"))
 	if err != nil || out != "413" {
 		t.Fatalf("curl: %v, status %q: want the origin's 413 before any body was sent", err, out)
+	}
+}
+
+// libcurl with --proxy-anyauth asks without credentials first, as browsers do: that normal
+// login logs no warning (the 407 challenge is a debug line); a wrong password is a warning that
+// says why, without the password.
+func TestHTTPProxyLoginChallengeIsNoWarning(t *testing.T) {
+	const user, pass = "alice", "Login-s3cret"
+	tp := netlab.NewTopology(t)
+	serveWeb(t, tp)
+	gw := startSocksgate(t, tp.GW, explicitConfig("socks5://"+netlab.Proxy4+":1080", "  - {action: direct}",
+		"  users: [{username: "+user+", password: "+pass+"}]"))
+	web := urlFor(netlab.WAN4, "/")
+	if out, err := curl(tp.LAN, "--proxy-anyauth", "--proxy-user", user+":"+pass, "-x", explicitHTTP4, web); err != nil || out != pageBody {
+		t.Fatalf("curl --proxy-anyauth: %v: %q", err, out)
+	}
+	if !waitFor(5*time.Second, func() bool { return strings.Contains(gw.Output(), "inbound=http") }) {
+		t.Fatalf("no flow line:\n%s", gw.Output())
+	}
+	if !strings.Contains(gw.Output(), "407 challenge") {
+		t.Errorf("the challenge is not in the debug log:\n%s", gw.Output())
+	}
+	for _, line := range strings.Split(gw.Output(), "\n") {
+		if strings.Contains(line, "inbound=http") && strings.Contains(line, "level=warning") {
+			t.Fatalf("a normal login logged a warning: %s", line)
+		}
+	}
+	curl(tp.LAN, "--proxy-user", user+":wrong-"+pass, "-x", explicitHTTP4, web)
+	if !waitFor(5*time.Second, func() bool {
+		line := lastLine(gw.Output(), "level=warning")
+		return strings.Contains(line, "inbound=http") && strings.Contains(line, `wrong user name or password (user \"alice\")`)
+	}) {
+		t.Fatalf("a wrong password is no warning with its reason:\n%s", gw.Output())
+	}
+	if strings.Contains(gw.Output(), pass) {
+		t.Fatalf("a password in the log:\n%s", gw.Output())
 	}
 }
