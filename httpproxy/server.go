@@ -120,6 +120,10 @@ var (
 	// ErrAuthFailed: credentials came and were refused (wrong, or malformed). The error says
 	// why, never with the password.
 	ErrAuthFailed = errors.New("proxy authentication failed")
+	// ErrServerLog wraps a line net/http's server or ReverseProxy logged: a handler's panic,
+	// a response body an origin broke off. Worth a warning; the line gives the client address
+	// when net/http knows it.
+	ErrServerLog = errors.New("http proxy")
 )
 
 // Credentials returns an Authenticate function for a fixed user list. Every user is compared,
@@ -681,12 +685,15 @@ func addrPortOf(a net.Addr) netip.AddrPort {
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }
 
-// discardOrReport turns net/http's log lines (panics in handlers, copy errors) into ErrorLog
-// calls.
+// discardOrReport turns the log lines of net/http's server and of ReverseProxy (panics in
+// handlers, a response body an origin broke off) into ErrorLog calls, as errors wrapping
+// ErrServerLog. (net/http's Transport has no logger of its own: its few lines, such as
+// "Unsolicited response received on idle HTTP channel", go to the standard log package, which
+// main routes.)
 type discardOrReport struct{ s *Server }
 
 func (d discardOrReport) Write(p []byte) (int, error) {
-	d.s.report(netip.AddrPort{}, errors.New(strings.TrimSpace(string(p))))
+	d.s.report(netip.AddrPort{}, fmt.Errorf("%w: %s", ErrServerLog, strings.TrimSpace(string(p))))
 	return len(p), nil
 }
 

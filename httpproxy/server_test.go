@@ -519,7 +519,10 @@ func TestForwardCutResponseStaysCut(t *testing.T) {
 		c.Close() // a reset, mid-body
 	}))
 	t.Cleanup(b.Close)
-	addr := srvStart(t, &Server{Tunneler: &srvTunneler{backend: b.Listener.Addr().String()}})
+	var mu sync.Mutex
+	var reported []error
+	addr := srvStart(t, &Server{Tunneler: &srvTunneler{backend: b.Listener.Addr().String()},
+		ErrorLog: func(_ netip.AddrPort, err error) { mu.Lock(); reported = append(reported, err); mu.Unlock() }})
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
@@ -534,6 +537,27 @@ func TestForwardCutResponseStaysCut(t *testing.T) {
 	body, err := io.ReadAll(resp.Body)
 	if err == nil {
 		t.Fatalf("a response the origin broke off arrived whole: %q", body)
+	}
+	// ReverseProxy's log line about it reaches ErrorLog, marked as net/http's.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		mu.Lock()
+		var got error
+		all := fmt.Sprint(reported)
+		for _, err := range reported {
+			if strings.Contains(err.Error(), "body copy") {
+				got = err
+			}
+		}
+		mu.Unlock()
+		if got != nil {
+			if !errors.Is(got, ErrServerLog) {
+				t.Fatalf("reported %q, not as ErrServerLog", got)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ReverseProxy's line was not reported: %s", all)
+		}
 	}
 }
 

@@ -3,6 +3,8 @@
 package tests
 
 import (
+	"bufio"
+	"io"
 	"net/http"
 	"strings"
 	"testing"
@@ -68,5 +70,35 @@ func TestHTTPProxyLoginChallengeIsNoWarning(t *testing.T) {
 	}
 	if strings.Contains(gw.Output(), pass) {
 		t.Fatalf("a password in the log:\n%s", gw.Output())
+	}
+}
+
+// An origin that sends bytes on an idle keep-alive connection makes net/http's Transport log a
+// line through the standard log package: it reaches socksgate's log as a formatted warning,
+// not as a bare line on stderr.
+func TestHTTPProxyTransportLogReachesTheLog(t *testing.T) {
+	tp := netlab.NewTopology(t)
+	ln := tp.WAN.Listen("tcp", "[::]:80")
+	done := make(chan struct{})
+	t.Cleanup(func() { close(done); ln.Close() })
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		http.ReadRequest(bufio.NewReader(c))
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n\r\nunasked")
+		<-done
+	}()
+	gw := startSocksgate(t, tp.GW, explicitConfig("socks5://"+netlab.Proxy4+":1080", "  - {action: direct}", ""))
+	if out, err := curl(tp.LAN, "-x", explicitHTTP4, urlFor(netlab.WAN4, "/")); err != nil || out != "ok" {
+		t.Fatalf("curl: %v: %q", err, out)
+	}
+	if !waitFor(5*time.Second, func() bool { return strings.Contains(gw.Output(), "Unsolicited response") }) {
+		t.Fatalf("the Transport logged nothing:\n%s", gw.Output())
+	}
+	if line := lastLine(gw.Output(), "Unsolicited response"); !strings.Contains(line, "level=warning") {
+		t.Fatalf("the Transport's line bypassed the logger: %s", line)
 	}
 }
