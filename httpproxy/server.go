@@ -155,10 +155,23 @@ type ctxKey struct{}
 // bodyKey holds a forwarded request's *idleBody in its context.
 type bodyKey struct{}
 
-// acceptedConn carries the context ServeConn was given to the connection's handlers.
+// framingKey holds a client connection's *framing in its requests' contexts.
+type framingKey struct{}
+
+// acceptedConn carries the context ServeConn was given to the connection's handlers. It shows
+// what net/http reads to the connection's framing scan.
 type acceptedConn struct {
 	net.Conn
 	ctx context.Context
+	fr  framing
+}
+
+func (c *acceptedConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.fr.feed(p[:n])
+	}
+	return n, err
 }
 
 func (s *Server) init() {
@@ -202,6 +215,7 @@ func (s *Server) init() {
 				base := ctx
 				ctx = context.WithValue(ac.ctx, http.ServerContextKey, base.Value(http.ServerContextKey))
 				ctx = context.WithValue(ctx, http.LocalAddrContextKey, base.Value(http.LocalAddrContextKey))
+				ctx = context.WithValue(ctx, framingKey{}, &ac.fr)
 			}
 			tr := s.newTransport(addrPortOf(c.RemoteAddr()))
 			s.mu.Lock()
@@ -319,6 +333,10 @@ func addVia(h http.Header, major, minor int) {
 
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	src := addrPortOf(remoteAddr(r))
+	if fr, ok := r.Context().Value(framingKey{}).(*framing); ok && fr.take() {
+		plainError(w, http.StatusBadRequest, "socksgate: an HTTP/1.0 request with Transfer-Encoding has faulty framing (RFC 9112, section 6.1)")
+		return
+	}
 	asterisk := r.Method == http.MethodOptions && r.RequestURI == "*" // about the proxy itself
 	if r.Method != http.MethodConnect && !asterisk && (!r.URL.IsAbs() || r.URL.Host == "") {
 		// Not a proxy request (a browser pointed at the port as at a web server): say what the

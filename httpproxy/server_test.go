@@ -12,6 +12,7 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -775,5 +776,49 @@ func TestMaxForwardsAndOptionsAsterisk(t *testing.T) {
 	resp, _ = srvRoundTrip(t, addr, "OPTIONS * HTTP/1.1\r\nHost: gw\r\n"+auth+"\r\n")
 	if resp.StatusCode != 200 || !strings.Contains(resp.Header.Get("Allow"), "CONNECT") {
 		t.Fatalf("OPTIONS * with credentials: %d %v", resp.StatusCode, resp.Header)
+	}
+}
+
+// An HTTP/1.0 request with Transfer-Encoding has faulty framing (RFC 9112, section 6.1): 400 and
+// close, never forwarded with its chunked body read as the next request. HTTP/1.0 requests
+// without it, before and after chunked HTTP/1.1 uploads on the same connection, are forwarded.
+func TestHTTP10TransferEncodingIsRefused(t *testing.T) {
+	b := srvBackend(t)
+	tun := &srvTunneler{backend: b.Listener.Addr().String()}
+	addr := srvStart(t, &Server{Tunneler: tun})
+	const smuggled = "GET http://smuggled.test/ HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+	for _, te := range []string{"chunked", "chunked\r\nContent-Length: 5"} {
+		resp, body := srvRoundTrip(t, addr, "POST http://origin.test/ HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: "+te+"\r\n\r\n"+
+			fmt.Sprintf("%x\r\n%s\r\n0\r\n\r\n", len(smuggled), smuggled))
+		if resp.StatusCode != http.StatusBadRequest || !resp.Close || !strings.HasPrefix(body, "socksgate: ") || !strings.Contains(body, "Transfer-Encoding") {
+			t.Fatalf("TE %q: %d close=%v %q: want 400 and close", te, resp.StatusCode, resp.Close, body)
+		}
+	}
+	if tun.dials != 0 {
+		t.Fatalf("forwarded: %+v", tun.targets)
+	}
+
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, "GET http://origin.test/a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"+
+		"POST http://origin.test/b HTTP/1.1\r\nHost: origin.test\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nabc\r\n0\r\nX-Trailer: 1\r\n\r\n"+
+		"POST http://origin.test/c HTTP/1.0\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nhi"+
+		"POST http://origin.test/d HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+	br := bufio.NewReader(c)
+	for _, want := range []string{"200 uri=/a host=origin.test body=0", "200 uri=/b host=origin.test body=3",
+		"200 uri=/c host=origin.test body=2", "400 Transfer-Encoding"} {
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("want %q: %v", want, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		code, rest, _ := strings.Cut(want, " ")
+		if strconv.Itoa(resp.StatusCode) != code || !strings.Contains(string(body), rest) {
+			t.Fatalf("got %d %q, want %q", resp.StatusCode, body, want)
+		}
 	}
 }
