@@ -1,6 +1,7 @@
 package httpproxy
 
 import (
+	"bytes"
 	"context"
 	"crypto/subtle"
 	"encoding/base64"
@@ -159,11 +160,13 @@ type bodyKey struct{}
 type framingKey struct{}
 
 // acceptedConn carries the context ServeConn was given to the connection's handlers. It shows
-// what net/http reads to the connection's framing scan.
+// what net/http reads to the connection's framing scan, and puts socksgate's words into the
+// answers net/http writes by itself to a request it could not parse.
 type acceptedConn struct {
 	net.Conn
 	ctx context.Context
 	fr  framing
+	max int // the request header cap, for the 431's text
 }
 
 func (c *acceptedConn) Read(p []byte) (int, error) {
@@ -172,6 +175,70 @@ func (c *acceptedConn) Read(p []byte) (int, error) {
 		c.fr.feed(p[:n])
 	}
 	return n, err
+}
+
+func (c *acceptedConn) Write(p []byte) (int, error) {
+	if b, ok := rewordServerError(p, c.max); ok {
+		if _, err := c.Conn.Write(b); err != nil {
+			return 0, err
+		}
+		return len(p), nil
+	}
+	return c.Conn.Write(p)
+}
+
+// CloseWrite lets net/http half-close after its 431, so the client reads it before the close.
+func (c *acceptedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
+// serverErrorHeader is what net/http's server writes after the status line of the answer it
+// gives, by itself and in one write, to a request it could not read (400, 431, 501, 505): no
+// response through a handler has its Content-Type right behind the status line and no Date.
+const serverErrorHeader = "\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n"
+
+// rewordServerError rewrites such an answer with a body that starts with "socksgate:" and says
+// what was wrong. Anything else is left alone.
+func rewordServerError(p []byte, maxHeader int) ([]byte, bool) {
+	if len(p) > 1024 || !bytes.HasPrefix(p, []byte("HTTP/1.1 ")) {
+		return nil, false
+	}
+	status, body, ok := strings.Cut(string(p), serverErrorHeader)
+	if !ok || strings.Contains(status, "\r\n") || len(status) < len("HTTP/1.1 400") {
+		return nil, false
+	}
+	code, err := strconv.Atoi(status[len("HTTP/1.1 ") : len("HTTP/1.1 ")+3])
+	if err != nil || code < 400 {
+		return nil, false
+	}
+	// net/http's bodies: "400 Bad Request", "400 Bad Request: missing required Host header".
+	detail := strings.TrimPrefix(body, strconv.Itoa(code)+" "+http.StatusText(code))
+	detail = strings.TrimPrefix(detail, ": ")
+	var msg string
+	switch code {
+	case http.StatusRequestHeaderFieldsTooLarge:
+		msg = fmt.Sprintf("socksgate: the request header is larger than %d bytes", maxHeader)
+	case http.StatusNotImplemented:
+		msg = "socksgate: unsupported transfer encoding (only chunked is)"
+	case http.StatusHTTPVersionNotSupported:
+		msg = "socksgate: unsupported HTTP version (HTTP/1.0 and HTTP/1.1 are)"
+	case http.StatusBadRequest:
+		msg = "socksgate: malformed request"
+		if detail != "" && detail != body {
+			msg += ": " + detail
+		}
+	default:
+		msg = "socksgate: " + strings.ToLower(http.StatusText(code))
+		if detail != "" && detail != body {
+			msg += ": " + detail
+		}
+	}
+	msg += "\r\n"
+	return []byte(fmt.Sprintf("HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s",
+		code, http.StatusText(code), len(msg), msg)), true
 }
 
 func (s *Server) init() {
@@ -254,7 +321,7 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) {
 		return
 	}
 	select {
-	case s.ln.conns <- &acceptedConn{Conn: c, ctx: ctx}:
+	case s.ln.conns <- &acceptedConn{Conn: c, ctx: ctx, max: s.srv.MaxHeaderBytes}:
 	case <-s.ln.done:
 		c.Close()
 	}
