@@ -62,6 +62,9 @@ func FuzzServeConn(f *testing.F) {
 	f.Add([]byte("CONNECT origin.test:443 HTTP/1.1\r\n\r\nxyz"))
 	f.Add([]byte("GET / HTTP/1.0\r\n\r\n"))
 	f.Add([]byte("POST http://o/ HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: chunked\r\n\r\nZ\r\n"))
+	f.Add([]byte("POST http://o/ HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET http://o/ HTTP/1.0\r\n\r\n"))
+	f.Add([]byte("TRACE http://o/ HTTP/1.1\r\nHost: o\r\nMax-Forwards: 0\r\nCookie: x\r\n\r\nOPTIONS * HTTP/1.1\r\nHost: o\r\n\r\n"))
+	f.Add([]byte("GET http://o/ HTTP/1.1\r\n\r\n"))
 	s := &Server{Tunneler: &srvTunneler{err: ErrNotAllowed}, HandshakeTimeout: 100 * time.Millisecond}
 	f.Cleanup(func() { s.CloseGrace(time.Second) })
 	f.Fuzz(func(t *testing.T, in []byte) {
