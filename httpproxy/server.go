@@ -79,7 +79,10 @@ type Tunneler interface {
 // its hop-by-hop header hygiene, over an http.Transport per client connection whose dial is
 // the Tunneler's: routing depends on the client's address, so upstream connections are never
 // shared between clients. Forwarded requests carry no X-Forwarded-For (a LAN client's address
-// is not the internet's business) and get a Via header.
+// is not the internet's business) and get a Via header. An origin's response header is capped
+// (MaxResponseHeaderBytes; 502 beyond it). TRACE and OPTIONS whose Max-Forwards is 0, and
+// "OPTIONS *", are answered by the proxy itself; an HTTP/1.0 request with Transfer-Encoding is
+// refused (400) as faulty framing.
 //
 // Set the fields before the first ServeConn.
 type Server struct {
