@@ -1,6 +1,7 @@
 package httpproxy
 
 import (
+	"bytes"
 	"context"
 	"crypto/subtle"
 	"encoding/base64"
@@ -27,6 +28,9 @@ const (
 	DefaultHandshakeTimeout = 10 * time.Second
 	DefaultIdleTimeout      = 2 * time.Minute
 	DefaultMaxHeaderBytes   = 32 << 10
+	// DefaultMaxResponseHeaderBytes caps an origin's response header, as squid's
+	// reply_header_max_size does (64 KB there too); net/http alone would read 10 MiB of it.
+	DefaultMaxResponseHeaderBytes = 64 << 10
 	// Via is the pseudonym this proxy adds to the Via header of requests and responses.
 	Via = "socksgate"
 )
@@ -75,7 +79,10 @@ type Tunneler interface {
 // its hop-by-hop header hygiene, over an http.Transport per client connection whose dial is
 // the Tunneler's: routing depends on the client's address, so upstream connections are never
 // shared between clients. Forwarded requests carry no X-Forwarded-For (a LAN client's address
-// is not the internet's business) and get a Via header.
+// is not the internet's business) and get a Via header. An origin's response header is capped
+// (MaxResponseHeaderBytes; 502 beyond it). TRACE and OPTIONS whose Max-Forwards is 0, and
+// "OPTIONS *", are answered by the proxy itself; an HTTP/1.0 request with Transfer-Encoding is
+// refused (400) as faulty framing.
 //
 // Set the fields before the first ServeConn.
 type Server struct {
@@ -93,6 +100,9 @@ type Server struct {
 	IdleTimeout time.Duration
 	// MaxHeaderBytes caps a request header; default DefaultMaxHeaderBytes.
 	MaxHeaderBytes int
+	// MaxResponseHeaderBytes caps an origin's response header to a forwarded request (502
+	// beyond it); default DefaultMaxResponseHeaderBytes.
+	MaxResponseHeaderBytes int
 	// ErrorLog receives refusals and failures worth a line (never credentials); nil discards.
 	ErrorLog func(src netip.AddrPort, err error)
 
@@ -107,7 +117,17 @@ type Server struct {
 // Error kinds reported to ErrorLog.
 var (
 	ErrRefusedSource = errors.New("source not allowed by listen.allow")
-	ErrAuthFailed    = errors.New("proxy authentication failed")
+	// ErrAuthRequired: a request came without credentials and was answered 407 with the
+	// challenge. Browsers and libcurl try without credentials first: this is part of a normal
+	// login, not a failure.
+	ErrAuthRequired = errors.New("proxy credentials required (407 challenge)")
+	// ErrAuthFailed: credentials came and were refused (wrong, or malformed). The error says
+	// why, never with the password.
+	ErrAuthFailed = errors.New("proxy authentication failed")
+	// ErrServerLog wraps a line net/http's server or ReverseProxy logged: a handler's panic,
+	// a response body an origin broke off. Worth a warning; the line gives the client address
+	// when net/http knows it.
+	ErrServerLog = errors.New("http proxy")
 )
 
 // Credentials returns an Authenticate function for a fixed user list. Every user is compared,
@@ -136,10 +156,92 @@ func (s *Server) report(src netip.AddrPort, err error) {
 
 type ctxKey struct{}
 
-// acceptedConn carries the context ServeConn was given to the connection's handlers.
+// bodyKey holds a forwarded request's *idleBody in its context.
+type bodyKey struct{}
+
+// framingKey holds a client connection's *framing in its requests' contexts.
+type framingKey struct{}
+
+// acceptedConn carries the context ServeConn was given to the connection's handlers. It shows
+// what net/http reads to the connection's framing scan, and puts socksgate's words into the
+// answers net/http writes by itself to a request it could not parse.
 type acceptedConn struct {
 	net.Conn
 	ctx context.Context
+	fr  framing
+	max int // the request header cap, for the 431's text
+}
+
+func (c *acceptedConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.fr.feed(p[:n])
+	}
+	return n, err
+}
+
+func (c *acceptedConn) Write(p []byte) (int, error) {
+	if b, ok := rewordServerError(p, c.max); ok {
+		if _, err := c.Conn.Write(b); err != nil {
+			return 0, err
+		}
+		return len(p), nil
+	}
+	return c.Conn.Write(p)
+}
+
+// CloseWrite lets net/http half-close after its 431, so the client reads it before the close.
+func (c *acceptedConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
+// serverErrorHeader is what net/http's server writes after the status line of the answer it
+// gives, by itself and in one write, to a request it could not read (400, 431, 501, 505): no
+// response through a handler has its Content-Type right behind the status line and no Date.
+const serverErrorHeader = "\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n"
+
+// rewordServerError rewrites such an answer with a body that starts with "socksgate:" and says
+// what was wrong. Anything else is left alone.
+func rewordServerError(p []byte, maxHeader int) ([]byte, bool) {
+	if len(p) > 1024 || !bytes.HasPrefix(p, []byte("HTTP/1.1 ")) {
+		return nil, false
+	}
+	status, body, ok := strings.Cut(string(p), serverErrorHeader)
+	if !ok || strings.Contains(status, "\r\n") || len(status) < len("HTTP/1.1 400") {
+		return nil, false
+	}
+	code, err := strconv.Atoi(status[len("HTTP/1.1 ") : len("HTTP/1.1 ")+3])
+	if err != nil || code < 400 {
+		return nil, false
+	}
+	// net/http's bodies: "400 Bad Request", "400 Bad Request: missing required Host header".
+	detail := strings.TrimPrefix(body, strconv.Itoa(code)+" "+http.StatusText(code))
+	detail = strings.TrimPrefix(detail, ": ")
+	var msg string
+	switch code {
+	case http.StatusRequestHeaderFieldsTooLarge:
+		msg = fmt.Sprintf("socksgate: the request header is larger than %d bytes", maxHeader)
+	case http.StatusNotImplemented:
+		msg = "socksgate: unsupported transfer encoding (only chunked is)"
+	case http.StatusHTTPVersionNotSupported:
+		msg = "socksgate: unsupported HTTP version (HTTP/1.0 and HTTP/1.1 are)"
+	case http.StatusBadRequest:
+		msg = "socksgate: malformed request"
+		if detail != "" && detail != body {
+			msg += ": " + detail
+		}
+	default:
+		msg = "socksgate: " + strings.ToLower(http.StatusText(code))
+		if detail != "" && detail != body {
+			msg += ": " + detail
+		}
+	}
+	msg += "\r\n"
+	return []byte(fmt.Sprintf("HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s",
+		code, http.StatusText(code), len(msg), msg)), true
 }
 
 func (s *Server) init() {
@@ -171,6 +273,9 @@ func (s *Server) init() {
 		IdleTimeout:       idle,
 		MaxHeaderBytes:    maxHdr,
 		ErrorLog:          log.New(discardOrReport{s}, "", 0),
+		// "OPTIONS *" comes to serveHTTP, which asks for credentials first, instead of being
+		// answered by net/http before any handler sees it.
+		DisableGeneralOptionsHandler: true,
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			if ac, ok := c.(*acceptedConn); ok {
 				// ServeConn's context, keeping what net/http put in its own: without
@@ -180,6 +285,7 @@ func (s *Server) init() {
 				base := ctx
 				ctx = context.WithValue(ac.ctx, http.ServerContextKey, base.Value(http.ServerContextKey))
 				ctx = context.WithValue(ctx, http.LocalAddrContextKey, base.Value(http.LocalAddrContextKey))
+				ctx = context.WithValue(ctx, framingKey{}, &ac.fr)
 			}
 			tr := s.newTransport(addrPortOf(c.RemoteAddr()))
 			s.mu.Lock()
@@ -218,7 +324,7 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) {
 		return
 	}
 	select {
-	case s.ln.conns <- &acceptedConn{Conn: c, ctx: ctx}:
+	case s.ln.conns <- &acceptedConn{Conn: c, ctx: ctx, max: s.srv.MaxHeaderBytes}:
 	case <-s.ln.done:
 		c.Close()
 	}
@@ -243,10 +349,11 @@ func (s *Server) CloseGrace(grace time.Duration) error {
 
 func (s *Server) newTransport(src netip.AddrPort) *http.Transport {
 	tr := &http.Transport{
-		Proxy:                 nil,
-		MaxIdleConnsPerHost:   4,
-		IdleConnTimeout:       30 * time.Second,
-		ExpectContinueTimeout: time.Second,
+		Proxy:                  nil,
+		MaxResponseHeaderBytes: int64(s.maxResponseHeader()),
+		MaxIdleConnsPerHost:    4,
+		IdleConnTimeout:        30 * time.Second,
+		ExpectContinueTimeout:  time.Second,
 		// A proxy passes bodies as they are: no Accept-Encoding of its own, no decoding.
 		DisableCompression: true,
 	}
@@ -296,12 +403,30 @@ func addVia(h http.Header, major, minor int) {
 
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	src := addrPortOf(remoteAddr(r))
+	if fr, ok := r.Context().Value(framingKey{}).(*framing); ok && fr.take() {
+		plainError(w, http.StatusBadRequest, "socksgate: an HTTP/1.0 request with Transfer-Encoding has faulty framing (RFC 9112, section 6.1)")
+		return
+	}
+	asterisk := r.Method == http.MethodOptions && r.RequestURI == "*" // about the proxy itself
+	if r.Method != http.MethodConnect && !asterisk && (!r.URL.IsAbs() || r.URL.Host == "") {
+		// Not a proxy request (a browser pointed at the port as at a web server): say what the
+		// port is, before asking for credentials that would not help.
+		plainError(w, http.StatusBadRequest, "socksgate: this port is an HTTP proxy: send absolute-URI requests (GET http://host/path) or CONNECT, not "+r.Method+" "+clipTarget(r.RequestURI))
+		return
+	}
 	if s.Authenticate != nil {
-		user, pass, ok := proxyBasicAuth(r.Header.Get("Proxy-Authorization"))
-		if !ok || !s.Authenticate(user, pass) {
+		var refused error
+		if h, ok := r.Header["Proxy-Authorization"]; !ok {
+			refused = ErrAuthRequired
+		} else if user, pass, err := proxyBasicAuth(h[0]); err != nil {
+			refused = fmt.Errorf("%w: %w", ErrAuthFailed, err)
+		} else if !s.Authenticate(user, pass) {
+			refused = fmt.Errorf("%w: wrong user name or password (user %q)", ErrAuthFailed, clip(user))
+		}
+		if refused != nil {
+			s.report(src, refused)
 			w.Header().Set("Proxy-Authenticate", `Basic realm="socksgate"`)
 			plainError(w, http.StatusProxyAuthRequired, "socksgate: proxy authentication required")
-			s.report(src, ErrAuthFailed)
 			return
 		}
 	}
@@ -309,32 +434,118 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		s.serveConnect(w, r, src)
 		return
 	}
-	if !r.URL.IsAbs() || r.URL.Host == "" {
-		plainError(w, http.StatusBadRequest, "socksgate is a proxy: send absolute-URI requests (GET http://host/path) or CONNECT, not "+r.Method+" "+clipTarget(r.RequestURI))
+	if asterisk {
+		answerOptions(w)
 		return
 	}
 	if r.URL.Scheme != "http" && r.URL.Scheme != "https" {
 		plainError(w, http.StatusBadRequest, "socksgate: unsupported scheme "+strconv.Quote(r.URL.Scheme))
 		return
 	}
+	if r.Method == http.MethodTrace || r.Method == http.MethodOptions {
+		// RFC 9110, section 7.6.2: the recipient that finds Max-Forwards at 0 answers
+		// itself; any other decrements it.
+		if n, ok := maxForwards(r.Header); ok {
+			if n == 0 {
+				if r.Method == http.MethodTrace {
+					answerTrace(w, r)
+				} else {
+					answerOptions(w)
+				}
+				return
+			}
+			r.Header.Set("Max-Forwards", strconv.FormatUint(n-1, 10))
+		}
+	}
 	if r.Body != nil && r.Body != http.NoBody {
-		r.Body = &idleBody{ReadCloser: r.Body, rc: http.NewResponseController(w), idle: s.srv.IdleTimeout}
+		ib := &idleBody{ReadCloser: r.Body, rc: http.NewResponseController(w), idle: s.srv.IdleTimeout}
+		// The body is replaced in a copy of the request only. net/http looks at its own
+		// request's body when the response starts: an unanswered Expect: 100-continue body
+		// tells it to close after the response, where any other body would be read (up to
+		// 256 KiB) before the response goes out, holding an origin's early final answer (413)
+		// until the client, waiting for a 100 Continue, sent its body anyway.
+		r = r.WithContext(context.WithValue(r.Context(), bodyKey{}, ib)) // ib for forwardError
+		r.Body = ib
 	}
 	s.proxy.ServeHTTP(keepContentType{w}, r)
+}
+
+// proxyMethods is what the proxy answers an OPTIONS addressed to itself with: the methods it
+// forwards, and CONNECT.
+const proxyMethods = "CONNECT, DELETE, GET, HEAD, OPTIONS, PATCH, POST, PUT, TRACE"
+
+// answerOptions answers an OPTIONS addressed to the proxy itself ("OPTIONS *", or Max-Forwards
+// at 0) with its own communication options.
+func answerOptions(w http.ResponseWriter) {
+	w.Header().Set("Allow", proxyMethods)
+	w.Header().Set("Content-Length", "0")
+	w.WriteHeader(http.StatusOK)
+}
+
+// answerTrace answers a TRACE that Max-Forwards ends here as squid does: 200 with the request
+// as received, as message/http (RFC 9110, section 9.3.8). The fields that carry credentials are
+// masked, as squid masks Proxy-Authorization: an echo is how a script would read them (cross-site
+// tracing).
+func answerTrace(w http.ResponseWriter, r *http.Request) {
+	h := r.Header.Clone()
+	for _, k := range []string{"Proxy-Authorization", "Authorization", "Cookie"} {
+		if _, ok := h[k]; ok {
+			h[k] = []string{"** not displayed **"}
+		}
+	}
+	var b strings.Builder
+	b.WriteString(r.Method + " " + r.RequestURI + " " + r.Proto + "\r\nHost: " + r.Host + "\r\n")
+	h.Write(&b)
+	b.WriteString("\r\n")
+	w.Header().Set("Content-Type", "message/http")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.Header().Set("Content-Length", strconv.Itoa(b.Len()))
+	w.WriteHeader(http.StatusOK)
+	io.WriteString(w, b.String())
+}
+
+// maxForwards is a request's Max-Forwards, when it has a valid one.
+func maxForwards(h http.Header) (uint64, bool) {
+	v, ok := h["Max-Forwards"]
+	if !ok || len(v) == 0 {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(strings.TrimSpace(v[0]), 10, 32)
+	return n, err == nil
 }
 
 // idleBody moves the client connection's read deadline before each read of a forwarded
 // request's body: a client that stops sending in the middle of its body is cut after the idle
 // timeout, as one that stops between requests is (ReadHeaderTimeout covers only the headers).
+//
+// It also keeps the first error reading the body (malformed chunking, the client's timeout or
+// disconnect), so that a forward that fails on it is answered as the client's fault (400) and
+// not as the origin's (502).
 type idleBody struct {
 	io.ReadCloser
 	rc   *http.ResponseController
 	idle time.Duration
+	mu   sync.Mutex
+	err  error
+}
+
+// failure is the first error reading the body, other than its end.
+func (b *idleBody) failure() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.err
 }
 
 func (b *idleBody) Read(p []byte) (int, error) {
 	b.rc.SetReadDeadline(time.Now().Add(b.idle))
 	n, err := b.ReadCloser.Read(p)
+	if err != nil && err != io.EOF {
+		b.mu.Lock()
+		if b.err == nil {
+			b.err = err
+		}
+		b.mu.Unlock()
+	}
 	if err == io.EOF {
 		// The body is complete: the deadline must not outlive it, or net/http's read behind
 		// the handler would end the request while the response still streams. (After a
@@ -416,8 +627,28 @@ func (s *Server) forwardError(w http.ResponseWriter, r *http.Request, err error)
 		// still reading would take for the origin's success.
 		panic(http.ErrAbortHandler)
 	}
+	if ib, ok := r.Context().Value(bodyKey{}).(*idleBody); ok {
+		if berr := ib.failure(); berr != nil {
+			// The client's body failed the forward: that is the client's fault. (A client
+			// that stalls mid-body times out on the connection, which cancels the request
+			// above: it gets no answer.)
+			plainError(w, http.StatusBadRequest, "socksgate: malformed request body: "+berr.Error())
+			return
+		}
+	}
 	code, msg := Status(err)
+	if strings.Contains(err.Error(), "server response headers exceeded") {
+		// net/http's error for MaxResponseHeaderBytes has no sentinel to test for.
+		msg = fmt.Sprintf("the origin's response header is larger than %d bytes", s.maxResponseHeader())
+	}
 	plainError(w, code, "socksgate: "+msg)
+}
+
+func (s *Server) maxResponseHeader() int {
+	if s.MaxResponseHeaderBytes > 0 {
+		return s.MaxResponseHeaderBytes
+	}
+	return DefaultMaxResponseHeaderBytes
 }
 
 // Status is the HTTP answer for a Tunneler's dial error, and a short reason for the body:
@@ -436,11 +667,21 @@ func Status(err error) (int, string) {
 		return http.StatusServiceUnavailable, err.Error()
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded),
 		errors.As(err, &ne) && ne.Timeout():
-		return http.StatusGatewayTimeout, "upstream timed out: " + err.Error()
+		return http.StatusGatewayTimeout, sayOnce("timed out", err.Error(), "timeout", "timed out", "deadline exceeded")
 	case errors.Is(err, syscall.ECONNREFUSED):
-		return http.StatusBadGateway, "connection refused: " + err.Error()
+		return http.StatusBadGateway, sayOnce("connection refused", err.Error(), "refused")
 	}
 	return http.StatusBadGateway, err.Error()
+}
+
+// sayOnce is reason, led by cause unless reason already says it in one of the words given.
+func sayOnce(cause, reason string, words ...string) string {
+	for _, w := range words {
+		if strings.Contains(reason, w) {
+			return reason
+		}
+	}
+	return cause + ": " + reason
 }
 
 func plainError(w http.ResponseWriter, code int, msg string) {
@@ -461,18 +702,22 @@ func clipTarget(s string) string {
 	return s
 }
 
-// proxyBasicAuth decodes a Proxy-Authorization: Basic header.
-func proxyBasicAuth(h string) (user, pass string, ok bool) {
-	scheme, cred, found := strings.Cut(h, " ")
-	if !found || !strings.EqualFold(scheme, "Basic") {
-		return "", "", false
+// proxyBasicAuth decodes a Proxy-Authorization: Basic header. Its errors say what is wrong
+// with the header without quoting the credentials.
+func proxyBasicAuth(h string) (user, pass string, err error) {
+	scheme, cred, _ := strings.Cut(strings.TrimSpace(h), " ")
+	if !strings.EqualFold(scheme, "Basic") {
+		return "", "", fmt.Errorf("scheme %q in Proxy-Authorization, want Basic", clip(scheme))
 	}
 	b, err := base64.StdEncoding.DecodeString(strings.TrimSpace(cred))
 	if err != nil {
-		return "", "", false
+		return "", "", errors.New("Proxy-Authorization: Basic credentials are not base64")
 	}
-	user, pass, ok = strings.Cut(string(b), ":")
-	return user, pass, ok
+	user, pass, ok := strings.Cut(string(b), ":")
+	if !ok {
+		return "", "", errors.New("Proxy-Authorization: Basic credentials have no colon between user and password")
+	}
+	return user, pass, nil
 }
 
 // requestTarget is the destination of a CONNECT (authority form, host:port).
@@ -528,12 +773,15 @@ func addrPortOf(a net.Addr) netip.AddrPort {
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }
 
-// discardOrReport turns net/http's log lines (panics in handlers, copy errors) into ErrorLog
-// calls.
+// discardOrReport turns the log lines of net/http's server and of ReverseProxy (panics in
+// handlers, a response body an origin broke off) into ErrorLog calls, as errors wrapping
+// ErrServerLog. (net/http's Transport has no logger of its own: its few lines, such as
+// "Unsolicited response received on idle HTTP channel", go to the standard log package, which
+// main routes.)
 type discardOrReport struct{ s *Server }
 
 func (d discardOrReport) Write(p []byte) (int, error) {
-	d.s.report(netip.AddrPort{}, errors.New(strings.TrimSpace(string(p))))
+	d.s.report(netip.AddrPort{}, fmt.Errorf("%w: %s", ErrServerLog, strings.TrimSpace(string(p))))
 	return len(p), nil
 }
 

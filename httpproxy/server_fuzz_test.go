@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -61,6 +62,9 @@ func FuzzServeConn(f *testing.F) {
 	f.Add([]byte("CONNECT origin.test:443 HTTP/1.1\r\n\r\nxyz"))
 	f.Add([]byte("GET / HTTP/1.0\r\n\r\n"))
 	f.Add([]byte("POST http://o/ HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: chunked\r\n\r\nZ\r\n"))
+	f.Add([]byte("POST http://o/ HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET http://o/ HTTP/1.0\r\n\r\n"))
+	f.Add([]byte("TRACE http://o/ HTTP/1.1\r\nHost: o\r\nMax-Forwards: 0\r\nCookie: x\r\n\r\nOPTIONS * HTTP/1.1\r\nHost: o\r\n\r\n"))
+	f.Add([]byte("GET http://o/ HTTP/1.1\r\n\r\n"))
 	s := &Server{Tunneler: &srvTunneler{err: ErrNotAllowed}, HandshakeTimeout: 100 * time.Millisecond}
 	f.Cleanup(func() { s.CloseGrace(time.Second) })
 	f.Fuzz(func(t *testing.T, in []byte) {
@@ -70,5 +74,36 @@ func FuzzServeConn(f *testing.F) {
 		client.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
 		io.Copy(io.Discard, client)
 		client.Close()
+	})
+}
+
+// FuzzFraming runs the framing scan over arbitrary client bytes: it never panics, and the
+// verdicts do not depend on how the bytes were split into reads.
+func FuzzFraming(f *testing.F) {
+	for _, s := range []string{
+		"POST http://o/ HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+		"GET http://o/a HTTP/1.0\r\nConnection: keep-alive\r\n\r\nPOST http://o/b HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: chunked\r\n\r\n3;x\r\nabc\r\n0\r\nT: 1\r\n\r\nGET http://o/c HTTP/1.0\r\nTransfer-Encoding: x\r\n\r\n",
+		"\r\n\r\nPOST http://o/ HTTP/1.1\r\nHost: o\r\nContent-Length: 3\r\n\r\nabcGET http://o/ HTTP/1.0\r\nTE: x\r\n\r\n",
+		"POST http://o/ HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+		"CONNECT o:443 HTTP/1.1\r\n\r\nGET http://o/ HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+	} {
+		f.Add([]byte(s), uint8(3))
+	}
+	f.Fuzz(func(t *testing.T, in []byte, step uint8) {
+		var whole, split framing
+		whole.feed(in)
+		n := int(step%16) + 1
+		for p := in; len(p) > 0; {
+			k := min(n, len(p))
+			split.feed(p[:k])
+			p = p[k:]
+		}
+		var a, b []bool
+		for len(whole.verdicts) > 0 || len(split.verdicts) > 0 {
+			a, b = append(a, whole.take()), append(b, split.take())
+		}
+		if fmt.Sprint(a) != fmt.Sprint(b) || whole.state != split.state {
+			t.Fatalf("verdicts %v (state %d) in one read, %v (state %d) in reads of %d", a, whole.state, b, split.state, n)
+		}
 	})
 }

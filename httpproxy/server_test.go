@@ -12,6 +12,7 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -214,24 +215,57 @@ func TestConnectForwardsEarlyBytes(t *testing.T) {
 func TestAuthentication(t *testing.T) {
 	b := srvBackend(t)
 	auth := Credentials(map[string]string{"alice": "pw", "bob": "other"})
-	addr := srvStart(t, &Server{Tunneler: &srvTunneler{backend: b.Listener.Addr().String()}, Authenticate: auth})
+	var mu sync.Mutex
+	var reported []error
+	addr := srvStart(t, &Server{Tunneler: &srvTunneler{backend: b.Listener.Addr().String()}, Authenticate: auth,
+		ErrorLog: func(_ netip.AddrPort, err error) { mu.Lock(); reported = append(reported, err); mu.Unlock() }})
 	basic := func(up string) string {
 		return "Proxy-Authorization: Basic " + base64.StdEncoding.EncodeToString([]byte(up)) + "\r\n"
 	}
+	// What is reported: nothing for a success; ErrAuthRequired (the challenge of a normal
+	// login, which browsers and libcurl start without credentials) apart from ErrAuthFailed,
+	// which says why and never shows the password.
 	tests := []struct {
 		name, header string
 		want         int
+		report       error
+		reason       string
 	}{
-		{"right", basic("alice:pw"), 200},
-		{"second user", basic("bob:other"), 200},
-		{"wrong password", basic("alice:other"), 407},
-		{"password of another user", basic("bob:pw"), 407},
-		{"no colon", basic("alice"), 407},
-		{"not basic", "Proxy-Authorization: Bearer x\r\n", 407},
-		{"none", "", 407},
+		{"right", basic("alice:pw"), 200, nil, ""},
+		{"second user", basic("bob:other"), 200, nil, ""},
+		{"wrong password", basic("alice:other"), 407, ErrAuthFailed, `wrong user name or password (user "alice")`},
+		{"password of another user", basic("bob:pw"), 407, ErrAuthFailed, `(user "bob")`},
+		{"no colon", basic("alice"), 407, ErrAuthFailed, "no colon"},
+		{"not base64", "Proxy-Authorization: Basic !!!\r\n", 407, ErrAuthFailed, "not base64"},
+		{"not basic", "Proxy-Authorization: Bearer x\r\n", 407, ErrAuthFailed, `scheme "Bearer"`},
+		{"none", "", 407, ErrAuthRequired, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			defer func() {
+				mu.Lock()
+				defer mu.Unlock()
+				got := reported
+				reported = nil
+				if tt.report == nil {
+					if len(got) > 0 {
+						t.Fatalf("a success reported %v", got)
+					}
+					return
+				}
+				if len(got) != 2 {
+					t.Fatalf("reported %v, want one for each request", got)
+				}
+				for _, err := range got {
+					if !errors.Is(err, tt.report) || errors.Is(err, ErrAuthRequired) && errors.Is(err, ErrAuthFailed) ||
+						!strings.Contains(err.Error(), tt.reason) {
+						t.Fatalf("reported %q, want %q with %q", err, tt.report, tt.reason)
+					}
+					if strings.Contains(err.Error(), "other") || strings.Contains(err.Error(), "pw") {
+						t.Fatalf("a password in a report: %q", err)
+					}
+				}
+			}()
 			for _, req := range []string{
 				"GET http://origin.test/ HTTP/1.1\r\nHost: origin.test\r\n" + tt.header + "\r\n",
 				"CONNECT origin.test:443 HTTP/1.1\r\nHost: origin.test:443\r\n" + tt.header + "\r\n",
@@ -256,12 +290,14 @@ func TestErrorStatuses(t *testing.T) {
 		name string
 		err  error
 		want int
+		once string // said once in the body
 	}{
-		{"blocked", fmt.Errorf("rule x: %w", ErrNotAllowed), 403},
-		{"timeout", fmt.Errorf("dial: %w", context.DeadlineExceeded), 504},
-		{"net timeout", &net.OpError{Op: "dial", Err: os.ErrDeadlineExceeded}, 504},
-		{"refused", &net.OpError{Op: "dial", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}, 502},
-		{"upstream refusal", &net.OpError{Op: "http connect", Err: &StatusError{Code: 403, Status: "Forbidden"}}, 502},
+		{"blocked", fmt.Errorf("rule x: %w", ErrNotAllowed), 403, ""},
+		{"timeout", fmt.Errorf("dial: %w", context.DeadlineExceeded), 504, "deadline exceeded"},
+		{"net timeout", &net.OpError{Op: "dial", Err: os.ErrDeadlineExceeded}, 504, "timeout"},
+		{"refused", &net.OpError{Op: "dial", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}, 502, "connection refused"},
+		{"refused, said otherwise", fmt.Errorf("dial: %w", syscall.ECONNREFUSED), 502, "connection refused"},
+		{"upstream refusal", &net.OpError{Op: "http connect", Err: &StatusError{Code: 403, Status: "Forbidden"}}, 502, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -277,6 +313,9 @@ func TestErrorStatuses(t *testing.T) {
 				if tt.want == 502 && !strings.Contains(body, tt.err.Error()) {
 					t.Fatalf("502 body does not give the reason %q: %s", tt.err, body)
 				}
+				if tt.once != "" && strings.Count(body, tt.once) != 1 {
+					t.Fatalf("the body should say %q once: %q", tt.once, body)
+				}
 			}
 		})
 	}
@@ -290,15 +329,19 @@ func TestMalformedRequests(t *testing.T) {
 		body      string
 	}{
 		{"origin form", "GET / HTTP/1.1\r\nHost: gw\r\n\r\n", 400, "absolute-URI"},
-		{"garbage", "HELLO\r\n\r\n", 400, ""},
+		{"garbage", "HELLO\r\n\r\n", 400, "malformed request"},
+		{"no host", "GET http://origin.test/ HTTP/1.1\r\n\r\n", 400, "malformed request: missing required Host header"},
 		{"connect without port", "CONNECT origin.test HTTP/1.1\r\nHost: origin.test\r\n\r\n", 400, "host:port"},
 		{"unsupported scheme", "GET ftp://origin.test/ HTTP/1.1\r\nHost: origin.test\r\n\r\n", 400, "scheme"},
-		{"header too large", "GET http://origin.test/ HTTP/1.1\r\nHost: origin.test\r\nX-Big: " + strings.Repeat("a", 8<<10) + "\r\n\r\n", 431, ""},
+		{"unsupported transfer encoding", "POST http://origin.test/ HTTP/1.1\r\nHost: origin.test\r\nTransfer-Encoding: gzip\r\n\r\n", 501, "transfer encoding"},
+		{"unsupported version", "GET http://origin.test/ HTTP/2.5\r\nHost: origin.test\r\n\r\n", 505, "HTTP version"},
+		{"header too large", "GET http://origin.test/ HTTP/1.1\r\nHost: origin.test\r\nX-Big: " + strings.Repeat("a", 8<<10) + "\r\n\r\n", 431, "larger than 1024 bytes"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			resp, body := srvRoundTrip(t, addr, tt.raw)
-			if resp.StatusCode != tt.want || !strings.Contains(body, tt.body) {
+			// Every answer socksgate gives says it is socksgate's, net/http's own included.
+			if resp.StatusCode != tt.want || !strings.HasPrefix(body, "socksgate: ") || !strings.Contains(body, tt.body) {
 				t.Fatalf("status %d, want %d; body %q", resp.StatusCode, tt.want, body)
 			}
 		})
@@ -481,7 +524,10 @@ func TestForwardCutResponseStaysCut(t *testing.T) {
 		c.Close() // a reset, mid-body
 	}))
 	t.Cleanup(b.Close)
-	addr := srvStart(t, &Server{Tunneler: &srvTunneler{backend: b.Listener.Addr().String()}})
+	var mu sync.Mutex
+	var reported []error
+	addr := srvStart(t, &Server{Tunneler: &srvTunneler{backend: b.Listener.Addr().String()},
+		ErrorLog: func(_ netip.AddrPort, err error) { mu.Lock(); reported = append(reported, err); mu.Unlock() }})
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
@@ -496,6 +542,27 @@ func TestForwardCutResponseStaysCut(t *testing.T) {
 	body, err := io.ReadAll(resp.Body)
 	if err == nil {
 		t.Fatalf("a response the origin broke off arrived whole: %q", body)
+	}
+	// ReverseProxy's log line about it reaches ErrorLog, marked as net/http's.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		mu.Lock()
+		var got error
+		all := fmt.Sprint(reported)
+		for _, err := range reported {
+			if strings.Contains(err.Error(), "body copy") {
+				got = err
+			}
+		}
+		mu.Unlock()
+		if got != nil {
+			if !errors.Is(got, ErrServerLog) {
+				t.Fatalf("reported %q, not as ErrServerLog", got)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ReverseProxy's line was not reported: %s", all)
+		}
 	}
 }
 
@@ -558,5 +625,204 @@ func TestForwardIdleConnectionsGiveWayToABound(t *testing.T) {
 	resp, _ := srvRoundTrip(t, addr, "GET http://three.test/ HTTP/1.1\r\nHost: three.test\r\n\r\n")
 	if resp.StatusCode != http.StatusServiceUnavailable {
 		t.Fatalf("a standing refusal: %s, want 503", resp.Status)
+	}
+}
+
+// An origin whose response header is larger than the cap gets the client a 502 that says so,
+// and the proxy stops reading at the cap (Go's default would read 10 MiB of it first).
+func TestForwardResponseHeaderTooLarge(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		http.ReadRequest(bufio.NewReader(c))
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nX-Big: ")
+		io.Copy(c, io.LimitReader(neverEnding('a'), 11<<20))
+	}()
+	tun := &countingTunneler{srvTunneler: srvTunneler{backend: ln.Addr().String()}}
+	addr := srvStart(t, &Server{Tunneler: tun})
+	resp, body := srvRoundTrip(t, addr, "GET http://origin.test/ HTTP/1.1\r\nHost: origin.test\r\n\r\n")
+	if resp.StatusCode != http.StatusBadGateway || !strings.HasPrefix(body, "socksgate: ") || !strings.Contains(body, "response header") {
+		t.Fatalf("status %d, body %q; want 502 naming the response header", resp.StatusCode, body)
+
+	}
+	if n := tun.read.Load(); n > 1<<20 {
+		t.Fatalf("the proxy read %d bytes of the origin's header", n)
+	}
+}
+
+// countingTunneler counts the bytes read from its upstream connections.
+type countingTunneler struct {
+	srvTunneler
+	read atomic.Int64
+}
+
+type readCounter struct {
+	net.Conn
+	n *atomic.Int64
+}
+
+func (c readCounter) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+func (ct *countingTunneler) Dial(ctx context.Context, t Target) (net.Conn, error) {
+	c, err := ct.srvTunneler.Dial(ctx, t)
+	if err != nil {
+		return nil, err
+	}
+	return readCounter{c, &ct.read}, nil
+}
+
+type neverEnding byte
+
+func (b neverEnding) Read(p []byte) (int, error) {
+	for i := range p {
+		p[i] = byte(b)
+	}
+	return len(p), nil
+}
+
+// A request body the client framed wrongly is the client's fault: 400, not a 502 that blames the
+// origin.
+func TestForwardMalformedChunkedBody(t *testing.T) {
+	b := srvBackend(t)
+	addr := srvStart(t, &Server{Tunneler: &srvTunneler{backend: b.Listener.Addr().String()}})
+	for _, body := range []string{"Z\r\nhello\r\n0\r\n\r\n", "5\r\nhelloXX0\r\n\r\n", "fffffffffffffffff\r\n"} {
+		resp, got := srvRoundTrip(t, addr, "POST http://origin.test/ HTTP/1.1\r\nHost: origin.test\r\nTransfer-Encoding: chunked\r\n\r\n"+body)
+		if resp.StatusCode != http.StatusBadRequest || !strings.HasPrefix(got, "socksgate: ") || !strings.Contains(got, "request body") {
+			t.Errorf("body %q: status %d, body %q; want 400 naming the request body", body, resp.StatusCode, got)
+		}
+	}
+}
+
+// An origin that refuses an Expect: 100-continue upload with a final response (413, no 100
+// Continue) has it relayed at once: the client need not send its body first; the connection
+// then closes.
+func TestForwardEarlyFinalResponseToExpectContinue(t *testing.T) {
+	b := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "too large", http.StatusRequestEntityTooLarge) // without reading the body
+	}))
+	t.Cleanup(b.Close)
+	addr := srvStart(t, &Server{Tunneler: &srvTunneler{backend: b.Listener.Addr().String()}})
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, "PUT http://origin.test/up HTTP/1.1\r\nHost: origin.test\r\nExpect: 100-continue\r\nContent-Length: 10000000\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("no response before the body was sent: %v", err)
+	}
+	if resp.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Fatalf("status %d, want the origin's 413 (a 100 Continue would ask for the body)", resp.StatusCode)
+	}
+	if !resp.Close {
+		t.Fatal("the connection is kept, though the body the client may still send would be read as its next request")
+	}
+}
+
+// A request that is no proxy request (origin form: a browser pointed at the port as at a web
+// server) is told what the port is, before any credentials are asked for.
+func TestOriginFormBeforeAuthentication(t *testing.T) {
+	addr := srvStart(t, &Server{Tunneler: &srvTunneler{}, Authenticate: Credentials(map[string]string{"alice": "pw"})})
+	resp, body := srvRoundTrip(t, addr, "GET / HTTP/1.1\r\nHost: gw\r\n\r\n")
+	if resp.StatusCode != http.StatusBadRequest || !strings.HasPrefix(body, "socksgate: ") || !strings.Contains(body, "HTTP proxy") {
+		t.Fatalf("status %d, body %q: want 400 saying the port is an HTTP proxy", resp.StatusCode, body)
+	}
+}
+
+// TRACE and OPTIONS whose Max-Forwards is 0 are answered by the proxy (TRACE with the request
+// echoed, credentials masked, as squid does); a higher Max-Forwards is decremented on the way.
+// "OPTIONS *" is about the proxy too, and needs credentials like any request.
+func TestMaxForwardsAndOptionsAsterisk(t *testing.T) {
+	b := srvBackend(t)
+	tun := &srvTunneler{backend: b.Listener.Addr().String()}
+	auth := "Proxy-Authorization: Basic " + base64.StdEncoding.EncodeToString([]byte("alice:pw-secret")) + "\r\n"
+	addr := srvStart(t, &Server{Tunneler: tun, Authenticate: Credentials(map[string]string{"alice": "pw-secret"})})
+
+	resp, body := srvRoundTrip(t, addr, "TRACE http://origin.test/x HTTP/1.1\r\nHost: origin.test\r\nMax-Forwards: 0\r\n"+auth+"Cookie: c=secret\r\nX-Test: 1\r\n\r\n")
+	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "message/http" ||
+		!strings.HasPrefix(body, "TRACE http://origin.test/x HTTP/1.1\r\n") || !strings.Contains(body, "X-Test: 1\r\n") {
+		t.Fatalf("TRACE, Max-Forwards 0: %d %v %q", resp.StatusCode, resp.Header, body)
+	}
+	if strings.Contains(body, "secret") || strings.Contains(body, base64.StdEncoding.EncodeToString([]byte("alice:pw-secret"))) {
+		t.Fatalf("TRACE echoed credentials: %q", body)
+	}
+	resp, body = srvRoundTrip(t, addr, "OPTIONS http://origin.test/x HTTP/1.1\r\nHost: origin.test\r\nMax-Forwards: 0\r\n"+auth+"\r\n")
+	if resp.StatusCode != 200 || !strings.Contains(resp.Header.Get("Allow"), "GET") || body != "" {
+		t.Fatalf("OPTIONS, Max-Forwards 0: %d %v %q", resp.StatusCode, resp.Header, body)
+	}
+	if tun.dials != 0 {
+		t.Fatalf("%d dials: a request Max-Forwards ends at the proxy went on", tun.dials)
+	}
+	for _, m := range []string{"TRACE", "OPTIONS"} {
+		resp, body = srvRoundTrip(t, addr, m+" http://origin.test/x HTTP/1.1\r\nHost: origin.test\r\nMax-Forwards: 3\r\n"+auth+"\r\n")
+		if resp.StatusCode != 200 || !strings.Contains(body, "method="+m) || !strings.Contains(body, "Max-Forwards: 2\r\n") {
+			t.Fatalf("%s, Max-Forwards 3: %d %q: want it forwarded with 2", m, resp.StatusCode, body)
+		}
+	}
+	resp, _ = srvRoundTrip(t, addr, "OPTIONS * HTTP/1.1\r\nHost: gw\r\n\r\n")
+	if resp.StatusCode != http.StatusProxyAuthRequired {
+		t.Fatalf("OPTIONS * without credentials: %d, want 407", resp.StatusCode)
+	}
+	resp, _ = srvRoundTrip(t, addr, "OPTIONS * HTTP/1.1\r\nHost: gw\r\n"+auth+"\r\n")
+	if resp.StatusCode != 200 || !strings.Contains(resp.Header.Get("Allow"), "CONNECT") {
+		t.Fatalf("OPTIONS * with credentials: %d %v", resp.StatusCode, resp.Header)
+	}
+}
+
+// An HTTP/1.0 request with Transfer-Encoding has faulty framing (RFC 9112, section 6.1): 400 and
+// close, never forwarded with its chunked body read as the next request. HTTP/1.0 requests
+// without it, before and after chunked HTTP/1.1 uploads on the same connection, are forwarded.
+func TestHTTP10TransferEncodingIsRefused(t *testing.T) {
+	b := srvBackend(t)
+	tun := &srvTunneler{backend: b.Listener.Addr().String()}
+	addr := srvStart(t, &Server{Tunneler: tun})
+	const smuggled = "GET http://smuggled.test/ HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+	for _, te := range []string{"chunked", "chunked\r\nContent-Length: 5"} {
+		resp, body := srvRoundTrip(t, addr, "POST http://origin.test/ HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: "+te+"\r\n\r\n"+
+			fmt.Sprintf("%x\r\n%s\r\n0\r\n\r\n", len(smuggled), smuggled))
+		if resp.StatusCode != http.StatusBadRequest || !resp.Close || !strings.HasPrefix(body, "socksgate: ") || !strings.Contains(body, "Transfer-Encoding") {
+			t.Fatalf("TE %q: %d close=%v %q: want 400 and close", te, resp.StatusCode, resp.Close, body)
+		}
+	}
+	if tun.dials != 0 {
+		t.Fatalf("forwarded: %+v", tun.targets)
+	}
+
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, "GET http://origin.test/a HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"+
+		"POST http://origin.test/b HTTP/1.1\r\nHost: origin.test\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nabc\r\n0\r\nX-Trailer: 1\r\n\r\n"+
+		"POST http://origin.test/c HTTP/1.0\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nhi"+
+		"POST http://origin.test/d HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+	br := bufio.NewReader(c)
+	for _, want := range []string{"200 uri=/a host=origin.test body=0", "200 uri=/b host=origin.test body=3",
+		"200 uri=/c host=origin.test body=2", "400 Transfer-Encoding"} {
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("want %q: %v", want, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		code, rest, _ := strings.Cut(want, " ")
+		if strconv.Itoa(resp.StatusCode) != code || !strings.Contains(string(body), rest) {
+			t.Fatalf("got %d %q, want %q", resp.StatusCode, body, want)
+		}
 	}
 }

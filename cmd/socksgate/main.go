@@ -15,6 +15,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	stdlog "log"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -110,6 +111,8 @@ func loadConfig(path string) (*configs.Config, error) {
 
 func run(cfg *configs.Config, path string, stderr io.Writer) int {
 	log := newLogger(cfg, stderr)
+	stdlog.SetFlags(0)
+	stdlog.SetOutput(stdLog{log})
 	gateway.BuildVersion = versionString()
 	entry := log.WithField("version", gateway.BuildVersion)
 	if path == "" {
@@ -173,6 +176,16 @@ func watchReload(ctx context.Context, log *logrus.Logger, path string, hup <-cha
 			return
 		}
 	}
+}
+
+// stdLog carries the lines of the standard log package into logrus, as warnings. Libraries
+// that have no logger of their own write there: net/http's Transport does (the forwarding HTTP
+// proxy's upstream connections), e.g. "Unsolicited response received on idle HTTP channel".
+type stdLog struct{ log *logrus.Logger }
+
+func (s stdLog) Write(p []byte) (int, error) {
+	s.log.WithField("from", "go log").Warn(strings.TrimSpace(string(p)))
+	return len(p), nil
 }
 
 func newLogger(cfg *configs.Config, out io.Writer) *logrus.Logger {
