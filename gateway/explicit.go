@@ -94,7 +94,7 @@ func httpError(err error) error {
 	switch {
 	case errors.Is(err, ErrBlocked) || errors.Is(err, errLoop):
 		return fmt.Errorf("%w: %w", httpproxy.ErrNotAllowed, err)
-	case errors.Is(err, ErrFlowLimit) || errors.Is(err, ErrSourceLimit):
+	case errors.Is(err, ErrFlowLimit) || errors.Is(err, ErrSourceLimit) || errors.Is(err, ErrDescriptorLimit):
 		return fmt.Errorf("%w: %w", httpproxy.ErrBusy, err)
 	}
 	return err
@@ -360,6 +360,9 @@ func (u *explicitUDP) path(up upstream.Upstream) (net.PacketConn, error) {
 	if pc, ok := u.paths[key]; ok {
 		return pc, nil
 	}
+	if !u.g.fds.Acquire(fdsPerUDPPath) {
+		return nil, ErrDescriptorLimit
+	}
 	ctx, cancel := context.WithTimeout(u.ctx, u.dialTimeout())
 	defer cancel()
 	pc, err := up.ListenPacket(ctx)
@@ -368,6 +371,7 @@ func (u *explicitUDP) path(up upstream.Upstream) (net.PacketConn, error) {
 		pc, err = fb.ListenPacket(ctx)
 	}
 	if err != nil {
+		u.g.fds.Release(fdsPerUDPPath)
 		return nil, err
 	}
 	u.paths[key] = pc
@@ -379,6 +383,7 @@ func (u *explicitUDP) path(up upstream.Upstream) (net.PacketConn, error) {
 // read hands every datagram arriving on pc to the client, with its real source.
 func (u *explicitUDP) read(key string, pc net.PacketConn) {
 	defer u.wg.Done()
+	defer u.g.fds.Release(fdsPerUDPPath) // after pc.Close below
 	buf := make([]byte, 65535)
 	for {
 		n, from, err := pc.ReadFrom(buf)
