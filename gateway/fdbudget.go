@@ -79,20 +79,42 @@ func (b *fdBudget) Acquire(n int) bool {
 	if b == nil || b.room == 0 && b.count == nil {
 		return true
 	}
-	if b.grant(int64(n)) {
+	if b.grant(int64(n), b.room) {
 		return true
 	}
 	if b.relieve != nil && b.relieve() > 0 {
-		return b.grant(int64(n))
+		return b.grant(int64(n), b.room)
 	}
 	return false
 }
 
-func (b *fdBudget) grant(n int64) bool {
+// pipes is the budget as the relay sees it (relay.SetDescriptorBudget): splicing is only
+// faster, and a burst without a pipe is copied through a buffer, so pipes may not take the
+// last quarter of the room, which is kept for new flows.
+func (b *fdBudget) pipes() relay.DescriptorBudget {
+	if b == nil {
+		return nil
+	}
+	return pipeBudget{b}
+}
+
+type pipeBudget struct{ b *fdBudget }
+
+func (p pipeBudget) Acquire(n int) bool {
+	if p.b.room == 0 && p.b.count == nil {
+		return true
+	}
+	return p.b.grant(int64(n), p.b.room-p.b.room/4)
+}
+
+func (p pipeBudget) Release(n int) { p.b.Release(n) }
+
+// grant charges n if that leaves the charges, and the estimate of what is open, within bound.
+func (b *fdBudget) grant(n, bound int64) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	held := b.held.Load()
-	if held+n > b.room {
+	if held+n > bound {
 		return false
 	}
 	if b.count != nil {
@@ -103,7 +125,7 @@ func (b *fdBudget) grant(n int64) bool {
 				est = int64(open)
 			}
 		}
-		if est+n > b.room {
+		if est+n > bound {
 			return false
 		}
 		b.sinceCount++

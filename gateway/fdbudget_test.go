@@ -200,3 +200,23 @@ func TestDescriptorBudgetChargesTransparentUDP(t *testing.T) {
 		t.Fatalf("held %d after closing, %d closes; want 0 and 3", h, closed)
 	}
 }
+
+// Pipes, which only make a flow faster, may not take the last quarter of the room: that is kept
+// for new flows.
+func TestDescriptorBudgetKeepsRoomForFlowsFromPipes(t *testing.T) {
+	b := &fdBudget{room: 8}
+	p := b.pipes()
+	if !p.Acquire(2) || !p.Acquire(2) || !p.Acquire(2) {
+		t.Fatal("pipes refused within three quarters of the room")
+	}
+	if p.Acquire(2) {
+		t.Fatal("a pipe took the last quarter of the room")
+	}
+	if !b.Acquire(fdsPerFlow) {
+		t.Fatal("a flow was refused the room kept for flows")
+	}
+	p.Release(2)
+	if h := b.held.Load(); h != 6 {
+		t.Fatalf("held %d, want 6", h)
+	}
+}
