@@ -221,7 +221,7 @@ func (s *socksInbound) OpenUDP(ctx context.Context, src netip.AddrPort, deliver 
 		paths: make(map[string]net.PacketConn), names: make(map[string]netip.Addr),
 	}
 	s.g.mu.Lock()
-	if err := s.g.admit(src.Addr()); err != nil {
+	if err := s.g.admitAssociation(src.Addr()); err != nil {
 		s.g.mu.Unlock()
 		cancel()
 		return nil, err

@@ -109,8 +109,18 @@ func (p pipeBudget) Acquire(n int) bool {
 
 func (p pipeBudget) Release(n int) { p.b.Release(n) }
 
+// fits reports whether n more descriptors would be granted now, without charging them.
+func (b *fdBudget) fits(n int) bool {
+	if b == nil || b.room == 0 && b.count == nil {
+		return true
+	}
+	return b.check(int64(n), b.room, false)
+}
+
 // grant charges n if that leaves the charges, and the estimate of what is open, within bound.
-func (b *fdBudget) grant(n, bound int64) bool {
+func (b *fdBudget) grant(n, bound int64) bool { return b.check(n, bound, true) }
+
+func (b *fdBudget) check(n, bound int64, charge bool) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	held := b.held.Load()
@@ -128,10 +138,29 @@ func (b *fdBudget) grant(n, bound int64) bool {
 		if est+n > bound {
 			return false
 		}
-		b.sinceCount++
+		if charge {
+			b.sinceCount++
+		}
 	}
-	b.held.Add(n)
+	if charge {
+		b.held.Add(n)
+	}
 	return true
+}
+
+// admitAssociation is admit for an explicit UDP association, which is refused too when its
+// first path (fdsPerUDPPath) would not fit: a client told its association is open then gets
+// its datagrams through, not ErrDescriptorLimit on each. g.mu is held.
+func (g *Gateway) admitAssociation(src netip.Addr) error {
+	if err := g.admit(src); err != nil {
+		return err
+	}
+	if !g.fds.fits(fdsPerUDPPath) {
+		g.release(src)
+		g.refusals[ErrDescriptorLimit.Error()]++
+		return ErrDescriptorLimit
+	}
+	return nil
 }
 
 // Release gives back n descriptors granted by Acquire.

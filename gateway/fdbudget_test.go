@@ -31,20 +31,21 @@ func TestDescriptorBudgetFromTheLimit(t *testing.T) {
 	none.Release(1 << 20)
 }
 
-// TCP flows and explicit UDP associations are each charged two descriptors; past the room a new
-// one is refused with ErrDescriptorLimit and counted, and an ended one gives its room back.
-// A path of a live association is refused too, as a datagram error, not the association's end.
+// TCP flows and explicit UDP associations are each charged two descriptors, and an association
+// is admitted only with room for its first path too; past the room a new one is refused with
+// ErrDescriptorLimit and counted, and an ended one gives its room back. A path of a live
+// association is refused too, as a datagram error, not the association's end.
 func TestDescriptorBudgetRefusesNewFlowsNotLiveOnes(t *testing.T) {
 	g := &Gateway{
 		Router: fixedRouter{Action: route.ActionDirect, Upstream: upstream.Direct{}, Rule: "all"},
-		fds:    &fdBudget{room: 3 * fdsPerFlow},
+		fds:    &fdBudget{room: 4 * fdsPerFlow},
 	}
 	in := &socksInbound{g: g}
 	deliver := func([]byte, socks.Addr) {}
 	flow := func(port uint16) *liveFlow {
 		return &liveFlow{Flow: route.Flow{Network: route.TCP, Src: netip.AddrPortFrom(netip.MustParseAddr("10.0.0.1"), port)}}
 	}
-	f1, f2 := flow(1), flow(2)
+	f1, f2, f3 := flow(1), flow(2), flow(3)
 	for _, f := range []*liveFlow{f1, f2} {
 		if err := g.track(f); err != nil {
 			t.Fatalf("flow within the budget: %v", err)
@@ -54,16 +55,20 @@ func TestDescriptorBudgetRefusesNewFlowsNotLiveOnes(t *testing.T) {
 	if err != nil {
 		t.Fatalf("association within the budget: %v", err)
 	}
-	if err := g.track(flow(3)); !errors.Is(err, ErrDescriptorLimit) {
-		t.Fatalf("flow past the budget: %v, want ErrDescriptorLimit", err)
-	}
+	// Two descriptors left: enough for a TCP flow, not for an association and its first path.
 	if _, err := in.OpenUDP(context.Background(), netip.MustParseAddrPort("10.0.0.1:5001"), deliver); !errors.Is(err, ErrDescriptorLimit) {
-		t.Fatalf("association past the budget: %v, want ErrDescriptorLimit", err)
+		t.Fatalf("association without room for its path: %v, want ErrDescriptorLimit", err)
+	}
+	if err := g.track(f3); err != nil {
+		t.Fatalf("flow within the budget: %v", err)
+	}
+	if err := g.track(flow(4)); !errors.Is(err, ErrDescriptorLimit) {
+		t.Fatalf("flow past the budget: %v, want ErrDescriptorLimit", err)
 	}
 	if r := g.Refusals(); r[ErrDescriptorLimit.Error()] != 2 {
 		t.Fatalf("refusals %v, want 2 for descriptors", r)
 	}
-	// The live association's first datagram needs a path, for which there is no room.
+	// The live association's first datagram needs a path, for which there is no room now.
 	dst := socksserver.Target{Addr: netip.MustParseAddrPort("127.0.0.1:9")}
 	if err := assoc.Send(context.Background(), []byte("x"), dst); !errors.Is(err, ErrDescriptorLimit) {
 		t.Fatalf("a path past the budget: %v, want ErrDescriptorLimit", err)
@@ -72,11 +77,12 @@ func TestDescriptorBudgetRefusesNewFlowsNotLiveOnes(t *testing.T) {
 	if err := assoc.Send(context.Background(), []byte("x"), dst); err != nil {
 		t.Fatalf("a path once a flow ended: %v", err)
 	}
-	if err := g.track(flow(4)); !errors.Is(err, ErrDescriptorLimit) {
+	if err := g.track(flow(5)); !errors.Is(err, ErrDescriptorLimit) {
 		t.Fatalf("flow while the path holds the room: %v, want ErrDescriptorLimit", err)
 	}
 	assoc.Close()
 	g.untrack(f2)
+	g.untrack(f3)
 	if h := g.fds.held.Load(); h != 0 {
 		t.Fatalf("%d descriptors still charged after everything ended", h)
 	}
