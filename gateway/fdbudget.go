@@ -40,7 +40,8 @@ type fdBudget struct {
 	room int64 // descriptors the process may have open with flows: the limit less the reserve
 	near int64 // beyond this estimate, every grant counts the real descriptors first
 
-	held atomic.Int64 // charged to flows and pipes now
+	held      atomic.Int64 // charged to flows and pipes now
+	pipesHeld atomic.Int64 // of which pipes
 
 	mu          sync.Mutex
 	count       func() (int, error) // descriptors open now; nil: the charges alone decide
@@ -89,8 +90,10 @@ func (b *fdBudget) Acquire(n int) bool {
 }
 
 // pipes is the budget as the relay sees it (relay.SetDescriptorBudget): splicing is only
-// faster, and a burst without a pipe is copied through a buffer, so pipes may not take the
-// last quarter of the room, which is kept for new flows.
+// faster, and a burst without a pipe is copied through a buffer, so pipes may hold at most a
+// quarter of the room between them. A pipe is held as long as its direction is stalled (bytes
+// in it that the receiver does not take), so without that share the stalled flows of a busy
+// minute would keep every new flow out.
 func (b *fdBudget) pipes() relay.DescriptorBudget {
 	if b == nil {
 		return nil
@@ -101,13 +104,24 @@ func (b *fdBudget) pipes() relay.DescriptorBudget {
 type pipeBudget struct{ b *fdBudget }
 
 func (p pipeBudget) Acquire(n int) bool {
-	if p.b.room == 0 && p.b.count == nil {
+	b := p.b
+	if b.room == 0 && b.count == nil {
 		return true
 	}
-	return p.b.grant(int64(n), p.b.room-p.b.room/4)
+	if b.pipesHeld.Add(int64(n)) > b.room/4 || !b.grant(int64(n), b.room) {
+		b.pipesHeld.Add(-int64(n))
+		return false
+	}
+	return true
 }
 
-func (p pipeBudget) Release(n int) { p.b.Release(n) }
+func (p pipeBudget) Release(n int) {
+	if p.b.room == 0 && p.b.count == nil {
+		return
+	}
+	p.b.pipesHeld.Add(-int64(n))
+	p.b.Release(n)
+}
 
 // fits reports whether n more descriptors would be granted now, without charging them.
 func (b *fdBudget) fits(n int) bool {

@@ -207,22 +207,31 @@ func TestDescriptorBudgetChargesTransparentUDP(t *testing.T) {
 	}
 }
 
-// Pipes, which only make a flow faster, may not take the last quarter of the room: that is kept
-// for new flows.
+// Pipes, which only make a flow faster, hold at most a quarter of the room between them: the
+// rest is kept for flows, also when pipes were taken first (and stay held by stalled flows).
 func TestDescriptorBudgetKeepsRoomForFlowsFromPipes(t *testing.T) {
-	b := &fdBudget{room: 8}
+	b := &fdBudget{room: 16}
 	p := b.pipes()
-	if !p.Acquire(2) || !p.Acquire(2) || !p.Acquire(2) {
-		t.Fatal("pipes refused within three quarters of the room")
+	if !p.Acquire(2) || !p.Acquire(2) {
+		t.Fatal("pipes refused within a quarter of the room")
 	}
 	if p.Acquire(2) {
-		t.Fatal("a pipe took the last quarter of the room")
+		t.Fatal("pipes took more than a quarter of the room")
 	}
-	if !b.Acquire(fdsPerFlow) {
-		t.Fatal("a flow was refused the room kept for flows")
+	for i := range 6 {
+		if !b.Acquire(fdsPerFlow) {
+			t.Fatalf("flow %d refused the room kept for flows", i)
+		}
+	}
+	if b.Acquire(fdsPerFlow) {
+		t.Fatal("a flow granted past the room")
 	}
 	p.Release(2)
-	if h := b.held.Load(); h != 6 {
-		t.Fatalf("held %d, want 6", h)
+	if h, ph := b.held.Load(), b.pipesHeld.Load(); h != 14 || ph != 2 {
+		t.Fatalf("held %d, of which pipes %d; want 14 and 2", h, ph)
+	}
+	// Full of flows, no pipe either.
+	if !b.Acquire(fdsPerFlow) || p.Acquire(2) {
+		t.Fatal("a pipe granted past the room")
 	}
 }
