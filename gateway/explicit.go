@@ -73,7 +73,7 @@ func httpError(err error) error {
 	switch {
 	case errors.Is(err, ErrBlocked) || errors.Is(err, errLoop):
 		return fmt.Errorf("%w: %w", httpproxy.ErrNotAllowed, err)
-	case errors.Is(err, ErrFlowLimit) || errors.Is(err, ErrSourceLimit):
+	case errors.Is(err, ErrFlowLimit) || errors.Is(err, ErrSourceLimit) || errors.Is(err, ErrDescriptorLimit):
 		return fmt.Errorf("%w: %w", httpproxy.ErrBusy, err)
 	}
 	return err
@@ -191,10 +191,10 @@ func (s *socksInbound) OpenUDP(ctx context.Context, src netip.AddrPort, deliver 
 	ctx, cancel := context.WithCancel(ctx)
 	u := &explicitUDP{
 		g: s.g, src: src, deliver: deliver, ctx: ctx, cancel: cancel, start: time.Now(),
-		paths: make(map[upstream.Upstream]net.PacketConn), names: make(map[string]netip.Addr),
+		paths: make(map[any]net.PacketConn), names: make(map[string]netip.Addr),
 	}
 	s.g.mu.Lock()
-	if err := s.g.admit(src.Addr()); err != nil {
+	if err := s.g.admitAssociation(src.Addr()); err != nil {
 		s.g.mu.Unlock()
 		cancel()
 		s.g.refuse(route.Flow{Network: route.UDP, Src: src, Inbound: route.SOCKS}, err)
@@ -219,15 +219,16 @@ type explicitUDP struct {
 	cancel  context.CancelFunc
 	start   time.Time
 
-	mu      sync.Mutex
-	paths   map[upstream.Upstream]net.PacketConn // by upstream, by identity (not by URL, which two may share)
-	names   map[string]netip.Addr                // names resolved for direct datagrams
-	closed  bool
-	lastErr error
-	seen    sync.Mutex     // guards first and firstD, read by the flow list while mu may be held for a dial
-	first   route.Flow     // the first datagram's destination, for the flow list
-	firstD  route.Decision // and its route
-	wg      sync.WaitGroup
+	mu        sync.Mutex
+	paths     map[any]net.PacketConn // by upstream.Key
+	pathNames []string               // the upstreams paths were opened to, for the session's line, by identity (not by URL, which two may share)
+	names     map[string]netip.Addr  // names resolved for direct datagrams
+	closed    bool
+	lastErr   error
+	seen      sync.Mutex     // guards first and firstD, read by the flow list while mu may be held for a dial
+	first     route.Flow     // the first datagram's destination, for the flow list
+	firstD    route.Decision // and its route
+	wg        sync.WaitGroup
 
 	upPkts, downPkts, upBytes, downBytes, dropped atomic.Int64
 }
@@ -328,7 +329,7 @@ func (u *explicitUDP) dialTimeout() time.Duration {
 // The handshake of an upstream association holds the session's lock: the client's datagrams
 // wait for it in order, which is what a client of one association expects.
 func (u *explicitUDP) path(up upstream.Upstream) (net.PacketConn, error) {
-	key := up
+	key := upstream.Key(up)
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if u.closed {
@@ -336,6 +337,9 @@ func (u *explicitUDP) path(up upstream.Upstream) (net.PacketConn, error) {
 	}
 	if pc, ok := u.paths[key]; ok {
 		return pc, nil
+	}
+	if !u.g.fds.Acquire(fdsPerUDPPath) {
+		return nil, ErrDescriptorLimit
 	}
 	ctx, cancel := context.WithTimeout(u.ctx, u.dialTimeout())
 	defer cancel()
@@ -345,17 +349,20 @@ func (u *explicitUDP) path(up upstream.Upstream) (net.PacketConn, error) {
 		pc, err = fb.ListenPacket(ctx)
 	}
 	if err != nil {
+		u.g.fds.Release(fdsPerUDPPath)
 		return nil, err
 	}
 	u.paths[key] = pc
+	u.pathNames = append(u.pathNames, up.String())
 	u.wg.Add(1)
 	go u.read(key, pc)
 	return pc, nil
 }
 
 // read hands every datagram arriving on pc to the client, with its real source.
-func (u *explicitUDP) read(key upstream.Upstream, pc net.PacketConn) {
+func (u *explicitUDP) read(key any, pc net.PacketConn) {
 	defer u.wg.Done()
+	defer u.g.fds.Release(fdsPerUDPPath) // after pc.Close below
 	buf := make([]byte, 65535)
 	for {
 		n, from, err := pc.ReadFrom(buf)
@@ -397,8 +404,8 @@ func (u *explicitUDP) Close() error {
 	}
 	u.closed = true
 	var ups []string
-	for k, pc := range u.paths {
-		ups = append(ups, k.String())
+	ups = append(ups, u.pathNames...)
+	for _, pc := range u.paths {
 		pc.Close()
 	}
 	u.mu.Unlock()
@@ -425,6 +432,7 @@ func (u *explicitUDP) Close() error {
 		return nil
 	}
 	slices.Sort(ups)
+	ups = slices.Compact(ups)
 	u.g.ended(flowEnd{f: f, d: d, up: u.upBytes.Load(), down: u.downBytes.Load(), dur: time.Since(u.start), err: err,
 		extra: logrus.Fields{"upstreams": ups, "packets_up": u.upPkts.Load(), "packets_down": u.downPkts.Load(), "dropped": u.dropped.Load()}})
 	return nil

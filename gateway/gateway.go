@@ -36,6 +36,7 @@ type Gateway struct {
 	MaxPerSrc   int               // concurrent TCP flows per source address. 0: no bound
 	UDPFallback upstream.Upstream // UDP routed to an upstream without UDP goes here; nil: dropped
 	Stats       Stats             // counters for the admin endpoint (stats.go); the zero value counts
+	fds         *fdBudget         // descriptors flows may hold (fdbudget.go); nil: no bound
 
 	health   atomic.Pointer[groupHealth] // upstreams in force, for health reporting
 	reloaded atomic.Pointer[routerBox]   // the router of the last reload, replacing Router
@@ -243,6 +244,8 @@ func (g *Gateway) admit(src netip.Addr) error {
 		err = ErrFlowLimit
 	case g.MaxPerSrc > 0 && g.perSrc[src] >= g.MaxPerSrc:
 		err = ErrSourceLimit
+	case !g.fds.Acquire(fdsPerFlow): // last: it charges the flow
+		err = ErrDescriptorLimit
 	}
 	if err != nil {
 		return err
@@ -255,6 +258,7 @@ func (g *Gateway) admit(src netip.Addr) error {
 
 // release gives back what admit counted for src; g.mu is held.
 func (g *Gateway) release(src netip.Addr) {
+	g.fds.Release(fdsPerFlow)
 	if g.MaxPerSrc > 0 {
 		if g.perSrc[src]--; g.perSrc[src] <= 0 {
 			delete(g.perSrc, src)

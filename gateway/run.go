@@ -46,6 +46,8 @@ func Run(ctx context.Context, cfg *configs.Config, log *logrus.Logger, reload <-
 		MaxFlows:    cfg.Limits.MaxFlows,
 		MaxPerSrc:   cfg.Limits.MaxFlowsPerSource,
 	}
+	g.fds = newFDBudget(nofile)
+	relay.SetDescriptorBudget(g.fds.pipes())
 	rt.g = g
 	if cfg.Transparent.UDPOverTCPUpstream == configs.UDPDirect {
 		g.UDPFallback = &upstream.Direct{Control: rt.mark}

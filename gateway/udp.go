@@ -53,7 +53,7 @@ func (g *Gateway) startUDP(ctx context.Context, cfg *configs.Config, log *logrus
 		Idle:         time.Duration(t.UDPIdle),
 		MaxSessions:  t.UDPMaxSessions,
 		Route:        u.route,
-		OpenReply:    func(remote netip.AddrPort) (nat.ReplyConn, error) { return nat.ListenReply(remote, mark) },
+		OpenReply:    g.fds.openReply(func(remote netip.AddrPort) (nat.ReplyConn, error) { return nat.ListenReply(remote, mark) }),
 		OnSessionEnd: u.logSession,
 		OnError:      u.logError,
 	}
@@ -133,10 +133,10 @@ func (u *udpInbound) route(src, dst netip.AddrPort) nat.UDPRoute {
 		return nat.UDPRoute{Drop: fmt.Errorf("rule %s: no upstream", d.Rule), Tag: d}
 	}
 	return nat.UDPRoute{
-		Outbound: d.Upstream, // by identity: two upstreams may share a URL
-		Open: func(ctx context.Context, first netip.AddrPort) (nat.UDPConn, error) {
+		Outbound: upstream.Key(d.Upstream), // by identity: two upstreams may share a URL
+		Open: u.g.fds.openUDP(func(ctx context.Context, first netip.AddrPort) (nat.UDPConn, error) {
 			return u.open(ctx, d.Upstream)
-		},
+		}),
 		Tag: d,
 	}
 }

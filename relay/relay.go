@@ -67,6 +67,39 @@ const relayBufSize = 64 << 10
 
 var relayBufs = sync.Pool{New: func() any { b := make([]byte, relayBufSize); return &b }}
 
+// DescriptorBudget is asked before the relay opens a pipe for splicing (two descriptors) and
+// told when it closes one. A process near its RLIMIT_NOFILE refuses, and the burst is copied
+// through a buffer instead: a flow never fails because no pipe could be had.
+type DescriptorBudget interface {
+	Acquire(n int) bool
+	Release(n int)
+}
+
+// pipeCost is what one pipe holds: its two ends.
+const pipeCost = 2
+
+var budget atomic.Pointer[DescriptorBudget]
+
+// SetDescriptorBudget makes every pipe opened from now on ask b first; nil asks nobody (pipe2
+// alone says whether there is one). Pipes are charged to the budget they were opened under.
+func SetDescriptorBudget(b DescriptorBudget) {
+	if b == nil {
+		budget.Store(nil)
+		return
+	}
+	budget.Store(&b)
+}
+
+func loadBudget() DescriptorBudget {
+	if p := budget.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// errNoPipeBudget is getPipe's answer when the descriptor budget has no room for a pipe.
+var errNoPipeBudget = errors.New("relay: no descriptors to spare for a pipe")
+
 // parkAfter is how long a direction waits for data in the runtime poller, on its own
 // goroutine, before it parks: its goroutine ends and a single poller for all parked flows
 // (parker) starts a new one when the socket becomes readable. A goroutine costs a flow
@@ -125,6 +158,7 @@ type direction struct {
 	canBulk  bool            // bulk bursts may splice src to wd (Auto with a socket dst)
 	bulk     bool            // moving bulk data: splice, waiting in the poller without a probe
 	sp       *splicer        // splice state, from the first bulk burst on
+	noPipe   bool            // no pipe was to be had: buffered until the direction next parks
 	n        int64           // bytes written to dst
 	state    atomic.Int32
 	deadline time.Time             // src's read deadline, which bounds a wait before parking
@@ -279,6 +313,7 @@ func (d *direction) copy() (parked bool) {
 		}
 		bp, n, err := d.read()
 		if isTimeout(err) {
+			d.noPipe = false
 			if d.park() {
 				return true
 			}
@@ -295,7 +330,7 @@ func (d *direction) copy() (parked bool) {
 			d.lastErr = err
 			return false
 		}
-		if n == relayBufSize && d.canBulk {
+		if n == relayBufSize && d.canBulk && !d.noPipe {
 			d.bulk = true
 		}
 	}
@@ -321,7 +356,11 @@ func (d *direction) copyHolding() error {
 func (d *direction) spliceUntilIdle() (parked bool, err error, done bool) {
 	p, err := getPipe()
 	if err != nil {
-		return false, err, true
+		// No pipe to be had (out of descriptors, or the budget keeps them for new flows):
+		// this burst goes through a buffer; the next one, after the direction parked, tries
+		// again.
+		d.bulk, d.noPipe = false, true
+		return false, nil, false
 	}
 	for {
 		d.refreshDeadline()

@@ -15,8 +15,11 @@ import (
 // (as the buffered relay), and a busy one copies nothing through user space and needs no
 // readability probe between bursts (as the splice relay).
 
-// relayPipe is one pipe, both ends non-blocking.
-type relayPipe struct{ r, w int }
+// relayPipe is one pipe, both ends non-blocking, and the budget its descriptors are charged to.
+type relayPipe struct {
+	r, w int
+	b    DescriptorBudget
+}
 
 // spliceChunk is the most one splice call moves; the pipe is sized to hold it.
 const spliceChunk = 1 << 20
@@ -25,19 +28,33 @@ const spliceChunk = 1 << 20
 // pool never holds more idle kernel buffers than this.
 var relayPipes = make(chan *relayPipe, 64)
 
+// pipe2 makes a pipe; a variable so that tests can make it fail as a process out of
+// descriptors does (EMFILE).
+var pipe2 = unix.Pipe2
+
+// getPipe returns a drained pipe from the pool or a new one. It fails when the descriptor budget
+// has no room for two more (errNoPipeBudget) or pipe2 fails (EMFILE, ENFILE): the caller then
+// copies through a buffer instead.
 func getPipe() (*relayPipe, error) {
 	select {
 	case p := <-relayPipes:
 		return p, nil
 	default:
 	}
+	b := loadBudget()
+	if b != nil && !b.Acquire(pipeCost) {
+		return nil, errNoPipeBudget
+	}
 	var fds [2]int
-	if err := unix.Pipe2(fds[:], unix.O_NONBLOCK|unix.O_CLOEXEC); err != nil {
+	if err := pipe2(fds[:], unix.O_NONBLOCK|unix.O_CLOEXEC); err != nil {
+		if b != nil {
+			b.Release(pipeCost)
+		}
 		return nil, os.NewSyscallError("pipe2", err)
 	}
 	// A bigger pipe moves more per call; if the system refuses, the default 64 KiB works too.
 	unix.FcntlInt(uintptr(fds[1]), unix.F_SETPIPE_SZ, spliceChunk)
-	return &relayPipe{r: fds[0], w: fds[1]}, nil
+	return &relayPipe{r: fds[0], w: fds[1], b: b}, nil
 }
 
 // putPipe returns a drained pipe to the pool, or closes it.
@@ -52,6 +69,24 @@ func putPipe(p *relayPipe) {
 func (p *relayPipe) close() {
 	unix.Close(p.r)
 	unix.Close(p.w)
+	if p.b != nil {
+		p.b.Release(pipeCost)
+	}
+}
+
+// FreeIdlePipes closes the drained pipes kept for the next burst and returns how many
+// descriptors that gave back. A gateway short of descriptors calls it before it refuses a flow.
+func FreeIdlePipes() int {
+	n := 0
+	for {
+		select {
+		case p := <-relayPipes:
+			p.close()
+			n += pipeCost
+		default:
+			return n
+		}
+	}
 }
 
 // rawTarget returns the raw socket of dst, which the relay writes and splices to directly.

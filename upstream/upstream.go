@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"reflect"
 )
 
 // ErrUDPUnsupported is wrapped by Upstream.ListenPacket of upstreams that cannot carry UDP.
@@ -29,3 +30,16 @@ type Upstream interface {
 
 // closeWriter is a connection that can shut down its sending half.
 type closeWriter interface{ CloseWrite() error }
+
+// Key is u as a map key for its identity: u itself, which every Upstream of this package is
+// (pointers), or, for a value that cannot be compared (a struct holding a func), its type and
+// name — never a panic.
+func Key(u Upstream) any {
+	if u == nil || reflect.TypeOf(u).Comparable() {
+		return u
+	}
+	return struct {
+		t    reflect.Type
+		name string
+	}{reflect.TypeOf(u), u.String()}
+}
