@@ -71,10 +71,12 @@ func (h *httpInbound) flow(t httpproxy.Target) route.Flow {
 // httpError maps a gateway error to what httpproxy answers: a blocked flow is 403.
 func httpError(err error) error {
 	switch {
-	case errors.Is(err, ErrBlocked) || errors.Is(err, errLoop):
+	case errors.Is(err, ErrBlocked):
 		return fmt.Errorf("%w: %w", httpproxy.ErrNotAllowed, err)
-	case errors.Is(err, ErrFlowLimit) || errors.Is(err, ErrSourceLimit) || errors.Is(err, ErrDescriptorLimit):
+	case errors.Is(err, ErrFlowLimit) || errors.Is(err, ErrSourceLimit) || errors.Is(err, ErrDescriptorLimit) || errors.Is(err, ErrShuttingDown):
 		return fmt.Errorf("%w: %w", httpproxy.ErrBusy, err)
+	case errors.Is(err, errLoop) || errors.Is(err, errLocalDst):
+		return fmt.Errorf("%w: %w", httpproxy.ErrRefused, err) // 403 saying what happened, not "blocked by rule"
 	}
 	return err
 }
@@ -170,7 +172,7 @@ func (s *socksInbound) flow(network route.Network, t socksserver.Target) route.F
 
 // socksError maps a gateway error to what socksserver answers: a blocked flow is 0x02 / 0x5B.
 func socksError(err error) error {
-	if errors.Is(err, ErrBlocked) || errors.Is(err, errLoop) {
+	if errors.Is(err, ErrBlocked) || errors.Is(err, errLoop) || errors.Is(err, errLocalDst) {
 		return fmt.Errorf("%w: %w", socksserver.ErrNotAllowed, err)
 	}
 	return err

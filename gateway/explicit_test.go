@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -405,5 +406,25 @@ func TestDirectFlowToTheRouterItselfNeedsARuleNamingIt(t *testing.T) {
 				t.Fatalf("dial: %v, want %v", err, tt.want)
 			}
 		})
+	}
+}
+
+// A request aimed back at socksgate's own listener, or at the router's own services, is
+// answered with what happened, not "blocked by rule" (no rule matched it); a rule's block is.
+func TestHTTPAnswersSayWhyAFlowWasRefused(t *testing.T) {
+	for _, tt := range []struct {
+		err  error
+		code int
+		text string
+	}{
+		{errLoop, 403, "destination is socksgate's own listener (loop)"},
+		{errLocalDst, 403, "destination is the router itself"},
+		{ErrBlocked, 403, "blocked by rule"},
+		{ErrFlowLimit, 503, "flow limit reached"},
+	} {
+		code, text := httpproxy.Status(httpError(tt.err))
+		if code != tt.code || !strings.Contains(text, tt.text) {
+			t.Errorf("%v: %d %q, want %d %q", tt.err, code, text, tt.code, tt.text)
+		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -54,6 +55,14 @@ func (g *Gateway) startExplicit(ctx context.Context, cfg *configs.Config, log *l
 			case errors.Is(err, httpproxy.ErrAuthFailed), errors.Is(err, socksserver.ErrAuthFailed),
 				errors.Is(err, socksserver.ErrSOCKS4WithUsers):
 				e.Warn("explicit client not authenticated")
+			case errors.Is(err, httpproxy.ErrAuthRequired):
+				e.Debug("explicit client asked for credentials (407 challenge)") // every normal login starts so
+			case errors.Is(err, httpproxy.ErrServerLog):
+				if strings.Contains(err.Error(), "body copy") { // an origin cut a response: the flow's line says so
+					e.Debug("http proxy: net/http")
+				} else {
+					e.Warn("http proxy: net/http")
+				}
 			default:
 				e.Debug("explicit client handshake failed")
 			}
@@ -68,6 +77,7 @@ func (g *Gateway) startExplicit(ctx context.Context, cfg *configs.Config, log *l
 	}
 	ssrv := &socksserver.Server{
 		Tunneler:         &socksInbound{g: g, guard: guard},
+		Counters:         &g.Stats.SOCKSUDP, // one set for every server of the run, across reloads
 		Authenticate:     auth,
 		Allow:            allow,
 		HandshakeTimeout: hs,

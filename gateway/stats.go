@@ -10,6 +10,7 @@ import (
 	"github.com/socksgate/socksgate/admin"
 	"github.com/socksgate/socksgate/internal/tcpinfo"
 	"github.com/socksgate/socksgate/route"
+	"github.com/socksgate/socksgate/socksserver"
 )
 
 // Stats counts what the gateway did, for the admin endpoint. Its zero value is ready to use and
@@ -29,6 +30,9 @@ type Stats struct {
 	// ReplyBindFailures counts UDP replies dropped because their transparent reply socket could
 	// not be bound (EADDRINUSE: a local daemon holds that address).
 	ReplyBindFailures atomic.Uint64
+	// SOCKSUDP counts the datagrams the explicit SOCKS5 UDP relay dropped; every
+	// socksserver.Server of a run counts into it.
+	SOCKSUDP socksserver.UDPCounters
 
 	mu      sync.Mutex
 	udp     func() UDPCounts // see SetUDPSource
@@ -125,6 +129,8 @@ func (s *Stats) snapshot() admin.Snapshot {
 		UDPSessionsTotal:  s.UDPSessionsTotal.Load(),
 		ReplyBindFailures: s.ReplyBindFailures.Load(),
 	}
+	d := s.SOCKSUDP.Load()
+	snap.SOCKSUDPDropped = admin.SOCKSUDPDrops{ForeignSource: d.Foreign, Fragment: d.Fragmented, Malformed: d.Malformed}
 	s.mu.Lock()
 	udp := s.udp
 	s.mu.Unlock()

@@ -55,6 +55,11 @@ func (t Target) String() string {
 // 403 Forbidden.
 var ErrNotAllowed = errors.New("not allowed by rule")
 
+// ErrRefused is what a Tunneler wraps for a destination refused for another reason than a rule
+// (a loop back to the proxy itself, the router's own services): 403 with the error's own text,
+// so that the client reads what happened, not "blocked by rule".
+var ErrRefused = errors.New("refused")
+
 // ErrBusy is wrapped by a Tunneler's Dial error when a bound on connections refused it. The
 // server then closes its client's idle upstream connections, which count against such bounds,
 // and dials once more; a refusal that stands is answered 503.
@@ -653,7 +658,8 @@ func (s *Server) maxResponseHeader() int {
 
 // Status is the HTTP answer for a Tunneler's dial error, and a short reason for the body:
 //
-//	ErrNotAllowed                      403 Forbidden
+//	ErrNotAllowed                      403 Forbidden ("blocked by rule")
+//	ErrRefused                         403 Forbidden, with the refusal's own text
 //	ErrBusy (a flow limit)             503 Service Unavailable
 //	timeout (dial or upstream)         504 Gateway Timeout
 //	anything else (refused, an
@@ -663,6 +669,8 @@ func Status(err error) (int, string) {
 	switch {
 	case errors.Is(err, ErrNotAllowed):
 		return http.StatusForbidden, "blocked by rule"
+	case errors.Is(err, ErrRefused):
+		return http.StatusForbidden, strings.TrimPrefix(strings.TrimPrefix(err.Error(), ErrRefused.Error()+": "), "refused: ")
 	case errors.Is(err, ErrBusy):
 		return http.StatusServiceUnavailable, err.Error()
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded),
