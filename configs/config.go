@@ -138,6 +138,10 @@ type Sniff struct {
 	// Timeout is how long to wait for the client's first bytes before
 	// proceeding with the address alone. Default 300ms.
 	Timeout Duration `yaml:"timeout"`
+	// Override hands a proxy upstream the sniffed name instead of the address the client
+	// chose. Default false: a sniffed name is the flow's claim, used for routing only; the
+	// client's own choice of address (curl -4, a hosts-file entry, a pinned IP) stands.
+	Override bool `yaml:"override"`
 }
 
 // Listen configures the explicit proxy listeners.

@@ -79,13 +79,17 @@ func (g *Gateway) Dial(ctx context.Context, f route.Flow) (net.Conn, route.Decis
 		ctx, cancel = context.WithTimeout(ctx, g.DialTimeout)
 		defer cancel()
 	}
-	addr := f.Address()
+	addr := f.DialAddress(g.Sniff != nil && g.Sniff.Override)
 	if d.Action == route.ActionDirect {
 		switch {
 		case f.Dst.IsValid() && g.directToAddress(ctx, f):
 			// A captured flow with a sniffed name goes direct to the address the client
 			// chose, not to whatever the gateway's own resolver says the name is.
 			addr = f.Dst.String()
+		case f.Dst.IsValid():
+			// Only its name made it direct: it goes to that name, so that a made-up SNI or
+			// Host reaches the named server and no other address.
+			addr = f.Address()
 		case !f.Dst.IsValid() && d.Addr.IsValid():
 			// The router resolved the name for an address rule: dial what it matched.
 			addr = netip.AddrPortFrom(d.Addr, f.DstPort()).String()

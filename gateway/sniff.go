@@ -14,8 +14,9 @@ import (
 // (transparent.sniff): the TLS ClientHello's SNI or the HTTP Host header becomes Flow.Host, so
 // rules can match it and a proxy upstream is asked for the name instead of the address.
 type Sniffing struct {
-	Ports   []configs.PortRange // destination ports sniffed
-	Timeout time.Duration       // how long to wait for the client's first bytes
+	Ports    []configs.PortRange // destination ports sniffed
+	Timeout  time.Duration       // how long to wait for the client's first bytes
+	Override bool                // hand a proxy the sniffed name, not the client's address
 }
 
 // NewSniffing returns the sniffing settings of cfg, or nil when sniffing is off.
@@ -23,7 +24,7 @@ func NewSniffing(cfg configs.Sniff) *Sniffing {
 	if !cfg.Enabled || len(cfg.Ports) == 0 || cfg.Timeout <= 0 {
 		return nil
 	}
-	return &Sniffing{Ports: cfg.Ports, Timeout: time.Duration(cfg.Timeout)}
+	return &Sniffing{Ports: cfg.Ports, Timeout: time.Duration(cfg.Timeout), Override: cfg.Override}
 }
 
 func (s *Sniffing) applies(port uint16) bool {
@@ -62,7 +63,7 @@ func (g *Gateway) sniffName(c *net.TCPConn, f *route.Flow) []byte {
 		if n > 0 {
 			name, _, perr := sniff.Name(buf)
 			if perr == nil {
-				f.Host = name
+				f.Host, f.Sniffed = name, true
 				return buf
 			}
 			if !errors.Is(perr, sniff.ErrIncomplete) {

@@ -182,3 +182,26 @@ func TestDirectByNameOnlyDialsTheName(t *testing.T) {
 		t.Fatalf("dialled %s, want the client's address (the address alone goes direct)", got)
 	}
 }
+
+// A name sniffed from a captured flow is a claim, used for routing: a proxy upstream is asked
+// for the address the client chose (curl -4, a hosts-file entry, a pinned IP), and for the
+// name only with sniff.override. A name the client gave itself (SOCKS5 domain) is always sent.
+func TestSniffedNameGoesUpstreamOnlyWithOverride(t *testing.T) {
+	up := recordingUpstream{make(chan string, 1)}
+	f := route.Flow{Network: route.TCP, Dst: netip.MustParseAddrPort("198.51.100.9:80"), Host: "wan.test", Sniffed: true, Inbound: route.Redirect}
+	for _, tt := range []struct {
+		override bool
+		f        route.Flow
+		want     string
+	}{
+		{false, f, "198.51.100.9:80"},
+		{true, f, "wan.test:80"},
+		{false, route.Flow{Network: route.TCP, Host: "wan.test", Port: 80, Inbound: route.SOCKS}, "wan.test:80"},
+	} {
+		g := &Gateway{Router: fixedRouter{Action: route.ActionProxy, Upstream: up, Rule: "all"}, Sniff: &Sniffing{Override: tt.override}}
+		g.Dial(context.Background(), tt.f)
+		if got := <-up.dialed; got != tt.want {
+			t.Errorf("override %v, flow %+v: upstream asked for %s, want %s", tt.override, tt.f, got, tt.want)
+		}
+	}
+}

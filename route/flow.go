@@ -67,7 +67,18 @@ type Flow struct {
 	Dst     netip.AddrPort // the destination address; zero when the client gave only a name
 	Host    string         // destination name, when known (HTTP, SOCKS4a/5 domain, sniffed SNI/Host)
 	Port    uint16         // destination port when Dst is zero (name-only flows); else Dst.Port()
+	Sniffed bool           // Host was sniffed from the flow's first bytes: a claim, for routing
 	Inbound Inbound
+}
+
+// DialAddress is what to ask an upstream for: Address, except for a sniffed name, which is used
+// for routing and handed upstream only when override is set, so that the address the client
+// chose (curl -4, a hosts-file entry) stands.
+func (f Flow) DialAddress(override bool) string {
+	if f.Sniffed && !override && f.Dst.IsValid() {
+		return f.Dst.String()
+	}
+	return f.Address()
 }
 
 // DstPort is the destination port, whether the flow has an address or only a name.
@@ -79,7 +90,7 @@ func (f Flow) DstPort() uint16 {
 }
 
 // Address is the "host:port" to ask an upstream for: the name when the flow has one (so the
-// upstream resolves it), else the address.
+// upstream resolves it), else the address. A sniffed name is a claim: see DialAddress.
 func (f Flow) Address() string {
 	if f.Host != "" {
 		return net.JoinHostPort(f.Host, strconv.Itoa(int(f.DstPort())))

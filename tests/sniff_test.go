@@ -33,7 +33,7 @@ func TestSniffRoutesByNameThroughDante(t *testing.T) {
 	gw := startSocksgate(t, tp.GW, gatewayConfig("socks5://"+netlab.Proxy4+":1080", `rules:
   - {name: by-name, domain: [name.test, web.test], upstream: main}
   - {name: catchall, action: block}
-transparent: {sniff: {enabled: true, ports: [80, 443], timeout: 3s}}
+transparent: {sniff: {enabled: true, ports: [80, 443], timeout: 3s, override: true}}
 `))
 
 	t.Run("TLS SNI", func(t *testing.T) {
@@ -70,6 +70,32 @@ transparent: {sniff: {enabled: true, ports: [80, 443], timeout: 3s}}
 			t.Fatalf("flow line: %s", line)
 		}
 	})
+}
+
+// Without sniff.override the sniffed name routes the flow but the client's own choice of address
+// stands (curl -4, a hosts-file entry for a staging server): dante is asked for the address.
+func TestSniffedNameIsAClaimWithoutOverride(t *testing.T) {
+	tp := netlab.NewTopology(t)
+	serveWeb(t, tp)
+	d := startDante(t, tp, danteOptions{Server: "debug: 1"})
+	gw := startSocksgate(t, tp.GW, gatewayConfig("socks5://"+netlab.Proxy4+":1080", `rules:
+  - {name: by-name, domain: [web.test], upstream: main}
+  - {name: catchall, action: block}
+transparent: {sniff: {enabled: true, ports: [80], timeout: 3s}}
+`))
+	out, err := curl(tp.LAN, "-4", "--resolve", "web.test:80:"+netlab.WAN4, "http://web.test/")
+	if err != nil || out != pageBody {
+		t.Fatalf("curl: %v: %q", err, out)
+	}
+	if line := routingFlowLine(t, gw, "web.test:80"); !strings.Contains(line, "rule=by-name") {
+		t.Fatalf("flow line: %s", line)
+	}
+	if !waitFor(2*time.Second, func() bool { return strings.Contains(d.Output(), "address: "+netlab.WAN4+".80") }) {
+		t.Fatalf("dante was not asked for the client's address %s:\n%s", netlab.WAN4, d.Output())
+	}
+	if strings.Contains(d.Output(), "ATYP: 3 address: web.test") {
+		t.Fatalf("dante was asked for the sniffed name:\n%s", d.Output())
+	}
 }
 
 // sniffDanteAskedForName checks dante received a request for the name (address type 3,
