@@ -18,6 +18,7 @@ have socat     || need+=(socat)
 have dig       || need+=(bind9-dnsutils)
 have proxychains4 || need+=(proxychains4)
 have openssl   || need+=(openssl)
+have xz        || need+=(xz-utils)    # make cross checks the compressed size
 have dnsmasq   || need+=(dnsmasq-base) # the binary only: no system service
 have sysctl    || need+=(procps)
 { have setpriv && have prlimit && have unshare; } || need+=(util-linux)
