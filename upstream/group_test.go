@@ -321,7 +321,8 @@ func TestGroupHealthChecksApplyFallAndRiseAndLogOnce(t *testing.T) {
 	}
 	fx.ups[0].set(nil)
 	testutil.WaitUntil(t, "a up again", func() bool { return memberUp(fx.g, "a") })
-	time.Sleep(20 * time.Millisecond) // more checks pass: nothing more is logged
+	n := fx.ups[0].count(probe) // more checks pass: nothing more is logged
+	testutil.WaitUntil(t, "more passing checks", func() bool { return fx.ups[0].count(probe) >= n+5 })
 	down, up := fx.messages("upstream down"), fx.messages("upstream up")
 	if len(down) != 1 || !strings.Contains(down[0], "2 health check(s) in a row failed") {
 		t.Fatalf("down lines %q", down)
