@@ -90,6 +90,13 @@ type Source interface {
 	Upstreams() []Upstream
 }
 
+// HealthChecker is implemented by a Source that knows of parts that should be serving and are
+// not (a listener that stopped with an error). While Unhealthy lists any, /healthz answers 503
+// with one reason a line; otherwise 200 "ok".
+type HealthChecker interface {
+	Unhealthy() []string
+}
+
 // Handler serves /metrics, /flows, /upstreams and /healthz from src. version labels
 // socksgate_build_info.
 func Handler(src Source, version string) http.Handler {
@@ -111,6 +118,15 @@ func Handler(src Source, version string) http.Handler {
 	})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if hc, ok := src.(HealthChecker); ok {
+			if down := hc.Unhealthy(); len(down) > 0 {
+				w.WriteHeader(http.StatusServiceUnavailable)
+				for _, reason := range down {
+					fmt.Fprintln(w, reason)
+				}
+				return
+			}
+		}
 		fmt.Fprintln(w, "ok")
 	})
 	return mux

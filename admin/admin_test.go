@@ -170,3 +170,22 @@ func FuzzDecodeFlows(f *testing.F) {
 		_ = DecodeJSON(strings.NewReader(s), &ups)
 	})
 }
+
+type unhealthySource struct {
+	fakeSource
+	down []string
+}
+
+func (u unhealthySource) Unhealthy() []string { return u.down }
+
+// /healthz answers 503 with the reasons while the source reports something down, 200 "ok"
+// once nothing is.
+func TestHealthzReportsWhatIsDown(t *testing.T) {
+	down := []string{"listen.http 10.0.1.1:8080: accept: invalid argument"}
+	if code, body := get(t, Handler(unhealthySource{down: down}, ""), "/healthz"); code != 503 || body != down[0]+"\n" {
+		t.Fatalf("healthz with a listener down: %d %q", code, body)
+	}
+	if code, body := get(t, Handler(unhealthySource{}, ""), "/healthz"); code != 200 || body != "ok\n" {
+		t.Fatalf("healthz with nothing down: %d %q", code, body)
+	}
+}
