@@ -342,10 +342,17 @@ func (s *Server) Close() error { return s.CloseGrace(5 * time.Second) }
 
 // CloseGrace is Close with a chosen grace period for requests in progress.
 func (s *Server) CloseGrace(grace time.Duration) error {
-	s.once.Do(s.init)
-	s.ln.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
+	return s.Shutdown(ctx)
+}
+
+// Shutdown is Close with requests in progress given until ctx ends (a deadline shared with
+// other servers, or none): idle connections close now, busy ones when their request is done,
+// and whatever is left when ctx ends is closed then.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.once.Do(s.init)
+	s.ln.Close()
 	if err := s.srv.Shutdown(ctx); err != nil {
 		return s.srv.Close()
 	}
