@@ -7,9 +7,12 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -23,15 +26,219 @@ import (
 	"github.com/socksgate/socksgate/upstream"
 )
 
-// startExplicit opens the explicit proxy ports (HTTP, SOCKS, mixed) of cfg.Listen. Explicit
-// clients get the same routing and upstreams as captured flows: the servers parse their
-// protocol and hand each destination to the adapters below, which build the Flow and call
-// Handle (CONNECT-style tunnels), Dial (HTTP forwarding) or route each UDP datagram.
-func (g *Gateway) startExplicit(ctx context.Context, cfg *configs.Config, log *logrus.Logger) ([]io.Closer, error) {
+// explicitInbound is the explicit proxy ports in force: one HTTP and one SOCKS server shared by
+// every port (they hold the settings: users, the source ACL, the handshake timeout), and the
+// open listeners by address. Explicit clients get the same routing and upstreams as captured
+// flows: the servers parse their protocol and hand each destination to the adapters in
+// explicit.go, which build the Flow and call Handle (CONNECT-style tunnels), Dial (HTTP
+// forwarding) or route each UDP datagram.
+//
+// A reload is a diff (set): a listener whose address stays is kept open throughout, so its
+// clients are never refused, even when its kind or the servers' settings change; new addresses
+// are opened before anything is closed; removed ones are closed, and what they already accepted
+// goes on to its end. Servers replaced by new settings are retired: their idle keep-alive
+// connections close, requests in progress finish, and only the shutdown deadline (cut) ends
+// them.
+type explicitInbound struct {
+	g      *Gateway
+	log    *logrus.Logger
+	ctx    context.Context // the flows' context
+	cut    context.Context // ends at shutdown's deadline
+	health *listenerHealth
+	guard  *loopGuard
+
+	servers atomic.Pointer[explicitServers] // nil: no explicit port
+	lns     map[string]*explicitListener    // by address as configured (expanded "lan:")
+	retired sync.WaitGroup                  // HTTP servers finishing their requests
+}
+
+// explicitListener is one open explicit port; its kind may change by reload, its socket stays.
+type explicitListener struct {
+	ln     net.Listener
+	kind   atomic.Pointer[string] // route.HTTP's name, route.SOCKS's or "mixed"
+	name   string                 // "listen.KIND ADDR" as first opened, for /healthz
+	failed atomic.Bool            // its accept loop stopped with an error
+}
+
+// explicitServers are the protocol servers of one set of settings.
+type explicitServers struct {
+	settings explicitSettings
+	hsrv     *httpproxy.Server
+	ssrv     *socksserver.Server
+	hs       time.Duration
+	report   func(string) func(netip.AddrPort, error)
+}
+
+// explicitSettings is what the servers are built from: when a reload leaves it as it was, the
+// servers (and their clients' keep-alive connections) stay.
+type explicitSettings struct {
+	Users     []configs.User
+	Allow     []netip.Prefix
+	Handshake configs.Duration
+	LAN       configs.LAN
+}
+
+func settingsOf(cfg *configs.Config) explicitSettings {
+	return explicitSettings{cfg.Listen.Users, cfg.Listen.Allow, cfg.Timeouts.Handshake, cfg.LAN}
+}
+
+// wantListener is one address cfg.Listen asks for.
+type wantListener struct {
+	kind, addr, entry string // entry: "listen.http[0]", for errors
+}
+
+// wantListeners expands cfg.Listen into the addresses to listen on, in config order.
+func wantListeners(cfg *configs.Config) ([]wantListener, error) {
 	l := cfg.Listen
-	if len(l.HTTP)+len(l.SOCKS)+len(l.Mixed) == 0 {
-		return nil, nil
+	var out []wantListener
+	seen := map[string]string{}
+	for _, kind := range []struct {
+		name  string
+		addrs configs.AddrList
+	}{{route.HTTP.String(), l.HTTP}, {route.SOCKS.String(), l.SOCKS}, {"mixed", l.Mixed}} {
+		for i, s := range kind.addrs {
+			entry := fmt.Sprintf("listen.%s[%d]", kind.name, i)
+			addrs, err := listenAddrs(cfg, s)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", entry, err)
+			}
+			for _, a := range addrs {
+				if other, dup := seen[a]; dup {
+					return nil, fmt.Errorf("%s: %s is also %s", entry, a, other)
+				}
+				seen[a] = entry
+				out = append(out, wantListener{kind.name, a, entry})
+			}
+		}
 	}
+	return out, nil
+}
+
+func newExplicitInbound(g *Gateway, ctx, cut context.Context, log *logrus.Logger, health *listenerHealth) *explicitInbound {
+	return &explicitInbound{g: g, log: log, ctx: ctx, cut: cut, health: health, guard: &loopGuard{},
+		lns: map[string]*explicitListener{}}
+}
+
+// set makes cfg's explicit ports the ones in force. Every address not open yet is opened
+// first: if one cannot be (a port taken), those just opened are closed again and the error is
+// returned, with the set in force untouched. Then the servers are switched (when their settings
+// changed), kept listeners take their kind, and removed ones are closed.
+func (e *explicitInbound) set(cfg *configs.Config) error {
+	want, err := wantListeners(cfg)
+	if err != nil {
+		return err
+	}
+	var servers *explicitServers
+	if len(want) > 0 {
+		servers = e.servers.Load()
+		if servers == nil || !reflect.DeepEqual(servers.settings, settingsOf(cfg)) {
+			if servers, err = e.newServers(cfg); err != nil {
+				return err
+			}
+		}
+	}
+	opened := map[string]*explicitListener{}
+	wanted := map[string]bool{}
+	for _, w := range want {
+		wanted[w.addr] = true
+		if l := e.lns[w.addr]; l != nil {
+			if !l.failed.Load() {
+				continue
+			}
+			// Stopped with an error (reported on /healthz): this reload opens it anew.
+			l.ln.Close()
+			delete(e.lns, w.addr)
+		}
+		lc := net.ListenConfig{KeepAliveConfig: upstream.KeepAlive}
+		ln, err := lc.Listen(context.Background(), "tcp", w.addr)
+		if err != nil {
+			for _, l := range opened {
+				l.ln.Close()
+			}
+			return fmt.Errorf("%s: %w", w.entry, err)
+		}
+		opened[w.addr] = &explicitListener{ln: ln, name: "listen." + w.kind + " " + w.addr}
+	}
+
+	// Nothing fails from here on.
+	if old := e.servers.Swap(servers); old != nil && old != servers {
+		e.retire(old)
+	}
+	for addr, l := range e.lns {
+		if !wanted[addr] {
+			l.ln.Close() // its serve loop ends; connections it accepted go on
+			delete(e.lns, addr)
+			e.health.forget(l.name)
+			e.log.WithFields(logrus.Fields{"kind": *l.kind.Load(), "addr": l.ln.Addr().String()}).Info("explicit proxy port closed")
+		}
+	}
+	own := make([]netip.AddrPort, 0, len(want)+1)
+	for _, w := range want {
+		l, kept := e.lns[w.addr]
+		if !kept {
+			l = opened[w.addr]
+			e.lns[w.addr] = l
+			e.health.forget(l.name)
+		}
+		kind := w.kind
+		if was := l.kind.Swap(&kind); kept && *was != kind {
+			e.log.WithFields(logrus.Fields{"kind": kind, "was": *was, "addr": l.ln.Addr().String()}).Info("explicit proxy port changes kind")
+		}
+		own = append(own, addrPort(l.ln.Addr()))
+		if !kept {
+			e.log.WithFields(logrus.Fields{"kind": kind, "addr": l.ln.Addr().String()}).Info("explicit proxy listening")
+			go e.serve(l)
+		}
+	}
+	if len(want) == 0 {
+		e.g.guard.Store(nil)
+		return nil
+	}
+	if len(cfg.LAN.Interfaces) > 0 {
+		own = append(own, netip.AddrPortFrom(netip.IPv6Unspecified(), cfg.Transparent.TCPPort))
+	}
+	e.guard.set(own)
+	e.g.guard.Store(e.guard)
+	return nil
+}
+
+// serve accepts on l until it is closed; a listener that stops otherwise is reported down.
+func (e *explicitInbound) serve(l *explicitListener) {
+	err := e.g.serveAccept(e.ctx, l.ln, func(c net.Conn) {
+		if s := e.servers.Load(); s != nil {
+			s.serve(e.ctx, *l.kind.Load(), c)
+			return
+		}
+		c.Close() // the last explicit port is being closed
+	})
+	if err != nil {
+		l.failed.Store(true)
+		e.log.WithError(err).WithField("addr", l.ln.Addr().String()).Error("explicit listener stopped")
+		e.health.stopped(l.name, err)
+	}
+}
+
+// retire lets an HTTP server no longer in force finish its requests, until shutdown's deadline.
+func (e *explicitInbound) retire(s *explicitServers) {
+	e.retired.Go(func() { s.hsrv.Shutdown(e.cut) })
+}
+
+// close closes every explicit port and retires the servers; it returns once their requests
+// in progress are done, or e.cut has ended them.
+func (e *explicitInbound) close() {
+	for addr, l := range e.lns {
+		l.ln.Close()
+		delete(e.lns, addr)
+	}
+	if s := e.servers.Swap(nil); s != nil {
+		e.retire(s)
+	}
+	e.retired.Wait()
+}
+
+// newServers builds the HTTP and SOCKS servers for cfg's explicit settings.
+func (e *explicitInbound) newServers(cfg *configs.Config) (*explicitServers, error) {
+	l := cfg.Listen
 	allow, err := explicitACL(cfg)
 	if err != nil {
 		return nil, err
@@ -45,98 +252,115 @@ func (g *Gateway) startExplicit(ctx context.Context, cfg *configs.Config, log *l
 		auth = httpproxy.Credentials(users)
 	}
 	hs := time.Duration(cfg.Timeouts.Handshake)
-	guard := &loopGuard{}
+	log := e.log
 	report := func(inbound string) func(netip.AddrPort, error) {
 		return func(src netip.AddrPort, err error) {
-			e := log.WithFields(logrus.Fields{"inbound": inbound, "src": src.String()}).WithError(err)
+			line := log.WithFields(logrus.Fields{"inbound": inbound, "src": src.String()}).WithError(err)
 			switch {
 			case errors.Is(err, httpproxy.ErrRefusedSource), errors.Is(err, socksserver.ErrRefusedSource):
-				e.Warn("explicit client refused")
+				line.Warn("explicit client refused")
 			case errors.Is(err, httpproxy.ErrAuthFailed), errors.Is(err, socksserver.ErrAuthFailed),
 				errors.Is(err, socksserver.ErrSOCKS4WithUsers):
-				e.Warn("explicit client not authenticated")
+				line.Warn("explicit client not authenticated")
 			case errors.Is(err, httpproxy.ErrAuthRequired):
-				e.Debug("explicit client asked for credentials (407 challenge)") // every normal login starts so
+				line.Debug("explicit client asked for credentials (407 challenge)") // every normal login starts so
 			case errors.Is(err, httpproxy.ErrServerLog):
 				if strings.Contains(err.Error(), "body copy") { // an origin cut a response: the flow's line says so
-					e.Debug("http proxy: net/http")
+					line.Debug("http proxy: net/http")
 				} else {
-					e.Warn("http proxy: net/http")
+					line.Warn("http proxy: net/http")
 				}
 			default:
-				e.Debug("explicit client handshake failed")
+				line.Debug("explicit client handshake failed")
 			}
 		}
 	}
-	hsrv := &httpproxy.Server{
-		Tunneler:         &httpInbound{g: g, guard: guard},
-		Authenticate:     auth,
-		Allow:            allow,
-		HandshakeTimeout: hs,
-		ErrorLog:         report(route.HTTP.String()),
+	return &explicitServers{
+		settings: settingsOf(cfg),
+		hsrv: &httpproxy.Server{
+			Tunneler:         &httpInbound{g: e.g, guard: e.guard},
+			Authenticate:     auth,
+			Allow:            allow,
+			HandshakeTimeout: hs,
+			ErrorLog:         report(route.HTTP.String()),
+		},
+		ssrv: &socksserver.Server{
+			Tunneler:         &socksInbound{g: e.g, guard: e.guard},
+			Counters:         &e.g.Stats.SOCKSUDP, // one set for every server of the run, across reloads
+			Authenticate:     auth,
+			Allow:            allow,
+			HandshakeTimeout: hs,
+			ErrorLog:         report(route.SOCKS.String()),
+		},
+		hs:     hs,
+		report: report,
+	}, nil
+}
+
+// serve hands c, accepted on a port of kind, to its server; a mixed port tells SOCKS from HTTP
+// by the first byte.
+func (s *explicitServers) serve(ctx context.Context, kind string, c net.Conn) {
+	switch kind {
+	case route.HTTP.String():
+		s.hsrv.ServeConn(ctx, c)
+		return
+	case route.SOCKS.String():
+		s.ssrv.ServeConn(ctx, c)
+		return
 	}
-	ssrv := &socksserver.Server{
-		Tunneler:         &socksInbound{g: g, guard: guard},
-		Counters:         &g.Stats.SOCKSUDP, // one set for every server of the run, across reloads
-		Authenticate:     auth,
-		Allow:            allow,
-		HandshakeTimeout: hs,
-		ErrorLog:         report(route.SOCKS.String()),
+	b, err := peekByte(c, s.hs)
+	if err != nil {
+		c.Close()
+		s.report("mixed")(addrPort(c.RemoteAddr()), fmt.Errorf("read first byte: %w", err))
+		return
 	}
-	mixed := func(c net.Conn) {
-		b, err := peekByte(c, hs)
-		if err != nil {
-			c.Close()
-			report("mixed")(addrPort(c.RemoteAddr()), fmt.Errorf("read first byte: %w", err))
-			return
-		}
-		if b == socks.Version4 || b == socks.Version5 {
-			ssrv.ServeConn(ctx, c)
-			return
-		}
-		hsrv.ServeConn(ctx, c)
+	if b == socks.Version4 || b == socks.Version5 {
+		s.ssrv.ServeConn(ctx, c)
+		return
 	}
-	var lns []io.Closer
-	grace := time.Duration(cfg.Timeouts.Grace)
-	httpCloser := closerFunc(func() error { return hsrv.CloseGrace(grace) })
-	for _, kind := range []struct {
-		name  string
-		addrs configs.AddrList
-		serve func(net.Conn)
-	}{
-		{route.HTTP.String(), l.HTTP, func(c net.Conn) { hsrv.ServeConn(ctx, c) }},
-		{route.SOCKS.String(), l.SOCKS, func(c net.Conn) { ssrv.ServeConn(ctx, c) }},
-		{"mixed", l.Mixed, mixed},
-	} {
-		for i, s := range kind.addrs {
-			addrs, err := listenAddrs(cfg, s)
-			if err != nil {
-				return append(lns, httpCloser), fmt.Errorf("listen.%s[%d]: %w", kind.name, i, err)
-			}
-			for _, a := range addrs {
-				lc := net.ListenConfig{KeepAliveConfig: upstream.KeepAlive}
-				ln, err := lc.Listen(context.Background(), "tcp", a)
-				if err != nil {
-					return append(lns, httpCloser), fmt.Errorf("listen.%s[%d]: %w", kind.name, i, err)
-				}
-				lns = append(lns, ln)
-				guard.add(addrPort(ln.Addr()))
-				log.WithFields(logrus.Fields{"kind": kind.name, "addr": ln.Addr().String()}).Info("explicit proxy listening")
-				go func() {
-					if err := g.serveAccept(ctx, ln, kind.serve); err != nil {
-						log.WithError(err).WithField("addr", ln.Addr().String()).Error("explicit listener stopped")
-					}
-				}()
-			}
-		}
+	s.hsrv.ServeConn(ctx, c)
+}
+
+// set replaces the listeners the guard knows.
+func (l *loopGuard) set(own []netip.AddrPort) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.own = own
+}
+
+// listenerHealth knows the listeners that should be serving and stopped with an error
+// instead; /healthz reports them.
+type listenerHealth struct {
+	mu   sync.Mutex
+	down map[string]error
+}
+
+func (h *listenerHealth) stopped(name string, err error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.down == nil {
+		h.down = map[string]error{}
 	}
-	if len(cfg.LAN.Interfaces) > 0 {
-		guard.add(netip.AddrPortFrom(netip.IPv6Unspecified(), cfg.Transparent.TCPPort))
+	h.down[name] = err
+}
+
+// forget drops a listener that is no longer meant to be open (closed by a reload).
+func (h *listenerHealth) forget(name string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	delete(h.down, name)
+}
+
+// Unhealthy lists "NAME stopped: ERROR" for each listener down, sorted.
+func (h *listenerHealth) Unhealthy() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := make([]string, 0, len(h.down))
+	for name, err := range h.down {
+		out = append(out, name+" stopped: "+err.Error())
 	}
-	g.guard.Store(guard)
-	// The listeners close first (no new clients), then the HTTP server lets requests in
-	// progress finish.
-	return append(lns, httpCloser), nil
+	slices.Sort(out)
+	return out
 }
 
 // listenAddrs expands one listen.* entry: "lan:PORT" is each address of each lan.interfaces

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"reflect"
 	"strconv"
 	"sync"
 	"syscall"
@@ -24,20 +25,22 @@ import (
 )
 
 // Run serves cfg until ctx is cancelled: it opens the listeners, installs the kernel rules, and
-// on cancellation closes the listeners, lets live flows finish for the grace period, removes
-// the rules and returns. A failure to start (a port in use, rules refused) is returned at once,
-// with whatever was already set up undone. Every config received from reload is applied
-// without dropping live flows (see runtime.reload); reload may be nil.
+// on cancellation closes the listeners, lets live flows and forwarded requests finish until one
+// deadline (timeouts.grace from the start of shutdown), cuts what is left then, removes the
+// rules and returns. A failure to start (a port in use, rules refused) is returned at once,
+// with whatever was already set up undone. Every config received from reload is applied as a
+// diff without dropping live flows (see running.reload); reload may be nil.
 func Run(ctx context.Context, cfg *configs.Config, log *logrus.Logger, reload <-chan *configs.Config) (err error) {
 	nofile := raiseFileLimit(log)
-	rt := &running{log: log, cfg: cfg, mark: redirect.MarkControl(cfg.Mark)}
+	rt := &running{log: log, cfg: cfg, mark: redirect.MarkControl(cfg.Mark), health: &listenerHealth{}}
 	defer rt.stopHealth()
-	router, err := rt.buildRouting(cfg)
+	routing, err := rt.newRouting(cfg)
 	if err != nil {
 		return err
 	}
+	rt.ups, rt.stopUps = routing.ups, routing.stop
 	g := &Gateway{
-		Router:      router,
+		Router:      routing.router,
 		Log:         logrus.NewEntry(log),
 		DialTimeout: time.Duration(cfg.Timeouts.Dial),
 		Idle:        time.Duration(cfg.Timeouts.Idle),
@@ -63,24 +66,33 @@ func Run(ctx context.Context, cfg *configs.Config, log *logrus.Logger, reload <-
 	flowCtx, cancelFlows := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelFlows()
 	rt.flowCtx = flowCtx
-	defer rt.closeInbounds()
+	cut, cutNow := context.WithCancel(context.Background())
+	defer cutNow()
+	rt.explicit = newExplicitInbound(g, flowCtx, cut, log, rt.health)
+	defer func() {
+		if err != nil { // a failed start: nothing to wait for
+			cutNow()
+			rt.closeInbounds()
+		}
+	}()
 
 	// Every listener opens before the kernel is touched: a start that fails (a port taken)
 	// leaves the kernel as it found it, including a table a crash left with on_crash closed,
 	// which keeps the LAN from leaking direct until a start succeeds.
 	capture := len(cfg.LAN.Interfaces) > 0
 	if capture {
-		if err := rt.startTransparentTCP(cfg); err != nil {
+		if rt.tcp, err = rt.openTransparentTCP(cfg.Transparent); err != nil {
 			return err
 		}
 	}
-	// The other inbounds, each in its own file: explicit HTTP/SOCKS ports, transparent UDP and
-	// the admin endpoint. Each returns what must be closed at shutdown (or when a reload
-	// replaces it).
-	for _, kind := range []string{inboundExplicit, inboundUDP, inboundAdmin} {
-		if err := rt.startInbound(kind, cfg); err != nil {
-			return err
-		}
+	if err := rt.explicit.set(cfg); err != nil {
+		return err
+	}
+	if rt.udp, err = g.startUDP(flowCtx, cfg, log); err != nil {
+		return err
+	}
+	if rt.admin, err = rt.startAdmin(cfg.Admin); err != nil {
+		return err
 	}
 
 	if capture {
@@ -121,57 +133,96 @@ func Run(ctx context.Context, cfg *configs.Config, log *logrus.Logger, reload <-
 			rt.reload(next)
 		}
 	}
-
-	log.Info("shutting down")
-	rt.closeInbounds()
-	graceCtx, cancel := context.WithTimeout(context.Background(), time.Duration(rt.cfg.Timeouts.Grace))
-	defer cancel()
-	if cut := g.Shutdown(graceCtx); cut > 0 {
-		log.WithField("flows", cut).Warn("grace period over: closed live flows")
-	}
+	rt.shutdown(cutNow)
 	cancelFlows()
 	return nil
 }
 
-// The inbounds a reload can replace one by one.
-const (
-	inboundTCP      = "transparent tcp"
-	inboundExplicit = "explicit"
-	inboundUDP      = "transparent udp"
-	inboundAdmin    = "admin"
-)
+// shutdown closes every inbound (the HTTP servers let requests in progress finish for the
+// grace period), then gives live flows the grace period.
+func (rt *running) shutdown(cutNow context.CancelFunc) {
+	grace := time.Duration(rt.cfg.Timeouts.Grace)
+	rt.log.Info("shutting down")
+	httpCtx, cancelHTTP := context.WithTimeout(context.Background(), grace)
+	defer cancelHTTP()
+	stop := context.AfterFunc(httpCtx, cutNow)
+	defer stop()
+	rt.closeInbounds()
+	graceCtx, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	if cut := rt.g.Shutdown(graceCtx); cut > 0 {
+		rt.log.WithField("flows", cut).Warn("grace period over: closed live flows")
+	}
+}
 
 // running is what Run holds while serving: the config in force, the upstreams and their health
 // checks, the kernel rules and the open inbounds.
 type running struct {
 	log      *logrus.Logger
 	g        *Gateway
-	cfg      *configs.Config
+	cfg      *configs.Config // in force: what a reload could not apply is as it was
 	mark     upstream.Control
 	ups      map[string]upstream.Upstream
 	stopUps  func()
 	rules    *redirect.Ruleset
 	flowCtx  context.Context
-	inbounds map[string][]io.Closer
-	serving  sync.WaitGroup
+	health   *listenerHealth
+	tcp      net.Listener // transparent TCP; nil: capture off
+	explicit *explicitInbound
+	udp      []io.Closer // transparent UDP (udp.go)
+	admin    []io.Closer
+	serving  sync.WaitGroup // the transparent TCP accept loops
 }
 
-// buildRouting builds the upstreams (starting their health checks) and the router of cfg. On
-// success the previous upstreams' health checks are stopped: flows already dialed keep their
-// connections, new flows use the new upstreams.
-func (rt *running) buildRouting(cfg *configs.Config) (route.Router, error) {
+// closeInbounds closes every listener; flows they handed on keep running. It returns once the
+// accept loops have ended and the HTTP servers have finished (or explicitInbound.cut ended them).
+func (rt *running) closeInbounds() {
+	if rt.tcp != nil {
+		rt.tcp.Close()
+		rt.tcp = nil
+	}
+	closeAll(rt.udp)
+	closeAll(rt.admin)
+	rt.udp, rt.admin = nil, nil
+	rt.serving.Wait()
+	rt.explicit.close()
+}
+
+func closeAll(cs []io.Closer) {
+	for _, c := range cs {
+		c.Close()
+	}
+}
+
+// routing is a built set of upstreams (health checks running) and the router over them.
+type routing struct {
+	ups    map[string]upstream.Upstream
+	router route.Router
+	stop   func() // stops the health checks
+}
+
+// newRouting builds the upstreams (starting their health checks) and the router of cfg,
+// leaving the ones in force alone.
+func (rt *running) newRouting(cfg *configs.Config) (routing, error) {
 	ups, stop, err := upstream.NewUpstreams(cfg, rt.mark, logrus.NewEntry(rt.log))
 	if err != nil {
-		return nil, err
+		return routing{}, err
 	}
 	router, err := route.NewRouter(cfg, ups)
 	if err != nil {
 		stop()
-		return nil, err
+		return routing{}, err
 	}
+	return routing{ups, router, stop}, nil
+}
+
+// useRouting puts r in force for new flows (flows already dialed keep their connections) and
+// stops the previous upstreams' health checks.
+func (rt *running) useRouting(cfg *configs.Config, r routing) {
+	rt.g.SetRouter(r.router)
 	rt.stopHealth()
-	rt.ups, rt.stopUps = ups, stop
-	return router, nil
+	rt.ups, rt.stopUps = r.ups, r.stop
+	rt.g.health.Store(&groupHealth{cfg: cfg, ups: r.ups})
 }
 
 func (rt *running) stopHealth() {
@@ -181,61 +232,35 @@ func (rt *running) stopHealth() {
 	}
 }
 
-// startTransparentTCP opens the listener captured TCP is delivered to: a plain one for
-// REDIRECT (the original destination comes from conntrack), a transparent one for TPROXY (the
-// original destination is the accepted socket's own local address).
-func (rt *running) startTransparentTCP(cfg *configs.Config) error {
-	addr := net.JoinHostPort("::", strconv.Itoa(int(cfg.Transparent.TCPPort)))
+// openTransparentTCP opens the listener captured TCP is delivered to and serves it: a plain one
+// for REDIRECT (the original destination comes from conntrack), a transparent one for TPROXY
+// (the original destination is the accepted socket's own local address).
+func (rt *running) openTransparentTCP(t configs.Transparent) (net.Listener, error) {
+	addr := net.JoinHostPort("::", strconv.Itoa(int(t.TCPPort)))
+	name := transparentTCPName(t.TCPPort)
 	lc := net.ListenConfig{KeepAliveConfig: upstream.KeepAlive}
 	serve := rt.g.ServeRedirect
-	if cfg.Transparent.TCPMode == configs.TCPModeTProxy {
+	if t.TCPMode == configs.TCPModeTProxy {
 		lc.Control = transparentControl
 		serve = rt.g.ServeTProxy
 	}
 	ln, err := lc.Listen(context.Background(), "tcp", addr)
 	if err != nil {
-		return fmt.Errorf("transparent TCP listener: %w", err)
+		return nil, fmt.Errorf("transparent TCP listener: %w", err)
 	}
-	rt.addInbound(inboundTCP, ln)
+	rt.health.forget(name)
 	rt.serving.Go(func() {
 		if err := serve(rt.flowCtx, ln); err != nil {
 			rt.log.WithError(err).Error("transparent TCP listener stopped")
+			rt.health.stopped(name, err)
 		}
 	})
-	return nil
+	return ln, nil
 }
 
-func (rt *running) startInbound(kind string, cfg *configs.Config) error {
-	start := map[string]func(context.Context, *configs.Config, *logrus.Logger) ([]io.Closer, error){
-		inboundExplicit: rt.g.startExplicit,
-		inboundUDP:      rt.g.startUDP,
-		inboundAdmin:    rt.g.startAdmin, // stats_admin.go
-	}[kind]
-	cs, err := start(rt.flowCtx, cfg, rt.log)
-	rt.addInbound(kind, cs...)
-	return err
-}
-
-func (rt *running) addInbound(kind string, cs ...io.Closer) {
-	if rt.inbounds == nil {
-		rt.inbounds = map[string][]io.Closer{}
-	}
-	rt.inbounds[kind] = append(rt.inbounds[kind], cs...)
-}
-
-// closeInbound closes one inbound's listeners; flows it already handed on keep running.
-func (rt *running) closeInbound(kind string) {
-	for _, c := range rt.inbounds[kind] {
-		c.Close()
-	}
-	delete(rt.inbounds, kind)
-}
-
-func (rt *running) closeInbounds() {
-	for _, kind := range []string{inboundTCP, inboundExplicit, inboundUDP, inboundAdmin} {
-		rt.closeInbound(kind)
-	}
-	rt.serving.Wait()
+// transparentTCPName names the transparent TCP listener on port for /healthz.
+func transparentTCPName(port uint16) string {
+	return "transparent tcp " + net.JoinHostPort("::", strconv.Itoa(int(port)))
 }
 
 // ruleSpec turns the config into the kernel rules' spec, adding the LAN interfaces' own
@@ -250,153 +275,267 @@ func (rt *running) ruleSpec(cfg *configs.Config) redirect.Spec {
 	return SpecFromConfig(cfg, own)
 }
 
-// reload applies next, a config that has already been validated. Live flows are never
-// dropped: the router and upstreams switch for new flows; the kernel table is replaced in one
-// batch; an inbound is reopened only when its own settings changed. Settings that only a
-// restart applies are named in a warning. If anything fails, what was running keeps running
-// where possible and the error is logged.
+// reload applies next, a config that has already been validated, as a diff, section by section
+// (the way tailscale's router Set does): each step takes what is in force and what next asks
+// for, changes only what differs, opening the new before closing the old, and returns what is
+// in force now. Live flows are never dropped.
+//
+// What can refuse the reload as a whole comes first and changes nothing until it has all
+// succeeded: the new upstreams and router are built (not yet used), then the explicit ports
+// are set (new ones opened before any is closed; one that cannot open keeps the whole old set,
+// and the reload is refused with the reason). From there on, a section that fails keeps its
+// old settings in force, says so, and the others apply. Settings only a restart applies are
+// named in a warning, and kept as they run in the config recorded as running.
 func (rt *running) reload(next *configs.Config) {
-	log, old, g := rt.log, rt.cfg, rt.g
-	var changed, restart []string
-	note := func(what string, differs bool, list *[]string) {
-		if differs {
-			*list = append(*list, what)
-		}
-	}
-
-	router, err := rt.buildRouting(next)
-	if err != nil {
+	log, old := rt.log, rt.cfg
+	refuse := func(err error) {
 		log.WithError(err).Error("reload refused: the running config stays in force")
+	}
+	r, err := rt.newRouting(next)
+	if err != nil {
+		refuse(err)
 		return
 	}
-	g.SetRouter(router)
-	g.health.Store(&groupHealth{cfg: next, ups: rt.ups})
-	changed = append(changed, "upstreams, groups and rules")
-
-	if lvl, err := logrus.ParseLevel(next.Log.Level); err == nil && next.Log.Level != old.Log.Level {
-		log.SetLevel(lvl)
-		changed = append(changed, "log.level")
+	if err := rt.explicit.set(next); err != nil {
+		r.stop()
+		refuse(err)
+		return
 	}
 
-	if next.Mark != old.Mark {
-		// socksgate's own sockets carry the mark the rules exempt: rules with a new mark and
-		// sockets with the old one would capture socksgate's own traffic again. Both change
-		// with a restart only.
-		restart = append(restart, "mark")
-		next.Mark = old.Mark
-	}
-	capture := len(old.LAN.Interfaces) > 0
-	if (len(next.LAN.Interfaces) > 0) != capture {
-		// Capture cannot be turned on or off live: what runs keeps its interfaces and its
-		// transparent settings, and the config recorded as running says so, so the next
-		// reload compares against what is really installed (rules or none).
-		restart = append(restart, "lan.interfaces (turning capture on or off)")
-		next.LAN, next.Transparent = old.LAN, old.Transparent
-	}
-	// UDP capture on a new port (or turned on): the new listener opens before the rules point
-	// at it, and the old one closes after; if it cannot open, UDP stays as it was.
-	var oldUDP []io.Closer
-	udpMoved := false
-	if nt, ot := next.Transparent, old.Transparent; capture && nt.UDP && (!ot.UDP || nt.UDPPort != ot.UDPPort) {
-		oldUDP = rt.inbounds[inboundUDP]
-		delete(rt.inbounds, inboundUDP)
-		if err := rt.startInbound(inboundUDP, next); err != nil {
-			log.WithError(err).Error("reload: transparent UDP listener; keeping the old one")
-			rt.closeInbound(inboundUDP)
-			rt.inbounds[inboundUDP] = oldUDP
-			keepUDPSettings(&next.Transparent, old.Transparent)
-		} else {
-			udpMoved = true
-			changed = append(changed, "transparent UDP")
-		}
-	}
-	if capture {
-		if next.Transparent.TCPPort != old.Transparent.TCPPort || next.Transparent.TCPMode != old.Transparent.TCPMode {
-			// Open the new listener before the rules point at it; close the old one after. A
-			// new mode on the same port needs the port itself: the old listener gives it up
-			// first, and a connection arriving in that instant is refused.
-			samePort := next.Transparent.TCPPort == old.Transparent.TCPPort
-			oldTCP := rt.inbounds[inboundTCP]
-			delete(rt.inbounds, inboundTCP)
-			closeOld := func() {
-				for _, c := range oldTCP {
-					c.Close()
-				}
-			}
-			if samePort {
-				closeOld()
-			}
-			if err := rt.startTransparentTCP(next); err != nil {
-				log.WithError(err).Error("reload: transparent TCP listener; keeping the old one")
-				next.Transparent.TCPPort, next.Transparent.TCPMode = old.Transparent.TCPPort, old.Transparent.TCPMode
-				if !samePort {
-					rt.inbounds[inboundTCP] = oldTCP
-				} else if err := rt.startTransparentTCP(old); err != nil {
-					log.WithError(err).Error("reload: reopening the old transparent TCP listener failed: captured TCP is refused until a restart")
-				}
-			} else {
-				if !samePort {
-					defer closeOld()
-				}
-				changed = append(changed, "transparent.tcp_port/tcp_mode")
-			}
-		}
-		if err := rt.rules.Replace(rt.ruleSpec(next)); err != nil {
-			log.WithError(err).Error("reload: replace nftables rules; the previous rules stay")
-		} else {
-			changed = append(changed, "kernel rules")
-		}
-	}
-
-	if !equalJSON(next.Listen, old.Listen) {
-		rt.closeInbound(inboundExplicit)
-		if err := rt.startInbound(inboundExplicit, next); err != nil {
-			log.WithError(err).Error("reload: explicit listeners")
-		}
+	applied := *next
+	changed := []string{"upstreams, groups and rules"}
+	rt.useRouting(next, r)
+	if !reflect.DeepEqual(next.Listen, old.Listen) {
 		changed = append(changed, "listen")
 	}
-	switch {
-	case udpMoved:
-		for _, c := range oldUDP {
-			c.Close()
-		}
-	case udpSettingsDiffer(next.Transparent, old.Transparent):
-		// UDP sessions live in the listener's table: reopening it ends them (clients retry).
-		// On the same port the old listener has to go first; turned off, the rules no
-		// longer send anything to it.
-		rt.closeInbound(inboundUDP)
-		if err := rt.startInbound(inboundUDP, next); err != nil {
-			log.WithError(err).Error("reload: transparent UDP")
-		}
-		changed = append(changed, "transparent UDP")
-	}
-	if w := next.Transparent.UDPOverTCPUpstream; w != old.Transparent.UDPOverTCPUpstream {
-		// Explicit SOCKS UDP follows it too (the transparent inbound has just been reopened).
-		var fb upstream.Upstream
-		if w == configs.UDPDirect {
-			fb = &upstream.Direct{Control: rt.mark}
-		}
-		g.SetUDPFallback(fb)
-	}
-	if next.Admin != old.Admin {
-		rt.closeInbound(inboundAdmin)
-		if err := rt.startInbound(inboundAdmin, next); err != nil {
-			log.WithError(err).Error("reload: admin endpoint")
-		}
+	c, capChanged, restart := rt.setCapture(old, next)
+	applied.Mark, applied.LAN, applied.Transparent = c.Mark, c.LAN, c.Transparent
+	changed = append(changed, capChanged...)
+	if applied.Admin = rt.setAdmin(old.Admin, next.Admin); applied.Admin != old.Admin {
 		changed = append(changed, "admin")
 	}
-	note("relay", next.Relay != old.Relay, &restart)
-	note("timeouts", next.Timeouts != old.Timeouts, &restart)
-	note("limits", next.Limits != old.Limits, &restart)
-	note("log.format", next.Log.Format != old.Log.Format, &restart)
-	note("transparent.sniff", !equalJSON(next.Transparent.Sniff, old.Transparent.Sniff), &restart)
+	if applied.Log.Level = rt.setLogLevel(old.Log.Level, next.Log.Level); applied.Log.Level != old.Log.Level {
+		changed = append(changed, "log.level")
+	}
+	for _, s := range []struct {
+		what    string
+		differs bool
+	}{
+		{"relay", next.Relay != old.Relay},
+		{"timeouts", next.Timeouts != old.Timeouts},
+		{"limits", next.Limits != old.Limits},
+		{"log.format", next.Log.Format != old.Log.Format},
+		{"transparent.sniff", !equalJSON(next.Transparent.Sniff, old.Transparent.Sniff)},
+	} {
+		if s.differs {
+			restart = append(restart, s.what)
+		}
+	}
 
-	rt.cfg = next
+	rt.cfg = &applied
 	e := log.WithField("applied", changed)
 	if len(restart) > 0 {
 		e = e.WithField("needs_restart", restart)
 	}
 	e.Info("config reloaded")
+}
+
+// capture is the part of a config the capture section owns.
+type capture struct {
+	Mark        uint32
+	LAN         configs.LAN
+	Transparent configs.Transparent
+}
+
+// setCapture is the capture section: the transparent TCP and UDP listeners, the kernel rules
+// and udp_without_support. It returns the settings in force, what it changed, and what needs a
+// restart. New listeners open before the rules point at them and old ones close after; if the
+// rules cannot be replaced, the listeners moved for them are moved back and the previous
+// capture stays.
+func (rt *running) setCapture(old, next *configs.Config) (in capture, changed, restart []string) {
+	in = capture{next.Mark, next.LAN, next.Transparent}
+	was := capture{old.Mark, old.LAN, old.Transparent}
+	if next.Mark != old.Mark {
+		// socksgate's own sockets carry the mark the rules exempt: rules with a new mark and
+		// sockets with the old one would capture socksgate's own traffic again. Both change
+		// with a restart only.
+		restart = append(restart, "mark")
+		in.Mark = old.Mark
+	}
+	on := len(old.LAN.Interfaces) > 0
+	if (len(next.LAN.Interfaces) > 0) != on {
+		// Capture cannot be turned on or off live: what runs keeps its interfaces and its
+		// transparent settings, and the config recorded as running says so, so the next
+		// reload compares against what is really installed (rules or none).
+		restart = append(restart, "lan.interfaces (turning capture on or off)")
+		in.LAN, in.Transparent = old.LAN, old.Transparent
+	}
+	if !on {
+		if rt.setUDPFallback(old.Transparent, in.Transparent) {
+			changed = append(changed, "transparent.udp_without_support")
+		}
+		return in, changed, restart
+	}
+
+	tcp, tcpNow, tcpUndo := rt.setTransparentTCP(old.Transparent, in.Transparent)
+	in.Transparent.TCPPort, in.Transparent.TCPMode = tcp.TCPPort, tcp.TCPMode
+	udpMoved, udpOld, udpUndo := rt.moveTransparentUDP(old, next, &in.Transparent)
+
+	spec := *next
+	spec.Mark, spec.LAN, spec.Transparent = in.Mark, in.LAN, in.Transparent
+	if err := rt.rules.Replace(rt.ruleSpec(&spec)); err != nil {
+		rt.log.WithError(err).Error("reload: replace nftables rules; the previous capture stays")
+		tcpUndo()
+		udpUndo()
+		rt.setUDPFallback(old.Transparent, old.Transparent)
+		return was, nil, restart
+	}
+	changed = append(changed, "kernel rules")
+	tcpNow()
+	if tcp != (portMode{old.Transparent.TCPPort, old.Transparent.TCPMode}) {
+		changed = append(changed, "transparent.tcp_port/tcp_mode")
+	}
+	switch {
+	case udpMoved:
+		closeAll(udpOld)
+		changed = append(changed, "transparent UDP")
+	case udpSettingsDiffer(in.Transparent, old.Transparent):
+		// UDP sessions live in the listener's table: reopening it ends them (clients retry).
+		// On the same port the old listener has to go first; turned off, the rules no
+		// longer send anything to it.
+		closeAll(rt.udp)
+		var err error
+		if rt.udp, err = rt.g.startUDP(rt.flowCtx, &spec, rt.log); err != nil {
+			rt.log.WithError(err).Error("reload: transparent UDP")
+		}
+		changed = append(changed, "transparent UDP")
+	}
+	if rt.setUDPFallback(old.Transparent, in.Transparent) {
+		changed = append(changed, "transparent.udp_without_support")
+	}
+	return in, changed, restart
+}
+
+type portMode struct {
+	TCPPort uint16
+	TCPMode string
+}
+
+// setTransparentTCP opens the transparent TCP listener next asks for when its port or mode
+// differs from old's, and returns the port and mode in force, then what to call once the rules
+// point at them (closing the old listener) or, if the rules could not be replaced, to put the
+// old listener back. A new mode on the same port needs the port itself: the old listener gives
+// it up first, and a connection arriving in that instant is refused. If the new listener
+// cannot open, the old one stays (reopened if it had to give up the port).
+func (rt *running) setTransparentTCP(old, next configs.Transparent) (in portMode, commit, undo func()) {
+	was := portMode{old.TCPPort, old.TCPMode}
+	nothing := func() {}
+	if (portMode{next.TCPPort, next.TCPMode}) == was {
+		return was, nothing, nothing
+	}
+	samePort := next.TCPPort == old.TCPPort
+	oldLn := rt.tcp
+	if samePort {
+		oldLn.Close()
+	}
+	reopen := func() {
+		ln, err := rt.openTransparentTCP(old)
+		if err != nil {
+			rt.log.WithError(err).Error("reload: reopening the old transparent TCP listener failed: captured TCP is refused until a restart")
+		}
+		rt.tcp = ln
+	}
+	ln, err := rt.openTransparentTCP(next)
+	if err != nil {
+		rt.log.WithError(err).Error("reload: transparent TCP listener; keeping the old one")
+		if samePort {
+			reopen()
+		}
+		return was, nothing, nothing
+	}
+	rt.tcp = ln
+	commit = func() {
+		if !samePort {
+			oldLn.Close()
+			rt.health.forget(transparentTCPName(old.TCPPort)) // no longer meant to be open
+		}
+	}
+	undo = func() {
+		ln.Close()
+		if samePort {
+			reopen()
+		} else {
+			rt.tcp = oldLn
+		}
+	}
+	return portMode{next.TCPPort, next.TCPMode}, commit, undo
+}
+
+// moveTransparentUDP opens the transparent UDP listener on its new port when UDP capture moves
+// or is turned on, before the rules point at it. It reports whether it did, the old listener
+// (to close once the rules are replaced) and how to go back if they are not. If the new
+// listener cannot open, UDP stays as it was and t gets the UDP settings in force back.
+func (rt *running) moveTransparentUDP(old, next *configs.Config, t *configs.Transparent) (moved bool, oldUDP []io.Closer, undo func()) {
+	ot := old.Transparent
+	if !t.UDP || (ot.UDP && t.UDPPort == ot.UDPPort) {
+		return false, nil, func() {}
+	}
+	cfg := *next
+	cfg.Transparent = *t
+	udp, err := rt.g.startUDP(rt.flowCtx, &cfg, rt.log)
+	if err != nil {
+		closeAll(udp)
+		rt.log.WithError(err).Error("reload: transparent UDP listener; keeping the old one")
+		keepUDPSettings(t, ot)
+		return false, nil, func() {}
+	}
+	oldUDP, rt.udp = rt.udp, udp
+	return true, oldUDP, func() { closeAll(udp); rt.udp = oldUDP }
+}
+
+// setUDPFallback applies udp_without_support (explicit SOCKS UDP follows it too) and reports
+// whether it changed.
+func (rt *running) setUDPFallback(old, next configs.Transparent) bool {
+	w := next.UDPOverTCPUpstream
+	if w == old.UDPOverTCPUpstream {
+		return false
+	}
+	var fb upstream.Upstream
+	if w == configs.UDPDirect {
+		fb = &upstream.Direct{Control: rt.mark}
+	}
+	rt.g.SetUDPFallback(fb)
+	return true
+}
+
+// setAdmin moves the admin endpoint to next (or turns it on or off), opening the new one
+// before closing the old; it returns the address in force.
+func (rt *running) setAdmin(old, next string) string {
+	if next == old {
+		return old
+	}
+	srv, err := rt.startAdmin(next)
+	if err != nil {
+		rt.log.WithError(err).Error("reload: admin endpoint; keeping the old one")
+		return old
+	}
+	closeAll(rt.admin)
+	rt.admin = srv
+	return next
+}
+
+// setLogLevel applies log.level and returns the level in force.
+func (rt *running) setLogLevel(old, next string) string {
+	if next == old {
+		return old
+	}
+	lvl, err := logrus.ParseLevel(next)
+	if err != nil {
+		rt.log.WithError(err).Error("reload: log.level; keeping the old one")
+		return old
+	}
+	rt.log.SetLevel(lvl)
+	return next
 }
 
 // udpSettingsDiffer reports whether the transparent UDP inbound must be reopened.

@@ -1,11 +1,8 @@
 package gateway
 
 import (
-	"context"
 	"io"
 	"time"
-
-	"github.com/sirupsen/logrus"
 
 	"github.com/socksgate/socksgate/admin"
 	"github.com/socksgate/socksgate/configs"
@@ -91,11 +88,23 @@ func (s staticHealth) UpstreamStates() []UpstreamState { return s }
 
 // AdminSource is what the admin endpoint reads from a running gateway.
 type AdminSource struct {
-	G      *Gateway
-	Health HealthReporter // nil: no upstreams reported
+	G         *Gateway
+	Health    HealthReporter                    // nil: no upstreams reported
+	Listeners interface{ Unhealthy() []string } // listeners down, for /healthz; nil: none known
 }
 
-var _ admin.Source = AdminSource{}
+var (
+	_ admin.Source        = AdminSource{}
+	_ admin.HealthChecker = AdminSource{}
+)
+
+// Unhealthy implements admin.HealthChecker: the listeners that should be open and are not.
+func (a AdminSource) Unhealthy() []string {
+	if a.Listeners == nil {
+		return nil
+	}
+	return a.Listeners.Unhealthy()
+}
 
 // Snapshot implements admin.Source: the counters (refusals among them) and the live flows
 // grouped.
@@ -121,21 +130,22 @@ func (a AdminSource) Upstreams() []admin.Upstream {
 	return out
 }
 
-// startAdmin opens the admin endpoint when cfg.Admin is set. The router reports upstream
-// health when it implements HealthReporter (groups with health checks); otherwise the
-// configured upstreams are reported up.
-func (g *Gateway) startAdmin(ctx context.Context, cfg *configs.Config, log *logrus.Logger) ([]io.Closer, error) {
-	if cfg.Admin == "" {
+// startAdmin opens the admin endpoint on addr ("" : none). The router reports upstream health
+// when it implements HealthReporter (groups with health checks); otherwise the configured
+// upstreams are reported up. /healthz reports the listeners that stopped with an error.
+func (rt *running) startAdmin(addr string) ([]io.Closer, error) {
+	if addr == "" {
 		return nil, nil
 	}
+	g := rt.g
 	health, ok := g.Router.(HealthReporter)
 	if !ok {
 		health = liveHealth{g}
 	}
-	srv, err := admin.Listen(cfg.Admin, AdminSource{G: g, Health: health}, BuildVersion)
+	srv, err := admin.Listen(addr, AdminSource{G: g, Health: health, Listeners: rt.health}, BuildVersion)
 	if err != nil {
 		return nil, err
 	}
-	log.WithField("addr", srv.Addr().String()).Info("admin endpoint on (/metrics, /flows, /upstreams, /healthz)")
+	rt.log.WithField("addr", srv.Addr().String()).Info("admin endpoint on (/metrics, /flows, /upstreams, /healthz)")
 	return []io.Closer{srv}, nil
 }

@@ -5,12 +5,17 @@ package tests
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -299,4 +304,191 @@ func TestReloadUDPWithoutSupportForExplicitClients(t *testing.T) {
 	if got, _, err := c.roundTrip(to, []byte("direct")); err != nil || string(got) != "direct" {
 		t.Fatalf("after the reload to direct: %q, %v\n%s", got, err, gw.Output())
 	}
+}
+
+// reloadListenConfig is a config with capture on, an HTTP proxy port at http, a SOCKS port at
+// lan:1080 and extra appended; upstream "main" is microsocks in the proxy namespace.
+func reloadListenConfig(http, extra string) string {
+	return fmt.Sprintf(`log: {level: debug}
+lan: {interfaces: [%s]}
+listen: {http: [%q], socks: ["lan:1080"]}
+timeouts: {dial: 3s, grace: 2s}
+upstreams:
+  - {name: main, url: "socks5://%s:1080"}
+%s`, netlab.GWLANIf, http, netlab.Proxy4, extra)
+}
+
+// reloadListenInode is the socket inode of what listens on port in ns ("" if nothing does).
+func reloadListenInode(t *testing.T, ns *netlab.NS, port string) string {
+	t.Helper()
+	out, err := ns.Run("ss", "-Hltne", "sport = :"+port)
+	if err != nil {
+		t.Fatalf("ss: %v: %s", err, out)
+	}
+	for _, f := range strings.Fields(out) {
+		if strings.HasPrefix(f, "ino:") {
+			return f
+		}
+	}
+	return ""
+}
+
+// reloadSlowDownload starts curl in lan fetching n bytes through proxyArgs at a limited rate
+// into a file, and waits until the first bytes have arrived; it returns curl and the file.
+func reloadSlowDownload(t *testing.T, tp *netlab.Topology, n int64, rate string, proxyArgs ...string) (*netlab.Proc, string) {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "download")
+	args := append([]string{"curl", "-sS", "--max-time", "90", "--limit-rate", rate, "-o", out}, proxyArgs...)
+	p := tp.LAN.Start(append(args, urlFor(netlab.WAN4, "/bytes?n="+strconv.FormatInt(n, 10)))...)
+	if !waitFor(15*time.Second, func() bool { st, err := os.Stat(out); return err == nil && st.Size() > 200_000 }) {
+		t.Fatalf("the download did not start: %s", p.Output())
+	}
+	return p, out
+}
+
+func reloadFileSHA256(t *testing.T, path string) (int64, string) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(b)
+	return int64(len(b)), hex.EncodeToString(sum[:])
+}
+
+// A reload that changes only listen.http touches nothing else: the SOCKS port's socket stays
+// open throughout (the same socket, and every connection attempted while the reload runs is
+// accepted), and a download forwarded through the removed HTTP port goes on to its last byte;
+// the new port serves, the removed one is closed.
+func TestReloadListenKeepsUnchangedPortsAndFlows(t *testing.T) {
+	tp := netlab.NewTopology(t)
+	serveWeb(t, tp)
+	startMicrosocks(t, tp, "", "")
+	// Small socket buffers, so that what is still to come of the download is not all already
+	// in flight (buffered on the way) when the reload comes: a cut then shows.
+	for _, ns := range []*netlab.NS{tp.LAN, tp.GW} {
+		ns.MustRun("sysctl", "-q", "-w", "net.ipv4.tcp_rmem=4096 65536 262144", "net.ipv4.tcp_wmem=4096 65536 262144")
+	}
+	gw, cfgPath := startSocksgateFile(t, tp.GW, reloadListenConfig("lan:8080", ""))
+	socksAddr := net.JoinHostPort(netlab.GWLAN4, "1080")
+	inode := reloadListenInode(t, tp.GW, "1080")
+	if inode == "" {
+		t.Fatalf("nothing listens on 1080:\n%s", gw.Output())
+	}
+
+	// About 8 s at 2 MB/s: the reload comes in its first second, grace is 2 s.
+	const size = 16 << 20
+	dl, file := reloadSlowDownload(t, tp, size, "2M", "-x", "http://"+net.JoinHostPort(netlab.GWLAN4, "8080"))
+
+	var refused, tried atomic.Int64
+	stop := make(chan struct{})
+	dialing := make(chan struct{})
+	go func() {
+		defer close(dialing)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			c, err := tp.LAN.Dial(ctx, "tcp", socksAddr)
+			cancel()
+			tried.Add(1)
+			if err != nil {
+				refused.Add(1)
+			} else {
+				c.Close()
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	reloadTo(t, gw, cfgPath, reloadListenConfig("lan:8081", ""), "config reloaded")
+	close(stop)
+	<-dialing
+	t.Logf("during the reload: %d of %d connections to the unchanged SOCKS port refused", refused.Load(), tried.Load())
+	if refused.Load() > 0 {
+		t.Errorf("%d of %d connections to the unchanged SOCKS port were refused during the reload", refused.Load(), tried.Load())
+	}
+	if now := reloadListenInode(t, tp.GW, "1080"); now != inode {
+		t.Errorf("the SOCKS port was reopened by a reload that did not change it: %s, was %s", now, inode)
+	}
+
+	exited, err := dl.Wait(60 * time.Second)
+	n, sum := reloadFileSHA256(t, file)
+	t.Logf("download through the removed HTTP port: %d of %d bytes, curl err %v", n, size, err)
+	if !exited || err != nil || n != size || sum != patternSHA256(size) {
+		t.Fatalf("the forwarded download was cut by the reload: %d of %d bytes, exited=%v err=%v %s\n%s", n, size, exited, err, dl.Output(), gw.Output())
+	}
+	if out, err := curl(tp.LAN, "-x", "http://"+net.JoinHostPort(netlab.GWLAN4, "8081"), urlFor(netlab.WAN4, "/")); err != nil || out != pageBody {
+		t.Fatalf("the new HTTP port: %v %q\n%s", err, out, gw.Output())
+	}
+	if out, err := curl(tp.LAN, "--socks5", socksAddr, urlFor(netlab.WAN4, "/")); err != nil || out != pageBody {
+		t.Fatalf("the kept SOCKS port: %v %q\n%s", err, out, gw.Output())
+	}
+	if out, err := curl(tp.LAN, "--max-time", "3", "-x", "http://"+net.JoinHostPort(netlab.GWLAN4, "8080"), urlFor(netlab.WAN4, "/")); err == nil {
+		t.Fatalf("the removed HTTP port still serves: %q", out)
+	}
+	stopSocksgate(t, tp.GW, gw)
+}
+
+// A reload onto a port something else holds (it passes check) is refused as a whole, with the
+// reason: the old ports keep serving and the rest of that config (a new rule) is not applied.
+// /healthz answers 503 naming a listener that should be open and stopped (the kernel aborted
+// it), and a reload opens it again.
+func TestReloadOntoTakenPortIsRefused(t *testing.T) {
+	tp := netlab.NewTopology(t)
+	serveWeb(t, tp)
+	startMicrosocks(t, tp, "", "")
+	const admin = "admin: 127.0.0.1:9091\n"
+	base := reloadListenConfig("lan:8080", admin)
+	// Go listens with MPTCP where the kernel has it, and ss -K cannot abort an MPTCP listener:
+	// plain TCP here, so that the kernel can stop the listener below.
+	t.Setenv("GODEBUG", "multipathtcp=0")
+	gw, cfgPath := startSocksgateFile(t, tp.GW, base)
+	proxy := "http://" + net.JoinHostPort(netlab.GWLAN4, "8080")
+	web := func(when string) {
+		t.Helper()
+		if out, err := curl(tp.LAN, "-x", proxy, urlFor(netlab.WAN4, "/")); err != nil || out != pageBody {
+			t.Fatalf("curl through %s %s: %v %q\n%s", proxy, when, err, out, gw.Output())
+		}
+	}
+	var body string
+	checkHealthz := func(ok bool, want, when string) {
+		t.Helper()
+		var err error
+		body, err = opsGet(tp.GW, "http://127.0.0.1:9091/healthz") // an error for any status but 200
+		if (err == nil) != ok || !strings.Contains(body, want) {
+			t.Fatalf("healthz %s: %v %q, want ok=%v with %q", when, err, body, ok, want)
+		}
+	}
+	web("at start")
+
+	tp.GW.Listen("tcp", net.JoinHostPort(netlab.GWLAN4, "8082")) // another daemon holds it
+	taken := reloadListenConfig("lan:8082", admin+"rules:\n  - {name: no-web4, dst: ["+netlab.WAN4+"/32], dst_ports: [80], action: block}\n  - {action: proxy, upstream: main}\n")
+	reloaded := strings.Count(gw.Output(), "config reloaded")
+	line := reloadTo(t, gw, cfgPath, taken, "reload refused")
+	if !strings.Contains(line, "address already in use") || !strings.Contains(line, "listen.http[0]") {
+		t.Fatalf("the refusal does not say why: %s", line)
+	}
+	if strings.Count(gw.Output(), "config reloaded") != reloaded {
+		t.Fatalf("a refused reload was reported applied:\n%s", gw.Output())
+	}
+	web("after the refused reload (the old port, and no new rule)")
+	checkHealthz(true, "ok", "after the refused reload")
+
+	// The kernel aborts the listening socket (ss -K): accept fails for good.
+	if out, err := tp.GW.Run("ss", "-K", "state", "listening", "sport = :8080"); err != nil {
+		t.Fatalf("ss -K: %v %s", err, out)
+	}
+	if !gw.WaitOutput("explicit listener stopped", 10*time.Second) {
+		t.Fatalf("no report of the stopped listener:\n%s", gw.Output())
+	}
+	checkHealthz(false, "listen.http "+netlab.GWLAN4+":8080 stopped", "with the HTTP port stopped")
+	t.Logf("healthz with a listener down: %q", body)
+
+	reloadTo(t, gw, cfgPath, base, "config reloaded")
+	checkHealthz(true, "ok", "after a reload reopened the port")
+	web("after a reload reopened the port")
+	stopSocksgate(t, tp.GW, gw)
 }
