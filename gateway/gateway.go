@@ -61,7 +61,8 @@ type liveFlow struct {
 	start          time.Time
 	decision       route.Decision // set once routed (routed true), for the flow list
 	routed         bool
-	cut            bool // closed from outside before it had a client (a forwarded flow dialling)
+	cut            bool  // closed from outside before it had a client (a forwarded flow dialling)
+	cutErr         error // why it was closed from outside (shutdown), under Gateway.mu; its line's error
 }
 
 // Dial routes f and connects to its destination the way the decision says. It returns the

@@ -2,14 +2,25 @@ package gateway
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/socksgate/socksgate/internal/tcpinfo"
 )
 
+// ErrCutAtShutdown is the error a flow still live at shutdown's deadline ends with.
+var ErrCutAtShutdown = errors.New("cut at shutdown: grace period over")
+
 // Shutdown stops taking new flows and waits for the live ones to end until ctx is done; then it
-// closes whatever is left. It returns the number of flows it had to cut.
-func (g *Gateway) Shutdown(ctx context.Context) int {
+// closes whatever is left, each flow ending with ErrCutAtShutdown. It returns the number of
+// flows it had to cut.
+func (g *Gateway) Shutdown(ctx context.Context) int { return g.shutdown(ctx, nil) }
+
+// shutdown is Shutdown calling cut (when not nil) right after the flows still live at ctx's
+// end have been closed, before waiting for them to end: Run ends the HTTP servers' requests
+// there, after the sweep, so a forwarded request's flow is cut as one, with its error, rather
+// than ended by its server's close a moment before.
+func (g *Gateway) shutdown(ctx context.Context, cut func()) int {
 	g.mu.Lock()
 	g.closing = true
 	g.mu.Unlock()
@@ -21,13 +32,24 @@ func (g *Gateway) Shutdown(ctx context.Context) int {
 	case <-ctx.Done():
 	}
 	g.mu.Lock()
-	cut := len(g.flows)
+	n := len(g.flows)
 	for lf := range g.flows {
+		lf.cutErr = ErrCutAtShutdown // finish makes it the flow's error
 		lf.close()
 	}
 	g.mu.Unlock()
+	if cut != nil {
+		cut()
+	}
 	<-done
-	return cut
+	return n
+}
+
+// cutError is why lf was closed from outside, or nil.
+func (g *Gateway) cutError(lf *liveFlow) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return lf.cutErr
 }
 
 // Active is the number of flows being handled now.

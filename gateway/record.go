@@ -113,6 +113,9 @@ type flowEnd struct {
 // finish ends a tracked flow: its one line, its one metrics update, out of the live table.
 func (g *Gateway) finish(lf *liveFlow, e flowEnd) {
 	e.f, e.dur = lf.Flow, time.Since(lf.start)
+	if cut := g.cutError(lf); cut != nil {
+		e.err = cut // what the cut made of its sockets (closed, reset) is no news
+	}
 	g.ended(e)
 	g.untrack(lf)
 }

@@ -138,21 +138,25 @@ func Run(ctx context.Context, cfg *configs.Config, log *logrus.Logger, reload <-
 	return nil
 }
 
-// shutdown closes every inbound (the HTTP servers let requests in progress finish for the
-// grace period), then gives live flows the grace period.
+// shutdown closes every inbound and gives what is live one grace period, from now: the HTTP
+// servers' requests in progress and the flows (tunnels, captured flows, forwarded requests'
+// upstream connections) share its deadline, and whatever is still live then is cut, each
+// flow's line saying so. cutNow ends the HTTP servers' grace (explicitInbound.cut).
 func (rt *running) shutdown(cutNow context.CancelFunc) {
 	grace := time.Duration(rt.cfg.Timeouts.Grace)
-	rt.log.Info("shutting down")
-	httpCtx, cancelHTTP := context.WithTimeout(context.Background(), grace)
-	defer cancelHTTP()
-	stop := context.AfterFunc(httpCtx, cutNow)
-	defer stop()
-	rt.closeInbounds()
+	rt.log.WithField("grace", grace.String()).Info("shutting down")
 	graceCtx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
-	if cut := rt.g.Shutdown(graceCtx); cut > 0 {
+	var closing sync.WaitGroup
+	closing.Go(rt.closeInbounds) // returns when the HTTP servers are done, by the deadline at the latest
+	// At the deadline the flows are cut first, then the HTTP servers (cutNow); if every flow
+	// ended before it, the servers' requests still have until the deadline.
+	if cut := rt.g.shutdown(graceCtx, cutNow); cut > 0 {
 		rt.log.WithField("flows", cut).Warn("grace period over: closed live flows")
 	}
+	stop := context.AfterFunc(graceCtx, cutNow)
+	defer stop()
+	closing.Wait()
 }
 
 // running is what Run holds while serving: the config in force, the upstreams and their health

@@ -517,3 +517,51 @@ func TestOpsIdleRSSUnder15MB(t *testing.T) {
 		})
 	}
 }
+
+// Shutdown gives everything live one grace period: a download forwarded through the HTTP port
+// and one tunnelled through the SOCKS port are both still live at its deadline, both are cut
+// by the one sweep at that deadline (the HTTP server's grace and the flows' grace are the same
+// deadline, not one after the other), and each flow's line says it was cut at shutdown.
+func TestOpsShutdownOneGraceForEverything(t *testing.T) {
+	tp := netlab.NewTopology(t)
+	serveWeb(t, tp)
+	startMicrosocks(t, tp, "", "")
+	gw := startSocksgate(t, tp.GW, reloadListenConfig("lan:8080", "")) // timeouts.grace: 2s
+	// Each would take about 50 s at 1 MB/s: both outlive the grace period.
+	const size = 50 << 20
+	httpDL, _ := reloadSlowDownload(t, tp, size, "1M", "-x", "http://"+net.JoinHostPort(netlab.GWLAN4, "8080"))
+	socksDL, _ := reloadSlowDownload(t, tp, size, "1M", "--socks5", net.JoinHostPort(netlab.GWLAN4, "1080"))
+
+	start := time.Now()
+	gw.Signal(syscall.SIGTERM)
+	exited, err := gw.Wait(30 * time.Second) // a hang guard, not a timing
+	took := time.Since(start)
+	t.Logf("shutdown with a forwarded download and a SOCKS tunnel live, grace 2s: %v", took.Round(10*time.Millisecond))
+	if !exited || err != nil {
+		t.Fatalf("exit after SIGTERM: exited=%v err=%v\n%s", exited, err, gw.Output())
+	}
+	out := gw.Output()
+	if line := lastLine(out, "grace period over: closed live flows"); !strings.Contains(line, "flows=2") {
+		t.Errorf("the deadline's sweep did not cut both flows (the HTTP server cut its own first?): %q\n%s", line, out)
+	}
+	for _, inbound := range []string{"http", "socks"} {
+		cut := false
+		for _, l := range strings.Split(out, "\n") {
+			if strings.Contains(l, "inbound="+inbound) && strings.Contains(l, `error="cut at shutdown: grace period over"`) {
+				cut = true
+			}
+		}
+		if !cut {
+			t.Errorf("no %s flow logged as cut at shutdown:\n%s", inbound, out)
+		}
+	}
+	if !strings.Contains(out, "msg=stopped") || strings.Contains(nftTables(t, tp.GW), "socksgate") {
+		t.Fatalf("no clean stop:\n%s", out)
+	}
+	// Each client sees its end once it has drained what its socket already holds.
+	for _, dl := range []*netlab.Proc{httpDL, socksDL} {
+		if exited, err := dl.Wait(45 * time.Second); !exited || err == nil {
+			t.Errorf("a download was not cut by the shutdown: exited=%v err=%v %s", exited, err, dl.Output())
+		}
+	}
+}
