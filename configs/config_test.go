@@ -1241,3 +1241,23 @@ func TestHugeValuesAreClippedInMessages(t *testing.T) {
 		t.Errorf("clip cuts inside a character: %q", got)
 	}
 }
+
+// A grace period the shipped systemd unit's stop timeout has no room for is warned about, with
+// the TimeoutStopSec it needs; one within it is not.
+func TestGraceOverUnitStopTimeoutWarns(t *testing.T) {
+	hasGraceWarning := func(w []string) string {
+		for _, s := range w {
+			if strings.HasPrefix(s, "timeouts.grace:") {
+				return s
+			}
+		}
+		return ""
+	}
+	if w := hasGraceWarning(mustParse(t, "timeouts: {grace: 15s}\n").Warnings()); w != "" {
+		t.Errorf("grace 15s: %q", w)
+	}
+	w := hasGraceWarning(mustParse(t, "timeouts: {grace: 30s}\n").Warnings())
+	if !strings.Contains(w, "TimeoutStopSec") || !strings.Contains(w, "35s here") {
+		t.Errorf("grace 30s: %q, want TimeoutStopSec and 35s", w)
+	}
+}

@@ -6,7 +6,13 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"time"
 )
+
+// MaxGraceUnderUnit is the longest timeouts.grace the shipped systemd unit's TimeoutStopSec=20
+// leaves room for (a stop takes grace plus the rules' removal, about a second); beyond it
+// Warnings says to raise TimeoutStopSec.
+const MaxGraceUnderUnit = 15 * time.Second
 
 // Warnings returns non-fatal findings about a valid configuration, for
 // `socksgate check` and the start-up log: deprecated values Parse read as
@@ -114,6 +120,11 @@ func (c *Config) Warnings() []string {
 		if host, _, err := splitHostPort(c.Admin, true); err == nil && !isLoopbackHost(host) {
 			add("admin: %q is reachable from other hosts and shows live flows", c.Admin)
 		}
+	}
+	if g := c.Timeouts.Grace.Std(); g > MaxGraceUnderUnit {
+		add("timeouts.grace: %s is over %s: a stop takes up to grace plus the rules' removal, and the systemd unit "+
+			"(dist/socksgate.service) must allow it (TimeoutStopSec at least grace + 5s, %s here) or it ends socksgate "+
+			"with SIGKILL and the rules stay in place", g, MaxGraceUnderUnit, (g + 5*time.Second).Round(time.Second))
 	}
 	if len(c.LAN.Interfaces) == 0 && len(c.Listen.HTTP) == 0 && len(c.Listen.SOCKS) == 0 && len(c.Listen.Mixed) == 0 {
 		add("nothing to serve: no lan.interfaces and no listen addresses")
