@@ -3,7 +3,9 @@
 package tests
 
 import (
+	"bufio"
 	"net"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -28,8 +30,14 @@ func TestExplicitPortsRefuseTheRouterItself(t *testing.T) {
 			if err != nil {
 				return
 			}
-			c.Write([]byte("HTTP/1.0 200 OK\r\nContent-Length: 9\r\n\r\nrouter-ui"))
-			c.Close()
+			go func() { // read the request, then answer: an answer before the request confuses clients
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(5 * time.Second))
+				if _, err := http.ReadRequest(bufio.NewReader(c)); err != nil {
+					return
+				}
+				c.Write([]byte("HTTP/1.0 200 OK\r\nContent-Length: 9\r\n\r\nrouter-ui"))
+			}()
 		}
 	}()
 	proxy := "http://" + net.JoinHostPort(netlab.GWLAN4, "7890")
