@@ -428,3 +428,16 @@ func TestHTTPAnswersSayWhyAFlowWasRefused(t *testing.T) {
 		}
 	}
 }
+
+// A flow refused at its dial (the router itself) is counted among the refusals by its reason,
+// not among the ended flows, as one refused before routing is.
+func TestRefusalAtTheDialIsCountedAsARefusal(t *testing.T) {
+	svc := testutil.ServeLoopback(t, func(c net.Conn) { c.Close() })
+	g := &Gateway{Router: fixedRouter{Action: route.ActionDirect, Upstream: stubUpstream{"direct"}, Rule: "all"}}
+	client, _ := testutil.TCPPair(t)
+	g.Handle(context.Background(), client, route.Flow{Network: route.TCP, Dst: svc, Inbound: route.HTTP}, nil)
+	snap := g.Stats.snapshot()
+	if snap.Refused[errLocalDst.Reason] != 1 || len(snap.Ended) != 0 {
+		t.Fatalf("refused %v, ended %+v; want one local_destination refusal and no ended flow", snap.Refused, snap.Ended)
+	}
+}

@@ -81,29 +81,33 @@ func (g *Gateway) Dial(ctx context.Context, f route.Flow) (net.Conn, route.Decis
 		defer cancel()
 	}
 	addr := f.DialAddress(g.Sniff != nil && g.Sniff.Override)
+	var to netip.AddrPort // a direct flow's address, when it is dialled by address
 	if d.Action == route.ActionDirect {
 		switch {
 		case f.Dst.IsValid() && g.directToAddress(ctx, f):
 			// A captured flow with a sniffed name goes direct to the address the client
 			// chose, not to whatever the gateway's own resolver says the name is.
-			addr = f.Dst.String()
+			to = f.Dst
 		case f.Dst.IsValid():
 			// Only its name made it direct: it goes to that name, so that a made-up SNI or
 			// Host reaches the named server and no other address.
 			addr = f.Address()
-		case !f.Dst.IsValid() && d.Addr.IsValid():
+		case d.Addr.IsValid():
 			// The router resolved the name for an address rule: dial what it matched.
-			addr = netip.AddrPortFrom(d.Addr, f.DstPort()).String()
+			to = netip.AddrPortFrom(d.Addr, f.DstPort())
 		}
-		if ap, err := netip.ParseAddrPort(addr); err == nil && isLocalDst(ap.Addr()) && !d.ByDst {
-			return nil, d, errLocalDst
+		if to.IsValid() {
+			if isLocalDst(to.Addr()) && !d.ByDst {
+				return nil, d, errLocalDst
+			}
+			addr = to.String()
 		}
 	}
 	c, err := d.Upstream.DialContext(ctx, "tcp", addr)
 	if m, ok := c.(interface{ Member() string }); ok {
 		d.Member = m.Member()
 	}
-	if err == nil && d.Action == route.ActionDirect && !f.Dst.IsValid() {
+	if err == nil && d.Action == route.ActionDirect && !to.IsValid() {
 		// A name (localhost, the router's own name) can lead back to the router: to socksgate's
 		// own listeners (the flow would come back in as the router, past the client's own rules
 		// and limits), or to its other services.

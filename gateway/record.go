@@ -90,15 +90,7 @@ func (g *Gateway) begin(f route.Flow, client net.Conn) (*liveFlow, error) {
 }
 
 // refuse logs and counts a flow refused before it was routed (err is a *Refusal).
-func (g *Gateway) refuse(f route.Flow, err error) {
-	reason := "other"
-	var r *Refusal
-	if errors.As(err, &r) {
-		reason = r.Reason
-	}
-	g.Stats.Refuse(reason)
-	g.logEnd(flowEnd{f: f, err: err})
-}
+func (g *Gateway) refuse(f route.Flow, err error) { g.ended(flowEnd{f: f, err: err}) }
 
 // flowEnd is what the end of one flow reports.
 type flowEnd struct {
@@ -120,10 +112,13 @@ func (g *Gateway) finish(lf *liveFlow, e flowEnd) {
 	g.untrack(lf)
 }
 
-// ended writes the line and the metrics update of a flow that has ended; a flow refused
-// before routing was counted by refuse, among the refusals, not among the flows.
+// ended writes the line and the metrics update of a flow that has ended: a refused one (before
+// routing, or at its dial: a loop, the router itself) among the refusals by reason, any other
+// among the flows.
 func (g *Gateway) ended(e flowEnd) {
-	if outcomeOf(e.d, e.err) != OutcomeRefused {
+	if r := (*Refusal)(nil); errors.As(e.err, &r) {
+		g.Stats.Refuse(r.Reason)
+	} else {
 		g.Stats.FlowEnded(e.f, e.d, e.up, e.down, e.err)
 	}
 	g.logEnd(e)

@@ -584,12 +584,12 @@ func SpecFromConfig(cfg *configs.Config, extraBypass []netip.Prefix) redirect.Sp
 	return s
 }
 
-// relayMode is the config's relay mode. "kernel" (the sockmap relay, taken out: it loses or
-// duplicates bytes on current kernels, docs/performance.md) runs the default, with a warning.
+// relayMode is the config's relay mode (configs has validated it, and reads the retired
+// "kernel" as auto with its own warning); anything else runs auto, with a warning.
 func relayMode(s string, log *logrus.Logger) relay.Mode {
 	m, err := relay.ParseMode(s)
 	if err != nil {
-		log.Warnf("relay: %q is not available (the kernel relay was taken out: see docs/performance.md); using auto", s)
+		log.WithError(err).Warn("relay: using auto")
 	}
 	return m
 }

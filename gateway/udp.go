@@ -122,8 +122,7 @@ func (u *udpInbound) route(src, dst netip.AddrPort) nat.UDPRoute {
 		// Sent to the listener itself, not captured (the rules let traffic to this host
 		// through): relaying it would send it to the listener again from a new port, a new
 		// session each time, until the table is full.
-		u.g.Stats.Refuse(errListenerLoop.Reason)
-		return nat.UDPRoute{Drop: errListenerLoop}
+		return nat.UDPRoute{Drop: errListenerLoop} // counted once, as the session's refusal, when it ends
 	}
 	d := u.g.router().Route(context.Background(), route.Flow{Network: route.UDP, Src: src, Dst: dst, Inbound: route.TProxy})
 	switch {

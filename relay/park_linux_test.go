@@ -2,9 +2,10 @@ package relay
 
 import (
 	"errors"
-	"github.com/socksgate/socksgate/internal/testutil"
 	"testing"
 	"time"
+
+	"github.com/socksgate/socksgate/internal/testutil"
 )
 
 // A flow ended from outside (closeBoth: idle sweeper, shutdown, the other direction failing)

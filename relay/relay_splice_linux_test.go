@@ -18,15 +18,7 @@ func bulkThrough(t *testing.T, n int) (up, down int64, err error) {
 	t.Helper()
 	client, relayA := testutil.TCPPair(t)
 	relayB, server := testutil.TCPPair(t)
-	type result struct {
-		up, down int64
-		err      error
-	}
-	done := make(chan result, 1)
-	go func() {
-		u, d, e := Copy(Auto, relayA, relayB)
-		done <- result{u, d, e}
-	}()
+	done := copyAsync(Auto, relayA, relayB)
 	payload := bytes.Repeat([]byte("0123456789abcdef"), n/16)
 	var wg sync.WaitGroup
 	for _, c := range []interface {

@@ -3,12 +3,13 @@ package relay
 import (
 	"bytes"
 	"fmt"
-	"github.com/socksgate/socksgate/internal/testutil"
 	"io"
 	"net"
 	"runtime"
 	"testing"
 	"time"
+
+	"github.com/socksgate/socksgate/internal/testutil"
 )
 
 // The client half-closes after its request; the server still answers through the relay, and
@@ -19,21 +20,29 @@ func TestRelayHalfCloseKeepsOtherDirection(t *testing.T) {
 	}
 }
 
+// copyResult is what Copy returned.
+type copyResult struct {
+	up, down int64
+	err      error
+}
+
+// copyAsync runs Copy on a goroutine of its own and hands its result over the channel.
+func copyAsync(mode Mode, a, b net.Conn) <-chan copyResult {
+	done := make(chan copyResult, 1)
+	go func() {
+		up, down, err := Copy(mode, a, b)
+		done <- copyResult{up, down, err}
+	}()
+	return done
+}
+
 // relayModes are the relays every behaviour test runs against.
 var relayModes = []Mode{Auto, Splice, Buffered}
 
 func testRelayHalfClose(t *testing.T, mode Mode) {
 	client, relayA := testutil.TCPPair(t)
 	relayB, server := testutil.TCPPair(t)
-	type result struct {
-		up, down int64
-		err      error
-	}
-	done := make(chan result, 1)
-	go func() {
-		up, down, err := Copy(mode, relayA, relayB)
-		done <- result{up, down, err}
-	}()
+	done := copyAsync(mode, relayA, relayB)
 
 	req := []byte("request")
 	client.Write(req)

@@ -132,6 +132,7 @@ func NewRouter(cfg *configs.Config, ups map[string]upstream.Upstream) (*RuleRout
 			c.inbound |= b
 		}
 		c.decision.Rule = cr.Name
+		c.decision.ByDst = c.hasDst
 		switch cr.Action {
 		case configs.ActionBlock:
 			c.decision.Action = ActionBlock
@@ -166,10 +167,7 @@ func NewRouter(cfg *configs.Config, ups map[string]upstream.Upstream) (*RuleRout
 	r.byDst = buildPrefixIndex(dstRefs)
 	r.firstDst = int32(len(r.rules))
 	if len(dstRefs) > 0 {
-		r.firstDst = dstRefs[0].rule // appended in rule order
-		for _, ref := range dstRefs {
-			r.firstDst = min(r.firstDst, ref.rule)
-		}
+		r.firstDst = dstRefs[0].rule // appended in rule order: the first is the earliest
 	}
 	return r, nil
 }
@@ -205,12 +203,8 @@ func (r *RuleRouter) orEnd(i int32) int32 {
 	return i
 }
 
-// decide is rule i's decision, saying whether it matched on the destination's address.
-func (r *RuleRouter) decide(i int32) Decision {
-	d := r.rules[i].decision
-	d.ByDst = r.rules[i].hasDst
-	return d
-}
+// decide is rule i's decision.
+func (r *RuleRouter) decide(i int32) Decision { return r.rules[i].decision }
 
 // routeResolved decides a name-only flow with the addresses of its name; byName is the
 // rule the name alone matched (-1: none).

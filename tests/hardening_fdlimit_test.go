@@ -16,63 +16,48 @@ import (
 	"github.com/socksgate/socksgate/tests/netlab"
 )
 
-// fdlimitConnect opens a SOCKS5 CONNECT to dst through server from ns and returns the
-// connection (nil unless it succeeded) and the reply; err is set when no reply came at all.
-func fdlimitConnect(ns *netlab.NS, server string, dst netip.AddrPort) (net.Conn, socks.ReplyCode, error) {
+// fdlimitRequest sends one SOCKS5 request (no authentication) to server from ns and returns the
+// control connection (nil unless it succeeded) and the reply; err is set when no reply came.
+func fdlimitRequest(ns *netlab.NS, server string, r socks.Request) (net.Conn, socks.Reply, error) {
 	ctx, cancel := hardeningCtx(10 * time.Second)
 	defer cancel()
 	c, err := ns.Dial(ctx, "tcp", server)
 	if err != nil {
-		return nil, 0, err
+		return nil, socks.Reply{}, err
 	}
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	g, _ := socks.AppendGreeting(nil, socks.MethodNoAuth)
-	req, _ := socks.AppendRequest(nil, socks.Request{Cmd: socks.CmdConnect, Addr: socks.AddrFromAddrPort(dst)})
+	req, _ := socks.AppendRequest(nil, r)
 	c.Write(append(g, req...))
 	if m, err := socks.ReadMethodSelection(c); err != nil || m != socks.MethodNoAuth {
 		c.Close()
-		return nil, 0, fmt.Errorf("method selection: %v %v", m, err)
+		return nil, socks.Reply{}, fmt.Errorf("method selection: %v %v", m, err)
 	}
 	rep, err := socks.ReadReply(c)
 	if err != nil {
 		c.Close()
-		return nil, 0, fmt.Errorf("connect reply: %w", err)
+		return nil, socks.Reply{}, fmt.Errorf("reply: %w", err)
 	}
 	if rep.Code != socks.ReplySucceeded {
 		c.Close()
-		return nil, rep.Code, nil
+		return nil, rep, nil
 	}
 	c.SetDeadline(time.Time{})
-	return c, rep.Code, nil
+	return c, rep, nil
 }
 
-// fdlimitAssociate opens a SOCKS5 UDP association at server from ns: the client (nil unless it
-// succeeded) and the reply; err is set when no reply came at all.
+// fdlimitConnect opens a SOCKS5 CONNECT to dst through server from ns.
+func fdlimitConnect(ns *netlab.NS, server string, dst netip.AddrPort) (net.Conn, socks.ReplyCode, error) {
+	c, rep, err := fdlimitRequest(ns, server, socks.Request{Cmd: socks.CmdConnect, Addr: socks.AddrFromAddrPort(dst)})
+	return c, rep.Code, err
+}
+
+// fdlimitAssociate opens a SOCKS5 UDP association at server from ns (nil unless it succeeded).
 func fdlimitAssociate(ns *netlab.NS, server string) (*explicitUDPClient, socks.ReplyCode, error) {
-	ctx, cancel := hardeningCtx(10 * time.Second)
-	defer cancel()
-	c, err := ns.Dial(ctx, "tcp", server)
-	if err != nil {
-		return nil, 0, err
+	c, rep, err := fdlimitRequest(ns, server, socks.Request{Cmd: socks.CmdUDPAssociate, Addr: socks.Addr{IP: netip.IPv4Unspecified()}})
+	if c == nil {
+		return nil, rep.Code, err
 	}
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	g, _ := socks.AppendGreeting(nil, socks.MethodNoAuth)
-	req, _ := socks.AppendRequest(nil, socks.Request{Cmd: socks.CmdUDPAssociate, Addr: socks.Addr{IP: netip.IPv4Unspecified()}})
-	c.Write(append(g, req...))
-	if m, err := socks.ReadMethodSelection(c); err != nil || m != socks.MethodNoAuth {
-		c.Close()
-		return nil, 0, fmt.Errorf("method selection: %v %v", m, err)
-	}
-	rep, err := socks.ReadReply(c)
-	if err != nil {
-		c.Close()
-		return nil, 0, fmt.Errorf("udp associate reply: %w", err)
-	}
-	if rep.Code != socks.ReplySucceeded {
-		c.Close()
-		return nil, rep.Code, nil
-	}
-	c.SetDeadline(time.Time{})
 	relay, _ := rep.Addr.AddrPort()
 	return &explicitUDPClient{ctrl: c, pc: ns.ListenPacket("udp4", ":0"), relay: relay}, rep.Code, nil
 }
