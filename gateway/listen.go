@@ -205,6 +205,10 @@ func (e *explicitInbound) set(cfg *configs.Config) error {
 // serve accepts on l until it is closed; a listener that stops otherwise is reported down.
 func (e *explicitInbound) serve(l *explicitListener) {
 	err := e.g.serveAccept(e.ctx, l.ln, func(c net.Conn) {
+		if e.g.refuseOwnDial(c, inboundOf(*l.kind.Load())) {
+			c.Close()
+			return
+		}
 		if s := e.servers.Load(); s != nil {
 			s.serve(e.ctx, *l.kind.Load(), c)
 			return
@@ -216,6 +220,23 @@ func (e *explicitInbound) serve(l *explicitListener) {
 		e.log.WithError(err).WithField("addr", l.ln.Addr().String()).Error("explicit listener stopped")
 		e.health.stopped(l.name, err)
 	}
+}
+
+// clipText cuts what a client sent to n bytes for a log line.
+func clipText(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "..."
+	}
+	return s
+}
+
+// inboundOf is the inbound a port of kind records its flows as; a mixed port's connection
+// refused before its first byte is read is recorded as SOCKS.
+func inboundOf(kind string) route.Inbound {
+	if kind == route.HTTP.String() {
+		return route.HTTP
+	}
+	return route.SOCKS
 }
 
 // retire lets an HTTP server no longer in force finish its requests, until shutdown's deadline.
@@ -255,6 +276,14 @@ func (e *explicitInbound) newServers(cfg *configs.Config) (*explicitServers, err
 	log := e.log
 	report := func(inbound string) func(netip.AddrPort, error) {
 		return func(src netip.AddrPort, err error) {
+			if le := (*httpproxy.LoopError)(nil); errors.As(err, &le) {
+				// Its Via shows it has passed through socksgate already: the flow's refusal,
+				// counted and logged as one (the client got 403 saying so).
+				t := le.Target
+				e.g.refuse(route.Flow{Network: route.TCP, Src: src, Dst: t.Addr, Host: t.Host, Port: t.Port, Inbound: route.HTTP},
+					&Refusal{errViaLoop.Reason, errViaLoop.text + " (Via: " + clipText(le.Via, 200) + ")"})
+				return
+			}
 			line := log.WithFields(logrus.Fields{"inbound": inbound, "src": src.String()}).WithError(err)
 			switch {
 			case errors.Is(err, httpproxy.ErrRefusedSource), errors.Is(err, socksserver.ErrRefusedSource):

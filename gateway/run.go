@@ -32,7 +32,7 @@ import (
 // diff without dropping live flows (see running.reload); reload may be nil.
 func Run(ctx context.Context, cfg *configs.Config, log *logrus.Logger, reload <-chan *configs.Config) (err error) {
 	nofile := raiseFileLimit(log)
-	rt := &running{log: log, cfg: cfg, mark: redirect.MarkControl(cfg.Mark), health: &listenerHealth{}}
+	rt := &running{log: log, cfg: cfg, mark: redirect.MarkControl(cfg.Mark), own: &upstream.OwnConns{}, health: &listenerHealth{}}
 	defer rt.stopHealth()
 	routing, err := rt.newRouting(cfg)
 	if err != nil {
@@ -48,12 +48,13 @@ func Run(ctx context.Context, cfg *configs.Config, log *logrus.Logger, reload <-
 		Relay:       relayMode(cfg.Relay, log),
 		MaxFlows:    cfg.Limits.MaxFlows,
 		MaxPerSrc:   cfg.Limits.MaxFlowsPerSource,
+		Own:         rt.own,
 	}
 	g.fds = newFDBudget(nofile)
 	relay.SetDescriptorBudget(g.fds.pipes())
 	rt.g = g
 	if cfg.Transparent.UDPOverTCPUpstream == configs.UDPDirect {
-		g.UDPFallback = &upstream.Direct{Control: rt.mark}
+		g.UDPFallback = rt.directUp()
 	}
 	g.health.Store(&groupHealth{cfg: cfg, ups: rt.ups})
 	if g.MaxFlows == 0 && nofile > 0 {
@@ -166,6 +167,7 @@ type running struct {
 	g        *Gateway
 	cfg      *configs.Config // in force: what a reload could not apply is as it was
 	mark     upstream.Control
+	own      *upstream.OwnConns // every TCP connection socksgate dials, while open (loop detection)
 	ups      map[string]upstream.Upstream
 	stopUps  func()
 	rules    *redirect.Ruleset
@@ -177,6 +179,12 @@ type running struct {
 	admin    []io.Closer
 	serving  sync.WaitGroup // the transparent TCP accept loops
 }
+
+// direct is how socksgate dials without a proxy: its sockets marked, its connections kept in
+// own while open.
+func (rt *running) direct() upstream.Direct { return upstream.Direct{Control: rt.mark, Own: rt.own} }
+
+func (rt *running) directUp() upstream.Upstream { d := rt.direct(); return &d }
 
 // closeInbounds closes every listener; flows they handed on keep running. It returns once the
 // accept loops have ended and the HTTP servers have finished (or explicitInbound.cut ended them).
@@ -208,7 +216,7 @@ type routing struct {
 // newRouting builds the upstreams (starting their health checks) and the router of cfg,
 // leaving the ones in force alone.
 func (rt *running) newRouting(cfg *configs.Config) (routing, error) {
-	ups, stop, err := upstream.NewUpstreams(cfg, rt.mark, logrus.NewEntry(rt.log))
+	ups, stop, err := upstream.NewUpstreams(cfg, rt.direct(), logrus.NewEntry(rt.log))
 	if err != nil {
 		return routing{}, err
 	}
@@ -506,7 +514,7 @@ func (rt *running) setUDPFallback(old, next configs.Transparent) bool {
 	}
 	var fb upstream.Upstream
 	if w == configs.UDPDirect {
-		fb = &upstream.Direct{Control: rt.mark}
+		fb = rt.directUp()
 	}
 	rt.g.SetUDPFallback(fb)
 	return true

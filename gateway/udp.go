@@ -43,7 +43,7 @@ func (g *Gateway) startUDP(ctx context.Context, cfg *configs.Config, log *logrus
 	u := &udpInbound{
 		g:              g,
 		port:           t.UDPPort,
-		direct:         &upstream.Direct{Control: mark},
+		direct:         &upstream.Direct{Control: mark, Own: g.Own},
 		withoutSupport: t.UDPOverTCPUpstream,
 		dnsOverTCP:     t.DNSOverTCP,
 		dialTimeout:    time.Duration(cfg.Timeouts.Dial),
