@@ -89,7 +89,7 @@ func Run(ctx context.Context, cfg *configs.Config, log *logrus.Logger, reload <-
 	if err := rt.explicit.set(cfg); err != nil {
 		return err
 	}
-	if rt.udp, err = g.startUDP(flowCtx, cfg, log); err != nil {
+	if rt.udp, err = g.startUDP(flowCtx, cfg, log, rt.health); err != nil {
 		return err
 	}
 	if rt.admin, err = rt.startAdmin(cfg.Admin); err != nil {
@@ -417,8 +417,10 @@ func (rt *running) setCapture(old, next *configs.Config) (in capture, changed, r
 		// longer send anything to it.
 		closeAll(rt.udp)
 		var err error
-		if rt.udp, err = rt.g.startUDP(rt.flowCtx, &spec, rt.log); err != nil {
+		if rt.udp, err = rt.g.startUDP(rt.flowCtx, &spec, rt.log, rt.health); err != nil {
 			rt.log.WithError(err).Error("reload: transparent UDP")
+			// The old one is closed and the rules send UDP here: down until it opens.
+			rt.health.stopped(transparentUDPName(spec.Transparent.UDPPort), fmt.Errorf("reopen: %w", err))
 		}
 		changed = append(changed, "transparent UDP")
 	}
@@ -454,6 +456,7 @@ func (rt *running) setTransparentTCP(old, next configs.Transparent) (in portMode
 		ln, err := rt.openTransparentTCP(old)
 		if err != nil {
 			rt.log.WithError(err).Error("reload: reopening the old transparent TCP listener failed: captured TCP is refused until a restart")
+			rt.health.stopped(transparentTCPName(old.TCPPort), fmt.Errorf("reopen: %w", err))
 		}
 		rt.tcp = ln
 	}
@@ -494,7 +497,7 @@ func (rt *running) moveTransparentUDP(old, next *configs.Config, t *configs.Tran
 	}
 	cfg := *next
 	cfg.Transparent = *t
-	udp, err := rt.g.startUDP(rt.flowCtx, &cfg, rt.log)
+	udp, err := rt.g.startUDP(rt.flowCtx, &cfg, rt.log, rt.health)
 	if err != nil {
 		closeAll(udp)
 		rt.log.WithError(err).Error("reload: transparent UDP listener; keeping the old one")

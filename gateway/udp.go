@@ -30,15 +30,20 @@ import (
 // InboundTProxy}, so a blocking rule holds even inside a session that already talks elsewhere;
 // destinations routed to the same upstream share one association. The session's log line names
 // the first destination's rule and upstream.
-func (g *Gateway) startUDP(ctx context.Context, cfg *configs.Config, log *logrus.Logger) ([]io.Closer, error) {
+//
+// A listener that stops with an error (not closed) is reported on /healthz through health, as
+// "transparent udp [::]:PORT", until a reload opens it again or turns it off.
+func (g *Gateway) startUDP(ctx context.Context, cfg *configs.Config, log *logrus.Logger, health *listenerHealth) ([]io.Closer, error) {
 	t := cfg.Transparent
 	if !t.UDP || len(cfg.LAN.Interfaces) == 0 {
 		return nil, nil
 	}
+	name := transparentUDPName(t.UDPPort)
 	ln, err := nat.ListenUDPTransparent(ctx, net.JoinHostPort("::", strconv.Itoa(int(t.UDPPort))))
 	if err != nil {
 		return nil, err
 	}
+	health.forget(name)
 	mark := redirect.MarkControl(cfg.Mark)
 	u := &udpInbound{
 		g:              g,
@@ -67,9 +72,7 @@ func (g *Gateway) startUDP(ctx context.Context, cfg *configs.Config, log *logrus
 	served := make(chan struct{})
 	go func() {
 		defer close(served)
-		if err := u.table.Serve(ln); err != nil {
-			log.WithError(err).Error("transparent UDP listener stopped")
-		}
+		serveUDPTable(u.table, ln, log, health, name)
 	}()
 	log.WithFields(logrus.Fields{
 		"udp_port": t.UDPPort, "udp_idle": time.Duration(t.UDPIdle).String(),
@@ -79,6 +82,7 @@ func (g *Gateway) startUDP(ctx context.Context, cfg *configs.Config, log *logrus
 	return []io.Closer{closerFunc(func() error {
 		err := ln.Close()
 		<-served
+		health.forget(name) // closed on purpose: no longer meant to be open
 		u.table.Close()
 		g.mu.Lock()
 		if g.udpTable == u.table {
@@ -94,6 +98,20 @@ func (g *Gateway) startUDP(ctx context.Context, cfg *configs.Config, log *logrus
 		}).Info("transparent UDP stopped")
 		return err
 	})}, nil
+}
+
+// serveUDPTable serves the transparent UDP listener r through table until r is closed; a
+// listener that stops otherwise is logged and reported down on /healthz as name.
+func serveUDPTable(table *nat.UDPTable, r nat.DatagramReader, log *logrus.Logger, health *listenerHealth, name string) {
+	if err := table.Serve(r); err != nil {
+		log.WithError(err).Error("transparent UDP listener stopped")
+		health.stopped(name, err)
+	}
+}
+
+// transparentUDPName names the transparent UDP listener on port for /healthz.
+func transparentUDPName(port uint16) string {
+	return "transparent udp " + net.JoinHostPort("::", strconv.Itoa(int(port)))
 }
 
 type closerFunc func() error
