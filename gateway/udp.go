@@ -140,11 +140,15 @@ func (u *udpInbound) route(src, dst netip.AddrPort) nat.UDPRoute {
 		// Sent to the listener itself, not captured (the rules let traffic to this host
 		// through): relaying it would send it to the listener again from a new port, a new
 		// session each time, until the table is full.
-		return nat.UDPRoute{Drop: errListenerLoop} // counted once, as the session's refusal, when it ends
+		u.logDrop(src, dst, errListenerLoop)
+		// Counted once, as the session's refusal, when it ends, unless the session carried
+		// datagrams to other destinations (then only they are dropped).
+		return nat.UDPRoute{Drop: errListenerLoop}
 	}
 	d := u.g.router().Route(context.Background(), route.Flow{Network: route.UDP, Src: src, Dst: dst, Inbound: route.TProxy})
 	switch {
 	case d.Action == route.ActionBlock:
+		u.logDrop(src, dst, ErrBlocked)
 		return nat.UDPRoute{Drop: ErrBlocked, Tag: d}
 	case d.Upstream == nil:
 		return nat.UDPRoute{Drop: fmt.Errorf("rule %s: no upstream", d.Rule), Tag: d}
@@ -187,12 +191,36 @@ func (u *udpInbound) open(ctx context.Context, up upstream.Upstream) (nat.UDPCon
 	return newFallbackConn(ctx, up, u.dnsOverTCP, other, err, u.dialTimeout, u.dnsReplyWait), nil
 }
 
-// logSession ends the session's record: its one line and its one metrics update.
+// logDrop logs that a session's datagrams to one destination are dropped: once per session
+// and destination (route runs once for each), at info for a refusal, at debug for a rule's
+// block. The session's line counts the datagrams.
+func (u *udpInbound) logDrop(src, dst netip.AddrPort, err error) {
+	logUDPDrop(u.log, src, dst.String(), err)
+}
+
+func logUDPDrop(log *logrus.Entry, src netip.AddrPort, dst string, err error) {
+	if log == nil {
+		return
+	}
+	l := log.WithFields(logrus.Fields{"src": src.String(), "dst": dst}).WithError(err)
+	if errors.Is(err, ErrBlocked) {
+		l.Debug("udp datagrams to this destination dropped")
+		return
+	}
+	l.Info("udp datagrams to this destination dropped")
+}
+
+// logSession ends the session's record: its one line and its one metrics update. A session
+// that carried datagrams is not refused or blocked as a whole because one of its destinations
+// was: its line gives the datagrams dropped and the first reason.
 func (u *udpInbound) logSession(r nat.UDPSessionReport) {
 	d, _ := r.Tag.(route.Decision)
 	extra := logrus.Fields{"packets_up": r.PacketsUp, "packets_down": r.PacketsDown, "dests": r.Dests}
 	if r.Dropped > 0 {
 		extra["dropped"] = r.Dropped
+	}
+	if r.DropErr != nil && r.Err == nil {
+		extra["drop_reason"] = r.DropErr.Error()
 	}
 	if r.Idle {
 		extra["end"] = "idle"
