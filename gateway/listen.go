@@ -449,6 +449,14 @@ func (h *listenerHealth) stopped(name string, err error) {
 	h.down[name] = err
 }
 
+// isDown reports whether the listener name stopped with an error.
+func (h *listenerHealth) isDown(name string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	_, down := h.down[name]
+	return down
+}
+
 // forget drops a listener that is no longer meant to be open (closed by a reload).
 func (h *listenerHealth) forget(name string) {
 	h.mu.Lock()

@@ -411,10 +411,12 @@ func (rt *running) setCapture(old, next *configs.Config) (in capture, changed, r
 	case udpMoved:
 		closeAll(udpOld)
 		changed = append(changed, "transparent UDP")
-	case udpSettingsDiffer(in.Transparent, old.Transparent):
+	case udpSettingsDiffer(in.Transparent, old.Transparent),
+		in.Transparent.UDP && rt.health.isDown(transparentUDPName(in.Transparent.UDPPort)):
 		// UDP sessions live in the listener's table: reopening it ends them (clients retry).
 		// On the same port the old listener has to go first; turned off, the rules no
-		// longer send anything to it.
+		// longer send anything to it. A listener that stopped with an error (on /healthz)
+		// is reopened by any reload, as an explicit port is.
 		closeAll(rt.udp)
 		var err error
 		if rt.udp, err = rt.g.startUDP(rt.flowCtx, &spec, rt.log, rt.health); err != nil {

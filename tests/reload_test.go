@@ -542,3 +542,32 @@ func TestReloadMovesAPortBetweenWildcardAndOneAddress(t *testing.T) {
 	web(tp.LAN, lanProxy, true, "back on the wildcard")
 	stopSocksgate(t, tp.GW, gw)
 }
+
+// The transparent UDP listener aborted by the kernel (ss -K) stops for good: /healthz answers
+// 503 naming it, until a reload, even one that changes nothing, reopens it.
+func TestHealthzReportsTheTransparentUDPListenerStopped(t *testing.T) {
+	tp := netlab.NewTopology(t)
+	startMicrosocks(t, tp, "", "")
+	cfg := udpConfig("socks5://"+netlab.Proxy4+":1080", "", "admin: 127.0.0.1:9091\n")
+	gw, cfgPath := startSocksgateFile(t, tp.GW, cfg)
+	healthz := func() (string, error) { return opsGet(tp.GW, "http://127.0.0.1:9091/healthz") }
+	if body, err := healthz(); err != nil {
+		t.Fatalf("healthz at start: %v %q", err, body)
+	}
+	if out, err := tp.GW.Run("ss", "-K", "-u", "-a", "sport = :12346"); err != nil {
+		t.Skipf("ss -K cannot abort a UDP socket here: %v %s", err, out)
+	}
+	if !gw.WaitOutput("transparent UDP listener stopped", 10*time.Second) {
+		t.Skipf("the kernel did not abort the UDP listener (no SOCK_DESTROY for UDP?):\n%s", gw.Output())
+	}
+	body, err := healthz()
+	if err == nil || !strings.Contains(body, "transparent udp [::]:12346 stopped") {
+		t.Fatalf("healthz with the UDP listener stopped: %v %q", err, body)
+	}
+	t.Logf("healthz: %q", body)
+	reloadTo(t, gw, cfgPath, cfg, "config reloaded")
+	if body, err := healthz(); err != nil {
+		t.Fatalf("healthz after a reload reopened it: %v %q", err, body)
+	}
+	stopSocksgate(t, tp.GW, gw)
+}
