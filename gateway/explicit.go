@@ -223,6 +223,8 @@ type explicitUDP struct {
 
 	mu        sync.Mutex
 	paths     map[any]net.PacketConn // by upstream.Key
+	dropErr   error                  // the first destination's refusal or block
+	dropDsts  map[string]struct{}    // destinations refused or blocked, logged once each (bounded)
 	pathNames []string               // the upstreams paths were opened to, for the session's line, by identity (not by URL, which two may share)
 	names     map[string]netip.Addr  // names resolved for direct datagrams
 	closed    bool
@@ -230,6 +232,7 @@ type explicitUDP struct {
 	seen      sync.Mutex     // guards first and firstD, read by the flow list while mu may be held for a dial
 	first     route.Flow     // the first datagram's destination, for the flow list
 	firstD    route.Decision // and its route
+	carried   atomic.Bool    // a datagram has gone out: first is the first destination carried
 	wg        sync.WaitGroup
 
 	upPkts, downPkts, upBytes, downBytes, dropped atomic.Int64
@@ -244,18 +247,65 @@ func (u *explicitUDP) Send(ctx context.Context, payload []byte, t socksserver.Ta
 	}
 	u.seen.Unlock()
 	err := u.send(f, d, payload)
-	u.mu.Lock()
-	if err != nil {
-		u.lastErr = err
+	if err == nil && !u.carried.Load() {
+		// The session is named by its first destination carried, not by one dropped.
+		u.seen.Lock()
+		if !u.carried.Load() {
+			u.first, u.firstD = f, d
+			u.carried.Store(true)
+		}
+		u.seen.Unlock()
 	}
-	u.mu.Unlock()
 	if err != nil {
 		u.dropped.Add(1)
+		u.failed(f, err)
 		return err
 	}
 	u.upPkts.Add(1)
 	u.upBytes.Add(int64(len(payload)))
 	return nil
+}
+
+// destDrop reports whether err drops one destination's datagrams (a rule's block, a refusal of
+// the destination) rather than failing the session's way out.
+func destDrop(err error) bool {
+	return errors.Is(err, ErrBlocked) || errors.Is(err, errLocalDst) || errors.Is(err, errLoop)
+}
+
+// maxLoggedDrops bounds the destinations a session remembers having logged as dropped.
+const maxLoggedDrops = 64
+
+// failed records a datagram that could not be sent: a destination dropped is logged once and
+// kept apart, so that it does not make the session refused when others were carried; any other
+// failure is the session's error.
+func (u *explicitUDP) failed(f route.Flow, err error) {
+	u.mu.Lock()
+	if !destDrop(err) {
+		u.lastErr = err
+		u.mu.Unlock()
+		return
+	}
+	if u.dropErr == nil {
+		u.dropErr = err
+	}
+	dst := f.Address()
+	_, logged := u.dropDsts[dst]
+	if !logged && len(u.dropDsts) < maxLoggedDrops {
+		if u.dropDsts == nil {
+			u.dropDsts = make(map[string]struct{})
+		}
+		u.dropDsts[dst] = struct{}{}
+	} else {
+		logged = true
+	}
+	u.mu.Unlock()
+	if !logged {
+		var log *logrus.Entry
+		if u.g.Log != nil {
+			log = u.g.Log.WithFields(logrus.Fields{"inbound": route.SOCKS.String(), "network": "udp"})
+		}
+		logUDPDrop(log, u.src, dst, err)
+	}
 }
 
 func (u *explicitUDP) send(f route.Flow, d route.Decision, payload []byte) error {
@@ -418,14 +468,21 @@ func (u *explicitUDP) Close() error {
 	u.g.Stats.UDPSessions.Add(-1)
 	u.wg.Wait()
 	u.mu.Lock()
-	lastErr := u.lastErr
+	lastErr, dropErr := u.lastErr, u.dropErr
 	u.mu.Unlock()
 	u.seen.Lock()
 	f, d := u.first, u.firstD
 	u.seen.Unlock()
 	var err error
-	if u.dropped.Load() > 0 {
-		err = lastErr
+	extra := logrus.Fields{}
+	switch {
+	case u.dropped.Load() == 0:
+	case lastErr != nil:
+		err = lastErr // the way out failed
+	case u.upPkts.Load() == 0:
+		err = dropErr // nothing carried: refused or blocked as a whole
+	default:
+		extra["drop_reason"] = dropErr.Error() // carried elsewhere: only those datagrams dropped
 	}
 	if f.Network == 0 { // no datagram came: an association unused, no flow to count
 		if u.g.Log != nil {
@@ -435,7 +492,7 @@ func (u *explicitUDP) Close() error {
 	}
 	slices.Sort(ups)
 	ups = slices.Compact(ups)
-	u.g.ended(flowEnd{f: f, d: d, up: u.upBytes.Load(), down: u.downBytes.Load(), dur: time.Since(u.start), err: err,
-		extra: logrus.Fields{"upstreams": ups, "packets_up": u.upPkts.Load(), "packets_down": u.downPkts.Load(), "dropped": u.dropped.Load()}})
+	extra["upstreams"], extra["packets_up"], extra["packets_down"], extra["dropped"] = ups, u.upPkts.Load(), u.downPkts.Load(), u.dropped.Load()
+	u.g.ended(flowEnd{f: f, d: d, up: u.upBytes.Load(), down: u.downBytes.Load(), dur: time.Since(u.start), err: err, extra: extra})
 	return nil
 }

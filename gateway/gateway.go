@@ -28,15 +28,16 @@ var ErrBlocked = errors.New("blocked by rule")
 type Gateway struct {
 	Router      route.Router
 	Log         *logrus.Entry
-	DialTimeout time.Duration     // bound on routing + dialing + the upstream handshake
-	Idle        time.Duration     // a TCP flow with no data either way for this long is closed; 0: never
-	Sniff       *Sniffing         // name sniffing on captured TCP (transparent.sniff); nil: off
-	Relay       relay.Mode        // how TCP flows are relayed; the zero value is relay.Auto
-	MaxFlows    int               // concurrent TCP flows; beyond it new flows are refused at once. 0: no bound
-	MaxPerSrc   int               // concurrent TCP flows per source address. 0: no bound
-	UDPFallback upstream.Upstream // UDP routed to an upstream without UDP goes here; nil: dropped
-	Stats       Stats             // counters for the admin endpoint (stats.go); the zero value counts
-	fds         *fdBudget         // descriptors flows may hold (fdbudget.go); nil: no bound
+	DialTimeout time.Duration      // bound on routing + dialing + the upstream handshake
+	Idle        time.Duration      // a TCP flow with no data either way for this long is closed; 0: never
+	Sniff       *Sniffing          // name sniffing on captured TCP (transparent.sniff); nil: off
+	Relay       relay.Mode         // how TCP flows are relayed; the zero value is relay.Auto
+	MaxFlows    int                // concurrent TCP flows; beyond it new flows are refused at once. 0: no bound
+	MaxPerSrc   int                // concurrent TCP flows per source address. 0: no bound
+	UDPFallback upstream.Upstream  // UDP routed to an upstream without UDP goes here; nil: dropped
+	Stats       Stats              // counters for the admin endpoint (stats.go); the zero value counts
+	Own         *upstream.OwnConns // socksgate's own live dials; one accepted from them is a loop. nil: none known
+	fds         *fdBudget          // descriptors flows may hold (fdbudget.go); nil: no bound
 
 	health   atomic.Pointer[groupHealth] // upstreams in force, for health reporting
 	reloaded atomic.Pointer[routerBox]   // the router of the last reload, replacing Router

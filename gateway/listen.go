@@ -141,6 +141,11 @@ func (e *explicitInbound) set(cfg *configs.Config) error {
 	wanted := map[string]bool{}
 	for _, w := range want {
 		wanted[w.addr] = true
+	}
+	// Old listeners closed to free their port for a new address that overlaps them, reopened
+	// if the reload fails.
+	var handedOver []string
+	for _, w := range want {
 		if l := e.lns[w.addr]; l != nil {
 			if !l.failed.Load() {
 				continue
@@ -149,12 +154,18 @@ func (e *explicitInbound) set(cfg *configs.Config) error {
 			l.ln.Close()
 			delete(e.lns, w.addr)
 		}
-		lc := net.ListenConfig{KeepAliveConfig: upstream.KeepAlive}
-		ln, err := lc.Listen(context.Background(), "tcp", w.addr)
+		ln, err := listenExplicit(w.addr)
+		if errors.Is(err, syscall.EADDRINUSE) {
+			var freed []string
+			if ln, freed, err = e.handOver(w.addr, wanted); len(freed) > 0 {
+				handedOver = append(handedOver, freed...)
+			}
+		}
 		if err != nil {
 			for _, l := range opened {
 				l.ln.Close()
 			}
+			e.takeBack(handedOver)
 			return fmt.Errorf("%s: %w", w.entry, err)
 		}
 		opened[w.addr] = &explicitListener{ln: ln, name: "listen." + w.kind + " " + w.addr}
@@ -202,9 +213,78 @@ func (e *explicitInbound) set(cfg *configs.Config) error {
 	return nil
 }
 
+func listenExplicit(addr string) (net.Listener, error) {
+	lc := net.ListenConfig{KeepAliveConfig: upstream.KeepAlive}
+	return lc.Listen(context.Background(), "tcp", addr)
+}
+
+// handOver opens addr, whose port an old listener that this reload removes holds on an
+// overlapping address (0.0.0.0:1080 giving way to 127.0.0.1:1080, or the other way round): the
+// kernel lets the two share no port, and socksgate does not use SO_REUSEPORT, under which a
+// stray process could share it too. Those old listeners are closed first, then addr is opened;
+// if it still cannot be, they are reopened. It returns the old addresses it closed (for
+// takeBack, should a later address of the reload fail). Between the close and the open,
+// connections to that port are refused: a moment, instead of a reload refused outright.
+func (e *explicitInbound) handOver(addr string, wanted map[string]bool) (net.Listener, []string, error) {
+	var freed []string
+	for old, l := range e.lns {
+		if !wanted[old] && overlaps(old, addr) {
+			l.ln.Close() // its serve loop ends; connections it accepted go on
+			freed = append(freed, old)
+		}
+	}
+	if len(freed) == 0 {
+		return nil, nil, fmt.Errorf("%w (and no port of the running set to hand over)", syscall.EADDRINUSE)
+	}
+	ln, err := listenExplicit(addr)
+	if err != nil {
+		e.takeBack(freed)
+		return nil, nil, err
+	}
+	e.log.WithFields(logrus.Fields{"addr": addr, "was": freed}).Info("explicit proxy port handed over to an overlapping address")
+	return ln, freed, nil
+}
+
+// takeBack reopens old listeners handOver closed, when the reload that closed them fails.
+func (e *explicitInbound) takeBack(addrs []string) {
+	for _, addr := range addrs {
+		l := e.lns[addr]
+		ln, err := listenExplicit(addr)
+		if err != nil {
+			e.log.WithError(err).WithField("addr", addr).Error("reload refused, and the explicit port it had closed could not be reopened")
+			e.health.stopped(l.name, fmt.Errorf("reopen after a refused reload: %w", err))
+			l.failed.Store(true) // the next reload opens it anew
+			continue
+		}
+		nl := &explicitListener{ln: ln, name: l.name}
+		nl.kind.Store(l.kind.Load())
+		e.lns[addr] = nl
+		go e.serve(nl)
+	}
+}
+
+// overlaps reports whether two listen addresses (host:port) would share a port in the kernel:
+// the same port, and the same host or either of them a wildcard.
+func overlaps(a, b string) bool {
+	ah, ap, err1 := net.SplitHostPort(a)
+	bh, bp, err2 := net.SplitHostPort(b)
+	if err1 != nil || err2 != nil || ap != bp {
+		return false
+	}
+	wild := func(h string) bool {
+		ip, err := netip.ParseAddr(h)
+		return h == "" || err == nil && ip.IsUnspecified()
+	}
+	return ah == bh || wild(ah) || wild(bh)
+}
+
 // serve accepts on l until it is closed; a listener that stops otherwise is reported down.
 func (e *explicitInbound) serve(l *explicitListener) {
 	err := e.g.serveAccept(e.ctx, l.ln, func(c net.Conn) {
+		if e.g.refuseOwnDial(c, inboundOf(*l.kind.Load())) {
+			c.Close()
+			return
+		}
 		if s := e.servers.Load(); s != nil {
 			s.serve(e.ctx, *l.kind.Load(), c)
 			return
@@ -216,6 +296,23 @@ func (e *explicitInbound) serve(l *explicitListener) {
 		e.log.WithError(err).WithField("addr", l.ln.Addr().String()).Error("explicit listener stopped")
 		e.health.stopped(l.name, err)
 	}
+}
+
+// clipText cuts what a client sent to n bytes for a log line.
+func clipText(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "..."
+	}
+	return s
+}
+
+// inboundOf is the inbound a port of kind records its flows as; a mixed port's connection
+// refused before its first byte is read is recorded as SOCKS.
+func inboundOf(kind string) route.Inbound {
+	if kind == route.HTTP.String() {
+		return route.HTTP
+	}
+	return route.SOCKS
 }
 
 // retire lets an HTTP server no longer in force finish its requests, until shutdown's deadline.
@@ -255,6 +352,14 @@ func (e *explicitInbound) newServers(cfg *configs.Config) (*explicitServers, err
 	log := e.log
 	report := func(inbound string) func(netip.AddrPort, error) {
 		return func(src netip.AddrPort, err error) {
+			if le := (*httpproxy.LoopError)(nil); errors.As(err, &le) {
+				// Its Via shows it has passed through socksgate already: the flow's refusal,
+				// counted and logged as one (the client got 403 saying so).
+				t := le.Target
+				e.g.refuse(route.Flow{Network: route.TCP, Src: src, Dst: t.Addr, Host: t.Host, Port: t.Port, Inbound: route.HTTP},
+					&Refusal{errViaLoop.Reason, errViaLoop.text + " (Via: " + clipText(le.Via, 200) + ")"})
+				return
+			}
 			line := log.WithFields(logrus.Fields{"inbound": inbound, "src": src.String()}).WithError(err)
 			switch {
 			case errors.Is(err, httpproxy.ErrRefusedSource), errors.Is(err, socksserver.ErrRefusedSource):
@@ -342,6 +447,14 @@ func (h *listenerHealth) stopped(name string, err error) {
 		h.down = map[string]error{}
 	}
 	h.down[name] = err
+}
+
+// isDown reports whether the listener name stopped with an error.
+func (h *listenerHealth) isDown(name string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	_, down := h.down[name]
+	return down
 }
 
 // forget drops a listener that is no longer meant to be open (closed by a reload).

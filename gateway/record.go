@@ -59,6 +59,12 @@ var (
 	errLoop = &Refusal{"loop", "refused: destination is socksgate's own listener (loop)"}
 	// errListenerLoop: a connection to the transparent listener itself, not captured.
 	errListenerLoop = &Refusal{"loop", "refused: connection to the transparent listener itself (loop)"}
+	// errOwnDial: an accepted connection comes from one of socksgate's own dials (Gateway.Own):
+	// an upstream, a name or a NAT that check could not see leads back to socksgate.
+	errOwnDial = &Refusal{"loop", "refused: the connection is socksgate's own dial come back (an upstream, a name or a NAT leads to socksgate itself: loop)"}
+	// errViaLoop: an HTTP request whose Via carries socksgate's own pseudonym (httpproxy.Via):
+	// it went out through a proxy that sent it back.
+	errViaLoop = &Refusal{"loop", "refused: the request has passed through socksgate already (its Via names this process): a proxy chain leads back to socksgate (loop)"}
 	// errNoOriginalDst: conntrack does not know where a captured connection was going.
 	errNoOriginalDst = &Refusal{"no_original_dst", "refused: original destination unknown"}
 )

@@ -32,7 +32,7 @@ import (
 // diff without dropping live flows (see running.reload); reload may be nil.
 func Run(ctx context.Context, cfg *configs.Config, log *logrus.Logger, reload <-chan *configs.Config) (err error) {
 	nofile := raiseFileLimit(log)
-	rt := &running{log: log, cfg: cfg, mark: redirect.MarkControl(cfg.Mark), health: &listenerHealth{}}
+	rt := &running{log: log, cfg: cfg, mark: redirect.MarkControl(cfg.Mark), own: &upstream.OwnConns{}, health: &listenerHealth{}}
 	defer rt.stopHealth()
 	routing, err := rt.newRouting(cfg)
 	if err != nil {
@@ -48,12 +48,13 @@ func Run(ctx context.Context, cfg *configs.Config, log *logrus.Logger, reload <-
 		Relay:       relayMode(cfg.Relay, log),
 		MaxFlows:    cfg.Limits.MaxFlows,
 		MaxPerSrc:   cfg.Limits.MaxFlowsPerSource,
+		Own:         rt.own,
 	}
 	g.fds = newFDBudget(nofile)
 	relay.SetDescriptorBudget(g.fds.pipes())
 	rt.g = g
 	if cfg.Transparent.UDPOverTCPUpstream == configs.UDPDirect {
-		g.UDPFallback = &upstream.Direct{Control: rt.mark}
+		g.UDPFallback = rt.directUp()
 	}
 	g.health.Store(&groupHealth{cfg: cfg, ups: rt.ups})
 	if g.MaxFlows == 0 && nofile > 0 {
@@ -88,7 +89,7 @@ func Run(ctx context.Context, cfg *configs.Config, log *logrus.Logger, reload <-
 	if err := rt.explicit.set(cfg); err != nil {
 		return err
 	}
-	if rt.udp, err = g.startUDP(flowCtx, cfg, log); err != nil {
+	if rt.udp, err = g.startUDP(flowCtx, cfg, log, rt.health); err != nil {
 		return err
 	}
 	if rt.admin, err = rt.startAdmin(cfg.Admin); err != nil {
@@ -166,6 +167,7 @@ type running struct {
 	g        *Gateway
 	cfg      *configs.Config // in force: what a reload could not apply is as it was
 	mark     upstream.Control
+	own      *upstream.OwnConns // every TCP connection socksgate dials, while open (loop detection)
 	ups      map[string]upstream.Upstream
 	stopUps  func()
 	rules    *redirect.Ruleset
@@ -177,6 +179,12 @@ type running struct {
 	admin    []io.Closer
 	serving  sync.WaitGroup // the transparent TCP accept loops
 }
+
+// direct is how socksgate dials without a proxy: its sockets marked, its connections kept in
+// own while open.
+func (rt *running) direct() upstream.Direct { return upstream.Direct{Control: rt.mark, Own: rt.own} }
+
+func (rt *running) directUp() upstream.Upstream { d := rt.direct(); return &d }
 
 // closeInbounds closes every listener; flows they handed on keep running. It returns once the
 // accept loops have ended and the HTTP servers have finished (or explicitInbound.cut ended them).
@@ -208,7 +216,7 @@ type routing struct {
 // newRouting builds the upstreams (starting their health checks) and the router of cfg,
 // leaving the ones in force alone.
 func (rt *running) newRouting(cfg *configs.Config) (routing, error) {
-	ups, stop, err := upstream.NewUpstreams(cfg, rt.mark, logrus.NewEntry(rt.log))
+	ups, stop, err := upstream.NewUpstreams(cfg, rt.direct(), logrus.NewEntry(rt.log))
 	if err != nil {
 		return routing{}, err
 	}
@@ -403,14 +411,18 @@ func (rt *running) setCapture(old, next *configs.Config) (in capture, changed, r
 	case udpMoved:
 		closeAll(udpOld)
 		changed = append(changed, "transparent UDP")
-	case udpSettingsDiffer(in.Transparent, old.Transparent):
+	case udpSettingsDiffer(in.Transparent, old.Transparent),
+		in.Transparent.UDP && rt.health.isDown(transparentUDPName(in.Transparent.UDPPort)):
 		// UDP sessions live in the listener's table: reopening it ends them (clients retry).
 		// On the same port the old listener has to go first; turned off, the rules no
-		// longer send anything to it.
+		// longer send anything to it. A listener that stopped with an error (on /healthz)
+		// is reopened by any reload, as an explicit port is.
 		closeAll(rt.udp)
 		var err error
-		if rt.udp, err = rt.g.startUDP(rt.flowCtx, &spec, rt.log); err != nil {
+		if rt.udp, err = rt.g.startUDP(rt.flowCtx, &spec, rt.log, rt.health); err != nil {
 			rt.log.WithError(err).Error("reload: transparent UDP")
+			// The old one is closed and the rules send UDP here: down until it opens.
+			rt.health.stopped(transparentUDPName(spec.Transparent.UDPPort), fmt.Errorf("reopen: %w", err))
 		}
 		changed = append(changed, "transparent UDP")
 	}
@@ -446,6 +458,7 @@ func (rt *running) setTransparentTCP(old, next configs.Transparent) (in portMode
 		ln, err := rt.openTransparentTCP(old)
 		if err != nil {
 			rt.log.WithError(err).Error("reload: reopening the old transparent TCP listener failed: captured TCP is refused until a restart")
+			rt.health.stopped(transparentTCPName(old.TCPPort), fmt.Errorf("reopen: %w", err))
 		}
 		rt.tcp = ln
 	}
@@ -486,7 +499,7 @@ func (rt *running) moveTransparentUDP(old, next *configs.Config, t *configs.Tran
 	}
 	cfg := *next
 	cfg.Transparent = *t
-	udp, err := rt.g.startUDP(rt.flowCtx, &cfg, rt.log)
+	udp, err := rt.g.startUDP(rt.flowCtx, &cfg, rt.log, rt.health)
 	if err != nil {
 		closeAll(udp)
 		rt.log.WithError(err).Error("reload: transparent UDP listener; keeping the old one")
@@ -506,7 +519,7 @@ func (rt *running) setUDPFallback(old, next configs.Transparent) bool {
 	}
 	var fb upstream.Upstream
 	if w == configs.UDPDirect {
-		fb = &upstream.Direct{Control: rt.mark}
+		fb = rt.directUp()
 	}
 	rt.g.SetUDPFallback(fb)
 	return true

@@ -13,7 +13,7 @@ func (g *Gateway) ServeTProxy(ctx context.Context, ln net.Listener) error {
 	port := addrPort(ln.Addr()).Port()
 	return g.serveAccept(ctx, ln, func(c net.Conn) {
 		tc, ok := c.(*net.TCPConn)
-		if !ok {
+		if !ok || g.refuseOwnDial(c, route.TProxy) {
 			c.Close()
 			return
 		}

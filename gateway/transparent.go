@@ -20,7 +20,7 @@ import (
 func (g *Gateway) ServeRedirect(ctx context.Context, ln net.Listener) error {
 	return g.serveAccept(ctx, ln, func(c net.Conn) {
 		tc, ok := c.(*net.TCPConn)
-		if !ok {
+		if !ok || g.refuseOwnDial(c, route.Redirect) {
 			c.Close()
 			return
 		}
@@ -43,6 +43,28 @@ func (g *Gateway) ServeRedirect(ctx context.Context, ln net.Listener) error {
 		g.handle(ctx, c, f, nil, replay)
 	})
 }
+
+// refuseOwnDial refuses c, accepted on an inbound of kind in, when its peer is one of
+// socksgate's own live dials: the flow that dialled it came back (a loop). The caller closes c.
+// The check is one lookup in a sharded map (upstream.OwnConns); a connection from one of the
+// router's own addresses that is not known may be a dial that has not returned yet, and waits
+// for the dials in flight (at most ownDialWait; nothing from a LAN host ever waits).
+func (g *Gateway) refuseOwnDial(c net.Conn, in route.Inbound) bool {
+	if g.Own == nil {
+		return false
+	}
+	src := addrPort(c.RemoteAddr())
+	if !g.Own.Has(src) && !(isLocalAddr(src.Addr()) && g.Own.Await(src, ownDialWait)) {
+		return false
+	}
+	g.refuse(route.Flow{Network: route.TCP, Src: src, Dst: addrPort(c.LocalAddr()), Inbound: in}, errOwnDial)
+	return true
+}
+
+// ownDialWait bounds how long a connection from the router itself waits for socksgate's dials
+// in flight to say whether it is one of them: the time from a connection's establishment in
+// the kernel to its dialler's return, which is a scheduling delay.
+const ownDialWait = 200 * time.Millisecond
 
 // serveAccept runs the accept loop shared by every TCP inbound: one goroutine per connection,
 // and on a temporary error (EMFILE, ENFILE, ECONNABORTED) a growing pause instead of a busy

@@ -30,20 +30,25 @@ import (
 // InboundTProxy}, so a blocking rule holds even inside a session that already talks elsewhere;
 // destinations routed to the same upstream share one association. The session's log line names
 // the first destination's rule and upstream.
-func (g *Gateway) startUDP(ctx context.Context, cfg *configs.Config, log *logrus.Logger) ([]io.Closer, error) {
+//
+// A listener that stops with an error (not closed) is reported on /healthz through health, as
+// "transparent udp [::]:PORT", until a reload opens it again or turns it off.
+func (g *Gateway) startUDP(ctx context.Context, cfg *configs.Config, log *logrus.Logger, health *listenerHealth) ([]io.Closer, error) {
 	t := cfg.Transparent
 	if !t.UDP || len(cfg.LAN.Interfaces) == 0 {
 		return nil, nil
 	}
+	name := transparentUDPName(t.UDPPort)
 	ln, err := nat.ListenUDPTransparent(ctx, net.JoinHostPort("::", strconv.Itoa(int(t.UDPPort))))
 	if err != nil {
 		return nil, err
 	}
+	health.forget(name)
 	mark := redirect.MarkControl(cfg.Mark)
 	u := &udpInbound{
 		g:              g,
 		port:           t.UDPPort,
-		direct:         &upstream.Direct{Control: mark},
+		direct:         &upstream.Direct{Control: mark, Own: g.Own},
 		withoutSupport: t.UDPOverTCPUpstream,
 		dnsOverTCP:     t.DNSOverTCP,
 		dialTimeout:    time.Duration(cfg.Timeouts.Dial),
@@ -67,9 +72,7 @@ func (g *Gateway) startUDP(ctx context.Context, cfg *configs.Config, log *logrus
 	served := make(chan struct{})
 	go func() {
 		defer close(served)
-		if err := u.table.Serve(ln); err != nil {
-			log.WithError(err).Error("transparent UDP listener stopped")
-		}
+		serveUDPTable(u.table, ln, log, health, name)
 	}()
 	log.WithFields(logrus.Fields{
 		"udp_port": t.UDPPort, "udp_idle": time.Duration(t.UDPIdle).String(),
@@ -79,6 +82,7 @@ func (g *Gateway) startUDP(ctx context.Context, cfg *configs.Config, log *logrus
 	return []io.Closer{closerFunc(func() error {
 		err := ln.Close()
 		<-served
+		health.forget(name) // closed on purpose: no longer meant to be open
 		u.table.Close()
 		g.mu.Lock()
 		if g.udpTable == u.table {
@@ -94,6 +98,20 @@ func (g *Gateway) startUDP(ctx context.Context, cfg *configs.Config, log *logrus
 		}).Info("transparent UDP stopped")
 		return err
 	})}, nil
+}
+
+// serveUDPTable serves the transparent UDP listener r through table until r is closed; a
+// listener that stops otherwise is logged and reported down on /healthz as name.
+func serveUDPTable(table *nat.UDPTable, r nat.DatagramReader, log *logrus.Logger, health *listenerHealth, name string) {
+	if err := table.Serve(r); err != nil {
+		log.WithError(err).Error("transparent UDP listener stopped")
+		health.stopped(name, err)
+	}
+}
+
+// transparentUDPName names the transparent UDP listener on port for /healthz.
+func transparentUDPName(port uint16) string {
+	return "transparent udp " + net.JoinHostPort("::", strconv.Itoa(int(port)))
 }
 
 type closerFunc func() error
@@ -122,11 +140,15 @@ func (u *udpInbound) route(src, dst netip.AddrPort) nat.UDPRoute {
 		// Sent to the listener itself, not captured (the rules let traffic to this host
 		// through): relaying it would send it to the listener again from a new port, a new
 		// session each time, until the table is full.
-		return nat.UDPRoute{Drop: errListenerLoop} // counted once, as the session's refusal, when it ends
+		u.logDrop(src, dst, errListenerLoop)
+		// Counted once, as the session's refusal, when it ends, unless the session carried
+		// datagrams to other destinations (then only they are dropped).
+		return nat.UDPRoute{Drop: errListenerLoop}
 	}
 	d := u.g.router().Route(context.Background(), route.Flow{Network: route.UDP, Src: src, Dst: dst, Inbound: route.TProxy})
 	switch {
 	case d.Action == route.ActionBlock:
+		u.logDrop(src, dst, ErrBlocked)
 		return nat.UDPRoute{Drop: ErrBlocked, Tag: d}
 	case d.Upstream == nil:
 		return nat.UDPRoute{Drop: fmt.Errorf("rule %s: no upstream", d.Rule), Tag: d}
@@ -169,12 +191,36 @@ func (u *udpInbound) open(ctx context.Context, up upstream.Upstream) (nat.UDPCon
 	return newFallbackConn(ctx, up, u.dnsOverTCP, other, err, u.dialTimeout, u.dnsReplyWait), nil
 }
 
-// logSession ends the session's record: its one line and its one metrics update.
+// logDrop logs that a session's datagrams to one destination are dropped: once per session
+// and destination (route runs once for each), at info for a refusal, at debug for a rule's
+// block. The session's line counts the datagrams.
+func (u *udpInbound) logDrop(src, dst netip.AddrPort, err error) {
+	logUDPDrop(u.log, src, dst.String(), err)
+}
+
+func logUDPDrop(log *logrus.Entry, src netip.AddrPort, dst string, err error) {
+	if log == nil {
+		return
+	}
+	l := log.WithFields(logrus.Fields{"src": src.String(), "dst": dst}).WithError(err)
+	if errors.Is(err, ErrBlocked) {
+		l.Debug("udp datagrams to this destination dropped")
+		return
+	}
+	l.Info("udp datagrams to this destination dropped")
+}
+
+// logSession ends the session's record: its one line and its one metrics update. A session
+// that carried datagrams is not refused or blocked as a whole because one of its destinations
+// was: its line gives the datagrams dropped and the first reason.
 func (u *udpInbound) logSession(r nat.UDPSessionReport) {
 	d, _ := r.Tag.(route.Decision)
 	extra := logrus.Fields{"packets_up": r.PacketsUp, "packets_down": r.PacketsDown, "dests": r.Dests}
 	if r.Dropped > 0 {
 		extra["dropped"] = r.Dropped
+	}
+	if r.DropErr != nil && r.Err == nil {
+		extra["drop_reason"] = r.DropErr.Error()
 	}
 	if r.Idle {
 		extra["end"] = "idle"

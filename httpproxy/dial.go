@@ -79,8 +79,9 @@ func (d *Dialer) String() string {
 }
 
 // DialContext connects to address ("host:port", the host a name or an IP literal) through the
-// proxy: it sends `CONNECT host:port HTTP/1.1` with a Host header (and Proxy-Authorization when
-// credentials are set) and waits for a 2xx answer. network must be "tcp", "tcp4" or "tcp6".
+// proxy: it sends `CONNECT host:port HTTP/1.1` with a Host header, a Via header naming this
+// process (Via), and Proxy-Authorization when credentials are set, and waits for a 2xx answer.
+// network must be "tcp", "tcp4" or "tcp6".
 //
 // ctx bounds the whole dial and exchange: its deadline applies, and cancelling it aborts an
 // exchange in progress. Bytes the proxy sent after its response header belong to the tunnel
@@ -176,6 +177,10 @@ func (d *Dialer) request(target string) []byte {
 	b = append(b, target...)
 	b = append(b, " HTTP/1.1\r\nHost: "...)
 	b = append(b, target...)
+	// Via names this process, so that a proxy chain that leads back to socksgate is refused
+	// there as a loop (Via, LoopError) instead of nesting tunnels.
+	b = append(b, "\r\nVia: 1.1 "...)
+	b = append(b, Via...)
 	b = append(b, "\r\n"...)
 	if d.Username != "" {
 		cred := []byte(d.Username + ":" + d.Password)

@@ -3,8 +3,10 @@ package httpproxy
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/subtle"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +15,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/netip"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -31,9 +34,53 @@ const (
 	// DefaultMaxResponseHeaderBytes caps an origin's response header, as squid's
 	// reply_header_max_size does (64 KB there too); net/http alone would read 10 MiB of it.
 	DefaultMaxResponseHeaderBytes = 64 << 10
-	// Via is the pseudonym this proxy adds to the Via header of requests and responses.
-	Via = "socksgate"
 )
+
+// Via is the pseudonym this process adds to the Via header of the requests it forwards and
+// the CONNECTs it sends to proxies, and of responses: "socksgate-" and eight hex digits drawn
+// at start. A request that arrives carrying it has already passed through this process, come
+// back through other proxies (an upstream that uses socksgate as its own upstream): the
+// server refuses it as a loop (LoopError), as squid does when its own name is in Via. The
+// digits differ per process, so a chain of two socksgates is not taken for a loop.
+var Via = "socksgate-" + randomHex(4)
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b) // never fails (crypto/rand)
+	return hex.EncodeToString(b)
+}
+
+// LoopError is reported to ErrorLog for a request refused because its Via carries this
+// process's own pseudonym; the client got 403 saying so. It wraps ErrLoop.
+type LoopError struct {
+	Target Target // what the request asked for
+	Via    string // the Via it came with
+}
+
+// ErrLoop is what a LoopError wraps.
+var ErrLoop = errors.New("forwarding loop: the request's Via shows it has passed through this proxy already")
+
+func (e *LoopError) Error() string {
+	return fmt.Sprintf("%v (%s, Via: %s)", ErrLoop, e.Target, clip(e.Via))
+}
+
+func (e *LoopError) Unwrap() error { return ErrLoop }
+
+// viaLoops reports whether a request's Via headers name this process among the recipients
+// (any word of them is Via: the random digits make a chance match impossible in practice).
+func viaLoops(h http.Header) (string, bool) {
+	for _, v := range h.Values("Via") {
+		if !strings.Contains(v, Via) {
+			continue
+		}
+		for _, w := range strings.FieldsFunc(v, func(r rune) bool { return r == ',' || r == ' ' || r == '\t' || r == '(' || r == ')' }) {
+			if w == Via {
+				return v, true
+			}
+		}
+	}
+	return "", false
+}
 
 // Target is a destination a client asked for: an address, or a name with a port.
 type Target struct {
@@ -442,6 +489,15 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	if via, loops := viaLoops(r.Header); loops {
+		t, _ := requestTarget(src, r)
+		if r.Method != http.MethodConnect {
+			t, _ = parseTarget(src, hostPort(r.URL))
+		}
+		s.report(src, &LoopError{Target: t, Via: via})
+		plainError(w, http.StatusForbidden, "socksgate: "+ErrLoop.Error()+" ("+Via+"): a loop, refused")
+		return
+	}
 	if r.Method == http.MethodConnect {
 		s.serveConnect(w, r, src)
 		return
@@ -733,6 +789,18 @@ func proxyBasicAuth(h string) (user, pass string, err error) {
 		return "", "", errors.New("Proxy-Authorization: Basic credentials have no colon between user and password")
 	}
 	return user, pass, nil
+}
+
+// hostPort is an absolute URI's host and port, the scheme's default port when it has none.
+func hostPort(u *url.URL) string {
+	if u.Port() != "" {
+		return u.Host
+	}
+	port := "80"
+	if u.Scheme == "https" {
+		port = "443"
+	}
+	return net.JoinHostPort(u.Hostname(), port)
 }
 
 // requestTarget is the destination of a CONNECT (authority form, host:port).

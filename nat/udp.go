@@ -60,8 +60,9 @@ type DatagramReader interface {
 
 // UDPRoute is where a session's datagrams to one destination go.
 type UDPRoute struct {
-	// Drop, when not nil, drops datagrams to this destination (a blocking rule); it is the
-	// session's error if the session has no other.
+	// Drop, when not nil, drops datagrams to this destination (a blocking rule, a refusal);
+	// it is the session's error when the session carried nothing else (see
+	// UDPSessionReport.Err).
 	Drop error
 	// Outbound is the way out, by identity (a comparable value: the gateway gives the
 	// upstream itself, never its URL, which two upstreams may share). Destinations of one
@@ -77,16 +78,23 @@ type UDPRoute struct {
 
 // UDPSessionReport describes a session at its end.
 type UDPSessionReport struct {
+	// FirstDst and Tag are the first destination that was not dropped and its
+	// UDPRoute.Tag, or, when every destination was, the first one's.
 	Src, FirstDst          netip.AddrPort
-	Tag                    any // the first destination's UDPRoute.Tag
+	Tag                    any
 	Start                  time.Time
 	Duration               time.Duration
 	PacketsUp, BytesUp     uint64 // client → remotes
 	PacketsDown, BytesDown uint64 // remotes → client
 	Dests                  int    // distinct destinations routed
 	Dropped                uint64 // datagrams of this session dropped, either way
-	Err                    error  // why it ended, if not idleness or shutdown; or the first drop reason
-	Idle                   bool   // ended by the idle timeout
+	// Err is why the session ended, if not idleness or shutdown; or, when it carried no
+	// datagram, the first destination's drop reason. A session that carried datagrams to
+	// one destination is not made a dropped one by another destination's Drop: that reason
+	// is in DropErr, its datagrams in Dropped.
+	Err     error
+	DropErr error // the first destination's Drop reason, if any was dropped
+	Idle    bool  // ended by the idle timeout
 }
 
 // ReplyError is a reply that could not be sent to the client: its socket could not be bound
@@ -268,8 +276,9 @@ func (t *UDPTable) Handle(b []byte, src, dst netip.AddrPort) {
 		if len(s.dests) >= maxSessionDests {
 			clear(s.dests)
 		}
-		if s.routes == 0 {
-			s.tag = r.Tag
+		if s.routes == 0 || s.tagDropped && r.Drop == nil {
+			// The session is named by its first destination carried, not by one dropped.
+			s.tag, s.firstDst, s.tagDropped = r.Tag, dst, r.Drop != nil
 		}
 		s.routes++
 		if r.Drop != nil {
@@ -532,10 +541,13 @@ func (t *UDPTable) finish(s *udpSession) {
 	clear(s.replies)
 	err := s.endErr
 	if err == nil || errors.Is(err, errTableClosed) {
-		err = s.err
+		err = nil
+		if s.packetsUp.Load() == 0 {
+			err = s.err // nothing carried: the drop is what became of the session
+		}
 	}
 	r := s.report()
-	r.Err, r.Idle = err, s.idle
+	r.Err, r.DropErr, r.Idle = err, s.err, s.idle
 	s.mu.Unlock()
 	if t.OnSessionEnd != nil {
 		t.OnSessionEnd(r)
@@ -631,17 +643,18 @@ type udpSession struct {
 
 	packetsUp, bytesUp, packetsDown, bytesDown, dropped atomic.Uint64
 
-	mu        sync.Mutex
-	dests     map[netip.AddrPort]*udpOutbound // nil value: dropped by the route
-	outs      map[any]*udpOutbound
-	replies   map[netip.AddrPort]*replySocket
-	replyTick uint64 // orders replies' uses, for evicting the least recently used socket
-	tag       any
-	routes    int
-	err       error // first drop reason
-	ended     bool
-	endErr    error
-	idle      bool
+	mu         sync.Mutex
+	dests      map[netip.AddrPort]*udpOutbound // nil value: dropped by the route
+	outs       map[any]*udpOutbound
+	replies    map[netip.AddrPort]*replySocket
+	replyTick  uint64 // orders replies' uses, for evicting the least recently used socket
+	tag        any
+	tagDropped bool // tag (and firstDst) is a dropped destination's
+	routes     int
+	err        error // first drop reason
+	ended      bool
+	endErr     error
+	idle       bool
 }
 
 func (s *udpSession) touch() { s.last.Store(time.Now().UnixNano()) }

@@ -492,3 +492,82 @@ func TestReloadOntoTakenPortIsRefused(t *testing.T) {
 	web("after a reload reopened the port")
 	stopSocksgate(t, tp.GW, gw)
 }
+
+// A reload that moves an explicit port between a wildcard and one address on the same port
+// (0.0.0.0:8080 → 10.0.1.1:8080 and back) is applied: the kernel lets the two share no port,
+// so the old listener gives it up just before the new one opens. A download through the old
+// one goes on to its end. When the reload fails for another address, the old listener is
+// reopened and serves again.
+func TestReloadMovesAPortBetweenWildcardAndOneAddress(t *testing.T) {
+	tp := netlab.NewTopology(t)
+	serveWeb(t, tp)
+	startMicrosocks(t, tp, "", "")
+	lanProxy := "http://" + net.JoinHostPort(netlab.GWLAN4, "8080")
+	web := func(ns *netlab.NS, proxy string, ok bool, when string) {
+		t.Helper()
+		out, err := curl(ns, "--max-time", "5", "-x", proxy, urlFor(netlab.WAN4, "/"))
+		if ok && (err != nil || out != pageBody) || !ok && err == nil {
+			t.Fatalf("curl through %s %s: %v %q, want it to work: %v", proxy, when, err, out, ok)
+		}
+	}
+	gw, cfgPath := startSocksgateFile(t, tp.GW, reloadListenConfig("0.0.0.0:8080", ""))
+	web(tp.GW, "http://127.0.0.1:8080", true, "on the wildcard")
+
+	const size = 4 << 20
+	dl, file := reloadSlowDownload(t, tp, size, "2M", "-x", lanProxy)
+	line := reloadTo(t, gw, cfgPath, reloadListenConfig(netlab.GWLAN4+":8080", ""), "config reloaded")
+	if strings.Contains(gw.Output(), "reload refused") {
+		t.Fatalf("the move to one address was refused:\n%s", gw.Output())
+	}
+	t.Logf("%s", line)
+	web(tp.LAN, lanProxy, true, "after the move to one address")
+	web(tp.GW, "http://127.0.0.1:8080", false, "on loopback, no longer listened on")
+	exited, err := dl.Wait(60 * time.Second)
+	if n, sum := reloadFileSHA256(t, file); !exited || err != nil || n != size || sum != patternSHA256(size) {
+		t.Fatalf("the download through the old listener was cut: %d of %d bytes, err %v\n%s", n, size, err, gw.Output())
+	}
+
+	// Back to the wildcard, with another address whose port is taken: refused as a whole, and
+	// the one address's listener, closed to hand its port over, serves again.
+	tp.GW.Listen("tcp", net.JoinHostPort(netlab.GWLAN4, "8082"))
+	taken := strings.Replace(reloadListenConfig("0.0.0.0:8080", ""), `http: ["0.0.0.0:8080"]`, `http: ["0.0.0.0:8080", "`+netlab.GWLAN4+`:8082"]`, 1)
+	if line := reloadTo(t, gw, cfgPath, taken, "reload refused"); !strings.Contains(line, "listen.http[1]") {
+		t.Fatalf("the refusal does not name the taken port: %s", line)
+	}
+	web(tp.LAN, lanProxy, true, "after the refused reload")
+	web(tp.GW, "http://127.0.0.1:8080", false, "on loopback after the refused reload")
+
+	reloadTo(t, gw, cfgPath, reloadListenConfig("0.0.0.0:8080", ""), "config reloaded")
+	web(tp.GW, "http://127.0.0.1:8080", true, "back on the wildcard")
+	web(tp.LAN, lanProxy, true, "back on the wildcard")
+	stopSocksgate(t, tp.GW, gw)
+}
+
+// The transparent UDP listener aborted by the kernel (ss -K) stops for good: /healthz answers
+// 503 naming it, until a reload, even one that changes nothing, reopens it.
+func TestHealthzReportsTheTransparentUDPListenerStopped(t *testing.T) {
+	tp := netlab.NewTopology(t)
+	startMicrosocks(t, tp, "", "")
+	cfg := udpConfig("socks5://"+netlab.Proxy4+":1080", "", "admin: 127.0.0.1:9091\n")
+	gw, cfgPath := startSocksgateFile(t, tp.GW, cfg)
+	healthz := func() (string, error) { return opsGet(tp.GW, "http://127.0.0.1:9091/healthz") }
+	if body, err := healthz(); err != nil {
+		t.Fatalf("healthz at start: %v %q", err, body)
+	}
+	if out, err := tp.GW.Run("ss", "-K", "-u", "-a", "sport = :12346"); err != nil {
+		t.Skipf("ss -K cannot abort a UDP socket here: %v %s", err, out)
+	}
+	if !gw.WaitOutput("transparent UDP listener stopped", 10*time.Second) {
+		t.Skipf("the kernel did not abort the UDP listener (no SOCK_DESTROY for UDP?):\n%s", gw.Output())
+	}
+	body, err := healthz()
+	if err == nil || !strings.Contains(body, "transparent udp [::]:12346 stopped") {
+		t.Fatalf("healthz with the UDP listener stopped: %v %q", err, body)
+	}
+	t.Logf("healthz: %q", body)
+	reloadTo(t, gw, cfgPath, cfg, "config reloaded")
+	if body, err := healthz(); err != nil {
+		t.Fatalf("healthz after a reload reopened it: %v %q", err, body)
+	}
+	stopSocksgate(t, tp.GW, gw)
+}

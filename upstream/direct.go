@@ -13,6 +13,9 @@ type Control func(network, address string, c syscall.RawConn) error
 // kernel rules let them pass and they are never captured again.
 type Direct struct {
 	Control Control
+	// Own, when set, keeps every TCP connection dialled here while it is open, so that one
+	// of them coming back to socksgate's own listeners is known as a loop (OwnConns).
+	Own *OwnConns
 }
 
 // KeepAlive turns TCP keepalive on for every socket socksgate opens or accepts, with the
@@ -29,7 +32,16 @@ func (d Direct) dialer() *net.Dialer {
 
 // DialContext connects to address directly.
 func (d Direct) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
-	return d.dialer().DialContext(ctx, network, address)
+	if d.Own == nil {
+		return d.dialer().DialContext(ctx, network, address)
+	}
+	d.Own.dialStart()
+	defer d.Own.dialEnd()
+	c, err := d.dialer().DialContext(ctx, network, address)
+	if err != nil {
+		return nil, err
+	}
+	return d.Own.track(c), nil
 }
 
 // ListenUDP opens a marked UDP socket; it has the shape socksclient's ListenUDP hook expects.

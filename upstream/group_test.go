@@ -454,7 +454,7 @@ func TestNewUpstreamsBuildsHTTPChainsAndGroups(t *testing.T) {
 		Groups: []configs.Group{{Name: "out", Policy: configs.PolicyFailover, OnDown: configs.OnDownBlock,
 			Upstreams: []string{"outer", "back"}, Health: configs.Health{Rise: 1, Fall: 1}}},
 	}
-	ups, stop, err := NewUpstreams(cfg, nil, nil)
+	ups, stop, err := NewUpstreams(cfg, Direct{}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

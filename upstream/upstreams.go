@@ -18,17 +18,18 @@ import (
 // NewUpstreams builds every configured upstream and group, keyed by name, plus "direct". An
 // upstream with `via` is reached through the named one: each hop takes the dial function of the
 // hop below, so chains of any depth are plain composition. Every socket at the bottom of every
-// chain is opened by Direct and so carries socksgate's mark. A group (*Group) is an Upstream in
-// the same map; its health checks start here and log their state changes to log.
+// chain is opened by direct and so carries socksgate's mark (and is kept in direct.Own while it
+// is open). A group (*Group) is an Upstream in the same map; its health checks start here and
+// log their state changes to log.
 //
 // stop ends the health checks and waits for them; call it once the upstreams are no longer used
 // (dials still work afterwards, with the members' last known state). On error nothing runs.
-func NewUpstreams(cfg *configs.Config, control Control, log *logrus.Entry) (ups map[string]Upstream, stop func(), err error) {
-	ups, err = newUpstreams(cfg, control, log)
+func NewUpstreams(cfg *configs.Config, direct Direct, log *logrus.Entry) (ups map[string]Upstream, stop func(), err error) {
+	ups, err = newUpstreams(cfg, direct, log)
 	if err != nil {
 		return nil, nil, err
 	}
-	direct := ups[configs.SchemeDirect]
+	directUp := ups[configs.SchemeDirect]
 	var groups []*Group
 	for i := range cfg.Groups {
 		gc := cfg.Groups[i]
@@ -46,7 +47,7 @@ func NewUpstreams(cfg *configs.Config, control Control, log *logrus.Entry) (ups 
 		if len(members) == 0 {
 			return nil, nil, fmt.Errorf("group %q: no upstreams", gc.Name)
 		}
-		groups = append(groups, NewGroup(gc, members, direct, log))
+		groups = append(groups, NewGroup(gc, members, directUp, log))
 		ups[gc.Name] = groups[len(groups)-1]
 	}
 	for _, g := range groups {
@@ -60,8 +61,7 @@ func NewUpstreams(cfg *configs.Config, control Control, log *logrus.Entry) (ups 
 }
 
 // newUpstreams builds the configured upstreams (not the groups).
-func newUpstreams(cfg *configs.Config, control Control, log *logrus.Entry) (map[string]Upstream, error) {
-	direct := Direct{Control: control}
+func newUpstreams(cfg *configs.Config, direct Direct, log *logrus.Entry) (map[string]Upstream, error) {
 	// Upstreams are pointers: an Upstream is its own identity (a map key for the ways out of
 	// a UDP session), whatever its URL says.
 	ups := map[string]Upstream{configs.SchemeDirect: &direct}

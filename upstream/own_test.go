@@ -1,0 +1,136 @@
+package upstream
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"runtime"
+	"testing"
+	"time"
+)
+
+// A connection Direct dials is in Own while it is open, by its local address, and leaves it
+// when it is closed (once, however often Close is called).
+func TestDirectKeepsItsConnectionsInOwn(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			accepted <- c
+		}
+	}()
+	own := &OwnConns{}
+	c, err := Direct{Own: own}.DialContext(context.Background(), "tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer := <-accepted
+	defer peer.Close()
+	from := peer.RemoteAddr().(*net.TCPAddr).AddrPort()
+	if !own.Has(from) {
+		t.Fatalf("accepted peer %s not known as own (own has %d)", from, own.Len())
+	}
+	if own.Has(netip.AddrPortFrom(from.Addr(), from.Port()+1)) {
+		t.Fatal("another port is known as own")
+	}
+	mapped := netip.AddrPortFrom(netip.AddrFrom16(from.Addr().As16()), from.Port())
+	if !own.Has(mapped) {
+		t.Fatalf("%s (IPv4-mapped) not known as own", mapped)
+	}
+	if _, ok := c.(interface{ CloseWrite() error }); !ok {
+		t.Fatal("the tracked connection lost CloseWrite")
+	}
+	c.Close()
+	c.Close()
+	if own.Has(from) || own.Len() != 0 {
+		t.Fatalf("closed connection still own (len %d)", own.Len())
+	}
+}
+
+// Two live connections on one local address and port (the kernel shares an ephemeral port
+// across destinations) are counted: closing one leaves the other known.
+func TestOwnConnsCountsSharedLocalPorts(t *testing.T) {
+	var own OwnConns
+	ap := netip.MustParseAddrPort("10.0.0.1:40000")
+	own.add(ap)
+	own.add(ap)
+	own.remove(ap)
+	if !own.Has(ap) {
+		t.Fatal("one of two connections closed: the port is still own")
+	}
+	own.remove(ap)
+	if own.Has(ap) {
+		t.Fatal("both closed: the port is still own")
+	}
+	var none *OwnConns
+	if none.Has(ap) {
+		t.Fatal("a nil set has something")
+	}
+}
+
+// The per-flow cost: one add and one remove per dial, one lookup per accepted connection,
+// from many goroutines at once with a few thousand connections live.
+func BenchmarkOwnConns(b *testing.B) {
+	var own OwnConns
+	base := netip.MustParseAddr("192.168.1.1")
+	for p := range 4000 {
+		own.add(netip.AddrPortFrom(base, uint16(20000+p)))
+	}
+	b.Run("dial+close", func(b *testing.B) {
+		b.RunParallel(func(pb *testing.PB) {
+			p := uint16(30000)
+			for pb.Next() {
+				ap := netip.AddrPortFrom(base, p)
+				own.add(ap)
+				own.remove(ap)
+				p++
+			}
+		})
+	})
+	b.Run("accept lookup", func(b *testing.B) {
+		b.RunParallel(func(pb *testing.PB) {
+			p := uint16(0)
+			peer := netip.MustParseAddr("192.168.1.20")
+			for pb.Next() {
+				if own.Has(netip.AddrPortFrom(peer, p)) {
+					b.Fatal("a LAN client known as own")
+				}
+				p++
+			}
+		})
+	})
+}
+
+// A connection accepted before its dial has returned and added it: Await waits for the dials
+// in flight and finds it once its dial ends; with no dial in flight it answers at once.
+func TestOwnConnsAwaitsDialsInFlight(t *testing.T) {
+	var own OwnConns
+	ap := netip.MustParseAddrPort("10.0.2.1:49104")
+	if own.Await(ap, time.Hour) {
+		t.Fatal("known with nothing dialled")
+	}
+	own.dialStart()
+	found := make(chan bool)
+	go func() { found <- own.Await(ap, time.Hour) }()
+	for own.waiters.Load() == 0 {
+		runtime.Gosched()
+	}
+	other := netip.MustParseAddrPort("10.0.2.1:49200")
+	own.dialStart()
+	own.add(other) // another dial ends first: still waiting for the one in flight
+	own.dialEnd()
+	own.add(ap)
+	own.dialEnd()
+	if !<-found {
+		t.Fatal("the connection whose dial ended is not known")
+	}
+	own.dialStart() // a dial that never ends: the wait is bounded
+	if own.Await(netip.MustParseAddrPort("10.0.2.1:1"), time.Millisecond) {
+		t.Fatal("an unknown peer known")
+	}
+}
