@@ -115,12 +115,6 @@ func newGroupFixture(t *testing.T, cfg configs.Group, names ...string) *groupFix
 	if cfg.Name == "" {
 		cfg.Name = "out"
 	}
-	if cfg.Policy == "" {
-		cfg.Policy = configs.PolicyFailover
-	}
-	if cfg.OnDown == "" {
-		cfg.OnDown = configs.OnDownBlock
-	}
 	fx.g = NewGroup(cfg, fx.members, fx.direct, logrus.NewEntry(logger))
 	fx.g.backoffMin, fx.g.backoffMax = 5*time.Millisecond, 20*time.Millisecond
 	fx.g.Start()

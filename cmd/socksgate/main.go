@@ -191,9 +191,7 @@ func (s stdLog) Write(p []byte) (int, error) {
 func newLogger(cfg *configs.Config, out io.Writer) *logrus.Logger {
 	log := logrus.New()
 	log.SetOutput(out)
-	if lvl, err := logrus.ParseLevel(cfg.Log.Level); err == nil {
-		log.SetLevel(lvl)
-	}
+	log.SetLevel(gateway.LogrusLevel(cfg.Log.Level))
 	if cfg.Log.Format == configs.LogJSON {
 		log.SetFormatter(&logrus.JSONFormatter{})
 	} else {
