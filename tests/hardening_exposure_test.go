@@ -81,7 +81,7 @@ rules:
 		}
 		all.WriteString(out)
 	}
-	waitFor(2*time.Second, func() bool { return countLogs(gw.Output(), logFields{"msg": "~flow"}) >= 5 })
+	waitFor(2*time.Second, func() bool { return countLogs(gw.Output(), flowEnded) >= 5 })
 	for _, path := range []string{"/flows", "/upstreams", "/metrics", "/healthz"} {
 		body, _ := opsGet(tp.GW, "http://"+hardeningAdmin+path)
 		all.WriteString(body)

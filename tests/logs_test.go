@@ -109,6 +109,13 @@ func waitLog(p *netlab.Proc, within time.Duration, f logFields) (logLine, bool) 
 	return l, ok
 }
 
+// flowEnded matches the one line of every ended TCP flow (flow, flow failed, flow blocked, flow
+// refused): only those carry an outcome. udpEnded is the same for UDP sessions.
+var (
+	flowEnded = logFields{"network": "tcp", "outcome": "~"}
+	udpEnded  = logFields{"network": "udp", "outcome": "~"}
+)
+
 // msg matches a record by its message.
 func msg(m string) logFields { return logFields{"msg": m} }
 

@@ -105,7 +105,7 @@ func TestTransparentBypassGoesDirect(t *testing.T) {
 	if err != nil || out != pageBody {
 		t.Fatalf("curl to a bypassed address: %v: %q", err, out)
 	}
-	if l := lastLog(gw.Output(), logFields{"msg": "~flow"}); l != nil {
+	if l := lastLog(gw.Output(), flowEnded); l != nil {
 		t.Fatalf("a bypassed flow reached socksgate:\n%s", gw.Output())
 	}
 }

@@ -194,7 +194,7 @@ func TestUDPEchoManyClientsFullCone(t *testing.T) {
 	if n := blockedHits.Load(); n != 0 {
 		t.Fatalf("the blocked echo received %d datagrams", n)
 	}
-	sessions := logFields{"msg": "~udp session"}
+	sessions := udpEnded
 	if !waitFor(5*time.Second, func() bool { return countLogs(gw.Output(), sessions) >= clients }) {
 		t.Fatalf("%d session lines after the idle timeout, want %d:\n%s", countLogs(gw.Output(), sessions), clients, gw.Output())
 	}
@@ -340,8 +340,12 @@ func TestUDPDNSOverTCPThroughSOCKS4(t *testing.T) {
 	if hits.Load() != 0 {
 		t.Fatal("the echo received datagrams with udp_without_support: block")
 	}
-	if _, ok := waitLog(gw, 5*time.Second, logFields{"msg": "udp session failed", "error": "~does not carry UDP"}); !ok {
-		t.Fatalf("no session line naming the missing UDP support:\n%s", gw.Output())
+	if _, ok := waitLog(gw, 5*time.Second, logFields{"msg": "udp datagram dropped", "level": "warning", "error": "~upstream does not carry UDP"}); !ok {
+		t.Fatalf("no line naming the missing UDP support:\n%s", gw.Output())
+	}
+	echo := msg("udp session").with("dst", netlab.WAN4+":7007")
+	if l, ok := waitLog(gw, 5*time.Second, echo); !ok || !l.has(logFields{"packets_up": "0", "dropped": "~"}) || l.str("dropped") == "0" {
+		t.Fatalf("the blocked session's line does not count its datagrams dropped: %v\n%s", l, gw.Output())
 	}
 }
 
@@ -428,7 +432,7 @@ func TestUDPToTheListenerItselfIsNotALoop(t *testing.T) {
 		}
 	}
 	// Both sessions end after udp_idle (1s) and are logged once each.
-	sessions := logFields{"msg": "~udp session"}
+	sessions := udpEnded
 	if !waitFor(5*time.Second, func() bool { return countLogs(gw.Output(), sessions) >= 2 }) {
 		t.Fatalf("no session lines:\n%s", gw.Output())
 	}
@@ -476,7 +480,7 @@ func TestUDPRepliesToAPortForwardAreNotCaptured(t *testing.T) {
 		t.Fatalf("through the port forward: %q from %s, %v\n%s", got, from, err, gw.Output())
 	}
 	time.Sleep(1500 * time.Millisecond) // a session would have ended (udp_idle 1s) and been logged
-	if hasLog(gw.Output(), logFields{"msg": "~udp session"}) || hasLog(gw.Output(), logFields{"src": netlab.LAN4 + ":5353"}) {
+	if hasLog(gw.Output(), udpEnded) || hasLog(gw.Output(), logFields{"src": netlab.LAN4 + ":5353"}) {
 		t.Fatalf("the LAN host's reply was taken for a session of its own:\n%s", gw.Output())
 	}
 }

@@ -34,7 +34,7 @@ func upstreamsFetch(t *testing.T, tp *netlab.Topology, cfg string) (out, gwLog s
 	t.Helper()
 	gw := startSocksgate(t, tp.GW, cfg)
 	out, err = curl(tp.LAN, urlFor(netlab.WAN4, "/"))
-	waitLog(gw, 2*time.Second, logFields{"msg": "~flow", "dst": "203.0.113.10:80"})
+	waitLog(gw, 2*time.Second, flowEnded.with("dst", "203.0.113.10:80"))
 	gw.Kill()
 	return out, gw.Output(), err
 }
