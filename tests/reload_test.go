@@ -521,11 +521,11 @@ func TestReloadMovesAPortBetweenWildcardAndOneAddress(t *testing.T) {
 
 	const size = 4 << 20
 	dl, file := reloadSlowDownload(t, tp, size, "2M", "-x", lanProxy)
-	line := reloadTo(t, gw, cfgPath, reloadListenConfig(netlab.GWLAN4+":8080", ""), "config reloaded")
-	if strings.Contains(gw.Output(), "reload refused") {
+	line := reloadTo(t, gw, cfgPath, reloadListenConfig(netlab.GWLAN4+":8080", ""), reloaded)
+	if hasLog(gw.Output(), refused) {
 		t.Fatalf("the move to one address was refused:\n%s", gw.Output())
 	}
-	t.Logf("%s", line)
+	t.Logf("%v", line)
 	web(tp.LAN, lanProxy, true, "after the move to one address")
 	web(tp.GW, "http://127.0.0.1:8080", false, "on loopback, no longer listened on")
 	exited, err := dl.Wait(60 * time.Second)
@@ -537,13 +537,13 @@ func TestReloadMovesAPortBetweenWildcardAndOneAddress(t *testing.T) {
 	// the one address's listener, closed to hand its port over, serves again.
 	tp.GW.Listen("tcp", net.JoinHostPort(netlab.GWLAN4, "8082"))
 	taken := strings.Replace(reloadListenConfig("0.0.0.0:8080", ""), `http: ["0.0.0.0:8080"]`, `http: ["0.0.0.0:8080", "`+netlab.GWLAN4+`:8082"]`, 1)
-	if line := reloadTo(t, gw, cfgPath, taken, "reload refused"); !strings.Contains(line, "listen.http[1]") {
-		t.Fatalf("the refusal does not name the taken port: %s", line)
+	if line := reloadTo(t, gw, cfgPath, taken, refused); !line.has(logFields{"error": "~listen.http[1]"}) {
+		t.Fatalf("the refusal does not name the taken port: %v", line)
 	}
 	web(tp.LAN, lanProxy, true, "after the refused reload")
 	web(tp.GW, "http://127.0.0.1:8080", false, "on loopback after the refused reload")
 
-	reloadTo(t, gw, cfgPath, reloadListenConfig("0.0.0.0:8080", ""), "config reloaded")
+	reloadTo(t, gw, cfgPath, reloadListenConfig("0.0.0.0:8080", ""), reloaded)
 	web(tp.GW, "http://127.0.0.1:8080", true, "back on the wildcard")
 	web(tp.LAN, lanProxy, true, "back on the wildcard")
 	stopSocksgate(t, tp.GW, gw)
@@ -563,7 +563,7 @@ func TestHealthzReportsTheTransparentUDPListenerStopped(t *testing.T) {
 	if out, err := tp.GW.Run("ss", "-K", "-u", "-a", "sport = :12346"); err != nil {
 		t.Skipf("ss -K cannot abort a UDP socket here: %v %s", err, out)
 	}
-	if !gw.WaitOutput("transparent UDP listener stopped", 10*time.Second) {
+	if _, ok := waitLog(gw, 10*time.Second, logFields{"msg": "transparent UDP listener stopped", "level": "error"}); !ok {
 		t.Skipf("the kernel did not abort the UDP listener (no SOCK_DESTROY for UDP?):\n%s", gw.Output())
 	}
 	body, err := healthz()
@@ -571,7 +571,7 @@ func TestHealthzReportsTheTransparentUDPListenerStopped(t *testing.T) {
 		t.Fatalf("healthz with the UDP listener stopped: %v %q", err, body)
 	}
 	t.Logf("healthz: %q", body)
-	reloadTo(t, gw, cfgPath, cfg, "config reloaded")
+	reloadTo(t, gw, cfgPath, cfg, reloaded)
 	if body, err := healthz(); err != nil {
 		t.Fatalf("healthz after a reload reopened it: %v %q", err, body)
 	}
