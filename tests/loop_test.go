@@ -57,7 +57,7 @@ func loopExpectOneRefusal(t *testing.T, tp *netlab.Topology, gw *netlab.Proc, cl
 		t.Fatalf("one request: %v refused as loop (want 1, or 2 with a probe), %v refused by the flow limit (want 0), %v flows (want at most 1)\n%s",
 			loop, limit, flows, gw.Output())
 	}
-	if !hasLog(gw.Output(), logFields{"outcome": "refused", "level": "warning", "error": "~(loop)"}) {
+	if !hasLog(gw.Output(), logFields{"outcome": "refused", "level": "warning", "error": "~loop"}) {
 		t.Errorf("the refusal's line does not say loop:\n%s", gw.Output())
 	}
 }
