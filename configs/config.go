@@ -16,6 +16,8 @@ package configs
 import (
 	"net/netip"
 	"net/url"
+
+	"github.com/socksgate/socksgate/relay"
 )
 
 // Config is the whole socksgate configuration. The zero value is not useful:
@@ -46,14 +48,14 @@ type Config struct {
 	// OnCrash is what the kernel rules do when socksgate dies: OnCrashClosed
 	// (default, nothing leaks direct) or OnCrashOpen (the table vanishes with
 	// the process).
-	OnCrash string `yaml:"on_crash"`
+	OnCrash OnCrash `yaml:"on_crash"`
 	// Limits bound the number of flows.
 	Limits Limits `yaml:"limits"`
-	// Relay selects the TCP relay implementation: RelayAuto (default, the
-	// gateway's measured choice), RelaySplice or RelayBuffered. The file may
-	// still say "kernel" (RelayKernel, the removed sockmap relay): Parse reads
-	// it as RelayAuto and Warnings says so.
-	Relay string `yaml:"relay"`
+	// Relay selects the TCP relay implementation: relay.Auto (default, the
+	// gateway's measured choice), relay.Splice or relay.Buffered. The file may
+	// still say "kernel" (the removed sockmap relay): Parse reads it as auto
+	// and Warnings says so.
+	Relay relay.Mode `yaml:"relay"`
 	// Admin is the host:port of the admin endpoint (/metrics, /flows,
 	// /healthz); empty (default) disables it.
 	Admin string `yaml:"admin"`
@@ -66,9 +68,9 @@ type Config struct {
 // Log configures logging.
 type Log struct {
 	// Level is one of debug, info (default), warn, error.
-	Level string `yaml:"level"`
+	Level LogLevel `yaml:"level"`
 	// Format is text (default) or json.
-	Format string `yaml:"format"`
+	Format LogFormat `yaml:"format"`
 }
 
 // LAN describes the local network socksgate is the gateway of.
@@ -88,7 +90,7 @@ type Transparent struct {
 	TCPPort uint16 `yaml:"tcp_port"`
 	// TCPMode is TCPModeRedirect (default, nat redirect + SO_ORIGINAL_DST) or
 	// TCPModeTProxy (TPROXY; the original destination is the local address).
-	TCPMode string `yaml:"tcp_mode"`
+	TCPMode TCPMode `yaml:"tcp_mode"`
 	// UDP enables UDP capture with TPROXY. Default false.
 	UDP bool `yaml:"udp"`
 	// UDPPort is the transparent UDP listener's port. Default 12345.
@@ -100,7 +102,7 @@ type Transparent struct {
 	// UDPOverTCPUpstream is what a UDP flow does when its route gives an
 	// upstream without UDP (see Upstream.SupportsUDP): UDPBlock (default) or
 	// UDPDirect.
-	UDPOverTCPUpstream string `yaml:"udp_without_support"`
+	UDPOverTCPUpstream UDPFallback `yaml:"udp_without_support"`
 	// DNSOverTCP carries UDP DNS (destination port 53) over TCP (RFC 7766
 	// framing) when the route gives an upstream without UDP, instead of
 	// applying udp_without_support. Default false.
@@ -198,12 +200,12 @@ type Group struct {
 	Name string `yaml:"name"`
 	// Policy is PolicyFailover (default, in order), PolicyRoundRobin or
 	// PolicyLeastConnections.
-	Policy string `yaml:"policy"`
+	Policy Policy `yaml:"policy"`
 	// Upstreams are names of upstreams (not groups), at least one.
 	Upstreams []string `yaml:"upstreams"`
 	// OnDown is what a flow does when every member is down: OnDownBlock
 	// (default, fail closed) or OnDownDirect.
-	OnDown string `yaml:"on_down"`
+	OnDown OnDown `yaml:"on_down"`
 	// Health configures the members' health checks.
 	Health Health `yaml:"health"`
 }
@@ -232,7 +234,7 @@ type Rule struct {
 	// Name appears in flow logs. Default "rule#N" (1-based position).
 	Name string `yaml:"name"`
 	// Protocol: tcp, udp.
-	Protocol []string `yaml:"protocol"`
+	Protocol []Network `yaml:"protocol"`
 	// Dst are destination prefixes.
 	Dst []netip.Prefix `yaml:"dst"`
 	// DstPorts are destination ports and ranges: 443, "443", "1000-2000".
@@ -241,7 +243,7 @@ type Rule struct {
 	Src []netip.Prefix `yaml:"src"`
 	// Inbound: transparent (redirect and tproxy capture), http, socks (the
 	// mixed port's flows are http or socks by what the client spoke).
-	Inbound []string `yaml:"inbound"`
+	Inbound []Inbound `yaml:"inbound"`
 	// Domain matches the flow's name, when it has one: "example.com" exactly,
 	// ".example.com" or "*.example.com" for example.com and every name under
 	// it. Lowercased and stored in the "." form by Parse; see MatchDomain.
@@ -249,7 +251,7 @@ type Rule struct {
 	Domain []string `yaml:"domain"`
 	// Action is ActionDirect, ActionProxy or ActionBlock. When empty and
 	// Upstream is set, Parse makes it ActionProxy.
-	Action string `yaml:"action"`
+	Action Action `yaml:"action"`
 	// Upstream is the upstream or group a proxy rule sends flows through.
 	Upstream string `yaml:"upstream"`
 
@@ -284,53 +286,8 @@ type Limits struct {
 	MaxFlowsPerSource int `yaml:"max_flows_per_source"`
 }
 
-// Enumerated values.
+// URL schemes and keywords.
 const (
-	LogDebug = "debug"
-	LogInfo  = "info"
-	LogWarn  = "warn"
-	LogError = "error"
-
-	LogText = "text"
-	LogJSON = "json"
-
-	TCPModeRedirect = "redirect"
-	TCPModeTProxy   = "tproxy"
-
-	UDPBlock  = "block"
-	UDPDirect = "direct"
-
-	OnCrashClosed = "closed"
-	OnCrashOpen   = "open"
-
-	RelayAuto     = "auto"
-	RelaySplice   = "splice"
-	RelayBuffered = "buffered"
-	// RelayKernel was the sockmap relay, removed because it loses or
-	// duplicates bytes on current kernels. Parse reads it as RelayAuto,
-	// with a warning; Validate refuses it.
-	//
-	// Deprecated: use RelayAuto.
-	RelayKernel = "kernel"
-
-	PolicyFailover         = "failover"
-	PolicyRoundRobin       = "round-robin"
-	PolicyLeastConnections = "least-connections"
-
-	OnDownBlock  = "block"
-	OnDownDirect = "direct"
-
-	ProtocolTCP = "tcp"
-	ProtocolUDP = "udp"
-
-	InboundTransparent = "transparent"
-	InboundHTTP        = "http"
-	InboundSOCKS       = "socks"
-
-	ActionDirect = "direct"
-	ActionProxy  = "proxy"
-	ActionBlock  = "block"
-
 	SchemeSOCKS5  = "socks5"
 	SchemeSOCKS5H = "socks5h"
 	SchemeSOCKS4  = "socks4"

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/socksgate/socksgate/relay"
 )
 
 // problemsOf returns the problems of a *ValidationError, failing otherwise.
@@ -139,15 +141,15 @@ func TestDefaultsApplied(t *testing.T) {
 		name      string
 		got, want any
 	}{
-		{"log.level", c.Log.Level, "info"},
-		{"log.format", c.Log.Format, "text"},
+		{"log.level", c.Log.Level, LogInfo},
+		{"log.format", c.Log.Format, LogText},
 		{"transparent.tcp_port", c.Transparent.TCPPort, uint16(12345)},
-		{"transparent.tcp_mode", c.Transparent.TCPMode, "redirect"},
+		{"transparent.tcp_mode", c.Transparent.TCPMode, TCPModeRedirect},
 		{"transparent.udp", c.Transparent.UDP, false},
 		{"transparent.udp_port", c.Transparent.UDPPort, uint16(12345)},
 		{"transparent.udp_idle", c.Transparent.UDPIdle.Std(), 60 * time.Second},
 		{"transparent.udp_max_sessions", c.Transparent.UDPMaxSessions, 4096},
-		{"transparent.udp_without_support", c.Transparent.UDPOverTCPUpstream, "block"},
+		{"transparent.udp_without_support", c.Transparent.UDPOverTCPUpstream, UDPBlock},
 		{"transparent.bypass_builtin", c.Transparent.BypassBuiltinEnabled(), true},
 		{"transparent.tproxy_mark", c.Transparent.TProxyMark, uint32(2)},
 		{"transparent.route_table", c.Transparent.RouteTable, 100},
@@ -163,12 +165,12 @@ func TestDefaultsApplied(t *testing.T) {
 		{"timeouts.idle", c.Timeouts.Idle.Std(), 2 * time.Hour},
 		{"timeouts.grace", c.Timeouts.Grace.Std(), 5 * time.Second},
 		{"mark", c.Mark, uint32(1)},
-		{"on_crash", c.OnCrash, "closed"},
+		{"on_crash", c.OnCrash, OnCrashClosed},
 		{"limits.max_flows", c.Limits.MaxFlows, 0},
 		{"limits.max_flows_per_source", c.Limits.MaxFlowsPerSource, 0},
-		{"relay", c.Relay, "auto"},
+		{"relay", c.Relay, relay.Auto},
 		{"admin", c.Admin, ""},
-		{"rules", c.Rules, []Rule{{Name: "default", Action: "direct", Implicit: true}}},
+		{"rules", c.Rules, []Rule{{Name: "default", Action: ActionDirect, Implicit: true}}},
 	}
 	for _, ch := range checks {
 		if !reflect.DeepEqual(ch.got, ch.want) {
@@ -191,7 +193,7 @@ rules:
   - {name: last, dst_ports: [22], upstream: h}
 `)
 	g := c.Groups[0]
-	wantG := Group{Name: "g", Policy: "failover", Upstreams: []string{"a", "b"}, OnDown: "block",
+	wantG := Group{Name: "g", Policy: PolicyFailover, Upstreams: []string{"a", "b"}, OnDown: OnDownBlock,
 		Health: Health{Interval: Duration(10 * time.Second), Timeout: Duration(5 * time.Second), Rise: 2, Fall: 3}}
 	if !reflect.DeepEqual(g, wantG) {
 		t.Errorf("group defaults = %+v, want %+v", g, wantG)
@@ -203,7 +205,7 @@ rules:
 	var names, actions []string
 	for _, r := range c.Rules {
 		names = append(names, r.Name)
-		actions = append(actions, r.Action+":"+r.Upstream)
+		actions = append(actions, r.Action.String()+":"+r.Upstream)
 	}
 	if want := []string{"rule#1", "rule#2", "last"}; !slices.Equal(names, want) {
 		t.Errorf("rule names = %q, want %q (rule#2 is a catch-all: no implicit rule)", names, want)
@@ -221,15 +223,15 @@ func TestImplicitDefaultRule(t *testing.T) {
 		warn string
 	}{
 		{"no rules, no upstreams: direct", "",
-			Rule{Name: "default", Action: "direct", Implicit: true},
+			Rule{Name: "default", Action: ActionDirect, Implicit: true},
 			`rules: none configured; every flow will go direct (implicit rule "default")`},
 		{"no rules: first upstream", `upstreams: [{name: u1, url: "socks5://h:1"}, {name: u2, url: "http://h:2"}]`,
-			Rule{Name: "default", Action: "proxy", Upstream: "u1", Implicit: true},
+			Rule{Name: "default", Action: ActionProxy, Upstream: "u1", Implicit: true},
 			`rules: none configured; every flow will go through upstream "u1" (implicit rule "default")`},
 		{"rules without catch-all", `
 upstreams: [{name: u1, url: "socks5://h:1"}]
 rules: [{name: default, dst: [192.0.2.0/24], action: direct}]`,
-			Rule{Name: "implicit-default", Action: "proxy", Upstream: "u1", Implicit: true},
+			Rule{Name: "implicit-default", Action: ActionProxy, Upstream: "u1", Implicit: true},
 			`rules: no catch-all rule; flows no rule matches will go through upstream "u1" (implicit rule "implicit-default" appended)`},
 	}
 	for _, tt := range tests {
@@ -293,8 +295,8 @@ rules:
 	if want := []string{".example.com", ".b.example", "exact.example"}; !slices.Equal(r.Domain, want) {
 		t.Errorf("domains = %q, want %q", r.Domain, want)
 	}
-	if r.Protocol[0] != "tcp" || r.Inbound[0] != "transparent" {
-		t.Errorf("protocol/inbound not lowercased: %q %q", r.Protocol, r.Inbound)
+	if r.Protocol[0] != ProtocolTCP || r.Inbound[0] != InboundTransparent {
+		t.Errorf("protocol/inbound not read case-insensitively: %v %v", r.Protocol, r.Inbound)
 	}
 	if r.Dst[0] != netip.MustParsePrefix("2001:db8::/32") || c.LAN.Prefixes[0] != netip.MustParsePrefix("192.168.1.0/24") {
 		t.Errorf("prefixes not masked: %v %v", r.Dst, c.LAN.Prefixes)
@@ -313,8 +315,8 @@ func TestValidationProblems(t *testing.T) {
 		want []string
 	}{
 		{"log enums", "log: {level: verbose, format: xml}", []string{
-			`log.level: must be one of debug, info, warn, error (got "verbose")`,
-			`log.format: must be one of text, json (got "xml")`}},
+			`line 1: log.level: must be one of debug, info, warn, error (got "verbose")`,
+			`line 1: log.format: must be one of text, json (got "xml")`}},
 		{"lan interfaces", `lan: {interfaces: [eth1, "", averyveryverylongname, "a/b", eth1, "eth*", "a\"b"]}`, []string{
 			`lan.interfaces[1]: must not be empty`,
 			`lan.interfaces[2]: interface name "averyveryverylongname" is longer than 15 bytes`,
@@ -329,9 +331,10 @@ func TestValidationProblems(t *testing.T) {
 			`transparent.udp_max_sessions: must be positive`,
 			`transparent.route_table: 254 is reserved (253 default, 254 main, 255 local)`,
 			`transparent.rule_priority: must be 1-32765 (0, 32766 and 32767 hold the kernel's own rules)`}},
-		{"transparent enums", `transparent: {tcp_mode: nat, udp_without_support: drop, route_table: -1}`, []string{
-			`transparent.tcp_mode: must be one of redirect, tproxy (got "nat")`,
-			`transparent.udp_without_support: must be one of block, direct (got "drop")`,
+		{"transparent enums", `transparent: {tcp_mode: nat, udp_without_support: drop}`, []string{
+			`line 1: transparent.tcp_mode: must be one of redirect, tproxy (got "nat")`,
+			`line 1: transparent.udp_without_support: must be one of block, direct (got "drop")`}},
+		{"negative route table", `transparent: {route_table: -1}`, []string{
 			`transparent.route_table: must be 1-2147483647`}},
 		{"route table beyond a 32-bit int", `transparent: {route_table: 3000000000}`, []string{
 			`transparent.route_table: must be 1-2147483647`}},
@@ -469,14 +472,12 @@ rules: [{action: direct}]`, []string{
 			`upstreams[4].via: cycle e -> f -> g -> e`}},
 		{"groups", ups + `groups:
   - {name: main, upstreams: [b]}
-  - {name: g, policy: random, upstreams: [], on_down: panic}
+  - {name: g, upstreams: []}
   - {name: h, upstreams: [g, nope, b, b], health: {interval: 1s, timeout: 0, rise: 0, fall: 0, probe: "h"}}
   - {name: h, upstreams: [b], health: {probe: "h:0"}}
 rules: [{upstream: h}]`, []string{
 			`groups[0].name: "main" is already the name of upstreams[0]`,
-			`groups[1].policy: must be one of failover, round-robin, least-connections (got "random")`,
 			`groups[1].upstreams: at least one upstream required`,
-			`groups[1].on_down: must be one of block, direct (got "panic")`,
 			`groups[2].upstreams[0]: "g" is a group; groups hold upstreams only`,
 			`groups[2].upstreams[1]: no upstream named "nope"`,
 			`groups[2].upstreams[3]: duplicate of groups[2].upstreams[2]`,
@@ -487,33 +488,42 @@ rules: [{upstream: h}]`, []string{
 			`groups[3].name: duplicate of groups[2]`,
 			`groups[3].health.probe: port must be 1-65535`}},
 		{"rules", ups + `rules:
-  - {name: r, protocol: [icmp], inbound: [redirect], domain: ["bad domain", "."], action: proxy}
+  - {name: r, domain: ["bad domain", "."], action: proxy}
   - {name: r, action: proxy, upstream: x}
   - {action: direct, upstream: main}
-  - {action: allow}
   - {dst_ports: [80]}
   - {action: proxy, upstream: b}`, []string{
-			`rules[0].protocol[0]: must be one of tcp, udp (got "icmp")`,
-			`rules[0].inbound[0]: must be one of transparent, http, socks (got "redirect")`,
 			`rules[0].domain[0]: invalid domain pattern "bad domain" (want "example.com", ".example.com" or "*.example.com")`,
 			`rules[0].domain[1]: invalid domain pattern "." (want "example.com", ".example.com" or "*.example.com")`,
 			`rules[0].upstream: required for action proxy`,
 			`rules[1].name: "r" is already the name of rules[0]`,
 			`rules[1].upstream: no upstream or group named "x"`,
 			`rules[2].upstream: only used with action proxy (action is direct)`,
-			`rules[3].action: must be one of direct, proxy, block (got "allow")`,
-			`rules[4].action: required (direct, proxy or block)`}},
+			`rules[3].action: required (direct, proxy or block)`}},
 		{"timeouts and limits", `timeouts: {dial: 0, handshake: 0}
 limits: {max_flows: 10, max_flows_per_source: 11}
-on_crash: ajar
-relay: teleport
 admin: "localhost"`, []string{
 			`timeouts.dial: must be positive`,
 			`timeouts.handshake: must be positive`,
-			`on_crash: must be one of closed, open (got "ajar")`,
 			`limits.max_flows_per_source: exceeds limits.max_flows`,
-			`relay: must be one of auto, splice, buffered (got "teleport")`,
 			`admin: "localhost" is not host:port`}},
+		// An enumerated value is read when the file is: one outside its
+		// type is a problem of the document, with its line, and the allowed
+		// values.
+		{"enums", ups + `groups:
+  - {name: g, policy: random, upstreams: [b], on_down: panic}
+rules:
+  - {protocol: [icmp], inbound: [redirect], upstream: g}
+  - {action: allow}
+on_crash: ajar
+relay: teleport`, []string{
+			`line 5: groups[0].policy: must be one of failover, round-robin, least-connections (got "random")`,
+			`line 5: groups[0].on_down: must be one of block, direct (got "panic")`,
+			`line 7: rules[0].protocol[0]: must be one of tcp, udp (got "icmp")`,
+			`line 7: rules[0].inbound[0]: must be one of transparent, http, socks (got "redirect")`,
+			`line 8: rules[1].action: must be one of direct, proxy, block (got "allow")`,
+			`line 9: on_crash: must be one of closed, open (got "ajar")`,
+			`line 10: relay: must be one of auto, splice, buffered (got "teleport")`}},
 		{"negative limits", `limits: {max_flows: -1, max_flows_per_source: -2}`, []string{
 			`limits.max_flows: must not be negative`,
 			`limits.max_flows_per_source: must not be negative`}},
@@ -659,12 +669,13 @@ rules:
 	_, err := Parse([]byte("rules: [{dst: 10.0.0.1, protocol: icmp, action: direct}]"))
 	want := []string{
 		`line 1: rules[0].dst[0]: invalid prefix "10.0.0.1": want CIDR notation such as 192.0.2.0/24 or 2001:db8::/32`,
+		`line 1: rules[0].protocol[0]: must be one of tcp, udp (got "icmp")`,
 	}
 	if got := problemsOf(t, err); !slices.Equal(got, want) {
 		t.Errorf("problems %q, want %q", got, want)
 	}
 	_, err = Parse([]byte("rules: [{protocol: icmp, action: direct}]"))
-	want = []string{`rules[0].protocol[0]: must be one of tcp, udp (got "icmp")`}
+	want = []string{`line 1: rules[0].protocol[0]: must be one of tcp, udp (got "icmp")`}
 	if got := problemsOf(t, err); !slices.Equal(got, want) {
 		t.Errorf("problems %q, want %q", got, want)
 	}
@@ -975,8 +986,8 @@ rules:
 // auto, with a warning naming the replacement.
 func TestRelayKernelIsReadAsAutoWithAWarning(t *testing.T) {
 	c := mustParse(t, "relay: kernel\n")
-	if c.Relay != RelayAuto {
-		t.Errorf("relay = %q, want %q", c.Relay, RelayAuto)
+	if c.Relay != relay.Auto {
+		t.Errorf("relay = %v, want %v", c.Relay, relay.Auto)
 	}
 	want := `relay: "kernel" is no longer available (the sockmap relay was removed: it loses or duplicates bytes on current kernels); using its replacement, auto: write relay: auto`
 	if w := c.Warnings(); len(w) == 0 || w[0] != want {
@@ -988,9 +999,8 @@ func TestRelayKernelIsReadAsAutoWithAWarning(t *testing.T) {
 	if w := mustParse(t, "relay: auto\n").Warnings(); slices.ContainsFunc(w, func(s string) bool { return strings.HasPrefix(s, "relay:") }) {
 		t.Errorf("relay: auto warns: %q", w)
 	}
-	c.Relay = RelayKernel
-	if err := c.Validate(); err == nil || !slices.Contains(problemsOf(t, err), "relay: kernel is no longer available; use auto") {
-		t.Errorf("Validate of relay kernel set in code = %v", err)
+	if _, err := Parse([]byte("relay: kernell\n")); err == nil || !slices.Contains(problemsOf(t, err), `line 1: relay: must be one of auto, splice, buffered (got "kernell")`) {
+		t.Errorf("Parse of relay: kernell = %v", err)
 	}
 	if d := string(DefaultYAML()); strings.Contains(d, "| kernel") || strings.Contains(d, "relay: kernel") {
 		t.Error("default.yaml still offers relay kernel")
@@ -1056,12 +1066,12 @@ upstreams: [{name: a, url: "socks5://user:`+pw+`@h:1"}]`)
 func TestLoad(t *testing.T) {
 	dir := t.TempDir()
 	bad := filepath.Join(dir, "bad.yaml")
-	if err := os.WriteFile(bad, []byte("mark: 0\non_crash: x\n"), 0o600); err != nil {
+	if err := os.WriteFile(bad, []byte("mark: 0\ntransparent: {tproxy_mark: 0}\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	_, err := Load(bad)
-	want := bad + ": on_crash: must be one of closed, open (got \"x\")"
-	if err == nil || !strings.Contains(err.Error(), bad+": mark: must be non-zero\n"+want) {
+	want := bad + ": transparent.tproxy_mark: must be non-zero"
+	if err == nil || !strings.Contains(err.Error(), want+"\n"+bad+": mark: must be non-zero") {
 		t.Errorf("Load error = %v", err)
 	}
 	if _, err := Load(filepath.Join(dir, "missing.yaml")); err == nil || !errors.Is(err, os.ErrNotExist) {

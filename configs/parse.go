@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/socksgate/socksgate/relay"
 )
 
 //go:embed default.yaml
@@ -97,6 +99,7 @@ func decode(data []byte) (*Config, error) {
 	if root.Kind == yaml.DocumentNode && len(root.Content) == 1 {
 		root = root.Content[0]
 	}
+	c.deprecated = retire(root)
 	w := walker{seen: map[walkKey]bool{}}
 	w.walk(root, reflect.TypeFor[Config](), "")
 	if len(w.problems) > 0 {
@@ -110,6 +113,31 @@ func decode(data []byte) (*Config, error) {
 	}
 	c.finish()
 	return c, nil
+}
+
+// retire rewrites, in the document's top-level mapping, the values that are
+// no longer available but still accepted into their replacements, and returns
+// a warning for each: relay: kernel (the removed sockmap relay) is read as
+// relay: auto.
+func retire(root *yaml.Node) []string {
+	if root.Kind != yaml.MappingNode {
+		return nil
+	}
+	var warnings []string
+	for i := 0; i+1 < len(root.Content); i += 2 {
+		k, v := root.Content[i], root.Content[i+1]
+		if v.Kind == yaml.AliasNode && v.Alias != nil {
+			v = v.Alias
+		}
+		if k.Kind != yaml.ScalarNode || k.Value != "relay" || v.Kind != yaml.ScalarNode ||
+			!strings.EqualFold(strings.TrimSpace(v.Value), "kernel") {
+			continue
+		}
+		// A new node: an alias target may be used elsewhere as a plain value.
+		root.Content[i+1] = &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!str", Value: relay.Auto.String(), Line: v.Line, Column: v.Column}
+		warnings = append(warnings, `relay: "kernel" is no longer available (the sockmap relay was removed: it loses or duplicates bytes on current kernels); using its replacement, auto: write relay: auto`)
+	}
+	return warnings
 }
 
 // yamlError turns a yaml.v3 error into a ValidationError, one problem per
@@ -164,7 +192,7 @@ func defaults() *Config {
 		},
 		Mark:    0x1,
 		OnCrash: OnCrashClosed,
-		Relay:   RelayAuto,
+		Relay:   relay.Auto,
 	}
 }
 
@@ -277,10 +305,6 @@ func (c *Config) finish() {
 	for i := range c.Groups {
 		emptyToNil(&c.Groups[i].Upstreams)
 	}
-	if c.Relay == RelayKernel {
-		c.Relay = RelayAuto
-		c.deprecated = append(c.deprecated, `relay: "kernel" is no longer available (the sockmap relay was removed: it loses or duplicates bytes on current kernels); using its replacement, auto: write relay: auto`)
-	}
 	maskAll(c.LAN.Prefixes)
 	maskAll(c.Transparent.Bypass)
 	maskAll(c.Listen.Allow)
@@ -294,7 +318,7 @@ func (c *Config) finish() {
 			r.Name = fmt.Sprintf("rule#%d", i+1)
 		}
 		names[r.Name] = true
-		if r.Action == "" && r.Upstream != "" {
+		if r.Action == 0 && r.Upstream != "" {
 			r.Action = ActionProxy
 		}
 		emptyToNil(&r.Protocol)
@@ -305,12 +329,6 @@ func (c *Config) finish() {
 		emptyToNil(&r.Domain)
 		maskAll(r.Dst)
 		maskAll(r.Src)
-		for j, p := range r.Protocol {
-			r.Protocol[j] = strings.ToLower(strings.TrimSpace(p))
-		}
-		for j, p := range r.Inbound {
-			r.Inbound[j] = strings.ToLower(strings.TrimSpace(p))
-		}
 		for j, d := range r.Domain {
 			if n, err := normalizeDomain(d); err == nil {
 				r.Domain[j] = n

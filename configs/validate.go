@@ -1,6 +1,7 @@
 package configs
 
 import (
+	"encoding"
 	"fmt"
 	"net"
 	"net/netip"
@@ -44,14 +45,12 @@ func (p *problems) add(path, format string, args ...any) {
 	*p = append(*p, path+": "+sprintf(format, args...))
 }
 
-// oneOf checks an enumerated value.
-func (p *problems) oneOf(path, v string, allowed ...string) {
-	for _, a := range allowed {
-		if v == a {
-			return
-		}
+// enum checks an enumerated value set in code (one read from a file is one of
+// its type's values already).
+func (p *problems) enum(path string, v encoding.TextMarshaler) {
+	if _, err := v.MarshalText(); err != nil {
+		p.add(path, "%v", err)
 	}
-	p.add(path, "must be one of %s (got %q)", strings.Join(allowed, ", "), v)
 }
 
 func (p *problems) positive(path string, d Duration) {
@@ -87,8 +86,8 @@ func (p *problems) portRanges(path string, rs []PortRange) {
 // configurations from Parse, Load or Default, possibly modified.
 func (c *Config) Validate() error {
 	var p problems
-	p.oneOf("log.level", c.Log.Level, LogDebug, LogInfo, LogWarn, LogError)
-	p.oneOf("log.format", c.Log.Format, LogText, LogJSON)
+	p.enum("log.level", c.Log.Level)
+	p.enum("log.format", c.Log.Format)
 	c.validateLAN(&p)
 	c.validateTransparent(&p)
 	c.validateListen(&p)
@@ -104,7 +103,7 @@ func (c *Config) Validate() error {
 	if c.Mark == 0 {
 		p.add("mark", "must be non-zero")
 	}
-	p.oneOf("on_crash", c.OnCrash, OnCrashClosed, OnCrashOpen)
+	p.enum("on_crash", c.OnCrash)
 	if c.Limits.MaxFlows < 0 {
 		p.add("limits.max_flows", "must not be negative")
 	}
@@ -114,11 +113,7 @@ func (c *Config) Validate() error {
 	if c.Limits.MaxFlows > 0 && c.Limits.MaxFlowsPerSource > c.Limits.MaxFlows {
 		p.add("limits.max_flows_per_source", "exceeds limits.max_flows")
 	}
-	if c.Relay == RelayKernel {
-		p.add("relay", "kernel is no longer available; use auto")
-	} else {
-		p.oneOf("relay", c.Relay, RelayAuto, RelaySplice, RelayBuffered)
-	}
+	p.enum("relay", c.Relay)
 	c.validateAdmin(&p)
 	if len(p) == 0 {
 		return nil
@@ -178,7 +173,7 @@ func (c *Config) validateTransparent(p *problems) {
 	if t.TCPPort == 0 {
 		p.add("transparent.tcp_port", "must be 1-65535")
 	}
-	p.oneOf("transparent.tcp_mode", t.TCPMode, TCPModeRedirect, TCPModeTProxy)
+	p.enum("transparent.tcp_mode", t.TCPMode)
 	if t.UDPPort == 0 {
 		p.add("transparent.udp_port", "must be 1-65535")
 	}
@@ -186,7 +181,7 @@ func (c *Config) validateTransparent(p *problems) {
 	if t.UDPMaxSessions <= 0 {
 		p.add("transparent.udp_max_sessions", "must be positive")
 	}
-	p.oneOf("transparent.udp_without_support", t.UDPOverTCPUpstream, UDPBlock, UDPDirect)
+	p.enum("transparent.udp_without_support", t.UDPOverTCPUpstream)
 	p.prefixes("transparent.bypass", t.Bypass)
 	switch {
 	case t.TProxyMark == 0:
@@ -613,7 +608,7 @@ func (c *Config) validateGroups(p *problems, ix *nameIndex) {
 		} else if j := ix.upstream(g.Name); g.Name != "" && j >= 0 {
 			p.add(path+".name", "%q is already the name of upstreams[%d]", g.Name, j)
 		}
-		p.oneOf(path+".policy", g.Policy, PolicyFailover, PolicyRoundRobin, PolicyLeastConnections)
+		p.enum(path+".policy", g.Policy)
 		if len(g.Upstreams) == 0 {
 			p.add(path+".upstreams", "at least one upstream required")
 		}
@@ -633,7 +628,7 @@ func (c *Config) validateGroups(p *problems, ix *nameIndex) {
 				seen[name] = j
 			}
 		}
-		p.oneOf(path+".on_down", g.OnDown, OnDownBlock, OnDownDirect)
+		p.enum(path+".on_down", g.OnDown)
 		h := &g.Health
 		p.nonNegative(path+".health.interval", h.Interval)
 		if h.Interval > 0 {
@@ -668,13 +663,13 @@ func (c *Config) validateRules(p *problems, ix *nameIndex) {
 			names[r.Name] = i
 		}
 		for j, v := range r.Protocol {
-			p.oneOf(fmt.Sprintf("%s.protocol[%d]", path, j), v, ProtocolTCP, ProtocolUDP)
+			p.enum(fmt.Sprintf("%s.protocol[%d]", path, j), v)
 		}
 		p.prefixes(path+".dst", r.Dst)
 		p.portRanges(path+".dst_ports", r.DstPorts)
 		p.prefixes(path+".src", r.Src)
 		for j, v := range r.Inbound {
-			p.oneOf(fmt.Sprintf("%s.inbound[%d]", path, j), v, InboundTransparent, InboundHTTP, InboundSOCKS)
+			p.enum(fmt.Sprintf("%s.inbound[%d]", path, j), v)
 		}
 		for j, d := range r.Domain {
 			if _, err := normalizeDomain(d); err != nil {
@@ -693,10 +688,10 @@ func (c *Config) validateRules(p *problems, ix *nameIndex) {
 			if r.Upstream != "" {
 				p.add(path+".upstream", "only used with action proxy (action is %s)", r.Action)
 			}
-		case "":
+		case 0:
 			p.add(path+".action", "required (direct, proxy or block)")
 		default:
-			p.oneOf(path+".action", r.Action, ActionDirect, ActionProxy, ActionBlock)
+			p.enum(path+".action", r.Action)
 		}
 	}
 }

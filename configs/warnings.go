@@ -34,7 +34,7 @@ func (c *Config) Warnings() []string {
 		shadows.add(j)
 		r := &c.Rules[j]
 		if len(r.Protocol) > 0 && !slices.Contains(r.Protocol, ProtocolTCP) &&
-			len(r.Inbound) > 0 && !slices.ContainsFunc(r.Inbound, func(s string) bool { return s != InboundHTTP }) {
+			len(r.Inbound) > 0 && !slices.ContainsFunc(r.Inbound, func(in Inbound) bool { return in != InboundHTTP }) {
 			add("rules[%d] (%q): never matches: UDP never arrives on the http inbound", j, r.Name)
 		}
 	}
@@ -265,7 +265,7 @@ func (x *shadowIndex) add(i int) {
 	}
 }
 
-func sortedSet(s []string) []string {
+func sortedSet[T cmp.Ordered](s []T) []T {
 	s = slices.Clone(s)
 	slices.Sort(s)
 	return slices.Compact(s)
@@ -333,7 +333,7 @@ func covers(a, b *Rule) bool {
 }
 
 // coversSet: an empty list stands for every value in all.
-func coversSet(a, b []string, all ...string) bool {
+func coversSet[T comparable](a, b []T, all ...T) bool {
 	if len(a) == 0 {
 		return true
 	}

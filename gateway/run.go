@@ -45,7 +45,7 @@ func Run(ctx context.Context, cfg *configs.Config, log *logrus.Logger, reload <-
 		DialTimeout: time.Duration(cfg.Timeouts.Dial),
 		Idle:        time.Duration(cfg.Timeouts.Idle),
 		Sniff:       NewSniffing(cfg.Transparent.Sniff),
-		Relay:       relayMode(cfg.Relay, log),
+		Relay:       cfg.Relay,
 		MaxFlows:    cfg.Limits.MaxFlows,
 		MaxPerSrc:   cfg.Limits.MaxFlowsPerSource,
 		Own:         rt.own,
@@ -434,7 +434,7 @@ func (rt *running) setCapture(old, next *configs.Config) (in capture, changed, r
 
 type portMode struct {
 	TCPPort uint16
-	TCPMode string
+	TCPMode configs.TCPMode
 }
 
 // setTransparentTCP opens the transparent TCP listener next asks for when its port or mode
@@ -542,17 +542,25 @@ func (rt *running) setAdmin(old, next string) string {
 }
 
 // setLogLevel applies log.level and returns the level in force.
-func (rt *running) setLogLevel(old, next string) string {
+func (rt *running) setLogLevel(old, next configs.LogLevel) configs.LogLevel {
 	if next == old {
 		return old
 	}
-	lvl, err := logrus.ParseLevel(next)
-	if err != nil {
-		rt.log.WithError(err).Error("reload: log.level; keeping the old one")
-		return old
-	}
-	rt.log.SetLevel(lvl)
+	rt.log.SetLevel(LogrusLevel(next))
 	return next
+}
+
+// LogrusLevel is log.level as a logrus level.
+func LogrusLevel(l configs.LogLevel) logrus.Level {
+	switch l {
+	case configs.LogDebug:
+		return logrus.DebugLevel
+	case configs.LogWarn:
+		return logrus.WarnLevel
+	case configs.LogError:
+		return logrus.ErrorLevel
+	}
+	return logrus.InfoLevel
 }
 
 // udpSettingsDiffer reports whether the transparent UDP inbound must be reopened.
@@ -595,14 +603,4 @@ func SpecFromConfig(cfg *configs.Config, extraBypass []netip.Prefix) redirect.Sp
 		s.UDPPort = t.UDPPort
 	}
 	return s
-}
-
-// relayMode is the config's relay mode (configs has validated it, and reads the retired
-// "kernel" as auto with its own warning); anything else runs auto, with a warning.
-func relayMode(s string, log *logrus.Logger) relay.Mode {
-	m, err := relay.ParseMode(s)
-	if err != nil {
-		log.WithError(err).Warn("relay: using auto")
-	}
-	return m
 }

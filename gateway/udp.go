@@ -124,7 +124,7 @@ type udpInbound struct {
 	g              *Gateway
 	table          *nat.UDPTable
 	direct         *upstream.Direct
-	withoutSupport string // configs.UDPBlock or configs.UDPDirect
+	withoutSupport configs.UDPFallback
 	dnsOverTCP     bool
 	dialTimeout    time.Duration
 	log            *logrus.Entry

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"testing"
 
+	"github.com/socksgate/socksgate/configs"
 	"github.com/socksgate/socksgate/internal/testutil"
 	"github.com/socksgate/socksgate/nat"
 	"github.com/socksgate/socksgate/route"
@@ -52,7 +53,7 @@ func TestTransparentUDPSessionWithOneRefusedDestinationIsCarried(t *testing.T) {
 	sink := udpSink(t)
 	up := &udpUpstream{stubUpstream{"proxy"}, make(chan net.PacketConn, 4)}
 	g := &Gateway{Router: fixedRouter{Action: route.ActionProxy, Upstream: up, Rule: "all"}}
-	in := &udpInbound{g: g, port: 12345, withoutSupport: "block"}
+	in := &udpInbound{g: g, port: 12345, withoutSupport: configs.UDPBlock}
 	var report nat.UDPSessionReport
 	in.table = &nat.UDPTable{Route: in.route, OnSessionEnd: func(r nat.UDPSessionReport) { report = r; in.logSession(r) }}
 	client := netip.MustParseAddrPort("10.0.1.2:5000")

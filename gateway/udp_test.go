@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/socksgate/socksgate/configs"
 	"github.com/socksgate/socksgate/internal/testutil"
-
 	"github.com/socksgate/socksgate/upstream"
 )
 
@@ -58,7 +58,7 @@ func serveDNSOverTCP(t *testing.T) string {
 // under the block policy.
 func TestUDPFallbackCarriesDNSOverTCP(t *testing.T) {
 	up := tcpOnlyUpstream{serveDNSOverTCP(t)}
-	u := &udpInbound{withoutSupport: "block", dnsOverTCP: true, dialTimeout: 2 * time.Second}
+	u := &udpInbound{withoutSupport: configs.UDPBlock, dnsOverTCP: true, dialTimeout: 2 * time.Second}
 	c, err := u.open(context.Background(), up)
 	if err != nil {
 		t.Fatal(err)
@@ -89,7 +89,7 @@ func TestUDPFallbackCarriesDNSOverTCP(t *testing.T) {
 // Without dns_over_tcp and with the block policy, opening through a TCP-only upstream fails
 // with ErrUDPUnsupported (the session ends, logged with that reason).
 func TestUDPOpenWithoutSupportBlocks(t *testing.T) {
-	u := &udpInbound{withoutSupport: "block"}
+	u := &udpInbound{withoutSupport: configs.UDPBlock}
 	if _, err := u.open(context.Background(), tcpOnlyUpstream{}); !errors.Is(err, upstream.ErrUDPUnsupported) {
 		t.Fatalf("open: %v, want ErrUDPUnsupported", err)
 	}
@@ -143,7 +143,7 @@ func TestUDPFallbackTruncatesAnswersTooLongForTheClient(t *testing.T) {
 		c.Write(append(out, answer...))
 		io.Copy(io.Discard, c)
 	}).String()
-	u := &udpInbound{withoutSupport: "block", dnsOverTCP: true, dialTimeout: 2 * time.Second}
+	u := &udpInbound{withoutSupport: configs.UDPBlock, dnsOverTCP: true, dialTimeout: 2 * time.Second}
 	c, err := u.open(context.Background(), tcpOnlyUpstream{addr})
 	if err != nil {
 		t.Fatal(err)
@@ -172,7 +172,7 @@ func TestUDPFallbackTruncatesAnswersTooLongForTheClient(t *testing.T) {
 func TestUDPFallbackBoundsAndExpiresDNSConnections(t *testing.T) {
 	var conns atomic.Int64
 	silent := testutil.ServeLoopback(t, func(c net.Conn) { conns.Add(1); io.Copy(io.Discard, c); c.Close() }).String()
-	u := &udpInbound{withoutSupport: "block", dnsOverTCP: true, dialTimeout: 2 * time.Second, dnsReplyWait: 200 * time.Millisecond}
+	u := &udpInbound{withoutSupport: configs.UDPBlock, dnsOverTCP: true, dialTimeout: 2 * time.Second, dnsReplyWait: 200 * time.Millisecond}
 	c, err := u.open(context.Background(), tcpOnlyUpstream{silent})
 	if err != nil {
 		t.Fatal(err)

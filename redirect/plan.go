@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+
+	"github.com/socksgate/socksgate/configs"
 )
 
 // ruleOp names one kind of rule in socksgate's table. The same value is turned
@@ -107,7 +109,7 @@ type tablePlan struct {
 func (s Spec) plan() tablePlan {
 	t := tablePlan{
 		name:  s.Table,
-		owned: s.OnCrash == OnCrashOpen,
+		owned: s.OnCrash == configs.OnCrashOpen,
 		lan:   s.lanInterfaces(),
 	}
 	t.bypass4, t.bypass6 = mergeBypass(s.Bypass)

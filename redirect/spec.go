@@ -15,6 +15,8 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+
+	"github.com/socksgate/socksgate/configs"
 )
 
 // Defaults used by Spec for fields left at their zero value (Mark has none: it
@@ -22,20 +24,10 @@ import (
 // it; DefaultMark is offered to configuration code).
 const (
 	DefaultTable        = "socksgate"
-	DefaultTCPMode      = TCPModeRedirect
-	DefaultOnCrash      = OnCrashClosed
 	DefaultMark         = 0x5347 // "SG": socksgate's own outgoing sockets
 	DefaultTProxyMark   = 0x5348 // packets taken by TPROXY, routed to the local table
 	DefaultRouteTable   = 100
 	DefaultRulePriority = 100 // after "local" (0), well before "main" (32766)
-)
-
-// TCP capture modes and crash behaviours accepted in Spec.
-const (
-	TCPModeRedirect = "redirect" // nat REDIRECT; original destination from SO_ORIGINAL_DST
-	TCPModeTProxy   = "tproxy"   // TPROXY; original destination is the accepted socket's local address
-	OnCrashClosed   = "closed"   // rules outlive the process: nothing leaks direct while socksgate is down
-	OnCrashOpen     = "open"     // the table is owned by the process: the kernel drops it when socksgate dies
 )
 
 // Names inside the table.
@@ -50,33 +42,27 @@ const (
 
 // Spec is everything the kernel rules depend on.
 type Spec struct {
-	Table         string   // nftables table name, family inet; default DefaultTable
-	LANInterfaces []string // iifname match; empty => no capture rules at all
-	TCPPort       uint16   // listener for captured TCP (0 => no TCP capture)
-	TCPMode       string   // TCPModeRedirect (default) or TCPModeTProxy
-	UDPPort       uint16   // TPROXY listener for captured UDP (0 => no UDP capture)
+	Table         string          // nftables table name, family inet; default DefaultTable
+	LANInterfaces []string        // iifname match; empty => no capture rules at all
+	TCPPort       uint16          // listener for captured TCP (0 => no TCP capture)
+	TCPMode       configs.TCPMode // configs.TCPModeRedirect (the zero value) or configs.TCPModeTProxy
+	UDPPort       uint16          // TPROXY listener for captured UDP (0 => no UDP capture)
 	// Mark is socksgate's own outgoing-socket mark (see MarkControl): packets
 	// carrying all its bits are never captured. Required when anything is captured.
 	Mark uint32
 	// TProxyMark is the fwmark the TPROXY rules set; the policy rule sends it
 	// to RouteTable, whose only route is "local default dev lo".
 	TProxyMark   uint32
-	RouteTable   int            // policy routing table id; default DefaultRouteTable
-	RulePriority int            // ip rule priority; default DefaultRulePriority
-	Bypass       []netip.Prefix // destinations never captured, IPv4 and IPv6 mixed, may overlap
-	OnCrash      string         // OnCrashClosed (default) or OnCrashOpen
+	RouteTable   int             // policy routing table id; default DefaultRouteTable
+	RulePriority int             // ip rule priority; default DefaultRulePriority
+	Bypass       []netip.Prefix  // destinations never captured, IPv4 and IPv6 mixed, may overlap
+	OnCrash      configs.OnCrash // configs.OnCrashClosed (the zero value) or configs.OnCrashOpen
 }
 
 // withDefaults returns s with zero fields replaced by their defaults.
 func (s Spec) withDefaults() Spec {
 	if s.Table == "" {
 		s.Table = DefaultTable
-	}
-	if s.TCPMode == "" {
-		s.TCPMode = DefaultTCPMode
-	}
-	if s.OnCrash == "" {
-		s.OnCrash = DefaultOnCrash
 	}
 	if s.TProxyMark == 0 {
 		s.TProxyMark = DefaultTProxyMark
@@ -97,17 +83,17 @@ func (s Spec) captureTCP() bool { return len(s.LANInterfaces) > 0 && s.TCPPort !
 func (s Spec) captureUDP() bool { return len(s.LANInterfaces) > 0 && s.UDPPort != 0 }
 
 // tproxyTCP reports whether TCP is captured by TPROXY rather than REDIRECT.
-func (s Spec) tproxyTCP() bool { return s.captureTCP() && s.TCPMode == TCPModeTProxy }
+func (s Spec) tproxyTCP() bool { return s.captureTCP() && s.TCPMode == configs.TCPModeTProxy }
 
 // redirectTCP reports whether TCP is captured by the nat REDIRECT rule.
-func (s Spec) redirectTCP() bool { return s.captureTCP() && s.TCPMode != TCPModeTProxy }
+func (s Spec) redirectTCP() bool { return s.captureTCP() && s.TCPMode != configs.TCPModeTProxy }
 
 // needsPolicyRouting reports whether any TPROXY rule is installed, and with it
 // the fwmark rule and local route that deliver TPROXY'd packets to this host.
 func (s Spec) needsPolicyRouting() bool { return s.captureUDP() || s.tproxyTCP() }
 
 // failClosed reports whether LAN traffic that TPROXY did not take is stopped.
-func (s Spec) failClosed() bool { return s.OnCrash != OnCrashOpen }
+func (s Spec) failClosed() bool { return s.OnCrash != configs.OnCrashOpen }
 
 // Validate reports every problem in s (after defaults) in one joined error;
 // each message names the field.
@@ -119,15 +105,11 @@ func (s Spec) Validate() error {
 	if len(s.Table) > 255 || strings.ContainsAny(s.Table, "\x00 \t\n{}\"") {
 		add("table: invalid nftables table name %q", s.Table)
 	}
-	switch s.TCPMode {
-	case TCPModeRedirect, TCPModeTProxy:
-	default:
-		add("tcp_mode: %q is neither %q nor %q", s.TCPMode, TCPModeRedirect, TCPModeTProxy)
+	if _, err := s.TCPMode.MarshalText(); err != nil {
+		add("tcp_mode: %v", err)
 	}
-	switch s.OnCrash {
-	case OnCrashClosed, OnCrashOpen:
-	default:
-		add("on_crash: %q is neither %q nor %q", s.OnCrash, OnCrashClosed, OnCrashOpen)
+	if _, err := s.OnCrash.MarshalText(); err != nil {
+		add("on_crash: %v", err)
 	}
 	for i, name := range s.LANInterfaces {
 		// IFNAMSIZ is 16 including the terminating NUL.

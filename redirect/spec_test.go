@@ -5,6 +5,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/socksgate/socksgate/configs"
 )
 
 func pfx(ss ...string) []netip.Prefix {
@@ -123,8 +125,8 @@ func TestValidate(t *testing.T) {
 		{"no capture needs no mark", func(s *Spec) { s.LANInterfaces = nil; s.Mark = 0 }, ""},
 		{"capture needs a mark", func(s *Spec) { s.Mark = 0 }, "mark: must be non-zero"},
 		{"tproxy mark equal to mark", func(s *Spec) { s.TProxyMark = 1 }, "tproxy_mark: 0x1 must differ"},
-		{"bad tcp mode", func(s *Spec) { s.TCPMode = "nat" }, `tcp_mode: "nat"`},
-		{"bad on_crash", func(s *Spec) { s.OnCrash = "maybe" }, `on_crash: "maybe"`},
+		{"bad tcp mode", func(s *Spec) { s.TCPMode = 7 }, `tcp_mode: must be one of redirect, tproxy (got tcp_mode(7))`},
+		{"bad on_crash", func(s *Spec) { s.OnCrash = 7 }, `on_crash: must be one of closed, open (got on_crash(7))`},
 		{"long interface name", func(s *Spec) { s.LANInterfaces = []string{"eth0", "abcdefghijklmnop"} }, "lan_interfaces[1]"},
 		{"wildcard interface", func(s *Spec) { s.LANInterfaces = []string{"eth*"} }, "lan_interfaces[0]"},
 		{"main table", func(s *Spec) { s.RouteTable = 254 }, "route_table: 254 is a system table"},
@@ -170,13 +172,13 @@ func TestPlanChains(t *testing.T) {
 	}{
 		{"redirect tcp, udp, closed", func(*Spec) {},
 			withReplies(opTProxy, opTProxy, opDropUDP), with(opRedirectTCP)},
-		{"redirect tcp, udp, open: no drop", func(s *Spec) { s.OnCrash = OnCrashOpen },
+		{"redirect tcp, udp, open: no drop", func(s *Spec) { s.OnCrash = configs.OnCrashOpen },
 			withReplies(opTProxy, opTProxy), with(opRedirectTCP)},
-		{"tproxy tcp, udp, closed", func(s *Spec) { s.TCPMode = TCPModeTProxy },
+		{"tproxy tcp, udp, closed", func(s *Spec) { s.TCPMode = configs.TCPModeTProxy },
 			withReplies(opTransparentTCP, opTProxy, opTProxy, opTProxy, opTProxy, opDropUDP, opRejectTCP), nil},
-		{"tproxy tcp only, closed: reset, no udp drop", func(s *Spec) { s.TCPMode = TCPModeTProxy; s.UDPPort = 0 },
+		{"tproxy tcp only, closed: reset, no udp drop", func(s *Spec) { s.TCPMode = configs.TCPModeTProxy; s.UDPPort = 0 },
 			withReplies(opTransparentTCP, opTProxy, opTProxy, opRejectTCP), nil},
-		{"tproxy tcp only, open", func(s *Spec) { s.TCPMode = TCPModeTProxy; s.UDPPort = 0; s.OnCrash = OnCrashOpen },
+		{"tproxy tcp only, open", func(s *Spec) { s.TCPMode = configs.TCPModeTProxy; s.UDPPort = 0; s.OnCrash = configs.OnCrashOpen },
 			withReplies(opTransparentTCP, opTProxy, opTProxy), nil},
 		{"redirect tcp only: no mangle chain", func(s *Spec) { s.UDPPort = 0 }, nil, with(opRedirectTCP)},
 		{"udp only", func(s *Spec) { s.TCPPort = 0 }, withReplies(opTProxy, opTProxy, opDropUDP), nil},
@@ -297,13 +299,13 @@ func TestRenderVariants(t *testing.T) {
 		has, hasNot []string
 	}{
 		{"open: owner note, no drop",
-			Spec{LANInterfaces: []string{"eth1"}, UDPPort: 5, Mark: 1, OnCrash: OnCrashOpen},
+			Spec{LANInterfaces: []string{"eth1"}, UDPPort: 5, Mark: 1, OnCrash: configs.OnCrashOpen},
 			[]string{"NFT_TABLE_F_OWNER", "tproxy ip6 to :5"}, []string{"drop", "prerouting_nat"}},
 		{"tcp redirect only: no policy routing",
 			Spec{LANInterfaces: []string{"eth1"}, TCPPort: 5, Mark: 1},
 			[]string{"redirect to :5"}, []string{"ip -4 rule", "prerouting_mangle"}},
 		{"tcp tproxy closed: transparent shortcut and reset",
-			Spec{LANInterfaces: []string{"eth1"}, TCPPort: 5, TCPMode: TCPModeTProxy, Mark: 1},
+			Spec{LANInterfaces: []string{"eth1"}, TCPPort: 5, TCPMode: configs.TCPModeTProxy, Mark: 1},
 			[]string{"socket transparent 1", "tproxy ip to :5", "reject with tcp reset", "ip -6 rule add fwmark 0x5348 lookup 100 priority 100"},
 			[]string{"redirect to", "udp drop"}},
 		{"nothing captured",

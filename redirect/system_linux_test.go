@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/google/nftables"
+	"github.com/socksgate/socksgate/configs"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
@@ -45,7 +46,10 @@ func helperMain(mode string) int {
 		return 1
 	}
 	s := systemSpec()
-	s.OnCrash = strings.TrimPrefix(mode, "apply-")
+	if err := s.OnCrash.UnmarshalText([]byte(strings.TrimPrefix(mode, "apply-"))); err != nil {
+		fmt.Println("error:", err)
+		return 1
+	}
 	if _, err := Apply(s, WithNetNS(int(f.Fd()))); err != nil {
 		fmt.Println("error:", err)
 		return 1
@@ -253,10 +257,10 @@ func TestApplyInstallsWhatRenderShows(t *testing.T) {
 		mod  func(*Spec)
 	}{
 		{"redirect tcp and tproxy udp, closed", func(*Spec) {}},
-		{"tproxy tcp and udp, closed", func(s *Spec) { s.TCPMode = TCPModeTProxy }},
-		{"tproxy tcp and udp, open", func(s *Spec) { s.TCPMode = TCPModeTProxy; s.OnCrash = OnCrashOpen }},
+		{"tproxy tcp and udp, closed", func(s *Spec) { s.TCPMode = configs.TCPModeTProxy }},
+		{"tproxy tcp and udp, open", func(s *Spec) { s.TCPMode = configs.TCPModeTProxy; s.OnCrash = configs.OnCrashOpen }},
 		{"tcp only", func(s *Spec) { s.UDPPort = 0 }},
-		{"udp only, open, no bypass", func(s *Spec) { s.TCPPort = 0; s.OnCrash = OnCrashOpen; s.Bypass = nil }},
+		{"udp only, open, no bypass", func(s *Spec) { s.TCPPort = 0; s.OnCrash = configs.OnCrashOpen; s.Bypass = nil }},
 		{"nothing captured", func(s *Spec) { s.LANInterfaces = nil }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -279,10 +283,10 @@ func TestApplyInstallsWhatRenderShows(t *testing.T) {
 			if got, want := setElements(listing), setElements(s.Render()); !reflect.DeepEqual(got, want) {
 				t.Errorf("kernel set elements differ from Render\nkernel: %q\nrender: %q", got, want)
 			}
-			if s.OnCrash == OnCrashOpen && !strings.Contains(listing, "flags owner") {
+			if s.OnCrash == configs.OnCrashOpen && !strings.Contains(listing, "flags owner") {
 				t.Errorf("on_crash open: table is not owned:\n%s", listing)
 			}
-			if s.OnCrash != OnCrashOpen && strings.Contains(listing, "flags owner") {
+			if s.OnCrash != configs.OnCrashOpen && strings.Contains(listing, "flags owner") {
 				t.Errorf("on_crash closed: table is owned:\n%s", listing)
 			}
 		})
@@ -307,7 +311,7 @@ func TestApplyTwiceLeavesOneTable(t *testing.T) {
 	}
 	// Replace on the same Ruleset swaps the contents in one batch, too.
 	s2 := s
-	s2.TCPMode = TCPModeTProxy
+	s2.TCPMode = configs.TCPModeTProxy
 	if err := r.Replace(s2); err != nil {
 		t.Fatalf("Replace: %v", err)
 	}
@@ -431,10 +435,10 @@ func TestBypassSetMatchesIntervals(t *testing.T) {
 
 // startHelper re-executes the test binary to apply the rules in ns with the
 // given on_crash and waits until it says so.
-func startHelper(t *testing.T, ns testNS, onCrash string) *exec.Cmd {
+func startHelper(t *testing.T, ns testNS, onCrash configs.OnCrash) *exec.Cmd {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), helperEnv+"=apply-"+onCrash, "SOCKSGATE_NETNS="+ns.name)
+	cmd.Env = append(os.Environ(), helperEnv+"=apply-"+onCrash.String(), "SOCKSGATE_NETNS="+ns.name)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -461,7 +465,7 @@ func killHelper(t *testing.T, cmd *exec.Cmd) {
 
 func TestOnCrashOpenTableVanishesWithProcess(t *testing.T) {
 	ns := newNS(t)
-	cmd := startHelper(t, ns, OnCrashOpen)
+	cmd := startHelper(t, ns, configs.OnCrashOpen)
 	if got := ns.tables(t); !slices.Equal(got, []string{"socksgate"}) {
 		t.Fatalf("tables while the owner runs = %v", got)
 	}
@@ -491,7 +495,7 @@ func TestOnCrashOpenTableVanishesWithProcess(t *testing.T) {
 
 func TestOnCrashClosedTableSurvivesAndIsReplaced(t *testing.T) {
 	ns := newNS(t)
-	cmd := startHelper(t, ns, OnCrashClosed)
+	cmd := startHelper(t, ns, configs.OnCrashClosed)
 	killHelper(t, cmd)
 	if got := ns.tables(t); !slices.Equal(got, []string{"socksgate"}) {
 		t.Fatalf("tables after SIGKILL = %v, want the table kept", got)
@@ -514,9 +518,9 @@ func TestOnCrashClosedTableSurvivesAndIsReplaced(t *testing.T) {
 func TestOpenToClosedReplaceKeepsOwnership(t *testing.T) {
 	ns := newNS(t)
 	s := systemSpec()
-	s.OnCrash = OnCrashOpen
+	s.OnCrash = configs.OnCrashOpen
 	r := applyIn(t, ns, s)
-	s.OnCrash = OnCrashClosed
+	s.OnCrash = configs.OnCrashClosed
 	if err := r.Replace(s); err != nil {
 		t.Fatalf("Replace open -> closed: %v", err)
 	}
@@ -524,7 +528,7 @@ func TestOpenToClosedReplaceKeepsOwnership(t *testing.T) {
 	if strings.Contains(listing, "flags owner") {
 		t.Errorf("still owned after switching to closed:\n%s", listing)
 	}
-	s.OnCrash = OnCrashOpen
+	s.OnCrash = configs.OnCrashOpen
 	s.Table = "socksgate2"
 	if err := r.Replace(s); err != nil {
 		t.Fatalf("Replace closed -> open with a new name: %v", err)
@@ -622,7 +626,7 @@ func TestMarkControlFailsLoudlyWithoutPrivilege(t *testing.T) {
 // policy routing it added for it, and only that: the owner's own, in use, stays.
 func TestFailedApplyTakesOutOnlyThePolicyRoutingItAdded(t *testing.T) {
 	ns := newNS(t)
-	startHelper(t, ns, OnCrashOpen)
+	startHelper(t, ns, configs.OnCrashOpen)
 	if _, err := Apply(systemSpec(), WithNetNS(ns.fd)); !errors.Is(err, unix.EPERM) {
 		t.Fatalf("Apply over an owned table: %v, want EPERM", err)
 	}

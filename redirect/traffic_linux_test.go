@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/socksgate/socksgate/configs"
 )
 
 // TestTrafficIsCaptured sends real packets from a "lan" namespace through a
@@ -112,7 +114,7 @@ func TestTrafficIsCaptured(t *testing.T) {
 	}
 
 	t.Run("tcp tproxy keeps the original destination", func(t *testing.T) {
-		s.TCPMode = TCPModeTProxy
+		s.TCPMode = configs.TCPModeTProxy
 		if err := r.Replace(s); err != nil {
 			t.Fatalf("Replace with tcp tproxy: %v", err)
 		}

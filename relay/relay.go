@@ -12,6 +12,7 @@ import (
 	"os"
 	"runtime/debug"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -49,9 +50,9 @@ func (m Mode) String() string {
 	return "mode(" + strconv.Itoa(int(m)) + ")"
 }
 
-// ParseMode reads a mode's config name; "" is Auto.
+// ParseMode reads a mode's config name (case-insensitively); "" is Auto.
 func ParseMode(s string) (Mode, error) {
-	switch s {
+	switch strings.ToLower(strings.TrimSpace(s)) {
 	case "", "auto":
 		return Auto, nil
 	case "splice":
@@ -59,7 +60,25 @@ func ParseMode(s string) (Mode, error) {
 	case "buffered":
 		return Buffered, nil
 	}
-	return Auto, fmt.Errorf("unknown relay mode %q (want auto, splice or buffered)", s)
+	return Auto, fmt.Errorf("must be one of auto, splice, buffered (got %.64q)", s)
+}
+
+// MarshalText writes the mode's config name; a mode outside the three is an error.
+func (m Mode) MarshalText() ([]byte, error) {
+	if m > Buffered {
+		return nil, fmt.Errorf("must be one of auto, splice, buffered (got %s)", m)
+	}
+	return []byte(m.String()), nil
+}
+
+// UnmarshalText reads a mode's config name, as ParseMode does.
+func (m *Mode) UnmarshalText(b []byte) error {
+	v, err := ParseMode(string(b))
+	if err != nil {
+		return err
+	}
+	*m = v
+	return nil
 }
 
 // relayBufSize is the size of a pooled relay buffer. It is only held while bytes are moving.

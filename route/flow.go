@@ -10,27 +10,18 @@ import (
 	"net/netip"
 	"strconv"
 
+	"github.com/socksgate/socksgate/configs"
 	"github.com/socksgate/socksgate/upstream"
 )
 
-// Network is a flow's transport.
-type Network uint8
+// Network is a flow's transport, of the one vocabulary rules are written in (a rule's
+// protocol matcher is a list of them): "tcp" or "udp" in rules, logs and Go's dial functions.
+type Network = configs.Network
 
 const (
-	TCP Network = iota + 1
-	UDP
+	TCP = configs.ProtocolTCP
+	UDP = configs.ProtocolUDP
 )
-
-// String is the network's name in rules, logs and Go's dial functions: "tcp" or "udp".
-func (n Network) String() string {
-	switch n {
-	case TCP:
-		return "tcp"
-	case UDP:
-		return "udp"
-	}
-	return "network(" + strconv.Itoa(int(n)) + ")"
-}
 
 // Inbound is where a flow entered socksgate.
 type Inbound uint8
@@ -98,26 +89,15 @@ func (f Flow) Address() string {
 	return f.Dst.String()
 }
 
-// Action is what the router decided for a flow.
-type Action int
+// Action is what the router decided for a flow: the action of the rule that matched, of the
+// same type.
+type Action = configs.Action
 
 const (
-	ActionProxy  Action = iota // through Decision.Upstream
-	ActionDirect               // straight to the destination (Decision.Upstream is the direct dialer)
-	ActionBlock                // refuse the flow
+	ActionProxy  = configs.ActionProxy  // through Decision.Upstream
+	ActionDirect = configs.ActionDirect // straight to the destination (Decision.Upstream is the direct dialer)
+	ActionBlock  = configs.ActionBlock  // refuse the flow
 )
-
-func (a Action) String() string {
-	switch a {
-	case ActionProxy:
-		return "proxy"
-	case ActionDirect:
-		return "direct"
-	case ActionBlock:
-		return "block"
-	}
-	return "action(" + strconv.Itoa(int(a)) + ")"
-}
 
 // Decision is the router's answer for one flow.
 type Decision struct {
@@ -137,9 +117,6 @@ type Decision struct {
 type Router interface {
 	Route(ctx context.Context, f Flow) Decision
 }
-
-// MarshalText writes the name, so that logs and JSON show "udp", not 2.
-func (n Network) MarshalText() ([]byte, error) { return []byte(n.String()), nil }
 
 // MarshalText writes the name, so that logs and JSON show "socks", not 4.
 func (in Inbound) MarshalText() ([]byte, error) { return []byte(in.String()), nil }

@@ -58,18 +58,8 @@ const (
 	inSOCKS
 )
 
-// protoBit is a rule's protocol name as a bit; flowProto a flow's.
-func protoBit(name string) uint8 {
-	switch name {
-	case configs.ProtocolTCP:
-		return protoTCP
-	case configs.ProtocolUDP:
-		return protoUDP
-	}
-	return 0
-}
-
-func flowProto(n Network) uint8 {
+// protoBit is a network (a rule's protocol, a flow's network) as a bit.
+func protoBit(n Network) uint8 {
 	switch n {
 	case TCP:
 		return protoTCP
@@ -80,8 +70,8 @@ func flowProto(n Network) uint8 {
 }
 
 // inboundBit is a rule's inbound name as a bit; flowInbound a flow's.
-func inboundBit(name string) uint8 {
-	switch name {
+func inboundBit(in configs.Inbound) uint8 {
+	switch in {
 	case configs.InboundTransparent:
 		return inTransparent
 	case configs.InboundHTTP:
@@ -120,37 +110,35 @@ func NewRouter(cfg *configs.Config, ups map[string]upstream.Upstream) (*RuleRout
 		for _, p := range cr.Protocol {
 			b := protoBit(p)
 			if b == 0 {
-				return nil, fmt.Errorf("rules[%d].protocol: unknown protocol %q", i, p)
+				return nil, fmt.Errorf("rules[%d].protocol: unknown protocol %v", i, p)
 			}
 			c.protocol |= b
 		}
 		for _, in := range cr.Inbound {
 			b := inboundBit(in)
 			if b == 0 {
-				return nil, fmt.Errorf("rules[%d].inbound: unknown inbound %q", i, in)
+				return nil, fmt.Errorf("rules[%d].inbound: unknown inbound %v", i, in)
 			}
 			c.inbound |= b
 		}
 		c.decision.Rule = cr.Name
 		c.decision.ByDst = c.hasDst
+		c.decision.Action = cr.Action
 		switch cr.Action {
-		case configs.ActionBlock:
-			c.decision.Action = ActionBlock
-		case configs.ActionDirect:
-			c.decision.Action = ActionDirect
+		case ActionBlock:
+		case ActionDirect:
 			c.decision.Upstream = ups[configs.SchemeDirect]
 			if c.decision.Upstream == nil {
 				return nil, fmt.Errorf("rules[%d]: no direct upstream", i)
 			}
-		case configs.ActionProxy:
-			c.decision.Action = ActionProxy
+		case ActionProxy:
 			u, ok := ups[cr.Upstream]
 			if !ok || u == nil {
 				return nil, fmt.Errorf("rules[%d].upstream: no upstream or group named %q", i, cr.Upstream)
 			}
 			c.decision.Upstream = u
 		default:
-			return nil, fmt.Errorf("rules[%d].action: unknown action %q", i, cr.Action)
+			return nil, fmt.Errorf("rules[%d].action: unknown action %v", i, cr.Action)
 		}
 		if c.hasDst {
 			for _, p := range cr.Dst {
@@ -250,7 +238,7 @@ func (r *RuleRouter) routeResolved(ctx context.Context, f Flow, byName int32) De
 // match returns the index of the first rule matching f, or -1.
 func (r *RuleRouter) match(f *Flow) int32 {
 	k := flowKey{
-		proto:   flowProto(f.Network),
+		proto:   protoBit(f.Network),
 		inbound: flowInbound(f.Inbound),
 		src:     f.Src.Addr().Unmap().WithZone(""), // prefixes never contain a zoned address
 		port:    f.DstPort(),

@@ -106,14 +106,14 @@ func TestRouteMatchers(t *testing.T) {
 		{"dst link-local with a zone", configs.Rule{Dst: pfx("fe80::/10")}, tcpFlow("[fe80::1%lan0]:80"), "r"},
 		{"src many prefixes (indexed set)", configs.Rule{Src: manyPrefixes(100, "10.%d.0.0/16")}, with(tcpFlow("203.0.113.10:80"), func(f *Flow) { f.Src = ap("10.57.3.4:1") }), "r"},
 		{"src many prefixes miss", configs.Rule{Src: manyPrefixes(100, "10.%d.0.0/16")}, with(tcpFlow("203.0.113.10:80"), func(f *Flow) { f.Src = ap("10.157.3.4:1") }), "default"},
-		{"protocol tcp", configs.Rule{Protocol: []string{"tcp"}}, tcpFlow("203.0.113.10:80"), "r"},
-		{"protocol udp vs tcp flow", configs.Rule{Protocol: []string{"udp"}}, tcpFlow("203.0.113.10:80"), "default"},
-		{"protocol udp", configs.Rule{Protocol: []string{"udp"}}, with(tcpFlow("203.0.113.10:53"), func(f *Flow) { f.Network = UDP; f.Inbound = TProxy }), "r"},
-		{"inbound transparent covers redirect", configs.Rule{Inbound: []string{"transparent"}}, tcpFlow("203.0.113.10:80"), "r"},
-		{"inbound transparent covers tproxy", configs.Rule{Inbound: []string{"transparent"}}, with(tcpFlow("203.0.113.10:80"), func(f *Flow) { f.Inbound = TProxy }), "r"},
-		{"inbound transparent not socks", configs.Rule{Inbound: []string{"transparent"}}, nameOnly("example.com", 443), "default"},
-		{"inbound socks", configs.Rule{Inbound: []string{"socks"}}, nameOnly("example.com", 443), "r"},
-		{"inbound http", configs.Rule{Inbound: []string{"http", "socks"}}, with(nameOnly("example.com", 443), func(f *Flow) { f.Inbound = HTTP }), "r"},
+		{"protocol tcp", configs.Rule{Protocol: []Network{TCP}}, tcpFlow("203.0.113.10:80"), "r"},
+		{"protocol udp vs tcp flow", configs.Rule{Protocol: []Network{UDP}}, tcpFlow("203.0.113.10:80"), "default"},
+		{"protocol udp", configs.Rule{Protocol: []Network{UDP}}, with(tcpFlow("203.0.113.10:53"), func(f *Flow) { f.Network = UDP; f.Inbound = TProxy }), "r"},
+		{"inbound transparent covers redirect", configs.Rule{Inbound: []configs.Inbound{configs.InboundTransparent}}, tcpFlow("203.0.113.10:80"), "r"},
+		{"inbound transparent covers tproxy", configs.Rule{Inbound: []configs.Inbound{configs.InboundTransparent}}, with(tcpFlow("203.0.113.10:80"), func(f *Flow) { f.Inbound = TProxy }), "r"},
+		{"inbound transparent not socks", configs.Rule{Inbound: []configs.Inbound{configs.InboundTransparent}}, nameOnly("example.com", 443), "default"},
+		{"inbound socks", configs.Rule{Inbound: []configs.Inbound{configs.InboundSOCKS}}, nameOnly("example.com", 443), "r"},
+		{"inbound http", configs.Rule{Inbound: []configs.Inbound{configs.InboundHTTP, configs.InboundSOCKS}}, with(nameOnly("example.com", 443), func(f *Flow) { f.Inbound = HTTP }), "r"},
 		{"domain exact", configs.Rule{Domain: []string{"example.com"}}, nameOnly("example.com", 443), "r"},
 		{"domain exact case and trailing dot", configs.Rule{Domain: []string{"example.com"}}, nameOnly("Example.COM.", 443), "r"},
 		{"domain exact not a subdomain", configs.Rule{Domain: []string{"example.com"}}, nameOnly("www.example.com", 443), "default"},
@@ -124,8 +124,8 @@ func TestRouteMatchers(t *testing.T) {
 		{"domain on a sniffed flow with an address", configs.Rule{Domain: []string{".test"}}, with(tcpFlow("203.0.113.10:443"), func(f *Flow) { f.Host = "name.test" }), "r"},
 		{"dst and domain both needed", configs.Rule{Dst: pfx("203.0.113.0/24"), Domain: []string{".test"}}, with(tcpFlow("198.51.100.1:443"), func(f *Flow) { f.Host = "name.test" }), "default"},
 		{"every matcher at once", configs.Rule{
-			Protocol: []string{"tcp"}, Dst: pfx("203.0.113.0/24"), DstPorts: ports(400, 500),
-			Src: pfx("10.0.1.0/24"), Inbound: []string{"transparent"}, Domain: []string{".test"},
+			Protocol: []Network{TCP}, Dst: pfx("203.0.113.0/24"), DstPorts: ports(400, 500),
+			Src: pfx("10.0.1.0/24"), Inbound: []configs.Inbound{configs.InboundTransparent}, Domain: []string{".test"},
 		}, with(tcpFlow("203.0.113.10:443"), func(f *Flow) { f.Host = "name.test" }), "r"},
 	}
 	for _, c := range cases {
@@ -194,7 +194,7 @@ func TestRouteFirstMatchWinsInRuleOrder(t *testing.T) {
 	r := mustRouter(t,
 		configs.Rule{Name: "port-22", Action: configs.ActionBlock, DstPorts: ports(22, 22)},
 		configs.Rule{Name: "host", Action: configs.ActionDirect, Dst: pfx("203.0.113.10/32")},
-		configs.Rule{Name: "net-udp", Action: configs.ActionBlock, Protocol: []string{"udp"}, Dst: pfx("203.0.113.0/24")},
+		configs.Rule{Name: "net-udp", Action: configs.ActionBlock, Protocol: []Network{UDP}, Dst: pfx("203.0.113.0/24")},
 		configs.Rule{Name: "wide", Action: configs.ActionBlock, Dst: pfx("203.0.0.0/16", "2001:db8::/32")},
 		configs.Rule{Name: "net", Action: configs.ActionBlock, Dst: pfx("203.0.113.0/24")},
 		configs.Rule{Name: "src", Action: configs.ActionBlock, Src: pfx("10.0.1.0/24")},
@@ -263,7 +263,7 @@ func TestRouteDoesNotAllocate(t *testing.T) {
 // directly. Tests compare Route against it; the benchmark shows what the index saves.
 func (r *RuleRouter) linearRoute(f Flow, dst [][]netip.Prefix) Decision {
 	k := flowKey{
-		proto:   flowProto(f.Network),
+		proto:   protoBit(f.Network),
 		inbound: flowInbound(f.Inbound),
 		src:     f.Src.Addr().Unmap().WithZone(""),
 		port:    f.DstPort(),
@@ -348,10 +348,10 @@ func randomRules(rng *rand.Rand, n int) *configs.Config {
 			r.DstPorts = ports(lo, lo+uint16(rng.IntN(200)))
 		}
 		if rng.IntN(8) == 0 {
-			r.Protocol = []string{[]string{"tcp", "udp"}[rng.IntN(2)]}
+			r.Protocol = []Network{[]Network{TCP, UDP}[rng.IntN(2)]}
 		}
 		if rng.IntN(8) == 0 {
-			r.Inbound = []string{[]string{"transparent", "http", "socks"}[rng.IntN(3)]}
+			r.Inbound = []configs.Inbound{[]configs.Inbound{configs.InboundTransparent, configs.InboundHTTP, configs.InboundSOCKS}[rng.IntN(3)]}
 		}
 		if rng.IntN(10) == 0 {
 			r.Domain = []string{[]string{".example.com", "www.example.com", ".test"}[rng.IntN(3)]}

@@ -74,17 +74,17 @@ func TestExplicitEveryClientModeThroughUpstream(t *testing.T) {
 			}
 		})
 	}
-	for _, in := range []string{`inbound=http`, `inbound=socks`} {
-		if !strings.Contains(gw.Output(), in) {
-			t.Errorf("no flow line with %s", in)
+	for _, in := range []string{"http", "socks"} {
+		if !hasLog(gw.Output(), msg("flow").with("inbound", in)) {
+			t.Errorf("no flow line with inbound %s", in)
 		}
 	}
-	if !strings.Contains(gw.Output(), `dst="`+explicitName+`:80"`) {
+	if !hasLog(gw.Output(), msg("flow").with("dst", explicitName+":80")) {
 		t.Errorf("the flow of a name does not carry the name:\n%s", gw.Output())
 	}
-	line := lastLine(gw.Output(), "inbound=socks")
-	if !strings.Contains(line, "upstream=\"socks5://"+netlab.Proxy4+":1080\"") {
-		t.Errorf("socks flow not through the upstream: %s", line)
+	line := lastLog(gw.Output(), msg("flow").with("inbound", "socks"))
+	if line.str("upstream") != "socks5://"+netlab.Proxy4+":1080" {
+		t.Errorf("socks flow not through the upstream: %v", line)
 	}
 }
 
@@ -132,10 +132,10 @@ func TestExplicitRoutingPerRule(t *testing.T) {
 			t.Fatalf("curl %v: %v: %q", args, err, out)
 		}
 	}
-	if !waitFor(2*time.Second, func() bool { return countLines(gw.Output(), "rule=socks-direct") >= 2 }) {
+	if !waitFor(2*time.Second, func() bool { return countLogs(gw.Output(), msg("flow").with("rule", "socks-direct")) >= 2 }) {
 		t.Fatalf("no direct flow lines:\n%s", gw.Output())
 	}
-	if l := lastLine(gw.Output(), "rule=socks-direct"); !strings.Contains(l, "upstream=direct") {
+	if l := lastLog(gw.Output(), msg("flow").with("rule", "socks-direct")); l.str("upstream") != "direct" {
 		t.Errorf("direct flow line: %s", l)
 	}
 	if n := sessions(); n != before {
@@ -203,13 +203,13 @@ func TestExplicitAuthentication(t *testing.T) {
 	if out, err := curl(tp.LAN, "--socks4", explicitSOCKS4, web); err == nil {
 		t.Errorf("socks4 succeeded while users are set: %q", out)
 	}
-	if !waitFor(2*time.Second, func() bool { return strings.Contains(gw.Output(), "SOCKS4 refused") }) {
+	if _, ok := waitLog(gw, 2*time.Second, logFields{"msg": "explicit client not authenticated", "level": "warning", "error": "~SOCKS4 refused"}); !ok {
 		t.Errorf("the log does not say why SOCKS4 was refused")
 	}
 	// Each SOCKS5 client that did not authenticate is a warning with its reason: curl with
 	// no credentials offers "no authentication" and GSSAPI, with a wrong password it names a user.
-	for _, reason := range []string{"no acceptable method (offered: no authentication required, GSSAPI; want username/password)", `wrong username or password for user \"alice\"`} {
-		if !waitFor(2*time.Second, func() bool { return warningWith(gw.Output(), reason) }) {
+	for _, reason := range []string{"no acceptable method (offered: no authentication required, GSSAPI; want username/password)", `wrong username or password for user "alice"`} {
+		if _, ok := waitLog(gw, 2*time.Second, logFields{"level": "warning", "error": "~" + reason}); !ok {
 			t.Errorf("no warning says %q:\n%s", reason, gw.Output())
 		}
 	}
@@ -218,16 +218,6 @@ func TestExplicitAuthentication(t *testing.T) {
 	if strings.Contains(gw.Output(), pass) || strings.Contains(gw.Output(), "wrong-pass") {
 		t.Fatalf("a password appears in the log:\n%s", gw.Output())
 	}
-}
-
-// warningWith reports whether a warning line of log contains s.
-func warningWith(log, s string) bool {
-	for _, l := range strings.Split(log, "\n") {
-		if strings.Contains(l, "level=warning") && strings.Contains(l, s) {
-			return true
-		}
-	}
-	return false
 }
 
 // An unmodified program (curl with no proxy flags) run under proxychains4 reaches wan through
@@ -243,7 +233,7 @@ func TestExplicitProxychains(t *testing.T) {
 	if err != nil || !strings.HasSuffix(out, pageBody) {
 		t.Fatalf("proxychains4 curl: %v: %q", err, out)
 	}
-	if !waitFor(2*time.Second, func() bool { return strings.Contains(gw.Output(), "inbound=socks") }) {
+	if _, ok := waitLog(gw, 2*time.Second, msg("flow").with("inbound", "socks")); !ok {
 		t.Fatalf("no socks flow line:\n%s", gw.Output())
 	}
 }
@@ -279,20 +269,21 @@ func TestExplicitUDPAssociate(t *testing.T) {
 				}
 				c.ctrl.Close() // ends the association
 			}
-			if !waitFor(3*time.Second, func() bool { return countLines(gw.Output(), "inbound=socks network=udp") >= 2 }) {
+			assoc := msg("udp session").with("inbound", "socks", "network", "udp")
+			if !waitFor(3*time.Second, func() bool { return countLogs(gw.Output(), assoc) >= 2 }) {
 				t.Fatalf("no association log lines:\n%s", gw.Output())
 			}
-			line := lastLine(gw.Output(), "inbound=socks network=udp")
-			for _, want := range []string{"inbound=socks", "packets_up=40", "packets_down=40", "dropped=0", "outcome=ok"} {
-				if !strings.Contains(line, want) {
-					t.Errorf("association line lacks %s: %s", want, line)
-				}
+			line := lastLog(gw.Output(), assoc)
+			// The association's ways out, exactly: direct by the udp rule, or upstream main.
+			upstreams := "[direct]"
+			if mode == "dante" {
+				upstreams = "[socks5://" + netlab.Proxy4 + ":1080]"
+			}
+			if !line.has(logFields{"packets_up": "40", "packets_down": "40", "dropped": "0", "outcome": "ok", "upstreams": upstreams}) {
+				t.Errorf("association line: %v; want 40 packets each way, none dropped, outcome ok, upstreams %s", line, upstreams)
 			}
 			if mode == "dante" && !strings.Contains(d.Output(), "udp") && !strings.Contains(d.Output(), "UDP") {
 				t.Errorf("dante's log shows no UDP session:\n%s", d.Output())
-			}
-			if mode == "direct" && !strings.Contains(line, `upstreams="[direct]"`) {
-				t.Errorf("not direct: %s", line)
 			}
 		})
 	}
@@ -402,7 +393,7 @@ func TestExplicitACLRefusesOutsiders(t *testing.T) {
 	if out, err := curl(tp.LAN, "--socks4", explicitSOCKS4, web); err == nil || !strings.Contains(strings.ToLower(out), "reject") {
 		t.Errorf("socks4: %v: %q", err, out)
 	}
-	if !waitFor(2*time.Second, func() bool { return countLines(gw.Output(), "explicit client refused") == 3 }) {
+	if !waitFor(2*time.Second, func() bool { return countLogs(gw.Output(), msg("explicit client refused")) == 3 }) {
 		t.Errorf("want 3 refusal lines:\n%s", gw.Output())
 	}
 	// Loopback is not in this allow list either; the listener on 127.0.0.1 refuses it too.

@@ -81,7 +81,7 @@ rules:
 		}
 		all.WriteString(out)
 	}
-	waitFor(2*time.Second, func() bool { return countLines(gw.Output(), "flow") >= 5 })
+	waitFor(2*time.Second, func() bool { return countLogs(gw.Output(), flowEnded) >= 5 })
 	for _, path := range []string{"/flows", "/upstreams", "/metrics", "/healthz"} {
 		body, _ := opsGet(tp.GW, "http://"+hardeningAdmin+path)
 		all.WriteString(body)
@@ -113,7 +113,7 @@ rules:
 	all.WriteString(gw.Output())
 
 	text := all.String()
-	if !strings.Contains(text, "not authenticated") {
+	if !hasLog(gw.Output(), logFields{"msg": "~not authenticated", "level": "warning"}) {
 		t.Errorf("no log line for the clients' failed authentication:\n%s", gw.Output())
 	}
 	for _, secret := range []struct{ user, pass string }{
@@ -157,13 +157,13 @@ func TestHardeningReadableConfigWithPasswordsWarns(t *testing.T) {
 			if err := os.Chmod(p, c.mode); err != nil {
 				t.Fatal(err)
 			}
-			gw := ns.Start(socksgateBin, "run", "-c", p)
-			if !gw.WaitOutput("socksgate ready", 15*time.Second) {
+			gw := ns.Start(socksgateBin, "run", "-log-format", "json", "-c", p)
+			if _, ok := waitLog(gw, 15*time.Second, msg("socksgate ready")); !ok {
 				t.Fatalf("not ready:\n%s", gw.Output())
 			}
 			gw.Signal(syscall.SIGTERM)
 			gw.Wait(10 * time.Second)
-			if got := strings.Contains(gw.Output(), warning); got != c.warn {
+			if got := hasLog(gw.Output(), logFields{"level": "warning", "msg": "~" + warning}); got != c.warn {
 				t.Fatalf("warning=%v, want %v:\n%s", got, c.warn, gw.Output())
 			}
 			if strings.Contains(gw.Output(), "P-S3cret") {

@@ -88,8 +88,8 @@ upstreams:
 rules:
   - {action: direct}
 `, netlab.GWLANIf, hardeningAdmin, netlab.Proxy4))
-	gw := tp.GW.Start("prlimit", "--nofile=1024:1024", socksgateBin, "run", "-c", cfg)
-	if !gw.WaitOutput("socksgate ready", 15*time.Second) {
+	gw := tp.GW.Start("prlimit", "--nofile=1024:1024", socksgateBin, "run", "-log-format", "json", "-c", cfg)
+	if _, ok := waitLog(gw, 15*time.Second, msg("socksgate ready")); !ok {
 		t.Fatalf("not ready:\n%s", gw.Output())
 	}
 	pid := gw.Cmd.Process.Pid
@@ -199,7 +199,7 @@ rules:
 	if strings.Contains(out, "too many open files") {
 		t.Errorf("socksgate ran out of descriptors (EMFILE):\n%s", clipLog(out, "too many open files"))
 	}
-	if !strings.Contains(out, "file descriptors nearly exhausted") {
+	if !hasLog(out, logFields{"error": "~file descriptors nearly exhausted"}) {
 		t.Errorf("no refusal logged for descriptors")
 	}
 	hardeningNoPanic(t, gw)

@@ -161,7 +161,7 @@ rules:
 	if !strings.Contains(strings.Join(reasons, "\n"), `reason="max_flows_per_source"`) || !strings.Contains(strings.Join(reasons, "\n"), `reason="max_flows"`) {
 		t.Errorf("want refusals by both limits in /metrics:\n%s", strings.Join(reasons, "\n"))
 	}
-	if n := countLines(gw.Output(), "flow limit reached"); n < hammer {
+	if n := countLogs(gw.Output(), logFields{"msg": "flow refused", "error": "~flow limit reached"}); n < hammer {
 		t.Errorf("%d refusal log lines, want one per refused flow", n)
 	}
 
@@ -217,8 +217,8 @@ upstreams:
 rules:
   - {action: direct}
 %s`, netlab.GWLANIf, hardeningAdmin, netlab.Proxy4, c.limits))
-			gw := tp.GW.Start("prlimit", "--nofile=1024:1024", socksgateBin, "run", "-c", cfg)
-			if !gw.WaitOutput("socksgate ready", 15*time.Second) {
+			gw := tp.GW.Start("prlimit", "--nofile=1024:1024", socksgateBin, "run", "-log-format", "json", "-c", cfg)
+			if _, ok := waitLog(gw, 15*time.Second, msg("socksgate ready")); !ok {
 				t.Fatalf("not ready:\n%s", gw.Output())
 			}
 			pid := gw.Cmd.Process.Pid
@@ -243,7 +243,7 @@ rules:
 				t.Errorf("socksgate used %v of CPU in 2s with its fds exhausted: the accept loop spins", cpu)
 			}
 			if c.derived {
-				if !strings.Contains(gw.Output(), "max_flows=384") {
+				if !hasLog(gw.Output(), msg("flow limit").with("max_flows", "384")) {
 					t.Errorf("want the flow limit derived from 1024 fds (384):\n%s", gw.Output())
 				}
 				if failed != 700-384 {

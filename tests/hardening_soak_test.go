@@ -64,8 +64,8 @@ timeouts: {dial: 5s, idle: 30s, grace: 1s}
 upstreams:
   - {name: main, url: "socks5://%s:1080"}
 `, netlab.GWLANIf, hardeningAdmin, netlab.Proxy4))
-	gw := tp.GW.Start(opsShippedBinary(t), "run", "-c", cfg)
-	if !gw.WaitOutput("socksgate ready", 15*time.Second) {
+	gw := tp.GW.Start(opsShippedBinary(t), "run", "-log-format", "json", "-c", cfg)
+	if _, ok := waitLog(gw, 15*time.Second, msg("socksgate ready")); !ok {
 		t.Fatalf("not ready:\n%s", gw.Output())
 	}
 	pid := gw.Cmd.Process.Pid

@@ -372,13 +372,9 @@ upstreams:
 			if took > 3*time.Second+1500*time.Millisecond {
 				t.Errorf("%s: the flow took %v to fail; timeouts are dial 3s, handshake 2s", f.name, took)
 			}
-			var line string
-			waitFor(2*time.Second, func() bool {
-				line = lastLine(gw.Output(), "dst=\""+dst+"\"")
-				return line != ""
-			})
-			if !strings.Contains(line, "flow failed") || !strings.Contains(line, "upstream=\""+f.scheme+"://"+netlab.Proxy4+":"+f.port+"\"") {
-				t.Errorf("%s: want a failed-flow line naming the upstream, got %q", f.name, line)
+			line, _ := waitLog(gw, 2*time.Second, logFields{"dst": dst})
+			if !line.has(msg("flow failed").with("upstream", f.scheme+"://"+netlab.Proxy4+":"+f.port)) {
+				t.Errorf("%s: want a failed-flow line naming the upstream, got %v", f.name, line)
 			}
 		}()
 	}
@@ -386,10 +382,8 @@ upstreams:
 	if out, err := curl(tp.LAN, urlFor(netlab.WAN4, "/")); err != nil || out != pageBody {
 		t.Fatalf("through the good upstream afterwards: %v: %q", err, out)
 	}
-	for _, l := range strings.Split(gw.Output(), "\n") {
-		if strings.Contains(l, "flow failed") {
-			t.Logf("%s", l[strings.Index(l, "msg="):])
-		}
+	for _, l := range findLogs(gw.Output(), msg("flow failed")) {
+		t.Logf("%s: %s", l.str("dst"), l.str("error"))
 	}
 	hardeningNoPanic(t, gw)
 }

@@ -122,8 +122,8 @@ func startSocksgate(t testing.TB, ns *netlab.NS, yaml string) *netlab.Proc {
 func startSocksgateFile(t testing.TB, ns *netlab.NS, yaml string) (*netlab.Proc, string) {
 	t.Helper()
 	cfg := writeFile(t, "socksgate.yaml", yaml)
-	p := ns.Start(socksgateBin, "run", "-c", cfg)
-	if !p.WaitOutput("socksgate ready", 15*time.Second) {
+	p := ns.Start(socksgateBin, "run", "-log-format", "json", "-c", cfg)
+	if _, ok := waitLog(p, 15*time.Second, msg("socksgate ready")); !ok {
 		t.Fatalf("socksgate did not become ready:\n%s", p.Output())
 	}
 	return p, cfg

@@ -50,21 +50,19 @@ func TestHTTPProxyLoginChallengeIsNoWarning(t *testing.T) {
 	if out, err := curl(tp.LAN, "--proxy-anyauth", "--proxy-user", user+":"+pass, "-x", explicitHTTP4, web); err != nil || out != pageBody {
 		t.Fatalf("curl --proxy-anyauth: %v: %q", err, out)
 	}
-	if !waitFor(5*time.Second, func() bool { return strings.Contains(gw.Output(), "inbound=http") }) {
+	if _, ok := waitLog(gw, 5*time.Second, msg("flow").with("inbound", "http")); !ok {
 		t.Fatalf("no flow line:\n%s", gw.Output())
 	}
-	if !strings.Contains(gw.Output(), "407 challenge") {
+	if !hasLog(gw.Output(), logFields{"level": "debug", "inbound": "http", "msg": "~407 challenge"}) {
 		t.Errorf("the challenge is not in the debug log:\n%s", gw.Output())
 	}
-	for _, line := range strings.Split(gw.Output(), "\n") {
-		if strings.Contains(line, "inbound=http") && strings.Contains(line, "level=warning") {
-			t.Fatalf("a normal login logged a warning: %s", line)
-		}
+	if line := lastLog(gw.Output(), logFields{"inbound": "http", "level": "warning"}); line != nil {
+		t.Fatalf("a normal login logged a warning: %v", line)
 	}
 	curl(tp.LAN, "--proxy-user", user+":wrong-"+pass, "-x", explicitHTTP4, web)
 	if !waitFor(5*time.Second, func() bool {
-		line := lastLine(gw.Output(), "level=warning")
-		return strings.Contains(line, "inbound=http") && strings.Contains(line, `wrong user name or password (user \"alice\")`)
+		line := lastLog(gw.Output(), logFields{"level": "warning"})
+		return line.has(logFields{"inbound": "http", "error": `~wrong user name or password (user "alice")`})
 	}) {
 		t.Fatalf("a wrong password is no warning with its reason:\n%s", gw.Output())
 	}
@@ -95,10 +93,12 @@ func TestHTTPProxyTransportLogReachesTheLog(t *testing.T) {
 	if out, err := curl(tp.LAN, "-x", explicitHTTP4, urlFor(netlab.WAN4, "/")); err != nil || out != "ok" {
 		t.Fatalf("curl: %v: %q", err, out)
 	}
-	if !waitFor(5*time.Second, func() bool { return strings.Contains(gw.Output(), "Unsolicited response") }) {
-		t.Fatalf("the Transport logged nothing:\n%s", gw.Output())
+	// A line that bypassed the logger would be plain text, no record.
+	line, ok := waitLog(gw, 5*time.Second, logFields{"msg": "~Unsolicited response"})
+	if !ok {
+		t.Fatalf("the Transport logged nothing through the logger:\n%s", gw.Output())
 	}
-	if line := lastLine(gw.Output(), "Unsolicited response"); !strings.Contains(line, "level=warning") {
-		t.Fatalf("the Transport's line bypassed the logger: %s", line)
+	if !line.has(logFields{"level": "warning", "from": "go log"}) {
+		t.Fatalf("the Transport's line is no warning from the go log: %v", line)
 	}
 }

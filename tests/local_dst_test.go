@@ -75,7 +75,7 @@ func TestExplicitPortsRefuseTheRouterItself(t *testing.T) {
 		t.Errorf("the refusal does not say what happened: %q", out)
 	}
 	if !waitFor(2*time.Second, func() bool {
-		return strings.Contains(gw.Output(), "local_destination") || strings.Contains(gw.Output(), "router itself")
+		return hasLog(gw.Output(), logFields{"msg": "flow refused", "inbound": "http", "error": "~router itself"})
 	}) {
 		t.Errorf("no refusal logged:\n%s", gw.Output())
 	}

@@ -5,7 +5,6 @@ package tests
 import (
 	"fmt"
 	"net"
-	"strings"
 	"testing"
 	"time"
 
@@ -58,7 +57,7 @@ func loopExpectOneRefusal(t *testing.T, tp *netlab.Topology, gw *netlab.Proc, cl
 		t.Fatalf("one request: %v refused as loop (want 1, or 2 with a probe), %v refused by the flow limit (want 0), %v flows (want at most 1)\n%s",
 			loop, limit, flows, gw.Output())
 	}
-	if !strings.Contains(gw.Output(), "loop") {
+	if !hasLog(gw.Output(), logFields{"outcome": "refused", "level": "warning", "error": "~loop"}) {
 		t.Errorf("the refusal's line does not say loop:\n%s", gw.Output())
 	}
 }
@@ -89,7 +88,7 @@ func TestLoopThroughNATOrNameIsRefusedAtOnce(t *testing.T) {
 			tt.setup(tp)
 			gw := startSocksgate(t, tp.GW, loopConfig(tt.upstream))
 			loopExpectOneRefusal(t, tp, gw, "--socks5-hostname", net.JoinHostPort(netlab.GWLAN4, "7890"))
-			if !strings.Contains(gw.Output(), "own dial come back") {
+			if !hasLog(gw.Output(), logFields{"outcome": "refused", "error": "~own dial come back"}) {
 				t.Errorf("the refusal does not say why:\n%s", gw.Output())
 			}
 		})
@@ -131,7 +130,7 @@ func TestLoopThroughThirdPartyProxyIsRefusedByVia(t *testing.T) {
 			t.Fatalf("%v: %v refused as loop (want %v), %v by the flow limit\n%s", mode, loop, before+1, limit, gw.Output())
 		}
 	}
-	if !strings.Contains(gw.Output(), "its Via names this process") {
+	if !hasLog(gw.Output(), logFields{"outcome": "refused", "inbound": "http", "error": "~its Via names this process"}) {
 		t.Errorf("the refusal does not say why:\n%s", gw.Output())
 	}
 }

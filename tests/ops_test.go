@@ -305,12 +305,12 @@ func TestOpsRunsUnprivilegedWithCapabilities(t *testing.T) {
 	setpriv := func(caps string) []string {
 		return []string{"setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
 			"--inh-caps=-all," + caps, "--ambient-caps=-all," + caps, "--bounding-set=-all," + caps,
-			"--no-new-privs", bin, "run", "-c", cfg}
+			"--no-new-privs", bin, "run", "-log-format", "json", "-c", cfg}
 	}
 
 	t.Run("service capabilities", func(t *testing.T) {
 		p := tp.GW.Start(setpriv("+net_admin,+net_bind_service,+net_raw")...)
-		if !p.WaitOutput("socksgate ready", 15*time.Second) {
+		if _, ok := waitLog(p, 15*time.Second, msg("socksgate ready")); !ok {
 			t.Fatalf("not ready:\n%s", p.Output())
 		}
 		pid := p.Cmd.Process.Pid
@@ -344,7 +344,7 @@ func TestOpsRunsUnprivilegedWithCapabilities(t *testing.T) {
 		if !exited || err == nil {
 			t.Fatalf("started without CAP_NET_ADMIN: exited=%v err=%v\n%s", exited, err, p.Output())
 		}
-		if !strings.Contains(strings.ToLower(p.Output()), "operation not permitted") {
+		if !hasLog(p.Output(), logFields{"level": "error", "error": "~operation not permitted"}) {
 			t.Fatalf("the failure does not say it lacks permission:\n%s", p.Output())
 		}
 		if testing.Verbose() {
@@ -417,14 +417,14 @@ func TestOpsCoexistsWithFirewallTable(t *testing.T) {
 	if out, err := curl(tp.LAN, urlFor(netlab.WAN6, "/")); err != nil || out != pageBody {
 		t.Fatalf("proxied flow beside fw4: %v %q\n%s", err, out, gw.Output())
 	}
-	if !waitFor(2*time.Second, func() bool { return strings.Contains(gw.Output(), "msg=flow") }) {
+	if _, ok := waitLog(gw, 2*time.Second, msg("flow")); !ok {
 		t.Fatalf("the proxied flow did not pass socksgate:\n%s", gw.Output())
 	}
 	out, err := curl(tp.LAN, "http://"+netlab.WAN4+":81/")
 	if err != nil || out != netlab.GWUp4 {
 		t.Fatalf("bypassed flow: %v; the server saw %q, want the masqueraded %s", err, out, netlab.GWUp4)
 	}
-	if strings.Count(gw.Output(), "msg=flow") != 1 {
+	if countLogs(gw.Output(), msg("flow")) != 1 {
 		t.Fatalf("the bypassed flow reached socksgate:\n%s", gw.Output())
 	}
 	if c := tp.GW.MustRun("nft", "list", "chain", "inet", "fw4", "srcnat"); strings.Contains(c, "packets 0 ") {
@@ -491,12 +491,12 @@ func TestOpsIdleRSSUnder15MB(t *testing.T) {
 		{"default config with admin endpoint", "admin: 127.0.0.1:9091\n"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			args := []string{bin, "run"}
+			args := []string{bin, "run", "-log-format", "json"}
 			if c.yaml != "" {
 				args = append(args, "-c", opsPublicConfig(t, c.yaml))
 			}
 			p := ns.Start(args...)
-			if !p.WaitOutput("socksgate ready", 15*time.Second) {
+			if _, ok := waitLog(p, 15*time.Second, msg("socksgate ready")); !ok {
 				t.Fatalf("not ready:\n%s", p.Output())
 			}
 			if c.yaml != "" {
@@ -541,21 +541,15 @@ func TestOpsShutdownOneGraceForEverything(t *testing.T) {
 		t.Fatalf("exit after SIGTERM: exited=%v err=%v\n%s", exited, err, gw.Output())
 	}
 	out := gw.Output()
-	if line := lastLine(out, "grace period over: closed live flows"); !strings.Contains(line, "flows=2") {
-		t.Errorf("the deadline's sweep did not cut both flows (the HTTP server cut its own first?): %q\n%s", line, out)
+	if line := lastLog(out, msg("grace period over: closed live flows")); line.str("flows") != "2" {
+		t.Errorf("the deadline's sweep did not cut both flows (the HTTP server cut its own first?): %v\n%s", line, out)
 	}
 	for _, inbound := range []string{"http", "socks"} {
-		cut := false
-		for _, l := range strings.Split(out, "\n") {
-			if strings.Contains(l, "inbound="+inbound) && strings.Contains(l, `error="cut at shutdown: grace period over"`) {
-				cut = true
-			}
-		}
-		if !cut {
+		if !hasLog(out, logFields{"inbound": inbound, "error": "cut at shutdown: grace period over"}) {
 			t.Errorf("no %s flow logged as cut at shutdown:\n%s", inbound, out)
 		}
 	}
-	if !strings.Contains(out, "msg=stopped") || strings.Contains(nftTables(t, tp.GW), "socksgate") {
+	if !hasLog(out, msg("stopped")) || strings.Contains(nftTables(t, tp.GW), "socksgate") {
 		t.Fatalf("no clean stop:\n%s", out)
 	}
 	// Each client sees its end once it has drained what its socket already holds.

@@ -70,7 +70,7 @@ func TestTransparentTCPThroughDante(t *testing.T) {
 	}
 	// Dante reads ahead: the first flow's probe finds it, and later flows send their request
 	// with the greeting.
-	if !gw.WaitOutput("answers a request sent with its greeting: pipelining them", 5*time.Second) {
+	if _, ok := waitLog(gw, 5*time.Second, logFields{"msg": "~answers a request sent with its greeting: pipelining them"}); !ok {
 		t.Fatalf("no pipelining verdict for dante:\n%s", gw.Output())
 	}
 	for _, dst := range []string{netlab.WAN4, netlab.WAN6} {

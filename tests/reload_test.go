@@ -50,19 +50,25 @@ func reloadEcho(t *testing.T, c net.Conn, r *bufio.Reader, msg string) {
 	}
 }
 
-// reloadTo writes yaml as gw's config file, sends SIGHUP and waits for one more log line with
-// wait in it, which it returns.
-func reloadTo(t *testing.T, gw *netlab.Proc, cfgPath, yaml, wait string) string {
+// Log lines of a reload: applied, or refused (by the gateway or already by the config check).
+var (
+	reloaded = msg("config reloaded")
+	refused  = logFields{"msg": "~reload refused", "level": "error"}
+)
+
+// reloadTo writes yaml as gw's config file, sends SIGHUP and waits for one more log line
+// holding wait, which it returns.
+func reloadTo(t *testing.T, gw *netlab.Proc, cfgPath, yaml string, wait logFields) logLine {
 	t.Helper()
 	if err := os.WriteFile(cfgPath, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	n := strings.Count(gw.Output(), wait)
+	n := countLogs(gw.Output(), wait)
 	gw.Signal(syscall.SIGHUP)
-	if !waitFor(10*time.Second, func() bool { return strings.Count(gw.Output(), wait) > n }) {
-		t.Fatalf("no %q after SIGHUP:\n%s", wait, gw.Output())
+	if !waitFor(10*time.Second, func() bool { return countLogs(gw.Output(), wait) > n }) {
+		t.Fatalf("no %v after SIGHUP:\n%s", wait, gw.Output())
 	}
-	return lastLine(gw.Output(), wait)
+	return lastLog(gw.Output(), wait)
 }
 
 // SIGHUP applies a new config without dropping live flows: new rules hold for new flows, the
@@ -85,10 +91,10 @@ func TestReloadKeepsLiveFlowsAndAppliesNewRules(t *testing.T) {
 	lr := bufio.NewReader(live)
 	reloadEcho(t, live, lr, "before")
 
-	reloadWith := func(yaml, wait string) { t.Helper(); reloadTo(t, gw, cfgPath, yaml, wait) }
+	reloadWith := func(yaml string, wait logFields) { t.Helper(); reloadTo(t, gw, cfgPath, yaml, wait) }
 
 	// New rules: web traffic to WAN4 is blocked from now on.
-	reloadWith(base+"rules:\n  - {name: no-web4, dst: ["+netlab.WAN4+"/32], dst_ports: [80], action: block}\n  - {action: proxy, upstream: main}\n", "config reloaded")
+	reloadWith(base+"rules:\n  - {name: no-web4, dst: ["+netlab.WAN4+"/32], dst_ports: [80], action: block}\n  - {action: proxy, upstream: main}\n", reloaded)
 	reloadEcho(t, live, lr, "after rules reload")
 	if out, err := curl(tp.LAN, "--max-time", "5", urlFor(netlab.WAN4, "/")); err == nil {
 		t.Fatalf("a rule added by reload did not block: %q", out)
@@ -96,13 +102,13 @@ func TestReloadKeepsLiveFlowsAndAppliesNewRules(t *testing.T) {
 	if out, err := curl(tp.LAN, urlFor(netlab.WAN6, "/")); err != nil || out != pageBody {
 		t.Fatalf("curl after reload: %v: %q", err, out)
 	}
-	if !strings.Contains(gw.Output(), `rule=no-web4`) {
+	if !hasLog(gw.Output(), msg("flow blocked").with("rule", "no-web4")) {
 		t.Fatalf("the blocked flow's log line does not name the new rule:\n%s", gw.Output())
 	}
 
 	// An invalid config is refused, with its error list, and changes nothing.
-	reloadWith(base+"rules:\n  - {action: proxy, upstream: nowhere}\n", "reload refused")
-	if !strings.Contains(gw.Output(), `no upstream or group named`) {
+	reloadWith(base+"rules:\n  - {action: proxy, upstream: nowhere}\n", refused)
+	if !hasLog(gw.Output(), logFields{"level": "error", "msg": "~no upstream or group named"}) {
 		t.Fatalf("the refusal does not carry the validation error:\n%s", gw.Output())
 	}
 	if out, err := curl(tp.LAN, "--max-time", "5", urlFor(netlab.WAN4, "/")); err == nil {
@@ -112,7 +118,7 @@ func TestReloadKeepsLiveFlowsAndAppliesNewRules(t *testing.T) {
 
 	// The capture port moves: new listener, rules replaced in one batch, still one table.
 	moved := strings.Replace(base, "lan:", "transparent: {tcp_port: 12399}\nlan:", 1)
-	reloadWith(moved, "config reloaded")
+	reloadWith(moved, reloaded)
 	rules := tp.GW.MustRun("nft", "list", "table", "inet", "socksgate")
 	if strings.Count(rules, "redirect to :12399") != 1 || strings.Contains(rules, ":12345") {
 		t.Fatalf("rules after moving the port:\n%s", rules)
@@ -152,7 +158,7 @@ func TestReloadSignalDuringShutdown(t *testing.T) {
 	if exited, err := gw.Wait(10 * time.Second); !exited || err != nil {
 		t.Fatalf("exit after SIGTERM then SIGHUP: exited=%v err=%v\n%s", exited, err, gw.Output())
 	}
-	if !strings.Contains(gw.Output(), "msg=stopped") {
+	if !hasLog(gw.Output(), msg("stopped")) {
 		t.Fatalf("no clean stop:\n%s", gw.Output())
 	}
 	if strings.Contains(nftTables(t, tp.GW), "socksgate") {
@@ -170,7 +176,7 @@ func TestReloadCaptureModeAndToggle(t *testing.T) {
 	startMicrosocks(t, tp, "", "")
 	base := gatewayConfig("socks5://"+netlab.Proxy4+":1080", "")
 	gw, cfgPath := startSocksgateFile(t, tp.GW, base)
-	reloadWith := func(yaml string) string { t.Helper(); return reloadTo(t, gw, cfgPath, yaml, "config reloaded") }
+	reloadWith := func(yaml string) logLine { t.Helper(); return reloadTo(t, gw, cfgPath, yaml, reloaded) }
 	web := func(when string) {
 		t.Helper()
 		if out, err := curl(tp.LAN, urlFor(netlab.WAN4, "/")); err != nil || out != pageBody {
@@ -180,8 +186,8 @@ func TestReloadCaptureModeAndToggle(t *testing.T) {
 	web("at start")
 
 	line := reloadWith(strings.Replace(base, "lan:", "transparent: {tcp_mode: tproxy}\nlan:", 1))
-	if !strings.Contains(line, "tcp_mode") || strings.Contains(gw.Output(), "reload: transparent TCP listener") {
-		t.Fatalf("tcp_mode not applied: %s\n%s", line, gw.Output())
+	if !line.has(logFields{"applied": "~tcp_mode"}) || hasLog(gw.Output(), logFields{"msg": "~reload: transparent TCP listener"}) {
+		t.Fatalf("tcp_mode not applied: %v\n%s", line, gw.Output())
 	}
 	if rules := tp.GW.MustRun("nft", "list", "table", "inet", "socksgate"); !strings.Contains(rules, "tproxy") {
 		t.Fatalf("rules after the switch to tproxy:\n%s", rules)
@@ -192,8 +198,8 @@ func TestReloadCaptureModeAndToggle(t *testing.T) {
 	// (rules with the new one would capture socksgate's own connections again).
 	before := tp.GW.MustRun("nft", "list", "table", "inet", "socksgate")
 	line = reloadWith(strings.Replace(base, "lan:", "transparent: {tcp_mode: tproxy}\nmark: 0x7\nlan:", 1))
-	if !strings.Contains(line, "needs_restart") || !strings.Contains(line, "mark") {
-		t.Fatalf("a new mark was not refused as needing a restart: %s", line)
+	if !line.has(logFields{"needs_restart": "~mark"}) {
+		t.Fatalf("a new mark was not refused as needing a restart: %v", line)
 	}
 	if after := tp.GW.MustRun("nft", "list", "table", "inet", "socksgate"); after != before {
 		t.Fatalf("rules changed with the mark:\n%s\nwas:\n%s", after, before)
@@ -206,8 +212,8 @@ func TestReloadCaptureModeAndToggle(t *testing.T) {
 	}
 	for i := range 2 {
 		line = reloadWith(off)
-		if !strings.Contains(line, "needs_restart") || !strings.Contains(line, "lan.interfaces") {
-			t.Fatalf("reload %d turning capture off: %s", i, line)
+		if !line.has(logFields{"needs_restart": "~lan.interfaces"}) {
+			t.Fatalf("reload %d turning capture off: %v", i, line)
 		}
 		if got := countLines(nftTables(t, tp.GW), "socksgate"); got != 1 {
 			t.Fatalf("reload %d turning capture off: %d socksgate tables, want the running one", i, got)
@@ -221,8 +227,8 @@ func TestReloadCaptureModeAndToggle(t *testing.T) {
 	gw, cfgPath = startSocksgateFile(t, tp.GW, explicitOnly) // reloadWith follows both
 	for i := range 2 {
 		line = reloadWith(strings.Replace(base, "listen: {http: [], socks: []}", "listen: {http: [\""+netlab.GWLAN4+":8080\"], socks: [], allow: [10.0.1.0/24]}", 1))
-		if !strings.Contains(line, "needs_restart") || !strings.Contains(line, "lan.interfaces") {
-			t.Fatalf("reload %d turning capture on: %s", i, line)
+		if !line.has(logFields{"needs_restart": "~lan.interfaces"}) {
+			t.Fatalf("reload %d turning capture on: %v", i, line)
 		}
 		if strings.Contains(nftTables(t, tp.GW), "socksgate") {
 			t.Fatalf("reload %d turning capture on installed rules", i)
@@ -254,12 +260,12 @@ func TestReloadMovesUDPPort(t *testing.T) {
 			t.Fatalf("udp echo %s: %q, %v\n%s", when, got, err, gw.Output())
 		}
 	}
-	reloadWith := func(yaml string) string { t.Helper(); return reloadTo(t, gw, cfgPath, yaml, "config reloaded") }
+	reloadWith := func(yaml string) logLine { t.Helper(); return reloadTo(t, gw, cfgPath, yaml, reloaded) }
 	exchange("at start")
 
 	tp.GW.ListenPacket("udp", "[::]:12350") // a local daemon holds the port
 	reloadWith(strings.Replace(base, "udp_port: 12346", "udp_port: 12350", 1))
-	if !strings.Contains(gw.Output(), "reload: transparent UDP listener; keeping the old one") {
+	if !hasLog(gw.Output(), logFields{"level": "error", "msg": "reload: transparent UDP listener; keeping the old one", "error": "~address already in use"}) {
 		t.Fatalf("no error for the busy port:\n%s", gw.Output())
 	}
 	if rules := tp.GW.MustRun("nft", "list", "table", "inet", "socksgate"); strings.Contains(rules, ":12350") || !strings.Contains(rules, ":12346") {
@@ -268,8 +274,8 @@ func TestReloadMovesUDPPort(t *testing.T) {
 	exchange("after a refused move")
 
 	line := reloadWith(strings.Replace(base, "udp_port: 12346", "udp_port: 12351", 1))
-	if !strings.Contains(line, "transparent UDP") {
-		t.Fatalf("UDP move not applied: %s", line)
+	if !line.has(logFields{"applied": "~transparent UDP"}) {
+		t.Fatalf("UDP move not applied: %v", line)
 	}
 	if rules := tp.GW.MustRun("nft", "list", "table", "inet", "socksgate"); !strings.Contains(rules, ":12351") || strings.Contains(rules, ":12346") {
 		t.Fatalf("rules after the move:\n%s", rules)
@@ -297,7 +303,7 @@ func TestReloadUDPWithoutSupportForExplicitClients(t *testing.T) {
 		t.Fatal(err)
 	}
 	gw.Signal(syscall.SIGHUP)
-	if !gw.WaitOutput("config reloaded", 10*time.Second) {
+	if _, ok := waitLog(gw, 10*time.Second, reloaded); !ok {
 		t.Fatalf("no reload:\n%s", gw.Output())
 	}
 	c = explicitAssociate(t, tp.LAN, explicitSOCKS4)
@@ -403,7 +409,7 @@ func TestReloadListenKeepsUnchangedPortsAndFlows(t *testing.T) {
 			time.Sleep(5 * time.Millisecond)
 		}
 	}()
-	reloadTo(t, gw, cfgPath, reloadListenConfig("lan:8081", ""), "config reloaded")
+	reloadTo(t, gw, cfgPath, reloadListenConfig("lan:8081", ""), reloaded)
 	close(stop)
 	<-dialing
 	t.Logf("during the reload: %d of %d connections to the unchanged SOCKS port refused", refused.Load(), tried.Load())
@@ -466,12 +472,12 @@ func TestReloadOntoTakenPortIsRefused(t *testing.T) {
 
 	tp.GW.Listen("tcp", net.JoinHostPort(netlab.GWLAN4, "8082")) // another daemon holds it
 	taken := reloadListenConfig("lan:8082", admin+"rules:\n  - {name: no-web4, dst: ["+netlab.WAN4+"/32], dst_ports: [80], action: block}\n  - {action: proxy, upstream: main}\n")
-	reloaded := strings.Count(gw.Output(), "config reloaded")
-	line := reloadTo(t, gw, cfgPath, taken, "reload refused")
-	if !strings.Contains(line, "address already in use") || !strings.Contains(line, "listen.http[0]") {
-		t.Fatalf("the refusal does not say why: %s", line)
+	applied := countLogs(gw.Output(), reloaded)
+	line := reloadTo(t, gw, cfgPath, taken, refused)
+	if !line.has(logFields{"error": "~address already in use"}) || !line.has(logFields{"error": "~listen.http[0]"}) {
+		t.Fatalf("the refusal does not say why: %v", line)
 	}
-	if strings.Count(gw.Output(), "config reloaded") != reloaded {
+	if countLogs(gw.Output(), reloaded) != applied {
 		t.Fatalf("a refused reload was reported applied:\n%s", gw.Output())
 	}
 	web("after the refused reload (the old port, and no new rule)")
@@ -481,13 +487,13 @@ func TestReloadOntoTakenPortIsRefused(t *testing.T) {
 	if out, err := tp.GW.Run("ss", "-K", "state", "listening", "sport = :8080"); err != nil {
 		t.Fatalf("ss -K: %v %s", err, out)
 	}
-	if !gw.WaitOutput("explicit listener stopped", 10*time.Second) {
+	if _, ok := waitLog(gw, 10*time.Second, logFields{"msg": "explicit listener stopped", "level": "error", "addr": netlab.GWLAN4 + ":8080"}); !ok {
 		t.Fatalf("no report of the stopped listener:\n%s", gw.Output())
 	}
 	checkHealthz(false, "listen.http "+netlab.GWLAN4+":8080 stopped", "with the HTTP port stopped")
 	t.Logf("healthz with a listener down: %q", body)
 
-	reloadTo(t, gw, cfgPath, base, "config reloaded")
+	reloadTo(t, gw, cfgPath, base, reloaded)
 	checkHealthz(true, "ok", "after a reload reopened the port")
 	web("after a reload reopened the port")
 	stopSocksgate(t, tp.GW, gw)
@@ -515,11 +521,11 @@ func TestReloadMovesAPortBetweenWildcardAndOneAddress(t *testing.T) {
 
 	const size = 4 << 20
 	dl, file := reloadSlowDownload(t, tp, size, "2M", "-x", lanProxy)
-	line := reloadTo(t, gw, cfgPath, reloadListenConfig(netlab.GWLAN4+":8080", ""), "config reloaded")
-	if strings.Contains(gw.Output(), "reload refused") {
+	line := reloadTo(t, gw, cfgPath, reloadListenConfig(netlab.GWLAN4+":8080", ""), reloaded)
+	if hasLog(gw.Output(), refused) {
 		t.Fatalf("the move to one address was refused:\n%s", gw.Output())
 	}
-	t.Logf("%s", line)
+	t.Logf("%v", line)
 	web(tp.LAN, lanProxy, true, "after the move to one address")
 	web(tp.GW, "http://127.0.0.1:8080", false, "on loopback, no longer listened on")
 	exited, err := dl.Wait(60 * time.Second)
@@ -531,13 +537,13 @@ func TestReloadMovesAPortBetweenWildcardAndOneAddress(t *testing.T) {
 	// the one address's listener, closed to hand its port over, serves again.
 	tp.GW.Listen("tcp", net.JoinHostPort(netlab.GWLAN4, "8082"))
 	taken := strings.Replace(reloadListenConfig("0.0.0.0:8080", ""), `http: ["0.0.0.0:8080"]`, `http: ["0.0.0.0:8080", "`+netlab.GWLAN4+`:8082"]`, 1)
-	if line := reloadTo(t, gw, cfgPath, taken, "reload refused"); !strings.Contains(line, "listen.http[1]") {
-		t.Fatalf("the refusal does not name the taken port: %s", line)
+	if line := reloadTo(t, gw, cfgPath, taken, refused); !line.has(logFields{"error": "~listen.http[1]"}) {
+		t.Fatalf("the refusal does not name the taken port: %v", line)
 	}
 	web(tp.LAN, lanProxy, true, "after the refused reload")
 	web(tp.GW, "http://127.0.0.1:8080", false, "on loopback after the refused reload")
 
-	reloadTo(t, gw, cfgPath, reloadListenConfig("0.0.0.0:8080", ""), "config reloaded")
+	reloadTo(t, gw, cfgPath, reloadListenConfig("0.0.0.0:8080", ""), reloaded)
 	web(tp.GW, "http://127.0.0.1:8080", true, "back on the wildcard")
 	web(tp.LAN, lanProxy, true, "back on the wildcard")
 	stopSocksgate(t, tp.GW, gw)
@@ -557,7 +563,7 @@ func TestHealthzReportsTheTransparentUDPListenerStopped(t *testing.T) {
 	if out, err := tp.GW.Run("ss", "-K", "-u", "-a", "sport = :12346"); err != nil {
 		t.Skipf("ss -K cannot abort a UDP socket here: %v %s", err, out)
 	}
-	if !gw.WaitOutput("transparent UDP listener stopped", 10*time.Second) {
+	if _, ok := waitLog(gw, 10*time.Second, logFields{"msg": "transparent UDP listener stopped", "level": "error"}); !ok {
 		t.Skipf("the kernel did not abort the UDP listener (no SOCK_DESTROY for UDP?):\n%s", gw.Output())
 	}
 	body, err := healthz()
@@ -565,7 +571,7 @@ func TestHealthzReportsTheTransparentUDPListenerStopped(t *testing.T) {
 		t.Fatalf("healthz with the UDP listener stopped: %v %q", err, body)
 	}
 	t.Logf("healthz: %q", body)
-	reloadTo(t, gw, cfgPath, cfg, "config reloaded")
+	reloadTo(t, gw, cfgPath, cfg, reloaded)
 	if body, err := healthz(); err != nil {
 		t.Fatalf("healthz after a reload reopened it: %v %q", err, body)
 	}

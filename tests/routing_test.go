@@ -72,21 +72,21 @@ func routingStartSocksgate(t *testing.T, ns *netlab.NS, yaml string) *netlab.Pro
 	return p
 }
 
-// routingFlowLine waits for the flow log line (success or failure) whose dst field is dst.
-func routingFlowLine(t *testing.T, gw *netlab.Proc, dst string) string {
+// routingFlowLine waits for the flow log line (success, failure or block) whose dst field is
+// dst, and returns the first.
+func routingFlowLine(t *testing.T, gw *netlab.Proc, dst string) logLine {
 	t.Helper()
-	want := "dst=\"" + dst + "\""
-	var line string
+	var line logLine
 	waitFor(3*time.Second, func() bool {
-		for _, l := range strings.Split(gw.Output(), "\n") {
-			if strings.Contains(l, want) && (strings.Contains(l, "msg=flow") || strings.Contains(l, "msg=\"flow failed\"") || strings.Contains(l, "msg=\"flow blocked\"")) {
+		for _, l := range findLogs(gw.Output(), logFields{"dst": dst}) {
+			if m := l.str("msg"); m == "flow" || m == "flow failed" || m == "flow blocked" {
 				line = l
 				return true
 			}
 		}
 		return false
 	})
-	if line == "" {
+	if line == nil {
 		t.Fatalf("no flow log line for %s:\n%s", dst, gw.Output())
 	}
 	return line
@@ -101,7 +101,7 @@ func routingExpect(t *testing.T, lab *routingLab, gw *netlab.Proc, dst, rule str
 		t.Fatalf("curl %v: %v: %q", args, err, out)
 	}
 	line := routingFlowLine(t, gw, dst)
-	if !strings.Contains(line, "rule="+rule+" ") {
+	if line.str("rule") != rule {
 		t.Fatalf("flow to %s decided by the wrong rule, want %s:\n%s", dst, rule, line)
 	}
 	if rule != "catchall" && !waitFor(2*time.Second, func() bool { return strings.Contains(lab.dante.Output(), routingDanteAddr(dst)) }) {
@@ -142,7 +142,7 @@ func TestRoutingMatchKinds(t *testing.T) {
 	t.Run("src CIDR", func(t *testing.T) {
 		gw := routingStartSocksgate(t, lab.GW, routingConfig("  - {name: hit, src: [10.0.1.3/32], upstream: dante}\n"))
 		routingExpect(t, lab, gw, v4, "hit", "--interface", "10.0.1.3", urlFor(netlab.WAN4, "/"))
-		if line := lastLine(gw.Output(), "rule=hit"); !strings.Contains(line, "src=\"10.0.1.3:") {
+		if line := lastLog(gw.Output(), logFields{"rule": "hit"}); !strings.HasPrefix(line.str("src"), "10.0.1.3:") {
 			t.Fatalf("the hit came from the wrong source: %s", line)
 		}
 		routingExpect(t, lab, gw, v4b, "catchall", "--interface", netlab.LAN4, urlFor("203.0.113.11", "/"))
@@ -187,7 +187,7 @@ func TestRoutingActions(t *testing.T) {
 	t.Run("proxy", func(t *testing.T) {
 		gw := routingStartSocksgate(t, lab.GW, routingConfig("  - {name: hit, dst: [203.0.113.0/24], action: proxy, upstream: dante}\n"))
 		routingExpect(t, lab, gw, v4, "hit", urlFor(netlab.WAN4, "/"))
-		if line := routingFlowLine(t, gw, v4); !strings.Contains(line, "action=proxy") || !strings.Contains(line, ":"+routingDantePort) {
+		if line := routingFlowLine(t, gw, v4); !line.has(logFields{"action": "proxy", "upstream": "~:" + routingDantePort}) {
 			t.Fatalf("flow line does not show the proxy action through dante: %s", line)
 		}
 	})
@@ -208,7 +208,7 @@ func TestRoutingActions(t *testing.T) {
 			t.Fatalf("the client waited %v for a blocked flow", d)
 		}
 		line := routingFlowLine(t, gw, net.JoinHostPort(netlab.WAN4, "8090"))
-		if !strings.Contains(line, "rule=deny") || !strings.Contains(line, "action=block") {
+		if !line.has(logFields{"rule": "deny", "action": "block"}) {
 			t.Fatalf("flow line: %s", line)
 		}
 		time.Sleep(200 * time.Millisecond)
@@ -232,7 +232,7 @@ func TestRoutingActions(t *testing.T) {
 			t.Fatalf("curl: %v: %q", err, out)
 		}
 		line := routingFlowLine(t, gw, net.JoinHostPort(netlab.WAN6, "80"))
-		if !strings.Contains(line, "rule=go-direct") || !strings.Contains(line, "action=direct") || !strings.Contains(line, "upstream=direct") {
+		if !line.has(logFields{"rule": "go-direct", "action": "direct", "upstream": "direct"}) {
 			t.Fatalf("flow line: %s", line)
 		}
 		if _, err := curl(lab.LAN, "--max-time", "5", urlFor(netlab.WAN4, "/")); err == nil {

@@ -42,10 +42,8 @@ transparent: {sniff: {enabled: true, ports: [80, 443], timeout: 3s, override: tr
 			t.Fatalf("curl: %v: %q", err, out)
 		}
 		line := routingFlowLine(t, gw, sniffName+":443")
-		for _, want := range []string{"rule=by-name", "ip=\"" + netlab.WAN4 + ":443\""} {
-			if !strings.Contains(line, want) {
-				t.Fatalf("flow line lacks %s: %s", want, line)
-			}
+		if !line.has(logFields{"rule": "by-name", "ip": netlab.WAN4 + ":443"}) {
+			t.Fatalf("flow line: %v", line)
 		}
 		sniffDanteAskedForName(t, d, sniffName+".443", netlab.WAN4+".443")
 	})
@@ -55,7 +53,7 @@ transparent: {sniff: {enabled: true, ports: [80, 443], timeout: 3s, override: tr
 			t.Fatalf("curl: %v: %q", err, out)
 		}
 		line := routingFlowLine(t, gw, "web.test:80")
-		if !strings.Contains(line, "rule=by-name") {
+		if line.str("rule") != "by-name" {
 			t.Fatalf("flow line: %s", line)
 		}
 		sniffDanteAskedForName(t, d, "web.test.80", netlab.WAN4+".80")
@@ -66,7 +64,7 @@ transparent: {sniff: {enabled: true, ports: [80, 443], timeout: 3s, override: tr
 			t.Fatalf("a flow without a name passed: %q", out)
 		}
 		line := routingFlowLine(t, gw, netlab.WAN4+":443")
-		if !strings.Contains(line, "rule=catchall") {
+		if line.str("rule") != "catchall" {
 			t.Fatalf("flow line: %s", line)
 		}
 	})
@@ -87,7 +85,7 @@ transparent: {sniff: {enabled: true, ports: [80], timeout: 3s}}
 	if err != nil || out != pageBody {
 		t.Fatalf("curl: %v: %q", err, out)
 	}
-	if line := routingFlowLine(t, gw, "web.test:80"); !strings.Contains(line, "rule=by-name") {
+	if line := routingFlowLine(t, gw, "web.test:80"); line.str("rule") != "by-name" {
 		t.Fatalf("flow line: %s", line)
 	}
 	if !waitFor(2*time.Second, func() bool { return strings.Contains(d.Output(), "address: "+netlab.WAN4+".80") }) {

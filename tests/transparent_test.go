@@ -25,15 +25,19 @@ func TestTransparentTCPThroughSOCKS5(t *testing.T) {
 		if err != nil || out != pageBody {
 			t.Fatalf("curl %s: %v: %q", dst, err, out)
 		}
-		want := "dst=\"" + net.JoinHostPort(dst, "80") + "\""
-		if !waitFor(2*time.Second, func() bool { return strings.Contains(gw.Output(), want) }) {
-			t.Fatalf("no flow log line with %s:\n%s", want, gw.Output())
+		want := net.JoinHostPort(dst, "80")
+		if _, ok := waitLog(gw, 2*time.Second, msg("flow").with("dst", want)); !ok {
+			t.Fatalf("no flow log line with dst %s:\n%s", want, gw.Output())
 		}
 	}
-	line := lastLine(gw.Output(), "msg=flow")
-	for _, f := range []string{"src=", "upstream=\"socks5://" + netlab.Proxy4 + ":1080\"", "rule=", "up=", "down=", "duration="} {
-		if !strings.Contains(line, f) {
-			t.Errorf("flow log line lacks %s: %s", f, line)
+	line := lastLog(gw.Output(), msg("flow"))
+	if !line.has(logFields{"upstream": "socks5://" + netlab.Proxy4 + ":1080", "rule": "default",
+		"action": "proxy", "outcome": "ok", "inbound": "redirect", "network": "tcp"}) {
+		t.Errorf("flow log line: %v", line)
+	}
+	for _, f := range []string{"src", "up", "down", "duration"} {
+		if line.str(f) == "" {
+			t.Errorf("flow log line lacks %s: %v", f, line)
 		}
 	}
 	if !strings.Contains(tp.DirectDrops(), "drop") {
@@ -41,7 +45,7 @@ func TestTransparentTCPThroughSOCKS5(t *testing.T) {
 	}
 	// microsocks never answers a request sent with the greeting: the first flow's probe finds
 	// it out, and flows go on waiting for the method choice.
-	if !gw.WaitOutput("does not answer a request sent with its greeting", 5*time.Second) {
+	if _, ok := waitLog(gw, 5*time.Second, logFields{"msg": "~does not answer a request sent with its greeting"}); !ok {
 		t.Fatalf("no pipelining verdict for microsocks:\n%s", gw.Output())
 	}
 	if out, err := curl(tp.LAN, urlFor(netlab.WAN4, "/")); err != nil || out != pageBody {
@@ -79,7 +83,7 @@ func TestTransparentSOCKS5Auth(t *testing.T) {
 		if d := time.Since(start); d > 5*time.Second {
 			t.Fatalf("the client waited %v for a refused flow", d)
 		}
-		if !waitFor(2*time.Second, func() bool { return strings.Contains(gw.Output(), "auth") }) {
+		if _, ok := waitLog(gw, 2*time.Second, logFields{"msg": "flow failed", "error": "~auth"}); !ok {
 			t.Fatalf("the log does not name the auth failure:\n%s", gw.Output())
 		}
 		if strings.Contains(gw.Output(), "wrong-Pw") {
@@ -101,7 +105,7 @@ func TestTransparentBypassGoesDirect(t *testing.T) {
 	if err != nil || out != pageBody {
 		t.Fatalf("curl to a bypassed address: %v: %q", err, out)
 	}
-	if strings.Contains(gw.Output(), "msg=flow") || strings.Contains(gw.Output(), "flow failed") {
+	if l := lastLog(gw.Output(), flowEnded); l != nil {
 		t.Fatalf("a bypassed flow reached socksgate:\n%s", gw.Output())
 	}
 }
@@ -225,7 +229,7 @@ func TestTransparentUpstreamDownFailsPromptly(t *testing.T) {
 	if d := time.Since(start); d > 6*time.Second {
 		t.Fatalf("a flow to a blackholed upstream took %v; the dial timeout is 3s", d)
 	}
-	if !strings.Contains(gw.Output(), "flow failed") {
+	if !hasLog(gw.Output(), msg("flow failed")) {
 		t.Fatalf("no failed-flow log line:\n%s", gw.Output())
 	}
 }
@@ -245,17 +249,9 @@ func TestTransparentListenerLoopRefused(t *testing.T) {
 			t.Fatalf("refusing a loop took %v", d)
 		}
 	}
-	if !waitFor(2*time.Second, func() bool { return strings.Count(gw.Output(), "loop") >= 2 }) {
+	if !waitFor(2*time.Second, func() bool {
+		return countLogs(gw.Output(), logFields{"msg": "flow refused", "outcome": "refused", "error": "~(loop)"}) >= 2
+	}) {
 		t.Fatalf("loops not logged:\n%s", gw.Output())
 	}
-}
-
-func lastLine(s, substr string) string {
-	lines := strings.Split(s, "\n")
-	for i := len(lines) - 1; i >= 0; i-- {
-		if strings.Contains(lines[i], substr) {
-			return lines[i]
-		}
-	}
-	return ""
 }

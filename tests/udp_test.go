@@ -110,16 +110,19 @@ func TestUDPDNSThroughDante(t *testing.T) {
 		}
 	}
 	for _, server := range []string{netlab.WAN4, netlab.WAN6} {
-		want := `dst="` + net.JoinHostPort(server, "53") + `"`
+		want := msg("udp session").with("dst", net.JoinHostPort(server, "53"))
 		if !waitFor(5*time.Second, func() bool {
-			return strings.Contains(lastLine(gw.Output(), want), "msg=\"udp session\"")
+			return hasLog(gw.Output(), want)
 		}) {
-			t.Fatalf("no udp session line with %s after the idle timeout:\n%s", want, gw.Output())
+			t.Fatalf("no udp session line with %v after the idle timeout:\n%s", want, gw.Output())
 		}
-		line := lastLine(gw.Output(), want)
-		for _, f := range []string{"src=", `upstream="socks5://` + netlab.Proxy4 + `:1080"`, "rule=", "packets_up=", "packets_down=", "end=idle", "duration="} {
-			if !strings.Contains(line, f) {
-				t.Errorf("session line lacks %s: %s", f, line)
+		line := lastLog(gw.Output(), want)
+		if !line.has(logFields{"upstream": "socks5://" + netlab.Proxy4 + ":1080", "end": "idle", "outcome": "ok"}) {
+			t.Errorf("session line: %v", line)
+		}
+		for _, f := range []string{"src", "rule", "packets_up", "packets_down", "duration"} {
+			if line.str(f) == "" {
+				t.Errorf("session line lacks %s: %v", f, line)
 			}
 		}
 	}
@@ -191,13 +194,19 @@ func TestUDPEchoManyClientsFullCone(t *testing.T) {
 	if n := blockedHits.Load(); n != 0 {
 		t.Fatalf("the blocked echo received %d datagrams", n)
 	}
-	if !waitFor(5*time.Second, func() bool { return countLines(gw.Output(), `msg="udp session`) >= clients }) {
-		t.Fatalf("%d session lines after the idle timeout, want %d:\n%s", countLines(gw.Output(), `msg="udp session`), clients, gw.Output())
+	sessions := udpEnded
+	if !waitFor(5*time.Second, func() bool { return countLogs(gw.Output(), sessions) >= clients }) {
+		t.Fatalf("%d session lines after the idle timeout, want %d:\n%s", countLogs(gw.Output(), sessions), clients, gw.Output())
 	}
 	for c, port := range srcs {
-		line := lastLine(gw.Output(), fmt.Sprintf(":%d\" ", port))
-		if !strings.Contains(line, "end=idle") || !strings.Contains(line, "dests=3") || !strings.Contains(line, "rule=all") {
-			t.Errorf("client %d's session line: %s", c, line)
+		var line logLine
+		for _, l := range findLogs(gw.Output(), sessions) {
+			if strings.HasSuffix(l.str("src"), fmt.Sprintf(":%d", port)) {
+				line = l
+			}
+		}
+		if !line.has(logFields{"end": "idle", "dests": "3", "rule": "all"}) {
+			t.Errorf("client %d's session line: %v", c, line)
 		}
 	}
 }
@@ -242,7 +251,7 @@ func TestUDPRulesLifecycle(t *testing.T) {
 	if routes, _ := tp.GW.Run("ip", "route", "show", "table", "all"); strings.Contains(routes, "table 100") {
 		t.Fatalf("policy route left after SIGTERM:\n%s", routes)
 	}
-	if !strings.Contains(gw.Output(), "transparent UDP stopped") {
+	if !hasLog(gw.Output(), msg("transparent UDP stopped")) {
 		t.Fatalf("no UDP shutdown line:\n%s", gw.Output())
 	}
 
@@ -297,14 +306,14 @@ func TestUDPLocalDaemonHoldingReplyPort(t *testing.T) {
 			}
 		}
 	}
-	if !waitFor(2*time.Second, func() bool { return strings.Contains(gw.Output(), "udp reply dropped") }) {
+	line, ok := waitLog(gw, 2*time.Second, msg("udp reply dropped"))
+	if !ok {
 		t.Fatalf("no log line for the dropped reply:\n%s", gw.Output())
 	}
-	line := lastLine(gw.Output(), "udp reply dropped")
-	if !strings.Contains(line, "address already in use") || !strings.Contains(line, "reply_bind_errors=") {
-		t.Fatalf("reply drop line: %s", line)
+	if !line.has(logFields{"level": "warning", "error": "~address already in use"}) || line.str("reply_bind_errors") == "" {
+		t.Fatalf("reply drop line: %v", line)
 	}
-	if n := countLines(gw.Output(), "udp reply dropped"); n > 3 {
+	if n := countLogs(gw.Output(), msg("udp reply dropped")); n > 3 {
 		t.Fatalf("%d reply-drop lines for a few seconds of drops; they should be rate-limited", n)
 	}
 }
@@ -331,8 +340,12 @@ func TestUDPDNSOverTCPThroughSOCKS4(t *testing.T) {
 	if hits.Load() != 0 {
 		t.Fatal("the echo received datagrams with udp_without_support: block")
 	}
-	if !waitFor(5*time.Second, func() bool { return strings.Contains(gw.Output(), "does not carry UDP") }) {
-		t.Fatalf("no session line naming the missing UDP support:\n%s", gw.Output())
+	if _, ok := waitLog(gw, 5*time.Second, logFields{"msg": "udp datagram dropped", "level": "warning", "error": "~upstream does not carry UDP"}); !ok {
+		t.Fatalf("no line naming the missing UDP support:\n%s", gw.Output())
+	}
+	echo := msg("udp session").with("dst", netlab.WAN4+":7007")
+	if l, ok := waitLog(gw, 5*time.Second, echo); !ok || !l.has(logFields{"packets_up": "0", "dropped": "~"}) || l.str("dropped") == "0" {
+		t.Fatalf("the blocked session's line does not count its datagrams dropped: %v\n%s", l, gw.Output())
 	}
 }
 
@@ -419,15 +432,16 @@ func TestUDPToTheListenerItselfIsNotALoop(t *testing.T) {
 		}
 	}
 	// Both sessions end after udp_idle (1s) and are logged once each.
-	if !waitFor(5*time.Second, func() bool { return countLines(gw.Output(), "udp session") >= 2 }) {
+	sessions := udpEnded
+	if !waitFor(5*time.Second, func() bool { return countLogs(gw.Output(), sessions) >= 2 }) {
 		t.Fatalf("no session lines:\n%s", gw.Output())
 	}
 	time.Sleep(1500 * time.Millisecond)
-	if n := countLines(gw.Output(), "udp session"); n != 2 {
+	if n := countLogs(gw.Output(), sessions); n != 2 {
 		t.Fatalf("%d udp session lines for 2 datagrams to the listener, want 2 (a loop makes more)", n)
 	}
-	if line := lastLine(gw.Output(), "udp session"); !strings.Contains(line, "loop") {
-		t.Fatalf("the session line does not say loop: %s", line)
+	if line := lastLog(gw.Output(), sessions); !line.has(logFields{"error": "~loop"}) {
+		t.Fatalf("the session line does not say loop: %v", line)
 	}
 	// Captured UDP still works.
 	echo := netip.AddrPortFrom(netip.MustParseAddr(netlab.WAN4), 7)
@@ -466,7 +480,7 @@ func TestUDPRepliesToAPortForwardAreNotCaptured(t *testing.T) {
 		t.Fatalf("through the port forward: %q from %s, %v\n%s", got, from, err, gw.Output())
 	}
 	time.Sleep(1500 * time.Millisecond) // a session would have ended (udp_idle 1s) and been logged
-	if strings.Contains(gw.Output(), "udp session") || strings.Contains(gw.Output(), `src="`+netlab.LAN4+`:5353"`) {
+	if hasLog(gw.Output(), udpEnded) || hasLog(gw.Output(), logFields{"src": netlab.LAN4 + ":5353"}) {
 		t.Fatalf("the LAN host's reply was taken for a session of its own:\n%s", gw.Output())
 	}
 }

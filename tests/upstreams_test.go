@@ -34,9 +34,7 @@ func upstreamsFetch(t *testing.T, tp *netlab.Topology, cfg string) (out, gwLog s
 	t.Helper()
 	gw := startSocksgate(t, tp.GW, cfg)
 	out, err = curl(tp.LAN, urlFor(netlab.WAN4, "/"))
-	waitFor(2*time.Second, func() bool {
-		return strings.Contains(gw.Output(), "flow") && strings.Contains(gw.Output(), "203.0.113.10:80")
-	})
+	waitLog(gw, 2*time.Second, flowEnded.with("dst", "203.0.113.10:80"))
 	gw.Kill()
 	return out, gw.Output(), err
 }
@@ -69,7 +67,7 @@ func TestUpstreamsEveryKind(t *testing.T) {
 			if err != nil || out != pageBody {
 				t.Fatalf("curl: %v: %q\n%s", err, out, gwLog)
 			}
-			if !strings.Contains(gwLog, `rule=`) || !strings.Contains(gwLog, "msg=flow") {
+			if l := lastLog(gwLog, msg("flow")); l.str("rule") == "" || l.str("outcome") != "ok" {
 				t.Fatalf("no flow line:\n%s", gwLog)
 			}
 			if tc.peerLog == micro {
@@ -88,7 +86,7 @@ func TestUpstreamsEveryKind(t *testing.T) {
 		if err == nil && out == pageBody {
 			t.Fatal("the page arrived with wrong credentials")
 		}
-		line := lastLine(gwLog, "flow failed")
+		line := lastLog(gwLog, msg("flow failed")).str("error")
 		if !strings.Contains(line, "401 Unauthorized") || !strings.Contains(line, "credentials") || !strings.Contains(line, "http connect") {
 			t.Fatalf("flow log does not name the auth refusal:\n%s", gwLog)
 		}
@@ -106,7 +104,7 @@ func TestUpstreamsEveryKind(t *testing.T) {
 		}
 		_, gwLog, err = upstreamsFetch(t, tp, upstreamsConfig(fmt.Sprintf("upstreams:\n  - {name: main, url: %q}\n",
 			"socks5://sgtuser:bad@"+netlab.Proxy4+":1082")))
-		if err == nil || !strings.Contains(lastLine(gwLog, "flow failed"), "authentication failed") {
+		if err == nil || !lastLog(gwLog, msg("flow failed")).has(logFields{"error": "~authentication failed"}) {
 			t.Fatalf("wrong dante password: curl %v\n%s", err, gwLog)
 		}
 	})
@@ -124,7 +122,7 @@ func TestUpstreamsSquidConnectOnlyTo443(t *testing.T) {
 		if err == nil && out == pageBody {
 			t.Fatal("squid's default policy let a port-80 CONNECT through")
 		}
-		line := lastLine(gwLog, "flow failed")
+		line := lastLog(gwLog, msg("flow failed")).str("error")
 		for _, want := range []string{"403", "Forbidden", "CONNECT only to port 443", "SSL_ports", "allow port 80"} {
 			if !strings.Contains(line, want) {
 				t.Fatalf("flow log line lacks %q:\n%s", want, line)
@@ -253,16 +251,16 @@ rules:
 		t.Fatalf("requests were not served by the second upstream promptly (%v)", time.Since(killed))
 	}
 	// The flow lines name the group and the member that carried each flow.
-	if l := lastLine(gw.Output(), "msg=flow "); !strings.Contains(l, `upstream="group:pool"`) || !strings.Contains(l, "member=second") {
-		t.Fatalf("the last flow line does not name the group and its member second: %q", l)
+	if l := lastLog(gw.Output(), msg("flow")); !l.has(logFields{"upstream": "group:pool", "member": "second"}) {
+		t.Fatalf("the last flow line does not name the group and its member second: %v", l)
 	}
-	if !waitFor(2*time.Second, func() bool { return countLines(gw.Output(), "upstream down") == 1 }) ||
-		!strings.Contains(lastLine(gw.Output(), "upstream down"), "upstream=first") {
+	if !waitFor(2*time.Second, func() bool { return countLogs(gw.Output(), msg("upstream down")) == 1 }) ||
+		!lastLog(gw.Output(), msg("upstream down")).has(logFields{"upstream": "first", "group": "pool", "level": "warning"}) {
 		t.Fatalf("want one 'upstream down' line for first:\n%s", gw.Output())
 	}
 
 	first = startDante(t, tp, danteOptions{Port: "1080"})
-	if !waitFor(4*time.Second, func() bool { return strings.Contains(gw.Output(), "upstream up") }) {
+	if _, ok := waitLog(gw, 4*time.Second, msg("upstream up").with("upstream", "first")); !ok {
 		t.Fatalf("the first upstream was not seen up again within the health interval:\n%s", gw.Output())
 	}
 	if err := get(); err != nil {
@@ -283,7 +281,7 @@ rules:
 			t.Fatalf("a request with every upstream down took %v", d)
 		}
 	}
-	if !waitFor(2*time.Second, func() bool { return strings.Contains(gw.Output(), "every upstream of the group is down") }) {
+	if _, ok := waitLog(gw, 2*time.Second, logFields{"msg": "flow failed", "error": "~every upstream of the group is down"}); !ok {
 		t.Fatalf("no flow failed with the group-down error:\n%s", gw.Output())
 	}
 	if n := leaked(); n != 0 {

@@ -57,8 +57,8 @@ type Group struct {
 	Log *logrus.Entry
 
 	name    string
-	policy  string
-	onDown  string
+	policy  configs.Policy
+	onDown  configs.OnDown
 	health  configs.Health
 	direct  Upstream
 	members []*member

@@ -32,14 +32,30 @@ type fakeUpstream struct {
 	err    error
 	udpErr error
 	dials  []string
+	// hold makes every dial wait for its context to end, and tells each one's start on the
+	// channel (buffered); inFlight counts the dials not yet returned.
+	hold     chan string
+	inFlight int
 }
 
 func (f *fakeUpstream) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	f.dials = append(f.dials, address)
-	if f.err != nil {
-		return nil, f.err
+	hold, err := f.hold, f.err
+	if hold != nil {
+		f.inFlight++
+	}
+	f.mu.Unlock()
+	if hold != nil {
+		hold <- address
+		<-ctx.Done()
+		f.mu.Lock()
+		f.inFlight--
+		f.mu.Unlock()
+		return nil, ctx.Err()
+	}
+	if err != nil {
+		return nil, err
 	}
 	a, b := net.Pipe()
 	go func() { io.Copy(io.Discard, b); b.Close() }()
@@ -114,12 +130,6 @@ func newGroupFixture(t *testing.T, cfg configs.Group, names ...string) *groupFix
 	}
 	if cfg.Name == "" {
 		cfg.Name = "out"
-	}
-	if cfg.Policy == "" {
-		cfg.Policy = configs.PolicyFailover
-	}
-	if cfg.OnDown == "" {
-		cfg.OnDown = configs.OnDownBlock
 	}
 	fx.g = NewGroup(cfg, fx.members, fx.direct, logrus.NewEntry(logger))
 	fx.g.backoffMin, fx.g.backoffMax = 5*time.Millisecond, 20*time.Millisecond
@@ -348,11 +358,17 @@ func TestGroupLiveFailureIsRetriedByTheHealthChecker(t *testing.T) {
 }
 
 func TestGroupWithoutIntervalRetriesDownMembersWithBackoff(t *testing.T) {
-	fx := newGroupFixture(t, configs.Group{Health: configs.Health{Probe: "p:1", Rise: 1, Fall: 1}}, "a", "b")
-	time.Sleep(10 * time.Millisecond)
-	if n := fx.ups[0].count(""); n != 0 {
+	cfg := configs.Group{Name: "out", Health: configs.Health{Probe: "p:1", Rise: 1, Fall: 1}}
+	// No checks while up: a checker, had Start begun one, would have checked once by the time
+	// Close has waited for it (it checks before it looks at the group's context).
+	idle := &fakeUpstream{name: "a"}
+	g := NewGroup(cfg, []GroupMember{{Name: "a", Upstream: idle}}, &fakeUpstream{name: "direct"}, nil)
+	g.Start()
+	g.Close()
+	if n := idle.count("p:1"); n != 0 {
 		t.Fatalf("%d checks with interval 0 while up", n)
 	}
+	fx := newGroupFixture(t, cfg, "a", "b")
 	fx.ups[0].set(errRefused)
 	fx.dial(t)
 	testutil.WaitUntil(t, "retries", func() bool { return fx.ups[0].count("") >= 3 })
@@ -363,19 +379,38 @@ func TestGroupWithoutIntervalRetriesDownMembersWithBackoff(t *testing.T) {
 	}
 }
 
+// Close ends the health checks: one in flight is cancelled and waited for, and none starts
+// after. The probe holds every check until its context ends (the check timeout is far away),
+// so the checker is inside a check when Close comes, and cannot have started another.
 func TestGroupCloseStopsBackgroundWork(t *testing.T) {
-	fx := newGroupFixture(t, configs.Group{Health: configs.Health{
-		Probe: "p:1", Interval: configs.Duration(time.Millisecond), Timeout: configs.Duration(time.Second), Rise: 1, Fall: 1,
-	}}, "a")
-	testutil.WaitUntil(t, "checks", func() bool { return fx.ups[0].count("p:1") >= 2 })
-	fx.g.Close()
-	n := fx.ups[0].count("p:1")
-	time.Sleep(20 * time.Millisecond)
-	if fx.ups[0].count("p:1") != n {
-		t.Fatal("health checks went on after Close")
+	a := &fakeUpstream{name: "a", hold: make(chan string, 16)}
+	g := NewGroup(configs.Group{Name: "out", Health: configs.Health{
+		Probe: "p:1", Interval: configs.Duration(time.Millisecond), Timeout: configs.Duration(time.Hour), Rise: 1, Fall: 1,
+	}}, []GroupMember{{Name: "a", Upstream: a}}, &fakeUpstream{name: "direct"}, nil)
+	g.Start()
+	if got := <-a.hold; got != "p:1" {
+		t.Fatalf("first check dialled %q", got)
 	}
-	if _, err := fx.dial(t); err != nil {
+	g.Close()
+	a.mu.Lock()
+	inFlight, checks := a.inFlight, len(a.dials)
+	a.mu.Unlock()
+	if inFlight != 0 {
+		t.Fatal("Close returned with a health check still in flight")
+	}
+	if checks != 1 || len(a.hold) != 0 {
+		t.Fatalf("%d checks, %d started after the first: want the one Close cancelled", checks, len(a.hold))
+	}
+	if g.goBackground(func() { t.Error("background work started after Close") }) {
+		t.Fatal("the closed group accepts background work")
+	}
+	a.mu.Lock()
+	a.hold = nil
+	a.mu.Unlock()
+	if c, err := g.DialContext(context.Background(), "tcp", groupDialTarget); err != nil {
 		t.Fatalf("dial after Close: %v", err)
+	} else {
+		c.Close()
 	}
 }
 

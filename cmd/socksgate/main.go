@@ -35,7 +35,9 @@ var version = ""
 const usage = `usage: socksgate <command> [flags]
 
 commands:
-  run     [-c FILE]   run the gateway (with no -c: the embedded default config)
+  run     [-c FILE] [-log-format text|json]
+                      run the gateway (with no -c: the embedded default config);
+                      -log-format overrides the config's log.format
   check    -c FILE    validate a config file and print its warnings
   rules   [-c FILE]   print the nftables rules and policy routing it would install
   status  [-a ADDR]   show live flows and upstream health (needs admin: in the config)
@@ -56,6 +58,13 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	path := fs.String("c", "", "config file (YAML)")
+	var logFormat *configs.LogFormat
+	if cmd == "run" {
+		fs.Func("log-format", "log format, text or json: overrides the config's log.format", func(s string) error {
+			logFormat = new(configs.LogFormat)
+			return logFormat.UnmarshalText([]byte(s))
+		})
+	}
 	switch cmd {
 	case "run", "check", "rules":
 	case "status":
@@ -99,7 +108,14 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprint(stdout, gateway.SpecFromConfig(cfg, own).Render())
 		return 0
 	}
-	return run(cfg, *path, stderr)
+	// The flag's log format holds for every config the process reads, reloads included.
+	override := func(c *configs.Config) {
+		if logFormat != nil {
+			c.Log.Format = *logFormat
+		}
+	}
+	override(cfg)
+	return run(cfg, *path, override, stderr)
 }
 
 func loadConfig(path string) (*configs.Config, error) {
@@ -109,7 +125,7 @@ func loadConfig(path string) (*configs.Config, error) {
 	return configs.Load(path)
 }
 
-func run(cfg *configs.Config, path string, stderr io.Writer) int {
+func run(cfg *configs.Config, path string, override func(*configs.Config), stderr io.Writer) int {
 	log := newLogger(cfg, stderr)
 	stdlog.SetFlags(0)
 	stdlog.SetOutput(stdLog{log})
@@ -135,7 +151,7 @@ func run(cfg *configs.Config, path string, stderr io.Writer) int {
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 	reload := make(chan *configs.Config)
-	go watchReload(ctx, log, path, hup, reload)
+	go watchReload(ctx, log, path, override, hup, reload)
 	if err := gateway.Run(ctx, cfg, log, reload); err != nil {
 		log.WithError(err).Error("socksgate stopped")
 		return 1
@@ -146,7 +162,7 @@ func run(cfg *configs.Config, path string, stderr io.Writer) int {
 
 // watchReload re-reads the config file on each SIGHUP and hands a valid one to the gateway. An
 // invalid one is refused with its whole error list, and the running config stays in force.
-func watchReload(ctx context.Context, log *logrus.Logger, path string, hup <-chan os.Signal, reload chan<- *configs.Config) {
+func watchReload(ctx context.Context, log *logrus.Logger, path string, override func(*configs.Config), hup <-chan os.Signal, reload chan<- *configs.Config) {
 	for {
 		select {
 		case <-ctx.Done():
@@ -165,6 +181,7 @@ func watchReload(ctx context.Context, log *logrus.Logger, path string, hup <-cha
 			}
 			continue
 		}
+		override(cfg)
 		for _, w := range cfg.Warnings() {
 			log.Warn("config: " + w)
 		}
@@ -191,9 +208,7 @@ func (s stdLog) Write(p []byte) (int, error) {
 func newLogger(cfg *configs.Config, out io.Writer) *logrus.Logger {
 	log := logrus.New()
 	log.SetOutput(out)
-	if lvl, err := logrus.ParseLevel(cfg.Log.Level); err == nil {
-		log.SetLevel(lvl)
-	}
+	log.SetLevel(gateway.LogrusLevel(cfg.Log.Level))
 	if cfg.Log.Format == configs.LogJSON {
 		log.SetFormatter(&logrus.JSONFormatter{})
 	} else {

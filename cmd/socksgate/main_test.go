@@ -2,10 +2,13 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/socksgate/socksgate/configs"
 )
 
 func runMain(args ...string) (code int, stdout, stderr string) {
@@ -88,5 +91,28 @@ func TestCheckWarnsThatRelayKernelIsAuto(t *testing.T) {
 	code, out, errOut := runMain("check", "-c", p)
 	if code != 0 || !strings.Contains(out, `warning: relay: "kernel" is no longer available`) || !strings.Contains(out, "relay: auto") {
 		t.Errorf("check: exit %d\n%s%s", code, out, errOut)
+	}
+}
+
+// run -log-format takes text or json and nothing else; the other commands do not take it.
+func TestLogFormatFlag(t *testing.T) {
+	code, _, stderr := runMain("run", "-log-format", "xml")
+	if code != 2 || !strings.Contains(stderr, `must be one of text, json (got "xml")`) {
+		t.Fatalf("run -log-format xml: exit %d, stderr:\n%s", code, stderr)
+	}
+	if code, _, _ := runMain("check", "-log-format", "json", "-c", writeConfig(t, "")); code != 2 {
+		t.Fatalf("check -log-format: exit %d, want 2", code)
+	}
+}
+
+// The JSON logger writes one object per line, with logrus's field names.
+func TestJSONLoggerWritesObjects(t *testing.T) {
+	var b bytes.Buffer
+	cfg := configs.Default()
+	cfg.Log.Format = configs.LogJSON
+	newLogger(cfg, &b).WithField("rule", "r").Info("flow")
+	var m map[string]any
+	if err := json.Unmarshal(b.Bytes(), &m); err != nil || m["msg"] != "flow" || m["level"] != "info" || m["rule"] != "r" {
+		t.Fatalf("%q: %v %v", b.String(), m, err)
 	}
 }
