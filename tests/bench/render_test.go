@@ -104,6 +104,28 @@ func render(p params, cs []contender, all map[string]*results, took time.Duratio
 		}
 	}
 
+	if p.parts["burst"] {
+		fmt.Fprintf(&b, "\n## A burst of %d new connections\n\n", p.burst)
+		fmt.Fprintf(&b, "The lan client opens %d relayed connections at once (one byte each way), holds them %ds, and the gateway's RSS is sampled "+
+			"every 10 ms from before the first to the end of the hold. Per flow = (peak − before) ÷ flows held; settled = (RSS at the end "+
+			"of the hold − before) ÷ flows held. The peak counts what the handshakes held while they ran (stacks, buffers, heap not yet "+
+			"collected or returned).\n\n", p.burst, p.burstHold)
+		b.WriteString("| contender | flows held | opened in ms | RSS before MiB | peak MiB | peak KiB/flow | settled KiB/flow | note |\n")
+		b.WriteString("|---|---:|---:|---:|---:|---:|---:|---|\n")
+		for _, c := range cs {
+			if c.baseline == "" {
+				continue
+			}
+			r := all[c.name].burst
+			perFlow, settled := math.NaN(), math.NaN()
+			if r.held > 0 {
+				perFlow, settled = (r.peak-r.rss0)/float64(r.held), (r.last-r.rss0)/float64(r.held)
+			}
+			fmt.Fprintf(&b, "| %s | %d | %d | %s | %s | %s | %s | %s |\n", c.name, r.held, r.openedMs, num(r.rss0/1024, 1), num(r.peak/1024, 1),
+				num(perFlow, 1), num(settled, 1), r.note)
+		}
+	}
+
 	for _, n := range p.idleCounts {
 		fmt.Fprintf(&b, "\n## %d idle relayed connections\n\n", n)
 		b.WriteString("Each connection carried one byte each way, then idles. Per flow = (after − before) ÷ flows held. " +
@@ -123,7 +145,7 @@ func render(p params, cs []contender, all map[string]*results, took time.Duratio
 			fmt.Fprintf(&b, "| %s | %d | %s | %s | %s | %s | %s |\n", c.name, r.held, rss, fds, num(r.slabKiB, 1), share, r.note)
 		}
 	}
-	b.WriteString("\nReproduce: `sudo make bench` (full) or `sudo BENCH_QUICK=1 make bench`; `BENCH_RELAYS=splice,buffered,kernel` adds the other relay modes; `BENCH_PARTS=throughput,slowsink,idle` picks the parts.\n")
+	b.WriteString("\nReproduce: `sudo make bench` (full) or `sudo BENCH_QUICK=1 make bench`; `BENCH_RELAYS=splice,buffered,kernel` adds the other relay modes; `BENCH_PARTS=throughput,slowsink,idle,burst` picks the parts (`flows`: new flows and latency without iperf3).\n")
 	return b.String()
 }
 
