@@ -9,7 +9,8 @@
 // Knobs: BENCH_RELAYS=splice,buffered adds socksgate contenders with those relay modes;
 // BENCH_ONLY=substr keeps the contenders whose name contains substr (plus the baselines);
 // BENCH_SOCKSGATE=path uses a prebuilt binary; BENCH_COMPARE=path adds that build as
-// "socksgate[compare] → dante" (before and after in one run); BENCH_ROUNDS, BENCH_IDLE=2000,9000 and
+// "socksgate[compare] → dante" (before and after in one run); BENCH_TRACE="perf stat -p {pid}"
+// runs a command on the gateway during each new-flows load and logs its output; BENCH_ROUNDS, BENCH_IDLE=2000,9000 and
 // BENCH_BURST=2000 override the defaults; BENCH_PARTS=throughput,slowsink,idle,burst (the
 // default: all four) picks what to measure, and BENCH_PARTS=flows is the throughput part
 // without iperf3 (new flows and latency only).
@@ -120,6 +121,9 @@ type results struct {
 	loadSys  float64              // of them, in the kernel
 	busy     map[string][]float64 // the machine's busy fraction of its CPUs, by iperf case and "flows"
 	loadN    float64              // flows that load carried
+	oneCPU   float64              // gateway CPU seconds during the one-client load
+	oneSys   float64              // of them, in the kernel
+	oneN     float64              // flows the one-client load carried
 	bytes    float64              // bytes those runs carried
 	idle     map[int]idleResult
 	burst    burstResult
@@ -220,7 +224,9 @@ func TestBench(t *testing.T) {
 				r.bytes += n
 			}
 			before, mBefore := procCPU(pid), machineCPU()
+			endTrace := startTrace(t, c, pid, "load")
 			flows, n, p50, p99, err := runLoad(tp, c, p.loadConc, p.loadSecs)
+			endTrace(n)
 			if err != nil {
 				t.Logf("%s load: %v", c.name, err)
 			} else {
@@ -231,10 +237,18 @@ func TestBench(t *testing.T) {
 				r.loadSys += used.sysSecs()
 				r.loadN += float64(n)
 			}
-			if _, _, one, _, err := runLoad(tp, c, 1, p.loadSecs); err != nil {
+			before = procCPU(pid)
+			endTrace = startTrace(t, c, pid, "one client")
+			_, n, one, _, err := runLoad(tp, c, 1, p.loadSecs)
+			endTrace(n)
+			if err != nil {
 				t.Logf("%s load, one client: %v", c.name, err)
 			} else {
+				used := procCPU(pid).sub(before)
 				r.p50one = append(r.p50one, one)
+				r.oneCPU += used.secs()
+				r.oneSys += used.sysSecs()
+				r.oneN += float64(n)
 			}
 			stop()
 		}
@@ -712,6 +726,30 @@ func runLoad(tp *netlab.Topology, c contender, conc int, duration string) (flows
 		err = fmt.Errorf("%d failed requests: %s", errs, out[strings.Index(out, "first_error="):])
 	}
 	return float64(n) / secs, n, p50, p99, err
+}
+
+// startTrace runs BENCH_TRACE, a command with {pid} standing for the gateway's pid (such as
+// "perf stat -e context-switches -p {pid}" or "strace -c -f -p {pid}"), while a load runs; the
+// returned function stops it with SIGINT and logs its output with the flows the load carried.
+func startTrace(t *testing.T, c contender, pid int, what string) func(flows int) {
+	tmpl := os.Getenv("BENCH_TRACE")
+	if tmpl == "" || pid == 0 {
+		return func(int) {}
+	}
+	args := strings.Fields(strings.ReplaceAll(tmpl, "{pid}", strconv.Itoa(pid)))
+	cmd := exec.Command(args[0], args[1:]...)
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Logf("BENCH_TRACE: %v", err)
+		return func(int) {}
+	}
+	time.Sleep(200 * time.Millisecond) // let it attach
+	return func(flows int) {
+		cmd.Process.Signal(os.Interrupt)
+		cmd.Wait()
+		t.Logf("trace %s, %s, %d flows:\n%s", c.name, what, flows, out.String())
+	}
 }
 
 // idleOpenSecs bounds the opening of all idle connections: a gateway that stops accepting

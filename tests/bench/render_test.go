@@ -27,16 +27,19 @@ func render(p params, cs []contender, all map[string]*results, took time.Duratio
 	fmt.Fprintf(&b, "- lab: lan → gw → proxy → wan namespaces (veth); upstream dante-server (danted -N 4) in proxy; socksgate and redsocks run in gw; throughput and latency are medians over rounds\n\n")
 
 	b.WriteString("## Throughput, flows, latency\n\n")
-	b.WriteString("| contender | 1 stream → Gbit/s | 1 stream ← | 8 streams → | 8 streams ← | new flows/s | p50 ms | p99 ms | p50 ms, 1 client | gateway CPU s/GiB | gateway CPU µs/flow |\n")
-	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+	b.WriteString("| contender | 1 stream → Gbit/s | 1 stream ← | 8 streams → | 8 streams ← | new flows/s | p50 ms | p99 ms | p50 ms, 1 client | gateway CPU s/GiB | gateway CPU µs/flow | µs/flow, 1 client |\n")
+	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, c := range cs {
 		r := all[c.name]
 		fmt.Fprintf(&b, "| %s |", c.name)
 		for _, ic := range iperfCases {
 			fmt.Fprintf(&b, " %s |", num(median(r.tput[ic.name]), 2))
 		}
-		cpu, perFlow := "–", "–"
+		cpu, perFlow, perOne := "–", "–", "–"
 		if strings.HasPrefix(c.name, "socksgate") || strings.HasPrefix(c.name, "redsocks") {
+			if r.oneN > 0 {
+				perOne = num(r.oneCPU/r.oneN*1e6, 0) + kernelShare(r.oneSys, r.oneCPU)
+			}
 			if r.bytes > 0 {
 				cpu = num(r.cpuSecs/(r.bytes/(1<<30)), 3) + kernelShare(r.cpuSys, r.cpuSecs)
 			}
@@ -44,12 +47,12 @@ func render(p params, cs []contender, all map[string]*results, took time.Duratio
 				perFlow = num(r.loadCPU/r.loadN*1e6, 0) + kernelShare(r.loadSys, r.loadCPU)
 			}
 		}
-		fmt.Fprintf(&b, " %s | %s | %s | %s | %s | %s |\n", num(median(r.flows), 0), num(median(r.p50), 2), num(median(r.p99), 2), num(median(r.p50one), 2), cpu, perFlow)
+		fmt.Fprintf(&b, " %s | %s | %s | %s | %s | %s | %s |\n", num(median(r.flows), 0), num(median(r.p50), 2), num(median(r.p99), 2), num(median(r.p50one), 2), cpu, perFlow, perOne)
 	}
 
 	b.WriteString("\n## Ratios\n\n")
-	b.WriteString("| ratio | 1 stream → | 1 stream ← | 8 streams → | 8 streams ← | new flows/s | p50 latency | p50, 1 client |\n")
-	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|\n")
+	b.WriteString("| ratio | 1 stream → | 1 stream ← | 8 streams → | 8 streams ← | new flows/s | p50 latency | p50, 1 client | CPU/flow | CPU/flow, 1 client |\n")
+	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	ratio := func(a, ref string) {
 		ra, rr := all[a], all[ref]
 		if ra == nil || rr == nil {
@@ -59,7 +62,13 @@ func render(p params, cs []contender, all map[string]*results, took time.Duratio
 		for _, ic := range iperfCases {
 			fmt.Fprintf(&b, " %s |", num(median(ra.tput[ic.name])/median(rr.tput[ic.name]), 2))
 		}
-		fmt.Fprintf(&b, " %s | %s | %s |\n", num(median(ra.flows)/median(rr.flows), 2), num(median(ra.p50)/median(rr.p50), 2), num(median(ra.p50one)/median(rr.p50one), 2))
+		perFlow := func(r *results) (load, one float64) {
+			return r.loadCPU / r.loadN, r.oneCPU / r.oneN // NaN without a gateway (0/0)
+		}
+		la, oa := perFlow(ra)
+		lr, or := perFlow(rr)
+		fmt.Fprintf(&b, " %s | %s | %s | %s | %s |\n", num(median(ra.flows)/median(rr.flows), 2), num(median(ra.p50)/median(rr.p50), 2), num(median(ra.p50one)/median(rr.p50one), 2),
+			num(la/lr, 2), num(oa/or, 2))
 	}
 	for _, c := range cs {
 		switch {
@@ -208,6 +217,7 @@ func budgets(b *strings.Builder, cs []contender, all map[string]*results) {
 	}
 	e, busy := median(ex.flows), median(ex.busy["flows"])
 	row("new flows/s ≥ 0.9× explicit", "µs/flow", e, 0.9*e, busy, perFlow, 0, 1e6)
+	row("new flows/s ≥ 1.15× redsocks", "µs/flow", e, 1.15*median(rs.flows), busy, perFlow, 0, 1e6)
 	row("new flows/s ≥ 1.3× redsocks", "µs/flow", e, 1.3*median(rs.flows), busy, perFlow, 0, 1e6)
 	gib := func(gbps float64) float64 { return gbps * 1e9 / 8 / (1 << 30) }
 	for _, ic := range iperfCases[2:] { // the 8-stream cases; one stream is not CPU-bound
