@@ -289,3 +289,45 @@ func echoOnce(t *testing.T, from, to *net.TCPConn, msg []byte) {
 		t.Fatalf("read %q, %v; want %q", got, err, msg)
 	}
 }
+
+// StartInline carries b→a on the caller's goroutine: it returns once that direction idles
+// (inlineParkAfter, not the whole parkAfter) and parks, and the flow goes on both ways.
+func TestRelayStartInlineReturnsWhenIdle(t *testing.T) {
+	if !CanPark {
+		t.Skip("no parker on this system")
+	}
+	oldPark, oldInline := parkAfter, inlineParkAfter
+	parkAfter, inlineParkAfter = time.Hour, 20*time.Millisecond
+	t.Cleanup(func() { parkAfter, inlineParkAfter = oldPark, oldInline })
+	client, relayA := testutil.TCPPair(t)
+	relayB, server := testutil.TCPPair(t)
+	done := make(chan error, 1)
+	r := New(Auto, relayA, relayB, func(up, down int64, err error) { done <- err })
+	returned := make(chan struct{})
+	go func() {
+		r.StartInline()
+		close(returned)
+	}()
+	echoOnce(t, server, client, []byte("answer")) // carried inline
+	select {
+	case <-returned:
+	case <-time.After(10 * time.Second):
+		t.Fatal("StartInline did not return once its direction idled")
+	}
+	testutil.WaitUntil(t, "b→a parked", func() bool { return r.dirs[1].state.Load() == dirParked })
+	if r.dirs[1].inline {
+		t.Fatal("a parked direction is still marked inline")
+	}
+	echoOnce(t, client, server, []byte("request"))
+	echoOnce(t, server, client, []byte("second answer")) // woken from the parker
+	client.CloseWrite()
+	server.CloseWrite()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("flow ended with %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("flow did not end")
+	}
+}
