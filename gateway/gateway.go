@@ -151,27 +151,16 @@ func (g *Gateway) Handle(ctx context.Context, client net.Conn, f route.Flow, rea
 		// then has the socket itself, so it can park the flow and use raw calls on it.
 		replay, client = pc.Prefix, pc.Conn
 	}
-	g.handle(ctx, client, f, ready, handoff{replay: replay})
+	g.handle(ctx, client, f, ready, replay)
 }
 
-// handoff is what a captured flow's handshake hands to handle besides the connection.
-type handoff struct {
-	replay   []byte  // bytes already read from the client (while sniffing its name)
-	sniffBuf *[]byte // replay's pooled buffer, given back once replayed; nil: not pooled
-	inline   bool    // run the remote→client direction on this goroutine (relay.StartInline)
-}
-
-// handle is Handle with h: replay, bytes already read from client, is written to the remote
-// right after the dial, before the relay starts. Without h.inline it returns once the relay
-// has started: the relay ends the flow (endFlow) on its own goroutines, so the handshake's
-// goroutine, whose stack the dial has grown, does not stay for the flow's life. (Letting it
-// carry one direction until that parks, after a second, kept grown stacks alive: 2,000 idle
-// flows took 14.4 KiB RSS each instead of 8.2.) With h.inline (the captured inbounds) it
-// carries the remote→client direction until that idles for relay.inlineParkAfter (50 ms):
-// the flow's answer without a goroutine started for it, and the grown stack let go soon.
-func (g *Gateway) handle(ctx context.Context, client net.Conn, f route.Flow, ready func(error) error, h handoff) {
-	replay := h.replay
-	defer func() { putSniffed(h.sniffBuf) }() // nil once given back below
+// handle is Handle with replay: bytes already read from client (while sniffing its name),
+// written to the remote right after the dial, before the relay starts. It returns once the
+// relay has started: the relay ends the flow (endFlow) on its own goroutines, so the
+// handshake's goroutine, whose stack the dial has grown, does not stay for the flow's life.
+// (Letting it carry one direction until that parks saved no CPU measurably and kept grown
+// stacks alive: 2,000 idle flows took 14.4 KiB RSS each instead of 8.2.)
+func (g *Gateway) handle(ctx context.Context, client net.Conn, f route.Flow, ready func(error) error, replay []byte) {
 	lf, err := g.begin(f, client)
 	if err != nil {
 		if ready != nil {
@@ -212,9 +201,7 @@ func (g *Gateway) handle(ctx context.Context, client net.Conn, f route.Flow, rea
 			return
 		}
 	}
-	replayed := int64(len(replay))
-	putSniffed(h.sniffBuf)
-	h.sniffBuf, replay = nil, nil
+	replayed := int64(len(replay)) // the caller reuses replay's buffer once handle returns
 	r := relay.New(g.Relay, client, remote, func(up, down int64, err error) {
 		g.endFlow(lf, d, up+replayed, down, err)
 	})
@@ -222,10 +209,6 @@ func (g *Gateway) handle(ctx context.Context, client net.Conn, f route.Flow, rea
 	lf.remote, lf.relay = remote, r
 	g.mu.Unlock()
 	relaying = true
-	if h.inline {
-		r.StartInline()
-		return
-	}
 	r.Start()
 }
 

@@ -127,7 +127,7 @@ func TestHandleReplaysSniffedBytes(t *testing.T) {
 	}
 	f.Dst = dst // the test server's real port; the sniffed port was 443
 	done := make(chan struct{})
-	go func() { g.handle(context.Background(), server, f, nil, handoff{replay: replay}); close(done) }()
+	go func() { g.handle(context.Background(), server, f, nil, replay); close(done) }()
 	select {
 	case b := <-got:
 		if want := append(bytes.Clone(hello), "after"...); !bytes.Equal(b, want) {

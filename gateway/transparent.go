@@ -40,7 +40,8 @@ func (g *Gateway) ServeRedirect(ctx context.Context, ln net.Listener) error {
 			return
 		}
 		bp := g.sniffName(tc, &f)
-		g.handle(ctx, c, f, nil, handoff{replay: sniffed(bp), sniffBuf: bp, inline: true})
+		g.handle(ctx, c, f, nil, sniffed(bp))
+		putSniffed(bp) // handle has replayed it (or failed) before it returns
 	})
 }
 

@@ -126,11 +126,6 @@ var errNoPipeBudget = errors.New("relay: no descriptors to spare for a pipe")
 // hundred milliseconds (a shell session) stays on its goroutine; one that idles is parked.
 var parkAfter = time.Second
 
-// inlineParkAfter is parkAfter for a direction run by StartInline on its caller's goroutine
-// (a handshake's, whose stack the dial has grown): it carries the flow's first answer without a
-// goroutine of its own, and leaves that stack soon once the flow idles.
-var inlineParkAfter = 50 * time.Millisecond
-
 // closeWriter is a connection that can shut down its sending half (TCP, and the upstream
 // connections of socksclient and httpproxy, which wrap a TCP connection).
 type closeWriter interface{ CloseWrite() error }
@@ -186,7 +181,6 @@ type direction struct {
 	n        int64           // bytes written to dst
 	state    atomic.Int32
 	deadline time.Time             // src's read deadline, which bounds a wait before parking
-	inline   bool                  // on StartInline's caller: parks after inlineParkAfter
 	readFn   func(fd uintptr) bool // d.tryRead, bound once (a method value per read would allocate)
 	writeFn  func(fd uintptr) bool // d.tryWrite, bound once
 	bp       *[]byte               // tryRead's results, for read
@@ -235,20 +229,6 @@ func (d *direction) init(r *Relay, mode Mode, dst, src net.Conn) {
 func (r *Relay) Start() {
 	go r.dirs[0].run()
 	go r.dirs[1].run()
-}
-
-// StartInline runs the a→b direction on a goroutine of its own and the b→a one on the calling
-// goroutine, until it ends, or idles for inlineParkAfter and parks; then it returns. A
-// handshake that ends in a relay hands its goroutine to the direction that carries the
-// answer, which saves starting one per flow; the other direction, and a parked one once it
-// wakes, run on goroutines of their own, as with Start.
-func (r *Relay) StartInline() {
-	go r.dirs[0].run()
-	d := &r.dirs[1]
-	if !d.splice && d.rs != nil {
-		d.inline = true
-	}
-	d.run()
 }
 
 // Close closes both connections and wakes any parked direction, which then ends on the
@@ -434,12 +414,8 @@ func (d *direction) spliceUntilIdle() (parked bool, err error, done bool) {
 // touches its timer about once per half parkAfter, not once per read.
 func (d *direction) refreshDeadline() error {
 	now := time.Now()
-	wait := parkAfter
-	if d.inline {
-		wait = inlineParkAfter
-	}
-	if d.deadline.Sub(now) < wait/2 {
-		d.deadline = now.Add(wait)
+	if d.deadline.Sub(now) < parkAfter/2 {
+		d.deadline = now.Add(parkAfter)
 		return d.src.SetReadDeadline(d.deadline)
 	}
 	return nil
@@ -448,10 +424,6 @@ func (d *direction) refreshDeadline() error {
 // park hands the direction to the parker and reports true if its goroutine must now return.
 // If the parker cannot take it (the socket was closed meanwhile), the direction goes on here.
 func (d *direction) park() bool {
-	if d.inline {
-		// From here on the direction runs on goroutines of its own, with the usual wait.
-		d.inline, d.deadline = false, time.Time{}
-	}
 	d.state.Store(dirParked)
 	if err := park(d); err != nil {
 		// It was never armed. If closeBoth woke it meanwhile, the goroutine it started owns
