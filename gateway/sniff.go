@@ -53,18 +53,43 @@ var sniffBufs = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &
 // replay to the remote unchanged, and then give back with putSniffed. It reads from the
 // *net.TCPConn itself, with raw calls (package rawio), and leaves it as it was (no deadline),
 // so the relay afterwards still splices.
+//
+// A client that speaks first has usually sent its request by the time its connection is
+// accepted: what is already there is read without waiting, and only when it is not enough is
+// the timeout armed (a timer per flow, and a thread woken for it, saved otherwise).
 func (g *Gateway) sniffName(c *net.TCPConn, f *route.Flow) *[]byte {
 	if !g.Sniff.applies(f.DstPort()) {
 		return nil
 	}
+	bp := sniffBufs.Get().(*[]byte)
+	buf := (*bp)[:0]
+	if x := rawio.Get(c); x != nil {
+		n, err := x.ReadNow(buf[:cap(buf)])
+		x.Put()
+		buf = buf[:n]
+		switch {
+		case n > 0:
+			name, _, perr := sniff.Name(buf)
+			if perr == nil {
+				f.Host, f.Sniffed = name, true
+			}
+			if !errors.Is(perr, sniff.ErrIncomplete) {
+				*bp = buf
+				return bp
+			}
+		case !errors.Is(err, rawio.ErrWouldBlock):
+			*bp = buf // end of stream or an error: proceed with the address
+			return bp
+		}
+	}
 	if err := c.SetReadDeadline(time.Now().Add(g.Sniff.Timeout)); err != nil {
-		return nil
+		*bp = buf
+		return bp
 	}
 	defer c.SetReadDeadline(time.Time{})
 	r, done := rawio.Reader(c)
 	defer done()
-	bp := sniffBufs.Get().(*[]byte)
-	*bp = sniffInto(r, (*bp)[:0], f)
+	*bp = sniffInto(r, buf, f)
 	return bp
 }
 

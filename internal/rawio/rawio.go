@@ -25,6 +25,7 @@ type IO struct {
 	p               []byte
 	n               int
 	errno           error
+	now             bool                  // ReadNow: EAGAIN is an answer (errWouldBlock), not a wait
 	readFn, writeFn func(fd uintptr) bool // bound once: a method value per call would allocate
 }
 
@@ -78,6 +79,32 @@ func (x *IO) Read(p []byte) (int, error) {
 	switch {
 	case err != nil:
 		return 0, x.opErr("read", err)
+	case errno != nil:
+		return 0, x.opErr("read", os.NewSyscallError("read", errno))
+	case n == 0:
+		return 0, io.EOF
+	}
+	return n, nil
+}
+
+// ErrWouldBlock is ReadNow's answer when the socket has nothing to read yet.
+var ErrWouldBlock = errors.New("rawio: nothing to read yet")
+
+// ReadNow reads what the socket has without waiting: ErrWouldBlock when it has nothing yet,
+// io.EOF at end of stream.
+func (x *IO) ReadNow(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	x.p, x.n, x.errno, x.now = p, 0, nil, true
+	err := x.rc.Read(x.readFn)
+	n, errno := x.n, x.errno
+	x.p, x.errno, x.now = nil, nil, false
+	switch {
+	case err != nil:
+		return 0, x.opErr("read", err)
+	case errno == errWouldBlock:
+		return 0, ErrWouldBlock
 	case errno != nil:
 		return 0, x.opErr("read", os.NewSyscallError("read", errno))
 	case n == 0:

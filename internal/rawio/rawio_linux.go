@@ -8,6 +8,9 @@ import (
 
 const supported = true
 
+// errWouldBlock is EAGAIN, for ReadNow.
+const errWouldBlock = unix.EAGAIN
+
 func (x *IO) tryRead(fd uintptr) bool {
 	for {
 		n, _, e := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(unsafe.SliceData(x.p))), uintptr(len(x.p)))
@@ -15,6 +18,10 @@ func (x *IO) tryRead(fd uintptr) bool {
 		case unix.EINTR:
 			continue
 		case unix.EAGAIN:
+			if x.now {
+				x.errno = errWouldBlock
+				return true
+			}
 			return false
 		case 0:
 			x.n = int(n)

@@ -112,3 +112,35 @@ func TestOtherConnsAreLeftAlone(t *testing.T) {
 		t.Fatalf("read %q, %v", buf, err)
 	}
 }
+
+// ReadNow takes what is there and never waits.
+func TestReadNow(t *testing.T) {
+	if !supported {
+		t.Skip("raw I/O is Linux only")
+	}
+	a, b := testutil.TCPPair(t)
+	x := Get(b)
+	defer x.Put()
+	buf := make([]byte, 16)
+	if n, err := x.ReadNow(buf); n != 0 || !errors.Is(err, ErrWouldBlock) {
+		t.Fatalf("nothing there: %d, %v, want ErrWouldBlock", n, err)
+	}
+	a.Write([]byte("now"))
+	var n int
+	var err error
+	testutil.WaitUntil(t, "the bytes arrive", func() bool {
+		n, err = x.ReadNow(buf)
+		return !errors.Is(err, ErrWouldBlock)
+	})
+	if err != nil || string(buf[:n]) != "now" {
+		t.Fatalf("read %q, %v", buf[:n], err)
+	}
+	a.CloseWrite()
+	testutil.WaitUntil(t, "end of stream", func() bool {
+		n, err = x.ReadNow(buf)
+		return !errors.Is(err, ErrWouldBlock)
+	})
+	if n != 0 || err != io.EOF {
+		t.Fatalf("at end of stream: %d, %v", n, err)
+	}
+}
