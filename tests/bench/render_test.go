@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 )
@@ -118,20 +119,30 @@ func render(p params, cs []contender, all map[string]*results, took time.Duratio
 		fmt.Fprintf(&b, "The lan client opens %d relayed connections at once (one byte each way), holds them %ds, and the gateway's RSS is sampled "+
 			"every 10 ms from before the first to the end of the hold. Per flow = (peak − before) ÷ flows held; settled = (RSS at the end "+
 			"of the hold − before) ÷ flows held. The peak counts what the handshakes held while they ran (stacks, buffers, heap not yet "+
-			"collected or returned).\n\n", p.burst, p.burstHold)
+			"collected or returned). One burst per contender per round, the order reversed every other round; medians, and the range "+
+			"over the rounds in brackets.\n\n", p.burst, p.burstHold)
 		b.WriteString("| contender | flows held | opened in ms | RSS before MiB | peak MiB | peak KiB/flow | settled KiB/flow | note |\n")
 		b.WriteString("|---|---:|---:|---:|---:|---:|---:|---|\n")
 		for _, c := range cs {
 			if c.baseline == "" {
 				continue
 			}
-			r := all[c.name].burst
-			perFlow, settled := math.NaN(), math.NaN()
-			if r.held > 0 {
-				perFlow, settled = (r.peak-r.rss0)/float64(r.held), (r.last-r.rss0)/float64(r.held)
+			var held, opened, before, peak, perFlow, settled []float64
+			note := ""
+			for _, r := range all[c.name].bursts {
+				if r.note != "" {
+					note = r.note
+				}
+				if r.held == 0 {
+					continue
+				}
+				k := float64(r.held)
+				held, opened = append(held, k), append(opened, float64(r.openedMs))
+				before, peak = append(before, r.rss0/1024), append(peak, r.peak/1024)
+				perFlow, settled = append(perFlow, (r.peak-r.rss0)/k), append(settled, (r.last-r.rss0)/k)
 			}
-			fmt.Fprintf(&b, "| %s | %d | %d | %s | %s | %s | %s | %s |\n", c.name, r.held, r.openedMs, num(r.rss0/1024, 1), num(r.peak/1024, 1),
-				num(perFlow, 1), num(settled, 1), r.note)
+			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s |\n", c.name, num(median(held), 0), num(median(opened), 0), num(median(before), 1),
+				num(median(peak), 1), withRange(perFlow, 1), withRange(settled, 1), note)
 		}
 	}
 
@@ -156,6 +167,14 @@ func render(p params, cs []contender, all map[string]*results, took time.Duratio
 	}
 	b.WriteString("\nReproduce: `sudo make bench` (full) or `sudo BENCH_QUICK=1 make bench`; `BENCH_RELAYS=splice,buffered,kernel` adds the other relay modes; `BENCH_PARTS=throughput,slowsink,idle,burst` picks the parts (`flows`: new flows and latency without iperf3).\n")
 	return b.String()
+}
+
+// withRange is the median of v with its range in brackets when there is more than one value.
+func withRange(v []float64, prec int) string {
+	if len(v) < 2 {
+		return num(median(v), prec)
+	}
+	return fmt.Sprintf("%s (%s–%s)", num(median(v), prec), num(slices.Min(v), prec), num(slices.Max(v), prec))
 }
 
 // kernelShare is " (N% kernel)": how much of a CPU figure the kernel spent.
