@@ -35,11 +35,21 @@ var pool = sync.Pool{New: func() any {
 	return x
 }}
 
-// Get returns raw I/O on c when c is a *net.TCPConn (no other type: a wrapper may hold bytes of
-// its own), or nil. Give it back with Put once done.
+// Socket is a connection that is its TCP socket with bookkeeping around it (a Close that does
+// more, say) and no bytes of its own: rawio reads and writes the socket under it. A wrapper that
+// holds or transforms bytes (TLS, a replay prefix) must not have this method.
+type Socket interface {
+	TCPSocket() *net.TCPConn
+}
+
+// Get returns raw I/O on c when c is a *net.TCPConn or a Socket (no other type: a wrapper may
+// hold bytes of its own), or nil. Give it back with Put once done.
 func Get(c net.Conn) *IO {
 	tc, ok := c.(*net.TCPConn)
-	if !ok || !supported {
+	if s, isSocket := c.(Socket); !ok && isSocket {
+		tc, ok = s.TCPSocket(), true
+	}
+	if !ok || tc == nil || !supported {
 		return nil
 	}
 	rc, err := tc.SyscallConn()

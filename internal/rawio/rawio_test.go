@@ -144,3 +144,25 @@ func TestReadNow(t *testing.T) {
 		t.Fatalf("at end of stream: %d, %v", n, err)
 	}
 }
+
+type socketWrapper struct{ *net.TCPConn }
+
+func (w socketWrapper) TCPSocket() *net.TCPConn { return w.TCPConn }
+
+// A wrapper that says it is its socket (Socket) is read and written raw.
+func TestSocketWrapper(t *testing.T) {
+	if !supported {
+		t.Skip("raw I/O is Linux only")
+	}
+	a, b := testutil.TCPPair(t)
+	x := Get(socketWrapper{b})
+	if x == nil {
+		t.Fatal("Get refused a Socket")
+	}
+	defer x.Put()
+	a.Write([]byte("hi"))
+	buf := make([]byte, 2)
+	if _, err := io.ReadFull(x, buf); err != nil || string(buf) != "hi" {
+		t.Fatalf("read %q, %v", buf, err)
+	}
+}
