@@ -14,6 +14,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/socksgate/socksgate/internal/prefixconn"
+	"github.com/socksgate/socksgate/internal/rawio"
 	"github.com/socksgate/socksgate/nat"
 	"github.com/socksgate/socksgate/relay"
 	"github.com/socksgate/socksgate/route"
@@ -194,14 +195,15 @@ func (g *Gateway) handle(ctx context.Context, client net.Conn, f route.Flow, rea
 		return
 	}
 	if len(replay) > 0 {
-		if _, err = remote.Write(replay); err != nil {
+		if _, err = rawio.Write(remote, replay); err != nil {
 			err = fmt.Errorf("replay the client's first bytes: %w", err)
 			remote.Close()
 			return
 		}
 	}
+	replayed := int64(len(replay)) // the caller reuses replay's buffer once handle returns
 	r := relay.New(g.Relay, client, remote, func(up, down int64, err error) {
-		g.endFlow(lf, d, up+int64(len(replay)), down, err)
+		g.endFlow(lf, d, up+replayed, down, err)
 	})
 	g.mu.Lock()
 	lf.remote, lf.relay = remote, r

@@ -71,7 +71,7 @@ func TestSniffName(t *testing.T) {
 			go tc.send(client)
 			f := route.Flow{Network: route.TCP, Dst: netip.AddrPortFrom(netip.MustParseAddr("203.0.113.10"), tc.port)}
 			start := time.Now()
-			got := sniffTestGateway().sniffName(server, &f)
+			got := sniffed(sniffTestGateway().sniffName(server, &f))
 			took := time.Since(start)
 			if f.Host != tc.wantHost || len(got) != tc.wantN {
 				t.Fatalf("host %q and %d bytes, want %q and %d", f.Host, len(got), tc.wantHost, tc.wantN)
@@ -121,7 +121,7 @@ func TestHandleReplaysSniffedBytes(t *testing.T) {
 		client.CloseWrite()
 	}()
 	f := route.Flow{Network: route.TCP, Dst: netip.AddrPortFrom(dst.Addr(), 443), Inbound: route.Redirect}
-	replay := g.sniffName(server, &f)
+	replay := sniffed(g.sniffName(server, &f))
 	if f.Host != "no-such-name.invalid" {
 		t.Fatalf("host %q", f.Host)
 	}

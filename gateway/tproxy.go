@@ -24,7 +24,8 @@ func (g *Gateway) ServeTProxy(ctx context.Context, ln net.Listener) error {
 			g.refuse(f, errListenerLoop)
 			return
 		}
-		replay := g.sniffName(tc, &f)
-		g.handle(ctx, c, f, nil, replay)
+		bp := g.sniffName(tc, &f)
+		g.handle(ctx, c, f, nil, sniffed(bp))
+		putSniffed(bp) // handle has replayed it (or failed) before it returns
 	})
 }

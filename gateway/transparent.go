@@ -39,8 +39,9 @@ func (g *Gateway) ServeRedirect(ctx context.Context, ln net.Listener) error {
 			g.refuse(f, err)
 			return
 		}
-		replay := g.sniffName(tc, &f)
-		g.handle(ctx, c, f, nil, replay)
+		bp := g.sniffName(tc, &f)
+		g.handle(ctx, c, f, nil, sniffed(bp))
+		putSniffed(bp) // handle has replayed it (or failed) before it returns
 	})
 }
 

@@ -278,9 +278,7 @@ func (d *direction) end(err error) {
 	r := d.r
 	halfClosed := false
 	if err == nil {
-		if cw, ok := d.dst.(closeWriter); ok && cw.CloseWrite() == nil {
-			halfClosed = true
-		}
+		halfClosed = d.closeWrite()
 		// Otherwise the peer cannot take a half-close: ending the flow is all that is left.
 	} else if !errors.Is(err, net.ErrClosed) {
 		r.fail(err)
@@ -300,6 +298,17 @@ func (d *direction) end(err error) {
 	err = r.err
 	r.mu.Unlock()
 	r.done(r.dirs[0].n, r.dirs[1].n, err)
+}
+
+// closeWrite shuts down dst's sending half and reports whether it could: with a raw call on a
+// socket the relay writes raw (net's CloseWrite tells the scheduler of a call that never
+// blocks, which wakes an idle sysmon), else through CloseWrite.
+func (d *direction) closeWrite() bool {
+	if d.wd != nil {
+		return shutdownWrite(d.wd) == nil
+	}
+	cw, ok := d.dst.(closeWriter)
+	return ok && cw.CloseWrite() == nil
 }
 
 // copy moves bytes from src to dst until src ends (false, lastErr nil), fails (false, lastErr

@@ -3,6 +3,7 @@ package relay
 import (
 	"net"
 	"os"
+	"syscall"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -117,4 +118,18 @@ func rawSplice(in, out, n, flags int) (int, error) {
 		return 0, e
 	}
 	return int(m), nil
+}
+
+// shutdownWrite shuts down the sending half of the socket rc.
+func shutdownWrite(rc syscall.RawConn) error {
+	var errno syscall.Errno
+	if err := rc.Control(func(fd uintptr) {
+		_, _, errno = unix.RawSyscall(unix.SYS_SHUTDOWN, fd, unix.SHUT_WR, 0)
+	}); err != nil {
+		return err
+	}
+	if errno != 0 {
+		return os.NewSyscallError("shutdown", errno)
+	}
+	return nil
 }

@@ -43,3 +43,6 @@ func (p *relayPipe) close() {}
 type splicer struct{}
 
 func spliceBurst(d *direction, p *relayPipe) (int64, bool, error) { return 0, true, nil }
+
+// shutdownWrite is never called: without raw targets the relay uses CloseWrite.
+func shutdownWrite(rc syscall.RawConn) error { return errors.ErrUnsupported }

@@ -22,6 +22,7 @@ import (
 	"sync"
 
 	"github.com/socksgate/socksgate/internal/netctx"
+	"github.com/socksgate/socksgate/internal/rawio"
 	"github.com/socksgate/socksgate/socks"
 )
 
@@ -194,11 +195,17 @@ func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.
 	}
 	var herr error // the exchange's own error, which netctx.Do replaces when ctx ended
 	err = netctx.Do(ctx, c, func() error {
+		// Raw reads and writes (package rawio): the handshake's calls wake no sysmon.
+		rw := io.ReadWriter(c)
+		if x := rawio.Get(c); x != nil {
+			rw = x
+			defer x.Put()
+		}
 		if d.Version == SOCKS5 {
-			_, herr = d.handshake5(c, socks.CmdConnect, dst)
+			_, herr = d.handshake5(rw, socks.CmdConnect, dst)
 			return herr
 		}
-		return d.handshake4(c, dst)
+		return d.handshake4(rw, dst)
 	})
 	if err != nil {
 		c.Close()
@@ -266,7 +273,7 @@ const msgLen = 8 + 256 + 256
 var msgPool = sync.Pool{New: func() any { return new([msgLen]byte) }}
 
 // handshake5 authenticates and sends one request, returning the reply's bound address.
-func (d *Dialer) handshake5(c net.Conn, cmd socks.Command, dst socks.Addr) (socks.Addr, error) {
+func (d *Dialer) handshake5(c io.ReadWriter, cmd socks.Command, dst socks.Addr) (socks.Addr, error) {
 	mb := msgPool.Get().(*[msgLen]byte)
 	defer msgPool.Put(mb)
 	buf := mb[:0] // greeting, request or credentials
@@ -337,7 +344,7 @@ func (d *Dialer) handshake5(c net.Conn, cmd socks.Command, dst socks.Addr) (sock
 }
 
 // handshake4 sends one SOCKS4 or SOCKS4a CONNECT and reads its reply.
-func (d *Dialer) handshake4(c net.Conn, dst socks.Addr) error {
+func (d *Dialer) handshake4(c io.ReadWriter, dst socks.Addr) error {
 	req := socks.Request4{Cmd: socks.CmdConnect, Port: dst.Port, UserID: d.Username}
 	if dst.IsName() {
 		req.Name = dst.Name // checkDestination allowed it: SOCKS4a

@@ -186,3 +186,7 @@ func (c *ownConn) Close() error {
 
 // NetConn is the socket underneath (tls.Conn's convention), for what reads TCP_INFO.
 func (c *ownConn) NetConn() net.Conn { return c.TCPConn }
+
+// TCPSocket says an ownConn's bytes are its socket's own (rawio.Socket): the SOCKS and HTTP
+// handshakes read and write it with raw calls.
+func (c *ownConn) TCPSocket() *net.TCPConn { return c.TCPConn }

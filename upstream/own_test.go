@@ -7,6 +7,8 @@ import (
 	"runtime"
 	"testing"
 	"time"
+
+	"github.com/socksgate/socksgate/internal/rawio"
 )
 
 // A connection Direct dials is in Own while it is open, by its local address, and leaves it
@@ -134,3 +136,6 @@ func TestOwnConnsAwaitsDialsInFlight(t *testing.T) {
 		t.Fatal("an unknown peer known")
 	}
 }
+
+// A tracked connection is its socket's bytes: the handshakes on it read and write raw.
+var _ rawio.Socket = (*ownConn)(nil)

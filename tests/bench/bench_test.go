@@ -8,8 +8,12 @@
 //
 // Knobs: BENCH_RELAYS=splice,buffered adds socksgate contenders with those relay modes;
 // BENCH_ONLY=substr keeps the contenders whose name contains substr (plus the baselines);
-// BENCH_SOCKSGATE=path uses a prebuilt binary; BENCH_ROUNDS, BENCH_IDLE=2000,9000 override the
-// defaults; BENCH_PARTS=throughput,slowsink,idle (the default: all three) picks what to measure.
+// BENCH_SOCKSGATE=path uses a prebuilt binary; BENCH_COMPARE=path adds that build as
+// "socksgate[compare] → dante" (before and after in one run); BENCH_TRACE="perf stat -p {pid}"
+// runs a command on the gateway during each new-flows load and logs its output; BENCH_ROUNDS, BENCH_IDLE=2000,9000 and
+// BENCH_BURST=2000 override the defaults; BENCH_PARTS=throughput,slowsink,idle,burst (the
+// default: all four) picks what to measure, and BENCH_PARTS=flows is the throughput part
+// without iperf3 (new flows and latency only).
 package bench
 
 import (
@@ -57,15 +61,22 @@ type params struct {
 	loadConc   int
 	idleCounts []int
 	slowSecs   int             // how long the fast sender writes into the slow sink
-	parts      map[string]bool // throughput, slowsink, idle
+	burst      int             // connections opened at once in the burst part
+	burstHold  int             // seconds the burst's connections are held
+	parts      map[string]bool // throughput (or flows: without iperf3), slowsink, idle, burst
 }
 
 func benchParams() params {
-	p := params{rounds: 2, iperfArgs: []string{"-t", "3"}, loadSecs: "3", loadConc: 16, idleCounts: []int{2000, 9000}, slowSecs: 5}
+	p := params{rounds: 2, iperfArgs: []string{"-t", "3"}, loadSecs: "3", loadConc: 16, idleCounts: []int{2000, 9000}, slowSecs: 5,
+		burst: 2000, burstHold: 6}
 	if os.Getenv("BENCH_QUICK") != "" {
-		p = params{quick: true, rounds: 1, iperfArgs: []string{"-n", "192M"}, loadSecs: "0.5", loadConc: 8, idleCounts: []int{200}, slowSecs: 2}
+		p = params{quick: true, rounds: 1, iperfArgs: []string{"-n", "192M"}, loadSecs: "0.5", loadConc: 8, idleCounts: []int{200}, slowSecs: 2,
+			burst: 200, burstHold: 2}
 	}
-	p.parts = map[string]bool{"throughput": true, "slowsink": true, "idle": true}
+	if v, err := strconv.Atoi(os.Getenv("BENCH_BURST")); err == nil && v > 0 {
+		p.burst = v
+	}
+	p.parts = map[string]bool{"throughput": true, "slowsink": true, "idle": true, "burst": true}
 	if v := os.Getenv("BENCH_PARTS"); v != "" {
 		p.parts = map[string]bool{}
 		for _, f := range strings.Split(v, ",") {
@@ -110,8 +121,12 @@ type results struct {
 	loadSys  float64              // of them, in the kernel
 	busy     map[string][]float64 // the machine's busy fraction of its CPUs, by iperf case and "flows"
 	loadN    float64              // flows that load carried
+	oneCPU   float64              // gateway CPU seconds during the one-client load
+	oneSys   float64              // of them, in the kernel
+	oneN     float64              // flows the one-client load carried
 	bytes    float64              // bytes those runs carried
 	idle     map[int]idleResult
+	bursts   []burstResult   // one per round
 	slow     slowsink.Result // fast sender, slow sink
 	slowErr  error
 }
@@ -181,7 +196,7 @@ func TestBench(t *testing.T) {
 	}
 	began := time.Now()
 	rounds := p.rounds
-	if !p.parts["throughput"] {
+	if !p.parts["throughput"] && !p.parts["flows"] {
 		rounds = 0
 	}
 	for round := range rounds {
@@ -191,6 +206,9 @@ func TestBench(t *testing.T) {
 			pid, stop := startContender(t, tp, c)
 			r := all[c.name]
 			for _, ic := range iperfCases {
+				if !p.parts["throughput"] {
+					break
+				}
 				check()
 				before, mBefore := procCPU(pid), machineCPU()
 				gbps, n, err := runIperf(tp, c, append(slices.Clone(p.iperfArgs), ic.args...))
@@ -206,7 +224,9 @@ func TestBench(t *testing.T) {
 				r.bytes += n
 			}
 			before, mBefore := procCPU(pid), machineCPU()
+			endTrace := startTrace(t, c, pid, "load")
 			flows, n, p50, p99, err := runLoad(tp, c, p.loadConc, p.loadSecs)
+			endTrace(n)
 			if err != nil {
 				t.Logf("%s load: %v", c.name, err)
 			} else {
@@ -217,10 +237,18 @@ func TestBench(t *testing.T) {
 				r.loadSys += used.sysSecs()
 				r.loadN += float64(n)
 			}
-			if _, _, one, _, err := runLoad(tp, c, 1, p.loadSecs); err != nil {
+			before = procCPU(pid)
+			endTrace = startTrace(t, c, pid, "one client")
+			_, n, one, _, err := runLoad(tp, c, 1, p.loadSecs)
+			endTrace(n)
+			if err != nil {
 				t.Logf("%s load, one client: %v", c.name, err)
 			} else {
+				used := procCPU(pid).sub(before)
 				r.p50one = append(r.p50one, one)
+				r.oneCPU += used.secs()
+				r.oneSys += used.sysSecs()
+				r.oneN += float64(n)
 			}
 			stop()
 		}
@@ -237,6 +265,22 @@ func TestBench(t *testing.T) {
 				t.Logf("%s: slow sink: %v", c.name, r.slowErr)
 			}
 			stop()
+		}
+	}
+	if p.parts["burst"] {
+		// Rounds, the order reversed every other one: the first burst after the loads runs
+		// against a slower upstream (it opened in about 1.2 s where the last took 0.9) and
+		// peaks 1-2 KiB per flow higher, whoever it is.
+		order := slices.DeleteFunc(slices.Clone(contenders), func(c contender) bool { return c.baseline == "" })
+		for round := range max(p.rounds, 1) {
+			for _, c := range order {
+				check()
+				t.Logf("burst of %d, round %d: %s", p.burst, round+1, c.name)
+				pid, stop := startContender(t, tp, c)
+				all[c.name].bursts = append(all[c.name].bursts, runBurst(t, tp, c, pid, p.burst, p.burstHold))
+				stop()
+			}
+			slices.Reverse(order)
 		}
 	}
 	if !p.parts["idle"] {
@@ -319,7 +363,7 @@ func labFilter(tp *netlab.Topology, mode string) {
 }
 
 func makeContenders(t *testing.T, tp *netlab.Topology, bin string) []contender {
-	socksgate := func(mode, action string) func(t *testing.T) (int, func()) {
+	socksgate := func(bin, mode, action string) func(t *testing.T) (int, func()) {
 		return func(t *testing.T) (int, func()) {
 			labFilter(tp, "closed")
 			rule := "{name: all, action: proxy, upstream: dante}"
@@ -360,8 +404,8 @@ rules:
 			labFilter(tp, "proxy")
 			return 0, func() { labFilter(tp, "closed") }
 		}},
-		{name: "socksgate → dante", baseline: "explicit", start: socksgate("auto", "proxy")},
-		{name: "socksgate → direct", baseline: "routing", start: socksgate("auto", "direct")},
+		{name: "socksgate → dante", baseline: "explicit", start: socksgate(bin, "auto", "proxy")},
+		{name: "socksgate → direct", baseline: "routing", start: socksgate(bin, "auto", "direct")},
 		{name: "redsocks → dante", baseline: "explicit", limits: func() string { return redsocksCap }, start: func(t *testing.T) (int, func()) {
 			labFilter(tp, "closed")
 			info := map[bool]string{true: "on", false: "off"}[os.Getenv("BENCH_DEBUG") != ""]
@@ -400,9 +444,13 @@ redsocks { local_ip = 0.0.0.0; local_port = ` + redsPort + `; ip = ` + netlab.Pr
 	for _, m := range strings.Split(os.Getenv("BENCH_RELAYS"), ",") {
 		if m = strings.TrimSpace(m); m != "" {
 			cs = append(cs,
-				contender{name: "socksgate[" + m + "] → dante", baseline: "explicit", start: socksgate(m, "proxy")},
-				contender{name: "socksgate[" + m + "] → direct", baseline: "routing", start: socksgate(m, "direct")})
+				contender{name: "socksgate[" + m + "] → dante", baseline: "explicit", start: socksgate(bin, m, "proxy")},
+				contender{name: "socksgate[" + m + "] → direct", baseline: "routing", start: socksgate(bin, m, "direct")})
 		}
+	}
+	if old := os.Getenv("BENCH_COMPARE"); old != "" {
+		// Another build (an earlier commit) side by side in the same run: before and after.
+		cs = append(cs, contender{name: "socksgate[compare] → dante", baseline: "explicit", start: socksgate(old, "auto", "proxy")})
 	}
 	if only := os.Getenv("BENCH_ONLY"); only != "" {
 		cs = slices.DeleteFunc(cs, func(c contender) bool {
@@ -684,6 +732,30 @@ func runLoad(tp *netlab.Topology, c contender, conc int, duration string) (flows
 	return float64(n) / secs, n, p50, p99, err
 }
 
+// startTrace runs BENCH_TRACE, a command with {pid} standing for the gateway's pid (such as
+// "perf stat -e context-switches -p {pid}" or "strace -c -f -p {pid}"), while a load runs; the
+// returned function stops it with SIGINT and logs its output with the flows the load carried.
+func startTrace(t *testing.T, c contender, pid int, what string) func(flows int) {
+	tmpl := os.Getenv("BENCH_TRACE")
+	if tmpl == "" || pid == 0 {
+		return func(int) {}
+	}
+	args := strings.Fields(strings.ReplaceAll(tmpl, "{pid}", strconv.Itoa(pid)))
+	cmd := exec.Command(args[0], args[1:]...)
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Logf("BENCH_TRACE: %v", err)
+		return func(int) {}
+	}
+	time.Sleep(200 * time.Millisecond) // let it attach
+	return func(flows int) {
+		cmd.Process.Signal(os.Interrupt)
+		cmd.Wait()
+		t.Logf("trace %s, %s, %d flows:\n%s", c.name, what, flows, out.String())
+	}
+}
+
 // idleOpenSecs bounds the opening of all idle connections: a gateway that stops accepting
 // leaves the rest hanging in its listen queue, and they are counted as failed by then.
 const idleOpenSecs = 120
@@ -732,6 +804,75 @@ func runIdle(t *testing.T, tp *netlab.Topology, c contender, pid, n int) idleRes
 	// Let the flows drain before the next contender measures its baseline.
 	for range 100 {
 		if pid == 0 || fdCount(pid) <= fd0+4 {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return r
+}
+
+// burstResult is what a burst of new connections cost the gateway at its peak.
+type burstResult struct {
+	held, failed     int
+	openedMs         int     // how long opening them all took, in the client
+	rss0, peak, last float64 // gateway RSS KiB: before, highest sample, at the end of the hold
+	note             string
+}
+
+// runBurst opens n relayed connections at once (one byte each way, as the idle part), holds
+// them for hold seconds and samples the gateway's RSS every 10 ms from before the first
+// connection to the end of the hold: the peak is what a burst of new flows costs, with the
+// handshakes' stacks and buffers still counted, and the settled figure what is left of it.
+func runBurst(t *testing.T, tp *netlab.Topology, c contender, pid, n, hold int) burstResult {
+	var r burstResult
+	if pid == 0 {
+		r.note = "no gateway process"
+		return r
+	}
+	settle()
+	r.rss0 = statusKiB(pid, "VmRSS")
+	fd0 := fdCount(pid)
+	stop := make(chan struct{})
+	peak := make(chan float64)
+	go func() {
+		tick := time.NewTicker(10 * time.Millisecond)
+		defer tick.Stop()
+		top := r.rss0
+		for {
+			select {
+			case <-stop:
+				peak <- top
+				return
+			case <-tick.C:
+				top = max(top, statusKiB(pid, "VmRSS"))
+			}
+		}
+	}()
+	self, _ := os.Executable()
+	h := tp.LAN.Start("env", "BENCH_HELPER=idle", self, net.JoinHostPort(netlab.WAN4, idlePort), "-",
+		strconv.Itoa(n), strconv.Itoa(idleOpenSecs), strconv.Itoa(n))
+	if !h.WaitOutput("ready", idleOpenSecs*time.Second+30*time.Second) {
+		close(stop)
+		<-peak
+		h.Kill()
+		t.Logf("%s: the burst client's output:\n%s", c.name, tail(h.Output(), 20))
+		r.note = "no ready line from the client: " + lastLine(h.Output())
+		return r
+	}
+	time.Sleep(time.Duration(hold) * time.Second)
+	r.last = statusKiB(pid, "VmRSS")
+	close(stop)
+	r.peak = <-peak
+	out := h.Output()
+	out = out[strings.Index(out, "ready"):]
+	var kinds string
+	fmt.Sscanf(out, "ready held=%d errors=%d kinds=%s opened_ms=%d", &r.held, &r.failed, &kinds, &r.openedMs)
+	if r.failed > 0 {
+		r.note = fmt.Sprintf("%d of %d failed (%s)", r.failed, n, kinds)
+	}
+	h.Kill()
+	for range 100 { // let the flows drain before the next contender
+		if fdCount(pid) <= fd0+4 {
 			break
 		}
 		time.Sleep(100 * time.Millisecond)

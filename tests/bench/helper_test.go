@@ -27,7 +27,8 @@ import (
 // dispatches on BENCH_HELPER before any test runs.
 //
 //	BENCH_HELPER=load ADDR SOCKS_URL|- CONCURRENCY SECONDS   short requests, Connection: close
-//	BENCH_HELPER=idle ADDR SOCKS_URL|- N SECONDS             N connections, one byte each way, held
+//	BENCH_HELPER=idle ADDR SOCKS_URL|- N SECONDS [CONC]      N connections, one byte each way, held;
+//	                                                         CONC opening at a time (default 64)
 func TestMain(m *testing.M) {
 	switch os.Getenv("BENCH_HELPER") {
 	case "":
@@ -142,9 +143,13 @@ func helperLoad(args []string) int {
 // leaves connections hanging in its listen queue, and N of those each waiting for its own
 // timeout would take hours. What is not open by then counts as failed, by kind of failure.
 func helperIdle(args []string) int {
-	if len(args) != 4 {
-		fmt.Fprintln(os.Stderr, "idle: ADDR SOCKS N SECONDS")
+	if len(args) != 4 && len(args) != 5 {
+		fmt.Fprintln(os.Stderr, "idle: ADDR SOCKS N SECONDS [CONC]")
 		return 2
+	}
+	conc := 64
+	if len(args) == 5 {
+		conc, _ = strconv.Atoi(args[4])
 	}
 	dial, err := helperDialer(args[1])
 	if err != nil {
@@ -159,8 +164,9 @@ func helperIdle(args []string) int {
 	var mu sync.Mutex
 	kinds := map[string]int{}
 	var first error
-	sem := make(chan struct{}, 64)
+	sem := make(chan struct{}, max(conc, 1))
 	var wg sync.WaitGroup
+	began := time.Now()
 	for i := range n {
 		sem <- struct{}{}
 		wg.Go(func() {
@@ -197,7 +203,11 @@ func helperIdle(args []string) int {
 		ks = append(ks, fmt.Sprintf("%s:%d", k, v))
 	}
 	slices.Sort(ks)
-	fmt.Printf("ready held=%d errors=%d kinds=%s first_error=%v\n", n-bad, bad, strings.Join(ks, ","), first)
+	if len(ks) == 0 {
+		ks = []string{"-"}
+	}
+	fmt.Printf("ready held=%d errors=%d kinds=%s opened_ms=%d first_error=%v\n", n-bad, bad, strings.Join(ks, ","),
+		time.Since(began).Milliseconds(), first)
 	select {}
 }
 
