@@ -16,11 +16,11 @@ type Proto uint8
 const (
 	// ProtoDNS is plain DNS written without a scheme ("1.2.3.4"): UDP, retried over TCP when the
 	// answer is truncated, or TCP alone when the way out carries no UDP.
-	ProtoDNS Proto = iota
-	ProtoUDP       // udp://: UDP, retried over TCP when truncated
-	ProtoTCP       // tcp://: TCP only
-	ProtoTLS       // tls://: DNS over TLS (RFC 7858)
-	ProtoHTTPS     // https://: DNS over HTTPS (RFC 8484)
+	ProtoDNS   Proto = iota
+	ProtoUDP         // udp://: UDP, retried over TCP when truncated
+	ProtoTCP         // tcp://: TCP only
+	ProtoTLS         // tls://: DNS over TLS (RFC 7858)
+	ProtoHTTPS       // https://: DNS over HTTPS (RFC 8484)
 )
 
 func (p Proto) String() string {

@@ -153,7 +153,7 @@ func reply(req *mdns.Msg, rcode int) *mdns.Msg {
 }
 
 func (h *Handler) invalid(req *mdns.Msg, ev *Event, rcode int) *mdns.Msg {
-	h.Stats.add(&h.Stats.malformed)
+	h.Stats.add(cntMalformed)
 	h.Stats.query("", "invalid")
 	ev.Action = "invalid"
 	m := reply(req, rcode)
@@ -264,14 +264,13 @@ func (h *Handler) answer(ctx context.Context, client netip.AddrPort, req *mdns.M
 		return r, err
 	})
 	ev.Resolution = res
-	switch {
-	case h.Stats == nil:
-	case res == FromCache:
-		h.Stats.cacheHits.Add(1)
-	case res == FromCoalesced:
-		h.Stats.coalesced.Add(1)
+	switch res {
+	case FromCache:
+		h.Stats.add(cntCacheHit)
+	case FromCoalesced:
+		h.Stats.add(cntCoalesced)
 	default:
-		h.Stats.cacheMisses.Add(1)
+		h.Stats.add(cntCacheMiss)
 	}
 	if err != nil {
 		ev.Err = err

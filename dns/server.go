@@ -86,11 +86,11 @@ func (s *Server) admit(src netip.Addr) bool {
 		}
 	}
 	if !ok {
-		s.Stats.add(&s.Stats.refusedSource)
+		s.Stats.add(cntRefusedSource)
 		return false
 	}
 	if !s.limiter.allow(src) {
-		s.Stats.add(&s.Stats.rateLimited)
+		s.Stats.add(cntRateLimited)
 		return false
 	}
 	return true
@@ -195,7 +195,14 @@ func (s *Server) start(srv *mdns.Server, addr string) error {
 func (s *Server) newServer(srv *mdns.Server) *mdns.Server {
 	srv.Handler = s.Handler
 	srv.UDPSize = serverUDPSize
-	srv.MsgAcceptFunc = acceptQuery
+	srv.MsgAcceptFunc = func(dh mdns.Header) mdns.MsgAcceptAction {
+		a := acceptQuery(dh)
+		if a == mdns.MsgReject || a == mdns.MsgRejectNotImplemented {
+			s.Stats.add(cntMalformed)
+		}
+		return a
+	}
+	srv.MsgInvalidFunc = func([]byte, error) { s.Stats.add(cntMalformed) }
 	srv.DecorateReader = func(r mdns.Reader) mdns.Reader { return admitReader{r, s} }
 	return srv
 }
@@ -287,7 +294,7 @@ func (s *Server) HandlePacket(client, dst netip.AddrPort, pkt []byte) []byte {
 		return nil
 	case err != nil:
 		// The header was read: FORMERR to it, as the server does.
-		s.Stats.add(&s.Stats.malformed)
+		s.Stats.add(cntMalformed)
 		m = new(mdns.Msg)
 		m.SetRcodeFormatError(req)
 		m.Question, m.Answer, m.Ns, m.Extra = nil, nil, nil, nil
@@ -319,11 +326,14 @@ func (w *packetWriter) WriteMsg(m *mdns.Msg) error {
 	}
 	return err
 }
-func (w *packetWriter) Write(b []byte) (int, error) { w.out = append([]byte(nil), b...); return len(b), nil }
-func (w *packetWriter) Close() error                { return nil }
-func (w *packetWriter) TsigStatus() error           { return nil }
-func (w *packetWriter) TsigTimersOnly(bool)         {}
-func (w *packetWriter) Hijack()                     {}
+func (w *packetWriter) Write(b []byte) (int, error) {
+	w.out = append([]byte(nil), b...)
+	return len(b), nil
+}
+func (w *packetWriter) Close() error        { return nil }
+func (w *packetWriter) TsigStatus() error   { return nil }
+func (w *packetWriter) TsigTimersOnly(bool) {}
+func (w *packetWriter) Hijack()             {}
 
 // Shutdown stops every listener and waits, until ctx ends, for the queries in progress.
 func (s *Server) Shutdown(ctx context.Context) error {

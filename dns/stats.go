@@ -47,9 +47,9 @@ type Histogram struct {
 // StatsSnapshot is every counter at one moment.
 type StatsSnapshot struct {
 	Queries        map[QueryCountKey]uint64
-	CacheHits      uint64 // answered from the cache
-	CacheMisses    uint64 // asked upstream
-	Coalesced      uint64 // answered by an identical query in progress
+	CacheHits      uint64            // answered from the cache
+	CacheMisses    uint64            // asked upstream
+	Coalesced      uint64            // answered by an identical query in progress
 	UpstreamErrors map[string]uint64 // by exchanger: failed exchanges (timeouts, garbage, refused dials)
 	Garbage        uint64            // of which answers that did not answer the query
 	RateLimited    uint64            // queries dropped: their source was over its rate
@@ -100,9 +100,35 @@ func (s *Stats) upstream(name string, d time.Duration, err error, garbage bool) 
 	l.n++
 }
 
-func (s *Stats) add(c *atomic.Uint64) {
-	if s != nil {
-		c.Add(1)
+// counter names one of the plain counters.
+type counter uint8
+
+const (
+	cntCacheHit counter = iota
+	cntCacheMiss
+	cntCoalesced
+	cntRateLimited
+	cntRefusedSource
+	cntMalformed
+)
+
+func (s *Stats) add(c counter) {
+	if s == nil {
+		return
+	}
+	switch c {
+	case cntCacheHit:
+		s.cacheHits.Add(1)
+	case cntCacheMiss:
+		s.cacheMisses.Add(1)
+	case cntCoalesced:
+		s.coalesced.Add(1)
+	case cntRateLimited:
+		s.rateLimited.Add(1)
+	case cntRefusedSource:
+		s.refusedSource.Add(1)
+	case cntMalformed:
+		s.malformed.Add(1)
 	}
 }
 
