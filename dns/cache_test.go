@@ -98,12 +98,12 @@ func TestCacheDoesNotKeep(t *testing.T) {
 	tc := answerWith(q, 0, "x.example. 300 IN A 192.0.2.1")
 	tc.Truncated = true
 	for name, m := range map[string]*mdns.Msg{
-		"SERVFAIL":           answerWith(q, mdns.RcodeServerFailure),
-		"REFUSED":            answerWith(q, mdns.RcodeRefused),
-		"NXDOMAIN, no SOA":   answerWith(q, mdns.RcodeNameError),
-		"NODATA, no SOA":     answerWith(q, mdns.RcodeSuccess),
-		"TTL 0":              answerWith(q, 0, "x.example. 0 IN A 192.0.2.1"),
-		"truncated":          tc,
+		"SERVFAIL":         answerWith(q, mdns.RcodeServerFailure),
+		"REFUSED":          answerWith(q, mdns.RcodeRefused),
+		"NXDOMAIN, no SOA": answerWith(q, mdns.RcodeNameError),
+		"NODATA, no SOA":   answerWith(q, mdns.RcodeSuccess),
+		"TTL 0":            answerWith(q, 0, "x.example. 0 IN A 192.0.2.1"),
+		"truncated":        tc,
 	} {
 		c.Put(k, m)
 		if c.Get(k) != nil {
