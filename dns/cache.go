@@ -51,7 +51,7 @@ type cacheEntry struct {
 
 // entryOverhead approximates what an entry costs beyond its packed answer: the entry, its list
 // element, its map slot and its key's name (measured by BenchmarkCacheBytesPerEntry).
-const entryOverhead = 200
+const entryOverhead = 256
 
 // Defaults for NewCache's bounds and the TTL caps.
 const (
