@@ -19,7 +19,8 @@ import (
 
 // Exchanger asks one resolver (or a list of them) a question: a way out for DNS. Exchange must
 // be safe for concurrent use, must honour ctx and returns an error for an answer that does not
-// answer the query (ErrGarbage).
+// answer the query (ErrGarbage). An Exchanger that keeps connections (DoH) implements
+// io.Closer: close it when a reload drops it.
 type Exchanger interface {
 	Exchange(ctx context.Context, q *mdns.Msg) (*mdns.Msg, error)
 	// String names the resolver and its way out for logs and metrics labels.
@@ -382,8 +383,8 @@ func (x *httpsExchanger) Exchange(ctx context.Context, q *mdns.Msg) (*mdns.Msg, 
 	return r, err
 }
 
-// CloseIdle closes the idle connections of a DoH exchanger (on reload, when it is dropped).
-func (x *httpsExchanger) CloseIdle() { x.client.CloseIdleConnections() }
+// Close closes the exchanger's idle connections; call it when dropping it on reload.
+func (x *httpsExchanger) Close() error { x.client.CloseIdleConnections(); return nil }
 
 // sequence asks its exchangers in order until one answers.
 type sequence struct {

@@ -384,7 +384,19 @@ func TestServerDropsSourcesNotAllowed(t *testing.T) {
 	if _, _, err := c.Exchange(query("a.example", mdns.TypeA), addr); err == nil {
 		t.Error("TCP answered a source not allowed")
 	}
-	if st.Snapshot().RefusedSource != 2 || o.queries.Load() != 0 {
+	// TCP from a source not allowed is closed at once, not left to idle.
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	co := &mdns.Conn{Conn: conn}
+	co.WriteMsg(query("a.example", mdns.TypeA))
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := co.ReadMsg(); err == nil || isTimeout(err) {
+		t.Errorf("TCP from a source not allowed: %v, want the connection closed", err)
+	}
+	if st.Snapshot().RefusedSource != 3 || o.queries.Load() != 0 {
 		t.Errorf("refused %d, origin asked %d", st.Snapshot().RefusedSource, o.queries.Load())
 	}
 }
@@ -443,6 +455,19 @@ func TestServerHandlePacket(t *testing.T) {
 	}
 	if s.HandlePacket(netip.MustParseAddrPort("192.0.2.1:1"), dst, pkt) != nil {
 		t.Error("a source not allowed was answered")
+	}
+	// A query carrying answers: FORMERR; another opcode: NOTIMP.
+	withAnswer := query("a.example", mdns.TypeA)
+	withAnswer.Answer = []mdns.RR{rr("a.example. 60 IN A 192.0.2.1")}
+	wa, _ := withAnswer.Pack()
+	if err := r.Unpack(s.HandlePacket(client, dst, wa)); err != nil || r.Rcode != mdns.RcodeFormatError {
+		t.Errorf("query with an answer section: %v %v", r, err)
+	}
+	update := query("a.example", mdns.TypeSOA)
+	update.Opcode = mdns.OpcodeUpdate
+	up, _ := update.Pack()
+	if err := r.Unpack(s.HandlePacket(client, dst, up)); err != nil || r.Rcode != mdns.RcodeNotImplemented {
+		t.Errorf("UPDATE: %v %v", r, err)
 	}
 	// Unparsable body, readable header: FORMERR with the client's ID.
 	bad := append(append([]byte{}, pkt[:12]...), 0xc0, 0xff)

@@ -75,21 +75,25 @@ func (s *Server) init() {
 	})
 }
 
-// admit reports whether a query from src is answered, counting the drops.
-func (s *Server) admit(src netip.Addr) bool {
+// allowed reports whether src may be answered at all, counting the refusals.
+func (s *Server) allowed(src netip.Addr) bool {
 	src = src.Unmap().WithZone("")
-	ok := false
 	for _, p := range s.allow {
 		if p.Contains(src) {
-			ok = true
-			break
+			return true
 		}
 	}
-	if !ok {
-		s.Stats.add(cntRefusedSource)
+	s.Stats.add(cntRefusedSource)
+	return false
+}
+
+// admit reports whether a query from src is answered now: allowed and within its rate,
+// counting the drops.
+func (s *Server) admit(src netip.Addr) bool {
+	if !s.allowed(src) {
 		return false
 	}
-	if !s.limiter.allow(src) {
+	if !s.limiter.allow(src.Unmap().WithZone("")) {
 		s.Stats.add(cntRateLimited)
 		return false
 	}
@@ -113,8 +117,9 @@ func acceptQuery(dh mdns.Header) mdns.MsgAcceptAction {
 	return mdns.MsgAccept
 }
 
-// Serve listens on every address ("host:port"), UDP and TCP, and serves in the background
-// until Shutdown. It returns once all are listening, or the first error with none left open.
+// Serve listens on every address ("IP:port"; port 0 picks one port for UDP and TCP), UDP and
+// TCP, and serves in the background until Shutdown. It returns once all are listening, or the
+// first error with none of them left open. It may be called again to add addresses.
 func (s *Server) Serve(addrs ...string) error {
 	s.init()
 	if s.Handler == nil {
@@ -220,15 +225,26 @@ type admitReader struct {
 	s *Server
 }
 
+// ReadTCP closes a connection from a source not allowed before reading from it, and drops
+// the queries over the source's rate.
 func (r admitReader) ReadTCP(conn net.Conn, timeout time.Duration) ([]byte, error) {
 	src := addrPortOf(conn.RemoteAddr()).Addr()
+	if !r.s.allowed(src) {
+		return nil, errSourceNotAllowed
+	}
 	for {
 		m, err := r.Reader.ReadTCP(conn, timeout)
-		if err != nil || r.s.admit(src) {
+		if err != nil {
 			return m, err
 		}
+		if r.s.limiter.allow(src.Unmap().WithZone("")) {
+			return m, nil
+		}
+		r.s.Stats.add(cntRateLimited)
 	}
 }
+
+var errSourceNotAllowed = errors.New("dns: source not allowed")
 
 func (r admitReader) ReadUDP(conn *net.UDPConn, timeout time.Duration) ([]byte, *mdns.SessionUDP, error) {
 	for {
@@ -292,14 +308,18 @@ func (s *Server) HandlePacket(client, dst netip.AddrPort, pkt []byte) []byte {
 	switch {
 	case len(pkt) < 12 || req.Response:
 		return nil
-	case err != nil:
+	case err != nil, len(req.Question) != 1, len(req.Answer) > 0, len(req.Ns) > 0, len(req.Extra) > 2:
+		if err == nil && req.Opcode != mdns.OpcodeQuery {
+			break // NOTIMP: the handler's to say
+		}
 		// The header was read: FORMERR to it, as the server does.
 		s.Stats.add(cntMalformed)
 		m = new(mdns.Msg)
 		m.SetRcodeFormatError(req)
 		m.Question, m.Answer, m.Ns, m.Extra = nil, nil, nil, nil
 		m.Zero = false
-	default:
+	}
+	if m == nil {
 		w := &packetWriter{local: net.UDPAddrFromAddrPort(dst), remote: net.UDPAddrFromAddrPort(client)}
 		s.Handler.ServeDNS(w, req)
 		return w.out
