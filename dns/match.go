@@ -49,11 +49,10 @@ func compilePattern(p string) (domainPattern, error) {
 		return dp, fmt.Errorf("domain pattern %q: empty", p)
 	}
 	labels := strings.Split(s, ".")
-	for i, l := range labels {
+	for _, l := range labels {
 		if l == "" || (l != "*" && checkHostname(l) != nil) {
 			return dp, fmt.Errorf("domain pattern %q: bad label %q", p, l)
 		}
-		_ = i
 	}
 	for i, j := 0, len(labels)-1; i < j; i, j = i+1, j-1 {
 		labels[i], labels[j] = labels[j], labels[i]
