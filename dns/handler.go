@@ -3,8 +3,10 @@ package dns
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -248,21 +250,7 @@ func (h *Handler) answer(ctx context.Context, client netip.AddrPort, req *mdns.M
 
 	cd := req.CheckingDisabled
 	k := CacheKey{Way: wayKey(ex), Name: name, Type: q.Qtype, Class: mdns.ClassINET, DO: do, CD: cd}
-	r, res, err := h.Cache.Resolve(ctx, k, func(fctx context.Context) (*mdns.Msg, error) {
-		fctx, cancel := context.WithTimeout(fctx, cfg.Timeout)
-		defer cancel()
-		up := new(mdns.Msg)
-		up.Id = mdns.Id()
-		up.RecursionDesired = true
-		up.CheckingDisabled = cd
-		up.AuthenticatedData = true // RFC 6840 §5.7: we understand AD
-		up.Question = []mdns.Question{{Name: mdns.Fqdn(name), Qtype: q.Qtype, Qclass: mdns.ClassINET}}
-		up.SetEdns0(ednsSize, do)
-		t := time.Now()
-		r, err := ex.Exchange(fctx, up)
-		h.Stats.upstream(ex.String(), time.Since(t), err, errors.Is(err, ErrGarbage))
-		return r, err
-	})
+	r, res, err := h.Cache.Resolve(ctx, k, h.fetch(cfg.Timeout, ex, name, q.Qtype, do, cd))
 	ev.Resolution = res
 	switch res {
 	case FromCache:
@@ -277,6 +265,78 @@ func (h *Handler) answer(ctx context.Context, client netip.AddrPort, req *mdns.M
 		return reply(req, mdns.RcodeServerFailure)
 	}
 	return fromUpstream(req, r, do)
+}
+
+// fetch asks ex for name and qtype, bounded by timeout: the Cache's fetch of one query.
+func (h *Handler) fetch(timeout time.Duration, ex Exchanger, name string, qtype uint16, do, cd bool) func(context.Context) (*mdns.Msg, error) {
+	return func(fctx context.Context) (*mdns.Msg, error) {
+		fctx, cancel := context.WithTimeout(fctx, timeout)
+		defer cancel()
+		up := new(mdns.Msg)
+		up.Id = mdns.Id()
+		up.RecursionDesired = true
+		up.CheckingDisabled = cd
+		up.AuthenticatedData = true // RFC 6840 §5.7: we understand AD
+		up.Question = []mdns.Question{{Name: mdns.Fqdn(name), Qtype: qtype, Qclass: mdns.ClassINET}}
+		up.SetEdns0(ednsSize, do)
+		t := time.Now()
+		r, err := ex.Exchange(fctx, up)
+		h.Stats.upstream(ex.String(), time.Since(t), err, errors.Is(err, ErrGarbage))
+		return r, err
+	}
+}
+
+// Lookup resolves name to its addresses (A and AAAA, asked at once) through ex, sharing the
+// cache with the queries the Handler answers: what the gateway uses to resolve a name for a
+// flow (a fake-ip flow routed direct, a name an address rule has to decide) the way the
+// name's rule says, never through the system's resolver. Fake-ip plays no part here.
+func (h *Handler) Lookup(ctx context.Context, ex Exchanger, name string) ([]netip.Addr, error) {
+	if ex == nil {
+		return nil, errors.New("no resolver for this name")
+	}
+	cfg := h.cfg.Load()
+	name = CanonicalName(name)
+	type result struct {
+		addrs []netip.Addr
+		err   error
+	}
+	var res [2]result
+	var wg sync.WaitGroup
+	for i, qtype := range [2]uint16{mdns.TypeA, mdns.TypeAAAA} {
+		wg.Go(func() {
+			k := CacheKey{Way: wayKey(ex), Name: name, Type: qtype, Class: mdns.ClassINET}
+			r, _, err := h.Cache.Resolve(ctx, k, h.fetch(cfg.Timeout, ex, name, qtype, false, false))
+			if err != nil {
+				res[i].err = err
+				return
+			}
+			if r.Rcode != mdns.RcodeSuccess {
+				res[i].err = fmt.Errorf("%s: %s", name, mdns.RcodeToString[r.Rcode])
+				return
+			}
+			for _, rr := range r.Answer {
+				switch rr := rr.(type) {
+				case *mdns.A:
+					if a, ok := netip.AddrFromSlice(rr.A.To4()); ok {
+						res[i].addrs = append(res[i].addrs, a)
+					}
+				case *mdns.AAAA:
+					if a, ok := netip.AddrFromSlice(rr.AAAA.To16()); ok {
+						res[i].addrs = append(res[i].addrs, a)
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+	addrs := append(res[0].addrs, res[1].addrs...)
+	if len(addrs) == 0 {
+		if err := errors.Join(res[0].err, res[1].err); err != nil {
+			return nil, err
+		}
+		return nil, fmt.Errorf("%s: no addresses", name)
+	}
+	return addrs, nil
 }
 
 // fromUpstream is the reply to req carrying upstream's answer r: the client's ID, question

@@ -46,7 +46,7 @@ func (s *Sniffing) applies(port uint16) bool {
 // replay to the remote unchanged. It reads from the *net.TCPConn itself and leaves it as it
 // was (no deadline), so the relay afterwards still splices.
 func (g *Gateway) sniffName(c *net.TCPConn, f *route.Flow) []byte {
-	if !g.Sniff.applies(f.DstPort()) {
+	if f.Host != "" || !g.Sniff.applies(f.DstPort()) { // a name from socksgate's DNS is better than a claim
 		return nil
 	}
 	if err := c.SetReadDeadline(time.Now().Add(g.Sniff.Timeout)); err != nil {
@@ -63,7 +63,7 @@ func (g *Gateway) sniffName(c *net.TCPConn, f *route.Flow) []byte {
 		if n > 0 {
 			name, _, perr := sniff.Name(buf)
 			if perr == nil {
-				f.Host, f.Sniffed = name, true
+				f.Host, f.From = name, route.NameSniff
 				return buf
 			}
 			if !errors.Is(perr, sniff.ErrIncomplete) {
