@@ -37,6 +37,7 @@ const (
 // last count plus what was charged since. The zero value and a nil *fdBudget grant everything.
 type fdBudget struct {
 	room int64 // descriptors the process may have open with flows: the limit less the reserve
+	hard int64 // what sockets in their handshake may take of the reserve: all but a quarter of it
 	near int64 // beyond this estimate, every grant counts the real descriptors first
 
 	held      atomic.Int64 // charged to flows and pipes now
@@ -65,6 +66,7 @@ func newFDBudget(limit uint64) *fdBudget {
 	}
 	l := int64(limit)
 	b := &fdBudget{room: max(l-fdReserve(l), 0), relieve: relay.FreeIdlePipes}
+	b.hard = max(l-max(fdReserve(l)/4, 16), b.room)
 	b.near = b.room * 3 / 4
 	if openFDs != nil {
 		if _, err := openFDs(); err == nil {
@@ -120,6 +122,17 @@ func (p pipeBudget) Release(n int) {
 	}
 	p.b.pipesHeld.Add(-int64(n))
 	p.b.Release(n)
+}
+
+// AcquireAccepted charges one accepted socket while its handshake runs (the accept loop, before
+// a flow exists): it may use the reserve, all but its last quarter, so that a burst accepted
+// faster than its handshakes end cannot take the descriptors admitted flows are about to dial
+// with. Release(1) gives it back.
+func (b *fdBudget) AcquireAccepted() bool {
+	if b == nil || b.room == 0 && b.count == nil {
+		return true
+	}
+	return b.grant(1, b.hard)
 }
 
 // fits reports whether n more descriptors would be granted now, without charging them.

@@ -235,3 +235,33 @@ func TestDescriptorBudgetKeepsRoomForFlowsFromPipes(t *testing.T) {
 		t.Fatal("a pipe granted past the room")
 	}
 }
+
+// Sockets in their handshake are charged too, and may use the reserve but its last quarter: a
+// burst accepted faster than its handshakes end is refused at accept before the flows admitted
+// are left without a descriptor to dial with.
+func TestDescriptorBudgetChargesAcceptedSockets(t *testing.T) {
+	b := newFDBudget(1024)
+	b.count = nil // the charges alone
+	if b.hard != 1024-32 {
+		t.Fatalf("hard bound %d, want %d", b.hard, 1024-32)
+	}
+	for range b.room / 2 {
+		if !b.Acquire(fdsPerFlow) {
+			t.Fatal("a flow within the room was refused")
+		}
+	}
+	n := 0
+	for b.AcquireAccepted() {
+		n++
+	}
+	if want := int(b.hard - b.room); n != want {
+		t.Fatalf("%d sockets in their handshake admitted with the flows' room full, want %d", n, want)
+	}
+	if b.Acquire(fdsPerFlow) {
+		t.Fatal("a new flow was admitted with the room full")
+	}
+	b.Release(1)
+	if !b.AcquireAccepted() {
+		t.Fatal("a released handshake's descriptor was not given back")
+	}
+}
