@@ -1,7 +1,9 @@
 package configs
 
 import (
+	"crypto/x509"
 	"fmt"
+	"os"
 	"net/netip"
 	"time"
 
@@ -25,6 +27,9 @@ type DNS struct {
 	// decides: "1.1.1.1" (DNS over TCP through any upstream, over a UDP association with
 	// proxy_udp), "tls://1.1.1.1:853#cloudflare-dns.com", "https://dns.google/dns-query#8.8.8.8".
 	Servers []string `yaml:"servers"`
+	// CAFile is a PEM file of the certificates that DoT and DoH servers (Servers, Direct,
+	// Local) are verified against; empty: the system's roots.
+	CAFile string `yaml:"ca_file"`
 	// ProxyUDP asks Servers over UDP through SOCKS5 upstreams (UDP ASSOCIATE) instead of TCP.
 	ProxyUDP bool `yaml:"proxy_udp"`
 	// Direct are the resolvers for names a direct rule decides. Empty (default): the router's
@@ -75,6 +80,19 @@ type FakeIP struct {
 	// time servers, STUN, connectivity checks, local names), in the rules' domain syntax
 	// plus "+." (a domain and its subdomains) and "*" (one label).
 	Exclude []string `yaml:"exclude"`
+}
+
+// LoadCertPool reads a PEM file of CA certificates.
+func LoadCertPool(path string) (*x509.CertPool, error) {
+	pem, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("%s: no PEM certificate in it", path)
+	}
+	return pool, nil
 }
 
 // DefaultHijackPort is where hijacked DNS is redirected to.
@@ -148,6 +166,11 @@ func (c *Config) validateDNS(p *problems) {
 	}
 	p.enum("dns.block_answer", d.BlockAnswer)
 	p.positive("dns.timeout", d.Timeout)
+	if d.CAFile != "" {
+		if _, err := LoadCertPool(d.CAFile); err != nil {
+			p.add("dns.ca_file", "%v", err)
+		}
+	}
 	p.prefixes("dns.allow", d.Allow)
 	if d.Rate < -1 || d.Rate == 0 {
 		p.add("dns.rate", "must be positive, or -1 for no limit")

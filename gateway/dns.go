@@ -3,6 +3,7 @@ package gateway
 import (
 	"cmp"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -202,6 +203,14 @@ func (s *dnsService) Decide(_ context.Context, q dns.Query) dns.Decision {
 func (s *dnsService) setWays(cfg *configs.Config, ups map[string]upstream.Upstream) error {
 	d := cfg.DNS
 	timeout := time.Duration(d.Timeout)
+	var tlsConf *tls.Config
+	if d.CAFile != "" {
+		pool, err := configs.LoadCertPool(d.CAFile)
+		if err != nil {
+			return fmt.Errorf("dns.ca_file: %w", err)
+		}
+		tlsConf = &tls.Config{RootCAs: pool}
+	}
 	old := s.ways.Load()
 	next := &waySet{byKey: map[any]*wayOut{}, byName: map[string]*wayOut{}}
 	reuse := func(name, spec string, ex dns.Exchanger) *wayOut {
@@ -237,7 +246,7 @@ func (s *dnsService) setWays(cfg *configs.Config, ups map[string]upstream.Upstre
 		if name == configs.SchemeDirect {
 			continue
 		}
-		t := dns.Transport{Dial: u.DialContext, NoUDP: true, Timeout: timeout, Via: name}
+		t := dns.Transport{Dial: u.DialContext, NoUDP: true, Timeout: timeout, Via: name, TLSConfig: tlsConf}
 		ex, err := build(d.Servers, t)
 		if err != nil {
 			return fmt.Errorf("dns.servers: %w", err)
@@ -251,7 +260,7 @@ func (s *dnsService) setWays(cfg *configs.Config, ups map[string]upstream.Upstre
 			}
 			ex = dns.NewSequence(uex, ex)
 		}
-		w := reuse(name, fmt.Sprint(d.Servers, d.ProxyUDP, d.Timeout), ex)
+		w := reuse(name, fmt.Sprint(d.Servers, d.ProxyUDP, d.Timeout, d.CAFile), ex)
 		next.byKey[upstream.Key(u)] = w
 	}
 	direct := d.Direct
@@ -264,12 +273,12 @@ func (s *dnsService) setWays(cfg *configs.Config, ups map[string]upstream.Upstre
 	if err := checkNotSelf(cfg, direct); err != nil {
 		return err
 	}
-	dt := dns.Transport{Dial: s.direct.DialContext, Timeout: timeout}
+	dt := dns.Transport{Dial: s.direct.DialContext, Timeout: timeout, TLSConfig: tlsConf}
 	dex, err := build(direct, dt)
 	if err != nil {
 		return fmt.Errorf("dns.direct: %w", err)
 	}
-	next.direct = reuse(configs.SchemeDirect, fmt.Sprint(direct, d.Timeout), dex)
+	next.direct = reuse(configs.SchemeDirect, fmt.Sprint(direct, d.Timeout, d.CAFile), dex)
 	next.byKey[upstream.Key(ups[configs.SchemeDirect])] = next.direct
 	local := d.Local
 	if len(local) == 0 {
@@ -279,7 +288,7 @@ func (s *dnsService) setWays(cfg *configs.Config, ups map[string]upstream.Upstre
 	if err != nil {
 		return fmt.Errorf("dns.local: %w", err)
 	}
-	next.local = reuse(" local", fmt.Sprint(local, d.Timeout), lex)
+	next.local = reuse(" local", fmt.Sprint(local, d.Timeout, d.CAFile), lex)
 	s.ways.Store(next)
 	return nil
 }
