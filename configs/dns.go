@@ -3,8 +3,8 @@ package configs
 import (
 	"crypto/x509"
 	"fmt"
-	"os"
 	"net/netip"
+	"os"
 	"time"
 
 	"github.com/socksgate/socksgate/dns"
