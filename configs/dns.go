@@ -36,7 +36,9 @@ type DNS struct {
 	// own (OpenWrt's resolv.conf.auto, else /etc/resolv.conf), read at start and each reload.
 	Direct []string `yaml:"direct"`
 	// Local is the resolver of names local to the LAN (*.lan, *.local, *.home.arpa, single
-	// labels, private reverse zones, LocalDomains): they never go upstream. Empty: Direct.
+	// labels, private reverse zones, LocalDomains): they never go upstream. Empty: the
+	// router's own resolver in /etc/resolv.conf (on OpenWrt the dnsmasq holding the DHCP
+	// names), else Direct.
 	Local []string `yaml:"local"`
 	// LocalDomains are more local domains (the DHCP domain, a home zone).
 	LocalDomains []string `yaml:"local_domains"`

@@ -271,7 +271,7 @@ func (s *dnsService) setWays(cfg *configs.Config, ups map[string]upstream.Upstre
 		}
 	}
 	if err := checkNotSelf(cfg, direct); err != nil {
-		return err
+		return fmt.Errorf("dns.direct: %w", err)
 	}
 	dt := dns.Transport{Dial: s.direct.DialContext, Timeout: timeout, TLSConfig: tlsConf}
 	dex, err := build(direct, dt)
@@ -282,7 +282,15 @@ func (s *dnsService) setWays(cfg *configs.Config, ups map[string]upstream.Upstre
 	next.byKey[upstream.Key(ups[configs.SchemeDirect])] = next.direct
 	local := d.Local
 	if len(local) == 0 {
+		// The router's own resolver knows the LAN's names (on OpenWrt, its dnsmasq with the
+		// DHCP leases, which /etc/resolv.conf names); without one, the direct resolvers.
 		local = direct
+		if own, err := resolversIn("/etc/resolv.conf"); err == nil && len(own) > 0 && checkNotSelf(cfg, own) == nil {
+			local = own
+		}
+	}
+	if err := checkNotSelf(cfg, local); err != nil {
+		return fmt.Errorf("dns.local: %w", err)
 	}
 	lex, err := build(local, dt)
 	if err != nil {
@@ -300,20 +308,29 @@ var resolvConfs = []string{"/tmp/resolv.conf.d/resolv.conf.auto", "/tmp/resolv.c
 func routerResolvers() ([]string, error) {
 	var errs []error
 	for _, p := range resolvConfs {
-		cc, err := mdns.ClientConfigFromFile(p)
+		out, err := resolversIn(p)
 		if err != nil {
 			errs = append(errs, err)
 			continue
-		}
-		var out []string
-		for _, sv := range cc.Servers {
-			out = append(out, net.JoinHostPort(sv, cc.Port))
 		}
 		if len(out) > 0 {
 			return out, nil
 		}
 	}
 	return nil, errors.Join(errs...)
+}
+
+// resolversIn lists the name servers of a resolv.conf file.
+func resolversIn(path string) ([]string, error) {
+	cc, err := mdns.ClientConfigFromFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, sv := range cc.Servers {
+		out = append(out, net.JoinHostPort(sv, cc.Port))
+	}
+	return out, nil
 }
 
 // checkNotSelf refuses direct resolvers that are socksgate's own DNS listener: every direct
@@ -331,7 +348,7 @@ func checkNotSelf(cfg *configs.Config, servers []string) error {
 			}
 			ip, perr := netip.ParseAddr(la.Host)
 			if la.AllAddresses() || (perr == nil && ip.Unmap() == ep.Addr.Addr().Unmap()) || (la.LAN && isLocalAddr(ep.Addr.Addr())) {
-				return fmt.Errorf("dns.direct: %s is socksgate's own dns.listen %s: every query would come back; set dns.direct to the router's upstream resolvers", sv, l)
+				return fmt.Errorf("%s is socksgate's own dns.listen %s: every query would come back; name the router's upstream resolvers instead", sv, l)
 			}
 		}
 	}
