@@ -57,7 +57,7 @@ func dnsStartOrigin(t testing.TB, tp *netlab.Topology) *netlab.Proc {
 		"--address=/echo.test/" + dnsEcho4,
 	}
 	for _, name := range []string{"router.test", "wan.test", "listen.test", "blocked.test", "cached.test",
-		"direct.test", "proxied.test", "fake.test", "keep.test", "dot.test", "doh.test", "wanask.test"} {
+		"direct.test", "proxied.test", "fake.example", "keep.example", "dot.test", "doh.test", "wanask.test"} {
 		args = append(args, "--address=/"+name+"/"+netlab.WAN4)
 	}
 	p := tp.WAN.Start(args...)
@@ -67,7 +67,15 @@ func dnsStartOrigin(t testing.TB, tp *netlab.Topology) *netlab.Proc {
 
 // dnsAsked is how many times dnsmasq's log says it was asked name's qtype from addr.
 func dnsAsked(origin *netlab.Proc, qtype, name, from string) int {
-	return countLines(origin.Output(), fmt.Sprintf("query[%s] %s from %s", qtype, name, from))
+	// The line ends with the address: 203.0.113.1 must not count 203.0.113.10's queries.
+	want := fmt.Sprintf("query[%s] %s from %s", qtype, name, from)
+	n := 0
+	for _, l := range strings.Split(origin.Output(), "\n") {
+		if strings.HasSuffix(strings.TrimSpace(l), want) {
+			n++
+		}
+	}
+	return n
 }
 
 // dnsAskedAny is how many times dnsmasq was asked name, of any type, from anyone.
@@ -114,7 +122,7 @@ upstreams:
   - {name: dante, url: "socks5://%s:1080"}
 rules:
   - {name: blocked, domain: [blocked.test, .blocked.test], action: block}
-  - {name: proxied, domain: [proxied.test, echo.test, fake.test, dot.test, doh.test], action: proxy, upstream: dante}
+  - {name: proxied, domain: [proxied.test, echo.test, fake.example, dot.test, doh.test], action: proxy, upstream: dante}
 %s  - {name: default, action: direct}
 dns:
   servers: [%q]

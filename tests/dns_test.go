@@ -3,6 +3,7 @@
 package tests
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -49,13 +50,34 @@ func TestDNSLabPeers(t *testing.T) {
 	}
 }
 
-// dnsNoAnswer asks server:port from ns and reports whether no answer came (dig exits 9 when
-// no server replied).
-func dnsNoAnswer(t *testing.T, ns *netlab.NS, server, port, name string) {
+// dnsAsk is one query dnsNoAnswer makes: from ns to server:port.
+type dnsAsk struct {
+	ns           *netlab.NS
+	server, port string
+}
+
+// dnsNoAnswer makes each query for name at once, and fails unless none is answered (dig exits
+// 9 when no server replied; it waits 1 s).
+func dnsNoAnswer(t *testing.T, name string, asks ...dnsAsk) {
 	t.Helper()
-	out, err := dig(ns, "-p", port, "@"+server, name, "A")
-	if err == nil || digStatus(out) != "" {
-		t.Fatalf("%s asked %s port %s and got an answer:\n%s", ns.Role, server, port, out)
+	errs := make(chan string, len(asks))
+	for _, a := range asks {
+		go func() {
+			out, err := a.ns.Run("dig", "+time=1", "+tries=1", "-p", a.port, "@"+a.server, name, "A")
+			if err == nil || digStatus(out) != "" {
+				errs <- fmt.Sprintf("%s asked %s port %s and got an answer:\n%s", a.ns.Role, a.server, a.port, out)
+				return
+			}
+			errs <- ""
+		}()
+	}
+	for range asks {
+		if e := <-errs; e != "" {
+			t.Error(e)
+		}
+	}
+	if t.Failed() {
+		t.FailNow()
 	}
 }
 
@@ -154,9 +176,8 @@ func TestDNSHijack(t *testing.T) {
 	}
 
 	// The hijack port and port 53 of gw answer only the LAN.
-	dnsNoAnswer(t, tp.WAN, netlab.GWUp4, "15353", "wanask.test")
-	dnsNoAnswer(t, tp.WAN, netlab.GWLAN4, "53", "wanask.test")
-	dnsNoAnswer(t, tp.WAN, netlab.GWLAN4, "15353", "wanask.test")
+	dnsNoAnswer(t, "wanask.test", dnsAsk{tp.WAN, netlab.GWUp4, "15353"}, dnsAsk{tp.WAN, netlab.GWLAN4, "53"},
+		dnsAsk{tp.WAN, netlab.GWLAN4, "15353"}, dnsAsk{tp.Proxy, netlab.GWUp4, "53"})
 	if n := dnsAskedAny(origin, "wanask.test"); n != 0 {
 		t.Fatalf("a query from wan was resolved (%d times)", n)
 	}
@@ -187,20 +208,17 @@ func TestDNSListen(t *testing.T) {
 	if n := dnsAskedAny(origin, "blocked.test"); n != 0 {
 		t.Fatalf("dnsmasq heard of a blocked name")
 	}
-	// Not hijacked: a query to wan's resolver goes as any captured UDP would (here nowhere:
-	// UDP is not captured and the lab drops lan's own packets to wan).
-	if out, err := dig(tp.LAN, "@"+netlab.WAN4, "wanask.test", "A"); err == nil && digStatus(out) != "" {
-		t.Fatalf("a query to wan was answered without hijack:\n%s", out)
-	}
-	// 0.0.0.0:5353: the LAN and gw itself are answered, wan is not.
+	// 0.0.0.0:5353: the LAN and gw itself are answered, wan and the proxy are not. Not
+	// hijacked, lan's query to wan's resolver goes as any UDP would: here nowhere (UDP is
+	// not captured and the lab drops lan's own packets to wan).
 	if out, err := dig(tp.LAN, "+short", "-p", "5353", "@"+netlab.GWUp4, "listen.test", "A"); err != nil || strings.TrimSpace(out) != netlab.WAN4 {
 		t.Fatalf("lan asked gw's upstream address on 5353: %v %q", err, out)
 	}
 	if out, err := dig(tp.GW, "+short", "-p", "5353", "@127.0.0.1", "listen.test", "A"); err != nil || strings.TrimSpace(out) != netlab.WAN4 {
 		t.Fatalf("loopback on 5353: %v %q", err, out)
 	}
-	dnsNoAnswer(t, tp.WAN, netlab.GWUp4, "5353", "wanask.test")
-	dnsNoAnswer(t, tp.Proxy, netlab.GWUp4, "5353", "wanask.test")
+	dnsNoAnswer(t, "wanask.test", dnsAsk{tp.WAN, netlab.GWUp4, "5353"}, dnsAsk{tp.Proxy, netlab.GWUp4, "5353"},
+		dnsAsk{tp.WAN, netlab.GWLAN4, "53"}, dnsAsk{tp.LAN, netlab.WAN4, "53"})
 	if n := dnsAskedAny(origin, "wanask.test"); n != 0 {
 		t.Fatalf("a query from outside the LAN was resolved (%d times)", n)
 	}
@@ -234,8 +252,8 @@ func TestDNSNamesForFlows(t *testing.T) {
 		t.Fatalf("echo from %s: %v %q\n%s", netlab.LAN4, err, out, gw.Output())
 	}
 	l, ok := waitLog(gw, 5*time.Second, flowEnded.with("src", "~"+netlab.LAN4+":"))
-	if !ok || l.str("rule") != "proxied" || l.str("dst") != "echo.test:"+dnsEchoPort || l.str("ip") != dnsEcho4 {
-		t.Fatalf("the flow to echo.test's address: want rule proxied, dst echo.test:%s, ip %s; got %v\n%s", dnsEchoPort, dnsEcho4, l, gw.Output())
+	if !ok || l.str("rule") != "proxied" || l.str("dst") != "echo.test:"+dnsEchoPort || l.str("ip") != dnsEcho4+":"+dnsEchoPort || l.str("name_from") != "dns" {
+		t.Fatalf("the flow to echo.test's address: want rule proxied, dst echo.test:%s, ip %s, name_from dns; got %v\n%s", dnsEchoPort, dnsEcho4, l, gw.Output())
 	}
 	if !waitFor(5*time.Second, func() bool { return strings.Contains(d.Output(), "ATYP: 3 address: echo.test."+dnsEchoPort) }) {
 		t.Fatalf("dante was not handed the name:\n%s", d.Output())
@@ -246,7 +264,7 @@ func TestDNSNamesForFlows(t *testing.T) {
 		t.Fatalf("echo from %s: %v %q\n%s", dnsLAN2, err, out, gw.Output())
 	}
 	l, ok = waitLog(gw, 5*time.Second, flowEnded.with("src", "~"+dnsLAN2+":"))
-	if !ok || l.str("rule") != "other" || l.str("dst") != dnsEcho4+":"+dnsEchoPort {
+	if !ok || l.str("rule") != "other" || l.str("dst") != dnsEcho4+":"+dnsEchoPort || l.str("name_from") != "" {
 		t.Fatalf("the flow from the client that never asked: want rule other, dst %s:%s; got %v", dnsEcho4, dnsEchoPort, l)
 	}
 	if !waitFor(5*time.Second, func() bool { return strings.Contains(d.Output(), "ATYP: 1 address: "+dnsEcho4+"."+dnsEchoPort) }) {
@@ -262,7 +280,7 @@ func TestDNSFakeIP(t *testing.T) {
 	tp := netlab.NewTopology(t)
 	origin := dnsStartOrigin(t, tp)
 	serveWeb(t, tp)
-	nsHosts(t, tp.Proxy, netlab.WAN4+" fake.test\n")
+	nsHosts(t, tp.Proxy, netlab.WAN4+" fake.example\n")
 	d := startDante(t, tp, danteOptions{Server: "debug: 1"})
 	nsResolvConf(t, tp.LAN, netlab.GWLAN4)
 	stateDir := t.TempDir()
@@ -270,38 +288,38 @@ func TestDNSFakeIP(t *testing.T) {
 	gw := startSocksgate(t, tp.GW, cfg)
 
 	fake := map[string]string{}
-	for _, name := range []string{"fake.test", "keep.test"} {
+	for _, name := range []string{"fake.example", "keep.example"} {
 		out, err := digShort(tp.LAN, netlab.GWLAN4, name, "A")
 		if err != nil || !strings.HasPrefix(out, "198.18.") && !strings.HasPrefix(out, "198.19.") {
 			t.Fatalf("dig %s in fake-ip mode: %v %q, want an address of 198.18.0.0/15", name, err, out)
 		}
 		fake[name] = out
 	}
-	if fake["fake.test"] == fake["keep.test"] {
+	if fake["fake.example"] == fake["keep.example"] {
 		t.Fatalf("two names got one fake address: %v", fake)
 	}
-	if n := dnsAskedAny(origin, "fake.test") + dnsAskedAny(origin, "keep.test"); n != 0 {
+	if n := dnsAskedAny(origin, "fake.example") + dnsAskedAny(origin, "keep.example"); n != 0 {
 		t.Fatalf("fake-ip answers asked the origin %d times:\n%s", n, origin.Output())
 	}
 	// curl resolves through the router (lan's resolv.conf), A and AAAA.
-	for _, name := range []string{"fake.test", "keep.test"} {
+	for _, name := range []string{"fake.example", "keep.example"} {
 		if out, err := curl(tp.LAN, "http://"+name+"/"); err != nil || out != pageBody {
 			t.Fatalf("curl http://%s/: %v %q\n%s", name, err, out, gw.Output())
 		}
 	}
-	l, ok := waitLog(gw, 5*time.Second, flowEnded.with("dst", "fake.test:80"))
+	l, ok := waitLog(gw, 5*time.Second, flowEnded.with("dst", "fake.example:80"))
 	if !ok || l.str("rule") != "proxied" {
-		t.Fatalf("the flow to fake.test: %v\n%s", l, gw.Output())
+		t.Fatalf("the flow to fake.example: %v\n%s", l, gw.Output())
 	}
-	if !waitFor(5*time.Second, func() bool { return strings.Contains(d.Output(), "ATYP: 3 address: fake.test.80") }) {
-		t.Fatalf("dante was not handed fake.test:\n%s", d.Output())
+	if !waitFor(5*time.Second, func() bool { return strings.Contains(d.Output(), "ATYP: 3 address: fake.example.80") }) {
+		t.Fatalf("dante was not handed fake.example:\n%s", d.Output())
 	}
-	if l, ok := waitLog(gw, 5*time.Second, flowEnded.with("dst", "keep.test:80")); !ok || l.str("rule") != "default" || l.str("action") != "direct" {
-		t.Fatalf("the flow to keep.test: %v\n%s", l, gw.Output())
+	if l, ok := waitLog(gw, 5*time.Second, flowEnded.with("dst", "keep.example:80")); !ok || l.str("rule") != "default" || l.str("action") != "direct" {
+		t.Fatalf("the flow to keep.example: %v\n%s", l, gw.Output())
 	}
-	// The direct flow was resolved on gw: dnsmasq was asked keep.test from gw.
-	if n := dnsAsked(origin, "A", "keep.test", dnsFromGW); n < 1 {
-		t.Fatalf("keep.test was not resolved on gw for its direct flow:\n%s", origin.Output())
+	// The direct flow was resolved on gw: dnsmasq was asked keep.example from gw.
+	if n := dnsAsked(origin, "A", "keep.example", dnsFromGW); n < 1 {
+		t.Fatalf("keep.example was not resolved on gw for its direct flow:\n%s", origin.Output())
 	}
 
 	stopSocksgate(t, tp.GW, gw)
@@ -309,14 +327,14 @@ func TestDNSFakeIP(t *testing.T) {
 		t.Fatalf("no fake-ip state after shutdown: %v", err)
 	}
 	gw = startSocksgate(t, tp.GW, cfg)
-	// Asked in the other order: a fresh pool would hand out its first address to keep.test.
-	for _, name := range []string{"keep.test", "fake.test"} {
+	// Asked in the other order: a fresh pool would hand out its first address to keep.example.
+	for _, name := range []string{"keep.example", "fake.example"} {
 		if out, err := digShort(tp.LAN, netlab.GWLAN4, name, "A"); err != nil || out != fake[name] {
 			t.Fatalf("after a restart %s is %q (%v), was %s\n%s", name, out, err, fake[name], gw.Output())
 		}
 	}
-	if out, err := curl(tp.LAN, "http://fake.test/"); err != nil || out != pageBody {
-		t.Fatalf("curl http://fake.test/ after a restart: %v %q\n%s", err, out, gw.Output())
+	if out, err := curl(tp.LAN, "http://fake.example/"); err != nil || out != pageBody {
+		t.Fatalf("curl http://fake.example/ after a restart: %v %q\n%s", err, out, gw.Output())
 	}
 }
 
@@ -354,7 +372,7 @@ func TestDNSOverTLSThroughProxy(t *testing.T) {
 			t.Fatalf("%s: dnsmasq was asked %d times by dnsdist:\n%s", tc.name, n, origin.Output())
 		}
 		if n := dnsAsked(origin, "A", tc.name, dnsFromGW) + dnsAsked(origin, "A", tc.name, dnsFromProxy); n != 0 {
-			t.Fatalf("%s: asked in plain DNS outside the TLS", tc.name)
+			t.Fatalf("%s: asked in plain DNS outside the TLS:\n%s\n%s", tc.name, origin.Output(), gw.Output())
 		}
 		if !waitFor(5*time.Second, func() bool { return strings.Contains(d.Output(), netlab.WAN4+"."+tc.port) }) {
 			t.Fatalf("dante did not carry the connection to %s:%s:\n%s", netlab.WAN4, tc.port, d.Output())
