@@ -4,6 +4,7 @@ package tests
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -92,7 +93,7 @@ func TestDNSHijack(t *testing.T) {
 	tp := netlab.NewTopology(t)
 	origin := dnsStartOrigin(t, tp)
 	startDante(t, tp, danteOptions{})
-	gw := startSocksgate(t, tp.GW, dnsConfig("  hijack: true\n", ""))
+	gw := startSocksgate(t, tp.GW, dnsConfig("  hijack: true\n", "")+"admin: \"127.0.0.1:9091\"\n")
 
 	// To the router itself and to wan's resolver: socksgate answers both (dnsmasq is never
 	// asked by lan's address; the lab's filter would drop lan's packets to wan anyway).
@@ -180,6 +181,26 @@ func TestDNSHijack(t *testing.T) {
 		dnsAsk{tp.WAN, netlab.GWLAN4, "15353"}, dnsAsk{tp.Proxy, netlab.GWUp4, "53"})
 	if n := dnsAskedAny(origin, "wanask.test"); n != 0 {
 		t.Fatalf("a query from wan was resolved (%d times)", n)
+	}
+
+	// The metrics count what happened, by rule and action, and the cache's hits.
+	metrics, err := curl(tp.GW, "http://127.0.0.1:9091/metrics")
+	if err != nil {
+		t.Fatalf("metrics: %v %s", err, metrics)
+	}
+	for _, want := range []string{
+		`socksgate_dns_queries_total{action="block",rule="blocked"} 2`,
+		`socksgate_dns_queries_total{action="resolve",rule="proxied"} 1`,
+		`socksgate_dns_answers_total{source="hit"} `,
+		`socksgate_dns_upstream_duration_seconds_count{resolver=`,
+		`socksgate_dns_table_size{table="mappings"} `,
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+	if t.Failed() {
+		t.Fatalf("metrics:\n%s", metrics)
 	}
 	stopSocksgate(t, tp.GW, gw)
 }
@@ -308,8 +329,8 @@ func TestDNSFakeIP(t *testing.T) {
 		}
 	}
 	l, ok := waitLog(gw, 5*time.Second, flowEnded.with("dst", "fake.example:80"))
-	if !ok || l.str("rule") != "proxied" {
-		t.Fatalf("the flow to fake.example: %v\n%s", l, gw.Output())
+	if !ok || l.str("rule") != "proxied" || l.str("name_from") != "fakeip" || l.str("ip") != "" {
+		t.Fatalf("the flow to fake.example: want rule proxied, name_from fakeip, no ip; got %v\n%s", l, gw.Output())
 	}
 	if !waitFor(5*time.Second, func() bool { return strings.Contains(d.Output(), "ATYP: 3 address: fake.example.80") }) {
 		t.Fatalf("dante was not handed fake.example:\n%s", d.Output())
@@ -378,5 +399,38 @@ func TestDNSOverTLSThroughProxy(t *testing.T) {
 			t.Fatalf("dante did not carry the connection to %s:%s:\n%s", netlab.WAN4, tc.port, d.Output())
 		}
 		stopSocksgate(t, tp.GW, gw)
+	}
+}
+
+// The router's own dnsmasq in front: it keeps port 53 on the LAN and forwards everything to
+// socksgate on 127.0.0.1:5353 (server=127.0.0.1#5353, no-resolv), which routes by the rules as
+// before. dns.direct points at wan's resolver, never back at dnsmasq.
+func TestDNSBehindDnsmasq(t *testing.T) {
+	tp := netlab.NewTopology(t)
+	origin := dnsStartOrigin(t, tp)
+	startDante(t, tp, danteOptions{})
+	gw := startSocksgate(t, tp.GW, dnsConfig("  listen: [\"127.0.0.1:5353\"]\n", ""))
+	front := tp.GW.Start("dnsmasq", "-k", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
+		"--server=127.0.0.1#5353", "--listen-address="+netlab.GWLAN4, "--bind-interfaces", "-p", "53",
+		"--user=root", "--pid-file="+writeFile(t, "front.pid", ""), "--log-queries", "--log-facility=-")
+	tp.LAN.WaitListening(net.JoinHostPort(netlab.GWLAN4, "53"), 5*time.Second)
+	if out, err := digShort(tp.LAN, netlab.GWLAN4, "proxied.test", "A"); err != nil || out != netlab.WAN4 {
+		t.Fatalf("dig proxied.test through dnsmasq: %v %q\n%s\n%s", err, out, front.Output(), gw.Output())
+	}
+	if p, g := dnsAsked(origin, "A", "proxied.test", dnsFromProxy), dnsAsked(origin, "A", "proxied.test", dnsFromGW); p != 1 || g != 0 {
+		t.Fatalf("proxied.test asked %d times from the proxy and %d from gw, want 1 and 0:\n%s", p, g, origin.Output())
+	}
+	if l, ok := dnsQueryLogged(gw, "proxied.test"); !ok || !strings.Contains(l.str("src"), "127.0.0.1") {
+		t.Fatalf("socksgate's record of proxied.test (asked by dnsmasq over loopback): %v", l)
+	}
+	out, _ := dig(tp.LAN, "@"+netlab.GWLAN4, "blocked.test", "A")
+	if st := digStatus(out); st != "NXDOMAIN" {
+		t.Fatalf("blocked.test through dnsmasq: status %q:\n%s", st, out)
+	}
+	if out, err := digShort(tp.LAN, netlab.GWLAN4, "direct.test", "A"); err != nil || out != netlab.WAN4 {
+		t.Fatalf("dig direct.test through dnsmasq: %v %q", err, out)
+	}
+	if n := dnsAsked(origin, "A", "direct.test", dnsFromGW); n != 1 {
+		t.Fatalf("direct.test asked %d times from gw:\n%s", n, origin.Output())
 	}
 }
