@@ -111,7 +111,7 @@ func digStatus(out string) string {
 }
 
 // dnsConfig is socksgate with dante as upstream "dante" and the rules the DNS tests share:
-// blocked.test blocked, proxied.test and echo.test through dante, everything else direct.
+// blocked.test blocked, proxied.test, echo.test, fake.example, dot.test and doh.test through dante, everything else direct.
 // dnsYAML is the body of the dns: section (indented two spaces), after the servers.
 func dnsConfig(dnsYAML string, moreRules string) string {
 	return fmt.Sprintf(`log: {level: debug}

@@ -434,3 +434,24 @@ func TestDNSBehindDnsmasq(t *testing.T) {
 		t.Fatalf("direct.test asked %d times from gw:\n%s", n, origin.Output())
 	}
 }
+
+// dns.proxy_udp: a proxied name is asked over a UDP association through dante (SOCKS5 UDP
+// ASSOCIATE) instead of TCP; dnsmasq still hears it from the proxy, never from gw.
+func TestDNSProxyUDP(t *testing.T) {
+	tp := netlab.NewTopology(t)
+	origin := dnsStartOrigin(t, tp)
+	d := startDante(t, tp, danteOptions{})
+	gw := startSocksgate(t, tp.GW, dnsConfig("  hijack: true\n  proxy_udp: true\n", ""))
+	if out, err := digShort(tp.LAN, netlab.GWLAN4, "proxied.test", "A"); err != nil || out != netlab.WAN4 {
+		t.Fatalf("dig proxied.test with proxy_udp: %v %q\n%s", err, out, gw.Output())
+	}
+	if p, g := dnsAsked(origin, "A", "proxied.test", dnsFromProxy), dnsAsked(origin, "A", "proxied.test", dnsFromGW); p != 1 || g != 0 {
+		t.Fatalf("proxied.test asked %d times from the proxy and %d from gw, want 1 and 0:\n%s", p, g, origin.Output())
+	}
+	if !waitFor(5*time.Second, func() bool { return strings.Contains(d.Output(), "udp/udpassociate") }) {
+		t.Fatalf("dante shows no UDP association:\n%s", d.Output())
+	}
+	if strings.Contains(d.Output(), "tcp/connect [: ") {
+		t.Fatalf("the query went over TCP through dante with proxy_udp:\n%s", d.Output())
+	}
+}
