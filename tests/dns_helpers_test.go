@@ -57,7 +57,7 @@ func dnsStartOrigin(t testing.TB, tp *netlab.Topology) *netlab.Proc {
 		"--address=/echo.test/" + dnsEcho4,
 	}
 	for _, name := range []string{"router.test", "wan.test", "listen.test", "blocked.test", "cached.test",
-		"direct.test", "proxied.test", "fake.example", "keep.example", "dot.test", "doh.test", "wanask.test"} {
+		"direct.test", "proxied.test", "printer.lan", "fake.example", "keep.example", "dot.test", "doh.test", "wanask.test"} {
 		args = append(args, "--address=/"+name+"/"+netlab.WAN4)
 	}
 	p := tp.WAN.Start(args...)
@@ -112,7 +112,9 @@ func digStatus(out string) string {
 
 // dnsConfig is socksgate with dante as upstream "dante" and the rules the DNS tests share:
 // blocked.test blocked, proxied.test, echo.test, fake.example, dot.test and doh.test through dante, everything else direct.
-// dnsYAML is the body of the dns: section (indented two spaces), after the servers.
+// dnsYAML is the body of the dns: section (indented two spaces), after the servers. Every
+// resolver is wan's dnsmasq: local names too (their default, the machine's resolv.conf, is
+// never to be asked from a test).
 func dnsConfig(dnsYAML string, moreRules string) string {
 	return fmt.Sprintf(`log: {level: debug}
 lan: {interfaces: [%s]}
@@ -122,13 +124,14 @@ upstreams:
   - {name: dante, url: "socks5://%s:1080"}
 rules:
   - {name: blocked, domain: [blocked.test, .blocked.test], action: block}
-  - {name: proxied, domain: [proxied.test, echo.test, fake.example, dot.test, doh.test], action: proxy, upstream: dante}
+  - {name: proxied, domain: [proxied.test, printer.lan, echo.test, fake.example, dot.test, doh.test], action: proxy, upstream: dante}
 %s  - {name: default, action: direct}
 dns:
   servers: [%q]
   direct: [%q]
+  local: [%q]
   rate: -1
-%s`, netlab.GWLANIf, netlab.Proxy4, moreRules, netlab.WAN4, netlab.WAN4, dnsYAML)
+%s`, netlab.GWLANIf, netlab.Proxy4, moreRules, netlab.WAN4, netlab.WAN4, netlab.WAN4, dnsYAML)
 }
 
 // dnsQueryLogged waits until socksgate logged a "dns query" record for name and returns it.

@@ -133,6 +133,14 @@ func TestDNSHijack(t *testing.T) {
 	if l, ok := dnsQueryLogged(gw, "proxied.test"); !ok || l.str("rule") != "proxied" {
 		t.Fatalf("dns query record for proxied.test: %v\n%s", l, gw.Output())
 	}
+	// A local name goes to dns.local (here wan's dnsmasq, asked from gw), whatever the rules
+	// say: printer.lan is in the proxied rule's list, and must never go through the proxy.
+	if out, err := digShort(tp.LAN, netlab.GWLAN4, "printer.lan", "A"); err != nil || out != netlab.WAN4 {
+		t.Fatalf("dig printer.lan: %v %q", err, out)
+	}
+	if l, p := dnsAsked(origin, "A", "printer.lan", dnsFromGW), dnsAsked(origin, "A", "printer.lan", dnsFromProxy); l != 1 || p != 0 {
+		t.Fatalf("printer.lan asked %d times from gw and %d through the proxy, want 1 and 0:\n%s", l, p, origin.Output())
+	}
 
 	// Blocked: NXDOMAIN, and dnsmasq never hears of it.
 	for _, name := range []string{"blocked.test", "ads.blocked.test"} {

@@ -155,11 +155,12 @@ dns:
   listen: ["%s:53"]
   servers: ["%s"]
   direct: ["%s"]
+  local: ["%s"]
   rate: -1
   cache: %s
   names: {entries: %d}
 state_dir: %s
-`, netlab.GWLANIf, netlab.GWLAN4, dnsBenchOrigin, dnsBenchOrigin, c, max(100000, 2*cacheEntries), t.TempDir())
+`, netlab.GWLANIf, netlab.GWLAN4, dnsBenchOrigin, dnsBenchOrigin, dnsBenchOrigin, c, max(100000, 2*cacheEntries), t.TempDir())
 	p := tp.GW.Start(bin, "run", "-c", writeFile(t, "socksgate-dns.yaml", cfg))
 	if !benchListening(tp.LAN, net.JoinHostPort(netlab.GWLAN4, "53"), 10*time.Second) {
 		t.Fatalf("socksgate's DNS did not listen:\n%s", p.Output())
