@@ -9,7 +9,8 @@
 // Knobs: BENCH_RELAYS=splice,buffered adds socksgate contenders with those relay modes;
 // BENCH_ONLY=substr keeps the contenders whose name contains substr (plus the baselines);
 // BENCH_SOCKSGATE=path uses a prebuilt binary; BENCH_ROUNDS, BENCH_IDLE=2000,9000 override the
-// defaults; BENCH_PARTS=throughput,slowsink,idle (the default: all three) picks what to measure.
+// defaults; BENCH_PARTS=throughput,slowsink,idle,dns (the default: all four) picks what to measure
+// (dns: socksgate's resolver against dnsmasq with dnsperf, and DNS memory; see dns_test.go).
 package bench
 
 import (
@@ -57,7 +58,7 @@ type params struct {
 	loadConc   int
 	idleCounts []int
 	slowSecs   int             // how long the fast sender writes into the slow sink
-	parts      map[string]bool // throughput, slowsink, idle
+	parts      map[string]bool // throughput, slowsink, idle, dns
 }
 
 func benchParams() params {
@@ -65,7 +66,7 @@ func benchParams() params {
 	if os.Getenv("BENCH_QUICK") != "" {
 		p = params{quick: true, rounds: 1, iperfArgs: []string{"-n", "192M"}, loadSecs: "0.5", loadConc: 8, idleCounts: []int{200}, slowSecs: 2}
 	}
-	p.parts = map[string]bool{"throughput": true, "slowsink": true, "idle": true}
+	p.parts = map[string]bool{"throughput": true, "slowsink": true, "idle": true, "dns": true}
 	if v := os.Getenv("BENCH_PARTS"); v != "" {
 		p.parts = map[string]bool{}
 		for _, f := range strings.Split(v, ",") {
@@ -251,7 +252,17 @@ func TestBench(t *testing.T) {
 			stop()
 		}
 	}
+	var dnsTable string
+	if p.parts["dns"] {
+		check()
+		dnsTable = renderDNS(runDNSBench(t, tp, bin, p))
+	}
 	table := render(p, contenders, all, time.Since(began))
+	if dnsTable != "" {
+		// Before the closing "Reproduce" line.
+		i := strings.LastIndex(table, "\nReproduce:")
+		table = table[:i] + dnsTable + table[i:]
+	}
 	fmt.Println(table)
 	name := fmt.Sprintf("%s-%s%s.md", time.Now().Format("2006-01-02-150405"), hostTag(), map[bool]string{true: "-quick"}[p.quick])
 	path := filepath.Join("results", name)
