@@ -97,17 +97,49 @@ func (h *Handler) ServeDNS(w mdns.ResponseWriter, req *mdns.Msg) {
 }
 
 func addrPortOf(a net.Addr) netip.AddrPort {
+	var ap netip.AddrPort
 	switch a := a.(type) {
 	case *net.UDPAddr:
-		return a.AddrPort()
+		ap = a.AddrPort()
 	case *net.TCPAddr:
-		return a.AddrPort()
+		ap = a.AddrPort()
+	default:
+		if a != nil {
+			ap, _ = netip.ParseAddrPort(a.String())
+		}
 	}
-	if a != nil {
-		ap, _ := netip.ParseAddrPort(a.String())
-		return ap
+	// A dual-stack socket sees IPv4 clients as ::ffff:a.b.c.d: they are a.b.c.d to the rules,
+	// the real-IP map and the log, as to the flows.
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}
+
+// forwardedClient is the LAN client a resolver on the router itself (its dnsmasq, with
+// add-subnet=32,128) forwards the query for: the address of a full-length EDNS client-subnet
+// option, trusted only from loopback. The option is never passed on (see answer).
+func forwardedClient(client netip.AddrPort, req *mdns.Msg) netip.AddrPort {
+	if !client.Addr().IsLoopback() {
+		return client
 	}
-	return netip.AddrPort{}
+	opt := req.IsEdns0()
+	if opt == nil {
+		return client
+	}
+	for _, o := range opt.Option {
+		ecs, ok := o.(*mdns.EDNS0_SUBNET)
+		if !ok {
+			continue
+		}
+		a, ok := netip.AddrFromSlice(ecs.Address)
+		if !ok {
+			return client
+		}
+		a = a.Unmap()
+		if int(ecs.SourceNetmask) != a.BitLen() || a.IsUnspecified() {
+			return client
+		}
+		return netip.AddrPortFrom(a, 0)
+	}
+	return client
 }
 
 // blockTTL is the TTL of a synthesized block answer; anyTTL that of the RFC 8482 HINFO.
@@ -120,6 +152,7 @@ const (
 // says the reply goes back over UDP and must fit the client's size.
 func (h *Handler) Answer(ctx context.Context, client netip.AddrPort, req *mdns.Msg, udp bool) *mdns.Msg {
 	start := time.Now()
+	client = forwardedClient(client, req)
 	ev := Event{Client: client, Rcode: -1}
 	m := h.answer(ctx, client, req, &ev)
 	if m != nil {

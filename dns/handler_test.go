@@ -566,3 +566,35 @@ func TestServerServeFailsOnBusyPort(t *testing.T) {
 }
 
 var _ = atomic.Int64{}
+
+// A query from loopback with a full-length client-subnet option (dnsmasq's add-subnet=32,128)
+// is the LAN client's; from anywhere else, or with a shorter prefix, the option names nobody.
+func TestForwardedClient(t *testing.T) {
+	q := func(addr string, bits uint8) *mdns.Msg {
+		m := new(mdns.Msg)
+		m.SetQuestion("a.test.", mdns.TypeA)
+		m.SetEdns0(1232, false)
+		a := netip.MustParseAddr(addr)
+		fam := uint16(1)
+		if a.Is6() {
+			fam = 2
+		}
+		m.IsEdns0().Option = append(m.IsEdns0().Option, &mdns.EDNS0_SUBNET{Code: mdns.EDNS0SUBNET, Family: fam, SourceNetmask: bits, Address: a.AsSlice()})
+		return m
+	}
+	lo, lan := netip.MustParseAddrPort("127.0.0.1:4000"), netip.MustParseAddrPort("10.0.1.2:4000")
+	for _, tc := range []struct {
+		from netip.AddrPort
+		req  *mdns.Msg
+		want string
+	}{
+		{lo, q("10.0.1.9", 32), "10.0.1.9:0"},
+		{netip.MustParseAddrPort("[::1]:4000"), q("fd00::9", 128), "[fd00::9]:0"},
+		{lo, q("10.0.1.0", 24), "127.0.0.1:4000"},
+		{lan, q("10.0.1.9", 32), "10.0.1.2:4000"},
+	} {
+		if got := forwardedClient(tc.from, tc.req); got.String() != tc.want {
+			t.Errorf("query from %v with %v: client %v, want %s", tc.from, tc.req.IsEdns0().Option, got, tc.want)
+		}
+	}
+}

@@ -367,19 +367,8 @@ func TestDNSFakeIP(t *testing.T) {
 	}
 }
 
-// startSocksgateEnv is startSocksgate with environment variables set for the daemon.
-func startSocksgateEnv(t *testing.T, ns *netlab.NS, yaml string, env ...string) *netlab.Proc {
-	t.Helper()
-	cfg := writeFile(t, "socksgate.yaml", yaml)
-	p := ns.Start(append(append([]string{"env"}, env...), socksgateBin, "run", "-log-format", "json", "-c", cfg)...)
-	if _, ok := waitLog(p, 15*time.Second, msg("socksgate ready")); !ok {
-		t.Fatalf("socksgate did not become ready:\n%s", p.Output())
-	}
-	return p
-}
-
 // DoT and DoH servers reached through dante: dnsdist in wan in front of dnsmasq, with a test
-// certificate socksgate trusts (SSL_CERT_FILE: the config has no CA key). The query reaches
+// certificate socksgate trusts (dns.ca_file). The query reaches
 // dnsmasq from dnsdist, and dante carried the TLS connection.
 func TestDNSOverTLSThroughProxy(t *testing.T) {
 	needBin(t, "dnsdist")
@@ -392,8 +381,8 @@ func TestDNSOverTLSThroughProxy(t *testing.T) {
 		{"tls://" + netlab.WAN4 + ":853#dot.test", "dot.test", "853"},
 		{"https://dot.test/dns-query#" + netlab.WAN4, "doh.test", "443"},
 	} {
-		cfg := strings.Replace(dnsConfig("  hijack: true\n", ""), "servers: [\""+netlab.WAN4+"\"]", "servers: [\""+tc.server+"\"]", 1)
-		gw := startSocksgateEnv(t, tp.GW, cfg, "SSL_CERT_FILE="+cert)
+		cfg := strings.Replace(dnsConfig("  hijack: true\n  ca_file: "+cert+"\n", ""), "servers: [\""+netlab.WAN4+"\"]", "servers: [\""+tc.server+"\"]", 1)
+		gw := startSocksgate(t, tp.GW, cfg)
 		if out, err := digShort(tp.LAN, netlab.GWLAN4, tc.name, "A"); err != nil || out != netlab.WAN4 {
 			t.Fatalf("%s via %s: %v %q\n%s", tc.name, tc.server, err, out, gw.Output())
 		}
@@ -416,10 +405,15 @@ func TestDNSOverTLSThroughProxy(t *testing.T) {
 func TestDNSBehindDnsmasq(t *testing.T) {
 	tp := netlab.NewTopology(t)
 	origin := dnsStartOrigin(t, tp)
+	serveWeb(t, tp)
+	nsHosts(t, tp.Proxy, netlab.WAN4+" proxied.test\n") // dante resolves the name it is handed
 	startDante(t, tp, danteOptions{})
 	gw := startSocksgate(t, tp.GW, dnsConfig("  listen: [\"127.0.0.1:5353\"]\n", ""))
+	// add-subnet=32,128: dnsmasq tells socksgate which LAN client asked (an EDNS client-subnet
+	// option, trusted from loopback only and never passed on), so flows still get their names.
 	front := tp.GW.Start("dnsmasq", "-k", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
 		"--server=127.0.0.1#5353", "--listen-address="+netlab.GWLAN4, "--bind-interfaces", "-p", "53",
+		"--add-subnet=32,128", "--cache-size=0",
 		"--user=root", "--pid-file="+writeFile(t, "front.pid", ""), "--log-queries", "--log-facility=-")
 	tp.LAN.WaitListening(net.JoinHostPort(netlab.GWLAN4, "53"), 5*time.Second)
 	if out, err := digShort(tp.LAN, netlab.GWLAN4, "proxied.test", "A"); err != nil || out != netlab.WAN4 {
@@ -428,8 +422,19 @@ func TestDNSBehindDnsmasq(t *testing.T) {
 	if p, g := dnsAsked(origin, "A", "proxied.test", dnsFromProxy), dnsAsked(origin, "A", "proxied.test", dnsFromGW); p != 1 || g != 0 {
 		t.Fatalf("proxied.test asked %d times from the proxy and %d from gw, want 1 and 0:\n%s", p, g, origin.Output())
 	}
-	if l, ok := dnsQueryLogged(gw, "proxied.test"); !ok || !strings.Contains(l.str("src"), "127.0.0.1") {
-		t.Fatalf("socksgate's record of proxied.test (asked by dnsmasq over loopback): %v", l)
+	if l, ok := dnsQueryLogged(gw, "proxied.test"); !ok || l.str("src") != netlab.LAN4+":0" {
+		t.Fatalf("socksgate's record of proxied.test (asked by dnsmasq for %s): %v", netlab.LAN4, l)
+	}
+	if strings.Contains(origin.Output(), "subnet") {
+		t.Fatalf("the client-subnet option reached the origin:\n%s", origin.Output())
+	}
+	// The client connects to the address it was answered: the flow carries the name.
+	nsResolvConf(t, tp.LAN, netlab.GWLAN4)
+	if out, err := curl(tp.LAN, "http://proxied.test/"); err != nil || out != pageBody {
+		t.Fatalf("curl http://proxied.test/ through dnsmasq: %v %q\n%s", err, out, gw.Output())
+	}
+	if l, ok := waitLog(gw, 5*time.Second, flowEnded.with("dst", "proxied.test:80")); !ok || l.str("name_from") != "dns" || l.str("rule") != "proxied" {
+		t.Fatalf("the flow to proxied.test's address behind dnsmasq: want rule proxied, name_from dns; got %v\n%s", l, gw.Output())
 	}
 	out, _ := dig(tp.LAN, "@"+netlab.GWLAN4, "blocked.test", "A")
 	if st := digStatus(out); st != "NXDOMAIN" {
