@@ -124,15 +124,17 @@ func (p pipeBudget) Release(n int) {
 	p.b.Release(n)
 }
 
-// AcquireAccepted charges one accepted socket while its handshake runs (the accept loop, before
-// a flow exists): it may use the reserve, all but its last quarter, so that a burst accepted
-// faster than its handshakes end cannot take the descriptors admitted flows are about to dial
-// with. Release(1) gives it back.
-func (b *fdBudget) AcquireAccepted() bool {
+// acceptFits reports whether one more accepted socket, whose handshake is yet to run, leaves
+// the process within the reserve but its last quarter. It charges nothing (the flow the
+// handshake begins is charged then, and a socket of a handshake that ends without one is not
+// a flow); near the bound the real descriptors are counted, accepted sockets among them, so a
+// burst accepted faster than its handshakes end is refused at accept instead of taking the
+// descriptors admitted flows are about to dial with.
+func (b *fdBudget) acceptFits() bool {
 	if b == nil || b.room == 0 && b.count == nil {
 		return true
 	}
-	return b.grant(1, b.hard)
+	return b.check(1, b.hard, false)
 }
 
 // fits reports whether n more descriptors would be granted now, without charging them.

@@ -98,16 +98,15 @@ func (g *Gateway) serveAccept(ctx context.Context, ln net.Listener, handle func(
 			return fmt.Errorf("accept: %w", err)
 		}
 		pause = 0
-		// The accepted socket is charged to the descriptor budget while its handshake runs:
-		// a burst faster than the handshakes can refuse would otherwise fill the table with
-		// sockets nobody counts, and the flows already admitted would find none to dial with.
-		if !g.fds.AcquireAccepted() {
+		// A burst faster than the handshakes can refuse would otherwise fill the table with
+		// sockets no flow holds yet, and the flows already admitted would find no descriptor
+		// to dial with (fdBudget.acceptFits).
+		if !g.fds.acceptFits() {
 			c.Close()
 			g.refuse(route.Flow{Network: route.TCP, Src: addrPort(c.RemoteAddr()), Dst: addrPort(c.LocalAddr())}, ErrDescriptorLimit)
 			continue
 		}
 		go func() {
-			defer g.fds.Release(1)
 			// A panic in an inbound's handshake (outside Handle's own recover) costs this
 			// connection, not the process.
 			defer func() {
