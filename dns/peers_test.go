@@ -1,14 +1,12 @@
 package dns
 
 import (
-	"bytes"
 	"context"
 	"net"
 	"os"
 	"os/exec"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 
 	mdns "github.com/miekg/dns"
@@ -28,24 +26,6 @@ func needPeer(t *testing.T, names ...string) {
 			t.Skipf("%s is not installed (make deps installs it)", n)
 		}
 	}
-}
-
-// syncBuffer collects a process's output for polling.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // freePort returns a loopback port free for UDP and TCP at the moment.
@@ -69,7 +49,7 @@ func freePort(t *testing.T) int {
 }
 
 // startDnsmasq runs dnsmasq on 127.0.0.1:<port> answering example.test, logging queries.
-func startDnsmasq(t *testing.T) (string, *syncBuffer) {
+func startDnsmasq(t *testing.T) (string, *testutil.SyncBuffer) {
 	t.Helper()
 	port := freePort(t)
 	args := []string{"-k", "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--bind-interfaces",
@@ -82,7 +62,7 @@ func startDnsmasq(t *testing.T) (string, *syncBuffer) {
 	for i := 0; i < 12; i++ { // about 3,000 bytes of TXT: over any UDP size a client offers
 		args = append(args, "--txt-record=big.example.test,"+strings.Repeat(string(rune('a'+i)), 250))
 	}
-	out := &syncBuffer{}
+	out := &testutil.SyncBuffer{}
 	cmd := exec.Command("dnsmasq", args...)
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
