@@ -20,14 +20,15 @@ import (
 
 // Flow is one live flow as /flows reports it.
 type Flow struct {
-	Network   string    `json:"network"`            // tcp or udp
-	Src       string    `json:"src"`                // client address
-	Dst       string    `json:"dst"`                // original destination ("" when the client gave only a name)
-	Name      string    `json:"name,omitempty"`     // destination name, when known
-	Inbound   string    `json:"inbound"`            // redirect, tproxy, http, socks
-	Upstream  string    `json:"upstream,omitempty"` // redacted; empty while the flow is still being routed
-	Rule      string    `json:"rule,omitempty"`     // the rule that matched
-	Action    string    `json:"action,omitempty"`   // proxy, direct, block
+	Network   string    `json:"network"`             // tcp or udp
+	Src       string    `json:"src"`                 // client address
+	Dst       string    `json:"dst"`                 // original destination ("" when the client gave only a name)
+	Name      string    `json:"name,omitempty"`      // destination name, when known
+	NameFrom  string    `json:"name_from,omitempty"` // where the name came from: client, dns, fakeip, sniff
+	Inbound   string    `json:"inbound"`             // redirect, tproxy, http, socks
+	Upstream  string    `json:"upstream,omitempty"`  // redacted; empty while the flow is still being routed
+	Rule      string    `json:"rule,omitempty"`      // the rule that matched
+	Action    string    `json:"action,omitempty"`    // proxy, direct, block
 	Start     time.Time `json:"start"`
 	Age       float64   `json:"age_seconds"`
 	BytesUp   uint64    `json:"bytes_up"`   // client → destination, as the client socket counts it
@@ -74,6 +75,30 @@ type Snapshot struct {
 	UDPSessionsTotal  uint64
 	ReplyBindFailures uint64
 	SOCKSUDPDropped   SOCKSUDPDrops // explicit SOCKS5 UDP relay
+	DNS               *DNSStats     // nil: dns off
+}
+
+// DNSStats are the counters of socksgate's DNS.
+type DNSStats struct {
+	Queries        []DNSQueryCount
+	CacheHits      uint64
+	CacheMisses    uint64
+	Coalesced      uint64
+	UpstreamErrors map[string]uint64 // by resolver
+	RateLimited    uint64
+	RefusedSource  uint64
+	Malformed      uint64
+	Latency        []Histogram // by resolver (Histogram.Upstream)
+	CacheEntries   int
+	CacheBytes     int
+	Mappings       int // real-IP map entries
+	FakeIPs        int // fake-ip pool entries
+}
+
+// DNSQueryCount is the queries a rule decided one way.
+type DNSQueryCount struct {
+	Rule, Action string
+	Queries      uint64
 }
 
 // SOCKSUDPDrops count the datagrams the explicit SOCKS5 UDP relay dropped, by reason.

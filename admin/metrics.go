@@ -23,6 +23,12 @@ const (
 	helpBind   = "UDP replies dropped because their transparent reply socket could not be bound."
 	helpSUDP   = "Datagrams the explicit SOCKS5 UDP relay dropped, by reason: foreign_source (not from the association's client socket), fragment (FRAG not 0, unsupported), malformed (unparsable SOCKS5 UDP header)."
 	helpBuild  = "Always 1; labelled with the build."
+	helpDNSQ   = "DNS queries answered, by the rule that decided them and what became of them (resolve, block, local, fake, any, invalid, refused)."
+	helpDNSC   = "DNS answers by where they came from: hit (the cache), miss (asked upstream), coalesced (an identical query in flight)."
+	helpDNSErr = "DNS exchanges with a resolver that failed (timeout, garbage, refused dial), by resolver."
+	helpDNSDrp = "DNS queries dropped unanswered, by reason: rate (the source was over dns.rate), source (not in dns.allow), malformed."
+	helpDNSLat = "Time a resolver took to answer, successful exchanges, by resolver."
+	helpDNSSz  = "DNS tables now: cache_entries, cache_bytes, mappings (real-IP map), fake_ips (fake-ip pool)."
 )
 
 // socksgateSeries adds socksgate's own series from src.
@@ -70,6 +76,27 @@ func socksgateSeries(e *expo, src Source, version string) {
 	e.counter("socksgate_socks_udp_dropped_total", helpSUDP, float64(d.ForeignSource), "reason", "foreign_source")
 	e.counter("socksgate_socks_udp_dropped_total", helpSUDP, float64(d.Fragment), "reason", "fragment")
 	e.counter("socksgate_socks_udp_dropped_total", helpSUDP, float64(d.Malformed), "reason", "malformed")
+	if q := s.DNS; q != nil {
+		for _, c := range q.Queries {
+			e.counter("socksgate_dns_queries_total", helpDNSQ, float64(c.Queries), "rule", c.Rule, "action", c.Action)
+		}
+		e.counter("socksgate_dns_answers_total", helpDNSC, float64(q.CacheHits), "source", "hit")
+		e.counter("socksgate_dns_answers_total", helpDNSC, float64(q.CacheMisses), "source", "miss")
+		e.counter("socksgate_dns_answers_total", helpDNSC, float64(q.Coalesced), "source", "coalesced")
+		for r, n := range q.UpstreamErrors {
+			e.counter("socksgate_dns_upstream_errors_total", helpDNSErr, float64(n), "resolver", r)
+		}
+		e.counter("socksgate_dns_dropped_total", helpDNSDrp, float64(q.RateLimited), "reason", "rate")
+		e.counter("socksgate_dns_dropped_total", helpDNSDrp, float64(q.RefusedSource), "reason", "source")
+		e.counter("socksgate_dns_dropped_total", helpDNSDrp, float64(q.Malformed), "reason", "malformed")
+		for _, h := range q.Latency {
+			e.histogram("socksgate_dns_upstream_duration_seconds", helpDNSLat, h.Buckets, h.Count, h.Sum, "resolver", h.Upstream)
+		}
+		e.gauge("socksgate_dns_table_size", helpDNSSz, float64(q.CacheEntries), "table", "cache_entries")
+		e.gauge("socksgate_dns_table_size", helpDNSSz, float64(q.CacheBytes), "table", "cache_bytes")
+		e.gauge("socksgate_dns_table_size", helpDNSSz, float64(q.Mappings), "table", "mappings")
+		e.gauge("socksgate_dns_table_size", helpDNSSz, float64(q.FakeIPs), "table", "fake_ips")
+	}
 	e.gauge("socksgate_build_info", helpBuild, 1, "version", version, "goversion", runtime.Version())
 }
 

@@ -59,6 +59,11 @@ type Config struct {
 	// Admin is the host:port of the admin endpoint (/metrics, /flows,
 	// /healthz); empty (default) disables it.
 	Admin string `yaml:"admin"`
+	// DNS configures the resolver on the gateway (dns.go).
+	DNS DNS `yaml:"dns"`
+	// StateDir holds what must survive a restart (the fake-ip pool), written atomically; a
+	// missing or damaged file there never stops a start. Default /var/lib/socksgate.
+	StateDir string `yaml:"state_dir"`
 
 	// deprecated are warnings about values that are still accepted but mean
 	// something else now, found by Parse; Warnings returns them first.

@@ -520,7 +520,7 @@ relay: teleport`, []string{
 			`line 5: groups[0].policy: must be one of failover, round-robin, least-connections (got "random")`,
 			`line 5: groups[0].on_down: must be one of block, direct (got "panic")`,
 			`line 7: rules[0].protocol[0]: must be one of tcp, udp (got "icmp")`,
-			`line 7: rules[0].inbound[0]: must be one of transparent, http, socks (got "redirect")`,
+			`line 7: rules[0].inbound[0]: must be one of transparent, http, socks, dns (got "redirect")`,
 			`line 8: rules[1].action: must be one of direct, proxy, block (got "allow")`,
 			`line 9: on_crash: must be one of closed, open (got "ajar")`,
 			`line 10: relay: must be one of auto, splice, buffered (got "teleport")`}},
@@ -553,7 +553,7 @@ func TestDocumentProblems(t *testing.T) {
 		{"unknown top-level key", "log: {level: info}\nupstream: []\n", []string{
 			`line 2: upstream: unknown key "upstream", did you mean "upstreams"?`}},
 		{"unknown key with no near match", "wibble: 1\n", []string{
-			`line 1: wibble: unknown key "wibble" (known: log, lan, transparent, listen, upstreams, groups, rules, timeouts, mark, on_crash, limits, relay, admin)`}},
+			`line 1: wibble: unknown key "wibble" (known: log, lan, transparent, listen, upstreams, groups, rules, timeouts, mark, on_crash, limits, relay, admin, dns, state_dir)`}},
 		{"unknown nested keys, all at once", `transparent:
   snif: {enabled: true}
 upstreams:

@@ -206,9 +206,10 @@ const (
 	InboundTransparent Inbound = iota + 1
 	InboundHTTP
 	InboundSOCKS
+	InboundDNS // a DNS query to socksgate's resolver, routed by its name (RuleRouter.RouteQuery)
 )
 
-var inbounds = symbols[Inbound]{{InboundTransparent, "transparent"}, {InboundHTTP, "http"}, {InboundSOCKS, "socks"}}
+var inbounds = symbols[Inbound]{{InboundTransparent, "transparent"}, {InboundHTTP, "http"}, {InboundSOCKS, "socks"}, {InboundDNS, "dns"}}
 
 func (v Inbound) String() string                { return inbounds.name(v, "inbound") }
 func (v Inbound) MarshalText() ([]byte, error)  { return inbounds.marshal(v, "inbound") }
@@ -250,3 +251,18 @@ func unmarshal[T ~uint8](s symbols[T], v *T, b []byte) error {
 	*v = x
 	return nil
 }
+
+// BlockAnswer is dns.block_answer: how a name a rule blocks is answered. The zero value is
+// BlockNXDOMAIN.
+type BlockAnswer uint8
+
+const (
+	BlockNXDOMAIN    BlockAnswer = iota // NXDOMAIN for every type
+	BlockUnspecified                    // 0.0.0.0 and :: for A and AAAA, NXDOMAIN for the rest
+)
+
+var blockAnswers = symbols[BlockAnswer]{{BlockNXDOMAIN, "nxdomain"}, {BlockUnspecified, "unspecified"}}
+
+func (v BlockAnswer) String() string                { return blockAnswers.name(v, "block_answer") }
+func (v BlockAnswer) MarshalText() ([]byte, error)  { return blockAnswers.marshal(v, "block_answer") }
+func (v *BlockAnswer) UnmarshalText(b []byte) error { return unmarshal(blockAnswers, v, b) }

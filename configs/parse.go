@@ -190,9 +190,11 @@ func defaults() *Config {
 			Idle:      Duration(2 * time.Hour),
 			Grace:     Duration(5 * time.Second),
 		},
-		Mark:    0x1,
-		OnCrash: OnCrashClosed,
-		Relay:   relay.Auto,
+		Mark:     0x1,
+		OnCrash:  OnCrashClosed,
+		Relay:    relay.Auto,
+		DNS:      defaultDNS(),
+		StateDir: DefaultStateDir,
 	}
 }
 
@@ -294,6 +296,7 @@ func (c *Config) finish() {
 	}
 	// Lists where empty means the same as absent are nil when empty, so
 	// that configurations compare equal however they were written.
+	c.DNS.finish()
 	emptyToNil(&c.LAN.Interfaces)
 	emptyToNil(&c.LAN.Prefixes)
 	emptyToNil(&c.Transparent.Bypass)

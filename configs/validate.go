@@ -115,6 +115,10 @@ func (c *Config) Validate() error {
 	}
 	p.enum("relay", c.Relay)
 	c.validateAdmin(&p)
+	c.validateDNS(&p)
+	if c.StateDir == "" {
+		p.add("state_dir", "must be set")
+	}
 	if len(p) == 0 {
 		return nil
 	}

@@ -44,6 +44,7 @@ type Gateway struct {
 	reloaded atomic.Pointer[routerBox]   // the router of the last reload, replacing Router
 	fallback atomic.Pointer[upstreamBox] // UDPFallback as the last reload set it
 	guard    atomic.Pointer[loopGuard]   // the explicit listeners, which a named destination may turn out to be
+	namer    atomic.Pointer[flowNamer]   // socksgate's DNS, which names flows to the addresses it answered (dns.go)
 
 	mu       sync.Mutex
 	flows    map[*liveFlow]struct{}
@@ -84,9 +85,20 @@ func (g *Gateway) Dial(ctx context.Context, f route.Flow) (net.Conn, route.Decis
 	}
 	addr := f.DialAddress(g.Sniff != nil && g.Sniff.Override)
 	var to netip.AddrPort // a direct flow's address, when it is dialled by address
+	if d.Action == route.ActionDirect && !f.Dst.IsValid() && !d.Addr.IsValid() {
+		// A name-only flow: with socksgate's DNS on, its name is resolved there (the cache
+		// the LAN's queries share, the direct resolvers), never by the system's resolver.
+		if addrs, ok, err := g.resolveName(ctx, f, d); ok {
+			if err != nil {
+				return nil, d, fmt.Errorf("resolve %s: %w", f.Host, err)
+			}
+			d.Addr = addrs[0]
+		}
+	}
 	if d.Action == route.ActionDirect {
 		switch {
-		case f.Dst.IsValid() && g.directToAddress(ctx, f):
+		case f.Dst.IsValid() && (f.From == route.NameDNS || g.directToAddress(ctx, f)):
+			// The client's own address: a name its DNS answer gave stands for exactly it.
 			// A captured flow with a sniffed name goes direct to the address the client
 			// chose, not to whatever the gateway's own resolver says the name is.
 			to = f.Dst

@@ -161,6 +161,9 @@ func (g *Gateway) logEnd(e flowEnd) {
 	if f.Host != "" && f.Dst.IsValid() {
 		fields["ip"] = f.Dst.String()
 	}
+	if f.Host != "" {
+		fields["name_from"] = f.From.String()
+	}
 	for k, v := range e.extra {
 		fields[k] = v
 	}

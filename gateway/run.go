@@ -92,6 +92,12 @@ func Run(ctx context.Context, cfg *configs.Config, log *logrus.Logger, reload <-
 	if rt.udp, err = g.startUDP(flowCtx, cfg, log, rt.health); err != nil {
 		return err
 	}
+	if cfg.DNS.On() {
+		if rt.dns, err = rt.newDNS(cfg); err != nil {
+			return err
+		}
+		rt.resolveWithDNS(g.Router)
+	}
 	if rt.admin, err = rt.startAdmin(cfg.Admin); err != nil {
 		return err
 	}
@@ -175,6 +181,7 @@ type running struct {
 	health   *listenerHealth
 	tcp      net.Listener // transparent TCP; nil: capture off
 	explicit *explicitInbound
+	dns      *dnsService // nil: dns off
 	udp      []io.Closer // transparent UDP (udp.go)
 	admin    []io.Closer
 	serving  sync.WaitGroup // the transparent TCP accept loops
@@ -195,6 +202,12 @@ func (rt *running) closeInbounds() {
 	}
 	closeAll(rt.udp)
 	closeAll(rt.admin)
+	if rt.dns != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(rt.cfg.Timeouts.Grace))
+		rt.dns.close(ctx)
+		cancel()
+		rt.dns = nil
+	}
 	rt.udp, rt.admin = nil, nil
 	rt.serving.Wait()
 	rt.explicit.close()
@@ -316,7 +329,31 @@ func (rt *running) reload(next *configs.Config) {
 
 	applied := *next
 	changed := []string{"upstreams, groups and rules"}
+	var dnsRestart []string
+	if rt.dns != nil {
+		rt.resolveWithDNS(r.router)
+	}
 	rt.useRouting(next, r)
+	switch {
+	case rt.dns != nil && next.DNS.On():
+		var err error
+		if dnsRestart, err = rt.dns.reload(next, r.ups); err != nil {
+			log.WithError(err).Error("reload: dns; its previous settings stay")
+			applied.DNS = old.DNS
+		} else {
+			changed = append(changed, "dns")
+		}
+	case rt.dns != nil || next.DNS.On():
+		dnsRestart = append(dnsRestart, "dns (turning it on or off)")
+		applied.DNS = old.DNS
+	}
+	if len(dnsRestart) > 0 {
+		// What only a restart applies stays as it runs, in the rules too (hijack, fake-ip).
+		applied.DNS.Listen, applied.DNS.Hijack, applied.DNS.HijackPort = old.DNS.Listen, old.DNS.Hijack, old.DNS.HijackPort
+		applied.DNS.FakeIP, applied.DNS.Allow, applied.DNS.Rate = old.DNS.FakeIP, old.DNS.Allow, old.DNS.Rate
+		applied.DNS.Cache, applied.DNS.Names = old.DNS.Cache, old.DNS.Names
+		next = &applied
+	}
 	if !reflect.DeepEqual(next.Listen, old.Listen) {
 		changed = append(changed, "listen")
 	}
@@ -346,6 +383,7 @@ func (rt *running) reload(next *configs.Config) {
 
 	rt.cfg = &applied
 	e := log.WithField("applied", changed)
+	restart = append(restart, dnsRestart...)
 	if len(restart) > 0 {
 		e = e.WithField("needs_restart", restart)
 	}
@@ -601,6 +639,16 @@ func SpecFromConfig(cfg *configs.Config, extraBypass []netip.Prefix) redirect.Sp
 	}
 	if t.UDP {
 		s.UDPPort = t.UDPPort
+	}
+	if cfg.DNS.Hijack {
+		s.DNSPort = cfg.DNS.HijackPort
+	}
+	if f := cfg.DNS.FakeIP; f.Enabled && cfg.DNS.On() {
+		// The fake ranges are always captured: nothing there exists to reach directly.
+		s.Capture = append(s.Capture, f.Range4)
+		if f.Range6.IsValid() {
+			s.Capture = append(s.Capture, f.Range6)
+		}
 	}
 	return s
 }

@@ -58,7 +58,7 @@ var sniffBufs = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &
 // accepted: what is already there is read without waiting, and only when it is not enough is
 // the timeout armed (a timer per flow, and a thread woken for it, saved otherwise).
 func (g *Gateway) sniffName(c *net.TCPConn, f *route.Flow) *[]byte {
-	if !g.Sniff.applies(f.DstPort()) {
+	if f.Host != "" || !g.Sniff.applies(f.DstPort()) { // a name from socksgate's DNS is better than a claim
 		return nil
 	}
 	bp := sniffBufs.Get().(*[]byte)
@@ -71,7 +71,7 @@ func (g *Gateway) sniffName(c *net.TCPConn, f *route.Flow) *[]byte {
 		case n > 0:
 			name, _, perr := sniff.Name(buf)
 			if perr == nil {
-				f.Host, f.Sniffed = name, true
+				f.Host, f.From = name, route.NameSniff
 			}
 			if !errors.Is(perr, sniff.ErrIncomplete) {
 				*bp = buf
@@ -103,7 +103,7 @@ func sniffInto(r io.Reader, buf []byte, f *route.Flow) []byte {
 		if n > 0 {
 			name, _, perr := sniff.Name(buf)
 			if perr == nil {
-				f.Host, f.Sniffed = name, true
+				f.Host, f.From = name, route.NameSniff
 				return buf
 			}
 			if !errors.Is(perr, sniff.ErrIncomplete) {

@@ -188,7 +188,7 @@ func TestDirectByNameOnlyDialsTheName(t *testing.T) {
 // name only with sniff.override. A name the client gave itself (SOCKS5 domain) is always sent.
 func TestSniffedNameGoesUpstreamOnlyWithOverride(t *testing.T) {
 	up := recordingUpstream{make(chan string, 1)}
-	f := route.Flow{Network: route.TCP, Dst: netip.MustParseAddrPort("198.51.100.9:80"), Host: "wan.test", Sniffed: true, Inbound: route.Redirect}
+	f := route.Flow{Network: route.TCP, Dst: netip.MustParseAddrPort("198.51.100.9:80"), Host: "wan.test", From: route.NameSniff, Inbound: route.Redirect}
 	for _, tt := range []struct {
 		override bool
 		f        route.Flow

@@ -215,6 +215,9 @@ func (g *Gateway) LiveFlows() []admin.Flow {
 			Start:   e.lf.start,
 			Age:     math.Round(now.Sub(e.lf.start).Seconds()*1000) / 1000,
 		}
+		if f.Host != "" {
+			af.NameFrom = f.From.String()
+		}
 		if af.Network == "" {
 			af.Network = "tcp"
 		}

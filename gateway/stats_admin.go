@@ -111,6 +111,9 @@ func (a AdminSource) Unhealthy() []string {
 func (a AdminSource) Snapshot() admin.Snapshot {
 	s := a.G.Stats.snapshot()
 	s.Active = a.G.activeCounts()
+	if n := a.G.namer.Load(); n != nil {
+		s.DNS = n.svc.snapshot()
+	}
 	return s
 }
 

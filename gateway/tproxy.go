@@ -24,6 +24,11 @@ func (g *Gateway) ServeTProxy(ctx context.Context, ln net.Listener) error {
 			g.refuse(f, errListenerLoop)
 			return
 		}
+		if err := g.nameFlow(&f); err != nil {
+			c.Close()
+			g.refuse(f, err)
+			return
+		}
 		bp := g.sniffName(tc, &f)
 		g.handle(ctx, c, f, nil, sniffed(bp))
 		putSniffed(bp) // handle has replayed it (or failed) before it returns

@@ -114,6 +114,34 @@ func transparentUDPName(port uint16) string {
 	return "transparent udp " + net.JoinHostPort("::", strconv.Itoa(int(port)))
 }
 
+// fakeOutbound is the way out of one fake-ip destination of a session.
+type fakeOutbound struct {
+	up   any
+	fake netip.AddrPort
+}
+
+// fakeCarrier carries a session's datagrams to a fake-ip destination to the real address its
+// name resolved to, and its replies back from the fake one.
+type fakeCarrier struct {
+	nat.UDPConn
+	fake, real netip.AddrPort
+}
+
+func (c *fakeCarrier) WriteToAddrPort(b []byte, dst netip.AddrPort) (int, error) {
+	if dst == c.fake {
+		dst = c.real
+	}
+	return c.UDPConn.WriteToAddrPort(b, dst)
+}
+
+func (c *fakeCarrier) ReadFromAddrPort(b []byte) (int, netip.AddrPort, error) {
+	n, from, err := c.UDPConn.ReadFromAddrPort(b)
+	if from == c.real || (from.Addr().Unmap() == c.real.Addr() && from.Port() == c.real.Port()) {
+		from = c.fake
+	}
+	return n, from, err
+}
+
 type closerFunc func() error
 
 func (f closerFunc) Close() error { return f() }
@@ -145,13 +173,38 @@ func (u *udpInbound) route(src, dst netip.AddrPort) nat.UDPRoute {
 		// datagrams to other destinations (then only they are dropped).
 		return nat.UDPRoute{Drop: errListenerLoop}
 	}
-	d := u.g.router().Route(context.Background(), route.Flow{Network: route.UDP, Src: src, Dst: dst, Inbound: route.TProxy})
+	f := route.Flow{Network: route.UDP, Src: src, Dst: dst, Inbound: route.TProxy}
+	if err := u.g.nameFlow(&f); err != nil {
+		u.logDrop(src, dst, err)
+		return nat.UDPRoute{Drop: err}
+	}
+	d := u.g.router().Route(context.Background(), f)
 	switch {
 	case d.Action == route.ActionBlock:
 		u.logDrop(src, dst, ErrBlocked)
 		return nat.UDPRoute{Drop: ErrBlocked, Tag: d}
 	case d.Upstream == nil:
 		return nat.UDPRoute{Drop: fmt.Errorf("rule %s: no upstream", d.Rule), Tag: d}
+	}
+	if f.From == route.NameFakeIP {
+		// A fake address leads nowhere: the name is resolved the way its rule says (through
+		// the upstream's resolver for a proxy rule) and the datagrams go to what it gave, their
+		// replies coming back from the fake address. One way out per fake destination.
+		return nat.UDPRoute{
+			Outbound: fakeOutbound{upstream.Key(d.Upstream), dst},
+			Open: u.g.fds.openUDP(func(ctx context.Context, first netip.AddrPort) (nat.UDPConn, error) {
+				addrs, _, err := u.g.resolveName(ctx, f, d)
+				if err != nil {
+					return nil, fmt.Errorf("resolve %s: %w", f.Host, err)
+				}
+				c, err := u.open(ctx, d.Upstream)
+				if err != nil {
+					return nil, err
+				}
+				return &fakeCarrier{UDPConn: c, fake: dst, real: netip.AddrPortFrom(addrs[0], dst.Port())}, nil
+			}),
+			Tag: d,
+		}
 	}
 	return nat.UDPRoute{
 		Outbound: upstream.Key(d.Upstream), // by identity: two upstreams may share a URL

@@ -27,6 +27,8 @@ const (
 	opRejectTCP                    // iifname @lan_ifaces meta l4proto tcp reject with tcp reset
 	opReplyReturn                  // ct direction reply return
 	opNotrackReplies               // meta mark & M == M meta l4proto udp fib saddr type != local notrack
+	opDNSReturn                    // iifname @lan_ifaces meta l4proto P th dport 53 return
+	opRedirectDNS                  // iifname @lan_ifaces meta l4proto P th dport 53 redirect to :P
 )
 
 // IP protocol numbers and the address families of a TPROXY rule.
@@ -113,6 +115,10 @@ func (s Spec) plan() tablePlan {
 		lan:   s.lanInterfaces(),
 	}
 	t.bypass4, t.bypass6 = mergeBypass(s.Bypass)
+	if len(s.Capture) > 0 {
+		c4, c6 := mergeBypass(s.Capture)
+		t.bypass4, t.bypass6 = subtractRanges(t.bypass4, c4), subtractRanges(t.bypass6, c6)
+	}
 
 	exemptions := []rule{
 		{op: opOwnMarkReturn, mark: s.Mark},
@@ -125,6 +131,10 @@ func (s Spec) plan() tablePlan {
 	if s.needsPolicyRouting() {
 		c := chainPlan{name: chainMangle, typ: "filter", priority: -150}
 		c.rules = append(c.rules, exemptions[0], rule{op: opReplyReturn})
+		if s.hijackDNS() {
+			// Hijacked DNS is the nat chain's: TPROXY must not take it first.
+			c.rules = append(c.rules, rule{op: opDNSReturn, proto: protoUDP}, rule{op: opDNSReturn, proto: protoTCP})
+		}
 		c.rules = append(c.rules, exemptions[1:]...)
 		if s.tproxyTCP() {
 			c.rules = append(c.rules,
@@ -153,10 +163,21 @@ func (s Spec) plan() tablePlan {
 		t.chains = append(t.chains, chainPlan{name: chainRawOut, typ: "filter", output: true, priority: -300,
 			rules: []rule{{op: opNotrackReplies, mark: s.Mark}}})
 	}
-	if s.redirectTCP() {
+	if s.redirectTCP() || s.hijackDNS() {
 		c := chainPlan{name: chainNAT, typ: "nat", priority: -100}
-		c.rules = append(c.rules, exemptions...)
-		c.rules = append(c.rules, rule{op: opRedirectTCP, port: s.TCPPort})
+		c.rules = append(c.rules, exemptions[0])
+		if s.hijackDNS() {
+			// Before the exemptions for the router's own addresses and the bypass: DNS to
+			// any address is answered by socksgate, that of the router's dnsmasq included.
+			// Conntrack gives the answers the address the client asked.
+			c.rules = append(c.rules,
+				rule{op: opRedirectDNS, proto: protoUDP, port: s.DNSPort},
+				rule{op: opRedirectDNS, proto: protoTCP, port: s.DNSPort})
+		}
+		c.rules = append(c.rules, exemptions[1:]...)
+		if s.redirectTCP() {
+			c.rules = append(c.rules, rule{op: opRedirectTCP, port: s.TCPPort})
+		}
 		t.chains = append(t.chains, c)
 	}
 	return t
@@ -205,6 +226,10 @@ func (r rule) String() string {
 		return "ct direction reply return"
 	case opNotrackReplies:
 		return fmt.Sprintf("meta mark & 0x%08x == 0x%08x meta l4proto udp fib saddr type != local notrack", r.mark, r.mark)
+	case opDNSReturn:
+		return fmt.Sprintf(lan+"%s dport 53 return", protoName(r.proto))
+	case opRedirectDNS:
+		return fmt.Sprintf(lan+"%s dport 53 redirect to :%d", protoName(r.proto), r.port)
 	}
 	return fmt.Sprintf("# unknown rule op %d", r.op)
 }

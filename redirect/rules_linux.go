@@ -45,6 +45,12 @@ func (r rule) exprs(sets setRefs) []expr.Any {
 		return replyReturn()
 	case opNotrackReplies:
 		return notrackReplies(r.mark)
+	case opDNSReturn:
+		return append(dnsFromLAN(sets.lan, r.proto), &expr.Verdict{Kind: expr.VerdictReturn})
+	case opRedirectDNS:
+		return append(dnsFromLAN(sets.lan, r.proto),
+			&expr.Immediate{Register: 1, Data: binaryutil.BigEndian.PutUint16(r.port)},
+			&expr.Redir{RegisterProtoMin: 1})
 	}
 	return nil
 }
@@ -143,6 +149,16 @@ func fromLAN(lan *nftables.Set, proto uint8) []expr.Any {
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
 	}
+}
+
+// dnsFromLAN: iifname @lan_ifaces meta l4proto P th dport 53 (nft shows "udp dport 53")
+func dnsFromLAN(lan *nftables.Set, proto uint8) []expr.Any {
+	return append(fromLAN(lan, proto),
+		// th dport
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		// 53
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(53)},
+	)
 }
 
 // setMark: meta mark set M

@@ -57,6 +57,12 @@ type Spec struct {
 	RulePriority int             // ip rule priority; default DefaultRulePriority
 	Bypass       []netip.Prefix  // destinations never captured, IPv4 and IPv6 mixed, may overlap
 	OnCrash      configs.OnCrash // configs.OnCrashClosed (the zero value) or configs.OnCrashOpen
+	// Capture are destinations always captured, taken out of Bypass: the fake-ip ranges,
+	// which lie in space the built-in bypass holds private (fc00::/7).
+	Capture []netip.Prefix
+	// DNSPort, when set, hijacks the LAN's DNS: UDP and TCP to port 53 at any address (the
+	// router's own included) is redirected to this port, where socksgate answers it.
+	DNSPort uint16
 }
 
 // withDefaults returns s with zero fields replaced by their defaults.
@@ -75,6 +81,9 @@ func (s Spec) withDefaults() Spec {
 	}
 	return s
 }
+
+// hijackDNS reports whether the LAN's DNS is redirected to socksgate.
+func (s Spec) hijackDNS() bool { return len(s.LANInterfaces) > 0 && s.DNSPort != 0 }
 
 // captureTCP reports whether TCP is captured at all.
 func (s Spec) captureTCP() bool { return len(s.LANInterfaces) > 0 && s.TCPPort != 0 }
@@ -117,7 +126,7 @@ func (s Spec) Validate() error {
 			add("lan_interfaces[%d]: invalid interface name %q", i, name)
 		}
 	}
-	capture := s.captureTCP() || s.captureUDP()
+	capture := s.captureTCP() || s.captureUDP() || s.hijackDNS()
 	if capture && s.Mark == 0 {
 		add("mark: must be non-zero when traffic is captured (socksgate's own sockets must be told apart)")
 	}
@@ -138,6 +147,11 @@ func (s Spec) Validate() error {
 	for i, p := range s.Bypass {
 		if !p.IsValid() {
 			add("bypass[%d]: invalid prefix", i)
+		}
+	}
+	for i, p := range s.Capture {
+		if !p.IsValid() {
+			add("capture[%d]: invalid prefix", i)
 		}
 	}
 	return errors.Join(errs...)
@@ -190,6 +204,31 @@ func mergeBypass(prefixes []netip.Prefix) (v4, v6 []addrRange) {
 		}
 	}
 	return mergeRanges(v4), mergeRanges(v6)
+}
+
+// subtractRanges returns rs (sorted, disjoint) without the addresses of cut (sorted, disjoint,
+// of the same family).
+func subtractRanges(rs, cut []addrRange) []addrRange {
+	out := make([]addrRange, 0, len(rs))
+	for _, r := range rs {
+		for _, c := range cut {
+			if c.last.Less(r.first) || r.last.Less(c.first) {
+				continue
+			}
+			if r.first.Less(c.first) {
+				out = append(out, addrRange{r.first, c.first.Prev()})
+			}
+			if !c.last.Less(r.last) {
+				r.first = netip.Addr{} // nothing of r is left
+				break
+			}
+			r.first = c.last.Next()
+		}
+		if r.first.IsValid() {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 func mergeRanges(rs []addrRange) []addrRange {

@@ -262,6 +262,11 @@ func TestApplyInstallsWhatRenderShows(t *testing.T) {
 		{"tcp only", func(s *Spec) { s.UDPPort = 0 }},
 		{"udp only, open, no bypass", func(s *Spec) { s.TCPPort = 0; s.OnCrash = configs.OnCrashOpen; s.Bypass = nil }},
 		{"nothing captured", func(s *Spec) { s.LANInterfaces = nil }},
+		{"dns hijack with redirect tcp, fake-ip ranges captured", func(s *Spec) {
+			s.DNSPort = 15353
+			s.Capture = []netip.Prefix{netip.MustParsePrefix("198.18.0.0/15"), netip.MustParsePrefix("fc00::/18")}
+		}},
+		{"dns hijack alone, tproxy udp", func(s *Spec) { s.DNSPort = 15353; s.TCPPort = 0 }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ns := newNS(t)

@@ -58,15 +58,41 @@ type Flow struct {
 	Dst     netip.AddrPort // the destination address; zero when the client gave only a name
 	Host    string         // destination name, when known (HTTP, SOCKS4a/5 domain, sniffed SNI/Host)
 	Port    uint16         // destination port when Dst is zero (name-only flows); else Dst.Port()
-	Sniffed bool           // Host was sniffed from the flow's first bytes: a claim, for routing
+	From    NameSource     // where Host came from
 	Inbound Inbound
 }
+
+// NameSource is where a flow's name came from, in order of trust (the client said it, the
+// gateway's DNS answered it, the flow's bytes claim it).
+type NameSource uint8
+
+const (
+	NameClient NameSource = iota // the client gave it: SOCKS4a/5 domain, CONNECT host, absolute URI
+	NameDNS                      // the client connected to an address socksgate's DNS gave it for the name
+	NameFakeIP                   // the client connected to the fake address socksgate's DNS gave it
+	NameSniff                    // sniffed from the flow's first bytes (TLS SNI, HTTP Host): a claim
+)
+
+var nameSources = [...]string{NameClient: "client", NameDNS: "dns", NameFakeIP: "fakeip", NameSniff: "sniff"}
+
+func (s NameSource) String() string {
+	if int(s) < len(nameSources) {
+		return nameSources[s]
+	}
+	return "unknown"
+}
+
+// MarshalText implements encoding.TextMarshaler (the flow list shows it).
+func (s NameSource) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
+// Sniffed reports whether Host is only a claim the flow's bytes made (see DialAddress).
+func (f Flow) Sniffed() bool { return f.Host != "" && f.From == NameSniff }
 
 // DialAddress is what to ask an upstream for: Address, except for a sniffed name, which is used
 // for routing and handed upstream only when override is set, so that the address the client
 // chose (curl -4, a hosts-file entry) stands.
 func (f Flow) DialAddress(override bool) string {
-	if f.Sniffed && !override && f.Dst.IsValid() {
+	if f.Sniffed() && !override && f.Dst.IsValid() {
 		return f.Dst.String()
 	}
 	return f.Address()

@@ -56,6 +56,7 @@ const (
 	inTransparent = 1 << iota
 	inHTTP
 	inSOCKS
+	inDNS
 )
 
 // protoBit is a network (a rule's protocol, a flow's network) as a bit.
@@ -78,6 +79,8 @@ func inboundBit(in configs.Inbound) uint8 {
 		return inHTTP
 	case configs.InboundSOCKS:
 		return inSOCKS
+	case configs.InboundDNS:
+		return inDNS
 	}
 	return 0
 }
@@ -319,6 +322,25 @@ func (c *compiledRule) matchesRest(k *flowKey) bool {
 		}
 	}
 	return true
+}
+
+// RouteQuery decides a DNS query for name from src: the first rule that can speak of a name
+// before any address or port is known decides it. That is a rule without dst, dst_ports or
+// protocol matchers (those are about flows, and a query has neither a destination address
+// nor the port its flows will use), whose inbound, if given, includes dns, and whose src and
+// domain matchers accept the query. Nothing is resolved to decide: the name is what is asked.
+func (r *RuleRouter) RouteQuery(src netip.Addr, name string) Decision {
+	k := flowKey{inbound: inDNS, src: src.Unmap().WithZone(""), host: name}
+	for _, i := range r.noDst {
+		c := &r.rules[i]
+		if c.protocol != 0 || len(c.ports) > 0 {
+			continue
+		}
+		if c.matchesRest(&k) {
+			return c.decision
+		}
+	}
+	return noMatch
 }
 
 // defaultResolve is the system's resolver; route's tests replace it (they ask no DNS server).

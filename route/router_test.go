@@ -429,3 +429,34 @@ func TestAddressRulesSeeTheAddressesOfAName(t *testing.T) {
 		t.Fatalf("rule %q, resolved %v; want the name rule and no lookup", d.Rule, asked)
 	}
 }
+
+// A DNS query is decided by the first rule that can speak of a name alone: rules on addresses,
+// ports and protocols are about flows and are passed over; src, domain and inbound are matched.
+func TestRouteQuery(t *testing.T) {
+	r := mustRouter(t,
+		configs.Rule{Name: "lan", Dst: pfx("0.0.0.0/0"), Action: configs.ActionDirect},
+		configs.Rule{Name: "ssh", DstPorts: []configs.PortRange{{From: 22, To: 22}}, Action: configs.ActionDirect},
+		configs.Rule{Name: "udp", Protocol: []configs.Network{configs.ProtocolUDP}, Action: configs.ActionBlock},
+		configs.Rule{Name: "socks-only", Inbound: []configs.Inbound{configs.InboundSOCKS}, Action: configs.ActionBlock},
+		configs.Rule{Name: "ads", Domain: []string{".ads.example"}, Action: configs.ActionBlock},
+		configs.Rule{Name: "kid", Src: pfx("10.0.1.9/32"), Action: configs.ActionBlock},
+		configs.Rule{Name: "dns-direct", Inbound: []configs.Inbound{configs.InboundDNS}, Domain: []string{"home.example"}, Action: configs.ActionDirect},
+	)
+	src := netip.MustParseAddr("10.0.1.2")
+	for _, tc := range []struct {
+		src  netip.Addr
+		name string
+		rule string
+	}{
+		{src, "x.ads.example", "ads"},
+		{src, "ads.example", "ads"},
+		{src, "home.example", "dns-direct"},
+		{src, "example.org", "default"},
+		{netip.MustParseAddr("10.0.1.9"), "example.org", "kid"},
+		{netip.MustParseAddr("::ffff:10.0.1.9"), "example.org", "kid"},
+	} {
+		if got := r.RouteQuery(tc.src, tc.name).Rule; got != tc.rule {
+			t.Errorf("RouteQuery(%v, %q) = rule %q, want %q", tc.src, tc.name, got, tc.rule)
+		}
+	}
+}

@@ -20,26 +20,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/socksgate/socksgate/internal/testutil"
 	"github.com/socksgate/socksgate/socks"
 )
-
-// syncBuffer collects a child's output for failure messages.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
 func freePort(t *testing.T) int {
@@ -61,7 +44,7 @@ func startPeer(t *testing.T, addr, bin string, args ...string) (stop func()) {
 	if err != nil {
 		t.Skipf("%s not installed: %v", bin, err)
 	}
-	out := &syncBuffer{}
+	out := &testutil.SyncBuffer{}
 	cmd := exec.Command(path, args...)
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

@@ -20,12 +20,15 @@ have proxychains4 || need+=(proxychains4)
 have openssl   || need+=(openssl)
 have xz        || need+=(xz-utils)    # make cross checks the compressed size
 have dnsmasq   || need+=(dnsmasq-base) # the binary only: no system service
+have dnsdist   || need+=(dnsdist)      # DoT and DoH in front of dnsmasq (DNS tests)
+have kdig      || need+=(knot-dnsutils) # DNS client with +tls and +https
 have sysctl    || need+=(procps)
 { have setpriv && have prlimit && have unshare; } || need+=(util-linux)
 # make bench
 have redsocks  || need+=(redsocks)
 have iperf3    || need+=(iperf3)
 have wrk       || need+=(wrk)
+have dnsperf   || need+=(dnsperf)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ] || ! have apt-get; then
 	echo "deps: missing ${need[*]}; install them (Debian package names) or run as root on Debian/Ubuntu." >&2
@@ -44,7 +47,7 @@ apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 # Nor start at the next boot: the services these packages enable are not wanted on this machine.
 if have systemctl; then
-	for unit in squid tinyproxy danted redsocks; do
+	for unit in squid tinyproxy danted redsocks dnsdist; do
 		systemctl disable --quiet "$unit" >/dev/null 2>&1 || true
 	done
 fi

@@ -3,8 +3,10 @@
 package testutil
 
 import (
+	"bytes"
 	"net"
 	"net/netip"
+	"sync"
 	"testing"
 	"time"
 )
@@ -60,4 +62,23 @@ func ServeLoopback(t testing.TB, serve func(net.Conn)) netip.AddrPort {
 		}
 	}()
 	return netip.MustParseAddrPort(ln.Addr().String())
+}
+
+// SyncBuffer collects a child process's output (its Stdout and Stderr) for polling and failure
+// messages while the process still writes.
+type SyncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *SyncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *SyncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

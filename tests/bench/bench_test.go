@@ -11,9 +11,10 @@
 // BENCH_SOCKSGATE=path uses a prebuilt binary; BENCH_COMPARE=path adds that build as
 // "socksgate[compare] → dante" (before and after in one run); BENCH_TRACE="perf stat -p {pid}"
 // runs a command on the gateway during each new-flows load and logs its output; BENCH_ROUNDS, BENCH_IDLE=2000,9000 and
-// BENCH_BURST=2000 override the defaults; BENCH_PARTS=throughput,slowsink,idle,burst (the
-// default: all four) picks what to measure, and BENCH_PARTS=flows is the throughput part
-// without iperf3 (new flows and latency only).
+// BENCH_BURST=2000 override the defaults; BENCH_PARTS=throughput,slowsink,idle,burst,dns (the
+// default: all five) picks what to measure, and BENCH_PARTS=flows is the throughput part
+// without iperf3 (new flows and latency only); dns is socksgate's resolver against dnsmasq
+// with dnsperf, and DNS memory (dns_test.go).
 package bench
 
 import (
@@ -63,7 +64,7 @@ type params struct {
 	slowSecs   int             // how long the fast sender writes into the slow sink
 	burst      int             // connections opened at once in the burst part
 	burstHold  int             // seconds the burst's connections are held
-	parts      map[string]bool // throughput (or flows: without iperf3), slowsink, idle, burst
+	parts      map[string]bool // throughput (or flows: without iperf3), slowsink, idle, burst, dns
 }
 
 func benchParams() params {
@@ -76,7 +77,7 @@ func benchParams() params {
 	if v, err := strconv.Atoi(os.Getenv("BENCH_BURST")); err == nil && v > 0 {
 		p.burst = v
 	}
-	p.parts = map[string]bool{"throughput": true, "slowsink": true, "idle": true, "burst": true}
+	p.parts = map[string]bool{"throughput": true, "slowsink": true, "idle": true, "burst": true, "dns": true}
 	if v := os.Getenv("BENCH_PARTS"); v != "" {
 		p.parts = map[string]bool{}
 		for _, f := range strings.Split(v, ",") {
@@ -295,7 +296,17 @@ func TestBench(t *testing.T) {
 			stop()
 		}
 	}
+	var dnsTable string
+	if p.parts["dns"] {
+		check()
+		dnsTable = renderDNS(runDNSBench(t, tp, bin, p))
+	}
 	table := render(p, contenders, all, time.Since(began))
+	if dnsTable != "" {
+		// Before the closing "Reproduce" line.
+		i := strings.LastIndex(table, "\nReproduce:")
+		table = table[:i] + dnsTable + table[i:]
+	}
 	fmt.Println(table)
 	name := fmt.Sprintf("%s-%s%s.md", time.Now().Format("2006-01-02-150405"), hostTag(), map[bool]string{true: "-quick"}[p.quick])
 	path := filepath.Join("results", name)

@@ -27,61 +27,64 @@ func render(p params, cs []contender, all map[string]*results, took time.Duratio
 		mode, p.rounds, strings.Join(p.iperfArgs, " "), p.loadConc, p.loadSecs, took.Round(time.Second))
 	fmt.Fprintf(&b, "- lab: lan → gw → proxy → wan namespaces (veth); upstream dante-server (danted -N 4) in proxy; socksgate and redsocks run in gw; throughput and latency are medians over rounds\n\n")
 
-	b.WriteString("## Throughput, flows, latency\n\n")
-	b.WriteString("| contender | 1 stream → Gbit/s | 1 stream ← | 8 streams → | 8 streams ← | new flows/s | p50 ms | p99 ms | p50 ms, 1 client | gateway CPU s/GiB | gateway CPU µs/flow | µs/flow, 1 client |\n")
-	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
-	for _, c := range cs {
-		r := all[c.name]
-		fmt.Fprintf(&b, "| %s |", c.name)
-		for _, ic := range iperfCases {
-			fmt.Fprintf(&b, " %s |", num(median(r.tput[ic.name]), 2))
+	if p.parts["throughput"] || p.parts["flows"] {
+		b.WriteString("## Throughput, flows, latency\n\n")
+		b.WriteString("| contender | 1 stream → Gbit/s | 1 stream ← | 8 streams → | 8 streams ← | new flows/s | p50 ms | p99 ms | p50 ms, 1 client | gateway CPU s/GiB | gateway CPU µs/flow | µs/flow, 1 client |\n")
+		b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+		for _, c := range cs {
+			r := all[c.name]
+			fmt.Fprintf(&b, "| %s |", c.name)
+			for _, ic := range iperfCases {
+				fmt.Fprintf(&b, " %s |", num(median(r.tput[ic.name]), 2))
+			}
+			cpu, perFlow, perOne := "–", "–", "–"
+			if strings.HasPrefix(c.name, "socksgate") || strings.HasPrefix(c.name, "redsocks") {
+				if r.oneN > 0 {
+					perOne = num(r.oneCPU/r.oneN*1e6, 0) + kernelShare(r.oneSys, r.oneCPU)
+				}
+				if r.bytes > 0 {
+					cpu = num(r.cpuSecs/(r.bytes/(1<<30)), 3) + kernelShare(r.cpuSys, r.cpuSecs)
+				}
+				if r.loadN > 0 {
+					perFlow = num(r.loadCPU/r.loadN*1e6, 0) + kernelShare(r.loadSys, r.loadCPU)
+				}
+			}
+			fmt.Fprintf(&b, " %s | %s | %s | %s | %s | %s | %s |\n", num(median(r.flows), 0), num(median(r.p50), 2), num(median(r.p99), 2), num(median(r.p50one), 2), cpu, perFlow, perOne)
 		}
-		cpu, perFlow, perOne := "–", "–", "–"
-		if strings.HasPrefix(c.name, "socksgate") || strings.HasPrefix(c.name, "redsocks") {
-			if r.oneN > 0 {
-				perOne = num(r.oneCPU/r.oneN*1e6, 0) + kernelShare(r.oneSys, r.oneCPU)
-			}
-			if r.bytes > 0 {
-				cpu = num(r.cpuSecs/(r.bytes/(1<<30)), 3) + kernelShare(r.cpuSys, r.cpuSecs)
-			}
-			if r.loadN > 0 {
-				perFlow = num(r.loadCPU/r.loadN*1e6, 0) + kernelShare(r.loadSys, r.loadCPU)
-			}
-		}
-		fmt.Fprintf(&b, " %s | %s | %s | %s | %s | %s | %s |\n", num(median(r.flows), 0), num(median(r.p50), 2), num(median(r.p99), 2), num(median(r.p50one), 2), cpu, perFlow, perOne)
-	}
 
-	b.WriteString("\n## Ratios\n\n")
-	b.WriteString("| ratio | 1 stream → | 1 stream ← | 8 streams → | 8 streams ← | new flows/s | p50 latency | p50, 1 client | CPU/flow | CPU/flow, 1 client |\n")
-	b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
-	ratio := func(a, ref string) {
-		ra, rr := all[a], all[ref]
-		if ra == nil || rr == nil {
-			return
+		b.WriteString("\n## Ratios\n\n")
+		b.WriteString("| ratio | 1 stream → | 1 stream ← | 8 streams → | 8 streams ← | new flows/s | p50 latency | p50, 1 client | CPU/flow | CPU/flow, 1 client |\n")
+		b.WriteString("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+		ratio := func(a, ref string) {
+			ra, rr := all[a], all[ref]
+			if ra == nil || rr == nil {
+				return
+			}
+			fmt.Fprintf(&b, "| %s ÷ %s |", a, ref)
+			for _, ic := range iperfCases {
+				fmt.Fprintf(&b, " %s |", num(median(ra.tput[ic.name])/median(rr.tput[ic.name]), 2))
+			}
+			perFlow := func(r *results) (load, one float64) {
+				return r.loadCPU / r.loadN, r.oneCPU / r.oneN // NaN without a gateway (0/0)
+			}
+			la, oa := perFlow(ra)
+			lr, or := perFlow(rr)
+			fmt.Fprintf(&b, " %s | %s | %s | %s | %s |\n", num(median(ra.flows)/median(rr.flows), 2), num(median(ra.p50)/median(rr.p50), 2), num(median(ra.p50one)/median(rr.p50one), 2),
+				num(la/lr, 2), num(oa/or, 2))
 		}
-		fmt.Fprintf(&b, "| %s ÷ %s |", a, ref)
-		for _, ic := range iperfCases {
-			fmt.Fprintf(&b, " %s |", num(median(ra.tput[ic.name])/median(rr.tput[ic.name]), 2))
+		for _, c := range cs {
+			switch {
+			case strings.HasPrefix(c.name, "socksgate") && strings.HasSuffix(c.name, "dante"):
+				ratio(c.name, "explicit")
+				ratio(c.name, "redsocks → dante")
+			case strings.HasPrefix(c.name, "socksgate"):
+				ratio(c.name, "routing")
+			}
 		}
-		perFlow := func(r *results) (load, one float64) {
-			return r.loadCPU / r.loadN, r.oneCPU / r.oneN // NaN without a gateway (0/0)
-		}
-		la, oa := perFlow(ra)
-		lr, or := perFlow(rr)
-		fmt.Fprintf(&b, " %s | %s | %s | %s | %s |\n", num(median(ra.flows)/median(rr.flows), 2), num(median(ra.p50)/median(rr.p50), 2), num(median(ra.p50one)/median(rr.p50one), 2),
-			num(la/lr, 2), num(oa/or, 2))
+		ratio("redsocks → dante", "explicit")
+		budgets(&b, cs, all)
+
 	}
-	for _, c := range cs {
-		switch {
-		case strings.HasPrefix(c.name, "socksgate") && strings.HasSuffix(c.name, "dante"):
-			ratio(c.name, "explicit")
-			ratio(c.name, "redsocks → dante")
-		case strings.HasPrefix(c.name, "socksgate"):
-			ratio(c.name, "routing")
-		}
-	}
-	ratio("redsocks → dante", "explicit")
-	budgets(&b, cs, all)
 
 	if p.parts["slowsink"] {
 		fmt.Fprintf(&b, "\n## Fast sender, slow sink\n\n")
@@ -165,7 +168,7 @@ func render(p params, cs []contender, all map[string]*results, took time.Duratio
 			fmt.Fprintf(&b, "| %s | %d | %s | %s | %s | %s | %s |\n", c.name, r.held, rss, fds, num(r.slabKiB, 1), share, r.note)
 		}
 	}
-	b.WriteString("\nReproduce: `sudo make bench` (full) or `sudo BENCH_QUICK=1 make bench`; `BENCH_RELAYS=splice,buffered,kernel` adds the other relay modes; `BENCH_PARTS=throughput,slowsink,idle,burst` picks the parts (`flows`: new flows and latency without iperf3).\n")
+	b.WriteString("\nReproduce: `sudo make bench` (full) or `sudo BENCH_QUICK=1 make bench`; `BENCH_RELAYS=splice,buffered,kernel` adds the other relay modes; `BENCH_PARTS=throughput,slowsink,idle,burst,dns` picks the parts (`flows`: new flows and latency without iperf3).\n")
 	return b.String()
 }
 

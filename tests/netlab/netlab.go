@@ -7,7 +7,6 @@
 package netlab
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -15,12 +14,12 @@ import (
 	"os/exec"
 	"runtime"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/socksgate/socksgate/internal/testutil"
 	"github.com/vishvananda/netns"
 )
 
@@ -275,7 +274,7 @@ func (n *NS) WaitListening(addr string, within time.Duration) {
 type Proc struct {
 	Cmd  *exec.Cmd
 	name string
-	out  *syncBuffer
+	out  *testutil.SyncBuffer
 	done chan struct{}
 	err  error
 }
@@ -285,7 +284,7 @@ type Proc struct {
 func (n *NS) Start(args ...string) *Proc {
 	n.lab.t.Helper()
 	cmd := exec.Command("ip", append([]string{"netns", "exec", n.Name}, args...)...)
-	p := &Proc{Cmd: cmd, name: n.Role + ":" + args[0], out: &syncBuffer{}, done: make(chan struct{})}
+	p := &Proc{Cmd: cmd, name: n.Role + ":" + args[0], out: &testutil.SyncBuffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.out, p.out
 	// Its own process group, so Kill reaches the children of forking daemons (danted, squid),
 	// and a bound on waiting for output pipes those children may still hold.
@@ -346,21 +345,4 @@ func (p *Proc) WaitOutput(s string, within time.Duration) bool {
 		}
 	}
 	return false
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -1,0 +1,321 @@
+package dns
+
+import (
+	"container/list"
+	"context"
+	"reflect"
+	"sync"
+	"time"
+
+	mdns "github.com/miekg/dns"
+)
+
+// Cache holds answers by question and way out: a name resolved through proxy A and the same
+// name resolved directly are two entries, since the two may rightly differ (geo DNS, a split
+// view) and mixing them would hand the direct answer to a proxied client. Entries are stored
+// packed, expire with the answer's lowest TTL (capped by MaxTTL), negative answers (NXDOMAIN,
+// NODATA) with their SOA's minimum (RFC 2308, capped by MaxNegativeTTL) and only when they carry
+// a SOA; SERVFAIL, REFUSED and truncated answers are not cached. The cache is bounded in
+// entries and bytes, least recently used first out. Identical queries asked at once go out
+// once. Safe for concurrent use; a nil *Cache caches nothing.
+type Cache struct {
+	maxEntries int
+	maxBytes   int
+	// MaxTTL caps how long an answer is kept; MaxNegativeTTL a negative one. Set before use.
+	MaxTTL, MaxNegativeTTL time.Duration
+
+	now func() time.Time
+
+	mu      sync.Mutex
+	ll      list.List // of *cacheEntry, front = most recently used
+	m       map[CacheKey]*list.Element
+	bytes   int
+	flights map[CacheKey]*flight
+}
+
+// CacheKey identifies a cached answer.
+type CacheKey struct {
+	Way    any // the Exchanger's identity (see wayKey)
+	Name   string
+	Type   uint16
+	Class  uint16
+	DO, CD bool
+}
+
+type cacheEntry struct {
+	key    CacheKey
+	wire   []byte // the answer, packed
+	stored time.Time
+	expire time.Time
+}
+
+// entryOverhead approximates what an entry costs beyond its packed answer: the entry, its list
+// element, its map slot and its key's name (measured by BenchmarkCacheBytesPerEntry).
+const entryOverhead = 256
+
+// Defaults for NewCache's bounds and the TTL caps.
+const (
+	DefaultCacheEntries = 10000
+	DefaultCacheBytes   = 8 << 20
+	DefaultMaxTTL       = 24 * time.Hour
+	DefaultMaxNegTTL    = time.Hour
+)
+
+// NewCache returns a cache bounded by maxEntries and maxBytes (defaults when <= 0).
+func NewCache(maxEntries, maxBytes int) *Cache {
+	if maxEntries <= 0 {
+		maxEntries = DefaultCacheEntries
+	}
+	if maxBytes <= 0 {
+		maxBytes = DefaultCacheBytes
+	}
+	return &Cache{
+		maxEntries: maxEntries, maxBytes: maxBytes,
+		MaxTTL: DefaultMaxTTL, MaxNegativeTTL: DefaultMaxNegTTL,
+		now: time.Now, m: map[CacheKey]*list.Element{}, flights: map[CacheKey]*flight{},
+	}
+}
+
+// wayKey is x as a map key for its identity: x itself when comparable (every Exchanger of this
+// package is a pointer), else its type and name — never a panic.
+func wayKey(x Exchanger) any {
+	if x == nil || reflect.TypeOf(x).Comparable() {
+		return x
+	}
+	return struct {
+		t    reflect.Type
+		name string
+	}{reflect.TypeOf(x), x.String()}
+}
+
+// Len is the number of entries; Bytes their accounted size.
+func (c *Cache) Len() int {
+	if c == nil {
+		return 0
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.ll.Len()
+}
+
+// Bytes is the accounted size of the entries (packed answers plus a fixed overhead each).
+func (c *Cache) Bytes() int {
+	if c == nil {
+		return 0
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.bytes
+}
+
+// Purge empties the cache.
+func (c *Cache) Purge() {
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.ll.Init()
+	c.m = map[CacheKey]*list.Element{}
+	c.bytes = 0
+}
+
+// Get returns the cached answer for k with its TTLs decremented by its age, or nil.
+func (c *Cache) Get(k CacheKey) *mdns.Msg {
+	if c == nil {
+		return nil
+	}
+	now := c.now()
+	c.mu.Lock()
+	el, ok := c.m[k]
+	if !ok {
+		c.mu.Unlock()
+		return nil
+	}
+	e := el.Value.(*cacheEntry)
+	if !now.Before(e.expire) {
+		c.remove(el)
+		c.mu.Unlock()
+		return nil
+	}
+	c.ll.MoveToFront(el)
+	wire, stored := e.wire, e.stored
+	c.mu.Unlock()
+
+	r := new(mdns.Msg)
+	if r.Unpack(wire) != nil {
+		return nil
+	}
+	age := uint32(now.Sub(stored) / time.Second)
+	for _, sec := range [][]mdns.RR{r.Answer, r.Ns, r.Extra} {
+		for _, rr := range sec {
+			h := rr.Header()
+			if h.Rrtype == mdns.TypeOPT {
+				continue
+			}
+			if h.Ttl > age {
+				h.Ttl -= age
+			} else {
+				h.Ttl = 0
+			}
+		}
+	}
+	return r
+}
+
+// ttl is how long r may be cached; 0: not at all.
+func (c *Cache) ttl(r *mdns.Msg) time.Duration {
+	if r.Truncated {
+		return 0
+	}
+	switch r.Rcode {
+	case mdns.RcodeSuccess:
+		if len(r.Answer) > 0 {
+			return c.capTTL(minTTL(r), c.MaxTTL)
+		}
+		return c.negTTL(r) // NODATA
+	case mdns.RcodeNameError:
+		return c.negTTL(r)
+	}
+	return 0
+}
+
+func (c *Cache) capTTL(sec uint32, max time.Duration) time.Duration {
+	d := time.Duration(sec) * time.Second
+	if d > max {
+		return max
+	}
+	return d
+}
+
+// negTTL is RFC 2308 §5: the SOA's TTL or its minimum, whichever is lower; no SOA, no caching.
+func (c *Cache) negTTL(r *mdns.Msg) time.Duration {
+	for _, rr := range r.Ns {
+		if soa, ok := rr.(*mdns.SOA); ok {
+			return c.capTTL(min(soa.Hdr.Ttl, soa.Minttl), c.MaxNegativeTTL)
+		}
+	}
+	return 0
+}
+
+// minTTL is the lowest TTL in r's sections, OPT aside.
+func minTTL(r *mdns.Msg) uint32 {
+	m := ^uint32(0)
+	for _, sec := range [][]mdns.RR{r.Answer, r.Ns, r.Extra} {
+		for _, rr := range sec {
+			if h := rr.Header(); h.Rrtype != mdns.TypeOPT && h.Ttl < m {
+				m = h.Ttl
+			}
+		}
+	}
+	return m
+}
+
+// Put stores r under k if it may be cached. r is not retained.
+func (c *Cache) Put(k CacheKey, r *mdns.Msg) {
+	if c == nil {
+		return
+	}
+	ttl := c.ttl(r)
+	if ttl <= 0 {
+		return
+	}
+	s := r.Copy()
+	s.Extra = withoutOPT(s.Extra)
+	s.Compress = true
+	wire, err := s.Pack()
+	if err != nil {
+		return
+	}
+	now := c.now()
+	e := &cacheEntry{key: k, wire: wire, stored: now, expire: now.Add(ttl)}
+	size := len(wire) + len(k.Name) + entryOverhead
+	if size > c.maxBytes {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if el, ok := c.m[k]; ok {
+		c.remove(el)
+	}
+	c.m[k] = c.ll.PushFront(e)
+	c.bytes += size
+	for c.ll.Len() > c.maxEntries || c.bytes > c.maxBytes {
+		c.remove(c.ll.Back())
+	}
+}
+
+func (c *Cache) remove(el *list.Element) {
+	e := c.ll.Remove(el).(*cacheEntry)
+	delete(c.m, e.key)
+	c.bytes -= len(e.wire) + len(e.key.Name) + entryOverhead
+}
+
+func withoutOPT(rrs []mdns.RR) []mdns.RR {
+	out := rrs[:0]
+	for _, rr := range rrs {
+		if rr.Header().Rrtype != mdns.TypeOPT {
+			out = append(out, rr)
+		}
+	}
+	return out
+}
+
+// flight is one query in progress that identical ones wait for.
+type flight struct {
+	done chan struct{}
+	r    *mdns.Msg
+	err  error
+}
+
+// Resolution says where an answer came from.
+type Resolution uint8
+
+const (
+	FromUpstream  Resolution = iota // asked now
+	FromCache                       // a cached answer
+	FromCoalesced                   // an identical query asked at the same moment
+)
+
+// Resolve returns the answer for k: from the cache, or by calling fetch once for all identical
+// queries in progress (fetch runs under its own context, detached from any one caller's, so a
+// caller that gives up does not fail the others; it must bound itself). The answer is the
+// caller's own copy.
+func (c *Cache) Resolve(ctx context.Context, k CacheKey, fetch func(context.Context) (*mdns.Msg, error)) (*mdns.Msg, Resolution, error) {
+	if c == nil {
+		r, err := fetch(ctx)
+		return r, FromUpstream, err
+	}
+	if r := c.Get(k); r != nil {
+		return r, FromCache, nil
+	}
+	c.mu.Lock()
+	if f, ok := c.flights[k]; ok {
+		c.mu.Unlock()
+		select {
+		case <-f.done:
+		case <-ctx.Done():
+			return nil, FromCoalesced, ctx.Err()
+		}
+		if f.err != nil {
+			return nil, FromCoalesced, f.err
+		}
+		return f.r.Copy(), FromCoalesced, nil
+	}
+	f := &flight{done: make(chan struct{})}
+	c.flights[k] = f
+	c.mu.Unlock()
+
+	f.r, f.err = fetch(context.WithoutCancel(ctx))
+	if f.err == nil {
+		c.Put(k, f.r)
+	}
+	c.mu.Lock()
+	delete(c.flights, k)
+	c.mu.Unlock()
+	close(f.done)
+	if f.err != nil {
+		return nil, FromUpstream, f.err
+	}
+	return f.r.Copy(), FromUpstream, nil
+}
