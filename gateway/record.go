@@ -65,6 +65,9 @@ var (
 	// errViaLoop: an HTTP request whose Via carries socksgate's own pseudonym (httpproxy.Via):
 	// it went out through a proxy that sent it back.
 	errViaLoop = &Refusal{"loop", "refused: the request has passed through socksgate already (its Via names this process): a proxy chain leads back to socksgate (loop)"}
+	// errChainLoop: a proxy asks socksgate for the very destination socksgate is asking that
+	// proxy for at this moment: a chain through it (SOCKS has no Via) leads back to socksgate.
+	errChainLoop = &Refusal{"loop", "refused: the upstream proxy asks for the destination socksgate is asking it for: a proxy chain leads back to socksgate (loop)"}
 	// errNoOriginalDst: conntrack does not know where a captured connection was going.
 	errNoOriginalDst = &Refusal{"no_original_dst", "refused: original destination unknown"}
 )
@@ -87,12 +90,29 @@ func outcomeOf(d route.Decision, err error) Outcome {
 // refused, and then logged and counted as refused here (the caller only answers its client).
 // client, when known, is the flow's client connection (closed by shutdown and the idle sweeper).
 func (g *Gateway) begin(f route.Flow, client net.Conn) (*liveFlow, error) {
+	if g.comesBack(f) {
+		g.refuse(f, errChainLoop)
+		return nil, errChainLoop
+	}
 	lf := &liveFlow{Flow: f, client: client, start: time.Now()}
 	if err := g.track(lf); err != nil {
 		g.refuse(f, err)
 		return nil, err
 	}
 	return lf, nil
+}
+
+// comesBack reports whether f is one of socksgate's own requests to an upstream proxy come back
+// (upstream.OwnConns.ComesBack), by the destination as asked or as an address.
+func (g *Gateway) comesBack(f route.Flow) bool {
+	if g.Own == nil {
+		return false
+	}
+	src := f.Src.Addr()
+	if g.Own.ComesBack(src, f.Address()) {
+		return true
+	}
+	return f.Host != "" && f.Dst.IsValid() && g.Own.ComesBack(src, f.Dst.String())
 }
 
 // refuse logs and counts a flow refused before it was routed (err is a *Refusal).

@@ -134,3 +134,41 @@ func TestLoopThroughThirdPartyProxyIsRefusedByVia(t *testing.T) {
 		t.Errorf("the refusal does not say why:\n%s", gw.Output())
 	}
 }
+
+// A chain through a SOCKS proxy that leads back: dante, socksgate's upstream, is itself told to
+// go through socksgate. SOCKS carries no Via, and the connection that comes back is dante's
+// own, not one of socksgate's dials: it is known by asking, while socksgate waits for dante's
+// answer, for the very destination socksgate is asking dante for. One request is one loop
+// refusal, not flows nested until the limit.
+func TestLoopThroughSOCKSChainIsRefused(t *testing.T) {
+	tp := netlab.NewTopology(t)
+	serveWeb(t, tp)
+	// Dante reaches socksgate from its own address (the one socksgate dials), as a proxy on
+	// one address does: its external addresses are chosen by the route to each destination.
+	d := startDante(t, tp, danteOptions{Server: "external: " + netlab.Proxy4 + "\nexternal.rotation: route", ExtraRules: fmt.Sprintf(`route {
+	from: 0.0.0.0/0 to: 0.0.0.0/0 via: %s port = 7890
+	proxyprotocol: socks_v5
+	command: connect
+	method: none
+}
+`, netlab.GWLAN4)})
+	gw := startSocksgate(t, tp.GW, loopConfig("socks5://"+netlab.Proxy4+":1080"))
+	before, _, _ := loopRefusals(t, tp.GW)
+	out, err := curl(tp.LAN, "-m", "10", "-f", "--socks5", net.JoinHostPort(netlab.GWLAN4, "7890"), urlFor(netlab.WAN4, "/"))
+	if err == nil {
+		t.Fatalf("a request into a loop succeeded: %q", out)
+	}
+	var loop, limit, flows float64
+	if !waitFor(5*time.Second, func() bool {
+		loop, limit, flows = loopRefusals(t, tp.GW)
+		return loop > before
+	}) {
+		t.Fatalf("no flow refused as a loop (max_flows: %v, flows: %v)\nsocksgate:\n%s\ndante:\n%s", limit, flows, gw.Output(), d.Output())
+	}
+	if loop, limit, _ = loopRefusals(t, tp.GW); loop != before+1 || limit != 0 {
+		t.Fatalf("%v refused as loop (want %v), %v by the flow limit\n%s", loop, before+1, limit, gw.Output())
+	}
+	if !hasLog(gw.Output(), logFields{"outcome": "refused", "src": "~" + netlab.Proxy4 + ":", "error": "~a proxy chain leads back to socksgate"}) {
+		t.Errorf("the refusal does not say why:\n%s", gw.Output())
+	}
+}

@@ -30,6 +30,9 @@ type OwnConns struct {
 	dialing, waiters atomic.Int32
 	mu               sync.Mutex
 	ended            chan struct{} // closed (and dropped) when a dial ends while someone waits
+
+	hmu        sync.Mutex
+	handshakes map[handshakeKey]int // proxy handshakes in flight (Handshake)
 }
 
 const ownShards = 32
@@ -190,3 +193,45 @@ func (c *ownConn) NetConn() net.Conn { return c.TCPConn }
 // TCPSocket says an ownConn's bytes are its socket's own (rawio.Socket): the SOCKS and HTTP
 // handshakes read and write it with raw calls.
 func (c *ownConn) TCPSocket() *net.TCPConn { return c.TCPConn }
+
+// A handshake in flight: socksgate is asking proxy (by the host it was configured with) to
+// connect to dest. A connection that a proxy makes back to socksgate, asking for that same
+// destination while socksgate still waits for that proxy's answer, is the request itself come
+// back: a chain through a proxy (a SOCKS one carries no Via) that leads to socksgate again.
+type handshakeKey struct{ proxy, dest string }
+
+// Handshake records that socksgate is asking proxy (a host: address or name) for dest, until
+// the returned func is called. A nil set records nothing.
+func (o *OwnConns) Handshake(proxy, dest string) (done func()) {
+	if o == nil {
+		return func() {}
+	}
+	k := handshakeKey{proxy, dest}
+	o.hmu.Lock()
+	if o.handshakes == nil {
+		o.handshakes = map[handshakeKey]int{}
+	}
+	o.handshakes[k]++
+	o.hmu.Unlock()
+	return func() {
+		o.hmu.Lock()
+		if o.handshakes[k]--; o.handshakes[k] <= 0 {
+			delete(o.handshakes, k)
+		}
+		o.hmu.Unlock()
+	}
+}
+
+// ComesBack reports whether a flow from src asking for dest is one of socksgate's own requests
+// to a proxy come back: src is a proxy socksgate is asking for dest at this moment.
+func (o *OwnConns) ComesBack(src netip.Addr, dest string) bool {
+	if o == nil || !src.IsValid() {
+		return false
+	}
+	o.hmu.Lock()
+	defer o.hmu.Unlock()
+	if len(o.handshakes) == 0 {
+		return false
+	}
+	return o.handshakes[handshakeKey{src.Unmap().WithZone("").String(), dest}] > 0
+}

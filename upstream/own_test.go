@@ -139,3 +139,27 @@ func TestOwnConnsAwaitsDialsInFlight(t *testing.T) {
 
 // A tracked connection is its socket's bytes: the handshakes on it read and write raw.
 var _ rawio.Socket = (*ownConn)(nil)
+
+// A proxy's connection asking for the destination socksgate is asking that proxy for is the
+// request come back; another client asking for it, or the proxy once the handshake is over,
+// is not.
+func TestOwnConnsKnowsHandshakesInFlight(t *testing.T) {
+	var o OwnConns
+	proxy, lan := netip.MustParseAddr("10.0.2.2"), netip.MustParseAddr("10.0.1.2")
+	done := o.Handshake("10.0.2.2", "203.0.113.10:80")
+	if !o.ComesBack(proxy, "203.0.113.10:80") || !o.ComesBack(netip.MustParseAddr("::ffff:10.0.2.2"), "203.0.113.10:80") {
+		t.Fatal("the proxy asking for the destination in flight was not known as a loop")
+	}
+	if o.ComesBack(lan, "203.0.113.10:80") || o.ComesBack(proxy, "203.0.113.10:443") {
+		t.Fatal("another client, or another destination, was taken for a loop")
+	}
+	done()
+	if o.ComesBack(proxy, "203.0.113.10:80") {
+		t.Fatal("a handshake that ended is still in flight")
+	}
+	var none *OwnConns
+	none.Handshake("x", "y")()
+	if none.ComesBack(proxy, "y") {
+		t.Fatal("a nil set knows something")
+	}
+}

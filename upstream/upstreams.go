@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"sync/atomic"
 	"time"
 
@@ -118,7 +119,7 @@ func newUpstream(c *configs.Upstream, below Upstream, direct Direct, log *logrus
 	case configs.SchemeDirect:
 		return direct, nil
 	case configs.SchemeHTTP:
-		h := &httpUpstream{d: &httpproxy.Dialer{
+		h := &httpUpstream{own: direct.Own, host: proxyHost(u.Host), d: &httpproxy.Dialer{
 			Address:   u.Host,
 			Username:  user,
 			Password:  pass,
@@ -131,7 +132,7 @@ func newUpstream(c *configs.Upstream, below Upstream, direct Direct, log *logrus
 			configs.SchemeSOCKS5: socksclient.SOCKS5, configs.SchemeSOCKS5H: socksclient.SOCKS5,
 			configs.SchemeSOCKS4: socksclient.SOCKS4, configs.SchemeSOCKS4A: socksclient.SOCKS4A,
 		}[u.Scheme]
-		s := &socksUpstream{viaChain: c.Via != "", log: log, probeTimeout: pipelineProbeTimeout, retry: pipelineRetry, d: &socksclient.Dialer{
+		s := &socksUpstream{own: direct.Own, host: proxyHost(u.Host), viaChain: c.Via != "", log: log, probeTimeout: pipelineProbeTimeout, retry: pipelineRetry, d: &socksclient.Dialer{
 			Version:   v,
 			Address:   u.Host,
 			Username:  user,
@@ -173,6 +174,8 @@ type socksUpstream struct {
 	// (a request for 0.0.0.0:0, which it can only refuse) within a few round trips. retry is
 	// how long a probe that could not reach the proxy waits to be repeated.
 	probeTimeout, retry time.Duration
+	own                 *OwnConns // handshakes in flight, for loop detection; nil: none kept
+	host                string    // the proxy's host, as OwnConns.Handshake keys it
 }
 
 // Pipelining states of a socksUpstream.
@@ -187,6 +190,7 @@ const (
 const pipelineProbeTimeout, pipelineRetry = 3 * time.Second, 30 * time.Second
 
 func (s *socksUpstream) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	defer s.own.Handshake(s.host, address)()
 	if s.dp != nil {
 		switch s.pipeline.Load() {
 		case pipelineYes:
@@ -255,10 +259,13 @@ func (s *socksUpstream) probeProxy(ctx context.Context) error {
 // httpUpstream adapts httpproxy.Dialer (HTTP CONNECT) to Upstream. CONNECT carries no UDP.
 type httpUpstream struct {
 	d    *httpproxy.Dialer
-	name string // d.String(), built once
+	name string    // d.String(), built once
+	own  *OwnConns // handshakes in flight, for loop detection; nil: none kept
+	host string    // the proxy's host, as OwnConns.Handshake keys it
 }
 
 func (h *httpUpstream) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	defer h.own.Handshake(h.host, address)()
 	return h.d.DialContext(ctx, network, address)
 }
 
@@ -279,6 +286,18 @@ func probeDial(ctx context.Context, dial func(context.Context, string, string) (
 		return err
 	}
 	return c.Close()
+}
+
+// proxyHost is the host of a proxy's host:port, an address in its canonical form.
+func proxyHost(hostport string) string {
+	h, _, err := net.SplitHostPort(hostport)
+	if err != nil {
+		h = hostport
+	}
+	if a, err := netip.ParseAddr(h); err == nil {
+		return a.Unmap().WithZone("").String()
+	}
+	return h
 }
 
 // nameVia is an upstream's name for logs and metrics: its redacted URL, and for a chained one
