@@ -72,4 +72,3 @@ func printFindings(w io.Writer, fs []doctor.Finding) {
 		fmt.Fprintln(w, "no problems found")
 	}
 }
-
