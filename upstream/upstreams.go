@@ -26,7 +26,31 @@ import (
 // stop ends the health checks and waits for them; call it once the upstreams are no longer used
 // (dials still work afterwards, with the members' last known state). On error nothing runs.
 func NewUpstreams(cfg *configs.Config, direct Direct, log *logrus.Entry) (ups map[string]Upstream, stop func(), err error) {
-	ups, err = newUpstreams(cfg, direct, log)
+	ups, groups, err := buildUpstreams(cfg, direct, log)
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, g := range groups {
+		g.Start()
+	}
+	return ups, func() {
+		for _, g := range groups {
+			g.Close()
+		}
+	}, nil
+}
+
+// NewUpstreamsIdle builds what NewUpstreams builds but starts nothing: no health check runs
+// and nothing is dialled until a caller dials (socksgate explain routes flows through them
+// without touching the network). Every group member is in its initial state, up.
+func NewUpstreamsIdle(cfg *configs.Config, direct Direct) (map[string]Upstream, error) {
+	ups, _, err := buildUpstreams(cfg, direct, nil)
+	return ups, err
+}
+
+// buildUpstreams builds the upstreams and groups; the groups' health checks are not started.
+func buildUpstreams(cfg *configs.Config, direct Direct, log *logrus.Entry) (map[string]Upstream, []*Group, error) {
+	ups, err := newUpstreams(cfg, direct, log)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -51,14 +75,7 @@ func NewUpstreams(cfg *configs.Config, direct Direct, log *logrus.Entry) (ups ma
 		groups = append(groups, NewGroup(gc, members, directUp, log))
 		ups[gc.Name] = groups[len(groups)-1]
 	}
-	for _, g := range groups {
-		g.Start()
-	}
-	return ups, func() {
-		for _, g := range groups {
-			g.Close()
-		}
-	}, nil
+	return ups, groups, nil
 }
 
 // newUpstreams builds the configured upstreams (not the groups).

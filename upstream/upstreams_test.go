@@ -213,3 +213,28 @@ func TestSocksUpstreamNoticesAProxyThatStopsReadingAhead(t *testing.T) {
 		t.Fatalf("dial after the proxy was found out: %v", err)
 	}
 }
+
+// NewUpstreamsIdle builds the groups without starting their health checks: explain routes
+// through them and must dial nothing.
+func TestNewUpstreamsIdleStartsNoHealthCheck(t *testing.T) {
+	cfg := &configs.Config{
+		Upstreams: []configs.Upstream{{Name: "a", URL: &url.URL{Scheme: "socks5", Host: "192.0.2.1:1080"}}},
+		Groups:    []configs.Group{{Name: "g", Upstreams: []string{"a"}, Health: configs.Health{Interval: configs.Duration(time.Millisecond)}}},
+	}
+	ups, err := NewUpstreamsIdle(cfg, Direct{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, ok := ups["g"].(*Group)
+	if !ok {
+		t.Fatalf("ups[g] is %T, want *Group", ups["g"])
+	}
+	fresh := false
+	g.started.Do(func() { fresh = true })
+	if !fresh {
+		t.Error("the group's health checks were started")
+	}
+	if st := g.Status(); len(st) != 1 || !st[0].Up {
+		t.Errorf("member status %+v, want one member up", st)
+	}
+}

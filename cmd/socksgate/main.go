@@ -5,6 +5,8 @@
 //	socksgate run     [-c FILE]   serve (the embedded default config without -c)
 //	socksgate check    -c FILE    validate a config; non-zero exit with the error list
 //	socksgate rules   [-c FILE]   print the nftables rules it would install, without root
+//	socksgate explain  -c FILE SRC DST[:PORT]   which rule decides a flow, and why not the others
+//	socksgate doctor  [-c FILE]   check the running system against the config
 //	socksgate status  [-a ADDR]   live flows and upstream health from the admin endpoint
 //	socksgate reload  [-p PID]    make the running socksgate re-read its config (SIGHUP)
 //	socksgate version
@@ -40,6 +42,13 @@ commands:
                       -log-format overrides the config's log.format
   check    -c FILE    validate a config file and print its warnings
   rules   [-c FILE]   print the nftables rules and policy routing it would install
+  explain  -c FILE SRC DST[:PORT] [--name NAME] [--proto udp] [--inbound KIND] [--json]
+          -c FILE SRC --query NAME
+                      which rule decides a flow or DNS query, its way out, and why
+                      each earlier rule did not match (dials and resolves nothing)
+  doctor  [-c FILE] [--offline] [--json]
+                      check the kernel, sysctls, firewall and listeners against the
+                      config; non-zero exit when something blocks capture
   status  [-a ADDR]   show live flows and upstream health (needs admin: in the config)
   reload  [-p PID]    make a running socksgate re-read its config (SIGHUP)
   version             print the version
@@ -71,6 +80,10 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 		return statusMain(args, stdout, stderr)
 	case "reload":
 		return reloadMain(args, stdout, stderr)
+	case "explain":
+		return explainMain(args, stdout, stderr)
+	case "doctor":
+		return doctorMain(args, stdout, stderr)
 	case "version", "-version", "--version":
 		fmt.Fprintln(stdout, "socksgate", versionString())
 		return 0

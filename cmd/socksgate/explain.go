@@ -1,0 +1,472 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/socksgate/socksgate/configs"
+	"github.com/socksgate/socksgate/route"
+	"github.com/socksgate/socksgate/upstream"
+)
+
+const explainUsage = `usage: socksgate explain -c FILE [flags] SRC DST[:PORT]
+       socksgate explain -c FILE [flags] SRC --query NAME
+
+Shows which rule decides a flow (or a DNS query with --query or --inbound dns), where it
+goes, and why each earlier rule did not match. Nothing is dialled; a name is resolved only
+with --resolve.
+`
+
+// explainReport is what explain prints, and with --json its schema.
+type explainReport struct {
+	Flow     *explainFlow     `json:"flow,omitempty"`
+	Query    *explainQuery    `json:"query,omitempty"`
+	Rules    []explainVerdict `json:"rules"`
+	Decision explainDecision  `json:"decision"`
+	// WouldResolve says a rule on addresses precedes the match of a name-only flow: the
+	// running gateway resolves the name and matches its addresses too (see Resolved).
+	WouldResolve bool     `json:"would_resolve,omitempty"`
+	Resolved     []string `json:"resolved,omitempty"` // with --resolve: the name's addresses
+	Note         string   `json:"note,omitempty"`
+}
+
+type explainFlow struct {
+	Network string `json:"network"`
+	Src     string `json:"src"`
+	Dst     string `json:"dst,omitempty"`
+	Name    string `json:"name,omitempty"`
+	Port    uint16 `json:"port"`
+	Inbound string `json:"inbound"`
+}
+
+type explainQuery struct {
+	Src  string `json:"src"`
+	Name string `json:"name"`
+}
+
+type explainVerdict struct {
+	Index   int              `json:"index"` // 1-based, as `check` and the docs count rules
+	Rule    string           `json:"rule"`
+	Matched bool             `json:"matched"`
+	Failed  []explainFailure `json:"failed,omitempty"`
+}
+
+type explainFailure struct {
+	Matcher string `json:"matcher"`
+	Reason  string `json:"reason"`
+}
+
+type explainDecision struct {
+	Rule     string        `json:"rule"`
+	Action   string        `json:"action"`
+	Upstream string        `json:"upstream,omitempty"` // the config's name
+	URL      string        `json:"url,omitempty"`      // redacted
+	Group    *explainGroup `json:"group,omitempty"`
+	Addr     string        `json:"addr,omitempty"` // the resolved address Route matched (with --resolve)
+}
+
+type explainGroup struct {
+	Policy  string   `json:"policy"`
+	Members []string `json:"members"`
+	// Pick is the member the group would dial now, when that is knowable without the network;
+	// else empty and Chosen says how it is chosen.
+	Pick   string `json:"pick,omitempty"`
+	Chosen string `json:"chosen"`
+	OnDown string `json:"on_down"`
+}
+
+func explainMain(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("explain", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, explainUsage); fs.PrintDefaults() }
+	path := fs.String("c", "", "config file (YAML)")
+	name := fs.String("name", "", "the flow's name (a sniffed SNI or Host, or the name a client gave)")
+	proto := fs.String("proto", "tcp", "tcp or udp")
+	inbound := fs.String("inbound", "transparent", "transparent, http, socks or dns")
+	query := fs.String("query", "", "explain a DNS query for this name (RouteQuery semantics)")
+	resolve := fs.Bool("resolve", false, "resolve a name-only destination as the gateway would (asks the system's resolver)")
+	asJSON := fs.Bool("json", false, "print JSON")
+	// Flags may come before, between or after the positional arguments.
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return 2
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		pos = append(pos, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
+	if *path == "" {
+		fmt.Fprintln(stderr, "socksgate explain: -c FILE is required")
+		return 2
+	}
+	isQuery := *query != "" || *inbound == "dns"
+	if want := 2; isQuery && *query != "" {
+		want = 1
+		if len(pos) != want {
+			fmt.Fprintln(stderr, "socksgate explain: --query takes one argument, SRC")
+			return 2
+		}
+	} else if len(pos) != want {
+		fmt.Fprint(stderr, "socksgate explain: need SRC and DST\n", explainUsage)
+		return 2
+	}
+	cfg, err := configs.Load(*path)
+	if err != nil {
+		fmt.Fprintf(stderr, "socksgate: %v\n", err)
+		return 1
+	}
+	ups, err := upstream.NewUpstreamsIdle(cfg, upstream.Direct{})
+	if err != nil {
+		fmt.Fprintf(stderr, "socksgate: %v\n", err)
+		return 1
+	}
+	r, err := route.NewRouter(cfg, ups)
+	if err != nil {
+		fmt.Fprintf(stderr, "socksgate: %v\n", err)
+		return 1
+	}
+	src, err := parseSrc(pos[0])
+	if err != nil {
+		fmt.Fprintf(stderr, "socksgate explain: SRC: %v\n", err)
+		return 2
+	}
+	var rep *explainReport
+	if isQuery {
+		qname := *query
+		if qname == "" {
+			qname = pos[1]
+			if h, _, err := net.SplitHostPort(qname); err == nil {
+				qname = h
+			}
+		}
+		rep = explainDNS(cfg, r, src.Addr(), strings.TrimSuffix(qname, "."))
+	} else {
+		f, err := explainFlowOf(cfg, src, pos[1], *name, *proto, *inbound)
+		if err != nil {
+			fmt.Fprintf(stderr, "socksgate explain: %v\n", err)
+			return 2
+		}
+		var lookup func(ctx context.Context, host string) ([]netip.Addr, error)
+		if *resolve {
+			lookup = func(ctx context.Context, host string) ([]netip.Addr, error) {
+				return net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+			}
+		}
+		rep = explainRoute(cfg, r, f, lookup)
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(rep); err != nil {
+			fmt.Fprintf(stderr, "socksgate explain: %v\n", err)
+			return 1
+		}
+		return 0
+	}
+	printExplain(stdout, rep)
+	return 0
+}
+
+func parseSrc(s string) (netip.AddrPort, error) {
+	if ap, err := netip.ParseAddrPort(s); err == nil {
+		return ap, nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("%q is not an address", s)
+	}
+	return netip.AddrPortFrom(a, 0), nil
+}
+
+// explainFlowOf builds the flow the arguments describe. DST is an address or a name, with
+// or without a port; name is the flow's name besides an address (a sniffed one).
+func explainFlowOf(cfg *configs.Config, src netip.AddrPort, dst, name, proto, inbound string) (route.Flow, error) {
+	f := route.Flow{Src: src}
+	switch proto {
+	case "tcp":
+		f.Network = route.TCP
+	case "udp":
+		f.Network = route.UDP
+	default:
+		return f, fmt.Errorf("--proto %q: want tcp or udp", proto)
+	}
+	switch inbound {
+	case "transparent":
+		f.Inbound = route.Redirect
+		if f.Network == route.UDP || cfg.Transparent.TCPMode == configs.TCPModeTProxy {
+			f.Inbound = route.TProxy
+		}
+	case "http":
+		f.Inbound = route.HTTP
+	case "socks":
+		f.Inbound = route.SOCKS
+	default:
+		return f, fmt.Errorf("--inbound %q: want transparent, http, socks or dns", inbound)
+	}
+	host, port := dst, ""
+	if h, p, err := net.SplitHostPort(dst); err == nil {
+		host, port = h, p
+	} else if strings.HasPrefix(dst, "[") && strings.HasSuffix(dst, "]") {
+		host = dst[1 : len(dst)-1]
+	}
+	var p uint16
+	if port != "" {
+		n, err := strconv.ParseUint(port, 10, 16)
+		if err != nil {
+			return f, fmt.Errorf("DST %q: bad port", dst)
+		}
+		p = uint16(n)
+	}
+	if a, err := netip.ParseAddr(host); err == nil {
+		f.Dst = netip.AddrPortFrom(a, p)
+		if name != "" {
+			f.Host, f.From = strings.ToLower(strings.TrimSuffix(name, ".")), route.NameSniff
+		}
+		return f, nil
+	}
+	if host == "" || strings.ContainsAny(host, " /") {
+		return f, fmt.Errorf("DST %q is neither an address nor a name", dst)
+	}
+	if name != "" && !strings.EqualFold(name, host) {
+		return f, fmt.Errorf("DST is the name %q: --name %q says another", host, name)
+	}
+	f.Host, f.Port, f.From = strings.ToLower(strings.TrimSuffix(host, ".")), p, route.NameClient
+	return f, nil
+}
+
+// explainRoute explains f; lookup, when set, resolves a name-only flow as Route would.
+func explainRoute(cfg *configs.Config, r *route.RuleRouter, f route.Flow, lookup func(context.Context, string) ([]netip.Addr, error)) *explainReport {
+	rep := &explainReport{Flow: &explainFlow{
+		Network: f.Network.String(), Src: f.Src.Addr().String(), Name: f.Host, Port: f.DstPort(), Inbound: f.Inbound.String(),
+	}}
+	if f.Dst.IsValid() {
+		rep.Flow.Dst = f.Dst.Addr().String()
+	}
+	vs := r.Explain(f)
+	for _, v := range vs[:len(vs)-1] {
+		if v.NeedsAddress {
+			rep.WouldResolve = true
+		}
+	}
+	d := vs[len(vs)-1].Decision
+	if rep.WouldResolve && lookup != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		addrs, err := lookup(ctx, f.Host)
+		cancel()
+		if err != nil || len(addrs) == 0 {
+			rep.Note = fmt.Sprintf("%s did not resolve (%v): the gateway decides it by the name alone", f.Host, err)
+		} else {
+			for _, a := range addrs {
+				rep.Resolved = append(rep.Resolved, a.String())
+			}
+			r.Resolve = func(context.Context, string) ([]netip.Addr, error) { return addrs, nil }
+			d = r.Route(context.Background(), f)
+			if d.Addr.IsValid() {
+				fa := f
+				fa.Dst = netip.AddrPortFrom(d.Addr, f.Port)
+				vs = r.Explain(fa)
+				rep.Note = fmt.Sprintf("the rules were matched with %s, the address of %s that decides (it is what is dialled)", d.Addr, f.Host)
+			}
+		}
+	} else if rep.WouldResolve {
+		rep.Note = fmt.Sprintf("a rule on addresses comes first: the gateway resolves %s and matches its addresses too, so the decision may differ (not resolved here; --resolve does)", f.Host)
+	}
+	rep.Rules = verdicts(cfg, vs, f, false)
+	rep.Decision = describeDecision(cfg, d)
+	return rep
+}
+
+func explainDNS(cfg *configs.Config, r *route.RuleRouter, src netip.Addr, name string) *explainReport {
+	name = strings.ToLower(name)
+	rep := &explainReport{Query: &explainQuery{Src: src.String(), Name: name}}
+	vs := r.ExplainQuery(src, name)
+	rep.Rules = verdicts(cfg, vs, route.Flow{Src: netip.AddrPortFrom(src, 0), Host: name}, true)
+	last := vs[len(vs)-1]
+	d := last.Decision
+	if !last.Matched {
+		d = route.Decision{Action: configs.ActionBlock, Rule: "no rule matched"}
+	}
+	rep.Decision = describeDecision(cfg, d)
+	return rep
+}
+
+func verdicts(cfg *configs.Config, vs []route.RuleVerdict, f route.Flow, query bool) []explainVerdict {
+	out := make([]explainVerdict, 0, len(vs))
+	for _, v := range vs {
+		ev := explainVerdict{Index: v.Index + 1, Rule: v.Rule, Matched: v.Matched}
+		rule := cfg.Rules[v.Index]
+		for _, m := range v.Failed {
+			ev.Failed = append(ev.Failed, explainFailure{Matcher: string(m), Reason: failReason(rule, m, f, v, query)})
+		}
+		out = append(out, ev)
+	}
+	return out
+}
+
+func failReason(rule configs.Rule, m route.Matcher, f route.Flow, v route.RuleVerdict, query bool) string {
+	if v.Unfit {
+		return fmt.Sprintf("%s %s: a rule on flows never decides a DNS query", m, matcherValues(rule, m))
+	}
+	vals := matcherValues(rule, m)
+	switch m {
+	case route.MatchProtocol:
+		return fmt.Sprintf("protocol %s does not include %s", vals, f.Network)
+	case route.MatchInbound:
+		in := "dns"
+		if !query {
+			in = f.Inbound.String()
+			if f.Inbound.Transparent() {
+				in = "transparent (" + in + ")"
+			}
+		}
+		return fmt.Sprintf("inbound %s does not include %s", vals, in)
+	case route.MatchSrc:
+		return fmt.Sprintf("src %s does not contain %s", vals, f.Src.Addr())
+	case route.MatchDst:
+		if v.NeedsAddress {
+			return fmt.Sprintf("dst %s: the flow has only the name %s; the gateway resolves it to match this rule", vals, f.Host)
+		}
+		if !f.Dst.IsValid() {
+			return fmt.Sprintf("dst %s: the flow has no address", vals)
+		}
+		return fmt.Sprintf("dst %s does not contain %s", vals, f.Dst.Addr())
+	case route.MatchDstPorts:
+		if f.DstPort() == 0 {
+			return fmt.Sprintf("dst_ports %s: no port given", vals)
+		}
+		return fmt.Sprintf("dst_ports %s does not include %d", vals, f.DstPort())
+	case route.MatchDomain:
+		if f.Host == "" {
+			return fmt.Sprintf("domain %s: the flow has no name", vals)
+		}
+		return fmt.Sprintf("domain %s does not match %s", vals, f.Host)
+	}
+	return string(m)
+}
+
+// matcherValues is a rule's matcher as a short list: the first few values and how many more.
+func matcherValues(rule configs.Rule, m route.Matcher) string {
+	var vals []string
+	add := func(s fmt.Stringer) { vals = append(vals, s.String()) }
+	switch m {
+	case route.MatchProtocol:
+		for _, p := range rule.Protocol {
+			add(p)
+		}
+	case route.MatchInbound:
+		for _, in := range rule.Inbound {
+			add(in)
+		}
+	case route.MatchSrc:
+		for _, p := range rule.Src {
+			add(p)
+		}
+	case route.MatchDst:
+		for _, p := range rule.Dst {
+			add(p)
+		}
+	case route.MatchDstPorts:
+		for _, p := range rule.DstPorts {
+			if p.From == p.To {
+				vals = append(vals, strconv.Itoa(int(p.From)))
+			} else {
+				vals = append(vals, fmt.Sprintf("%d-%d", p.From, p.To))
+			}
+		}
+	case route.MatchDomain:
+		vals = append(vals, rule.Domain...)
+	}
+	const shown = 4
+	if len(vals) > shown {
+		vals = append(vals[:shown:shown], fmt.Sprintf("… %d more", len(vals)-shown))
+	}
+	return "[" + strings.Join(vals, ", ") + "]"
+}
+
+func describeDecision(cfg *configs.Config, d route.Decision) explainDecision {
+	out := explainDecision{Rule: d.Rule, Action: d.Action.String()}
+	if d.Addr.IsValid() {
+		out.Addr = d.Addr.String()
+	}
+	if d.Action != configs.ActionProxy {
+		return out
+	}
+	for _, rule := range cfg.Rules {
+		if rule.Name == d.Rule {
+			out.Upstream = rule.Upstream
+			break
+		}
+	}
+	if d.Upstream != nil {
+		out.URL = d.Upstream.String()
+	}
+	if g := cfg.Group(out.Upstream); g != nil {
+		eg := &explainGroup{Policy: g.Policy.String(), Members: g.Upstreams, OnDown: g.OnDown.String()}
+		switch g.Policy {
+		case configs.PolicyFailover:
+			// Members start up and stay so until a dial or a health check fails; without
+			// the running gateway's health the first member is the pick.
+			eg.Pick = g.Upstreams[0]
+			eg.Chosen = fmt.Sprintf("%s, the first member that is up (health is not checked here: socksgate status shows it)", g.Upstreams[0])
+		default:
+			eg.Chosen = fmt.Sprintf("chosen at dial time by policy %s among the members that are up", g.Policy)
+		}
+		out.Group = eg
+	}
+	return out
+}
+
+func printExplain(w io.Writer, rep *explainReport) {
+	if f := rep.Flow; f != nil {
+		dst := f.Dst
+		switch {
+		case dst == "":
+			dst = f.Name
+		case f.Name != "":
+			dst += " (name " + f.Name + ")"
+		}
+		fmt.Fprintf(w, "flow: %s %s -> %s port %d, inbound %s\n", f.Network, f.Src, dst, f.Port, f.Inbound)
+	} else {
+		fmt.Fprintf(w, "dns query: %s from %s (inbound dns)\n", rep.Query.Name, rep.Query.Src)
+	}
+	if len(rep.Resolved) > 0 {
+		fmt.Fprintf(w, "resolved: %s\n", strings.Join(rep.Resolved, ", "))
+	}
+	for _, v := range rep.Rules {
+		if v.Matched {
+			fmt.Fprintf(w, "  rule %d %q: matches\n", v.Index, v.Rule)
+			continue
+		}
+		fmt.Fprintf(w, "  rule %d %q: no\n", v.Index, v.Rule)
+		for _, fl := range v.Failed {
+			fmt.Fprintf(w, "      %s\n", fl.Reason)
+		}
+	}
+	d := rep.Decision
+	switch {
+	case d.Group != nil:
+		fmt.Fprintf(w, "decision: proxy through group %q (%s: %s), rule %q\n", d.Upstream, d.Group.Policy, strings.Join(d.Group.Members, ", "), d.Rule)
+		fmt.Fprintf(w, "  member: %s; all down: %s\n", d.Group.Chosen, d.Group.OnDown)
+	case d.Action == "proxy":
+		fmt.Fprintf(w, "decision: proxy through upstream %q (%s), rule %q\n", d.Upstream, d.URL, d.Rule)
+	default:
+		fmt.Fprintf(w, "decision: %s, rule %q\n", d.Action, d.Rule)
+	}
+	if d.Addr != "" {
+		fmt.Fprintf(w, "  dials %s\n", d.Addr)
+	}
+	if rep.Note != "" {
+		fmt.Fprintf(w, "note: %s\n", rep.Note)
+	}
+}

@@ -1,0 +1,140 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/socksgate/socksgate/configs"
+	"github.com/socksgate/socksgate/route"
+	"github.com/socksgate/socksgate/upstream"
+)
+
+const explainConfig = `upstreams:
+  - {name: a, url: "socks5://192.0.2.10:1080"}
+  - {name: b, url: "http://user:secret@192.0.2.11:3128"}
+groups:
+  - {name: pool, upstreams: [a, b]}
+  - {name: rr, policy: round-robin, upstreams: [a, b]}
+rules:
+  - {name: kids-udp, protocol: [udp], src: [10.0.1.64/26], action: block}
+  - {name: cdn, dst: [198.51.100.0/24], dst_ports: [443], action: direct}
+  - {name: ads, domain: [.ads.example], inbound: [http], action: block}
+  - {name: home, inbound: [dns], domain: [home.example], action: direct}
+  - {name: games, dst_ports: [3074], action: proxy, upstream: rr}
+  - {name: web, dst_ports: [80], action: proxy, upstream: b}
+  - {name: rest, action: proxy, upstream: pool}
+`
+
+func TestExplainTextNamesTheFailedMatchers(t *testing.T) {
+	p := writeConfig(t, explainConfig)
+	code, out, errOut := runMain("explain", "-c", p, "10.0.1.70", "203.0.113.5:443", "--name", "x.ads.example")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	for _, want := range []string{
+		`rule 1 "kids-udp": no`, "protocol [udp] does not include tcp",
+		"dst [198.51.100.0/24] does not contain 203.0.113.5",
+		"inbound [http] does not include transparent (redirect)",
+		"dst_ports [3074] does not include 443",
+		`rule 7 "rest": matches`,
+		`decision: proxy through group "pool" (failover: a, b)`, "a, the first member that is up",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+func TestExplainJSONAndGroupsAndQueries(t *testing.T) {
+	p := writeConfig(t, explainConfig)
+	var rep explainReport
+	decode := func(args ...string) {
+		t.Helper()
+		code, out, errOut := runMain(append([]string{"explain", "-c", p, "--json"}, args...)...)
+		if code != 0 {
+			t.Fatalf("%v: exit %d: %s", args, code, errOut)
+		}
+		rep = explainReport{}
+		if err := json.Unmarshal([]byte(out), &rep); err != nil {
+			t.Fatalf("%v: %v\n%s", args, err, out)
+		}
+	}
+	decode("10.0.1.70", "198.51.100.7:443", "--proto", "udp")
+	if rep.Decision.Rule != "kids-udp" || rep.Decision.Action != "block" || len(rep.Rules) != 1 {
+		t.Errorf("udp from a kid: %+v", rep)
+	}
+	decode("10.0.1.2", "[2001:db8::1]:3074")
+	if g := rep.Decision.Group; g == nil || g.Pick != "" || !strings.Contains(g.Chosen, "chosen at dial time by policy round-robin") {
+		t.Errorf("round-robin group: %+v", rep.Decision)
+	}
+	decode("10.0.1.2", "192.0.2.99:80", "--inbound", "socks")
+	if rep.Decision.Upstream != "b" || strings.Contains(rep.Decision.URL, "secret") || !strings.Contains(rep.Decision.URL, "192.0.2.11:3128") {
+		t.Errorf("upstream b, redacted: %+v", rep.Decision)
+	}
+	decode("10.0.1.2", "--query", "home.example")
+	if rep.Query == nil || rep.Decision.Rule != "home" || len(rep.Rules) != 4 || rep.Rules[1].Failed[0].Matcher != "dst" {
+		t.Errorf("query: %+v", rep)
+	}
+	decode("10.0.1.2", "www.home.example", "--inbound", "dns")
+	if rep.Decision.Rule != "rest" {
+		t.Errorf("--inbound dns for another name: %+v", rep.Decision)
+	}
+	decode("10.0.1.2", "cdn.example:443")
+	if !rep.WouldResolve || rep.Decision.Rule != "rest" || rep.Resolved != nil {
+		t.Errorf("name-only flow behind a dst rule: %+v", rep)
+	}
+}
+
+// With --resolve the name's addresses decide as Route would; the lookup is injected here.
+func TestExplainResolvesOnlyWhenAsked(t *testing.T) {
+	cfg, err := configs.Parse([]byte(explainConfig))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ups, err := upstream.NewUpstreamsIdle(cfg, upstream.Direct{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := route.NewRouter(cfg, ups)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := explainFlowOf(cfg, netip.MustParseAddrPort("10.0.1.2:0"), "cdn.example:443", "", "tcp", "transparent")
+	if err != nil {
+		t.Fatal(err)
+	}
+	asked := 0
+	lookup := func(_ context.Context, host string) ([]netip.Addr, error) {
+		asked++
+		return []netip.Addr{netip.MustParseAddr("198.51.100.9")}, nil
+	}
+	rep := explainRoute(cfg, r, f, lookup)
+	if asked != 1 || rep.Decision.Rule != "cdn" || rep.Decision.Addr != "198.51.100.9" || !rep.Rules[len(rep.Rules)-1].Matched {
+		t.Errorf("resolved: asked %d, %+v", asked, rep)
+	}
+	failing := func(context.Context, string) ([]netip.Addr, error) { return nil, errors.New("nxdomain") }
+	if rep := explainRoute(cfg, r, f, failing); rep.Decision.Rule != "rest" || !strings.Contains(rep.Note, "did not resolve") {
+		t.Errorf("unresolvable: %+v", rep)
+	}
+}
+
+func TestExplainRefusesBadArguments(t *testing.T) {
+	p := writeConfig(t, explainConfig)
+	for _, args := range [][]string{
+		{"explain", "10.0.1.2", "1.2.3.4:80"},
+		{"explain", "-c", p, "10.0.1.2"},
+		{"explain", "-c", p, "nope", "1.2.3.4:80"},
+		{"explain", "-c", p, "10.0.1.2", "1.2.3.4:99999"},
+		{"explain", "-c", p, "10.0.1.2", "1.2.3.4:80", "--proto", "sctp"},
+		{"explain", "-c", p, "10.0.1.2", "1.2.3.4:80", "--inbound", "tun"},
+		{"explain", "-c", p, "10.0.1.2", "a.example:80", "--name", "b.example"},
+	} {
+		if code, _, errOut := runMain(args...); code != 2 || errOut == "" {
+			t.Errorf("%v: exit %d, stderr %q; want 2 with a message", args, code, errOut)
+		}
+	}
+}
