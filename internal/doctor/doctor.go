@@ -215,7 +215,8 @@ func Forwarding(cfg *configs.Config, read ReadFile) []Finding {
 
 // RPFilter checks reverse-path filtering on the LAN interfaces: the kernel applies the larger
 // of conf/all and conf/IFACE, and strict (1) drops packets TPROXY takes whose reverse path
-// leaves by another interface (asymmetric LANs, multi-WAN, policy routing by source).
+// leaves by another interface (asymmetric LANs, multi-WAN, policy routing by source). On a
+// symmetric LAN strict filtering does not stop TPROXY (measured in the lab), so it is a warning.
 func RPFilter(spec redirect.Spec, read ReadFile) []Finding {
 	if !tproxies(spec) {
 		return nil
@@ -230,7 +231,9 @@ func RPFilter(spec redirect.Spec, read ReadFile) []Finding {
 		}
 		eff := max(atoi(all), atoi(v))
 		if eff == 1 {
-			out = append(out, Finding{"rp_filter", Block, fmt.Sprintf("rp_filter is strict on %s (all=%s, %s=%s): TPROXY'd packets whose reverse path is not %s are dropped", ifc, all, ifc, v, ifc),
+			// Measured: on a symmetric LAN (hosts routed back through the interface they
+			// come in on) TPROXY'd UDP works with strict rp_filter; a warning, not a block.
+			out = append(out, Finding{"rp_filter", Warn, fmt.Sprintf("rp_filter is strict on %s (all=%s, %s=%s): LAN packets whose reverse path is not %s (asymmetric routes, several LAN interfaces, policy routing by source) are dropped before socksgate sees them", ifc, all, ifc, v, ifc),
 				fmt.Sprintf("sysctl -w net.ipv4.conf.all.rp_filter=2 net.ipv4.conf.%s.rp_filter=2 (loose)", ifc)})
 			continue
 		}
