@@ -123,7 +123,11 @@ func TestOpsAdminEndpointShowsFlows(t *testing.T) {
 	if body, err := opsGet(tp.GW, base+"/healthz"); err != nil || body != "ok\n" {
 		t.Fatalf("healthz: %v %q", err, body)
 	}
-	// A slow download stays live long enough to be seen.
+	// A slow download stays live long enough to be seen: small socket buffers on the way to the
+	// client, or the kernel takes the whole body at once (the flow ends when the origin closes,
+	// its last bytes still queued for the client) and the flow is gone before it is looked at.
+	tp.GW.MustRun("sysctl", "-qw", "net.ipv4.tcp_wmem=4096 16384 65536")
+	tp.LAN.MustRun("sysctl", "-qw", "net.ipv4.tcp_rmem=4096 16384 65536")
 	dl := tp.LAN.Start("curl", "-sS", "-o", "/dev/null", "--limit-rate", "200k", "--max-time", "30",
 		urlFor(netlab.WAN4, "/bytes?n=1500000"))
 	var live opsFlow
