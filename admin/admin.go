@@ -25,7 +25,7 @@ type Flow struct {
 	Dst       string    `json:"dst"`                 // original destination ("" when the client gave only a name)
 	Name      string    `json:"name,omitempty"`      // destination name, when known
 	NameFrom  string    `json:"name_from,omitempty"` // where the name came from: client, dns, fakeip, sniff
-	Inbound   string    `json:"inbound"`             // redirect, tproxy, http, socks
+	Inbound   string    `json:"inbound"`             // redirect, tproxy, http, socks, router
 	Upstream  string    `json:"upstream,omitempty"`  // redacted; empty while the flow is still being routed
 	Rule      string    `json:"rule,omitempty"`      // the rule that matched
 	Action    string    `json:"action,omitempty"`    // proxy, direct, block

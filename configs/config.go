@@ -30,6 +30,8 @@ type Config struct {
 	// Transparent configures the kernel capture (nftables, TPROXY) and the
 	// transparent listeners.
 	Transparent Transparent `yaml:"transparent"`
+	// Router configures the capture of what the router itself sends.
+	Router Router `yaml:"router"`
 	// Listen configures the explicit proxy ports (HTTP, SOCKS, mixed).
 	Listen Listen `yaml:"listen"`
 	// Upstreams are the proxies (and direct) flows can leave through.
@@ -128,6 +130,20 @@ type Transparent struct {
 	RulePriority int `yaml:"rule_priority"`
 	// Sniff configures reading a name (TLS SNI, HTTP Host) from captured TCP.
 	Sniff Sniff `yaml:"sniff"`
+}
+
+// Router configures the capture of the router's own traffic: what its own
+// processes send (its dnsmasq's upstream queries, NTP, the package manager, a
+// curl typed on it), taken in the output hook and delivered to the transparent
+// listeners. Rules see these flows with inbound router.
+type Router struct {
+	// Capture turns it on: TCP always, UDP when transparent.udp is on. Needs
+	// lan.interfaces (the transparent listeners). Default false.
+	Capture bool `yaml:"capture"`
+	// ExcludeUIDs and ExcludeGIDs are the socket owners (uid, gid) whose traffic
+	// goes direct, never captured: services that must not depend on the upstream.
+	ExcludeUIDs []uint32 `yaml:"exclude_uids"`
+	ExcludeGIDs []uint32 `yaml:"exclude_gids"`
 }
 
 // BypassBuiltinEnabled reports whether the built-in bypass prefixes apply

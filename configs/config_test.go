@@ -334,6 +334,17 @@ func TestValidationProblems(t *testing.T) {
 		{"transparent enums", `transparent: {tcp_mode: nat, udp_without_support: drop}`, []string{
 			`line 1: transparent.tcp_mode: must be one of redirect, tproxy (got "nat")`,
 			`line 1: transparent.udp_without_support: must be one of block, direct (got "drop")`}},
+		{"router capture without the transparent listeners", `router: {capture: true}`, []string{
+			`router.capture: needs the transparent listeners, which run only with lan.interfaces set`}},
+		{"router owners", `{lan: {interfaces: [eth1]}, router: {capture: true, exclude_uids: [0, 4294967295, 0], exclude_gids: [4294967295]}}`, []string{
+			`router.exclude_uids[1]: 4294967295 is no user id ((uid_t)-1); use 0-4294967294`,
+			`router.exclude_uids[2]: duplicate of router.exclude_uids[0]`,
+			`router.exclude_gids[0]: 4294967295 is no group id ((gid_t)-1); use 0-4294967294`}},
+		{"router owner out of range", `router: {exclude_uids: [-1], exclude_gids: [4294967296]}`, []string{
+			`line 1: router.exclude_uids[0]: expected an integer from 0 to 4294967295 (0x... allowed), got "-1"`,
+			`line 1: router.exclude_gids[0]: expected an integer from 0 to 4294967295 (0x... allowed), got "4294967296"`}},
+		{"router capture, tproxy mark covering mark", `{lan: {interfaces: [eth1]}, router: {capture: true}, mark: 0x1, transparent: {tproxy_mark: 0x3}}`, []string{
+			`transparent.tproxy_mark: 0x3 holds every bit of mark 0x1: the router's captured packets would pass as socksgate's own`}},
 		{"negative route table", `transparent: {route_table: -1}`, []string{
 			`transparent.route_table: must be 1-2147483647`}},
 		{"route table beyond a 32-bit int", `transparent: {route_table: 3000000000}`, []string{
@@ -520,7 +531,7 @@ relay: teleport`, []string{
 			`line 5: groups[0].policy: must be one of failover, round-robin, least-connections (got "random")`,
 			`line 5: groups[0].on_down: must be one of block, direct (got "panic")`,
 			`line 7: rules[0].protocol[0]: must be one of tcp, udp (got "icmp")`,
-			`line 7: rules[0].inbound[0]: must be one of transparent, http, socks, dns (got "redirect")`,
+			`line 7: rules[0].inbound[0]: must be one of transparent, http, socks, dns, router (got "redirect")`,
 			`line 8: rules[1].action: must be one of direct, proxy, block (got "allow")`,
 			`line 9: on_crash: must be one of closed, open (got "ajar")`,
 			`line 10: relay: must be one of auto, splice, buffered (got "teleport")`}},
@@ -553,7 +564,7 @@ func TestDocumentProblems(t *testing.T) {
 		{"unknown top-level key", "log: {level: info}\nupstream: []\n", []string{
 			`line 2: upstream: unknown key "upstream", did you mean "upstreams"?`}},
 		{"unknown key with no near match", "wibble: 1\n", []string{
-			`line 1: wibble: unknown key "wibble" (known: log, lan, transparent, listen, upstreams, groups, rules, timeouts, mark, on_crash, limits, relay, admin, dns, state_dir)`}},
+			`line 1: wibble: unknown key "wibble" (known: log, lan, transparent, router, listen, upstreams, groups, rules, timeouts, mark, on_crash, limits, relay, admin, dns, state_dir)`}},
 		{"unknown nested keys, all at once", `transparent:
   snif: {enabled: true}
 upstreams:

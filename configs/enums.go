@@ -197,8 +197,8 @@ func (v Network) MarshalText() ([]byte, error)  { return networks.marshal(v, "ne
 func (v *Network) UnmarshalText(b []byte) error { return unmarshal(networks, v, b) }
 
 // Inbound is a rule's inbound matcher: the kind of way in a flow took.
-// InboundTransparent stands for both kinds of capture (route.Redirect and
-// route.TProxy); the mixed port's flows are http or socks by what the client
+// InboundTransparent stands for both kinds of the LAN's capture (route.Redirect
+// and route.TProxy), InboundRouter for the router's own (route.FromRouter); the mixed port's flows are http or socks by what the client
 // spoke. The zero value is "not set".
 type Inbound uint8
 
@@ -206,10 +206,11 @@ const (
 	InboundTransparent Inbound = iota + 1
 	InboundHTTP
 	InboundSOCKS
-	InboundDNS // a DNS query to socksgate's resolver, routed by its name (RuleRouter.RouteQuery)
+	InboundDNS    // a DNS query to socksgate's resolver, routed by its name (RuleRouter.RouteQuery)
+	InboundRouter // what the router itself sent, captured in the output hook (router.capture; route.FromRouter)
 )
 
-var inbounds = symbols[Inbound]{{InboundTransparent, "transparent"}, {InboundHTTP, "http"}, {InboundSOCKS, "socks"}, {InboundDNS, "dns"}}
+var inbounds = symbols[Inbound]{{InboundTransparent, "transparent"}, {InboundHTTP, "http"}, {InboundSOCKS, "socks"}, {InboundDNS, "dns"}, {InboundRouter, "router"}}
 
 func (v Inbound) String() string                { return inbounds.name(v, "inbound") }
 func (v Inbound) MarshalText() ([]byte, error)  { return inbounds.marshal(v, "inbound") }

@@ -300,6 +300,8 @@ func (c *Config) finish() {
 	emptyToNil(&c.LAN.Interfaces)
 	emptyToNil(&c.LAN.Prefixes)
 	emptyToNil(&c.Transparent.Bypass)
+	emptyToNil(&c.Router.ExcludeUIDs)
+	emptyToNil(&c.Router.ExcludeGIDs)
 	emptyToNil(&c.Listen.Mixed)
 	emptyToNil(&c.Listen.Users)
 	emptyToNil(&c.Listen.Allow)

@@ -90,6 +90,7 @@ func (c *Config) Validate() error {
 	p.enum("log.format", c.Log.Format)
 	c.validateLAN(&p)
 	c.validateTransparent(&p)
+	c.validateRouter(&p)
 	c.validateListen(&p)
 	ix := newNameIndex(c)
 	c.validateUpstreams(&p, ix)
@@ -210,6 +211,32 @@ func (c *Config) validateTransparent(p *problems) {
 		p.positive("transparent.sniff.timeout", t.Sniff.Timeout)
 	}
 	p.portRanges("transparent.sniff.ports", t.Sniff.Ports)
+}
+
+func (c *Config) validateRouter(p *problems) {
+	r := &c.Router
+	if r.Capture && len(c.LAN.Interfaces) == 0 {
+		p.add("router.capture", "needs the transparent listeners, which run only with lan.interfaces set")
+	}
+	if r.Capture && c.Transparent.TProxyMark != 0 && c.Transparent.TProxyMark&c.Mark == c.Mark {
+		p.add("transparent.tproxy_mark", "%#x holds every bit of mark %#x: the router's captured packets would pass as socksgate's own", c.Transparent.TProxyMark, c.Mark)
+	}
+	ids := func(path, what string, list []uint32) {
+		seen := map[uint32]int{}
+		for i, id := range list {
+			ip := fmt.Sprintf("%s[%d]", path, i)
+			if id == 1<<32-1 {
+				p.add(ip, "%d is no %s id ((%s_t)-1); use 0-4294967294", id, what, what[:1]+"id")
+			}
+			if j, dup := seen[id]; dup {
+				p.add(ip, "duplicate of %s[%d]", path, j)
+			} else {
+				seen[id] = i
+			}
+		}
+	}
+	ids("router.exclude_uids", "user", r.ExcludeUIDs)
+	ids("router.exclude_gids", "group", r.ExcludeGIDs)
 }
 
 // tcpListener is a TCP socket socksgate listens on, as configured.

@@ -325,7 +325,7 @@ func (r *Rule) IsCatchAll() bool { return covers(r, &Rule{}) }
 // conservatively: false means "not proven", never a false shadowing warning.
 func covers(a, b *Rule) bool {
 	return coversSet(a.Protocol, b.Protocol, ProtocolTCP, ProtocolUDP) &&
-		coversSet(a.Inbound, b.Inbound, InboundTransparent, InboundHTTP, InboundSOCKS) &&
+		coversSet(a.Inbound, b.Inbound, InboundTransparent, InboundHTTP, InboundSOCKS, InboundRouter) &&
 		coversPrefixes(a.Dst, b.Dst) &&
 		coversPrefixes(a.Src, b.Src) &&
 		coversPorts(a.DstPorts, b.DstPorts) &&

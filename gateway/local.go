@@ -6,6 +6,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/socksgate/socksgate/route"
 )
 
 // The router's own addresses. A flow dialled direct to one of them (or to loopback) reaches the
@@ -53,6 +55,18 @@ func isLocalAddr(a netip.Addr) bool {
 		hostAddrs.list = []netip.Addr{}
 	}
 	return slices.Contains(hostAddrs.list, a)
+}
+
+// capturedInbound is the inbound of a flow a transparent listener took by way of in: one from
+// the router's own addresses is the router's own traffic (router.capture: the output hook's
+// rules deliver it to the same listeners), route.FromRouter, which rules call "router". Nothing
+// else arrives there from this host: socksgate's own sockets are never captured, and a
+// connection to the listener itself is refused as a loop before it is routed.
+func capturedInbound(src netip.AddrPort, in route.Inbound) route.Inbound {
+	if isLocalAddr(src.Addr()) {
+		return route.FromRouter
+	}
+	return in
 }
 
 // isLocalDst is isLocalAddr for a dial's target, which may be the zero value.

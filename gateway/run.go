@@ -636,6 +636,9 @@ func SpecFromConfig(cfg *configs.Config, extraBypass []netip.Prefix) redirect.Sp
 		RulePriority:  t.RulePriority,
 		Bypass:        append(cfg.BypassPrefixes(), extraBypass...),
 		OnCrash:       cfg.OnCrash,
+		RouterCapture: cfg.Router.Capture,
+		ExcludeUIDs:   cfg.Router.ExcludeUIDs,
+		ExcludeGIDs:   cfg.Router.ExcludeGIDs,
 	}
 	if t.UDP {
 		s.UDPPort = t.UDPPort

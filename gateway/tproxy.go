@@ -17,7 +17,8 @@ func (g *Gateway) ServeTProxy(ctx context.Context, ln net.Listener) error {
 			c.Close()
 			return
 		}
-		f := route.Flow{Network: route.TCP, Src: addrPort(c.RemoteAddr()), Dst: addrPort(c.LocalAddr()), Inbound: route.TProxy}
+		src := addrPort(c.RemoteAddr())
+		f := route.Flow{Network: route.TCP, Src: src, Dst: addrPort(c.LocalAddr()), Inbound: capturedInbound(src, route.TProxy)}
 		if f.Dst.Port() == port && isLocalAddr(f.Dst.Addr()) {
 			// Aimed at the listener itself, not captured: relaying it would loop.
 			c.Close()

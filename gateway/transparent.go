@@ -33,7 +33,7 @@ func (g *Gateway) ServeRedirect(ctx context.Context, ln net.Listener) error {
 			// dial ourselves again, forever.
 			err = errListenerLoop
 		}
-		f := route.Flow{Network: route.TCP, Src: src, Dst: dst, Inbound: route.Redirect}
+		f := route.Flow{Network: route.TCP, Src: src, Dst: dst, Inbound: capturedInbound(src, route.Redirect)}
 		if err != nil {
 			c.Close()
 			g.refuse(f, err)

@@ -173,7 +173,7 @@ func (u *udpInbound) route(src, dst netip.AddrPort) nat.UDPRoute {
 		// datagrams to other destinations (then only they are dropped).
 		return nat.UDPRoute{Drop: errListenerLoop}
 	}
-	f := route.Flow{Network: route.UDP, Src: src, Dst: dst, Inbound: route.TProxy}
+	f := route.Flow{Network: route.UDP, Src: src, Dst: dst, Inbound: capturedInbound(src, route.TProxy)}
 	if err := u.g.nameFlow(&f); err != nil {
 		u.logDrop(src, dst, err)
 		return nat.UDPRoute{Drop: err}
@@ -279,7 +279,7 @@ func (u *udpInbound) logSession(r nat.UDPSessionReport) {
 		extra["end"] = "idle"
 	}
 	u.g.ended(flowEnd{
-		f: route.Flow{Network: route.UDP, Src: r.Src, Dst: r.FirstDst, Inbound: route.TProxy}, d: d,
+		f: route.Flow{Network: route.UDP, Src: r.Src, Dst: r.FirstDst, Inbound: capturedInbound(r.Src, route.TProxy)}, d: d,
 		up: int64(r.BytesUp), down: int64(r.BytesDown), dur: r.Duration, err: r.Err, extra: extra,
 	})
 }

@@ -29,6 +29,11 @@ const (
 	opNotrackReplies               // meta mark & M == M meta l4proto udp fib saddr type != local notrack
 	opDNSReturn                    // iifname @lan_ifaces meta l4proto P th dport 53 return
 	opRedirectDNS                  // iifname @lan_ifaces meta l4proto P th dport 53 redirect to :P
+	opLoopTProxy                   // iifname "lo" meta mark M meta l4proto P meta nfproto F tproxy ipX to :P accept
+	opSkuidReturn                  // meta skuid N return
+	opSkgidReturn                  // meta skgid N return
+	opOutRedirectTCP               // meta l4proto tcp redirect to :P
+	opOutMark                      // meta l4proto P meta mark set M
 )
 
 // IP protocol numbers and the address families of a TPROXY rule.
@@ -42,12 +47,13 @@ type rule struct {
 	proto  uint8  // protoTCP or protoUDP (opTProxy)
 	family int    // 4 or 6 (opTProxy)
 	port   uint16 // opRedirectTCP, opTProxy
-	mark   uint32 // opOwnMarkReturn: socksgate's mark; opTransparentTCP, opTProxy: the TPROXY mark
+	mark   uint32 // opOwnMarkReturn: socksgate's mark; opTransparentTCP, opTProxy, opLoopTProxy, opOutMark: the TPROXY mark
+	id     uint32 // opSkuidReturn, opSkgidReturn
 }
 
 type chainPlan struct {
 	name     string
-	typ      string // "filter" or "nat"
+	typ      string // "filter", "nat" or "route"
 	output   bool   // hook output; otherwise prerouting
 	priority int32  // -150 (mangle), -100 (dstnat) or -300 (raw)
 	rules    []rule
@@ -108,6 +114,32 @@ type tablePlan struct {
 //     reset, the same prompt failure a REDIRECT to a closed port gives. With
 //     on_crash open those rules are absent on purpose: the table vanishes with
 //     the process anyway, and while it lives the listener takes everything.
+//
+// The router's own traffic (RouterCapture) never passes prerouting on its way
+// out, so it is taken in the output hook, where TPROXY cannot work (it assigns
+// a socket to a packet being received):
+//   - TCP in REDIRECT mode: a nat output chain redirects it to the transparent
+//     TCP port (REDIRECT in output rewrites the destination to loopback), and
+//     SO_ORIGINAL_DST gives the original destination as for the LAN.
+//   - UDP, and TCP in TPROXY mode: a route output chain sets the TPROXY mark.
+//     A route chain re-runs the routing decision when it changes the mark, so
+//     the fwmark rule sends the packet to `local default dev lo`; it comes back
+//     in on lo, still marked, and the prerouting TPROXY chain's `iifname "lo"
+//     meta mark M` rules hand it to the transparent listener. Nothing but
+//     that mark makes a packet arrive on lo with a foreign destination.
+//   - Both output chains start with the exemptions the LAN's have, minus what
+//     means nothing for locally generated packets (pkttype): socksgate's own
+//     mark (its upstream and direct sockets, its replies: no loop), the
+//     excluded socket owners (meta skuid/skgid), the router's own addresses
+//     and loopback (`fib daddr type local`: every reply a transparent listener
+//     sends the router's own client goes there), and the bypass sets. The route
+//     chain also lets replies through (`ct direction reply`): the router's
+//     answers to connections that came from outside (its SSH, a port it
+//     serves) are not flows of its own; the nat chain sees only first packets.
+//   - on_crash closed holds here too without a rule of its own: a REDIRECT
+//     to a closed port is reset, and a marked packet TPROXY found no socket
+//     for is delivered locally, where no socket has its foreign address (a
+//     reset, a port unreachable). Either way nothing leaves direct.
 func (s Spec) plan() tablePlan {
 	t := tablePlan{
 		name:  s.Table,
@@ -149,6 +181,18 @@ func (s Spec) plan() tablePlan {
 				rule{op: opTProxy, proto: protoUDP, family: 6, port: s.UDPPort, mark: s.TProxyMark},
 			)
 		}
+		if s.routerTCP() && s.tproxyTCP() {
+			c.rules = append(c.rules,
+				rule{op: opLoopTProxy, proto: protoTCP, family: 4, port: s.TCPPort, mark: s.TProxyMark},
+				rule{op: opLoopTProxy, proto: protoTCP, family: 6, port: s.TCPPort, mark: s.TProxyMark},
+			)
+		}
+		if s.routerUDP() {
+			c.rules = append(c.rules,
+				rule{op: opLoopTProxy, proto: protoUDP, family: 4, port: s.UDPPort, mark: s.TProxyMark},
+				rule{op: opLoopTProxy, proto: protoUDP, family: 6, port: s.UDPPort, mark: s.TProxyMark},
+			)
+		}
 		if s.failClosed() {
 			if s.captureUDP() {
 				c.rules = append(c.rules, rule{op: opDropUDP})
@@ -178,6 +222,39 @@ func (s Spec) plan() tablePlan {
 		if s.redirectTCP() {
 			c.rules = append(c.rules, rule{op: opRedirectTCP, port: s.TCPPort})
 		}
+		t.chains = append(t.chains, c)
+	}
+	// The router's own traffic: see above.
+	owners := func() []rule {
+		var rs []rule
+		for _, u := range s.ExcludeUIDs {
+			rs = append(rs, rule{op: opSkuidReturn, id: u})
+		}
+		for _, g := range s.ExcludeGIDs {
+			rs = append(rs, rule{op: opSkgidReturn, id: g})
+		}
+		return rs
+	}
+	outExempt := []rule{{op: opLocalReturn}, {op: opBypass4Return}, {op: opBypass6Return}}
+	if s.routerUDP() || s.routerTCP() && s.tproxyTCP() {
+		c := chainPlan{name: chainOutRte, typ: "route", output: true, priority: -150}
+		c.rules = append(c.rules, exemptions[0], rule{op: opReplyReturn})
+		c.rules = append(c.rules, owners()...)
+		c.rules = append(c.rules, outExempt...)
+		if s.routerTCP() && s.tproxyTCP() {
+			c.rules = append(c.rules, rule{op: opOutMark, proto: protoTCP, mark: s.TProxyMark})
+		}
+		if s.routerUDP() {
+			c.rules = append(c.rules, rule{op: opOutMark, proto: protoUDP, mark: s.TProxyMark})
+		}
+		t.chains = append(t.chains, c)
+	}
+	if s.routerTCP() && s.redirectTCP() {
+		c := chainPlan{name: chainOutNAT, typ: "nat", output: true, priority: -100}
+		c.rules = append(c.rules, exemptions[0])
+		c.rules = append(c.rules, owners()...)
+		c.rules = append(c.rules, outExempt...)
+		c.rules = append(c.rules, rule{op: opOutRedirectTCP, port: s.TCPPort})
 		t.chains = append(t.chains, c)
 	}
 	return t
@@ -230,6 +307,21 @@ func (r rule) String() string {
 		return fmt.Sprintf(lan+"%s dport 53 return", protoName(r.proto))
 	case opRedirectDNS:
 		return fmt.Sprintf(lan+"%s dport 53 redirect to :%d", protoName(r.proto), r.port)
+	case opLoopTProxy:
+		nfproto, ip := "ipv4", "ip"
+		if r.family == 6 {
+			nfproto, ip = "ipv6", "ip6"
+		}
+		return fmt.Sprintf(`iifname "lo" meta mark 0x%08x meta l4proto %s meta nfproto %s tproxy %s to :%d accept`,
+			r.mark, protoName(r.proto), nfproto, ip, r.port)
+	case opSkuidReturn:
+		return fmt.Sprintf("meta skuid %d return", r.id)
+	case opSkgidReturn:
+		return fmt.Sprintf("meta skgid %d return", r.id)
+	case opOutRedirectTCP:
+		return fmt.Sprintf("meta l4proto tcp redirect to :%d", r.port)
+	case opOutMark:
+		return fmt.Sprintf("meta l4proto %s meta mark set 0x%08x", protoName(r.proto), r.mark)
 	}
 	return fmt.Sprintf("# unknown rule op %d", r.op)
 }
@@ -282,6 +374,8 @@ func (s Spec) Render() string {
 	for _, c := range p.chains {
 		prio, hook := "mangle", "prerouting"
 		switch {
+		case c.priority == -100 && c.output:
+			prio = "-100" // nft names dstnat in prerouting only
 		case c.priority == -100:
 			prio = "dstnat"
 		case c.priority == -300:

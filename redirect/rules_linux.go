@@ -51,6 +51,24 @@ func (r rule) exprs(sets setRefs) []expr.Any {
 		return append(dnsFromLAN(sets.lan, r.proto),
 			&expr.Immediate{Register: 1, Data: binaryutil.BigEndian.PutUint16(r.port)},
 			&expr.Redir{RegisterProtoMin: 1})
+	case opLoopTProxy:
+		return loopTProxy(r.proto, r.family, r.port, r.mark)
+	case opSkuidReturn:
+		return ownerReturn(expr.MetaKeySKUID, r.id)
+	case opSkgidReturn:
+		return ownerReturn(expr.MetaKeySKGID, r.id)
+	case opOutRedirectTCP:
+		return []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{protoTCP}},
+			&expr.Immediate{Register: 1, Data: binaryutil.BigEndian.PutUint16(r.port)},
+			&expr.Redir{RegisterProtoMin: 1},
+		}
+	case opOutMark:
+		return append([]expr.Any{
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{r.proto}},
+		}, setMark(r.mark)...)
 	}
 	return nil
 }
@@ -209,6 +227,45 @@ func tproxy(lan *nftables.Set, proto uint8, family int, port uint16, mark uint32
 	)
 	e = append(e, setMark(mark)...) // meta mark set M
 	return append(e, &expr.Verdict{Kind: expr.VerdictAccept})
+}
+
+// ownerReturn: meta skuid N return / meta skgid N return
+func ownerReturn(key expr.MetaKey, id uint32) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: key, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(id)},
+		&expr.Verdict{Kind: expr.VerdictReturn},
+	}
+}
+
+// loopTProxy: iifname "lo" meta mark M meta l4proto P meta nfproto F tproxy ipX to :port accept:
+// the router's own packets the route output chain marked, back in on lo.
+func loopTProxy(proto uint8, family int, port uint16, mark uint32) []expr.Any {
+	nfproto := byte(unix.NFPROTO_IPV4)
+	if family == 6 {
+		nfproto = unix.NFPROTO_IPV6
+	}
+	lo := make([]byte, unix.IFNAMSIZ)
+	copy(lo, "lo")
+	return []expr.Any{
+		// iifname "lo"
+		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: lo},
+		// meta mark M
+		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(mark)},
+		// meta l4proto P
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
+		// meta nfproto ipv4|ipv6
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{nfproto}},
+		// :port
+		&expr.Immediate{Register: 1, Data: binaryutil.BigEndian.PutUint16(port)},
+		// tproxy ip|ip6 to
+		&expr.TProxy{Family: nfproto, TableFamily: unix.NFPROTO_INET, RegPort: 1},
+		&expr.Verdict{Kind: expr.VerdictAccept},
+	}
 }
 
 // dropUDP: iifname @lan_ifaces meta l4proto udp drop

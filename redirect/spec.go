@@ -38,6 +38,8 @@ const (
 	chainNAT    = "prerouting_nat"
 	chainMangle = "prerouting_mangle"
 	chainRawOut = "output_raw"
+	chainOutNAT = "output_nat"   // the router's own TCP, REDIRECT mode
+	chainOutRte = "output_route" // the router's own UDP (and TCP in TPROXY mode): marked, rerouted to lo
 )
 
 // Spec is everything the kernel rules depend on.
@@ -63,6 +65,13 @@ type Spec struct {
 	// DNSPort, when set, hijacks the LAN's DNS: UDP and TCP to port 53 at any address (the
 	// router's own included) is redirected to this port, where socksgate answers it.
 	DNSPort uint16
+	// RouterCapture captures what the router itself sends (output hook): TCP the way LAN TCP
+	// is (REDIRECT, or TPROXY through lo), UDP when UDPPort is set. Needs LANInterfaces: the
+	// listeners it delivers to are those of the LAN's capture.
+	RouterCapture bool
+	// ExcludeUIDs and ExcludeGIDs are the socket owners (meta skuid, skgid) whose traffic
+	// RouterCapture leaves alone.
+	ExcludeUIDs, ExcludeGIDs []uint32
 }
 
 // withDefaults returns s with zero fields replaced by their defaults.
@@ -96,6 +105,12 @@ func (s Spec) tproxyTCP() bool { return s.captureTCP() && s.TCPMode == configs.T
 
 // redirectTCP reports whether TCP is captured by the nat REDIRECT rule.
 func (s Spec) redirectTCP() bool { return s.captureTCP() && s.TCPMode != configs.TCPModeTProxy }
+
+// routerTCP reports whether the router's own TCP is captured.
+func (s Spec) routerTCP() bool { return s.RouterCapture && s.captureTCP() }
+
+// routerUDP reports whether the router's own UDP is captured.
+func (s Spec) routerUDP() bool { return s.RouterCapture && s.captureUDP() }
 
 // needsPolicyRouting reports whether any TPROXY rule is installed, and with it
 // the fwmark rule and local route that deliver TPROXY'd packets to this host.
@@ -142,6 +157,24 @@ func (s Spec) Validate() error {
 		}
 		if s.RulePriority < 1 || s.RulePriority > 32765 {
 			add("rule_priority: %d must be between 1 and 32765 (before the main table's rule)", s.RulePriority)
+		}
+	}
+	if s.RouterCapture {
+		if len(s.LANInterfaces) == 0 || (s.TCPPort == 0 && s.UDPPort == 0) {
+			add("router_capture: needs the transparent listeners (lan_interfaces and a TCP or UDP port)")
+		}
+		if s.needsPolicyRouting() && s.Mark != 0 && s.TProxyMark&s.Mark == s.Mark {
+			add("tproxy_mark: %#x holds every bit of mark %#x: the router's captured packets would pass as socksgate's own", s.TProxyMark, s.Mark)
+		}
+	}
+	for i, u := range s.ExcludeUIDs {
+		if u == 1<<32-1 {
+			add("exclude_uids[%d]: %d is no user id (it is (uid_t)-1)", i, u)
+		}
+	}
+	for i, g := range s.ExcludeGIDs {
+		if g == 1<<32-1 {
+			add("exclude_gids[%d]: %d is no group id (it is (gid_t)-1)", i, g)
 		}
 	}
 	for i, p := range s.Bypass {

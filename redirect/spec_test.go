@@ -134,6 +134,11 @@ func TestValidate(t *testing.T) {
 		{"invalid bypass", func(s *Spec) { s.Bypass = []netip.Prefix{{}} }, "bypass[0]: invalid prefix"},
 		{"bad table name", func(s *Spec) { s.Table = "a b" }, "table: invalid"},
 		{"policy fields unchecked without tproxy", func(s *Spec) { s.UDPPort = 0; s.RouteTable = 254 }, ""},
+		{"router capture", func(s *Spec) { s.RouterCapture = true; s.ExcludeUIDs = []uint32{0, 1000}; s.ExcludeGIDs = []uint32{0} }, ""},
+		{"router capture needs the listeners", func(s *Spec) { s.RouterCapture = true; s.LANInterfaces = nil }, "router_capture: needs the transparent listeners"},
+		{"router capture, tproxy mark covering mark", func(s *Spec) { s.RouterCapture = true; s.TProxyMark = 3 }, "tproxy_mark: 0x3 holds every bit of mark 0x1"},
+		{"uid -1", func(s *Spec) { s.RouterCapture = true; s.ExcludeUIDs = []uint32{1<<32 - 1} }, "exclude_uids[0]"},
+		{"gid -1", func(s *Spec) { s.RouterCapture = true; s.ExcludeGIDs = []uint32{1<<32 - 1} }, "exclude_gids[0]"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := ok
@@ -218,6 +223,65 @@ func TestPlanChains(t *testing.T) {
 			// UDP's reply sockets are left untracked exactly when UDP is captured.
 			if want := s.withDefaults().captureUDP(); rawOut != want {
 				t.Errorf("raw output chain present: %v, want %v", rawOut, want)
+			}
+		})
+	}
+}
+
+// The router's own traffic: which output chains, with which rules, for each capture mode.
+func TestPlanRouterChains(t *testing.T) {
+	base := Spec{LANInterfaces: []string{"eth1"}, TCPPort: 1, UDPPort: 2, Mark: 1, RouterCapture: true,
+		ExcludeUIDs: []uint32{7}, ExcludeGIDs: []uint32{8}}
+	owners := []ruleOp{opSkuidReturn, opSkgidReturn}
+	outNAT := append(append([]ruleOp{opOwnMarkReturn}, owners...), opLocalReturn, opBypass4Return, opBypass6Return, opOutRedirectTCP)
+	route := func(marks ...ruleOp) []ruleOp {
+		return append(append([]ruleOp{opOwnMarkReturn, opReplyReturn}, owners...), append([]ruleOp{opLocalReturn, opBypass4Return, opBypass6Return}, marks...)...)
+	}
+	for _, tc := range []struct {
+		name          string
+		mod           func(*Spec)
+		outNAT, route []ruleOp // nil: chain absent
+		loop          int      // iifname "lo" TPROXY rules in the mangle chain
+	}{
+		{"redirect tcp and udp", func(*Spec) {}, outNAT, route(opOutMark), 2},
+		{"tproxy tcp and udp", func(s *Spec) { s.TCPMode = configs.TCPModeTProxy }, nil, route(opOutMark, opOutMark), 4},
+		{"redirect tcp only", func(s *Spec) { s.UDPPort = 0 }, outNAT, nil, 0},
+		{"udp only", func(s *Spec) { s.TCPPort = 0 }, nil, route(opOutMark), 2},
+		{"off", func(s *Spec) { s.RouterCapture = false }, nil, nil, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := base
+			tc.mod(&s)
+			var gotNAT, gotRoute []ruleOp
+			loop := 0
+			for _, c := range s.withDefaults().plan().chains {
+				switch c.name {
+				case chainOutNAT:
+					gotNAT = opsOf(c)
+					if c.typ != "nat" || !c.output || c.priority != -100 {
+						t.Errorf("output nat chain is %s output=%v at %d", c.typ, c.output, c.priority)
+					}
+				case chainOutRte:
+					gotRoute = opsOf(c)
+					if c.typ != "route" || !c.output || c.priority != -150 {
+						t.Errorf("output route chain is %s output=%v at %d", c.typ, c.output, c.priority)
+					}
+				case chainMangle:
+					for _, r := range c.rules {
+						if r.op == opLoopTProxy {
+							loop++
+						}
+					}
+				}
+			}
+			if !slices.Equal(gotNAT, tc.outNAT) {
+				t.Errorf("output nat ops = %v, want %v", gotNAT, tc.outNAT)
+			}
+			if !slices.Equal(gotRoute, tc.route) {
+				t.Errorf("output route ops = %v, want %v", gotRoute, tc.route)
+			}
+			if loop != tc.loop {
+				t.Errorf("%d lo TPROXY rules, want %d", loop, tc.loop)
 			}
 		})
 	}

@@ -267,6 +267,20 @@ func TestApplyInstallsWhatRenderShows(t *testing.T) {
 			s.Capture = []netip.Prefix{netip.MustParsePrefix("198.18.0.0/15"), netip.MustParsePrefix("fc00::/18")}
 		}},
 		{"dns hijack alone, tproxy udp", func(s *Spec) { s.DNSPort = 15353; s.TCPPort = 0 }},
+		// The router's own traffic. The excluded owners have no name in /etc/passwd or
+		// /etc/group (nft would print a name).
+		{"router: redirect tcp and udp, excluded owners", func(s *Spec) {
+			s.RouterCapture = true
+			s.ExcludeUIDs = []uint32{54321, 54322}
+			s.ExcludeGIDs = []uint32{54323}
+		}},
+		{"router: tproxy tcp and udp, open", func(s *Spec) {
+			s.RouterCapture, s.TCPMode, s.OnCrash = true, configs.TCPModeTProxy, configs.OnCrashOpen
+			s.ExcludeUIDs = []uint32{54321}
+		}},
+		{"router: redirect tcp only, dns hijack", func(s *Spec) { s.RouterCapture, s.UDPPort, s.DNSPort = true, 0, 15353 }},
+		{"router: tproxy tcp only", func(s *Spec) { s.RouterCapture, s.UDPPort, s.TCPMode = true, 0, configs.TCPModeTProxy }},
+		{"router: udp only", func(s *Spec) { s.RouterCapture, s.TCPPort = true, 0; s.ExcludeGIDs = []uint32{54323} }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ns := newNS(t)

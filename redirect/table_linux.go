@@ -198,8 +198,11 @@ func (tc *tableConn) install(p tablePlan, oldName string) error {
 	}
 	for _, cp := range p.chains {
 		typ := nftables.ChainTypeFilter
-		if cp.typ == "nat" {
+		switch cp.typ {
+		case "nat":
 			typ = nftables.ChainTypeNAT
+		case "route":
+			typ = nftables.ChainTypeRoute
 		}
 		policy := nftables.ChainPolicyAccept
 		hook := nftables.ChainHookPrerouting

@@ -31,6 +31,9 @@ const (
 	TProxy                      // transparent TCP or UDP, nftables TPROXY
 	HTTP                        // explicit HTTP proxy port
 	SOCKS                       // explicit SOCKS port
+	// FromRouter is what the router itself sent (router.capture), taken in the output hook
+	// and delivered to a transparent listener (REDIRECT or TPROXY alike): rules call it "router".
+	FromRouter
 )
 
 // String is the inbound's name in logs, metrics and the flow list.
@@ -44,11 +47,14 @@ func (in Inbound) String() string {
 		return "http"
 	case SOCKS:
 		return "socks"
+	case FromRouter:
+		return "router"
 	}
 	return "inbound(" + strconv.Itoa(int(in)) + ")"
 }
 
-// Transparent reports whether the flow was captured (rules call both kinds "transparent").
+// Transparent reports whether the flow was captured from the LAN (rules call both kinds
+// "transparent"); the router's own captured flows are FromRouter.
 func (in Inbound) Transparent() bool { return in == Redirect || in == TProxy }
 
 // Flow is one client connection (TCP) or UDP session as the router sees it.

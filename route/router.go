@@ -57,6 +57,7 @@ const (
 	inHTTP
 	inSOCKS
 	inDNS
+	inRouter
 )
 
 // protoBit is a network (a rule's protocol, a flow's network) as a bit.
@@ -81,6 +82,8 @@ func inboundBit(in configs.Inbound) uint8 {
 		return inSOCKS
 	case configs.InboundDNS:
 		return inDNS
+	case configs.InboundRouter:
+		return inRouter
 	}
 	return 0
 }
@@ -93,6 +96,8 @@ func flowInbound(in Inbound) uint8 {
 		return inHTTP
 	case SOCKS:
 		return inSOCKS
+	case FromRouter:
+		return inRouter
 	}
 	return 0
 }

@@ -90,7 +90,7 @@ func explainMain(args []string, stdout, stderr io.Writer) int {
 	path := fs.String("c", "", "config file (YAML)")
 	name := fs.String("name", "", "the flow's name (a sniffed SNI or Host, or the name a client gave)")
 	proto := fs.String("proto", "tcp", "tcp or udp")
-	inbound := fs.String("inbound", "transparent", "transparent, http, socks or dns")
+	inbound := fs.String("inbound", "transparent", "transparent, http, socks, dns or router (the router's own traffic, router.capture)")
 	query := fs.String("query", "", "explain a DNS query for this name (RouteQuery semantics)")
 	resolve := fs.Bool("resolve", false, "resolve a name-only destination as the gateway would (asks the system's resolver)")
 	asJSON := fs.Bool("json", false, "print JSON")
@@ -211,8 +211,10 @@ func explainFlowOf(cfg *configs.Config, src netip.AddrPort, dst, name, proto, in
 		f.Inbound = route.HTTP
 	case "socks":
 		f.Inbound = route.SOCKS
+	case "router":
+		f.Inbound = route.FromRouter
 	default:
-		return f, fmt.Errorf("--inbound %q: want transparent, http, socks or dns", inbound)
+		return f, fmt.Errorf("--inbound %q: want transparent, http, socks, dns or router", inbound)
 	}
 	host, port := dst, ""
 	if h, p, err := net.SplitHostPort(dst); err == nil {

@@ -138,3 +138,23 @@ func TestExplainRefusesBadArguments(t *testing.T) {
 		}
 	}
 }
+
+// --inbound router explains the router's own traffic (router.capture): rules for inbound router
+// match it, rules for transparent do not.
+func TestExplainRouterInbound(t *testing.T) {
+	p := writeConfig(t, `upstreams:
+  - {name: a, url: "socks5://192.0.2.10:1080"}
+rules:
+  - {name: lan, inbound: [transparent], action: proxy, upstream: a}
+  - {name: router-direct, inbound: [router], action: direct}
+`)
+	code, out, errOut := runMain("explain", "-c", p, "10.0.2.1", "203.0.113.5:443", "--inbound", "router")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	for _, want := range []string{"inbound router", "inbound [transparent] does not include router", `rule 2 "router-direct": matches`} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+}
