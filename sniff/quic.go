@@ -366,11 +366,11 @@ func (k *initialKeys) openPacket(p longPacket) ([]byte, bool) {
 
 // QUIC frame types an Initial carries (RFC 9000 12.4, 19).
 const (
-	framePadding  = 0x00
-	framePing     = 0x01
-	frameACK      = 0x02
-	frameACKECN   = 0x03
-	frameCrypto   = 0x06
+	framePadding = 0x00
+	framePing    = 0x01
+	frameACK     = 0x02
+	frameACKECN  = 0x03
+	frameCrypto  = 0x06
 )
 
 // frames adds the CRYPTO frames of a decrypted Initial payload, skipping PADDING, PING and
