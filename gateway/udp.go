@@ -169,8 +169,17 @@ type udpInbound struct {
 	replyErrLog, sendErrLog rateLimit
 }
 
-// errQUICBlocked drops captured UDP to port 443 under transparent.quic: block.
-var errQUICBlocked = errors.New("quic blocked (transparent.quic: block)")
+// errQUICBlocked drops captured UDP to port 443 under transparent.quic: block: a block
+// (errors.Is ErrBlocked), logged and counted like a rule's.
+var errQUICBlocked error = quicBlocked{}
+
+type quicBlocked struct{}
+
+func (quicBlocked) Error() string        { return "quic blocked (transparent.quic: block)" }
+func (quicBlocked) Is(target error) bool { return target == ErrBlocked }
+
+// quicBlockRule names transparent.quic: block in a session's line, where a rule would be.
+const quicBlockRule = "transparent.quic"
 
 // quicPort is the port transparent.quic applies to: HTTP/3's.
 const quicPort = 443
@@ -231,7 +240,7 @@ func (u *udpInbound) decide(src, dst netip.AddrPort, name string) (nat.UDPRoute,
 	}
 	if u.quic == configs.QUICBlock && dst.Port() == quicPort {
 		u.logDrop(src, dst, errQUICBlocked)
-		return nat.UDPRoute{Drop: errQUICBlocked}, f
+		return nat.UDPRoute{Drop: errQUICBlocked, Tag: route.Decision{Action: route.ActionBlock, Rule: quicBlockRule}}, f
 	}
 	if err := u.g.nameFlow(&f); err != nil {
 		u.logDrop(src, dst, err)
