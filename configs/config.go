@@ -114,6 +114,10 @@ type Transparent struct {
 	// framing) when the route gives an upstream without UDP, instead of
 	// applying udp_without_support. Default false.
 	DNSOverTCP bool `yaml:"dns_over_tcp"`
+	// QUIC is what captured UDP to port 443 meets: QUICSniff (default; the server name of
+	// the client's QUIC Initial routes the session when 443 is a sniff port) or QUICBlock
+	// (dropped, so browsers fall back to TCP).
+	QUIC QUICMode `yaml:"quic"`
 	// BypassBuiltin keeps BuiltinBypass() out of capture. Default true; after
 	// Parse it is never nil. Use BypassBuiltinEnabled to read it.
 	BypassBuiltin *bool `yaml:"bypass_builtin"`

@@ -128,6 +128,25 @@ func (v UDPFallback) MarshalText() ([]byte, error) {
 }
 func (v *UDPFallback) UnmarshalText(b []byte) error { return unmarshal(udpFallbacks, v, b) }
 
+// QUICMode is transparent.quic: what captured UDP to port 443 (QUIC, HTTP/3) meets. The
+// zero value is QUICSniff.
+type QUICMode uint8
+
+const (
+	// QUICSniff: the server name of the client's Initial packets routes the session, on the
+	// sniff ports (transparent.sniff), like TLS SNI on TCP.
+	QUICSniff QUICMode = iota
+	// QUICBlock: captured UDP to port 443 is dropped, so browsers fall back to TCP, where
+	// every rule sees the TLS SNI.
+	QUICBlock
+)
+
+var quicModes = symbols[QUICMode]{{QUICSniff, "sniff"}, {QUICBlock, "block"}}
+
+func (v QUICMode) String() string                { return quicModes.name(v, "quic") }
+func (v QUICMode) MarshalText() ([]byte, error)  { return quicModes.marshal(v, "quic") }
+func (v *QUICMode) UnmarshalText(b []byte) error { return unmarshal(quicModes, v, b) }
+
 // OnCrash is on_crash: what the kernel rules do when socksgate dies. The zero
 // value is OnCrashClosed.
 type OnCrash uint8

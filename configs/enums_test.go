@@ -47,6 +47,10 @@ func TestEnumsRoundTrip(t *testing.T) {
 		var x UDPFallback
 		check(e.name, e.v, x.UnmarshalText, func() enumValue { return x })
 	}
+	for _, e := range quicModes {
+		var x QUICMode
+		check(e.name, e.v, x.UnmarshalText, func() enumValue { return x })
+	}
 	for _, e := range onCrashes {
 		var x OnCrash
 		check(e.name, e.v, x.UnmarshalText, func() enumValue { return x })
@@ -90,6 +94,7 @@ func TestEnumZeroValuesAreTheDefaults(t *testing.T) {
 		{"log.format", LogFormat(0), d.Log.Format},
 		{"transparent.tcp_mode", TCPMode(0), d.Transparent.TCPMode},
 		{"transparent.udp_without_support", UDPFallback(0), d.Transparent.UDPOverTCPUpstream},
+		{"transparent.quic", QUICMode(0), d.Transparent.QUIC},
 		{"on_crash", OnCrash(0), d.OnCrash},
 		{"relay", relay.Mode(0), d.Relay},
 		{"groups[].policy", g.Policy, defaultGroup().Policy},

@@ -173,6 +173,7 @@ func defaults() *Config {
 			UDPIdle:            Duration(60 * time.Second),
 			UDPMaxSessions:     4096,
 			UDPOverTCPUpstream: UDPBlock,
+			QUIC:               QUICSniff,
 			BypassBuiltin:      &on,
 			TProxyMark:         0x2,
 			RouteTable:         100,

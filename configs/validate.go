@@ -187,6 +187,7 @@ func (c *Config) validateTransparent(p *problems) {
 		p.add("transparent.udp_max_sessions", "must be positive")
 	}
 	p.enum("transparent.udp_without_support", t.UDPOverTCPUpstream)
+	p.enum("transparent.quic", t.QUIC)
 	p.prefixes("transparent.bypass", t.Bypass)
 	switch {
 	case t.TProxyMark == 0:

@@ -105,6 +105,9 @@ func (c *Config) Warnings() []string {
 			add("transparent.udp: has no effect without lan.interfaces")
 		}
 	}
+	if c.Transparent.QUIC == QUICBlock && !c.Transparent.UDP {
+		add("transparent.quic: block has no effect without transparent.udp: UDP is not captured, QUIC goes direct")
+	}
 
 	for _, l := range []struct {
 		key   string

@@ -372,8 +372,8 @@ func TestUpstreamsSharingAURLAreTwoWaysOut(t *testing.T) {
 	}
 
 	in := &udpInbound{g: g}
-	a := in.route(netip.MustParseAddrPort("10.0.1.2:5000"), netip.MustParseAddrPort("203.0.113.1:53"))
-	b := in.route(netip.MustParseAddrPort("10.0.1.2:5000"), netip.MustParseAddrPort("203.0.113.1:5353"))
+	a := in.route(netip.MustParseAddrPort("10.0.1.2:5000"), netip.MustParseAddrPort("203.0.113.1:53"), "")
+	b := in.route(netip.MustParseAddrPort("10.0.1.2:5000"), netip.MustParseAddrPort("203.0.113.1:5353"), "")
 	if a.Outbound == b.Outbound {
 		t.Fatalf("transparent UDP: one way out (%v) for two upstreams sharing a URL", a.Outbound)
 	}

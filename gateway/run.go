@@ -605,14 +605,14 @@ func LogrusLevel(l configs.LogLevel) logrus.Level {
 func udpSettingsDiffer(a, b configs.Transparent) bool {
 	return a.UDP != b.UDP || a.UDP && (a.UDPPort != b.UDPPort || a.UDPIdle != b.UDPIdle ||
 		a.UDPMaxSessions != b.UDPMaxSessions || a.UDPOverTCPUpstream != b.UDPOverTCPUpstream ||
-		a.DNSOverTCP != b.DNSOverTCP)
+		a.DNSOverTCP != b.DNSOverTCP || a.QUIC != b.QUIC)
 }
 
 // keepUDPSettings puts back in t the UDP settings in force (from was), when new ones could
 // not be applied.
 func keepUDPSettings(t *configs.Transparent, was configs.Transparent) {
 	t.UDP, t.UDPPort, t.UDPIdle, t.UDPMaxSessions = was.UDP, was.UDPPort, was.UDPIdle, was.UDPMaxSessions
-	t.UDPOverTCPUpstream, t.DNSOverTCP = was.UDPOverTCPUpstream, was.DNSOverTCP
+	t.UDPOverTCPUpstream, t.DNSOverTCP, t.QUIC = was.UDPOverTCPUpstream, was.DNSOverTCP, was.QUIC
 }
 
 // equalJSON compares two config sections by value (they hold slices, so == does not apply).

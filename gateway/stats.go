@@ -276,8 +276,11 @@ func (g *Gateway) udpFlows(now time.Time) []admin.Flow {
 	}
 	if tbl != nil {
 		for _, s := range tbl.Sessions() {
-			d, routed := s.Tag.(route.Decision)
-			add(route.Flow{Src: s.Src, Dst: s.FirstDst, Inbound: capturedInbound(s.Src, route.TProxy)}, d, routed, s.Start, s.BytesUp, s.BytesDown)
+			d, f, routed := tagged(s.Tag)
+			if !routed {
+				f = route.Flow{Src: s.Src, Dst: s.FirstDst, Inbound: capturedInbound(s.Src, route.TProxy)}
+			}
+			add(f, d, routed, s.Start, s.BytesUp, s.BytesDown)
 		}
 	}
 	for _, u := range assocs {

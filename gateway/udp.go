@@ -17,6 +17,7 @@ import (
 	"github.com/socksgate/socksgate/nat"
 	"github.com/socksgate/socksgate/redirect"
 	"github.com/socksgate/socksgate/route"
+	"github.com/socksgate/socksgate/sniff"
 	"github.com/socksgate/socksgate/socks"
 	"github.com/socksgate/socksgate/socksclient"
 	"github.com/socksgate/socksgate/upstream"
@@ -51,6 +52,8 @@ func (g *Gateway) startUDP(ctx context.Context, cfg *configs.Config, log *logrus
 		direct:         &upstream.Direct{Control: mark, Own: g.Own},
 		withoutSupport: t.UDPOverTCPUpstream,
 		dnsOverTCP:     t.DNSOverTCP,
+		quic:           t.QUIC,
+		sniffing:       g.Sniff,
 		dialTimeout:    time.Duration(cfg.Timeouts.Dial),
 		log:            g.Log.WithFields(logrus.Fields{"inbound": route.TProxy, "network": "udp"}),
 	}
@@ -61,6 +64,9 @@ func (g *Gateway) startUDP(ctx context.Context, cfg *configs.Config, log *logrus
 		OpenReply:    g.fds.openReply(func(remote netip.AddrPort) (nat.ReplyConn, error) { return nat.ListenReply(remote, mark) }),
 		OnSessionEnd: u.logSession,
 		OnError:      u.logError,
+	}
+	if u.quic == configs.QUICSniff && u.sniffing != nil {
+		u.table.Sniff, u.table.SniffTimeout = u.sniffQUIC, u.sniffing.Timeout
 	}
 	g.mu.Lock()
 	g.udpTable = u.table
@@ -77,7 +83,7 @@ func (g *Gateway) startUDP(ctx context.Context, cfg *configs.Config, log *logrus
 	log.WithFields(logrus.Fields{
 		"udp_port": t.UDPPort, "udp_idle": time.Duration(t.UDPIdle).String(),
 		"udp_max_sessions": t.UDPMaxSessions, "udp_without_support": t.UDPOverTCPUpstream,
-		"dns_over_tcp": t.DNSOverTCP,
+		"dns_over_tcp": t.DNSOverTCP, "quic": t.QUIC,
 	}).Info("transparent UDP capture on")
 	return []io.Closer{closerFunc(func() error {
 		err := ln.Close()
@@ -154,6 +160,8 @@ type udpInbound struct {
 	direct         *upstream.Direct
 	withoutSupport configs.UDPFallback
 	dnsOverTCP     bool
+	quic           configs.QUICMode // transparent.quic
+	sniffing       *Sniffing        // nil: no QUIC sniffing
 	dialTimeout    time.Duration
 	log            *logrus.Entry
 	dnsReplyWait   time.Duration // 0: dnsReplyWaitDefault
@@ -161,9 +169,66 @@ type udpInbound struct {
 	replyErrLog, sendErrLog rateLimit
 }
 
-// route asks the Router about one destination of a session. It runs on the listener's
-// goroutine; the Router is pure computation.
-func (u *udpInbound) route(src, dst netip.AddrPort) nat.UDPRoute {
+// errQUICBlocked drops captured UDP to port 443 under transparent.quic: block: a block
+// (errors.Is ErrBlocked), logged and counted like a rule's.
+var errQUICBlocked error = quicBlocked{}
+
+type quicBlocked struct{}
+
+func (quicBlocked) Error() string        { return "quic blocked (transparent.quic: block)" }
+func (quicBlocked) Is(target error) bool { return target == ErrBlocked }
+
+// quicBlockRule names transparent.quic: block in a session's line, where a rule would be.
+const quicBlockRule = "transparent.quic"
+
+// quicPort is the port transparent.quic applies to: HTTP/3's.
+const quicPort = 443
+
+// sniffQUIC holds a new destination's datagrams for the QUIC Initial parser when its port
+// is a sniff port and the first datagram looks like a QUIC v1 or v2 Initial; anything else
+// is routed at once.
+func (u *udpInbound) sniffQUIC(dst netip.AddrPort, b []byte) nat.UDPSniffer {
+	if !u.sniffing.applies(dst.Port()) || !sniff.IsQUICInitial(b) {
+		return nil
+	}
+	return &quicSniffer{}
+}
+
+// quicSniffer adapts sniff.QUICSniffer to the nat table.
+type quicSniffer struct{ q sniff.QUICSniffer }
+
+func (s *quicSniffer) Feed(b []byte) (string, bool) {
+	name, err := s.q.Feed(b)
+	return name, !errors.Is(err, sniff.ErrIncomplete)
+}
+
+// udpTag is what a session's route hands back in its report: the decision and the flow it
+// was made for (with the name, when one was known).
+type udpTag struct {
+	d route.Decision
+	f route.Flow
+}
+
+// tagged returns the decision and flow of a nat route's Tag.
+func tagged(tag any) (route.Decision, route.Flow, bool) {
+	t, ok := tag.(udpTag)
+	return t.d, t.f, ok
+}
+
+// route asks the Router about one destination of a session; name is the QUIC server name
+// sniffed from its first datagrams, if any. It runs on the listener's goroutine (or, for a
+// destination whose datagrams were held, on the hold's timer); the Router is pure
+// computation.
+func (u *udpInbound) route(src, dst netip.AddrPort, name string) nat.UDPRoute {
+	r, f := u.decide(src, dst, name)
+	if d, ok := r.Tag.(route.Decision); ok {
+		r.Tag = udpTag{d: d, f: f}
+	}
+	return r
+}
+
+func (u *udpInbound) decide(src, dst netip.AddrPort, name string) (nat.UDPRoute, route.Flow) {
+	f := route.Flow{Network: route.UDP, Src: src, Dst: dst, Inbound: capturedInbound(src, route.TProxy)}
 	if dst.Port() == u.port && isLocalAddr(dst.Addr()) {
 		// Sent to the listener itself, not captured (the rules let traffic to this host
 		// through): relaying it would send it to the listener again from a new port, a new
@@ -171,20 +236,28 @@ func (u *udpInbound) route(src, dst netip.AddrPort) nat.UDPRoute {
 		u.logDrop(src, dst, errListenerLoop)
 		// Counted once, as the session's refusal, when it ends, unless the session carried
 		// datagrams to other destinations (then only they are dropped).
-		return nat.UDPRoute{Drop: errListenerLoop}
+		return nat.UDPRoute{Drop: errListenerLoop}, f
 	}
-	f := route.Flow{Network: route.UDP, Src: src, Dst: dst, Inbound: capturedInbound(src, route.TProxy)}
+	if u.quic == configs.QUICBlock && dst.Port() == quicPort {
+		u.logDrop(src, dst, errQUICBlocked)
+		return nat.UDPRoute{Drop: errQUICBlocked, Tag: route.Decision{Action: route.ActionBlock, Rule: quicBlockRule}}, f
+	}
 	if err := u.g.nameFlow(&f); err != nil {
 		u.logDrop(src, dst, err)
-		return nat.UDPRoute{Drop: err}
+		return nat.UDPRoute{Drop: err}, f
+	}
+	if f.Host == "" && name != "" {
+		// A claim, like TLS SNI on TCP: it routes the session; the datagrams still go to the
+		// address the client chose (a name from socksgate's DNS is better, and kept).
+		f.Host, f.From = name, route.NameSniff
 	}
 	d := u.g.router().Route(context.Background(), f)
 	switch {
 	case d.Action == route.ActionBlock:
 		u.logDrop(src, dst, ErrBlocked)
-		return nat.UDPRoute{Drop: ErrBlocked, Tag: d}
+		return nat.UDPRoute{Drop: ErrBlocked, Tag: d}, f
 	case d.Upstream == nil:
-		return nat.UDPRoute{Drop: fmt.Errorf("rule %s: no upstream", d.Rule), Tag: d}
+		return nat.UDPRoute{Drop: fmt.Errorf("rule %s: no upstream", d.Rule), Tag: d}, f
 	}
 	if f.From == route.NameFakeIP {
 		// A fake address leads nowhere: the name is resolved the way its rule says (through
@@ -204,7 +277,7 @@ func (u *udpInbound) route(src, dst netip.AddrPort) nat.UDPRoute {
 				return &fakeCarrier{UDPConn: c, fake: dst, real: netip.AddrPortFrom(addrs[0], dst.Port())}, nil
 			}),
 			Tag: d,
-		}
+		}, f
 	}
 	return nat.UDPRoute{
 		Outbound: upstream.Key(d.Upstream), // by identity: two upstreams may share a URL
@@ -212,7 +285,7 @@ func (u *udpInbound) route(src, dst netip.AddrPort) nat.UDPRoute {
 			return u.open(ctx, d.Upstream)
 		}),
 		Tag: d,
-	}
+	}, f
 }
 
 // open opens a session's way out through up: its UDP association, or, for an upstream that
@@ -267,7 +340,10 @@ func logUDPDrop(log *logrus.Entry, src netip.AddrPort, dst string, err error) {
 // that carried datagrams is not refused or blocked as a whole because one of its destinations
 // was: its line gives the datagrams dropped and the first reason.
 func (u *udpInbound) logSession(r nat.UDPSessionReport) {
-	d, _ := r.Tag.(route.Decision)
+	d, f, ok := tagged(r.Tag)
+	if !ok {
+		f = route.Flow{Network: route.UDP, Src: r.Src, Dst: r.FirstDst, Inbound: capturedInbound(r.Src, route.TProxy)}
+	}
 	extra := logrus.Fields{"packets_up": r.PacketsUp, "packets_down": r.PacketsDown, "dests": r.Dests}
 	if r.Dropped > 0 {
 		extra["dropped"] = r.Dropped
@@ -279,7 +355,7 @@ func (u *udpInbound) logSession(r nat.UDPSessionReport) {
 		extra["end"] = "idle"
 	}
 	u.g.ended(flowEnd{
-		f: route.Flow{Network: route.UDP, Src: r.Src, Dst: r.FirstDst, Inbound: capturedInbound(r.Src, route.TProxy)}, d: d,
+		f: f, d: d,
 		up: int64(r.BytesUp), down: int64(r.BytesDown), dur: r.Duration, err: r.Err, extra: extra,
 	})
 }

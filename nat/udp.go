@@ -23,7 +23,14 @@ const (
 	maxSessionReplies         = 64   // reply sockets per session; beyond, the least recently used closes
 	maxPendingDatagrams       = 32   // per outbound, while it is being opened
 	maxSessionDests           = 1024 // cached per-destination routes per session
-	maxDatagram               = 64 << 10
+	// MaxHeldDatagrams bounds the datagrams held for one destination while a UDPSniffer
+	// reads them; at the bound the destination is routed with what is known.
+	MaxHeldDatagrams = 4
+	maxHeldDests     = 16 // destinations of one session held at once; beyond, routed at once
+	// DefaultSniffTimeout is how long a destination's datagrams are held at most when
+	// SniffTimeout is zero.
+	DefaultSniffTimeout = 300 * time.Millisecond
+	maxDatagram         = 64 << 10
 )
 
 // Errors a session or a datagram can end with.
@@ -76,6 +83,13 @@ type UDPRoute struct {
 	Tag any
 }
 
+// UDPSniffer reads a name from the first datagrams to a destination (a QUIC Initial's SNI).
+type UDPSniffer interface {
+	// Feed takes the next datagram (not retained). done reports that the destination can be
+	// routed now, with name if one was found; otherwise the next datagram is awaited.
+	Feed(b []byte) (name string, done bool)
+}
+
 // UDPSessionReport describes a session at its end.
 type UDPSessionReport struct {
 	// FirstDst and Tag are the first destination that was not dropped and its
@@ -116,6 +130,8 @@ type UDPStats struct {
 	Sessions        uint64 // sessions ever created
 	Refused         uint64 // datagrams refused because the table was full
 	Blocked         uint64 // datagrams dropped by a route's Drop
+	Held            uint64 // datagrams held for a sniffer before their destination was routed
+	Sniffed         uint64 // destinations routed by a name a sniffer found
 	QueueDrops      uint64 // datagrams dropped while their outbound was opening (queue full) or after it failed
 	UpstreamErrors  uint64 // datagrams the outbound failed to send
 	ReplyBindErrors uint64 // replies dropped because the reply socket could not be bound
@@ -143,8 +159,19 @@ type UDPTable struct {
 	// least recently used reply socket for a new remote; one that has none drops the reply.
 	MaxReplySockets int
 
-	// Route decides where a session's datagram to dst goes. Required.
-	Route func(src, dst netip.AddrPort) UDPRoute
+	// Route decides where a session's datagram to dst goes; name is what Sniff's sniffer
+	// found in the first datagrams, if anything. Required.
+	Route func(src, dst netip.AddrPort, name string) UDPRoute
+	// Sniff, when set, is asked about the first datagram b of each new destination of a
+	// session. A non-nil UDPSniffer holds that destination's datagrams (b, then the next
+	// ones, at most MaxHeldDatagrams and SniffTimeout) until it is done; the destination is
+	// then routed with the name it found, and the held datagrams go out in order. nil routes
+	// at once: what Sniff does not recognise is never delayed. Sniff and the sniffer run on
+	// the listener's goroutine and must be quick; b is not retained.
+	Sniff func(dst netip.AddrPort, b []byte) UDPSniffer
+	// SniffTimeout bounds how long datagrams are held for a sniffer; default
+	// DefaultSniffTimeout. At the timeout the destination is routed without a name.
+	SniffTimeout time.Duration
 	// OpenReply opens the socket replies from remote leave by. Required (ListenReply on Linux).
 	OpenReply func(remote netip.AddrPort) (ReplyConn, error)
 	// OnSessionEnd receives each session's report, from its own goroutine. Optional.
@@ -159,6 +186,7 @@ type UDPTable struct {
 	wg       sync.WaitGroup // sessions finishing, the sweeper
 
 	sessionsTotal, refused, blocked, queueDrops, upstreamErrors atomic.Uint64
+	held, sniffed                                               atomic.Uint64
 	replyBindErrors, replyErrors, readErrors, replyLimited      atomic.Uint64
 	replySockets                                                atomic.Int64
 	stop                                                        chan struct{}
@@ -216,6 +244,8 @@ func (t *UDPTable) Stats() UDPStats {
 		Sessions:        t.sessionsTotal.Load(),
 		Refused:         t.refused.Load(),
 		Blocked:         t.blocked.Load(),
+		Held:            t.held.Load(),
+		Sniffed:         t.sniffed.Load(),
 		QueueDrops:      t.queueDrops.Load(),
 		UpstreamErrors:  t.upstreamErrors.Load(),
 		ReplyBindErrors: t.replyBindErrors.Load(),
@@ -272,30 +302,35 @@ func (t *UDPTable) Handle(b []byte, src, dst netip.AddrPort) {
 	}
 	o, known := s.dests[dst]
 	if !known {
-		r := t.Route(src, dst)
-		if len(s.dests) >= maxSessionDests {
-			clear(s.dests)
-		}
-		if s.routes == 0 || s.tagDropped && r.Drop == nil {
-			// The session is named by its first destination carried, not by one dropped.
-			s.tag, s.firstDst, s.tagDropped = r.Tag, dst, r.Drop != nil
-		}
-		s.routes++
-		if r.Drop != nil {
-			s.dests[dst] = nil
-			if s.err == nil {
-				s.err = r.Drop
+		if h := s.held[dst]; h != nil {
+			// Held for its sniffer: this one waits with the others.
+			h.dgs = append(h.dgs, append([]byte(nil), b...))
+			t.held.Add(1)
+			name, done := h.sniffer.Feed(b)
+			if done || len(h.dgs) >= MaxHeldDatagrams {
+				t.release(s, dst, h, name)
 			}
-		} else {
-			o = s.outs[r.Outbound]
-			if o == nil {
-				o = &udpOutbound{name: fmt.Sprint(r.Outbound)}
-				s.outs[r.Outbound] = o
-				s.wg.Add(1)
-				go t.open(s, o, r.Open, dst)
-			}
-			s.dests[dst] = o
+			s.mu.Unlock()
+			return
 		}
+		name := ""
+		if t.Sniff != nil && len(s.held) < maxHeldDests {
+			if sn := t.Sniff(dst, b); sn != nil {
+				var done bool
+				if name, done = sn.Feed(b); !done {
+					h := &heldDest{sniffer: sn, dgs: [][]byte{append([]byte(nil), b...)}}
+					t.held.Add(1)
+					if s.held == nil {
+						s.held = make(map[netip.AddrPort]*heldDest)
+					}
+					s.held[dst] = h
+					h.timer = time.AfterFunc(t.sniffTimeout(), func() { t.heldTimeout(s, dst, h) })
+					s.mu.Unlock()
+					return
+				}
+			}
+		}
+		o = t.routeDest(s, dst, name)
 	}
 	if o == nil {
 		s.mu.Unlock()
@@ -317,6 +352,81 @@ func (t *UDPTable) Handle(b []byte, src, dst netip.AddrPort) {
 	}
 	s.mu.Unlock()
 	t.send(s, c, b, dst)
+}
+
+// routeDest routes a session's new destination and opens its outbound if it is new; s.mu
+// is held. nil: dropped by the route.
+func (t *UDPTable) routeDest(s *udpSession, dst netip.AddrPort, name string) *udpOutbound {
+	r := t.Route(s.src, dst, name)
+	if name != "" {
+		t.sniffed.Add(1)
+	}
+	if len(s.dests) >= maxSessionDests {
+		clear(s.dests)
+	}
+	if s.routes == 0 || s.tagDropped && r.Drop == nil {
+		// The session is named by its first destination carried, not by one dropped.
+		s.tag, s.firstDst, s.tagDropped = r.Tag, dst, r.Drop != nil
+	}
+	s.routes++
+	if r.Drop != nil {
+		s.dests[dst] = nil
+		if s.err == nil {
+			s.err = r.Drop
+		}
+		return nil
+	}
+	o := s.outs[r.Outbound]
+	if o == nil {
+		o = &udpOutbound{name: fmt.Sprint(r.Outbound)}
+		s.outs[r.Outbound] = o
+		s.wg.Add(1)
+		go t.open(s, o, r.Open, dst)
+	}
+	s.dests[dst] = o
+	return o
+}
+
+func (t *UDPTable) sniffTimeout() time.Duration {
+	if t.SniffTimeout > 0 {
+		return t.SniffTimeout
+	}
+	return DefaultSniffTimeout
+}
+
+// release routes a held destination with the name its sniffer found (or none) and sends
+// its held datagrams in order; s.mu is held. Sending them with the lock held keeps them
+// ahead of any datagram the listener reads meanwhile.
+func (t *UDPTable) release(s *udpSession, dst netip.AddrPort, h *heldDest, name string) {
+	h.timer.Stop()
+	delete(s.held, dst)
+	o := t.routeDest(s, dst, name)
+	for _, b := range h.dgs {
+		switch {
+		case o == nil:
+			t.blocked.Add(1)
+			s.dropped.Add(1)
+		case o.conn != nil:
+			t.send(s, o.conn, b, dst)
+		case o.failed || len(o.pending) >= maxPendingDatagrams:
+			t.queueDrops.Add(1)
+			s.dropped.Add(1)
+		default:
+			o.pending = append(o.pending, pendingDatagram{dst: dst, b: b})
+		}
+	}
+	h.dgs = nil
+}
+
+// heldTimeout routes a held destination whose sniffer did not decide in time, by its
+// address.
+func (t *UDPTable) heldTimeout(s *udpSession, dst netip.AddrPort, h *heldDest) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ended || s.held[dst] != h {
+		return
+	}
+	t.release(s, dst, h, "")
 }
 
 func (t *UDPTable) send(s *udpSession, c UDPConn, b []byte, dst netip.AddrPort) {
@@ -510,6 +620,11 @@ func (t *UDPTable) end(s *udpSession, cause error, idle bool) {
 	// must still wait for it.
 	t.wg.Add(1)
 	s.endErr, s.idle = cause, idle
+	for dst, h := range s.held {
+		h.timer.Stop()
+		s.dropped.Add(uint64(len(h.dgs)))
+		delete(s.held, dst)
+	}
 	var conns []UDPConn
 	for _, o := range s.outs {
 		if o.conn != nil {
@@ -645,6 +760,7 @@ type udpSession struct {
 
 	mu         sync.Mutex
 	dests      map[netip.AddrPort]*udpOutbound // nil value: dropped by the route
+	held       map[netip.AddrPort]*heldDest    // destinations not routed yet: their sniffer reads
 	outs       map[any]*udpOutbound
 	replies    map[netip.AddrPort]*replySocket
 	replyTick  uint64 // orders replies' uses, for evicting the least recently used socket
@@ -670,6 +786,13 @@ type udpOutbound struct {
 	conn    UDPConn // nil while opening
 	failed  bool
 	pending []pendingDatagram
+}
+
+// heldDest is a destination whose first datagrams are held for its sniffer.
+type heldDest struct {
+	sniffer UDPSniffer
+	dgs     [][]byte
+	timer   *time.Timer
 }
 
 type pendingDatagram struct {

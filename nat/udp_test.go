@@ -148,7 +148,7 @@ func echoTable(t *testing.T) (*UDPTable, *replies, *reports, *atomic.Int64) {
 	rep, reps := &replies{}, &reports{}
 	var opens atomic.Int64
 	tbl := &UDPTable{
-		Route: func(src, dst netip.AddrPort) UDPRoute {
+		Route: func(src, dst netip.AddrPort, _ string) UDPRoute {
 			return UDPRoute{Outbound: "up", Tag: "rule-up", Open: func(context.Context, netip.AddrPort) (UDPConn, error) {
 				opens.Add(1)
 				return newFakeConn(true), nil
@@ -198,7 +198,7 @@ func TestUDPTableUnmapsV4MappedAddresses(t *testing.T) {
 	var routed netip.AddrPort
 	tbl, rep, _, _ := echoTable(t)
 	route := tbl.Route
-	tbl.Route = func(src, dst netip.AddrPort) UDPRoute { routed = dst; return route(src, dst) }
+	tbl.Route = func(src, dst netip.AddrPort, name string) UDPRoute { routed = dst; return route(src, dst, name) }
 	mapped := func(ap netip.AddrPort) netip.AddrPort {
 		return netip.AddrPortFrom(netip.AddrFrom16(ap.Addr().As16()), ap.Port())
 	}
@@ -219,7 +219,7 @@ func TestUDPTableRoutesEachNewDestination(t *testing.T) {
 	var mu sync.Mutex
 	var routes atomic.Int64
 	tbl := &UDPTable{
-		Route: func(src, dst netip.AddrPort) UDPRoute {
+		Route: func(src, dst netip.AddrPort, _ string) UDPRoute {
 			routes.Add(1)
 			switch dst {
 			case remoteB:
@@ -375,7 +375,7 @@ func TestUDPTableQueuesWhileOpening(t *testing.T) {
 	release := make(chan struct{})
 	c := newFakeConn(false)
 	tbl := &UDPTable{
-		Route: func(src, dst netip.AddrPort) UDPRoute {
+		Route: func(src, dst netip.AddrPort, _ string) UDPRoute {
 			return UDPRoute{Outbound: "slow", Open: func(ctx context.Context, first netip.AddrPort) (UDPConn, error) {
 				<-release
 				return c, nil
@@ -419,7 +419,7 @@ func TestUDPTableEndsSessionOnOutboundFailure(t *testing.T) {
 			var conn UDPConn
 			var mu sync.Mutex
 			tbl := &UDPTable{
-				Route: func(src, dst netip.AddrPort) UDPRoute {
+				Route: func(src, dst netip.AddrPort, _ string) UDPRoute {
 					return UDPRoute{Outbound: "x", Open: func(context.Context, netip.AddrPort) (UDPConn, error) {
 						c, err := tc.open()
 						mu.Lock()

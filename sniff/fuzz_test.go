@@ -1,7 +1,10 @@
 package sniff
 
 import (
+	"bytes"
 	"errors"
+	"os"
+	"path/filepath"
 	"testing"
 )
 
@@ -60,6 +63,76 @@ func FuzzHTTPHost(f *testing.F) {
 		n2, _, err2 := Name(b)
 		if len(b) > 0 && b[0] >= 'A' && b[0] <= 'Z' && (n2 != name || !errors.Is(err2, err) && err != nil) {
 			t.Fatalf("Name and HTTPHost disagree: %q %v vs %q %v", n2, err2, name, err)
+		}
+	})
+}
+
+// splitDatagrams cuts a fuzz input into datagrams: each is a 2-byte big-endian length and that
+// many bytes (the last takes what is left).
+func splitDatagrams(b []byte) [][]byte {
+	var out [][]byte
+	for len(b) >= 2 && len(out) < MaxQUICDatagrams+2 {
+		n := int(b[0])<<8 | int(b[1])
+		b = b[2:]
+		n = min(n, len(b))
+		out = append(out, b[:n])
+		b = b[n:]
+	}
+	return out
+}
+
+func joinDatagrams(dgs ...[]byte) []byte {
+	var out []byte
+	for _, d := range dgs {
+		out = append(out, byte(len(d)>>8), byte(len(d)))
+		out = append(out, d...)
+	}
+	return out
+}
+
+func FuzzQUIC(f *testing.F) {
+	// Real client Initials (testdata/quic), the RFCs' vectors, synthetic splits.
+	dirs, _ := filepath.Glob("testdata/quic/*")
+	for _, dir := range dirs {
+		files, _ := filepath.Glob(filepath.Join(dir, "datagram-*"))
+		var dgs [][]byte
+		for _, file := range files {
+			b, err := os.ReadFile(file)
+			if err != nil {
+				f.Fatal(err)
+			}
+			dgs = append(dgs, b)
+		}
+		if len(dgs) > 0 {
+			f.Add(joinDatagrams(dgs...))
+			f.Add(joinDatagrams(dgs[len(dgs)-1]))
+		}
+	}
+	f.Add(joinDatagrams(unhex(f, rfc9001Protected)))
+	f.Add(joinDatagrams(sealInitial(f, QUICv2, rfcDCID, 2, unhex(f, rfcCryptoFrame), 1162)))
+	f.Add(joinDatagrams(splitHello(f, QUICv1, "fuzz.quic.test", 700)...))
+	f.Add(joinDatagrams(bytes.Join(splitHello(f, QUICv2, "fuzz.quic.test", 900), nil)))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		dgs := splitDatagrams(b)
+		orig := bytes.Clone(b)
+		var q QUICSniffer
+		name, err := "", error(ErrIncomplete)
+		for i, d := range dgs {
+			name, err = q.Feed(d)
+			checkResult(t, name, err)
+			if !errors.Is(err, ErrIncomplete) {
+				// An answer stands whatever follows.
+				if n2, err2 := q.Feed(d); n2 != name || !errors.Is(err2, err) {
+					t.Fatalf("answer changed from %q %v to %q %v", name, err, n2, err2)
+				}
+				break
+			}
+			if i+1 >= MaxQUICDatagrams && errors.Is(err, ErrIncomplete) {
+				t.Fatalf("still incomplete after %d datagrams", i+1)
+			}
+		}
+		if !bytes.Equal(b, orig) {
+			t.Fatal("Feed modified its input")
 		}
 	})
 }
