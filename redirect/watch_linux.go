@@ -420,7 +420,7 @@ func (tc *tableConn) portID() (uint32, error) {
 		return 0, fmt.Errorf("nftables socket: %w", err)
 	}
 	var (
-		sa  unix.Sockaddr
+		sa   unix.Sockaddr
 		serr error
 	)
 	if err := rc.Control(func(fd uintptr) { sa, serr = unix.Getsockname(int(fd)) }); err != nil {
