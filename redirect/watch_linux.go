@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/mdlayher/netlink"
@@ -17,38 +18,57 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Watch keeps the state r installed in place until ctx ends: it listens to nftables events
-// (the NFNLGRP_NFTABLES group) and to policy rule and route events (rtnetlink), and when
-// socksgate's table, or one of its chains, rules, sets or elements, is removed or changed by
-// someone else, or its policy rule or local route disappears, it puts the spec in force back
-// (the same batch Replace sends), within a fraction of a second of the last event of a burst.
-// Events about other tables and other routing tables are ignored, and so are the ones r's own
-// socket causes (Replace, a restore). Restores in a tight loop back off (see healTiming).
-// report gets every restore, failure and back-off; it must not call r's methods that change
-// the state (Replace, Close). Watch returns nil when ctx ends, or an error at once if it
-// cannot subscribe.
+// Watch keeps the state r installed in place until the Watcher is stopped: it listens to
+// nftables events (the NFNLGRP_NFTABLES group) and to policy rule and route events
+// (rtnetlink), and when socksgate's table, or one of its chains, rules, sets or elements, is
+// removed or changed by someone else, or its policy rule or local route disappears, it puts the
+// spec in force back (the same batch Replace sends), within a fraction of a second of the last
+// event of a burst. Events about other tables and other routing tables are ignored, and so are
+// the ones r's own socket causes (Replace, a restore). Restores in a tight loop back off (see
+// healTiming). report gets every restore, failure, back-off and check; it runs on the
+// watcher's goroutine and must not call r's methods that change the state (Replace, Close).
+// Watch returns once subscribed, or an error if it cannot subscribe.
 //
 // With on_crash open the table is owned by r's socket: nobody else can delete or change it
 // (`nft flush ruleset` skips it), so only the policy routing can need restoring.
-func (r *Ruleset) Watch(ctx context.Context, report func(WatchEvent)) error {
-	return r.watch(ctx, defaultHealTiming, report)
+func (r *Ruleset) Watch(report func(WatchEvent)) (*Watcher, error) {
+	return r.watch(defaultHealTiming, report, nil)
 }
 
-func (r *Ruleset) watch(ctx context.Context, t healTiming, report func(WatchEvent)) error {
+// Watcher is a running Watch.
+type Watcher struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// Stop ends the watch and returns once it has; it is idempotent, and nil does nothing.
+func (w *Watcher) Stop() {
+	if w == nil {
+		return
+	}
+	w.cancel()
+	<-w.done
+}
+
+// watch is Watch with its timing, and seen, when not nil, called with every change a reader
+// passes on (tests).
+func (r *Ruleset) watch(t healTiming, report func(WatchEvent), seen func(change)) (*Watcher, error) {
 	r.mu.Lock()
 	closed := r.closed
 	r.mu.Unlock()
 	if closed {
-		return errors.New("watch redirect rules: ruleset is closed")
+		return nil, errors.New("watch redirect rules: ruleset is closed")
 	}
 	ownPID, err := r.conn.portID()
 	if err != nil {
-		return err
+		return nil, err
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	ctx, cancel := context.WithCancel(context.Background())
 	changes := make(chan change, 64)
 	send := func(c change) {
+		if seen != nil {
+			seen(c)
+		}
 		select {
 		case changes <- c:
 		case <-ctx.Done():
@@ -57,29 +77,96 @@ func (r *Ruleset) watch(ctx context.Context, t healTiming, report func(WatchEven
 
 	nft, err := r.dialNFTMonitor()
 	if err != nil {
-		return err
+		cancel()
+		return nil, err
 	}
 	rules, err := r.dialRuleMonitor()
 	if err != nil {
+		cancel()
 		_ = nft.Close()
-		return err
+		return nil, err
 	}
-	routes := make(chan vnl.RouteUpdate, 256)
-	routeErr := make(chan error, 1)
-	if err := r.subscribeRoutes(ctx, routes, routeErr); err != nil {
+	routes, routeErr, err := r.subscribeRoutes(ctx)
+	if err != nil {
+		cancel()
 		_ = nft.Close()
 		_ = rules.Close()
-		return err
+		return nil, err
+	}
+	var mu sync.Mutex // guards nft and rules, which the readers replace when a socket fails
+	context.AfterFunc(ctx, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		_ = nft.Close()
+		_ = rules.Close()
+	})
+	// redial replaces a failed event socket, after a pause, until ctx ends.
+	redial := func(conn **netlink.Conn, dial func() (*netlink.Conn, error)) bool {
+		for {
+			select {
+			case <-ctx.Done():
+				return false
+			case <-time.After(resubscribeDelay):
+			}
+			c, err := dial()
+			if err != nil {
+				continue
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if ctx.Err() != nil {
+				_ = c.Close()
+				return false
+			}
+			*conn = c
+			return true
+		}
 	}
 
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	context.AfterFunc(ctx, func() { _ = nft.Close(); _ = rules.Close() })
-	wg.Go(func() { r.readNFT(ctx, nft, ownPID, send) })
-	wg.Go(func() { r.readRules(ctx, rules, send) })
-	wg.Go(func() { r.readRoutes(ctx, routes, routeErr, send) })
-	heal(ctx, changes, t, r.heal, report)
-	return nil
+	w := &Watcher{cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(w.done)
+		var wg sync.WaitGroup
+		defer wg.Wait()
+		wg.Go(func() {
+			for c := nft; ; c = nft {
+				r.readNFT(ctx, c, ownPID, send)
+				if !redial(&nft, r.dialNFTMonitor) {
+					return
+				}
+				send(change{kind: checkTable, what: "nftables event socket reopened"})
+			}
+		})
+		wg.Go(func() {
+			for c := rules; ; c = rules {
+				r.readRules(ctx, c, send)
+				if !redial(&rules, r.dialRuleMonitor) {
+					return
+				}
+				send(change{kind: checkPolicy, what: "rule event socket reopened"})
+			}
+		})
+		wg.Go(func() {
+			for {
+				r.readRoutes(ctx, routes, routeErr, send)
+				for range routes { // closed once the subscription has ended
+				}
+				for {
+					select {
+					case <-ctx.Done():
+						return
+					case <-time.After(resubscribeDelay):
+					}
+					if routes, routeErr, err = r.subscribeRoutes(ctx); err == nil {
+						break
+					}
+				}
+				send(change{kind: checkPolicy, what: "route event socket reopened"})
+			}
+		})
+		heal(ctx, changes, t, r.heal, report)
+	}()
+	return w, nil
 }
 
 // monitorReadBuffer is the receive buffer of the event sockets: a flush of a large firewall
@@ -114,7 +201,10 @@ func (r *Ruleset) dialRuleMonitor() (*netlink.Conn, error) {
 	return c, nil
 }
 
-func (r *Ruleset) subscribeRoutes(ctx context.Context, ch chan vnl.RouteUpdate, errs chan error) error {
+// subscribeRoutes subscribes to route events; the channel is closed when the subscription
+// ends (ctx, or an error, which goes to the error channel too).
+func (r *Ruleset) subscribeRoutes(ctx context.Context) (chan vnl.RouteUpdate, chan error, error) {
+	ch, errs := make(chan vnl.RouteUpdate, 256), make(chan error, 1)
 	opts := vnl.RouteSubscribeOptions{
 		ReceiveBufferSize: monitorReadBuffer,
 		ErrorCallback: func(err error) {
@@ -129,10 +219,13 @@ func (r *Ruleset) subscribeRoutes(ctx context.Context, ch chan vnl.RouteUpdate, 
 		opts.Namespace = &h
 	}
 	if err := vnl.RouteSubscribeWithOptions(ch, ctx.Done(), opts); err != nil {
-		return fmt.Errorf("subscribe to route events: %w", err)
+		return nil, nil, fmt.Errorf("subscribe to route events: %w", err)
 	}
-	return nil
+	return ch, errs, nil
 }
+
+// resubscribeDelay is the pause before an event socket that failed is opened again.
+const resubscribeDelay = 100 * time.Millisecond
 
 // nftSubsys is the nftables subsystem in a netfilter message type's high byte.
 const nftSubsys = unix.NFNL_SUBSYS_NFTABLES
@@ -178,8 +271,7 @@ func (r *Ruleset) readNFT(ctx context.Context, c *netlink.Conn, ownPID uint32, s
 				send(change{kind: checkTable, what: "nftables events lost"})
 				continue
 			}
-			send(change{kind: checkTable, what: "nftables event socket failed: " + err.Error()})
-			return
+			return // reopened by the caller
 		}
 		table := r.Spec().Table
 		for _, m := range msgs {
@@ -266,8 +358,7 @@ func (r *Ruleset) readRules(ctx context.Context, c *netlink.Conn, send func(chan
 				send(change{kind: checkPolicy, what: "rule events lost"})
 				continue
 			}
-			send(change{kind: checkPolicy, what: "rule event socket failed: " + err.Error()})
-			return
+			return // reopened by the caller
 		}
 		for _, m := range msgs {
 			switch m.Header.Type {
@@ -292,9 +383,6 @@ func (r *Ruleset) readRoutes(ctx context.Context, ch <-chan vnl.RouteUpdate, err
 			}
 		case u, ok := <-ch:
 			if !ok {
-				if ctx.Err() == nil {
-					send(change{kind: checkPolicy, what: "route event socket closed"})
-				}
 				return
 			}
 			s := r.Spec()

@@ -2,7 +2,11 @@
 
 package redirect
 
-import "context"
+// Watcher is a running Watch (Linux only).
+type Watcher struct{}
+
+// Stop does nothing.
+func (w *Watcher) Stop() {}
 
 // Watch fails: kernel steering needs Linux.
-func (r *Ruleset) Watch(ctx context.Context, report func(WatchEvent)) error { return errNotLinux }
+func (r *Ruleset) Watch(report func(WatchEvent)) (*Watcher, error) { return nil, errNotLinux }
