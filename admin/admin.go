@@ -76,6 +76,7 @@ type Snapshot struct {
 	ReplyBindFailures uint64
 	SOCKSUDPDropped   SOCKSUDPDrops // explicit SOCKS5 UDP relay
 	DNS               *DNSStats     // nil: dns off
+	RulesRestored     uint64        // kernel rules put back after someone else removed them
 }
 
 // DNSStats are the counters of socksgate's DNS.

@@ -23,6 +23,7 @@ const (
 	helpBind   = "UDP replies dropped because their transparent reply socket could not be bound."
 	helpSUDP   = "Datagrams the explicit SOCKS5 UDP relay dropped, by reason: foreign_source (not from the association's client socket), fragment (FRAG not 0, unsupported), malformed (unparsable SOCKS5 UDP header)."
 	helpBuild  = "Always 1; labelled with the build."
+	helpRules  = "Times socksgate put its kernel rules (nftables table, policy routing) back after someone else removed or changed them (a firewall reload that flushes the ruleset)."
 	helpDNSQ   = "DNS queries answered, by the rule that decided them and what became of them (resolve, block, local, fake, any, invalid, refused)."
 	helpDNSC   = "DNS answers by where they came from: hit (the cache), miss (asked upstream), coalesced (an identical query in flight)."
 	helpDNSErr = "DNS exchanges with a resolver that failed (timeout, garbage, refused dial), by resolver."
@@ -72,6 +73,7 @@ func socksgateSeries(e *expo, src Source, version string) {
 	e.gauge("socksgate_udp_sessions", helpUDP, float64(s.UDPSessions))
 	e.counter("socksgate_udp_sessions_total", helpUDPTot, float64(s.UDPSessionsTotal))
 	e.counter("socksgate_udp_reply_bind_failures_total", helpBind, float64(s.ReplyBindFailures))
+	e.counter("socksgate_rules_restored_total", helpRules, float64(s.RulesRestored))
 	d := s.SOCKSUDPDropped
 	e.counter("socksgate_socks_udp_dropped_total", helpSUDP, float64(d.ForeignSource), "reason", "foreign_source")
 	e.counter("socksgate_socks_udp_dropped_total", helpSUDP, float64(d.Fragment), "reason", "fragment")

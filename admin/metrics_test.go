@@ -56,6 +56,7 @@ func TestMetricsParseWithEveryFamilyTyped(t *testing.T) {
 		"socksgate_udp_sessions":                  dto.MetricType_GAUGE,
 		"socksgate_udp_sessions_total":            dto.MetricType_COUNTER,
 		"socksgate_udp_reply_bind_failures_total": dto.MetricType_COUNTER,
+		"socksgate_rules_restored_total":          dto.MetricType_COUNTER,
 		"socksgate_socks_udp_dropped_total":       dto.MetricType_COUNTER,
 		"socksgate_build_info":                    dto.MetricType_GAUGE,
 		"go_goroutines":                           dto.MetricType_GAUGE,

@@ -116,6 +116,8 @@ func Run(ctx context.Context, cfg *configs.Config, log *logrus.Logger, reload <-
 				log.Info("rules removed")
 			}
 		}()
+		stopWatch := rt.watchRules()
+		defer stopWatch() // before the rules are closed: their removal is not to be undone
 		log.WithFields(logrus.Fields{
 			"interfaces": cfg.LAN.Interfaces, "tcp_port": cfg.Transparent.TCPPort,
 			"tcp_mode": spec.TCPMode, "on_crash": cfg.OnCrash, "bypass": len(spec.Bypass),

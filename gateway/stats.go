@@ -30,6 +30,9 @@ type Stats struct {
 	// ReplyBindFailures counts UDP replies dropped because their transparent reply socket could
 	// not be bound (EADDRINUSE: a local daemon holds that address).
 	ReplyBindFailures atomic.Uint64
+	// RulesRestored counts the times the kernel rules were put back after someone else
+	// removed or changed them.
+	RulesRestored atomic.Uint64
 	// SOCKSUDP counts the datagrams the explicit SOCKS5 UDP relay dropped; every
 	// socksserver.Server of a run counts into it.
 	SOCKSUDP socksserver.UDPCounters
@@ -128,6 +131,7 @@ func (s *Stats) snapshot() admin.Snapshot {
 		UDPSessions:       s.UDPSessions.Load(),
 		UDPSessionsTotal:  s.UDPSessionsTotal.Load(),
 		ReplyBindFailures: s.ReplyBindFailures.Load(),
+		RulesRestored:     s.RulesRestored.Load(),
 	}
 	d := s.SOCKSUDP.Load()
 	snap.SOCKSUDPDropped = admin.SOCKSUDPDrops{ForeignSource: d.Foreign, Fragment: d.Fragmented, Malformed: d.Malformed}
