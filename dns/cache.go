@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"sync"
 	"time"
+	"unsafe"
 
 	mdns "github.com/miekg/dns"
 )
@@ -64,7 +65,7 @@ type wireRR struct {
 
 // entryOverhead approximates what an entry costs beyond its packed answer: the entry, its list
 // element, its map slot and its key's name (measured by BenchmarkCacheBytesPerEntry).
-const entryOverhead = 256
+const entryOverhead = 296
 
 // Defaults for NewCache's bounds and the TTL caps.
 const (
@@ -270,7 +271,7 @@ func (c *Cache) remove(el *list.Element) {
 
 // size is what e is accounted for against the byte bound.
 func (e *cacheEntry) size() int {
-	return len(e.wire) + len(e.key.Name) + 4*cap(e.rrs) + entryOverhead
+	return len(e.wire) + len(e.key.Name) + int(unsafe.Sizeof(wireRR{}))*cap(e.rrs) + entryOverhead
 }
 
 // locateRRs finds, in a packed message of one question, the end of the question's name and
