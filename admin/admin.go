@@ -89,6 +89,7 @@ type DNSStats struct {
 	RateLimited    uint64
 	RefusedSource  uint64
 	Malformed      uint64
+	Overloaded     uint64      // queries dropped: too many waiting for their resolvers
 	Latency        []Histogram // by resolver (Histogram.Upstream)
 	CacheEntries   int
 	CacheBytes     int

@@ -27,7 +27,7 @@ const (
 	helpDNSQ   = "DNS queries answered, by the rule that decided them and what became of them (resolve, block, local, fake, any, invalid, refused)."
 	helpDNSC   = "DNS answers by where they came from: hit (the cache), miss (asked upstream), coalesced (an identical query in flight)."
 	helpDNSErr = "DNS exchanges with a resolver that failed (timeout, garbage, refused dial), by resolver."
-	helpDNSDrp = "DNS queries dropped unanswered, by reason: rate (the source was over dns.rate), source (not in dns.allow), malformed."
+	helpDNSDrp = "DNS queries dropped unanswered, by reason: rate (the source was over dns.rate), source (not in dns.allow), malformed, overload (too many queries waiting for their resolvers)."
 	helpDNSLat = "Time a resolver took to answer, successful exchanges, by resolver."
 	helpDNSSz  = "DNS tables now: cache_entries, cache_bytes, mappings (real-IP map), fake_ips (fake-ip pool)."
 )
@@ -91,6 +91,7 @@ func socksgateSeries(e *expo, src Source, version string) {
 		e.counter("socksgate_dns_dropped_total", helpDNSDrp, float64(q.RateLimited), "reason", "rate")
 		e.counter("socksgate_dns_dropped_total", helpDNSDrp, float64(q.RefusedSource), "reason", "source")
 		e.counter("socksgate_dns_dropped_total", helpDNSDrp, float64(q.Malformed), "reason", "malformed")
+		e.counter("socksgate_dns_dropped_total", helpDNSDrp, float64(q.Overloaded), "reason", "overload")
 		for _, h := range q.Latency {
 			e.histogram("socksgate_dns_upstream_duration_seconds", helpDNSLat, h.Buckets, h.Count, h.Sum, "resolver", h.Upstream)
 		}

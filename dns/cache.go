@@ -1,11 +1,14 @@
 package dns
 
 import (
+	"bytes"
 	"container/list"
 	"context"
+	"encoding/binary"
 	"reflect"
 	"sync"
 	"time"
+	"unsafe"
 
 	mdns "github.com/miekg/dns"
 )
@@ -44,14 +47,25 @@ type CacheKey struct {
 
 type cacheEntry struct {
 	key    CacheKey
-	wire   []byte // the answer, packed
+	wire   []byte // the answer, packed: its question the key's, compressed, no OPT
+	qname  int    // the end of the question's name in wire (it starts at 12)
+	rrs    []wireRR
 	stored time.Time
 	expire time.Time
 }
 
+// wireRR locates one record of an entry's wire, for a cache hit to answer without unpacking:
+// where its TTL is, and whether it is an A or AAAA record of the answer section (its address
+// then ends the record) for the real-IP map.
+type wireRR struct {
+	ttl  uint16 // offset of the TTL in wire
+	end  uint16 // offset of the record's end
+	addr uint8  // 4 or 16: an A or AAAA of the answer section; 0: another
+}
+
 // entryOverhead approximates what an entry costs beyond its packed answer: the entry, its list
 // element, its map slot and its key's name (measured by BenchmarkCacheBytesPerEntry).
-const entryOverhead = 256
+const entryOverhead = 296
 
 // Defaults for NewCache's bounds and the TTL caps.
 const (
@@ -221,15 +235,19 @@ func (c *Cache) Put(k CacheKey, r *mdns.Msg) {
 		return
 	}
 	s := r.Copy()
+	s.Question = []mdns.Question{{Name: mdns.Fqdn(k.Name), Qtype: k.Type, Qclass: k.Class}}
 	s.Extra = withoutOPT(s.Extra)
 	s.Compress = true
 	wire, err := s.Pack()
-	if err != nil {
+	if err != nil || len(wire) > 0xFFFF {
 		return
 	}
 	now := c.now()
 	e := &cacheEntry{key: k, wire: wire, stored: now, expire: now.Add(ttl)}
-	size := len(wire) + len(k.Name) + entryOverhead
+	if e.qname, e.rrs, err = locateRRs(wire, len(s.Answer), len(s.Answer)+len(s.Ns)+len(s.Extra)); err != nil {
+		return
+	}
+	size := e.size()
 	if size > c.maxBytes {
 		return
 	}
@@ -248,7 +266,51 @@ func (c *Cache) Put(k CacheKey, r *mdns.Msg) {
 func (c *Cache) remove(el *list.Element) {
 	e := c.ll.Remove(el).(*cacheEntry)
 	delete(c.m, e.key)
-	c.bytes -= len(e.wire) + len(e.key.Name) + entryOverhead
+	c.bytes -= e.size()
+}
+
+// size is what e is accounted for against the byte bound.
+func (e *cacheEntry) size() int {
+	return len(e.wire) + len(e.key.Name) + int(unsafe.Sizeof(wireRR{}))*cap(e.rrs) + entryOverhead
+}
+
+// locateRRs finds, in a packed message of one question, the end of the question's name and
+// where each record's TTL is (miekg/dns reads the names and records); the first answers of
+// them are the answer section.
+func locateRRs(wire []byte, answers, n int) (qname int, rrs []wireRR, err error) {
+	const headerLen = 12
+	_, qname, err = mdns.UnpackDomainName(wire, headerLen)
+	if err != nil {
+		return 0, nil, err
+	}
+	rrs = make([]wireRR, 0, n)
+	off := qname + 4 // qtype, qclass
+	for i := 0; i < n; i++ {
+		_, nameEnd, err := mdns.UnpackDomainName(wire, off)
+		if err != nil {
+			return 0, nil, err
+		}
+		rr, end, err := mdns.UnpackRR(wire, off)
+		if err != nil {
+			return 0, nil, err
+		}
+		w := wireRR{ttl: uint16(nameEnd + 4), end: uint16(end)} // type, class, then the TTL
+		if i < answers {                                        // an address the record has, and that ends it
+			var ip []byte
+			switch rr := rr.(type) {
+			case *mdns.A:
+				ip = rr.A.To4()
+			case *mdns.AAAA:
+				ip = rr.AAAA.To16()
+			}
+			if len(ip) > 0 && end >= len(ip) && bytes.Equal(wire[end-len(ip):end], ip) {
+				w.addr = uint8(len(ip))
+			}
+		}
+		rrs = append(rrs, w)
+		off = end
+	}
+	return qname, rrs, nil
 }
 
 func withoutOPT(rrs []mdns.RR) []mdns.RR {
@@ -318,4 +380,95 @@ func (c *Cache) Resolve(ctx context.Context, k CacheKey, fetch func(context.Cont
 		return nil, FromUpstream, f.err
 	}
 	return f.r.Copy(), FromUpstream, nil
+}
+
+// Header flag bits of a DNS message (RFC 1035 §4.1.1, RFC 4035 §3.2).
+const (
+	flagQR    = 1 << 15
+	flagRD    = 1 << 8
+	flagRA    = 1 << 7
+	flagAD    = 1 << 5
+	flagCD    = 1 << 4
+	rcodeMask = 0xF
+)
+
+// hitWire appends to out k's cached answer as the reply to the UDP query pkt, without
+// unpacking it: the query's ID, RD and CD and its question as it was asked (a 0x20 client's
+// case included: the names compressed against it then read in the client's case), RA, AD when
+// the answer had it and ad, the TTLs decremented by the entry's age, and opt (a packed OPT
+// record) last when given; rrs locates the records in the reply (their TTLs, the addresses of
+// the answer section's A and AAAA). ok is false, and nothing is appended, when there is no
+// fresh entry or pkt's question is not the entry's in bytes but for case (the handler then
+// answers the long way).
+func (c *Cache) hitWire(k CacheKey, pkt []byte, ad bool, opt, out []byte) (_ []byte, rrs []wireRR, ok bool) {
+	if c == nil {
+		return out, nil, false
+	}
+	now := c.now()
+	c.mu.Lock()
+	el, ok := c.m[k]
+	if !ok {
+		c.mu.Unlock()
+		return out, nil, false
+	}
+	e := el.Value.(*cacheEntry)
+	if !now.Before(e.expire) {
+		c.remove(el)
+		c.mu.Unlock()
+		return out, nil, false
+	}
+	c.ll.MoveToFront(el)
+	c.mu.Unlock()
+
+	const headerLen = 12
+	wire, qend := e.wire, e.qname+4
+	if len(pkt) < qend || !equalFold(pkt[headerLen:e.qname], wire[headerLen:e.qname]) {
+		return out, nil, false
+	}
+	start := len(out)
+	out = append(out, wire...)
+	b := out[start:]
+	copy(b[0:2], pkt[0:2]) // ID
+	q := binary.BigEndian.Uint16(pkt[2:4])
+	a := binary.BigEndian.Uint16(wire[2:4])
+	flags := uint16(flagQR|flagRA) | q&(flagRD|flagCD) | a&rcodeMask
+	if ad && a&flagAD != 0 {
+		flags |= flagAD
+	}
+	binary.BigEndian.PutUint16(b[2:4], flags)
+	copy(b[headerLen:qend], pkt[headerLen:qend]) // the question as asked
+	age := uint32(now.Sub(e.stored) / time.Second)
+	for _, rr := range e.rrs {
+		ttl := binary.BigEndian.Uint32(b[rr.ttl:])
+		ttl = max(ttl, age) - age
+		binary.BigEndian.PutUint32(b[rr.ttl:], ttl)
+	}
+	if opt != nil {
+		out = append(out, opt...)
+		b = out[start:]
+		binary.BigEndian.PutUint16(b[10:12], binary.BigEndian.Uint16(b[10:12])+1) // ARCOUNT
+	}
+	return out, e.rrs, true
+}
+
+// equalFold reports whether two wire names are the same bytes but for ASCII case (label
+// lengths, below 'A', compare exactly).
+func equalFold(a, b []byte) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		x, y := a[i], b[i]
+		if x != y && lower(x) != lower(y) {
+			return false
+		}
+	}
+	return true
+}
+
+func lower(c byte) byte {
+	if 'A' <= c && c <= 'Z' {
+		return c + 'a' - 'A'
+	}
+	return c
 }

@@ -2,6 +2,7 @@ package dns
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -151,28 +152,151 @@ const (
 // Answer returns the reply to req from client, or nil for none (a response, not a query). udp
 // says the reply goes back over UDP and must fit the client's size.
 func (h *Handler) Answer(ctx context.Context, client netip.AddrPort, req *mdns.Msg, udp bool) *mdns.Msg {
-	start := time.Now()
+	q := h.begin(client, req)
+	m, st := h.decide(ctx, q.client, req, &q.ev)
+	if st != nil {
+		m = h.resolve(ctx, req, st, &q.ev)
+	}
+	return h.finish(q, req, m, udp)
+}
+
+// queryState is one query being answered: who asked, since when, what became of it so far.
+type queryState struct {
+	client netip.AddrPort
+	start  time.Time
+	ev     Event
+}
+
+func (h *Handler) begin(client netip.AddrPort, req *mdns.Msg) queryState {
 	client = forwardedClient(client, req)
-	ev := Event{Client: client, Rcode: -1}
-	m := h.answer(ctx, client, req, &ev)
+	return queryState{client: client, start: time.Now(), ev: Event{Client: client, Rcode: -1}}
+}
+
+// finish fits m, the reply to req, to the client's transport, records its names, and tells
+// Observe.
+func (h *Handler) finish(q queryState, req, m *mdns.Msg, udp bool) *mdns.Msg {
 	if m != nil {
 		if udp {
-			size := mdns.MinMsgSize
-			if opt := req.IsEdns0(); opt != nil {
-				size = max(int(opt.UDPSize()), mdns.MinMsgSize)
-			}
-			m.Truncate(size)
+			m.Truncate(udpSize(req))
 		}
-		ev.Rcode = m.Rcode
-		if h.Names != nil && m.Rcode == mdns.RcodeSuccess && ev.Action != "fake" {
-			h.Names.Record(client.Addr(), ev.Name, m.Answer)
+		q.ev.Rcode = m.Rcode
+		if h.Names != nil && m.Rcode == mdns.RcodeSuccess && q.ev.Action != "fake" {
+			h.Names.Record(q.client.Addr(), q.ev.Name, m.Answer)
 		}
 	}
-	if h.Observe != nil {
-		ev.Duration = time.Since(start)
-		h.Observe(ev)
-	}
+	h.observe(&q)
 	return m
+}
+
+func (h *Handler) observe(q *queryState) {
+	if h.Observe != nil {
+		q.ev.Duration = time.Since(q.start)
+		h.Observe(q.ev)
+	}
+}
+
+// udpSize is the largest UDP reply req's client takes (RFC 6891 §6.2.5).
+func udpSize(req *mdns.Msg) int {
+	if opt := req.IsEdns0(); opt != nil {
+		return max(int(opt.UDPSize()), mdns.MinMsgSize)
+	}
+	return mdns.MinMsgSize
+}
+
+// packedOPT are the OPT records of our replies (SetEdns0(ednsSize, do)), packed, without and
+// with DO: what a cache hit answered from the wire appends.
+var packedOPT = func() (opts [2][]byte) {
+	for i, do := range []bool{false, true} {
+		m := new(mdns.Msg)
+		m.SetEdns0(ednsSize, do)
+		b := make([]byte, 64)
+		n, err := mdns.PackRR(m.Extra[0], b, 0, nil, false)
+		if err != nil {
+			panic(err)
+		}
+		opts[i] = b[:n]
+	}
+	return opts
+}()
+
+// AnswerPacket answers req, a UDP query from client that reads pkt, when it can without
+// waiting: a cache hit (answered from the packed entry when the reply fits the client's size,
+// see Cache.hitWire), or an answer the handler makes up (block, ANY, fake-ip, errors). The
+// reply is appended to out. Otherwise later is the rest of the work, which may ask upstream:
+// call it off the reading goroutine, once; it returns the reply packed, or nil for none.
+func (h *Handler) AnswerPacket(client netip.AddrPort, req *mdns.Msg, pkt, out []byte) (reply []byte, later func() []byte) {
+	ctx := context.Background()
+	q := h.begin(client, req)
+	m, st := h.decide(ctx, q.client, req, &q.ev)
+	if st != nil {
+		var ok bool
+		if reply, ok = h.hit(&q, req, st, pkt, out); ok {
+			return reply, nil
+		}
+		if !st.cached {
+			return nil, func() []byte {
+				return pack(h.finish(q, req, h.resolve(ctx, req, st, &q.ev), true), nil)
+			}
+		}
+		m = h.resolve(ctx, req, st, &q.ev) // cached, too large for the client: truncated
+	}
+	return pack(h.finish(q, req, m, true), out), nil
+}
+
+func pack(m *mdns.Msg, out []byte) []byte {
+	if m == nil {
+		return nil
+	}
+	b, err := m.PackBuffer(out[len(out):cap(out)])
+	if err != nil {
+		return nil
+	}
+	if len(out) > 0 {
+		return append(out, b...)
+	}
+	return b
+}
+
+// hit answers st from the cache's packed entry when there is one and the reply fits; st.cached
+// tells whether there was one at all.
+func (h *Handler) hit(q *queryState, req *mdns.Msg, st *resolveStep, pkt, out []byte) ([]byte, bool) {
+	var opt []byte
+	if req.IsEdns0() != nil {
+		opt = packedOPT[b2i(st.do)]
+	}
+	full, rrs, ok := h.Cache.hitWire(st.k, pkt, req.AuthenticatedData || st.do, opt, out)
+	if !ok {
+		return out, false
+	}
+	st.cached = true
+	b := full[len(out):]
+	if len(b) > udpSize(req) {
+		return out, false
+	}
+	q.ev.Resolution = FromCache
+	h.Stats.add(cntCacheHit)
+	q.ev.Rcode = int(b[3] & rcodeMask)
+	if h.Names != nil && q.ev.Rcode == mdns.RcodeSuccess {
+		for _, rr := range rrs {
+			if rr.addr == 0 {
+				continue
+			}
+			ip, _ := netip.AddrFromSlice(b[int(rr.end)-int(rr.addr) : rr.end])
+			if ip.IsValid() && !ip.IsUnspecified() {
+				ttl := binary.BigEndian.Uint32(b[rr.ttl:])
+				h.Names.Add(q.client.Addr(), ip, q.ev.Name, time.Duration(ttl)*time.Second)
+			}
+		}
+	}
+	h.observe(q)
+	return full, true
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // reply is an answer to req with rcode, EDNS0 kept when the client used it.
@@ -201,34 +325,44 @@ func (h *Handler) invalid(req *mdns.Msg, ev *Event, rcode int) *mdns.Msg {
 	return m
 }
 
-func (h *Handler) answer(ctx context.Context, client netip.AddrPort, req *mdns.Msg, ev *Event) *mdns.Msg {
+// resolveStep is a query decided and left to resolve through the cache.
+type resolveStep struct {
+	cfg    *handlerConfig
+	ex     Exchanger
+	k      CacheKey
+	do     bool
+	cached bool // the cache had it (AnswerPacket's hit could not use it)
+}
+
+// decide validates req and decides it: either the reply (nil for none), or what to resolve.
+func (h *Handler) decide(ctx context.Context, client netip.AddrPort, req *mdns.Msg, ev *Event) (*mdns.Msg, *resolveStep) {
 	if req.Response {
 		ev.Action = "invalid"
-		return nil
+		return nil, nil
 	}
 	cfg := h.cfg.Load()
 	if req.Opcode != mdns.OpcodeQuery {
-		return h.invalid(req, ev, mdns.RcodeNotImplemented)
+		return h.invalid(req, ev, mdns.RcodeNotImplemented), nil
 	}
 	if len(req.Question) != 1 {
-		return h.invalid(req, ev, mdns.RcodeFormatError)
+		return h.invalid(req, ev, mdns.RcodeFormatError), nil
 	}
 	opt := req.IsEdns0()
 	if opt != nil && opt.Version() != 0 {
-		return h.invalid(req, ev, mdns.RcodeBadVers) // RFC 6891 §6.1.3
+		return h.invalid(req, ev, mdns.RcodeBadVers), nil // RFC 6891 §6.1.3
 	}
 	q := req.Question[0]
 	ev.Name, ev.Type = CanonicalName(q.Name), q.Qtype
 	switch q.Qclass {
 	case mdns.ClassINET, mdns.ClassANY:
 	default:
-		return h.invalid(req, ev, mdns.RcodeNotImplemented)
+		return h.invalid(req, ev, mdns.RcodeNotImplemented), nil
 	}
 	switch q.Qtype {
 	case mdns.TypeAXFR, mdns.TypeIXFR, mdns.TypeMAILA, mdns.TypeMAILB:
-		return h.invalid(req, ev, mdns.RcodeNotImplemented)
+		return h.invalid(req, ev, mdns.RcodeNotImplemented), nil
 	case mdns.TypeOPT, mdns.TypeTSIG, mdns.TypeTKEY, mdns.TypeNone:
-		return h.invalid(req, ev, mdns.RcodeFormatError)
+		return h.invalid(req, ev, mdns.RcodeFormatError), nil
 	}
 	do := opt != nil && opt.Do()
 	name := ev.Name
@@ -239,7 +373,7 @@ func (h *Handler) answer(ctx context.Context, client netip.AddrPort, req *mdns.M
 	} else if cfg.Policy == nil {
 		ev.Action = "refused"
 		h.Stats.query("", "refused")
-		return reply(req, mdns.RcodeRefused)
+		return reply(req, mdns.RcodeRefused), nil
 	} else {
 		d = cfg.Policy.Decide(ctx, Query{Client: client, Name: name, Type: q.Qtype})
 	}
@@ -247,43 +381,48 @@ func (h *Handler) answer(ctx context.Context, client netip.AddrPort, req *mdns.M
 
 	if d.Action == Block {
 		h.Stats.query(d.Rule, "block")
-		return block(req, cfg.BlockAnswer)
+		return block(req, cfg.BlockAnswer), nil
 	}
 	if q.Qtype == mdns.TypeANY { // RFC 8482 §4.2: one synthesized HINFO
 		ev.Action = "any"
 		h.Stats.query(d.Rule, "any")
 		m := reply(req, mdns.RcodeSuccess)
 		m.Answer = []mdns.RR{&mdns.HINFO{Hdr: mdns.RR_Header{Name: q.Name, Rrtype: mdns.TypeHINFO, Class: mdns.ClassINET, Ttl: anyTTL}, Cpu: "RFC8482"}}
-		return m
+		return m, nil
 	}
 	ex := d.Exchanger
 	if d.Action == Local {
 		ex = cfg.Local
 		if ex == nil {
 			h.Stats.query(d.Rule, "local")
-			return reply(req, mdns.RcodeNameError)
+			return reply(req, mdns.RcodeNameError), nil
 		}
 	} else if d.Action != Resolve {
 		h.Stats.query(d.Rule, "refused")
 		ev.Action = "refused"
-		return reply(req, mdns.RcodeRefused)
+		return reply(req, mdns.RcodeRefused), nil
 	} else if cfg.FakeIP != nil && !cfg.FakeIP.Excluded(name) {
 		if m := fake(req, cfg.FakeIP, name); m != nil {
 			ev.Action = "fake"
 			h.Stats.query(d.Rule, "fake")
-			return m
+			return m, nil
 		}
 	}
 	h.Stats.query(d.Rule, ev.Action)
 	if ex == nil {
 		ev.Err = errors.New("no resolver for this rule")
-		return reply(req, mdns.RcodeServerFailure)
+		return reply(req, mdns.RcodeServerFailure), nil
 	}
 	ev.Upstream = ex.String()
 
-	cd := req.CheckingDisabled
-	k := CacheKey{Way: wayKey(ex), Name: name, Type: q.Qtype, Class: mdns.ClassINET, DO: do, CD: cd}
-	r, res, err := h.Cache.Resolve(ctx, k, h.fetch(cfg.Timeout, ex, name, q.Qtype, do, cd))
+	k := CacheKey{Way: wayKey(ex), Name: name, Type: q.Qtype, Class: mdns.ClassINET, DO: do, CD: req.CheckingDisabled}
+	return nil, &resolveStep{cfg: cfg, ex: ex, k: k, do: do}
+}
+
+// resolve answers st, from the cache or upstream.
+func (h *Handler) resolve(ctx context.Context, req *mdns.Msg, st *resolveStep, ev *Event) *mdns.Msg {
+	k := st.k
+	r, res, err := h.Cache.Resolve(ctx, k, h.fetch(st.cfg.Timeout, st.ex, k.Name, k.Type, k.DO, k.CD))
 	ev.Resolution = res
 	switch res {
 	case FromCache:
@@ -297,7 +436,7 @@ func (h *Handler) answer(ctx context.Context, client netip.AddrPort, req *mdns.M
 		ev.Err = err
 		return reply(req, mdns.RcodeServerFailure)
 	}
-	return fromUpstream(req, r, do)
+	return fromUpstream(req, r, k.DO)
 }
 
 // fetch asks ex for name and qtype, bounded by timeout: the Cache's fetch of one query.

@@ -6,11 +6,14 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"runtime"
 	"sync"
 	"syscall"
 	"time"
 
 	mdns "github.com/miekg/dns"
+	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
 )
 
 // Server serves DNS over UDP and TCP on the addresses given to Serve, and answers queries the
@@ -34,18 +37,24 @@ type Server struct {
 	// OnError, when set, is told of a listener that stopped with an error after Serve.
 	OnError func(addr string, err error)
 
-	now func() time.Time
+	now        func() time.Time
+	maxPending int // maxPending when zero
 
 	once    sync.Once
 	limiter *rateLimiter
 	allow   []netip.Prefix
 
 	mu       sync.Mutex
-	servers  []*mdns.Server
+	servers  []*mdns.Server // TCP
+	udp      []*net.UDPConn
 	addrs    []net.Addr
 	hijacked *mdns.Server
 	conns    *connListener
 	closed   bool
+
+	readers sync.WaitGroup // the UDP readers
+	later   sync.WaitGroup // the UDP queries answered off the readers
+	pending chan struct{}  // a slot per UDP query answered off the readers
 }
 
 // Loopback are the loopback prefixes, always worth allowing.
@@ -54,6 +63,14 @@ var Loopback = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustPa
 // serverUDPSize is the read buffer of a UDP query: queries are small; a larger one is cut and
 // answered FORMERR.
 const serverUDPSize = 4096
+
+// maxPending bounds the UDP queries waiting for upstream at once; past it, new ones that would
+// wait are dropped (counted as overloaded), while cache hits are still answered.
+const maxPending = 4096
+
+// udpReaders is the number of goroutines reading each UDP socket: one processes a query while
+// another waits in the kernel for the next.
+var udpReaders = runtime.GOMAXPROCS(0)
 
 func (s *Server) init() {
 	s.once.Do(func() {
@@ -72,6 +89,10 @@ func (s *Server) init() {
 		if s.allow == nil {
 			s.allow = Loopback
 		}
+		if s.maxPending <= 0 {
+			s.maxPending = maxPending
+		}
+		s.pending = make(chan struct{}, s.maxPending)
 	})
 }
 
@@ -127,16 +148,25 @@ func (s *Server) Serve(addrs ...string) error {
 	}
 	lc := net.ListenConfig{Control: s.Control}
 	var started []*mdns.Server
+	var conns []*net.UDPConn
 	var bound []net.Addr
 	fail := func(err error) error {
 		for _, srv := range started {
 			srv.Shutdown()
+		}
+		for _, c := range conns {
+			c.Close()
 		}
 		return err
 	}
 	for _, addr := range addrs {
 		pc, err := lc.ListenPacket(context.Background(), "udp", addr)
 		if err != nil {
+			return fail(fmt.Errorf("dns listen udp %s: %w", addr, err))
+		}
+		conn := pc.(*net.UDPConn)
+		conns = append(conns, conn)
+		if err := setPacketInfo(conn); err != nil {
 			return fail(fmt.Errorf("dns listen udp %s: %w", addr, err))
 		}
 		// TCP on the port UDP got (":0" in tests picks one port for both).
@@ -147,20 +177,14 @@ func (s *Server) Serve(addrs ...string) error {
 		}
 		ln, err := lc.Listen(context.Background(), "tcp", taddr)
 		if err != nil {
-			pc.Close()
 			return fail(fmt.Errorf("dns listen tcp %s: %w", taddr, err))
 		}
-		for _, srv := range []*mdns.Server{
-			s.newServer(&mdns.Server{PacketConn: pc, Net: "udp"}),
-			s.newServer(&mdns.Server{Listener: ln, Net: "tcp"}),
-		} {
-			if err := s.start(srv, addr); err != nil {
-				pc.Close()
-				ln.Close()
-				return fail(err)
-			}
-			started = append(started, srv)
+		srv := s.newServer(&mdns.Server{Listener: ln, Net: "tcp"})
+		if err := s.start(srv, addr); err != nil {
+			ln.Close()
+			return fail(err)
 		}
+		started = append(started, srv)
 		bound = append(bound, pc.LocalAddr(), ln.Addr())
 	}
 	s.mu.Lock()
@@ -169,7 +193,14 @@ func (s *Server) Serve(addrs ...string) error {
 		return fail(errors.New("dns server: shut down"))
 	}
 	s.servers = append(s.servers, started...)
+	s.udp = append(s.udp, conns...)
 	s.addrs = append(s.addrs, bound...)
+	for i, c := range conns {
+		var once sync.Once
+		for range udpReaders {
+			s.readers.Go(func() { s.readUDP(c, addrs[i], &once) })
+		}
+	}
 	return nil
 }
 
@@ -219,7 +250,7 @@ func (s *Server) Addrs() []net.Addr {
 	return append([]net.Addr(nil), s.addrs...)
 }
 
-// admitReader drops queries from sources not admitted before they are parsed.
+// admitReader drops TCP queries from sources not admitted before they are parsed.
 type admitReader struct {
 	mdns.Reader
 	s *Server
@@ -245,28 +276,6 @@ func (r admitReader) ReadTCP(conn net.Conn, timeout time.Duration) ([]byte, erro
 }
 
 var errSourceNotAllowed = errors.New("dns: source not allowed")
-
-func (r admitReader) ReadUDP(conn *net.UDPConn, timeout time.Duration) ([]byte, *mdns.SessionUDP, error) {
-	for {
-		m, sess, err := r.Reader.ReadUDP(conn, timeout)
-		if err != nil || r.s.admit(addrPortOf(sess.RemoteAddr()).Addr()) {
-			return m, sess, err
-		}
-	}
-}
-
-func (r admitReader) ReadPacketConn(conn net.PacketConn, timeout time.Duration) ([]byte, net.Addr, error) {
-	pr, ok := r.Reader.(mdns.PacketConnReader)
-	if !ok {
-		return nil, nil, errors.New("dns: reader cannot read a PacketConn")
-	}
-	for {
-		m, from, err := pr.ReadPacketConn(conn, timeout)
-		if err != nil || r.s.admit(addrPortOf(from).Addr()) {
-			return m, from, err
-		}
-	}
-}
 
 // ServeConn serves DNS over c, a TCP connection the gateway hijacked (a LAN client's connection
 // to port 53 anywhere), until the client closes it or goes idle; it returns at once. c's
@@ -299,36 +308,149 @@ func (s *Server) ServeConn(c net.Conn) {
 // nil for none (a source not admitted, a response, an unreadable header).
 func (s *Server) HandlePacket(client, dst netip.AddrPort, pkt []byte) []byte {
 	s.init()
+	out, later := s.packet(client, dst, pkt, nil)
+	if later != nil {
+		return later()
+	}
+	return out
+}
+
+// packet is the first look at a UDP query pkt from client to dst: admitted, read, and answered
+// at once when the handler can (a cache hit: see Handler.AnswerPacket), the reply appended to
+// out; or later is the rest of the work, which may wait for upstream and must run off the
+// reading goroutine. Neither: no reply.
+func (s *Server) packet(client, dst netip.AddrPort, pkt, out []byte) ([]byte, func() []byte) {
 	if !s.admit(client.Addr()) {
-		return nil
+		return nil, nil
+	}
+	if len(pkt) < 12 {
+		s.Stats.add(cntMalformed)
+		return nil, nil
 	}
 	req := new(mdns.Msg)
 	err := req.Unpack(pkt)
-	var m *mdns.Msg
 	switch {
-	case len(pkt) < 12 || req.Response:
-		return nil
+	case req.Response:
+		return nil, nil
 	case err != nil, len(req.Question) != 1, len(req.Answer) > 0, len(req.Ns) > 0, len(req.Extra) > 2:
 		if err == nil && req.Opcode != mdns.OpcodeQuery {
 			break // NOTIMP: the handler's to say
 		}
 		// The header was read: FORMERR to it, as the server does.
 		s.Stats.add(cntMalformed)
-		m = new(mdns.Msg)
+		m := new(mdns.Msg)
 		m.SetRcodeFormatError(req)
 		m.Question, m.Answer, m.Ns, m.Extra = nil, nil, nil, nil
 		m.Zero = false
+		return pack(m, out), nil
 	}
-	if m == nil {
+	client = netip.AddrPortFrom(client.Addr().Unmap(), client.Port())
+	if h, ok := s.Handler.(*Handler); ok {
+		return h.AnswerPacket(client, req, pkt, out)
+	}
+	return nil, func() []byte {
 		w := &packetWriter{local: net.UDPAddrFromAddrPort(dst), remote: net.UDPAddrFromAddrPort(client)}
 		s.Handler.ServeDNS(w, req)
 		return w.out
 	}
-	out, err := m.Pack()
-	if err != nil {
+}
+
+// readUDP serves conn (bound to addr) until it is closed: it reads each query, answers it at
+// once when it can, and hands the rest to a goroutine of its own (at most maxPending at once).
+func (s *Server) readUDP(conn *net.UDPConn, addr string, failed *sync.Once) {
+	local := addrPortOf(conn.LocalAddr())
+	wildcard := local.Addr().IsUnspecified()
+	buf := make([]byte, serverUDPSize)
+	out := make([]byte, 0, serverUDPSize)
+	var oob []byte
+	if wildcard {
+		oob = make([]byte, oobSize)
+	}
+	for {
+		n, oobn, _, from, err := conn.ReadMsgUDPAddrPort(buf, oob)
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			if !errors.Is(err, net.ErrClosed) && s.OnError != nil {
+				failed.Do(func() { s.OnError(addr, err) })
+			}
+			return
+		}
+		dst := local
+		if wildcard {
+			dst = packetDst(oob[:oobn], local)
+		}
+		reply, later := s.packet(from, dst, buf[:n], out[:0])
+		if reply != nil {
+			writeUDP(conn, reply, from, dst, wildcard)
+		}
+		if later == nil {
+			continue
+		}
+		select {
+		case s.pending <- struct{}{}:
+		default:
+			s.Stats.add(cntOverloaded)
+			continue
+		}
+		buf = make([]byte, serverUDPSize) // the query read may still point into it
+		s.later.Go(func() {
+			defer func() { <-s.pending }()
+			if reply := later(); reply != nil {
+				writeUDP(conn, reply, from, dst, wildcard)
+			}
+		})
+	}
+}
+
+// oobSize holds an IPv4 or IPv6 packet-info control message.
+var oobSize = max(len(ipv4.NewControlMessage(ipv4.FlagDst|ipv4.FlagInterface)), len(ipv6.NewControlMessage(ipv6.FlagDst|ipv6.FlagInterface)))
+
+// setPacketInfo asks the kernel, on a socket bound to the unspecified address, for the address
+// each datagram was sent to (IP_PKTINFO, IPV6_RECVPKTINFO), so that the reply comes from it.
+func setPacketInfo(conn *net.UDPConn) error {
+	if !addrPortOf(conn.LocalAddr()).Addr().IsUnspecified() {
 		return nil
 	}
-	return out
+	err4 := ipv4.NewPacketConn(conn).SetControlMessage(ipv4.FlagDst|ipv4.FlagInterface, true)
+	err6 := ipv6.NewPacketConn(conn).SetControlMessage(ipv6.FlagDst|ipv6.FlagInterface, true)
+	if err4 != nil && err6 != nil {
+		return fmt.Errorf("packet info: %w", errors.Join(err4, err6))
+	}
+	return nil
+}
+
+// packetDst is the address a datagram was sent to, from its control messages; local when they
+// do not say.
+func packetDst(oob []byte, local netip.AddrPort) netip.AddrPort {
+	var cm6 ipv6.ControlMessage
+	if cm6.Parse(oob) == nil && cm6.Dst != nil {
+		if a, ok := netip.AddrFromSlice(cm6.Dst); ok {
+			return netip.AddrPortFrom(a.Unmap(), local.Port())
+		}
+	}
+	var cm4 ipv4.ControlMessage
+	if cm4.Parse(oob) == nil && cm4.Dst != nil {
+		if a, ok := netip.AddrFromSlice(cm4.Dst); ok {
+			return netip.AddrPortFrom(a.Unmap(), local.Port())
+		}
+	}
+	return local
+}
+
+// writeUDP sends reply to the client, from the address it asked (on a wildcard socket).
+func writeUDP(conn *net.UDPConn, reply []byte, to, from netip.AddrPort, wildcard bool) {
+	var oob []byte
+	if wildcard && !from.Addr().IsUnspecified() {
+		if a := from.Addr(); a.Is4() {
+			oob = (&ipv4.ControlMessage{Src: a.AsSlice()}).Marshal()
+		} else {
+			oob = (&ipv6.ControlMessage{Src: a.AsSlice()}).Marshal()
+		}
+	}
+	conn.WriteMsgUDPAddrPort(reply, oob, to)
 }
 
 // packetWriter captures the reply of a hijacked UDP query.
@@ -359,17 +481,33 @@ func (w *packetWriter) Hijack()             {}
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.closed = true
-	servers := s.servers
+	servers, udp := s.servers, s.udp
 	if s.hijacked != nil {
 		servers = append(servers, s.hijacked)
 	}
-	s.servers, s.hijacked = nil, nil
+	s.servers, s.hijacked, s.udp = nil, nil, nil
 	s.mu.Unlock()
 	var errs []error
+	for _, c := range udp {
+		if err := c.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	for _, srv := range servers {
 		if err := srv.ShutdownContext(ctx); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	done := make(chan struct{})
+	go func() {
+		s.readers.Wait()
+		s.later.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		errs = append(errs, fmt.Errorf("dns udp queries in progress: %w", ctx.Err()))
 	}
 	return errors.Join(errs...)
 }

@@ -12,7 +12,7 @@ import (
 type Stats struct {
 	cacheHits, cacheMisses, coalesced atomic.Uint64
 	rateLimited, refusedSource        atomic.Uint64
-	malformed, garbage                atomic.Uint64
+	malformed, garbage, overloaded    atomic.Uint64
 
 	mu       sync.Mutex
 	queries  map[QueryCountKey]uint64
@@ -55,6 +55,7 @@ type StatsSnapshot struct {
 	RateLimited    uint64            // queries dropped: their source was over its rate
 	RefusedSource  uint64            // queries dropped: their source is not allowed
 	Malformed      uint64            // queries that could not be parsed or were invalid (FORMERR, NOTIMP)
+	Overloaded     uint64            // UDP queries dropped: maxPending were already waiting for upstream
 	Latency        []Histogram       // successful upstream exchanges, by exchanger
 }
 
@@ -110,6 +111,7 @@ const (
 	cntRateLimited
 	cntRefusedSource
 	cntMalformed
+	cntOverloaded
 )
 
 func (s *Stats) add(c counter) {
@@ -129,6 +131,8 @@ func (s *Stats) add(c counter) {
 		s.refusedSource.Add(1)
 	case cntMalformed:
 		s.malformed.Add(1)
+	case cntOverloaded:
+		s.overloaded.Add(1)
 	}
 }
 
@@ -140,7 +144,7 @@ func (s *Stats) Snapshot() StatsSnapshot {
 	snap := StatsSnapshot{
 		CacheHits: s.cacheHits.Load(), CacheMisses: s.cacheMisses.Load(), Coalesced: s.coalesced.Load(),
 		RateLimited: s.rateLimited.Load(), RefusedSource: s.refusedSource.Load(),
-		Malformed: s.malformed.Load(), Garbage: s.garbage.Load(),
+		Malformed: s.malformed.Load(), Garbage: s.garbage.Load(), Overloaded: s.overloaded.Load(),
 		Queries: map[QueryCountKey]uint64{}, UpstreamErrors: map[string]uint64{},
 	}
 	s.mu.Lock()

@@ -82,10 +82,12 @@ func (rt *running) newDNS(cfg *configs.Config) (*dnsService, error) {
 	d := cfg.DNS
 	s := &dnsService{
 		log: rt.log, g: rt.g, direct: rt.direct(), stats: &dns.Stats{},
-		cache: dns.NewCache(d.Cache.Entries, d.Cache.MiB<<20),
 		names: dns.NewNames(d.Names.Entries, time.Duration(d.Names.Grace)),
 		stop:  make(chan struct{}),
 	}
+	if d.Cache.Entries > 0 && d.Cache.MiB > 0 {
+		s.cache = dns.NewCache(d.Cache.Entries, d.Cache.MiB<<20)
+	} // else no cache: every query is asked (a nil *dns.Cache caches nothing)
 	if d.FakeIP.Enabled {
 		fake, err := dns.NewFakeIP(dns.FakeIPConfig{Range4: d.FakeIP.Range4, Range6: d.FakeIP.Range6, Exclude: d.FakeIP.Exclude})
 		if err != nil {
@@ -557,7 +559,7 @@ func (s *dnsService) snapshot() *admin.DNSStats {
 	out := &admin.DNSStats{
 		CacheHits: st.CacheHits, CacheMisses: st.CacheMisses, Coalesced: st.Coalesced,
 		UpstreamErrors: st.UpstreamErrors, RateLimited: st.RateLimited, RefusedSource: st.RefusedSource,
-		Malformed: st.Malformed, CacheEntries: s.cache.Len(), CacheBytes: s.cache.Bytes(), Mappings: s.names.Len(),
+		Malformed: st.Malformed, Overloaded: st.Overloaded, CacheEntries: s.cache.Len(), CacheBytes: s.cache.Bytes(), Mappings: s.names.Len(),
 	}
 	if s.fake != nil {
 		out.FakeIPs = s.fake.Len()
