@@ -23,6 +23,7 @@ have dnsmasq   || need+=(dnsmasq-base) # the binary only: no system service
 have dnsdist   || need+=(dnsdist)      # DoT and DoH in front of dnsmasq (DNS tests)
 have kdig      || need+=(knot-dnsutils) # DNS client with +tls and +https
 have sysctl    || need+=(procps)
+have ping      || need+=(iputils-ping) # the leak test: ICMP is routed, not proxied
 { have setpriv && have prlimit && have unshare; } || need+=(util-linux)
 # make bench
 have redsocks  || need+=(redsocks)
