@@ -544,7 +544,15 @@ func (g *Gateway) resolveName(ctx context.Context, f route.Flow, d route.Decisio
 // (the direct resolvers and the cache the LAN's queries share) rather than the system's.
 func (rt *running) resolveWithDNS(r route.Router) {
 	rr, ok := r.(*route.RuleRouter)
-	if !ok || rt.dns == nil {
+	if !ok {
+		return
+	}
+	if rt.dns == nil {
+		// The system's resolver, over marked sockets (upstream.Direct.Resolver).
+		res := rt.direct().Resolver()
+		rr.Resolve = func(ctx context.Context, host string) ([]netip.Addr, error) {
+			return res.LookupNetIP(ctx, "ip", host)
+		}
 		return
 	}
 	s := rt.dns

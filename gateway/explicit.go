@@ -356,7 +356,7 @@ func (u *explicitUDP) resolve(host string) (netip.Addr, error) {
 	}
 	ctx, cancel := context.WithTimeout(u.ctx, u.dialTimeout())
 	defer cancel()
-	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+	ips, err := u.g.resolver().LookupNetIP(ctx, "ip", host)
 	if err != nil {
 		return netip.Addr{}, fmt.Errorf("resolve %s: %w", host, err)
 	}

@@ -38,6 +38,7 @@ type Gateway struct {
 	UDPFallback upstream.Upstream  // UDP routed to an upstream without UDP goes here; nil: dropped
 	Stats       Stats              // counters for the admin endpoint (stats.go); the zero value counts
 	Own         *upstream.OwnConns // socksgate's own live dials; one accepted from them is a loop. nil: none known
+	Resolver    *net.Resolver      // socksgate's own lookups (marked sockets); nil: the system's default
 	fds         *fdBudget          // descriptors flows may hold (fdbudget.go); nil: no bound
 
 	health   atomic.Pointer[groupHealth] // upstreams in force, for health reporting
@@ -301,6 +302,14 @@ func (g *Gateway) router() route.Router {
 		return b.Router
 	}
 	return g.Router
+}
+
+// resolver is the resolver for socksgate's own lookups.
+func (g *Gateway) resolver() *net.Resolver {
+	if g.Resolver != nil {
+		return g.Resolver
+	}
+	return net.DefaultResolver
 }
 
 // SetRouter switches the router for every flow routed from now on; live flows keep the

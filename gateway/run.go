@@ -49,6 +49,7 @@ func Run(ctx context.Context, cfg *configs.Config, log *logrus.Logger, reload <-
 		MaxFlows:    cfg.Limits.MaxFlows,
 		MaxPerSrc:   cfg.Limits.MaxFlowsPerSource,
 		Own:         rt.own,
+		Resolver:    rt.direct().Resolver(),
 	}
 	g.fds = newFDBudget(nofile)
 	relay.SetDescriptorBudget(g.fds.pipes())
@@ -96,8 +97,8 @@ func Run(ctx context.Context, cfg *configs.Config, log *logrus.Logger, reload <-
 		if rt.dns, err = rt.newDNS(cfg); err != nil {
 			return err
 		}
-		rt.resolveWithDNS(g.Router)
 	}
+	rt.resolveWithDNS(g.Router)
 	if rt.admin, err = rt.startAdmin(cfg.Admin); err != nil {
 		return err
 	}
@@ -332,9 +333,7 @@ func (rt *running) reload(next *configs.Config) {
 	applied := *next
 	changed := []string{"upstreams, groups and rules"}
 	var dnsRestart []string
-	if rt.dns != nil {
-		rt.resolveWithDNS(r.router)
-	}
+	rt.resolveWithDNS(r.router)
 	rt.useRouting(next, r)
 	switch {
 	case rt.dns != nil && next.DNS.On():

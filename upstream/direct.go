@@ -27,7 +27,20 @@ var KeepAlive = net.KeepAliveConfig{Enable: true, Idle: -1, Interval: -1, Count:
 
 // dialer is the bottom of every dial path: plain TCP with socksgate's mark and keepalive.
 func (d Direct) dialer() *net.Dialer {
-	return &net.Dialer{Control: d.Control, KeepAliveConfig: KeepAlive}
+	return &net.Dialer{Control: d.Control, KeepAliveConfig: KeepAlive, Resolver: d.Resolver()}
+}
+
+// Resolver is the system's resolver (resolv.conf) asking over socksgate's marked sockets, so
+// that the lookups socksgate makes itself (a name dialled direct, a name an address rule has to
+// decide) are never captured as the router's own traffic (router.capture). Nil Control: the
+// default resolver.
+func (d Direct) Resolver() *net.Resolver {
+	if d.Control == nil {
+		return net.DefaultResolver
+	}
+	return &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, address string) (net.Conn, error) {
+		return (&net.Dialer{Control: d.Control}).DialContext(ctx, network, address)
+	}}
 }
 
 // DialContext connects to address directly.

@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"runtime"
+	"syscall"
 	"testing"
 	"time"
 
@@ -161,5 +162,30 @@ func TestOwnConnsKnowsHandshakesInFlight(t *testing.T) {
 	none.Handshake("x", "y")()
 	if none.ComesBack(proxy, "y") {
 		t.Fatal("a nil set knows something")
+	}
+}
+
+// socksgate's own lookups go over marked sockets: the resolver Direct gives dials with its
+// Control (router.capture would otherwise take each lookup for the router's own traffic).
+func TestDirectResolverMarksItsSockets(t *testing.T) {
+	marked := 0
+	d := Direct{Control: func(network, address string, c syscall.RawConn) error { marked++; return nil }}
+	r := d.Resolver()
+	if r == net.DefaultResolver || r.Dial == nil || !r.PreferGo {
+		t.Fatal("no resolver of its own")
+	}
+	c, err := r.Dial(context.Background(), "udp", "127.0.0.1:53")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if marked != 1 {
+		t.Fatalf("the resolver's socket went through Control %d times, want 1", marked)
+	}
+	if d.dialer().Resolver != nil && d.dialer().Resolver.Dial == nil {
+		t.Fatal("direct dials by name resolve with the default resolver")
+	}
+	if (Direct{}).Resolver() != net.DefaultResolver {
+		t.Fatal("no Control: want the default resolver")
 	}
 }
