@@ -498,13 +498,14 @@ func (t *UDPTable) open(s *udpSession, o *udpOutbound, open func(context.Context
 		}
 		return
 	}
+	// The datagrams queued while it opened go first, with the lock held: one the listener reads
+	// meanwhile sees the conn only after them, and cannot overtake them.
 	o.conn = c
-	pending := o.pending
-	o.pending = nil
-	s.mu.Unlock()
-	for _, p := range pending {
+	for _, p := range o.pending {
 		t.send(s, c, p.b, p.dst)
 	}
+	o.pending = nil
+	s.mu.Unlock()
 	t.relayReplies(s, c)
 }
 

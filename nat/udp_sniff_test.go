@@ -2,6 +2,7 @@ package nat
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"strings"
 	"sync"
@@ -133,5 +134,40 @@ func TestUDPTableHeldDroppedAtEnd(t *testing.T) {
 	}
 	if len(routed()) != 0 || len(conn.sentStrings()) != 0 {
 		t.Fatalf("routed %v, sent %v after the end", routed(), conn.sentStrings())
+	}
+}
+
+// Datagrams queued while a way out opens go out before any read after it opened: the
+// listener must not overtake them (order within one destination is what a client sent).
+func TestUDPTableQueuedDatagramsKeepTheirPlace(t *testing.T) {
+	for round := range 200 {
+		conn := newFakeConn(false)
+		opened := make(chan struct{})
+		tbl := &UDPTable{
+			Route: func(src, dst netip.AddrPort, name string) UDPRoute {
+				return UDPRoute{Outbound: "up", Open: func(context.Context, netip.AddrPort) (UDPConn, error) {
+					<-opened
+					return conn, nil
+				}}
+			},
+			OpenReply: (&replies{}).openReply,
+		}
+		var want []string
+		for i := range 8 {
+			b := fmt.Sprint("q", i)
+			want = append(want, b)
+			tbl.Handle([]byte(b), client1, remoteA)
+		}
+		close(opened)
+		for i := range 8 {
+			b := fmt.Sprint("n", i)
+			want = append(want, b)
+			tbl.Handle([]byte(b), client1, remoteA)
+		}
+		waitUntil(t, "all sent", func() bool { return len(conn.sentStrings()) == len(want) })
+		if got := strings.Join(conn.sentStrings(), " "); got != strings.Join(want, " ") {
+			t.Fatalf("round %d: sent %s, want %s", round, got, strings.Join(want, " "))
+		}
+		tbl.Close()
 	}
 }
