@@ -3,6 +3,7 @@ package gateway
 import (
 	"cmp"
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -42,6 +43,7 @@ type dnsService struct {
 	names   *dns.Names
 	fake    *dns.FakeIP // nil: real-IP mode
 	state   *state.Dir  // nil: nothing persists (the directory could not be opened)
+	saved   [32]byte    // SHA-256 of the fake-ip pool as last written
 	cfg     configs.DNS // in force
 
 	mu   sync.Mutex
@@ -447,9 +449,18 @@ func (s *dnsService) saveState() {
 	if s.fake == nil || s.state == nil {
 		return
 	}
-	if err := s.fake.Save(s.state); err != nil {
-		s.log.WithError(err).Warn("fake-ip pool not saved")
+	b, err := s.fake.MarshalBinary()
+	if err == nil {
+		sum := sha256.Sum256(b)
+		if sum == s.saved {
+			return // unchanged since the last save: no write (a router's flash)
+		}
+		if err = s.state.WriteFile(dns.StateFile, b); err == nil {
+			s.saved = sum
+			return
+		}
 	}
+	s.log.WithError(err).Warn("fake-ip pool not saved")
 }
 
 // housekeeping sweeps expired real-IP mappings and saves the fake-ip pool, every minute.

@@ -3,12 +3,17 @@ package gateway
 import (
 	"context"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/sirupsen/logrus"
 	"github.com/socksgate/socksgate/configs"
 	"github.com/socksgate/socksgate/dns"
+	"github.com/socksgate/socksgate/internal/state"
 	"github.com/socksgate/socksgate/route"
 	"github.com/socksgate/socksgate/upstream"
 )
@@ -146,5 +151,37 @@ func BenchmarkNameFlow(b *testing.B) {
 		if f.Host == "" {
 			b.Fatal("no name")
 		}
+	}
+}
+
+// The fake-ip pool is written when it changed, not every minute: a router's flash.
+func TestFakeIPStateWrittenOnlyWhenChanged(t *testing.T) {
+	st, err := state.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	fake, err := dns.NewFakeIP(dns.FakeIPConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fake.Addrs("a.example")
+	s := &dnsService{fake: fake, state: st, log: logrus.New()}
+	inode := func() uint64 {
+		fi, err := os.Stat(filepath.Join(st.Path(), dns.StateFile))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fi.Sys().(*syscall.Stat_t).Ino
+	}
+	s.saveState()
+	first := inode()
+	s.saveState()
+	if inode() != first {
+		t.Fatal("an unchanged pool was written again")
+	}
+	fake.Addrs("b.example")
+	s.saveState()
+	if inode() == first {
+		t.Fatal("a changed pool was not written")
 	}
 }
