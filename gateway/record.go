@@ -105,10 +105,10 @@ func (g *Gateway) begin(f route.Flow, client net.Conn) (*liveFlow, error) {
 // comesBack reports whether f is one of socksgate's own requests to an upstream proxy come back
 // (upstream.OwnConns.ComesBack), by the destination as asked or as an address.
 func (g *Gateway) comesBack(f route.Flow) bool {
-	if g.Own == nil {
+	src := f.Src.Addr()
+	if !g.Own.Handshaking(src) { // a new flow's usual answer: no lock, no string built
 		return false
 	}
-	src := f.Src.Addr()
 	if g.Own.ComesBack(src, f.Address()) {
 		return true
 	}

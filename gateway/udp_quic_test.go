@@ -5,8 +5,6 @@ import (
 	"errors"
 	"net"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -53,21 +51,6 @@ func (s *recordingSink) received() [][]byte {
 	return append([][]byte(nil), s.got...)
 }
 
-// chromiumInitials are the first two datagrams of a real Chromium 156 QUIC connection to
-// quic.socksgate.test (its ClientHello, with an ML-KEM key share, spans both).
-func chromiumInitials(t *testing.T) [][]byte {
-	t.Helper()
-	var out [][]byte
-	for _, f := range []string{"datagram-0", "datagram-1"} {
-		b, err := os.ReadFile(filepath.Join("..", "sniff", "testdata", "quic", "chromium-156-mlkem", f))
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, b)
-	}
-	return out
-}
-
 // quicInbound is a transparent UDP inbound whose router sends flows named
 // quic.socksgate.test by sniffing through byName and everything else through other, and
 // records each flow it was asked about.
@@ -101,7 +84,7 @@ func quicInbound(t *testing.T, sniffPort uint16, mode configs.QUICMode) (*udpInb
 func TestTransparentUDPRoutesQUICByName(t *testing.T) {
 	sink := newRecordingSink(t)
 	in, _, _, flows := quicInbound(t, sink.addr.Port(), configs.QUICSniff)
-	dgs := chromiumInitials(t)
+	dgs := testutil.ChromiumQUICInitials(t)
 	client := netip.MustParseAddrPort("10.0.1.2:5000")
 	in.table.Handle(dgs[0], client, sink.addr)
 	if len(flows()) != 0 {
@@ -136,7 +119,7 @@ func TestTransparentUDPNeverHoldsNonQUIC(t *testing.T) {
 	testutil.WaitUntil(t, "the datagram at the sink", func() bool { return len(sink.received()) == 1 })
 
 	other := newRecordingSink(t) // not a sniff port
-	in.table.Handle(chromiumInitials(t)[0], netip.MustParseAddrPort("10.0.1.3:5000"), other.addr)
+	in.table.Handle(testutil.ChromiumQUICInitials(t)[0], netip.MustParseAddrPort("10.0.1.3:5000"), other.addr)
 	testutil.WaitUntil(t, "the Initial at the other sink", func() bool { return len(other.received()) == 1 })
 	for _, f := range flows() {
 		if f.Host != "" {

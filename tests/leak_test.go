@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/socksgate/socksgate/internal/testutil"
 	"github.com/socksgate/socksgate/tests/netlab"
 )
 
@@ -213,7 +214,7 @@ func TestLeak(t *testing.T) {
 	serveTLS(t, tp, "wan.test")
 	dnsStartOrigin(t, tp)
 	udpEcho(t, tp, 123)
-	lab := &leakLab{tp: tp, quicHits: udpEcho(t, tp, 443), quicDgrams: quicInitials(t)}
+	lab := &leakLab{tp: tp, quicHits: udpEcho(t, tp, 443), quicDgrams: testutil.ChromiumQUICInitials(t)}
 	startDante(t, tp, danteOptions{})
 	watch := leakWatchStart(t, tp)
 

@@ -5,32 +5,15 @@ package tests
 import (
 	"net"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/socksgate/socksgate/internal/testutil"
 	"github.com/socksgate/socksgate/tests/netlab"
 )
 
 // quicName is the server name in the Chromium capture replayed below.
 const quicName = "quic.socksgate.test"
-
-// quicInitials are the first two datagrams of a real Chromium 156 QUIC connection to
-// quic.socksgate.test: its ClientHello, with an X25519MLKEM768 key share, spans both
-// (sniff/testdata/quic/README.md says how they were captured).
-func quicInitials(t *testing.T) [][]byte {
-	t.Helper()
-	var out [][]byte
-	for _, f := range []string{"datagram-0", "datagram-1"} {
-		b, err := os.ReadFile(filepath.Join("..", "sniff", "testdata", "quic", "chromium-156-mlkem", f))
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, b)
-	}
-	return out
-}
 
 // quicConfig: UDP capture, sniffing on 443, a name rule through dante and a catch-all that
 // blocks: only the QUIC server name can let the datagrams through.
@@ -47,7 +30,7 @@ func quicConfig(mode string) string {
 // dante; the session line shows the rule and the name. With transparent.quic: block the same
 // datagrams are dropped.
 func TestQUICRoutedByInitialServerName(t *testing.T) {
-	dgs := quicInitials(t)
+	dgs := testutil.ChromiumQUICInitials(t)
 	for _, tc := range []struct{ mode, wan string }{{"sniff", netlab.WAN4}, {"sniff", netlab.WAN6}, {"block", netlab.WAN4}} {
 		t.Run(tc.mode+" "+tc.wan, func(t *testing.T) {
 			tp := netlab.NewTopology(t)

@@ -31,8 +31,10 @@ type OwnConns struct {
 	mu               sync.Mutex
 	ended            chan struct{} // closed (and dropped) when a dial ends while someone waits
 
-	hmu        sync.Mutex
+	hmu        sync.RWMutex
 	handshakes map[handshakeKey]int // proxy handshakes in flight (Handshake)
+	proxies    map[netip.Addr]int   // the proxies of those handshakes
+	inFlight   atomic.Int32         // handshakes recorded: none, no lock on a new flow
 }
 
 const ownShards = 32
@@ -194,44 +196,68 @@ func (c *ownConn) NetConn() net.Conn { return c.TCPConn }
 // handshakes read and write it with raw calls.
 func (c *ownConn) TCPSocket() *net.TCPConn { return c.TCPConn }
 
-// A handshake in flight: socksgate is asking proxy (by the host it was configured with) to
-// connect to dest. A connection that a proxy makes back to socksgate, asking for that same
-// destination while socksgate still waits for that proxy's answer, is the request itself come
-// back: a chain through a proxy (a SOCKS one carries no Via) that leads to socksgate again.
-type handshakeKey struct{ proxy, dest string }
+// A handshake in flight: socksgate is asking proxy (by its address) to connect to dest. A
+// connection that a proxy makes back to socksgate, asking for that same destination while
+// socksgate still waits for that proxy's answer, is the request itself come back: a chain
+// through a proxy (a SOCKS one carries no Via) that leads to socksgate again.
+type handshakeKey struct {
+	proxy netip.Addr
+	dest  string
+}
 
-// Handshake records that socksgate is asking proxy (a host: address or name) for dest, until
-// the returned func is called. A nil set records nothing.
-func (o *OwnConns) Handshake(proxy, dest string) (done func()) {
-	if o == nil {
-		return func() {}
+// Handshake records that socksgate is asking proxy for dest, until HandshakeDone. A proxy
+// configured by name is not recorded (what comes back comes from an address), nor is anything
+// in a nil set.
+func (o *OwnConns) Handshake(proxy netip.Addr, dest string) {
+	if o == nil || !proxy.IsValid() {
+		return
 	}
-	k := handshakeKey{proxy, dest}
 	o.hmu.Lock()
 	if o.handshakes == nil {
 		o.handshakes = map[handshakeKey]int{}
+		o.proxies = map[netip.Addr]int{}
 	}
-	o.handshakes[k]++
+	o.handshakes[handshakeKey{proxy, dest}]++
+	o.proxies[proxy]++
+	o.inFlight.Add(1)
 	o.hmu.Unlock()
-	return func() {
-		o.hmu.Lock()
-		if o.handshakes[k]--; o.handshakes[k] <= 0 {
-			delete(o.handshakes, k)
-		}
-		o.hmu.Unlock()
+}
+
+// HandshakeDone ends what Handshake recorded.
+func (o *OwnConns) HandshakeDone(proxy netip.Addr, dest string) {
+	if o == nil || !proxy.IsValid() {
+		return
 	}
+	k := handshakeKey{proxy, dest}
+	o.hmu.Lock()
+	if o.handshakes[k]--; o.handshakes[k] <= 0 {
+		delete(o.handshakes, k)
+	}
+	if o.proxies[proxy]--; o.proxies[proxy] <= 0 {
+		delete(o.proxies, proxy)
+	}
+	o.inFlight.Add(-1)
+	o.hmu.Unlock()
+}
+
+// Handshaking reports whether socksgate is in a handshake with a proxy at src: the cheap test
+// a new flow takes first (no lock while no handshake is in flight), before ComesBack.
+func (o *OwnConns) Handshaking(src netip.Addr) bool {
+	if o == nil || o.inFlight.Load() == 0 {
+		return false
+	}
+	o.hmu.RLock()
+	defer o.hmu.RUnlock()
+	return o.proxies[src.Unmap().WithZone("")] > 0
 }
 
 // ComesBack reports whether a flow from src asking for dest is one of socksgate's own requests
 // to a proxy come back: src is a proxy socksgate is asking for dest at this moment.
 func (o *OwnConns) ComesBack(src netip.Addr, dest string) bool {
-	if o == nil || !src.IsValid() {
+	if o == nil || o.inFlight.Load() == 0 {
 		return false
 	}
-	o.hmu.Lock()
-	defer o.hmu.Unlock()
-	if len(o.handshakes) == 0 {
-		return false
-	}
-	return o.handshakes[handshakeKey{src.Unmap().WithZone("").String(), dest}] > 0
+	o.hmu.RLock()
+	defer o.hmu.RUnlock()
+	return o.handshakes[handshakeKey{src.Unmap().WithZone(""), dest}] > 0
 }

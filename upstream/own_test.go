@@ -147,20 +147,27 @@ var _ rawio.Socket = (*ownConn)(nil)
 func TestOwnConnsKnowsHandshakesInFlight(t *testing.T) {
 	var o OwnConns
 	proxy, lan := netip.MustParseAddr("10.0.2.2"), netip.MustParseAddr("10.0.1.2")
-	done := o.Handshake("10.0.2.2", "203.0.113.10:80")
+	if o.Handshaking(proxy) {
+		t.Fatal("a handshake before any")
+	}
+	o.Handshake(proxy, "203.0.113.10:80")
+	if !o.Handshaking(netip.MustParseAddr("::ffff:10.0.2.2")) || o.Handshaking(lan) {
+		t.Fatal("Handshaking does not know the proxy alone")
+	}
 	if !o.ComesBack(proxy, "203.0.113.10:80") || !o.ComesBack(netip.MustParseAddr("::ffff:10.0.2.2"), "203.0.113.10:80") {
 		t.Fatal("the proxy asking for the destination in flight was not known as a loop")
 	}
 	if o.ComesBack(lan, "203.0.113.10:80") || o.ComesBack(proxy, "203.0.113.10:443") {
 		t.Fatal("another client, or another destination, was taken for a loop")
 	}
-	done()
-	if o.ComesBack(proxy, "203.0.113.10:80") {
+	o.HandshakeDone(proxy, "203.0.113.10:80")
+	if o.ComesBack(proxy, "203.0.113.10:80") || o.Handshaking(proxy) {
 		t.Fatal("a handshake that ended is still in flight")
 	}
 	var none *OwnConns
-	none.Handshake("x", "y")()
-	if none.ComesBack(proxy, "y") {
+	none.Handshake(proxy, "y")
+	none.HandshakeDone(proxy, "y")
+	if none.ComesBack(proxy, "y") || none.Handshaking(proxy) {
 		t.Fatal("a nil set knows something")
 	}
 }

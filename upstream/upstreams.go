@@ -191,8 +191,8 @@ type socksUpstream struct {
 	// (a request for 0.0.0.0:0, which it can only refuse) within a few round trips. retry is
 	// how long a probe that could not reach the proxy waits to be repeated.
 	probeTimeout, retry time.Duration
-	own                 *OwnConns // handshakes in flight, for loop detection; nil: none kept
-	host                string    // the proxy's host, as OwnConns.Handshake keys it
+	own                 *OwnConns  // handshakes in flight, for loop detection; nil: none kept
+	host                netip.Addr // the proxy's address (none for a name), as OwnConns.Handshake keys it
 }
 
 // Pipelining states of a socksUpstream.
@@ -207,7 +207,8 @@ const (
 const pipelineProbeTimeout, pipelineRetry = 3 * time.Second, 30 * time.Second
 
 func (s *socksUpstream) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
-	defer s.own.Handshake(s.host, address)()
+	s.own.Handshake(s.host, address)
+	defer s.own.HandshakeDone(s.host, address)
 	if s.dp != nil {
 		switch s.pipeline.Load() {
 		case pipelineYes:
@@ -276,13 +277,14 @@ func (s *socksUpstream) probeProxy(ctx context.Context) error {
 // httpUpstream adapts httpproxy.Dialer (HTTP CONNECT) to Upstream. CONNECT carries no UDP.
 type httpUpstream struct {
 	d    *httpproxy.Dialer
-	name string    // d.String(), built once
-	own  *OwnConns // handshakes in flight, for loop detection; nil: none kept
-	host string    // the proxy's host, as OwnConns.Handshake keys it
+	name string     // d.String(), built once
+	own  *OwnConns  // handshakes in flight, for loop detection; nil: none kept
+	host netip.Addr // the proxy's address (none for a name), as OwnConns.Handshake keys it
 }
 
 func (h *httpUpstream) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
-	defer h.own.Handshake(h.host, address)()
+	h.own.Handshake(h.host, address)
+	defer h.own.HandshakeDone(h.host, address)
 	return h.d.DialContext(ctx, network, address)
 }
 
@@ -305,16 +307,14 @@ func probeDial(ctx context.Context, dial func(context.Context, string, string) (
 	return c.Close()
 }
 
-// proxyHost is the host of a proxy's host:port, an address in its canonical form.
-func proxyHost(hostport string) string {
+// proxyHost is the address of a proxy's host:port; none when it is a name.
+func proxyHost(hostport string) netip.Addr {
 	h, _, err := net.SplitHostPort(hostport)
 	if err != nil {
 		h = hostport
 	}
-	if a, err := netip.ParseAddr(h); err == nil {
-		return a.Unmap().WithZone("").String()
-	}
-	return h
+	a, _ := netip.ParseAddr(h)
+	return a.Unmap().WithZone("")
 }
 
 // nameVia is an upstream's name for logs and metrics: its redacted URL, and for a chained one

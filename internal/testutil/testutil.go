@@ -6,6 +6,8 @@ import (
 	"bytes"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -81,4 +83,21 @@ func (s *SyncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// ChromiumQUICInitials are the first two datagrams of a real Chromium 156 QUIC connection to
+// quic.socksgate.test: its ClientHello, with an X25519MLKEM768 key share, spans both
+// (sniff/testdata/quic/README.md says how they were captured). It is called from a package
+// one level below the module's root (gateway, tests).
+func ChromiumQUICInitials(t testing.TB) [][]byte {
+	t.Helper()
+	var out [][]byte
+	for _, f := range []string{"datagram-0", "datagram-1"} {
+		b, err := os.ReadFile(filepath.Join("..", "sniff", "testdata", "quic", "chromium-156-mlkem", f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, b)
+	}
+	return out
 }
