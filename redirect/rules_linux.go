@@ -64,6 +64,8 @@ func (r rule) exprs(sets setRefs) []expr.Any {
 			&expr.Immediate{Register: 1, Data: binaryutil.BigEndian.PutUint16(r.port)},
 			&expr.Redir{RegisterProtoMin: 1},
 		}
+	case opDropEcho:
+		return dropEcho(sets.lan, r.family)
 	case opOutMark:
 		return append([]expr.Any{
 			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
@@ -276,4 +278,32 @@ func dropUDP(lan *nftables.Set) []expr.Any {
 // rejectTCP: iifname @lan_ifaces meta l4proto tcp reject with tcp reset
 func rejectTCP(lan *nftables.Set) []expr.Any {
 	return append(fromLAN(lan, protoTCP), &expr.Reject{Type: unix.NFT_REJECT_TCP_RST})
+}
+
+// dropEcho: iifname @lan_ifaces icmp type echo-request drop (family 4), or
+// iifname @lan_ifaces icmpv6 type echo-request drop (family 6). The nfproto
+// match is the dependency nft adds, and hides, for icmp and icmpv6 in an inet
+// table: an IPv6 packet carrying protocol 1 is not ICMP.
+func dropEcho(lan *nftables.Set, family int) []expr.Any {
+	nfproto, proto, echo := byte(unix.NFPROTO_IPV4), byte(unix.IPPROTO_ICMP), byte(8) // ICMP_ECHO
+	if family == 6 {
+		nfproto, proto, echo = unix.NFPROTO_IPV6, unix.IPPROTO_ICMPV6, 128 // ICMPV6_ECHO_REQUEST
+	}
+	return []expr.Any{
+		// iifname @lan_ifaces
+		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+		&expr.Lookup{SourceRegister: 1, SetName: lan.Name, SetID: lan.ID},
+		// meta nfproto ipv4|ipv6
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{nfproto}},
+		// meta l4proto icmp|ipv6-icmp
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
+		// icmp type | icmpv6 type: the first byte of the header
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 1},
+		// echo-request
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{echo}},
+		// drop
+		&expr.Verdict{Kind: expr.VerdictDrop},
+	}
 }

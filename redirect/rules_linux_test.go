@@ -97,6 +97,24 @@ func TestRuleBuilders(t *testing.T) {
 		}, markSet)},
 		{rule{op: opDropUDP}, cat(l4(unix.IPPROTO_UDP), []expr.Any{&expr.Verdict{Kind: expr.VerdictDrop}})},
 		{rule{op: opRejectTCP}, cat(l4(unix.IPPROTO_TCP), []expr.Any{&expr.Reject{Type: unix.NFT_REJECT_TCP_RST}})},
+		{rule{op: opDropEcho, family: 4}, cat(lan, []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}},
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_ICMP}},
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{8}},
+			&expr.Verdict{Kind: expr.VerdictDrop},
+		})},
+		{rule{op: opDropEcho, family: 6}, cat(lan, []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV6}},
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_ICMPV6}},
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{128}},
+			&expr.Verdict{Kind: expr.VerdictDrop},
+		})},
 	} {
 		t.Run(tc.rule.String(), func(t *testing.T) {
 			got := tc.rule.exprs(testSets)

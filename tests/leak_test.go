@@ -19,8 +19,8 @@ import (
 
 // leakProofConfig is the configuration docs/deployment.md ("Leak-proof settings") documents,
 // with the lab's addresses: everything through dante, UDP captured, QUIC routed by its
-// Initials' server name, LAN DNS hijacked and asked through the upstream, the router's own
-// traffic captured, and the rules left in place when socksgate dies. The resolvers are wan's
+// Initials' server name, the LAN's pings dropped, LAN DNS hijacked and asked through the
+// upstream, the router's own traffic captured, and the rules left in place when socksgate dies. The resolvers are wan's
 // dnsmasq (a test never asks the machine's resolver); dns.local and dns.direct are asked
 // direct by design, and the battery asks no local name and no rule sends a name direct.
 func leakProofConfig() string {
@@ -35,6 +35,7 @@ transparent:
   udp_idle: 1s
   udp_without_support: block
   quic: sniff
+  icmp: block
   sniff: {enabled: true, ports: [80, 443]}
 router: {capture: true}
 rules:
@@ -164,10 +165,16 @@ func (l *leakLab) quic(wan string) error {
 	return nil
 }
 
-func (l *leakLab) ping(dst string) error {
-	out, err := l.tp.LAN.Run("ping", "-n", "-c", "1", "-W", "2", dst)
+// ping sends one echo request from ns to dst (ping -4 or -6 by dst's family) and waits 2s for
+// the reply.
+func (l *leakLab) ping(ns *netlab.NS, dst string) error {
+	fam := "-4"
+	if strings.Contains(dst, ":") {
+		fam = "-6"
+	}
+	out, err := ns.Run("ping", fam, "-n", "-c", "1", "-W", "2", dst)
 	if err != nil {
-		return fmt.Errorf("ping %s: %v: %s", dst, err, out)
+		return fmt.Errorf("ping %s %s: %v: %s", fam, dst, err, out)
 	}
 	return nil
 }
@@ -203,8 +210,9 @@ func (l *leakLab) battery() []leakProbe {
 
 // With the documented leak-proof settings, nothing a LAN host or the router sends reaches wan
 // but through the upstream: HTTP and HTTPS over both families from both, DNS to the router and
-// to wan's resolver, QUIC, NTP-like UDP, and after a kill -9 nothing either. ICMP is routed, not
-// proxied: a ping reaches wan directly. Without each setting the counter shows what leaks.
+// to wan's resolver, QUIC, NTP-like UDP, pings over both families (transparent.icmp: block), and
+// after a kill -9 nothing either. Without each setting the counter shows what leaks; ICMP is
+// routed, not proxied, so with icmp: pass a ping reaches wan directly.
 func TestLeak(t *testing.T) {
 	needBin(t, "curl", "dig", "ping")
 	tp := netlab.NewTopology(t)
@@ -229,6 +237,21 @@ func TestLeak(t *testing.T) {
 				t.Fatalf("%s: %d packets reached wan not from the upstream: %s\n%s", p.name, n, what, gw.Output())
 			}
 		}
+		// transparent.icmp: block: the LAN's pings to wan get no answer and never reach it; a
+		// ping to the router itself still does.
+		for _, wan := range []string{netlab.WAN4, netlab.WAN6} {
+			if err := lab.ping(tp.LAN, wan); err == nil {
+				t.Errorf("lan ping %s answered with icmp: block", wan)
+			}
+			if n, what := watch.count(t); n != 0 {
+				t.Fatalf("lan ping %s: %d packets reached wan not from the upstream: %s", wan, n, what)
+			}
+		}
+		for _, router := range []string{netlab.GWLAN4, netlab.GWLAN6} {
+			if err := lab.ping(tp.LAN, router); err != nil {
+				t.Errorf("lan ping to the router: %v", err)
+			}
+		}
 		// on_crash: closed: killed, socksgate leaves its table, and the LAN is cut off, not direct.
 		gw.Kill()
 		if err := lab.curlLAN(urlFor(netlab.WAN4, "/")); err == nil {
@@ -240,7 +263,7 @@ func TestLeak(t *testing.T) {
 		if n, what := watch.count(t); n != 0 {
 			t.Fatalf("after kill -9: %d packets reached wan not from the upstream: %s", n, what)
 		}
-		t.Logf("leak-proof: battery of %d probes and kill -9: 0 packets", len(lab.battery()))
+		t.Logf("leak-proof: battery of %d probes, pings and kill -9: 0 packets", len(lab.battery()))
 	})
 
 	// Each setting off (or a rule against it): the probe it guards reaches wan directly.
@@ -260,8 +283,16 @@ func TestLeak(t *testing.T) {
 			func() error { return lab.dig(tp.LAN, netlab.WAN4) }},
 		{"on_crash open, killed", strings.Replace(proof, "on_crash: closed", "on_crash: open", 1), true,
 			func() error { return lab.curlLAN(urlFor(netlab.WAN4, "/")) }},
-		{"icmp (routed, not proxied)", proof, false,
-			func() error { return lab.ping(netlab.WAN4) }},
+		{"transparent.icmp pass, ping -4", strings.Replace(proof, "icmp: block", "icmp: pass", 1), false,
+			func() error { return lab.ping(tp.LAN, netlab.WAN4) }},
+		{"transparent.icmp pass, ping -6", strings.Replace(proof, "icmp: block", "icmp: pass", 1), false,
+			func() error { return lab.ping(tp.LAN, netlab.WAN6) }},
+		// The router's own pings pass with icmp: block (watchdogs and multi-WAN trackers need
+		// them): the choice, measured.
+		{"icmp block, the router's own ping -4", proof, false,
+			func() error { return lab.ping(tp.GW, netlab.WAN4) }},
+		{"icmp block, the router's own ping -6", proof, false,
+			func() error { return lab.ping(tp.GW, netlab.WAN6) }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			gw := startSocksgate(t, tp.GW, tc.cfg)
