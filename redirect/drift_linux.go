@@ -1,7 +1,6 @@
 package redirect
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"reflect"
@@ -24,8 +23,8 @@ import (
 // tableState is socksgate's table as the kernel lists it: what a drift is measured against.
 type tableState struct {
 	flags  uint32
-	chains []chainState // sorted by name
-	sets   []setState   // sorted by name
+	chains []chainState // in the kernel's order, as are sets and elements: two listings of the
+	sets   []setState   // same table give the same order, so nothing is sorted
 }
 
 type chainState struct {
@@ -38,7 +37,7 @@ type setState struct {
 	name     string
 	keyType  string
 	interval bool
-	elems    []nftables.SetElement // Key, KeyEnd, IntervalEnd only; sorted
+	elems    []nftables.SetElement // Key, KeyEnd, IntervalEnd only
 }
 
 // readTable lists table inet name from the kernel (in netns when non-zero). A missing table is
@@ -87,7 +86,6 @@ func readTable(netns int, name string) (*tableState, error) {
 		}
 		st.chains = append(st.chains, cs)
 	}
-	sortChains(st)
 	sets, err := c.GetSets(t)
 	if err != nil {
 		return nil, fmt.Errorf("list sets of table inet %s: %w", name, err)
@@ -101,21 +99,8 @@ func readTable(netns int, name string) (*tableState, error) {
 		for _, e := range elems {
 			ss.elems = append(ss.elems, nftables.SetElement{Key: e.Key, KeyEnd: e.KeyEnd, IntervalEnd: e.IntervalEnd})
 		}
-		slices.SortFunc(ss.elems, func(a, b nftables.SetElement) int {
-			if c := bytes.Compare(a.Key, b.Key); c != 0 {
-				return c
-			}
-			if a.IntervalEnd != b.IntervalEnd {
-				if a.IntervalEnd {
-					return -1 // an end before a start at the same key: adjacent ranges
-				}
-				return 1
-			}
-			return bytes.Compare(a.KeyEnd, b.KeyEnd)
-		})
 		st.sets = append(st.sets, ss)
 	}
-	slices.SortFunc(st.sets, func(a, b setState) int { return strings.Compare(a.name, b.name) })
 	return st, nil
 }
 
@@ -133,6 +118,7 @@ func drift(have, want *tableState, p tablePlan) string {
 	for _, c := range p.chains {
 		planned = append(planned, c.name)
 	}
+	slices.Sort(names)
 	slices.Sort(planned)
 	if !slices.Equal(names, planned) {
 		return fmt.Sprintf("chains of table inet %s are [%s], want [%s]", p.name, strings.Join(names, " "), strings.Join(planned, " "))
@@ -142,6 +128,9 @@ func drift(have, want *tableState, p tablePlan) string {
 	}
 	if have.flags != want.flags {
 		return fmt.Sprintf("table inet %s flags %#x, want %#x", p.name, have.flags, want.flags)
+	}
+	if len(have.chains) != len(want.chains) {
+		return fmt.Sprintf("table inet %s has %d chains, want %d", p.name, len(have.chains), len(want.chains))
 	}
 	for i, c := range have.chains {
 		w := want.chains[i]
@@ -172,8 +161,4 @@ func drift(have, want *tableState, p tablePlan) string {
 		}
 	}
 	return ""
-}
-
-func sortChains(st *tableState) {
-	slices.SortFunc(st.chains, func(a, b chainState) int { return strings.Compare(a.name, b.name) })
 }

@@ -1,6 +1,7 @@
 package redirect
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
@@ -24,7 +25,7 @@ func TestDrift(t *testing.T) {
 			}
 			st.chains = append(st.chains, cs)
 		}
-		sortChains(st)
+		slices.SortFunc(st.chains, func(a, b chainState) int { return strings.Compare(a.name, b.name) })
 		st.sets = []setState{
 			{name: setBypass4, keyType: "ipv4_addr", interval: true, elems: []nftables.SetElement{{Key: []byte{10, 0, 0, 0}}, {Key: []byte{11, 0, 0, 0}, IntervalEnd: true}}},
 			{name: setLAN, keyType: "ifname", elems: []nftables.SetElement{{Key: []byte("lan0")}}},
