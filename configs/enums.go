@@ -155,10 +155,12 @@ type ICMPMode uint8
 const (
 	// ICMPPass: routed as usual; a ping reaches its destination directly.
 	ICMPPass ICMPMode = iota
-	// ICMPBlock: ICMP echo requests (IPv4) and ICMPv6 echo requests from the LAN
-	// interfaces that the router would forward are dropped in socksgate's table. Every
-	// other ICMP type (errors, packet too big, neighbour discovery, router
-	// advertisements) is left alone.
+	// ICMPBlock: ICMP and ICMPv6 echo requests from the LAN interfaces that the router
+	// would forward are dropped in socksgate's table, and so is destination unreachable
+	// (but for IPv4's fragmentation needed): a LAN host sends it about a datagram
+	// socksgate relayed, toward a remote that never sent it. Packet too big, time
+	// exceeded, parameter problem, neighbour discovery and router advertisements are
+	// left alone.
 	ICMPBlock
 )
 

@@ -35,6 +35,7 @@ const (
 	opOutRedirectTCP               // meta l4proto tcp redirect to :P
 	opOutMark                      // meta l4proto P meta mark set M
 	opDropEcho                     // iifname @lan_ifaces icmp type echo-request drop (icmpv6 for family 6)
+	opDropUnreach                  // iifname @lan_ifaces icmp type destination-unreachable icmp code != frag-needed drop (icmpv6 type destination-unreachable for family 6)
 )
 
 // IP protocol numbers and the address families of a TPROXY rule.
@@ -152,9 +153,19 @@ type tablePlan struct {
 //     is never captured (the LAN's other subnets, private space, what the admin
 //     listed) is reached directly by TCP and UDP too, so a ping there is no leak.
 //     The fake-ip ranges are not in them (Capture): a ping there is dropped.
-//   - Only echo requests (type 8, ICMPv6 128) are matched. Errors, packet too
-//     big (path MTU discovery), neighbour discovery and router advertisements
-//     (which are not forwarded anyway) never are: dropping them breaks the LAN.
+//   - Echo requests (type 8, ICMPv6 128) are dropped, and destination
+//     unreachable (ICMPv6 type 1; IPv4 type 3 but for code 4, fragmentation
+//     needed). A LAN host sends those about a datagram it received: for captured
+//     UDP that is a datagram socksgate relayed from its reply socket (port
+//     unreachable once the client closed its socket, measured in TestLeak with
+//     quic-go's client), and conntrack relates the error to the captured flow,
+//     so nothing tells it from one about a forwarded flow. The remote never sent
+//     that datagram; forwarded, the error would reach it directly from the
+//     router's address. Dropped, an inbound datagram to a closed LAN port looks
+//     filtered instead of refused. Packet too big (ICMPv6 type 2, IPv4 code 4:
+//     path MTU discovery), time exceeded and parameter problem pass, and so do
+//     neighbour discovery and router advertisements, which are link-local and
+//     never forwarded anyway.
 //   - At mangle priority (-150), before a firewall's filter chains (0), so an
 //     accept there (fw4's "lan to wan accept") cannot let them out: a drop in
 //     any base chain is final.
@@ -281,7 +292,8 @@ func (s Spec) plan() tablePlan {
 	}
 	if s.blockICMP() {
 		t.chains = append(t.chains, chainPlan{name: chainFwd, typ: "filter", forward: true, priority: -150,
-			rules: []rule{{op: opBypass4Return}, {op: opBypass6Return}, {op: opDropEcho, family: 4}, {op: opDropEcho, family: 6}}})
+			rules: []rule{{op: opBypass4Return}, {op: opBypass6Return}, {op: opDropEcho, family: 4}, {op: opDropEcho, family: 6},
+				{op: opDropUnreach, family: 4}, {op: opDropUnreach, family: 6}}})
 	}
 	return t
 }
@@ -353,6 +365,11 @@ func (r rule) String() string {
 			return lan + "icmpv6 type echo-request drop"
 		}
 		return lan + "icmp type echo-request drop"
+	case opDropUnreach:
+		if r.family == 6 {
+			return lan + "icmpv6 type destination-unreachable drop"
+		}
+		return lan + "icmp type destination-unreachable icmp code != frag-needed drop"
 	}
 	return fmt.Sprintf("# unknown rule op %d", r.op)
 }

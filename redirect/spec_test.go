@@ -312,11 +312,11 @@ func TestPlanICMPBlock(t *testing.T) {
 	if c.typ != "filter" || !c.forward || c.output || c.priority != -150 {
 		t.Errorf("forward chain is %s forward=%v output=%v at %d", c.typ, c.forward, c.output, c.priority)
 	}
-	if ops := opsOf(c); !slices.Equal(ops, []ruleOp{opBypass4Return, opBypass6Return, opDropEcho, opDropEcho}) {
+	if ops := opsOf(c); !slices.Equal(ops, []ruleOp{opBypass4Return, opBypass6Return, opDropEcho, opDropEcho, opDropUnreach, opDropUnreach}) {
 		t.Errorf("forward ops = %v", ops)
 	}
-	if c.rules[2].family != 4 || c.rules[3].family != 6 {
-		t.Errorf("echo drops for families %d, %d", c.rules[2].family, c.rules[3].family)
+	if c.rules[2].family != 4 || c.rules[3].family != 6 || c.rules[4].family != 4 || c.rules[5].family != 6 {
+		t.Errorf("drops for families %d, %d, %d, %d", c.rules[2].family, c.rules[3].family, c.rules[4].family, c.rules[5].family)
 	}
 	for _, c := range s.withDefaults().plan().chains {
 		if c.output && slices.Contains(opsOf(c), opDropEcho) {
@@ -339,7 +339,9 @@ func TestPlanICMPBlock(t *testing.T) {
 	for _, want := range []string{
 		"chain forward_filter {\n\t\ttype filter hook forward priority mangle; policy accept;\n" +
 			"\t\tip daddr @bypass4 return\n\t\tip6 daddr @bypass6 return\n" +
-			"\t\tiifname @lan_ifaces icmp type echo-request drop\n\t\tiifname @lan_ifaces icmpv6 type echo-request drop\n\t}",
+			"\t\tiifname @lan_ifaces icmp type echo-request drop\n\t\tiifname @lan_ifaces icmpv6 type echo-request drop\n" +
+			"\t\tiifname @lan_ifaces icmp type destination-unreachable icmp code != frag-needed drop\n" +
+			"\t\tiifname @lan_ifaces icmpv6 type destination-unreachable drop\n\t}",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("Render lacks %q:\n%s", want, out)
