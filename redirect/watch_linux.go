@@ -23,8 +23,11 @@ import (
 // removed or changed by someone else, or its policy rule or local route disappears, it puts the
 // spec in force back (the same batch Replace sends), within a fraction of a second of the last
 // event of a burst. Events about other tables and other routing tables are ignored, and so are
-// the ones r's own socket causes (Replace, a restore). Restores in a tight loop back off (see
-// healTiming). report gets every restore, failure, back-off and check; it runs on the
+// the ones r's own socket causes (Replace, a restore). Every 15 seconds with nothing else to do,
+// a periodic check lists the table and compares it, rule by rule and element by element, with
+// the listing taken after r's last install, and the policy routing with the spec: a difference
+// no event reported (events lost, a change through r's own socket) is restored too, reported
+// with what differed. Restores in a tight loop back off (see healTiming). report gets every restore, failure, back-off and check; it runs on the
 // watcher's goroutine and must not call r's methods that change the state (Replace, Close).
 // Watch returns once subscribed, or an error if it cannot subscribe.
 //
