@@ -118,6 +118,10 @@ type Transparent struct {
 	// the client's QUIC Initial routes the session when 443 is a sniff port) or QUICBlock
 	// (dropped, so browsers fall back to TCP).
 	QUIC QUICMode `yaml:"quic"`
+	// ICMP is what the LAN's ICMP and ICMPv6 echo requests (and destination unreachable
+	// errors) that would be forwarded meet: ICMPPass (default; routed, not proxied) or
+	// ICMPBlock (dropped in socksgate's table).
+	ICMP ICMPMode `yaml:"icmp"`
 	// BypassBuiltin keeps BuiltinBypass() out of capture. Default true; after
 	// Parse it is never nil. Use BypassBuiltinEnabled to read it.
 	BypassBuiltin *bool `yaml:"bypass_builtin"`

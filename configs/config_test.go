@@ -151,6 +151,7 @@ func TestDefaultsApplied(t *testing.T) {
 		{"transparent.udp_max_sessions", c.Transparent.UDPMaxSessions, 4096},
 		{"transparent.udp_without_support", c.Transparent.UDPOverTCPUpstream, UDPBlock},
 		{"transparent.quic", c.Transparent.QUIC, QUICSniff},
+		{"transparent.icmp", c.Transparent.ICMP, ICMPPass},
 		{"transparent.bypass_builtin", c.Transparent.BypassBuiltinEnabled(), true},
 		{"transparent.tproxy_mark", c.Transparent.TProxyMark, uint32(2)},
 		{"transparent.route_table", c.Transparent.RouteTable, 100},

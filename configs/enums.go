@@ -147,6 +147,29 @@ func (v QUICMode) String() string                { return quicModes.name(v, "qui
 func (v QUICMode) MarshalText() ([]byte, error)  { return quicModes.marshal(v, "quic") }
 func (v *QUICMode) UnmarshalText(b []byte) error { return unmarshal(quicModes, v, b) }
 
+// ICMPMode is transparent.icmp: what the LAN's pings to destinations that would be
+// forwarded out (not the router, not the bypass) meet. ICMP is routed, not proxied: no
+// SOCKS or HTTP upstream carries it. The zero value is ICMPPass.
+type ICMPMode uint8
+
+const (
+	// ICMPPass: routed as usual; a ping reaches its destination directly.
+	ICMPPass ICMPMode = iota
+	// ICMPBlock: ICMP and ICMPv6 echo requests from the LAN interfaces that the router
+	// would forward are dropped in socksgate's table, and so is destination unreachable
+	// (but for IPv4's fragmentation needed): a LAN host sends it about a datagram
+	// socksgate relayed, toward a remote that never sent it. Packet too big, time
+	// exceeded, parameter problem, neighbour discovery and router advertisements are
+	// left alone.
+	ICMPBlock
+)
+
+var icmpModes = symbols[ICMPMode]{{ICMPPass, "pass"}, {ICMPBlock, "block"}}
+
+func (v ICMPMode) String() string                { return icmpModes.name(v, "icmp") }
+func (v ICMPMode) MarshalText() ([]byte, error)  { return icmpModes.marshal(v, "icmp") }
+func (v *ICMPMode) UnmarshalText(b []byte) error { return unmarshal(icmpModes, v, b) }
+
 // OnCrash is on_crash: what the kernel rules do when socksgate dies. The zero
 // value is OnCrashClosed.
 type OnCrash uint8

@@ -51,6 +51,10 @@ func TestEnumsRoundTrip(t *testing.T) {
 		var x QUICMode
 		check(e.name, e.v, x.UnmarshalText, func() enumValue { return x })
 	}
+	for _, e := range icmpModes {
+		var x ICMPMode
+		check(e.name, e.v, x.UnmarshalText, func() enumValue { return x })
+	}
 	for _, e := range onCrashes {
 		var x OnCrash
 		check(e.name, e.v, x.UnmarshalText, func() enumValue { return x })
@@ -95,6 +99,7 @@ func TestEnumZeroValuesAreTheDefaults(t *testing.T) {
 		{"transparent.tcp_mode", TCPMode(0), d.Transparent.TCPMode},
 		{"transparent.udp_without_support", UDPFallback(0), d.Transparent.UDPOverTCPUpstream},
 		{"transparent.quic", QUICMode(0), d.Transparent.QUIC},
+		{"transparent.icmp", ICMPMode(0), d.Transparent.ICMP},
 		{"on_crash", OnCrash(0), d.OnCrash},
 		{"relay", relay.Mode(0), d.Relay},
 		{"groups[].policy", g.Policy, defaultGroup().Policy},
@@ -133,5 +138,27 @@ func TestRelayKernelInAnyCase(t *testing.T) {
 	c := mustParse(t, "relay: \" Kernel\"\n")
 	if c.Relay != relay.Auto || len(c.Warnings()) == 0 || !strings.HasPrefix(c.Warnings()[0], `relay: "kernel" is no longer available`) {
 		t.Errorf("relay = %v, warnings %q", c.Relay, c.Warnings())
+	}
+}
+
+// transparent.icmp is pass by default, block when asked, and anything else is refused with
+// the allowed values and the line.
+func TestTransparentICMP(t *testing.T) {
+	if c := mustParse(t, "transparent: {icmp: block}\n"); c.Transparent.ICMP != ICMPBlock {
+		t.Errorf("icmp: block read as %v", c.Transparent.ICMP)
+	}
+	if c := mustParse(t, "transparent: {icmp: PASS}\n"); c.Transparent.ICMP != ICMPPass {
+		t.Errorf("icmp: PASS read as %v", c.Transparent.ICMP)
+	}
+	_, err := Parse([]byte("transparent:\n  icmp: drop\n"))
+	want := []string{`line 2: transparent.icmp: must be one of pass, block (got "drop")`}
+	if got := problemsOf(t, err); !slices.Equal(got, want) {
+		t.Errorf("problems %q, want %q", got, want)
+	}
+	c := mustParse(t, "transparent: {icmp: block}\n")
+	if !slices.ContainsFunc(c.Warnings(), func(w string) bool {
+		return strings.HasPrefix(w, "transparent.icmp: block has no effect without lan.interfaces")
+	}) {
+		t.Errorf("no warning for icmp: block without lan.interfaces: %q", c.Warnings())
 	}
 }

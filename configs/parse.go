@@ -174,6 +174,7 @@ func defaults() *Config {
 			UDPMaxSessions:     4096,
 			UDPOverTCPUpstream: UDPBlock,
 			QUIC:               QUICSniff,
+			ICMP:               ICMPPass,
 			BypassBuiltin:      &on,
 			TProxyMark:         0x2,
 			RouteTable:         100,

@@ -188,6 +188,7 @@ func (c *Config) validateTransparent(p *problems) {
 	}
 	p.enum("transparent.udp_without_support", t.UDPOverTCPUpstream)
 	p.enum("transparent.quic", t.QUIC)
+	p.enum("transparent.icmp", t.ICMP)
 	p.prefixes("transparent.bypass", t.Bypass)
 	switch {
 	case t.TProxyMark == 0:

@@ -105,6 +105,9 @@ func (c *Config) Warnings() []string {
 			add("transparent.udp: has no effect without lan.interfaces")
 		}
 	}
+	if c.Transparent.ICMP == ICMPBlock && len(c.LAN.Interfaces) == 0 {
+		add("transparent.icmp: block has no effect without lan.interfaces: pings from the LAN are routed")
+	}
 	if c.Transparent.QUIC == QUICBlock && !c.Transparent.UDP {
 		add("transparent.quic: block has no effect without transparent.udp: UDP is not captured, QUIC goes direct")
 	}

@@ -640,6 +640,7 @@ func SpecFromConfig(cfg *configs.Config, extraBypass []netip.Prefix) redirect.Sp
 		RouterCapture: cfg.Router.Capture,
 		ExcludeUIDs:   cfg.Router.ExcludeUIDs,
 		ExcludeGIDs:   cfg.Router.ExcludeGIDs,
+		ICMP:          t.ICMP,
 	}
 	if t.UDP {
 		s.UDPPort = t.UDPPort

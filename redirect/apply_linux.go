@@ -61,6 +61,9 @@ type Ruleset struct {
 	spec   Spec // defaulted
 	conn   *tableConn
 	closed bool
+	// installed is the table as the kernel listed it right after the last install: what the
+	// periodic check compares with (nil: the listing failed; only the chains are checked).
+	installed *tableState
 }
 
 // Apply validates s and installs it atomically: the policy routing first
@@ -118,6 +121,8 @@ func (r *Ruleset) install(s Spec, oldTable string) error {
 		}
 		return err
 	}
+	// A listing that fails costs the periodic check its detail, not the install.
+	r.installed, _ = readTable(r.opts.netns, s.Table)
 	if !s.needsPolicyRouting() {
 		return removePolicy(h, s)
 	}

@@ -11,7 +11,10 @@ import (
 // (watch_linux.go) turn netlink events into changes; heal debounces them (a flush is a burst of
 // events), asks restore to check and put the state back, and backs off when restores come in a
 // tight loop (someone keeps deleting), so socksgate never fights another program over the
-// kernel. This file is the policy, with no kernel in it.
+// kernel. Events are not all: every Check, with nothing else pending, heal asks for a full
+// comparison of the kernel's state with what was installed (checkDrift), which catches what no
+// event reported (lost events, a change through socksgate's own socket). This file is the
+// policy, with no kernel in it.
 
 // changeKind is what a change calls for.
 type changeKind uint8
@@ -25,7 +28,13 @@ const (
 	// checkPolicy: a policy rule or a route in socksgate's routing table may have changed:
 	// check the policy routing.
 	checkPolicy
+	// checkDrift: the periodic check: compare the table, object by object, and the policy
+	// routing with what was installed.
+	checkDrift
 )
+
+// periodicCheck is the change the periodic check adds.
+var periodicCheck = change{kind: checkDrift, what: "periodic check"}
 
 // change is one thing a watcher saw.
 type change struct {
@@ -80,6 +89,9 @@ type healTiming struct {
 	BackoffMin, BackoffMax time.Duration
 	// RetryMin, RetryMax: a restore that failed is retried after RetryMin, doubling up to RetryMax.
 	RetryMin, RetryMax time.Duration
+	// Check: the periodic check runs this long after the last time anything was checked (0:
+	// never).
+	Check time.Duration
 }
 
 var defaultHealTiming = healTiming{
@@ -91,6 +103,9 @@ var defaultHealTiming = healTiming{
 	BackoffMax: 5 * time.Minute,
 	RetryMin:   time.Second,
 	RetryMax:   time.Minute,
+	// Listing socksgate's table (a few dozen rules, three sets) and comparing it took 2.4 ms on
+	// x86-64; 15s bounds how long a change no event reported can last.
+	Check: 15 * time.Second,
 }
 
 // WatchEventKind says what a WatchEvent reports.
@@ -104,6 +119,7 @@ const (
 	// BackingOff: restores come in a tight loop; the next one waits Wait.
 	BackingOff
 	// Checked: a change was seen and checked, and everything was in place: nothing done.
+	// A periodic check that finds everything in place is not reported.
 	Checked
 )
 
@@ -175,6 +191,9 @@ func (s *healState) result(now time.Time, p pending, restored bool, err error) (
 	}
 	s.retry = 0
 	if !restored {
+		if p.kinds == checkDrift {
+			return WatchEvent{}, false // the periodic check, and nothing found
+		}
 		return WatchEvent{Kind: Checked, What: p.what, By: p.by}, true
 	}
 	if n := len(s.restores); n > 0 && now.Sub(s.restores[n-1]) > max(s.t.Window, 2*s.backoff) {
@@ -200,13 +219,21 @@ func (s *healState) backingOff(now time.Time) (WatchEvent, bool) {
 }
 
 // heal runs the state machine on changes until ctx ends or changes is closed. restore checks
-// what p calls for and puts it back, reporting whether anything had to be; report gets the
-// outcomes.
-func heal(ctx context.Context, changes <-chan change, t healTiming, restore func(pending) (bool, error), report func(WatchEvent)) {
+// what p calls for and puts it back, reporting whether anything had to be (and adding to
+// p.what what it found, for the report); report gets the outcomes. Every t.Check after the
+// last restore or check, when nothing is pending, a periodic check is added.
+func heal(ctx context.Context, changes <-chan change, t healTiming, restore func(*pending) (bool, error), report func(WatchEvent)) {
 	s := &healState{t: t}
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	defer timer.Stop()
+	var check <-chan time.Time
+	var checkTimer *time.Timer
+	if t.Check > 0 {
+		checkTimer = time.NewTimer(t.Check)
+		defer checkTimer.Stop()
+		check = checkTimer.C
+	}
 	for {
 		var wake <-chan time.Time
 		if at, ok := s.next(); ok {
@@ -221,15 +248,24 @@ func heal(ctx context.Context, changes <-chan change, t healTiming, restore func
 				return
 			}
 			s.add(time.Now(), c)
+		case <-check:
+			if _, ok := s.next(); !ok {
+				s.add(time.Now(), periodicCheck)
+			}
+			checkTimer.Reset(t.Check)
 		case <-wake:
 			p := s.take()
-			restored, err := restore(p)
+			restored, err := restore(&p)
 			now := time.Now()
 			if ev, ok := s.result(now, p, restored, err); ok {
 				report(ev)
 			}
 			if ev, ok := s.backingOff(now); ok {
 				report(ev)
+			}
+			if checkTimer != nil {
+				// Everything was just checked: the next periodic check is a full Check away.
+				checkTimer.Reset(t.Check)
 			}
 		}
 		timer.Stop()

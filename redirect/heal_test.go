@@ -189,11 +189,11 @@ func TestHealLoop(t *testing.T) {
 		calls   int
 		lastArg pending
 	)
-	restore := func(p pending) (bool, error) {
+	restore := func(p *pending) (bool, error) {
 		mu.Lock()
 		defer mu.Unlock()
 		calls++
-		lastArg = p
+		lastArg = *p
 		return p.kinds&changeTable != 0, nil
 	}
 	report := func(ev WatchEvent) {
@@ -232,4 +232,78 @@ func TestHealLoop(t *testing.T) {
 	closed := make(chan change)
 	close(closed)
 	heal(context.Background(), closed, testTiming, restore, report)
+}
+
+// The periodic check runs every Check while nothing else is pending: one that finds nothing is
+// not reported; one that finds a drift is a restore, reported with what it found.
+func TestHealPeriodicCheck(t *testing.T) {
+	timing := testTiming
+	timing.Check = 10 * time.Millisecond
+	var (
+		mu     sync.Mutex
+		checks int
+		found  bool
+		events []WatchEvent
+	)
+	restore := func(p *pending) (bool, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if p.kinds != checkDrift || !slices.Equal(p.what, []string{"periodic check"}) {
+			t.Errorf("periodic check pending = %+v", *p)
+		}
+		checks++
+		if found {
+			p.what = append(p.what, "rule 1 of chain output_raw changed")
+			found = false
+			return true, nil
+		}
+		return false, nil
+	}
+	report := func(ev WatchEvent) {
+		mu.Lock()
+		defer mu.Unlock()
+		events = append(events, ev)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { heal(ctx, make(chan change), timing, restore, report); close(done) }()
+	testutil.WaitUntil(t, "three periodic checks", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return checks >= 3
+	})
+	mu.Lock()
+	if len(events) != 0 {
+		t.Errorf("checks that found nothing reported: %+v", events)
+	}
+	found = true
+	mu.Unlock()
+	testutil.WaitUntil(t, "a restore", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(events) > 0
+	})
+	cancel()
+	<-done
+	ev := events[0]
+	if ev.Kind != Restored || !slices.Equal(ev.What, []string{"periodic check", "rule 1 of chain output_raw changed"}) {
+		t.Errorf("event = %+v", ev)
+	}
+}
+
+// A periodic check that finds nothing is silent; with a change pending too, it is a check of
+// that change, reported as before.
+func TestHealQuietPeriodicCheck(t *testing.T) {
+	s := &healState{t: testTiming}
+	s.add(at(0), periodicCheck)
+	p := s.take()
+	if _, ok := s.result(at(60), p, false, nil); ok {
+		t.Error("a periodic check that found nothing was reported")
+	}
+	s.add(at(100), periodicCheck)
+	s.add(at(100), change{kind: checkPolicy, what: "policy rule added"})
+	p = s.take()
+	if ev, ok := s.result(at(160), p, false, nil); !ok || ev.Kind != Checked {
+		t.Errorf("a check of an event with a periodic one: %+v %v", ev, ok)
+	}
 }

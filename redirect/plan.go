@@ -34,6 +34,8 @@ const (
 	opSkgidReturn                  // meta skgid N return
 	opOutRedirectTCP               // meta l4proto tcp redirect to :P
 	opOutMark                      // meta l4proto P meta mark set M
+	opDropEcho                     // iifname @lan_ifaces icmp type echo-request drop (icmpv6 for family 6)
+	opDropUnreach                  // iifname @lan_ifaces icmp type destination-unreachable icmp code != frag-needed drop (icmpv6 type destination-unreachable for family 6)
 )
 
 // IP protocol numbers and the address families of a TPROXY rule.
@@ -54,7 +56,8 @@ type rule struct {
 type chainPlan struct {
 	name     string
 	typ      string // "filter", "nat" or "route"
-	output   bool   // hook output; otherwise prerouting
+	output   bool   // hook output; otherwise prerouting (or forward)
+	forward  bool   // hook forward
 	priority int32  // -150 (mangle), -100 (dstnat) or -300 (raw)
 	rules    []rule
 }
@@ -140,6 +143,36 @@ type tablePlan struct {
 //     to a closed port is reset, and a marked packet TPROXY found no socket
 //     for is delivered locally, where no socket has its foreign address (a
 //     reset, a port unreachable). Either way nothing leaves direct.
+//
+// ICMP is routed, not proxied. With transparent.icmp block, a filter chain in
+// the forward hook drops the LAN's ICMP echo requests and ICMPv6 echo requests:
+//   - The forward hook sees exactly what the router would send on, so pings to
+//     the router itself (its LAN address, a diagnostic everyone uses) pass
+//     without an exemption, and nothing but forwarded packets can match.
+//   - The bypass sets come first, as in the capture chains: a destination that
+//     is never captured (the LAN's other subnets, private space, what the admin
+//     listed) is reached directly by TCP and UDP too, so a ping there is no leak.
+//     The fake-ip ranges are not in them (Capture): a ping there is dropped.
+//   - Echo requests (type 8, ICMPv6 128) are dropped, and destination
+//     unreachable (ICMPv6 type 1; IPv4 type 3 but for code 4, fragmentation
+//     needed). A LAN host sends those about a datagram it received: for captured
+//     UDP that is a datagram socksgate relayed from its reply socket (port
+//     unreachable once the client closed its socket, measured in TestLeak with
+//     quic-go's client), and conntrack relates the error to the captured flow,
+//     so nothing tells it from one about a forwarded flow. The remote never sent
+//     that datagram; forwarded, the error would reach it directly from the
+//     router's address. Dropped, an inbound datagram to a closed LAN port looks
+//     filtered instead of refused. Packet too big (ICMPv6 type 2, IPv4 code 4:
+//     path MTU discovery), time exceeded and parameter problem pass, and so do
+//     neighbour discovery and router advertisements, which are link-local and
+//     never forwarded anyway.
+//   - At mangle priority (-150), before a firewall's filter chains (0), so an
+//     accept there (fw4's "lan to wan accept") cannot let them out: a drop in
+//     any base chain is final.
+//   - The router's own pings are left alone even with RouterCapture: watchdogs
+//     and multi-WAN trackers (OpenWrt's watchcat, mwan3track) judge the uplink by
+//     them and would reboot the router or fail over a healthy link. They are
+//     the router's diagnostics, not a LAN host's traffic going around the proxy.
 func (s Spec) plan() tablePlan {
 	t := tablePlan{
 		name:  s.Table,
@@ -257,6 +290,11 @@ func (s Spec) plan() tablePlan {
 		c.rules = append(c.rules, rule{op: opOutRedirectTCP, port: s.TCPPort})
 		t.chains = append(t.chains, c)
 	}
+	if s.blockICMP() {
+		t.chains = append(t.chains, chainPlan{name: chainFwd, typ: "filter", forward: true, priority: -150,
+			rules: []rule{{op: opBypass4Return}, {op: opBypass6Return}, {op: opDropEcho, family: 4}, {op: opDropEcho, family: 6},
+				{op: opDropUnreach, family: 4}, {op: opDropUnreach, family: 6}}})
+	}
 	return t
 }
 
@@ -322,6 +360,16 @@ func (r rule) String() string {
 		return fmt.Sprintf("meta l4proto tcp redirect to :%d", r.port)
 	case opOutMark:
 		return fmt.Sprintf("meta l4proto %s meta mark set 0x%08x", protoName(r.proto), r.mark)
+	case opDropEcho:
+		if r.family == 6 {
+			return lan + "icmpv6 type echo-request drop"
+		}
+		return lan + "icmp type echo-request drop"
+	case opDropUnreach:
+		if r.family == 6 {
+			return lan + "icmpv6 type destination-unreachable drop"
+		}
+		return lan + "icmp type destination-unreachable icmp code != frag-needed drop"
 	}
 	return fmt.Sprintf("# unknown rule op %d", r.op)
 }
@@ -381,8 +429,11 @@ func (s Spec) Render() string {
 		case c.priority == -300:
 			prio = "raw"
 		}
-		if c.output {
+		switch {
+		case c.output:
 			hook = "output"
+		case c.forward:
+			hook = "forward"
 		}
 		fmt.Fprintf(&b, "\n\tchain %s {\n\t\ttype %s hook %s priority %s; policy accept;\n", c.name, c.typ, hook, prio)
 		for _, r := range c.rules {

@@ -64,6 +64,10 @@ func (r rule) exprs(sets setRefs) []expr.Any {
 			&expr.Immediate{Register: 1, Data: binaryutil.BigEndian.PutUint16(r.port)},
 			&expr.Redir{RegisterProtoMin: 1},
 		}
+	case opDropEcho:
+		return dropEcho(sets.lan, r.family)
+	case opDropUnreach:
+		return dropUnreach(sets.lan, r.family)
 	case opOutMark:
 		return append([]expr.Any{
 			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
@@ -276,4 +280,54 @@ func dropUDP(lan *nftables.Set) []expr.Any {
 // rejectTCP: iifname @lan_ifaces meta l4proto tcp reject with tcp reset
 func rejectTCP(lan *nftables.Set) []expr.Any {
 	return append(fromLAN(lan, protoTCP), &expr.Reject{Type: unix.NFT_REJECT_TCP_RST})
+}
+
+// dropEcho: iifname @lan_ifaces icmp type echo-request drop (family 4), or
+// iifname @lan_ifaces icmpv6 type echo-request drop (family 6).
+func dropEcho(lan *nftables.Set, family int) []expr.Any {
+	if family == 6 {
+		return icmpDrop(lan, 6, 128) // ICMPV6_ECHO_REQUEST
+	}
+	return icmpDrop(lan, 4, 8) // ICMP_ECHO
+}
+
+// dropUnreach: iifname @lan_ifaces icmp type destination-unreachable icmp code != frag-needed
+// drop (family 4), or iifname @lan_ifaces icmpv6 type destination-unreachable drop (family 6,
+// where packet too big is a type of its own).
+func dropUnreach(lan *nftables.Set, family int) []expr.Any {
+	if family == 6 {
+		return icmpDrop(lan, 6, 1) // ICMPV6_DEST_UNREACH
+	}
+	e := icmpDrop(lan, 4, 3) // ICMP_DEST_UNREACH
+	return append(e[:len(e)-1],
+		// icmp code != frag-needed (ICMP_FRAG_NEEDED: path MTU discovery)
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 1, Len: 1},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{4}},
+		&expr.Verdict{Kind: expr.VerdictDrop})
+}
+
+// icmpDrop: iifname @lan_ifaces icmp type T drop, or icmpv6 for family 6. The nfproto match
+// is the dependency nft adds, and hides, for icmp and icmpv6 in an inet table: an IPv6 packet
+// carrying protocol 1 is not ICMP.
+func icmpDrop(lan *nftables.Set, family int, typ byte) []expr.Any {
+	nfproto, proto := byte(unix.NFPROTO_IPV4), byte(unix.IPPROTO_ICMP)
+	if family == 6 {
+		nfproto, proto = unix.NFPROTO_IPV6, unix.IPPROTO_ICMPV6
+	}
+	return []expr.Any{
+		// iifname @lan_ifaces
+		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+		&expr.Lookup{SourceRegister: 1, SetName: lan.Name, SetID: lan.ID},
+		// meta nfproto ipv4|ipv6
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{nfproto}},
+		// meta l4proto icmp|ipv6-icmp
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
+		// icmp type | icmpv6 type: the first byte of the header
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{typ}},
+		// drop
+		&expr.Verdict{Kind: expr.VerdictDrop},
+	}
 }

@@ -38,8 +38,9 @@ const (
 	chainNAT    = "prerouting_nat"
 	chainMangle = "prerouting_mangle"
 	chainRawOut = "output_raw"
-	chainOutNAT = "output_nat"   // the router's own TCP, REDIRECT mode
-	chainOutRte = "output_route" // the router's own UDP (and TCP in TPROXY mode): marked, rerouted to lo
+	chainOutNAT = "output_nat"     // the router's own TCP, REDIRECT mode
+	chainOutRte = "output_route"   // the router's own UDP (and TCP in TPROXY mode): marked, rerouted to lo
+	chainFwd    = "forward_filter" // transparent.icmp block: the LAN's pings the router would forward
 )
 
 // Spec is everything the kernel rules depend on.
@@ -72,6 +73,10 @@ type Spec struct {
 	// ExcludeUIDs and ExcludeGIDs are the socket owners (meta skuid, skgid) whose traffic
 	// RouterCapture leaves alone.
 	ExcludeUIDs, ExcludeGIDs []uint32
+	// ICMP configs.ICMPBlock drops the ICMP and ICMPv6 echo requests that arrive on
+	// LANInterfaces and would be forwarded (not those to this host or to Bypass); the zero
+	// value, configs.ICMPPass, leaves ICMP routed as usual.
+	ICMP configs.ICMPMode
 }
 
 // withDefaults returns s with zero fields replaced by their defaults.
@@ -112,6 +117,9 @@ func (s Spec) routerTCP() bool { return s.RouterCapture && s.captureTCP() }
 // routerUDP reports whether the router's own UDP is captured.
 func (s Spec) routerUDP() bool { return s.RouterCapture && s.captureUDP() }
 
+// blockICMP reports whether the LAN's forwarded echo requests are dropped.
+func (s Spec) blockICMP() bool { return len(s.LANInterfaces) > 0 && s.ICMP == configs.ICMPBlock }
+
 // needsPolicyRouting reports whether any TPROXY rule is installed, and with it
 // the fwmark rule and local route that deliver TPROXY'd packets to this host.
 func (s Spec) needsPolicyRouting() bool { return s.captureUDP() || s.tproxyTCP() }
@@ -134,6 +142,9 @@ func (s Spec) Validate() error {
 	}
 	if _, err := s.OnCrash.MarshalText(); err != nil {
 		add("on_crash: %v", err)
+	}
+	if _, err := s.ICMP.MarshalText(); err != nil {
+		add("icmp: %v", err)
 	}
 	for i, name := range s.LANInterfaces {
 		// IFNAMSIZ is 16 including the terminating NUL.

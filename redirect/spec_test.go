@@ -287,6 +287,73 @@ func TestPlanRouterChains(t *testing.T) {
 	}
 }
 
+// transparent.icmp block: a forward chain drops the LAN's echo requests, after the bypass;
+// nothing of the kind without it, or without LAN interfaces, and the router's output chains
+// never touch ICMP.
+func TestPlanICMPBlock(t *testing.T) {
+	base := Spec{LANInterfaces: []string{"eth1"}, TCPPort: 1, UDPPort: 2, Mark: 1, RouterCapture: true}
+	fwd := func(s Spec) (chainPlan, bool) {
+		for _, c := range s.withDefaults().plan().chains {
+			if c.name == chainFwd {
+				return c, true
+			}
+		}
+		return chainPlan{}, false
+	}
+	if _, ok := fwd(base); ok {
+		t.Error("forward chain with icmp pass")
+	}
+	s := base
+	s.ICMP = configs.ICMPBlock
+	c, ok := fwd(s)
+	if !ok {
+		t.Fatal("no forward chain with icmp block")
+	}
+	if c.typ != "filter" || !c.forward || c.output || c.priority != -150 {
+		t.Errorf("forward chain is %s forward=%v output=%v at %d", c.typ, c.forward, c.output, c.priority)
+	}
+	if ops := opsOf(c); !slices.Equal(ops, []ruleOp{opBypass4Return, opBypass6Return, opDropEcho, opDropEcho, opDropUnreach, opDropUnreach}) {
+		t.Errorf("forward ops = %v", ops)
+	}
+	if c.rules[2].family != 4 || c.rules[3].family != 6 || c.rules[4].family != 4 || c.rules[5].family != 6 {
+		t.Errorf("drops for families %d, %d, %d, %d", c.rules[2].family, c.rules[3].family, c.rules[4].family, c.rules[5].family)
+	}
+	for _, c := range s.withDefaults().plan().chains {
+		if c.output && slices.Contains(opsOf(c), opDropEcho) {
+			t.Errorf("output chain %s drops pings: the router's own pass", c.name)
+		}
+	}
+	// Nothing else captured: the chain stands alone (no mark needed).
+	alone := Spec{LANInterfaces: []string{"eth1"}, ICMP: configs.ICMPBlock}
+	if err := alone.Validate(); err != nil {
+		t.Errorf("icmp block alone: %v", err)
+	}
+	if _, ok := fwd(alone); !ok {
+		t.Error("no forward chain for icmp block alone")
+	}
+	alone.LANInterfaces = nil
+	if _, ok := fwd(alone); ok {
+		t.Error("forward chain without LAN interfaces")
+	}
+	out := s.Render()
+	for _, want := range []string{
+		"chain forward_filter {\n\t\ttype filter hook forward priority mangle; policy accept;\n" +
+			"\t\tip daddr @bypass4 return\n\t\tip6 daddr @bypass6 return\n" +
+			"\t\tiifname @lan_ifaces icmp type echo-request drop\n\t\tiifname @lan_ifaces icmpv6 type echo-request drop\n" +
+			"\t\tiifname @lan_ifaces icmp type destination-unreachable icmp code != frag-needed drop\n" +
+			"\t\tiifname @lan_ifaces icmpv6 type destination-unreachable drop\n\t}",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("Render lacks %q:\n%s", want, out)
+		}
+	}
+	bad := s
+	bad.ICMP = 9
+	if err := bad.Validate(); err == nil || !strings.Contains(err.Error(), "icmp: must be one of pass, block") {
+		t.Errorf("icmp 9: %v", err)
+	}
+}
+
 func TestRenderShowsRulesAndPolicyRouting(t *testing.T) {
 	s := Spec{
 		LANInterfaces: []string{"eth2", "eth1", "eth1"},

@@ -281,6 +281,8 @@ func TestApplyInstallsWhatRenderShows(t *testing.T) {
 		{"router: redirect tcp only, dns hijack", func(s *Spec) { s.RouterCapture, s.UDPPort, s.DNSPort = true, 0, 15353 }},
 		{"router: tproxy tcp only", func(s *Spec) { s.RouterCapture, s.UDPPort, s.TCPMode = true, 0, configs.TCPModeTProxy }},
 		{"router: udp only", func(s *Spec) { s.RouterCapture, s.TCPPort = true, 0; s.ExcludeGIDs = []uint32{54323} }},
+		{"icmp block, redirect tcp and tproxy udp, router capture", func(s *Spec) { s.ICMP, s.RouterCapture = configs.ICMPBlock, true }},
+		{"icmp block alone", func(s *Spec) { s.ICMP, s.TCPPort, s.UDPPort = configs.ICMPBlock, 0, 0 }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ns := newNS(t)

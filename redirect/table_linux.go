@@ -206,8 +206,11 @@ func (tc *tableConn) install(p tablePlan, oldName string) error {
 		}
 		policy := nftables.ChainPolicyAccept
 		hook := nftables.ChainHookPrerouting
-		if cp.output {
+		switch {
+		case cp.output:
 			hook = nftables.ChainHookOutput
+		case cp.forward:
+			hook = nftables.ChainHookForward
 		}
 		ch := c.AddChain(&nftables.Chain{
 			Name:     cp.name,

@@ -11,7 +11,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/google/nftables"
 	"github.com/mdlayher/netlink"
 	vnl "github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -24,8 +23,11 @@ import (
 // removed or changed by someone else, or its policy rule or local route disappears, it puts the
 // spec in force back (the same batch Replace sends), within a fraction of a second of the last
 // event of a burst. Events about other tables and other routing tables are ignored, and so are
-// the ones r's own socket causes (Replace, a restore). Restores in a tight loop back off (see
-// healTiming). report gets every restore, failure, back-off and check; it runs on the
+// the ones r's own socket causes (Replace, a restore). Every 15 seconds with nothing else to do,
+// a periodic check lists the table and compares it, rule by rule and element by element, with
+// the listing taken after r's last install, and the policy routing with the spec: a difference
+// no event reported (events lost, a change through r's own socket) is restored too, reported
+// with what differed. Restores in a tight loop back off (see healTiming). report gets every restore, failure, back-off and check; it runs on the
 // watcher's goroutine and must not call r's methods that change the state (Replace, Close).
 // Watch returns once subscribed, or an error if it cannot subscribe.
 //
@@ -399,8 +401,9 @@ func (r *Ruleset) readRoutes(ctx context.Context, ch <-chan vnl.RouteUpdate, err
 }
 
 // heal is restore for heal(): it checks what p calls for and, if anything is missing or was
-// changed by someone else, installs the spec in force again through r's socket.
-func (r *Ruleset) heal(p pending) (bool, error) {
+// changed by someone else, installs the spec in force again through r's socket. What a check
+// found is added to p.what.
+func (r *Ruleset) heal(p *pending) (bool, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.closed {
@@ -408,19 +411,25 @@ func (r *Ruleset) heal(p pending) (bool, error) {
 	}
 	s := r.spec
 	need := p.kinds&changeTable != 0
-	if !need && p.kinds&checkTable != 0 {
-		ok, err := r.tableIntact(s)
+	if !need && p.kinds&(checkTable|checkDrift) != 0 {
+		have, err := readTable(r.opts.netns, s.Table)
 		if err != nil {
 			return false, err
 		}
-		need = !ok
+		if d := drift(have, r.installed, s.plan()); d != "" {
+			addDistinct(&p.what, d)
+			need = true
+		}
 	}
-	if !need && p.kinds&(checkTable|checkPolicy) != 0 && s.needsPolicyRouting() {
+	if !need && p.kinds&(checkTable|checkPolicy|checkDrift) != 0 && s.needsPolicyRouting() {
 		ok, err := r.policyIntact(s)
 		if err != nil {
 			return false, err
 		}
-		need = !ok
+		if !ok {
+			addDistinct(&p.what, "policy routing for table "+strconv.Itoa(s.RouteTable)+" incomplete")
+			need = true
+		}
 	}
 	if !need {
 		return false, nil
@@ -429,41 +438,6 @@ func (r *Ruleset) heal(p pending) (bool, error) {
 		return true, err
 	}
 	return true, nil
-}
-
-// tableIntact reports whether s's table is there with the chains it should have.
-func (r *Ruleset) tableIntact(s Spec) (bool, error) {
-	var opts []nftables.ConnOption
-	if r.opts.netns != 0 {
-		opts = append(opts, nftables.WithNetNSFd(r.opts.netns))
-	}
-	c, err := nftables.New(opts...)
-	if err != nil {
-		return false, fmt.Errorf("open nftables connection: %w", err)
-	}
-	if _, err := c.ListTableOfFamily(s.Table, nftables.TableFamilyINet); err != nil {
-		if errors.Is(err, unix.ENOENT) {
-			return false, nil
-		}
-		return false, fmt.Errorf("list table inet %s: %w", s.Table, err)
-	}
-	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
-	if err != nil {
-		return false, fmt.Errorf("list inet chains: %w", err)
-	}
-	var have []string
-	for _, ch := range chains {
-		if ch.Table != nil && ch.Table.Name == s.Table {
-			have = append(have, ch.Name)
-		}
-	}
-	var want []string
-	for _, cp := range s.plan().chains {
-		want = append(want, cp.name)
-	}
-	slices.Sort(have)
-	slices.Sort(want)
-	return slices.Equal(have, want), nil
 }
 
 // policyIntact reports whether the fwmark rule of s is in place for both families, and the

@@ -8,6 +8,9 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
+
+	"github.com/google/nftables"
 
 	"github.com/socksgate/socksgate/configs"
 	"github.com/socksgate/socksgate/internal/testutil"
@@ -249,6 +252,60 @@ func TestWatchBacksOff(t *testing.T) {
 	testutil.WaitUntil(t, "a back-off", func() bool { return l.count(BackingOff) == 1 })
 	if ev := l.last(BackingOff); ev.Wait <= 0 || ev.Recent != 2 {
 		t.Errorf("back-off event = %+v", ev)
+	}
+}
+
+// Changes no event reports (made here through socksgate's own socket, whose events the watcher
+// ignores, as it would after losing events) are found by the periodic check, which compares
+// the table object by object with what was installed, and undone. The time from the change
+// to the restore is logged: about Check plus Quiet.
+func TestWatchPeriodicCheckRestoresUnreportedDrift(t *testing.T) {
+	ns := newNS(t)
+	s := systemSpec()
+	r := applyIn(t, ns, s)
+	l := &watchLog{}
+	timing := defaultHealTiming
+	timing.Check = 200 * time.Millisecond
+	w, err := r.watch(timing, l.report, l.saw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(w.Stop)
+	tbl := &nftables.Table{Name: r.Spec().Table, Family: nftables.TableFamilyINet}
+	for i, tc := range []struct {
+		name   string
+		change func()
+		found  string
+	}{
+		{"a chain flushed", func() { r.conn.nft.FlushChain(&nftables.Chain{Name: chainRawOut, Table: tbl}) },
+			"chain output_raw has 0 rules, want 1"},
+		{"a set emptied", func() { r.conn.nft.FlushSet(&nftables.Set{Name: setLAN, Table: tbl}) },
+			"elements of set lan_ifaces changed (0, want 2)"},
+	} {
+		tc.change()
+		if err := r.conn.flush(tbl.Name, 0); err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		changed := time.Now()
+		testutil.WaitUntil(t, "a restore after "+tc.name, func() bool { return l.count(Restored) == i+1 })
+		t.Logf("%s: restored %v after the change (Check %v)", tc.name, time.Since(changed).Round(time.Millisecond), timing.Check)
+		ev := l.last(Restored)
+		if !slices.Equal(ev.What, []string{"periodic check", tc.found}) {
+			t.Errorf("%s: restore event %+v", tc.name, ev)
+		}
+		ns.assertInstalled(t, s)
+	}
+	for _, c := range l.seenChanges() {
+		if c.kind != checkPolicy { // the restores' own route updates are checked, as any
+			t.Errorf("a change through socksgate's own socket was seen as an event: %+v", c)
+		}
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, ev := range l.events {
+		if ev.Kind == Checked && slices.Equal(ev.What, []string{"periodic check"}) {
+			t.Errorf("a periodic check that found nothing was reported: %+v", ev)
+		}
 	}
 }
 

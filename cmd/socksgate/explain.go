@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -19,10 +20,12 @@ import (
 
 const explainUsage = `usage: socksgate explain -c FILE [flags] SRC DST[:PORT]
        socksgate explain -c FILE [flags] SRC --query NAME
+       socksgate explain -c FILE --proto icmp SRC DST
 
 Shows which rule decides a flow (or a DNS query with --query or --inbound dns), where it
-goes, and why each earlier rule did not match. Nothing is dialled; a name is resolved only
-with --resolve.
+goes, and why each earlier rule did not match; what transparent.quic does to UDP to port 443
+and transparent.icmp to a ping (--proto icmp), which no rule decides. Nothing is dialled; a
+name is resolved only with --resolve.
 `
 
 // explainReport is what explain prints, and with --json its schema.
@@ -89,7 +92,7 @@ func explainMain(args []string, stdout, stderr io.Writer) int {
 	fs.Usage = func() { fmt.Fprint(stderr, explainUsage); fs.PrintDefaults() }
 	path := fs.String("c", "", "config file (YAML)")
 	name := fs.String("name", "", "the flow's name (a sniffed SNI or Host, or the name a client gave)")
-	proto := fs.String("proto", "tcp", "tcp or udp")
+	proto := fs.String("proto", "tcp", "tcp, udp or icmp (a ping: transparent.icmp decides, not the rules)")
 	inbound := fs.String("inbound", "transparent", "transparent, http, socks, dns or router (the router's own traffic, router.capture)")
 	query := fs.String("query", "", "explain a DNS query for this name (RouteQuery semantics)")
 	resolve := fs.Bool("resolve", false, "resolve a name-only destination as the gateway would (asks the system's resolver)")
@@ -142,7 +145,16 @@ func explainMain(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	var rep *explainReport
-	if isQuery {
+	if *proto == "icmp" {
+		if isQuery {
+			fmt.Fprintln(stderr, "socksgate explain: --proto icmp explains a ping, not a DNS query")
+			return 2
+		}
+		if rep, err = explainICMP(cfg, src.Addr(), pos[1], *inbound); err != nil {
+			fmt.Fprintf(stderr, "socksgate explain: %v\n", err)
+			return 2
+		}
+	} else if isQuery {
 		qname := *query
 		if qname == "" {
 			qname = pos[1]
@@ -199,7 +211,7 @@ func explainFlowOf(cfg *configs.Config, src netip.AddrPort, dst, name, proto, in
 	case "udp":
 		f.Network = route.UDP
 	default:
-		return f, fmt.Errorf("--proto %q: want tcp or udp", proto)
+		return f, fmt.Errorf("--proto %q: want tcp, udp or icmp", proto)
 	}
 	switch inbound {
 	case "transparent":
@@ -247,6 +259,14 @@ func explainFlowOf(cfg *configs.Config, src netip.AddrPort, dst, name, proto, in
 	return f, nil
 }
 
+// Where a setting rather than a rule decides, the decision names it in place of a rule, as
+// the flow's log line does.
+const (
+	quicRule = "transparent.quic" // gateway's quicBlockRule
+	icmpRule = "transparent.icmp"
+	quicPort = 443
+)
+
 // explainRoute explains f; lookup, when set, resolves a name-only flow as Route would.
 func explainRoute(cfg *configs.Config, r *route.RuleRouter, f route.Flow, lookup func(context.Context, string) ([]netip.Addr, error)) *explainReport {
 	rep := &explainReport{Flow: &explainFlow{
@@ -254,6 +274,19 @@ func explainRoute(cfg *configs.Config, r *route.RuleRouter, f route.Flow, lookup
 	}}
 	if f.Dst.IsValid() {
 		rep.Flow.Dst = f.Dst.Addr().String()
+	}
+	if f.Network == route.UDP && f.DstPort() == quicPort && cfg.Transparent.QUIC == configs.QUICBlock &&
+		(f.Inbound.Transparent() || f.Inbound == route.FromRouter) {
+		// The UDP inbound drops it before asking the rules (gateway.udpInbound.decide).
+		rep.Rules = []explainVerdict{}
+		rep.Decision = explainDecision{Rule: quicRule, Action: configs.ActionBlock.String()}
+		rep.Note = "transparent.quic: block drops captured UDP to port 443 (QUIC, HTTP/3) before any rule is asked, " +
+			"so browsers fall back to TCP, where the rules apply (explain it with --proto tcp)"
+		if !cfg.Transparent.UDP {
+			rep.Decision.Action = configs.ActionDirect.String()
+			rep.Note = "transparent.udp is off: UDP is not captured, so transparent.quic: block never sees this flow and it is routed direct"
+		}
+		return rep
 	}
 	vs := r.Explain(f)
 	for _, v := range vs[:len(vs)-1] {
@@ -287,6 +320,55 @@ func explainRoute(cfg *configs.Config, r *route.RuleRouter, f route.Flow, lookup
 	rep.Rules = verdicts(cfg, vs, f, false)
 	rep.Decision = describeDecision(cfg, d)
 	return rep
+}
+
+// explainICMP explains a ping from src to dst: ICMP is routed, not proxied, and no rule
+// decides it; transparent.icmp does (redirect.Spec's forward chain): with block, the LAN's echo
+// requests to a destination outside the bypass are dropped; the router's own pass.
+func explainICMP(cfg *configs.Config, src netip.Addr, dst, inbound string) (*explainReport, error) {
+	a, err := netip.ParseAddr(strings.TrimSuffix(strings.TrimPrefix(dst, "["), "]"))
+	if err != nil {
+		return nil, fmt.Errorf("--proto icmp: DST %q must be an address (a ping has no port and no name)", dst)
+	}
+	a = a.Unmap()
+	in := route.Redirect
+	switch inbound {
+	case "transparent":
+	case "router":
+		in = route.FromRouter
+	default:
+		return nil, fmt.Errorf("--proto icmp: --inbound %q: want transparent (a LAN host) or router", inbound)
+	}
+	proto := "icmp"
+	if a.Is6() {
+		proto = "icmpv6"
+	}
+	rep := &explainReport{
+		Flow:     &explainFlow{Network: proto, Src: src.String(), Dst: a.String(), Inbound: in.String()},
+		Rules:    []explainVerdict{},
+		Decision: explainDecision{Rule: icmpRule, Action: configs.ActionDirect.String()},
+	}
+	if in == route.Redirect {
+		rep.Flow.Inbound = "transparent"
+	}
+	bypassed := slices.ContainsFunc(cfg.BypassPrefixes(), func(p netip.Prefix) bool { return p.Contains(a) })
+	switch {
+	case cfg.Transparent.ICMP != configs.ICMPBlock:
+		rep.Note = "ICMP is routed, not proxied: no rule decides it, and with transparent.icmp: pass a ping reaches " +
+			a.String() + " directly from the router's address"
+	case len(cfg.LAN.Interfaces) == 0:
+		rep.Note = "transparent.icmp: block has no effect without lan.interfaces: the ping is routed direct"
+	case in == route.FromRouter:
+		rep.Note = "the router's own pings pass with transparent.icmp: block (watchdogs and multi-WAN trackers need them): routed direct"
+	case bypassed:
+		rep.Note = a.String() + " is a bypassed destination (transparent.bypass_builtin, bypass, lan.prefixes): " +
+			"transparent.icmp: block leaves pings to it alone, as capture leaves its TCP and UDP: routed direct"
+	default:
+		rep.Decision.Action = configs.ActionBlock.String()
+		rep.Note = "transparent.icmp: block drops the LAN's " + proto + " echo requests the router would forward " +
+			"(not those to the router itself, nor to the LAN's own prefixes, which join the bypass at start)"
+	}
+	return rep, nil
 }
 
 func explainDNS(cfg *configs.Config, r *route.RuleRouter, src netip.Addr, name string) *explainReport {
@@ -438,7 +520,11 @@ func printExplain(w io.Writer, rep *explainReport) {
 		case f.Name != "":
 			dst += " (name " + f.Name + ")"
 		}
-		fmt.Fprintf(w, "flow: %s %s -> %s port %d, inbound %s\n", f.Network, f.Src, dst, f.Port, f.Inbound)
+		if strings.HasPrefix(f.Network, "icmp") {
+			fmt.Fprintf(w, "flow: %s %s -> %s, inbound %s\n", f.Network, f.Src, dst, f.Inbound)
+		} else {
+			fmt.Fprintf(w, "flow: %s %s -> %s port %d, inbound %s\n", f.Network, f.Src, dst, f.Port, f.Inbound)
+		}
 	} else {
 		fmt.Fprintf(w, "dns query: %s from %s (inbound dns)\n", rep.Query.Name, rep.Query.Src)
 	}
@@ -454,6 +540,9 @@ func printExplain(w io.Writer, rep *explainReport) {
 		for _, fl := range v.Failed {
 			fmt.Fprintf(w, "      %s\n", fl.Reason)
 		}
+	}
+	if len(rep.Rules) == 0 && (rep.Decision.Rule == quicRule || rep.Decision.Rule == icmpRule) {
+		fmt.Fprintf(w, "  no rule is asked: %s decides\n", rep.Decision.Rule)
 	}
 	d := rep.Decision
 	switch {

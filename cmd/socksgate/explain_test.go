@@ -158,3 +158,121 @@ rules:
 		}
 	}
 }
+
+// transparent.quic: block decides captured UDP to port 443 before any rule: explain says so,
+// for the LAN and the router's own, and not for other ports, TCP, or without UDP capture.
+func TestExplainQUICBlock(t *testing.T) {
+	cfg := `lan: {interfaces: [br-lan]}
+transparent: {udp: true, quic: block}
+upstreams:
+  - {name: a, url: "socks5://192.0.2.10:1080"}
+rules:
+  - {name: rest, action: proxy, upstream: a}
+`
+	p := writeConfig(t, cfg)
+	code, out, errOut := runMain("explain", "-c", p, "10.0.1.2", "203.0.113.5:443", "--proto", "udp", "--name", "www.example")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	for _, want := range []string{"flow: udp 10.0.1.2 -> 203.0.113.5 (name www.example) port 443", "no rule is asked: transparent.quic decides",
+		`decision: block, rule "transparent.quic"`, "browsers fall back to TCP"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	var rep explainReport
+	decode := func(path string, args ...string) {
+		t.Helper()
+		code, out, errOut := runMain(append([]string{"explain", "-c", path, "--json"}, args...)...)
+		if code != 0 {
+			t.Fatalf("%v: exit %d: %s", args, code, errOut)
+		}
+		rep = explainReport{}
+		if err := json.Unmarshal([]byte(out), &rep); err != nil {
+			t.Fatalf("%v: %v\n%s", args, err, out)
+		}
+	}
+	decode(p, "10.0.2.1", "[2001:db8::1]:443", "--proto", "udp", "--inbound", "router")
+	if rep.Decision.Rule != "transparent.quic" || rep.Decision.Action != "block" || len(rep.Rules) != 0 {
+		t.Errorf("router's own QUIC: %+v", rep)
+	}
+	for _, args := range [][]string{
+		{"10.0.1.2", "203.0.113.5:443"},                                         // TCP: the rules
+		{"10.0.1.2", "203.0.113.5:4433", "--proto", "udp"},                      // another port
+		{"10.0.1.2", "203.0.113.5:443", "--proto", "udp", "--inbound", "socks"}, // not captured
+	} {
+		decode(p, args...)
+		if rep.Decision.Rule != "rest" || len(rep.Rules) != 1 {
+			t.Errorf("%v: %+v", args, rep)
+		}
+	}
+	decode(writeConfig(t, strings.Replace(cfg, "quic: block", "quic: sniff", 1)), "10.0.1.2", "203.0.113.5:443", "--proto", "udp")
+	if rep.Decision.Rule != "rest" {
+		t.Errorf("quic: sniff: %+v", rep)
+	}
+	decode(writeConfig(t, strings.Replace(cfg, "udp: true", "udp: false", 1)), "10.0.1.2", "203.0.113.5:443", "--proto", "udp")
+	if rep.Decision.Rule != "transparent.quic" || rep.Decision.Action != "direct" || !strings.Contains(rep.Note, "transparent.udp is off") {
+		t.Errorf("quic: block without udp capture: %+v", rep)
+	}
+}
+
+// --proto icmp: no rule decides a ping; transparent.icmp does. block drops the LAN's pings to
+// destinations outside the bypass, in both families; the router's own, bypassed destinations
+// and pass are routed.
+func TestExplainICMP(t *testing.T) {
+	cfg := `lan: {interfaces: [br-lan]}
+transparent: {icmp: block, bypass: [198.51.100.0/24]}
+upstreams:
+  - {name: a, url: "socks5://192.0.2.10:1080"}
+rules:
+  - {name: rest, action: proxy, upstream: a}
+`
+	p := writeConfig(t, cfg)
+	code, out, errOut := runMain("explain", "-c", p, "--proto", "icmp", "10.0.1.2", "203.0.113.5")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	for _, want := range []string{"flow: icmp 10.0.1.2 -> 203.0.113.5, inbound transparent", "no rule is asked: transparent.icmp decides",
+		`decision: block, rule "transparent.icmp"`, "echo requests the router would forward"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	for _, tc := range []struct {
+		path            string
+		args            []string
+		network, action string
+		note            string
+	}{
+		{p, []string{"fd00:1::2", "2001:db8:3::10"}, "icmpv6", "block", "icmpv6 echo requests"},
+		{p, []string{"10.0.1.2", "[2001:db8:3::10]"}, "icmpv6", "block", ""},
+		{p, []string{"10.0.2.1", "203.0.113.5", "--inbound", "router"}, "icmp", "direct", "the router's own pings pass"},
+		{p, []string{"10.0.1.2", "198.51.100.7"}, "icmp", "direct", "bypassed destination"},
+		{p, []string{"10.0.1.2", "192.168.5.5"}, "icmp", "direct", "bypassed destination"},
+		{writeConfig(t, strings.Replace(cfg, "icmp: block", "icmp: pass", 1)), []string{"10.0.1.2", "203.0.113.5"}, "icmp", "direct", "routed, not proxied"},
+		{writeConfig(t, strings.Replace(cfg, "[br-lan]", "[]", 1)), []string{"10.0.1.2", "203.0.113.5"}, "icmp", "direct", "no effect without lan.interfaces"},
+	} {
+		code, out, errOut := runMain(append([]string{"explain", "-c", tc.path, "--json", "--proto", "icmp"}, tc.args...)...)
+		if code != 0 {
+			t.Fatalf("%v: exit %d: %s", tc.args, code, errOut)
+		}
+		var rep explainReport
+		if err := json.Unmarshal([]byte(out), &rep); err != nil {
+			t.Fatal(err)
+		}
+		if rep.Flow == nil || rep.Flow.Network != tc.network || rep.Decision.Rule != "transparent.icmp" || rep.Decision.Action != tc.action ||
+			len(rep.Rules) != 0 || !strings.Contains(rep.Note, tc.note) {
+			t.Errorf("%v: %+v", tc.args, rep)
+		}
+	}
+	for _, args := range [][]string{
+		{"10.0.1.2", "203.0.113.5:80"},
+		{"10.0.1.2", "www.example"},
+		{"10.0.1.2", "203.0.113.5", "--inbound", "socks"},
+		{"10.0.1.2", "--query", "www.example"},
+	} {
+		if code, _, errOut := runMain(append([]string{"explain", "-c", p, "--proto", "icmp"}, args...)...); code != 2 || errOut == "" {
+			t.Errorf("%v: exit %d, stderr %q; want 2 with a message", args, code, errOut)
+		}
+	}
+}
