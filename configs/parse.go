@@ -308,6 +308,7 @@ func (c *Config) finish() {
 	emptyToNil(&c.Listen.Allow)
 	emptyToNil(&c.Upstreams)
 	emptyToNil(&c.Groups)
+	emptyToNil(&c.Admin.CORSOrigins)
 	for i := range c.Groups {
 		emptyToNil(&c.Groups[i].Upstreams)
 	}
@@ -394,6 +395,7 @@ var (
 	unmarshalerType   = reflect.TypeFor[yaml.Unmarshaler]()
 	textUnmarshalType = reflect.TypeFor[encoding.TextUnmarshaler]()
 	portRangeType     = reflect.TypeFor[PortRange]()
+	adminType         = reflect.TypeFor[Admin]()
 )
 
 func (w *walker) add(n *yaml.Node, path, format string, args ...any) {
@@ -433,6 +435,9 @@ func (w *walker) walk(n *yaml.Node, t reflect.Type, path string) {
 		t = t.Elem()
 	}
 	pt := reflect.PointerTo(t)
+	if t == adminType && n.Kind == yaml.ScalarNode {
+		return // admin: HOST:PORT, the short form; Validate checks the address
+	}
 	switch {
 	case pt.Implements(unmarshalerType) && (t.Kind() != reflect.Struct || t == portRangeType):
 		if err := reflect.New(t).Interface().(yaml.Unmarshaler).UnmarshalYAML(n); err != nil {

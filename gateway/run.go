@@ -17,6 +17,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/socksgate/socksgate/admin"
 	"github.com/socksgate/socksgate/configs"
 	"github.com/socksgate/socksgate/redirect"
 	"github.com/socksgate/socksgate/relay"
@@ -184,9 +185,9 @@ type running struct {
 	health   *listenerHealth
 	tcp      net.Listener // transparent TCP; nil: capture off
 	explicit *explicitInbound
-	dns      *dnsService // nil: dns off
-	udp      []io.Closer // transparent UDP (udp.go)
-	admin    []io.Closer
+	dns      *dnsService    // nil: dns off
+	udp      []io.Closer    // transparent UDP (udp.go)
+	admin    *admin.Server  // nil: none
 	serving  sync.WaitGroup // the transparent TCP accept loops
 }
 
@@ -204,7 +205,9 @@ func (rt *running) closeInbounds() {
 		rt.tcp = nil
 	}
 	closeAll(rt.udp)
-	closeAll(rt.admin)
+	if rt.admin != nil {
+		rt.admin.Close()
+	}
 	if rt.dns != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(rt.cfg.Timeouts.Grace))
 		rt.dns.close(ctx)
@@ -361,7 +364,7 @@ func (rt *running) reload(next *configs.Config) {
 	c, capChanged, restart := rt.setCapture(old, next)
 	applied.Mark, applied.LAN, applied.Transparent = c.Mark, c.LAN, c.Transparent
 	changed = append(changed, capChanged...)
-	if applied.Admin = rt.setAdmin(old.Admin, next.Admin); applied.Admin != old.Admin {
+	if applied.Admin = rt.setAdmin(old.Admin, next.Admin); !applied.Admin.Equal(old.Admin) {
 		changed = append(changed, "admin")
 	}
 	if applied.Log.Level = rt.setLogLevel(old.Log.Level, next.Log.Level); applied.Log.Level != old.Log.Level {
@@ -565,17 +568,24 @@ func (rt *running) setUDPFallback(old, next configs.Transparent) bool {
 }
 
 // setAdmin moves the admin endpoint to next (or turns it on or off), opening the new one
-// before closing the old; it returns the address in force.
-func (rt *running) setAdmin(old, next string) string {
-	if next == old {
+// before closing the old; a new secret or origins on the same address apply to the
+// requests from now on, on the open endpoint. It returns the settings in force.
+func (rt *running) setAdmin(old, next configs.Admin) configs.Admin {
+	if next.Equal(old) {
 		return old
+	}
+	if next.Listen == old.Listen && rt.admin != nil {
+		rt.admin.SetAccess(adminAccess(next))
+		return next
 	}
 	srv, err := rt.startAdmin(next)
 	if err != nil {
 		rt.log.WithError(err).Error("reload: admin endpoint; keeping the old one")
 		return old
 	}
-	closeAll(rt.admin)
+	if rt.admin != nil {
+		rt.admin.Close()
+	}
 	rt.admin = srv
 	return next
 }

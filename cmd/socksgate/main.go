@@ -7,7 +7,7 @@
 //	socksgate rules   [-c FILE]   print the nftables rules it would install, without root
 //	socksgate explain  -c FILE SRC DST[:PORT]   which rule decides a flow, and why not the others
 //	socksgate doctor  [-c FILE]   check the running system against the config
-//	socksgate status  [-a ADDR]   live flows and upstream health from the admin endpoint
+//	socksgate status  [-c FILE] [-a ADDR]   live flows and upstream health from the admin endpoint
 //	socksgate reload  [-p PID]    make the running socksgate re-read its config (SIGHUP)
 //	socksgate version
 package main
@@ -49,7 +49,9 @@ commands:
   doctor  [-c FILE] [--offline] [--json]
                       check the kernel, sysctls, firewall and listeners against the
                       config; non-zero exit when something blocks capture
-  status  [-a ADDR]   show live flows and upstream health (needs admin: in the config)
+  status  [-c FILE] [-a ADDR]
+                      show live flows and upstream health (needs admin: in the
+                      config; -c reads its address and secret)
   reload  [-p PID]    make a running socksgate re-read its config (SIGHUP)
   version             print the version
 `
