@@ -20,6 +20,9 @@ import (
 
 // Flow is one live flow as /flows reports it.
 type Flow struct {
+	ID        string    `json:"id"`                  // stable for the flow's life; the Clash API's connection id
+	MAC       string    `json:"mac,omitempty"`       // the LAN device's MAC (aa:bb:cc:dd:ee:ff), when known
+	Device    string    `json:"device,omitempty"`    // the device's name (DHCP hostname or reverse DNS), when known
 	Network   string    `json:"network"`             // tcp or udp
 	Src       string    `json:"src"`                 // client address
 	Dst       string    `json:"dst"`                 // original destination ("" when the client gave only a name)
@@ -33,6 +36,10 @@ type Flow struct {
 	Age       float64   `json:"age_seconds"`
 	BytesUp   uint64    `json:"bytes_up"`   // client → destination, as the client socket counts it
 	BytesDown uint64    `json:"bytes_down"` // destination → client
+	// Way is the upstream or group the flow's rule named, by its config name ("direct" for a
+	// direct rule; empty while routing and for a block); Member the group member carrying it.
+	Way    string `json:"way,omitempty"`
+	Member string `json:"member,omitempty"`
 }
 
 // Upstream is one upstream's health as /upstreams and the socksgate_upstream_up metric report it.
@@ -143,6 +150,9 @@ func Handler(src Source, version string) http.Handler {
 		}
 		writeJSON(w, ups)
 	})
+	if c, ok := src.(Controller); ok {
+		clashRoutes(mux, src, c, version)
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		if hc, ok := src.(HealthChecker); ok {

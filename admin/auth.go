@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"context"
 	"crypto/sha256"
 	"crypto/subtle"
 	"net/http"
@@ -70,8 +71,11 @@ func (g *guard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	now := time.Now()
 	rc.SetReadDeadline(now.Add(10 * time.Second))
 	rc.SetWriteDeadline(now.Add(30 * time.Second))
-	g.next.ServeHTTP(w, r)
+	g.next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), accessKey{}, a)))
 }
+
+// accessKey holds the request's *Access in its context (the WebSocket origin check).
+type accessKey struct{}
 
 // liftDeadlines clears the request bounds guard set, for a stream that lasts as long as its
 // client (a WebSocket keeps the connection's deadlines after the upgrade).

@@ -263,9 +263,15 @@ type Upstream struct {
 type Group struct {
 	// Name identifies the group in rules; unique among upstreams and groups.
 	Name string `yaml:"name"`
-	// Policy is PolicyFailover (default, in order), PolicyRoundRobin or
-	// PolicyLeastConnections.
+	// Policy is PolicyFailover (default, in order), PolicyRoundRobin,
+	// PolicyLeastConnections, PolicySelect (the member chosen through the
+	// control API; the first until one is) or PolicyURLTest (the member whose
+	// health checks are fastest).
 	Policy Policy `yaml:"policy"`
+	// Tolerance is how much faster another member's checks must be before a
+	// url-test group moves to it, so that it does not flap between members of
+	// about the same latency. Default 50ms.
+	Tolerance Duration `yaml:"tolerance"`
 	// Upstreams are names of upstreams (not groups), at least one.
 	Upstreams []string `yaml:"upstreams"`
 	// OnDown is what a flow does when every member is down: OnDownBlock

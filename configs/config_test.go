@@ -194,7 +194,7 @@ rules:
   - {name: last, dst_ports: [22], upstream: h}
 `)
 	g := c.Groups[0]
-	wantG := Group{Name: "g", Policy: PolicyFailover, Upstreams: []string{"a", "b"}, OnDown: OnDownBlock,
+	wantG := Group{Name: "g", Policy: PolicyFailover, Upstreams: []string{"a", "b"}, OnDown: OnDownBlock, Tolerance: Duration(50 * time.Millisecond),
 		Health: Health{Interval: Duration(10 * time.Second), Timeout: Duration(5 * time.Second), Rise: 2, Fall: 3}}
 	if !reflect.DeepEqual(g, wantG) {
 		t.Errorf("group defaults = %+v, want %+v", g, wantG)
@@ -529,7 +529,7 @@ rules:
   - {action: allow}
 on_crash: ajar
 relay: teleport`, []string{
-			`line 5: groups[0].policy: must be one of failover, round-robin, least-connections (got "random")`,
+			`line 5: groups[0].policy: must be one of failover, round-robin, least-connections, select, url-test (got "random")`,
 			`line 5: groups[0].on_down: must be one of block, direct (got "panic")`,
 			`line 7: rules[0].protocol[0]: must be one of tcp, udp (got "icmp")`,
 			`line 7: rules[0].inbound[0]: must be one of transparent, http, socks, dns, router (got "redirect")`,

@@ -202,8 +202,9 @@ func defaults() *Config {
 // defaultGroup holds a group's defaults; each group is decoded over it.
 func defaultGroup() Group {
 	return Group{
-		Policy: PolicyFailover,
-		OnDown: OnDownBlock,
+		Policy:    PolicyFailover,
+		Tolerance: Duration(50 * time.Millisecond),
+		OnDown:    OnDownBlock,
 		Health: Health{
 			Interval: Duration(10 * time.Second),
 			Timeout:  Duration(5 * time.Second),

@@ -695,6 +695,9 @@ func (c *Config) validateGroups(p *problems, ix *nameIndex) {
 		p.enum(path+".on_down", g.OnDown)
 		h := &g.Health
 		p.nonNegative(path+".health.interval", h.Interval)
+		if g.Policy == PolicyURLTest && h.Interval == 0 {
+			p.add(path+".health.interval", "url-test picks by the health checks' latency: it needs periodic checks (an interval above 0)")
+		}
 		if h.Interval > 0 {
 			p.positive(path+".health.timeout", h.Timeout)
 		}

@@ -33,8 +33,17 @@ import (
 // diff without dropping live flows (see running.reload); reload may be nil.
 func Run(ctx context.Context, cfg *configs.Config, log *logrus.Logger, reload <-chan *configs.Config) (err error) {
 	nofile := raiseFileLimit(log)
-	rt := &running{log: log, cfg: cfg, mark: redirect.MarkControl(cfg.Mark), own: &upstream.OwnConns{}, health: &listenerHealth{}}
+	rt := &running{log: log, cfg: cfg, mark: redirect.MarkControl(cfg.Mark), own: &upstream.OwnConns{}, health: &listenerHealth{},
+		logs: &admin.LogFeed{}}
 	defer rt.stopHealth()
+	// The control API's /logs: the hook costs an atomic load a line while nobody streams.
+	hooks := logrus.LevelHooks{}
+	for l, hs := range log.Hooks {
+		hooks[l] = append(hooks[l], hs...)
+	}
+	log.AddHook(logHook{rt.logs})
+	defer log.ReplaceHooks(hooks)
+	rt.selections = loadSelections(cfg.StateDir, log)
 	routing, err := rt.newRouting(cfg)
 	if err != nil {
 		return err
@@ -58,7 +67,7 @@ func Run(ctx context.Context, cfg *configs.Config, log *logrus.Logger, reload <-
 	if cfg.Transparent.UDPOverTCPUpstream == configs.UDPDirect {
 		g.UDPFallback = rt.directUp()
 	}
-	g.health.Store(&groupHealth{cfg: cfg, ups: rt.ups})
+	g.health.Store(&groupHealth{cfg: cfg, ups: rt.ups, router: routing.router})
 	if g.MaxFlows == 0 && nofile > 0 {
 		// Each relayed flow holds two descriptors; keep some for listeners, UDP and the admin
 		// endpoint, so the bound is met before accept(2) ever sees EMFILE.
@@ -188,7 +197,12 @@ type running struct {
 	dns      *dnsService    // nil: dns off
 	udp      []io.Closer    // transparent UDP (udp.go)
 	admin    *admin.Server  // nil: none
-	serving  sync.WaitGroup // the transparent TCP accept loops
+	logs     *admin.LogFeed // the control API's /logs
+	// selections are the members chosen in select groups (the control API), kept in the
+	// state directory; every routing built applies them.
+	selections *selections
+	delays     delayLog       // delay tests of upstreams outside any group
+	serving    sync.WaitGroup // the transparent TCP accept loops
 }
 
 // direct is how socksgate dials without a proxy: its sockets marked, its connections kept in
@@ -239,6 +253,7 @@ func (rt *running) newRouting(cfg *configs.Config) (routing, error) {
 	if err != nil {
 		return routing{}, err
 	}
+	rt.selections.apply(cfg, ups)
 	router, err := route.NewRouter(cfg, ups)
 	if err != nil {
 		stop()
@@ -253,7 +268,7 @@ func (rt *running) useRouting(cfg *configs.Config, r routing) {
 	rt.g.SetRouter(r.router)
 	rt.stopHealth()
 	rt.ups, rt.stopUps = r.ups, r.stop
-	rt.g.health.Store(&groupHealth{cfg: cfg, ups: r.ups})
+	rt.g.health.Store(&groupHealth{cfg: cfg, ups: r.ups, router: r.router})
 }
 
 func (rt *running) stopHealth() {

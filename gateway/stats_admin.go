@@ -5,6 +5,7 @@ import (
 
 	"github.com/socksgate/socksgate/admin"
 	"github.com/socksgate/socksgate/configs"
+	"github.com/socksgate/socksgate/route"
 	"github.com/socksgate/socksgate/upstream"
 )
 
@@ -42,8 +43,9 @@ func ConfiguredHealth(cfg *configs.Config) HealthReporter {
 // groupHealth reports the members of every group with their checked state, and every upstream
 // outside a group as up ("not health-checked": only groups run health checks).
 type groupHealth struct {
-	cfg *configs.Config
-	ups map[string]upstream.Upstream
+	cfg    *configs.Config
+	ups    map[string]upstream.Upstream
+	router route.Router // built from cfg over ups (the rules' hit counts)
 }
 
 func (h groupHealth) UpstreamStates() []UpstreamState {

@@ -14,6 +14,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -167,6 +168,21 @@ func run(cfg *configs.Config, path string, override func(*configs.Config), stder
 	defer signal.Stop(hup)
 	reload := make(chan *configs.Config)
 	go watchReload(ctx, log, path, override, hup, reload)
+	// PUT /configs of the control API: the file is checked here, so that the client hears why
+	// it is refused, and then re-read as a SIGHUP has it.
+	gateway.RequestReload = func() error {
+		if path == "" {
+			return errors.New("running the embedded default config: there is no file to re-read")
+		}
+		if _, err := configs.Load(path); err != nil {
+			return err
+		}
+		select {
+		case hup <- syscall.SIGHUP:
+		default: // a reload is pending already
+		}
+		return nil
+	}
 	if err := gateway.Run(ctx, cfg, log, reload); err != nil {
 		log.WithError(err).Error("socksgate stopped")
 		return 1
