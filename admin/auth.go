@@ -44,7 +44,16 @@ func (g *guard) set(a Access) {
 
 func (g *guard) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	a := g.access.Load()
-	if origin := r.Header.Get("Origin"); origin != "" && a.allowsOrigin(origin) {
+	origin := r.Header.Get("Origin")
+	allowed := origin != "" && a.allowsOrigin(origin)
+	if site := r.Header.Get("Sec-Fetch-Site"); (site == "cross-site" || site == "same-site") && !allowed {
+		// A browser sending a request on behalf of another site's page (an <img>, a form):
+		// without a secret nothing else would stop it from, say, making socksgate fetch a URL
+		// through DIRECT. A configured origin's dashboard is let through.
+		writeError(w, http.StatusForbidden, "cross-site request from an origin not in admin.cors_origins")
+		return
+	}
+	if allowed {
 		h := w.Header()
 		h.Set("Access-Control-Allow-Origin", origin)
 		h.Add("Vary", "Origin")

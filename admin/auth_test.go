@@ -114,3 +114,35 @@ func TestSetAccessAppliesToNextRequest(t *testing.T) {
 		t.Fatalf("new secret: %v", err)
 	}
 }
+
+// A browser's request made for another site's page (Sec-Fetch-Site cross-site or same-site) is
+// refused unless it comes from a configured origin; the endpoint's own pages, typed URLs and
+// clients that are not browsers are not affected.
+func TestCrossSiteBrowserRequestsAreRefused(t *testing.T) {
+	h := Guarded(Handler(testSource, "test"), Access{CORSOrigins: []string{"http://dash.example"}})
+	for _, c := range []struct {
+		site, origin string
+		want         int
+	}{
+		{"", "", 200},
+		{"none", "", 200},
+		{"same-origin", "", 200},
+		{"cross-site", "", 403},
+		{"same-site", "http://other.example", 403},
+		{"cross-site", "http://evil.example", 403},
+		{"cross-site", "http://dash.example", 200},
+	} {
+		r := httptest.NewRequest(http.MethodGet, "/flows", nil)
+		if c.site != "" {
+			r.Header.Set("Sec-Fetch-Site", c.site)
+		}
+		if c.origin != "" {
+			r.Header.Set("Origin", c.origin)
+		}
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, r)
+		if rec.Code != c.want {
+			t.Errorf("Sec-Fetch-Site %q, Origin %q: %d, want %d", c.site, c.origin, rec.Code, c.want)
+		}
+	}
+}
