@@ -20,6 +20,9 @@ import (
 
 // Flow is one live flow as /flows reports it.
 type Flow struct {
+	ID        string    `json:"id"`                  // stable for the flow's life; the Clash API's connection id
+	MAC       string    `json:"mac,omitempty"`       // the LAN device's MAC (aa:bb:cc:dd:ee:ff), when known
+	Device    string    `json:"device,omitempty"`    // the device's name (DHCP hostname or reverse DNS), when known
 	Network   string    `json:"network"`             // tcp or udp
 	Src       string    `json:"src"`                 // client address
 	Dst       string    `json:"dst"`                 // original destination ("" when the client gave only a name)
@@ -33,6 +36,10 @@ type Flow struct {
 	Age       float64   `json:"age_seconds"`
 	BytesUp   uint64    `json:"bytes_up"`   // client → destination, as the client socket counts it
 	BytesDown uint64    `json:"bytes_down"` // destination → client
+	// Way is the upstream or group the flow's rule named, by its config name ("direct" for a
+	// direct rule; empty while routing and for a block); Member the group member carrying it.
+	Way    string `json:"way,omitempty"`
+	Member string `json:"member,omitempty"`
 }
 
 // Upstream is one upstream's health as /upstreams and the socksgate_upstream_up metric report it.
@@ -143,6 +150,9 @@ func Handler(src Source, version string) http.Handler {
 		}
 		writeJSON(w, ups)
 	})
+	if c, ok := src.(Controller); ok {
+		clashRoutes(mux, src, c, version)
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		if hc, ok := src.(HealthChecker); ok {
@@ -166,8 +176,18 @@ func writeJSON(w http.ResponseWriter, v any) {
 	enc.Encode(v)
 }
 
+// writeError answers status with the Clash API's error body, {"message": msg}.
+func writeError(w http.ResponseWriter, status int, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(struct {
+		Message string `json:"message"`
+	}{msg})
+}
+
 // Server is a running admin endpoint.
 type Server struct {
+	guard  *guard
 	srv    *http.Server
 	ln     net.Listener
 	err    chan error
@@ -175,20 +195,24 @@ type Server struct {
 	closed error
 }
 
-// Listen opens addr (host:port) and serves Handler(src, version) on it until Close.
-func Listen(addr string, src Source, version string) (*Server, error) {
+// Listen opens addr (host:port) and serves Handler(src, version) on it until Close, to the
+// clients access lets in.
+func Listen(addr string, src Source, version string, access Access) (*Server, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("admin endpoint: %w", err)
 	}
+	g := newGuard(Handler(src, version), access)
 	s := &Server{
+		guard: g,
 		srv: &http.Server{
-			Handler:           Handler(src, version),
+			Handler:           g,
 			ReadHeaderTimeout: 5 * time.Second,
-			ReadTimeout:       10 * time.Second,
-			WriteTimeout:      30 * time.Second,
-			IdleTimeout:       time.Minute,
-			MaxHeaderBytes:    16 << 10,
+			// No ReadTimeout or WriteTimeout: the streams (/traffic, /logs, /connections
+			// over WebSocket) last as long as their client; every other handler answers
+			// at once, and a body is read through http.MaxBytesReader.
+			IdleTimeout:    time.Minute,
+			MaxHeaderBytes: 16 << 10,
 		},
 		ln:  ln,
 		err: make(chan error, 1),
@@ -196,6 +220,10 @@ func Listen(addr string, src Source, version string) (*Server, error) {
 	go func() { s.err <- s.srv.Serve(ln) }()
 	return s, nil
 }
+
+// SetAccess replaces who may use the endpoint (a reload that changed the secret or the
+// origins), for the requests that come from now on.
+func (s *Server) SetAccess(a Access) { s.guard.set(a) }
 
 // Addr is the address the endpoint listens on.
 func (s *Server) Addr() net.Addr { return s.ln.Addr() }
@@ -220,8 +248,9 @@ func (s *Server) Close() error {
 
 // Client reads a running socksgate's admin endpoint; `socksgate status` uses it.
 type Client struct {
-	Base string       // "http://127.0.0.1:9091"
-	HTTP *http.Client // nil: a client with a 5s timeout
+	Base   string       // "http://127.0.0.1:9091"
+	Secret string       // the endpoint's secret (admin.secret), sent as a bearer token; "": none
+	HTTP   *http.Client // nil: a client with a 5s timeout
 }
 
 // Flows fetches /flows.
@@ -245,11 +274,17 @@ func (c Client) get(ctx context.Context, path string, v any) error {
 	if err != nil {
 		return fmt.Errorf("admin %s: %w", path, err)
 	}
+	if c.Secret != "" {
+		req.Header.Set("Authorization", "Bearer "+c.Secret)
+	}
 	resp, err := hc.Do(req)
 	if err != nil {
 		return fmt.Errorf("admin %s: %w", path, err)
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusUnauthorized {
+		return fmt.Errorf("admin %s: %s: the endpoint has a secret (admin.secret): give the config with -c", path, resp.Status)
+	}
 	if resp.StatusCode != http.StatusOK {
 		return fmt.Errorf("admin %s: %s", path, resp.Status)
 	}

@@ -90,7 +90,7 @@ func TestMetricsExposeEverySeries(t *testing.T) {
 
 // The JSON endpoints and /healthz, read back through the Client over a real listener.
 func TestListenServesClient(t *testing.T) {
-	s, err := Listen("127.0.0.1:0", testSource, "test")
+	s, err := Listen("127.0.0.1:0", testSource, "test", Access{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -82,3 +82,16 @@ func parseStatm(b []byte) (size, resident uint64, err error) {
 	}
 	return size, resident, nil
 }
+
+// residentBytes is the process's resident set size (GET /memory's inuse); 0 when unknown.
+func residentBytes() uint64 {
+	statm, err := os.ReadFile("/proc/self/statm")
+	if err != nil {
+		return 0
+	}
+	_, resident, err := parseStatm(statm)
+	if err != nil {
+		return 0
+	}
+	return resident * uint64(os.Getpagesize())
+}

@@ -16,6 +16,10 @@ package configs
 import (
 	"net/netip"
 	"net/url"
+	"slices"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
 
 	"github.com/socksgate/socksgate/relay"
 )
@@ -58,9 +62,10 @@ type Config struct {
 	// still say "kernel" (the removed sockmap relay): Parse reads it as auto
 	// and Warnings says so.
 	Relay relay.Mode `yaml:"relay"`
-	// Admin is the host:port of the admin endpoint (/metrics, /flows,
-	// /healthz); empty (default) disables it.
-	Admin string `yaml:"admin"`
+	// Admin configures the admin endpoint (/metrics, /flows, the Clash-style
+	// control API, /healthz): in YAML its host:port alone, or the long form
+	// {listen, secret, cors_origins}. No listen address (default) disables it.
+	Admin Admin `yaml:"admin"`
 	// DNS configures the resolver on the gateway (dns.go).
 	DNS DNS `yaml:"dns"`
 	// StateDir holds what must survive a restart (the fake-ip pool), written atomically; a
@@ -70,6 +75,41 @@ type Config struct {
 	// deprecated are warnings about values that are still accepted but mean
 	// something else now, found by Parse; Warnings returns them first.
 	deprecated []string
+}
+
+// Admin configures the admin endpoint. `admin: 127.0.0.1:9091` is the same as
+// `admin: {listen: 127.0.0.1:9091}`.
+type Admin struct {
+	// Listen is the host:port to serve on; empty turns the endpoint off.
+	Listen string `yaml:"listen"`
+	// Secret, when set, is required from every client (Authorization: Bearer
+	// SECRET, or ?token=SECRET for WebSocket clients) on every path but
+	// /healthz and the dashboard's static /ui/ assets; 401 otherwise.
+	Secret Secret `yaml:"secret"`
+	// CORSOrigins are the origins (scheme://host[:port], or "*") whose pages
+	// may call the API from a browser; none (default): no CORS headers.
+	CORSOrigins []string `yaml:"cors_origins"`
+}
+
+// Equal reports whether a and b configure the same endpoint.
+func (a Admin) Equal(b Admin) bool {
+	return a.Listen == b.Listen && a.Secret == b.Secret && slices.Equal(a.CORSOrigins, b.CORSOrigins)
+}
+
+// UnmarshalYAML accepts the address alone or the long form.
+func (a *Admin) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode {
+		*a = Admin{Listen: strings.TrimSpace(n.Value)}
+		return nil
+	}
+	type plain Admin
+	var p plain
+	if err := n.Decode(&p); err != nil {
+		return err
+	}
+	p.Listen = strings.TrimSpace(p.Listen)
+	*a = Admin(p)
+	return nil
 }
 
 // Log configures logging.
@@ -227,9 +267,15 @@ type Upstream struct {
 type Group struct {
 	// Name identifies the group in rules; unique among upstreams and groups.
 	Name string `yaml:"name"`
-	// Policy is PolicyFailover (default, in order), PolicyRoundRobin or
-	// PolicyLeastConnections.
+	// Policy is PolicyFailover (default, in order), PolicyRoundRobin,
+	// PolicyLeastConnections, PolicySelect (the member chosen through the
+	// control API; the first until one is) or PolicyURLTest (the member whose
+	// health checks are fastest).
 	Policy Policy `yaml:"policy"`
+	// Tolerance is how much faster another member's checks must be before a
+	// url-test group moves to it, so that it does not flap between members of
+	// about the same latency. Default 50ms.
+	Tolerance Duration `yaml:"tolerance"`
 	// Upstreams are names of upstreams (not groups), at least one.
 	Upstreams []string `yaml:"upstreams"`
 	// OnDown is what a flow does when every member is down: OnDownBlock

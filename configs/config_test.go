@@ -171,7 +171,7 @@ func TestDefaultsApplied(t *testing.T) {
 		{"limits.max_flows", c.Limits.MaxFlows, 0},
 		{"limits.max_flows_per_source", c.Limits.MaxFlowsPerSource, 0},
 		{"relay", c.Relay, relay.Auto},
-		{"admin", c.Admin, ""},
+		{"admin", c.Admin.Listen, ""},
 		{"rules", c.Rules, []Rule{{Name: "default", Action: ActionDirect, Implicit: true}}},
 	}
 	for _, ch := range checks {
@@ -195,7 +195,7 @@ rules:
   - {name: last, dst_ports: [22], upstream: h}
 `)
 	g := c.Groups[0]
-	wantG := Group{Name: "g", Policy: PolicyFailover, Upstreams: []string{"a", "b"}, OnDown: OnDownBlock,
+	wantG := Group{Name: "g", Policy: PolicyFailover, Upstreams: []string{"a", "b"}, OnDown: OnDownBlock, Tolerance: Duration(50 * time.Millisecond),
 		Health: Health{Interval: Duration(10 * time.Second), Timeout: Duration(5 * time.Second), Rise: 2, Fall: 3}}
 	if !reflect.DeepEqual(g, wantG) {
 		t.Errorf("group defaults = %+v, want %+v", g, wantG)
@@ -530,7 +530,7 @@ rules:
   - {action: allow}
 on_crash: ajar
 relay: teleport`, []string{
-			`line 5: groups[0].policy: must be one of failover, round-robin, least-connections (got "random")`,
+			`line 5: groups[0].policy: must be one of failover, round-robin, least-connections, select, url-test (got "random")`,
 			`line 5: groups[0].on_down: must be one of block, direct (got "panic")`,
 			`line 7: rules[0].protocol[0]: must be one of tcp, udp (got "icmp")`,
 			`line 7: rules[0].inbound[0]: must be one of transparent, http, socks, dns, router (got "redirect")`,
@@ -987,7 +987,7 @@ rules:
 		`rules[2] ("rule#3"): upstream "web" cannot carry UDP; UDP flows it matches follow transparent.udp_without_support (block)`,
 		`rules[3] ("rule#4"): upstream "s5via" cannot carry UDP; UDP flows it matches follow transparent.udp_without_support (block)`,
 		`transparent.udp: has no effect without lan.interfaces`,
-		`admin: "0.0.0.0:9091" is reachable from other hosts and shows live flows`,
+		`admin: "0.0.0.0:9091" is reachable from other hosts without a secret: anyone who reaches it sees the live flows and can close them, switch upstreams and reload the config; set admin.secret`,
 		`nothing to serve: no lan.interfaces and no listen addresses`,
 	}
 	if got := c.Warnings(); !slices.Equal(got, want) {
@@ -1282,5 +1282,50 @@ func TestGraceOverUnitStopTimeoutWarns(t *testing.T) {
 	w := hasGraceWarning(mustParse(t, "timeouts: {grace: 30s}\n").Warnings())
 	if !strings.Contains(w, "TimeoutStopSec") || !strings.Contains(w, "35s here") {
 		t.Errorf("grace 30s: %q, want TimeoutStopSec and 35s", w)
+	}
+}
+
+// admin: takes the address alone or the long form; the long form's secret silences the
+// warning about an endpoint reachable from other hosts, and its mistakes are reported.
+func TestAdminForms(t *testing.T) {
+	short := mustParse(t, "admin: 127.0.0.1:9091\n")
+	long := mustParse(t, "admin: {listen: 127.0.0.1:9091}\n")
+	if !short.Admin.Equal(long.Admin) || short.Admin.Listen != "127.0.0.1:9091" {
+		t.Fatalf("short %+v, long %+v", short.Admin, long.Admin)
+	}
+	c := mustParse(t, `
+admin:
+  listen: "0.0.0.0:9091"
+  secret: s3cret
+  cors_origins: [http://192.168.1.1:8080, "*"]
+`)
+	if c.Admin.Listen != "0.0.0.0:9091" || c.Admin.Secret != "s3cret" || !slices.Equal(c.Admin.CORSOrigins, []string{"http://192.168.1.1:8080", "*"}) {
+		t.Fatalf("long form: %+v", c.Admin)
+	}
+	for _, w := range c.Warnings() {
+		if strings.HasPrefix(w, "admin:") {
+			t.Errorf("warning with a secret: %s", w)
+		}
+	}
+	if got := fmt.Sprint(c.Admin); strings.Contains(got, "s3cret") {
+		t.Errorf("the secret formats in clear: %s", got)
+	}
+	one := mustParse(t, "admin: {listen: 127.0.0.1:9091, cors_origins: http://a.example}\n")
+	if !slices.Equal(one.Admin.CORSOrigins, []string{"http://a.example"}) {
+		t.Errorf("a single origin is not a list of one: %q", one.Admin.CORSOrigins)
+	}
+	for doc, want := range map[string]string{
+		"admin: {secret: x}\n": "admin.listen: must be set",
+		"admin: {listen: 127.0.0.1:9091, cors_origins: [foo]}\n":        "admin.cors_origins[0]",
+		"admin: {listen: 127.0.0.1:9091, cors_origins: [ftp://h]}\n":    "scheme must be http or https",
+		"admin: {listen: 127.0.0.1:9091, cors_origins: [http://h/x]}\n": "no path",
+		"admin: {listen: 127.0.0.1:9091, secert: x}\n":                  `unknown key "secert", did you mean "secret"?`,
+		"admin: {listen: lan:9091}\n":                                   "the lan keyword is for listen",
+		"admin: [a]\n":                                                  "expected a mapping",
+	} {
+		_, err := Parse([]byte(doc))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: error %v, want it to say %q", doc, err, want)
+		}
 	}
 }

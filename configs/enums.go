@@ -197,10 +197,13 @@ const (
 	PolicyFailover Policy = iota
 	PolicyRoundRobin
 	PolicyLeastConnections
+	PolicySelect  // the member chosen through the control API, kept across reloads and restarts
+	PolicyURLTest // the member with the lowest health-check latency, within a tolerance
 )
 
 var policies = symbols[Policy]{
-	{PolicyFailover, "failover"}, {PolicyRoundRobin, "round-robin"}, {PolicyLeastConnections, "least-connections"}}
+	{PolicyFailover, "failover"}, {PolicyRoundRobin, "round-robin"}, {PolicyLeastConnections, "least-connections"},
+	{PolicySelect, "select"}, {PolicyURLTest, "url-test"}}
 
 func (v Policy) String() string                { return policies.name(v, "policy") }
 func (v Policy) MarshalText() ([]byte, error)  { return policies.marshal(v, "policy") }

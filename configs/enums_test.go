@@ -122,7 +122,7 @@ rules: [{protocol: tcp, inbound: http, upstream: g}]`)
 	want := []string{
 		`log.level: must be one of debug, info, warn, error (got log.level(9))`,
 		`transparent.tcp_mode: must be one of redirect, tproxy (got tcp_mode(9))`,
-		`groups[0].policy: must be one of failover, round-robin, least-connections (got policy(9))`,
+		`groups[0].policy: must be one of failover, round-robin, least-connections, select, url-test (got policy(9))`,
 		`rules[0].protocol[0]: must be one of tcp, udp (got network(9))`,
 		`rules[0].inbound[0]: must be one of transparent, http, socks, dns, router (got inbound(9))`,
 		`rules[0].action: must be one of direct, proxy, block (got action(9))`,

@@ -203,8 +203,9 @@ func defaults() *Config {
 // defaultGroup holds a group's defaults; each group is decoded over it.
 func defaultGroup() Group {
 	return Group{
-		Policy: PolicyFailover,
-		OnDown: OnDownBlock,
+		Policy:    PolicyFailover,
+		Tolerance: Duration(50 * time.Millisecond),
+		OnDown:    OnDownBlock,
 		Health: Health{
 			Interval: Duration(10 * time.Second),
 			Timeout:  Duration(5 * time.Second),
@@ -309,6 +310,7 @@ func (c *Config) finish() {
 	emptyToNil(&c.Listen.Allow)
 	emptyToNil(&c.Upstreams)
 	emptyToNil(&c.Groups)
+	emptyToNil(&c.Admin.CORSOrigins)
 	for i := range c.Groups {
 		emptyToNil(&c.Groups[i].Upstreams)
 	}
@@ -395,6 +397,7 @@ var (
 	unmarshalerType   = reflect.TypeFor[yaml.Unmarshaler]()
 	textUnmarshalType = reflect.TypeFor[encoding.TextUnmarshaler]()
 	portRangeType     = reflect.TypeFor[PortRange]()
+	adminType         = reflect.TypeFor[Admin]()
 )
 
 func (w *walker) add(n *yaml.Node, path, format string, args ...any) {
@@ -434,6 +437,9 @@ func (w *walker) walk(n *yaml.Node, t reflect.Type, path string) {
 		t = t.Elem()
 	}
 	pt := reflect.PointerTo(t)
+	if t == adminType && n.Kind == yaml.ScalarNode {
+		return // admin: HOST:PORT, the short form; Validate checks the address
+	}
 	switch {
 	case pt.Implements(unmarshalerType) && (t.Kind() != reflect.Struct || t == portRangeType):
 		if err := reflect.New(t).Interface().(yaml.Unmarshaler).UnmarshalYAML(n); err != nil {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -127,27 +128,58 @@ func (c *Config) Validate() error {
 }
 
 // validateAdmin checks the admin address, which is listened on as written
-// (no "lan" keyword), and that it is free of socksgate's other listeners.
+// (no "lan" keyword), that it is free of socksgate's other listeners, and the
+// CORS origins.
 func (c *Config) validateAdmin(p *problems) {
-	if c.Admin == "" {
+	ad := c.Admin
+	for i, o := range ad.CORSOrigins {
+		if msg := checkOrigin(o); msg != "" {
+			p.add(fmt.Sprintf("admin.cors_origins[%d]", i), "%q: %s", o, msg)
+		}
+	}
+	if ad.Listen == "" {
+		if ad.Secret != "" || len(ad.CORSOrigins) > 0 {
+			p.add("admin.listen", "must be set when admin has a secret or cors_origins (the endpoint is off without it)")
+		}
 		return
 	}
-	a, err := ParseListenAddr(c.Admin)
+	if strings.TrimSpace(string(ad.Secret)) != string(ad.Secret) {
+		p.add("admin.secret", "must not begin or end with spaces (a client cannot send them in a header)")
+	}
+	a, err := ParseListenAddr(ad.Listen)
 	switch {
 	case err != nil:
 		p.add("admin", "%v", err)
 		return
 	case a.LAN:
-		p.add("admin", "%q: the lan keyword is for listen.*; write an address, e.g. 127.0.0.1:%d", c.Admin, a.Port)
+		p.add("admin", "%q: the lan keyword is for listen.*; write an address, e.g. 127.0.0.1:%d", ad.Listen, a.Port)
 		return
 	}
 	others := c.explicitListeners()
 	if tl, ok := c.transparentListener(); ok {
 		others = append(others, tl)
 	}
-	if msg := c.collision(tcpListener{path: "admin", raw: c.Admin, addr: a}, others); msg != "" {
+	if msg := c.collision(tcpListener{path: "admin", raw: ad.Listen, addr: a}, others); msg != "" {
 		p.add("admin", "%s", msg)
 	}
+}
+
+// checkOrigin says what is wrong with a CORS origin ("" when it is one): a
+// browser sends scheme://host[:port], nothing more, or the origin is "*".
+func checkOrigin(o string) string {
+	if o == "*" {
+		return ""
+	}
+	u, err := url.Parse(o)
+	switch {
+	case err != nil || u.Host == "" || u.Opaque != "":
+		return "want an origin such as \"http://192.168.1.1:9091\" or \"*\""
+	case u.Scheme != "http" && u.Scheme != "https":
+		return "scheme must be http or https"
+	case u.User != nil || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "":
+		return "an origin is scheme://host[:port] only (no path, query or credentials)"
+	}
+	return ""
 }
 
 func (c *Config) validateLAN(p *problems) {
@@ -664,6 +696,9 @@ func (c *Config) validateGroups(p *problems, ix *nameIndex) {
 		p.enum(path+".on_down", g.OnDown)
 		h := &g.Health
 		p.nonNegative(path+".health.interval", h.Interval)
+		if g.Policy == PolicyURLTest && h.Interval == 0 {
+			p.add(path+".health.interval", "url-test picks by the health checks' latency: it needs periodic checks (an interval above 0)")
+		}
 		if h.Interval > 0 {
 			p.positive(path+".health.timeout", h.Timeout)
 		}

@@ -122,9 +122,10 @@ func (c *Config) Warnings() []string {
 			}
 		}
 	}
-	if c.Admin != "" {
-		if host, _, err := splitHostPort(c.Admin, true); err == nil && !isLoopbackHost(host) {
-			add("admin: %q is reachable from other hosts and shows live flows", c.Admin)
+	if c.Admin.Listen != "" {
+		if host, _, err := splitHostPort(c.Admin.Listen, true); err == nil && !isLoopbackHost(host) && c.Admin.Secret == "" {
+			add("admin: %q is reachable from other hosts without a secret: anyone who reaches it sees the live flows "+
+				"and can close them, switch upstreams and reload the config; set admin.secret", c.Admin.Listen)
 		}
 	}
 	if g := c.Timeouts.Grace.Std(); g > MaxGraceUnderUnit {

@@ -192,7 +192,7 @@ func (s *socksInbound) Tunnel(ctx context.Context, client net.Conn, t socksserve
 func (s *socksInbound) OpenUDP(ctx context.Context, src netip.AddrPort, deliver func([]byte, socks.Addr)) (socksserver.UDPSession, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	u := &explicitUDP{
-		g: s.g, src: src, deliver: deliver, ctx: ctx, cancel: cancel, start: time.Now(),
+		g: s.g, id: s.g.lastID.Add(1), src: src, deliver: deliver, ctx: ctx, cancel: cancel, start: time.Now(),
 		paths: make(map[any]net.PacketConn), names: make(map[string]netip.Addr),
 	}
 	s.g.mu.Lock()
@@ -215,6 +215,7 @@ func (s *socksInbound) OpenUDP(ctx context.Context, src netip.AddrPort, deliver 
 // direct one over a marked UDP socket. Replies from any remote come back to the client.
 type explicitUDP struct {
 	g       *Gateway
+	id      uint64 // flowID
 	src     netip.AddrPort
 	deliver func([]byte, socks.Addr)
 	ctx     context.Context
@@ -244,6 +245,7 @@ func (u *explicitUDP) Send(ctx context.Context, payload []byte, t socksserver.Ta
 	u.seen.Lock()
 	if u.first.Network == 0 {
 		u.first, u.firstD = f, d
+		d.CountHit() // an association counts once, by its first datagram (each is routed)
 	}
 	u.seen.Unlock()
 	err := u.send(f, d, payload)

@@ -47,6 +47,8 @@ type Gateway struct {
 	guard    atomic.Pointer[loopGuard]   // the explicit listeners, which a named destination may turn out to be
 	namer    atomic.Pointer[flowNamer]   // socksgate's DNS, which names flows to the addresses it answered (dns.go)
 
+	lastID atomic.Uint64 // the last flow id handed out
+
 	mu       sync.Mutex
 	flows    map[*liveFlow]struct{}
 	perSrc   map[netip.Addr]int
@@ -60,6 +62,7 @@ type Gateway struct {
 // requests (then client is that connection, set once dialled, and remote is nil).
 type liveFlow struct {
 	route.Flow
+	id             uint64 // flowID, from Gateway.lastID
 	client, remote net.Conn
 	relay          *relay.Relay // set with remote, under Gateway.mu
 	start          time.Time

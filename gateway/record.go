@@ -94,7 +94,7 @@ func (g *Gateway) begin(f route.Flow, client net.Conn) (*liveFlow, error) {
 		g.refuse(f, errChainLoop)
 		return nil, errChainLoop
 	}
-	lf := &liveFlow{Flow: f, client: client, start: time.Now()}
+	lf := &liveFlow{Flow: f, id: g.lastID.Add(1), client: client, start: time.Now()}
 	if err := g.track(lf); err != nil {
 		g.refuse(f, err)
 		return nil, err

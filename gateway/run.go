@@ -17,6 +17,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/socksgate/socksgate/admin"
 	"github.com/socksgate/socksgate/configs"
 	"github.com/socksgate/socksgate/redirect"
 	"github.com/socksgate/socksgate/relay"
@@ -32,8 +33,17 @@ import (
 // diff without dropping live flows (see running.reload); reload may be nil.
 func Run(ctx context.Context, cfg *configs.Config, log *logrus.Logger, reload <-chan *configs.Config) (err error) {
 	nofile := raiseFileLimit(log)
-	rt := &running{log: log, cfg: cfg, mark: redirect.MarkControl(cfg.Mark), own: &upstream.OwnConns{}, health: &listenerHealth{}}
+	rt := &running{log: log, cfg: cfg, mark: redirect.MarkControl(cfg.Mark), own: &upstream.OwnConns{}, health: &listenerHealth{},
+		logs: &admin.LogFeed{}}
 	defer rt.stopHealth()
+	// The control API's /logs: the hook costs an atomic load a line while nobody streams.
+	hooks := logrus.LevelHooks{}
+	for l, hs := range log.Hooks {
+		hooks[l] = append(hooks[l], hs...)
+	}
+	log.AddHook(logHook{rt.logs})
+	defer log.ReplaceHooks(hooks)
+	rt.selections = loadSelections(cfg.StateDir, log)
 	routing, err := rt.newRouting(cfg)
 	if err != nil {
 		return err
@@ -57,7 +67,7 @@ func Run(ctx context.Context, cfg *configs.Config, log *logrus.Logger, reload <-
 	if cfg.Transparent.UDPOverTCPUpstream == configs.UDPDirect {
 		g.UDPFallback = rt.directUp()
 	}
-	g.health.Store(&groupHealth{cfg: cfg, ups: rt.ups})
+	g.health.Store(&groupHealth{cfg: cfg, ups: rt.ups, router: routing.router})
 	if g.MaxFlows == 0 && nofile > 0 {
 		// Each relayed flow holds two descriptors; keep some for listeners, UDP and the admin
 		// endpoint, so the bound is met before accept(2) ever sees EMFILE.
@@ -184,10 +194,15 @@ type running struct {
 	health   *listenerHealth
 	tcp      net.Listener // transparent TCP; nil: capture off
 	explicit *explicitInbound
-	dns      *dnsService // nil: dns off
-	udp      []io.Closer // transparent UDP (udp.go)
-	admin    []io.Closer
-	serving  sync.WaitGroup // the transparent TCP accept loops
+	dns      *dnsService    // nil: dns off
+	udp      []io.Closer    // transparent UDP (udp.go)
+	admin    *admin.Server  // nil: none
+	logs     *admin.LogFeed // the control API's /logs
+	// selections are the members chosen in select groups (the control API), kept in the
+	// state directory; every routing built applies them.
+	selections *selections
+	delays     delayLog       // delay tests of upstreams outside any group
+	serving    sync.WaitGroup // the transparent TCP accept loops
 }
 
 // direct is how socksgate dials without a proxy: its sockets marked, its connections kept in
@@ -204,7 +219,9 @@ func (rt *running) closeInbounds() {
 		rt.tcp = nil
 	}
 	closeAll(rt.udp)
-	closeAll(rt.admin)
+	if rt.admin != nil {
+		rt.admin.Close()
+	}
 	if rt.dns != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(rt.cfg.Timeouts.Grace))
 		rt.dns.close(ctx)
@@ -236,6 +253,7 @@ func (rt *running) newRouting(cfg *configs.Config) (routing, error) {
 	if err != nil {
 		return routing{}, err
 	}
+	rt.selections.apply(cfg, ups)
 	router, err := route.NewRouter(cfg, ups)
 	if err != nil {
 		stop()
@@ -250,7 +268,7 @@ func (rt *running) useRouting(cfg *configs.Config, r routing) {
 	rt.g.SetRouter(r.router)
 	rt.stopHealth()
 	rt.ups, rt.stopUps = r.ups, r.stop
-	rt.g.health.Store(&groupHealth{cfg: cfg, ups: r.ups})
+	rt.g.health.Store(&groupHealth{cfg: cfg, ups: r.ups, router: r.router})
 }
 
 func (rt *running) stopHealth() {
@@ -361,7 +379,7 @@ func (rt *running) reload(next *configs.Config) {
 	c, capChanged, restart := rt.setCapture(old, next)
 	applied.Mark, applied.LAN, applied.Transparent = c.Mark, c.LAN, c.Transparent
 	changed = append(changed, capChanged...)
-	if applied.Admin = rt.setAdmin(old.Admin, next.Admin); applied.Admin != old.Admin {
+	if applied.Admin = rt.setAdmin(old.Admin, next.Admin); !applied.Admin.Equal(old.Admin) {
 		changed = append(changed, "admin")
 	}
 	if applied.Log.Level = rt.setLogLevel(old.Log.Level, next.Log.Level); applied.Log.Level != old.Log.Level {
@@ -565,17 +583,24 @@ func (rt *running) setUDPFallback(old, next configs.Transparent) bool {
 }
 
 // setAdmin moves the admin endpoint to next (or turns it on or off), opening the new one
-// before closing the old; it returns the address in force.
-func (rt *running) setAdmin(old, next string) string {
-	if next == old {
+// before closing the old; a new secret or origins on the same address apply to the
+// requests from now on, on the open endpoint. It returns the settings in force.
+func (rt *running) setAdmin(old, next configs.Admin) configs.Admin {
+	if next.Equal(old) {
 		return old
+	}
+	if next.Listen == old.Listen && rt.admin != nil {
+		rt.admin.SetAccess(adminAccess(next))
+		return next
 	}
 	srv, err := rt.startAdmin(next)
 	if err != nil {
 		rt.log.WithError(err).Error("reload: admin endpoint; keeping the old one")
 		return old
 	}
-	closeAll(rt.admin)
+	if rt.admin != nil {
+		rt.admin.Close()
+	}
 	rt.admin = srv
 	return next
 }

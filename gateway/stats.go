@@ -37,6 +37,8 @@ type Stats struct {
 	// socksserver.Server of a run counts into it.
 	SOCKSUDP socksserver.UDPCounters
 
+	upTotal, downTotal atomic.Uint64 // bytes of every ended flow, for the control API's traffic
+
 	mu      sync.Mutex
 	udp     func() UDPCounts // see SetUDPSource
 	ended   map[endKey]*endTotals
@@ -78,6 +80,8 @@ func (s *Stats) SetUDPSource(f func() UDPCounts) {
 // association) is counted once when it ends, with its first destination's route.
 func (s *Stats) FlowEnded(f route.Flow, d route.Decision, up, down int64, err error) {
 	k := endKey{f.Inbound.String(), upstreamLabel(d), outcomeOf(d, err).String()}
+	s.upTotal.Add(uint64(max(up, 0)))
+	s.downTotal.Add(uint64(max(down, 0)))
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.ended == nil {
@@ -92,6 +96,9 @@ func (s *Stats) FlowEnded(f route.Flow, d route.Decision, up, down int64, err er
 	t.up += uint64(max(up, 0))
 	t.down += uint64(max(down, 0))
 }
+
+// carried is the bytes of every ended flow, each way.
+func (s *Stats) carried() (up, down uint64) { return s.upTotal.Load(), s.downTotal.Load() }
 
 // Refuse counts a flow refused before it was routed, by its Refusal's reason ("loop",
 // "max_flows", ...).
@@ -185,6 +192,7 @@ func upstreamLabel(d route.Decision) string {
 // routed is Handle's hook once the dial is done: the decision becomes visible in the live flow
 // table and a successful dial's latency is recorded.
 func (g *Gateway) routed(lf *liveFlow, d route.Decision, err error) {
+	d.CountHit()
 	g.mu.Lock()
 	lf.decision, lf.routed = d, true
 	g.mu.Unlock()
@@ -204,7 +212,7 @@ func (g *Gateway) LiveFlows() []admin.Flow {
 	g.mu.Lock()
 	entries := make([]entry, 0, len(g.flows))
 	for lf := range g.flows {
-		entries = append(entries, entry{lf: liveFlow{Flow: lf.Flow, start: lf.start, decision: lf.decision, routed: lf.routed}, client: lf.client})
+		entries = append(entries, entry{lf: liveFlow{Flow: lf.Flow, id: lf.id, start: lf.start, decision: lf.decision, routed: lf.routed}, client: lf.client})
 	}
 	g.mu.Unlock()
 	now := time.Now()
@@ -212,6 +220,7 @@ func (g *Gateway) LiveFlows() []admin.Flow {
 	for _, e := range entries {
 		f := e.lf.Flow
 		af := admin.Flow{
+			ID:      flowID(e.lf.id),
 			Network: f.Network.String(),
 			Src:     f.Src.String(),
 			Name:    f.Host,
@@ -237,6 +246,7 @@ func (g *Gateway) LiveFlows() []admin.Flow {
 			}
 			af.Rule = e.lf.decision.Rule
 			af.Action = e.lf.decision.Action.String()
+			af.Way, af.Member = e.lf.decision.Way, e.lf.decision.Member
 		}
 		if fb, ok := e.client.(interface{ flowBytes() (uint64, uint64) }); ok {
 			af.BytesUp, af.BytesDown = fb.flowBytes()
@@ -262,8 +272,9 @@ func (g *Gateway) udpFlows(now time.Time) []admin.Flow {
 	}
 	g.mu.Unlock()
 	var out []admin.Flow
-	add := func(f route.Flow, d route.Decision, routed bool, start time.Time, up, down uint64) {
+	add := func(id string, f route.Flow, d route.Decision, routed bool, start time.Time, up, down uint64) {
 		af := admin.Flow{
+			ID:      id,
 			Network: "udp", Src: f.Src.String(), Name: f.Host, Inbound: f.Inbound.String(), Start: start,
 			Age:     math.Round(now.Sub(start).Seconds()*1000) / 1000,
 			BytesUp: up, BytesDown: down,
@@ -275,6 +286,7 @@ func (g *Gateway) udpFlows(now time.Time) []admin.Flow {
 		}
 		if routed {
 			af.Upstream, af.Rule, af.Action = upstreamLabel(d), d.Rule, d.Action.String()
+			af.Way, af.Member = d.Way, d.Member
 		}
 		out = append(out, af)
 	}
@@ -284,7 +296,7 @@ func (g *Gateway) udpFlows(now time.Time) []admin.Flow {
 			if !routed {
 				f = route.Flow{Src: s.Src, Dst: s.FirstDst, Inbound: capturedInbound(s.Src, route.TProxy)}
 			}
-			add(f, d, routed, s.Start, s.BytesUp, s.BytesDown)
+			add(udpSessionID(s.Src, s.Start), f, d, routed, s.Start, s.BytesUp, s.BytesDown)
 		}
 	}
 	for _, u := range assocs {
@@ -294,7 +306,7 @@ func (g *Gateway) udpFlows(now time.Time) []admin.Flow {
 		if !routed { // no datagram yet
 			f = route.Flow{Src: u.src, Inbound: route.SOCKS}
 		}
-		add(f, d, routed, u.start, uint64(u.upBytes.Load()), uint64(u.downBytes.Load()))
+		add(flowID(u.id), f, d, routed, u.start, uint64(u.upBytes.Load()), uint64(u.downBytes.Load()))
 	}
 	return out
 }

@@ -1,11 +1,11 @@
 package gateway
 
 import (
-	"io"
 	"time"
 
 	"github.com/socksgate/socksgate/admin"
 	"github.com/socksgate/socksgate/configs"
+	"github.com/socksgate/socksgate/route"
 	"github.com/socksgate/socksgate/upstream"
 )
 
@@ -43,8 +43,9 @@ func ConfiguredHealth(cfg *configs.Config) HealthReporter {
 // groupHealth reports the members of every group with their checked state, and every upstream
 // outside a group as up ("not health-checked": only groups run health checks).
 type groupHealth struct {
-	cfg *configs.Config
-	ups map[string]upstream.Upstream
+	cfg    *configs.Config
+	ups    map[string]upstream.Upstream
+	router route.Router // built from cfg over ups (the rules' hit counts)
 }
 
 func (h groupHealth) UpstreamStates() []UpstreamState {
@@ -91,6 +92,7 @@ type AdminSource struct {
 	G         *Gateway
 	Health    HealthReporter                    // nil: no upstreams reported
 	Listeners interface{ Unhealthy() []string } // listeners down, for /healthz; nil: none known
+	rt        *running                          // the run behind G (the control API's reload, select); nil: read-only
 }
 
 var (
@@ -133,11 +135,12 @@ func (a AdminSource) Upstreams() []admin.Upstream {
 	return out
 }
 
-// startAdmin opens the admin endpoint on addr ("" : none). The router reports upstream health
-// when it implements HealthReporter (groups with health checks); otherwise the configured
-// upstreams are reported up. /healthz reports the listeners that stopped with an error.
-func (rt *running) startAdmin(addr string) ([]io.Closer, error) {
-	if addr == "" {
+// startAdmin opens the admin endpoint on a.Listen ("" : none). The router reports upstream
+// health when it implements HealthReporter (groups with health checks); otherwise the
+// configured upstreams are reported up. /healthz reports the listeners that stopped with an
+// error.
+func (rt *running) startAdmin(a configs.Admin) (*admin.Server, error) {
+	if a.Listen == "" {
 		return nil, nil
 	}
 	g := rt.g
@@ -145,10 +148,18 @@ func (rt *running) startAdmin(addr string) ([]io.Closer, error) {
 	if !ok {
 		health = liveHealth{g}
 	}
-	srv, err := admin.Listen(addr, AdminSource{G: g, Health: health, Listeners: rt.health}, BuildVersion)
+	srv, err := admin.Listen(a.Listen, AdminSource{G: g, Health: health, Listeners: rt.health, rt: rt}, BuildVersion, adminAccess(a))
 	if err != nil {
 		return nil, err
 	}
-	rt.log.WithField("addr", srv.Addr().String()).Info("admin endpoint on (/metrics, /flows, /upstreams, /healthz)")
-	return []io.Closer{srv}, nil
+	e := rt.log.WithField("addr", srv.Addr().String())
+	if a.Secret != "" {
+		e = e.WithField("secret", "required")
+	}
+	e.Info("admin endpoint on (/metrics, /flows, /upstreams, /healthz, the Clash-style API)")
+	return srv, nil
+}
+
+func adminAccess(a configs.Admin) admin.Access {
+	return admin.Access{Secret: string(a.Secret), CORSOrigins: a.CORSOrigins}
 }

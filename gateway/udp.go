@@ -252,6 +252,7 @@ func (u *udpInbound) decide(src, dst netip.AddrPort, name string) (nat.UDPRoute,
 		f.Host, f.From = name, route.NameSniff
 	}
 	d := u.g.router().Route(context.Background(), f)
+	d.CountHit() // once per destination of a session: the table routes each once
 	switch {
 	case d.Action == route.ActionBlock:
 		u.logDrop(src, dst, ErrBlocked)

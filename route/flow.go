@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"sync/atomic"
 
 	"github.com/socksgate/socksgate/configs"
 	"github.com/socksgate/socksgate/upstream"
@@ -136,6 +137,7 @@ type Decision struct {
 	Action   Action
 	Upstream upstream.Upstream // set for ActionProxy and ActionDirect
 	Rule     string            // the rule that matched, for the flow log
+	Way      string            // the upstream or group the rule names, by its config name; "direct" for a direct rule
 	Member   string            // the group member that carried the flow, once dialed through a group
 	// Addr is the address a name-only flow's name was resolved to and matched by the rules
 	// on addresses (see RuleRouter.Route); a direct dial goes to it, not to the name again.
@@ -143,6 +145,16 @@ type Decision struct {
 	// ByDst says the rule matched the destination's address with a dst matcher: it names
 	// that destination explicitly (what a flow to the router itself needs, see the gateway).
 	ByDst bool
+
+	hits *atomic.Uint64 // the rule's hit counter (RuleRouter.Hits); nil: not a RuleRouter's
+}
+
+// CountHit counts one flow decided by the decision's rule, for RuleRouter.Hits. The gateway
+// calls it once per flow (a flow may be routed more than once while it is dialled).
+func (d Decision) CountHit() {
+	if d.hits != nil {
+		d.hits.Add(1)
+	}
 }
 
 // Router maps a flow to a decision. It must be safe for concurrent use.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"sync/atomic"
 	"time"
 
 	"github.com/socksgate/socksgate/configs"
@@ -24,9 +25,10 @@ import (
 // allocates nothing.
 type RuleRouter struct {
 	rules    []compiledRule
-	byDst    prefixIndex // rules with a dst matcher, by prefix
-	noDst    []int32     // ascending indices of the rules without a dst matcher
-	firstDst int32       // index of the first rule with a dst matcher; len(rules) if none
+	byDst    prefixIndex     // rules with a dst matcher, by prefix
+	noDst    []int32         // ascending indices of the rules without a dst matcher
+	firstDst int32           // index of the first rule with a dst matcher; len(rules) if none
+	hits     []atomic.Uint64 // per rule: flows it decided (Decision.CountHit)
 
 	// Resolve looks up a name for the rules on addresses (see Route); nil is the system's
 	// resolver. It must be safe for concurrent use.
@@ -135,6 +137,7 @@ func NewRouter(cfg *configs.Config, ups map[string]upstream.Upstream) (*RuleRout
 		switch cr.Action {
 		case ActionBlock:
 		case ActionDirect:
+			c.decision.Way = configs.SchemeDirect
 			c.decision.Upstream = ups[configs.SchemeDirect]
 			if c.decision.Upstream == nil {
 				return nil, fmt.Errorf("rules[%d]: no direct upstream", i)
@@ -144,7 +147,7 @@ func NewRouter(cfg *configs.Config, ups map[string]upstream.Upstream) (*RuleRout
 			if !ok || u == nil {
 				return nil, fmt.Errorf("rules[%d].upstream: no upstream or group named %q", i, cr.Upstream)
 			}
-			c.decision.Upstream = u
+			c.decision.Upstream, c.decision.Way = u, cr.Upstream
 		default:
 			return nil, fmt.Errorf("rules[%d].action: unknown action %v", i, cr.Action)
 		}
@@ -160,12 +163,25 @@ func NewRouter(cfg *configs.Config, ups map[string]upstream.Upstream) (*RuleRout
 		}
 		r.rules = append(r.rules, c)
 	}
+	r.hits = make([]atomic.Uint64, len(r.rules))
+	for i := range r.rules {
+		r.rules[i].decision.hits = &r.hits[i]
+	}
 	r.byDst = buildPrefixIndex(dstRefs)
 	r.firstDst = int32(len(r.rules))
 	if len(dstRefs) > 0 {
 		r.firstDst = dstRefs[0].rule // appended in rule order: the first is the earliest
 	}
 	return r, nil
+}
+
+// Hits is, per rule in the config's order, the flows it decided since the router was built.
+func (r *RuleRouter) Hits() []uint64 {
+	out := make([]uint64, len(r.hits))
+	for i := range r.hits {
+		out[i] = r.hits[i].Load()
+	}
+	return out
 }
 
 // noMatch is the decision when no rule matches (never, after configs.Parse).

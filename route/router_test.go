@@ -463,3 +463,34 @@ func TestRouteQuery(t *testing.T) {
 		}
 	}
 }
+
+// Each rule counts the flows it decided, once per CountHit, and the counts are per rule.
+func TestRuleHitsCountPerRule(t *testing.T) {
+	cfg, err := configs.Parse([]byte(`
+listen: {http: ["127.0.0.1:0"], socks: []}
+rules:
+  - {name: ssh, dst_ports: [22], action: block}
+  - {name: rest, action: direct}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := NewRouter(cfg, map[string]upstream.Upstream{configs.SchemeDirect: &upstream.Direct{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst := func(port uint16) Flow {
+		return Flow{Network: TCP, Dst: netip.AddrPortFrom(netip.MustParseAddr("192.0.2.1"), port), Inbound: Redirect}
+	}
+	for _, p := range []uint16{22, 80, 443, 22, 8080} {
+		r.Route(context.Background(), dst(p)).CountHit()
+	}
+	r.Route(context.Background(), dst(22)) // routed, not counted: a second look at one flow
+	if got := r.Hits(); len(got) != 2 || got[0] != 2 || got[1] != 3 {
+		t.Fatalf("hits %v, want [2 3]", got)
+	}
+	if d := r.Route(context.Background(), dst(80)); d.Way != configs.SchemeDirect {
+		t.Errorf("a direct rule's way %q", d.Way)
+	}
+	Decision{}.CountHit() // a decision of no RuleRouter counts nowhere
+}

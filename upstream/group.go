@@ -31,12 +31,24 @@ type GroupMember struct {
 
 // MemberStatus is the health of one group member, for reporting.
 type MemberStatus struct {
-	Name   string
-	Up     bool
-	Reason string // why it is in its state (the last failure while down)
-	Since  time.Time
-	Active int64 // connections dialed through it that are still open (least-connections only)
+	Name    string
+	Up      bool
+	Reason  string // why it is in its state (the last failure while down)
+	Since   time.Time
+	Active  int64   // connections dialed through it that are still open (least-connections only)
+	Delays  []Delay // the last health checks' latencies, oldest first (at most historyLen)
+	Current bool    // the member new flows take (select, url-test, failover)
 }
+
+// Delay is one measured latency of a member: a health check, or a test through the control
+// API. Took 0 is a failed one.
+type Delay struct {
+	At   time.Time
+	Took time.Duration
+}
+
+// historyLen is how many delays a member keeps (the Clash API's history is about as long).
+const historyLen = 10
 
 // Group is a set of upstreams used under a policy; it is itself an Upstream, so rules name it
 // like any upstream. Each member is up or down: a dial that fails in a way that speaks about the
@@ -56,13 +68,15 @@ type Group struct {
 	// Log receives the state changes; nil discards them.
 	Log *logrus.Entry
 
-	name    string
-	policy  configs.Policy
-	onDown  configs.OnDown
-	health  configs.Health
-	direct  Upstream
-	members []*member
-	next    atomic.Uint64 // round-robin cursor
+	name      string
+	policy    configs.Policy
+	onDown    configs.OnDown
+	health    configs.Health
+	direct    Upstream
+	members   []*member
+	next      atomic.Uint64          // round-robin cursor
+	current   atomic.Pointer[member] // select: the chosen member; url-test: the fastest (within tolerance)
+	tolerance time.Duration          // url-test
 
 	backoffMin, backoffMax time.Duration // retry of down members when health.interval is 0
 
@@ -89,6 +103,26 @@ type member struct {
 	// goes down again soon after its retry brought it up (a proxy that takes connections but
 	// refuses our credentials passes the retry's check and fails the next flow).
 	retryWait time.Duration
+	delays    [historyLen]Delay // ring; next is where the next one goes
+	next      int
+	ndelays   int
+	latency   time.Duration // the last successful health check's; 0: none yet (url-test)
+}
+
+// record adds a delay to m's history; m.mu is held.
+func (m *member) record(d Delay) {
+	m.delays[m.next] = d
+	m.next = (m.next + 1) % historyLen
+	m.ndelays = min(m.ndelays+1, historyLen)
+}
+
+// history is m's delays, oldest first; m.mu is held.
+func (m *member) history() []Delay {
+	out := make([]Delay, 0, m.ndelays)
+	for i := range m.ndelays {
+		out = append(out, m.delays[(m.next-m.ndelays+i+historyLen)%historyLen])
+	}
+	return out
 }
 
 // NewGroup makes a group from its config, its members (in the config's order) and the direct
@@ -97,7 +131,7 @@ func NewGroup(cfg configs.Group, members []GroupMember, direct Upstream, log *lo
 	ctx, cancel := context.WithCancel(context.Background())
 	g := &Group{
 		Log: log, name: cfg.Name, policy: cfg.Policy, onDown: cfg.OnDown, health: cfg.Health,
-		direct: direct, ctx: ctx, stop: cancel,
+		tolerance: cfg.Tolerance.Std(), direct: direct, ctx: ctx, stop: cancel,
 		backoffMin: time.Second, backoffMax: 30 * time.Second,
 	}
 	if g.health.Timeout <= 0 {
@@ -108,7 +142,62 @@ func NewGroup(cfg configs.Group, members []GroupMember, direct Upstream, log *lo
 	for i, m := range members {
 		g.members = append(g.members, &member{GroupMember: m, idx: i, up: true, since: now})
 	}
+	if len(g.members) > 0 {
+		g.current.Store(g.members[0])
+	}
 	return g
+}
+
+// Name is the group's name in the config.
+func (g *Group) Name() string { return g.name }
+
+// Policy is how the group picks a member.
+func (g *Group) Policy() configs.Policy { return g.policy }
+
+// ErrNotSelect is wrapped by Select on a group whose policy is not select.
+var ErrNotSelect = errors.New("the group's policy is not select")
+
+// Select makes the member called name the one every new flow of a select group takes. Flows
+// already dialled keep their member.
+func (g *Group) Select(name string) error {
+	if g.policy != configs.PolicySelect {
+		return fmt.Errorf("%s: %w", g, ErrNotSelect)
+	}
+	for _, m := range g.members {
+		if m.Name == name {
+			g.current.Store(m)
+			return nil
+		}
+	}
+	return fmt.Errorf("%s: no member named %q", g, name)
+}
+
+// Now is the member new flows take: the chosen one (select), the fastest (url-test), the first
+// that is up (failover); "" for the policies that spread flows, and when none is up.
+func (g *Group) Now() string {
+	switch g.policy {
+	case configs.PolicySelect:
+		if m := g.current.Load(); m != nil {
+			return m.Name
+		}
+	case configs.PolicyURLTest, configs.PolicyFailover:
+		if m := g.pick(0); m != nil {
+			return m.Name
+		}
+	}
+	return ""
+}
+
+// RecordDelay adds a latency measured through the member called name (a test through the
+// control API) to its history.
+func (g *Group) RecordDelay(name string, d Delay) {
+	for _, m := range g.members {
+		if m.Name == name {
+			m.mu.Lock()
+			m.record(d)
+			m.mu.Unlock()
+		}
+	}
 }
 
 // Start begins the periodic health checks (when Health.Interval is set). Close stops them.
@@ -151,9 +240,11 @@ func (g *Group) String() string { return "group:" + g.name }
 // Status reports every member's health, in the config's order.
 func (g *Group) Status() []MemberStatus {
 	out := make([]MemberStatus, 0, len(g.members))
+	now := g.Now()
 	for _, m := range g.members {
 		m.mu.Lock()
-		out = append(out, MemberStatus{Name: m.Name, Up: m.up, Reason: m.reason, Since: m.since, Active: m.active.Load()})
+		out = append(out, MemberStatus{Name: m.Name, Up: m.up, Reason: m.reason, Since: m.since, Active: m.active.Load(),
+			Delays: m.history(), Current: m.Name == now})
 		m.mu.Unlock()
 	}
 	return out
@@ -189,7 +280,7 @@ func (g *Group) DialContext(ctx context.Context, network, address string) (net.C
 		g.markDown(m, reason)
 		failures = append(failures, m.Name+": "+err.Error())
 	}
-	if g.anyUp() {
+	if g.serving() {
 		// Every member that was up when this flow began failed it; others came up meanwhile, but
 		// this flow has spent its attempts.
 		return nil, fmt.Errorf("%s: every upstream failed: %s", g, strings.Join(failures, "; "))
@@ -211,7 +302,7 @@ func (g *Group) downError(failures []string) error {
 func (g *Group) ListenPacket(ctx context.Context) (net.PacketConn, error) {
 	var failures []string
 	unsupported := true
-	for _, m := range g.members {
+	for _, m := range g.order() {
 		if !m.isUp() {
 			unsupported = false
 			continue
@@ -237,10 +328,10 @@ func (g *Group) ListenPacket(ctx context.Context) (net.PacketConn, error) {
 	if unsupported {
 		return nil, fmt.Errorf("%s: no member carries UDP: %w", g, ErrUDPUnsupported)
 	}
-	if !g.anyUp() && g.onDown == configs.OnDownDirect && g.direct != nil {
+	if !g.serving() && g.onDown == configs.OnDownDirect && g.direct != nil {
 		return g.direct.ListenPacket(ctx)
 	}
-	if g.anyUp() {
+	if g.serving() {
 		return nil, fmt.Errorf("%s: every UDP upstream failed: %s", g, strings.Join(failures, "; "))
 	}
 	return nil, g.downError(failures)
@@ -270,6 +361,25 @@ func (g *Group) pick(tried uint64) *member {
 			}
 		}
 		return best
+	case configs.PolicySelect:
+		// The chosen member only: while it is down the group is down (on_down), as the
+		// one who chose it would expect; no other member takes its flows.
+		if m := g.current.Load(); m != nil && usable(m) {
+			return m
+		}
+		return nil
+	case configs.PolicyURLTest:
+		if m := g.current.Load(); m != nil && usable(m) {
+			return m
+		}
+		// The current member is down or tried: the fastest other one that is up.
+		var best *member
+		for _, m := range g.members {
+			if usable(m) && (best == nil || faster(m, best)) {
+				best = m
+			}
+		}
+		return best
 	}
 	for _, m := range g.members { // failover: the first up member, in order
 		if usable(m) {
@@ -277,6 +387,88 @@ func (g *Group) pick(tried uint64) *member {
 		}
 	}
 	return nil
+}
+
+// order is the members in the order a UDP association tries them: the chosen one only
+// (select), the current one first (url-test), the config's order otherwise.
+func (g *Group) order() []*member {
+	cur := g.current.Load()
+	switch {
+	case cur == nil:
+	case g.policy == configs.PolicySelect:
+		return []*member{cur}
+	case g.policy == configs.PolicyURLTest:
+		out := append(make([]*member, 0, len(g.members)), cur)
+		for _, m := range g.members {
+			if m != cur {
+				out = append(out, m)
+			}
+		}
+		return out
+	}
+	return g.members
+}
+
+// serving reports whether the group has a member to give flows to: the chosen one for select,
+// any for the others.
+func (g *Group) serving() bool {
+	if g.policy == configs.PolicySelect {
+		m := g.current.Load()
+		return m != nil && m.isUp()
+	}
+	return g.anyUp()
+}
+
+// faster reports whether a's last check was faster than b's; a member with no latency yet is
+// slower than any with one, and among equals the earlier in the config's order wins.
+func faster(a, b *member) bool {
+	la, lb := a.lastLatency(), b.lastLatency()
+	switch {
+	case la == 0 || lb == 0:
+		return la != 0 || (lb == 0 && a.idx < b.idx)
+	case la != lb:
+		return la < lb
+	}
+	return a.idx < b.idx
+}
+
+func (m *member) lastLatency() time.Duration {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.up {
+		return 0
+	}
+	return m.latency
+}
+
+// retest moves a url-test group to its fastest member that is up, unless the current one is
+// up and within the tolerance of it: a member of about the same latency does not take over.
+func (g *Group) retest() {
+	if g.policy != configs.PolicyURLTest {
+		return
+	}
+	var best *member
+	for _, m := range g.members {
+		if m.lastLatency() > 0 && (best == nil || faster(m, best)) {
+			best = m
+		}
+	}
+	cur := g.current.Load()
+	if best == nil || best == cur {
+		return
+	}
+	if cl := cur.lastLatency(); cl > 0 && best.lastLatency()+g.tolerance >= cl {
+		return
+	}
+	g.current.Store(best)
+	if g.Log != nil {
+		from := ""
+		if cur != nil {
+			from = cur.Name
+		}
+		g.Log.WithFields(logrus.Fields{"group": g.name, "upstream": best.Name, "from": from,
+			"latency": best.lastLatency().String()}).Info("url-test: new fastest upstream")
+	}
 }
 
 func (g *Group) anyUp() bool {
@@ -382,16 +574,35 @@ func (g *Group) check(m *member) error {
 	return nil
 }
 
+// measured records one health check's latency in m's history, and lets a url-test group move
+// to its fastest member.
+func (g *Group) measured(m *member, at time.Time, took time.Duration, err error) {
+	d := Delay{At: at, Took: max(took, time.Microsecond)}
+	m.mu.Lock()
+	if err != nil {
+		d.Took = 0
+		m.latency = 0
+	} else {
+		m.latency = d.Took
+	}
+	m.record(d)
+	m.mu.Unlock()
+	g.retest()
+}
+
 // checkLoop checks m at once and then every interval until the group is closed.
 func (g *Group) checkLoop(m *member) {
 	t := time.NewTicker(g.health.Interval.Std())
 	defer t.Stop()
 	for {
+		start := time.Now()
 		err := g.check(m)
+		took := time.Since(start)
 		if g.ctx.Err() != nil {
 			return
 		}
 		g.checked(m, err)
+		g.measured(m, start, took, err)
 		select {
 		case <-g.ctx.Done():
 			return

@@ -553,3 +553,110 @@ func TestGroupFlappingMemberBacksOffAcrossRetries(t *testing.T) {
 		t.Fatalf("a member failing right after each retry came back after %v; the backoff did not grow (%v)", gap, ups)
 	}
 }
+
+// A select group sends every flow to the chosen member (the first until one is chosen), and
+// while that one is down the group is down: no other member takes its flows.
+func TestGroupSelectUsesTheChosenMemberOnly(t *testing.T) {
+	fx := newGroupFixture(t, configs.Group{Policy: configs.PolicySelect, Health: configs.Health{Rise: 1, Fall: 1}}, "a", "b")
+	if got, err := fx.dial(t); err != nil || got != "a" || fx.g.Now() != "a" {
+		t.Fatalf("before a choice: dial %q %v, now %q; want a", got, err, fx.g.Now())
+	}
+	if err := fx.g.Select("b"); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if got, err := fx.dial(t); err != nil || got != "b" {
+			t.Fatalf("after choosing b: dial %q %v", got, err)
+		}
+	}
+	if fx.g.Now() != "b" {
+		t.Fatalf("now %q, want b", fx.g.Now())
+	}
+	if err := fx.g.Select("c"); err == nil || fx.g.Now() != "b" {
+		t.Fatalf("choosing a non-member: %v, now %q", err, fx.g.Now())
+	}
+	fx.ups[1].set(errRefused)
+	if _, err := fx.dial(t); !errors.Is(err, ErrGroupDown) {
+		t.Fatalf("chosen member down: %v, want the group down (on_down: block)", err)
+	}
+	if n := fx.ups[0].count(groupDialTarget); n != 1 {
+		t.Fatalf("a was dialled %d times, want 1 (before the choice only)", n)
+	}
+	var st []string
+	for _, m := range fx.g.Status() {
+		if m.Current {
+			st = append(st, m.Name)
+		}
+	}
+	if len(st) != 1 || st[0] != "b" {
+		t.Fatalf("current in Status: %v", st)
+	}
+
+	other := newGroupFixture(t, configs.Group{}, "a")
+	if err := other.g.Select("a"); !errors.Is(err, ErrNotSelect) {
+		t.Fatalf("Select on a failover group: %v", err)
+	}
+}
+
+// A url-test group takes the member whose health checks are fastest, and moves only to one
+// faster by more than the tolerance; a member that goes down is left at once.
+func TestGroupURLTestPicksTheFastestWithinTolerance(t *testing.T) {
+	fx := newGroupFixture(t, configs.Group{Policy: configs.PolicyURLTest, Tolerance: configs.Duration(50 * time.Millisecond)}, "a", "b", "c")
+	g := fx.g
+	m := func(name string) *member {
+		for _, m := range g.members {
+			if m.Name == name {
+				return m
+			}
+		}
+		t.Fatalf("no member %s", name)
+		return nil
+	}
+	check := func(name string, ms int) {
+		g.measured(m(name), time.Now(), time.Duration(ms)*time.Millisecond, nil)
+	}
+	if g.Now() != "a" {
+		t.Fatalf("before any check: %q, want the first", g.Now())
+	}
+	check("a", 100)
+	check("b", 80) // 20ms faster: within the tolerance
+	check("c", 300)
+	if g.Now() != "a" {
+		t.Fatalf("within tolerance: moved to %q", g.Now())
+	}
+	check("b", 30) // 70ms faster
+	if got, err := fx.dial(t); err != nil || got != "b" || g.Now() != "b" {
+		t.Fatalf("b 70ms faster: dial %q %v, now %q", got, err, g.Now())
+	}
+	check("a", 10) // 20ms faster than b: stays
+	if g.Now() != "b" {
+		t.Fatalf("flapped to %q", g.Now())
+	}
+	g.measured(m("b"), time.Now(), 0, errors.New("probe failed"))
+	fx.ups[1].set(errRefused)
+	g.markDown(m("b"), "test")
+	if got, err := fx.dial(t); err != nil || got != "a" || g.Now() != "a" {
+		t.Fatalf("b down: dial %q %v, now %q; want a (the fastest up)", got, err, g.Now())
+	}
+	var hist []Delay
+	for _, s := range g.Status() {
+		if s.Name == "b" {
+			hist = s.Delays
+		}
+	}
+	if len(hist) != 3 || hist[0].Took != 80*time.Millisecond || hist[2].Took != 0 {
+		t.Fatalf("b's history %v, want 80ms, 30ms, failed", hist)
+	}
+}
+
+// The history keeps the last historyLen delays, oldest first.
+func TestMemberHistoryKeepsTheLast(t *testing.T) {
+	var m member
+	for i := 1; i <= historyLen+3; i++ {
+		m.record(Delay{Took: time.Duration(i)})
+	}
+	h := m.history()
+	if len(h) != historyLen || h[0].Took != 4 || h[historyLen-1].Took != historyLen+3 {
+		t.Fatalf("history %v", h)
+	}
+}

@@ -7,13 +7,14 @@
 //	socksgate rules   [-c FILE]   print the nftables rules it would install, without root
 //	socksgate explain  -c FILE SRC DST[:PORT]   which rule decides a flow, and why not the others
 //	socksgate doctor  [-c FILE]   check the running system against the config
-//	socksgate status  [-a ADDR]   live flows and upstream health from the admin endpoint
+//	socksgate status  [-c FILE] [-a ADDR]   live flows and upstream health from the admin endpoint
 //	socksgate reload  [-p PID]    make the running socksgate re-read its config (SIGHUP)
 //	socksgate version
 package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -49,7 +50,9 @@ commands:
   doctor  [-c FILE] [--offline] [--json]
                       check the kernel, sysctls, firewall and listeners against the
                       config; non-zero exit when something blocks capture
-  status  [-a ADDR]   show live flows and upstream health (needs admin: in the config)
+  status  [-c FILE] [-a ADDR]
+                      show live flows and upstream health (needs admin: in the
+                      config; -c reads its address and secret)
   reload  [-p PID]    make a running socksgate re-read its config (SIGHUP)
   version             print the version
 `
@@ -165,6 +168,21 @@ func run(cfg *configs.Config, path string, override func(*configs.Config), stder
 	defer signal.Stop(hup)
 	reload := make(chan *configs.Config)
 	go watchReload(ctx, log, path, override, hup, reload)
+	// PUT /configs of the control API: the file is checked here, so that the client hears why
+	// it is refused, and then re-read as a SIGHUP has it.
+	gateway.RequestReload = func() error {
+		if path == "" {
+			return errors.New("running the embedded default config: there is no file to re-read")
+		}
+		if _, err := configs.Load(path); err != nil {
+			return err
+		}
+		select {
+		case hup <- syscall.SIGHUP:
+		default: // a reload is pending already
+		}
+		return nil
+	}
 	if err := gateway.Run(ctx, cfg, log, reload); err != nil {
 		log.WithError(err).Error("socksgate stopped")
 		return 1

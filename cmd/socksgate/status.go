@@ -6,23 +6,44 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/socksgate/socksgate/admin"
+	"github.com/socksgate/socksgate/configs"
 )
 
-// statusMain is `socksgate status [-a HOST:PORT]`: the live flows and upstream health of a
-// running socksgate, read from its admin endpoint, as tables.
+// statusMain is `socksgate status [-c FILE] [-a HOST:PORT]`: the live flows and upstream
+// health of a running socksgate, read from its admin endpoint, as tables. With -c the address
+// (unless -a is given) and the secret come from the config's admin: key.
 func statusMain(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("status", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	addr := fs.String("a", "127.0.0.1:9091", "admin endpoint address (the config's admin: key)")
+	addr := fs.String("a", "127.0.0.1:9091", "admin endpoint address (the config's admin.listen)")
+	path := fs.String("c", "", "config file: the admin endpoint's address and secret")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	base := *addr
+	base, secret := *addr, ""
+	if *path != "" {
+		cfg, err := configs.Load(*path)
+		if err != nil {
+			fmt.Fprintf(stderr, "socksgate status: %v\n", err)
+			return 2
+		}
+		if cfg.Admin.Listen == "" {
+			fmt.Fprintf(stderr, "socksgate status: %s has no admin endpoint (admin: is not set)\n", *path)
+			return 2
+		}
+		secret = string(cfg.Admin.Secret)
+		aGiven := false
+		fs.Visit(func(f *flag.Flag) { aGiven = aGiven || f.Name == "a" })
+		if !aGiven {
+			base = dialable(cfg.Admin.Listen)
+		}
+	}
 	if !strings.Contains(base, "://") {
 		if _, _, err := net.SplitHostPort(base); err != nil {
 			fmt.Fprintf(stderr, "socksgate status: -a %q: want HOST:PORT\n", *addr)
@@ -32,7 +53,7 @@ func statusMain(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c := admin.Client{Base: strings.TrimRight(base, "/")}
+	c := admin.Client{Base: strings.TrimRight(base, "/"), Secret: secret}
 	ups, err := c.Upstreams(ctx)
 	if err != nil {
 		fmt.Fprintf(stderr, "socksgate status: %v (is admin: set in the config?)\n", err)
@@ -45,6 +66,22 @@ func statusMain(args []string, stdout, stderr io.Writer) int {
 	}
 	printStatus(stdout, ups, flows)
 	return 0
+}
+
+// dialable turns a listen address into one to connect to: every address (":9091",
+// "0.0.0.0:9091", "[::]:9091") is reached on loopback.
+func dialable(listen string) string {
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		return listen
+	}
+	if ip, err := netip.ParseAddr(host); host == "" || (err == nil && ip.IsUnspecified()) {
+		host = "127.0.0.1"
+		if err == nil && ip.Is6() {
+			host = "::1"
+		}
+	}
+	return net.JoinHostPort(host, port)
 }
 
 // printStatus writes the upstream and flow tables.

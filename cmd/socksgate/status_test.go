@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -60,5 +62,28 @@ func TestHumanBytes(t *testing.T) {
 		if got := humanBytes(n); got != want {
 			t.Errorf("humanBytes(%d) = %q, want %q", n, got, want)
 		}
+	}
+}
+
+// `socksgate status -c FILE` reads the admin endpoint's secret from the config and sends it.
+func TestStatusSendsTheConfiguredSecret(t *testing.T) {
+	srv := httptest.NewServer(admin.Guarded(admin.Handler(statusSource{}, "test"), admin.Access{Secret: "s3cret"}))
+	defer srv.Close()
+	addr := strings.TrimPrefix(srv.URL, "http://")
+	var out, errOut bytes.Buffer
+	if code := realMain([]string{"status", "-a", addr}, &out, &errOut); code != 1 || !strings.Contains(errOut.String(), "401") {
+		t.Fatalf("without the secret: exit %d: %s", code, errOut.String())
+	}
+	cfg := filepath.Join(t.TempDir(), "c.yaml")
+	if err := os.WriteFile(cfg, []byte("admin: {listen: \""+addr+"\", secret: s3cret}\nlisten: {http: [], socks: []}\nlan: {interfaces: [eth9]}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out.Reset()
+	errOut.Reset()
+	if code := realMain([]string{"status", "-c", cfg}, &out, &errOut); code != 0 {
+		t.Fatalf("with -c: exit %d: %s", code, errOut.String())
+	}
+	if !strings.Contains(out.String(), "FLOWS (1)") {
+		t.Errorf("output: %s", out.String())
 	}
 }

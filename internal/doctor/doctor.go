@@ -421,8 +421,8 @@ func Listeners(ctx context.Context, cfg *configs.Config, read ReadFile, dial Dia
 			try(l.what, net.JoinHostPort(host, strconv.Itoa(int(la.Port))), false)
 		}
 	}
-	if cfg.Admin != "" {
-		out = append(out, healthz(ctx, cfg.Admin, dial, timeout))
+	if cfg.Admin.Listen != "" {
+		out = append(out, healthz(ctx, cfg.Admin.Listen, dial, timeout))
 	}
 	return out
 }

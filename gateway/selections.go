@@ -1,0 +1,86 @@
+package gateway
+
+import (
+	"encoding/json"
+	"maps"
+	"sync"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/socksgate/socksgate/configs"
+	"github.com/socksgate/socksgate/internal/state"
+	"github.com/socksgate/socksgate/upstream"
+)
+
+// selectionsFile is the state file of the select groups' choices: {"group": "member"}.
+const selectionsFile = "selected.json"
+
+// selections are the members chosen in select groups, by group name. They outlive a reload
+// (each new routing applies them) and a restart (the state directory); a missing, damaged or
+// unwritable file costs the choices, never the start.
+type selections struct {
+	log *logrus.Logger
+	dir *state.Dir // nil: the state directory is unusable; choices last until a restart
+
+	mu     sync.Mutex
+	chosen map[string]string
+}
+
+func loadSelections(dir string, log *logrus.Logger) *selections {
+	s := &selections{log: log, chosen: map[string]string{}}
+	d, err := state.Open(dir)
+	if err != nil {
+		log.WithError(err).WithField("state_dir", dir).Warn("state directory unusable: select groups' choices will not survive a restart")
+		return s
+	}
+	s.dir = d
+	b, err := d.ReadFile(selectionsFile)
+	switch {
+	case state.IsMissing(err):
+	case err != nil:
+		log.WithError(err).Warn("select groups' saved choices lost: each group starts with its first member")
+	default:
+		if err := json.Unmarshal(b, &s.chosen); err != nil {
+			log.WithError(err).Warn("select groups' saved choices unreadable: each group starts with its first member")
+			s.chosen = map[string]string{}
+		}
+	}
+	return s
+}
+
+// apply gives each select group of cfg its saved choice; a choice that is no longer one of the
+// group's members is dropped (the group starts with its first).
+func (s *selections) apply(cfg *configs.Config, ups map[string]upstream.Upstream) {
+	if s == nil {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, gc := range cfg.Groups {
+		grp, ok := ups[gc.Name].(*upstream.Group)
+		member, chosen := s.chosen[gc.Name]
+		if !ok || !chosen || gc.Policy != configs.PolicySelect {
+			continue
+		}
+		if err := grp.Select(member); err != nil {
+			s.log.WithError(err).WithField("group", gc.Name).Warn("select: the saved choice is not a member any more; the first member serves")
+		}
+	}
+}
+
+// set records a choice and writes the file.
+func (s *selections) set(group, member string) error {
+	s.mu.Lock()
+	s.chosen[group] = member
+	snapshot := maps.Clone(s.chosen)
+	dir := s.dir
+	s.mu.Unlock()
+	if dir == nil {
+		return nil
+	}
+	b, err := json.Marshal(snapshot)
+	if err != nil {
+		return err
+	}
+	return dir.WriteFile(selectionsFile, b)
+}
