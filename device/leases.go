@@ -149,8 +149,8 @@ func isDigits(s string) bool {
 // cleanName is a client-supplied hostname as socksgate shows and matches it: a name of
 // letters, digits, '-', '_' and '.', at most 63 bytes, lowercase, or "" when it is not one.
 func cleanName(s string) string {
-	s = strings.TrimSuffix(s, ".")
-	if s == "" || s == "*" || s == "-" || len(s) > 63 {
+	s = strings.TrimRight(s, ".")
+	if s == "" || s == "*" || s == "-" || len(s) > 63 || s[0] == '.' || strings.Contains(s, "..") {
 		return ""
 	}
 	for i := 0; i < len(s); i++ {

@@ -81,6 +81,7 @@ func FuzzParseLeases(f *testing.F) {
 	f.Add(odhcpdState)
 	f.Add("# a b c d 1 x y 1.2.3.4/32 ::/0\n")
 	f.Add("1 aa:bb:cc:dd:ee:ff ::ffff:1.2.3.4 n\n")
+	f.Add("1 aa:bb:cc:dd:ee:ff 1.2.3.4 ..\n") // was cleaned to "." (not idempotent)
 	f.Fuzz(func(t *testing.T, in string) {
 		ls, err := ParseLeases(strings.NewReader(in))
 		if err != nil {
