@@ -20,6 +20,9 @@ import (
 
 // Flow is one live flow as /flows reports it.
 type Flow struct {
+	ID        string    `json:"id"`                  // stable for the flow's life; the Clash API's connection id
+	MAC       string    `json:"mac,omitempty"`       // the LAN device's MAC (aa:bb:cc:dd:ee:ff), when known
+	Device    string    `json:"device,omitempty"`    // the device's name (DHCP hostname or reverse DNS), when known
 	Network   string    `json:"network"`             // tcp or udp
 	Src       string    `json:"src"`                 // client address
 	Dst       string    `json:"dst"`                 // original destination ("" when the client gave only a name)
@@ -143,6 +146,9 @@ func Handler(src Source, version string) http.Handler {
 		}
 		writeJSON(w, ups)
 	})
+	if ds, ok := src.(DeviceSource); ok {
+		mux.HandleFunc("GET /devices", devicesHandler(ds))
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		if hc, ok := src.(HealthChecker); ok {
