@@ -98,7 +98,10 @@ func Run(ctx context.Context, cfg *configs.Config, log *logrus.Logger, reload <-
 			return err
 		}
 	}
+	rt.startDevices(cfg)
+	defer rt.stopDevices() // after the flows have ended: their last bytes are counted
 	rt.resolveWithDNS(g.Router)
+	rt.useDevices(g.Router)
 	if rt.admin, err = rt.startAdmin(cfg.Admin); err != nil {
 		return err
 	}
@@ -334,6 +337,7 @@ func (rt *running) reload(next *configs.Config) {
 	changed := []string{"upstreams, groups and rules"}
 	var dnsRestart []string
 	rt.resolveWithDNS(r.router)
+	rt.useDevices(r.router)
 	rt.useRouting(next, r)
 	switch {
 	case rt.dns != nil && next.DNS.On():
@@ -376,12 +380,14 @@ func (rt *running) reload(next *configs.Config) {
 		{"limits", next.Limits != old.Limits},
 		{"log.format", next.Log.Format != old.Log.Format},
 		{"transparent.sniff", !equalJSON(next.Transparent.Sniff, old.Transparent.Sniff)},
+		{"devices", !equalJSON(next.Devices, old.Devices)},
 	} {
 		if s.differs {
 			restart = append(restart, s.what)
 		}
 	}
 
+	applied.Devices = old.Devices // the tracker runs as started (needs_restart says so)
 	rt.cfg = &applied
 	e := log.WithField("applied", changed)
 	restart = append(restart, dnsRestart...)
