@@ -348,3 +348,42 @@ func TestBusyStoreIsLeftAlone(t *testing.T) {
 		t.Errorf("a busy store was moved aside: %v", aside)
 	}
 }
+
+// TestStoreSize logs the store's size with a full table (the limit, 1024 devices, each with
+// a few addresses), written once and then updated.
+func TestStoreSize(t *testing.T) {
+	path := filepath.Join(t.TempDir(), StoreFile)
+	s, _, err := OpenStore(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	tb, _ := newTestTable(1024)
+	for i := range 1024 {
+		m := MAC{2, 0, 0, 0, byte(i >> 8), byte(i)}
+		a4 := netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)})
+		tb.Observe(a4, m)
+		for j := range 3 {
+			tb.Observe(netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 15: byte(j), 14: byte(i), 13: byte(i >> 8)}), m)
+		}
+		tb.End(i, a4, 1e6, 1e9)
+	}
+	if err := tb.Flush(s); err != nil {
+		t.Fatal(err)
+	}
+	fi, _ := os.Stat(path)
+	first := fi.Size()
+	for i := range 1024 {
+		tb.End(i+5000, netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)}), 1, 1)
+	}
+	start := time.Now()
+	if err := tb.Flush(s); err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(start)
+	fi, _ = os.Stat(path)
+	t.Logf("store with 1024 devices: %d bytes; after a second flush of all: %d bytes (flush took %v)", first, fi.Size(), took)
+	if fi.Size() > 4<<20 {
+		t.Errorf("store of 1024 devices is %d bytes", fi.Size())
+	}
+}
