@@ -64,6 +64,10 @@ func Run(ctx context.Context, cfg *configs.Config, log *logrus.Logger, reload <-
 		g.MaxFlows = max(int(nofile)-256, 64) / 2
 	}
 	log.WithField("max_flows", g.MaxFlows).Info("flow limit")
+	// Before any listener hands the router a flow: it asks the devices for src_mac rules.
+	rt.startDevices(cfg)
+	defer rt.stopDevices() // after the flows have ended: their last bytes are counted
+	rt.useDevices(g.Router)
 
 	flowCtx, cancelFlows := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelFlows()
@@ -98,10 +102,7 @@ func Run(ctx context.Context, cfg *configs.Config, log *logrus.Logger, reload <-
 			return err
 		}
 	}
-	rt.startDevices(cfg)
-	defer rt.stopDevices() // after the flows have ended: their last bytes are counted
 	rt.resolveWithDNS(g.Router)
-	rt.useDevices(g.Router)
 	if rt.admin, err = rt.startAdmin(cfg.Admin); err != nil {
 		return err
 	}
