@@ -121,6 +121,11 @@ func startSocksgate(t testing.TB, ns *netlab.NS, yaml string) *netlab.Proc {
 // rewrite it and reload.
 func startSocksgateFile(t testing.TB, ns *netlab.NS, yaml string) (*netlab.Proc, string) {
 	t.Helper()
+	if !strings.Contains(yaml, "state_dir:") {
+		// The test's own state (device totals, fake-ip pool), never the machine's
+		// /var/lib/socksgate.
+		yaml += "\nstate_dir: " + strconv.Quote(t.TempDir()) + "\n"
+	}
 	cfg := writeFile(t, "socksgate.yaml", yaml)
 	p := ns.Start(socksgateBin, "run", "-log-format", "json", "-c", cfg)
 	if _, ok := waitLog(p, 15*time.Second, msg("socksgate ready")); !ok {
