@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -95,7 +96,17 @@ rules:
   - {name: by-mac, src_mac: [%q], dst_ports: [%d], action: direct}
   - {name: rest, action: proxy, upstream: main}
 `, adminAddr, state, leases, lanMAC, slowPort))
+	// A damaged store (here: not a bbolt file at all) never stops a start.
+	if err := os.WriteFile(filepath.Join(state, "devices.db"), []byte(strings.Repeat("garbage ", 2000)), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	gw := startSocksgate(t, tp.GW, cfg)
+	if !gw.WaitOutput("moved aside", 5*time.Second) {
+		t.Errorf("no warning that the damaged store was moved aside:\n%s", gw.Output())
+	}
+	if m, _ := filepath.Glob(filepath.Join(state, "devices.db.corrupt-*")); len(m) != 1 {
+		t.Errorf("damaged store moved aside: %v", m)
+	}
 
 	// A download of 3 MB that the server sends at about 640 kB/s: five seconds of a live flow.
 	const size = 3 << 20
@@ -152,6 +163,21 @@ rules:
 	}
 	if done.Total.Down > size+size/10 || done.Total.Up == 0 {
 		t.Errorf("after the download: %+v: counted twice?", done)
+	}
+	// The host's IPv6 address is the same device.
+	if out, err := curl(tp.LAN, "-o", "/dev/null", fmt.Sprintf("http://[%s]:%d/slow?n=1000", netlab.WAN6, slowPort)); err != nil {
+		t.Fatalf("curl over IPv6: %v: %s", err, out)
+	}
+	if !waitFor(10*time.Second, func() bool {
+		done, _ = lanDevice(t, tp, adminAddr)
+		return strings.Contains(strings.Join(done.Addresses, " "), netlab.LAN6) && done.Total.Down >= size+1000
+	}) {
+		t.Errorf("the IPv6 flow is not the device's: %+v", done)
+	}
+	var all struct{ Devices []admin.Device }
+	devicesGet(t, tp, adminAddr, "/devices", &all)
+	if len(all.Devices) != 1 {
+		t.Errorf("devices = %+v, want the one lan host (its IPv4 and IPv6 addresses folded)", all.Devices)
 	}
 	metrics := devicesGet(t, tp, adminAddr, "/metrics", nil)
 	if !strings.Contains(metrics, `socksgate_device_bytes_total{device="lanhost",direction="down"}`) {
