@@ -87,7 +87,8 @@ func (n *neighbours) apply(links map[int]bool, nb *netlink.Neigh, deleted bool) 
 		n.t.Forget(a)
 		return
 	}
-	n.t.Observe(a, MAC(nb.HardwareAddr))
+	// REACHABLE (or being confirmed): the device is there now; STALE: the kernel remembers it.
+	n.t.observe(a, MAC(nb.HardwareAddr), nb.State&(unix.NUD_REACHABLE|unix.NUD_DELAY|unix.NUD_PROBE|unix.NUD_PERMANENT) != 0)
 }
 
 // watch follows the kernel's neighbour updates until done closes, with a full read at the start

@@ -157,7 +157,7 @@ func (t *Table) Load(recs map[MAC]stored) {
 		r := t.recordLocked(mac, st.LastSeen)
 		r.lastSeen, r.day, r.month = st.LastSeen, st.Day, st.Month
 		r.today, r.monthT, r.total = st.Today, st.MonthT, st.Total
-		r.rdns, r.rdnsAt = cleanName(st.RDNS), st.RDNSAt
+		r.rdns, r.rdnsAt, r.savedSeen = cleanName(st.RDNS), st.RDNSAt, st.LastSeen
 		for _, a := range st.Addrs {
 			a = a.Unmap()
 			if trackable(a) && len(r.addrs) < maxAddrs {
@@ -190,7 +190,7 @@ func (t *Table) Flush(s *Store) error {
 			RDNS: r.rdns, RDNSAt: r.rdnsAt,
 		}
 		dirty = append(dirty, r)
-		r.dirty = false
+		r.dirty, r.savedSeen = false, r.lastSeen
 	}
 	var del []MAC
 	for mac := range t.gone {

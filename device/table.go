@@ -1,9 +1,11 @@
 package device
 
 import (
+	"bytes"
 	"cmp"
 	"net/netip"
 	"slices"
+	"sort"
 	"sync"
 	"time"
 
@@ -53,7 +55,12 @@ type record struct {
 	rdns     string    // the reverse DNS name, "" when none
 	rdnsAt   time.Time // when reverse DNS was last asked (answered or not)
 	dirty    bool      // changed since the last flush
+	// savedSeen is the lastSeen last written: a device merely seen again is written once
+	// every seenSaveEvery, not at every flush.
+	savedSeen time.Time
 }
+
+const seenSaveEvery = 10 * time.Minute
 
 // Table is the devices and their totals. Every method is safe for concurrent use.
 type Table struct {
@@ -92,7 +99,12 @@ func trackable(a netip.Addr) bool {
 
 // Observe records that the neighbour table maps a to mac: a is the device's (it moves from any
 // other device that had it), and the device was seen now.
-func (t *Table) Observe(a netip.Addr, mac MAC) {
+func (t *Table) Observe(a netip.Addr, mac MAC) { t.observe(a, mac, true) }
+
+// observe is Observe; seen says the kernel has just confirmed the device (a reachable entry),
+// as opposed to an entry it keeps from before (stale), which maps the address but is no sign
+// of the device being there.
+func (t *Table) observe(a netip.Addr, mac MAC, seen bool) {
 	a = a.Unmap()
 	if !trackable(a) || mac.IsZero() {
 		return
@@ -101,7 +113,12 @@ func (t *Table) Observe(a netip.Addr, mac MAC) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	r := t.recordLocked(mac, now)
-	r.lastSeen = now
+	if seen {
+		r.lastSeen = now
+		if now.Sub(r.savedSeen) > seenSaveEvery {
+			r.dirty = true
+		}
+	}
 	if old, ok := t.byAddr[a]; ok && old == mac {
 		// Known: make it the most recent.
 		if i := slices.Index(r.addrs, a); i >= 0 && i != len(r.addrs)-1 {
@@ -262,15 +279,20 @@ func (t *Table) Devices() []Device {
 			Addresses: make([]netip.Addr, 0, len(r.addrs)),
 		}
 		d.Name, d.NameFrom = t.nameLocked(r)
-		for i := len(r.addrs) - 1; i >= 0; i-- {
-			d.Addresses = append(d.Addresses, r.addrs[i])
+		for _, v4 := range []bool{true, false} { // IPv4 first, each family most recent first
+			for i := len(r.addrs) - 1; i >= 0; i-- {
+				if r.addrs[i].Is4() == v4 {
+					d.Addresses = append(d.Addresses, r.addrs[i])
+				}
+			}
 		}
-		slices.SortStableFunc(d.Addresses, func(a, b netip.Addr) int { return cmp.Compare(a.BitLen(), b.BitLen()) })
 		out = append(out, d)
 	}
 	t.mu.Unlock()
-	slices.SortFunc(out, func(a, b Device) int {
-		return cmp.Or(b.LastSeen.Compare(a.LastSeen), cmp.Compare(a.MAC.String(), b.MAC.String()))
+	// sort.Slice, not slices.SortFunc: a generic sort per element type costs ~10 KB of binary.
+	sort.Slice(out, func(i, j int) bool {
+		a, b := &out[i], &out[j]
+		return cmp.Or(b.LastSeen.Compare(a.LastSeen), bytes.Compare(a.MAC[:], b.MAC[:])) < 0
 	})
 	return out
 }
@@ -326,7 +348,7 @@ func (t *Table) MetricBytes(top int) []DeviceBytes {
 	if other != (Traffic{}) || len(t.devs) > len(t.members) {
 		out = append(out, DeviceBytes{Device: Other, Total: other})
 	}
-	slices.SortFunc(out, func(a, b DeviceBytes) int { return cmp.Compare(a.Device, b.Device) })
+	sort.Slice(out, func(i, j int) bool { return out[i].Device < out[j].Device })
 	return out
 }
 
