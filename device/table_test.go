@@ -387,3 +387,68 @@ func TestStoreSize(t *testing.T) {
 		t.Errorf("store of 1024 devices is %d bytes", fi.Size())
 	}
 }
+
+// Flows ending while sampler passes run are counted exactly once: each flow's counters grow,
+// the sampler reads them at random moments (a reading may be older than the flow's end, as a
+// pass reads the kernel before it credits), and the sum is the flows' final totals.
+func TestMeterExactlyOnceUnderConcurrentEnds(t *testing.T) {
+	tb, _ := newTestTable(10)
+	tb.Observe(v4, macA)
+	const flows = 200
+	type flow struct {
+		mu   sync.Mutex
+		n    uint64
+		done bool
+	}
+	fs := make([]*flow, flows)
+	for i := range fs {
+		fs[i] = &flow{}
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() { // the sampler
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			tb.BeginPass()
+			for _, f := range fs {
+				f.mu.Lock()
+				n, done := f.n, f.done
+				f.mu.Unlock()
+				if !done { // as the gateway's table copy: flows not yet out of it
+					tb.Sample(f, v4, n, 2*n)
+				}
+			}
+			tb.EndPass()
+		}
+	})
+	var want uint64
+	for i, f := range fs {
+		for range 50 {
+			f.mu.Lock()
+			f.n += uint64(i + 1)
+			f.mu.Unlock()
+		}
+		f.mu.Lock()
+		f.done = true // out of the live table, then its end
+		n := f.n
+		f.mu.Unlock()
+		tb.End(f, v4, n, 2*n)
+		want += n
+	}
+	close(stop)
+	wg.Wait()
+	tb.BeginPass()
+	tb.EndPass()
+	tb.BeginPass()
+	tb.EndPass()
+	if got := tb.Devices()[0].Total; got.Up != want || got.Down != 2*want {
+		t.Errorf("total %+v, want {%d %d}", got, want, 2*want)
+	}
+	if n := tb.Metered(); n != 0 {
+		t.Errorf("%d readings left", n)
+	}
+}
