@@ -153,6 +153,9 @@ func Handler(src Source, version string) http.Handler {
 	if c, ok := src.(Controller); ok {
 		clashRoutes(mux, src, c, version)
 	}
+	if ds, ok := src.(DeviceSource); ok {
+		mux.HandleFunc("GET /devices", devicesHandler(ds))
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		if hc, ok := src.(HealthChecker); ok {

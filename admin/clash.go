@@ -535,7 +535,8 @@ func (h *clash) deleteConnection(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
-// Traffic is one second's bytes, as /traffic streams it.
+// Traffic is bytes each way (up from the client or device, down to it): one second's as
+// /traffic streams it, or a device's totals in /devices.
 type Traffic struct {
 	Up   uint64 `json:"up"`
 	Down uint64 `json:"down"`

@@ -100,6 +100,7 @@ func socksgateSeries(e *expo, src Source, version string) {
 		e.gauge("socksgate_dns_table_size", helpDNSSz, float64(q.Mappings), "table", "mappings")
 		e.gauge("socksgate_dns_table_size", helpDNSSz, float64(q.FakeIPs), "table", "fake_ips")
 	}
+	deviceSeries(e, src)
 	e.gauge("socksgate_build_info", helpBuild, 1, "version", version, "goversion", runtime.Version())
 }
 

@@ -71,6 +71,9 @@ type Config struct {
 	// StateDir holds what must survive a restart (the fake-ip pool), written atomically; a
 	// missing or damaged file there never stops a start. Default /var/lib/socksgate.
 	StateDir string `yaml:"state_dir"`
+	// Devices configures the LAN's devices: names, bytes per device, src_mac and device
+	// rules (devices.go).
+	Devices Devices `yaml:"devices"`
 
 	// deprecated are warnings about values that are still accepted but mean
 	// something else now, found by Parse; Warnings returns them first.
@@ -316,6 +319,13 @@ type Rule struct {
 	DstPorts []PortRange `yaml:"dst_ports"`
 	// Src are source prefixes (which LAN hosts).
 	Src []netip.Prefix `yaml:"src"`
+	// SrcMAC are the MAC addresses of the LAN devices the rule is for (as the neighbour table
+	// of lan.interfaces knows them). A flow whose source has no known MAC (the router
+	// itself, a host beyond a router) never matches.
+	SrcMAC []MAC `yaml:"src_mac"`
+	// Device are device names (the DHCP hostname, else the reverse DNS name of the source's
+	// MAC); see MatchDeviceName. A flow from a device without a name never matches.
+	Device []string `yaml:"device"`
 	// Inbound: transparent (redirect and tproxy capture), http, socks (the
 	// mixed port's flows are http or socks by what the client spoke).
 	Inbound []Inbound `yaml:"inbound"`

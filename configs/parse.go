@@ -197,6 +197,7 @@ func defaults() *Config {
 		Relay:    relay.Auto,
 		DNS:      defaultDNS(),
 		StateDir: DefaultStateDir,
+		Devices:  defaultDevices(),
 	}
 }
 
@@ -336,6 +337,13 @@ func (c *Config) finish() {
 		emptyToNil(&r.Src)
 		emptyToNil(&r.Inbound)
 		emptyToNil(&r.Domain)
+		emptyToNil(&r.SrcMAC)
+		emptyToNil(&r.Device)
+		for j, d := range r.Device {
+			if n, err := normalizeDeviceName(d); err == nil {
+				r.Device[j] = n
+			}
+		}
 		maskAll(r.Dst)
 		maskAll(r.Src)
 		for j, d := range r.Domain {

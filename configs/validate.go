@@ -118,6 +118,7 @@ func (c *Config) Validate() error {
 	p.enum("relay", c.Relay)
 	c.validateAdmin(&p)
 	c.validateDNS(&p)
+	c.validateDevices(&p)
 	if c.StateDir == "" {
 		p.add("state_dir", "must be set")
 	}
@@ -743,6 +744,14 @@ func (c *Config) validateRules(p *problems, ix *nameIndex) {
 			if _, err := normalizeDomain(d); err != nil {
 				p.add(fmt.Sprintf("%s.domain[%d]", path, j), "%v", err)
 			}
+		}
+		for j, d := range r.Device {
+			if _, err := normalizeDeviceName(d); err != nil {
+				p.add(fmt.Sprintf("%s.device[%d]", path, j), "%q: %v", cut(d, maxQuoted), err)
+			}
+		}
+		if (len(r.SrcMAC) > 0 || len(r.Device) > 0) && !c.Devices.On(len(c.LAN.Interfaces) > 0) {
+			p.add(path, "src_mac and device need devices on (lan.interfaces set, or devices.enabled: true)")
 		}
 		switch r.Action {
 		case ActionProxy:

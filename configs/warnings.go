@@ -336,7 +336,26 @@ func covers(a, b *Rule) bool {
 		coversPrefixes(a.Dst, b.Dst) &&
 		coversPrefixes(a.Src, b.Src) &&
 		coversPorts(a.DstPorts, b.DstPorts) &&
-		coversDomains(a.Domain, b.Domain)
+		coversDomains(a.Domain, b.Domain) &&
+		coversList(a.SrcMAC, b.SrcMAC) &&
+		coversList(a.Device, b.Device)
+}
+
+// coversList: an empty list matches every flow (those without the value too), so a
+// non-empty one covers only a list it contains whole.
+func coversList[T comparable](a, b []T) bool {
+	if len(a) == 0 {
+		return true
+	}
+	if len(b) == 0 {
+		return false
+	}
+	for _, v := range b {
+		if !slices.Contains(a, v) {
+			return false
+		}
+	}
+	return true
 }
 
 // coversSet: an empty list stands for every value in all.

@@ -487,6 +487,7 @@ func (u *explicitUDP) Close() error {
 		extra["drop_reason"] = dropErr.Error() // carried elsewhere: only those datagrams dropped
 	}
 	if f.Network == 0 { // no datagram came: an association unused, no flow to count
+		u.g.deviceEnd(u, route.Flow{Src: u.src, Inbound: route.SOCKS}, 0, 0) // the sampler may have looked
 		if u.g.Log != nil {
 			u.g.Log.WithFields(logrus.Fields{"src": u.src.String(), "inbound": route.SOCKS.String(), "network": "udp"}).Debug("udp association closed unused")
 		}
@@ -496,5 +497,6 @@ func (u *explicitUDP) Close() error {
 	ups = slices.Compact(ups)
 	extra["upstreams"], extra["packets_up"], extra["packets_down"], extra["dropped"] = ups, u.upPkts.Load(), u.downPkts.Load(), u.dropped.Load()
 	u.g.ended(flowEnd{f: f, d: d, up: u.upBytes.Load(), down: u.downBytes.Load(), dur: time.Since(u.start), err: err, extra: extra})
+	u.g.deviceEnd(u, route.Flow{Src: u.src, Inbound: route.SOCKS}, u.upBytes.Load(), u.downBytes.Load())
 	return nil
 }

@@ -46,6 +46,7 @@ type Gateway struct {
 	fallback atomic.Pointer[upstreamBox] // UDPFallback as the last reload set it
 	guard    atomic.Pointer[loopGuard]   // the explicit listeners, which a named destination may turn out to be
 	namer    atomic.Pointer[flowNamer]   // socksgate's DNS, which names flows to the addresses it answered (dns.go)
+	devices  atomic.Pointer[deviceBox]   // the LAN's devices (devices.go); nil: off
 
 	lastID atomic.Uint64 // the last flow id handed out
 

@@ -136,6 +136,7 @@ func (g *Gateway) finish(lf *liveFlow, e flowEnd) {
 	}
 	g.ended(e)
 	g.untrack(lf)
+	g.deviceEnd(lf, e.f, e.up, e.down) // out of the table first: no sampler pass reads it again
 }
 
 // ended writes the line and the metrics update of a flow that has ended: a refused one (before

@@ -74,6 +74,10 @@ func Run(ctx context.Context, cfg *configs.Config, log *logrus.Logger, reload <-
 		g.MaxFlows = max(int(nofile)-256, 64) / 2
 	}
 	log.WithField("max_flows", g.MaxFlows).Info("flow limit")
+	// Before any listener hands the router a flow: it asks the devices for src_mac rules.
+	rt.startDevices(cfg)
+	defer rt.stopDevices() // after the flows have ended: their last bytes are counted
+	rt.useDevices(g.Router)
 
 	flowCtx, cancelFlows := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelFlows()
@@ -352,6 +356,7 @@ func (rt *running) reload(next *configs.Config) {
 	changed := []string{"upstreams, groups and rules"}
 	var dnsRestart []string
 	rt.resolveWithDNS(r.router)
+	rt.useDevices(r.router)
 	rt.useRouting(next, r)
 	switch {
 	case rt.dns != nil && next.DNS.On():
@@ -394,12 +399,14 @@ func (rt *running) reload(next *configs.Config) {
 		{"limits", next.Limits != old.Limits},
 		{"log.format", next.Log.Format != old.Log.Format},
 		{"transparent.sniff", !equalJSON(next.Transparent.Sniff, old.Transparent.Sniff)},
+		{"devices", !equalJSON(next.Devices, old.Devices)},
 	} {
 		if s.differs {
 			restart = append(restart, s.what)
 		}
 	}
 
+	applied.Devices = old.Devices // the tracker runs as started (needs_restart says so)
 	rt.cfg = &applied
 	e := log.WithField("applied", changed)
 	restart = append(restart, dnsRestart...)

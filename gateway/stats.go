@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/socksgate/socksgate/admin"
-	"github.com/socksgate/socksgate/internal/tcpinfo"
 	"github.com/socksgate/socksgate/route"
 	"github.com/socksgate/socksgate/socksserver"
 )
@@ -216,6 +215,7 @@ func (g *Gateway) LiveFlows() []admin.Flow {
 	}
 	g.mu.Unlock()
 	now := time.Now()
+	t := g.tracker()
 	out := make([]admin.Flow, 0, len(entries))
 	for _, e := range entries {
 		f := e.lf.Flow
@@ -248,11 +248,8 @@ func (g *Gateway) LiveFlows() []admin.Flow {
 			af.Action = e.lf.decision.Action.String()
 			af.Way, af.Member = e.lf.decision.Way, e.lf.decision.Member
 		}
-		if fb, ok := e.client.(interface{ flowBytes() (uint64, uint64) }); ok {
-			af.BytesUp, af.BytesDown = fb.flowBytes()
-		} else {
-			af.BytesUp, af.BytesDown = tcpinfo.Bytes(e.client)
-		}
+		af.BytesUp, af.BytesDown = liveBytes(e.client)
+		deviceOf(t, &af, f.Src.Addr())
 		out = append(out, af)
 	}
 	out = append(out, g.udpFlows(now)...)
@@ -272,6 +269,7 @@ func (g *Gateway) udpFlows(now time.Time) []admin.Flow {
 	}
 	g.mu.Unlock()
 	var out []admin.Flow
+	t := g.tracker()
 	add := func(id string, f route.Flow, d route.Decision, routed bool, start time.Time, up, down uint64) {
 		af := admin.Flow{
 			ID:      id,
@@ -288,6 +286,7 @@ func (g *Gateway) udpFlows(now time.Time) []admin.Flow {
 			af.Upstream, af.Rule, af.Action = upstreamLabel(d), d.Rule, d.Action.String()
 			af.Way, af.Member = d.Way, d.Member
 		}
+		deviceOf(t, &af, f.Src.Addr())
 		out = append(out, af)
 	}
 	if tbl != nil {

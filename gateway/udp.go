@@ -359,6 +359,7 @@ func (u *udpInbound) logSession(r nat.UDPSessionReport) {
 		f: f, d: d,
 		up: int64(r.BytesUp), down: int64(r.BytesDown), dur: r.Duration, err: r.Err, extra: extra,
 	})
+	u.g.deviceEnd(udpKey{r.Src, r.Start}, f, int64(r.BytesUp), int64(r.BytesDown))
 }
 
 // logError logs per-datagram drops, at most one line a second per kind, with the number of

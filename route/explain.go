@@ -18,6 +18,8 @@ const (
 	MatchDst      Matcher = "dst"
 	MatchDstPorts Matcher = "dst_ports"
 	MatchDomain   Matcher = "domain"
+	MatchSrcMAC   Matcher = "src_mac"
+	MatchDevice   Matcher = "device"
 )
 
 // RuleVerdict is what one rule says of a flow: it matched, or which of its matchers did not.
@@ -45,7 +47,7 @@ type RuleVerdict struct {
 // the rule the name alone decides (what Route decides when the name does not resolve). When
 // a NeedsAddress verdict comes before the match, Route would resolve the name.
 func (r *RuleRouter) Explain(f Flow) []RuleVerdict {
-	k := flowKeyOf(&f)
+	k := r.flowKeyOf(&f)
 	dst := f.Dst.Addr().Unmap().WithZone("")
 	var inDst map[int32]bool
 	if dst.IsValid() {
@@ -86,7 +88,7 @@ func (r *RuleRouter) Explain(f Flow) []RuleVerdict {
 // rule with a dst, dst_ports or protocol matcher is Unfit and never decides a query, and the
 // query's inbound is dns.
 func (r *RuleRouter) ExplainQuery(src netip.Addr, name string) []RuleVerdict {
-	k := flowKey{inbound: inDNS, src: src.Unmap().WithZone(""), host: name}
+	k := flowKey{inbound: inDNS, src: src.Unmap().WithZone(""), host: name, device: r.Device}
 	var out []RuleVerdict
 	for i := range r.rules {
 		c := &r.rules[i]
@@ -114,8 +116,9 @@ func (r *RuleRouter) ExplainQuery(src netip.Addr, name string) []RuleVerdict {
 	return out
 }
 
-func flowKeyOf(f *Flow) flowKey {
+func (r *RuleRouter) flowKeyOf(f *Flow) flowKey {
 	return flowKey{
+		device:  r.Device,
 		proto:   protoBit(f.Network),
 		inbound: flowInbound(f.Inbound),
 		src:     f.Src.Addr().Unmap().WithZone(""), // prefixes never contain a zoned address
@@ -145,6 +148,12 @@ func (c *compiledRule) failedRest(k *flowKey, dstFailed func() (Matcher, bool)) 
 	}
 	if len(c.domains) > 0 && !slices.ContainsFunc(c.domains, func(d string) bool { return configs.MatchDomain(d, k.host) }) {
 		failed = append(failed, MatchDomain)
+	}
+	if !c.macOK(k) {
+		failed = append(failed, MatchSrcMAC)
+	}
+	if !c.deviceOK(k) {
+		failed = append(failed, MatchDevice)
 	}
 	return failed
 }

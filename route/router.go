@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -33,6 +34,12 @@ type RuleRouter struct {
 	// Resolve looks up a name for the rules on addresses (see Route); nil is the system's
 	// resolver. It must be safe for concurrent use.
 	Resolve func(ctx context.Context, host string) ([]netip.Addr, error)
+
+	// Device tells the LAN device behind a source address (its MAC and name), for the
+	// src_mac and device matchers; it is asked only when a rule with one of them is reached,
+	// at most once per Route. nil: no device is known, and such rules never match. It must be
+	// safe for concurrent use.
+	Device func(src netip.Addr) (mac configs.MAC, name string, ok bool)
 }
 
 // resolveTimeout bounds the lookup of a name that an address rule has to decide.
@@ -46,6 +53,8 @@ type compiledRule struct {
 	src      prefixSet
 	ports    []configs.PortRange
 	domains  []string // normalised by configs.Parse; see configs.MatchDomain
+	macs     []configs.MAC
+	devices  []string // normalised by configs.Parse; see configs.MatchDeviceName
 	decision Decision
 }
 
@@ -116,6 +125,8 @@ func NewRouter(cfg *configs.Config, ups map[string]upstream.Upstream) (*RuleRout
 			src:     newPrefixSet(cr.Src),
 			ports:   cr.DstPorts,
 			domains: cr.Domain,
+			macs:    cr.SrcMAC,
+			devices: cr.Device,
 		}
 		for _, p := range cr.Protocol {
 			b := protoBit(p)
@@ -267,6 +278,7 @@ func (r *RuleRouter) match(f *Flow) int32 {
 		src:     f.Src.Addr().Unmap().WithZone(""), // prefixes never contain a zoned address
 		port:    f.DstPort(),
 		host:    f.Host,
+		device:  r.Device,
 	}
 	best := int32(len(r.rules))
 	for _, i := range r.noDst {
@@ -298,12 +310,47 @@ func (r *RuleRouter) match(f *Flow) int32 {
 	return best
 }
 
-// flowKey is a flow reduced to what the matchers compare, computed once per Route.
+// flowKey is a flow reduced to what the matchers compare, computed once per Route. The
+// source's device is asked for (device) only when a rule needs it, once.
 type flowKey struct {
 	proto, inbound uint8
 	src            netip.Addr
 	port           uint16
 	host           string
+
+	device  func(netip.Addr) (configs.MAC, string, bool)
+	asked   bool
+	known   bool
+	mac     configs.MAC
+	devName string
+}
+
+// srcDevice is the source's device, asked for once.
+func (k *flowKey) srcDevice() (configs.MAC, string, bool) {
+	if !k.asked {
+		k.asked = true
+		if k.device != nil && k.src.IsValid() {
+			k.mac, k.devName, k.known = k.device(k.src)
+		}
+	}
+	return k.mac, k.devName, k.known
+}
+
+// macOK and deviceOK are the src_mac and device matchers.
+func (c *compiledRule) macOK(k *flowKey) bool {
+	if len(c.macs) == 0 {
+		return true
+	}
+	mac, _, ok := k.srcDevice()
+	return ok && slices.Contains(c.macs, mac)
+}
+
+func (c *compiledRule) deviceOK(k *flowKey) bool {
+	if len(c.devices) == 0 {
+		return true
+	}
+	_, name, ok := k.srcDevice()
+	return ok && name != "" && slices.ContainsFunc(c.devices, func(d string) bool { return configs.MatchDeviceName(d, name) })
 }
 
 // matchesRest checks every matcher except the destination prefixes, which the caller has
@@ -342,7 +389,7 @@ func (c *compiledRule) matchesRest(k *flowKey) bool {
 			return false
 		}
 	}
-	return true
+	return c.macOK(k) && c.deviceOK(k)
 }
 
 // RouteQuery decides a DNS query for name from src: the first rule that can speak of a name
@@ -351,7 +398,7 @@ func (c *compiledRule) matchesRest(k *flowKey) bool {
 // nor the port its flows will use), whose inbound, if given, includes dns, and whose src and
 // domain matchers accept the query. Nothing is resolved to decide: the name is what is asked.
 func (r *RuleRouter) RouteQuery(src netip.Addr, name string) Decision {
-	k := flowKey{inbound: inDNS, src: src.Unmap().WithZone(""), host: name}
+	k := flowKey{inbound: inDNS, src: src.Unmap().WithZone(""), host: name, device: r.Device}
 	for _, i := range r.noDst {
 		c := &r.rules[i]
 		if c.protocol != 0 || len(c.ports) > 0 {

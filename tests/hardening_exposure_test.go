@@ -153,7 +153,7 @@ func TestHardeningReadableConfigWithPasswordsWarns(t *testing.T) {
 		{"no password, mode 644", without, 0o644, false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			p := writeFile(t, "socksgate.yaml", c.yaml)
+			p := writeFile(t, "socksgate.yaml", withTestState(t, c.yaml))
 			if err := os.Chmod(p, c.mode); err != nil {
 				t.Fatal(err)
 			}

@@ -75,7 +75,7 @@ func TestHardeningFileLimitRefusesNewFlowsBeforeLiveOnesDie(t *testing.T) {
 	serveWeb(t, tp)
 	explicitUDPEcho(t, tp)
 	hardeningServeStream(t, tp.WAN, "[::]:7001")
-	cfg := writeFile(t, "socksgate.yaml", fmt.Sprintf(`log: {level: info}
+	cfg := writeFile(t, "socksgate.yaml", withTestState(t, fmt.Sprintf(`log: {level: info}
 lan: {interfaces: [%s]}
 listen:
   http: ["lan:8080"]
@@ -87,7 +87,7 @@ upstreams:
   - {name: unused, url: "socks5://%s:1080"}
 rules:
   - {action: direct}
-`, netlab.GWLANIf, hardeningAdmin, netlab.Proxy4))
+`, netlab.GWLANIf, hardeningAdmin, netlab.Proxy4)))
 	gw := tp.GW.Start("prlimit", "--nofile=1024:1024", socksgateBin, "run", "-log-format", "json", "-c", cfg)
 	if _, ok := waitLog(gw, 15*time.Second, msg("socksgate ready")); !ok {
 		t.Fatalf("not ready:\n%s", gw.Output())

@@ -206,7 +206,7 @@ func TestHardeningFileLimitNeverSpins(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			tp := netlab.NewTopology(t)
 			hardeningServeEcho(t, tp.WAN, "[::]:7000")
-			cfg := writeFile(t, "socksgate.yaml", fmt.Sprintf(`log: {level: info}
+			cfg := writeFile(t, "socksgate.yaml", withTestState(t, fmt.Sprintf(`log: {level: info}
 lan: {interfaces: [%s]}
 listen: {http: [], socks: []}
 transparent: {sniff: {enabled: false}}
@@ -216,7 +216,7 @@ upstreams:
   - {name: unused, url: "socks5://%s:1080"}
 rules:
   - {action: direct}
-%s`, netlab.GWLANIf, hardeningAdmin, netlab.Proxy4, c.limits))
+%s`, netlab.GWLANIf, hardeningAdmin, netlab.Proxy4, c.limits)))
 			gw := tp.GW.Start("prlimit", "--nofile=1024:1024", socksgateBin, "run", "-log-format", "json", "-c", cfg)
 			if _, ok := waitLog(gw, 15*time.Second, msg("socksgate ready")); !ok {
 				t.Fatalf("not ready:\n%s", gw.Output())

@@ -55,7 +55,7 @@ func TestHardeningSoakMixedLoad(t *testing.T) {
 	startDante(t, tp, danteOptions{})
 	// The shipped build (no race detector, whose shadow memory grows with every allocation and
 	// would hide the daemon's own RSS trend).
-	cfg := writeFile(t, "socksgate.yaml", fmt.Sprintf(`log: {level: info}
+	cfg := writeFile(t, "socksgate.yaml", withTestState(t, fmt.Sprintf(`log: {level: info}
 lan: {interfaces: [%s]}
 listen: {http: ["lan:8080"], socks: ["lan:1080"]}
 transparent: {sniff: {enabled: false}, udp: true, udp_idle: 5s}
@@ -63,7 +63,7 @@ admin: %s
 timeouts: {dial: 5s, idle: 30s, grace: 1s}
 upstreams:
   - {name: main, url: "socks5://%s:1080"}
-`, netlab.GWLANIf, hardeningAdmin, netlab.Proxy4))
+`, netlab.GWLANIf, hardeningAdmin, netlab.Proxy4)))
 	gw := tp.GW.Start(opsShippedBinary(t), "run", "-log-format", "json", "-c", cfg)
 	if _, ok := waitLog(gw, 15*time.Second, msg("socksgate ready")); !ok {
 		t.Fatalf("not ready:\n%s", gw.Output())

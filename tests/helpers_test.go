@@ -109,6 +109,15 @@ func writeFile(t testing.TB, name, content string) string {
 	return p
 }
 
+// withTestState gives a config without state_dir the test's own (device totals, the fake-ip
+// pool), never the machine's /var/lib/socksgate.
+func withTestState(t testing.TB, yaml string) string {
+	if strings.Contains(yaml, "state_dir:") {
+		return yaml
+	}
+	return yaml + "\nstate_dir: " + strconv.Quote(t.TempDir()) + "\n"
+}
+
 // startSocksgate runs the socksgate binary in gw with the given YAML config and waits until it
 // says it is ready.
 func startSocksgate(t testing.TB, ns *netlab.NS, yaml string) *netlab.Proc {
@@ -121,7 +130,7 @@ func startSocksgate(t testing.TB, ns *netlab.NS, yaml string) *netlab.Proc {
 // rewrite it and reload.
 func startSocksgateFile(t testing.TB, ns *netlab.NS, yaml string) (*netlab.Proc, string) {
 	t.Helper()
-	cfg := writeFile(t, "socksgate.yaml", yaml)
+	cfg := writeFile(t, "socksgate.yaml", withTestState(t, yaml))
 	p := ns.Start(socksgateBin, "run", "-log-format", "json", "-c", cfg)
 	if _, ok := waitLog(p, 15*time.Second, msg("socksgate ready")); !ok {
 		t.Fatalf("socksgate did not become ready:\n%s", p.Output())

@@ -48,6 +48,8 @@ type explainFlow struct {
 	Name    string `json:"name,omitempty"`
 	Port    uint16 `json:"port"`
 	Inbound string `json:"inbound"`
+	SrcMAC  string `json:"src_mac,omitempty"` // --src-mac
+	Device  string `json:"device,omitempty"`  // --device
 }
 
 type explainQuery struct {
@@ -97,6 +99,8 @@ func explainMain(args []string, stdout, stderr io.Writer) int {
 	query := fs.String("query", "", "explain a DNS query for this name (RouteQuery semantics)")
 	resolve := fs.Bool("resolve", false, "resolve a name-only destination as the gateway would (asks the system's resolver)")
 	asJSON := fs.Bool("json", false, "print JSON")
+	srcMAC := fs.String("src-mac", "", "the source's MAC, for src_mac rules (the running gateway reads it from the neighbour table)")
+	device := fs.String("device", "", "the source device's name, for device rules (the running gateway has it from the DHCP leases or reverse DNS)")
 	// Flags may come before, between or after the positional arguments.
 	var pos []string
 	for {
@@ -144,6 +148,19 @@ func explainMain(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "socksgate explain: SRC: %v\n", err)
 		return 2
 	}
+	explainDevice = explainDev{}
+	if *srcMAC != "" || *device != "" {
+		var m configs.MAC
+		if *srcMAC != "" {
+			if m, err = configs.ParseMAC(*srcMAC); err != nil {
+				fmt.Fprintf(stderr, "socksgate explain: --src-mac: %v\n", err)
+				return 2
+			}
+		}
+		name := strings.ToLower(strings.TrimSuffix(*device, "."))
+		r.Device = func(netip.Addr) (configs.MAC, string, bool) { return m, name, true }
+		explainDevice = explainDev{MAC: m, Name: name, Known: true}
+	}
 	var rep *explainReport
 	if *proto == "icmp" {
 		if isQuery {
@@ -176,6 +193,12 @@ func explainMain(args []string, stdout, stderr io.Writer) int {
 			}
 		}
 		rep = explainRoute(cfg, r, f, lookup)
+		if explainDevice.Known {
+			if !explainDevice.MAC.IsZero() {
+				rep.Flow.SrcMAC = explainDevice.MAC.String()
+			}
+			rep.Flow.Device = explainDevice.Name
+		}
 	}
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
@@ -189,6 +212,15 @@ func explainMain(args []string, stdout, stderr io.Writer) int {
 	printExplain(stdout, rep)
 	return 0
 }
+
+// explainDev is the source device --src-mac and --device describe, for the reasons.
+type explainDev struct {
+	MAC   configs.MAC
+	Name  string
+	Known bool
+}
+
+var explainDevice explainDev
 
 func parseSrc(s string) (netip.AddrPort, error) {
 	if ap, err := netip.ParseAddrPort(s); err == nil {
@@ -435,6 +467,16 @@ func failReason(rule configs.Rule, m route.Matcher, f route.Flow, v route.RuleVe
 			return fmt.Sprintf("domain %s: the flow has no name", vals)
 		}
 		return fmt.Sprintf("domain %s does not match %s", vals, f.Host)
+	case route.MatchSrcMAC:
+		if !explainDevice.Known || explainDevice.MAC.IsZero() {
+			return fmt.Sprintf("src_mac %s: the source's MAC is not given (--src-mac)", vals)
+		}
+		return fmt.Sprintf("src_mac %s does not include %s", vals, explainDevice.MAC)
+	case route.MatchDevice:
+		if explainDevice.Name == "" {
+			return fmt.Sprintf("device %s: the source device's name is not given (--device)", vals)
+		}
+		return fmt.Sprintf("device %s does not match %s", vals, explainDevice.Name)
 	}
 	return string(m)
 }
@@ -470,6 +512,12 @@ func matcherValues(rule configs.Rule, m route.Matcher) string {
 		}
 	case route.MatchDomain:
 		vals = append(vals, rule.Domain...)
+	case route.MatchSrcMAC:
+		for _, m := range rule.SrcMAC {
+			add(m)
+		}
+	case route.MatchDevice:
+		vals = append(vals, rule.Device...)
 	}
 	const shown = 4
 	if len(vals) > shown {
@@ -520,10 +568,14 @@ func printExplain(w io.Writer, rep *explainReport) {
 		case f.Name != "":
 			dst += " (name " + f.Name + ")"
 		}
+		src := f.Src
+		if f.SrcMAC != "" || f.Device != "" {
+			src += " (device " + strings.TrimSpace(f.SrcMAC+" "+f.Device) + ")"
+		}
 		if strings.HasPrefix(f.Network, "icmp") {
-			fmt.Fprintf(w, "flow: %s %s -> %s, inbound %s\n", f.Network, f.Src, dst, f.Inbound)
+			fmt.Fprintf(w, "flow: %s %s -> %s, inbound %s\n", f.Network, src, dst, f.Inbound)
 		} else {
-			fmt.Fprintf(w, "flow: %s %s -> %s port %d, inbound %s\n", f.Network, f.Src, dst, f.Port, f.Inbound)
+			fmt.Fprintf(w, "flow: %s %s -> %s port %d, inbound %s\n", f.Network, src, dst, f.Port, f.Inbound)
 		}
 	} else {
 		fmt.Fprintf(w, "dns query: %s from %s (inbound dns)\n", rep.Query.Name, rep.Query.Src)

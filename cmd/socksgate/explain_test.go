@@ -276,3 +276,39 @@ rules:
 		}
 	}
 }
+
+func TestExplainDeviceMatchers(t *testing.T) {
+	p := writeConfig(t, `lan: {interfaces: [eth1]}
+rules:
+  - {name: tablet, src_mac: ["aa:bb:cc:dd:ee:01"], action: block}
+  - {name: tv, device: [tv], action: direct}
+  - {name: rest, action: direct}
+`)
+	code, out, errOut := runMain("explain", "-c", p, "10.0.1.70", "203.0.113.5:443")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	for _, want := range []string{
+		`src_mac [aa:bb:cc:dd:ee:01]: the source's MAC is not given (--src-mac)`,
+		`device [tv]: the source device's name is not given (--device)`, `rule 3 "rest": matches`,
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	code, out, errOut = runMain("explain", "-c", p, "10.0.1.70", "203.0.113.5:443", "--src-mac", "AA:BB:CC:DD:EE:02", "--device", "tv.lan")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	for _, want := range []string{
+		"(device aa:bb:cc:dd:ee:02 tv.lan)",
+		"src_mac [aa:bb:cc:dd:ee:01] does not include aa:bb:cc:dd:ee:02", `rule 2 "tv": matches`,
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	if code, _, errOut := runMain("explain", "-c", p, "10.0.1.70", "203.0.113.5:443", "--src-mac", "nope"); code != 2 || !strings.Contains(errOut, "invalid MAC") {
+		t.Errorf("bad --src-mac: exit %d: %s", code, errOut)
+	}
+}

@@ -390,7 +390,8 @@ upstreams:
   - {name: dante, url: "socks5://%s:%s"}
 rules:
   - %s
-`, netlab.GWLANIf, mode, netlab.Proxy4, dantePort, rule)
+state_dir: %q
+`, netlab.GWLANIf, mode, netlab.Proxy4, dantePort, rule, t.TempDir())
 			// "ready" is logged at info; wait for the listener instead.
 			p := tp.GW.Start(bin, "run", "-c", writeFile(t, "socksgate.yaml", cfg))
 			tp.GW.WaitListening("127.0.0.1:12345", 10*time.Second)
