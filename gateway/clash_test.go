@@ -187,6 +187,14 @@ func TestSelectionsSurviveRestartsAndDamage(t *testing.T) {
 		t.Fatalf("not JSON: %v", got.chosen)
 	}
 
+	// A config without a select group touches no state directory.
+	untouched := filepath.Join(t.TempDir(), "never")
+	plain, _ := configs.Parse([]byte("listen: {http: [\"127.0.0.1:0\"], socks: []}\n"))
+	newSelections(untouched, logger).apply(plain, nil)
+	if _, err := os.Stat(untouched); !os.IsNotExist(err) {
+		t.Fatalf("state directory created for a config without select groups: %v", err)
+	}
+
 	// A state directory that is a file: choices last in memory.
 	file := filepath.Join(t.TempDir(), "f")
 	os.WriteFile(file, nil, 0o600)
