@@ -216,6 +216,7 @@ func TestSelectionsSurviveRestartsAndDamage(t *testing.T) {
 func TestClashRuleTypes(t *testing.T) {
 	cfg, err := configs.Parse([]byte(`
 upstreams: [{name: p, url: "socks5://192.0.2.1:1080"}]
+devices: {enabled: true}
 listen: {http: ["127.0.0.1:0"], socks: []}
 rules:
   - {name: ads, domain: [".ads.example"], action: block}
@@ -223,6 +224,7 @@ rules:
   - {name: net, dst: [10.0.0.0/8], upstream: p}
   - {name: web, dst_ports: [443], protocol: [tcp], upstream: p}
   - {name: lan, src: [192.168.1.0/24, 192.168.2.0/24], inbound: [http], action: direct}
+  - {name: mac, src_mac: ["AA:BB:CC:DD:EE:FF"], device: [laptop], upstream: p}
   - {name: last, upstream: p}
 `))
 	if err != nil {
@@ -234,6 +236,7 @@ rules:
 		{"IPCIDR", "10.0.0.0/8"},
 		{"AND", "((DstPort,443) && (Network,tcp))"},
 		{"AND", "(((SrcIPCIDR,192.168.1.0/24) || (SrcIPCIDR,192.168.2.0/24)) && (InType,http))"},
+		{"AND", "((SrcMAC,aa:bb:cc:dd:ee:ff) && (Device,laptop))"},
 		{"Match", ""},
 	}
 	for i, r := range cfg.Rules {
