@@ -543,13 +543,13 @@ type Traffic struct {
 }
 
 func (h *clash) streamTraffic(w http.ResponseWriter, r *http.Request) {
+	ch, leave := h.traffic.join()
+	defer leave()
 	st, err := openStream(w, r)
 	if err != nil {
 		return
 	}
 	defer st.close()
-	ch, leave := h.traffic.join()
-	defer leave()
 	for {
 		select {
 		case <-st.done():
@@ -603,13 +603,15 @@ func (h *clash) streamLogs(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "no log stream")
 		return
 	}
+	// Listening before the response's headers go out: a client that has them sees every line
+	// logged from then on.
+	ch, leave := feed.join()
+	defer leave()
 	st, err := openStream(w, r)
 	if err != nil {
 		return
 	}
 	defer st.close()
-	ch, leave := feed.join()
-	defer leave()
 	for {
 		select {
 		case <-st.done():

@@ -466,7 +466,9 @@ func TestClashLogsStream(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	testutil.WaitUntil(t, "the stream to listen", c.logs.Listening)
+	if !c.logs.Listening() {
+		t.Fatal("the stream's headers came before it listened: a line logged now would be lost")
+	}
 	c.logs.Publish(LogLine{Type: "info", Payload: "not for warning listeners"})
 	c.logs.Publish(LogLine{Type: "warning", Payload: "upstream down upstream=a"})
 	sc := bufio.NewScanner(resp.Body)

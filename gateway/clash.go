@@ -337,8 +337,8 @@ func (a AdminSource) Rules() []admin.Rule {
 }
 
 // clashRule writes a rule's matchers as a Clash rule type and payload: one matcher with one
-// value is that type (DomainSuffix, IPCIDR, DstPort...), several values of one matcher an OR,
-// several matchers an AND, none Match.
+// value is that type (DomainSuffix, IPCIDR, DstPort...; src_mac and device are SrcMAC and
+// Device), several values of one matcher an OR, several matchers an AND, none Match.
 func clashRule(r configs.Rule) (typ, payload string) {
 	type part struct{ typ, payload string }
 	var parts []part
@@ -377,6 +377,9 @@ func clashRule(r configs.Rule) (typ, payload string) {
 	add("DstPort", strs(len(r.DstPorts), func(i int) string { return r.DstPorts[i].String() }))
 	add("Network", strs(len(r.Protocol), func(i int) string { return r.Protocol[i].String() }))
 	add("InType", strs(len(r.Inbound), func(i int) string { return r.Inbound[i].String() }))
+	// socksgate's own matchers, under names of their own: Clash has no rule for them.
+	add("SrcMAC", strs(len(r.SrcMAC), func(i int) string { return r.SrcMAC[i].String() }))
+	add("Device", r.Device)
 	switch len(parts) {
 	case 0:
 		return "Match", ""

@@ -187,6 +187,14 @@ func TestSelectionsSurviveRestartsAndDamage(t *testing.T) {
 		t.Fatalf("not JSON: %v", got.chosen)
 	}
 
+	// A config without a select group touches no state directory.
+	untouched := filepath.Join(t.TempDir(), "never")
+	plain, _ := configs.Parse([]byte("listen: {http: [\"127.0.0.1:0\"], socks: []}\n"))
+	newSelections(untouched, logger).apply(plain, nil)
+	if _, err := os.Stat(untouched); !os.IsNotExist(err) {
+		t.Fatalf("state directory created for a config without select groups: %v", err)
+	}
+
 	// A state directory that is a file: choices last in memory.
 	file := filepath.Join(t.TempDir(), "f")
 	os.WriteFile(file, nil, 0o600)
@@ -208,6 +216,7 @@ func TestSelectionsSurviveRestartsAndDamage(t *testing.T) {
 func TestClashRuleTypes(t *testing.T) {
 	cfg, err := configs.Parse([]byte(`
 upstreams: [{name: p, url: "socks5://192.0.2.1:1080"}]
+devices: {enabled: true}
 listen: {http: ["127.0.0.1:0"], socks: []}
 rules:
   - {name: ads, domain: [".ads.example"], action: block}
@@ -215,6 +224,7 @@ rules:
   - {name: net, dst: [10.0.0.0/8], upstream: p}
   - {name: web, dst_ports: [443], protocol: [tcp], upstream: p}
   - {name: lan, src: [192.168.1.0/24, 192.168.2.0/24], inbound: [http], action: direct}
+  - {name: mac, src_mac: ["AA:BB:CC:DD:EE:FF"], device: [laptop], upstream: p}
   - {name: last, upstream: p}
 `))
 	if err != nil {
@@ -226,6 +236,7 @@ rules:
 		{"IPCIDR", "10.0.0.0/8"},
 		{"AND", "((DstPort,443) && (Network,tcp))"},
 		{"AND", "(((SrcIPCIDR,192.168.1.0/24) || (SrcIPCIDR,192.168.2.0/24)) && (InType,http))"},
+		{"AND", "((SrcMAC,aa:bb:cc:dd:ee:ff) && (Device,laptop))"},
 		{"Match", ""},
 	}
 	for i, r := range cfg.Rules {

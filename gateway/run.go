@@ -43,7 +43,7 @@ func Run(ctx context.Context, cfg *configs.Config, log *logrus.Logger, reload <-
 	}
 	log.AddHook(logHook{rt.logs})
 	defer log.ReplaceHooks(hooks)
-	rt.selections = loadSelections(cfg.StateDir, log)
+	rt.selections = newSelections(cfg.StateDir, log)
 	routing, err := rt.newRouting(cfg)
 	if err != nil {
 		return err
