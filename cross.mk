@@ -19,51 +19,22 @@ CROSS_MAX_BYTES ?= 12000000
 CROSS_MAX_XZ    ?= 4500000
 CROSS_LDFLAGS   ?= -s -w -X main.version=$(VERSION)
 # Packages that run once at start or on a command (config parsing, YAML and the regexps it
-# compiles, the kernel rules' netlink setup and watcher, JSON, certificates, the admin
-# endpoint's API and metrics, doctor, the CLI's flags and tables, logs of net/http's errors,
-# Packages that run once at start or on a command (config parsing, YAML and the regexps it
-# compiles, the kernel rules' netlink setup and watcher, JSON, certificates, the admin
-# endpoint's API and metrics, doctor, the CLI's flags and tables, net/http's error log, panics'
-# stacks; the device table and its store, which run at a flow's end and every few seconds),
-# and crypto/tls, which only the DNS-over-TLS/HTTPS clients use (a DoT query's cost is its
-# handshake; dns's BenchmarkExchangeDoT/DoH show no difference), are compiled without
-# inlining: it makes the binary smaller and costs nothing on a flow's path, which keeps
-# inlining everywhere else (relay, gateway, socks, dns, nat, route, net, net/http for the
-# explicit proxy, miekg/dns, logrus, fmt...). Without inlining a package's functions are not
-# inlined into other packages either: keep hot callees (unicode, strings, time...) out of
-# this list.
+# compiles, the kernel rules' netlink setup and watcher, JSON, certificates, doctor, the CLI's
+# flags and tables, net/http's error log, panics' stacks; the device table and its store, which
+# run at a flow's end and every few seconds), and crypto/tls, which only the DNS-over-TLS/HTTPS
+# clients use (a DoT query's cost is its handshake; dns's BenchmarkExchangeDoT/DoH show no
+# difference), are compiled without inlining: it makes the binary smaller and costs nothing on
+# a flow's path, which keeps inlining everywhere else (relay, gateway, socks, dns, nat, route,
+# net, net/http for the explicit proxy, miekg/dns, logrus, fmt...). Without inlining a
+# package's functions are not inlined into other packages either: a package a flow calls into,
+# even for one small function, stays out of this list (unicode, strings, time; admin, whose log
+# feed is asked about every log line).
 CROSS_COLD      ?= github.com/socksgate/socksgate/configs github.com/socksgate/socksgate/internal/doctor \
                    github.com/socksgate/socksgate/cmd/socksgate go.yaml.in/yaml/v3 github.com/google/nftables/... \
                    github.com/vishvananda/netlink/... github.com/mdlayher/... github.com/socksgate/socksgate/redirect \
-                   github.com/socksgate/socksgate/admin encoding/json crypto/x509 crypto/x509/pkix encoding/asn1 \
-                   encoding/pem math/big regexp regexp/syntax flag text/tabwriter os/signal log runtime/debug \
-                   internal/fmtsort crypto/tls github.com/socksgate/socksgate/device go.etcd.io/bbolt/...
-# a flow's path, which keeps inlining everywhere else (relay, gateway, socks, dns, nat, net,
-# net/http for the explicit proxy, miekg/dns, logrus, fmt...). Without inlining a package's
-# functions are not inlined into other packages either: keep hot callees (unicode, strings,
-# time...) out of this list.
-CROSS_COLD      ?= github.com/socksgate/socksgate/configs github.com/socksgate/socksgate/internal/doctor \
-                   github.com/socksgate/socksgate/cmd/socksgate go.yaml.in/yaml/v3 github.com/google/nftables/... \
-                   github.com/vishvananda/netlink/... github.com/mdlayher/... github.com/socksgate/socksgate/redirect \
-                   github.com/socksgate/socksgate/admin encoding/json crypto/x509 crypto/x509/pkix encoding/asn1 \
-                   encoding/pem math/big regexp regexp/syntax flag text/tabwriter os/signal log runtime/debug \
-# Packages that run once at start or on a command (config parsing, YAML and the regexps it
-# compiles, the kernel rules' netlink setup and watcher, JSON, certificates, the admin
-# endpoint's API and metrics, doctor, the CLI's flags and tables, net/http's error log, panics'
-# stacks; the device table and its store, which run at a flow's end and every few seconds),
-# and crypto/tls, which only the DNS-over-TLS/HTTPS clients use (a DoT query's cost is its
-# handshake; dns's BenchmarkExchangeDoT/DoH show no difference), are compiled without
-# inlining: it makes the binary smaller and costs nothing on a flow's path, which keeps
-# inlining everywhere else (relay, gateway, socks, dns, nat, route, net, net/http for the
-# explicit proxy, miekg/dns, logrus, fmt...). Without inlining a package's functions are not
-# inlined into other packages either: keep hot callees (unicode, strings, time...) out of
-# this list.
-CROSS_COLD      ?= github.com/socksgate/socksgate/configs github.com/socksgate/socksgate/internal/doctor \
-                   github.com/socksgate/socksgate/cmd/socksgate go.yaml.in/yaml/v3 github.com/google/nftables/... \
-                   github.com/vishvananda/netlink/... github.com/mdlayher/... github.com/socksgate/socksgate/redirect \
-                   github.com/socksgate/socksgate/admin encoding/json crypto/x509 crypto/x509/pkix encoding/asn1 \
-                   encoding/pem math/big regexp regexp/syntax flag text/tabwriter os/signal log runtime/debug \
-                   internal/fmtsort crypto/tls github.com/socksgate/socksgate/device go.etcd.io/bbolt/...
+                   encoding/json crypto/x509 crypto/x509/pkix encoding/asn1 encoding/pem math/big regexp \
+                   regexp/syntax flag text/tabwriter os/signal log runtime/debug internal/fmtsort crypto/tls \
+                   github.com/socksgate/socksgate/device go.etcd.io/bbolt/...
 CROSS_GCFLAGS   ?= $(foreach p,$(CROSS_COLD),-gcflags=$(p)=-l)
 # os/arch/variant: the variant is GOARM for arm and GOMIPS for mips*.
 CROSS_TARGETS   ?= linux/amd64/- linux/arm64/- linux/arm/7 linux/mipsle/softfloat linux/mips/softfloat
