@@ -6,6 +6,11 @@
 #
 # CGO is off (static, no libc), -trimpath, -ldflags "-s -w" (no symbol table, no DWARF), and no
 # inlining in the cold packages (CROSS_COLD).
+#
+# Sizes now (bytes; xz -9), docs/performance.md "Binary size" has where they go:
+#   amd64 10,563,746 (3,255,596)  arm64 9,830,562 (2,782,832)  armv7 10,027,170 (2,869,268)
+#   mipsle-softfloat 11,534,529 (2,698,560)  mips-softfloat 11,534,529 (2,645,604)
+# mips files grow in 64 KiB steps (segment alignment): measure a change by the loaded sections.
 GO              ?= go
 VERSION         ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 CROSS_DIR       ?= bin/cross
@@ -13,14 +18,22 @@ CROSS_MAX_BYTES ?= 12000000
 # A router's flash holds the compressed image: each binary's xz -9 size is checked too.
 CROSS_MAX_XZ    ?= 4500000
 CROSS_LDFLAGS   ?= -s -w -X main.version=$(VERSION)
-# Packages that run once at start or on a command (config parsing, YAML, the kernel rules'
-# netlink setup and watcher, JSON, certificates, doctor, the CLI, the device table and its
-# store, which run at a flow's end and every few seconds) are compiled without
-# inlining: it makes the binary about 200 KB smaller (11.5 -> 11.3 MiB on mips) and costs nothing
-# on a flow's path, which keeps inlining everywhere else (relay, gateway, socks, dns, nat...).
+# Packages that run once at start or on a command (config parsing, YAML and the regexps it
+# compiles, the kernel rules' netlink setup and watcher, JSON, certificates, doctor, the CLI's
+# flags and tables, net/http's error log, panics' stacks; the device table and its store, which
+# run at a flow's end and every few seconds), and crypto/tls, which only the DNS-over-TLS/HTTPS
+# clients use (a DoT query's cost is its handshake; dns's BenchmarkExchangeDoT/DoH show no
+# difference), are compiled without inlining: it makes the binary smaller and costs nothing on
+# a flow's path, which keeps inlining everywhere else (relay, gateway, socks, dns, nat, route,
+# net, net/http for the explicit proxy, miekg/dns, logrus, fmt...). Without inlining a
+# package's functions are not inlined into other packages either: a package a flow calls into,
+# even for one small function, stays out of this list (unicode, strings, time; admin, whose log
+# feed is asked about every log line).
 CROSS_COLD      ?= github.com/socksgate/socksgate/configs github.com/socksgate/socksgate/internal/doctor \
                    github.com/socksgate/socksgate/cmd/socksgate go.yaml.in/yaml/v3 github.com/google/nftables/... \
-                   github.com/vishvananda/netlink/... github.com/socksgate/socksgate/redirect encoding/json crypto/x509 \
+                   github.com/vishvananda/netlink/... github.com/mdlayher/... github.com/socksgate/socksgate/redirect \
+                   encoding/json crypto/x509 crypto/x509/pkix encoding/asn1 encoding/pem math/big regexp \
+                   regexp/syntax flag text/tabwriter os/signal log runtime/debug internal/fmtsort crypto/tls \
                    github.com/socksgate/socksgate/device go.etcd.io/bbolt/...
 CROSS_GCFLAGS   ?= $(foreach p,$(CROSS_COLD),-gcflags=$(p)=-l)
 # os/arch/variant: the variant is GOARM for arm and GOMIPS for mips*.

@@ -7,6 +7,7 @@ import (
 	"maps"
 	"math"
 	"slices"
+	"sort"
 	"strconv"
 	"strings"
 )
@@ -72,7 +73,7 @@ func labels(nv []string) []labelPair {
 		}
 		ls = append(ls, p)
 	}
-	slices.SortFunc(ls, func(a, b labelPair) int { return strings.Compare(a.name, b.name) })
+	sort.Slice(ls, func(i, j int) bool { return ls[i].name < ls[j].name })
 	return ls
 }
 
@@ -141,7 +142,7 @@ func (e *expo) WriteTo(w io.Writer) (int64, error) {
 	bw := bufio.NewWriter(cw)
 	for _, name := range slices.Sorted(maps.Keys(e.fams)) {
 		f := e.fams[name]
-		slices.SortStableFunc(f.series, compareLabels)
+		sort.SliceStable(f.series, func(i, j int) bool { return compareLabels(f.series[i], f.series[j]) < 0 })
 		bw.WriteString("# HELP ")
 		bw.WriteString(f.name)
 		bw.WriteByte(' ')

@@ -11,6 +11,8 @@ import (
 	"unicode/utf8"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/socksgate/socksgate/internal/domain"
 )
 
 // maxQuoted is how many bytes of a value a message quotes at most: a value
@@ -148,7 +150,8 @@ func parsePort(p, whole string) (uint16, error) {
 	return uint16(n), nil
 }
 
-// Contains reports whether p is in r.
+// Contains reports whether p is in r. Per-flow code compares r.From and r.To itself: cross.mk
+// compiles configs without inlining, so this is a call there.
 func (r PortRange) Contains(p uint16) bool { return r.From <= p && p <= r.To }
 
 // String formats r as "443" or "1000-2000".
@@ -364,22 +367,6 @@ func normalizeDomain(p string) (string, error) {
 // MatchDomain reports whether a flow's name matches a normalised rule domain
 // pattern (as stored in Rule.Domain by Parse): "example.com" matches exactly
 // that name; ".example.com" matches example.com and every name under it.
-// The name is compared case-insensitively, a trailing dot ignored.
-func MatchDomain(pattern, name string) bool {
-	if name == "" || pattern == "" {
-		return false
-	}
-	name = strings.TrimSuffix(name, ".")
-	pattern = strings.TrimPrefix(pattern, "*")
-	if pattern == "" {
-		return false
-	}
-	if pattern[0] != '.' {
-		return strings.EqualFold(name, pattern)
-	}
-	base := pattern[1:]
-	if len(name) == len(base) {
-		return strings.EqualFold(name, base)
-	}
-	return len(name) > len(pattern) && strings.EqualFold(name[len(name)-len(pattern):], pattern)
-}
+// The name is compared case-insensitively, a trailing dot ignored. Per-flow code
+// calls domain.Match, the same function, directly (see the domain package).
+func MatchDomain(pattern, name string) bool { return domain.Match(pattern, name) }

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"net/url"
 	"slices"
+	"sort"
 	"strconv"
 	"strings"
 )
@@ -658,7 +659,7 @@ func (c *Config) validateViaCycles(p *problems, ix *nameIndex) {
 			state[w] = done
 		}
 	}
-	slices.SortFunc(cycles, func(a, b cycle) int { return a.first - b.first })
+	sort.Slice(cycles, func(i, j int) bool { return cycles[i].first < cycles[j].first })
 	for _, cy := range cycles {
 		p.add(fmt.Sprintf("upstreams[%d].via", cy.first), "cycle %s", strings.Join(cy.chain, " -> "))
 	}

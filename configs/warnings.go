@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"sort"
 	"strings"
 	"time"
 )
@@ -263,7 +264,9 @@ func (x *shadowIndex) add(i int) {
 		}
 	default:
 		ports := slices.Clone(r.DstPorts)
-		slices.SortFunc(ports, func(a, b PortRange) int { return cmp.Or(cmp.Compare(a.From, b.From), cmp.Compare(a.To, b.To)) })
+		sort.Slice(ports, func(i, j int) bool {
+			return cmp.Or(cmp.Compare(ports[i].From, ports[j].From), cmp.Compare(ports[i].To, ports[j].To)) < 0
+		})
 		key := fmt.Sprint(sortedSet(r.Protocol), sortedSet(r.Inbound), ports)
 		if !x.restSeen[key] {
 			x.restSeen[key] = true
@@ -401,7 +404,7 @@ func coversPorts(a, b []PortRange) bool {
 		b = []PortRange{{1, 65535}}
 	}
 	merged := slices.Clone(a)
-	slices.SortFunc(merged, func(x, y PortRange) int { return int(x.From) - int(y.From) })
+	sort.Slice(merged, func(i, j int) bool { return merged[i].From < merged[j].From })
 	out := merged[:1]
 	for _, r := range merged[1:] {
 		last := &out[len(out)-1]

@@ -1,6 +1,12 @@
 package dns
 
 import (
+	"context"
+	"crypto/tls"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"runtime"
 	"strconv"
@@ -115,5 +121,64 @@ func TestCacheAccountingCoversTheHeap(t *testing.T) {
 	t.Logf("a cached A answer: %.0f B of heap, %.0f B accounted", heap, accounted)
 	if accounted < heap*0.8 {
 		t.Errorf("the byte bound undercounts: %.0f accounted for %.0f on the heap", accounted, heap)
+	}
+}
+
+// BenchmarkExchangeDoT is a DoT query: a connection and a TLS handshake per query, as the
+// exchanger does it, against an in-process server on loopback.
+func BenchmarkExchangeDoT(b *testing.B) {
+	cert, pool := testCert(b, "dot.test")
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := &mdns.Server{Listener: ln, Net: "tcp-tls", Handler: mdns.HandlerFunc(answerStatic)}
+	up := make(chan struct{})
+	srv.NotifyStartedFunc = func() { close(up) }
+	go srv.ActivateAndServe()
+	<-up
+	b.Cleanup(func() { srv.Shutdown() })
+	x := mustExchanger(b, "tls://"+ln.Addr().String()+"#dot.test", Transport{TLSConfig: &tls.Config{RootCAs: pool}})
+	q := query("a.example", mdns.TypeA)
+	for b.Loop() {
+		if _, err := x.Exchange(context.Background(), q); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkExchangeDoH is a DoH query over the exchanger's kept HTTP/2 connection.
+func BenchmarkExchangeDoH(b *testing.B) {
+	cert, pool := testCert(b, "doh.test")
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		q := new(mdns.Msg)
+		if err := q.Unpack(body); err != nil {
+			http.Error(w, "bad message", http.StatusBadRequest)
+			return
+		}
+		m := new(mdns.Msg)
+		m.SetReply(q)
+		m.Answer = append(m.Answer, rr(q.Question[0].Name+" 60 IN A 192.0.2.7"))
+		out, _ := m.Pack()
+		w.Header().Set("Content-Type", "application/dns-message")
+		w.Write(out)
+	}))
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
+	srv.EnableHTTP2 = true
+	srv.StartTLS()
+	b.Cleanup(srv.Close)
+	port := srv.Listener.Addr().(*net.TCPAddr).Port
+	x := mustExchanger(b, "https://doh.test:"+itoa(port)+"/dns-query#127.0.0.1", Transport{TLSConfig: &tls.Config{RootCAs: pool}})
+	b.Cleanup(func() { x.(io.Closer).Close() })
+	q := query("a.example", mdns.TypeA)
+	for b.Loop() {
+		r, err := x.Exchange(context.Background(), q)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if r.Answer[0].(*mdns.A).A.String() != "192.0.2.7" {
+			b.Fatalf("DoH answer: %v", r)
+		}
 	}
 }

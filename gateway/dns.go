@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"slices"
+	"sort"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -586,8 +587,9 @@ func (s *dnsService) snapshot() *admin.DNSStats {
 	for k, n := range st.Queries {
 		out.Queries = append(out.Queries, admin.DNSQueryCount{Rule: k.Rule, Action: k.Action, Queries: n})
 	}
-	slices.SortFunc(out.Queries, func(a, b admin.DNSQueryCount) int {
-		return cmp.Or(cmp.Compare(a.Rule, b.Rule), cmp.Compare(a.Action, b.Action))
+	sort.Slice(out.Queries, func(i, j int) bool {
+		a, b := out.Queries[i], out.Queries[j]
+		return cmp.Or(cmp.Compare(a.Rule, b.Rule), cmp.Compare(a.Action, b.Action)) < 0
 	})
 	for _, h := range st.Latency {
 		out.Latency = append(out.Latency, admin.Histogram(h))

@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"slices"
+	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -684,7 +684,7 @@ func (t *UDPTable) Sessions() []UDPSessionReport {
 		out = append(out, s.report())
 		s.mu.Unlock()
 	}
-	slices.SortFunc(out, func(a, b UDPSessionReport) int { return a.Start.Compare(b.Start) })
+	sort.Slice(out, func(i, j int) bool { return out[i].Start.Before(out[j].Start) })
 	return out
 }
 

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"sort"
 	"sync"
 	"syscall"
 
@@ -249,7 +250,7 @@ func InterfacePrefixes(names []string, opts ...Option) ([]netip.Prefix, error) {
 			}
 		}
 	}
-	slices.SortFunc(out, comparePrefix)
+	sort.Slice(out, func(i, j int) bool { return comparePrefix(out[i], out[j]) < 0 })
 	return slices.Compact(out), nil
 }
 

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"sort"
 	"strings"
 
 	"github.com/socksgate/socksgate/configs"
@@ -279,11 +280,11 @@ func mergeRanges(rs []addrRange) []addrRange {
 	if len(rs) == 0 {
 		return nil
 	}
-	slices.SortFunc(rs, func(a, b addrRange) int {
-		if c := a.first.Compare(b.first); c != 0 {
-			return c
+	sort.Slice(rs, func(i, j int) bool {
+		if c := rs[i].first.Compare(rs[j].first); c != 0 {
+			return c < 0
 		}
-		return a.last.Compare(b.last)
+		return rs[i].last.Compare(rs[j].last) < 0
 	})
 	out := []addrRange{rs[0]}
 	for _, r := range rs[1:] {

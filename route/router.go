@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/socksgate/socksgate/configs"
+	"github.com/socksgate/socksgate/internal/domain"
 	"github.com/socksgate/socksgate/upstream"
 )
 
@@ -52,7 +53,7 @@ type compiledRule struct {
 	hasDst   bool
 	src      prefixSet
 	ports    []configs.PortRange
-	domains  []string // normalised by configs.Parse; see configs.MatchDomain
+	domains  []string // normalised by configs.Parse; see domain.Match
 	macs     []configs.MAC
 	devices  []string // normalised by configs.Parse; see configs.MatchDeviceName
 	decision Decision
@@ -368,7 +369,7 @@ func (c *compiledRule) matchesRest(k *flowKey) bool {
 	if len(c.ports) > 0 {
 		ok := false
 		for _, pr := range c.ports {
-			if pr.Contains(k.port) {
+			if pr.From <= k.port && k.port <= pr.To { // not pr.Contains: see its comment
 				ok = true
 				break
 			}
@@ -380,7 +381,7 @@ func (c *compiledRule) matchesRest(k *flowKey) bool {
 	if len(c.domains) > 0 {
 		ok := false
 		for _, d := range c.domains {
-			if configs.MatchDomain(d, k.host) {
+			if domain.Match(d, k.host) {
 				ok = true
 				break
 			}

@@ -4,7 +4,7 @@ import (
 	"cmp"
 	"encoding/binary"
 	"net/netip"
-	"slices"
+	"sort"
 )
 
 // u128 is an address as a 128-bit number (IPv4 in the low 32 bits), so prefixes of either
@@ -93,14 +93,15 @@ func buildPrefixIndex(refs []prefixRef) prefixIndex {
 		byFam[f] = append(byFam[f], r)
 	}
 	for f, rs := range byFam {
-		slices.SortFunc(rs, func(a, b prefixRef) int {
+		sort.Slice(rs, func(i, j int) bool {
+			a, b := rs[i], rs[j]
 			if c := a.p.Addr().Compare(b.p.Addr()); c != 0 {
-				return c
+				return c < 0
 			}
 			if c := cmp.Compare(a.p.Bits(), b.p.Bits()); c != 0 {
-				return c
+				return c < 0
 			}
-			return cmp.Compare(a.rule, b.rule)
+			return a.rule < b.rule
 		})
 		var es []prefixEntry
 		var stack []int32 // chain of open enclosing entries
