@@ -6,6 +6,7 @@
 'use strict';
 
 const KEY = 'socksgate.secret';
+const TKEY = 'socksgate.traffic'; // the chart's points, kept across a reload of the tab
 const HOUR = 3600;
 const base = location.pathname.replace(/\/ui(\/.*)?$/, ''); // the endpoint's path prefix
 const $ = (sel, el) => (el || document).querySelector(sel);
@@ -27,6 +28,14 @@ const st = {
   options: {},           // the filter selects' current option lists, to rebuild only on change
   authorized: false,
 };
+try {
+  const saved = JSON.parse(sessionStorage.getItem(TKEY) || '[]');
+  const t0 = Date.now() / 1000 - HOUR;
+  if (Array.isArray(saved)) st.traffic = saved.filter(p => p && p.t > t0);
+} catch (e) { /* nothing kept */ }
+function saveTraffic() {
+  try { sessionStorage.setItem(TKEY, JSON.stringify(st.traffic)); } catch (e) { /* full or off */ }
+}
 
 // ---- formatting
 
@@ -176,15 +185,17 @@ function onConnections(m) {
 // ---- authentication
 
 function unauthorized() {
-  if (!st.authorized && document.body.dataset.state === 'unauthorized') return;
+  $('#login-title').textContent = st.secret ? 'Unauthorized: wrong secret' : 'Unauthorized';
+  $('#secret').value = '';
+  if (document.body.dataset.state === 'unauthorized') return;
   st.authorized = false;
   if (streams.traffic) { streams.traffic.close(); streams.traffic = null; }
   syncConnections();
+  clearTimeout(pollTimer);
   document.body.dataset.state = 'unauthorized';
   $('#main').hidden = true;
+  $('#logout').hidden = true;
   $('#login').hidden = false;
-  $('#login-title').textContent = st.secret ? 'Unauthorized: wrong secret' : 'Unauthorized';
-  $('#secret').value = '';
   $('#secret').focus();
 }
 
@@ -327,11 +338,12 @@ function drawChart(cv, pts) {
     g.strokeStyle = c;
     g.lineWidth = 1.5;
     g.beginPath();
-    let started = false;
+    let prev = 0;
     for (const p of pts) {
       if (p.t < t0) continue;
       const x = L + pw * (p.t - t0) / HOUR, y = T + ph - ph * Math.min(p[key], max) / max;
-      if (started) g.lineTo(x, y); else { g.moveTo(x, y); started = true; }
+      if (p.t - prev < 10) g.lineTo(x, y); else g.moveTo(x, y); // a gap while the page was away stays a gap
+      prev = p.t;
     }
     g.stroke();
   };
@@ -426,7 +438,7 @@ function renderFlows() {
     return '<tr data-id="' + esc(c.id) + '" data-mac="' + esc(m.sourceMAC || '') + '">' +
       '<td class="host" data-label="Host">' + esc(flowHost(c)) +
       (m.host && m.destinationIP ? '<small>' + esc(m.destinationIP) + '</small>' : '') + '</td>' +
-      '<td class="device" data-label="Device"><span>' + esc(dev || src) +
+      '<td class="device wide" data-label="Device"><span>' + esc(dev || src) +
       (dev ? '<small>' + esc(m.sourceDevice && m.sourceMAC ? m.sourceMAC + ' · ' : '') + esc(m.sourceIP || '') + '</small>' : '') +
       '</span></td>' +
       '<td data-label="Rule">' + esc(c.rule || '') + (c.rulePayload ? '<small>' + esc(c.rulePayload) + '</small>' : '') + '</td>' +
@@ -605,7 +617,8 @@ function renderDNS() {
   if (hits + misses > 0) cards += '<div class="card"><span class="k">Cache hit ratio</span><span class="v">' + (100 * hits / (hits + misses)).toFixed(1) + ' %</span></div>';
   for (const [k, v] of Object.entries(d)) {
     if (typeof v === 'number' || typeof v === 'string' || typeof v === 'boolean') {
-      cards += '<div class="card"><span class="k">' + esc(label(k)) + '</span><span class="v">' + cell(v) + '</span></div>';
+      cards += '<div class="card"><span class="k">' + esc(label(k)) + '</span><span class="v">' +
+        (/bytes/i.test(k) && typeof v === 'number' ? bytes(v) : cell(v)) + '</span></div>';
     } else if (Array.isArray(v) && v.length && typeof v[0] === 'object') {
       const cols = Object.keys(v[0]).filter(c => typeof v[0][c] !== 'object');
       const hist = 'Count' in v[0] && 'Sum' in v[0];
@@ -638,7 +651,9 @@ document.addEventListener('DOMContentLoaded', () => {
     $('#login-title').textContent = 'Signed out';
   });
   window.addEventListener('hashchange', route);
+  window.addEventListener('pagehide', saveTraffic);
   document.addEventListener('visibilitychange', () => {
+    if (document.hidden) saveTraffic();
     syncConnections();
     if (!document.hidden && st.authorized) poll(true);
   });

@@ -1,0 +1,206 @@
+//go:build linux
+
+package tests
+
+import (
+	"net/http/httptest"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/chromedp/chromedp"
+
+	"github.com/socksgate/socksgate/internal/testutil"
+)
+
+// The dashboard in a real browser against a fake of the API (dashboard_helpers_test.go):
+// without the secret it shows the unauthorized state and no data; a wrong secret is refused;
+// the right one is kept in local storage and sent; a 401 later (the secret changed) brings
+// the form back.
+func TestDashboardAsksForTheSecret(t *testing.T) {
+	f := newFakeAPI("s3cret")
+	srv := httptest.NewServer(f.Handler())
+	t.Cleanup(srv.Close)
+	ctx := newBrowser(t)
+
+	step(t, ctx, "load the dashboard", chromedp.Navigate(srv.URL+"/ui/"))
+	waitJS(t, ctx, "the unauthorized state", `document.body.dataset.state === "unauthorized"`)
+	if evalJS[bool](t, ctx, `document.querySelector("#main").hidden && !document.querySelector("#login").hidden`) == false {
+		t.Fatal("without the secret the views are shown, or the form is not")
+	}
+	if got := evalJS[string](t, ctx, `document.querySelector("#login-title").textContent`); got != "Unauthorized" {
+		t.Errorf("login title %q", got)
+	}
+	screenshot(t, ctx, "login")
+
+	step(t, ctx, "a wrong secret",
+		chromedp.SendKeys(chromedp.CSS("#secret"), "wrong"),
+		chromedp.Click(chromedp.CSS("#login-submit")))
+	waitJS(t, ctx, "the wrong secret refused", `document.querySelector("#login-title").textContent.includes("wrong secret")`)
+	if evalJS[string](t, ctx, `document.body.dataset.state`) != "unauthorized" {
+		t.Fatal("a wrong secret got past the form")
+	}
+
+	step(t, ctx, "the right secret",
+		chromedp.SendKeys(chromedp.CSS("#secret"), "s3cret"),
+		chromedp.Click(chromedp.CSS("#login-submit")))
+	waitJS(t, ctx, "the dashboard ready", `document.body.dataset.state === "ready"`)
+	waitJS(t, ctx, "the live flows", `document.querySelector("#ov-flows").textContent === "4"`)
+	if got := evalJS[string](t, ctx, `localStorage.getItem("socksgate.secret")`); got != "s3cret" {
+		t.Errorf("local storage holds %q", got)
+	}
+	step(t, ctx, "reload", chromedp.Reload())
+	waitJS(t, ctx, "ready again from local storage", `document.body.dataset.state === "ready"`)
+
+	// The secret changes under the page: its next call gets a 401.
+	f.mu.Lock()
+	f.secret = "rotated"
+	f.mu.Unlock()
+	waitJS(t, ctx, "the unauthorized state after a 401", `document.body.dataset.state === "unauthorized"`)
+	if got := evalJS[string](t, ctx, `document.querySelector("#login-title").textContent`); !strings.Contains(got, "wrong secret") {
+		t.Errorf("after a 401 the title says %q", got)
+	}
+	screenshot(t, ctx, "unauthorized-after-401")
+	step(t, ctx, "the new secret",
+		chromedp.SendKeys(chromedp.CSS("#secret"), "rotated"),
+		chromedp.Click(chromedp.CSS("#login-submit")))
+	waitJS(t, ctx, "ready with the new secret", `document.body.dataset.state === "ready"`)
+}
+
+// Every view of the dashboard against the fake API, on a desktop window and on a phone's
+// screen: the flows table sorts, filters and closes a flow with DELETE /connections/{id};
+// a select group's member is chosen with PUT /proxies/{group}; the /connections stream is
+// asked for every second only while the flows view is open; nothing is wider than a phone.
+func TestDashboardViews(t *testing.T) {
+	f := newFakeAPI("s3cret")
+	srv := httptest.NewServer(f.Handler())
+	t.Cleanup(srv.Close)
+	ctx := newBrowser(t)
+
+	// An hour of throughput, as the page keeps it across a reload, seeded from a page of the
+	// same origin (the dashboard itself would save its own few seconds over it on leaving).
+	step(t, ctx, "seed the session",
+		chromedp.Navigate(srv.URL+"/ui/none"),
+		chromedp.Evaluate[chromedp.Void](`sessionStorage.setItem("socksgate.traffic", `+strconv.Quote(hourOfTraffic())+`); localStorage.setItem("socksgate.secret", "s3cret")`),
+		chromedp.Navigate(srv.URL+"/ui/"))
+	waitJS(t, ctx, "the dashboard ready", `document.body.dataset.state === "ready"`)
+
+	// overview
+	waitJS(t, ctx, "the flows counted", `document.querySelector("#ov-flows").textContent === "4"`)
+	waitJS(t, ctx, "upstream health", `document.querySelectorAll("#ov-health li").length === 3`)
+	waitJS(t, ctx, "the throughput", `document.querySelector("#ov-down").textContent.endsWith("/s")`)
+	if got := evalJS[string](t, ctx, `document.querySelector("#ov-health").innerText`); !strings.Contains(got, "up-c") || !strings.Contains(got, "down") {
+		t.Errorf("upstream health does not show up-c down:\n%s", got)
+	}
+	if _, _, ws := f.state(); ws["/connections"] != 5000 {
+		t.Errorf("the overview asked for /connections every %d ms, want 5000", ws["/connections"])
+	}
+	screenshot(t, ctx, "overview")
+
+	// flows
+	openView(t, ctx, "flows")
+	waitJS(t, ctx, "four flows", `document.querySelectorAll("#flows tbody tr[data-id]").length === 4`)
+	testutil.WaitUntil(t, "the flows view streaming every second", func() bool {
+		_, _, ws := f.state()
+		return ws["/connections"] == 1000
+	})
+	row := evalJS[string](t, ctx, `document.querySelector('#flows tr[data-id="f1"]').innerText`)
+	for _, want := range []string{"video.example.net:443", "laptop", "aa:bb:cc:00:00:20", "DomainSuffix", "proxy › up-a"} {
+		if !strings.Contains(row, want) {
+			t.Errorf("flow f1's row lacks %q:\n%s", want, row)
+		}
+	}
+	order := func() string {
+		return evalJS[string](t, ctx, `[...document.querySelectorAll("#flows tbody tr[data-id]")].map(r => r.dataset.id).join(",")`)
+	}
+	if got := order(); got != "f3,f4,f1,f2" { // newest first
+		t.Errorf("default order %s, want newest first f3,f4,f1,f2", got)
+	}
+	step(t, ctx, "sort by download", chromedp.Click(chromedp.CSS(`#flows th[data-sort="download"]`)))
+	if got := order(); got != "f1,f4,f2,f3" {
+		t.Errorf("by download, largest first: %s", got)
+	}
+	step(t, ctx, "sort by download again", chromedp.Click(chromedp.CSS(`#flows th[data-sort="download"]`)))
+	if got := order(); got != "f3,f2,f4,f1" {
+		t.Errorf("by download, smallest first: %s", got)
+	}
+	filter := func(what, js, want string) {
+		t.Helper()
+		step(t, ctx, "filter by "+what, chromedp.Evaluate[chromedp.Void](js))
+		if got := order(); got != want {
+			t.Errorf("filtered by %s: %s, want %s", what, got, want)
+		}
+	}
+	const reset = `for (const s of ["f-device","f-rule","f-upstream"]) { const e = document.getElementById(s); e.value = ""; e.dispatchEvent(new Event("change")); }
+		{ const e = document.getElementById("f-host"); e.value = ""; e.dispatchEvent(new Event("input")); }`
+	selectJS := func(id, v string) string {
+		return reset + `{ const e = document.getElementById("` + id + `"); e.value = ` + strconv.Quote(v) + `; e.dispatchEvent(new Event("change")); }`
+	}
+	filter("device", selectJS("f-device", "phone"), "f3")
+	filter("rule", selectJS("f-rule", "DomainSuffix example.net"), "f1")
+	filter("upstream", selectJS("f-upstream", "up-b"), "f4")
+	filter("host", reset+`{ const e = document.getElementById("f-host"); e.value = "mail"; e.dispatchEvent(new Event("input")); }`, "f2")
+	filter("nothing", reset, "f3,f2,f4,f1")
+	screenshot(t, ctx, "flows")
+
+	step(t, ctx, "close flow f2", chromedp.Click(chromedp.CSS(`#flows button.close[data-id="f2"]`)))
+	testutil.WaitUntil(t, "DELETE /connections/f2", func() bool {
+		closed, _, _ := f.state()
+		return slices.Equal(closed, []string{"f2"})
+	})
+	waitJS(t, ctx, "f2's row gone", `document.querySelector('#flows tr[data-id="f2"]') === null && document.querySelectorAll("#flows tbody tr[data-id]").length === 3`)
+
+	// devices
+	openView(t, ctx, "devices")
+	waitJS(t, ctx, "three devices", `document.querySelectorAll("#devices tbody tr[data-mac]").length === 3`)
+	dev := evalJS[string](t, ctx, `document.querySelector('#devices tr[data-mac="aa:bb:cc:00:00:20"]').innerText`)
+	for _, want := range []string{"laptop", "fd00::20", "52.0 MB / 1.90 GB", "900 MB / 41.0 GB"} {
+		if !strings.Contains(dev, want) {
+			t.Errorf("the laptop's row lacks %q:\n%s", want, dev)
+		}
+	}
+	screenshot(t, ctx, "devices")
+
+	// upstreams and groups
+	openView(t, ctx, "proxies")
+	waitJS(t, ctx, "the groups", `document.querySelectorAll("#groups .group").length === 2 && document.querySelectorAll("#upstreams tbody tr[data-name]").length === 3`)
+	if !evalJS[bool](t, ctx, `document.querySelector('button.member[data-group="auto"]').disabled`) {
+		t.Error("a url-test group's members can be chosen")
+	}
+	step(t, ctx, "choose up-b", chromedp.Click(chromedp.CSS(`button.member[data-group="proxy"][data-member="up-b"]`)))
+	testutil.WaitUntil(t, "PUT /proxies/proxy", func() bool {
+		_, chosen, _ := f.state()
+		return slices.Equal(chosen, []string{"proxy=up-b"})
+	})
+	waitJS(t, ctx, "up-b shown as the group's member", `document.querySelector('button.member.now[data-group="proxy"]').dataset.member === "up-b"`)
+	screenshot(t, ctx, "proxies")
+
+	// rules and DNS
+	openView(t, ctx, "rules")
+	waitJS(t, ctx, "the rules", `document.querySelectorAll("#rules tbody tr").length === 4`)
+	if got := evalJS[string](t, ctx, `document.querySelector("#rules tbody").innerText`); !strings.Contains(got, "1,834") || !strings.Contains(got, "5,120") {
+		t.Errorf("rules' hit counts missing:\n%s", got)
+	}
+	screenshot(t, ctx, "rules")
+	openView(t, ctx, "dns")
+	waitJS(t, ctx, "the DNS figures", `document.querySelector("#dns").innerText.includes("Cache hit ratio")`)
+	if got := evalJS[string](t, ctx, `document.querySelector("#dns").innerText`); !strings.Contains(got, "78.5 %") || !strings.Contains(got, "12.0 ms") {
+		t.Errorf("DNS view lacks the hit ratio 78.5 %% or the mean latency 12.0 ms:\n%s", got)
+	}
+	screenshot(t, ctx, "dns")
+
+	// A phone: every view fits its width.
+	phone(t, ctx, true)
+	for _, v := range []string{"overview", "flows", "devices", "proxies", "rules", "dns"} {
+		openView(t, ctx, v)
+		waitJS(t, ctx, v+" drawn", `!document.querySelector("#view-`+v+`").innerText.includes("Loading")`)
+		if v == "flows" {
+			waitJS(t, ctx, "flow rows", `document.querySelectorAll("#flows tbody tr[data-id]").length === 3`)
+		}
+		if w := evalJS[int](t, ctx, `document.documentElement.scrollWidth - window.innerWidth`); w > 0 {
+			t.Errorf("%s on a phone is %d px wider than the screen", v, w)
+		}
+		screenshot(t, ctx, "phone-"+v)
+	}
+}
