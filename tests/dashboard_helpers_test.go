@@ -321,6 +321,7 @@ func (f *fakeAPI) Handler() http.Handler {
 			"up-c":   map[string]any{"name": "up-c", "type": "Socks5", "udp": true, "alive": false, "history": hist(50, 0, 0)},
 			"DIRECT": map[string]any{"name": "DIRECT", "type": "Direct", "udp": true, "alive": true, "history": []any{}},
 			"proxy":  map[string]any{"name": "proxy", "type": "Selector", "now": f.now["proxy"], "all": []string{"up-a", "up-b", "up-c"}, "alive": true, "history": []any{}},
+			"GLOBAL": map[string]any{"name": "GLOBAL", "type": "Selector", "now": "up-a", "all": []string{"up-a", "up-b", "up-c", "proxy", "auto"}, "alive": true, "history": []any{}},
 			"auto":   map[string]any{"name": "auto", "type": "URLTest", "now": "up-a", "all": []string{"up-a", "up-b"}, "alive": true, "history": []any{}, "testUrl": "http://probe.test/"},
 		}})
 	})

@@ -3,15 +3,25 @@
 package tests
 
 import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"net/http/httptest"
+	"os"
+	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/chromedp/chromedp"
 
 	"github.com/socksgate/socksgate/internal/testutil"
+	"github.com/socksgate/socksgate/tests/netlab"
 )
 
 // The dashboard in a real browser against a fake of the API (dashboard_helpers_test.go):
@@ -202,5 +212,155 @@ func TestDashboardViews(t *testing.T) {
 			t.Errorf("%s on a phone is %d px wider than the screen", v, w)
 		}
 		screenshot(t, ctx, "phone-"+v)
+	}
+}
+
+// The dashboard against socksgate itself in the lab, its admin endpoint with a secret: the
+// page refuses without the secret; a flow that a lan client holds open appears with the lan
+// host's MAC as its device (and the name its DHCP lease gives); closing it from the page
+// ends the client's connection; choosing the other member of a select group moves new flows
+// to the other upstream, as that upstream's own log shows. A screenshot of each view.
+func TestDashboardAgainstSocksgate(t *testing.T) {
+	tp := netlab.NewTopology(t)
+	serveWeb(t, tp)
+	upA := startDante(t, tp, danteOptions{Port: "1080"})
+	upB := startDante(t, tp, danteOptions{Port: "1081"})
+
+	// A server in wan that greets and then holds each connection open until the test ends.
+	hold := tp.WAN.Listen("tcp", net.JoinHostPort(netlab.WAN4, "9000"))
+	go func() {
+		for {
+			c, err := hold.Accept()
+			if err != nil {
+				return
+			}
+			t.Cleanup(func() { c.Close() })
+			io.WriteString(c, "hello\n")
+		}
+	}()
+
+	mac := strings.TrimSpace(tp.LAN.MustRun("cat", "/sys/class/net/"+netlab.LANIf+"/address"))
+	leases := writeFile(t, "dhcp.leases", fmt.Sprintf("%d %s %s lanbox 01:%s\n",
+		time.Now().Add(time.Hour).Unix(), mac, netlab.LAN4, mac))
+	const secret = "dash-s3cret"
+	cfg := fmt.Sprintf(`log: {level: debug}
+lan: {interfaces: [%s]}
+listen: {http: [], socks: []}
+timeouts: {dial: 3s, grace: 2s}
+state_dir: %s
+admin: {listen: "127.0.0.1:9090", secret: %s}
+devices: {leases: [%s], reverse_dns: false}
+upstreams:
+  - {name: a, url: "socks5://%s:1080"}
+  - {name: b, url: "socks5://%s:1081"}
+groups:
+  - {name: pool, policy: select, upstreams: [a, b]}
+rules:
+  - {action: proxy, upstream: pool}
+`, netlab.GWLANIf, t.TempDir(), secret, leases, netlab.Proxy4, netlab.Proxy4)
+	if out, err := exec.Command(socksgateBin, "check", "-c", writeFile(t, "check.yaml", cfg)).CombinedOutput(); err != nil {
+		// Before the Clash API, the select policy and the devices are all on this tree.
+		t.Skipf("this tree's socksgate does not take the dashboard's config yet: %v\n%s", err, out)
+	}
+	gw := startSocksgate(t, tp.GW, cfg)
+	tp.GW.WaitListening("127.0.0.1:9090", 10*time.Second)
+	base := forwardIntoNS(t, tp.GW, "127.0.0.1:9090")
+	if r, err := http.Get(base + "/version"); err != nil || r.StatusCode == http.StatusNotFound {
+		t.Skipf("this tree's admin endpoint has no Clash API yet: %v %v", r, err)
+	} else {
+		r.Body.Close()
+		if r.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("GET /version without the secret: %d, want 401", r.StatusCode)
+		}
+	}
+	ctx := newBrowser(t)
+
+	// Without the secret: the unauthorized state, no data.
+	step(t, ctx, "load the dashboard", chromedp.Navigate(base+"/ui/"))
+	waitJS(t, ctx, "the unauthorized state", `document.body.dataset.state === "unauthorized"`)
+	if !evalJS[bool](t, ctx, `document.querySelector("#main").hidden`) {
+		t.Fatal("the views are shown without the secret")
+	}
+	screenshot(t, ctx, "lab-login")
+	signIn(t, ctx, base, secret)
+
+	// A flow the lan client holds open.
+	dctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	client, err := tp.LAN.Dial(dctx, "tcp", net.JoinHostPort(netlab.WAN4, "9000"))
+	if err != nil {
+		t.Fatalf("lan dial: %v\n%s", err, gw.Output())
+	}
+	defer client.Close()
+	greet := make([]byte, 6)
+	if _, err := io.ReadFull(client, greet); err != nil {
+		t.Fatalf("the held flow's greeting: %v\n%s", err, gw.Output())
+	}
+	openView(t, ctx, "flows")
+	sel := `[...document.querySelectorAll("#flows tbody tr[data-id]")].find(r => r.innerText.includes("` + netlab.WAN4 + `:9000"))`
+	waitJS(t, ctx, "the held flow in the table", sel+` !== undefined`)
+	waitJS(t, ctx, "the held flow's device", sel+`.dataset.mac === "`+mac+`"`)
+	row := evalJS[string](t, ctx, sel+`.innerText`)
+	if !strings.Contains(row, mac) || !strings.Contains(row, "pool") || !strings.Contains(row, "a") {
+		t.Errorf("the held flow's row lacks the MAC %s or the group:\n%s", mac, row)
+	}
+	if !strings.Contains(row, "lanbox") {
+		t.Errorf("the held flow's row lacks the device's DHCP name lanbox:\n%s", row)
+	}
+	screenshot(t, ctx, "lab-flows")
+	phone(t, ctx, true)
+	screenshot(t, ctx, "lab-phone-flows")
+	phone(t, ctx, false)
+
+	// Closing it from the page ends the client's connection.
+	id := evalJS[string](t, ctx, sel+`.dataset.id`)
+	closed := make(chan error, 1)
+	go func() {
+		client.SetReadDeadline(time.Now().Add(20 * time.Second)) // a bound, not the expectation
+		_, err := client.Read(make([]byte, 1))
+		closed <- err
+	}()
+	step(t, ctx, "close the held flow", chromedp.Click(chromedp.CSS(`#flows button.close[data-id="`+id+`"]`)))
+	if err := <-closed; err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("the client's connection did not end when the page closed its flow: %v\n%s", err, gw.Output())
+	}
+	waitJS(t, ctx, "the closed flow gone from the table", `document.querySelector('#flows tr[data-id="`+id+`"]') === null`)
+
+	// Choosing b in the select group moves new flows to b.
+	served := func(p *netlab.Proc) int { return strings.Count(p.Output(), netlab.WAN4+".80") }
+	get := func() {
+		t.Helper()
+		if out, err := curl(tp.LAN, urlFor(netlab.WAN4, "/")); err != nil || out != pageBody {
+			t.Fatalf("curl: %v %q\n%s", err, out, gw.Output())
+		}
+	}
+	get()
+	if !waitFor(5*time.Second, func() bool { return served(upA) > 0 }) || served(upB) > 0 {
+		t.Fatalf("before the choice the flow went to b, or not to a:\na:\n%s\nb:\n%s", upA.Output(), upB.Output())
+	}
+	openView(t, ctx, "proxies")
+	waitJS(t, ctx, "the select group", `document.querySelector('button.member.now[data-group="pool"]') !== null`)
+	if now := evalJS[string](t, ctx, `document.querySelector('button.member.now[data-group="pool"]').dataset.member`); now != "a" {
+		t.Fatalf("the page shows pool's member as %q, want a", now)
+	}
+	step(t, ctx, "choose b", chromedp.Click(chromedp.CSS(`button.member[data-group="pool"][data-member="b"]`)))
+	waitJS(t, ctx, "b shown as pool's member", `document.querySelector('button.member.now[data-group="pool"]').dataset.member === "b"`)
+	beforeA := served(upA)
+	get()
+	if !waitFor(5*time.Second, func() bool { return served(upB) > 0 }) {
+		t.Fatalf("after choosing b in the page, b's log shows no flow:\n%s\ngw:\n%s", upB.Output(), gw.Output())
+	}
+	if served(upA) != beforeA {
+		t.Errorf("a still carried a new flow after b was chosen:\n%s", upA.Output())
+	}
+	screenshot(t, ctx, "lab-proxies")
+
+	for _, v := range []string{"overview", "devices", "rules", "dns"} {
+		openView(t, ctx, v)
+		waitJS(t, ctx, v+" drawn", `!document.querySelector("#view-`+v+`").innerText.includes("Loading")`)
+		screenshot(t, ctx, "lab-"+v)
+	}
+	if got := evalJS[string](t, ctx, `document.querySelector("#view-devices").innerText`); !strings.Contains(got, mac) {
+		t.Errorf("the devices view lacks the lan host %s:\n%s", mac, got)
 	}
 }

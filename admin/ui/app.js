@@ -527,8 +527,9 @@ function spark(hist) {
 function renderProxies() {
   const ps = st.proxies;
   if (!ps) { $('#groups').innerHTML = '<p class="muted">Loading…</p>'; return; }
-  const groups = Object.values(ps).filter(isGroup).sort((a, b) =>
-    (a.name === 'GLOBAL') - (b.name === 'GLOBAL') || a.name.localeCompare(b.name));
+  // GLOBAL is the Clash API's list of everything; socksgate has no global mode to choose in it.
+  const groups = Object.values(ps).filter(p => isGroup(p) && p.name !== 'GLOBAL')
+    .sort((a, b) => a.name.localeCompare(b.name));
   $('#groups').innerHTML = groups.map(g => {
     const sel = isSelect(g);
     return '<div class="panel group" data-group="' + esc(g.name) + '"><h3>' + esc(g.name) + '</h3>' +
@@ -569,12 +570,19 @@ async function choose(group, member, btn) {
   poll(true);
 }
 
+// probeURL is what a Test button asks an upstream to fetch: the URL typed above the table
+// (kept in local storage), else the probe of a group, else the usual generate_204.
+function probeURL() {
+  const typed = $('#probe-url').value.trim();
+  if (typed) return typed;
+  const g = Object.values(st.proxies || {}).find(p => isGroup(p) && p.testUrl);
+  return g ? g.testUrl : 'https://www.gstatic.com/generate_204';
+}
+
 async function probe(name, btn) {
   btn.disabled = true;
   btn.textContent = '…';
-  const p = (st.proxies && st.proxies[name]) || {};
-  const q = new URLSearchParams({ timeout: '5000' });
-  if (p.testUrl) q.set('url', p.testUrl);
+  const q = new URLSearchParams({ timeout: '5000', url: probeURL() });
   try {
     const r = await api('GET', '/proxies/' + encodeURIComponent(name) + '/delay?' + q);
     toast(name + ': ' + (r && r.delay ? r.delay + ' ms' : 'no answer'));
@@ -697,6 +705,8 @@ document.addEventListener('DOMContentLoaded', () => {
     if (b) probe(b.dataset.name, b);
   });
   $('#f-rules').addEventListener('input', renderRules);
+  $('#probe-url').value = localStorage.getItem('socksgate.probe') || '';
+  $('#probe-url').addEventListener('change', ev => localStorage.setItem('socksgate.probe', ev.target.value.trim()));
 
   route();
   connect();
