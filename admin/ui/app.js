@@ -334,16 +334,28 @@ function drawChart(cv, pts) {
     const x = L + pw * (HOUR - m * 60) / HOUR;
     g.fillText(m ? '-' + m + 'm' : 'now', Math.min(x, L + pw - 12), T + ph + 5);
   }
+  // One value per pixel column, the largest of the seconds it covers (a phone's chart is
+  // a few hundred pixels for 3600 points); a gap of more than 10 s (the page was away) stays
+  // a gap.
+  const cols = Math.max(1, Math.floor(pw)), per = HOUR / cols;
+  const gap = Math.ceil(10 / per) + 1;
   const line = (key, c) => {
-    g.strokeStyle = c;
-    g.lineWidth = 1.5;
-    g.beginPath();
-    let prev = 0;
+    const v = new Float64Array(cols).fill(-1);
     for (const p of pts) {
       if (p.t < t0) continue;
-      const x = L + pw * (p.t - t0) / HOUR, y = T + ph - ph * Math.min(p[key], max) / max;
-      if (p.t - prev < 10) g.lineTo(x, y); else g.moveTo(x, y); // a gap while the page was away stays a gap
-      prev = p.t;
+      const i = Math.min(cols - 1, Math.floor((p.t - t0) / per));
+      v[i] = Math.max(v[i], p[key]);
+    }
+    g.strokeStyle = c;
+    g.lineWidth = 1.5;
+    g.lineJoin = 'round';
+    g.beginPath();
+    let prev = -Infinity;
+    for (let i = 0; i < cols; i++) {
+      if (v[i] < 0) continue;
+      const x = L + pw * (i + 0.5) / cols, y = T + ph - ph * Math.min(v[i], max) / max;
+      if (i - prev <= gap) g.lineTo(x, y); else g.moveTo(x, y);
+      prev = i;
     }
     g.stroke();
   };
