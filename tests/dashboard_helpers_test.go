@@ -18,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/cdp"
+	"github.com/chromedp/cdproto/emulation"
 	"github.com/chromedp/chromedp"
 	"github.com/coder/websocket"
 
@@ -140,8 +142,14 @@ func phone(t testing.TB, ctx context.Context, on bool) {
 	t.Helper()
 	if on {
 		step(t, ctx, "phone viewport", chromedp.EmulateViewport(390, 844, chromedp.EmulateScale(2), chromedp.EmulateMobile, chromedp.EmulateTouch))
-	} else {
-		step(t, ctx, "desktop viewport", chromedp.EmulateReset())
+		return
+	}
+	// EmulateReset's zero-sized override leaves the phone's width on full-page captures.
+	if _, err := chromedp.Call(ctx, emulation.ClearDeviceMetricsOverride, cdp.Empty{}); err != nil {
+		t.Fatalf("desktop viewport: %v", err)
+	}
+	if _, err := chromedp.Call(ctx, emulation.SetTouchEmulationEnabled, emulation.SetTouchEmulationEnabledParams{Enabled: false}); err != nil {
+		t.Fatalf("desktop viewport: %v", err)
 	}
 }
 

@@ -355,6 +355,12 @@ rules:
 	}
 	screenshot(t, ctx, "lab-proxies")
 
+	// A 20 MB download shows in the page's throughput, from the /traffic stream.
+	if out, err := curl(tp.LAN, "-o", "/dev/null", "-w", "%{size_download}", urlFor(netlab.WAN4, "/bytes?n=20000000")); err != nil || out != "20000000" {
+		t.Fatalf("download: %v %q", err, out)
+	}
+	openView(t, ctx, "overview")
+	waitJS(t, ctx, "the download in the page's throughput", `st.traffic.reduce((n, p) => n + p.down, 0) >= 20e6`)
 	for _, v := range []string{"overview", "devices", "rules", "dns"} {
 		openView(t, ctx, v)
 		waitJS(t, ctx, v+" drawn", `!document.querySelector("#view-`+v+`").innerText.includes("Loading")`)
