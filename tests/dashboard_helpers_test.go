@@ -269,6 +269,22 @@ func newFakeAPI(secret string) *fakeAPI {
 	return f
 }
 
+// addFlows adds n more flows from n devices, for the table's limits.
+func (f *fakeAPI) addFlows(n int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for i := range n {
+		fl := map[string]any{}
+		b, _ := json.Marshal(f.flows[i%len(f.flows)])
+		json.Unmarshal(b, &fl)
+		fl["id"] = fmt.Sprintf("bulk-%d", i)
+		fl["download"], fl["upload"] = i*1000, i
+		fl["metadata"].(map[string]any)["sourceMAC"] = fmt.Sprintf("aa:bb:cc:00:%02x:%02x", i>>8&0xff, i&0xff)
+		fl["metadata"].(map[string]any)["sourceDevice"] = fmt.Sprintf("host-%d", i)
+		f.flows = append(f.flows, fl)
+	}
+}
+
 func (f *fakeAPI) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /ui/", f.ui)
@@ -293,8 +309,8 @@ func (f *fakeAPI) Handler() http.Handler {
 			f.mu.Lock()
 			defer f.mu.Unlock()
 			for _, fl := range f.flows { // the bytes move, for the speeds
-				fl["download"] = fl["download"].(int) + 150_000
-				fl["upload"] = fl["upload"].(int) + 2_000
+				fl["download"] = asInt(fl["download"]) + 150_000
+				fl["upload"] = asInt(fl["upload"]) + 2_000
 			}
 			b, _ := json.Marshal(map[string]any{"downloadTotal": 1_250_000_000, "uploadTotal": 81_000_000, "connections": f.flows, "memory": 0})
 			return json.RawMessage(b)
@@ -441,6 +457,16 @@ func (f *fakeAPI) state() (closed, chosen []string, ws map[string]int) {
 		ws[k] = v
 	}
 	return append([]string(nil), f.closed...), append([]string(nil), f.chosen...), ws
+}
+
+func asInt(v any) int {
+	switch n := v.(type) {
+	case int:
+		return n
+	case float64:
+		return int(n)
+	}
+	return 0
 }
 
 func fakeJSON(w http.ResponseWriter, v any) {

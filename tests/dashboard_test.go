@@ -215,6 +215,26 @@ func TestDashboardViews(t *testing.T) {
 	}
 }
 
+// With 3000 live flows the table draws the first 500 (sorted and filtered over all of them)
+// and says so; a filter reaches the flows beyond the first 500.
+func TestDashboardManyFlows(t *testing.T) {
+	f := newFakeAPI("s3cret")
+	f.addFlows(2996)
+	srv := httptest.NewServer(f.Handler())
+	t.Cleanup(srv.Close)
+	ctx := newBrowser(t)
+	signIn(t, ctx, srv.URL, "s3cret")
+	openView(t, ctx, "flows")
+	waitJS(t, ctx, "the first 500 of 3000", `document.querySelector("#f-count").textContent === "first 500 of 3000 flows"`)
+	if n := evalJS[int](t, ctx, `document.querySelectorAll("#flows tbody tr[data-id]").length`); n != 500 {
+		t.Errorf("%d rows drawn, want 500", n)
+	}
+	step(t, ctx, "filter by a device far down", chromedp.Evaluate[chromedp.Void](
+		`{ const e = document.getElementById("f-device"); e.value = "host-2990"; e.dispatchEvent(new Event("change")); }`))
+	waitJS(t, ctx, "the one flow of host-2990", `document.querySelectorAll("#flows tbody tr[data-id]").length === 1 && document.querySelector('#flows tr[data-id="bulk-2990"]') !== null`)
+	screenshot(t, ctx, "flows-3000")
+}
+
 // The dashboard against socksgate itself in the lab, its admin endpoint with a secret: the
 // page refuses without the secret; a flow that a lan client holds open appears with the lan
 // host's MAC as its device (and the name its DHCP lease gives); closing it from the page

@@ -95,7 +95,7 @@ async function api(method, path, body) {
   }
   if (r.status === 204) return null;
   const text = await r.text();
-  return text ? JSON.parse(text) : null;
+  return text ? JSON.parse(text) : undefined;
 }
 
 // stream keeps a WebSocket to path open, reconnecting with a growing delay; a socket that
@@ -257,7 +257,7 @@ async function poll(now) {
     if (p === '/proxies') st.proxies = (v && v.proxies) || {};
     else if (p === '/devices') st.devices = (v && v.devices) || [];
     else if (p === '/rules') st.rules = (v && v.rules) || [];
-    else if (p === '/dns') st.dns = v;
+    else if (p === '/dns') st.dns = v === undefined ? 'empty' : v;
   }, err => {
     if (!(err instanceof Unauthorized)) toast(err.message, true);
   })));
@@ -436,7 +436,8 @@ function renderFlows() {
   });
   const shown = rows.length > MAXROWS ? rows.slice(0, MAXROWS) : rows;
   $('#f-count').textContent = (shown.length < rows.length ? 'first ' + shown.length + ' of ' : '') +
-    rows.length + (rows.length === st.conns.length ? '' : ' of ' + st.conns.length) + ' flows';
+    rows.length + (rows.length === st.conns.length ? '' : ' of ' + st.conns.length) +
+    (st.conns.length === 1 ? ' flow' : ' flows');
   for (const th of document.querySelectorAll('#flows th[data-sort]')) {
     th.classList.toggle('sorted', th.dataset.sort === key);
     th.classList.toggle('asc', th.dataset.sort === key && asc);
@@ -627,6 +628,7 @@ function renderRules() {
 function renderDNS() {
   const el = $('#dns');
   if (st.dns === undefined) { el.innerHTML = '<p class="muted">Loading…</p>'; return; }
+  if (st.dns === 'empty') { el.innerHTML = '<div class="panel"><p>socksgate answered /dns with nothing.</p></div>'; return; }
   if (st.dns === null || typeof st.dns !== 'object') { el.innerHTML = '<div class="panel"><p>DNS is off in this configuration.</p></div>'; return; }
   const label = k => k.replace(/_/g, ' ').replace(/([a-z])([A-Z])/g, '$1 $2').replace(/^./, c => c.toUpperCase());
   const cell = v => v == null ? '' : typeof v === 'object' ? esc(JSON.stringify(v)) :
