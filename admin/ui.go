@@ -4,15 +4,13 @@ import (
 	"bytes"
 	"compress/gzip"
 	"crypto/sha256"
-	"embed"
+	_ "embed"
 	"encoding/hex"
 	"io"
-	"io/fs"
 	"net/http"
 	"path"
 	"strconv"
 	"strings"
-	"sync"
 )
 
 // The dashboard's assets (admin/ui/*.html, *.js, *.css) are committed beside their gzip
@@ -20,35 +18,33 @@ import (
 // bytes, and a browser (they all accept gzip) gets them as they are. A client that does not
 // accept gzip gets them decompressed on the fly. TestUIAssetsMatchSources keeps the two in
 // step; `go test ./admin -run TestUIAssetsMatchSources -update` rewrites the .gz files.
-//
-//go:embed ui/*.gz
-var uiFiles embed.FS
+// Each file is its own []byte rather than an embed.FS: the FS and io/fs code would cost the
+// binary more than the page's CSS.
+var (
+	//go:embed ui/index.html.gz
+	uiIndexHTML []byte
+	//go:embed ui/app.js.gz
+	uiAppJS []byte
+	//go:embed ui/app.css.gz
+	uiAppCSS []byte
+)
 
 // uiAsset is one embedded file, ready to serve.
 type uiAsset struct {
 	gz    []byte // gzip-compressed content
 	ctype string
-	etag  string // strong: the content is the same for both encodings, the representation is not
+	etag  string // of the content; the gzip representation adds -gz
 }
 
-var uiAssets = sync.OnceValue(func() map[string]uiAsset {
+// uiAssets are the files under /ui/ by name.
+var uiAssets = func() map[string]uiAsset {
 	assets := map[string]uiAsset{}
-	entries, _ := fs.ReadDir(uiFiles, "ui")
-	for _, e := range entries {
-		gz, err := fs.ReadFile(uiFiles, "ui/"+e.Name())
-		if err != nil {
-			continue
-		}
-		name := strings.TrimSuffix(e.Name(), ".gz")
+	for name, gz := range map[string][]byte{"index.html": uiIndexHTML, "app.js": uiAppJS, "app.css": uiAppCSS} {
 		sum := sha256.Sum256(gz)
-		assets[name] = uiAsset{
-			gz:    gz,
-			ctype: uiContentType(name),
-			etag:  `"` + hex.EncodeToString(sum[:8]) + `"`,
-		}
+		assets[name] = uiAsset{gz: gz, ctype: uiContentType(name), etag: `"` + hex.EncodeToString(sum[:8]) + `"`}
 	}
 	return assets
-})
+}()
 
 func uiContentType(name string) string {
 	switch path.Ext(name) {
@@ -85,7 +81,7 @@ func serveUI(w http.ResponseWriter, r *http.Request) {
 	if name == "" {
 		name = "index.html"
 	}
-	a, ok := uiAssets()[name]
+	a, ok := uiAssets[name]
 	if !ok {
 		http.NotFound(w, r)
 		return
