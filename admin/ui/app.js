@@ -147,7 +147,10 @@ function startTraffic() {
   if (streams.traffic) return;
   streams.traffic = stream('/traffic', m => {
     const t = Date.now() / 1000;
-    st.traffic.push({ t, up: Number(m.up) || 0, down: Number(m.down) || 0 });
+    const p = { t, up: Number(m.up) || 0, down: Number(m.down) || 0 };
+    st.traffic.push(p);
+    // The totals move with each second between the (slower) /connections snapshots.
+    if (st.totals) { st.totals.up += p.up; st.totals.down += p.down; }
     while (st.traffic.length && st.traffic[0].t < t - HOUR) st.traffic.shift();
     if (st.view === 'overview') renderOverview();
   });
@@ -177,7 +180,7 @@ function onConnections(m) {
   }
   st.prev = next;
   st.conns = list;
-  st.totals = { up: m.uploadTotal, down: m.downloadTotal };
+  st.totals = { up: Number(m.uploadTotal) || 0, down: Number(m.downloadTotal) || 0 };
   if (st.view === 'flows') renderFlows();
   else if (st.view === 'overview') renderOverview();
 }
@@ -315,7 +318,7 @@ function drawChart(cv, pts) {
   for (const p of pts) max = Math.max(max, p.up, p.down);
   // A round scale: 1, 2 or 5 times a power of ten, in four steps.
   const step0 = max / 4, mag = Math.pow(10, Math.floor(Math.log10(step0)));
-  const step = [1, 2, 5, 10].map(m => m * mag).find(s => s >= step0);
+  const step = [1, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10].map(m => m * mag).find(s => s >= step0);
   max = step * 4;
   g.font = '11px system-ui, sans-serif';
   g.fillStyle = color('--muted');
@@ -354,7 +357,8 @@ function drawChart(cv, pts) {
     for (let i = 0; i < cols; i++) {
       if (v[i] < 0) continue;
       const x = L + pw * (i + 0.5) / cols, y = T + ph - ph * Math.min(v[i], max) / max;
-      if (i - prev <= gap) g.lineTo(x, y); else g.moveTo(x, y);
+      if (i - prev <= gap) g.lineTo(x, y);
+      else { g.moveTo(x, T + ph); g.lineTo(x, y); } // a segment rises from 0: a lone second shows
       prev = i;
     }
     g.stroke();
