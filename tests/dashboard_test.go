@@ -382,3 +382,33 @@ rules:
 		t.Errorf("the devices view lacks the lan host %s:\n%s", mac, got)
 	}
 }
+
+// The DNS view against socksgate's own DNS in the lab (dnsmasq as the origin in wan): after
+// two lan queries for a cacheable name, the page shows the queries by rule, a cache hit ratio
+// and each resolver's mean latency, as GET /dns has them.
+func TestDashboardDNSFigures(t *testing.T) {
+	tp := netlab.NewTopology(t)
+	dnsStartOrigin(t, tp)
+	startDante(t, tp, danteOptions{})
+	const secret = "dns-s3cret"
+	gw := startSocksgate(t, tp.GW, dnsConfig("  hijack: true\n", "")+
+		`admin: {listen: "127.0.0.1:9090", secret: `+secret+"}\n")
+	for range 2 {
+		if out, err := digShort(tp.LAN, netlab.WAN4, "direct.test", "A"); err != nil || out != netlab.WAN4 {
+			t.Fatalf("dig direct.test: %v %q\n%s", err, out, gw.Output())
+		}
+	}
+	tp.GW.WaitListening("127.0.0.1:9090", 10*time.Second)
+	base := forwardIntoNS(t, tp.GW, "127.0.0.1:9090")
+	ctx := newBrowser(t)
+	signIn(t, ctx, base, secret)
+	openView(t, ctx, "dns")
+	waitJS(t, ctx, "the DNS figures", `document.querySelector("#dns").innerText.includes("Cache hit ratio")`)
+	text := evalJS[string](t, ctx, `document.querySelector("#dns").innerText`)
+	for _, want := range []string{"50.0 %", "Queries", "default", "Latency", netlab.WAN4 + ":53", " ms"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("the DNS view lacks %q:\n%s", want, text)
+		}
+	}
+	screenshot(t, ctx, "lab-dns-on")
+}

@@ -636,7 +636,7 @@ function renderDNS() {
   if (st.dns === null || typeof st.dns !== 'object') { el.innerHTML = '<div class="panel"><p>DNS is off in this configuration.</p></div>'; return; }
   const label = k => k.replace(/_/g, ' ').replace(/([a-z])([A-Z])/g, '$1 $2').replace(/^./, c => c.toUpperCase());
   const cell = v => v == null ? '' : typeof v === 'object' ? esc(JSON.stringify(v)) :
-    typeof v === 'number' ? v.toLocaleString() : esc(v);
+    typeof v === 'number' ? (Number.isInteger(v) ? v.toLocaleString() : String(+v.toPrecision(3))) : esc(v);
   let cards = '', tables = '';
   const d = st.dns;
   const hits = d.CacheHits != null ? d.CacheHits : d.cache_hits, misses = d.CacheMisses != null ? d.CacheMisses : d.cache_misses;
@@ -649,7 +649,7 @@ function renderDNS() {
       const cols = Object.keys(v[0]).filter(c => typeof v[0][c] !== 'object');
       const hist = 'Count' in v[0] && 'Sum' in v[0];
       tables += '<div class="panel"><h2>' + esc(label(k)) + '</h2><table class="table"><thead><tr>' +
-        cols.map(c => '<th>' + esc(label(c)) + '</th>').join('') + (hist ? '<th class="num">Mean</th>' : '') + '</tr></thead><tbody>' +
+        cols.map(c => '<th' + (typeof v[0][c] === 'number' ? ' class="num"' : '') + '>' + esc(label(c) + (hist && c === 'Sum' ? ' (s)' : '')) + '</th>').join('') + (hist ? '<th class="num">Mean</th>' : '') + '</tr></thead><tbody>' +
         v.map(r => '<tr>' + cols.map(c => '<td data-label="' + esc(label(c)) + '"' + (typeof r[c] === 'number' ? ' class="num"' : '') + '>' + cell(r[c]) + '</td>').join('') +
           (hist ? '<td class="num" data-label="Mean">' + (r.Count ? (1000 * r.Sum / r.Count).toFixed(1) + ' ms' : '–') + '</td>' : '') + '</tr>').join('') +
         '</tbody></table></div>';
