@@ -1,7 +1,7 @@
 // Package admin serves socksgate's operations endpoint: Prometheus metrics (/metrics, in the
 // text exposition format 0.0.4, written by a small writer of its own so the binary carries no
 // Prometheus client library), the live flows (/flows) and upstream health (/upstreams) as
-// JSON, and a liveness probe (/healthz). It reads everything from a Source at request time, so the data
+// JSON, a liveness probe (/healthz), and the web dashboard at /ui/ (embedded, see ui.go). It reads everything from a Source at request time, so the data
 // path pays nothing for an endpoint nobody asks; it also holds the client side that
 // `socksgate status` uses. It imports nothing of socksgate, so the gateway can start it.
 package admin
@@ -131,11 +131,12 @@ type HealthChecker interface {
 	Unhealthy() []string
 }
 
-// Handler serves /metrics, /flows, /upstreams and /healthz from src. version labels
+// Handler serves /metrics, /flows, /upstreams and /healthz from src, and the dashboard at /ui/. version labels
 // socksgate_build_info.
 func Handler(src Source, version string) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", metricsHandler(src, version))
+	registerUI(mux)
 	mux.HandleFunc("GET /flows", func(w http.ResponseWriter, r *http.Request) {
 		flows := src.Flows()
 		if flows == nil {

@@ -26,7 +26,9 @@ func TestSecretIsRequired(t *testing.T) {
 		{"the clash api too", "/version", "", 401},
 		{"healthz is open", "/healthz", "", 200},
 		{"unknown path", "/nothing", "", 401},
-		{"the dashboard's files are open", "/ui/", "", 404}, // no UI in this handler: not 401
+		{"the dashboard's files are open", "/ui/", "", 200},
+		{"and its script", "/ui/app.js", "", 200},
+		{"a missing file is a 404, not a 401", "/ui/nope.js", "", 404},
 	} {
 		r := httptest.NewRequest(http.MethodGet, c.path, nil)
 		if c.auth != "" {

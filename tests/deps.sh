@@ -30,6 +30,8 @@ have redsocks  || need+=(redsocks)
 have iperf3    || need+=(iperf3)
 have wrk       || need+=(wrk)
 have dnsperf   || need+=(dnsperf)
+# the dashboard tests drive a real browser
+have chromium  || need+=(chromium)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ] || ! have apt-get; then
 	echo "deps: missing ${need[*]}; install them (Debian package names) or run as root on Debian/Ubuntu." >&2
