@@ -5,7 +5,7 @@
 #   linux/amd64, linux/arm64, linux/arm (GOARM=7), linux/mipsle and linux/mips (GOMIPS=softfloat)
 #
 # CGO is off (static, no libc), -trimpath, -ldflags "-s -w" (no symbol table, no DWARF), and no
-# inlining in the cold packages (CROSS_COLD).
+# inlining outside the packages a flow goes through (CROSS_HOT).
 #
 # Sizes now (bytes; xz -9), docs/performance.md "Binary size" has where they go:
 #   amd64 10,563,746 (3,255,596)  arm64 9,830,562 (2,782,832)  armv7 10,027,170 (2,869,268)
@@ -18,24 +18,30 @@ CROSS_MAX_BYTES ?= 12000000
 # A router's flash holds the compressed image: each binary's xz -9 size is checked too.
 CROSS_MAX_XZ    ?= 4500000
 CROSS_LDFLAGS   ?= -s -w -X main.version=$(VERSION)
-# Packages that run once at start or on a command (config parsing, YAML and the regexps it
-# compiles, the kernel rules' netlink setup and watcher, JSON, certificates, doctor, the CLI's
-# flags and tables, net/http's error log, panics' stacks; the device table and its store, which
-# run at a flow's end and every few seconds), and crypto/tls, which only the DNS-over-TLS/HTTPS
-# clients use (a DoT query's cost is its handshake; dns's BenchmarkExchangeDoT/DoH show no
-# difference), are compiled without inlining: it makes the binary smaller and costs nothing on
-# a flow's path, which keeps inlining everywhere else (relay, gateway, socks, dns, nat, route,
-# net, net/http for the explicit proxy, miekg/dns, logrus, fmt...). Without inlining a
-# package's functions are not inlined into other packages either: a package a flow calls into,
-# even for one small function, stays out of this list (unicode, strings, time; admin, whose log
-# feed is asked about every log line).
+# Inlining is kept only where a flow's bytes, its handshake and routing, or a DNS query go:
+# the runtime and its internal packages, sync, syscall, x/sys/unix, net, the small standard
+# packages whose functions inline into those callers (time, context, errors, bytes, strings,
+# strconv, bufio, io, encoding/binary, math, unicode/utf8, hash/maphash, net/netip), x/net,
+# miekg/dns, logrus, and socksgate's own packages but the cold ones below. Everything else
+# (CROSS_COLD_ALL) is compiled without inlining: config and YAML parsing, nftables and netlink
+# setup, JSON, certificates and crypto (TLS handshakes: DoT/DoH; dns's BenchmarkExchangeDoT/DoH
+# show no difference), net/http (the admin endpoint, DoH, and an explicit HTTP proxy's request
+# head; not its bytes), fmt, sort, compress, the WebSocket library, bbolt. Without inlining a
+# package's functions are not inlined into other packages either, which is why the small
+# standard packages a flow calls into stay in CROSS_HOT. Turning inlining off this way took
+# the mips binary from 12,386,497 to 11,927,745 bytes; turning it off everywhere would reach
+# about 10.8 MB and slow every flow. miekg/dns stays hot: without inlining its handler's cache
+# hit took 1.27-1.64 us instead of 1.10-1.26 (dns BenchmarkHandlerCacheHit, amd64).
+CROSS_HOT       ?= runtime internal/... sync sync/atomic syscall net net/netip golang.org/x/sys/unix \
+                   time context errors bytes strings io encoding/binary unicode/utf8 strconv bufio \
+                   math math/bits hash/maphash golang.org/x/net/... github.com/miekg/dns \
+                   github.com/sirupsen/logrus github.com/socksgate/socksgate/...
+# socksgate's own packages that run once at start, on a command, or every few seconds.
 CROSS_COLD      ?= github.com/socksgate/socksgate/configs github.com/socksgate/socksgate/internal/doctor \
-                   github.com/socksgate/socksgate/cmd/socksgate go.yaml.in/yaml/v3 github.com/google/nftables/... \
-                   github.com/vishvananda/netlink/... github.com/mdlayher/... github.com/socksgate/socksgate/redirect \
-                   encoding/json crypto/x509 crypto/x509/pkix encoding/asn1 encoding/pem math/big regexp \
-                   regexp/syntax flag text/tabwriter os/signal log runtime/debug internal/fmtsort crypto/tls \
-                   github.com/socksgate/socksgate/device go.etcd.io/bbolt/...
-CROSS_GCFLAGS   ?= $(foreach p,$(CROSS_COLD),-gcflags=$(p)=-l)
+                   github.com/socksgate/socksgate/cmd/socksgate github.com/socksgate/socksgate/redirect \
+                   github.com/socksgate/socksgate/device
+# The last pattern that matches a package gives its flags: all cold, then the hot ones, then ours.
+CROSS_GCFLAGS   ?= -gcflags=all=-l $(foreach p,$(CROSS_HOT),-gcflags=$(p)=) $(foreach p,$(CROSS_COLD),-gcflags=$(p)=-l)
 # os/arch/variant: the variant is GOARM for arm and GOMIPS for mips*.
 CROSS_TARGETS   ?= linux/amd64/- linux/arm64/- linux/arm/7 linux/mipsle/softfloat linux/mips/softfloat
 
