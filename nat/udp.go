@@ -2,6 +2,7 @@ package nat
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -183,7 +184,10 @@ type UDPTable struct {
 	mu       sync.Mutex
 	sessions map[netip.AddrPort]*udpSession
 	closed   bool
-	wg       sync.WaitGroup // sessions finishing, the sweeper
+	// recent finds a client's live session without mu: one slot per hash of the client's
+	// address, set when a session is looked up under mu, cleared when it ends.
+	recent [recentSlots]atomic.Pointer[udpSession]
+	wg     sync.WaitGroup // sessions finishing, the sweeper
 
 	sessionsTotal, refused, blocked, queueDrops, upstreamErrors atomic.Uint64
 	held, sniffed                                               atomic.Uint64
@@ -282,10 +286,24 @@ func (t *UDPTable) Serve(r DatagramReader) error {
 
 // Handle relays one datagram from src to dst (Serve calls it; tests and other inbounds may
 // too). b is not retained.
+//
+// A datagram of a session whose way to dst is open takes no lock and allocates nothing: the
+// session is found in t.recent, its way out in s.fast, and the datagram is written from the
+// calling goroutine.
 func (t *UDPTable) Handle(b []byte, src, dst netip.AddrPort) {
 	t.init()
 	src = unmapAddrPort(src)
 	dst = unmapAddrPort(dst)
+	slot := &t.recent[recentSlot(src)]
+	if s := slot.Load(); s != nil && s.src == src {
+		if d := s.fast.Load(); d != nil && d.dst == dst && !s.over.Load() {
+			if oc := d.o.live.Load(); oc != nil {
+				s.touch()
+				t.send(s, oc.c, b, dst)
+				return
+			}
+		}
+	}
 	s, refused := t.session(src, dst)
 	if s == nil {
 		if refused {
@@ -350,6 +368,19 @@ func (t *UDPTable) Handle(b []byte, src, dst netip.AddrPort) {
 		s.mu.Unlock()
 		return
 	}
+	// The way to dst is open and nothing is queued ahead (open flushed it under s.mu): the
+	// next datagrams to dst may skip the lock.
+	if f := s.fast.Load(); f == nil || f.dst != dst {
+		d := s.fastDests[dst]
+		if d == nil {
+			d = &fastDest{dst: dst, o: o}
+			if s.fastDests == nil {
+				s.fastDests = make(map[netip.AddrPort]*fastDest)
+			}
+			s.fastDests[dst] = d
+		}
+		s.fast.Store(d)
+	}
 	s.mu.Unlock()
 	t.send(s, c, b, dst)
 }
@@ -363,6 +394,8 @@ func (t *UDPTable) routeDest(s *udpSession, dst netip.AddrPort, name string) *ud
 	}
 	if len(s.dests) >= maxSessionDests {
 		clear(s.dests)
+		clear(s.fastDests)
+		s.fast.Store(nil)
 	}
 	if s.routes == 0 || s.tagDropped && r.Drop == nil {
 		// The session is named by its first destination carried, not by one dropped.
@@ -431,8 +464,11 @@ func (t *UDPTable) heldTimeout(s *udpSession, dst netip.AddrPort, h *heldDest) {
 
 func (t *UDPTable) send(s *udpSession, c UDPConn, b []byte, dst netip.AddrPort) {
 	if _, err := c.WriteToAddrPort(b, dst); err != nil {
-		t.upstreamErrors.Add(1)
 		s.dropped.Add(1)
+		if s.over.Load() {
+			return // the session ended as this datagram went out: its way was closed
+		}
+		t.upstreamErrors.Add(1)
 		if t.OnError != nil {
 			t.OnError(fmt.Errorf("udp %s → %s: %w", s.src, dst, err))
 		}
@@ -448,6 +484,7 @@ func (t *UDPTable) session(src, dst netip.AddrPort) (_ *udpSession, refused bool
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if s := t.sessions[src]; s != nil {
+		t.recent[recentSlot(src)].Store(s)
 		return s, false
 	}
 	if t.closed {
@@ -467,6 +504,7 @@ func (t *UDPTable) session(src, dst netip.AddrPort) (_ *udpSession, refused bool
 	}
 	s.touch()
 	t.sessions[src] = s
+	t.recent[recentSlot(src)].Store(s)
 	t.sessionsTotal.Add(1)
 	return s, false
 }
@@ -505,15 +543,23 @@ func (t *UDPTable) open(s *udpSession, o *udpOutbound, open func(context.Context
 		t.send(s, c, p.b, p.dst)
 	}
 	o.pending = nil
+	o.live.Store(&liveConn{c})
 	s.mu.Unlock()
 	t.relayReplies(s, c)
 }
 
 var errSessionEnded = errors.New("session ended")
 
-// relayReplies copies replies from c to the client, each from its remote's address.
+// relayReplies copies replies from c to the client, each from its remote's address. The
+// reply socket last used is kept, with the session's reply generation it was taken in: a
+// reply from the same remote takes no lock while no reply socket of the session has closed.
 func (t *UDPTable) relayReplies(s *udpSession, c UDPConn) {
 	buf := make([]byte, t.maxReply())
+	var last struct {
+		from netip.AddrPort
+		r    *replySocket
+		gen  uint64
+	}
 	for {
 		n, from, err := c.ReadFromAddrPort(buf)
 		if err != nil {
@@ -533,16 +579,24 @@ func (t *UDPTable) relayReplies(s *udpSession, c UDPConn) {
 			t.reportErr(&ReplyError{Client: s.src, Remote: from, Err: ErrReplyFamily})
 			continue
 		}
-		rc, err := t.reply(s, from)
-		if err != nil {
-			if errors.Is(err, ErrReplyLimit) {
-				t.replyLimited.Add(1)
-			} else {
-				t.replyBindErrors.Add(1)
+		var rc ReplyConn
+		if last.r != nil && last.from == from && s.replyGen.Load() == last.gen {
+			last.r.used.Store(s.replyTick.Add(1))
+			rc = last.r.rc
+		} else {
+			gen := s.replyGen.Load()
+			r, err := t.reply(s, from)
+			if err != nil {
+				if errors.Is(err, ErrReplyLimit) {
+					t.replyLimited.Add(1)
+				} else {
+					t.replyBindErrors.Add(1)
+				}
+				s.dropped.Add(1)
+				t.reportErr(&ReplyError{Client: s.src, Remote: from, Err: err})
+				continue
 			}
-			s.dropped.Add(1)
-			t.reportErr(&ReplyError{Client: s.src, Remote: from, Err: err})
-			continue
+			last.from, last.r, last.gen, rc = from, r, gen, r.rc
 		}
 		if _, err := rc.WriteToUDPAddrPort(buf[:n], s.src); err != nil {
 			t.replyErrors.Add(1)
@@ -565,16 +619,16 @@ func (t *UDPTable) reportErr(err error) {
 // is not cached: the port may be free again for the next reply. At the session's bound or the
 // table's, the session's least recently used reply socket makes room; a session with none to
 // give up (the table is full with other sessions' sockets) gets ErrReplyLimit.
-func (t *UDPTable) reply(s *udpSession, remote netip.AddrPort) (ReplyConn, error) {
+func (t *UDPTable) reply(s *udpSession, remote netip.AddrPort) (*replySocket, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.ended {
 		return nil, errSessionEnded
 	}
-	s.replyTick++
+	tick := s.replyTick.Add(1)
 	if r := s.replies[remote]; r != nil {
-		r.used = s.replyTick
-		return r.rc, nil
+		r.used.Store(tick)
+		return r, nil
 	}
 	if len(s.replies) >= maxSessionReplies || t.replySockets.Load() >= t.maxReplySockets() {
 		if !t.evictReply(s) {
@@ -586,8 +640,10 @@ func (t *UDPTable) reply(s *udpSession, remote netip.AddrPort) (ReplyConn, error
 		return nil, err
 	}
 	t.replySockets.Add(1)
-	s.replies[remote] = &replySocket{rc: rc, used: s.replyTick}
-	return rc, nil
+	r := &replySocket{rc: rc}
+	r.used.Store(tick)
+	s.replies[remote] = r
+	return r, nil
 }
 
 // evictReply closes s's least recently used reply socket; s.mu is held.
@@ -595,13 +651,14 @@ func (t *UDPTable) evictReply(s *udpSession) bool {
 	var oldest netip.AddrPort
 	var r *replySocket
 	for remote, x := range s.replies {
-		if r == nil || x.used < r.used {
+		if r == nil || x.used.Load() < r.used.Load() {
 			oldest, r = remote, x
 		}
 	}
 	if r == nil {
 		return false
 	}
+	s.replyGen.Add(1) // before the close: a relay goroutine holding it must look again
 	r.rc.Close()
 	delete(s.replies, oldest)
 	t.replySockets.Add(-1)
@@ -617,6 +674,8 @@ func (t *UDPTable) end(s *udpSession, cause error, idle bool) {
 		return
 	}
 	s.ended = true
+	s.over.Store(true)
+	s.fast.Store(nil)
 	// finish is counted before anyone can see the session ended: Close, finding it ended,
 	// must still wait for it.
 	t.wg.Add(1)
@@ -638,6 +697,7 @@ func (t *UDPTable) end(s *udpSession, cause error, idle bool) {
 	if t.sessions[s.src] == s {
 		delete(t.sessions, s.src)
 	}
+	t.recent[recentSlot(s.src)].CompareAndSwap(s, nil)
 	t.mu.Unlock()
 	for _, c := range conns {
 		c.Close()
@@ -650,6 +710,7 @@ func (t *UDPTable) finish(s *udpSession) {
 	defer t.wg.Done()
 	s.wg.Wait()
 	s.mu.Lock()
+	s.replyGen.Add(1)
 	for _, r := range s.replies {
 		r.rc.Close()
 	}
@@ -759,12 +820,19 @@ type udpSession struct {
 
 	packetsUp, bytesUp, packetsDown, bytesDown, dropped atomic.Uint64
 
+	over atomic.Bool              // ended, readable without mu
+	fast atomic.Pointer[fastDest] // the destination last sent to, with its way out
+	// replyGen changes whenever a reply socket of the session closes: a relay goroutine's
+	// cached socket is good while the generation it was taken in holds.
+	replyGen atomic.Uint64
+
 	mu         sync.Mutex
 	dests      map[netip.AddrPort]*udpOutbound // nil value: dropped by the route
+	fastDests  map[netip.AddrPort]*fastDest    // the fast entries made so far, one per destination
 	held       map[netip.AddrPort]*heldDest    // destinations not routed yet: their sniffer reads
 	outs       map[any]*udpOutbound
 	replies    map[netip.AddrPort]*replySocket
-	replyTick  uint64 // orders replies' uses, for evicting the least recently used socket
+	replyTick  atomic.Uint64 // orders replies' uses, for evicting the least recently used socket
 	tag        any
 	tagDropped bool // tag (and firstDst) is a dropped destination's
 	routes     int
@@ -779,7 +847,7 @@ func (s *udpSession) touch() { s.last.Store(time.Now().UnixNano()) }
 // replySocket is a session's reply socket for one remote, with its last use.
 type replySocket struct {
 	rc   ReplyConn
-	used uint64
+	used atomic.Uint64 // the session's replyTick at its last use
 }
 
 type udpOutbound struct {
@@ -787,6 +855,25 @@ type udpOutbound struct {
 	conn    UDPConn // nil while opening
 	failed  bool
 	pending []pendingDatagram
+	live    atomic.Pointer[liveConn] // conn, once the queue is flushed: readable without the session's lock
+}
+
+type liveConn struct{ c UDPConn }
+
+// fastDest is a destination whose outbound is open: Handle sends to it without locks.
+type fastDest struct {
+	dst netip.AddrPort
+	o   *udpOutbound
+}
+
+// recentSlots is the size of the table's lock-free session index (8 KiB of pointers).
+const recentSlots = 1024
+
+// recentSlot hashes a client address to its slot in UDPTable.recent.
+func recentSlot(ap netip.AddrPort) int {
+	a := ap.Addr().As16()
+	h := uint32(ap.Port())*0x9e3779b1 ^ binary.LittleEndian.Uint32(a[12:])*0x85ebca6b ^ binary.LittleEndian.Uint32(a[8:])
+	return int((h ^ h>>15) % recentSlots)
 }
 
 // heldDest is a destination whose first datagrams are held for its sniffer.
