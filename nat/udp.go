@@ -11,6 +11,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/socksgate/socksgate/internal/udpbatch"
 )
 
 // Defaults of UDPTable fields left at their zero value.
@@ -195,6 +197,8 @@ type UDPTable struct {
 	replySockets                                                atomic.Int64
 	stop                                                        chan struct{}
 	startOnce                                                   sync.Once
+	replyPoolOnce                                               sync.Once
+	replyBatches                                                *udpbatch.Pool
 }
 
 func (t *UDPTable) idle() time.Duration {
@@ -260,10 +264,28 @@ func (t *UDPTable) Stats() UDPStats {
 	}
 }
 
+// DatagramServer is a DatagramReader that also reads several datagrams per system call
+// (*UDPListener on Linux: recvmmsg). ServeDatagrams calls fn for each datagram until the
+// reader fails; err is set for a datagram without its original destination.
+type DatagramServer interface {
+	ServeDatagrams(fn func(b []byte, src, dst netip.AddrPort, err error)) error
+}
+
 // Serve reads datagrams from r and relays them until r fails (is closed). It returns nil when
-// the failure is the table's Close or r's closing; sessions live on until Close.
+// the failure is the table's Close or r's closing; sessions live on until Close. A
+// DatagramServer is read in batches; each datagram is relayed from this goroutine.
 func (t *UDPTable) Serve(r DatagramReader) error {
 	t.init()
+	if ds, ok := r.(DatagramServer); ok && udpbatch.Supported {
+		err := ds.ServeDatagrams(func(b []byte, src, dst netip.AddrPort, err error) {
+			if err != nil {
+				t.readErrors.Add(1)
+				return
+			}
+			t.Handle(b, src, dst)
+		})
+		return t.served(err)
+	}
 	buf := make([]byte, maxDatagram)
 	for {
 		n, src, dst, err := r.ReadDatagram(buf)
@@ -272,16 +294,21 @@ func (t *UDPTable) Serve(r DatagramReader) error {
 				t.readErrors.Add(1)
 				continue
 			}
-			t.mu.Lock()
-			closed := t.closed
-			t.mu.Unlock()
-			if closed || isClosed(err) {
-				return nil
-			}
-			return fmt.Errorf("read udp datagram: %w", err)
+			return t.served(err)
 		}
 		t.Handle(buf[:n], src, dst)
 	}
+}
+
+// served is Serve's result once its reader failed with err.
+func (t *UDPTable) served(err error) error {
+	t.mu.Lock()
+	closed := t.closed
+	t.mu.Unlock()
+	if err == nil || closed || isClosed(err) {
+		return nil
+	}
+	return fmt.Errorf("read udp datagram: %w", err)
 }
 
 // Handle relays one datagram from src to dst (Serve calls it; tests and other inbounds may
@@ -545,7 +572,13 @@ func (t *UDPTable) open(s *udpSession, o *udpOutbound, open func(context.Context
 	o.pending = nil
 	o.live.Store(&liveConn{c})
 	s.mu.Unlock()
-	t.relayReplies(s, c)
+	// The replies are relayed by a goroutine of their own: this one's stack grew deep opening
+	// the way out (a SOCKS handshake) and would stay that size, idle, as long as the session.
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		t.relayReplies(s, c)
+	}()
 }
 
 var errSessionEnded = errors.New("session ended")
@@ -553,60 +586,108 @@ var errSessionEnded = errors.New("session ended")
 // relayReplies copies replies from c to the client, each from its remote's address. The
 // reply socket last used is kept, with the session's reply generation it was taken in: a
 // reply from the same remote takes no lock while no reply socket of the session has closed.
+//
+// A BatchReader is read in batches from buffers lent by the table's pool only while replies
+// are in hand: a session waiting for its replies holds no buffer.
 func (t *UDPTable) relayReplies(s *udpSession, c UDPConn) {
-	buf := make([]byte, t.maxReply())
-	var last struct {
-		from netip.AddrPort
-		r    *replySocket
-		gen  uint64
+	var last lastReply
+	var err error
+	batched := false
+	if br, ok := c.(BatchReader); ok && udpbatch.Supported {
+		err = br.ServeReplies(t.replyPool(), func(b []byte, from netip.AddrPort) bool {
+			t.deliver(s, &last, b, from)
+			return true
+		})
+		batched = !errors.Is(err, udpbatch.ErrUnsupported)
 	}
-	for {
-		n, from, err := c.ReadFromAddrPort(buf)
-		if err != nil {
-			s.mu.Lock()
-			ended := s.ended
-			s.mu.Unlock()
-			if !ended {
-				t.end(s, fmt.Errorf("outbound ended: %w", err), false)
-			}
-			return
-		}
-		s.touch()
-		from = unmapAddrPort(from)
-		if from.Addr().Is4() != s.src.Addr().Is4() {
-			t.replyErrors.Add(1)
-			s.dropped.Add(1)
-			t.reportErr(&ReplyError{Client: s.src, Remote: from, Err: ErrReplyFamily})
-			continue
-		}
-		var rc ReplyConn
-		if last.r != nil && last.from == from && s.replyGen.Load() == last.gen {
-			last.r.used.Store(s.replyTick.Add(1))
-			rc = last.r.rc
-		} else {
-			gen := s.replyGen.Load()
-			r, err := t.reply(s, from)
+	if !batched {
+		buf := make([]byte, t.maxReply())
+		for {
+			var n int
+			var from netip.AddrPort
+			n, from, err = c.ReadFromAddrPort(buf)
 			if err != nil {
-				if errors.Is(err, ErrReplyLimit) {
-					t.replyLimited.Add(1)
-				} else {
-					t.replyBindErrors.Add(1)
-				}
-				s.dropped.Add(1)
-				t.reportErr(&ReplyError{Client: s.src, Remote: from, Err: err})
-				continue
+				break
 			}
-			last.from, last.r, last.gen, rc = from, r, gen, r.rc
+			t.deliver(s, &last, buf[:n], from)
 		}
-		if _, err := rc.WriteToUDPAddrPort(buf[:n], s.src); err != nil {
-			t.replyErrors.Add(1)
+	}
+	s.mu.Lock()
+	ended := s.ended
+	s.mu.Unlock()
+	if !ended {
+		t.end(s, fmt.Errorf("outbound ended: %w", err), false)
+	}
+}
+
+// BatchReader is a UDPConn that can read its replies several at a time (a SOCKS5 association
+// or a UDP socket, on Linux: recvmmsg). A wrapper whose carrier cannot returns an error
+// wrapping udpbatch.ErrUnsupported at once, and is read one reply at a time. ServeReplies calls fn for each reply, its payload in
+// a buffer of a batch from pool (valid only during fn), until fn returns false or the carrier
+// fails or is closed; the error says why. Buffers are pool.Size() bytes: a reply's payload is
+// at most that less what the carrier's own header needs.
+type BatchReader interface {
+	ServeReplies(pool *udpbatch.Pool, fn func(b []byte, from netip.AddrPort) bool) error
+}
+
+// ReplyBatch is how many replies one read of a session's outbound takes at most.
+const ReplyBatch = 8
+
+// replyHeadroom is what a BatchReader's buffers hold beyond MaxReply: a SOCKS5 UDP header
+// (at most 262 bytes) before the payload.
+const replyHeadroom = 512
+
+func (t *UDPTable) replyPool() *udpbatch.Pool {
+	t.replyPoolOnce.Do(func() { t.replyBatches = udpbatch.NewPool(ReplyBatch, t.maxReply()+replyHeadroom, 0) })
+	return t.replyBatches
+}
+
+// lastReply is a relay goroutine's reply socket last used, with the session's reply
+// generation it was taken in.
+type lastReply struct {
+	from netip.AddrPort
+	r    *replySocket
+	gen  uint64
+}
+
+// deliver sends one reply from remote from to the session's client.
+func (t *UDPTable) deliver(s *udpSession, last *lastReply, b []byte, from netip.AddrPort) {
+	s.touch()
+	from = unmapAddrPort(from)
+	if from.Addr().Is4() != s.src.Addr().Is4() {
+		t.replyErrors.Add(1)
+		s.dropped.Add(1)
+		t.reportErr(&ReplyError{Client: s.src, Remote: from, Err: ErrReplyFamily})
+		return
+	}
+	var rc ReplyConn
+	if last.r != nil && last.from == from && s.replyGen.Load() == last.gen {
+		last.r.used.Store(s.replyTick.Add(1))
+		rc = last.r.rc
+	} else {
+		gen := s.replyGen.Load()
+		r, err := t.reply(s, from)
+		if err != nil {
+			if errors.Is(err, ErrReplyLimit) {
+				t.replyLimited.Add(1)
+			} else {
+				t.replyBindErrors.Add(1)
+			}
 			s.dropped.Add(1)
 			t.reportErr(&ReplyError{Client: s.src, Remote: from, Err: err})
-			continue
+			return
 		}
-		s.packetsDown.Add(1)
-		s.bytesDown.Add(uint64(n))
+		*last = lastReply{from: from, r: r, gen: gen}
+		rc = r.rc
 	}
+	if _, err := rc.WriteToUDPAddrPort(b, s.src); err != nil {
+		t.replyErrors.Add(1)
+		s.dropped.Add(1)
+		t.reportErr(&ReplyError{Client: s.src, Remote: from, Err: err})
+		return
+	}
+	s.packetsDown.Add(1)
+	s.bytesDown.Add(uint64(len(b)))
 }
 
 func (t *UDPTable) reportErr(err error) {
@@ -635,7 +716,7 @@ func (t *UDPTable) reply(s *udpSession, remote netip.AddrPort) (*replySocket, er
 			return nil, ErrReplyLimit
 		}
 	}
-	rc, err := t.OpenReply(remote)
+	rc, err := t.openReply(remote)
 	if err != nil {
 		return nil, err
 	}
@@ -644,6 +725,22 @@ func (t *UDPTable) reply(s *udpSession, remote netip.AddrPort) (*replySocket, er
 	r.used.Store(tick)
 	s.replies[remote] = r
 	return r, nil
+}
+
+// openReply runs OpenReply on a goroutine of its own and waits for it: opening a socket
+// takes a deep stack, which the relay goroutine calling would otherwise keep for its life.
+func (t *UDPTable) openReply(remote netip.AddrPort) (ReplyConn, error) {
+	type opened struct {
+		rc  ReplyConn
+		err error
+	}
+	ch := make(chan opened, 1)
+	go func() {
+		rc, err := t.OpenReply(remote)
+		ch <- opened{rc, err}
+	}()
+	o := <-ch
+	return o.rc, o.err
 }
 
 // evictReply closes s's least recently used reply socket; s.mu is held.

@@ -7,6 +7,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+
+	"github.com/socksgate/socksgate/internal/udpbatch"
 )
 
 // countConn is an outbound that counts what it is sent and allocates nothing; reads block
@@ -194,3 +196,58 @@ func (c *closingReplyConn) WriteToUDPAddrPort(b []byte, to netip.AddrPort) (int,
 }
 
 func (c *closingReplyConn) Close() error { c.closed.Store(true); return nil }
+
+// batchConn is an echoing outbound that serves its replies as a BatchReader (or says it
+// cannot, when unsupported is set, and is then read one at a time).
+type batchConn struct {
+	*fakeConn
+	unsupported bool
+	served      atomic.Int64
+}
+
+func (c *batchConn) ServeReplies(pool *udpbatch.Pool, fn func([]byte, netip.AddrPort) bool) error {
+	if c.unsupported {
+		return udpbatch.ErrUnsupported
+	}
+	for {
+		select {
+		case d := <-c.in:
+			b := pool.Get()
+			n := copy(b.Bufs[0], d.b)
+			c.served.Add(1)
+			more := fn(b.Bufs[0][:n], d.addr)
+			pool.Put(b)
+			if !more {
+				return nil
+			}
+		case <-c.closed:
+			return net.ErrClosed
+		}
+	}
+}
+
+// Replies of a BatchReader outbound reach the client through ServeReplies; one that cannot
+// batch is read with ReadFromAddrPort instead.
+func TestUDPTableRepliesThroughBatchReaders(t *testing.T) {
+	for _, unsupported := range []bool{false, true} {
+		rep := &replies{}
+		conn := &batchConn{fakeConn: newFakeConn(true), unsupported: unsupported}
+		tbl := &UDPTable{
+			Route: func(src, dst netip.AddrPort, _ string) UDPRoute {
+				return UDPRoute{Outbound: "up", Open: func(context.Context, netip.AddrPort) (UDPConn, error) { return conn, nil }}
+			},
+			OpenReply: rep.openReply,
+		}
+		tbl.Handle([]byte("one"), client1, remoteA)
+		tbl.Handle([]byte("two"), client1, remoteB)
+		waitUntil(t, "two replies", func() bool { return len(rep.snapshot()) == 2 })
+		got := rep.snapshot()
+		if got[0] != (fakeReply{remoteA, client1, "one"}) || got[1] != (fakeReply{remoteB, client1, "two"}) {
+			t.Fatalf("unsupported=%v: replies %+v", unsupported, got)
+		}
+		if want := map[bool]int64{false: 2, true: 0}[unsupported]; conn.served.Load() != want {
+			t.Fatalf("unsupported=%v: %d served in batches, want %d", unsupported, conn.served.Load(), want)
+		}
+		tbl.Close()
+	}
+}
