@@ -345,7 +345,7 @@ func (t *UDPTable) Handle(b []byte, src, dst netip.AddrPort) {
 		s.dropped.Add(1)
 		return
 	}
-	o, known := s.dests[dst]
+	d, known := s.dests.get(dst)
 	if !known {
 		if h := s.held[dst]; h != nil {
 			// Held for its sniffer: this one waits with the others.
@@ -375,14 +375,15 @@ func (t *UDPTable) Handle(b []byte, src, dst netip.AddrPort) {
 				}
 			}
 		}
-		o = t.routeDest(s, dst, name)
+		d = t.routeDest(s, dst, name)
 	}
-	if o == nil {
+	if d.o == nil {
 		s.mu.Unlock()
 		t.blocked.Add(1)
 		s.dropped.Add(1)
 		return
 	}
+	o := d.o
 	c := o.conn
 	if c == nil {
 		if o.failed || len(o.pending) >= maxPendingDatagrams {
@@ -397,15 +398,7 @@ func (t *UDPTable) Handle(b []byte, src, dst netip.AddrPort) {
 	}
 	// The way to dst is open and nothing is queued ahead (open flushed it under s.mu): the
 	// next datagrams to dst may skip the lock.
-	if f := s.fast.Load(); f == nil || f.dst != dst {
-		d := s.fastDests[dst]
-		if d == nil {
-			d = &fastDest{dst: dst, o: o}
-			if s.fastDests == nil {
-				s.fastDests = make(map[netip.AddrPort]*fastDest)
-			}
-			s.fastDests[dst] = d
-		}
+	if s.fast.Load() != d {
 		s.fast.Store(d)
 	}
 	s.mu.Unlock()
@@ -413,15 +406,14 @@ func (t *UDPTable) Handle(b []byte, src, dst netip.AddrPort) {
 }
 
 // routeDest routes a session's new destination and opens its outbound if it is new; s.mu
-// is held. nil: dropped by the route.
-func (t *UDPTable) routeDest(s *udpSession, dst netip.AddrPort, name string) *udpOutbound {
+// is held. Its o is nil when the route drops it.
+func (t *UDPTable) routeDest(s *udpSession, dst netip.AddrPort, name string) *udpDest {
 	r := t.Route(s.src, dst, name)
 	if name != "" {
 		t.sniffed.Add(1)
 	}
-	if len(s.dests) >= maxSessionDests {
-		clear(s.dests)
-		clear(s.fastDests)
+	if s.dests.len() >= maxSessionDests {
+		s.dests.clear()
 		s.fast.Store(nil)
 	}
 	if s.routes == 0 || s.tagDropped && r.Drop == nil {
@@ -429,22 +421,23 @@ func (t *UDPTable) routeDest(s *udpSession, dst netip.AddrPort, name string) *ud
 		s.tag, s.firstDst, s.tagDropped = r.Tag, dst, r.Drop != nil
 	}
 	s.routes++
+	d := &udpDest{dst: dst}
+	s.dests.set(dst, d)
 	if r.Drop != nil {
-		s.dests[dst] = nil
 		if s.err == nil {
 			s.err = r.Drop
 		}
-		return nil
+		return d
 	}
-	o := s.outs[r.Outbound]
+	o, _ := s.outs.get(r.Outbound)
 	if o == nil {
-		o = &udpOutbound{name: fmt.Sprint(r.Outbound)}
-		s.outs[r.Outbound] = o
+		o = &udpOutbound{name: r.Outbound}
+		s.outs.set(r.Outbound, o)
 		s.wg.Add(1)
 		go t.open(s, o, r.Open, dst)
 	}
-	s.dests[dst] = o
-	return o
+	d.o = o
+	return d
 }
 
 func (t *UDPTable) sniffTimeout() time.Duration {
@@ -460,7 +453,7 @@ func (t *UDPTable) sniffTimeout() time.Duration {
 func (t *UDPTable) release(s *udpSession, dst netip.AddrPort, h *heldDest, name string) {
 	h.timer.Stop()
 	delete(s.held, dst)
-	o := t.routeDest(s, dst, name)
+	o := t.routeDest(s, dst, name).o
 	for _, b := range h.dgs {
 		switch {
 		case o == nil:
@@ -525,9 +518,6 @@ func (t *UDPTable) session(src, dst netip.AddrPort) (_ *udpSession, refused bool
 	s := &udpSession{
 		src: src, firstDst: dst, start: time.Now(),
 		ctx: ctx, cancel: cancel,
-		dests:   make(map[netip.AddrPort]*udpOutbound),
-		outs:    make(map[any]*udpOutbound),
-		replies: make(map[netip.AddrPort]*replySocket),
 	}
 	s.touch()
 	t.sessions[src] = s
@@ -559,7 +549,7 @@ func (t *UDPTable) open(s *udpSession, o *udpOutbound, open func(context.Context
 		t.queueDrops.Add(uint64(n))
 		s.dropped.Add(uint64(n))
 		if !errors.Is(err, errSessionEnded) {
-			t.end(s, fmt.Errorf("open %s: %w", o.name, err), false)
+			t.end(s, fmt.Errorf("open %v: %w", o.name, err), false)
 		}
 		return
 	}
@@ -572,6 +562,13 @@ func (t *UDPTable) open(s *udpSession, o *udpOutbound, open func(context.Context
 	o.pending = nil
 	o.live.Store(&liveConn{c})
 	s.mu.Unlock()
+	// The socket replies from the first destination will leave by, opened now, before any
+	// reply: nearly every session's replies come from where it sent, and the relay goroutine
+	// then never waits for a socket with a batch of replies in hand. A failure is not
+	// reported here: the first reply tries again, and reports.
+	if first.Addr().Is4() == s.src.Addr().Is4() {
+		t.reply(s, first)
+	}
 	// The replies are relayed by a goroutine of their own: this one's stack grew deep opening
 	// the way out (a SOCKS handshake) and would stay that size, idle, as long as the session.
 	s.wg.Add(1)
@@ -707,11 +704,11 @@ func (t *UDPTable) reply(s *udpSession, remote netip.AddrPort) (*replySocket, er
 		return nil, errSessionEnded
 	}
 	tick := s.replyTick.Add(1)
-	if r := s.replies[remote]; r != nil {
+	if r, _ := s.replies.get(remote); r != nil {
 		r.used.Store(tick)
 		return r, nil
 	}
-	if len(s.replies) >= maxSessionReplies || t.replySockets.Load() >= t.maxReplySockets() {
+	if s.replies.len() >= maxSessionReplies || t.replySockets.Load() >= t.maxReplySockets() {
 		if !t.evictReply(s) {
 			return nil, ErrReplyLimit
 		}
@@ -723,7 +720,7 @@ func (t *UDPTable) reply(s *udpSession, remote netip.AddrPort) (*replySocket, er
 	t.replySockets.Add(1)
 	r := &replySocket{rc: rc}
 	r.used.Store(tick)
-	s.replies[remote] = r
+	s.replies.set(remote, r)
 	return r, nil
 }
 
@@ -733,6 +730,9 @@ func (t *UDPTable) openReply(remote netip.AddrPort) (ReplyConn, error) {
 	type opened struct {
 		rc  ReplyConn
 		err error
+	}
+	if t.OpenReply == nil {
+		return nil, errors.New("udp table has no OpenReply")
 	}
 	ch := make(chan opened, 1)
 	go func() {
@@ -747,17 +747,17 @@ func (t *UDPTable) openReply(remote netip.AddrPort) (ReplyConn, error) {
 func (t *UDPTable) evictReply(s *udpSession) bool {
 	var oldest netip.AddrPort
 	var r *replySocket
-	for remote, x := range s.replies {
+	s.replies.each(func(remote netip.AddrPort, x *replySocket) {
 		if r == nil || x.used.Load() < r.used.Load() {
 			oldest, r = remote, x
 		}
-	}
+	})
 	if r == nil {
 		return false
 	}
 	s.replyGen.Add(1) // before the close: a relay goroutine holding it must look again
 	r.rc.Close()
-	delete(s.replies, oldest)
+	s.replies.del(oldest)
 	t.replySockets.Add(-1)
 	return true
 }
@@ -783,11 +783,11 @@ func (t *UDPTable) end(s *udpSession, cause error, idle bool) {
 		delete(s.held, dst)
 	}
 	var conns []UDPConn
-	for _, o := range s.outs {
+	s.outs.each(func(_ any, o *udpOutbound) {
 		if o.conn != nil {
 			conns = append(conns, o.conn)
 		}
-	}
+	})
 	s.mu.Unlock()
 	s.cancel()
 	t.mu.Lock()
@@ -808,11 +808,9 @@ func (t *UDPTable) finish(s *udpSession) {
 	s.wg.Wait()
 	s.mu.Lock()
 	s.replyGen.Add(1)
-	for _, r := range s.replies {
-		r.rc.Close()
-	}
-	t.replySockets.Add(-int64(len(s.replies)))
-	clear(s.replies)
+	s.replies.each(func(_ netip.AddrPort, r *replySocket) { r.rc.Close() })
+	t.replySockets.Add(-int64(s.replies.len()))
+	s.replies.clear()
 	err := s.endErr
 	if err == nil || errors.Is(err, errTableClosed) {
 		err = nil
@@ -917,18 +915,17 @@ type udpSession struct {
 
 	packetsUp, bytesUp, packetsDown, bytesDown, dropped atomic.Uint64
 
-	over atomic.Bool              // ended, readable without mu
-	fast atomic.Pointer[fastDest] // the destination last sent to, with its way out
+	over atomic.Bool             // ended, readable without mu
+	fast atomic.Pointer[udpDest] // the destination last sent to, with its way out
 	// replyGen changes whenever a reply socket of the session closes: a relay goroutine's
 	// cached socket is good while the generation it was taken in holds.
 	replyGen atomic.Uint64
 
 	mu         sync.Mutex
-	dests      map[netip.AddrPort]*udpOutbound // nil value: dropped by the route
-	fastDests  map[netip.AddrPort]*fastDest    // the fast entries made so far, one per destination
-	held       map[netip.AddrPort]*heldDest    // destinations not routed yet: their sniffer reads
-	outs       map[any]*udpOutbound
-	replies    map[netip.AddrPort]*replySocket
+	dests      smallMap[netip.AddrPort, *udpDest] // routed destinations; o nil: dropped by the route
+	held       map[netip.AddrPort]*heldDest       // destinations not routed yet: their sniffer reads
+	outs       smallMap[any, *udpOutbound]
+	replies    smallMap[netip.AddrPort, *replySocket]
 	replyTick  atomic.Uint64 // orders replies' uses, for evicting the least recently used socket
 	tag        any
 	tagDropped bool // tag (and firstDst) is a dropped destination's
@@ -948,7 +945,7 @@ type replySocket struct {
 }
 
 type udpOutbound struct {
-	name    string
+	name    any     // the route's Outbound, printed in errors
 	conn    UDPConn // nil while opening
 	failed  bool
 	pending []pendingDatagram
@@ -957,10 +954,78 @@ type udpOutbound struct {
 
 type liveConn struct{ c UDPConn }
 
-// fastDest is a destination whose outbound is open: Handle sends to it without locks.
-type fastDest struct {
+// udpDest is a session's routed destination and its way out (nil: dropped by the route).
+// Once that is open, Handle sends to it without locks (udpSession.fast).
+type udpDest struct {
 	dst netip.AddrPort
 	o   *udpOutbound
+}
+
+// smallMap is a map that keeps its first entry inline: nearly every session has one
+// destination, one outbound and one remote, and a Go map costs a few hundred bytes even for
+// one entry.
+type smallMap[K comparable, V any] struct {
+	k0   K
+	v0   V
+	has0 bool
+	more map[K]V
+}
+
+func (m *smallMap[K, V]) get(k K) (V, bool) {
+	if m.has0 && m.k0 == k {
+		return m.v0, true
+	}
+	v, ok := m.more[k]
+	return v, ok
+}
+
+func (m *smallMap[K, V]) set(k K, v V) {
+	if m.has0 && m.k0 == k {
+		m.v0 = v
+		return
+	}
+	if _, ok := m.more[k]; !ok && !m.has0 {
+		m.k0, m.v0, m.has0 = k, v, true
+		return
+	}
+	if m.more == nil {
+		m.more = make(map[K]V)
+	}
+	m.more[k] = v
+}
+
+func (m *smallMap[K, V]) del(k K) {
+	if m.has0 && m.k0 == k {
+		var zk K
+		var zv V
+		m.k0, m.v0, m.has0 = zk, zv, false
+		return
+	}
+	delete(m.more, k)
+}
+
+func (m *smallMap[K, V]) len() int {
+	n := len(m.more)
+	if m.has0 {
+		n++
+	}
+	return n
+}
+
+func (m *smallMap[K, V]) clear() {
+	var zk K
+	var zv V
+	m.k0, m.v0, m.has0 = zk, zv, false
+	clear(m.more)
+}
+
+func (m *smallMap[K, V]) each(fn func(K, V)) {
+	if m.has0 {
+		fn(m.k0, m.v0)
+	}
+	for k, v := range m.more {
+		fn(k, v)
+	}
 }
 
 // recentSlots is the size of the table's lock-free session index (8 KiB of pointers).

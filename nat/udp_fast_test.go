@@ -2,11 +2,14 @@ package nat
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/socksgate/socksgate/internal/udpbatch"
 )
@@ -249,5 +252,114 @@ func TestUDPTableRepliesThroughBatchReaders(t *testing.T) {
 			t.Fatalf("unsupported=%v: %d served in batches, want %d", unsupported, conn.served.Load(), want)
 		}
 		tbl.Close()
+	}
+}
+
+// BenchmarkUDPSessionBytes reports the heap and goroutine stack one idle session holds in the
+// table (its outbound a countConn, which holds nearly nothing; one reply socket): what nat
+// itself costs per session, without the sockets' own.
+func BenchmarkUDPSessionBytes(b *testing.B) {
+	const n = 10000
+	rep := &replies{}
+	tbl := &UDPTable{
+		MaxSessions: n, MaxReplySockets: n,
+		Route: func(src, dst netip.AddrPort, _ string) UDPRoute {
+			return UDPRoute{Outbound: "up", Open: func(context.Context, netip.AddrPort) (UDPConn, error) {
+				// A short queue: the fake's own buffer is not the table's cost.
+				return &batchConn{fakeConn: &fakeConn{echo: true, in: make(chan fakeDatagram, 1), closed: make(chan struct{})}}, nil
+			}}
+		},
+		OpenReply: rep.openReply,
+	}
+	defer tbl.Close()
+	for range b.N {
+		runtime.GC()
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		for i := range n {
+			src := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)}), 40000)
+			tbl.Handle([]byte("x"), src, remoteA)
+		}
+		for {
+			rep.mu.Lock()
+			k := len(rep.got)
+			rep.mu.Unlock()
+			if k == n {
+				break
+			}
+			time.Sleep(time.Millisecond)
+		}
+		rep.mu.Lock()
+		rep.got = nil // what the fake reply sockets recorded is not the table's
+		rep.mu.Unlock()
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "heapB/session")
+		b.ReportMetric(float64(after.StackInuse-before.StackInuse)/n, "stackB/session")
+		b.ReportMetric(float64(runtime.NumGoroutine())/n, "goroutines/session")
+		break
+	}
+}
+
+// smallMap behaves as a map whatever entry is inline.
+func TestSmallMapIsAMap(t *testing.T) {
+	var m smallMap[int, string]
+	ref := map[int]string{}
+	check := func(step string) {
+		t.Helper()
+		if m.len() != len(ref) {
+			t.Fatalf("%s: len %d, want %d", step, m.len(), len(ref))
+		}
+		for k, v := range ref {
+			if got, ok := m.get(k); !ok || got != v {
+				t.Fatalf("%s: get(%d) = %q %v, want %q", step, k, got, ok, v)
+			}
+		}
+		seen := map[int]string{}
+		m.each(func(k int, v string) { seen[k] = v })
+		if fmt.Sprint(seen) != fmt.Sprint(ref) {
+			t.Fatalf("%s: each saw %v, want %v", step, seen, ref)
+		}
+		if _, ok := m.get(99); ok {
+			t.Fatalf("%s: get(99) found", step)
+		}
+	}
+	for i, op := range []struct {
+		del bool
+		k   int
+		v   string
+	}{{false, 1, "a"}, {false, 2, "b"}, {false, 1, "a2"}, {true, 1, ""}, {false, 3, "c"}, {false, 2, "b2"}, {true, 2, ""}, {false, 1, "a3"}, {true, 3, ""}} {
+		if op.del {
+			m.del(op.k)
+			delete(ref, op.k)
+		} else {
+			m.set(op.k, op.v)
+			ref[op.k] = op.v
+		}
+		check(fmt.Sprint("step ", i))
+	}
+	m.clear()
+	clear(ref)
+	check("clear")
+}
+
+// The reply socket for a session's first destination is open once its outbound is, before
+// any reply comes.
+func TestUDPTableOpensTheFirstReplySocketWithTheOutbound(t *testing.T) {
+	rep := &replies{}
+	conn := newCountConn()
+	tbl := &UDPTable{
+		Route: func(src, dst netip.AddrPort, _ string) UDPRoute {
+			return UDPRoute{Outbound: "up", Open: func(context.Context, netip.AddrPort) (UDPConn, error) { return conn, nil }}
+		},
+		OpenReply: rep.openReply,
+	}
+	defer tbl.Close()
+	tbl.Handle([]byte("x"), client1, remoteA)
+	waitUntil(t, "the reply socket", func() bool { return tbl.Stats().ReplySockets == 1 })
+	rep.mu.Lock()
+	defer rep.mu.Unlock()
+	if rep.open[remoteA] != 1 || len(rep.got) != 0 {
+		t.Fatalf("reply sockets opened %v, replies %v; want one for %v and none", rep.open, rep.got, remoteA)
 	}
 }

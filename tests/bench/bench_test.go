@@ -16,7 +16,8 @@
 // without iperf3 (new flows and latency only); dns is socksgate's resolver against dnsmasq
 // with dnsperf, and DNS memory (dns_test.go); udp is the datagram path (udp_test.go:
 // sequential round trips, paced bulk both ways, CPU per datagram, memory per session;
-// BENCH_UDP_RATES=50,100 and BENCH_UDP_SESSIONS=N override its sizes).
+// BENCH_UDP_RATES=50,100 (none: no bulk) and BENCH_UDP_SESSIONS=N (0: none) override its
+// sizes, BENCH_UDP_ENV="GOMAXPROCS=1" runs socksgate with that environment).
 package bench
 
 import (

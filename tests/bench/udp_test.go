@@ -60,12 +60,12 @@ func udpBenchParams(p params) udpParams {
 	if p.quick {
 		u = udpParams{rounds: 1, rtts: 1000, rates: []float64{50, 200}, bulkSecs: 1, sessions: 500}
 	}
-	if v, err := strconv.Atoi(os.Getenv("BENCH_UDP_SESSIONS")); err == nil && v > 0 {
+	if v, err := strconv.Atoi(os.Getenv("BENCH_UDP_SESSIONS")); err == nil && v >= 0 {
 		u.sessions = v
 	}
 	if v := os.Getenv("BENCH_UDP_RATES"); v != "" {
 		u.rates = nil
-		for _, f := range strings.Split(v, ",") {
+		for _, f := range strings.Split(v, ",") { // "none": round trips only
 			if r, err := strconv.ParseFloat(f, 64); err == nil {
 				u.rates = append(u.rates, r)
 			}
@@ -222,7 +222,9 @@ func runUDPBench(t *testing.T, tp *netlab.Topology, bin string, p params, check 
 			t.Logf("udp round %d: %s", round+1, c.name)
 			pid, stop := startContender(t, tp, c)
 			r := all[c.name]
+			endTrace := startTrace(t, c, pid, "udp round trips")
 			out, err := udpHelper(tp, c, "rtt", addr, strconv.Itoa(u.rtts), strconv.Itoa(udpSmall))
+			endTrace(u.rtts)
 			var n int
 			var secs, p50, p99 float64
 			if err == nil {
@@ -253,7 +255,7 @@ func runUDPBench(t *testing.T, tp *netlab.Topology, bin string, p params, check 
 		}
 	}
 	for _, c := range cs {
-		if !strings.HasPrefix(c.name, "socksgate") {
+		if !strings.HasPrefix(c.name, "socksgate") || u.sessions == 0 {
 			continue
 		}
 		check()
@@ -344,6 +346,9 @@ func runUDPSessions(t *testing.T, tp *netlab.Topology, c contender, pid int, add
 	}
 	if failed > 0 {
 		r.note = fmt.Sprintf("%d of %d sessions got no echo", failed, n)
+		if lim := nofileLimit(pid); lim > 0 && r.fds > 0 && r.fds*float64(n) > float64(lim)*0.9 {
+			r.note += fmt.Sprintf(" (fd cap: %.3g fds/session × %d ≥ the open-files limit %d, less the gateway's reserve)", r.fds, n, lim)
+		}
 	}
 	return r
 }
