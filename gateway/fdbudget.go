@@ -7,6 +7,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/socksgate/socksgate/internal/udpbatch"
 	"github.com/socksgate/socksgate/nat"
 	"github.com/socksgate/socksgate/relay"
 )
@@ -245,6 +246,14 @@ func (b *fdBudget) releaser(n int) func() {
 type chargedUDPConn struct {
 	nat.UDPConn
 	release func()
+}
+
+// ServeReplies batches when the carrier it charges for does.
+func (c *chargedUDPConn) ServeReplies(pool *udpbatch.Pool, fn func([]byte, netip.AddrPort) bool) error {
+	if br, ok := c.UDPConn.(nat.BatchReader); ok {
+		return br.ServeReplies(pool, fn)
+	}
+	return udpbatch.ErrUnsupported
 }
 
 func (c *chargedUDPConn) Close() error {

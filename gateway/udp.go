@@ -14,6 +14,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/socksgate/socksgate/configs"
+	"github.com/socksgate/socksgate/internal/udpbatch"
 	"github.com/socksgate/socksgate/nat"
 	"github.com/socksgate/socksgate/redirect"
 	"github.com/socksgate/socksgate/route"
@@ -146,6 +147,21 @@ func (c *fakeCarrier) ReadFromAddrPort(b []byte) (int, netip.AddrPort, error) {
 		from = c.fake
 	}
 	return n, from, err
+}
+
+// ServeReplies reads the carrier's replies in batches when it can, each from the fake
+// address when it comes from the real one.
+func (c *fakeCarrier) ServeReplies(pool *udpbatch.Pool, fn func([]byte, netip.AddrPort) bool) error {
+	br, ok := c.UDPConn.(nat.BatchReader)
+	if !ok {
+		return udpbatch.ErrUnsupported
+	}
+	return br.ServeReplies(pool, func(b []byte, from netip.AddrPort) bool {
+		if from == c.real || (from.Addr().Unmap() == c.real.Addr() && from.Port() == c.real.Port()) {
+			from = c.fake
+		}
+		return fn(b, from)
+	})
 }
 
 type closerFunc func() error
@@ -432,6 +448,15 @@ func (c assocCarrier) ReadFromAddrPort(b []byte) (int, netip.AddrPort, error) {
 	}
 }
 
+func (c assocCarrier) ServeReplies(pool *udpbatch.Pool, fn func([]byte, netip.AddrPort) bool) error {
+	return c.a.ServeSocks(pool, func(b []byte, from socks.Addr) bool {
+		if ap, ok := from.AddrPort(); ok {
+			return fn(b, ap)
+		}
+		return true // named by a domain: no address to answer the client from, dropped
+	})
+}
+
 func (c assocCarrier) Close() error { return c.a.Close() }
 
 type udpSocketCarrier struct{ c *net.UDPConn }
@@ -443,6 +468,21 @@ func (c udpSocketCarrier) WriteToAddrPort(b []byte, dst netip.AddrPort) (int, er
 func (c udpSocketCarrier) ReadFromAddrPort(b []byte) (int, netip.AddrPort, error) {
 	n, ap, err := c.c.ReadFromUDPAddrPort(b)
 	return n, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), err
+}
+
+func (c udpSocketCarrier) ServeReplies(pool *udpbatch.Pool, fn func([]byte, netip.AddrPort) bool) error {
+	rc, err := c.c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	return udpbatch.Serve(rc, pool.Get, pool.Put, func(b *udpbatch.Batch, n int) bool {
+		for i := range n {
+			if !fn(b.Bufs[i][:b.N[i]], b.From[i]) {
+				return false
+			}
+		}
+		return true
+	})
 }
 
 func (c udpSocketCarrier) Close() error { return c.c.Close() }

@@ -2,6 +2,7 @@ package nat
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -10,6 +11,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/socksgate/socksgate/internal/udpbatch"
 )
 
 // Defaults of UDPTable fields left at their zero value.
@@ -183,7 +186,10 @@ type UDPTable struct {
 	mu       sync.Mutex
 	sessions map[netip.AddrPort]*udpSession
 	closed   bool
-	wg       sync.WaitGroup // sessions finishing, the sweeper
+	// recent finds a client's live session without mu: one slot per hash of the client's
+	// address, set when a session is looked up under mu, cleared when it ends.
+	recent [recentSlots]atomic.Pointer[udpSession]
+	wg     sync.WaitGroup // sessions finishing, the sweeper
 
 	sessionsTotal, refused, blocked, queueDrops, upstreamErrors atomic.Uint64
 	held, sniffed                                               atomic.Uint64
@@ -191,6 +197,8 @@ type UDPTable struct {
 	replySockets                                                atomic.Int64
 	stop                                                        chan struct{}
 	startOnce                                                   sync.Once
+	replyPoolOnce                                               sync.Once
+	replyBatches                                                *udpbatch.Pool
 }
 
 func (t *UDPTable) idle() time.Duration {
@@ -256,10 +264,28 @@ func (t *UDPTable) Stats() UDPStats {
 	}
 }
 
+// DatagramServer is a DatagramReader that also reads several datagrams per system call
+// (*UDPListener on Linux: recvmmsg). ServeDatagrams calls fn for each datagram until the
+// reader fails; err is set for a datagram without its original destination.
+type DatagramServer interface {
+	ServeDatagrams(fn func(b []byte, src, dst netip.AddrPort, err error)) error
+}
+
 // Serve reads datagrams from r and relays them until r fails (is closed). It returns nil when
-// the failure is the table's Close or r's closing; sessions live on until Close.
+// the failure is the table's Close or r's closing; sessions live on until Close. A
+// DatagramServer is read in batches; each datagram is relayed from this goroutine.
 func (t *UDPTable) Serve(r DatagramReader) error {
 	t.init()
+	if ds, ok := r.(DatagramServer); ok && udpbatch.Supported {
+		err := ds.ServeDatagrams(func(b []byte, src, dst netip.AddrPort, err error) {
+			if err != nil {
+				t.readErrors.Add(1)
+				return
+			}
+			t.Handle(b, src, dst)
+		})
+		return t.served(err)
+	}
 	buf := make([]byte, maxDatagram)
 	for {
 		n, src, dst, err := r.ReadDatagram(buf)
@@ -268,24 +294,43 @@ func (t *UDPTable) Serve(r DatagramReader) error {
 				t.readErrors.Add(1)
 				continue
 			}
-			t.mu.Lock()
-			closed := t.closed
-			t.mu.Unlock()
-			if closed || isClosed(err) {
-				return nil
-			}
-			return fmt.Errorf("read udp datagram: %w", err)
+			return t.served(err)
 		}
 		t.Handle(buf[:n], src, dst)
 	}
 }
 
+// served is Serve's result once its reader failed with err.
+func (t *UDPTable) served(err error) error {
+	t.mu.Lock()
+	closed := t.closed
+	t.mu.Unlock()
+	if err == nil || closed || isClosed(err) {
+		return nil
+	}
+	return fmt.Errorf("read udp datagram: %w", err)
+}
+
 // Handle relays one datagram from src to dst (Serve calls it; tests and other inbounds may
 // too). b is not retained.
+//
+// A datagram of a session whose way to dst is open takes no lock and allocates nothing: the
+// session is found in t.recent, its way out in s.fast, and the datagram is written from the
+// calling goroutine.
 func (t *UDPTable) Handle(b []byte, src, dst netip.AddrPort) {
 	t.init()
 	src = unmapAddrPort(src)
 	dst = unmapAddrPort(dst)
+	slot := &t.recent[recentSlot(src)]
+	if s := slot.Load(); s != nil && s.src == src {
+		if d := s.fast.Load(); d != nil && d.dst == dst && !s.over.Load() {
+			if oc := d.o.live.Load(); oc != nil {
+				s.touch()
+				t.send(s, oc.c, b, dst)
+				return
+			}
+		}
+	}
 	s, refused := t.session(src, dst)
 	if s == nil {
 		if refused {
@@ -300,7 +345,7 @@ func (t *UDPTable) Handle(b []byte, src, dst netip.AddrPort) {
 		s.dropped.Add(1)
 		return
 	}
-	o, known := s.dests[dst]
+	d, known := s.dests.get(dst)
 	if !known {
 		if h := s.held[dst]; h != nil {
 			// Held for its sniffer: this one waits with the others.
@@ -330,14 +375,15 @@ func (t *UDPTable) Handle(b []byte, src, dst netip.AddrPort) {
 				}
 			}
 		}
-		o = t.routeDest(s, dst, name)
+		d = t.routeDest(s, dst, name)
 	}
-	if o == nil {
+	if d.o == nil {
 		s.mu.Unlock()
 		t.blocked.Add(1)
 		s.dropped.Add(1)
 		return
 	}
+	o := d.o
 	c := o.conn
 	if c == nil {
 		if o.failed || len(o.pending) >= maxPendingDatagrams {
@@ -350,41 +396,48 @@ func (t *UDPTable) Handle(b []byte, src, dst netip.AddrPort) {
 		s.mu.Unlock()
 		return
 	}
+	// The way to dst is open and nothing is queued ahead (open flushed it under s.mu): the
+	// next datagrams to dst may skip the lock.
+	if s.fast.Load() != d {
+		s.fast.Store(d)
+	}
 	s.mu.Unlock()
 	t.send(s, c, b, dst)
 }
 
 // routeDest routes a session's new destination and opens its outbound if it is new; s.mu
-// is held. nil: dropped by the route.
-func (t *UDPTable) routeDest(s *udpSession, dst netip.AddrPort, name string) *udpOutbound {
+// is held. Its o is nil when the route drops it.
+func (t *UDPTable) routeDest(s *udpSession, dst netip.AddrPort, name string) *udpDest {
 	r := t.Route(s.src, dst, name)
 	if name != "" {
 		t.sniffed.Add(1)
 	}
-	if len(s.dests) >= maxSessionDests {
-		clear(s.dests)
+	if s.dests.len() >= maxSessionDests {
+		s.dests.clear()
+		s.fast.Store(nil)
 	}
 	if s.routes == 0 || s.tagDropped && r.Drop == nil {
 		// The session is named by its first destination carried, not by one dropped.
 		s.tag, s.firstDst, s.tagDropped = r.Tag, dst, r.Drop != nil
 	}
 	s.routes++
+	d := &udpDest{dst: dst}
+	s.dests.set(dst, d)
 	if r.Drop != nil {
-		s.dests[dst] = nil
 		if s.err == nil {
 			s.err = r.Drop
 		}
-		return nil
+		return d
 	}
-	o := s.outs[r.Outbound]
+	o, _ := s.outs.get(r.Outbound)
 	if o == nil {
-		o = &udpOutbound{name: fmt.Sprint(r.Outbound)}
-		s.outs[r.Outbound] = o
+		o = &udpOutbound{name: r.Outbound}
+		s.outs.set(r.Outbound, o)
 		s.wg.Add(1)
 		go t.open(s, o, r.Open, dst)
 	}
-	s.dests[dst] = o
-	return o
+	d.o = o
+	return d
 }
 
 func (t *UDPTable) sniffTimeout() time.Duration {
@@ -400,7 +453,7 @@ func (t *UDPTable) sniffTimeout() time.Duration {
 func (t *UDPTable) release(s *udpSession, dst netip.AddrPort, h *heldDest, name string) {
 	h.timer.Stop()
 	delete(s.held, dst)
-	o := t.routeDest(s, dst, name)
+	o := t.routeDest(s, dst, name).o
 	for _, b := range h.dgs {
 		switch {
 		case o == nil:
@@ -431,8 +484,11 @@ func (t *UDPTable) heldTimeout(s *udpSession, dst netip.AddrPort, h *heldDest) {
 
 func (t *UDPTable) send(s *udpSession, c UDPConn, b []byte, dst netip.AddrPort) {
 	if _, err := c.WriteToAddrPort(b, dst); err != nil {
-		t.upstreamErrors.Add(1)
 		s.dropped.Add(1)
+		if s.over.Load() {
+			return // the session ended as this datagram went out: its way was closed
+		}
+		t.upstreamErrors.Add(1)
 		if t.OnError != nil {
 			t.OnError(fmt.Errorf("udp %s → %s: %w", s.src, dst, err))
 		}
@@ -448,6 +504,7 @@ func (t *UDPTable) session(src, dst netip.AddrPort) (_ *udpSession, refused bool
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if s := t.sessions[src]; s != nil {
+		t.recent[recentSlot(src)].Store(s)
 		return s, false
 	}
 	if t.closed {
@@ -461,12 +518,10 @@ func (t *UDPTable) session(src, dst netip.AddrPort) (_ *udpSession, refused bool
 	s := &udpSession{
 		src: src, firstDst: dst, start: time.Now(),
 		ctx: ctx, cancel: cancel,
-		dests:   make(map[netip.AddrPort]*udpOutbound),
-		outs:    make(map[any]*udpOutbound),
-		replies: make(map[netip.AddrPort]*replySocket),
 	}
 	s.touch()
 	t.sessions[src] = s
+	t.recent[recentSlot(src)].Store(s)
 	t.sessionsTotal.Add(1)
 	return s, false
 }
@@ -494,7 +549,7 @@ func (t *UDPTable) open(s *udpSession, o *udpOutbound, open func(context.Context
 		t.queueDrops.Add(uint64(n))
 		s.dropped.Add(uint64(n))
 		if !errors.Is(err, errSessionEnded) {
-			t.end(s, fmt.Errorf("open %s: %w", o.name, err), false)
+			t.end(s, fmt.Errorf("open %v: %w", o.name, err), false)
 		}
 		return
 	}
@@ -505,35 +560,110 @@ func (t *UDPTable) open(s *udpSession, o *udpOutbound, open func(context.Context
 		t.send(s, c, p.b, p.dst)
 	}
 	o.pending = nil
+	o.live.Store(&liveConn{c})
 	s.mu.Unlock()
-	t.relayReplies(s, c)
+	// The socket replies from the first destination will leave by, opened now, before any
+	// reply: nearly every session's replies come from where it sent, and the relay goroutine
+	// then never waits for a socket with a batch of replies in hand. A failure is not
+	// reported here: the first reply tries again, and reports.
+	if first.Addr().Is4() == s.src.Addr().Is4() {
+		t.reply(s, first)
+	}
+	// The replies are relayed by a goroutine of their own: this one's stack grew deep opening
+	// the way out (a SOCKS handshake) and would stay that size, idle, as long as the session.
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		t.relayReplies(s, c)
+	}()
 }
 
 var errSessionEnded = errors.New("session ended")
 
-// relayReplies copies replies from c to the client, each from its remote's address.
+// relayReplies copies replies from c to the client, each from its remote's address. The
+// reply socket last used is kept, with the session's reply generation it was taken in: a
+// reply from the same remote takes no lock while no reply socket of the session has closed.
+//
+// A BatchReader is read in batches from buffers lent by the table's pool only while replies
+// are in hand: a session waiting for its replies holds no buffer.
 func (t *UDPTable) relayReplies(s *udpSession, c UDPConn) {
-	buf := make([]byte, t.maxReply())
-	for {
-		n, from, err := c.ReadFromAddrPort(buf)
-		if err != nil {
-			s.mu.Lock()
-			ended := s.ended
-			s.mu.Unlock()
-			if !ended {
-				t.end(s, fmt.Errorf("outbound ended: %w", err), false)
+	var last lastReply
+	var err error
+	batched := false
+	if br, ok := c.(BatchReader); ok && udpbatch.Supported {
+		err = br.ServeReplies(t.replyPool(), func(b []byte, from netip.AddrPort) bool {
+			t.deliver(s, &last, b, from)
+			return true
+		})
+		batched = !errors.Is(err, udpbatch.ErrUnsupported)
+	}
+	if !batched {
+		buf := make([]byte, t.maxReply())
+		for {
+			var n int
+			var from netip.AddrPort
+			n, from, err = c.ReadFromAddrPort(buf)
+			if err != nil {
+				break
 			}
-			return
+			t.deliver(s, &last, buf[:n], from)
 		}
-		s.touch()
-		from = unmapAddrPort(from)
-		if from.Addr().Is4() != s.src.Addr().Is4() {
-			t.replyErrors.Add(1)
-			s.dropped.Add(1)
-			t.reportErr(&ReplyError{Client: s.src, Remote: from, Err: ErrReplyFamily})
-			continue
-		}
-		rc, err := t.reply(s, from)
+	}
+	s.mu.Lock()
+	ended := s.ended
+	s.mu.Unlock()
+	if !ended {
+		t.end(s, fmt.Errorf("outbound ended: %w", err), false)
+	}
+}
+
+// BatchReader is a UDPConn that can read its replies several at a time (a SOCKS5 association
+// or a UDP socket, on Linux: recvmmsg). A wrapper whose carrier cannot returns an error
+// wrapping udpbatch.ErrUnsupported at once, and is read one reply at a time. ServeReplies calls fn for each reply, its payload in
+// a buffer of a batch from pool (valid only during fn), until fn returns false or the carrier
+// fails or is closed; the error says why. Buffers are pool.Size() bytes: a reply's payload is
+// at most that less what the carrier's own header needs.
+type BatchReader interface {
+	ServeReplies(pool *udpbatch.Pool, fn func(b []byte, from netip.AddrPort) bool) error
+}
+
+// ReplyBatch is how many replies one read of a session's outbound takes at most.
+const ReplyBatch = 8
+
+// replyHeadroom is what a BatchReader's buffers hold beyond MaxReply: a SOCKS5 UDP header
+// (at most 262 bytes) before the payload.
+const replyHeadroom = 512
+
+func (t *UDPTable) replyPool() *udpbatch.Pool {
+	t.replyPoolOnce.Do(func() { t.replyBatches = udpbatch.NewPool(ReplyBatch, t.maxReply()+replyHeadroom, 0) })
+	return t.replyBatches
+}
+
+// lastReply is a relay goroutine's reply socket last used, with the session's reply
+// generation it was taken in.
+type lastReply struct {
+	from netip.AddrPort
+	r    *replySocket
+	gen  uint64
+}
+
+// deliver sends one reply from remote from to the session's client.
+func (t *UDPTable) deliver(s *udpSession, last *lastReply, b []byte, from netip.AddrPort) {
+	s.touch()
+	from = unmapAddrPort(from)
+	if from.Addr().Is4() != s.src.Addr().Is4() {
+		t.replyErrors.Add(1)
+		s.dropped.Add(1)
+		t.reportErr(&ReplyError{Client: s.src, Remote: from, Err: ErrReplyFamily})
+		return
+	}
+	var rc ReplyConn
+	if last.r != nil && last.from == from && s.replyGen.Load() == last.gen {
+		last.r.used.Store(s.replyTick.Add(1))
+		rc = last.r.rc
+	} else {
+		gen := s.replyGen.Load()
+		r, err := t.reply(s, from)
 		if err != nil {
 			if errors.Is(err, ErrReplyLimit) {
 				t.replyLimited.Add(1)
@@ -542,17 +672,19 @@ func (t *UDPTable) relayReplies(s *udpSession, c UDPConn) {
 			}
 			s.dropped.Add(1)
 			t.reportErr(&ReplyError{Client: s.src, Remote: from, Err: err})
-			continue
+			return
 		}
-		if _, err := rc.WriteToUDPAddrPort(buf[:n], s.src); err != nil {
-			t.replyErrors.Add(1)
-			s.dropped.Add(1)
-			t.reportErr(&ReplyError{Client: s.src, Remote: from, Err: err})
-			continue
-		}
-		s.packetsDown.Add(1)
-		s.bytesDown.Add(uint64(n))
+		*last = lastReply{from: from, r: r, gen: gen}
+		rc = r.rc
 	}
+	if _, err := rc.WriteToUDPAddrPort(b, s.src); err != nil {
+		t.replyErrors.Add(1)
+		s.dropped.Add(1)
+		t.reportErr(&ReplyError{Client: s.src, Remote: from, Err: err})
+		return
+	}
+	s.packetsDown.Add(1)
+	s.bytesDown.Add(uint64(len(b)))
 }
 
 func (t *UDPTable) reportErr(err error) {
@@ -565,45 +697,67 @@ func (t *UDPTable) reportErr(err error) {
 // is not cached: the port may be free again for the next reply. At the session's bound or the
 // table's, the session's least recently used reply socket makes room; a session with none to
 // give up (the table is full with other sessions' sockets) gets ErrReplyLimit.
-func (t *UDPTable) reply(s *udpSession, remote netip.AddrPort) (ReplyConn, error) {
+func (t *UDPTable) reply(s *udpSession, remote netip.AddrPort) (*replySocket, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.ended {
 		return nil, errSessionEnded
 	}
-	s.replyTick++
-	if r := s.replies[remote]; r != nil {
-		r.used = s.replyTick
-		return r.rc, nil
+	tick := s.replyTick.Add(1)
+	if r, _ := s.replies.get(remote); r != nil {
+		r.used.Store(tick)
+		return r, nil
 	}
-	if len(s.replies) >= maxSessionReplies || t.replySockets.Load() >= t.maxReplySockets() {
+	if s.replies.len() >= maxSessionReplies || t.replySockets.Load() >= t.maxReplySockets() {
 		if !t.evictReply(s) {
 			return nil, ErrReplyLimit
 		}
 	}
-	rc, err := t.OpenReply(remote)
+	rc, err := t.openReply(remote)
 	if err != nil {
 		return nil, err
 	}
 	t.replySockets.Add(1)
-	s.replies[remote] = &replySocket{rc: rc, used: s.replyTick}
-	return rc, nil
+	r := &replySocket{rc: rc}
+	r.used.Store(tick)
+	s.replies.set(remote, r)
+	return r, nil
+}
+
+// openReply runs OpenReply on a goroutine of its own and waits for it: opening a socket
+// takes a deep stack, which the relay goroutine calling would otherwise keep for its life.
+func (t *UDPTable) openReply(remote netip.AddrPort) (ReplyConn, error) {
+	type opened struct {
+		rc  ReplyConn
+		err error
+	}
+	if t.OpenReply == nil {
+		return nil, errors.New("udp table has no OpenReply")
+	}
+	ch := make(chan opened, 1)
+	go func() {
+		rc, err := t.OpenReply(remote)
+		ch <- opened{rc, err}
+	}()
+	o := <-ch
+	return o.rc, o.err
 }
 
 // evictReply closes s's least recently used reply socket; s.mu is held.
 func (t *UDPTable) evictReply(s *udpSession) bool {
 	var oldest netip.AddrPort
 	var r *replySocket
-	for remote, x := range s.replies {
-		if r == nil || x.used < r.used {
+	s.replies.each(func(remote netip.AddrPort, x *replySocket) {
+		if r == nil || x.used.Load() < r.used.Load() {
 			oldest, r = remote, x
 		}
-	}
+	})
 	if r == nil {
 		return false
 	}
+	s.replyGen.Add(1) // before the close: a relay goroutine holding it must look again
 	r.rc.Close()
-	delete(s.replies, oldest)
+	s.replies.del(oldest)
 	t.replySockets.Add(-1)
 	return true
 }
@@ -617,6 +771,8 @@ func (t *UDPTable) end(s *udpSession, cause error, idle bool) {
 		return
 	}
 	s.ended = true
+	s.over.Store(true)
+	s.fast.Store(nil)
 	// finish is counted before anyone can see the session ended: Close, finding it ended,
 	// must still wait for it.
 	t.wg.Add(1)
@@ -627,17 +783,18 @@ func (t *UDPTable) end(s *udpSession, cause error, idle bool) {
 		delete(s.held, dst)
 	}
 	var conns []UDPConn
-	for _, o := range s.outs {
+	s.outs.each(func(_ any, o *udpOutbound) {
 		if o.conn != nil {
 			conns = append(conns, o.conn)
 		}
-	}
+	})
 	s.mu.Unlock()
 	s.cancel()
 	t.mu.Lock()
 	if t.sessions[s.src] == s {
 		delete(t.sessions, s.src)
 	}
+	t.recent[recentSlot(s.src)].CompareAndSwap(s, nil)
 	t.mu.Unlock()
 	for _, c := range conns {
 		c.Close()
@@ -650,11 +807,10 @@ func (t *UDPTable) finish(s *udpSession) {
 	defer t.wg.Done()
 	s.wg.Wait()
 	s.mu.Lock()
-	for _, r := range s.replies {
-		r.rc.Close()
-	}
-	t.replySockets.Add(-int64(len(s.replies)))
-	clear(s.replies)
+	s.replyGen.Add(1)
+	s.replies.each(func(_ netip.AddrPort, r *replySocket) { r.rc.Close() })
+	t.replySockets.Add(-int64(s.replies.len()))
+	s.replies.clear()
 	err := s.endErr
 	if err == nil || errors.Is(err, errTableClosed) {
 		err = nil
@@ -759,12 +915,18 @@ type udpSession struct {
 
 	packetsUp, bytesUp, packetsDown, bytesDown, dropped atomic.Uint64
 
+	over atomic.Bool             // ended, readable without mu
+	fast atomic.Pointer[udpDest] // the destination last sent to, with its way out
+	// replyGen changes whenever a reply socket of the session closes: a relay goroutine's
+	// cached socket is good while the generation it was taken in holds.
+	replyGen atomic.Uint64
+
 	mu         sync.Mutex
-	dests      map[netip.AddrPort]*udpOutbound // nil value: dropped by the route
-	held       map[netip.AddrPort]*heldDest    // destinations not routed yet: their sniffer reads
-	outs       map[any]*udpOutbound
-	replies    map[netip.AddrPort]*replySocket
-	replyTick  uint64 // orders replies' uses, for evicting the least recently used socket
+	dests      smallMap[netip.AddrPort, *udpDest] // routed destinations; o nil: dropped by the route
+	held       map[netip.AddrPort]*heldDest       // destinations not routed yet: their sniffer reads
+	outs       smallMap[any, *udpOutbound]
+	replies    smallMap[netip.AddrPort, *replySocket]
+	replyTick  atomic.Uint64 // orders replies' uses, for evicting the least recently used socket
 	tag        any
 	tagDropped bool // tag (and firstDst) is a dropped destination's
 	routes     int
@@ -779,14 +941,101 @@ func (s *udpSession) touch() { s.last.Store(time.Now().UnixNano()) }
 // replySocket is a session's reply socket for one remote, with its last use.
 type replySocket struct {
 	rc   ReplyConn
-	used uint64
+	used atomic.Uint64 // the session's replyTick at its last use
 }
 
 type udpOutbound struct {
-	name    string
+	name    any     // the route's Outbound, printed in errors
 	conn    UDPConn // nil while opening
 	failed  bool
 	pending []pendingDatagram
+	live    atomic.Pointer[liveConn] // conn, once the queue is flushed: readable without the session's lock
+}
+
+type liveConn struct{ c UDPConn }
+
+// udpDest is a session's routed destination and its way out (nil: dropped by the route).
+// Once that is open, Handle sends to it without locks (udpSession.fast).
+type udpDest struct {
+	dst netip.AddrPort
+	o   *udpOutbound
+}
+
+// smallMap is a map that keeps its first entry inline: nearly every session has one
+// destination, one outbound and one remote, and a Go map costs a few hundred bytes even for
+// one entry.
+type smallMap[K comparable, V any] struct {
+	k0   K
+	v0   V
+	has0 bool
+	more map[K]V
+}
+
+func (m *smallMap[K, V]) get(k K) (V, bool) {
+	if m.has0 && m.k0 == k {
+		return m.v0, true
+	}
+	v, ok := m.more[k]
+	return v, ok
+}
+
+func (m *smallMap[K, V]) set(k K, v V) {
+	if m.has0 && m.k0 == k {
+		m.v0 = v
+		return
+	}
+	if _, ok := m.more[k]; !ok && !m.has0 {
+		m.k0, m.v0, m.has0 = k, v, true
+		return
+	}
+	if m.more == nil {
+		m.more = make(map[K]V)
+	}
+	m.more[k] = v
+}
+
+func (m *smallMap[K, V]) del(k K) {
+	if m.has0 && m.k0 == k {
+		var zk K
+		var zv V
+		m.k0, m.v0, m.has0 = zk, zv, false
+		return
+	}
+	delete(m.more, k)
+}
+
+func (m *smallMap[K, V]) len() int {
+	n := len(m.more)
+	if m.has0 {
+		n++
+	}
+	return n
+}
+
+func (m *smallMap[K, V]) clear() {
+	var zk K
+	var zv V
+	m.k0, m.v0, m.has0 = zk, zv, false
+	clear(m.more)
+}
+
+func (m *smallMap[K, V]) each(fn func(K, V)) {
+	if m.has0 {
+		fn(m.k0, m.v0)
+	}
+	for k, v := range m.more {
+		fn(k, v)
+	}
+}
+
+// recentSlots is the size of the table's lock-free session index (8 KiB of pointers).
+const recentSlots = 1024
+
+// recentSlot hashes a client address to its slot in UDPTable.recent.
+func recentSlot(ap netip.AddrPort) int {
+	a := ap.Addr().As16()
+	h := uint32(ap.Port())*0x9e3779b1 ^ binary.LittleEndian.Uint32(a[12:])*0x85ebca6b ^ binary.LittleEndian.Uint32(a[8:])
+	return int((h ^ h>>15) % recentSlots)
 }
 
 // heldDest is a destination whose first datagrams are held for its sniffer.

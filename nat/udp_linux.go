@@ -9,12 +9,15 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/socksgate/socksgate/internal/udpbatch"
 )
 
 // UDPListener is the transparent UDP socket TPROXY delivers captured datagrams to. Each
 // datagram carries its original destination in a control message.
 type UDPListener struct {
 	conn *net.UDPConn
+	rc   syscall.RawConn
 	oob  []byte
 }
 
@@ -39,10 +42,13 @@ func ListenUDPTransparent(ctx context.Context, addr string) (*UDPListener, error
 	if err != nil {
 		return nil, fmt.Errorf("transparent udp listener %s: %w", addr, err)
 	}
-	return &UDPListener{
-		conn: pc.(*net.UDPConn),
-		oob:  make([]byte, unix.CmsgSpace(unix.SizeofSockaddrInet6)*2),
-	}, nil
+	uc := pc.(*net.UDPConn)
+	rc, err := uc.SyscallConn()
+	if err != nil {
+		uc.Close()
+		return nil, fmt.Errorf("transparent udp listener %s: %w", addr, err)
+	}
+	return &UDPListener{conn: uc, rc: rc, oob: make([]byte, origDstOOBSize)}, nil
 }
 
 type sockopt struct {
@@ -93,6 +99,31 @@ func (l *UDPListener) ReadDatagram(b []byte) (int, netip.AddrPort, netip.AddrPor
 		return n, unmapAddrPort(src), netip.AddrPort{}, fmt.Errorf("datagram from %s: %w", src, err)
 	}
 	return n, unmapAddrPort(src), dst, nil
+}
+
+// origDstOOBSize holds the original destination's control message, of either family.
+var origDstOOBSize = unix.CmsgSpace(unix.SizeofSockaddrInet6) * 2
+
+// listenerBatch is how many captured datagrams one recvmmsg takes at most.
+const listenerBatch = 8
+
+// ServeDatagrams reads captured datagrams in batches (recvmmsg) and calls fn for each, with
+// its client and original destination (err wraps ErrNoOriginalDst for a datagram without
+// one), until the listener fails or is closed. b is valid only during fn. Not to be used
+// with ReadDatagram at the same time.
+func (l *UDPListener) ServeDatagrams(fn func(b []byte, src, dst netip.AddrPort, err error)) error {
+	batch := udpbatch.New(listenerBatch, maxDatagram, origDstOOBSize)
+	same := func() *udpbatch.Batch { return batch }
+	return udpbatch.Serve(l.rc, same, func(*udpbatch.Batch) {}, func(b *udpbatch.Batch, n int) bool {
+		for i := range n {
+			dst, err := origDstFromOOB(b.OOB[i][:b.OOBN[i]])
+			if err != nil {
+				err = fmt.Errorf("datagram from %s: %w", b.From[i], err)
+			}
+			fn(b.Bufs[i][:b.N[i]], b.From[i], dst, err)
+		}
+		return true
+	})
 }
 
 // LocalAddr is the listener's address.

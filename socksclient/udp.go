@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/socksgate/socksgate/internal/netctx"
+	"github.com/socksgate/socksgate/internal/udpbatch"
 	"github.com/socksgate/socksgate/socks"
 )
 
@@ -242,6 +243,46 @@ func (a *Association) ReadFromSocks(b []byte) (int, socks.Addr, error) {
 		}
 		return copy(b, buf[hl:n]), h.Addr, nil
 	}
+}
+
+// ServeSocks reads the relay's datagrams several at a time (recvmmsg), into batches taken
+// from pool only while datagrams are in hand, and calls fn with each one's payload and remote
+// until fn returns false or the association ends (the error then is ReadFromSocks'). Datagrams
+// are dropped as ReadFromSocks drops them; a payload is at most pool.Size() less its header.
+// It returns an error wrapping udpbatch.ErrUnsupported, at once, where it cannot batch (the
+// system, or a socket from ListenUDP that is not a *net.UDPConn): read with ReadFromSocks then.
+func (a *Association) ServeSocks(pool *udpbatch.Pool, fn func(payload []byte, from socks.Addr) bool) error {
+	if a.udp == nil || !udpbatch.Supported {
+		return udpbatch.ErrUnsupported
+	}
+	rc, err := a.udp.SyscallConn()
+	if err != nil {
+		return a.ioErr("read", a.relayAddr, err)
+	}
+	a.rmu.Lock()
+	defer a.rmu.Unlock()
+	err = udpbatch.Serve(rc, pool.Get, pool.Put, func(b *udpbatch.Batch, n int) bool {
+		for i := range n {
+			if !sameRelay(b.From[i], a.relay) {
+				a.dropped.Add(1)
+				continue
+			}
+			d := b.Bufs[i][:b.N[i]]
+			h, hl, err := socks.ParseUDPHeader(d)
+			if err != nil || h.Frag != 0 {
+				a.dropped.Add(1)
+				continue
+			}
+			if !fn(d[hl:], h.Addr) {
+				return false
+			}
+		}
+		return true
+	})
+	if err != nil {
+		return a.ioErr("read", a.relayAddr, err)
+	}
+	return nil
 }
 
 func (a *Association) readRaw(buf []byte) (int, netip.AddrPort, error) {

@@ -11,10 +11,13 @@
 // BENCH_SOCKSGATE=path uses a prebuilt binary; BENCH_COMPARE=path adds that build as
 // "socksgate[compare] → dante" (before and after in one run); BENCH_TRACE="perf stat -p {pid}"
 // runs a command on the gateway during each new-flows load and logs its output; BENCH_ROUNDS, BENCH_IDLE=2000,9000 and
-// BENCH_BURST=2000 override the defaults; BENCH_PARTS=throughput,slowsink,idle,burst,dns (the
-// default: all five) picks what to measure, and BENCH_PARTS=flows is the throughput part
+// BENCH_BURST=2000 override the defaults; BENCH_PARTS=throughput,slowsink,idle,burst,dns,udp (the
+// default: all six) picks what to measure, and BENCH_PARTS=flows is the throughput part
 // without iperf3 (new flows and latency only); dns is socksgate's resolver against dnsmasq
-// with dnsperf, and DNS memory (dns_test.go).
+// with dnsperf, and DNS memory (dns_test.go); udp is the datagram path (udp_test.go:
+// sequential round trips, paced bulk both ways, CPU per datagram, memory per session;
+// BENCH_UDP_RATES=50,100 (none: no bulk) and BENCH_UDP_SESSIONS=N (0: none) override its
+// sizes, BENCH_UDP_ENV="GOMAXPROCS=1" runs socksgate with that environment).
 package bench
 
 import (
@@ -51,7 +54,7 @@ const (
 )
 
 // labPorts are every port something listens on in the lab; no outgoing connection may take them.
-var labPorts = []string{httpPort, dantePort, iperfPort, idlePort, sinkPort, sgPort, redsPort}
+var labPorts = []string{httpPort, dantePort, iperfPort, idlePort, sinkPort, sgPort, redsPort, udpPort, redudpPort}
 
 // params are the sizes of one run.
 type params struct {
@@ -77,7 +80,7 @@ func benchParams() params {
 	if v, err := strconv.Atoi(os.Getenv("BENCH_BURST")); err == nil && v > 0 {
 		p.burst = v
 	}
-	p.parts = map[string]bool{"throughput": true, "slowsink": true, "idle": true, "burst": true, "dns": true}
+	p.parts = map[string]bool{"throughput": true, "slowsink": true, "idle": true, "burst": true, "dns": true, "udp": true}
 	if v := os.Getenv("BENCH_PARTS"); v != "" {
 		p.parts = map[string]bool{}
 		for _, f := range strings.Split(v, ",") {
@@ -296,16 +299,21 @@ func TestBench(t *testing.T) {
 			stop()
 		}
 	}
+	var udpTable string
+	if p.parts["udp"] {
+		check()
+		udpTable = renderUDP(runUDPBench(t, tp, bin, p, check))
+	}
 	var dnsTable string
 	if p.parts["dns"] {
 		check()
 		dnsTable = renderDNS(runDNSBench(t, tp, bin, p))
 	}
 	table := render(p, contenders, all, time.Since(began))
-	if dnsTable != "" {
+	if extra := udpTable + dnsTable; extra != "" {
 		// Before the closing "Reproduce" line.
 		i := strings.LastIndex(table, "\nReproduce:")
-		table = table[:i] + dnsTable + table[i:]
+		table = table[:i] + extra + table[i:]
 	}
 	fmt.Println(table)
 	name := fmt.Sprintf("%s-%s%s.md", time.Now().Format("2006-01-02-150405"), hostTag(), map[bool]string{true: "-quick"}[p.quick])
@@ -350,7 +358,7 @@ user.unprivileged: nobody
 client pass { from: 0/0 to: 0/0 }
 socks pass {
 	from: 0/0 to: 0/0
-	command: connect
+	command: connect udpassociate udpreply
 	log: error
 }
 `

@@ -37,6 +37,8 @@ func TestMain(m *testing.M) {
 		os.Exit(helperLoad(os.Args[1:]))
 	case "idle":
 		os.Exit(helperIdle(os.Args[1:]))
+	case "udp":
+		os.Exit(helperUDP(os.Args[1:]))
 	default:
 		fmt.Fprintln(os.Stderr, "unknown BENCH_HELPER")
 		os.Exit(2)

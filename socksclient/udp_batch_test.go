@@ -1,0 +1,78 @@
+package socksclient
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/socksgate/socksgate/internal/udpbatch"
+	"github.com/socksgate/socksgate/socks"
+)
+
+// ServeSocks hands over the relay's datagrams in order, dropping what ReadFromSocks drops, and
+// returns the control connection's loss when the association ends.
+func TestAssociationServeSocksBatchesAndDrops(t *testing.T) {
+	if !udpbatch.Supported {
+		t.Skip("no recvmmsg here")
+	}
+	d, relay, dropControl := fakeAssociation(t, func(p uint16) socks.Addr {
+		return socks.Addr{IP: netip.MustParseAddr("127.0.0.1"), Port: p}
+	})
+	a := listenAssociation(t, d)
+	if _, err := a.WriteToSocks([]byte("hello"), socks.Addr{IP: netip.MustParseAddr("192.0.2.1"), Port: 53}); err != nil {
+		t.Fatal(err)
+	}
+	_, _, client := relayRead(t, relay)
+	stranger, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stranger.Close()
+	remote := socks.Addr{IP: netip.MustParseAddr("198.51.100.7"), Port: 53}
+	stranger.WriteToUDP(datagram(0, remote, "spoofed"), client)
+	relay.WriteToUDP(datagram(1, remote, "fragment"), client)
+	for _, p := range []string{"r0", "r1", "r2", "r3", "r4", "r5", "r6", "r7", "r8", "r9"} {
+		relay.WriteToUDP(datagram(0, remote, p), client)
+	}
+	relay.WriteToUDP(datagram(0, socks.Addr{Name: "name.test", Port: 5353}, "named"), client)
+
+	pool := udpbatch.NewPool(4, 2048, 0)
+	var got []string
+	err = a.ServeSocks(pool, func(b []byte, from socks.Addr) bool {
+		got = append(got, from.String()+" "+string(b))
+		return len(got) < 11
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "198.51.100.7:53 r0,198.51.100.7:53 r1,198.51.100.7:53 r2,198.51.100.7:53 r3,198.51.100.7:53 r4," +
+		"198.51.100.7:53 r5,198.51.100.7:53 r6,198.51.100.7:53 r7,198.51.100.7:53 r8,198.51.100.7:53 r9,name.test:5353 named"
+	if strings.Join(got, ",") != want {
+		t.Fatalf("served %q,\nwant %q", strings.Join(got, ","), want)
+	}
+	if a.Dropped() != 2 {
+		t.Fatalf("Dropped() = %d, want 2", a.Dropped())
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- a.ServeSocks(pool, func([]byte, socks.Addr) bool { return true }) }()
+	close(dropControl)
+	select {
+	case err := <-errc:
+		if err == nil || !strings.Contains(err.Error(), "control connection") {
+			t.Fatalf("ServeSocks err = %v, want the control connection's loss", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("ServeSocks still waiting after the control connection closed")
+	}
+}
+
+// An association over a socket that is not a *net.UDPConn cannot batch, and says so at once.
+func TestAssociationServeSocksUnsupportedWithoutAUDPSocket(t *testing.T) {
+	a := &Association{}
+	if err := a.ServeSocks(udpbatch.NewPool(1, 64, 0), nil); !errors.Is(err, udpbatch.ErrUnsupported) {
+		t.Fatalf("err = %v, want ErrUnsupported", err)
+	}
+}
