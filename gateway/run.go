@@ -95,6 +95,14 @@ func Run(ctx context.Context, cfg *configs.Config, log *logrus.Logger, reload <-
 	// Every listener opens before the kernel is touched: a start that fails (a port taken)
 	// leaves the kernel as it found it, including a table a crash left with on_crash closed,
 	// which keeps the LAN from leaking direct until a start succeeds.
+	// DNS first: the router resolves its address rules' names through it, and must know how
+	// before any inbound routes a flow.
+	if cfg.DNS.On() {
+		if rt.dns, err = rt.newDNS(cfg); err != nil {
+			return err
+		}
+	}
+	rt.resolveWithDNS(g.Router)
 	capture := len(cfg.LAN.Interfaces) > 0
 	if capture {
 		if rt.tcp, err = rt.openTransparentTCP(cfg.Transparent); err != nil {
@@ -107,12 +115,6 @@ func Run(ctx context.Context, cfg *configs.Config, log *logrus.Logger, reload <-
 	if rt.udp, err = g.startUDP(flowCtx, cfg, log, rt.health); err != nil {
 		return err
 	}
-	if cfg.DNS.On() {
-		if rt.dns, err = rt.newDNS(cfg); err != nil {
-			return err
-		}
-	}
-	rt.resolveWithDNS(g.Router)
 	if rt.admin, err = rt.startAdmin(cfg.Admin); err != nil {
 		return err
 	}
