@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"sort"
 	"strconv"
 	"strings"
@@ -16,7 +17,6 @@ import (
 
 	"github.com/socksgate/socksgate/admin"
 	"github.com/socksgate/socksgate/configs"
-	"github.com/socksgate/socksgate/internal/tcpinfo"
 	"github.com/socksgate/socksgate/route"
 	"github.com/socksgate/socksgate/upstream"
 )
@@ -451,35 +451,10 @@ func (a AdminSource) Logs() *admin.LogFeed {
 	return a.rt.logs
 }
 
-// liveBytes sums the live flows' bytes each way.
+// liveBytes sums the live flows' bytes each way, the router's own flows included.
 func (g *Gateway) liveBytes() (up, down uint64) {
-	g.mu.Lock()
-	clients := make([]net.Conn, 0, len(g.flows))
-	for lf := range g.flows {
-		clients = append(clients, lf.client)
-	}
-	tbl := g.udpTable
-	var assocUp, assocDown int64
-	for u := range g.assocs {
-		assocUp += u.upBytes.Load()
-		assocDown += u.downBytes.Load()
-	}
-	g.mu.Unlock()
-	for _, c := range clients {
-		var u, d uint64
-		if fb, ok := c.(interface{ flowBytes() (uint64, uint64) }); ok {
-			u, d = fb.flowBytes()
-		} else {
-			u, d = tcpinfo.Bytes(c)
-		}
-		up, down = up+u, down+d
-	}
-	if tbl != nil {
-		for _, s := range tbl.Sessions() {
-			up, down = up+s.BytesUp, down+s.BytesDown
-		}
-	}
-	return up + uint64(max(assocUp, 0)), down + uint64(max(assocDown, 0))
+	g.eachLiveFlow(false, func(_ any, _ netip.Addr, u, d uint64) { up, down = up+u, down+d })
+	return up, down
 }
 
 // delayLog keeps the control API's delay tests of upstreams outside any group, whose history

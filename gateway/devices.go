@@ -116,16 +116,23 @@ func liveBytes(client any) (up, down uint64) {
 }
 
 // walkFlows is the sampler pass: it visits every live flow from the LAN with its counters so
-// far. The flow table's lock is held only to copy it; the kernel is read without it.
+// far.
 func (g *Gateway) walkFlows(visit func(key any, src netip.Addr, up, down uint64)) {
+	g.eachLiveFlow(true, visit)
+}
+
+// eachLiveFlow visits every live flow (only those from the LAN with lanOnly: not the router's
+// own) with its counters so far: TCP flows, transparent UDP sessions, SOCKS5 associations.
+// The flow table's lock is held only to copy it; the kernel is read without it.
+func (g *Gateway) eachLiveFlow(lanOnly bool, visit func(key any, src netip.Addr, up, down uint64)) {
 	type ref struct {
 		lf     *liveFlow
-		client net.Conn
+		client net.Conn // read under g.mu: a forwarded flow gets its client once dialed
 	}
 	g.mu.Lock()
 	tcp := make([]ref, 0, len(g.flows))
 	for lf := range g.flows {
-		if lf.client != nil && lf.Inbound != route.FromRouter {
+		if lf.client != nil && !(lanOnly && lf.Inbound == route.FromRouter) {
 			tcp = append(tcp, ref{lf, lf.client})
 		}
 	}
