@@ -12,7 +12,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 )
 
@@ -550,16 +549,7 @@ func (h *clash) streamTraffic(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer st.close()
-	for {
-		select {
-		case <-st.done():
-			return
-		case t := <-ch:
-			if st.send(t) != nil {
-				return
-			}
-		}
-	}
+	forward(st, ch, nil)
 }
 
 func (h *clash) streamMemory(w http.ResponseWriter, r *http.Request) {
@@ -612,19 +602,7 @@ func (h *clash) streamLogs(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer st.close()
-	for {
-		select {
-		case <-st.done():
-			return
-		case l := <-ch:
-			if logLevels[l.Type] < min {
-				continue
-			}
-			if st.send(l) != nil {
-				return
-			}
-		}
-	}
+	forward(st, ch, func(l LogLine) bool { return logLevels[l.Type] >= min })
 }
 
 // sampler reads the traffic totals once a second while anyone streams /traffic, and hands each
@@ -632,37 +610,20 @@ func (h *clash) streamLogs(w http.ResponseWriter, r *http.Request) {
 type sampler struct {
 	read func() (up, down uint64)
 	tick time.Duration
-
-	mu   sync.Mutex
-	subs map[chan Traffic]struct{}
-	stop chan struct{}
+	subs hub[Traffic]
 }
 
 func newSampler(read func() (up, down uint64)) *sampler {
-	return &sampler{read: read, tick: time.Second, subs: map[chan Traffic]struct{}{}}
+	s := &sampler{read: read, tick: time.Second}
+	var stop chan struct{}
+	s.subs.first = func() { stop = make(chan struct{}); go s.run(stop) }
+	s.subs.last = func() { close(stop) }
+	return s
 }
 
 // join subscribes to the samples; leave unsubscribes, and the last to leave stops the
-// sampling.
-func (s *sampler) join() (<-chan Traffic, func()) {
-	ch := make(chan Traffic, 1)
-	s.mu.Lock()
-	s.subs[ch] = struct{}{}
-	if s.stop == nil {
-		s.stop = make(chan struct{})
-		go s.run(s.stop)
-	}
-	s.mu.Unlock()
-	return ch, func() {
-		s.mu.Lock()
-		delete(s.subs, ch)
-		if len(s.subs) == 0 && s.stop != nil {
-			close(s.stop)
-			s.stop = nil
-		}
-		s.mu.Unlock()
-	}
-}
+// sampling. A listener still writing the last sample skips the next.
+func (s *sampler) join() (<-chan Traffic, func()) { return s.subs.join(1) }
 
 func (s *sampler) run(stop chan struct{}) {
 	t := time.NewTicker(s.tick)
@@ -677,16 +638,8 @@ func (s *sampler) run(stop chan struct{}) {
 		u, d := s.read()
 		// A flow's bytes move from the live count (its client socket's) to the ended one
 		// (the relay's) when it ends; the two may differ by a handshake: never negative.
-		sample := Traffic{Up: u - min(u, up), Down: d - min(d, down)}
+		s.subs.publish(Traffic{Up: u - min(u, up), Down: d - min(d, down)})
 		up, down = u, d
-		s.mu.Lock()
-		for ch := range s.subs {
-			select {
-			case ch <- sample:
-			default: // a listener still writing the last one skips this one
-			}
-		}
-		s.mu.Unlock()
 	}
 }
 
@@ -698,40 +651,12 @@ type LogLine struct {
 
 // LogFeed hands log lines to the /logs streams. Publish costs one atomic load while nobody
 // listens; a listener that falls behind misses lines rather than slowing the logger.
-type LogFeed struct {
-	mu   sync.Mutex
-	subs map[chan LogLine]struct{}
-	n    atomic.Int32 // len(subs), read without the lock by Listening
-}
+type LogFeed struct{ subs hub[LogLine] }
 
 // Listening reports whether anyone streams /logs now.
-func (f *LogFeed) Listening() bool { return f.n.Load() > 0 }
+func (f *LogFeed) Listening() bool { return f.subs.listening() }
 
 // Publish hands a line to every listener that has room for it.
-func (f *LogFeed) Publish(l LogLine) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	for ch := range f.subs {
-		select {
-		case ch <- l:
-		default:
-		}
-	}
-}
+func (f *LogFeed) Publish(l LogLine) { f.subs.publish(l) }
 
-func (f *LogFeed) join() (<-chan LogLine, func()) {
-	ch := make(chan LogLine, 256)
-	f.mu.Lock()
-	if f.subs == nil {
-		f.subs = map[chan LogLine]struct{}{}
-	}
-	f.subs[ch] = struct{}{}
-	f.n.Store(int32(len(f.subs)))
-	f.mu.Unlock()
-	return ch, func() {
-		f.mu.Lock()
-		delete(f.subs, ch)
-		f.n.Store(int32(len(f.subs)))
-		f.mu.Unlock()
-	}
-}
+func (f *LogFeed) join() (<-chan LogLine, func()) { return f.subs.join(256) }

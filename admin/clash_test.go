@@ -392,8 +392,8 @@ func TestClashCloseConnections(t *testing.T) {
 }
 
 // /traffic streams one {"up","down"} a second of the bytes carried in it, as JSON lines
-// without an upgrade and as WebSocket messages with one; one sampler serves every listener,
-// and it stops when the last leaves.
+// without an upgrade and as WebSocket messages with one; one sampler serves every listener
+// (that it starts with the first and stops with the last: TestHubFirstAndLast).
 func TestClashTrafficStreams(t *testing.T) {
 	c := newFakeController()
 	srv := httptest.NewServer(Handler(c, "test"))

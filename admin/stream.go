@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"net/http"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -80,5 +82,74 @@ func (s *stream) send(v any) error {
 func (s *stream) close() {
 	if s.ws != nil {
 		s.ws.Close(websocket.StatusNormalClosure, "")
+	}
+}
+
+// forward sends what ch carries to st (those keep accepts; all with keep nil) until the client
+// goes or a send fails.
+func forward[T any](st *stream, ch <-chan T, keep func(T) bool) {
+	for {
+		select {
+		case <-st.done():
+			return
+		case v := <-ch:
+			if keep != nil && !keep(v) {
+				continue
+			}
+			if st.send(v) != nil {
+				return
+			}
+		}
+	}
+}
+
+// hub hands values to its listeners without ever blocking the publisher: a listener whose
+// channel is full misses the value. first and last, when set, run (under the hub's lock) as
+// the first listener joins and the last leaves. The zero hub is ready.
+type hub[T any] struct {
+	first, last func()
+
+	mu   sync.Mutex
+	subs map[chan T]struct{}
+	n    atomic.Int32 // len(subs), read without the lock by listening
+}
+
+func (h *hub[T]) listening() bool { return h.n.Load() > 0 }
+
+func (h *hub[T]) publish(v T) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for ch := range h.subs {
+		select {
+		case ch <- v:
+		default:
+		}
+	}
+}
+
+// join adds a listener with room for size values; leave removes it.
+func (h *hub[T]) join(size int) (<-chan T, func()) {
+	ch := make(chan T, size)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.subs == nil {
+		h.subs = map[chan T]struct{}{}
+	}
+	h.subs[ch] = struct{}{}
+	h.n.Store(int32(len(h.subs)))
+	if len(h.subs) == 1 && h.first != nil {
+		h.first()
+	}
+	return ch, func() {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		if _, ok := h.subs[ch]; !ok {
+			return
+		}
+		delete(h.subs, ch)
+		h.n.Store(int32(len(h.subs)))
+		if len(h.subs) == 0 && h.last != nil {
+			h.last()
+		}
 	}
 }
