@@ -1,9 +1,9 @@
-// Package udpbatch reads several queued UDP datagrams with one recvmmsg(2) and sends several
-// with one sendmmsg(2), through a socket's syscall.RawConn (so Go's poller still does the
+// Package udpbatch reads several queued UDP datagrams with one recvmmsg(2), through a socket's
+// syscall.RawConn (so Go's poller still does the
 // waiting), without allocating per datagram: sources are decoded from the kernel's sockaddrs
 // into netip.AddrPort in place.
 //
-// golang.org/x/net's ipv4/ipv6 ReadBatch and WriteBatch do the same system calls, but hand
+// golang.org/x/net's ipv4/ipv6 ReadBatch does the same system call, but hand
 // every message's address over as a new *net.UDPAddr (an allocation or two per datagram on
 // the hottest path a gateway has); this package keeps the kernel ABI (struct mmsghdr over
 // unix.Msghdr) and nothing else. On systems without recvmmsg it reports ErrUnsupported and

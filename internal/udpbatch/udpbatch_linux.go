@@ -11,7 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Supported reports whether Read and Write batch on this system.
+// Supported reports whether Read batches on this system.
 const Supported = true
 
 // ErrUnsupported is returned where recvmmsg/sendmmsg are not available.
@@ -27,26 +27,24 @@ type mmsghdr struct {
 // Batch is a set of datagram buffers: Read fills the first n of them, Write sends them.
 // Make one with New; it is not safe for concurrent use.
 type Batch struct {
-	// Bufs are the datagram buffers: Read reads into each at most len(Bufs[i]) bytes; Write
-	// sends each whole. The caller may reslice them between calls (New gives full ones).
+	// Bufs are the datagram buffers: Read reads into each at most len(Bufs[i]) bytes. The
+	// caller may reslice them between calls (New gives full ones).
 	Bufs [][]byte
 	// OOB are control message buffers (nil: none), read into by Read.
 	OOB [][]byte
 	// After Read: each datagram's length, control length, flags (MSG_TRUNC...) and source.
 	N, OOBN, Flags []int
 	From           []netip.AddrPort
-	// To are the destinations Write sends to (unset: the connected peer).
-	To []netip.AddrPort
 
 	hs    []mmsghdr
 	iovs  []unix.Iovec
 	names []unix.RawSockaddrInet6
 
-	// The callbacks rc.Read and rc.Write run, made once (a closure made per call would be an
-	// allocation per call), and what they leave.
-	readFn, writeFn func(fd uintptr) bool
-	rn, wn, wsent   int
-	rerrno, werrno  syscall.Errno
+	// The callback rc.Read runs, made once (a closure made per call would be an allocation
+	// per call), and what it leaves.
+	readFn func(fd uintptr) bool
+	rn     int
+	rerrno syscall.Errno
 }
 
 // New makes a batch of n datagram buffers of size bytes, each with an oob-byte control buffer
@@ -54,15 +52,14 @@ type Batch struct {
 func New(n, size, oob int) *Batch {
 	b := &Batch{
 		Bufs: make([][]byte, n), N: make([]int, n), OOBN: make([]int, n), Flags: make([]int, n),
-		From: make([]netip.AddrPort, n), To: make([]netip.AddrPort, n),
-		hs: make([]mmsghdr, n), iovs: make([]unix.Iovec, n), names: make([]unix.RawSockaddrInet6, n),
+		From: make([]netip.AddrPort, n),
+		hs:   make([]mmsghdr, n), iovs: make([]unix.Iovec, n), names: make([]unix.RawSockaddrInet6, n),
 	}
 	b.readFn = func(fd uintptr) bool {
 		var again bool
 		b.rn, b.rerrno, again = b.recv(fd)
 		return !again
 	}
-	b.writeFn = b.send
 	mem := make([]byte, n*size)
 	for i := range b.Bufs {
 		b.Bufs[i] = mem[i*size : (i+1)*size : (i+1)*size]
@@ -80,8 +77,8 @@ func New(n, size, oob int) *Batch {
 // Len is the number of buffers.
 func (b *Batch) Len() int { return len(b.Bufs) }
 
-func (b *Batch) prepare(n int, names bool) {
-	for i := range n {
+func (b *Batch) prepare() {
+	for i := range b.Bufs {
 		h := &b.hs[i]
 		*h = mmsghdr{}
 		buf := b.Bufs[i]
@@ -93,10 +90,8 @@ func (b *Batch) prepare(n int, names bool) {
 		b.iovs[i].SetLen(len(buf))
 		h.hdr.Iov = &b.iovs[i]
 		h.hdr.SetIovlen(1)
-		if names {
-			h.hdr.Name = (*byte)(unsafe.Pointer(&b.names[i]))
-			h.hdr.Namelen = unix.SizeofSockaddrInet6
-		}
+		h.hdr.Name = (*byte)(unsafe.Pointer(&b.names[i]))
+		h.hdr.Namelen = unix.SizeofSockaddrInet6
 		if b.OOB != nil && len(b.OOB[i]) > 0 {
 			h.hdr.Control = &b.OOB[i][0]
 			h.hdr.SetControllen(len(b.OOB[i]))
@@ -120,7 +115,7 @@ func (b *Batch) Read(rc syscall.RawConn) (int, error) {
 
 // recv is one recvmmsg; again reports that nothing was queued.
 func (b *Batch) recv(fd uintptr) (n int, errno syscall.Errno, again bool) {
-	b.prepare(len(b.Bufs), true)
+	b.prepare()
 	for {
 		r, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&b.hs[0])), uintptr(len(b.hs)), unix.MSG_DONTWAIT, 0, 0)
 		runtime.KeepAlive(b)
@@ -189,48 +184,6 @@ func Serve(rc syscall.RawConn, get func() *Batch, put func(*Batch), fn func(b *B
 	return nil
 }
 
-// Write sends b.Bufs[:n] on rc's socket, to b.To[i] each (or the connected peer when To[i] is
-// unset), with as few sendmmsg calls as the kernel takes them in; it waits while the socket's
-// buffer is full. It returns how many were sent and the error that stopped it.
-func (b *Batch) Write(rc syscall.RawConn, n int) (int, error) {
-	b.prepare(n, false)
-	for i := range n {
-		if to := b.To[i]; to.IsValid() {
-			l := encodeSockaddr(&b.names[i], to)
-			b.hs[i].hdr.Name = (*byte)(unsafe.Pointer(&b.names[i]))
-			b.hs[i].hdr.Namelen = l
-		}
-	}
-	b.wn, b.wsent, b.werrno = n, 0, 0
-	err := rc.Write(b.writeFn)
-	runtime.KeepAlive(b)
-	if err != nil {
-		return b.wsent, err
-	}
-	if b.werrno != 0 {
-		return b.wsent, b.werrno
-	}
-	return b.wsent, nil
-}
-
-// send is Write's callback: sendmmsg until all are sent; false when the socket is full.
-func (b *Batch) send(fd uintptr) bool {
-	for b.wsent < b.wn {
-		r, _, e := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&b.hs[b.wsent])), uintptr(b.wn-b.wsent), unix.MSG_DONTWAIT, 0, 0)
-		switch e {
-		case 0:
-			b.wsent += int(r)
-		case unix.EINTR:
-		case unix.EAGAIN:
-			return false
-		default:
-			b.werrno = e
-			return true
-		}
-	}
-	return true
-}
-
 // decodeSockaddr reads an AF_INET or AF_INET6 sockaddr as the kernel wrote it.
 func decodeSockaddr(sa *unix.RawSockaddrInet6, l uint32) netip.AddrPort {
 	raw := (*[unix.SizeofSockaddrInet6]byte)(unsafe.Pointer(sa))
@@ -248,23 +201,4 @@ func decodeSockaddr(sa *unix.RawSockaddrInet6, l uint32) netip.AddrPort {
 		return netip.AddrPortFrom(netip.AddrFrom16([16]byte(raw[8:24])).Unmap(), port)
 	}
 	return netip.AddrPort{}
-}
-
-// encodeSockaddr writes ap as the sockaddr of its family (an IPv4 address as AF_INET: the
-// caller sends on a socket of that family, or a dual-stack one must be given a mapped address)
-// and returns its length.
-func encodeSockaddr(sa *unix.RawSockaddrInet6, ap netip.AddrPort) uint32 {
-	raw := (*[unix.SizeofSockaddrInet6]byte)(unsafe.Pointer(sa))
-	*sa = unix.RawSockaddrInet6{}
-	binary.BigEndian.PutUint16(raw[2:4], ap.Port())
-	if a := ap.Addr(); a.Is4() {
-		sa.Family = unix.AF_INET
-		a4 := a.As4()
-		copy(raw[4:8], a4[:])
-		return unix.SizeofSockaddrInet4
-	}
-	sa.Family = unix.AF_INET6
-	a16 := ap.Addr().As16()
-	copy(raw[8:24], a16[:])
-	return unix.SizeofSockaddrInet6
 }
