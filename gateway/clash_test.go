@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -33,13 +34,18 @@ func TestCloseFlowFromTheAPIEndsTheClientsConnection(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer server.Close()
+	var received atomic.Int64 // what the relay has carried up to the server
 	go func() {
 		for {
 			c, err := server.Accept()
 			if err != nil {
 				return
 			}
-			go func() { c.Write(make([]byte, 5000)); io.Copy(io.Discard, c); c.Close() }()
+			go func() {
+				c.Write(make([]byte, 5000))
+				io.Copy(io.Discard, readCounter{c, &received})
+				c.Close()
+			}()
 		}
 	}()
 	front, err := net.Listen("tcp", "127.0.0.1:0")
@@ -74,6 +80,9 @@ func TestCloseFlowFromTheAPIEndsTheClientsConnection(t *testing.T) {
 		clients = append(clients, c)
 	}
 	a := AdminSource{G: g}
+	// The relay has read the clients' bytes (the ended flow's count is the relay's; the live
+	// ones are the client sockets' TCP_INFO, which counts them as soon as the kernel has them).
+	testutil.WaitUntil(t, "the relay to carry both clients' bytes", func() bool { return received.Load() == 6000 })
 	testutil.WaitUntil(t, "both flows to count their bytes", func() bool {
 		up, down := a.Traffic()
 		return up == 6000 && down == 10000
@@ -245,4 +254,16 @@ rules:
 			t.Errorf("%s: %s %q, want %s %q", r.Name, typ, payload, want[i][0], want[i][1])
 		}
 	}
+}
+
+// readCounter adds what is read through it to n.
+type readCounter struct {
+	io.Reader
+	n *atomic.Int64
+}
+
+func (r readCounter) Read(p []byte) (int, error) {
+	k, err := r.Reader.Read(p)
+	r.n.Add(int64(k))
+	return k, err
 }

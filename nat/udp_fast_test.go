@@ -9,8 +9,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
-	"time"
 
+	"github.com/socksgate/socksgate/internal/testutil"
 	"github.com/socksgate/socksgate/internal/udpbatch"
 )
 
@@ -280,15 +280,11 @@ func BenchmarkUDPSessionBytes(b *testing.B) {
 			src := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)}), 40000)
 			tbl.Handle([]byte("x"), src, remoteA)
 		}
-		for {
+		testutil.WaitUntil(b, "every session's first datagram sent", func() bool {
 			rep.mu.Lock()
-			k := len(rep.got)
-			rep.mu.Unlock()
-			if k == n {
-				break
-			}
-			time.Sleep(time.Millisecond)
-		}
+			defer rep.mu.Unlock()
+			return len(rep.got) == n
+		})
 		rep.mu.Lock()
 		rep.got = nil // what the fake reply sockets recorded is not the table's
 		rep.mu.Unlock()
