@@ -39,8 +39,8 @@ type Controller interface {
 	Delay(ctx context.Context, name, url string) (time.Duration, error)
 	// Rules lists the rules in order with their hit counts.
 	Rules() []Rule
-	// CloseFlow ends the live flow with the id (its client sees the connection close); false
-	// when there is none.
+	// CloseFlow ends the live flow or UDP session with the id (its client sees the connection
+	// close; a UDP session leaves the list at once); false when there is none.
 	CloseFlow(id string) bool
 	// CloseFlows ends every live flow and returns how many.
 	CloseFlows() int
