@@ -398,6 +398,7 @@ type connection struct {
 	Chains      []string           `json:"chains"`
 	Rule        string             `json:"rule"`
 	RulePayload string             `json:"rulePayload"`
+	RuleName    string             `json:"ruleName"` // socksgate's: the name of the rule that routed it
 }
 
 type connectionMetadata struct {
@@ -445,7 +446,7 @@ func (h *clash) connections() connections {
 	up, down := h.c.Traffic()
 	out := connections{UploadTotal: up, DownloadTotal: down, Memory: residentBytes(), Connections: make([]connection, 0, len(flows))}
 	for _, f := range flows {
-		c := connection{ID: f.ID, Upload: f.BytesUp, Download: f.BytesDown, Start: f.Start.UTC().Format(time.RFC3339Nano), Chains: chains(f)}
+		c := connection{ID: f.ID, Upload: f.BytesUp, Download: f.BytesDown, Start: f.Start.UTC().Format(time.RFC3339Nano), Chains: chains(f), RuleName: f.Rule}
 		if ru, ok := rules[f.Rule]; ok {
 			c.Rule, c.RulePayload = ru.Type, ru.Payload
 		} else {

@@ -247,12 +247,12 @@ func TestClashAPI(t *testing.T) {
 		for _, x := range cs.Connections {
 			if x.Metadata.DestinationPort == "7000" && x.Metadata.SourcePort == portOf(c.LocalAddr()) {
 				id = x.ID
-				return x.Rule == "DstPort" && strings.Join(x.Chains, ",") == "DIRECT" && x.Metadata.Type == "Redir"
+				return x.Rule == "DstPort" && x.RuleName == "held" && strings.Join(x.Chains, ",") == "DIRECT" && x.Metadata.Type == "Redir"
 			}
 		}
 		return false
 	}) {
-		t.Fatalf("the held flow is not in /connections as DstPort/DIRECT (id %q)", id)
+		t.Fatalf("the held flow is not in /connections as DstPort (rule held)/DIRECT (id %q)", id)
 	}
 	if code, _ := api.do("DELETE", "/connections/"+id, clashSecret, ""); code != 204 {
 		t.Fatalf("DELETE /connections/%s: %d", id, code)
@@ -304,6 +304,7 @@ type clashConnections struct {
 		Download uint64   `json:"download"`
 		Chains   []string `json:"chains"`
 		Rule     string   `json:"rule"`
+		RuleName string   `json:"ruleName"`
 	} `json:"connections"`
 }
 
