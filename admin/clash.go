@@ -39,8 +39,8 @@ type Controller interface {
 	Delay(ctx context.Context, name, url string) (time.Duration, error)
 	// Rules lists the rules in order with their hit counts.
 	Rules() []Rule
-	// CloseFlow ends the live flow with the id (its client sees the connection close); false
-	// when there is none.
+	// CloseFlow ends the live flow or UDP session with the id (its client sees the connection
+	// close; a UDP session leaves the list at once); false when there is none.
 	CloseFlow(id string) bool
 	// CloseFlows ends every live flow and returns how many.
 	CloseFlows() int
@@ -398,6 +398,7 @@ type connection struct {
 	Chains      []string           `json:"chains"`
 	Rule        string             `json:"rule"`
 	RulePayload string             `json:"rulePayload"`
+	RuleName    string             `json:"ruleName"` // socksgate's: the name of the rule that routed it
 }
 
 type connectionMetadata struct {
@@ -445,7 +446,7 @@ func (h *clash) connections() connections {
 	up, down := h.c.Traffic()
 	out := connections{UploadTotal: up, DownloadTotal: down, Memory: residentBytes(), Connections: make([]connection, 0, len(flows))}
 	for _, f := range flows {
-		c := connection{ID: f.ID, Upload: f.BytesUp, Download: f.BytesDown, Start: f.Start.UTC().Format(time.RFC3339Nano), Chains: chains(f)}
+		c := connection{ID: f.ID, Upload: f.BytesUp, Download: f.BytesDown, Start: f.Start.UTC().Format(time.RFC3339Nano), Chains: chains(f), RuleName: f.Rule}
 		if ru, ok := rules[f.Rule]; ok {
 			c.Rule, c.RulePayload = ru.Type, ru.Payload
 		} else {

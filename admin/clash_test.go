@@ -342,11 +342,11 @@ func TestClashConnections(t *testing.T) {
 		t.Fatalf("%d connections", len(conns))
 	}
 	first := conns[0].(map[string]any)
-	if got := keys(first); !reflect.DeepEqual(got, []string{"chains", "download", "id", "metadata", "rule", "rulePayload", "start", "upload"}) {
+	if got := keys(first); !reflect.DeepEqual(got, []string{"chains", "download", "id", "metadata", "rule", "ruleName", "rulePayload", "start", "upload"}) {
 		t.Errorf("connection keys %v", got)
 	}
 	want := map[string]any{"id": "7", "upload": 10.0, "download": 20.0, "start": "2026-12-02T10:00:00Z",
-		"chains": []any{"a", "pick"}, "rule": "AND", "rulePayload": "((DstPort,443) && (Network,tcp))"}
+		"chains": []any{"a", "pick"}, "rule": "AND", "rulePayload": "((DstPort,443) && (Network,tcp))", "ruleName": "web"}
 	for k, v := range want {
 		if !reflect.DeepEqual(first[k], v) {
 			t.Errorf("%s = %v, want %v", k, first[k], v)

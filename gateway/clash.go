@@ -397,34 +397,85 @@ func clashRule(r configs.Rule) (typ, payload string) {
 	return "AND", "(" + strings.Join(inner, " && ") + ")"
 }
 
-// CloseFlow implements admin.Controller: the TCP flow with the id is closed both ways (its
-// client sees the connection end), its line saying ErrClosedByAPI.
+// CloseFlow implements admin.Controller: the flow with the id is closed now, its line saying
+// ErrClosedByAPI. A TCP flow is closed both ways (its client sees the connection end); a UDP
+// session's sockets are closed and it leaves the table at once (an explicit association's
+// control connection is closed too, so that its client sees it end), and the client's next
+// datagram starts a new session.
 func (a AdminSource) CloseFlow(id string) bool {
+	g := a.G
 	n, err := strconv.ParseUint(id, 10, 64)
 	if err != nil {
-		return false // a UDP session's id: sessions end by idleness
+		src, start, ok := parseUDPSessionID(id)
+		g.mu.Lock()
+		tbl := g.udpTable
+		g.mu.Unlock()
+		return ok && tbl != nil && tbl.EndSession(src, start, ErrClosedByAPI)
 	}
-	g := a.G
 	g.mu.Lock()
-	defer g.mu.Unlock()
 	for lf := range g.flows {
 		if lf.id == n {
 			g.cutLocked(lf, ErrClosedByAPI)
+			g.mu.Unlock()
 			return true
 		}
 	}
-	return false
+	var assoc *explicitUDP
+	for u := range g.assocs {
+		if u.id == n {
+			assoc = u
+			break
+		}
+	}
+	g.mu.Unlock()
+	if assoc == nil {
+		return false
+	}
+	assoc.cut(ErrClosedByAPI)
+	return true
 }
 
-// CloseFlows implements admin.Controller: every live TCP flow is closed.
+// parseUDPSessionID reads udpSessionID's id back.
+func parseUDPSessionID(id string) (src netip.AddrPort, start time.Time, ok bool) {
+	rest, found := strings.CutPrefix(id, "udp-")
+	i := strings.LastIndexByte(rest, '-')
+	if !found || i < 0 {
+		return src, start, false
+	}
+	src, err := netip.ParseAddrPort(rest[:i])
+	if err != nil {
+		return src, start, false
+	}
+	ns, err := strconv.ParseInt(rest[i+1:], 36, 64)
+	if err != nil {
+		return src, start, false
+	}
+	return src, time.Unix(0, ns), true
+}
+
+// CloseFlows implements admin.Controller: every live flow and UDP session is closed, as
+// CloseFlow closes one.
 func (a AdminSource) CloseFlows() int {
 	g := a.G
 	g.mu.Lock()
-	defer g.mu.Unlock()
 	for lf := range g.flows {
 		g.cutLocked(lf, ErrClosedByAPI)
 	}
-	return len(g.flows)
+	n := len(g.flows)
+	assocs := make([]*explicitUDP, 0, len(g.assocs))
+	for u := range g.assocs {
+		assocs = append(assocs, u)
+	}
+	tbl := g.udpTable
+	g.mu.Unlock()
+	for _, u := range assocs {
+		u.cut(ErrClosedByAPI)
+	}
+	n += len(assocs)
+	if tbl != nil {
+		n += tbl.EndSessions(ErrClosedByAPI)
+	}
+	return n
 }
 
 // cutLocked closes lf from outside with err as its line's error; g.mu is held.

@@ -230,6 +230,7 @@ type explicitUDP struct {
 	names     map[string]netip.Addr  // names resolved for direct datagrams
 	closed    bool
 	lastErr   error
+	cutErr    error          // why it was closed from outside (the admin API): its line's error
 	seen      sync.Mutex     // guards first and firstD, read by the flow list while mu may be held for a dial
 	first     route.Flow     // the first datagram's destination, for the flow list
 	firstD    route.Decision // and its route
@@ -448,6 +449,20 @@ func (u *explicitUDP) read(key any, pc net.PacketConn) {
 	}
 }
 
+// Context is done once the session has ended: socksserver then closes the control connection.
+func (u *explicitUDP) Context() context.Context { return u.ctx }
+
+// cut closes the session from outside, with err as its line's error; the client's control
+// connection is closed too (socksserver watches Context).
+func (u *explicitUDP) cut(err error) {
+	u.mu.Lock()
+	if !u.closed && u.cutErr == nil {
+		u.cutErr = err
+	}
+	u.mu.Unlock()
+	u.Close()
+}
+
 // Close ends the session and logs one line for it.
 func (u *explicitUDP) Close() error {
 	u.cancel() // first: a path still being opened holds mu until its dial gives up
@@ -470,7 +485,7 @@ func (u *explicitUDP) Close() error {
 	u.g.Stats.UDPSessions.Add(-1)
 	u.wg.Wait()
 	u.mu.Lock()
-	lastErr, dropErr := u.lastErr, u.dropErr
+	lastErr, dropErr, cutErr := u.lastErr, u.dropErr, u.cutErr
 	u.mu.Unlock()
 	u.seen.Lock()
 	f, d := u.first, u.firstD
@@ -478,6 +493,11 @@ func (u *explicitUDP) Close() error {
 	var err error
 	extra := logrus.Fields{}
 	switch {
+	case cutErr != nil:
+		err = cutErr // what the cut made of its paths is no news
+		if dropErr != nil {
+			extra["drop_reason"] = dropErr.Error()
+		}
 	case u.dropped.Load() == 0:
 	case lastErr != nil:
 		err = lastErr // the way out failed

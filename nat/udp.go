@@ -802,6 +802,36 @@ func (t *UDPTable) end(s *udpSession, cause error, idle bool) {
 	go t.finish(s)
 }
 
+// EndSession ends src's session now, if it is the one that started at start (a later session
+// of the same client is another one): its outbound and reply sockets are closed, it leaves the
+// table at once, and its report, with cause as Err, follows from its own goroutine. The next
+// datagram from src starts a new session. It reports whether there was such a session.
+func (t *UDPTable) EndSession(src netip.AddrPort, start time.Time, cause error) bool {
+	src = unmapAddrPort(src)
+	t.mu.Lock()
+	s := t.sessions[src]
+	t.mu.Unlock()
+	if s == nil || !s.start.Equal(start) {
+		return false
+	}
+	t.end(s, cause, false)
+	return true
+}
+
+// EndSessions ends every live session as EndSession does and returns how many there were.
+func (t *UDPTable) EndSessions(cause error) int {
+	t.mu.Lock()
+	all := make([]*udpSession, 0, len(t.sessions))
+	for _, s := range t.sessions {
+		all = append(all, s)
+	}
+	t.mu.Unlock()
+	for _, s := range all {
+		t.end(s, cause, false)
+	}
+	return len(all)
+}
+
 // finish waits for s's goroutines, closes its reply sockets and reports it.
 func (t *UDPTable) finish(s *udpSession) {
 	defer t.wg.Done()

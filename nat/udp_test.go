@@ -545,3 +545,93 @@ func TestUDPTableBoundsReplySockets(t *testing.T) {
 		t.Fatalf("%d reply sockets counted after Close", n)
 	}
 }
+
+// A session ended from outside (the admin API) leaves the table at once with its sockets
+// closed and is reported with the cause; the client's next datagram starts a new session.
+// EndSessions ends them all.
+func TestUDPTableEndSessionClosesItNow(t *testing.T) {
+	var conns []*fakeConn
+	var mu sync.Mutex
+	rep, reps := &replies{}, &reports{}
+	tbl := &UDPTable{
+		Route: func(src, dst netip.AddrPort, _ string) UDPRoute {
+			return UDPRoute{Outbound: "up", Tag: "rule-up", Open: func(context.Context, netip.AddrPort) (UDPConn, error) {
+				c := newFakeConn(true)
+				mu.Lock()
+				conns = append(conns, c)
+				mu.Unlock()
+				return c, nil
+			}}
+		},
+		OpenReply:    rep.openReply,
+		OnSessionEnd: reps.add,
+	}
+	defer tbl.Close()
+	tbl.Handle([]byte("a"), client1, remoteA)
+	tbl.Handle([]byte("b"), client2, remoteA)
+	waitUntil(t, "replies", func() bool { return len(rep.snapshot()) == 2 })
+	var first UDPSessionReport
+	for _, s := range tbl.Sessions() {
+		if s.Src == client1 {
+			first = s
+		}
+	}
+	cause := errors.New("closed through the admin API")
+	if tbl.EndSession(client1, first.Start.Add(time.Nanosecond), cause) {
+		t.Fatal("EndSession ended a session by another start")
+	}
+	if !tbl.EndSession(client1, first.Start, cause) {
+		t.Fatal("EndSession found no session")
+	}
+	if st := tbl.Stats(); st.Active != 1 {
+		t.Fatalf("%d sessions active right after EndSession, want 1", st.Active)
+	}
+	for _, s := range tbl.Sessions() {
+		if s.Src == client1 {
+			t.Fatal("the ended session is still listed")
+		}
+	}
+	mu.Lock()
+	for _, c := range conns {
+		c.mu.Lock()
+		mine := c.sent[0].b == "a"
+		c.mu.Unlock()
+		select {
+		case <-c.closed:
+			if !mine {
+				t.Error("another session's outbound was closed")
+			}
+		default:
+			if mine {
+				t.Error("the ended session's outbound is still open")
+			}
+		}
+	}
+	mu.Unlock()
+	waitUntil(t, "its report", func() bool { return len(reps.get()) == 1 })
+	if r := reps.get()[0]; r.Src != client1 || !errors.Is(r.Err, cause) || r.Idle || r.PacketsUp != 1 {
+		t.Fatalf("report %+v, want client1's with the cause, not idle", r)
+	}
+	waitUntil(t, "its reply socket closed", func() bool { return rep.closed.Load() == 1 })
+	if tbl.EndSession(client1, first.Start, cause) {
+		t.Fatal("EndSession ended a session twice")
+	}
+
+	tbl.Handle([]byte("c"), client1, remoteA)
+	waitUntil(t, "the new session's reply", func() bool { return len(rep.snapshot()) == 3 })
+	if st := tbl.Stats(); st.Active != 2 || st.Sessions != 3 {
+		t.Fatalf("stats %+v, want a new session for client1", st)
+	}
+	if n := tbl.EndSessions(cause); n != 2 {
+		t.Fatalf("EndSessions ended %d, want 2", n)
+	}
+	if st := tbl.Stats(); st.Active != 0 {
+		t.Fatalf("%d sessions active after EndSessions", st.Active)
+	}
+	waitUntil(t, "every report", func() bool { return len(reps.get()) == 3 })
+	for _, r := range reps.get() {
+		if !errors.Is(r.Err, cause) {
+			t.Errorf("report %+v without the cause", r)
+		}
+	}
+}

@@ -72,6 +72,14 @@ type UDPSession interface {
 	Close() error
 }
 
+// A UDPSession that can be ended from the gateway's side (through an admin API) also has
+// Context, derived from OpenUDP's ctx and done when the session has ended: the server then
+// closes the control connection, so that the client sees the association end, and the relay
+// socket.
+type endingUDPSession interface {
+	Context() context.Context
+}
+
 // Server serves SOCKS clients. Set its fields before the first ServeConn; it is safe for
 // concurrent use.
 type Server struct {

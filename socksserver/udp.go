@@ -67,7 +67,11 @@ func (s *Server) associate(ctx context.Context, c net.Conn, br *bufio.Reader, sr
 			io.Copy(io.Discard, br)
 			pc.Close()
 		}()
-		stop := context.AfterFunc(ctx, func() { c.Close() })
+		ended := ctx
+		if es, ok := sess.(endingUDPSession); ok {
+			ended = es.Context() // the gateway's, which the server's ends too
+		}
+		stop := context.AfterFunc(ended, func() { c.Close() })
 		r.loop(ctx)
 		stop()
 		c.Close()

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sort"
@@ -246,12 +247,12 @@ func TestClashAPI(t *testing.T) {
 		for _, x := range cs.Connections {
 			if x.Metadata.DestinationPort == "7000" && x.Metadata.SourcePort == portOf(c.LocalAddr()) {
 				id = x.ID
-				return x.Rule == "DstPort" && strings.Join(x.Chains, ",") == "DIRECT" && x.Metadata.Type == "Redir"
+				return x.Rule == "DstPort" && x.RuleName == "held" && strings.Join(x.Chains, ",") == "DIRECT" && x.Metadata.Type == "Redir"
 			}
 		}
 		return false
 	}) {
-		t.Fatalf("the held flow is not in /connections as DstPort/DIRECT (id %q)", id)
+		t.Fatalf("the held flow is not in /connections as DstPort (rule held)/DIRECT (id %q)", id)
 	}
 	if code, _ := api.do("DELETE", "/connections/"+id, clashSecret, ""); code != 204 {
 		t.Fatalf("DELETE /connections/%s: %d", id, code)
@@ -303,6 +304,7 @@ type clashConnections struct {
 		Download uint64   `json:"download"`
 		Chains   []string `json:"chains"`
 		Rule     string   `json:"rule"`
+		RuleName string   `json:"ruleName"`
 	} `json:"connections"`
 }
 
@@ -499,4 +501,61 @@ func clashTail(s string, n int) string {
 		l = l[len(l)-n:]
 	}
 	return strings.Join(l, "\n")
+}
+
+// A transparent UDP session of a lan client, closed through the control API: it is listed in
+// /connections, DELETE /connections/{id} takes it out at once (long before its idle timeout),
+// its line says why, and the client's next datagram starts a new session with another id.
+func TestClashAPIClosesUDPSession(t *testing.T) {
+	tp := netlab.NewTopology(t)
+	udpEcho(t, tp, 7007)
+	startDante(t, tp, danteOptions{})
+	gw := startSocksgate(t, tp.GW, gatewayConfig("socks5://"+netlab.Proxy4+":1080", fmt.Sprintf(
+		"transparent: {udp: true, udp_port: 12346, udp_idle: 10m}\nadmin: {listen: %q, secret: %q}\nrules:\n  - {name: all, upstream: main}\n",
+		clashAdmin, clashSecret)))
+	api := newClashClient(t, tp)
+	pc := tp.LAN.ListenPacket("udp", ":0")
+	defer pc.Close()
+	srcPort := portOf(pc.LocalAddr())
+	dst := netip.AddrPortFrom(netip.MustParseAddr(netlab.WAN4), 7007)
+	exchange := func(payload string) {
+		t.Helper()
+		if got, _, err := udpExchange(pc, dst, payload, 4, 2*time.Second); err != nil || got != payload {
+			t.Fatalf("echo of %q: %q %v", payload, got, err)
+		}
+	}
+	session := func() (ids []string) {
+		var cs clashConnections
+		api.get("/connections", &cs)
+		for _, x := range cs.Connections {
+			if x.Metadata.Network == "udp" && x.Metadata.SourcePort == srcPort {
+				ids = append(ids, x.ID)
+			}
+		}
+		return ids
+	}
+	exchange("one")
+	ids := session()
+	if len(ids) != 1 {
+		t.Fatalf("the lan client's UDP session in /connections: %v, want one", ids)
+	}
+	if code, body := api.do("DELETE", "/connections/"+ids[0], clashSecret, ""); code != 204 {
+		t.Fatalf("DELETE /connections/%s: %d %s", ids[0], code, body)
+	}
+	if now := session(); len(now) != 0 {
+		t.Fatalf("the session is still in /connections right after the DELETE: %v", now)
+	}
+	line, ok := waitLog(gw, 5*time.Second, logFields{"network": "udp", "src": "~:" + srcPort, "error": "~closed through the admin API"})
+	if !ok {
+		t.Fatalf("no session line says the API closed it:\n%s", clashTail(gw.Output(), 20))
+	}
+	if line.has(logFields{"end": "idle"}) {
+		t.Errorf("the closed session's line says idle: %v", line)
+	}
+	exchange("two")
+	again := session()
+	if len(again) != 1 || again[0] == ids[0] {
+		t.Fatalf("after the next datagram: sessions %v, want a new one (the closed one was %s)", again, ids[0])
+	}
+	stopSocksgate(t, tp.GW, gw)
 }

@@ -249,8 +249,12 @@ func newFakeAPI(secret string) *fakeAPI {
 	}
 	start := time.Now().Add(-90 * time.Second)
 	flow := func(id, mac, dev, src, host, dstIP string, port int, rule, payload string, chains []string, up, down int, age time.Duration) map[string]any {
+		// socksgate's rule name (ruleName) where the API has one: f4 stands for a server
+		// without the extension.
+		name := map[string]string{"f1": "streaming", "f2": "default", "f3": "lan-direct"}[id]
 		return map[string]any{
-			"id": id,
+			"ruleName": name,
+			"id":       id,
 			"metadata": map[string]any{
 				"network": "tcp", "type": "Redir", "sourceIP": src, "sourcePort": "51000",
 				"destinationIP": dstIP, "destinationPort": strconv.Itoa(port), "host": host,

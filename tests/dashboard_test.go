@@ -115,10 +115,13 @@ func TestDashboardViews(t *testing.T) {
 		return ws["/connections"] == 1000
 	})
 	row := evalJS[string](t, ctx, `document.querySelector('#flows tr[data-id="f1"]').innerText`)
-	for _, want := range []string{"video.example.net:443", "laptop", "aa:bb:cc:00:00:20", "DomainSuffix", "proxy › up-a"} {
+	for _, want := range []string{"video.example.net:443", "laptop", "aa:bb:cc:00:00:20", "streaming", "DomainSuffix example.net", "proxy › up-a"} {
 		if !strings.Contains(row, want) {
 			t.Errorf("flow f1's row lacks %q:\n%s", want, row)
 		}
+	}
+	if got := evalJS[string](t, ctx, `document.querySelector('#flows tr[data-id="f1"] td[data-label="Rule"]').firstChild.textContent`); got != "streaming" {
+		t.Errorf("f1's rule cell begins with %q, want the rule's name first", got)
 	}
 	order := func() string {
 		return evalJS[string](t, ctx, `[...document.querySelectorAll("#flows tbody tr[data-id]")].map(r => r.dataset.id).join(",")`)
@@ -147,7 +150,8 @@ func TestDashboardViews(t *testing.T) {
 		return reset + `{ const e = document.getElementById("` + id + `"); e.value = ` + strconv.Quote(v) + `; e.dispatchEvent(new Event("change")); }`
 	}
 	filter("device", selectJS("f-device", "phone"), "f3")
-	filter("rule", selectJS("f-rule", "DomainSuffix example.net"), "f1")
+	filter("rule", selectJS("f-rule", "streaming"), "f1")
+	filter("rule without a name", selectJS("f-rule", "Match"), "f4") // f2 is Match too, but named default
 	filter("upstream", selectJS("f-upstream", "up-b"), "f4")
 	filter("host", reset+`{ const e = document.getElementById("f-host"); e.value = "mail"; e.dispatchEvent(new Event("input")); }`, "f2")
 	filter("nothing", reset, "f3,f2,f4,f1")

@@ -376,7 +376,10 @@ function flowHost(c) {
   return h.includes(':') && !m.host && !m.sniffHost ? '[' + h + ']:' + port : h + (port ? ':' + port : '');
 }
 const flowDevice = c => { const m = c.metadata || {}; return m.sourceDevice || m.sourceMAC || m.sourceIP || ''; };
-const flowRule = c => (c.rule || '') + (c.rulePayload ? ' ' + c.rulePayload : '');
+// A flow's rule: socksgate's rule name (ruleName, its extension) when the API has it, else the
+// Clash rule type and payload; ruleType is the small text under a name.
+const ruleType = c => (c.rule || '') + (c.rulePayload ? ' ' + c.rulePayload : '');
+const flowRule = c => c.ruleName || ruleType(c);
 const flowChain = c => (c.chains || []).slice().reverse().join(' › ');
 
 function sortValue(c, key) {
@@ -416,7 +419,7 @@ function renderFlows() {
   const devs = new Set(), rules = new Set(), ups = new Set();
   for (const c of st.conns) {
     devs.add(flowDevice(c));
-    if (c.rule) rules.add(c.rule + (c.rulePayload ? ' ' + c.rulePayload : ''));
+    if (c.ruleName || c.rule) rules.add(flowRule(c));
     for (const n of c.chains || []) ups.add(n);
   }
   const sorted = s => [...s].filter(Boolean).sort((a, b) => a.localeCompare(b));
@@ -458,7 +461,8 @@ function renderFlows() {
       '<td class="device wide" data-label="Device"><span>' + esc(dev || src) +
       (dev ? '<small>' + esc(m.sourceDevice && m.sourceMAC ? m.sourceMAC + ' · ' : '') + esc(m.sourceIP || '') + '</small>' : '') +
       '</span></td>' +
-      '<td data-label="Rule">' + esc(c.rule || '') + (c.rulePayload ? '<small>' + esc(c.rulePayload) + '</small>' : '') + '</td>' +
+      '<td data-label="Rule">' + (c.ruleName ? esc(c.ruleName) + (c.rule ? '<small>' + esc(ruleType(c)) + '</small>' : '')
+        : esc(c.rule || '') + (c.rulePayload ? '<small>' + esc(c.rulePayload) + '</small>' : '')) + '</td>' +
       '<td data-label="Upstream">' + esc(flowChain(c)) + '</td>' +
       '<td data-label="Net">' + esc(m.network || '') + '</td>' +
       '<td class="num" data-label="Up">' + bytes(c.upload) + '</td>' +
