@@ -409,4 +409,3 @@ func noResumption(b *testing.B, pki *testPKI, addr string) func(context.Context,
 	d.cfg.ClientSessionCache = nil
 	return d.DialContext
 }
-
