@@ -100,6 +100,25 @@ func (d *tlsDialer) DialContext(ctx context.Context, network, address string) (n
 	return c, nil
 }
 
+// TLSResumed reports whether c, a connection an upstream returned, is spoken over TLS to a
+// proxy (ok; in a chain, the last hop's that speaks TLS) and whether that handshake resumed an
+// earlier flow's session.
+func TLSResumed(c net.Conn) (resumed, ok bool) {
+	for c != nil {
+		switch x := c.(type) {
+		case *tls.Conn:
+			return x.ConnectionState().DidResume, true
+		case *memberConn:
+			c = x.Conn
+		case interface{ NetConn() net.Conn }:
+			c = x.NetConn()
+		default:
+			return false, false
+		}
+	}
+	return false, false
+}
+
 // tlsError is a failed TLS handshake with a proxy: its certificate (chain, name, pin), the
 // protocol, or the connection under it. It speaks about the proxy: a group takes the member
 // out.

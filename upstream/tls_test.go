@@ -409,3 +409,30 @@ func noResumption(b *testing.B, pki *testPKI, addr string) func(context.Context,
 	d.cfg.ClientSessionCache = nil
 	return d.DialContext
 }
+
+// TLSResumed finds the TLS under a group's connection, and says nothing of a plain one.
+func TestTLSResumedThroughAGroup(t *testing.T) {
+	pki := newTestPKI(t)
+	p := startTLSProxy(t, pki, false, 0)
+	u := tlsUpstream(t, "https://"+p.addr, &configs.UpstreamTLS{CA: pki.caFile})
+	g := NewGroup(configs.Group{Name: "g"}, []GroupMember{{Name: "p", Upstream: u}}, nil, nil)
+	defer g.Close()
+	for i, want := range []bool{false, true} {
+		c, err := g.DialContext(t.Context(), "tcp", "192.0.2.1:80")
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Write([]byte("x")) // the CONNECT answer was read: the ticket is in
+		c.Read(make([]byte, 1))
+		resumed, ok := TLSResumed(c)
+		c.Close()
+		if !ok || resumed != want {
+			t.Errorf("flow %d: TLSResumed = %v, %v; want %v, true", i, resumed, ok, want)
+		}
+	}
+	a, b := testutil.TCPPair(t)
+	defer b.Close()
+	if _, ok := TLSResumed((&OwnConns{}).track(a)); ok {
+		t.Error("a plain connection is TLS")
+	}
+}
