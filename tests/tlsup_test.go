@@ -3,6 +3,7 @@
 package tests
 
 import (
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -12,6 +13,7 @@ import (
 	"encoding/base64"
 	"encoding/pem"
 	"fmt"
+	"io"
 	"math/big"
 	"net"
 	"net/netip"
@@ -369,5 +371,50 @@ rules: [{upstream: out}]
 	if tlsupSquidConnects(dir, netlab.WAN4+":80") < 3 {
 		b, _ := os.ReadFile(filepath.Join(dir, "access.log"))
 		t.Fatalf("squid's access log does not show the CONNECTs:\n%s", b)
+	}
+}
+
+// A client's half-close crosses the TLS as close_notify (tls.Conn's CloseWrite): a server that
+// answers only after the end of the request still answers, through stunnel and dante. (Squid
+// is not tried: it ends a tunnel at the client's half-close, over http:// as over https://.)
+func TestTLSUpstreamHalfClose(t *testing.T) {
+	tp := netlab.NewTopology(t)
+	ln := tp.WAN.Listen("tcp", net.JoinHostPort(netlab.WAN4, "9"))
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(10 * time.Second))
+				b, _ := io.ReadAll(c)
+				fmt.Fprintf(c, "got %d", len(b))
+			}()
+		}
+	}()
+	pki := tlsupNewPKI(t, "lab CA")
+	startDante(t, tp, danteOptions{})
+	tlsupStartStunnel(t, tp, pki.issue(t, "stunnel", "proxy.lab"))
+	for _, url := range []string{"socks5+tls://" + netlab.Proxy4 + ":" + tlsupStunnelPort} {
+		t.Run(url, func(t *testing.T) {
+			gw := startSocksgate(t, tp.GW, tlsupConfig("", fmt.Sprintf("upstreams:\n  - {name: main, url: %q, tls: {server_name: proxy.lab, ca: %s}}\nrules: [{upstream: main}]\n", url, pki.ca)))
+			defer gw.Kill()
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			c, err := tp.LAN.Dial(ctx, "tcp", net.JoinHostPort(netlab.WAN4, "9"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			c.Write([]byte("hello, half-closed"))
+			c.(*net.TCPConn).CloseWrite()
+			b, err := io.ReadAll(c)
+			if string(b) != "got 18" {
+				t.Fatalf("answer %q, %v\n%s", b, err, gw.Output())
+			}
+		})
 	}
 }
