@@ -297,3 +297,14 @@ func lastOf(f u128, n int) u128 {
 	}
 	return u128{^uint64(0), ^uint64(0)}
 }
+
+// PrefixSet is the set of the valid prefixes of ps.
+func PrefixSet(ps []netip.Prefix) *CIDRs {
+	var b cidrBuilder
+	for _, p := range ps {
+		if p.IsValid() {
+			b.add(p)
+		}
+	}
+	return b.build()
+}
