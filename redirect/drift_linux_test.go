@@ -1,6 +1,7 @@
 package redirect
 
 import (
+	"net/netip"
 	"slices"
 	"strings"
 	"testing"
@@ -100,5 +101,44 @@ func TestReadTableIsStable(t *testing.T) {
 	}
 	if d := drift(have, r.installed, r.Spec().plan()); d != "" {
 		t.Errorf("drift in an untouched table: %s", d)
+	}
+}
+
+// The direct sets are part of what the periodic check compares: an element someone else
+// takes out of one is drift, and a Replace with new direct prefixes is the new baseline.
+func TestDriftSeesTheDirectSets(t *testing.T) {
+	ns := newNS(t)
+	s := systemSpec()
+	s.Direct = []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24"), netip.MustParsePrefix("2001:db8:2::/48")}
+	r := applyIn(t, ns, s)
+	if out, err := ns.nft(t, "delete", "element", "inet", "socksgate", setDirect4, "{ 198.51.100.0/24 }"); err != nil {
+		t.Fatalf("nft delete element: %v\n%s", err, out)
+	}
+	have, err := readTable(ns.fd, r.Spec().Table)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := drift(have, r.installed, r.Spec().plan()); !strings.Contains(d, "elements of set direct4 changed") {
+		t.Errorf("drift = %q", d)
+	}
+	s.Direct = []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24")}
+	if err := r.Replace(s); err != nil {
+		t.Fatal(err)
+	}
+	listing, _ := ns.nft(t, "list", "set", "inet", "socksgate", setDirect4)
+	if !strings.Contains(listing, "203.0.113.0/24") || strings.Contains(listing, "198.51.100.0/24") {
+		t.Errorf("direct4 after Replace:\n%s", listing)
+	}
+	have, _ = readTable(ns.fd, r.Spec().Table)
+	if d := drift(have, r.installed, r.Spec().plan()); d != "" {
+		t.Errorf("drift after Replace: %s", d)
+	}
+	// No direct prefixes left: the sets and their rules go.
+	s.Direct = nil
+	if err := r.Replace(s); err != nil {
+		t.Fatal(err)
+	}
+	if listing, _ := ns.nft(t, "list", "table", "inet", "socksgate"); strings.Contains(listing, "direct4") {
+		t.Errorf("direct sets left:\n%s", listing)
 	}
 }

@@ -196,6 +196,16 @@ func (tc *tableConn) install(p tablePlan, oldName string) error {
 	if err := c.AddSet(sets.bypass6, intervalElements(p.bypass6)); err != nil {
 		return fmt.Errorf("add set %s: %w", setBypass6, err)
 	}
+	if p.direct {
+		sets.direct4 = &nftables.Set{Table: t, Name: setDirect4, ID: 4, KeyType: nftables.TypeIPAddr, Interval: true}
+		sets.direct6 = &nftables.Set{Table: t, Name: setDirect6, ID: 5, KeyType: nftables.TypeIP6Addr, Interval: true}
+		if err := c.AddSet(sets.direct4, intervalElements(p.direct4)); err != nil {
+			return fmt.Errorf("add set %s: %w", setDirect4, err)
+		}
+		if err := c.AddSet(sets.direct6, intervalElements(p.direct6)); err != nil {
+			return fmt.Errorf("add set %s: %w", setDirect6, err)
+		}
+	}
 	for _, cp := range p.chains {
 		typ := nftables.ChainTypeFilter
 		switch cp.typ {
