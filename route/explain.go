@@ -35,7 +35,7 @@ type RuleVerdict struct {
 	NeedsAddress bool
 	// Unfit says the rule can never decide a DNS query (ExplainQuery): it has a dst,
 	// dst_ports or protocol matcher, which speak of flows. Failed lists those matchers.
-	Unfit    bool
+	Unfit bool
 	// Sets says, for a rule that matched, which rule set made each of its matchers match
 	// where a set did (and none of the matcher's literal values).
 	Sets     []SetMatch

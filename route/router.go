@@ -57,7 +57,7 @@ type compiledRule struct {
 	ports    []configs.PortRange
 	domains  []string // normalised by configs.Parse; see domain.Match
 	macs     []configs.MAC
-	devices  []string // normalised by configs.Parse; see configs.MatchDeviceName
+	devices  []string  // normalised by configs.Parse; see configs.MatchDeviceName
 	sets     *ruleSets // the rule sets it names; nil: none
 	decision Decision
 }

@@ -57,7 +57,7 @@ func TestRouteWithSets(t *testing.T) {
 	}{
 		{tcpFlow("192.0.2.10:443"), "cn"},
 		{tcpFlow("[2001:db8::1]:443"), "cn"},
-		{tcpFlow("203.0.113.1:443"), "cn"},    // the rule's literal dst beside the set
+		{tcpFlow("203.0.113.1:443"), "cn"},      // the rule's literal dst beside the set
 		{tcpFlow("198.51.100.1:443"), "office"}, // src 10.0.1.2 is in lan
 		{Flow{Network: TCP, Src: ap("10.0.9.2:1"), Dst: ap("198.51.100.1:443"), Inbound: Redirect}, "default"},
 		{with(tcpFlow("192.0.2.10:443"), "www.ads.example"), "ads"},
