@@ -106,7 +106,7 @@ type Event struct {
 	Err  error
 }
 
-// Registry holds the configured rule sets, reloads each one when its file changes and says
+// Registry holds the configured rule sets (a nil *Registry holds none), reloads each one when its file changes and says
 // so on Events. Files are watched through their directories (inotify), so that a file an
 // editor or a download renames into place is seen as well as one written in place; a poll
 // every Poll catches what the watch cannot see (a directory that did not exist yet, a
@@ -135,6 +135,9 @@ func NewRegistry() *Registry {
 // the others are loaded now (a file that cannot be read gives an empty set and an error
 // event). Sets no longer configured stay until Prune. It returns the loads it made.
 func (r *Registry) Apply(sets []configs.RuleSet) []Event {
+	if r == nil {
+		return nil
+	}
 	var out []Event
 	for _, rs := range sets {
 		r.mu.Lock()
@@ -168,6 +171,9 @@ func (r *Registry) Apply(sets []configs.RuleSet) []Event {
 
 // Prune forgets the sets not in sets.
 func (r *Registry) Prune(sets []configs.RuleSet) {
+	if r == nil {
+		return
+	}
 	keep := map[string]bool{}
 	for _, rs := range sets {
 		keep[rs.Name] = true
@@ -187,6 +193,9 @@ func (r *Registry) Prune(sets []configs.RuleSet) {
 
 // Handles returns the sets by name.
 func (r *Registry) Handles() map[string]*Handle {
+	if r == nil {
+		return nil
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	out := make(map[string]*Handle, len(r.sets))
@@ -197,7 +206,12 @@ func (r *Registry) Handles() map[string]*Handle {
 }
 
 // Events delivers the outcome of every reload after Start.
-func (r *Registry) Events() <-chan Event { return r.events }
+func (r *Registry) Events() <-chan Event {
+	if r == nil {
+		return nil
+	}
+	return r.events
+}
 
 // Start begins watching the files. A failure to set up inotify leaves the poll.
 func (r *Registry) Start() {
@@ -225,6 +239,9 @@ func (r *Registry) Start() {
 
 // Close stops watching; the sets stay as they are.
 func (r *Registry) Close() {
+	if r == nil {
+		return
+	}
 	r.mu.Lock()
 	started := r.started
 	r.started = false
@@ -345,6 +362,9 @@ type SetStats struct {
 
 // Stats returns every set's state, in no particular order.
 func (r *Registry) Stats() []SetStats {
+	if r == nil {
+		return nil
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	out := make([]SetStats, 0, len(r.sets))
