@@ -6,6 +6,7 @@ import (
 	"math/bits"
 	"net/netip"
 	"slices"
+	"sort"
 )
 
 // CIDRs is a set of addresses, built once and read concurrently without locks: the
@@ -77,20 +78,30 @@ func (c *CIDRs) Contains(a netip.Addr) bool {
 	if a.Is4() {
 		k := addr4(a)
 		rs := c.v4
-		i, _ := slices.BinarySearchFunc(rs, k, func(r range4, k uint32) int { return cmp.Compare(r.first, k) })
-		// rs[i] is the first range starting at or after k.
-		if i < len(rs) && rs[i].first == k {
-			return true
+		// The first range starting after k; the one before it is the last starting at or before.
+		lo, hi := 0, len(rs)
+		for lo < hi {
+			m := int(uint(lo+hi) >> 1)
+			if rs[m].first <= k {
+				lo = m + 1
+			} else {
+				hi = m
+			}
 		}
-		return i > 0 && rs[i-1].last >= k
+		return lo > 0 && rs[lo-1].last >= k
 	}
 	k := addr6(a)
 	rs := c.v6
-	i, _ := slices.BinarySearchFunc(rs, k, func(r range6, k u128) int { return r.first.cmp(k) })
-	if i < len(rs) && rs[i].first == k {
-		return true
+	lo, hi := 0, len(rs)
+	for lo < hi {
+		m := int(uint(lo+hi) >> 1)
+		if rs[m].first.cmp(k) <= 0 {
+			lo = m + 1
+		} else {
+			hi = m
+		}
 	}
-	return i > 0 && rs[i-1].last.cmp(k) >= 0
+	return lo > 0 && rs[lo-1].last.cmp(k) >= 0
 }
 
 // cidrBuilder collects prefixes.
@@ -137,7 +148,8 @@ func merge4(rs []range4) []range4 {
 	if len(rs) == 0 {
 		return nil
 	}
-	slices.SortFunc(rs, func(a, b range4) int { return cmp.Or(cmp.Compare(a.first, b.first), cmp.Compare(a.last, b.last)) })
+	// sort.Slice, not slices.SortFunc: one sort for every type in the binary (a router's flash).
+	sort.Slice(rs, func(i, j int) bool { return rs[i].first < rs[j].first || rs[i].first == rs[j].first && rs[i].last < rs[j].last })
 	out := rs[:1]
 	for _, r := range rs[1:] {
 		cur := &out[len(out)-1]
@@ -154,7 +166,7 @@ func merge6(rs []range6) []range6 {
 	if len(rs) == 0 {
 		return nil
 	}
-	slices.SortFunc(rs, func(a, b range6) int { return cmp.Or(a.first.cmp(b.first), a.last.cmp(b.last)) })
+	sort.Slice(rs, func(i, j int) bool { return cmp.Or(rs[i].first.cmp(rs[j].first), rs[i].last.cmp(rs[j].last)) < 0 })
 	out := rs[:1]
 	for _, r := range rs[1:] {
 		cur := &out[len(out)-1]
