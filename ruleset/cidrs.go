@@ -149,7 +149,9 @@ func merge4(rs []range4) []range4 {
 		return nil
 	}
 	// sort.Slice, not slices.SortFunc: one sort for every type in the binary (a router's flash).
-	sort.Slice(rs, func(i, j int) bool { return rs[i].first < rs[j].first || rs[i].first == rs[j].first && rs[i].last < rs[j].last })
+	sort.Slice(rs, func(i, j int) bool {
+		return rs[i].first < rs[j].first || rs[i].first == rs[j].first && rs[i].last < rs[j].last
+	})
 	out := rs[:1]
 	for _, r := range rs[1:] {
 		cur := &out[len(out)-1]
