@@ -114,6 +114,9 @@ func (c *Config) validateRuleSets(p *problems) {
 			p.enum(path+".kind", s.Kind)
 		}
 		p.enum(path+".format", s.Format)
+		if s.Format == SetFormatDnsmasq && s.Kind == SetCIDR {
+			p.add(path+".format", "dnsmasq lines hold names: a dnsmasq file makes a domain set (kind: domain)")
+		}
 		switch {
 		case s.Path == "":
 			p.add(path+".path", "required")

@@ -43,6 +43,7 @@ func TestRuleSetsValidation(t *testing.T) {
 		{"rule_sets: [{name: 'a b', kind: cidr, path: /x}]", `rule_sets[0].name: "a b" may hold only`},
 		{"rule_sets: [{name: c, kind: ipset, path: /x}]", `must be one of domain, cidr`},
 		{"rule_sets: [{name: c, kind: cidr, path: /x, format: json}]", `must be one of auto, list, dnsmasq, clash`},
+		{"rule_sets: [{name: c, kind: cidr, path: /x, format: dnsmasq}]", `rule_sets[0].format: dnsmasq lines hold names`},
 	} {
 		_, err := Parse([]byte(tc.doc))
 		if err == nil {

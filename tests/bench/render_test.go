@@ -79,6 +79,7 @@ func render(p params, cs []contender, all map[string]*results, took time.Duratio
 				ratio(c.name, "redsocks → dante")
 			case strings.HasPrefix(c.name, "socksgate"):
 				ratio(c.name, "routing")
+				ratio(c.name, "routing + conntrack")
 			}
 		}
 		ratio("redsocks → dante", "explicit")
