@@ -84,6 +84,17 @@ type Snapshot struct {
 	SOCKSUDPDropped   SOCKSUDPDrops // explicit SOCKS5 UDP relay
 	DNS               *DNSStats     // nil: dns off
 	RulesRestored     uint64        // kernel rules put back after someone else removed them
+	RuleSets          []RuleSetStats
+	DirectPrefixes    int // prefixes in the kernel's direct sets (hoisted direct rules)
+}
+
+// RuleSetStats is one rule set's state.
+type RuleSetStats struct {
+	Name       string
+	Entries    int
+	LoadErrors uint64    // loads of its file refused (unreadable, unparsable) since start
+	LastLoad   time.Time // the last load that put a version in force; zero: none
+	OK         bool      // the last load went well
 }
 
 // DNSStats are the counters of socksgate's DNS.

@@ -30,6 +30,11 @@ const (
 	helpDNSDrp = "DNS queries dropped unanswered, by reason: rate (the source was over dns.rate), source (not in dns.allow), malformed, overload (too many queries waiting for their resolvers)."
 	helpDNSLat = "Time a resolver took to answer, successful exchanges, by resolver."
 	helpDNSSz  = "DNS tables now: cache_entries, cache_bytes, mappings (real-IP map), fake_ips (fake-ip pool)."
+	helpSetN   = "Entries of the rule set in force (names, keywords, expressions or prefixes)."
+	helpSetErr = "Loads of the rule set's file refused (unreadable or unparsable): the version in force stays."
+	helpSetAt  = "When the version of the rule set in force was loaded (Unix time); 0: never (its file has not been read)."
+	helpSetOK  = "1 when the last load of the rule set's file went well, 0 when it was refused."
+	helpDirect = "Prefixes in the kernel's direct sets: destinations of direct rules the kernel routes without socksgate."
 )
 
 // socksgateSeries adds socksgate's own series from src.
@@ -100,6 +105,21 @@ func socksgateSeries(e *expo, src Source, version string) {
 		e.gauge("socksgate_dns_table_size", helpDNSSz, float64(q.Mappings), "table", "mappings")
 		e.gauge("socksgate_dns_table_size", helpDNSSz, float64(q.FakeIPs), "table", "fake_ips")
 	}
+	for _, rs := range s.RuleSets {
+		e.gauge("socksgate_rule_set_entries", helpSetN, float64(rs.Entries), "set", rs.Name)
+		e.counter("socksgate_rule_set_load_errors_total", helpSetErr, float64(rs.LoadErrors), "set", rs.Name)
+		at := 0.0
+		if !rs.LastLoad.IsZero() {
+			at = float64(rs.LastLoad.UnixMilli()) / 1000
+		}
+		e.gauge("socksgate_rule_set_last_load_timestamp_seconds", helpSetAt, at, "set", rs.Name)
+		ok := 0.0
+		if rs.OK {
+			ok = 1
+		}
+		e.gauge("socksgate_rule_set_ok", helpSetOK, ok, "set", rs.Name)
+	}
+	e.gauge("socksgate_direct_prefixes", helpDirect, float64(s.DirectPrefixes))
 	deviceSeries(e, src)
 	e.gauge("socksgate_build_info", helpBuild, 1, "version", version, "goversion", runtime.Version())
 }

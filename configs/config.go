@@ -45,6 +45,8 @@ type Config struct {
 	// Rules decide each flow: first match wins. After Parse the list is never
 	// empty and its last rule is a catch-all (see Rule.Implicit).
 	Rules []Rule `yaml:"rules"`
+	// RuleSets are lists of domains or prefixes kept in files, named by rules (rulesets.go).
+	RuleSets []RuleSet `yaml:"rule_sets"`
 	// Timeouts bound dials, handshakes, idle flows and shutdown.
 	Timeouts Timeouts `yaml:"timeouts"`
 	// Mark is the SO_MARK set on every socket socksgate opens toward an
@@ -338,6 +340,12 @@ type Rule struct {
 	// it. Lowercased and stored in the "." form by Parse; see MatchDomain.
 	// A rule with a domain matcher never matches a flow without a name.
 	Domain []string `yaml:"domain"`
+	// DomainSet, DstSet and SrcSet name rule sets (Config.RuleSets) of kind domain, cidr and
+	// cidr: each is part of the domain, dst and src matcher, which matches when any of its
+	// literal values or any entry of a named set does.
+	DomainSet []string `yaml:"domain_set"`
+	DstSet    []string `yaml:"dst_set"`
+	SrcSet    []string `yaml:"src_set"`
 	// Action is ActionDirect, ActionProxy or ActionBlock. When empty and
 	// Upstream is set, Parse makes it ActionProxy.
 	Action Action `yaml:"action"`

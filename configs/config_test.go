@@ -566,7 +566,7 @@ func TestDocumentProblems(t *testing.T) {
 		{"unknown top-level key", "log: {level: info}\nupstream: []\n", []string{
 			`line 2: upstream: unknown key "upstream", did you mean "upstreams"?`}},
 		{"unknown key with no near match", "wibble: 1\n", []string{
-			`line 1: wibble: unknown key "wibble" (known: log, lan, transparent, router, listen, upstreams, groups, rules, timeouts, mark, on_crash, limits, relay, admin, dns, state_dir, devices)`}},
+			`line 1: wibble: unknown key "wibble" (known: log, lan, transparent, router, listen, upstreams, groups, rules, rule_sets, timeouts, mark, on_crash, limits, relay, admin, dns, state_dir, devices)`}},
 		{"unknown nested keys, all at once", `transparent:
   snif: {enabled: true}
 upstreams:

@@ -359,6 +359,7 @@ func (c *Config) finish() {
 			}
 		}
 	}
+	c.finishRuleSets()
 	if !slices.ContainsFunc(c.Rules, func(r Rule) bool { return r.IsCatchAll() }) {
 		name := ImplicitRuleName
 		if names[name] {

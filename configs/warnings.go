@@ -52,6 +52,7 @@ func (c *Config) Warnings() []string {
 		}
 	}
 
+	c.ruleSetWarnings(add)
 	used := map[string]bool{}
 	for i := range c.Rules {
 		if c.Rules[i].Action == ActionProxy {
@@ -181,12 +182,15 @@ const maxShadowChecks = 256
 // one with neither but with a domain matcher, a pattern matching its first
 // domain; and of the earlier rules with none of those matchers, only the
 // first of each distinct protocol/inbound/ports combination can be first.
+// A rule whose dst, src and domain matchers are rule sets alone covers only
+// rules naming those sets: they are candidates for those rules only.
 type shadowIndex struct {
 	rules    []Rule
 	dst, src prefixIndex
 	domain   map[string][]int
 	rest     []int
 	restSeen map[string]bool
+	sets     []int // rules whose only matchers of those kinds are rule sets
 }
 
 // prefixIndex lists rules by each prefix of a matcher, and the prefix
@@ -249,6 +253,10 @@ func newShadowIndex(rules []Rule) *shadowIndex {
 func (x *shadowIndex) add(i int) {
 	r := &x.rules[i]
 	switch {
+	case r.HasSets() && len(r.Dst) == 0 && len(r.Src) == 0 && len(r.Domain) == 0:
+		// It covers only rules naming the same sets, and stays out of rest, whose first
+		// of a kind must be a rule without matchers of these kinds.
+		x.sets = append(x.sets, i)
 	case len(r.Dst) > 0:
 		x.dst.add(r.Dst, i)
 	case len(r.Src) > 0:
@@ -313,6 +321,9 @@ func (x *shadowIndex) coveredBy(j int) int {
 		}
 	}
 	lists = append(lists, x.rest)
+	if b.HasSets() {
+		lists = append(lists, x.sets)
+	}
 	// Each list is in rule order: the first maxShadowChecks of their union
 	// are among the first maxShadowChecks of each.
 	var cand []int
@@ -337,10 +348,10 @@ func (r *Rule) IsCatchAll() bool { return covers(r, &Rule{}) }
 func covers(a, b *Rule) bool {
 	return coversSet(a.Protocol, b.Protocol, ProtocolTCP, ProtocolUDP) &&
 		coversSet(a.Inbound, b.Inbound, InboundTransparent, InboundHTTP, InboundSOCKS, InboundRouter) &&
-		coversPrefixes(a.Dst, b.Dst) &&
-		coversPrefixes(a.Src, b.Src) &&
+		coversWithSets(a.Dst, b.Dst, a.DstSet, b.DstSet, coversPrefixes) &&
+		coversWithSets(a.Src, b.Src, a.SrcSet, b.SrcSet, coversPrefixes) &&
 		coversPorts(a.DstPorts, b.DstPorts) &&
-		coversDomains(a.Domain, b.Domain) &&
+		coversWithSets(a.Domain, b.Domain, a.DomainSet, b.DomainSet, coversDomains) &&
 		coversList(a.SrcMAC, b.SrcMAC) &&
 		coversList(a.Device, b.Device)
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/socksgate/socksgate/nat"
 	"github.com/socksgate/socksgate/relay"
 	"github.com/socksgate/socksgate/route"
+	"github.com/socksgate/socksgate/ruleset"
 	"github.com/socksgate/socksgate/upstream"
 )
 
@@ -40,6 +41,9 @@ type Gateway struct {
 	Own         *upstream.OwnConns // socksgate's own live dials; one accepted from them is a loop. nil: none known
 	Resolver    *net.Resolver      // socksgate's own lookups (marked sockets); nil: the system's default
 	fds         *fdBudget          // descriptors flows may hold (fdbudget.go); nil: no bound
+	sets        *ruleset.Registry  // the rule sets (rulesets.go); nil: none
+
+	directPrefixes atomic.Int64 // prefixes in the kernel's direct sets, for /metrics
 
 	health   atomic.Pointer[groupHealth] // upstreams in force, for health reporting
 	reloaded atomic.Pointer[routerBox]   // the router of the last reload, replacing Router

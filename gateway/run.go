@@ -22,6 +22,7 @@ import (
 	"github.com/socksgate/socksgate/redirect"
 	"github.com/socksgate/socksgate/relay"
 	"github.com/socksgate/socksgate/route"
+	"github.com/socksgate/socksgate/ruleset"
 	"github.com/socksgate/socksgate/upstream"
 )
 
@@ -44,6 +45,8 @@ func Run(ctx context.Context, cfg *configs.Config, log *logrus.Logger, reload <-
 	log.AddHook(logHook{rt.logs})
 	defer log.ReplaceHooks(hooks)
 	rt.selections = newSelections(cfg.StateDir, log)
+	rt.startSets(cfg)
+	defer rt.sets.Close()
 	routing, err := rt.newRouting(cfg)
 	if err != nil {
 		return err
@@ -60,6 +63,7 @@ func Run(ctx context.Context, cfg *configs.Config, log *logrus.Logger, reload <-
 		MaxPerSrc:   cfg.Limits.MaxFlowsPerSource,
 		Own:         rt.own,
 		Resolver:    rt.direct().Resolver(),
+		sets:        rt.sets,
 	}
 	g.fds = newFDBudget(nofile)
 	relay.SetDescriptorBudget(g.fds.pipes())
@@ -139,6 +143,11 @@ func Run(ctx context.Context, cfg *configs.Config, log *logrus.Logger, reload <-
 			"interfaces": cfg.LAN.Interfaces, "tcp_port": cfg.Transparent.TCPPort,
 			"tcp_mode": spec.TCPMode, "on_crash": cfg.OnCrash, "bypass": len(spec.Bypass),
 		}).Info("transparent capture on")
+		g.directPrefixes.Store(int64(len(spec.Direct)))
+		if len(spec.Direct) > 0 {
+			_, from := rt.hoisted()
+			rt.logDirect(spec.Direct, from)
+		}
 	} else {
 		log.Info("lan.interfaces is empty: no transparent capture, explicit ports only")
 		// Capture turned off by a restart after a crash with on_crash closed: the table that
@@ -157,6 +166,8 @@ func Run(ctx context.Context, cfg *configs.Config, log *logrus.Logger, reload <-
 			done = true
 		case next := <-reload:
 			rt.reload(next)
+		case ev := <-rt.sets.Events():
+			rt.setChanged(ev)
 		}
 	}
 	rt.shutdown(cutNow)
@@ -195,6 +206,7 @@ type running struct {
 	own      *upstream.OwnConns // every TCP connection socksgate dials, while open (loop detection)
 	ups      map[string]upstream.Upstream
 	stopUps  func()
+	sets     *ruleset.Registry // the rule sets (rulesets.go)
 	rules    *redirect.Ruleset
 	flowCtx  context.Context
 	health   *listenerHealth
@@ -260,7 +272,7 @@ func (rt *running) newRouting(cfg *configs.Config) (routing, error) {
 		return routing{}, err
 	}
 	rt.selections.apply(cfg, ups)
-	router, err := route.NewRouter(cfg, ups)
+	router, err := route.NewRouterSets(cfg, ups, rt.sets.Handles())
 	if err != nil {
 		stop()
 		return routing{}, err
@@ -324,7 +336,9 @@ func (rt *running) ruleSpec(cfg *configs.Config) redirect.Spec {
 	if err != nil {
 		rt.log.WithError(err).Warn("lan.interfaces: own prefixes not found; only the configured bypass applies")
 	}
-	return SpecFromConfig(cfg, own)
+	s := SpecFromConfig(cfg, own)
+	s.Direct, _ = rt.hoisted()
+	return s
 }
 
 // reload applies next, a config that has already been validated, as a diff, section by section
@@ -341,8 +355,10 @@ func (rt *running) ruleSpec(cfg *configs.Config) redirect.Spec {
 func (rt *running) reload(next *configs.Config) {
 	log, old := rt.log, rt.cfg
 	refuse := func(err error) {
+		rt.sets.Prune(old.RuleSets) // sets the refused config added
 		log.WithError(err).Error("reload refused: the running config stays in force")
 	}
+	rt.logSetLoads(next, rt.sets.Apply(next.RuleSets))
 	r, err := rt.newRouting(next)
 	if err != nil {
 		refuse(err)
@@ -354,6 +370,7 @@ func (rt *running) reload(next *configs.Config) {
 		return
 	}
 
+	rt.sets.Prune(next.RuleSets)
 	applied := *next
 	changed := []string{"upstreams, groups and rules"}
 	var dnsRestart []string
@@ -469,6 +486,7 @@ func (rt *running) setCapture(old, next *configs.Config) (in capture, changed, r
 		return was, nil, restart
 	}
 	changed = append(changed, "kernel rules")
+	rt.g.directPrefixes.Store(int64(len(rt.rules.Spec().Direct)))
 	tcpNow()
 	if tcp != (portMode{old.Transparent.TCPPort, old.Transparent.TCPMode}) {
 		changed = append(changed, "transparent.tcp_port/tcp_mode")

@@ -116,6 +116,8 @@ func (a AdminSource) Snapshot() admin.Snapshot {
 	if n := a.G.namer.Load(); n != nil {
 		s.DNS = n.svc.snapshot()
 	}
+	s.RuleSets = a.G.ruleSetStats()
+	s.DirectPrefixes = int(a.G.directPrefixes.Load())
 	return s
 }
 

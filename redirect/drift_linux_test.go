@@ -1,6 +1,7 @@
 package redirect
 
 import (
+	"net/netip"
 	"slices"
 	"strings"
 	"testing"
@@ -102,3 +103,74 @@ func TestReadTableIsStable(t *testing.T) {
 		t.Errorf("drift in an untouched table: %s", d)
 	}
 }
+
+// The direct sets are part of what the periodic check compares: an element someone else
+// takes out of one is drift, and a Replace with new direct prefixes is the new baseline.
+func TestDriftSeesTheDirectSets(t *testing.T) {
+	ns := newNS(t)
+	s := systemSpec()
+	s.Direct = []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24"), netip.MustParsePrefix("2001:db8:2::/48")}
+	r := applyIn(t, ns, s)
+	if out, err := ns.nft(t, "delete", "element", "inet", "socksgate", setDirect4, "{ 198.51.100.0/24 }"); err != nil {
+		t.Fatalf("nft delete element: %v\n%s", err, out)
+	}
+	have, err := readTable(ns.fd, r.Spec().Table)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := drift(have, r.installed, r.Spec().plan()); !strings.Contains(d, "elements of set direct4 changed") {
+		t.Errorf("drift = %q", d)
+	}
+	s.Direct = []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24")}
+	if err := r.Replace(s); err != nil {
+		t.Fatal(err)
+	}
+	listing, _ := ns.nft(t, "list", "set", "inet", "socksgate", setDirect4)
+	if !strings.Contains(listing, "203.0.113.0/24") || strings.Contains(listing, "198.51.100.0/24") {
+		t.Errorf("direct4 after Replace:\n%s", listing)
+	}
+	have, _ = readTable(ns.fd, r.Spec().Table)
+	if d := drift(have, r.installed, r.Spec().plan()); d != "" {
+		t.Errorf("drift after Replace: %s", d)
+	}
+	// No direct prefixes left: the sets and their rules go.
+	s.Direct = nil
+	if err := r.Replace(s); err != nil {
+		t.Fatal(err)
+	}
+	if listing, _ := ns.nft(t, "list", "table", "inet", "socksgate"); strings.Contains(listing, "direct4") {
+		t.Errorf("direct sets left:\n%s", listing)
+	}
+}
+
+// A direct set of largeN ranges installs in one batch (a socket buffer the default would
+// overflow, elements split over messages) and is what the drift check lists back.
+func TestApplyInstallsALargeDirectSet(t *testing.T) {
+	ns := newNS(t)
+	s := systemSpec()
+	for i := range largeN {
+		// Every other /24 from 1.0.0.0: none adjacent, so none merge.
+		s.Direct = append(s.Direct, netip.PrefixFrom(netip.AddrFrom4([4]byte{byte(1 + i>>15), byte(i >> 7), byte(i << 1), 0}), 24))
+	}
+	r := applyIn(t, ns, s)
+	if r.installed == nil {
+		t.Fatal("nothing recorded after the install")
+	}
+	listing, _ := ns.nft(t, "list", "set", "inet", "socksgate", setDirect4)
+	if n := strings.Count(listing, "/24"); n != largeN {
+		t.Errorf("nft lists %d ranges in direct4, want %d", n, largeN)
+	}
+	for _, st := range r.installed.sets {
+		if st.name == setDirect4 && len(st.elems) != 2*largeN {
+			t.Errorf("direct4 is listed with %d elements, want %d", len(st.elems), 2*largeN)
+		}
+	}
+	s.Direct = s.Direct[:10]
+	if err := r.Replace(s); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// largeN is the ranges of TestApplyInstallsALargeDirectSet: 100,000 take about 15 s here
+// (install, listing, replace), 20,000 a few.
+const largeN = 20_000

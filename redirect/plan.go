@@ -36,6 +36,8 @@ const (
 	opOutMark                      // meta l4proto P meta mark set M
 	opDropEcho                     // iifname @lan_ifaces icmp type echo-request drop (icmpv6 for family 6)
 	opDropUnreach                  // iifname @lan_ifaces icmp type destination-unreachable icmp code != frag-needed drop (icmpv6 type destination-unreachable for family 6)
+	opDirect4Return                // ip daddr @direct4 return
+	opDirect6Return                // ip6 daddr @direct6 return
 )
 
 // IP protocol numbers and the address families of a TPROXY rule.
@@ -67,6 +69,8 @@ type tablePlan struct {
 	owned            bool // NFT_TABLE_F_OWNER: on_crash open
 	lan              []string
 	bypass4, bypass6 []addrRange
+	direct           bool // the direct sets exist (Spec.Direct is not empty)
+	direct4, direct6 []addrRange
 	chains           []chainPlan
 }
 
@@ -185,12 +189,28 @@ func (s Spec) plan() tablePlan {
 		t.bypass4, t.bypass6 = subtractRanges(t.bypass4, c4), subtractRanges(t.bypass6, c6)
 	}
 
+	if len(s.Direct) > 0 {
+		t.direct = true
+		t.direct4, t.direct6 = mergeBypass(s.Direct)
+		if len(s.Capture) > 0 {
+			c4, c6 := mergeBypass(s.Capture)
+			t.direct4, t.direct6 = subtractRanges(t.direct4, c4), subtractRanges(t.direct6, c6)
+		}
+	}
+
 	exemptions := []rule{
 		{op: opOwnMarkReturn, mark: s.Mark},
 		{op: opNotUnicast},
 		{op: opLocalReturn},
 		{op: opBypass4Return},
 		{op: opBypass6Return},
+	}
+	outExempt := []rule{{op: opLocalReturn}, {op: opBypass4Return}, {op: opBypass6Return}}
+	if t.direct {
+		// After the bypass sets, which hold what is never worth capturing and stay first.
+		ds := []rule{{op: opDirect4Return}, {op: opDirect6Return}}
+		exemptions = append(exemptions, ds...)
+		outExempt = append(outExempt, ds...)
 	}
 
 	if s.needsPolicyRouting() {
@@ -268,7 +288,6 @@ func (s Spec) plan() tablePlan {
 		}
 		return rs
 	}
-	outExempt := []rule{{op: opLocalReturn}, {op: opBypass4Return}, {op: opBypass6Return}}
 	if s.routerUDP() || s.routerTCP() && s.tproxyTCP() {
 		c := chainPlan{name: chainOutRte, typ: "route", output: true, priority: -150}
 		c.rules = append(c.rules, exemptions[0], rule{op: opReplyReturn})
@@ -322,6 +341,10 @@ func (r rule) String() string {
 		return "ip daddr @" + setBypass4 + " return"
 	case opBypass6Return:
 		return "ip6 daddr @" + setBypass6 + " return"
+	case opDirect4Return:
+		return "ip daddr @" + setDirect4 + " return"
+	case opDirect6Return:
+		return "ip6 daddr @" + setDirect6 + " return"
 	case opRedirectTCP:
 		return fmt.Sprintf(lan+"meta l4proto tcp redirect to :%d", r.port)
 	case opTransparentTCP:
@@ -419,6 +442,12 @@ func (s Spec) Render() string {
 	writeSet(setBypass4, "ipv4_addr", true, rangeStrings(p.bypass4))
 	b.WriteString("\n")
 	writeSet(setBypass6, "ipv6_addr", true, rangeStrings(p.bypass6))
+	if p.direct {
+		b.WriteString("\n")
+		writeSet(setDirect4, "ipv4_addr", true, rangeStrings(p.direct4))
+		b.WriteString("\n")
+		writeSet(setDirect6, "ipv6_addr", true, rangeStrings(p.direct6))
+	}
 	for _, c := range p.chains {
 		prio, hook := "mangle", "prerouting"
 		switch {

@@ -16,6 +16,7 @@ import (
 // in the same batch.
 type setRefs struct {
 	lan, bypass4, bypass6 *nftables.Set
+	direct4, direct6      *nftables.Set // nil: no direct sets
 }
 
 // exprs returns r's expressions.
@@ -31,6 +32,10 @@ func (r rule) exprs(sets setRefs) []expr.Any {
 		return bypassReturn(4, sets.bypass4)
 	case opBypass6Return:
 		return bypassReturn(6, sets.bypass6)
+	case opDirect4Return:
+		return bypassReturn(4, sets.direct4)
+	case opDirect6Return:
+		return bypassReturn(6, sets.direct6)
 	case opRedirectTCP:
 		return redirectTCP(sets.lan, r.port)
 	case opTransparentTCP:
@@ -141,7 +146,8 @@ func localReturn() []expr.Any {
 	}
 }
 
-// bypassReturn: ip daddr @bypass4 return / ip6 daddr @bypass6 return
+// bypassReturn: ip daddr @bypass4 return / ip6 daddr @bypass6 return (and the same with the
+// direct sets)
 func bypassReturn(family int, set *nftables.Set) []expr.Any {
 	nfproto, offset, length := byte(unix.NFPROTO_IPV4), uint32(16), uint32(4)
 	if family == 6 {

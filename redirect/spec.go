@@ -36,6 +36,8 @@ const (
 	setLAN      = "lan_ifaces"
 	setBypass4  = "bypass4"
 	setBypass6  = "bypass6"
+	setDirect4  = "direct4" // destinations the rules send direct (Spec.Direct)
+	setDirect6  = "direct6"
 	chainNAT    = "prerouting_nat"
 	chainMangle = "prerouting_mangle"
 	chainRawOut = "output_raw"
@@ -61,9 +63,14 @@ type Spec struct {
 	RulePriority int             // ip rule priority; default DefaultRulePriority
 	Bypass       []netip.Prefix  // destinations never captured, IPv4 and IPv6 mixed, may overlap
 	OnCrash      configs.OnCrash // configs.OnCrashClosed (the zero value) or configs.OnCrashOpen
-	// Capture are destinations always captured, taken out of Bypass: the fake-ip ranges,
-	// which lie in space the built-in bypass holds private (fc00::/7).
+	// Capture are destinations always captured, taken out of Bypass and Direct: the fake-ip
+	// ranges, which lie in space the built-in bypass holds private (fc00::/7).
 	Capture []netip.Prefix
+	// Direct are destinations socksgate's rules send direct whatever else a flow to them is
+	// (route.RuleRouter.Hoisted): like Bypass they are never captured, so the kernel routes
+	// those flows, but they live in sets of their own (direct4, direct6), which exist only
+	// when Direct is not empty, and the ICMP chain does not exempt them.
+	Direct []netip.Prefix
 	// DNSPort, when set, hijacks the LAN's DNS: UDP and TCP to port 53 at any address (the
 	// router's own included) is redirected to this port, where socksgate answers it.
 	DNSPort uint16
@@ -197,6 +204,11 @@ func (s Spec) Validate() error {
 	for i, p := range s.Capture {
 		if !p.IsValid() {
 			add("capture[%d]: invalid prefix", i)
+		}
+	}
+	for i, p := range s.Direct {
+		if !p.IsValid() {
+			add("direct[%d]: invalid prefix", i)
 		}
 	}
 	return errors.Join(errs...)

@@ -283,6 +283,11 @@ func TestApplyInstallsWhatRenderShows(t *testing.T) {
 		{"router: udp only", func(s *Spec) { s.RouterCapture, s.TCPPort = true, 0; s.ExcludeGIDs = []uint32{54323} }},
 		{"icmp block, redirect tcp and tproxy udp, router capture", func(s *Spec) { s.ICMP, s.RouterCapture = configs.ICMPBlock, true }},
 		{"icmp block alone", func(s *Spec) { s.ICMP, s.TCPPort, s.UDPPort = configs.ICMPBlock, 0, 0 }},
+		{"direct sets, fake-ip cut out, router capture, icmp block", func(s *Spec) {
+			s.Direct = []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24"), netip.MustParsePrefix("198.0.0.0/7"), netip.MustParsePrefix("2001:db8:2::/48")}
+			s.Capture = []netip.Prefix{netip.MustParsePrefix("198.18.0.0/15")}
+			s.DNSPort, s.RouterCapture, s.ICMP = 15353, true, configs.ICMPBlock
+		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ns := newNS(t)

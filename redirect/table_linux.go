@@ -60,6 +60,12 @@ func dialTable(netns int) (*tableConn, error) {
 		return nil, fmt.Errorf("open nftables netlink socket: %w", err)
 	}
 	tc := &tableConn{sock: sock}
+	// A batch with large sets (the direct sets can hold a country's 10,000 ranges, or a
+	// list's 200,000) is one sendmsg of several MiB: the socket's send buffer must hold it.
+	// The kernel acks each message of a batch, by default with the message inside; capped
+	// acks carry only its header, so they never overflow the receive buffer (ENOBUFS).
+	_ = sock.SetOption(netlink.CapAcknowledge, true)
+	forceBuffers(sock, socketBuffer)
 	nft, err := nftables.New(nftables.AsLasting(), nftables.WithTestDial(tc.roundTrip))
 	if err != nil {
 		_ = sock.Close()
@@ -190,11 +196,21 @@ func (tc *tableConn) install(p tablePlan, oldName string) error {
 	if err := c.AddSet(sets.lan, ifnameElements(p.lan)); err != nil {
 		return fmt.Errorf("add set %s: %w", setLAN, err)
 	}
-	if err := c.AddSet(sets.bypass4, intervalElements(p.bypass4)); err != nil {
+	if err := addSet(c, sets.bypass4, intervalElements(p.bypass4)); err != nil {
 		return fmt.Errorf("add set %s: %w", setBypass4, err)
 	}
-	if err := c.AddSet(sets.bypass6, intervalElements(p.bypass6)); err != nil {
+	if err := addSet(c, sets.bypass6, intervalElements(p.bypass6)); err != nil {
 		return fmt.Errorf("add set %s: %w", setBypass6, err)
+	}
+	if p.direct {
+		sets.direct4 = &nftables.Set{Table: t, Name: setDirect4, ID: 4, KeyType: nftables.TypeIPAddr, Interval: true}
+		sets.direct6 = &nftables.Set{Table: t, Name: setDirect6, ID: 5, KeyType: nftables.TypeIP6Addr, Interval: true}
+		if err := addSet(c, sets.direct4, intervalElements(p.direct4)); err != nil {
+			return fmt.Errorf("add set %s: %w", setDirect4, err)
+		}
+		if err := addSet(c, sets.direct6, intervalElements(p.direct6)); err != nil {
+			return fmt.Errorf("add set %s: %w", setDirect6, err)
+		}
 	}
 	for _, cp := range p.chains {
 		typ := nftables.ChainTypeFilter
@@ -242,6 +258,48 @@ func (tc *tableConn) deleteTable(name string) error {
 	tc.nft.DelTable(t)
 	if err := tc.flush(name, 0); err != nil {
 		return fmt.Errorf("delete nftables table inet %s: %w", name, err)
+	}
+	return nil
+}
+
+// socketBuffer is the send and receive buffer of the table's socket.
+const socketBuffer = 64 << 20
+
+// setElemChunk bounds the elements of one NEWSETELEM message. The library nests all of a
+// message's elements in one attribute, whose length is 16 bits: past 64 KiB (about 700
+// elements) it wraps, and the kernel silently takes only the first of them. 512 elements of
+// an IPv6 interval set are about 50 KiB. The batch stays one transaction.
+const setElemChunk = 512
+
+// forceBuffers sets the socket's buffers past the sysctl limits (CAP_NET_ADMIN, which
+// installing the table needs anyway), or as far as the limits allow without it.
+func forceBuffers(sock *netlink.Conn, n int) {
+	rc, err := sock.SyscallConn()
+	if err != nil {
+		return
+	}
+	_ = rc.Control(func(fd uintptr) {
+		if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, n) != nil {
+			_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUF, n)
+		}
+		if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, n/16) != nil {
+			_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, n/16)
+		}
+	})
+}
+
+// addSet adds s with its elements, setElemChunk elements a message.
+func addSet(c *nftables.Conn, s *nftables.Set, elems []nftables.SetElement) error {
+	first := elems[:min(len(elems), setElemChunk)]
+	if err := c.AddSet(s, first); err != nil {
+		return err
+	}
+	for rest := elems[len(first):]; len(rest) > 0; {
+		n := min(len(rest), setElemChunk)
+		if err := c.SetAddElements(s, rest[:n]); err != nil {
+			return err
+		}
+		rest = rest[n:]
 	}
 	return nil
 }

@@ -35,7 +35,10 @@ type RuleVerdict struct {
 	NeedsAddress bool
 	// Unfit says the rule can never decide a DNS query (ExplainQuery): it has a dst,
 	// dst_ports or protocol matcher, which speak of flows. Failed lists those matchers.
-	Unfit    bool
+	Unfit bool
+	// Sets says, for a rule that matched, which rule set made each of its matchers match
+	// where a set did (and none of the matcher's literal values).
+	Sets     []SetMatch
 	Decision Decision // the rule's decision, whether or not it matched
 }
 
@@ -70,12 +73,17 @@ func (r *RuleRouter) Explain(f Flow) []RuleVerdict {
 			case !dst.IsValid():
 				v.NeedsAddress = f.Host != ""
 				return MatchDst, true
+			case c.sets != nil && c.sets.checksDst:
+				return MatchDst, !c.sets.dstOK(dst)
 			case !inDst[int32(i)]:
 				return MatchDst, true
 			}
 			return "", false
 		})
 		v.Matched = len(v.Failed) == 0
+		if v.Matched {
+			v.Sets = c.setMatches(&k)
+		}
 		out = append(out, v)
 		if v.Matched {
 			break
@@ -107,6 +115,9 @@ func (r *RuleRouter) ExplainQuery(src netip.Addr, name string) []RuleVerdict {
 		} else {
 			v.Failed = c.failedRest(&k, func() (Matcher, bool) { return "", false })
 			v.Matched = len(v.Failed) == 0
+			if v.Matched {
+				v.Sets = c.setMatches(&k)
+			}
 		}
 		out = append(out, v)
 		if v.Matched {
@@ -122,6 +133,7 @@ func (r *RuleRouter) flowKeyOf(f *Flow) flowKey {
 		proto:   protoBit(f.Network),
 		inbound: flowInbound(f.Inbound),
 		src:     f.Src.Addr().Unmap().WithZone(""), // prefixes never contain a zoned address
+		dst:     f.Dst.Addr().Unmap().WithZone(""),
 		port:    f.DstPort(),
 		host:    f.Host,
 	}
@@ -137,7 +149,7 @@ func (c *compiledRule) failedRest(k *flowKey, dstFailed func() (Matcher, bool)) 
 	if c.inbound != 0 && c.inbound&k.inbound == 0 {
 		failed = append(failed, MatchInbound)
 	}
-	if !c.src.empty() && (!k.src.IsValid() || !c.src.contains(k.src)) {
+	if !c.srcOK(k) {
 		failed = append(failed, MatchSrc)
 	}
 	if m, bad := dstFailed(); bad {
@@ -146,7 +158,7 @@ func (c *compiledRule) failedRest(k *flowKey, dstFailed func() (Matcher, bool)) 
 	if len(c.ports) > 0 && !slices.ContainsFunc(c.ports, func(pr configs.PortRange) bool { return pr.Contains(k.port) }) {
 		failed = append(failed, MatchDstPorts)
 	}
-	if len(c.domains) > 0 && !slices.ContainsFunc(c.domains, func(d string) bool { return configs.MatchDomain(d, k.host) }) {
+	if c.hasDomainMatcher() && !c.literalDomain(k.host) && !c.domainSetOK(k) {
 		failed = append(failed, MatchDomain)
 	}
 	if !c.macOK(k) {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/socksgate/socksgate/configs"
 	"github.com/socksgate/socksgate/internal/domain"
+	"github.com/socksgate/socksgate/ruleset"
 	"github.com/socksgate/socksgate/upstream"
 )
 
@@ -31,6 +32,7 @@ type RuleRouter struct {
 	noDst    []int32         // ascending indices of the rules without a dst matcher
 	firstDst int32           // index of the first rule with a dst matcher; len(rules) if none
 	hits     []atomic.Uint64 // per rule: flows it decided (Decision.CountHit)
+	hoist    []hoistRule     // per rule: what Hoisted needs
 
 	// Resolve looks up a name for the rules on addresses (see Route); nil is the system's
 	// resolver. It must be safe for concurrent use.
@@ -55,7 +57,8 @@ type compiledRule struct {
 	ports    []configs.PortRange
 	domains  []string // normalised by configs.Parse; see domain.Match
 	macs     []configs.MAC
-	devices  []string // normalised by configs.Parse; see configs.MatchDeviceName
+	devices  []string  // normalised by configs.Parse; see configs.MatchDeviceName
+	sets     *ruleSets // the rule sets it names; nil: none
 	decision Decision
 }
 
@@ -115,14 +118,23 @@ func flowInbound(in Inbound) uint8 {
 }
 
 // NewRouter compiles cfg.Rules against the built upstreams (and groups, which NewUpstreams
-// registers under their names). A proxy rule naming something that is not in ups is an error.
+// registers under their names). A proxy rule naming something that is not in ups is an error;
+// so is one naming a rule set (NewRouterSets takes them).
 func NewRouter(cfg *configs.Config, ups map[string]upstream.Upstream) (*RuleRouter, error) {
+	return NewRouterSets(cfg, ups, nil)
+}
+
+// NewRouterSets is NewRouter with the rule sets the rules name, by name: the router reads
+// each through its handle at every lookup, so a set reloaded from its file is in force at
+// once.
+func NewRouterSets(cfg *configs.Config, ups map[string]upstream.Upstream, sets map[string]*ruleset.Handle) (*RuleRouter, error) {
 	r := &RuleRouter{}
 	var dstRefs []prefixRef
+	r.firstDst = int32(len(cfg.Rules))
 	for i, cr := range cfg.Rules {
 		c := compiledRule{
 			name:    cr.Name,
-			hasDst:  len(cr.Dst) > 0,
+			hasDst:  len(cr.Dst) > 0 || len(cr.DstSet) > 0,
 			src:     newPrefixSet(cr.Src),
 			ports:   cr.DstPorts,
 			domains: cr.Domain,
@@ -142,6 +154,14 @@ func NewRouter(cfg *configs.Config, ups map[string]upstream.Upstream) (*RuleRout
 				return nil, fmt.Errorf("rules[%d].inbound: unknown inbound %v", i, in)
 			}
 			c.inbound |= b
+		}
+		var err error
+		if c.sets, err = compileSets(i, &cr, sets); err != nil {
+			return nil, err
+		}
+		r.hoist = append(r.hoist, newHoistRule(&cr, c.sets))
+		if c.hasDst && r.firstDst == int32(len(cfg.Rules)) {
+			r.firstDst = int32(i)
 		}
 		c.decision.Rule = cr.Name
 		c.decision.ByDst = c.hasDst
@@ -163,7 +183,7 @@ func NewRouter(cfg *configs.Config, ups map[string]upstream.Upstream) (*RuleRout
 		default:
 			return nil, fmt.Errorf("rules[%d].action: unknown action %v", i, cr.Action)
 		}
-		if c.hasDst {
+		if c.hasDst && (c.sets == nil || !c.sets.checksDst) {
 			for _, p := range cr.Dst {
 				if !p.IsValid() {
 					return nil, fmt.Errorf("rules[%d].dst: invalid prefix", i)
@@ -180,10 +200,6 @@ func NewRouter(cfg *configs.Config, ups map[string]upstream.Upstream) (*RuleRout
 		r.rules[i].decision.hits = &r.hits[i]
 	}
 	r.byDst = buildPrefixIndex(dstRefs)
-	r.firstDst = int32(len(r.rules))
-	if len(dstRefs) > 0 {
-		r.firstDst = dstRefs[0].rule // appended in rule order: the first is the earliest
-	}
 	return r, nil
 }
 
@@ -281,6 +297,7 @@ func (r *RuleRouter) match(f *Flow) int32 {
 		host:    f.Host,
 		device:  r.Device,
 	}
+	k.dst = f.Dst.Addr().Unmap().WithZone("")
 	best := int32(len(r.rules))
 	for _, i := range r.noDst {
 		if i >= best {
@@ -291,7 +308,7 @@ func (r *RuleRouter) match(f *Flow) int32 {
 			break
 		}
 	}
-	if dst := f.Dst.Addr().Unmap().WithZone(""); dst.IsValid() {
+	if dst := k.dst; dst.IsValid() {
 		es, e := r.byDst.longest(dst)
 		for ; e >= 0; e = es[e].parent {
 			for _, i := range es[e].rules {
@@ -315,7 +332,7 @@ func (r *RuleRouter) match(f *Flow) int32 {
 // source's device is asked for (device) only when a rule needs it, once.
 type flowKey struct {
 	proto, inbound uint8
-	src            netip.Addr
+	src, dst       netip.Addr // dst: for the rules that check it themselves (ruleSets)
 	port           uint16
 	host           string
 
@@ -363,7 +380,10 @@ func (c *compiledRule) matchesRest(k *flowKey) bool {
 	if c.inbound != 0 && c.inbound&k.inbound == 0 {
 		return false
 	}
-	if !c.src.empty() && (!k.src.IsValid() || !c.src.contains(k.src)) {
+	if !c.srcOK(k) {
+		return false
+	}
+	if c.sets != nil && c.sets.checksDst && !c.sets.dstOK(k.dst) {
 		return false
 	}
 	if len(c.ports) > 0 {
@@ -378,19 +398,20 @@ func (c *compiledRule) matchesRest(k *flowKey) bool {
 			return false
 		}
 	}
-	if len(c.domains) > 0 {
-		ok := false
-		for _, d := range c.domains {
-			if domain.Match(d, k.host) {
-				ok = true
-				break
-			}
-		}
-		if !ok {
-			return false
-		}
+	if c.hasDomainMatcher() && !c.literalDomain(k.host) && !c.domainSetOK(k) {
+		return false
 	}
 	return c.macOK(k) && c.deviceOK(k)
+}
+
+// literalDomain reports whether one of the rule's domain patterns matches host.
+func (c *compiledRule) literalDomain(host string) bool {
+	for _, d := range c.domains {
+		if domain.Match(d, host) {
+			return true
+		}
+	}
+	return false
 }
 
 // RouteQuery decides a DNS query for name from src: the first rule that can speak of a name
@@ -402,7 +423,7 @@ func (r *RuleRouter) RouteQuery(src netip.Addr, name string) Decision {
 	k := flowKey{inbound: inDNS, src: src.Unmap().WithZone(""), host: name, device: r.Device}
 	for _, i := range r.noDst {
 		c := &r.rules[i]
-		if c.protocol != 0 || len(c.ports) > 0 {
+		if c.protocol != 0 || len(c.ports) > 0 || c.hasDst {
 			continue
 		}
 		if c.matchesRest(&k) {

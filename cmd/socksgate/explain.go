@@ -62,6 +62,12 @@ type explainVerdict struct {
 	Rule    string           `json:"rule"`
 	Matched bool             `json:"matched"`
 	Failed  []explainFailure `json:"failed,omitempty"`
+	Sets    []explainSet     `json:"sets,omitempty"` // the rule sets that made a matcher match
+}
+
+type explainSet struct {
+	Matcher string `json:"matcher"`
+	Set     string `json:"set"`
 }
 
 type explainFailure struct {
@@ -138,7 +144,7 @@ func explainMain(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "socksgate: %v\n", err)
 		return 1
 	}
-	r, err := route.NewRouter(cfg, ups)
+	r, err := route.NewRouterSets(cfg, ups, loadSets(cfg, stderr))
 	if err != nil {
 		fmt.Fprintf(stderr, "socksgate: %v\n", err)
 		return 1
@@ -351,6 +357,11 @@ func explainRoute(cfg *configs.Config, r *route.RuleRouter, f route.Flow, lookup
 	}
 	rep.Rules = verdicts(cfg, vs, f, false)
 	rep.Decision = describeDecision(cfg, d)
+	if rep.Note == "" && len(cfg.LAN.Interfaces) > 0 && f.Dst.IsValid() && (f.Inbound.Transparent() || f.Inbound == route.FromRouter) {
+		if hoisted, _ := r.Hoisted(); hoisted.Contains(f.Dst.Addr()) && !fakeIPAddr(cfg, f.Dst.Addr()) {
+			rep.Note = fmt.Sprintf("%s is in the kernel's direct sets (every flow to it is decided direct): a captured flow there is routed by the kernel and never reaches socksgate", f.Dst.Addr())
+		}
+	}
 	return rep
 }
 
@@ -421,6 +432,9 @@ func verdicts(cfg *configs.Config, vs []route.RuleVerdict, f route.Flow, query b
 	out := make([]explainVerdict, 0, len(vs))
 	for _, v := range vs {
 		ev := explainVerdict{Index: v.Index + 1, Rule: v.Rule, Matched: v.Matched}
+		for _, sm := range v.Sets {
+			ev.Sets = append(ev.Sets, explainSet{Matcher: string(sm.Matcher), Set: sm.Set})
+		}
 		rule := cfg.Rules[v.Index]
 		for _, m := range v.Failed {
 			ev.Failed = append(ev.Failed, explainFailure{Matcher: string(m), Reason: failReason(rule, m, f, v, query)})
@@ -498,9 +512,15 @@ func matcherValues(rule configs.Rule, m route.Matcher) string {
 		for _, p := range rule.Src {
 			add(p)
 		}
+		for _, n := range rule.SrcSet {
+			vals = append(vals, "set "+n)
+		}
 	case route.MatchDst:
 		for _, p := range rule.Dst {
 			add(p)
+		}
+		for _, n := range rule.DstSet {
+			vals = append(vals, "set "+n)
 		}
 	case route.MatchDstPorts:
 		for _, p := range rule.DstPorts {
@@ -512,6 +532,9 @@ func matcherValues(rule configs.Rule, m route.Matcher) string {
 		}
 	case route.MatchDomain:
 		vals = append(vals, rule.Domain...)
+		for _, n := range rule.DomainSet {
+			vals = append(vals, "set "+n)
+		}
 	case route.MatchSrcMAC:
 		for _, m := range rule.SrcMAC {
 			add(m)
@@ -585,6 +608,14 @@ func printExplain(w io.Writer, rep *explainReport) {
 	}
 	for _, v := range rep.Rules {
 		if v.Matched {
+			var by []string
+			for _, sm := range v.Sets {
+				by = append(by, fmt.Sprintf("%s in set %q", sm.Matcher, sm.Set))
+			}
+			if len(by) > 0 {
+				fmt.Fprintf(w, "  rule %d %q: matches (%s)\n", v.Index, v.Rule, strings.Join(by, ", "))
+				continue
+			}
 			fmt.Fprintf(w, "  rule %d %q: matches\n", v.Index, v.Rule)
 			continue
 		}

@@ -71,6 +71,16 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	path := fs.String("c", "", "config file (YAML)")
 	var logFormat *configs.LogFormat
+	setsMode := "error"
+	if cmd == "check" {
+		fs.Func("sets", "error (default) or warn: whether a rule set file that cannot be read fails the check", func(s string) error {
+			if s != "error" && s != "warn" {
+				return fmt.Errorf("want error or warn")
+			}
+			setsMode = s
+			return nil
+		})
+	}
 	if cmd == "run" {
 		fs.Func("log-format", "log format, text or json: overrides the config's log.format", func(s string) error {
 			logFormat = new(configs.LogFormat)
@@ -114,6 +124,16 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 		for _, w := range cfg.Warnings() {
 			fmt.Fprintln(stdout, "warning:", w)
 		}
+		// A rule set file is not the config: socksgate runs without it (the set is empty
+		// until the file can be read), so the service files check with -sets=warn.
+		errOut := stderr
+		if setsMode == "warn" {
+			errOut = stdout
+		}
+		if n := checkSets(cfg, stdout, errOut, setsMode == "warn"); n > 0 && setsMode == "error" {
+			fmt.Fprintf(stderr, "%s: %d rule set files cannot be used (socksgate run would start with them empty)\n", *path, n)
+			return 1
+		}
 		fmt.Fprintf(stdout, "%s: ok\n", *path)
 		return 0
 	case "rules":
@@ -121,7 +141,9 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 		if err != nil {
 			fmt.Fprintf(stdout, "# the LAN interfaces' own prefixes are added at start (%v)\n", err)
 		}
-		fmt.Fprint(stdout, gateway.SpecFromConfig(cfg, own).Render())
+		spec := gateway.SpecFromConfig(cfg, own)
+		spec.Direct = hoistedNow(cfg, stdout)
+		fmt.Fprint(stdout, spec.Render())
 		return 0
 	}
 	// The flag's log format holds for every config the process reads, reloads included.

@@ -80,7 +80,7 @@ func benchParams() params {
 	if v, err := strconv.Atoi(os.Getenv("BENCH_BURST")); err == nil && v > 0 {
 		p.burst = v
 	}
-	p.parts = map[string]bool{"throughput": true, "slowsink": true, "idle": true, "burst": true, "dns": true, "udp": true}
+	p.parts = map[string]bool{"throughput": true, "slowsink": true, "idle": true, "burst": true, "dns": true, "udp": true, "rulesets": true}
 	if v := os.Getenv("BENCH_PARTS"); v != "" {
 		p.parts = map[string]bool{}
 		for _, f := range strings.Split(v, ",") {
@@ -304,13 +304,18 @@ func TestBench(t *testing.T) {
 		check()
 		udpTable = renderUDP(runUDPBench(t, tp, bin, p, check))
 	}
+	var setsTable string
+	if p.parts["rulesets"] {
+		check()
+		setsTable = renderRuleSets(runRuleSetBench(t, p))
+	}
 	var dnsTable string
 	if p.parts["dns"] {
 		check()
 		dnsTable = renderDNS(runDNSBench(t, tp, bin, p))
 	}
 	table := render(p, contenders, all, time.Since(began))
-	if extra := udpTable + dnsTable; extra != "" {
+	if extra := udpTable + dnsTable + setsTable; extra != "" {
 		// Before the closing "Reproduce" line.
 		i := strings.LastIndex(table, "\nReproduce:")
 		table = table[:i] + extra + table[i:]
@@ -386,8 +391,16 @@ func makeContenders(t *testing.T, tp *netlab.Topology, bin string) []contender {
 		return func(t *testing.T) (int, func()) {
 			labFilter(tp, "closed")
 			rule := "{name: all, action: proxy, upstream: dante}"
-			if action == "direct" {
+			switch action {
+			case "direct":
 				rule = "{name: all, action: direct}"
+			case "hoisted":
+				// A country-sized cidr set that holds wan, in a direct rule the kernel takes
+				// over (direct4/direct6): the flows are forwarded by gw's kernel, so its
+				// forwarding filter is open, as for routing; everything else is proxied.
+				labFilter(tp, "open")
+				rule = fmt.Sprintf("{name: cn, dst_set: [cn], action: direct}\n  - {name: rest, action: proxy, upstream: dante}\nrule_sets:\n  - {name: cn, kind: cidr, path: %q}",
+					writeFile(t, "cn.txt", countryList(8000, netlab.WAN4+"/24", netlab.WAN6+"/64")))
 			}
 			cfg := fmt.Sprintf(`log: {level: warn}
 lan: {interfaces: [%s]}
@@ -406,6 +419,7 @@ state_dir: %q
 			waitRules(t, tp)
 			return procPid(p, "socksgate"), func() {
 				stopGently(p)
+				labFilter(tp, "closed")
 				tp.GW.Run("nft", "delete", "table", "inet", "socksgate")
 				if os.Getenv("BENCH_DEBUG") != "" {
 					out := strings.Split(p.Output(), "\n")
@@ -420,12 +434,24 @@ state_dir: %q
 			labFilter(tp, "open")
 			return 0, func() { labFilter(tp, "closed") }
 		}},
+		// Routing as a NAT router does it: conntrack and the nat hooks on (an empty nat chain),
+		// which a home router's masquerade has anyway and socksgate's table brings along.
+		{name: "routing + conntrack", start: func(t *testing.T) (int, func()) {
+			labFilter(tp, "open")
+			tp.GW.MustRun("nft", "add table inet benchct")
+			tp.GW.MustRun("nft", "add chain inet benchct pre { type nat hook prerouting priority dstnat; policy accept; }")
+			return 0, func() {
+				tp.GW.Run("nft", "delete", "table", "inet", "benchct")
+				labFilter(tp, "closed")
+			}
+		}},
 		{name: "explicit", explicit: true, start: func(t *testing.T) (int, func()) {
 			labFilter(tp, "proxy")
 			return 0, func() { labFilter(tp, "closed") }
 		}},
 		{name: "socksgate → dante", baseline: "explicit", start: socksgate(bin, "auto", "proxy")},
 		{name: "socksgate → direct", baseline: "routing", start: socksgate(bin, "auto", "direct")},
+		{name: "socksgate → direct (hoisted set)", baseline: "routing", start: socksgate(bin, "auto", "hoisted")},
 		{name: "redsocks → dante", baseline: "explicit", limits: func() string { return redsocksCap }, start: func(t *testing.T) (int, func()) {
 			labFilter(tp, "closed")
 			info := map[bool]string{true: "on", false: "off"}[os.Getenv("BENCH_DEBUG") != ""]
@@ -474,7 +500,7 @@ redsocks { local_ip = 0.0.0.0; local_port = ` + redsPort + `; ip = ` + netlab.Pr
 	}
 	if only := os.Getenv("BENCH_ONLY"); only != "" {
 		cs = slices.DeleteFunc(cs, func(c contender) bool {
-			return c.name != "routing" && c.name != "explicit" && !strings.Contains(c.name, only)
+			return !strings.HasPrefix(c.name, "routing") && c.name != "explicit" && !strings.Contains(c.name, only)
 		})
 	}
 	return cs

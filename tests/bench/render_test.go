@@ -79,6 +79,7 @@ func render(p params, cs []contender, all map[string]*results, took time.Duratio
 				ratio(c.name, "redsocks → dante")
 			case strings.HasPrefix(c.name, "socksgate"):
 				ratio(c.name, "routing")
+				ratio(c.name, "routing + conntrack")
 			}
 		}
 		ratio("redsocks → dante", "explicit")
@@ -168,7 +169,7 @@ func render(p params, cs []contender, all map[string]*results, took time.Duratio
 			fmt.Fprintf(&b, "| %s | %d | %s | %s | %s | %s | %s |\n", c.name, r.held, rss, fds, num(r.slabKiB, 1), share, r.note)
 		}
 	}
-	b.WriteString("\nReproduce: `sudo make bench` (full) or `sudo BENCH_QUICK=1 make bench`; `BENCH_RELAYS=splice,buffered,kernel` adds the other relay modes; `BENCH_PARTS=throughput,slowsink,idle,burst,dns,udp` picks the parts (`flows`: new flows and latency without iperf3).\n")
+	b.WriteString("\nReproduce: `sudo make bench` (full) or `sudo BENCH_QUICK=1 make bench`; `BENCH_RELAYS=splice,buffered,kernel` adds the other relay modes; `BENCH_PARTS=throughput,slowsink,idle,burst,dns,udp,rulesets` picks the parts (`flows`: new flows and latency without iperf3).\n")
 	return b.String()
 }
 
