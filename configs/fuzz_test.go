@@ -30,6 +30,8 @@ func FuzzParse(f *testing.F) {
 		"groups: [{name: g, upstreams: main}]\nlan: {interfaces: &i eth1, prefixes: *i}",
 		"transparent: {tcp_port: 12345.9, udp_port: 1e3, route_table: .nan}\nmark: 0x1_0",
 		"listen: {http: [\":8080\", \"127.0.0.1:8080\", \"999.1.1.1:1\"], mixed: lan:8080}\nadmin: \"[::]:8080\"",
+		"geoip: {path: /x.mmdb}\nrules: [{dst_geoip: [cn, US], src_geoip: de, user: [a, \"\"], domain_keyword: Ads, domain_regex: [\"(\", \"^a$\"]}]",
+		"geoip: [x]\nrules: [{dst_geoip: [c1], domain_regex: {a: b}}]",
 		"relay: kernel\nupstreams: [{name: a, url: \"socks5://localhost:1080\"}, {name: b, url: \"socks5://0.0.0.0:8080\", via: a}]",
 	} {
 		f.Add([]byte(s))

@@ -351,7 +351,9 @@ func (c *Config) finish() {
 				r.Domain[j] = n
 			}
 		}
+		r.finishMatchers()
 	}
+	c.GeoIP.Path = strings.TrimSpace(c.GeoIP.Path)
 	if !slices.ContainsFunc(c.Rules, func(r Rule) bool { return r.IsCatchAll() }) {
 		name := ImplicitRuleName
 		if names[name] {

@@ -98,6 +98,7 @@ func (c *Config) Validate() error {
 	c.validateUpstreams(&p, ix)
 	c.validateGroups(&p, ix)
 	c.validateRules(&p, ix)
+	c.validateMatchers(&p)
 
 	p.positive("timeouts.dial", c.Timeouts.Dial)
 	p.positive("timeouts.handshake", c.Timeouts.Handshake)
