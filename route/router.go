@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/socksgate/socksgate/configs"
+	"github.com/socksgate/socksgate/geoip"
 	"github.com/socksgate/socksgate/internal/domain"
 	"github.com/socksgate/socksgate/upstream"
 )
@@ -29,8 +30,9 @@ type RuleRouter struct {
 	rules    []compiledRule
 	byDst    prefixIndex     // rules with a dst matcher, by prefix
 	noDst    []int32         // ascending indices of the rules without a dst matcher
-	firstDst int32           // index of the first rule with a dst matcher; len(rules) if none
+	firstDst int32           // index of the first rule on destination addresses (dst, dst_geoip); len(rules) if none
 	hits     []atomic.Uint64 // per rule: flows it decided (Decision.CountHit)
+	more     bool            // a rule has a matcher of match_more.go: flows need a moreKey
 
 	// Resolve looks up a name for the rules on addresses (see Route); nil is the system's
 	// resolver. It must be safe for concurrent use.
@@ -41,6 +43,11 @@ type RuleRouter struct {
 	// at most once per Route. nil: no device is known, and such rules never match. It must be
 	// safe for concurrent use.
 	Device func(src netip.Addr) (mac configs.MAC, name string, ok bool)
+
+	// GeoIP tells the country of an address (0: not known), for the dst_geoip and
+	// src_geoip matchers; asked at most once per address and Route. nil: no country is
+	// known, and such rules never match. It must be safe for concurrent use.
+	GeoIP func(netip.Addr) geoip.Code
 }
 
 // resolveTimeout bounds the lookup of a name that an address rule has to decide.
@@ -55,7 +62,8 @@ type compiledRule struct {
 	ports    []configs.PortRange
 	domains  []string // normalised by configs.Parse; see domain.Match
 	macs     []configs.MAC
-	devices  []string // normalised by configs.Parse; see configs.MatchDeviceName
+	devices  []string  // normalised by configs.Parse; see configs.MatchDeviceName
+	more     *moreRule // user, domain_keyword, domain_regex, dst_geoip, src_geoip; nil: none
 	decision Decision
 }
 
@@ -128,7 +136,9 @@ func NewRouter(cfg *configs.Config, ups map[string]upstream.Upstream) (*RuleRout
 			domains: cr.Domain,
 			macs:    cr.SrcMAC,
 			devices: cr.Device,
+			more:    newMoreRule(&cr),
 		}
+		r.more = r.more || c.more != nil
 		for _, p := range cr.Protocol {
 			b := protoBit(p)
 			if b == 0 {
@@ -183,6 +193,12 @@ func NewRouter(cfg *configs.Config, ups map[string]upstream.Upstream) (*RuleRout
 	r.firstDst = int32(len(r.rules))
 	if len(dstRefs) > 0 {
 		r.firstDst = dstRefs[0].rule // appended in rule order: the first is the earliest
+	}
+	for i := range r.rules[:r.firstDst] {
+		if r.rules[i].more.onDst() {
+			r.firstDst = int32(i)
+			break
+		}
 	}
 	return r, nil
 }
@@ -281,6 +297,9 @@ func (r *RuleRouter) match(f *Flow) int32 {
 		host:    f.Host,
 		device:  r.Device,
 	}
+	if r.more {
+		k.more = r.newMoreKey(f)
+	}
 	best := int32(len(r.rules))
 	for _, i := range r.noDst {
 		if i >= best {
@@ -324,6 +343,8 @@ type flowKey struct {
 	known   bool
 	mac     configs.MAC
 	devName string
+
+	more moreKey // for the matchers of match_more.go
 }
 
 // srcDevice is the source's device, asked for once.
@@ -390,19 +411,19 @@ func (c *compiledRule) matchesRest(k *flowKey) bool {
 			return false
 		}
 	}
-	return c.macOK(k) && c.deviceOK(k)
+	return c.macOK(k) && c.deviceOK(k) && (c.more == nil || c.more.matches(k))
 }
 
 // RouteQuery decides a DNS query for name from src: the first rule that can speak of a name
-// before any address or port is known decides it. That is a rule without dst, dst_ports or
-// protocol matchers (those are about flows, and a query has neither a destination address
+// before any address or port is known decides it. That is a rule without dst, dst_geoip,
+// dst_ports or protocol matchers (those are about flows, and a query has neither a destination address
 // nor the port its flows will use), whose inbound, if given, includes dns, and whose src and
 // domain matchers accept the query. Nothing is resolved to decide: the name is what is asked.
 func (r *RuleRouter) RouteQuery(src netip.Addr, name string) Decision {
-	k := flowKey{inbound: inDNS, src: src.Unmap().WithZone(""), host: name, device: r.Device}
+	k := flowKey{inbound: inDNS, src: src.Unmap().WithZone(""), host: name, device: r.Device, more: moreKey{geo: r.GeoIP}}
 	for _, i := range r.noDst {
 		c := &r.rules[i]
-		if c.protocol != 0 || len(c.ports) > 0 {
+		if c.protocol != 0 || len(c.ports) > 0 || c.more.onDst() {
 			continue
 		}
 		if c.matchesRest(&k) {
