@@ -30,6 +30,11 @@ const (
 	helpDNSDrp = "DNS queries dropped unanswered, by reason: rate (the source was over dns.rate), source (not in dns.allow), malformed, overload (too many queries waiting for their resolvers)."
 	helpDNSLat = "Time a resolver took to answer, successful exchanges, by resolver."
 	helpDNSSz  = "DNS tables now: cache_entries, cache_bytes, mappings (real-IP map), fake_ips (fake-ip pool)."
+	helpGeoOK  = "1 when the last load of the country database (geoip.path) succeeded, 0 when it failed and the version loaded before stays in force."
+	helpGeoAt  = "When the country database in force was loaded (Unix time)."
+	helpGeoErr = "Present while the last load of the country database failed: its error."
+	helpGeoF   = "Loads of the country database that failed."
+	helpGeoR   = "Reloads of the country database that succeeded (a change of the file, a reload of the config)."
 )
 
 // socksgateSeries adds socksgate's own series from src.
@@ -99,6 +104,17 @@ func socksgateSeries(e *expo, src Source, version string) {
 		e.gauge("socksgate_dns_table_size", helpDNSSz, float64(q.CacheBytes), "table", "cache_bytes")
 		e.gauge("socksgate_dns_table_size", helpDNSSz, float64(q.Mappings), "table", "mappings")
 		e.gauge("socksgate_dns_table_size", helpDNSSz, float64(q.FakeIPs), "table", "fake_ips")
+	}
+	if g := s.GeoIP; g != nil {
+		ok := 1.0
+		if g.Err != "" {
+			ok = 0
+			e.gauge("socksgate_geoip_load_error", helpGeoErr, 1, "path", g.Path, "error", g.Err)
+		}
+		e.gauge("socksgate_geoip_load_ok", helpGeoOK, ok, "path", g.Path)
+		e.gauge("socksgate_geoip_loaded_timestamp_seconds", helpGeoAt, float64(g.Loaded.Unix()), "path", g.Path)
+		e.counter("socksgate_geoip_load_failures_total", helpGeoF, float64(g.Failures), "path", g.Path)
+		e.counter("socksgate_geoip_reloads_total", helpGeoR, float64(g.Reloads), "path", g.Path)
 	}
 	deviceSeries(e, src)
 	e.gauge("socksgate_build_info", helpBuild, 1, "version", version, "goversion", runtime.Version())

@@ -116,6 +116,9 @@ func (a AdminSource) Snapshot() admin.Snapshot {
 	if n := a.G.namer.Load(); n != nil {
 		s.DNS = n.svc.snapshot()
 	}
+	if a.rt != nil {
+		s.GeoIP = a.rt.geo.stats()
+	}
 	return s
 }
 
