@@ -199,5 +199,15 @@ func (r *Rule) matchersKey() string {
 		return ""
 	}
 	return fmt.Sprint(sortedSet(r.User), sortedSet(r.DomainKeyword), sortedSet(regexpSources(r.DomainRegex)),
-		sortedSet(r.DstGeoIP), sortedSet(r.SrcGeoIP))
+		sortedSet(codeStrings(r.DstGeoIP)), sortedSet(codeStrings(r.SrcGeoIP)))
+}
+
+// codeStrings writes country codes as strings (sorting them as such keeps a sort of uint16
+// out of the binary).
+func codeStrings(cs []geoip.Code) []string {
+	out := make([]string, len(cs))
+	for i, c := range cs {
+		out[i] = c.String()
+	}
+	return out
 }

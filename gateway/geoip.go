@@ -47,6 +47,10 @@ func (w *geoWatch) close() {
 // an error; a watch that cannot be set up is only a warning (the file is still re-read on
 // each reload of the config).
 func (rt *running) openGeoWatch(path string) (*geoWatch, error) {
+	if !geoip.Built {
+		// configs refuses geoip.path in such a build; and so the watcher is left out of it.
+		return nil, fmt.Errorf("geoip.path: %w", geoip.ErrNotBuilt)
+	}
 	f, err := geoip.OpenFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("geoip.path: %w", err)
