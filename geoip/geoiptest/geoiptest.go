@@ -25,22 +25,29 @@ type Network struct {
 // Bytes is a database (IPv6, with IPv4 aliased into it as MaxMind builds them) mapping each
 // network to its country. Reserved ranges (10/8, 2001:db8::/32...) are allowed, for labs.
 func Bytes(nets ...Network) ([]byte, error) {
-	return build("GeoLite2-Country", nets, func(n Network) mmdbtype.DataType {
-		key := mmdbtype.String("country")
-		if n.Registered {
-			key = "registered_country"
-		}
-		return mmdbtype.Map{key: mmdbtype.Map{"iso_code": mmdbtype.String(n.Country)}}
-	})
+	return build("GeoLite2-Country", 6, nets, country)
 }
 
 // SingBytes is a database in sing-box's format: each record is the code, lower case.
 func SingBytes(nets ...Network) ([]byte, error) {
-	return build("sing-geoip", nets, func(n Network) mmdbtype.DataType { return mmdbtype.String(n.Country) })
+	return build("sing-geoip", 6, nets, func(n Network) mmdbtype.DataType { return mmdbtype.String(n.Country) })
 }
 
-func build(kind string, nets []Network, record func(Network) mmdbtype.DataType) ([]byte, error) {
-	tree, err := mmdbwriter.New(mmdbwriter.Options{DatabaseType: kind, IncludeReservedNetworks: true, RecordSize: 24})
+// IPv4Bytes is Bytes as an IPv4-only database, the smallest kind (fuzz seeds).
+func IPv4Bytes(nets ...Network) ([]byte, error) {
+	return build("GeoLite2-Country", 4, nets, country)
+}
+
+func country(n Network) mmdbtype.DataType {
+	key := mmdbtype.String("country")
+	if n.Registered {
+		key = "registered_country"
+	}
+	return mmdbtype.Map{key: mmdbtype.Map{"iso_code": mmdbtype.String(n.Country)}}
+}
+
+func build(kind string, ipVersion int, nets []Network, record func(Network) mmdbtype.DataType) ([]byte, error) {
+	tree, err := mmdbwriter.New(mmdbwriter.Options{DatabaseType: kind, IncludeReservedNetworks: true, RecordSize: 24, IPVersion: ipVersion})
 	if err != nil {
 		return nil, err
 	}
