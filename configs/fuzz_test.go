@@ -33,6 +33,7 @@ func FuzzParse(f *testing.F) {
 		"geoip: {path: /x.mmdb}\nrules: [{dst_geoip: [cn, US], src_geoip: de, user: [a, \"\"], domain_keyword: Ads, domain_regex: [\"(\", \"^a$\"]}]",
 		"geoip: [x]\nrules: [{dst_geoip: [c1], domain_regex: {a: b}}]",
 		"relay: kernel\nupstreams: [{name: a, url: \"socks5://localhost:1080\"}, {name: b, url: \"socks5://0.0.0.0:8080\", via: a}]",
+		"upstreams: [{name: a, url: \"https://u:p@h:443\", tls: {server_name: h, pin_sha256: sha256//AAAA, insecure: true}}, {name: b, url: \"socks5+tls://h:1\", via: a, tls: {ca: /nonexistent}}]",
 	} {
 		f.Add([]byte(s))
 	}
