@@ -18,6 +18,9 @@ CROSS_MAX_BYTES ?= 12000000
 # A router's flash holds the compressed image: each binary's xz -9 size is checked too.
 CROSS_MAX_XZ    ?= 4500000
 CROSS_LDFLAGS   ?= -s -w -X main.version=$(VERSION)
+# Build tags: nogeoip leaves out the GeoIP database reader (dst_geoip/src_geoip then fail
+# validation), for a target at its size budget.
+CROSS_TAGS      ?=
 # Inlining is kept only where a flow's bytes, its handshake and routing, or a DNS query go:
 # the runtime and its internal packages, sync, syscall, x/sys/unix, net, the small standard
 # packages whose functions inline into those callers (time, context, errors, bytes, strings,
@@ -60,7 +63,7 @@ cross:
 	  esac; \
 	  out=$(CROSS_DIR)/$$name; \
 	  CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch GOARM=$$goarm GOMIPS=$$gomips \
-	    $(GO) build -trimpath -ldflags '$(CROSS_LDFLAGS)' $(CROSS_GCFLAGS) -o $$out ./cmd/socksgate; \
+	    $(GO) build -trimpath -tags '$(CROSS_TAGS)' -ldflags '$(CROSS_LDFLAGS)' $(CROSS_GCFLAGS) -o $$out ./cmd/socksgate; \
 	  size=$$(stat -c %s $$out); xzsize=$$(xz -9 -T1 -c $$out | wc -c); \
 	  verdict=ok; \
 	  if [ $$size -gt $(CROSS_MAX_BYTES) ]; then verdict="TOO BIG (limit $(CROSS_MAX_BYTES))"; fail=1; fi; \

@@ -29,6 +29,7 @@ type Flow struct {
 	Name      string    `json:"name,omitempty"`      // destination name, when known
 	NameFrom  string    `json:"name_from,omitempty"` // where the name came from: client, dns, fakeip, sniff
 	Inbound   string    `json:"inbound"`             // redirect, tproxy, http, socks, router
+	User      string    `json:"user,omitempty"`      // the user that authenticated on an explicit port
 	Upstream  string    `json:"upstream,omitempty"`  // redacted; empty while the flow is still being routed
 	Rule      string    `json:"rule,omitempty"`      // the rule that matched
 	Action    string    `json:"action,omitempty"`    // proxy, direct, block
@@ -85,7 +86,8 @@ type Snapshot struct {
 	DNS               *DNSStats     // nil: dns off
 	RulesRestored     uint64        // kernel rules put back after someone else removed them
 	RuleSets          []RuleSetStats
-	DirectPrefixes    int // prefixes in the kernel's direct sets (hoisted direct rules)
+	DirectPrefixes    int         // prefixes in the kernel's direct sets (hoisted direct rules)
+	GeoIP             *GeoIPStats // nil: no country database
 }
 
 // RuleSetStats is one rule set's state.
@@ -95,6 +97,16 @@ type RuleSetStats struct {
 	LoadErrors uint64    // loads of its file refused (unreadable, unparsable) since start
 	LastLoad   time.Time // the last load that put a version in force; zero: none
 	OK         bool      // the last load went well
+}
+
+// GeoIPStats is the state of the country database (geoip.path).
+type GeoIPStats struct {
+	Path     string
+	Type     string    // the database's kind, of the version in force
+	Loaded   time.Time // when the version in force was read
+	Err      string    // why the last load failed (the version in force stays); "" when it succeeded
+	Failures uint64    // loads that failed
+	Reloads  uint64    // loads that succeeded after the first
 }
 
 // DNSStats are the counters of socksgate's DNS.

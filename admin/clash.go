@@ -419,6 +419,7 @@ type connectionMetadata struct {
 	SpecialRules      string `json:"specialRules"`
 	SourceMAC         string `json:"sourceMAC"`    // socksgate's: the LAN device's MAC
 	SourceDevice      string `json:"sourceDevice"` // socksgate's: the LAN device's name
+	InboundUser       string `json:"inboundUser"`  // the user that authenticated on the explicit port
 }
 
 // connections is GET /connections' body: the live flows, the totals and the memory in use.
@@ -454,6 +455,7 @@ func (h *clash) connections() connections {
 		}
 		md := &c.Metadata
 		md.Network, md.InboundName, md.SourceMAC, md.SourceDevice = f.Network, f.Inbound, f.MAC, f.Device
+		md.InboundUser = f.User
 		md.Type = clashTypes[f.Inbound]
 		md.SourceIP, md.SourcePort = splitHostPortString(f.Src)
 		md.DestinationIP, md.DestinationPort = splitHostPortString(f.Dst)

@@ -45,7 +45,7 @@ func newFakeController() *fakeController {
 		{ID: "8", Network: "udp", Src: "[fd00::2]:5353", Dst: "[2001:db8::1]:53", Inbound: "tproxy", Upstream: "direct",
 			Rule: "default", Action: "direct", Start: t0, Way: "direct"},
 		{ID: "9", Network: "tcp", Src: "10.0.1.3:1000", Dst: "ads.example:80", Name: "ads.example", NameFrom: "client",
-			Inbound: "http", Rule: "ads", Action: "block", Start: t0},
+			Inbound: "http", User: "alice", Rule: "ads", Action: "block", Start: t0},
 	}
 	return c
 }
@@ -356,7 +356,7 @@ func TestClashConnections(t *testing.T) {
 	wantMD := map[string]any{"network": "tcp", "type": "Redir", "sourceIP": "10.0.1.2", "sourcePort": "40000",
 		"destinationIP": "203.0.113.10", "destinationPort": "443", "host": "", "sniffHost": "www.example.com",
 		"dnsMode": "normal", "inboundName": "redirect", "process": "", "processPath": "", "remoteDestination": "",
-		"specialProxy": "", "specialRules": "", "sourceMAC": "aa:bb:cc:dd:ee:ff", "sourceDevice": "laptop"}
+		"specialProxy": "", "specialRules": "", "sourceMAC": "aa:bb:cc:dd:ee:ff", "sourceDevice": "laptop", "inboundUser": ""}
 	if !reflect.DeepEqual(md, wantMD) {
 		t.Errorf("metadata\n got %v\nwant %v", md, wantMD)
 	}
@@ -368,7 +368,7 @@ func TestClashConnections(t *testing.T) {
 	}
 	blocked := conns[2].(map[string]any)
 	bmd := blocked["metadata"].(map[string]any)
-	if bmd["host"] != "ads.example" || bmd["destinationIP"] != "" || bmd["type"] != "HTTP" ||
+	if bmd["host"] != "ads.example" || bmd["destinationIP"] != "" || bmd["type"] != "HTTP" || bmd["inboundUser"] != "alice" ||
 		!reflect.DeepEqual(blocked["chains"], []any{"REJECT"}) || blocked["rulePayload"] != "ads.example" {
 		t.Errorf("blocked: %v", blocked)
 	}

@@ -35,6 +35,11 @@ const (
 	helpSetAt  = "When the version of the rule set in force was loaded (Unix time); 0: never (its file has not been read)."
 	helpSetOK  = "1 when the last load of the rule set's file went well, 0 when it was refused."
 	helpDirect = "Prefixes in the kernel's direct sets: destinations of direct rules the kernel routes without socksgate."
+	helpGeoOK  = "1 when the last load of the country database (geoip.path) succeeded, 0 when it failed and the version loaded before stays in force."
+	helpGeoAt  = "When the country database in force was loaded (Unix time)."
+	helpGeoErr = "Present while the last load of the country database failed: its error."
+	helpGeoF   = "Loads of the country database that failed."
+	helpGeoR   = "Reloads of the country database that succeeded (a change of the file, a reload of the config)."
 )
 
 // socksgateSeries adds socksgate's own series from src.
@@ -120,6 +125,17 @@ func socksgateSeries(e *expo, src Source, version string) {
 		e.gauge("socksgate_rule_set_ok", helpSetOK, ok, "set", rs.Name)
 	}
 	e.gauge("socksgate_direct_prefixes", helpDirect, float64(s.DirectPrefixes))
+	if g := s.GeoIP; g != nil {
+		ok := 1.0
+		if g.Err != "" {
+			ok = 0
+			e.gauge("socksgate_geoip_load_error", helpGeoErr, 1, "path", g.Path, "error", g.Err)
+		}
+		e.gauge("socksgate_geoip_load_ok", helpGeoOK, ok, "path", g.Path)
+		e.gauge("socksgate_geoip_loaded_timestamp_seconds", helpGeoAt, float64(g.Loaded.Unix()), "path", g.Path)
+		e.counter("socksgate_geoip_load_failures_total", helpGeoF, float64(g.Failures), "path", g.Path)
+		e.counter("socksgate_geoip_reloads_total", helpGeoR, float64(g.Reloads), "path", g.Path)
+	}
 	deviceSeries(e, src)
 	e.gauge("socksgate_build_info", helpBuild, 1, "version", version, "goversion", runtime.Version())
 }

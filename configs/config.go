@@ -21,6 +21,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/socksgate/socksgate/geoip"
 	"github.com/socksgate/socksgate/relay"
 )
 
@@ -76,6 +77,8 @@ type Config struct {
 	// Devices configures the LAN's devices: names, bytes per device, src_mac and device
 	// rules (devices.go).
 	Devices Devices `yaml:"devices"`
+	// GeoIP is the country database of the dst_geoip and src_geoip rules (geoip.go).
+	GeoIP GeoIP `yaml:"geoip"`
 
 	// deprecated are warnings about values that are still accepted but mean
 	// something else now, found by Parse; Warnings returns them first.
@@ -346,6 +349,12 @@ type Rule struct {
 	DomainSet []string `yaml:"domain_set"`
 	DstSet    []string `yaml:"dst_set"`
 	SrcSet    []string `yaml:"src_set"`
+	// User, DomainKeyword, DomainRegex, DstGeoIP and SrcGeoIP are described in matchers.go.
+	User          []string     `yaml:"user"`
+	DomainKeyword []string     `yaml:"domain_keyword"`
+	DomainRegex   []Regexp     `yaml:"domain_regex"`
+	DstGeoIP      []geoip.Code `yaml:"dst_geoip"`
+	SrcGeoIP      []geoip.Code `yaml:"src_geoip"`
 	// Action is ActionDirect, ActionProxy or ActionBlock. When empty and
 	// Upstream is set, Parse makes it ActionProxy.
 	Action Action `yaml:"action"`

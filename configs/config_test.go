@@ -14,6 +14,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/socksgate/socksgate/geoip"
 	"github.com/socksgate/socksgate/relay"
 )
 
@@ -86,6 +87,9 @@ func TestExamplesValidate(t *testing.T) {
 	}
 	for _, f := range files {
 		t.Run(filepath.Base(f), func(t *testing.T) {
+			if data, _ := os.ReadFile(f); !geoip.Built && strings.Contains(string(data), "geoip:") {
+				t.Skip("built without GeoIP")
+			}
 			c, err := Load(f)
 			if err != nil {
 				t.Fatalf("Load: %v", err)
@@ -566,7 +570,7 @@ func TestDocumentProblems(t *testing.T) {
 		{"unknown top-level key", "log: {level: info}\nupstream: []\n", []string{
 			`line 2: upstream: unknown key "upstream", did you mean "upstreams"?`}},
 		{"unknown key with no near match", "wibble: 1\n", []string{
-			`line 1: wibble: unknown key "wibble" (known: log, lan, transparent, router, listen, upstreams, groups, rules, rule_sets, timeouts, mark, on_crash, limits, relay, admin, dns, state_dir, devices)`}},
+			`line 1: wibble: unknown key "wibble" (known: log, lan, transparent, router, listen, upstreams, groups, rules, rule_sets, timeouts, mark, on_crash, limits, relay, admin, dns, state_dir, devices, geoip)`}},
 		{"unknown nested keys, all at once", `transparent:
   snif: {enabled: true}
 upstreams:

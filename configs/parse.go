@@ -358,8 +358,10 @@ func (c *Config) finish() {
 				r.Domain[j] = n
 			}
 		}
+		r.finishMatchers()
 	}
 	c.finishRuleSets()
+	c.GeoIP.Path = strings.TrimSpace(c.GeoIP.Path)
 	if !slices.ContainsFunc(c.Rules, func(r Rule) bool { return r.IsCatchAll() }) {
 		name := ImplicitRuleName
 		if names[name] {

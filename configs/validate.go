@@ -99,6 +99,7 @@ func (c *Config) Validate() error {
 	c.validateGroups(&p, ix)
 	c.validateRules(&p, ix)
 	c.validateRuleSets(&p)
+	c.validateMatchers(&p)
 
 	p.positive("timeouts.dial", c.Timeouts.Dial)
 	p.positive("timeouts.handshake", c.Timeouts.Handshake)

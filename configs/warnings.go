@@ -136,6 +136,7 @@ func (c *Config) Warnings() []string {
 			"(dist/socksgate.service) must allow it (TimeoutStopSec at least grace + 5s, %s here) or it ends socksgate "+
 			"with SIGKILL and the rules stay in place", g, MaxGraceUnderUnit, (g + 5*time.Second).Round(time.Second))
 	}
+	w = append(w, c.matcherWarnings()...)
 	if len(c.LAN.Interfaces) == 0 && len(c.Listen.HTTP) == 0 && len(c.Listen.SOCKS) == 0 && len(c.Listen.Mixed) == 0 {
 		add("nothing to serve: no lan.interfaces and no listen addresses")
 	}
@@ -276,7 +277,7 @@ func (x *shadowIndex) add(i int) {
 		sort.Slice(ports, func(i, j int) bool {
 			return cmp.Or(cmp.Compare(ports[i].From, ports[j].From), cmp.Compare(ports[i].To, ports[j].To)) < 0
 		})
-		key := fmt.Sprint(sortedSet(r.Protocol), sortedSet(r.Inbound), ports)
+		key := fmt.Sprint(sortedSet(r.Protocol), sortedSet(r.Inbound), ports, r.matchersKey())
 		if !x.restSeen[key] {
 			x.restSeen[key] = true
 			x.rest = append(x.rest, i)
@@ -353,7 +354,8 @@ func covers(a, b *Rule) bool {
 		coversPorts(a.DstPorts, b.DstPorts) &&
 		coversWithSets(a.Domain, b.Domain, a.DomainSet, b.DomainSet, coversDomains) &&
 		coversList(a.SrcMAC, b.SrcMAC) &&
-		coversList(a.Device, b.Device)
+		coversList(a.Device, b.Device) &&
+		coversMatchers(a, b)
 }
 
 // coversList: an empty list matches every flow (those without the value too), so a

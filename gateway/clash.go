@@ -337,8 +337,9 @@ func (a AdminSource) Rules() []admin.Rule {
 }
 
 // clashRule writes a rule's matchers as a Clash rule type and payload: one matcher with one
-// value is that type (DomainSuffix, IPCIDR, DstPort...; src_mac and device are SrcMAC and
-// Device), several values of one matcher an OR, several matchers an AND, none Match.
+// value is that type (DomainSuffix, IPCIDR, DstPort, DomainKeyword, DomainRegex, GeoIP,
+// SrcGeoIP, InUser...; src_mac and device are SrcMAC and Device), several values of one
+// matcher an OR, several matchers an AND, none Match.
 func clashRule(r configs.Rule) (typ, payload string) {
 	type part struct{ typ, payload string }
 	var parts []part
@@ -380,6 +381,11 @@ func clashRule(r configs.Rule) (typ, payload string) {
 	// socksgate's own matchers, under names of their own: Clash has no rule for them.
 	add("SrcMAC", strs(len(r.SrcMAC), func(i int) string { return r.SrcMAC[i].String() }))
 	add("Device", r.Device)
+	add("InUser", r.User)
+	add("DomainKeyword", r.DomainKeyword)
+	add("DomainRegex", strs(len(r.DomainRegex), func(i int) string { return r.DomainRegex[i].String() }))
+	add("GeoIP", strs(len(r.DstGeoIP), func(i int) string { return r.DstGeoIP[i].String() }))
+	add("SrcGeoIP", strs(len(r.SrcGeoIP), func(i int) string { return r.SrcGeoIP[i].String() }))
 	switch len(parts) {
 	case 0:
 		return "Match", ""

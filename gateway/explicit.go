@@ -65,7 +65,7 @@ type httpInbound struct {
 }
 
 func (h *httpInbound) flow(t httpproxy.Target) route.Flow {
-	return route.Flow{Network: route.TCP, Src: t.Src, Dst: t.Addr, Host: t.Host, Port: t.Port, Inbound: route.HTTP}
+	return route.Flow{Network: route.TCP, Src: t.Src, Dst: t.Addr, Host: t.Host, Port: t.Port, Inbound: route.HTTP, User: t.User}
 }
 
 // httpError maps a gateway error to what httpproxy answers: a blocked flow is 403.
@@ -167,7 +167,7 @@ type socksInbound struct {
 }
 
 func (s *socksInbound) flow(network route.Network, t socksserver.Target) route.Flow {
-	return route.Flow{Network: network, Src: t.Src, Dst: t.Addr, Host: t.Host, Port: t.Port, Inbound: route.SOCKS}
+	return route.Flow{Network: network, Src: t.Src, Dst: t.Addr, Host: t.Host, Port: t.Port, Inbound: route.SOCKS, User: t.User}
 }
 
 // socksError maps a gateway error to what socksserver answers: a blocked flow is 0x02 / 0x5B.
@@ -241,7 +241,7 @@ type explicitUDP struct {
 }
 
 func (u *explicitUDP) Send(ctx context.Context, payload []byte, t socksserver.Target) error {
-	f := route.Flow{Network: route.UDP, Src: u.src, Dst: t.Addr, Host: t.Host, Port: t.Port, Inbound: route.SOCKS}
+	f := route.Flow{Network: route.UDP, Src: u.src, Dst: t.Addr, Host: t.Host, Port: t.Port, Inbound: route.SOCKS, User: t.User}
 	d := u.g.router().Route(ctx, f)
 	u.seen.Lock()
 	if u.first.Network == 0 {

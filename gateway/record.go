@@ -188,6 +188,9 @@ func (g *Gateway) logEnd(e flowEnd) {
 	if f.Host != "" {
 		fields["name_from"] = f.From.String()
 	}
+	if f.User != "" {
+		fields["user"] = f.User
+	}
 	for k, v := range e.extra {
 		fields[k] = v
 	}

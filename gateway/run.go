@@ -45,6 +45,12 @@ func Run(ctx context.Context, cfg *configs.Config, log *logrus.Logger, reload <-
 	log.AddHook(logHook{rt.logs})
 	defer log.ReplaceHooks(hooks)
 	rt.selections = newSelections(cfg.StateDir, log)
+	commitGeo, _, err := rt.prepareGeoIP(cfg.GeoIP)
+	if err != nil {
+		return err
+	}
+	commitGeo()
+	defer rt.closeGeoIP()
 	rt.startSets(cfg)
 	defer rt.sets.Close()
 	routing, err := rt.newRouting(cfg)
@@ -219,6 +225,7 @@ type running struct {
 	// selections are the members chosen in select groups (the control API), kept in the
 	// state directory; every routing built applies them.
 	selections *selections
+	geo        geoDB          // the country database of the geoip rules (geoip.go)
 	delays     delayLog       // delay tests of upstreams outside any group
 	serving    sync.WaitGroup // the transparent TCP accept loops
 }
@@ -277,6 +284,7 @@ func (rt *running) newRouting(cfg *configs.Config) (routing, error) {
 		stop()
 		return routing{}, err
 	}
+	rt.useGeoIP(router)
 	return routing{ups, router, stop}, nil
 }
 
@@ -358,21 +366,32 @@ func (rt *running) reload(next *configs.Config) {
 		rt.sets.Prune(old.RuleSets) // sets the refused config added
 		log.WithError(err).Error("reload refused: the running config stays in force")
 	}
-	rt.logSetLoads(next, rt.sets.Apply(next.RuleSets))
-	r, err := rt.newRouting(next)
+	commitGeo, abortGeo, err := rt.prepareGeoIP(next.GeoIP)
 	if err != nil {
 		refuse(err)
 		return
 	}
+	rt.logSetLoads(next, rt.sets.Apply(next.RuleSets))
+	r, err := rt.newRouting(next)
+	if err != nil {
+		abortGeo()
+		refuse(err)
+		return
+	}
 	if err := rt.explicit.set(next); err != nil {
+		abortGeo()
 		r.stop()
 		refuse(err)
 		return
 	}
+	commitGeo()
 
 	rt.sets.Prune(next.RuleSets)
 	applied := *next
 	changed := []string{"upstreams, groups and rules"}
+	if next.GeoIP != old.GeoIP {
+		changed = append(changed, "geoip")
+	}
 	var dnsRestart []string
 	rt.resolveWithDNS(r.router)
 	rt.useDevices(r.router)

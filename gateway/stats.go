@@ -225,6 +225,7 @@ func (g *Gateway) LiveFlows() []admin.Flow {
 			Src:     f.Src.String(),
 			Name:    f.Host,
 			Inbound: f.Inbound.String(),
+			User:    f.User,
 			Start:   e.lf.start,
 			Age:     math.Round(now.Sub(e.lf.start).Seconds()*1000) / 1000,
 		}
@@ -273,7 +274,7 @@ func (g *Gateway) udpFlows(now time.Time) []admin.Flow {
 	add := func(id string, f route.Flow, d route.Decision, routed bool, start time.Time, up, down uint64) {
 		af := admin.Flow{
 			ID:      id,
-			Network: "udp", Src: f.Src.String(), Name: f.Host, Inbound: f.Inbound.String(), Start: start,
+			Network: "udp", Src: f.Src.String(), Name: f.Host, Inbound: f.Inbound.String(), User: f.User, Start: start,
 			Age:     math.Round(now.Sub(start).Seconds()*1000) / 1000,
 			BytesUp: up, BytesDown: down,
 		}

@@ -118,6 +118,9 @@ func (a AdminSource) Snapshot() admin.Snapshot {
 	}
 	s.RuleSets = a.G.ruleSetStats()
 	s.DirectPrefixes = int(a.G.directPrefixes.Load())
+	if a.rt != nil {
+		s.GeoIP = a.rt.geo.stats()
+	}
 	return s
 }
 

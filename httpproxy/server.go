@@ -88,6 +88,7 @@ type Target struct {
 	Host string         // destination name, when the client sent one
 	Addr netip.AddrPort // destination address, when the client sent an IP literal (unmapped)
 	Port uint16         // destination port, in both cases
+	User string         // the user the client authenticated as (Basic proxy auth); "" for none
 }
 
 // String is "host:port".
@@ -163,7 +164,7 @@ type Server struct {
 	srv    *http.Server
 	proxy  *httputil.ReverseProxy
 	mu     sync.Mutex
-	perCon map[net.Conn]*http.Transport
+	perCon map[net.Conn]*clientTransports
 }
 
 // Error kinds reported to ErrorLog.
@@ -206,7 +207,11 @@ func (s *Server) report(src netip.AddrPort, err error) {
 	}
 }
 
+// ctxKey holds a client connection's *clientTransports in its requests' contexts.
 type ctxKey struct{}
+
+// userKey holds the user a forwarded request authenticated as in its context.
+type userKey struct{}
 
 // bodyKey holds a forwarded request's *idleBody in its context.
 type bodyKey struct{}
@@ -298,7 +303,7 @@ func rewordServerError(p []byte, maxHeader int) ([]byte, bool) {
 
 func (s *Server) init() {
 	s.ln = &connListener{conns: make(chan net.Conn), done: make(chan struct{})}
-	s.perCon = make(map[net.Conn]*http.Transport)
+	s.perCon = make(map[net.Conn]*clientTransports)
 	hs := s.HandshakeTimeout
 	if hs <= 0 {
 		hs = DefaultHandshakeTimeout
@@ -339,22 +344,22 @@ func (s *Server) init() {
 				ctx = context.WithValue(ctx, http.LocalAddrContextKey, base.Value(http.LocalAddrContextKey))
 				ctx = context.WithValue(ctx, framingKey{}, &ac.fr)
 			}
-			tr := s.newTransport(addrPortOf(c.RemoteAddr()))
+			ct := &clientTransports{s: s, src: addrPortOf(c.RemoteAddr())}
 			s.mu.Lock()
-			s.perCon[c] = tr
+			s.perCon[c] = ct
 			s.mu.Unlock()
-			return context.WithValue(ctx, ctxKey{}, tr)
+			return context.WithValue(ctx, ctxKey{}, ct)
 		},
 		ConnState: func(c net.Conn, st http.ConnState) {
 			if st != http.StateClosed && st != http.StateHijacked {
 				return
 			}
 			s.mu.Lock()
-			tr := s.perCon[c]
+			ct := s.perCon[c]
 			delete(s.perCon, c)
 			s.mu.Unlock()
-			if tr != nil {
-				tr.CloseIdleConnections()
+			if ct != nil {
+				ct.closeIdle()
 			}
 		},
 	}
@@ -406,7 +411,39 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return nil
 }
 
-func (s *Server) newTransport(src netip.AddrPort) *http.Transport {
+// clientTransports are one client connection's Transports, one per user its requests
+// authenticated as (nearly always one): routing depends on the user, so an upstream
+// connection dialled for one user never carries another's request.
+type clientTransports struct {
+	s      *Server
+	src    netip.AddrPort
+	mu     sync.Mutex
+	byUser map[string]*http.Transport
+}
+
+func (ct *clientTransports) get(user string) *http.Transport {
+	ct.mu.Lock()
+	defer ct.mu.Unlock()
+	tr := ct.byUser[user]
+	if tr == nil {
+		if ct.byUser == nil {
+			ct.byUser = make(map[string]*http.Transport, 1)
+		}
+		tr = ct.s.newTransport(ct.src, user)
+		ct.byUser[user] = tr
+	}
+	return tr
+}
+
+func (ct *clientTransports) closeIdle() {
+	ct.mu.Lock()
+	defer ct.mu.Unlock()
+	for _, tr := range ct.byUser {
+		tr.CloseIdleConnections()
+	}
+}
+
+func (s *Server) newTransport(src netip.AddrPort, user string) *http.Transport {
 	tr := &http.Transport{
 		Proxy:                  nil,
 		MaxResponseHeaderBytes: int64(s.maxResponseHeader()),
@@ -421,6 +458,7 @@ func (s *Server) newTransport(src netip.AddrPort) *http.Transport {
 		if err != nil {
 			return nil, err
 		}
+		t.User = user
 		c, err := s.Tunneler.Dial(ctx, t)
 		if errors.Is(err, ErrBusy) {
 			// This client's own idle upstream connections may be what fills the bound.
@@ -436,11 +474,12 @@ func (s *Server) newTransport(src netip.AddrPort) *http.Transport {
 type connTransport struct{}
 
 func (connTransport) RoundTrip(r *http.Request) (*http.Response, error) {
-	tr, ok := r.Context().Value(ctxKey{}).(*http.Transport)
+	ct, ok := r.Context().Value(ctxKey{}).(*clientTransports)
 	if !ok {
 		return nil, errors.New("no transport for this connection")
 	}
-	return tr.RoundTrip(r)
+	user, _ := r.Context().Value(userKey{}).(string)
+	return ct.get(user).RoundTrip(r)
 }
 
 // rewrite prepares a forwarded request. ReverseProxy has already removed the hop-by-hop headers
@@ -473,14 +512,17 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		plainError(w, http.StatusBadRequest, "socksgate: this port is an HTTP proxy: send absolute-URI requests (GET http://host/path) or CONNECT, not "+r.Method+" "+clipTarget(r.RequestURI))
 		return
 	}
+	var user string // authenticated
 	if s.Authenticate != nil {
 		var refused error
 		if h, ok := r.Header["Proxy-Authorization"]; !ok {
 			refused = ErrAuthRequired
-		} else if user, pass, err := proxyBasicAuth(h[0]); err != nil {
+		} else if name, pass, err := proxyBasicAuth(h[0]); err != nil {
 			refused = fmt.Errorf("%w: %w", ErrAuthFailed, err)
-		} else if !s.Authenticate(user, pass) {
-			refused = fmt.Errorf("%w: wrong user name or password (user %q)", ErrAuthFailed, clip(user))
+		} else if !s.Authenticate(name, pass) {
+			refused = fmt.Errorf("%w: wrong user name or password (user %q)", ErrAuthFailed, clip(name))
+		} else {
+			user = name
 		}
 		if refused != nil {
 			s.report(src, refused)
@@ -499,7 +541,7 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if r.Method == http.MethodConnect {
-		s.serveConnect(w, r, src)
+		s.serveConnect(w, r, src, user)
 		return
 	}
 	if asterisk {
@@ -524,6 +566,9 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			}
 			r.Header.Set("Max-Forwards", strconv.FormatUint(n-1, 10))
 		}
+	}
+	if user != "" {
+		r = r.WithContext(context.WithValue(r.Context(), userKey{}, user)) // for connTransport
 	}
 	if r.Body != nil && r.Body != http.NoBody {
 		ib := &idleBody{ReadCloser: r.Body, rc: http.NewResponseController(w), idle: s.srv.IdleTimeout}
@@ -639,12 +684,13 @@ func (w keepContentType) WriteHeader(code int) {
 // Unwrap lets http.ResponseController (flush, hijack for an upgrade) reach the writer.
 func (w keepContentType) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
-func (s *Server) serveConnect(w http.ResponseWriter, r *http.Request, src netip.AddrPort) {
+func (s *Server) serveConnect(w http.ResponseWriter, r *http.Request, src netip.AddrPort, user string) {
 	t, err := requestTarget(src, r)
 	if err != nil {
 		plainError(w, http.StatusBadRequest, "socksgate: "+err.Error())
 		return
 	}
+	t.User = user
 	hj, ok := w.(http.Hijacker)
 	if !ok {
 		plainError(w, http.StatusInternalServerError, "socksgate: cannot take over the connection")

@@ -826,3 +826,59 @@ func TestHTTP10TransferEncodingIsRefused(t *testing.T) {
 		}
 	}
 }
+
+// The user a request authenticated as goes with its target, CONNECT and forwarded alike; on
+// one client connection, requests of two users never share an upstream connection (the rules
+// may send them different ways).
+func TestTargetsCarryTheAuthenticatedUser(t *testing.T) {
+	b := srvBackend(t)
+	tun := &srvTunneler{backend: b.Listener.Addr().String()}
+	addr := srvStart(t, &Server{Tunneler: tun, Authenticate: Credentials(map[string]string{"alice": "a", "bob": "b"})})
+	basic := func(u, p string) string {
+		return "Proxy-Authorization: Basic " + base64.StdEncoding.EncodeToString([]byte(u+":"+p)) + "\r\n"
+	}
+	last := func() Target {
+		tun.mu.Lock()
+		defer tun.mu.Unlock()
+		return tun.targets[len(tun.targets)-1]
+	}
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	br := bufio.NewReader(c)
+	get := func(user, pass string) {
+		t.Helper()
+		io.WriteString(c, "GET http://origin.test/ HTTP/1.1\r\nHost: origin.test\r\n"+basic(user, pass)+"\r\n")
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("GET as %s: %v %v", user, resp, err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	get("alice", "a")
+	if got := last(); got.User != "alice" || got.Host != "origin.test" {
+		t.Fatalf("forwarded target %+v, want user alice", got)
+	}
+	get("alice", "a") // the same upstream connection: no new dial
+	get("bob", "b")   // another user: its own dial
+	tun.mu.Lock()
+	dials := tun.dials
+	tun.mu.Unlock()
+	if got := last(); dials != 2 || got.User != "bob" {
+		t.Fatalf("%d dials, last target %+v: want 2, the second for bob", dials, got)
+	}
+	resp, _ := srvRoundTrip(t, addr, "CONNECT origin.test:443 HTTP/1.1\r\nHost: origin.test:443\r\n"+basic("bob", "b")+"\r\n")
+	if resp.StatusCode != 200 || last().User != "bob" || last().Port != 443 {
+		t.Fatalf("CONNECT: %d, target %+v", resp.StatusCode, last())
+	}
+	// Without Authenticate there is no user.
+	tun2 := &srvTunneler{backend: b.Listener.Addr().String()}
+	addr2 := srvStart(t, &Server{Tunneler: tun2})
+	if resp, _ := srvRoundTrip(t, addr2, "GET http://origin.test/ HTTP/1.1\r\nHost: origin.test\r\n\r\n"); resp.StatusCode != 200 || tun2.targets[0].User != "" {
+		t.Fatalf("unauthenticated: %d %+v", resp.StatusCode, tun2.targets)
+	}
+}

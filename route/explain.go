@@ -12,14 +12,19 @@ type Matcher string
 
 // The matchers, in the order Explain reports them.
 const (
-	MatchProtocol Matcher = "protocol"
-	MatchInbound  Matcher = "inbound"
-	MatchSrc      Matcher = "src"
-	MatchDst      Matcher = "dst"
-	MatchDstPorts Matcher = "dst_ports"
-	MatchDomain   Matcher = "domain"
-	MatchSrcMAC   Matcher = "src_mac"
-	MatchDevice   Matcher = "device"
+	MatchProtocol      Matcher = "protocol"
+	MatchInbound       Matcher = "inbound"
+	MatchUser          Matcher = "user"
+	MatchSrc           Matcher = "src"
+	MatchSrcGeoIP      Matcher = "src_geoip"
+	MatchDst           Matcher = "dst"
+	MatchDstGeoIP      Matcher = "dst_geoip"
+	MatchDstPorts      Matcher = "dst_ports"
+	MatchDomain        Matcher = "domain"
+	MatchDomainKeyword Matcher = "domain_keyword"
+	MatchDomainRegex   Matcher = "domain_regex"
+	MatchSrcMAC        Matcher = "src_mac"
+	MatchDevice        Matcher = "device"
 )
 
 // RuleVerdict is what one rule says of a flow: it matched, or which of its matchers did not.
@@ -30,11 +35,13 @@ type RuleVerdict struct {
 	// Failed lists every matcher of the rule that rejected the flow (not only the first), in
 	// the order of the Match constants.
 	Failed []Matcher
-	// NeedsAddress says the rule has a dst matcher and the flow has only a name: Route
-	// resolves the name to decide this rule (dst is in Failed: no address is known here).
+	// NeedsAddress says the rule has a dst or dst_geoip matcher and the flow has only a name:
+	// Route resolves the name to decide this rule (the matcher is in Failed: no address is
+	// known here).
 	NeedsAddress bool
 	// Unfit says the rule can never decide a DNS query (ExplainQuery): it has a dst,
-	// dst_ports or protocol matcher, which speak of flows. Failed lists those matchers.
+	// dst_geoip, dst_ports or protocol matcher, which speak of flows. Failed lists those
+	// matchers.
 	Unfit bool
 	// Sets says, for a rule that matched, which rule set made each of its matchers match
 	// where a set did (and none of the matcher's literal values).
@@ -80,6 +87,9 @@ func (r *RuleRouter) Explain(f Flow) []RuleVerdict {
 			}
 			return "", false
 		})
+		if c.more.onDst() && !dst.IsValid() && f.Host != "" {
+			v.NeedsAddress = true
+		}
 		v.Matched = len(v.Failed) == 0
 		if v.Matched {
 			v.Sets = c.setMatches(&k)
@@ -93,10 +103,10 @@ func (r *RuleRouter) Explain(f Flow) []RuleVerdict {
 }
 
 // ExplainQuery is Explain for a DNS query for name from src, with RouteQuery's semantics: a
-// rule with a dst, dst_ports or protocol matcher is Unfit and never decides a query, and the
+// rule with a dst, dst_geoip, dst_ports or protocol matcher is Unfit and never decides a query, and the
 // query's inbound is dns.
 func (r *RuleRouter) ExplainQuery(src netip.Addr, name string) []RuleVerdict {
-	k := flowKey{inbound: inDNS, src: src.Unmap().WithZone(""), host: name, device: r.Device}
+	k := flowKey{inbound: inDNS, src: src.Unmap().WithZone(""), host: name, device: r.Device, more: moreKey{geo: r.GeoIP}}
 	var out []RuleVerdict
 	for i := range r.rules {
 		c := &r.rules[i]
@@ -106,6 +116,9 @@ func (r *RuleRouter) ExplainQuery(src netip.Addr, name string) []RuleVerdict {
 		}
 		if c.hasDst {
 			v.Failed = append(v.Failed, MatchDst)
+		}
+		if c.more.onDst() {
+			v.Failed = append(v.Failed, MatchDstGeoIP)
 		}
 		if len(c.ports) > 0 {
 			v.Failed = append(v.Failed, MatchDstPorts)
@@ -129,6 +142,7 @@ func (r *RuleRouter) ExplainQuery(src netip.Addr, name string) []RuleVerdict {
 
 func (r *RuleRouter) flowKeyOf(f *Flow) flowKey {
 	return flowKey{
+		more:    r.newMoreKey(f),
 		device:  r.Device,
 		proto:   protoBit(f.Network),
 		inbound: flowInbound(f.Inbound),
@@ -149,18 +163,22 @@ func (c *compiledRule) failedRest(k *flowKey, dstFailed func() (Matcher, bool)) 
 	if c.inbound != 0 && c.inbound&k.inbound == 0 {
 		failed = append(failed, MatchInbound)
 	}
+	failed = c.more.failed(k, failed, MatchUser)
 	if !c.srcOK(k) {
 		failed = append(failed, MatchSrc)
 	}
+	failed = c.more.failed(k, failed, MatchSrcGeoIP)
 	if m, bad := dstFailed(); bad {
 		failed = append(failed, m)
 	}
+	failed = c.more.failed(k, failed, MatchDstGeoIP)
 	if len(c.ports) > 0 && !slices.ContainsFunc(c.ports, func(pr configs.PortRange) bool { return pr.Contains(k.port) }) {
 		failed = append(failed, MatchDstPorts)
 	}
 	if c.hasDomainMatcher() && !c.literalDomain(k.host) && !c.domainSetOK(k) {
 		failed = append(failed, MatchDomain)
 	}
+	failed = c.more.failed(k, failed, MatchDomainKeyword, MatchDomainRegex)
 	if !c.macOK(k) {
 		failed = append(failed, MatchSrcMAC)
 	}

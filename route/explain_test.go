@@ -36,7 +36,7 @@ func TestExplainAgreesWithRoute(t *testing.T) {
 				if v.Matched || len(v.Failed) == 0 {
 					t.Fatalf("flow %+v: earlier rule %q has no failed matcher", f, v.Rule)
 				}
-				if v.NeedsAddress != (!f.Dst.IsValid() && slices.Contains(v.Failed, MatchDst)) {
+				if v.NeedsAddress != (!f.Dst.IsValid() && (slices.Contains(v.Failed, MatchDst) || slices.Contains(v.Failed, MatchDstGeoIP) && f.Host != "")) {
 					t.Fatalf("flow %+v: rule %q NeedsAddress %v with failed %v", f, v.Rule, v.NeedsAddress, v.Failed)
 				}
 				for _, m := range v.Failed {
@@ -65,6 +65,16 @@ func onlyMatcher(t *testing.T, rule configs.Rule, m Matcher) *RuleRouter {
 		one.DstPorts = rule.DstPorts
 	case MatchDomain:
 		one.Domain = rule.Domain
+	case MatchUser:
+		one.User = rule.User
+	case MatchDomainKeyword:
+		one.DomainKeyword = rule.DomainKeyword
+	case MatchDomainRegex:
+		one.DomainRegex = rule.DomainRegex
+	case MatchDstGeoIP:
+		one.DstGeoIP = rule.DstGeoIP
+	case MatchSrcGeoIP:
+		one.SrcGeoIP = rule.SrcGeoIP
 	}
 	r := mustRouter(t, one)
 	r.Resolve = func(context.Context, string) ([]netip.Addr, error) { return nil, errors.New("no lookups") }

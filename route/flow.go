@@ -67,6 +67,7 @@ type Flow struct {
 	Port    uint16         // destination port when Dst is zero (name-only flows); else Dst.Port()
 	From    NameSource     // where Host came from
 	Inbound Inbound
+	User    string // the user that authenticated on an explicit port; "" for none
 }
 
 // NameSource is where a flow's name came from, in order of trust (the client said it, the

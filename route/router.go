@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/socksgate/socksgate/configs"
+	"github.com/socksgate/socksgate/geoip"
 	"github.com/socksgate/socksgate/internal/domain"
 	"github.com/socksgate/socksgate/ruleset"
 	"github.com/socksgate/socksgate/upstream"
@@ -30,9 +31,10 @@ type RuleRouter struct {
 	rules    []compiledRule
 	byDst    prefixIndex     // rules with a dst matcher, by prefix
 	noDst    []int32         // ascending indices of the rules without a dst matcher
-	firstDst int32           // index of the first rule with a dst matcher; len(rules) if none
+	firstDst int32           // index of the first rule on destination addresses (dst, dst_geoip); len(rules) if none
 	hits     []atomic.Uint64 // per rule: flows it decided (Decision.CountHit)
 	hoist    []hoistRule     // per rule: what Hoisted needs
+	more     bool            // a rule has a matcher of match_more.go: flows need a moreKey
 
 	// Resolve looks up a name for the rules on addresses (see Route); nil is the system's
 	// resolver. It must be safe for concurrent use.
@@ -43,6 +45,11 @@ type RuleRouter struct {
 	// at most once per Route. nil: no device is known, and such rules never match. It must be
 	// safe for concurrent use.
 	Device func(src netip.Addr) (mac configs.MAC, name string, ok bool)
+
+	// GeoIP tells the country of an address (0: not known), for the dst_geoip and
+	// src_geoip matchers; asked at most once per address and Route. nil: no country is
+	// known, and such rules never match. It must be safe for concurrent use.
+	GeoIP func(netip.Addr) geoip.Code
 }
 
 // resolveTimeout bounds the lookup of a name that an address rule has to decide.
@@ -59,6 +66,7 @@ type compiledRule struct {
 	macs     []configs.MAC
 	devices  []string  // normalised by configs.Parse; see configs.MatchDeviceName
 	sets     *ruleSets // the rule sets it names; nil: none
+	more     *moreRule // user, domain_keyword, domain_regex, dst_geoip, src_geoip; nil: none
 	decision Decision
 }
 
@@ -140,7 +148,9 @@ func NewRouterSets(cfg *configs.Config, ups map[string]upstream.Upstream, sets m
 			domains: cr.Domain,
 			macs:    cr.SrcMAC,
 			devices: cr.Device,
+			more:    newMoreRule(&cr),
 		}
+		r.more = r.more || c.more != nil
 		for _, p := range cr.Protocol {
 			b := protoBit(p)
 			if b == 0 {
@@ -160,7 +170,7 @@ func NewRouterSets(cfg *configs.Config, ups map[string]upstream.Upstream, sets m
 			return nil, err
 		}
 		r.hoist = append(r.hoist, newHoistRule(&cr, c.sets))
-		if c.hasDst && r.firstDst == int32(len(cfg.Rules)) {
+		if (c.hasDst || c.more.onDst()) && r.firstDst == int32(len(cfg.Rules)) {
 			r.firstDst = int32(i)
 		}
 		c.decision.Rule = cr.Name
@@ -298,6 +308,9 @@ func (r *RuleRouter) match(f *Flow) int32 {
 		device:  r.Device,
 	}
 	k.dst = f.Dst.Addr().Unmap().WithZone("")
+	if r.more {
+		k.more = r.newMoreKey(f)
+	}
 	best := int32(len(r.rules))
 	for _, i := range r.noDst {
 		if i >= best {
@@ -341,6 +354,8 @@ type flowKey struct {
 	known   bool
 	mac     configs.MAC
 	devName string
+
+	more moreKey // for the matchers of match_more.go
 }
 
 // srcDevice is the source's device, asked for once.
@@ -401,7 +416,7 @@ func (c *compiledRule) matchesRest(k *flowKey) bool {
 	if c.hasDomainMatcher() && !c.literalDomain(k.host) && !c.domainSetOK(k) {
 		return false
 	}
-	return c.macOK(k) && c.deviceOK(k)
+	return c.macOK(k) && c.deviceOK(k) && (c.more == nil || c.more.matches(k))
 }
 
 // literalDomain reports whether one of the rule's domain patterns matches host.
@@ -415,15 +430,15 @@ func (c *compiledRule) literalDomain(host string) bool {
 }
 
 // RouteQuery decides a DNS query for name from src: the first rule that can speak of a name
-// before any address or port is known decides it. That is a rule without dst, dst_ports or
-// protocol matchers (those are about flows, and a query has neither a destination address
+// before any address or port is known decides it. That is a rule without dst, dst_geoip,
+// dst_ports or protocol matchers (those are about flows, and a query has neither a destination address
 // nor the port its flows will use), whose inbound, if given, includes dns, and whose src and
 // domain matchers accept the query. Nothing is resolved to decide: the name is what is asked.
 func (r *RuleRouter) RouteQuery(src netip.Addr, name string) Decision {
-	k := flowKey{inbound: inDNS, src: src.Unmap().WithZone(""), host: name, device: r.Device}
+	k := flowKey{inbound: inDNS, src: src.Unmap().WithZone(""), host: name, device: r.Device, more: moreKey{geo: r.GeoIP}}
 	for _, i := range r.noDst {
 		c := &r.rules[i]
-		if c.protocol != 0 || len(c.ports) > 0 || c.hasDst {
+		if c.protocol != 0 || len(c.ports) > 0 || c.hasDst || c.more.onDst() {
 			continue
 		}
 		if c.matchesRest(&k) {

@@ -37,6 +37,7 @@ type Target struct {
 	Host string         // destination name, when the client sent one (SOCKS4a, SOCKS5 domain)
 	Addr netip.AddrPort // destination address, when the client sent one (unmapped)
 	Port uint16         // destination port, in both cases
+	User string         // the SOCKS5 username the client authenticated with; "" for none
 }
 
 // String is "host:port".
@@ -286,18 +287,20 @@ func (s *Server) handshake5(ctx context.Context, c net.Conn, br *bufio.Reader, s
 	if _, err := c.Write(socks.AppendMethodSelection(nil, want)); err != nil {
 		return nil, fmt.Errorf("write method selection: %w", err)
 	}
+	var user string // authenticated
 	if want == socks.MethodUserPass {
-		user, pass, err := socks.ReadUserPassRequest(br)
+		name, pass, err := socks.ReadUserPassRequest(br)
 		if err != nil {
 			if malformed(err) {
 				c.Write(socks.AppendUserPassReply(nil, socks.UserPassFailure))
 			}
 			return nil, err
 		}
-		if !s.Authenticate(user, pass) {
+		if !s.Authenticate(name, pass) {
 			c.Write(socks.AppendUserPassReply(nil, socks.UserPassFailure))
-			return nil, &AuthError{Want: want, User: user}
+			return nil, &AuthError{Want: want, User: name}
 		}
+		user = name
 		if _, err := c.Write(socks.AppendUserPassReply(nil, socks.UserPassSuccess)); err != nil {
 			return nil, fmt.Errorf("write auth reply: %w", err)
 		}
@@ -323,6 +326,7 @@ func (s *Server) handshake5(ctx context.Context, c net.Conn, br *bufio.Reader, s
 		ap, _ := req.Addr.AddrPort()
 		t = Target{Src: src, Addr: ap, Port: ap.Port()}
 	}
+	t.User = user
 	switch req.Cmd {
 	case socks.CmdConnect:
 		if err := t.check(); err != nil {

@@ -26,6 +26,7 @@ type fakeTunneler struct {
 	targets []Target
 	err     error
 	sent    [][]byte // datagrams the UDP session was asked to send
+	sentTo  []Target // and their targets
 }
 
 func (f *fakeTunneler) Tunnel(ctx context.Context, c net.Conn, t Target, reply func(error) error) {
@@ -53,6 +54,7 @@ type echoSession struct {
 func (s *echoSession) Send(ctx context.Context, p []byte, t Target) error {
 	s.f.mu.Lock()
 	s.f.sent = append(s.f.sent, append([]byte(nil), p...))
+	s.f.sentTo = append(s.f.sentTo, t)
 	s.f.mu.Unlock()
 	from := socks.Addr{Name: t.Host, IP: t.Addr.Addr(), Port: t.Port}
 	s.deliver(p, from)
@@ -173,6 +175,53 @@ func TestUsernamePassword(t *testing.T) {
 	var re *socksclient.ReplyError
 	if err := dial(socksclient.SOCKS4, "alice", ""); !errors.As(err, &re) || re.Code != socks.Reply4Rejected {
 		t.Fatalf("socks4 with users set: %v", err)
+	}
+}
+
+// The user a client authenticated as goes with each of its targets, CONNECT and UDP
+// datagrams alike, for the rules' user matcher.
+func TestTargetsCarryTheAuthenticatedUser(t *testing.T) {
+	ft := &fakeTunneler{}
+	auth := func(u, p string) bool { return (u == "alice" || u == "bob") && p == "pw" }
+	addr := serve(t, &Server{Tunneler: ft, Authenticate: auth})
+	for _, user := range []string{"alice", "bob"} {
+		d := &socksclient.Dialer{Version: socksclient.SOCKS5, Address: addr, Username: user, Password: "pw"}
+		c, err := d.DialContext(context.Background(), "tcp", "example.com:80")
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+		if got := ft.last(); got.User != user || got.Host != "example.com" {
+			t.Errorf("target %+v, want user %s", got, user)
+		}
+		pc, err := d.ListenPacket(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := pc.WriteTo([]byte("q"), &net.UDPAddr{IP: net.IPv4(192, 0, 2, 1), Port: 53}); err != nil {
+			t.Fatal(err)
+		}
+		pc.SetReadDeadline(time.Now().Add(5 * time.Second))
+		buf := make([]byte, 16)
+		if _, _, err := pc.ReadFrom(buf); err != nil {
+			t.Fatal(err)
+		}
+		pc.Close()
+		ft.mu.Lock()
+		last := ft.sentTo[len(ft.sentTo)-1]
+		ft.mu.Unlock()
+		if last.User != user {
+			t.Errorf("datagram target %+v, want user %s", last, user)
+		}
+	}
+	// Without authentication there is no user.
+	ft2 := &fakeTunneler{}
+	d := &socksclient.Dialer{Version: socksclient.SOCKS5, Address: serve(t, &Server{Tunneler: ft2})}
+	if c, err := d.DialContext(context.Background(), "tcp", "192.0.2.1:80"); err == nil {
+		c.Close()
+	}
+	if got := ft2.last(); got.User != "" || !got.Addr.IsValid() {
+		t.Errorf("unauthenticated target %+v", got)
 	}
 }
 

@@ -42,7 +42,7 @@ func (s *Server) associate(ctx context.Context, c net.Conn, br *bufio.Reader, sr
 		writeReply5(c, socks.ReplyGeneralFailure, socks.Addr{})
 		return nil, fmt.Errorf("udp associate: open relay socket: %w", err)
 	}
-	r := &udpRelay{stats: s.counters(), pc: pc, clientIP: src.Addr()}
+	r := &udpRelay{stats: s.counters(), pc: pc, clientIP: src.Addr(), user: declared.User}
 	if declared.Host == "" && declared.Addr.Port() != 0 {
 		r.peer.Store(ptr(netip.AddrPortFrom(src.Addr(), declared.Addr.Port())))
 	}
@@ -87,6 +87,7 @@ type udpRelay struct {
 	pc       net.PacketConn
 	sess     UDPSession
 	clientIP netip.Addr
+	user     string // the association's authenticated user, on every datagram's Target
 	// peer is the client's socket: datagrams are taken only from it and replies go only to
 	// it. It is declared, or else set once, by loop, from the first datagram it relays.
 	peer atomic.Pointer[netip.AddrPort]
@@ -128,6 +129,7 @@ func (r *udpRelay) loop(ctx context.Context) {
 			r.stats.malformed.Add(1)
 			continue
 		}
+		t.User = r.user
 		if peer == nil {
 			r.peer.Store(ptr(ap)) // the first datagram relayed binds the association
 		}

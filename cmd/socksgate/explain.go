@@ -48,6 +48,7 @@ type explainFlow struct {
 	Name    string `json:"name,omitempty"`
 	Port    uint16 `json:"port"`
 	Inbound string `json:"inbound"`
+	User    string `json:"user,omitempty"`    // --user
 	SrcMAC  string `json:"src_mac,omitempty"` // --src-mac
 	Device  string `json:"device,omitempty"`  // --device
 }
@@ -105,6 +106,7 @@ func explainMain(args []string, stdout, stderr io.Writer) int {
 	query := fs.String("query", "", "explain a DNS query for this name (RouteQuery semantics)")
 	resolve := fs.Bool("resolve", false, "resolve a name-only destination as the gateway would (asks the system's resolver)")
 	asJSON := fs.Bool("json", false, "print JSON")
+	user := fs.String("user", "", "the user the client authenticated as on an explicit port, for user rules (needs --inbound http or socks)")
 	srcMAC := fs.String("src-mac", "", "the source's MAC, for src_mac rules (the running gateway reads it from the neighbour table)")
 	device := fs.String("device", "", "the source device's name, for device rules (the running gateway has it from the DHCP leases or reverse DNS)")
 	// Flags may come before, between or after the positional arguments.
@@ -154,6 +156,13 @@ func explainMain(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "socksgate explain: SRC: %v\n", err)
 		return 2
 	}
+	if db, err := openGeoIP(cfg); err != nil {
+		fmt.Fprintf(stderr, "socksgate explain: %v\n", err)
+		return 1
+	} else if db != nil {
+		r.GeoIP = db.Country
+		explainGeo = db.Country
+	}
 	explainDevice = explainDev{}
 	if *srcMAC != "" || *device != "" {
 		var m configs.MAC
@@ -191,6 +200,13 @@ func explainMain(args []string, stdout, stderr io.Writer) int {
 		if err != nil {
 			fmt.Fprintf(stderr, "socksgate explain: %v\n", err)
 			return 2
+		}
+		if *user != "" {
+			if f.Inbound != route.HTTP && f.Inbound != route.SOCKS {
+				fmt.Fprintln(stderr, "socksgate explain: --user: only flows on the explicit ports (--inbound http or socks) have a user")
+				return 2
+			}
+			f.User = *user
 		}
 		var lookup func(ctx context.Context, host string) ([]netip.Addr, error)
 		if *resolve {
@@ -309,6 +325,7 @@ const (
 func explainRoute(cfg *configs.Config, r *route.RuleRouter, f route.Flow, lookup func(context.Context, string) ([]netip.Addr, error)) *explainReport {
 	rep := &explainReport{Flow: &explainFlow{
 		Network: f.Network.String(), Src: f.Src.Addr().String(), Name: f.Host, Port: f.DstPort(), Inbound: f.Inbound.String(),
+		User: f.User,
 	}}
 	if f.Dst.IsValid() {
 		rep.Flow.Dst = f.Dst.Addr().String()
@@ -492,6 +509,9 @@ func failReason(rule configs.Rule, m route.Matcher, f route.Flow, v route.RuleVe
 		}
 		return fmt.Sprintf("device %s does not match %s", vals, explainDevice.Name)
 	}
+	if reason, ok := moreFailReason(m, vals, f, v, query); ok {
+		return reason
+	}
 	return string(m)
 }
 
@@ -541,6 +561,8 @@ func matcherValues(rule configs.Rule, m route.Matcher) string {
 		}
 	case route.MatchDevice:
 		vals = append(vals, rule.Device...)
+	default:
+		vals = moreMatcherValues(rule, m)
 	}
 	const shown = 4
 	if len(vals) > shown {
@@ -594,6 +616,9 @@ func printExplain(w io.Writer, rep *explainReport) {
 		src := f.Src
 		if f.SrcMAC != "" || f.Device != "" {
 			src += " (device " + strings.TrimSpace(f.SrcMAC+" "+f.Device) + ")"
+		}
+		if f.User != "" {
+			src += " (user " + f.User + ")"
 		}
 		if strings.HasPrefix(f.Network, "icmp") {
 			fmt.Fprintf(w, "flow: %s %s -> %s, inbound %s\n", f.Network, src, dst, f.Inbound)

@@ -43,7 +43,7 @@ commands:
                       -log-format overrides the config's log.format
   check    -c FILE    validate a config file and print its warnings
   rules   [-c FILE]   print the nftables rules and policy routing it would install
-  explain  -c FILE SRC DST[:PORT] [--name NAME] [--proto udp] [--inbound KIND] [--json]
+  explain  -c FILE SRC DST[:PORT] [--name NAME] [--proto udp] [--inbound KIND] [--user NAME] [--json]
           -c FILE SRC --query NAME
                       which rule decides a flow or DNS query, its way out, and why
                       each earlier rule did not match (dials and resolves nothing)
@@ -121,6 +121,10 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 	}
 	switch cmd {
 	case "check":
+		if _, err := openGeoIP(cfg); err != nil {
+			fmt.Fprintf(stderr, "socksgate: %s: %v\n", *path, err)
+			return 1
+		}
 		for _, w := range cfg.Warnings() {
 			fmt.Fprintln(stdout, "warning:", w)
 		}
