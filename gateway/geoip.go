@@ -3,6 +3,7 @@ package gateway
 import (
 	"fmt"
 	"net/netip"
+	"sync"
 	"sync/atomic"
 
 	"github.com/sirupsen/logrus"
@@ -21,12 +22,40 @@ import (
 // the log and in /metrics. A reload of the config re-reads it too, or opens another path.
 type geoDB struct {
 	cur atomic.Pointer[geoWatch] // nil: no database configured
+	// changed gets a value when the watch has loaded a new version, for Run's loop to
+	// recompute the kernel's direct sets (dst_geoip rules are hoisted).
+	changed chan struct{}
+
+	mu     sync.Mutex
+	netsOf *geoip.DB // the version nets was listed from
+	nets   map[geoip.Code][]netip.Prefix
 }
 
 // geoWatch is one database file and its watch.
 type geoWatch struct {
 	f    *geoip.File
 	stop func() // ends the watch; nil: not watched
+}
+
+// Prefixes implements route.RuleRouter.GeoPrefixes: a country's networks in the version in
+// force, listed once per version (a walk of the whole database).
+func (g *geoDB) Prefixes(cc geoip.Code) []netip.Prefix {
+	w := g.cur.Load()
+	if w == nil {
+		return nil
+	}
+	db := w.f.DB()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.netsOf != db {
+		g.netsOf, g.nets = db, map[geoip.Code][]netip.Prefix{}
+	}
+	ps, ok := g.nets[cc]
+	if !ok {
+		ps = db.Prefixes(cc)
+		g.nets[cc] = ps
+	}
+	return ps
 }
 
 // Country implements route.RuleRouter.GeoIP.
@@ -57,7 +86,14 @@ func (rt *running) openGeoWatch(path string) (*geoWatch, error) {
 	}
 	w := &geoWatch{f: f}
 	log := rt.log.WithField("path", path)
-	w.stop, err = filewatch.Watch(path, 0, func() { reloadGeo(log, f, "the file changed") })
+	w.stop, err = filewatch.Watch(path, 0, func() {
+		if reloadGeo(log, f, "the file changed") {
+			select {
+			case rt.geo.changed <- struct{}{}:
+			default: // one is pending already
+			}
+		}
+	})
 	if err != nil {
 		log.WithError(err).Warn("geoip: the database file is not watched; a reload of the config (SIGHUP) re-reads it")
 	}
@@ -65,13 +101,14 @@ func (rt *running) openGeoWatch(path string) (*geoWatch, error) {
 	return w, nil
 }
 
-// reloadGeo reads f again and says how it went.
-func reloadGeo(log *logrus.Entry, f *geoip.File, why string) {
+// reloadGeo reads f again and says how it went: true when a new version is in force.
+func reloadGeo(log *logrus.Entry, f *geoip.File, why string) bool {
 	if err := f.Reload(); err != nil {
 		log.WithError(err).Error("geoip: the database did not load; the version in force stays")
-		return
+		return false
 	}
 	log.WithField("type", f.Status().Type).WithField("why", why).Info("geoip: database reloaded")
+	return true
 }
 
 // prepareGeoIP readies c's database for a start or a reload without putting it in force: the
@@ -101,7 +138,7 @@ func (rt *running) prepareGeoIP(c configs.GeoIP) (commit, abort func(), err erro
 // useGeoIP has the router look countries up in the database of the run.
 func (rt *running) useGeoIP(r route.Router) {
 	if rr, ok := r.(*route.RuleRouter); ok {
-		rr.GeoIP = rt.geo.Country
+		rr.GeoIP, rr.GeoPrefixes = rt.geo.Country, rt.geo.Prefixes
 	}
 }
 

@@ -36,6 +36,7 @@ func Run(ctx context.Context, cfg *configs.Config, log *logrus.Logger, reload <-
 	nofile := raiseFileLimit(log)
 	rt := &running{log: log, cfg: cfg, mark: redirect.MarkControl(cfg.Mark), own: &upstream.OwnConns{}, health: &listenerHealth{},
 		logs: &admin.LogFeed{}}
+	rt.geo.changed = make(chan struct{}, 1)
 	defer rt.stopHealth()
 	// The control API's /logs: the hook costs an atomic load a line while nobody streams.
 	hooks := logrus.LevelHooks{}
@@ -174,6 +175,8 @@ func Run(ctx context.Context, cfg *configs.Config, log *logrus.Logger, reload <-
 			rt.reload(next)
 		case ev := <-rt.sets.Events():
 			rt.setChanged(ev)
+		case <-rt.geo.changed:
+			rt.updateDirect()
 		}
 	}
 	rt.shutdown(cutNow)

@@ -50,6 +50,8 @@ type RuleRouter struct {
 	// src_geoip matchers; asked at most once per address and Route. nil: no country is
 	// known, and such rules never match. It must be safe for concurrent use.
 	GeoIP func(netip.Addr) geoip.Code
+	// GeoPrefixes lists a country's networks in the same database, for Hoisted; nil: none.
+	GeoPrefixes func(geoip.Code) []netip.Prefix
 }
 
 // resolveTimeout bounds the lookup of a name that an address rule has to decide.

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/socksgate/socksgate/configs"
+	"github.com/socksgate/socksgate/geoip"
 	"github.com/socksgate/socksgate/ruleset"
 )
 
@@ -175,6 +176,53 @@ func TestHoisted(t *testing.T) {
 					t.Errorf("%s: %v is hoisted but %+v is decided %v by %q", tc.name, p, f, d.Action, d.Rule)
 				}
 			}
+		}
+	}
+}
+
+// A dst_geoip country is its networks in the database: a direct rule on countries is hoisted
+// like one on a cidr set, and a proxy rule on a country claims that country's networks.
+func TestHoistedCountries(t *testing.T) {
+	cn, _ := geoip.ParseCode("CN")
+	de, _ := geoip.ParseCode("DE")
+	nets := map[geoip.Code][]netip.Prefix{
+		cn: pfx("192.0.2.0/24", "2001:db8::/32"),
+		de: pfx("198.51.100.0/24"),
+	}
+	country := func(a netip.Addr) geoip.Code {
+		for cc, ps := range nets {
+			for _, p := range ps {
+				if p.Contains(a) {
+					return cc
+				}
+			}
+		}
+		return 0
+	}
+	rules := []configs.Rule{
+		{Name: "de-slow", DstGeoIP: []geoip.Code{de}, DstPorts: ports(443, 443), Action: configs.ActionProxy, Upstream: "up1"},
+		{Name: "home", DstGeoIP: []geoip.Code{cn, de}, Action: configs.ActionDirect},
+		{Name: "both", DstGeoIP: []geoip.Code{cn}, Dst: pfx("192.0.2.128/25", "203.0.113.0/24"), Action: configs.ActionDirect},
+		{Name: "rest", Action: configs.ActionProxy, Upstream: "up1"},
+	}
+	r := setRouter(t, nil, rules...)
+	if ps, _ := r.HoistedPrefixes(); len(ps) != 0 {
+		t.Fatalf("without a database no country is hoisted: %v", ps)
+	}
+	r.GeoIP, r.GeoPrefixes = country, func(cc geoip.Code) []netip.Prefix { return nets[cc] }
+	ps, from := r.HoistedPrefixes()
+	var got []string
+	for _, p := range ps {
+		got = append(got, p.String())
+	}
+	// "both" matches where dst and dst_geoip both do: 192.0.2.128/25, within home's already.
+	if want := "192.0.2.0/24 2001:db8::/32"; strings.Join(got, " ") != want || !slices.Equal(from, []string{"home", "both"}) {
+		t.Fatalf("hoisted %q from %q, want %q (DE is claimed by de-slow)", got, from, want)
+	}
+	for _, p := range ps {
+		f := Flow{Network: TCP, Src: ap("10.0.1.5:1"), Dst: netip.AddrPortFrom(p.Addr(), 443), Inbound: Redirect}
+		if d := r.Route(context.Background(), f); d.Action != ActionDirect {
+			t.Errorf("%v is hoisted but decided %v by %q", p, d.Action, d.Rule)
 		}
 	}
 }

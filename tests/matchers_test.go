@@ -166,3 +166,60 @@ func TestMatchersUsersNamesAndCountries(t *testing.T) {
 	})
 	stopSocksgate(t, lab.GW, gw)
 }
+
+// A direct rule on countries alone is hoisted like one on a cidr set: the country's networks
+// in the database go into the kernel's direct sets, flows there are forwarded by gw's kernel
+// and never reach socksgate, and when the database is replaced the sets follow it.
+func TestHoistedCountryNeverReachesSocksgate(t *testing.T) {
+	tp := netlab.NewTopology(t)
+	serveWeb(t, tp)
+	startMicrosocks(t, tp, "", "")
+	tp.WAN.Addr(netlab.WANIf, "203.0.113.12/24")
+	tp.AllowDirect("203.0.113.12")
+	dbPath := filepath.Join(t.TempDir(), "country.mmdb")
+	if err := geoiptest.WriteFile(dbPath, geoiptest.Network{Prefix: "203.0.113.12/32", Country: "DE"}); err != nil {
+		t.Fatal(err)
+	}
+	cfg := gatewayConfig("socks5://"+netlab.Proxy4+":1080", fmt.Sprintf(`geoip: {path: %q}
+rules:
+  - {name: home, dst_geoip: [de], action: direct}
+  - {name: catchall, upstream: main}
+admin: %q
+`, dbPath, setsAdmin))
+	gw := startSocksgate(t, tp.GW, cfg)
+	if _, ok := waitLog(gw, 5*time.Second, msg("kernel direct sets: flows to these destinations are routed by the kernel").with("rules", "[home]")); !ok {
+		t.Fatalf("no direct sets logged:\n%s", gw.Output())
+	}
+	if set, _ := tp.GW.Run("nft", "list", "set", "inet", "socksgate", "direct4"); !strings.Contains(set, "203.0.113.12") {
+		t.Fatalf("direct4 lacks the country's network:\n%s", set)
+	}
+	if out, err := curl(tp.LAN, "--max-time", "5", urlFor("203.0.113.12", "/")); err != nil || out != pageBody {
+		t.Fatalf("hoisted: %v: %q", err, out)
+	}
+	if out, err := curl(tp.LAN, "--max-time", "5", urlFor(netlab.WAN4, "/")); err != nil || out != pageBody {
+		t.Fatalf("captured: %v: %q", err, out)
+	}
+	routingFlowLine(t, gw, net.JoinHostPort(netlab.WAN4, "80"))
+	if rs := flowRules(gw, "203.0.113.12:80"); len(rs) != 0 {
+		t.Errorf("socksgate carried flows to the hoisted country: %q", rs)
+	}
+
+	// The database moves the address to another country: the kernel's set follows, and the
+	// next flow there is socksgate's, decided by the catch-all.
+	if err := geoiptest.WriteFile(dbPath, geoiptest.Network{Prefix: "203.0.113.12/32", Country: "FR"}); err != nil {
+		t.Fatal(err)
+	}
+	if !waitFor(5*time.Second, func() bool {
+		set, _ := tp.GW.Run("nft", "list", "set", "inet", "socksgate", "direct4")
+		return !strings.Contains(set, "203.0.113.12")
+	}) {
+		t.Fatalf("direct4 still holds 203.0.113.12:\n%s", gw.Output())
+	}
+	if out, err := curl(tp.LAN, "--max-time", "5", urlFor("203.0.113.12", "/")); err != nil || out != pageBody {
+		t.Fatalf("after the change: %v: %q", err, out)
+	}
+	if l := routingFlowLine(t, gw, "203.0.113.12:80"); l.str("rule") != "catchall" {
+		t.Fatalf("flow line: %s", l)
+	}
+	stopSocksgate(t, tp.GW, gw)
+}
