@@ -336,33 +336,47 @@ func (a AdminSource) Rules() []admin.Rule {
 	return out
 }
 
+type clashPart struct{ typ, payload string }
+
+// addClashPart adds a matcher's values: one as itself, several as an OR of them.
+//
+//go:noinline
+func addClashPart(parts []clashPart, typ string, vals []string) []clashPart {
+	switch len(vals) {
+	case 0:
+	case 1:
+		parts = append(parts, clashPart{typ, vals[0]})
+	default:
+		inner := make([]string, len(vals))
+		for i, v := range vals {
+			inner[i] = "(" + typ + "," + v + ")"
+		}
+		parts = append(parts, clashPart{"OR", "(" + strings.Join(inner, " || ") + ")"})
+	}
+	return parts
+}
+
+// stringsOf is f(0), ..., f(n-1). (Kept out of line: the API's rule listing is not worth
+// inlining a loop per matcher into it.)
+//
+//go:noinline
+func stringsOf(n int, f func(int) string) []string {
+	if n == 0 {
+		return nil
+	}
+	out := make([]string, n)
+	for i := range out {
+		out[i] = f(i)
+	}
+	return out
+}
+
 // clashRule writes a rule's matchers as a Clash rule type and payload: one matcher with one
 // value is that type (DomainSuffix, IPCIDR, DstPort, DomainKeyword, DomainRegex, GeoIP,
-// SrcGeoIP, InUser...; src_mac and device are SrcMAC and Device), several values of one
+// SrcGeoIP, InUser, RuleSet...; src_mac and device are SrcMAC and Device), several values of one
 // matcher an OR, several matchers an AND, none Match.
 func clashRule(r configs.Rule) (typ, payload string) {
-	type part struct{ typ, payload string }
-	var parts []part
-	add := func(typ string, vals []string) {
-		switch len(vals) {
-		case 0:
-		case 1:
-			parts = append(parts, part{typ, vals[0]})
-		default:
-			inner := make([]string, len(vals))
-			for i, v := range vals {
-				inner[i] = "(" + typ + "," + v + ")"
-			}
-			parts = append(parts, part{"OR", "(" + strings.Join(inner, " || ") + ")"})
-		}
-	}
-	strs := func(n int, f func(int) string) []string {
-		out := make([]string, n)
-		for i := range out {
-			out[i] = f(i)
-		}
-		return out
-	}
+	var parts []clashPart
 	var exact, suffix []string
 	for _, d := range r.Domain {
 		if strings.HasPrefix(d, ".") {
@@ -371,21 +385,32 @@ func clashRule(r configs.Rule) (typ, payload string) {
 			exact = append(exact, d)
 		}
 	}
-	add("Domain", exact)
-	add("DomainSuffix", suffix)
-	add("IPCIDR", strs(len(r.Dst), func(i int) string { return r.Dst[i].String() }))
-	add("SrcIPCIDR", strs(len(r.Src), func(i int) string { return r.Src[i].String() }))
-	add("DstPort", strs(len(r.DstPorts), func(i int) string { return r.DstPorts[i].String() }))
-	add("Network", strs(len(r.Protocol), func(i int) string { return r.Protocol[i].String() }))
-	add("InType", strs(len(r.Inbound), func(i int) string { return r.Inbound[i].String() }))
-	// socksgate's own matchers, under names of their own: Clash has no rule for them.
-	add("SrcMAC", strs(len(r.SrcMAC), func(i int) string { return r.SrcMAC[i].String() }))
-	add("Device", r.Device)
-	add("InUser", r.User)
-	add("DomainKeyword", r.DomainKeyword)
-	add("DomainRegex", strs(len(r.DomainRegex), func(i int) string { return r.DomainRegex[i].String() }))
-	add("GeoIP", strs(len(r.DstGeoIP), func(i int) string { return r.DstGeoIP[i].String() }))
-	add("SrcGeoIP", strs(len(r.SrcGeoIP), func(i int) string { return r.SrcGeoIP[i].String() }))
+	for _, m := range []struct {
+		typ  string
+		vals []string
+	}{
+		{"Domain", exact},
+		{"DomainSuffix", suffix},
+		{"IPCIDR", stringsOf(len(r.Dst), func(i int) string { return r.Dst[i].String() })},
+		{"SrcIPCIDR", stringsOf(len(r.Src), func(i int) string { return r.Src[i].String() })},
+		{"DstPort", stringsOf(len(r.DstPorts), func(i int) string { return r.DstPorts[i].String() })},
+		{"Network", stringsOf(len(r.Protocol), func(i int) string { return r.Protocol[i].String() })},
+		{"InType", stringsOf(len(r.Inbound), func(i int) string { return r.Inbound[i].String() })},
+		// Clash's RULE-SET, and socksgate's own matchers under names of their own: Clash has
+		// no rule for them.
+		{"RuleSet", r.DomainSet},
+		{"RuleSet", r.DstSet},
+		{"SrcRuleSet", r.SrcSet},
+		{"SrcMAC", stringsOf(len(r.SrcMAC), func(i int) string { return r.SrcMAC[i].String() })},
+		{"Device", r.Device},
+		{"InUser", r.User},
+		{"DomainKeyword", r.DomainKeyword},
+		{"DomainRegex", stringsOf(len(r.DomainRegex), func(i int) string { return r.DomainRegex[i].String() })},
+		{"GeoIP", stringsOf(len(r.DstGeoIP), func(i int) string { return r.DstGeoIP[i].String() })},
+		{"SrcGeoIP", stringsOf(len(r.SrcGeoIP), func(i int) string { return r.SrcGeoIP[i].String() })},
+	} {
+		parts = addClashPart(parts, m.typ, m.vals)
+	}
 	switch len(parts) {
 	case 0:
 		return "Match", ""

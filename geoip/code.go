@@ -19,7 +19,7 @@ import (
 type Code uint16
 
 // ErrNotBuilt is what Open returns in a build without GeoIP (the nogeoip tag).
-var ErrNotBuilt = errors.New("socksgate was built without GeoIP (the nogeoip build tag)")
+var ErrNotBuilt = errors.New("socksgate was built without GeoIP (the nogeoip build tag, as the mips and mipsle builds are); a country's prefixes as a cidr rule set (dst_set) do the same")
 
 // ParseCode reads a country code: two ASCII letters, either case.
 func ParseCode(s string) (Code, error) {
