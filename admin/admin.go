@@ -15,7 +15,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"strings"
 	"sync"
 	"time"
 )
@@ -184,11 +183,14 @@ func Handler(src Source, version string) http.Handler {
 		// Whether this router serves is not its health: a standby answers 200 too, or the
 		// VRRP track script on it would keep it from ever taking over.
 		if vip, held, ok := serving(src); ok {
-			if len(held) > 0 {
-				fmt.Fprintln(w, "serving: holds", joinAddrs(held))
-			} else {
-				fmt.Fprintln(w, "standby: holds none of", joinAddrs(vip))
+			line, as := "serving: holds", held
+			if len(held) == 0 {
+				line, as = "standby: holds none of", vip
 			}
+			for _, a := range as {
+				line += " " + a.String()
+			}
+			fmt.Fprintln(w, line)
 		}
 	})
 	return mux
@@ -200,14 +202,6 @@ func serving(src Source) (vip, held []netip.Addr, ok bool) {
 		vip, held = sr.Serving()
 	}
 	return vip, held, len(vip) > 0
-}
-
-func joinAddrs(as []netip.Addr) string {
-	s := make([]string, len(as))
-	for i, a := range as {
-		s[i] = a.String()
-	}
-	return strings.Join(s, " ")
 }
 
 func writeJSON(w http.ResponseWriter, v any) {

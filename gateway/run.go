@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/netip"
 	"reflect"
-	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -383,9 +382,6 @@ func (rt *running) reload(next *configs.Config) {
 	}
 	if !reflect.DeepEqual(next.Listen, old.Listen) {
 		changed = append(changed, "listen")
-	}
-	if !slices.Equal(next.HA.VIP, old.HA.VIP) {
-		changed = append(changed, "ha.vip")
 	}
 	c, capChanged, restart := rt.setCapture(old, next)
 	applied.Mark, applied.LAN, applied.Transparent = c.Mark, c.LAN, c.Transparent
