@@ -22,7 +22,7 @@ CROSS_LDFLAGS   ?= -s -w -X main.version=$(VERSION)
 # the runtime and its internal packages, sync, syscall, x/sys/unix, net, the small standard
 # packages whose functions inline into those callers (time, context, errors, bytes, strings,
 # strconv, bufio, io, encoding/binary, math, unicode/utf8, hash/maphash, net/netip), x/net,
-# miekg/dns, logrus, and socksgate's own packages but the cold ones below. Everything else
+# logrus, and socksgate's own packages but the cold ones below. Everything else
 # (CROSS_COLD_ALL) is compiled without inlining: config and YAML parsing, nftables and netlink
 # setup, JSON, certificates and crypto (TLS handshakes: DoT/DoH; dns's BenchmarkExchangeDoT/DoH
 # show no difference), net/http (the admin endpoint, DoH, and an explicit HTTP proxy's request
@@ -30,11 +30,13 @@ CROSS_LDFLAGS   ?= -s -w -X main.version=$(VERSION)
 # package's functions are not inlined into other packages either, which is why the small
 # standard packages a flow calls into stay in CROSS_HOT. Turning inlining off this way took
 # the mips binary from 12,386,497 to 11,927,745 bytes; turning it off everywhere would reach
-# about 10.8 MB and slow every flow. miekg/dns stays hot: without inlining its handler's cache
-# hit took 1.27-1.64 us instead of 1.10-1.26 (dns BenchmarkHandlerCacheHit, amd64).
+# about 10.8 MB and slow every flow. miekg/dns is cold too (-101 KB on mips): a DNS query is
+# not a flow's bytes, and its cache-hit handler stays near 1 us either way (0.93-1.36 hot,
+# 1.05-1.36 cold, dns BenchmarkHandlerCacheHit alternating on a loaded 2-core VM): a router
+# asks tens of queries a second.
 CROSS_HOT       ?= runtime internal/... sync sync/atomic syscall net net/netip golang.org/x/sys/unix \
                    time context errors bytes strings io encoding/binary unicode/utf8 strconv bufio \
-                   math math/bits hash/maphash golang.org/x/net/... github.com/miekg/dns \
+                   math math/bits hash/maphash golang.org/x/net/... \
                    github.com/sirupsen/logrus github.com/socksgate/socksgate/...
 # socksgate's own packages that run once at start, on a command, or every few seconds.
 CROSS_COLD      ?= github.com/socksgate/socksgate/configs github.com/socksgate/socksgate/internal/doctor \

@@ -266,13 +266,17 @@ type Upstream struct {
 	// upstreams and groups.
 	Name string `yaml:"name"`
 	// URL is the upstream's address. Schemes: socks5, socks5h (the same:
-	// socksgate always sends the names it has), socks4, socks4a, http, and
-	// direct ("direct://"). Credentials go in the userinfo; socks4/4a take a
+	// socksgate always sends the names it has), socks4, socks4a, http,
+	// https (HTTP CONNECT over TLS), socks5+tls (SOCKS5 over TLS) and direct
+	// ("direct://"). Credentials go in the userinfo; socks4/4a take a
 	// username only (sent as the user id). Never log it: use Redacted.
 	URL *url.URL `yaml:"url"`
 	// Via names another upstream this one is reached through (chains of any
 	// depth; no cycles).
 	Via string `yaml:"via"`
+	// TLS configures the TLS of an https or socks5+tls upstream; nil: the
+	// defaults (UpstreamTLS's zero value). Refused on other schemes.
+	TLS *UpstreamTLS `yaml:"tls"`
 
 	urlErr string // why the url did not parse; reported by Validate
 }
@@ -390,6 +394,10 @@ const (
 	SchemeSOCKS4A = "socks4a"
 	SchemeHTTP    = "http"
 	SchemeDirect  = "direct"
+	// SchemeHTTPS is HTTP CONNECT and SchemeSOCKS5TLS SOCKS5, each over TLS
+	// to the proxy.
+	SchemeHTTPS     = "https"
+	SchemeSOCKS5TLS = "socks5+tls"
 
 	// ListenLAN is the listen-address host keyword for "the addresses of
 	// lan.interfaces".
@@ -402,6 +410,8 @@ const (
 
 // SupportsUDP reports whether the upstream can carry UDP: direct, or SOCKS5
 // reached without a via chain (UDP ASSOCIATE needs UDP reach to the proxy).
+// socks5+tls does not: its association's datagrams would travel in clear
+// beside the TLS (docs/configuration.md says why that is not done).
 func (u *Upstream) SupportsUDP() bool {
 	if u.URL == nil {
 		return false

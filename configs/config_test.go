@@ -433,7 +433,7 @@ rules: [{upstream: a}, {upstream: b}, {upstream: c}, {upstream: d}, {upstream: e
 			`listen.users[1].username: must not contain ':'`,
 			`listen.users[3].username: duplicate of listen.users[2]`}},
 		{"upstream url scheme", ups + `  - {name: c, url: "sock5://10.0.0.3:1080"}`, []string{
-			`upstreams[2].url: unsupported scheme "sock5" (want socks5, socks5h, socks4, socks4a, http or direct)`}},
+			`upstreams[2].url: unsupported scheme "sock5" (want socks5, socks5h, socks4, socks4a, http, https, socks5+tls or direct)`}},
 		{"upstream url shapes", `upstreams:
   - {name: a, url: "10.0.0.1:1080"}
   - {name: b, url: "socks5://10.0.0.1"}
@@ -444,7 +444,7 @@ rules: [{upstream: a}, {upstream: b}, {upstream: c}, {upstream: d}, {upstream: e
   - {name: g, url: "http://h:1/path?q=1"}
   - {name: h}
   - {name: i, url: "socks5://u:p@h:port"}
-  - {name: j, url: "https://h:443"}
+  - {name: j, url: "ftp://h:21"}
   - {name: k, url: "socks5://:pw@h:1"}
 rules: [{action: direct}]`, []string{
 			`upstreams[0].url: missing scheme (want e.g. "socks5://host:1080")`,
@@ -456,7 +456,7 @@ rules: [{action: direct}]`, []string{
 			`upstreams[6].url: unexpected path, query or fragment`,
 			`upstreams[7].url: required`,
 			`upstreams[8].url: invalid URL: invalid port ":port" after host`,
-			`upstreams[9].url: unsupported scheme "https" (want socks5, socks5h, socks4, socks4a, http or direct)`,
+			`upstreams[9].url: unsupported scheme "ftp" (want socks5, socks5h, socks4, socks4a, http, https, socks5+tls or direct)`,
 			`upstreams[10].url: empty username (RFC 1929 needs 1-255 bytes)`}},
 		{"upstream names", `upstreams:
   - {name: "", url: "direct://"}

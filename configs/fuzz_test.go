@@ -31,6 +31,7 @@ func FuzzParse(f *testing.F) {
 		"transparent: {tcp_port: 12345.9, udp_port: 1e3, route_table: .nan}\nmark: 0x1_0",
 		"listen: {http: [\":8080\", \"127.0.0.1:8080\", \"999.1.1.1:1\"], mixed: lan:8080}\nadmin: \"[::]:8080\"",
 		"relay: kernel\nupstreams: [{name: a, url: \"socks5://localhost:1080\"}, {name: b, url: \"socks5://0.0.0.0:8080\", via: a}]",
+		"upstreams: [{name: a, url: \"https://u:p@h:443\", tls: {server_name: h, pin_sha256: sha256//AAAA, insecure: true}}, {name: b, url: \"socks5+tls://h:1\", via: a, tls: {ca: /nonexistent}}]",
 	} {
 		f.Add([]byte(s))
 	}

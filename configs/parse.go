@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
@@ -47,7 +48,7 @@ func Load(path string) (*Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read config: %w", err)
 	}
-	c, err := Parse(data)
+	c, err := parse(data, filepath.Dir(path))
 	if err != nil {
 		var ve *ValidationError
 		if errors.As(err, &ve) {
@@ -64,11 +65,16 @@ func Load(path string) (*Config, error) {
 // the document itself (syntax, unknown keys, malformed values, each with its
 // line and field path), or, when the document is well-formed, those of
 // Validate.
-func Parse(data []byte) (*Config, error) {
+func Parse(data []byte) (*Config, error) { return parse(data, "") }
+
+// parse is Parse for a document read from a file in dir ("": none), against which the
+// relative file names it holds (upstreams' tls.ca) are read.
+func parse(data []byte, dir string) (*Config, error) {
 	c, err := decode(data)
 	if err != nil {
 		return nil, err
 	}
+	c.resolveFiles(dir)
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
@@ -230,9 +236,10 @@ func (g *Group) UnmarshalYAML(n *yaml.Node) error {
 
 // upstreamYAML is Upstream as written in the file.
 type upstreamYAML struct {
-	Name string `yaml:"name"`
-	URL  string `yaml:"url"`
-	Via  string `yaml:"via"`
+	Name string       `yaml:"name"`
+	URL  string       `yaml:"url"`
+	Via  string       `yaml:"via"`
+	TLS  *UpstreamTLS `yaml:"tls,omitempty"`
 }
 
 // UnmarshalYAML decodes an upstream and parses its URL. A URL that does not
@@ -243,7 +250,7 @@ func (u *Upstream) UnmarshalYAML(n *yaml.Node) error {
 	if err := n.Decode(&p); err != nil {
 		return err
 	}
-	*u = Upstream{Name: p.Name, Via: p.Via}
+	*u = Upstream{Name: p.Name, Via: p.Via, TLS: p.TLS}
 	if strings.TrimSpace(p.URL) != "" {
 		u.URL, u.urlErr = parseUpstreamURL(p.URL)
 	}
@@ -253,7 +260,7 @@ func (u *Upstream) UnmarshalYAML(n *yaml.Node) error {
 // MarshalYAML writes an upstream with its full URL (credentials included:
 // this is for writing config files, not logs).
 func (u Upstream) MarshalYAML() (any, error) {
-	p := upstreamYAML{Name: u.Name, Via: u.Via}
+	p := upstreamYAML{Name: u.Name, Via: u.Via, TLS: u.TLS}
 	if u.URL != nil {
 		p.URL = u.URL.String()
 	}

@@ -485,6 +485,7 @@ func (c *Config) validateUpstreams(p *problems, ix *nameIndex) {
 			p.add(path+".name", "duplicate of upstreams[%d]", j)
 		}
 		validateUpstreamURL(p, path+".url", u)
+		validateTLS(p, path+".tls", u)
 		c.validateNotSelf(p, path+".url", u)
 		if u.Via != "" {
 			switch {
@@ -516,9 +517,9 @@ func validateUpstreamURL(p *problems, path string, u *Upstream) {
 			p.add(path, "direct takes no host or credentials: write \"direct://\"")
 		}
 		return
-	case SchemeSOCKS5, SchemeSOCKS5H, SchemeSOCKS4, SchemeSOCKS4A, SchemeHTTP:
+	case SchemeSOCKS5, SchemeSOCKS5H, SchemeSOCKS4, SchemeSOCKS4A, SchemeHTTP, SchemeHTTPS, SchemeSOCKS5TLS:
 	default:
-		p.add(path, "unsupported scheme %q (want socks5, socks5h, socks4, socks4a, http or direct)", url.Scheme)
+		p.add(path, "unsupported scheme %q (want socks5, socks5h, socks4, socks4a, http, https, socks5+tls or direct)", url.Scheme)
 		return
 	}
 	switch {
@@ -542,7 +543,7 @@ func validateUpstreamURL(p *problems, path string, u *Upstream) {
 		switch {
 		case (url.Scheme == SchemeSOCKS4 || url.Scheme == SchemeSOCKS4A) && hasPW:
 			p.add(path, "%s carries no password (the username is sent as the user id)", url.Scheme)
-		case url.Scheme == SchemeSOCKS5 || url.Scheme == SchemeSOCKS5H:
+		case url.Scheme == SchemeSOCKS5 || url.Scheme == SchemeSOCKS5H || url.Scheme == SchemeSOCKS5TLS:
 			if len(url.User.Username()) > 255 || len(pw) > 255 {
 				p.add(path, "username and password must be at most 255 bytes each (RFC 1929)")
 			}

@@ -73,6 +73,7 @@ func (c *Config) Warnings() []string {
 			add("upstreams[%d] (%q): not used by any rule, group or via", i, c.Upstreams[i].Name)
 		}
 	}
+	w = append(w, c.tlsWarnings()...)
 	for i := range c.Groups {
 		if !used[c.Groups[i].Name] {
 			add("groups[%d] (%q): not used by any rule", i, c.Groups[i].Name)

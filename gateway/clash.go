@@ -118,7 +118,7 @@ func proxyType(u *configs.Upstream) string {
 		return "Unknown"
 	}
 	switch u.URL.Scheme {
-	case configs.SchemeSOCKS5, configs.SchemeSOCKS5H:
+	case configs.SchemeSOCKS5, configs.SchemeSOCKS5H, configs.SchemeSOCKS5TLS:
 		return "Socks5"
 	case configs.SchemeSOCKS4, configs.SchemeSOCKS4A:
 		return "Socks4"

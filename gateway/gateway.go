@@ -126,6 +126,12 @@ func (g *Gateway) Dial(ctx context.Context, f route.Flow) (net.Conn, route.Decis
 	if m, ok := c.(interface{ Member() string }); ok {
 		d.Member = m.Member()
 	}
+	if resumed, ok := upstream.TLSResumed(c); ok {
+		d.TLS = "full"
+		if resumed {
+			d.TLS = "resumed"
+		}
+	}
 	if err == nil && d.Action == route.ActionDirect && !to.IsValid() {
 		// A name (localhost, the router's own name) can lead back to the router: to socksgate's
 		// own listeners (the flow would come back in as the router, past the client's own rules

@@ -15,7 +15,7 @@ import (
 // the live table, or refuses it (one "flow refused" line, one count by reason); routed records
 // the decision; finish writes the flow's one line and its one metrics update. The layout of the
 // line is the same for every inbound: src, dst (the name when there is one), ip, network,
-// inbound, rule, action, upstream, member, up, down, duration, outcome, and error when it failed.
+// inbound, rule, action, upstream, member, tls, up, down, duration, outcome, and error when it failed.
 
 // Outcome is how a flow ended, the "outcome" label of socksgate_flows_total.
 type Outcome uint8
@@ -178,6 +178,9 @@ func (g *Gateway) logEnd(e flowEnd) {
 	}
 	if d.Member != "" {
 		fields["member"] = d.Member
+	}
+	if d.TLS != "" {
+		fields["tls"] = d.TLS
 	}
 	if f.Host != "" && f.Dst.IsValid() {
 		fields["ip"] = f.Dst.String()

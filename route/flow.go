@@ -139,6 +139,9 @@ type Decision struct {
 	Rule     string            // the rule that matched, for the flow log
 	Way      string            // the upstream or group the rule names, by its config name; "direct" for a direct rule
 	Member   string            // the group member that carried the flow, once dialed through a group
+	// TLS is how the flow's TLS to its proxy began, once dialed through an https or socks5+tls
+	// upstream: "resumed" (an earlier flow's session) or "full" (a full handshake); "" none.
+	TLS string
 	// Addr is the address a name-only flow's name was resolved to and matched by the rules
 	// on addresses (see RuleRouter.Route); a direct dial goes to it, not to the name again.
 	Addr netip.Addr

@@ -13,7 +13,10 @@ have curl      || need+=(curl)
 have microsocks|| need+=(microsocks)
 have danted    || need+=(dante-server)
 have tinyproxy || need+=(tinyproxy)
-have squid     || need+=(squid)
+# squid-openssl: the same /usr/sbin/squid as package squid (which it replaces), built with
+# OpenSSL, which its https_port needs (the TLS upstream tests).
+{ have squid && squid -v | grep -q -- '--with-openssl'; } || need+=(squid-openssl)
+have stunnel4  || need+=(stunnel4)     # TLS in front of dante (socks5+tls upstream tests)
 have socat     || need+=(socat)
 have dig       || need+=(bind9-dnsutils)
 have proxychains4 || need+=(proxychains4)
@@ -52,7 +55,7 @@ apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 # Nor start at the next boot: the services these packages enable are not wanted on this machine.
 if have systemctl; then
-	for unit in squid tinyproxy danted redsocks dnsdist keepalived; do
+	for unit in squid tinyproxy danted redsocks dnsdist keepalived stunnel4; do
 		systemctl disable --quiet "$unit" >/dev/null 2>&1 || true
 	done
 fi

@@ -268,7 +268,7 @@ func (g *Group) DialContext(ctx context.Context, network, address string) (net.C
 		if ctx.Err() != nil {
 			// The flow's own time is up or its client left: no verdict on the member unless the
 			// proxy itself could not be reached in time.
-			if errors.As(err, new(*proxyReachError)) && ctx.Err() == context.DeadlineExceeded {
+			if (errors.As(err, new(*proxyReachError)) || errors.As(err, new(*tlsError))) && ctx.Err() == context.DeadlineExceeded {
 				g.markDown(m, "dial: "+err.Error())
 			}
 			return nil, fmt.Errorf("%s via %s: %w", g, m.Name, err)
@@ -728,6 +728,8 @@ func proxyFault(err error) (reason string, fault bool) {
 	switch {
 	case errors.As(err, new(*proxyReachError)):
 		return "cannot reach the proxy: " + err.Error(), true
+	case errors.As(err, new(*tlsError)):
+		return "tls: " + err.Error(), true
 	case errors.Is(err, socksclient.ErrAuthFailed), errors.Is(err, socksclient.ErrNoAcceptableMethods):
 		return "authentication: " + err.Error(), true
 	case errors.As(err, &se):

@@ -132,24 +132,34 @@ func newUpstream(c *configs.Upstream, below Upstream, direct Direct, log *logrus
 	// Failures to reach the proxy through the hop below are marked, so a group can tell "this
 	// proxy is unusable" from "this proxy refused the destination".
 	proxyDial := reachDial(below.DialContext)
+	if c.IsTLS() {
+		// The proxy's protocol is spoken over TLS to it: the TLS hop sits between the hop below
+		// and the dialer.
+		td, err := newTLSDialer(c, proxyDial)
+		if err != nil {
+			return nil, err
+		}
+		proxyDial = td.DialContext
+	}
 	switch u.Scheme {
 	case configs.SchemeDirect:
 		return direct, nil
-	case configs.SchemeHTTP:
+	case configs.SchemeHTTP, configs.SchemeHTTPS:
 		h := &httpUpstream{own: direct.Own, host: proxyHost(u.Host), d: &httpproxy.Dialer{
 			Address:   u.Host,
 			Username:  user,
 			Password:  pass,
 			ProxyDial: proxyDial,
 		}}
-		h.name = nameVia(h.d.String(), c, below)
+		h.name = nameVia(withScheme(h.d.String(), u.Scheme), c, below)
 		return h, nil
-	case configs.SchemeSOCKS5, configs.SchemeSOCKS5H, configs.SchemeSOCKS4, configs.SchemeSOCKS4A:
+	case configs.SchemeSOCKS5, configs.SchemeSOCKS5H, configs.SchemeSOCKS4, configs.SchemeSOCKS4A, configs.SchemeSOCKS5TLS:
 		v := map[string]socksclient.Version{
 			configs.SchemeSOCKS5: socksclient.SOCKS5, configs.SchemeSOCKS5H: socksclient.SOCKS5,
 			configs.SchemeSOCKS4: socksclient.SOCKS4, configs.SchemeSOCKS4A: socksclient.SOCKS4A,
+			configs.SchemeSOCKS5TLS: socksclient.SOCKS5,
 		}[u.Scheme]
-		s := &socksUpstream{own: direct.Own, host: proxyHost(u.Host), viaChain: c.Via != "", log: log, probeTimeout: pipelineProbeTimeout, retry: pipelineRetry, d: &socksclient.Dialer{
+		s := &socksUpstream{own: direct.Own, host: proxyHost(u.Host), viaChain: c.Via != "", overTLS: c.IsTLS(), log: log, probeTimeout: pipelineProbeTimeout, retry: pipelineRetry, d: &socksclient.Dialer{
 			Version:   v,
 			Address:   u.Host,
 			Username:  user,
@@ -157,7 +167,7 @@ func newUpstream(c *configs.Upstream, below Upstream, direct Direct, log *logrus
 			ProxyDial: proxyDial,
 			ListenUDP: direct.ListenUDP,
 		}}
-		s.name = nameVia(s.d.String(), c, below)
+		s.name = nameVia(withScheme(s.d.String(), u.Scheme), c, below)
 		if v == socksclient.SOCKS5 && user == "" {
 			dp := *s.d
 			dp.Pipeline = true
@@ -187,6 +197,7 @@ type socksUpstream struct {
 	log       *logrus.Entry
 	name      string // d.String(), built once
 	viaChain  bool   // reached through another upstream: no UDP
+	overTLS   bool   // socks5+tls: no UDP (the datagrams would travel in clear)
 	// probeTimeout bounds the probe: a proxy that answers pipelined requests answers the probe
 	// (a request for 0.0.0.0:0, which it can only refuse) within a few round trips. retry is
 	// how long a probe that could not reach the proxy waits to be repeated.
@@ -264,6 +275,12 @@ func (s *socksUpstream) ListenPacket(ctx context.Context) (net.PacketConn, error
 		// The association's datagrams would go straight to the relay, around the chain.
 		return nil, fmt.Errorf("%s reached via another upstream: %w", s.d, ErrUDPUnsupported)
 	}
+	if s.overTLS {
+		// UDP ASSOCIATE's datagrams go to the relay in plain UDP, beside the TLS: destinations
+		// and payloads in clear on the path the TLS was chosen to hide them from (and a TLS
+		// terminator in front of the SOCKS server relays none of it).
+		return nil, fmt.Errorf("%s: SOCKS5 over TLS: %w", s.name, ErrUDPUnsupported)
+	}
 	return s.d.ListenPacket(ctx)
 }
 
@@ -289,7 +306,7 @@ func (h *httpUpstream) DialContext(ctx context.Context, network, address string)
 }
 
 func (h *httpUpstream) ListenPacket(context.Context) (net.PacketConn, error) {
-	return nil, fmt.Errorf("%s: HTTP CONNECT: %w", h.d, ErrUDPUnsupported)
+	return nil, fmt.Errorf("%s: HTTP CONNECT: %w", h.name, ErrUDPUnsupported)
 }
 
 func (h *httpUpstream) String() string { return h.name }
