@@ -14,6 +14,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"sync"
 	"time"
 )
@@ -154,6 +155,14 @@ type HealthChecker interface {
 	Unhealthy() []string
 }
 
+// ServingReporter is implemented by a Source that knows the LAN gateway addresses an HA pair
+// moves between its routers (ha.vip): vip are those addresses, held the ones this router has
+// on an interface now. This router is serving while it holds any. With no vip, nothing is
+// reported.
+type ServingReporter interface {
+	Serving() (vip, held []netip.Addr)
+}
+
 // Handler serves /metrics, /flows, /upstreams and /healthz from src, and the dashboard at /ui/. version labels
 // socksgate_build_info.
 func Handler(src Source, version string) http.Handler {
@@ -182,18 +191,40 @@ func Handler(src Source, version string) http.Handler {
 	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		var down []string
 		if hc, ok := src.(HealthChecker); ok {
-			if down := hc.Unhealthy(); len(down) > 0 {
-				w.WriteHeader(http.StatusServiceUnavailable)
-				for _, reason := range down {
-					fmt.Fprintln(w, reason)
-				}
-				return
-			}
+			down = hc.Unhealthy()
 		}
-		fmt.Fprintln(w, "ok")
+		if len(down) > 0 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		} else {
+			down = []string{"ok"}
+		}
+		for _, line := range down {
+			fmt.Fprintln(w, line)
+		}
+		// Whether this router serves is not its health: a standby answers 200 too, or the
+		// VRRP track script on it would keep it from ever taking over.
+		if vip, held, ok := serving(src); ok {
+			line, as := "serving: holds", held
+			if len(held) == 0 {
+				line, as = "standby: holds none of", vip
+			}
+			for _, a := range as {
+				line += " " + a.String()
+			}
+			fmt.Fprintln(w, line)
+		}
 	})
 	return mux
+}
+
+// serving is src's ServingReporter answer; ok is false when src has none or no vip.
+func serving(src Source) (vip, held []netip.Addr, ok bool) {
+	if sr, is := src.(ServingReporter); is {
+		vip, held = sr.Serving()
+	}
+	return vip, held, len(vip) > 0
 }
 
 func writeJSON(w http.ResponseWriter, v any) {

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -189,5 +190,41 @@ func TestHealthzReportsWhatIsDown(t *testing.T) {
 	}
 	if code, body := get(t, Handler(unhealthySource{}, ""), "/healthz"); code != 200 || body != "ok\n" {
 		t.Fatalf("healthz with nothing down: %d %q", code, body)
+	}
+}
+
+type haSource struct {
+	fakeSource
+	vip, held []netip.Addr
+}
+
+func (h haSource) Serving() (vip, held []netip.Addr) { return h.vip, h.held }
+
+// With ha.vip, /healthz and socksgate_serving say whether this router holds the LAN gateway
+// address; the standby still answers 200 (its VRRP track script must pass). Without ha.vip
+// neither says anything.
+func TestServingOnHealthzAndMetrics(t *testing.T) {
+	vip := []netip.Addr{netip.MustParseAddr("10.0.1.1"), netip.MustParseAddr("fd00:1::1")}
+	for _, tc := range []struct {
+		name    string
+		src     haSource
+		healthz string
+		metric  string
+	}{
+		{"serving", haSource{vip: vip, held: vip}, "ok\nserving: holds 10.0.1.1 fd00:1::1\n", "socksgate_serving 1\n"},
+		{"serving v4 only", haSource{vip: vip, held: vip[:1]}, "ok\nserving: holds 10.0.1.1\n", "socksgate_serving 1\n"},
+		{"standby", haSource{vip: vip}, "ok\nstandby: holds none of 10.0.1.1 fd00:1::1\n", "socksgate_serving 0\n"},
+		{"no ha", haSource{}, "ok\n", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := Handler(tc.src, "")
+			if code, body := get(t, h, "/healthz"); code != 200 || body != tc.healthz {
+				t.Errorf("healthz: %d %q, want 200 %q", code, body, tc.healthz)
+			}
+			_, body := get(t, h, "/metrics")
+			if got := strings.Contains(body, "socksgate_serving "); got != (tc.metric != "") || !strings.Contains(body, tc.metric) {
+				t.Errorf("metrics: want %q, got serving series: %v", tc.metric, got)
+			}
+		})
 	}
 }

@@ -23,6 +23,7 @@ const (
 	helpBind   = "UDP replies dropped because their transparent reply socket could not be bound."
 	helpSUDP   = "Datagrams the explicit SOCKS5 UDP relay dropped, by reason: foreign_source (not from the association's client socket), fragment (FRAG not 0, unsupported), malformed (unparsable SOCKS5 UDP header)."
 	helpBuild  = "Always 1; labelled with the build."
+	helpServe  = "1 while this router holds one of the LAN gateway addresses of its HA pair (ha.vip), so the LAN's flows come to it; 0 on the standby. Absent without ha.vip."
 	helpRules  = "Times socksgate put its kernel rules (nftables table, policy routing) back after someone else removed or changed them (a firewall reload that flushes the ruleset)."
 	helpDNSQ   = "DNS queries answered, by the rule that decided them and what became of them (resolve, block, local, fake, any, invalid, refused)."
 	helpDNSC   = "DNS answers by where they came from: hit (the cache), miss (asked upstream), coalesced (an identical query in flight)."
@@ -137,6 +138,9 @@ func socksgateSeries(e *expo, src Source, version string) {
 		e.counter("socksgate_geoip_reloads_total", helpGeoR, float64(g.Reloads), "path", g.Path)
 	}
 	deviceSeries(e, src)
+	if _, held, ok := serving(src); ok {
+		e.gauge("socksgate_serving", helpServe, float64(min(len(held), 1)))
+	}
 	e.gauge("socksgate_build_info", helpBuild, 1, "version", version, "goversion", runtime.Version())
 }
 

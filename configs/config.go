@@ -79,10 +79,21 @@ type Config struct {
 	Devices Devices `yaml:"devices"`
 	// GeoIP is the country database of the dst_geoip and src_geoip rules (geoip.go).
 	GeoIP GeoIP `yaml:"geoip"`
+	// HA names the LAN gateway addresses an HA pair moves between its routers.
+	HA HA `yaml:"ha"`
 
 	// deprecated are warnings about values that are still accepted but mean
 	// something else now, found by Parse; Warnings returns them first.
 	deprecated []string
+}
+
+// HA is this router's part in an HA pair: two routers that share the LAN's gateway address
+// with VRRP (keepalived) and run socksgate with the same config.
+type HA struct {
+	// VIP are the addresses VRRP moves between the routers (the LAN hosts' gateway). The
+	// router holding one of them on an interface now is the one serving: the admin endpoint
+	// says so (/healthz, socksgate_serving). None (default): nothing is reported.
+	VIP []netip.Addr `yaml:"vip"`
 }
 
 // Admin configures the admin endpoint. `admin: 127.0.0.1:9091` is the same as

@@ -323,6 +323,10 @@ func TestValidationProblems(t *testing.T) {
 		{"log enums", "log: {level: verbose, format: xml}", []string{
 			`line 1: log.level: must be one of debug, info, warn, error (got "verbose")`,
 			`line 1: log.format: must be one of text, json (got "xml")`}},
+		{"ha vip", `ha: {vip: [0.0.0.0, "::1", 224.0.0.18]}`, []string{
+			`ha.vip[0]: "0.0.0.0" is not a LAN gateway address`,
+			`ha.vip[1]: "::1" is not a LAN gateway address`,
+			`ha.vip[2]: "224.0.0.18" is not a LAN gateway address`}},
 		{"lan interfaces", `lan: {interfaces: [eth1, "", averyveryverylongname, "a/b", eth1, "eth*", "a\"b"]}`, []string{
 			`lan.interfaces[1]: must not be empty`,
 			`lan.interfaces[2]: interface name "averyveryverylongname" is longer than 15 bytes`,
@@ -570,7 +574,7 @@ func TestDocumentProblems(t *testing.T) {
 		{"unknown top-level key", "log: {level: info}\nupstream: []\n", []string{
 			`line 2: upstream: unknown key "upstream", did you mean "upstreams"?`}},
 		{"unknown key with no near match", "wibble: 1\n", []string{
-			`line 1: wibble: unknown key "wibble" (known: log, lan, transparent, router, listen, upstreams, groups, rules, rule_sets, timeouts, mark, on_crash, limits, relay, admin, dns, state_dir, devices, geoip)`}},
+			`line 1: wibble: unknown key "wibble" (known: log, lan, transparent, router, listen, upstreams, groups, rules, rule_sets, timeouts, mark, on_crash, limits, relay, admin, dns, state_dir, devices, geoip, ha)`}},
 		{"unknown nested keys, all at once", `transparent:
   snif: {enabled: true}
 upstreams:
@@ -1331,5 +1335,28 @@ admin:
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%q: error %v, want it to say %q", doc, err, want)
 		}
+	}
+}
+
+// ha.vip: addresses, IPv4-mapped ones read as IPv4; without the admin endpoint nothing
+// reports which router serves, and Warnings says so.
+func TestHAVIP(t *testing.T) {
+	c := mustParse(t, `ha: {vip: ["::ffff:192.0.2.1", "fd00:1::1"]}
+listen: {http: ["127.0.0.1:8080"], socks: []}`)
+	if want := []netip.Addr{netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("fd00:1::1")}; !slices.Equal(c.HA.VIP, want) {
+		t.Errorf("ha.vip = %v, want %v", c.HA.VIP, want)
+	}
+	want := "ha.vip: has no effect without admin: which router serves is reported on the admin endpoint"
+	if w := c.Warnings(); !slices.Contains(w, want) {
+		t.Errorf("warnings %q lack %q", w, want)
+	}
+	c = mustParse(t, `ha: {vip: [192.0.2.1]}
+admin: 127.0.0.1:9091
+listen: {http: ["127.0.0.1:8080"], socks: []}`)
+	if w := c.Warnings(); slices.Contains(w, want) {
+		t.Errorf("warning %q with admin on", want)
+	}
+	if c := mustParse(t, `ha: {vip: []}`); c.HA.VIP != nil {
+		t.Errorf("ha.vip: [] = %#v, want nil", c.HA.VIP)
 	}
 }

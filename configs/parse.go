@@ -319,6 +319,10 @@ func (c *Config) finish() {
 	emptyToNil(&c.Upstreams)
 	emptyToNil(&c.Groups)
 	emptyToNil(&c.Admin.CORSOrigins)
+	emptyToNil(&c.HA.VIP)
+	for i, a := range c.HA.VIP {
+		c.HA.VIP[i] = a.Unmap()
+	}
 	for i := range c.Groups {
 		emptyToNil(&c.Groups[i].Upstreams)
 	}

@@ -122,6 +122,11 @@ func (c *Config) Validate() error {
 	c.validateAdmin(&p)
 	c.validateDNS(&p)
 	c.validateDevices(&p)
+	for i, a := range c.HA.VIP {
+		if !a.IsValid() || a.IsUnspecified() || a.IsLoopback() || a.IsMulticast() {
+			p.add(fmt.Sprintf("ha.vip[%d]", i), "%q is not a LAN gateway address", a)
+		}
+	}
 	if c.StateDir == "" {
 		p.add("state_dir", "must be set")
 	}

@@ -131,6 +131,9 @@ func (c *Config) Warnings() []string {
 				"and can close them, switch upstreams and reload the config; set admin.secret", c.Admin.Listen)
 		}
 	}
+	if len(c.HA.VIP) > 0 && c.Admin.Listen == "" {
+		add("ha.vip: has no effect without admin: which router serves is reported on the admin endpoint")
+	}
 	if g := c.Timeouts.Grace.Std(); g > MaxGraceUnderUnit {
 		add("timeouts.grace: %s is over %s: a stop takes up to grace plus the rules' removal, and the systemd unit "+
 			"(dist/socksgate.service) must allow it (TimeoutStopSec at least grace + 5s, %s here) or it ends socksgate "+

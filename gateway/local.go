@@ -41,20 +41,26 @@ func isLocalAddr(a netip.Addr) bool {
 		return slices.Contains(hostAddrs.list, a)
 	}
 	hostAddrs.at = time.Now()
-	hostAddrs.list = hostAddrs.list[:0]
-	if addrs, err := net.InterfaceAddrs(); err == nil {
-		for _, ad := range addrs {
-			if ipn, ok := ad.(*net.IPNet); ok {
-				if ip, ok := netip.AddrFromSlice(ipn.IP); ok {
-					hostAddrs.list = append(hostAddrs.list, ip.Unmap())
-				}
-			}
-		}
-	}
+	hostAddrs.list = readHostAddrs(hostAddrs.list[:0])
 	if hostAddrs.list == nil {
 		hostAddrs.list = []netip.Addr{}
 	}
 	return slices.Contains(hostAddrs.list, a)
+}
+
+// readHostAddrs appends this host's (namespace's) addresses, as the kernel has them now, to
+// list.
+func readHostAddrs(list []netip.Addr) []netip.Addr {
+	if addrs, err := net.InterfaceAddrs(); err == nil {
+		for _, ad := range addrs {
+			if ipn, ok := ad.(*net.IPNet); ok {
+				if ip, ok := netip.AddrFromSlice(ipn.IP); ok {
+					list = append(list, ip.Unmap())
+				}
+			}
+		}
+	}
+	return list
 }
 
 // capturedInbound is the inbound of a flow a transparent listener took by way of in: one from

@@ -1,6 +1,8 @@
 package gateway
 
 import (
+	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/socksgate/socksgate/admin"
@@ -96,8 +98,9 @@ type AdminSource struct {
 }
 
 var (
-	_ admin.Source        = AdminSource{}
-	_ admin.HealthChecker = AdminSource{}
+	_ admin.Source          = AdminSource{}
+	_ admin.HealthChecker   = AdminSource{}
+	_ admin.ServingReporter = AdminSource{}
 )
 
 // Unhealthy implements admin.HealthChecker: the listeners that should be open and are not.
@@ -106,6 +109,23 @@ func (a AdminSource) Unhealthy() []string {
 		return nil
 	}
 	return a.Listeners.Unhealthy()
+}
+
+// Serving implements admin.ServingReporter: ha.vip of the config in force, and those of them on
+// one of this router's interfaces, read from the kernel at each request (VRRP moves them at any
+// time; a cached list would report the old master serving for a while).
+func (a AdminSource) Serving() (vip, held []netip.Addr) {
+	cfg := a.config()
+	if cfg == nil || len(cfg.HA.VIP) == 0 {
+		return nil, nil
+	}
+	own := readHostAddrs(nil)
+	for _, v := range cfg.HA.VIP {
+		if slices.Contains(own, v) {
+			held = append(held, v)
+		}
+	}
+	return cfg.HA.VIP, held
 }
 
 // Snapshot implements admin.Source: the counters (refusals among them) and the live flows

@@ -38,6 +38,7 @@ const (
 	opDropUnreach                  // iifname @lan_ifaces icmp type destination-unreachable icmp code != frag-needed drop (icmpv6 type destination-unreachable for family 6)
 	opDirect4Return                // ip daddr @direct4 return
 	opDirect6Return                // ip6 daddr @direct6 return
+	opDropInvalidTCP               // iifname @lan_ifaces meta l4proto tcp ct state invalid drop
 )
 
 // IP protocol numbers and the address families of a TPROXY rule.
@@ -148,8 +149,23 @@ type tablePlan struct {
 //     for is delivered locally, where no socket has its foreign address (a
 //     reset, a port unreachable). Either way nothing leaves direct.
 //
-// ICMP is routed, not proxied. With transparent.icmp block, a filter chain in
-// the forward hook drops the LAN's ICMP echo requests and ICMPv6 echo requests:
+// REDIRECT sees a connection only through conntrack, and conntrack takes up a
+// TCP connection it has not seen begin only from a packet that could continue
+// one (an ACK, with or without data: nf_conntrack_tcp_loose). A FIN or a reset
+// of a connection it does not know is invalid, has no conntrack entry, and so
+// is never redirected: the router forwards it to its destination, from the LAN
+// host's address, data a FIN carries included. That happens whenever the LAN
+// host closes a connection this router never saw: one that went through the
+// other router of an HA pair before the gateway address moved
+// (TestHAPairFailover counted hundreds of such packets at wan), or one begun
+// before a reboot. So in REDIRECT mode a filter chain in the forward hook drops
+// LAN TCP that conntrack finds invalid, after the bypass sets (what is never
+// captured is routed as it is); every other LAN TCP to a captured destination is
+// redirected, and so never forwarded. (TPROXY needs no such rule: it takes every
+// packet, whatever conntrack thinks, and the listener answers it with a reset.)
+//
+// ICMP is routed, not proxied. With transparent.icmp block, the same forward
+// chain drops the LAN's ICMP echo requests and ICMPv6 echo requests:
 //   - The forward hook sees exactly what the router would send on, so pings to
 //     the router itself (its LAN address, a diagnostic everyone uses) pass
 //     without an exemption, and nothing but forwarded packets can match.
@@ -309,10 +325,17 @@ func (s Spec) plan() tablePlan {
 		c.rules = append(c.rules, rule{op: opOutRedirectTCP, port: s.TCPPort})
 		t.chains = append(t.chains, c)
 	}
+	var fwd []rule
+	if s.redirectTCP() {
+		fwd = append(fwd, rule{op: opDropInvalidTCP})
+	}
 	if s.blockICMP() {
+		fwd = append(fwd, rule{op: opDropEcho, family: 4}, rule{op: opDropEcho, family: 6},
+			rule{op: opDropUnreach, family: 4}, rule{op: opDropUnreach, family: 6})
+	}
+	if len(fwd) > 0 {
 		t.chains = append(t.chains, chainPlan{name: chainFwd, typ: "filter", forward: true, priority: -150,
-			rules: []rule{{op: opBypass4Return}, {op: opBypass6Return}, {op: opDropEcho, family: 4}, {op: opDropEcho, family: 6},
-				{op: opDropUnreach, family: 4}, {op: opDropUnreach, family: 6}}})
+			rules: append([]rule{{op: opBypass4Return}, {op: opBypass6Return}}, fwd...)})
 	}
 	return t
 }
@@ -393,6 +416,8 @@ func (r rule) String() string {
 			return lan + "icmpv6 type destination-unreachable drop"
 		}
 		return lan + "icmp type destination-unreachable icmp code != frag-needed drop"
+	case opDropInvalidTCP:
+		return lan + "meta l4proto tcp ct state invalid drop"
 	}
 	return fmt.Sprintf("# unknown rule op %d", r.op)
 }

@@ -73,6 +73,8 @@ func (r rule) exprs(sets setRefs) []expr.Any {
 		return dropEcho(sets.lan, r.family)
 	case opDropUnreach:
 		return dropUnreach(sets.lan, r.family)
+	case opDropInvalidTCP:
+		return dropInvalidTCP(sets.lan)
 	case opOutMark:
 		return append([]expr.Any{
 			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
@@ -281,6 +283,21 @@ func loopTProxy(proto uint8, family int, port uint16, mark uint32) []expr.Any {
 // dropUDP: iifname @lan_ifaces meta l4proto udp drop
 func dropUDP(lan *nftables.Set) []expr.Any {
 	return append(fromLAN(lan, protoUDP), &expr.Verdict{Kind: expr.VerdictDrop})
+}
+
+// dropInvalidTCP: iifname @lan_ifaces meta l4proto tcp ct state invalid drop
+func dropInvalidTCP(lan *nftables.Set) []expr.Any {
+	return append(fromLAN(lan, protoTCP),
+		// ct state invalid
+		&expr.Ct{Register: 1, Key: expr.CtKeySTATE},
+		&expr.Bitwise{
+			SourceRegister: 1, DestRegister: 1, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(expr.CtStateBitINVALID),
+			Xor:  binaryutil.NativeEndian.PutUint32(0),
+		},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(0)},
+		// drop
+		&expr.Verdict{Kind: expr.VerdictDrop})
 }
 
 // rejectTCP: iifname @lan_ifaces meta l4proto tcp reject with tcp reset

@@ -97,6 +97,12 @@ func TestRuleBuilders(t *testing.T) {
 		}, markSet)},
 		{rule{op: opDropUDP}, cat(l4(unix.IPPROTO_UDP), []expr.Any{&expr.Verdict{Kind: expr.VerdictDrop}})},
 		{rule{op: opRejectTCP}, cat(l4(unix.IPPROTO_TCP), []expr.Any{&expr.Reject{Type: unix.NFT_REJECT_TCP_RST}})},
+		{rule{op: opDropInvalidTCP}, cat(l4(unix.IPPROTO_TCP), []expr.Any{
+			&expr.Ct{Register: 1, Key: expr.CtKeySTATE},
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: native(expr.CtStateBitINVALID), Xor: native(0)},
+			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: native(0)},
+			&expr.Verdict{Kind: expr.VerdictDrop},
+		})},
 		{rule{op: opDropEcho, family: 4}, cat(lan, []expr.Any{
 			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}},

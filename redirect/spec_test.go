@@ -300,8 +300,14 @@ func TestPlanICMPBlock(t *testing.T) {
 		}
 		return chainPlan{}, false
 	}
-	if _, ok := fwd(base); ok {
-		t.Error("forward chain with icmp pass")
+	// REDIRECT mode: the forward chain drops only the LAN's invalid TCP (see plan).
+	if c, ok := fwd(base); !ok || !slices.Equal(opsOf(c), []ruleOp{opBypass4Return, opBypass6Return, opDropInvalidTCP}) {
+		t.Errorf("forward chain with icmp pass: %v %v", ok, opsOf(c))
+	}
+	tp := base
+	tp.TCPMode = configs.TCPModeTProxy
+	if _, ok := fwd(tp); ok {
+		t.Error("forward chain with icmp pass and tcp_mode tproxy")
 	}
 	s := base
 	s.ICMP = configs.ICMPBlock
@@ -312,11 +318,11 @@ func TestPlanICMPBlock(t *testing.T) {
 	if c.typ != "filter" || !c.forward || c.output || c.priority != -150 {
 		t.Errorf("forward chain is %s forward=%v output=%v at %d", c.typ, c.forward, c.output, c.priority)
 	}
-	if ops := opsOf(c); !slices.Equal(ops, []ruleOp{opBypass4Return, opBypass6Return, opDropEcho, opDropEcho, opDropUnreach, opDropUnreach}) {
+	if ops := opsOf(c); !slices.Equal(ops, []ruleOp{opBypass4Return, opBypass6Return, opDropInvalidTCP, opDropEcho, opDropEcho, opDropUnreach, opDropUnreach}) {
 		t.Errorf("forward ops = %v", ops)
 	}
-	if c.rules[2].family != 4 || c.rules[3].family != 6 || c.rules[4].family != 4 || c.rules[5].family != 6 {
-		t.Errorf("drops for families %d, %d, %d, %d", c.rules[2].family, c.rules[3].family, c.rules[4].family, c.rules[5].family)
+	if c.rules[3].family != 4 || c.rules[4].family != 6 || c.rules[5].family != 4 || c.rules[6].family != 6 {
+		t.Errorf("drops for families %d, %d, %d, %d", c.rules[3].family, c.rules[4].family, c.rules[5].family, c.rules[6].family)
 	}
 	for _, c := range s.withDefaults().plan().chains {
 		if c.output && slices.Contains(opsOf(c), opDropEcho) {
@@ -339,6 +345,7 @@ func TestPlanICMPBlock(t *testing.T) {
 	for _, want := range []string{
 		"chain forward_filter {\n\t\ttype filter hook forward priority mangle; policy accept;\n" +
 			"\t\tip daddr @bypass4 return\n\t\tip6 daddr @bypass6 return\n" +
+			"\t\tiifname @lan_ifaces meta l4proto tcp ct state invalid drop\n" +
 			"\t\tiifname @lan_ifaces icmp type echo-request drop\n\t\tiifname @lan_ifaces icmpv6 type echo-request drop\n" +
 			"\t\tiifname @lan_ifaces icmp type destination-unreachable icmp code != frag-needed drop\n" +
 			"\t\tiifname @lan_ifaces icmpv6 type destination-unreachable drop\n\t}",
@@ -415,6 +422,13 @@ table inet socksgate {
 		ip daddr @bypass4 return
 		ip6 daddr @bypass6 return
 		iifname @lan_ifaces meta l4proto tcp redirect to :12345
+	}
+
+	chain forward_filter {
+		type filter hook forward priority mangle; policy accept;
+		ip daddr @bypass4 return
+		ip6 daddr @bypass6 return
+		iifname @lan_ifaces meta l4proto tcp ct state invalid drop
 	}
 }
 `

@@ -28,11 +28,13 @@ have kdig      || need+=(knot-dnsutils) # DNS client with +tls and +https
 have sysctl    || need+=(procps)
 have ping      || need+=(iputils-ping) # the leak test: ICMP is routed, not proxied
 { have setpriv && have prlimit && have unshare; } || need+=(util-linux)
+have keepalived|| need+=(keepalived)   # the HA pair test: VRRP between two gateways
 # make bench
 have redsocks  || need+=(redsocks)
 have iperf3    || need+=(iperf3)
 have wrk       || need+=(wrk)
 have dnsperf   || need+=(dnsperf)
+have gnuplot   || need+=(gnuplot-nox)  # make soak draws its samples
 # the dashboard tests drive a real browser
 have chromium  || need+=(chromium)
 [ ${#need[@]} -eq 0 ] && exit 0
@@ -53,7 +55,7 @@ apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 # Nor start at the next boot: the services these packages enable are not wanted on this machine.
 if have systemctl; then
-	for unit in squid tinyproxy danted redsocks dnsdist stunnel4; do
+	for unit in squid tinyproxy danted redsocks dnsdist keepalived stunnel4; do
 		systemctl disable --quiet "$unit" >/dev/null 2>&1 || true
 	done
 fi
