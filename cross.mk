@@ -34,7 +34,7 @@ CROSS_MIPS_TAGS ?= nogeoip
 # (CROSS_COLD_ALL) is compiled without inlining: config and YAML parsing, nftables and netlink
 # setup, JSON, certificates and crypto (TLS handshakes: DoT/DoH; dns's BenchmarkExchangeDoT/DoH
 # show no difference), net/http (the admin endpoint, DoH, and an explicit HTTP proxy's request
-# head; not its bytes), fmt, sort, compress, the WebSocket library, bbolt. Without inlining a
+# head; not its bytes), fmt, sort, compress, the WebSocket library. Without inlining a
 # package's functions are not inlined into other packages either, which is why the small
 # standard packages a flow calls into stay in CROSS_HOT. Turning inlining off this way took
 # the mips binary from 12,386,497 to 11,927,745 bytes; turning it off everywhere would reach

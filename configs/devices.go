@@ -11,7 +11,7 @@ import (
 
 // Devices configures what socksgate knows of the LAN's devices: each is its MAC address (from the
 // neighbour table of lan.interfaces), named from the DHCP leases or reverse DNS, with its bytes
-// today, this month and in all (kept in state_dir/devices.db). It is on whenever capture is
+// today, this month and in all (kept in state_dir/devices.json). It is on whenever capture is
 // (lan.interfaces), unless Enabled is false.
 type Devices struct {
 	// Enabled: nil (default) means on with capture; false turns it off; true turns it on

@@ -6,20 +6,34 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"time"
 
-	bolt "go.etcd.io/bbolt"
+	"golang.org/x/sys/unix"
+
+	"github.com/socksgate/socksgate/internal/state"
 )
 
-// StoreFile is the device store's name in the state directory.
-const StoreFile = "devices.db"
+// StoreFile is the device store's name in the state directory; LockFile is held (flock) while a
+// store is open, so that a second socksgate with the same directory keeps its totals in memory.
+const (
+	StoreFile = "devices.json"
+	LockFile  = "devices.lock"
+	// oldStoreFile is the store of earlier versions (bbolt), which this one cannot read.
+	oldStoreFile = "devices.db"
+)
 
-var bucket = []byte("devices")
-
-// storeVersion is written with every record; a record of another version is skipped.
+// storeVersion is written with the file and every record; a record of another version is
+// skipped, a file of another version is moved aside.
 const storeVersion = 1
 
-// stored is one device as the store keeps it (JSON; the key is the MAC's six bytes).
+// storeFile is the store's contents: every device, written whole.
+type storeFile struct {
+	V       int            `json:"v"`
+	Devices map[MAC]stored `json:"devices"`
+}
+
+// stored is one device as the store keeps it.
 type stored struct {
 	V        int          `json:"v"`
 	Addrs    []netip.Addr `json:"addrs,omitempty"`
@@ -33,120 +47,108 @@ type stored struct {
 	RDNSAt   time.Time    `json:"rdns_at,omitzero"`
 }
 
-// Store is the bbolt file device totals survive restarts in.
+// Store is the state file device totals survive restarts in.
 type Store struct {
-	db   *bolt.DB
-	path string
+	dir  *state.Dir
+	lock *os.File
 }
 
 // ErrStoreBusy is returned by OpenStore when another process holds the store (a second
 // socksgate with the same state directory): the totals are then kept in memory only.
 var ErrStoreBusy = errors.New("device store is in use by another process")
 
-// OpenStore opens (or creates) the store at path and reads what it holds. A file that cannot
-// be read as a store (damaged, cut short, not bbolt) is moved aside to path.corrupt-UNIXTIME and
-// a new one started: the error says so, and the caller logs it and goes on, since losing the
-// totals must never stop a start. Only a file it cannot create, or one another process holds,
-// leaves it without a store (nil).
-func OpenStore(path string) (s *Store, recs map[MAC]stored, warn error) {
-	s, recs, err := openAndLoad(path)
-	if err == nil {
-		return s, recs, nil
-	}
-	if errors.Is(err, ErrStoreBusy) || errors.Is(err, os.ErrPermission) {
+// OpenStore opens the store in the state directory dir and reads what it holds. A file that
+// cannot be read as a store (damaged, cut short, not socksgate's) is moved aside to
+// StoreFile.corrupt-UNIXTIME and the store starts empty: the error says so, and the caller logs
+// it and goes on, since losing the totals must never stop a start. An earlier version's bbolt
+// store is renamed to devices.db.old, with a warning, and ignored. Only a directory it cannot
+// write, or a store another process holds, leaves it without a store (nil).
+func OpenStore(dir string) (s *Store, recs map[MAC]stored, warn error) {
+	d, err := state.Open(dir)
+	if err != nil {
 		return nil, nil, err
 	}
-	aside := fmt.Sprintf("%s.corrupt-%d", path, time.Now().Unix())
-	if rerr := os.Rename(path, aside); rerr != nil && !os.IsNotExist(rerr) {
-		return nil, nil, fmt.Errorf("%w; moving it aside: %w", err, rerr)
+	lock, err := os.OpenFile(filepath.Join(dir, LockFile), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, nil, fmt.Errorf("device store lock: %w", err)
 	}
-	s, recs, err2 := openAndLoad(path)
-	if err2 != nil {
-		return nil, nil, fmt.Errorf("%w; a new store: %w", err, err2)
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		lock.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, nil, fmt.Errorf("%w (%s)", ErrStoreBusy, filepath.Join(dir, LockFile))
+		}
+		return nil, nil, fmt.Errorf("device store lock: %w", err)
 	}
-	return s, recs, fmt.Errorf("%w: moved aside to %s, starting empty", err, aside)
+	s = &Store{dir: d, lock: lock}
+	var warns []error
+	if old := filepath.Join(dir, oldStoreFile); fileExists(old) {
+		if err := os.Rename(old, old+".old"); err != nil {
+			warns = append(warns, fmt.Errorf("%s of an earlier version is ignored; renaming it: %w", old, err))
+		} else {
+			warns = append(warns, fmt.Errorf("%s of an earlier version cannot be read and is ignored (renamed to %s.old)", old, old))
+		}
+	}
+	recs, err = s.load()
+	if err != nil {
+		if errors.Is(err, os.ErrPermission) {
+			s.Close()
+			return nil, nil, err
+		}
+		path := filepath.Join(dir, StoreFile)
+		aside := fmt.Sprintf("%s.corrupt-%d", path, time.Now().Unix())
+		if rerr := os.Rename(path, aside); rerr != nil {
+			s.Close()
+			return nil, nil, errors.Join(append(warns, fmt.Errorf("%w; moving it aside: %w", err, rerr))...)
+		}
+		warns = append(warns, fmt.Errorf("%w: moved aside to %s, starting empty", err, aside))
+	}
+	return s, recs, errors.Join(warns...)
 }
 
-// openAndLoad opens path and reads every record. bbolt panics on some damaged pages: that is
-// an error here like any other. (NoFreelistSync would write less, but its freelist is rebuilt by
-// walking the pages on a goroutine of bbolt's own, where a damaged page's panic cannot be
-// recovered: a damaged file would then stop the start.)
-func openAndLoad(path string) (s *Store, recs map[MAC]stored, err error) {
-	var db *bolt.DB
-	defer func() {
-		if p := recover(); p != nil {
-			err = fmt.Errorf("device store %s is damaged: %v", path, p)
-		}
-		if err != nil && db != nil {
-			db.Close()
-			s = nil
-		}
-	}()
-	db, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
-	if errors.Is(err, bolt.ErrTimeout) {
-		return nil, nil, fmt.Errorf("%w (%s)", ErrStoreBusy, path)
-	}
-	if err != nil {
-		return nil, nil, fmt.Errorf("device store %s: %w", path, err)
-	}
-	recs = map[MAC]stored{}
-	err = db.Update(func(tx *bolt.Tx) error {
-		b, err := tx.CreateBucketIfNotExists(bucket)
-		if err != nil {
-			return err
-		}
-		return b.ForEach(func(k, v []byte) error {
-			var st stored
-			if len(k) != 6 || json.Unmarshal(v, &st) != nil || st.V != storeVersion {
-				return nil // one bad record is skipped, not the store
-			}
-			recs[MAC(k)] = st
-			return nil
-		})
-	})
-	if err != nil {
-		return nil, nil, fmt.Errorf("device store %s: %w", path, err)
-	}
-	return &Store{db: db, path: path}, recs, nil
+func fileExists(path string) bool {
+	_, err := os.Lstat(path)
+	return err == nil
 }
 
-// save writes put and deletes del in one transaction.
-func (s *Store) save(put map[MAC]stored, del []MAC) error {
-	if len(put) == 0 && len(del) == 0 {
-		return nil
+// load reads every record; a missing file is an empty store.
+func (s *Store) load() (map[MAC]stored, error) {
+	recs := map[MAC]stored{}
+	b, err := s.dir.ReadFile(StoreFile)
+	if state.IsMissing(err) {
+		return recs, nil
 	}
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucket)
-		if b == nil {
-			var err error
-			if b, err = tx.CreateBucket(bucket); err != nil {
-				return err
-			}
-		}
-		for _, m := range del {
-			if err := b.Delete(m[:]); err != nil {
-				return err
-			}
-		}
-		for m, st := range put {
-			v, err := json.Marshal(st)
-			if err != nil {
-				return err
-			}
-			if err := b.Put(m[:], v); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
 	if err != nil {
-		return fmt.Errorf("device store %s: %w", s.path, err)
+		return nil, fmt.Errorf("device store: %w", err)
+	}
+	var f storeFile
+	if err := json.Unmarshal(b, &f); err != nil {
+		return nil, fmt.Errorf("device store %s: %w", StoreFile, err)
+	}
+	if f.V != storeVersion {
+		return nil, fmt.Errorf("device store %s: version %d, want %d", StoreFile, f.V, storeVersion)
+	}
+	for mac, st := range f.Devices {
+		if st.V == storeVersion {
+			recs[mac] = st // one bad record is skipped, not the store
+		}
+	}
+	return recs, nil
+}
+
+// save replaces the file with all.
+func (s *Store) save(all map[MAC]stored) error {
+	b, err := json.Marshal(storeFile{V: storeVersion, Devices: all})
+	if err != nil {
+		return err
+	}
+	if err := s.dir.WriteFile(StoreFile, b); err != nil {
+		return fmt.Errorf("device store: %w", err)
 	}
 	return nil
 }
 
-// Close closes the file.
-func (s *Store) Close() error { return s.db.Close() }
+// Close releases the lock.
+func (s *Store) Close() error { return s.lock.Close() }
 
 // Load puts the stored devices in the table (before it sees any neighbour), keeping the most
 // recently seen ones when there are more than it holds.
@@ -172,25 +174,33 @@ func (t *Table) Load(recs map[MAC]stored) {
 	clear(t.gone)
 }
 
-// Flush writes the devices changed since the last flush to s, and deletes the forgotten ones.
+// Flush writes every device to s when one has changed or been forgotten since the last flush.
+// A flush that fails leaves the changed ones dirty, to be written by the next.
 func (t *Table) Flush(s *Store) error {
 	if s == nil {
 		return nil
 	}
 	t.mu.Lock()
-	put := map[MAC]stored{}
+	changed := len(t.gone) > 0
+	for _, r := range t.devs {
+		changed = changed || r.dirty
+	}
+	if !changed {
+		t.mu.Unlock()
+		return nil
+	}
+	all := make(map[MAC]stored, len(t.devs))
 	var dirty []*record
 	for mac, r := range t.devs {
-		if !r.dirty {
-			continue
-		}
-		put[mac] = stored{
+		all[mac] = stored{
 			V: storeVersion, Addrs: append([]netip.Addr(nil), r.addrs...), LastSeen: r.lastSeen,
 			Day: r.day, Month: r.month, Today: r.today, MonthT: r.monthT, Total: r.total,
 			RDNS: r.rdns, RDNSAt: r.rdnsAt,
 		}
-		dirty = append(dirty, r)
-		r.dirty, r.savedSeen = false, r.lastSeen
+		if r.dirty {
+			dirty = append(dirty, r)
+			r.dirty, r.savedSeen = false, r.lastSeen
+		}
 	}
 	var del []MAC
 	for mac := range t.gone {
@@ -198,7 +208,7 @@ func (t *Table) Flush(s *Store) error {
 	}
 	clear(t.gone)
 	t.mu.Unlock()
-	if err := s.save(put, del); err != nil {
+	if err := s.save(all); err != nil {
 		t.mu.Lock()
 		for _, r := range dirty {
 			r.dirty = true

@@ -1,6 +1,7 @@
 package device
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -9,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/socksgate/socksgate/internal/state"
 )
 
 type clock struct {
@@ -231,12 +234,17 @@ func TestMetricBytesBounded(t *testing.T) {
 
 func TestStoreRoundTrip(t *testing.T) {
 	dir := t.TempDir()
-	path := filepath.Join(dir, StoreFile)
-	s, recs, err := OpenStore(path)
+	s, recs, err := OpenStore(dir)
 	if err != nil || len(recs) != 0 {
 		t.Fatalf("new store: %v %v", recs, err)
 	}
 	tb, c := newTestTable(10)
+	if err := tb.Flush(s); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, StoreFile)); !os.IsNotExist(err) {
+		t.Errorf("a flush with nothing changed wrote the file: %v", err)
+	}
 	tb.Observe(v4, macA)
 	tb.End(1, v4, 7, 70)
 	tb.setReverse(macA, "host.lan")
@@ -245,7 +253,7 @@ func TestStoreRoundTrip(t *testing.T) {
 	}
 	s.Close()
 
-	s, recs, err = OpenStore(path)
+	s, recs, err = OpenStore(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -267,53 +275,85 @@ func TestStoreRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.Close()
-	s, recs, err = OpenStore(path)
+	s, recs, err = OpenStore(dir)
 	if err != nil || len(recs) != 0 {
 		t.Fatalf("after delete: %v %v", recs, err)
 	}
 	s.Close()
 }
 
-// A damaged store never stops a start: it is moved aside and a new one begun.
+// A flush that cannot write leaves the changes dirty for the next one.
+func TestFailedFlushStaysDirty(t *testing.T) {
+	dir := t.TempDir()
+	s, _, err := OpenStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	tb, _ := newTestTable(10)
+	tb.Observe(v4, macA)
+	tb.End(1, v4, 7, 70)
+	// A directory in the file's place makes the rename fail.
+	if err := os.Mkdir(filepath.Join(dir, StoreFile), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := tb.Flush(s); err == nil {
+		t.Fatal("flush over a directory succeeded")
+	}
+	os.Remove(filepath.Join(dir, StoreFile))
+	if err := tb.Flush(s); err != nil {
+		t.Fatal(err)
+	}
+	if recs, err := s.load(); err != nil || len(recs) != 1 {
+		t.Fatalf("after a failed flush and a good one: %v %v", recs, err)
+	}
+}
+
+// A damaged store never stops a start: it is moved aside and the store starts empty.
 func TestCorruptStoreIsMovedAside(t *testing.T) {
-	valid := func(t *testing.T, path string) []byte {
-		s, _, _ := OpenStore(path)
+	valid := func(t *testing.T, dir string) []byte {
+		s, _, _ := OpenStore(dir)
 		tb, _ := newTestTable(10)
 		tb.Observe(v4, macA)
 		tb.End(1, v4, 1, 1)
 		tb.Flush(s)
 		s.Close()
-		b, err := os.ReadFile(path)
+		b, err := os.ReadFile(filepath.Join(dir, StoreFile))
 		if err != nil {
 			t.Fatal(err)
 		}
 		return b
 	}
-	for name, damage := range map[string]func(t *testing.T, path string) []byte{
-		"garbage": func(*testing.T, string) []byte { return []byte(strings.Repeat("not a bolt file ", 1000)) },
-		"meta pages": func(t *testing.T, path string) []byte {
-			b := valid(t, path)
-			for i := 16; i < 2*4096 && i < len(b); i++ {
-				b[i] ^= 0x5a
-			}
+	withHeader := func(t *testing.T, dir, data string) []byte {
+		d, _ := state.Open(dir)
+		if err := d.WriteFile(StoreFile, []byte(data)); err != nil {
+			t.Fatal(err)
+		}
+		b, _ := os.ReadFile(filepath.Join(dir, StoreFile))
+		return b
+	}
+	for name, damage := range map[string]func(t *testing.T, dir string) []byte{
+		"garbage": func(*testing.T, string) []byte { return []byte(strings.Repeat("not a store ", 1000)) },
+		"cut short": func(t *testing.T, dir string) []byte {
+			b := valid(t, dir)
+			return b[:len(b)-10]
+		},
+		"flipped byte": func(t *testing.T, dir string) []byte {
+			b := valid(t, dir)
+			b[len(b)-5] ^= 0x5a
 			return b
 		},
-		"data pages": func(t *testing.T, path string) []byte {
-			b := valid(t, path)
-			for i := 2 * 4096; i < len(b); i++ {
-				b[i] = 0xff
-			}
-			return b
-		},
+		"not json":      func(t *testing.T, dir string) []byte { return withHeader(t, dir, "{\"v\":1,") },
+		"other version": func(t *testing.T, dir string) []byte { return withHeader(t, dir, `{"v":2,"devices":{}}`) },
 	} {
 		t.Run(name, func(t *testing.T) {
 			dir := t.TempDir()
+			data := damage(t, dir)
 			path := filepath.Join(dir, StoreFile)
-			data := damage(t, path)
 			if err := os.WriteFile(path, data, 0o600); err != nil {
 				t.Fatal(err)
 			}
-			s, recs, err := OpenStore(path)
+			s, recs, err := OpenStore(dir)
 			if s == nil {
 				t.Fatalf("no store after a damaged one: %v", err)
 			}
@@ -332,28 +372,61 @@ func TestCorruptStoreIsMovedAside(t *testing.T) {
 	}
 }
 
-// A store another process holds is not moved aside: this run keeps totals in memory.
+// A store another process holds is not moved aside: this run keeps totals in memory. (flock
+// locks of two open file descriptions conflict within one process too.)
 func TestBusyStoreIsLeftAlone(t *testing.T) {
-	path := filepath.Join(t.TempDir(), StoreFile)
-	s, _, err := OpenStore(path)
+	dir := t.TempDir()
+	s, _, err := OpenStore(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
-	s2, _, err := OpenStore(path)
-	if s2 != nil || err == nil || !strings.Contains(err.Error(), "in use") {
+	tb, _ := newTestTable(10)
+	tb.Observe(v4, macA)
+	tb.End(1, v4, 1, 1)
+	tb.Flush(s)
+	s2, _, err := OpenStore(dir)
+	if s2 != nil || !errors.Is(err, ErrStoreBusy) {
 		t.Fatalf("second open = %v, %v; want busy", s2, err)
 	}
-	if aside, _ := filepath.Glob(path + ".corrupt-*"); len(aside) != 0 {
+	if aside, _ := filepath.Glob(filepath.Join(dir, StoreFile+".corrupt-*")); len(aside) != 0 {
 		t.Errorf("a busy store was moved aside: %v", aside)
 	}
+	s.Close()
+	s2, recs, err := OpenStore(dir)
+	if err != nil || len(recs) != 1 {
+		t.Fatalf("open after the first closed: %v, %v", recs, err)
+	}
+	s2.Close()
+}
+
+// An earlier version's bbolt store is renamed aside once, with a warning, and ignored.
+func TestOldStoreIsRenamed(t *testing.T) {
+	dir := t.TempDir()
+	old := filepath.Join(dir, "devices.db")
+	if err := os.WriteFile(old, []byte("bolt"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s, recs, err := OpenStore(dir)
+	if s == nil || len(recs) != 0 || err == nil || !strings.Contains(err.Error(), "devices.db") {
+		t.Fatalf("open with an old store = %v, %v, %v", s, recs, err)
+	}
+	s.Close()
+	if _, err := os.Stat(old + ".old"); err != nil {
+		t.Errorf("old store not renamed: %v", err)
+	}
+	s, _, err = OpenStore(dir)
+	if err != nil {
+		t.Errorf("second start warns again: %v", err)
+	}
+	s.Close()
 }
 
 // TestStoreSize logs the store's size with a full table (the limit, 1024 devices, each with
 // a few addresses), written once and then updated.
 func TestStoreSize(t *testing.T) {
-	path := filepath.Join(t.TempDir(), StoreFile)
-	s, _, err := OpenStore(path)
+	dir := t.TempDir()
+	path := filepath.Join(dir, StoreFile)
+	s, _, err := OpenStore(dir)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,7 +5,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"slices"
 	"sync"
 	"time"
@@ -24,7 +23,7 @@ type Options struct {
 	Interfaces []string // the LAN interfaces whose neighbours are devices
 	Leases     []string // DHCP lease files (dnsmasq, odhcpd); missing ones are skipped
 	Max        int      // devices kept; the least recently seen is forgotten beyond
-	StateDir   string   // the store is StateDir/devices.db; "": totals in memory only
+	StateDir   string   // the store is StateDir/devices.json; "": totals in memory only
 	Sample     time.Duration
 	// Walk, called once every Sample, visits every live flow with its counters so far (the
 	// sampler pass); nil: bytes are counted when flows end only.
@@ -65,7 +64,7 @@ func Start(o Options) *Tracker {
 		if err := os.MkdirAll(o.StateDir, 0o700); err != nil {
 			o.Warn("devices: state directory unusable: totals will not survive a restart", err)
 		} else {
-			s, recs, err := OpenStore(filepath.Join(o.StateDir, StoreFile))
+			s, recs, err := OpenStore(o.StateDir)
 			if err != nil {
 				o.Warn("devices: store", err)
 			}

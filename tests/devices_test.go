@@ -96,16 +96,23 @@ rules:
   - {name: by-mac, src_mac: [%q], dst_ports: [%d], action: direct}
   - {name: rest, action: proxy, upstream: main}
 `, adminAddr, state, leases, lanMAC, slowPort))
-	// A damaged store (here: not a bbolt file at all) never stops a start.
-	if err := os.WriteFile(filepath.Join(state, "devices.db"), []byte(strings.Repeat("garbage ", 2000)), 0o600); err != nil {
+	// A damaged store (here: not a state file at all) never stops a start, and an earlier
+	// version's bbolt store is renamed aside.
+	if err := os.WriteFile(filepath.Join(state, "devices.db"), []byte("bolt"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(state, "devices.json"), []byte(strings.Repeat("garbage ", 2000)), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	gw := startSocksgate(t, tp.GW, cfg)
 	if !gw.WaitOutput("moved aside", 5*time.Second) {
 		t.Errorf("no warning that the damaged store was moved aside:\n%s", gw.Output())
 	}
-	if m, _ := filepath.Glob(filepath.Join(state, "devices.db.corrupt-*")); len(m) != 1 {
+	if m, _ := filepath.Glob(filepath.Join(state, "devices.json.corrupt-*")); len(m) != 1 {
 		t.Errorf("damaged store moved aside: %v", m)
+	}
+	if _, err := os.Stat(filepath.Join(state, "devices.db.old")); err != nil || !strings.Contains(gw.Output(), "devices.db") {
+		t.Errorf("old store not renamed aside with a warning (%v):\n%s", err, gw.Output())
 	}
 
 	// A download of 3 MB that the server sends at about 640 kB/s: five seconds of a live flow.
@@ -185,8 +192,8 @@ rules:
 	}
 	// A restart keeps the totals.
 	stopSocksgate(t, tp.GW, gw)
-	if m, _ := filepath.Glob(filepath.Join(state, "devices.db")); len(m) != 1 {
-		t.Fatalf("no devices.db in the state directory")
+	if m, _ := filepath.Glob(filepath.Join(state, "devices.json")); len(m) != 1 {
+		t.Fatalf("no devices.json in the state directory")
 	}
 	gw = startSocksgate(t, tp.GW, cfg)
 	again, ok := lanDevice(t, tp, adminAddr)
