@@ -223,8 +223,10 @@ func TestRoutingActions(t *testing.T) {
 		// No AllowDirect: socksgate's direct socket is gw's own traffic, which the lab's filter
 		// (forwarded lan traffic only) never drops, so success proves socksgate carried it.
 		// The catch-all points at an upstream that does not exist: only direct can carry it.
+		// (protocol keeps the rule out of the kernel's direct sets: on dst alone the kernel
+		// would forward the flow itself, which TestHoistedDirectSetNeverReachesSocksgate tests.)
 		cfg := gatewayConfig("socks5://"+netlab.Proxy4+":9", "rules:\n"+
-			"  - {name: go-direct, dst: [\"2001:db8:3::10/128\"], action: direct}\n"+
+			"  - {name: go-direct, dst: [\"2001:db8:3::10/128\"], protocol: [tcp], action: direct}\n"+
 			"  - {name: catchall, upstream: main}\n")
 		gw := routingStartSocksgate(t, lab.GW, cfg)
 		out, err := curl(lab.LAN, urlFor(netlab.WAN6, "/"))
