@@ -350,11 +350,11 @@ func writeFile(t *testing.T, name, content string) string {
 	return p
 }
 
-// startDante runs dante in proxy with a few worker processes, as the upstream for every
-// proxied contender.
-func startDante(t *testing.T, tp *netlab.Topology) {
-	conf := `logoutput: stderr
-internal: ` + netlab.Proxy4 + ` port = ` + dantePort + `
+// danteConf is a dante config that serves proxy's address on port, without authentication,
+// for CONNECT and UDP ASSOCIATE.
+func danteConf(port string) string {
+	return `logoutput: stderr
+internal: ` + netlab.Proxy4 + ` port = ` + port + `
 external: wan0
 socksmethod: none
 clientmethod: none
@@ -367,7 +367,12 @@ socks pass {
 	log: error
 }
 `
-	path := writeFile(t, "danted.conf", conf)
+}
+
+// startDante runs dante in proxy with a few worker processes, as the upstream for every
+// proxied contender.
+func startDante(t *testing.T, tp *netlab.Topology) {
+	path := writeFile(t, "danted.conf", danteConf(dantePort))
 	tp.Proxy.Start("danted", "-f", path, "-N", "4", "-p", path+".pid")
 	tp.GW.WaitListening(net.JoinHostPort(netlab.Proxy4, dantePort), 10*time.Second)
 }

@@ -363,21 +363,7 @@ state_dir: %q
 
 // soakStartFlaky runs the second dante, the group's first member, the one that dies.
 func soakStartFlaky(t *testing.T, tp *netlab.Topology) *netlab.Proc {
-	conf := `logoutput: stderr
-internal: ` + netlab.Proxy4 + ` port = ` + soakFlakyPort + `
-external: wan0
-socksmethod: none
-clientmethod: none
-user.privileged: root
-user.unprivileged: nobody
-client pass { from: 0/0 to: 0/0 }
-socks pass {
-	from: 0/0 to: 0/0
-	command: connect udpassociate udpreply
-	log: error
-}
-`
-	path := writeFile(t, "flaky.conf", conf)
+	path := writeFile(t, "flaky.conf", danteConf(soakFlakyPort))
 	p := tp.Proxy.Start("danted", "-f", path, "-N", "2", "-p", path+".pid")
 	benchListening(tp.GW, net.JoinHostPort(netlab.Proxy4, soakFlakyPort), 10*time.Second)
 	return p
