@@ -79,6 +79,8 @@ func empty(kind configs.SetKind) *Set {
 // maxLine bounds a line; a longer one is a bad line.
 const maxLine = 64 << 10
 
+var utf8BOM = []byte("\ufeff")
+
 // Parse reads a set of kind written in format from r; sizeHint, the file's size when known,
 // sizes the buffers. Lines that are no entry are skipped and counted in Stats; the whole
 // file is refused (an error) when it cannot be read, or when it has bad lines and no entry
@@ -101,6 +103,9 @@ func Parse(r io.Reader, kind configs.SetKind, format configs.SetFormat, sizeHint
 				_, err = br.ReadSlice('\n')
 			}
 			line = nil
+		}
+		if no == 1 {
+			line = bytes.TrimPrefix(line, utf8BOM) // a Windows editor's byte order mark
 		}
 		if len(line) > 0 {
 			p.line(no, line)

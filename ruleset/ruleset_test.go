@@ -268,3 +268,23 @@ func TestPollFindsChangesTheWatchMisses(t *testing.T) {
 		t.Fatal("a file in a directory created later was not found")
 	}
 }
+
+// A file saved by a Windows editor starts with a byte order mark and ends its lines with CRLF:
+// the mark is no part of the first entry, and does not hide a payload: line from auto.
+func TestByteOrderMarkAndCRLF(t *testing.T) {
+	clash := parse(t, configs.SetDomain, configs.SetFormatAuto, "\ufeffpayload:\r\n  - '+.google.com'\r\n  - DOMAIN,one.example\r\n")
+	if clash.Stats.Format != configs.SetFormatClash || clash.Stats.Bad != 0 || clash.Stats.Entries != 2 {
+		t.Fatalf("clash stats %+v", clash.Stats)
+	}
+	if !clash.Domains.Match("mail.google.com") || !clash.Domains.Match("one.example") {
+		t.Error("clash entries not matched")
+	}
+	list := parse(t, configs.SetCIDR, configs.SetFormatAuto, "\ufeff192.0.2.0/24\r\n2001:db8::/32\r\n")
+	if list.Stats.Bad != 0 || list.Stats.Entries != 2 || !list.CIDRs.Contains(netip.MustParseAddr("192.0.2.1")) {
+		t.Errorf("list stats %+v", list.Stats)
+	}
+	dom := parse(t, configs.SetDomain, configs.SetFormatAuto, "\ufeffexample.com\r\n")
+	if dom.Stats.Bad != 0 || !dom.Domains.Match("example.com") {
+		t.Errorf("domain list stats %+v", dom.Stats)
+	}
+}
