@@ -257,14 +257,21 @@ func (p *parser) clash(raw []byte, s string) bool {
 		v, ok := yamlScalar(strings.TrimSpace(item))
 		return ok && p.entry(v, kindExact)
 	}
-	if p.payload && raw[0] != ' ' && raw[0] != '\t' && strings.Contains(s, ":") {
+	if p.payload && raw[0] != ' ' && raw[0] != '\t' && yamlKey(s) {
 		p.payload = false // another top-level key
 		return true
 	}
-	if !p.payload && strings.Contains(s, ":") && !strings.Contains(s, ",") && raw[0] != ' ' {
+	if !p.payload && yamlKey(s) && !strings.Contains(s, ",") && raw[0] != ' ' {
 		return true // a top-level key before the payload
 	}
 	return p.entry(stripComment(s), kindExact)
+}
+
+// yamlKey reports whether s starts as a YAML mapping key does ("key:" then a space or the
+// end), which an IPv6 prefix of Clash's text format ("2001:db8::/32") does not.
+func yamlKey(s string) bool {
+	i := strings.IndexByte(s, ':')
+	return i > 0 && (i == len(s)-1 || s[i+1] == ' ' || s[i+1] == '\t')
 }
 
 // yamlScalar unquotes a plain, single- or double-quoted YAML scalar written on one line.

@@ -288,3 +288,22 @@ func TestByteOrderMarkAndCRLF(t *testing.T) {
 		t.Errorf("domain list stats %+v", dom.Stats)
 	}
 }
+
+// Clash's text format for an ipcidr provider is one prefix a line: an IPv6 one is an entry,
+// not a YAML key because it has colons.
+func TestClashTextFormatIPv6(t *testing.T) {
+	s := parse(t, configs.SetCIDR, configs.SetFormatClash, "192.0.2.0/24\n2001:db8::/32\n::ffff:198.51.100.0/120\n")
+	if s.Stats.Entries != 3 || s.Stats.Bad != 0 {
+		t.Fatalf("stats %+v", s.Stats)
+	}
+	for _, a := range []string{"192.0.2.1", "2001:db8::1", "198.51.100.9"} {
+		if !s.CIDRs.Contains(netip.MustParseAddr(a)) {
+			t.Errorf("%s not in the set", a)
+		}
+	}
+	// A YAML key is still one: before the payload, and after it.
+	y := parse(t, configs.SetCIDR, configs.SetFormatClash, "behavior: ipcidr\npayload:\n  - 2001:db8::/32\nother: x\n")
+	if y.Stats.Entries != 1 || y.Stats.Bad != 0 {
+		t.Errorf("yaml stats %+v", y.Stats)
+	}
+}
