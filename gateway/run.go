@@ -365,8 +365,9 @@ func (rt *running) ruleSpec(cfg *configs.Config) redirect.Spec {
 // named in a warning, and kept as they run in the config recorded as running.
 func (rt *running) reload(next *configs.Config) {
 	log, old := rt.log, rt.cfg
+	sets := rt.sets.Handles() // those of the router in force
 	refuse := func(err error) {
-		rt.sets.Prune(old.RuleSets) // sets the refused config added
+		rt.sets.Restore(sets) // not the sets the refused config added or changed
 		log.WithError(err).Error("reload refused: the running config stays in force")
 	}
 	commitGeo, abortGeo, err := rt.prepareGeoIP(next.GeoIP)

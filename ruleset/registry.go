@@ -191,6 +191,29 @@ func (r *Registry) Prune(sets []configs.RuleSet) {
 	// Directories stay watched: events there for no set are ignored.
 }
 
+// Restore puts back the sets of hs (what Handles returned before an Apply) and forgets the
+// others: after a reload of the config that is refused once its sets were applied, the
+// handles the running router holds are again the ones reloaded when their files change.
+func (r *Registry) Restore(hs map[string]*Handle) {
+	if r == nil {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for name, h := range r.sets {
+		if hs[name] != h && h.timer != nil {
+			h.timer.Stop()
+		}
+	}
+	r.sets = make(map[string]*Handle, len(hs))
+	for name, h := range hs {
+		r.sets[name] = h
+		if r.started && statFile(h.conf.Path) != h.seen {
+			r.schedule(h) // Apply stopped its pending reload
+		}
+	}
+}
+
 // Handles returns the sets by name.
 func (r *Registry) Handles() map[string]*Handle {
 	if r == nil {

@@ -307,3 +307,38 @@ func TestClashTextFormatIPv6(t *testing.T) {
 		t.Errorf("yaml stats %+v", y.Stats)
 	}
 }
+
+// A reload of the config that is refused after its sets were applied puts back the handles
+// the running router holds: they, not the refused config's, are the ones reloaded.
+func TestRestoreAfterARefusedApply(t *testing.T) {
+	dir := t.TempDir()
+	p1, p2 := filepath.Join(dir, "one.txt"), filepath.Join(dir, "two.txt")
+	os.WriteFile(p1, []byte("192.0.2.0/24\n"), 0o644)
+	os.WriteFile(p2, []byte("198.51.100.0/24\n"), 0o644)
+	running := []configs.RuleSet{{Name: "s", Kind: configs.SetCIDR, Path: p1}}
+	refused := []configs.RuleSet{{Name: "s", Kind: configs.SetCIDR, Path: p2}, {Name: "added", Kind: configs.SetCIDR, Path: p2}}
+	r := NewRegistry()
+	r.Poll, r.Settle = time.Hour, 20*time.Millisecond
+	r.Apply(running)
+	r.Start()
+	defer r.Close()
+	h := r.Handles()["s"]
+	before := r.Handles()
+	r.Apply(refused)
+	r.Restore(before)
+	if hs := r.Handles(); len(hs) != 1 || hs["s"] != h {
+		t.Fatalf("handles after Restore: %v", hs)
+	}
+	os.WriteFile(p1, []byte("203.0.113.0/24\n"), 0o644)
+	select {
+	case ev := <-r.Events():
+		if ev.Err != nil || ev.Name != "s" {
+			t.Fatalf("event %+v", ev)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the running set's file is no longer followed")
+	}
+	if !h.CIDRs().Contains(netip.MustParseAddr("203.0.113.1")) {
+		t.Error("the running router's set was not reloaded")
+	}
+}
