@@ -160,7 +160,7 @@ func explainMain(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "socksgate explain: %v\n", err)
 		return 1
 	} else if db != nil {
-		r.GeoIP = db.Country
+		r.GeoIP, r.GeoPrefixes = db.Country, db.Prefixes // Prefixes: the direct sets, as the gateway hoists them
 		explainGeo = db.Country
 	}
 	explainDevice = explainDev{}

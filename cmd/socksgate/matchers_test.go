@@ -107,3 +107,38 @@ func TestExplainMoreMatchers(t *testing.T) {
 		t.Errorf("--user on a transparent flow: exit %d %q", code, errOut)
 	}
 }
+
+// rules and explain hoist with the country database, as the gateway does: a proxy rule on a
+// country claims its networks, a direct rule on one gives them.
+func TestRulesAndExplainHoistCountries(t *testing.T) {
+	if !geoip.Built {
+		t.Skip("built without GeoIP")
+	}
+	db := filepath.Join(t.TempDir(), "country.mmdb")
+	if err := geoiptest.WriteFile(db,
+		geoiptest.Network{Prefix: "203.0.113.0/25", Country: "US"},
+		geoiptest.Network{Prefix: "198.51.100.0/24", Country: "DE"}); err != nil {
+		t.Fatal(err)
+	}
+	cfg := writeConfig(t, `lan: {interfaces: [lan9]}
+geoip: {path: `+db+`}
+upstreams: [{name: main, url: "socks5://10.20.0.2:1080"}]
+rules:
+  - {name: us, dst_geoip: [us], upstream: main}
+  - {name: de, dst_geoip: [de], action: direct}
+  - {name: doc, dst: [203.0.113.0/24], action: direct}
+  - {name: rest, upstream: main}
+`)
+	code, out, _ := runMain("rules", "-c", cfg)
+	if code != 0 || !strings.Contains(out, "elements = { 198.51.100.0/24, 203.0.113.128/25 }") || !strings.Contains(out, "the destinations of rules de, doc") {
+		t.Errorf("rules: exit %d\n%s", code, out)
+	}
+	code, out, _ = runMain("explain", "-c", cfg, "10.0.0.2", "203.0.113.5:443")
+	if code != 0 || strings.Contains(out, "routed by the kernel") {
+		t.Errorf("explain of a proxied country: exit %d\n%s", code, out)
+	}
+	code, out, _ = runMain("explain", "-c", cfg, "10.0.0.2", "198.51.100.5:443")
+	if code != 0 || !strings.Contains(out, "routed by the kernel") {
+		t.Errorf("explain of a hoisted country: exit %d\n%s", code, out)
+	}
+}

@@ -79,6 +79,14 @@ func hoistedNow(cfg *configs.Config, w io.Writer) []netip.Prefix {
 		fmt.Fprintf(w, "# direct sets not computed: %v\n", err)
 		return nil
 	}
+	// The countries' networks, as the gateway hoists them (a proxy rule on one claims them).
+	db, err := openGeoIP(cfg)
+	if err != nil {
+		fmt.Fprintf(w, "# direct sets not computed: %v\n", err)
+		return nil
+	} else if db != nil {
+		r.GeoIP, r.GeoPrefixes = db.Country, db.Prefixes
+	}
 	ps, rules := r.HoistedPrefixes()
 	if len(rules) > 0 {
 		fmt.Fprintf(w, "# direct4/direct6: the destinations of rules %s, routed by the kernel\n", strings.Join(rules, ", "))
