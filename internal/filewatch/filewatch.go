@@ -1,7 +1,9 @@
 // Package filewatch tells when a file has changed: written in place, replaced by a rename
 // (how package managers and download scripts put a new version in place), created or removed.
 // It watches the file's directory, not the file, so a replacement is seen however it is made,
-// and a file that does not exist yet is seen when it appears.
+// and a file that does not exist yet is seen when it appears. A path that is a symbolic link
+// is followed: its target's directory is watched too, and a link on the way that is pointed
+// elsewhere (how Kubernetes updates a mounted ConfigMap) is a change.
 package filewatch
 
 import (
@@ -33,6 +35,8 @@ func Watch(path string, settle time.Duration, changed func()) (stop func(), err 
 		w.Close()
 		return nil, err
 	}
+	target := follow(w, path, "")
+	linked := target != path // path is, or was, a symbolic link
 	var (
 		mu      sync.Mutex
 		stopped bool
@@ -63,10 +67,20 @@ func Watch(path string, settle time.Duration, changed func()) (stop func(), err 
 				if !ok {
 					return
 				}
-				if filepath.Clean(ev.Name) != path || ev.Op == fsnotify.Chmod {
+				if ev.Op == fsnotify.Chmod {
 					continue
 				}
-				kick()
+				name := filepath.Clean(ev.Name)
+				if name != path && !linked {
+					continue
+				}
+				// Through a link, any event of the watched directories may have repointed it.
+				t := follow(w, path, target)
+				linked = linked || t != path
+				if name == path || name == target || t != target {
+					target = t
+					kick()
+				}
 			case _, ok := <-w.Errors:
 				if !ok {
 					return
@@ -86,4 +100,17 @@ func Watch(path string, settle time.Duration, changed func()) (stop func(), err 
 		}
 		mu.Unlock()
 	}, nil
+}
+
+// follow is where path leads through symbolic links (path itself when it is none, or when it
+// leads nowhere yet), with the directory of a new target watched; was is the last answer.
+func follow(w *fsnotify.Watcher, path, was string) string {
+	t, err := filepath.EvalSymlinks(path)
+	if err != nil {
+		return path
+	}
+	if t != was && t != path {
+		w.Add(filepath.Dir(t)) // a failure leaves the link's own directory watched
+	}
+	return t
 }

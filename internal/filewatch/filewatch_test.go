@@ -92,3 +92,46 @@ func TestWatchNeedsTheDirectory(t *testing.T) {
 		t.Fatal("watching a file in a directory that does not exist: no error")
 	}
 }
+
+// A path that is a symbolic link is followed: its target replaced in a directory of its own
+// (/etc/socksgate/country.mmdb -> /var/lib/GeoIP/...: geoipupdate renames into the latter),
+// and the link swapped the way Kubernetes updates a mounted ConfigMap (f -> ..data/f, and
+// ..data renamed over to point at a new directory).
+func TestWatchFollowsSymbolicLinks(t *testing.T) {
+	data, conf := t.TempDir(), t.TempDir()
+	target := filepath.Join(data, "db.mmdb")
+	os.WriteFile(target, []byte("one"), 0o644)
+	link := filepath.Join(conf, "db.mmdb")
+	if err := os.Symlink(target, link); err != nil {
+		t.Fatal(err)
+	}
+	n := watch(t, link)
+	tmp := filepath.Join(data, ".db.mmdb.tmp")
+	os.WriteFile(tmp, []byte("two"), 0o644)
+	if err := os.Rename(tmp, target); err != nil {
+		t.Fatal(err)
+	}
+	waitCount(t, n, 1)
+	os.Remove(target) // and put back
+	waitCount(t, n, 2)
+	os.WriteFile(target, []byte("three"), 0o644)
+	waitCount(t, n, 3)
+
+	k := t.TempDir()
+	for _, v := range []string{"..v1", "..v2"} {
+		os.Mkdir(filepath.Join(k, v), 0o755)
+		os.WriteFile(filepath.Join(k, v, "f"), []byte(v), 0o644)
+	}
+	if os.Symlink("..v1", filepath.Join(k, "..data")) != nil || os.Symlink("..data/f", filepath.Join(k, "f")) != nil {
+		t.Fatal("symlink")
+	}
+	m := watch(t, filepath.Join(k, "f"))
+	if os.Symlink("..v2", filepath.Join(k, "..data_tmp")) != nil {
+		t.Fatal("symlink")
+	}
+	if err := os.Rename(filepath.Join(k, "..data_tmp"), filepath.Join(k, "..data")); err != nil {
+		t.Fatal(err)
+	}
+	os.RemoveAll(filepath.Join(k, "..v1"))
+	waitCount(t, m, 1)
+}
