@@ -327,10 +327,10 @@ func (p *parser) entry(s string, bare uint32) bool {
 			return ok
 		}
 	}
+	s = firstField(s) // v2fly's attributes (" @cn") follow the entry, a regexp: one too
 	if v, ok := strings.CutPrefix(s, "regexp:"); ok {
 		return p.regexp(v)
 	}
-	s = firstField(s) // v2fly's attributes (" @cn") follow the entry
 	if v, ok := strings.CutPrefix(s, "full:"); ok {
 		return p.name(v, kindExact)
 	}

@@ -342,3 +342,12 @@ func TestRestoreAfterARefusedApply(t *testing.T) {
 		t.Error("the running router's set was not reloaded")
 	}
 }
+
+// v2fly's attributes follow a regexp: entry as they follow the others (domain-list-community
+// writes "regexp:^ad[0-9]+\.example$ @ads"): they are not part of the expression.
+func TestRegexpEntryAttributes(t *testing.T) {
+	s := parse(t, configs.SetDomain, configs.SetFormatList, "regexp:^ad[0-9]+\\.example$ @ads @!cn\n")
+	if !s.Domains.Match("ad12.example") || s.Domains.Match("ad12.example.org") {
+		t.Errorf("regexp with attributes: %+v", s.Stats)
+	}
+}
