@@ -55,7 +55,8 @@ func FuzzParseList(f *testing.F) {
 		"# comment\n0.0.0.0 ads.example tracker.example # hosts\ninclude:other\n",
 		"192.0.2.0/24\n198.51.100.7\n2001:db8::/32 # comment\n::ffff:1.2.3.0/120\n0.0.0.0/0\n::/0\n",
 		"IP-CIDR,192.0.2.0/24,no-resolve\nDOMAIN-SUFFIX,example.com\nDOMAIN-REGEX,(\n",
-		"a..b\n-\n.\n"+"x\r\n")
+		"a..b\n-\n.\n"+"x\r\n",
+		"\ufeffexample.com\r\nregexp:^ad[0-9]+\\.example$ @ads\r\n")
 }
 
 func FuzzParseDnsmasq(f *testing.F) {
@@ -69,5 +70,7 @@ func FuzzParseClash(f *testing.F) {
 		"payload:\n  - '+.google.com'\n  - \"exact.example\"  # c\n  - .under.example\n  - 'it''s'\n",
 		"payload: ['192.0.2.0/24', \"2001:db8::/32\"]\n",
 		"payload:\n  - DOMAIN-SUFFIX,x.example\n  - IP-CIDR,10.0.0.0/8,no-resolve\n  - PROCESS-NAME,curl\nrules: []\n",
-		"+.text.example\nexact.example\n")
+		"+.text.example\nexact.example\n",
+		"\ufeffpayload:\r\n  - '+.bom.example'\r\n",
+		"behavior: ipcidr\n2001:db8::/32\n::ffff:192.0.2.0/120\n")
 }
