@@ -149,6 +149,25 @@ func TestRuleSetFilesRouteAndReload(t *testing.T) {
 	if m := setsMetrics(t, lab.Topology); !strings.Contains(m, `socksgate_rule_set_entries{set="more"} 1`) {
 		t.Errorf("/metrics lacks the added set:\n%s", grepLines(m, "rule_set"))
 	}
+
+	// A reload that moves the ips set to another file and is refused (its HTTP port is taken)
+	// leaves the running set following its own file.
+	other := filepath.Join(dir, "other.txt")
+	os.WriteFile(other, []byte("192.0.2.1\n"), 0o644)
+	lab.GW.Listen("tcp", net.JoinHostPort(netlab.GWLAN4, "8083")) // another daemon holds it
+	cur, err := os.ReadFile(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg3 := strings.Replace(string(cur), "listen: {http: [], socks: []}", "listen: {http: [\""+net.JoinHostPort(netlab.GWLAN4, "8083")+"\"], socks: []}", 1)
+	cfg3 = strings.Replace(cfg3, fmt.Sprintf("path: %q", ips), fmt.Sprintf("path: %q", other), 1)
+	reloadTo(t, gw, cfgPath, cfg3, msg("reload refused: the running config stays in force"))
+	rewrite(t, ips, "203.0.113.10/32\n")
+	waitSetLog(t, gw, "rule set reloaded", "ips", 2)
+	expectRule(t, lab, gw, v4, 5, "by-cidr", urlFor(netlab.WAN4, "/"))
+	if m := setsMetrics(t, lab.Topology); !strings.Contains(m, `socksgate_rule_set_ok{set="ips"} 1`) {
+		t.Errorf("/metrics does not show the running ips set:\n%s", grepLines(m, "rule_set"))
+	}
 	stopSocksgate(t, lab.GW, gw)
 }
 
