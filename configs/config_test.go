@@ -239,6 +239,11 @@ upstreams: [{name: u1, url: "socks5://h:1"}]
 rules: [{name: default, dst: [192.0.2.0/24], action: direct}]`,
 			Rule{Name: "implicit-default", Action: ActionProxy, Upstream: "u1", Implicit: true},
 			`rules: no catch-all rule; flows no rule matches will go through upstream "u1" (implicit rule "implicit-default" appended)`},
+		// Every inbound but dns: the DNS queries socksgate's resolver routes match no rule.
+		{"a last rule for every inbound but dns", `
+rules: [{name: flows, inbound: [transparent, http, socks, router], action: direct}]`,
+			Rule{Name: "default", Action: ActionDirect, Implicit: true},
+			`rules: no catch-all rule; flows no rule matches will go direct (implicit rule "default" appended)`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -351,7 +351,7 @@ func (r *Rule) IsCatchAll() bool { return covers(r, &Rule{}) }
 // conservatively: false means "not proven", never a false shadowing warning.
 func covers(a, b *Rule) bool {
 	return coversSet(a.Protocol, b.Protocol, ProtocolTCP, ProtocolUDP) &&
-		coversSet(a.Inbound, b.Inbound, InboundTransparent, InboundHTTP, InboundSOCKS, InboundRouter) &&
+		coversSet(a.Inbound, b.Inbound, InboundTransparent, InboundHTTP, InboundSOCKS, InboundDNS, InboundRouter) &&
 		coversWithSets(a.Dst, b.Dst, a.DstSet, b.DstSet, coversPrefixes) &&
 		coversWithSets(a.Src, b.Src, a.SrcSet, b.SrcSet, coversPrefixes) &&
 		coversPorts(a.DstPorts, b.DstPorts) &&
