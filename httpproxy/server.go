@@ -634,10 +634,18 @@ func maxForwards(h http.Header) (uint64, bool) {
 // It also keeps the first error reading the body (malformed chunking, the client's timeout or
 // disconnect), so that a forward that fails on it is answered as the client's fault (400) and
 // not as the origin's (502).
+//
+// Once the body has ended, later reads end at once, without the connection or the body:
+// the Transport reads once more past the Content-Length (to check that nothing follows), and
+// by then net/http may have closed the body (it does when the response's header goes out
+// after the body was read whole), so that read would fail with ErrBodyReadAfterClose, the
+// Transport would close the origin connection and cut the response it streams, and the
+// deadline set for it would stay.
 type idleBody struct {
 	io.ReadCloser
 	rc   *http.ResponseController
 	idle time.Duration
+	done bool // the body ended (io.EOF); only Read, from one goroutine at a time, uses it
 	mu   sync.Mutex
 	err  error
 }
@@ -650,6 +658,9 @@ func (b *idleBody) failure() error {
 }
 
 func (b *idleBody) Read(p []byte) (int, error) {
+	if b.done {
+		return 0, io.EOF
+	}
 	b.rc.SetReadDeadline(time.Now().Add(b.idle))
 	n, err := b.ReadCloser.Read(p)
 	if err != nil && err != io.EOF {
@@ -660,6 +671,7 @@ func (b *idleBody) Read(p []byte) (int, error) {
 		b.mu.Unlock()
 	}
 	if err == io.EOF {
+		b.done = true
 		// The body is complete: the deadline must not outlive it, or net/http's read behind
 		// the handler would end the request while the response still streams. (After a
 		// timeout it stays: that connection is done.)

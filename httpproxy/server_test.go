@@ -509,6 +509,43 @@ func TestForwardLongResponseAfterABody(t *testing.T) {
 	}
 }
 
+// The race behind TestForwardLongResponseAfterABody's rare cut, made certain: the Transport
+// reads a forwarded body once more after its end, and by then net/http may have closed it
+// (once the response's header is out). That read must end the body as before, not fail it:
+// a failure closes the origin connection, cutting the response it streams.
+func TestIdleBodyReadAfterItsEnd(t *testing.T) {
+	body := &closingBody{r: strings.NewReader("hello")}
+	ib := &idleBody{ReadCloser: body, rc: http.NewResponseController(httptest.NewRecorder()), idle: time.Second}
+	if b, err := io.ReadAll(io.LimitReader(ib, 5)); err != nil || string(b) != "hello" {
+		t.Fatalf("body %q, %v", b, err)
+	}
+	if n, err := ib.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+		t.Fatalf("read at the end: %d, %v; want 0, EOF", n, err)
+	}
+	body.Close() // net/http, as the response's header goes out
+	if n, err := ib.Read(make([]byte, 512)); n != 0 || err != io.EOF {
+		t.Fatalf("read after net/http closed the ended body: %d, %v; want 0, EOF", n, err)
+	}
+	if err := ib.failure(); err != nil {
+		t.Fatalf("failure() = %v after a body read whole", err)
+	}
+}
+
+// closingBody fails reads once closed, as net/http's request body does.
+type closingBody struct {
+	r      io.Reader
+	closed bool
+}
+
+func (b *closingBody) Read(p []byte) (int, error) {
+	if b.closed {
+		return 0, http.ErrBodyReadAfterClose
+	}
+	return b.r.Read(p)
+}
+
+func (b *closingBody) Close() error { b.closed = true; return nil }
+
 // An origin that fails in the middle of a chunked response: the client sees the response
 // broken off (the proxy aborts it), not a clean end that would pass for the whole body.
 func TestForwardCutResponseStaysCut(t *testing.T) {
