@@ -37,11 +37,7 @@ func startOrigin(t testing.TB, handle func(w mdns.ResponseWriter, r *mdns.Msg)) 
 		o.mu.Unlock()
 		handle(w, r)
 	})
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", pc.LocalAddr().String())
+	pc, ln, err := listenPair(net.ListenConfig{}, "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}

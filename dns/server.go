@@ -138,6 +138,35 @@ func acceptQuery(dh mdns.Header) mdns.MsgAcceptAction {
 	return mdns.MsgAccept
 }
 
+// listenPair listens on addr with UDP and TCP, on one port. Port 0 picks it: the port UDP got,
+// which TCP may find taken (TCP's ephemeral ports share the range), so it picks again a few
+// times. On an error after UDP is listening, the UDP socket is returned too, for the caller
+// to close.
+func listenPair(lc net.ListenConfig, addr string) (*net.UDPConn, net.Listener, error) {
+	host, port, _ := net.SplitHostPort(addr)
+	for try := 0; ; try++ {
+		pc, err := lc.ListenPacket(context.Background(), "udp", addr)
+		if err != nil {
+			return nil, nil, fmt.Errorf("dns listen udp %s: %w", addr, err)
+		}
+		conn := pc.(*net.UDPConn)
+		taddr := addr
+		if port == "0" {
+			_, p, _ := net.SplitHostPort(conn.LocalAddr().String())
+			taddr = net.JoinHostPort(host, p)
+		}
+		ln, err := lc.Listen(context.Background(), "tcp", taddr)
+		if err == nil {
+			return conn, ln, nil
+		}
+		if port == "0" && errors.Is(err, syscall.EADDRINUSE) && try < 16 {
+			conn.Close()
+			continue
+		}
+		return conn, nil, fmt.Errorf("dns listen tcp %s: %w", taddr, err)
+	}
+}
+
 // Serve listens on every address ("IP:port"; port 0 picks one port for UDP and TCP), UDP and
 // TCP, and serves in the background until Shutdown. It returns once all are listening, or the
 // first error with none of them left open. It may be called again to add addresses.
@@ -160,24 +189,16 @@ func (s *Server) Serve(addrs ...string) error {
 		return err
 	}
 	for _, addr := range addrs {
-		pc, err := lc.ListenPacket(context.Background(), "udp", addr)
-		if err != nil {
-			return fail(fmt.Errorf("dns listen udp %s: %w", addr, err))
+		conn, ln, err := listenPair(lc, addr)
+		if conn != nil {
+			conns = append(conns, conn)
 		}
-		conn := pc.(*net.UDPConn)
-		conns = append(conns, conn)
+		if err != nil {
+			return fail(err)
+		}
 		if err := setPacketInfo(conn); err != nil {
+			ln.Close()
 			return fail(fmt.Errorf("dns listen udp %s: %w", addr, err))
-		}
-		// TCP on the port UDP got (":0" in tests picks one port for both).
-		taddr := addr
-		if host, port, _ := net.SplitHostPort(addr); port == "0" {
-			_, p, _ := net.SplitHostPort(pc.LocalAddr().String())
-			taddr = net.JoinHostPort(host, p)
-		}
-		ln, err := lc.Listen(context.Background(), "tcp", taddr)
-		if err != nil {
-			return fail(fmt.Errorf("dns listen tcp %s: %w", taddr, err))
 		}
 		srv := s.newServer(&mdns.Server{Listener: ln, Net: "tcp"})
 		if err := s.start(srv, addr); err != nil {
@@ -185,7 +206,7 @@ func (s *Server) Serve(addrs ...string) error {
 			return fail(err)
 		}
 		started = append(started, srv)
-		bound = append(bound, pc.LocalAddr(), ln.Addr())
+		bound = append(bound, conn.LocalAddr(), ln.Addr())
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
