@@ -60,16 +60,23 @@ rules:
 
 func explainMore(t *testing.T) string {
 	t.Helper()
+	db := countryDB(t, geoiptest.Network{Prefix: "203.0.113.0/25", Country: "US"},
+		geoiptest.Network{Prefix: "203.0.113.128/25", Country: "CN"})
+	return writeConfig(t, strings.Replace(explainMoreConfig, "DB", db, 1))
+}
+
+// countryDB writes a country database of nets for a test; a build without GeoIP (the
+// nogeoip tag) skips it, as such a binary refuses the config.
+func countryDB(t *testing.T, nets ...geoiptest.Network) string {
+	t.Helper()
 	if !geoip.Built {
 		t.Skip("built without GeoIP")
 	}
 	db := filepath.Join(t.TempDir(), "country.mmdb")
-	if err := geoiptest.WriteFile(db,
-		geoiptest.Network{Prefix: "203.0.113.0/25", Country: "US"},
-		geoiptest.Network{Prefix: "203.0.113.128/25", Country: "CN"}); err != nil {
+	if err := geoiptest.WriteFile(db, nets...); err != nil {
 		t.Fatal(err)
 	}
-	return writeConfig(t, strings.Replace(explainMoreConfig, "DB", db, 1))
+	return db
 }
 
 func TestExplainMoreMatchers(t *testing.T) {
@@ -111,15 +118,8 @@ func TestExplainMoreMatchers(t *testing.T) {
 // rules and explain hoist with the country database, as the gateway does: a proxy rule on a
 // country claims its networks, a direct rule on one gives them.
 func TestRulesAndExplainHoistCountries(t *testing.T) {
-	if !geoip.Built {
-		t.Skip("built without GeoIP")
-	}
-	db := filepath.Join(t.TempDir(), "country.mmdb")
-	if err := geoiptest.WriteFile(db,
-		geoiptest.Network{Prefix: "203.0.113.0/25", Country: "US"},
-		geoiptest.Network{Prefix: "198.51.100.0/24", Country: "DE"}); err != nil {
-		t.Fatal(err)
-	}
+	db := countryDB(t, geoiptest.Network{Prefix: "203.0.113.0/25", Country: "US"},
+		geoiptest.Network{Prefix: "198.51.100.0/24", Country: "DE"})
 	cfg := writeConfig(t, `lan: {interfaces: [lan9]}
 geoip: {path: `+db+`}
 upstreams: [{name: main, url: "socks5://10.20.0.2:1080"}]
