@@ -181,6 +181,13 @@ type Transparent struct {
 	// errors) that would be forwarded meet: ICMPPass (default; routed, not proxied) or
 	// ICMPBlock (dropped in socksgate's table).
 	ICMP ICMPMode `yaml:"icmp"`
+	// Offload puts the flows the rules send direct by destination alone (the sets the kernel
+	// routes itself, direct4 and direct6) in an nftables flowtable, nf_flow_table's software
+	// fast path: once established they skip the netfilter hooks. Default false.
+	Offload bool `yaml:"offload"`
+	// OffloadDevices are the flowtable's devices besides the LAN interfaces and the devices
+	// of the default routes (a second WAN without a default route of its own, say).
+	OffloadDevices []string `yaml:"offload_devices"`
 	// BypassBuiltin keeps BuiltinBypass() out of capture. Default true; after
 	// Parse it is never nil. Use BypassBuiltinEnabled to read it.
 	BypassBuiltin *bool `yaml:"bypass_builtin"`

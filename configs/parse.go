@@ -311,6 +311,7 @@ func (c *Config) finish() {
 	emptyToNil(&c.LAN.Interfaces)
 	emptyToNil(&c.LAN.Prefixes)
 	emptyToNil(&c.Transparent.Bypass)
+	emptyToNil(&c.Transparent.OffloadDevices)
 	emptyToNil(&c.Router.ExcludeUIDs)
 	emptyToNil(&c.Router.ExcludeGIDs)
 	emptyToNil(&c.Listen.Mixed)

@@ -192,9 +192,15 @@ func checkOrigin(o string) string {
 }
 
 func (c *Config) validateLAN(p *problems) {
+	p.ifnames("lan.interfaces", c.LAN.Interfaces)
+	p.prefixes("lan.prefixes", c.LAN.Prefixes)
+}
+
+// ifnames checks a list of interface names, each once.
+func (p *problems) ifnames(key string, names []string) {
 	seen := map[string]int{}
-	for i, name := range c.LAN.Interfaces {
-		path := fmt.Sprintf("lan.interfaces[%d]", i)
+	for i, name := range names {
+		path := fmt.Sprintf("%s[%d]", key, i)
 		switch {
 		case name == "":
 			p.add(path, "must not be empty")
@@ -206,12 +212,11 @@ func (c *Config) validateLAN(p *problems) {
 			p.add(path, "%q: a wildcard is not supported; list each interface", name)
 		}
 		if j, dup := seen[name]; dup {
-			p.add(path, "duplicate of lan.interfaces[%d]", j)
+			p.add(path, "duplicate of %s[%d]", key, j)
 		} else {
 			seen[name] = i
 		}
 	}
-	p.prefixes("lan.prefixes", c.LAN.Prefixes)
 }
 
 func (c *Config) validateTransparent(p *problems) {
@@ -230,6 +235,7 @@ func (c *Config) validateTransparent(p *problems) {
 	p.enum("transparent.udp_without_support", t.UDPOverTCPUpstream)
 	p.enum("transparent.quic", t.QUIC)
 	p.enum("transparent.icmp", t.ICMP)
+	p.ifnames("transparent.offload_devices", t.OffloadDevices)
 	p.prefixes("transparent.bypass", t.Bypass)
 	switch {
 	case t.TProxyMark == 0:

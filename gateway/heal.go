@@ -12,7 +12,7 @@ import (
 // socksgate_rules_restored_total. A watcher that cannot start is a warning: capture works, it
 // just does not heal. The returned func stops it; call it before the rules are closed.
 func (rt *running) watchRules() (stop func()) {
-	w, err := rt.rules.Watch(func(ev redirect.WatchEvent) { reportWatch(rt.log, rt.g, ev) })
+	w, err := rt.rules.Watch(func(ev redirect.WatchEvent) { reportWatch(rt.log, rt.g, ev); rt.logOffload() })
 	if err != nil {
 		rt.log.WithError(err).Warn("watching the kernel rules: a firewall reload that removes them will not be undone until a restart")
 		return func() {}

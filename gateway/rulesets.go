@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
 	"sort"
@@ -94,6 +95,29 @@ func (rt *running) updateDirect() {
 	}
 	rt.g.directPrefixes.Store(int64(len(direct)))
 	rt.logDirect(direct, from)
+	rt.logOffload()
+}
+
+// logOffload logs the flowtable's state (transparent.offload) when it differs from what was
+// logged last: its devices, or why the kernel refused it (a warning).
+func (rt *running) logOffload() {
+	s := rt.rules.Spec()
+	if !s.Offload {
+		return
+	}
+	devs, err := rt.rules.Offload()
+	state := fmt.Sprint(devs, err)
+	if old, _ := rt.offloaded.Swap(state).(string); old == state {
+		return
+	}
+	switch {
+	case err != nil:
+		rt.log.WithError(err).Warn("transparent.offload: the kernel refused the flowtable; direct flows are routed without it")
+	case len(s.Direct) == 0:
+		rt.log.Info("transparent.offload: no rule sends flows direct by destination alone, nothing to offload")
+	default:
+		rt.log.WithField("devices", devs).Info("transparent.offload: direct flows are offloaded (flowtable ft)")
+	}
 }
 
 func (rt *running) logDirect(direct []netip.Prefix, from []string) {

@@ -12,6 +12,7 @@ import (
 	"reflect"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -155,6 +156,7 @@ func Run(ctx context.Context, cfg *configs.Config, log *logrus.Logger, reload <-
 			_, from := rt.hoisted()
 			rt.logDirect(spec.Direct, from)
 		}
+		rt.logOffload()
 	} else {
 		log.Info("lan.interfaces is empty: no transparent capture, explicit ports only")
 		// Capture turned off by a restart after a crash with on_crash closed: the table that
@@ -231,6 +233,7 @@ type running struct {
 	geo        geoDB          // the country database of the geoip rules (geoip.go)
 	delays     delayLog       // delay tests of upstreams outside any group
 	serving    sync.WaitGroup // the transparent TCP accept loops
+	offloaded  atomic.Value   // string: the flowtable state last logged (logOffload)
 }
 
 // direct is how socksgate dials without a proxy: its sockets marked, its connections kept in
@@ -510,6 +513,7 @@ func (rt *running) setCapture(old, next *configs.Config) (in capture, changed, r
 	}
 	changed = append(changed, "kernel rules")
 	rt.g.directPrefixes.Store(int64(len(rt.rules.Spec().Direct)))
+	rt.logOffload()
 	tcpNow()
 	if tcp != (portMode{old.Transparent.TCPPort, old.Transparent.TCPMode}) {
 		changed = append(changed, "transparent.tcp_port/tcp_mode")
@@ -703,19 +707,21 @@ func equalJSON(a, b any) bool {
 func SpecFromConfig(cfg *configs.Config, extraBypass []netip.Prefix) redirect.Spec {
 	t := cfg.Transparent
 	s := redirect.Spec{
-		LANInterfaces: cfg.LAN.Interfaces,
-		TCPPort:       t.TCPPort,
-		TCPMode:       t.TCPMode,
-		Mark:          cfg.Mark,
-		TProxyMark:    t.TProxyMark,
-		RouteTable:    t.RouteTable,
-		RulePriority:  t.RulePriority,
-		Bypass:        append(cfg.BypassPrefixes(), extraBypass...),
-		OnCrash:       cfg.OnCrash,
-		RouterCapture: cfg.Router.Capture,
-		ExcludeUIDs:   cfg.Router.ExcludeUIDs,
-		ExcludeGIDs:   cfg.Router.ExcludeGIDs,
-		ICMP:          t.ICMP,
+		LANInterfaces:  cfg.LAN.Interfaces,
+		TCPPort:        t.TCPPort,
+		TCPMode:        t.TCPMode,
+		Mark:           cfg.Mark,
+		TProxyMark:     t.TProxyMark,
+		RouteTable:     t.RouteTable,
+		RulePriority:   t.RulePriority,
+		Bypass:         append(cfg.BypassPrefixes(), extraBypass...),
+		OnCrash:        cfg.OnCrash,
+		RouterCapture:  cfg.Router.Capture,
+		ExcludeUIDs:    cfg.Router.ExcludeUIDs,
+		ExcludeGIDs:    cfg.Router.ExcludeGIDs,
+		ICMP:           t.ICMP,
+		Offload:        t.Offload,
+		OffloadDevices: t.OffloadDevices,
 	}
 	if t.UDP {
 		s.UDPPort = t.UDPPort

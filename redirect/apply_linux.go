@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"syscall"
 
@@ -65,6 +66,10 @@ type Ruleset struct {
 	// installed is the table as the kernel listed it right after the last install: what the
 	// periodic check compares with (nil: the listing failed; only the chains are checked).
 	installed *tableState
+	// offloadDevs are flowtable ft's devices at the last install; offloadErr is why the last
+	// install with offload on went without the flowtable (the kernel refused it), else nil.
+	offloadDevs []string
+	offloadErr  error
 }
 
 // Apply validates s and installs it atomically: the policy routing first
@@ -116,18 +121,112 @@ func (r *Ruleset) install(s Spec, oldTable string) error {
 			return err
 		}
 	}
-	if err := r.conn.install(s.plan(), oldTable); err != nil {
+	p := s.plan()
+	var devs []string
+	if p.offload {
+		devs = offloadDevices(h, s)
+	}
+	err = r.conn.install(p, oldTable, devs)
+	if err != nil && p.offload {
+		// A kernel without flowtables (no CONFIG_NF_FLOW_TABLE, or its module missing)
+		// refuses the flowtable: the table goes in without it, and the direct flows are
+		// routed by the kernel as without offload.
+		if err2 := r.conn.install(p.withoutOffload(), oldTable, nil); err2 == nil {
+			r.offloadErr, devs, err = fmt.Errorf("flowtable %s (devices %s) refused: %w", flowtableFT, strings.Join(devs, ", "), err), nil, nil
+		}
+	} else if err == nil {
+		r.offloadErr = nil
+	}
+	if err != nil {
 		if added {
 			err = errors.Join(err, undoPolicy(h, s))
 		}
 		return err
 	}
+	r.offloadDevs = devs
 	// A listing that fails costs the periodic check its detail, not the install.
 	r.installed, _ = readTable(r.opts.netns, s.Table)
 	if !s.needsPolicyRouting() {
 		return removePolicy(h, s)
 	}
 	return sweepPolicy(h, s)
+}
+
+// Offload reports the flowtable's devices when the direct flows are offloaded, and, when
+// Spec.Offload is on but the kernel refused the flowtable at the last install, why.
+func (r *Ruleset) Offload() (devices []string, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.offloadDevs), r.offloadErr
+}
+
+// planFor is s's plan as r's last install put it in: without the flowtable when the kernel
+// refused it (the periodic check must not take its absence for a drift).
+func (r *Ruleset) planFor(s Spec) tablePlan {
+	p := s.plan()
+	if r.offloadErr != nil {
+		p = p.withoutOffload()
+	}
+	return p
+}
+
+// offloadDevices lists flowtable ft's devices: those of s.staticOffloadDevices that exist,
+// then the devices of the main table's default routes (IPv4 and IPv6, multipath included).
+func offloadDevices(h *netlink.Handle, s Spec) []string {
+	var out []string
+	add := func(name string) {
+		if name != "" && !slices.Contains(out, name) {
+			out = append(out, name)
+		}
+	}
+	for _, d := range s.staticOffloadDevices() {
+		if _, err := h.LinkByName(d); err == nil {
+			add(d)
+		}
+	}
+	for _, idx := range defaultRouteLinks(h) {
+		if l, err := h.LinkByIndex(idx); err == nil {
+			add(l.Attrs().Name)
+		}
+	}
+	return out
+}
+
+// defaultRouteLinks returns the link indexes of the main table's default routes.
+func defaultRouteLinks(h *netlink.Handle) []int {
+	var out []int
+	for _, f := range families {
+		routes, err := h.RouteListFiltered(f, &netlink.Route{Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_TABLE)
+		if err != nil {
+			continue
+		}
+		for _, rt := range routes {
+			out = append(out, defaultRouteLink(rt)...)
+		}
+	}
+	return out
+}
+
+// defaultRouteLink returns rt's devices when rt is a default route (of any table).
+func defaultRouteLink(rt netlink.Route) []int {
+	if rt.Dst != nil {
+		if ones, _ := rt.Dst.Mask.Size(); ones != 0 {
+			return nil
+		}
+	}
+	if rt.Type != unix.RTN_UNICAST && rt.Type != 0 {
+		return nil
+	}
+	var out []int
+	if rt.LinkIndex > 0 {
+		out = append(out, rt.LinkIndex)
+	}
+	for _, nh := range rt.MultiPath {
+		if nh.LinkIndex > 0 {
+			out = append(out, nh.LinkIndex)
+		}
+	}
+	return out
 }
 
 // Spec returns the spec in force, with defaults filled in.

@@ -45,3 +45,6 @@ func InterfacePrefixes(names []string, opts ...Option) ([]netip.Prefix, error) {
 func MarkControl(mark uint32) func(network, address string, c syscall.RawConn) error {
 	return func(network, address string, c syscall.RawConn) error { return errNotLinux }
 }
+
+// Offload is a stub for non-Linux builds.
+func (r *Ruleset) Offload() ([]string, error) { return nil, errNotLinux }

@@ -2,6 +2,7 @@ package redirect
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -39,6 +40,8 @@ const (
 	opDirect4Return                // ip daddr @direct4 return
 	opDirect6Return                // ip6 daddr @direct6 return
 	opDropInvalidTCP               // iifname @lan_ifaces meta l4proto tcp ct state invalid drop
+	opOffload4                     // iifname @lan_ifaces ip daddr @direct4 flow add @ft
+	opOffload6                     // iifname @lan_ifaces ip6 daddr @direct6 flow add @ft
 )
 
 // IP protocol numbers and the address families of a TPROXY rule.
@@ -61,7 +64,7 @@ type chainPlan struct {
 	typ      string // "filter", "nat" or "route"
 	output   bool   // hook output; otherwise prerouting (or forward)
 	forward  bool   // hook forward
-	priority int32  // -150 (mangle), -100 (dstnat) or -300 (raw)
+	priority int32  // -150 (mangle), -100 (dstnat), -300 (raw) or 10 (after the filter)
 	rules    []rule
 }
 
@@ -72,7 +75,9 @@ type tablePlan struct {
 	bypass4, bypass6 []addrRange
 	direct           bool // the direct sets exist (Spec.Direct is not empty)
 	direct4, direct6 []addrRange
-	chains           []chainPlan
+	// offload: flowtable ft exists, with the devices the install finds (Spec.offloadDevices).
+	offload bool
+	chains  []chainPlan
 }
 
 // plan turns a (defaulted, valid) Spec into the table's contents.
@@ -193,6 +198,23 @@ type tablePlan struct {
 //     and multi-WAN trackers (OpenWrt's watchcat, mwan3track) judge the uplink by
 //     them and would reboot the router or fail over a healthy link. They are
 //     the router's diagnostics, not a LAN host's traffic going around the proxy.
+//
+// transparent.offload puts the direct flows in a flowtable (nf_flow_table's software fast
+// path), so that once established they cost the router what an offloaded flow costs (a lookup
+// at the ingress hook and a transmit), less than plain routing with conntrack:
+//   - `flow add @ft` in a forward chain of its own, for what arrives on a LAN interface bound
+//     for the direct sets: only flows the rules send direct, whatever the kernel would do with
+//     the rest; the reply direction is in the same conntrack entry, so it is offloaded too.
+//   - At priority 10, after the firewall's filter chains (0): a packet fw4 or any filter drops
+//     never reaches the rule, so no flow is offloaded that the firewall refused (an offloaded
+//     flow skips the forward hook, and with it every later verdict).
+//   - The kernel adds a connection only once it is established (TCP) or confirmed (UDP), not
+//     after a FIN or a reset, and never one with a helper or sequence adjustment; NAT
+//     (masquerade) is applied on the fast path from the conntrack entry.
+//   - The flowtable's devices must exist when it is created: the LAN interfaces, the admin's
+//     transparent.offload_devices and the devices of the default routes, those that exist.
+//     A new default route on another device (a PPPoE link that came back as a new device)
+//     re-installs the table; the kernel drops a device that goes away from the flowtable itself.
 func (s Spec) plan() tablePlan {
 	t := tablePlan{
 		name:  s.Table,
@@ -337,7 +359,19 @@ func (s Spec) plan() tablePlan {
 		t.chains = append(t.chains, chainPlan{name: chainFwd, typ: "filter", forward: true, priority: -150,
 			rules: append([]rule{{op: opBypass4Return}, {op: opBypass6Return}}, fwd...)})
 	}
+	if s.offload() && t.direct {
+		t.offload = true
+		t.chains = append(t.chains, chainPlan{name: chainOffld, typ: "filter", forward: true, priority: 10,
+			rules: []rule{{op: opOffload4}, {op: opOffload6}}})
+	}
 	return t
+}
+
+// withoutOffload is p without the flowtable and the chain that adds flows to it.
+func (p tablePlan) withoutOffload() tablePlan {
+	p.offload = false
+	p.chains = slices.DeleteFunc(slices.Clone(p.chains), func(c chainPlan) bool { return c.name == chainOffld })
+	return p
 }
 
 func protoName(p uint8) string {
@@ -418,6 +452,10 @@ func (r rule) String() string {
 		return lan + "icmp type destination-unreachable icmp code != frag-needed drop"
 	case opDropInvalidTCP:
 		return lan + "meta l4proto tcp ct state invalid drop"
+	case opOffload4:
+		return lan + "ip daddr @" + setDirect4 + " flow add @" + flowtableFT
+	case opOffload6:
+		return lan + "ip6 daddr @" + setDirect6 + " flow add @" + flowtableFT
 	}
 	return fmt.Sprintf("# unknown rule op %d", r.op)
 }
@@ -473,6 +511,14 @@ func (s Spec) Render() string {
 		b.WriteString("\n")
 		writeSet(setDirect6, "ipv6_addr", true, rangeStrings(p.direct6))
 	}
+	if p.offload {
+		devs := s.staticOffloadDevices()
+		for i, d := range devs {
+			devs[i] = strconv.Quote(d)
+		}
+		b.WriteString("\n\t# devices: these and those of the default routes, the ones that exist at install\n")
+		fmt.Fprintf(&b, "\tflowtable %s {\n\t\thook ingress priority filter\n\t\tdevices = { %s }\n\t}\n", flowtableFT, strings.Join(devs, ", "))
+	}
 	for _, c := range p.chains {
 		prio, hook := "mangle", "prerouting"
 		switch {
@@ -482,6 +528,8 @@ func (s Spec) Render() string {
 			prio = "dstnat"
 		case c.priority == -300:
 			prio = "raw"
+		case c.priority == 10:
+			prio = "filter + 10"
 		}
 		switch {
 		case c.output:

@@ -75,6 +75,10 @@ func (r rule) exprs(sets setRefs) []expr.Any {
 		return dropUnreach(sets.lan, r.family)
 	case opDropInvalidTCP:
 		return dropInvalidTCP(sets.lan)
+	case opOffload4:
+		return offload(sets.lan, 4, sets.direct4)
+	case opOffload6:
+		return offload(sets.lan, 6, sets.direct6)
 	case opOutMark:
 		return append([]expr.Any{
 			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
@@ -166,6 +170,17 @@ func bypassReturn(family int, set *nftables.Set) []expr.Any {
 		// return
 		&expr.Verdict{Kind: expr.VerdictReturn},
 	}
+}
+
+// offload: iifname @lan_ifaces ip daddr @direct4 flow add @ft (ip6 daddr @direct6 for family 6)
+func offload(lan *nftables.Set, family int, direct *nftables.Set) []expr.Any {
+	e := []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+		&expr.Lookup{SourceRegister: 1, SetName: lan.Name, SetID: lan.ID},
+	}
+	match := bypassReturn(family, direct)
+	e = append(e, match[:len(match)-1]...) // the address match, without its return
+	return append(e, &expr.FlowOffload{Name: flowtableFT})
 }
 
 // fromLAN: iifname @lan_ifaces meta l4proto P

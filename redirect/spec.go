@@ -41,9 +41,11 @@ const (
 	chainNAT    = "prerouting_nat"
 	chainMangle = "prerouting_mangle"
 	chainRawOut = "output_raw"
-	chainOutNAT = "output_nat"     // the router's own TCP, REDIRECT mode
-	chainOutRte = "output_route"   // the router's own UDP (and TCP in TPROXY mode): marked, rerouted to lo
-	chainFwd    = "forward_filter" // transparent.icmp block: the LAN's pings the router would forward
+	chainOutNAT = "output_nat"      // the router's own TCP, REDIRECT mode
+	chainOutRte = "output_route"    // the router's own UDP (and TCP in TPROXY mode): marked, rerouted to lo
+	chainFwd    = "forward_filter"  // transparent.icmp block: the LAN's pings the router would forward
+	chainOffld  = "forward_offload" // transparent.offload: the direct flows, into flowtable ft
+	flowtableFT = "ft"
 )
 
 // Spec is everything the kernel rules depend on.
@@ -85,6 +87,15 @@ type Spec struct {
 	// LANInterfaces and would be forwarded (not those to this host or to Bypass); the zero
 	// value, configs.ICMPPass, leaves ICMP routed as usual.
 	ICMP configs.ICMPMode
+	// Offload adds the flows to Direct (from LANInterfaces) to a flowtable (`flow add @ft`,
+	// nf_flow_table's software fast path): once conntrack has seen a connection established,
+	// its packets go from the ingress hook of one device straight to the other, past the
+	// prerouting, forward and postrouting hooks, this table's and the firewall's alike. The
+	// flowtable's devices are LANInterfaces, OffloadDevices and the devices of the default
+	// routes, those that exist when the table is installed. A kernel without flowtables
+	// (CONFIG_NF_FLOW_TABLE) gets the table without them: Ruleset.Offload says why.
+	Offload        bool
+	OffloadDevices []string
 }
 
 // withDefaults returns s with zero fields replaced by their defaults.
@@ -128,6 +139,21 @@ func (s Spec) routerUDP() bool { return s.RouterCapture && s.captureUDP() }
 // blockICMP reports whether the LAN's forwarded echo requests are dropped.
 func (s Spec) blockICMP() bool { return len(s.LANInterfaces) > 0 && s.ICMP == configs.ICMPBlock }
 
+// offload reports whether the direct flows are added to the flowtable.
+func (s Spec) offload() bool { return s.Offload && len(s.Direct) > 0 && len(s.LANInterfaces) > 0 }
+
+// staticOffloadDevices are the flowtable's devices the spec names: the LAN interfaces and
+// OffloadDevices, each once, in that order.
+func (s Spec) staticOffloadDevices() []string {
+	var out []string
+	for _, d := range append(slices.Clone(s.LANInterfaces), s.OffloadDevices...) {
+		if !slices.Contains(out, d) {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
 // needsPolicyRouting reports whether any TPROXY rule is installed, and with it
 // the fwmark rule and local route that deliver TPROXY'd packets to this host.
 func (s Spec) needsPolicyRouting() bool { return s.captureUDP() || s.tproxyTCP() }
@@ -155,9 +181,13 @@ func (s Spec) Validate() error {
 		add("icmp: %v", err)
 	}
 	for i, name := range s.LANInterfaces {
-		// IFNAMSIZ is 16 including the terminating NUL.
-		if name == "" || len(name) > 15 || strings.ContainsAny(name, "/\x00 \t\n\"*") || name == "." || name == ".." {
+		if !validIfname(name) {
 			add("lan_interfaces[%d]: invalid interface name %q", i, name)
+		}
+	}
+	for i, name := range s.OffloadDevices {
+		if !validIfname(name) {
+			add("offload_devices[%d]: invalid interface name %q", i, name)
 		}
 	}
 	capture := s.captureTCP() || s.captureUDP() || s.hijackDNS()
@@ -212,6 +242,12 @@ func (s Spec) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// validIfname reports whether name can be a Linux interface name (IFNAMSIZ is 16 with the
+// terminating NUL).
+func validIfname(name string) bool {
+	return name != "" && len(name) <= 15 && !strings.ContainsAny(name, "/\x00 \t\n\"*") && name != "." && name != ".."
 }
 
 // BuiltinBypass returns the destinations that are never worth capturing:

@@ -170,9 +170,9 @@ func (tc *tableConn) close() error {
 }
 
 // install replaces the table in one batch: AddTable, DelTable, AddTable, the
-// sets, the chains and their rules. oldName, when it differs from the
-// plan's table, is deleted in the same batch (a Replace that renames).
-func (tc *tableConn) install(p tablePlan, oldName string) error {
+// sets, the flowtable (with devices, when p.offload), the chains and their rules. oldName,
+// when it differs from the plan's table, is deleted in the same batch (a Replace that renames).
+func (tc *tableConn) install(p tablePlan, oldName string, devices []string) error {
 	c := tc.nft
 	if oldName != "" && oldName != p.name {
 		old := &nftables.Table{Name: oldName, Family: nftables.TableFamilyINet}
@@ -211,6 +211,13 @@ func (tc *tableConn) install(p tablePlan, oldName string) error {
 		if err := addSet(c, sets.direct6, intervalElements(p.direct6)); err != nil {
 			return fmt.Errorf("add set %s: %w", setDirect6, err)
 		}
+	}
+	if p.offload {
+		c.AddFlowtable(&nftables.Flowtable{
+			Table: t, Name: flowtableFT,
+			Hooknum: nftables.FlowtableHookIngress, Priority: nftables.FlowtablePriorityFilter,
+			Devices: devices,
+		})
 	}
 	for _, cp := range p.chains {
 		typ := nftables.ChainTypeFilter

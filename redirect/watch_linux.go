@@ -388,6 +388,12 @@ func (r *Ruleset) readRoutes(ctx context.Context, ch <-chan vnl.RouteUpdate, err
 				return
 			}
 			s := r.Spec()
+			if u.Type == unix.RTM_NEWROUTE && u.Table == unix.RT_TABLE_MAIN && s.offload() {
+				if what := r.newOffloadDevice(u.Route); what != "" {
+					send(change{kind: changeTable, what: what})
+				}
+				continue
+			}
 			if !s.needsPolicyRouting() || u.Table != s.RouteTable {
 				continue
 			}
@@ -398,6 +404,29 @@ func (r *Ruleset) readRoutes(ctx context.Context, ch <-chan vnl.RouteUpdate, err
 			send(change{kind: checkPolicy, what: "route in table " + strconv.Itoa(s.RouteTable) + " " + verb})
 		}
 	}
+}
+
+// newOffloadDevice says which device of the default route rt is not one of the flowtable's
+// ("" when none, or when offload is off or was refused): a WAN link that came up, or came
+// back as a new device (PPPoE), after the last install.
+func (r *Ruleset) newOffloadDevice(rt vnl.Route) string {
+	r.mu.Lock()
+	devs, refused := r.offloadDevs, r.offloadErr != nil
+	r.mu.Unlock()
+	if refused {
+		return ""
+	}
+	h, err := r.opts.handle()
+	if err != nil {
+		return ""
+	}
+	defer h.Close()
+	for _, idx := range defaultRouteLink(rt) {
+		if l, err := h.LinkByIndex(idx); err == nil && !slices.Contains(devs, l.Attrs().Name) {
+			return "default route on " + l.Attrs().Name + ", not a device of flowtable " + flowtableFT
+		}
+	}
+	return ""
 }
 
 // heal is restore for heal(): it checks what p calls for and, if anything is missing or was
@@ -416,7 +445,7 @@ func (r *Ruleset) heal(p *pending) (bool, error) {
 		if err != nil {
 			return false, err
 		}
-		if d := drift(have, r.installed, s.plan()); d != "" {
+		if d := drift(have, r.installed, r.planFor(s)); d != "" {
 			addDistinct(&p.what, d)
 			need = true
 		}

@@ -307,6 +307,9 @@ func Offload(spec redirect.Spec, read ReadFile, tables []Table) []Finding {
 		}
 	}
 	for _, t := range tables {
+		if t.Family == "inet" && t.Name == tableName(spec) {
+			continue // socksgate's own (transparent.offload) holds only flows it sends direct
+		}
 		for _, ft := range t.Flowtables {
 			out = append(out, Finding{"offload", Warn, fmt.Sprintf("table %s %s has flowtable %s: flows added to it skip the LAN hooks", t.Family, t.Name, ft),
 				"remove the flowtable or its 'flow add' rule, or keep the LAN's captured traffic out of it"})

@@ -88,7 +88,7 @@ func TestTablesAndOffload(t *testing.T) {
 	tables := []Table{
 		{Family: "inet", Name: "fw4", Chains: []Chain{{Name: "mangle_prerouting", Hook: "prerouting", Priority: -150, Actions: []string{"mark"}}, {Name: "forward", Hook: "forward", Actions: []string{"offload"}}}, Flowtables: []string{"ft"}},
 		{Family: "ip", Name: "nat", Chains: []Chain{{Name: "PREROUTING", Hook: "prerouting", Priority: -100, Actions: []string{"redirect", "redirect"}}}},
-		{Family: "inet", Name: "socksgate", Chains: []Chain{{Name: "prerouting_mangle", Hook: "prerouting", Actions: []string{"tproxy", "mark"}}}},
+		{Family: "inet", Name: "socksgate", Chains: []Chain{{Name: "prerouting_mangle", Hook: "prerouting", Actions: []string{"tproxy", "mark"}}}, Flowtables: []string{"ft"}},
 	}
 	got := append(OwnTable(udpSpec(), tables), OtherTables(udpSpec(), tables)...)
 	has(t, got, "table", OK, "inet socksgate is installed")
@@ -108,6 +108,9 @@ func TestTablesAndOffload(t *testing.T) {
 	for _, f := range got {
 		if strings.Contains(f.Message, "flow_offloading_hw") {
 			t.Errorf("flow_offloading_hw '0' reported: %+v", f)
+		}
+		if strings.Contains(f.Message, "socksgate has flowtable") {
+			t.Errorf("socksgate's own flowtable (transparent.offload) reported: %+v", f)
 		}
 	}
 }

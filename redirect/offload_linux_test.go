@@ -1,0 +1,104 @@
+package redirect
+
+import (
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// kernelHasFlowtables is whether the running kernel must take a flowtable: the KVM guest of
+// tests/kvm (Debian's kernel, nf_flow_table a module) must; the lab VM's kernel is built
+// without CONFIG_NF_FLOW_TABLE, and there the fallback is what is tested.
+func kernelHasFlowtables() bool { return os.Getenv("KVM_GUEST") != "" }
+
+func offloadSpec() Spec {
+	s := systemSpec()
+	s.Direct = []netip.Prefix{netip.MustParsePrefix("203.0.114.0/24"), netip.MustParsePrefix("2001:db8:2::/48")}
+	s.Offload = true
+	s.OffloadDevices = []string{"wan0", "wan9"} // wan9 never exists
+	return s
+}
+
+// TestOffloadFlowtable: with offload on, the table holds flowtable ft over the devices that
+// exist (lan0 and wan0 of the names; lan1 and wan9 do not), the chain that adds the LAN's
+// flows to the direct sets, exactly as Render shows them, and a new default route on another
+// device re-installs it with that device. On a kernel without flowtables the table goes in
+// without them, Offload says why, and the periodic check does not take that for a drift.
+func TestOffloadFlowtable(t *testing.T) {
+	ns := newNS(t)
+	for _, d := range []string{"wan0", "wan1"} { // veth: the lab VM's kernel has no dummy
+		run(t, "ip", "-n", ns.name, "link", "add", d, "type", "veth", "peer", "name", d+"p")
+		run(t, "ip", "-n", ns.name, "link", "set", d+"p", "up")
+		run(t, "ip", "-n", ns.name, "link", "set", d, "up")
+	}
+	run(t, "ip", "-n", ns.name, "addr", "add", "198.51.100.1/24", "dev", "wan0")
+	run(t, "ip", "-n", ns.name, "addr", "add", "2001:db8:9::1/64", "dev", "wan1", "nodad")
+	s := offloadSpec()
+	r := applyIn(t, ns, s)
+	listing, err := ns.nft(t, "list", "table", "inet", "socksgate")
+	if err != nil {
+		t.Fatalf("nft list: %v\n%s", err, listing)
+	}
+	devs, oerr := r.Offload()
+	if oerr != nil {
+		if kernelHasFlowtables() {
+			t.Fatalf("this kernel has flowtables, yet: %v", oerr)
+		}
+		t.Logf("no flowtables here (%v): checking the fallback", oerr)
+		if !strings.Contains(oerr.Error(), "flowtable ft") || devs != nil {
+			t.Errorf("Offload() = %v, %v", devs, oerr)
+		}
+		if strings.Contains(listing, "flowtable") || strings.Contains(listing, chainOffld) {
+			t.Errorf("refused flowtable in the table:\n%s", listing)
+		}
+		noOffload := s
+		noOffload.Offload = false
+		if got, want := chainLines(listing), chainLines(noOffload.Render()); !slices.Equal(got, want) {
+			t.Errorf("fallback table differs from the table without offload\nkernel:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+		}
+		p := &pending{kinds: checkDrift}
+		if restored, err := r.heal(p); restored || err != nil {
+			t.Errorf("the periodic check took the missing flowtable for a drift: restored %v, %v, %q", restored, err, p.what)
+		}
+		return
+	}
+	t.Logf("nft list table inet socksgate:\n%s", listing)
+	if !slices.Equal(devs, []string{"lan0", "wan0"}) {
+		t.Errorf("flowtable devices %q, want lan0 and wan0", devs)
+	}
+	if !strings.Contains(listing, "flowtable ft {") || !strings.Contains(listing, `devices = { lan0, wan0 }`) {
+		t.Errorf("no flowtable ft over lan0 and wan0:\n%s", listing)
+	}
+	if got, want := chainLines(listing), chainLines(s.Render()); !slices.Equal(got, want) {
+		t.Errorf("kernel rules differ from Render\nkernel:\n%s\nrender:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	p := &pending{kinds: checkDrift}
+	if restored, err := r.heal(p); restored || err != nil {
+		t.Errorf("the periodic check found a drift in a fresh table: restored %v, %v, %q", restored, err, p.what)
+	}
+
+	// A default route on wan1 (a WAN that came up after the install): the watcher re-installs.
+	w, err := r.Watch(func(ev WatchEvent) { t.Logf("watch: %+v", ev) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Stop()
+	run(t, "ip", "-n", ns.name, "-6", "route", "add", "default", "dev", "wan1")
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		devs, oerr = r.Offload()
+		if slices.Contains(devs, "wan1") || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !slices.Equal(devs, []string{"lan0", "wan0", "wan1"}) || oerr != nil {
+		t.Fatalf("after a default route on wan1, flowtable devices %q (%v)", devs, oerr)
+	}
+	if listing, _ = ns.nft(t, "list", "flowtables"); !strings.Contains(listing, "wan1") {
+		t.Errorf("the kernel's flowtable has no wan1:\n%s", listing)
+	}
+}
