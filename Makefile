@@ -8,7 +8,7 @@ VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev
 LDFLAGS  := -s -w -X main.version=$(VERSION)
 PKGS     := ./...
 
-.PHONY: all build test unit lint demo deps fuzz clean
+.PHONY: all build test test-vm unit lint demo deps fuzz clean
 
 .DEFAULT_GOAL := all
 include cross.mk
@@ -26,6 +26,13 @@ deps:
 # detector on. The end-to-end tests skip (saying why) when not run as root.
 test: deps lint
 	$(GO) test -race -count=1 -timeout 30m $(PKGS)
+
+# The tests that need a kernel this machine may not have (nf_flow_table, for
+# transparent.offload), in a qemu guest booting Debian's kernel with this machine's root
+# filesystem (tests/vm/run.sh; emulated, so a few minutes).
+test-vm: deps
+	$(GO) test -c -o bin/redirect.test ./redirect
+	tests/vm/run.sh bin/redirect.test -test.run 'TestOffloadFlowtable' -test.v -test.count=1
 
 # Unit tests only (no root needed).
 unit:

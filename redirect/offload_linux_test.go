@@ -3,6 +3,7 @@ package redirect
 import (
 	"net/netip"
 	"os"
+	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -100,5 +101,64 @@ func TestOffloadFlowtable(t *testing.T) {
 	}
 	if listing, _ = ns.nft(t, "list", "flowtables"); !strings.Contains(listing, "wan1") {
 		t.Errorf("the kernel's flowtable has no wan1:\n%s", listing)
+	}
+	offloadedFlow(t, ns)
+}
+
+// offloadedFlow forwards a TCP connection through ns from a LAN host (behind lan0) to a
+// server in the direct set (behind wan0), and checks that conntrack has it offloaded while it
+// is open, and that the bytes arrive.
+func offloadedFlow(t *testing.T, ns testNS) {
+	if _, err := exec.LookPath("socat"); err != nil {
+		t.Skip("skipping the forwarded flow: needs socat")
+	}
+	host := func(peer, addr, gw string) string {
+		h := ns.name + "-" + peer
+		run(t, "ip", "netns", "add", h)
+		t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", h).Run() })
+		run(t, "ip", "-n", ns.name, "link", "set", peer, "netns", h)
+		run(t, "ip", "-n", h, "addr", "add", addr, "dev", peer)
+		run(t, "ip", "-n", h, "link", "set", peer, "up")
+		run(t, "ip", "-n", h, "route", "add", "default", "via", gw)
+		return h
+	}
+	client := host("lan0p", "192.0.2.2/24", "192.0.2.1")
+	run(t, "ip", "-n", ns.name, "addr", "add", "203.0.114.1/24", "dev", "wan0")
+	server := host("wan0p", "203.0.114.5/24", "203.0.114.1")
+	run(t, "ip", "netns", "exec", ns.name, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+
+	got := t.TempDir() + "/got"
+	srv := exec.Command("ip", "netns", "exec", server, "socat", "-u", "TCP-LISTEN:9000,reuseaddr", "CREATE:"+got)
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = srv.Process.Kill(); _ = srv.Wait() }()
+	time.Sleep(300 * time.Millisecond)
+	// 64 KiB, then the connection stays open for 3 s with nothing to say.
+	cli := exec.Command("ip", "netns", "exec", client, "socat", "-u", "SYSTEM:head -c 65536 /dev/zero; sleep 3", "TCP:203.0.114.5:9000")
+	if err := cli.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cli.Process.Kill(); _ = cli.Wait() }()
+	var entry string
+	for deadline := time.Now().Add(2500 * time.Millisecond); time.Now().Before(deadline) && entry == ""; time.Sleep(100 * time.Millisecond) {
+		out, _ := exec.Command("ip", "netns", "exec", ns.name, "cat", "/proc/net/nf_conntrack").Output()
+		for _, l := range strings.Split(string(out), "\n") {
+			if strings.Contains(l, "dport=9000") && strings.Contains(l, "[OFFLOAD]") {
+				entry = l
+			}
+		}
+	}
+	if entry == "" {
+		out, _ := exec.Command("ip", "netns", "exec", ns.name, "cat", "/proc/net/nf_conntrack").Output()
+		t.Fatalf("no offloaded conntrack entry for the flow to 203.0.114.5:9000:\n%s", out)
+	}
+	t.Logf("offloaded: %s", entry)
+	if err := cli.Wait(); err != nil {
+		t.Fatalf("client: %v", err)
+	}
+	_ = srv.Wait()
+	if fi, err := os.Stat(got); err != nil || fi.Size() != 65536 {
+		t.Errorf("the server got %v bytes (%v), want 65536", fi, err)
 	}
 }

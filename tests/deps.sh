@@ -37,6 +37,11 @@ have dnsperf   || need+=(dnsperf)
 have gnuplot   || need+=(gnuplot-nox)  # make soak draws its samples
 # the dashboard tests drive a real browser
 have chromium  || need+=(chromium)
+# make test-vm: a qemu guest with Debian's kernel (tests/vm/run.sh), for what this kernel lacks
+have qemu-system-x86_64 || need+=(qemu-system-x86)
+{ [ -x /bin/busybox ] && ! ldd /bin/busybox >/dev/null 2>&1; } || need+=(busybox-static) # static: the guest's init
+have depmod    || need+=(kmod)
+have cpio      || need+=(cpio)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ] || ! have apt-get; then
 	echo "deps: missing ${need[*]}; install them (Debian package names) or run as root on Debian/Ubuntu." >&2
