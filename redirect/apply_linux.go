@@ -70,6 +70,10 @@ type Ruleset struct {
 	// install with offload on went without the flowtable (the kernel refused it), else nil.
 	offloadDevs []string
 	offloadErr  error
+	// checkedGen is the nftables ruleset generation at which the table last matched installed
+	// (genKnown: it was read); the periodic check lists the table only once it has moved.
+	checkedGen uint32
+	genKnown   bool
 }
 
 // Apply validates s and installs it atomically: the policy routing first
@@ -144,8 +148,11 @@ func (r *Ruleset) install(s Spec, oldTable string) error {
 		return err
 	}
 	r.offloadDevs = devs
-	// A listing that fails costs the periodic check its detail, not the install.
+	// A listing that fails costs the periodic check its detail, not the install. The
+	// generation is read first: a commit between the two makes the next check list the table.
+	gen, genErr := nftGeneration(r.opts.netns)
 	r.installed, _ = readTable(r.opts.netns, s.Table)
+	r.checkedGen, r.genKnown = gen, genErr == nil
 	if !s.needsPolicyRouting() {
 		return removePolicy(h, s)
 	}

@@ -162,3 +162,38 @@ func offloadedFlow(t *testing.T, ns testNS) {
 		t.Errorf("the server got %v bytes (%v), want 65536", fi, err)
 	}
 }
+
+// TestPeriodicCheckListsOnlyAfterACommit: the generation moves with every commit, anyone's,
+// and the periodic check compares the table only once it has moved. The reference the check
+// compares with is made wrong on purpose, so a listing shows up as a restore.
+func TestPeriodicCheckListsOnlyAfterACommit(t *testing.T) {
+	ns := newNS(t)
+	r := applyIn(t, ns, offloadSpec())
+	g1, err := nftGeneration(ns.fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g2, _ := nftGeneration(ns.fd); g2 != g1 {
+		t.Fatalf("the generation moved without a commit: %d, %d", g1, g2)
+	}
+	r.mu.Lock()
+	r.installed = &tableState{}
+	r.mu.Unlock()
+	if restored, err := r.heal(&pending{kinds: checkDrift}); restored || err != nil {
+		t.Fatalf("no commit since the install, yet the check listed the table: restored %v, %v", restored, err)
+	}
+	if _, err := ns.nft(t, "add", "table", "inet", "someone_else"); err != nil {
+		t.Fatal(err)
+	}
+	if g3, _ := nftGeneration(ns.fd); g3 == g1 {
+		t.Fatalf("the generation did not move with another table's commit: %d", g3)
+	}
+	p := &pending{kinds: checkDrift}
+	if restored, err := r.heal(p); !restored || err != nil {
+		t.Fatalf("after a commit the check did not list the table: restored %v, %v, %q", restored, err, p.what)
+	}
+	// The restore read the generation again: quiet from here.
+	if restored, err := r.heal(&pending{kinds: checkDrift}); restored || err != nil {
+		t.Fatalf("a second check after the restore: restored %v, %v", restored, err)
+	}
+}

@@ -441,13 +441,20 @@ func (r *Ruleset) heal(p *pending) (bool, error) {
 	s := r.spec
 	need := p.kinds&changeTable != 0
 	if !need && p.kinds&(checkTable|checkDrift) != 0 {
-		have, err := readTable(r.opts.netns, s.Table)
-		if err != nil {
-			return false, err
-		}
-		if d := drift(have, r.installed, r.planFor(s)); d != "" {
-			addDistinct(&p.what, d)
-			need = true
+		// The periodic check alone, and no commit anywhere since the last look: nothing to
+		// list (gen_linux.go). An event, or a generation unknown, always lists.
+		gen, genErr := nftGeneration(r.opts.netns)
+		if p.kinds&checkTable != 0 || genErr != nil || !r.genKnown || gen != r.checkedGen {
+			have, err := readTable(r.opts.netns, s.Table)
+			if err != nil {
+				return false, err
+			}
+			if d := drift(have, r.installed, r.planFor(s)); d != "" {
+				addDistinct(&p.what, d)
+				need = true
+			} else {
+				r.checkedGen, r.genKnown = gen, genErr == nil
+			}
 		}
 	}
 	if !need && p.kinds&(checkTable|checkPolicy|checkDrift) != 0 && s.needsPolicyRouting() {
