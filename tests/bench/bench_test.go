@@ -444,12 +444,16 @@ state_dir: %q
 			labFilter(tp, "open")
 			return 0, func() { labFilter(tp, "closed") }
 		}},
-		// Routing as a NAT router does it: conntrack and the nat hooks on (an empty nat chain),
-		// which a home router's masquerade has anyway and socksgate's table brings along.
+		// Routing as a NAT router does it: conntrack and the nat hooks on, which a home
+		// router's masquerade and firewall have anyway and socksgate's table brings along. An
+		// empty nat chain alone does not turn conntrack on (a profile of that row showed no
+		// conntrack at all): the forward chain's `ct state invalid drop`, which fw4 has too, does.
 		{name: "routing + conntrack", start: func(t *testing.T) (int, func()) {
 			labFilter(tp, "open")
 			tp.GW.MustRun("nft", "add table inet benchct")
 			tp.GW.MustRun("nft", "add chain inet benchct pre { type nat hook prerouting priority dstnat; policy accept; }")
+			tp.GW.MustRun("nft", "add chain inet benchct fwd { type filter hook forward priority filter; policy accept; }")
+			tp.GW.MustRun("nft", "add rule inet benchct fwd ct state invalid drop")
 			return 0, func() {
 				tp.GW.Run("nft", "delete", "table", "inet", "benchct")
 				labFilter(tp, "closed")
