@@ -452,8 +452,8 @@ state_dir: %q
 			labFilter(tp, "open")
 			tp.GW.MustRun("nft", "add table inet benchct")
 			tp.GW.MustRun("nft", "add chain inet benchct pre { type nat hook prerouting priority dstnat; policy accept; }")
-			tp.GW.MustRun("nft", "add chain inet benchct fwd { type filter hook forward priority filter; policy accept; }")
-			tp.GW.MustRun("nft", "add rule inet benchct fwd ct state invalid drop")
+			tp.GW.MustRun("nft", "add chain inet benchct forward_ct { type filter hook forward priority filter; policy accept; }")
+			tp.GW.MustRun("nft", "add rule inet benchct forward_ct ct state invalid drop")
 			return 0, func() {
 				tp.GW.Run("nft", "delete", "table", "inet", "benchct")
 				labFilter(tp, "closed")
