@@ -2,12 +2,20 @@
 # The guest's init after switch_root (tests/vm/run.sh): a private /tmp and /run, Debian's
 # modules where modprobe looks, the job (its output and status in the job's directory on the
 # shared root), then power off.
-mount -t tmpfs tmpfs /tmp; mount -t tmpfs tmpfs /run; mkdir -p /dev/pts /dev/shm
+job=$(sed -n 's/.*vmjob=\([^ ]*\).*/\1/p' /proc/cmdline)
+. "$job/env"
+# The host's /tmp stays reachable where the job's directory lies under it (a checkout in
+# /tmp): that tree is bound back into the guest's own /tmp.
+mount --bind /tmp /mnt # the guest's own: /mnt is only a mount point here
+mount -t tmpfs tmpfs /tmp
+case "$VM_PWD" in /tmp/?*)
+	top=${VM_PWD#/tmp/}; top=${top%%/*}
+	mkdir -p "/tmp/$top" && mount --bind "/mnt/$top" "/tmp/$top" ;;
+esac
+mount -t tmpfs tmpfs /run; mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts; mount -t tmpfs tmpfs /dev/shm
 mount -t cgroup2 none /sys/fs/cgroup 2>/dev/null
 mount -t bpf bpf /sys/fs/bpf 2>/dev/null
-job=$(sed -n 's/.*vmjob=\([^ ]*\).*/\1/p' /proc/cmdline)
-. "$job/env"
 mount --bind "$VM_MODULES" /usr/lib/modules
 ip link set lo up
 # What socksgate's table and the labs use, loaded now: emulated, the kernel's own loading of a
