@@ -135,8 +135,10 @@ func (r *Ruleset) install(s Spec, oldTable string) error {
 		// A kernel without flowtables (no CONFIG_NF_FLOW_TABLE, or its module missing)
 		// refuses the flowtable: the table goes in without it, and the direct flows are
 		// routed by the kernel as without offload.
-		if err2 := r.conn.install(p.withoutOffload(), oldTable, nil); err2 == nil {
-			r.offloadErr, devs, err = fmt.Errorf("flowtable %s (devices %s) refused: %w", flowtableFT, strings.Join(devs, ", "), err), nil, nil
+		// If the table fails without the flowtable too, that failure is the one to report.
+		offloadErr := fmt.Errorf("flowtable %s (devices %s) refused: %w", flowtableFT, strings.Join(devs, ", "), err)
+		if err = r.conn.install(p.withoutOffload(), oldTable, nil); err == nil {
+			r.offloadErr, devs = offloadErr, nil
 		}
 	} else if err == nil {
 		r.offloadErr = nil

@@ -359,7 +359,7 @@ func (s Spec) plan() tablePlan {
 		t.chains = append(t.chains, chainPlan{name: chainFwd, typ: "filter", forward: true, priority: -150,
 			rules: append([]rule{{op: opBypass4Return}, {op: opBypass6Return}}, fwd...)})
 	}
-	if s.offload() && t.direct {
+	if s.offload() {
 		t.offload = true
 		t.chains = append(t.chains, chainPlan{name: chainOffld, typ: "filter", forward: true, priority: 10,
 			rules: []rule{{op: opOffload4}, {op: opOffload6}}})
