@@ -51,7 +51,7 @@ fi
 mkdir -p /usr/lib/modules "$cache/jobs" # the guest mounts its modules there; the host has none
 job=$(mktemp -d "$cache/jobs/XXXXXX")
 {
-	echo "export PATH=$(printf %q "$PATH") VM_GUEST=1 VM_MODULES=$(printf %q "$cache/root/lib/modules") VM_PWD=$(printf %q "$PWD")"
+	echo "export PATH=$(printf %q "$PATH") VM_MODULES=$(printf %q "$cache/root/lib/modules") VM_PWD=$(printf %q "$PWD")"
 	for v in CI GOFLAGS HOME $(env | sed -n 's/^\(BENCH[A-Z_]*\|SOAK[A-Z_]*\|SOCKSGATE[A-Z_]*\)=.*/\1/p'); do
 		[ -n "${!v+x}" ] && echo "export $v=$(printf %q "${!v}")"
 	done
