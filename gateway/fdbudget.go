@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 
 	"github.com/socksgate/socksgate/internal/udpbatch"
+	"github.com/socksgate/socksgate/internal/udploop"
 	"github.com/socksgate/socksgate/nat"
 	"github.com/socksgate/socksgate/relay"
 )
@@ -254,6 +255,14 @@ func (c *chargedUDPConn) ServeReplies(pool *udpbatch.Pool, fn func([]byte, netip
 		return br.ServeReplies(pool, fn)
 	}
 	return udpbatch.ErrUnsupported
+}
+
+// WatchReplies hands the carrier to the table's loop when the carrier it charges for can be.
+func (c *chargedUDPConn) WatchReplies(l *udploop.Loop, b *udpbatch.Batch, fn func([]byte, netip.AddrPort), ended func(error)) error {
+	if lr, ok := c.UDPConn.(nat.LoopReader); ok {
+		return lr.WatchReplies(l, b, fn, ended)
+	}
+	return udploop.ErrUnsupported
 }
 
 func (c *chargedUDPConn) Close() error {

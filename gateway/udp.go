@@ -9,12 +9,14 @@ import (
 	"net/netip"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sirupsen/logrus"
 
 	"github.com/socksgate/socksgate/configs"
 	"github.com/socksgate/socksgate/internal/udpbatch"
+	"github.com/socksgate/socksgate/internal/udploop"
 	"github.com/socksgate/socksgate/nat"
 	"github.com/socksgate/socksgate/redirect"
 	"github.com/socksgate/socksgate/route"
@@ -424,7 +426,7 @@ func udpCarrier(pc net.PacketConn) nat.UDPConn {
 	case *socksclient.Association:
 		return assocCarrier{c}
 	case *net.UDPConn:
-		return udpSocketCarrier{c}
+		return &udpSocketCarrier{c: c}
 	}
 	return packetCarrier{pc}
 }
@@ -457,20 +459,55 @@ func (c assocCarrier) ServeReplies(pool *udpbatch.Pool, fn func([]byte, netip.Ad
 	})
 }
 
+func (c assocCarrier) WatchReplies(l *udploop.Loop, b *udpbatch.Batch, fn func([]byte, netip.AddrPort), ended func(error)) error {
+	return c.a.WatchReplies(l, b, func(p []byte, from socks.Addr) {
+		if ap, ok := from.AddrPort(); ok {
+			fn(p, ap)
+		} // named by a domain: no address to answer the client from, dropped
+	}, ended)
+}
+
 func (c assocCarrier) Close() error { return c.a.Close() }
 
-type udpSocketCarrier struct{ c *net.UDPConn }
+// udpSocketCarrier is a direct way out: a marked UDP socket, moved into the table's loop
+// once it watches the socket's replies (raw).
+type udpSocketCarrier struct {
+	c   *net.UDPConn
+	raw atomic.Pointer[udploop.Conn]
+}
 
-func (c udpSocketCarrier) WriteToAddrPort(b []byte, dst netip.AddrPort) (int, error) {
+func (c *udpSocketCarrier) WriteToAddrPort(b []byte, dst netip.AddrPort) (int, error) {
+	if r := c.raw.Load(); r != nil {
+		return r.WriteToAddrPort(b, dst)
+	}
 	return c.c.WriteToUDPAddrPort(b, dst)
 }
 
-func (c udpSocketCarrier) ReadFromAddrPort(b []byte) (int, netip.AddrPort, error) {
+// WatchReplies moves the socket into l; the table calls it before the carrier is in use.
+func (c *udpSocketCarrier) WatchReplies(l *udploop.Loop, b *udpbatch.Batch, fn func([]byte, netip.AddrPort), ended func(error)) error {
+	r, err := udploop.Dup(c.c)
+	if err != nil {
+		return err
+	}
+	if err := l.WatchBatches(r, b, func(b *udpbatch.Batch, n int) {
+		for i := range n {
+			fn(b.Bufs[i][:b.N[i]], b.From[i])
+		}
+	}, ended); err != nil {
+		r.Close()
+		return err
+	}
+	c.raw.Store(r)
+	c.c.Close()
+	return nil
+}
+
+func (c *udpSocketCarrier) ReadFromAddrPort(b []byte) (int, netip.AddrPort, error) {
 	n, ap, err := c.c.ReadFromUDPAddrPort(b)
 	return n, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), err
 }
 
-func (c udpSocketCarrier) ServeReplies(pool *udpbatch.Pool, fn func([]byte, netip.AddrPort) bool) error {
+func (c *udpSocketCarrier) ServeReplies(pool *udpbatch.Pool, fn func([]byte, netip.AddrPort) bool) error {
 	rc, err := c.c.SyscallConn()
 	if err != nil {
 		return err
@@ -485,7 +522,12 @@ func (c udpSocketCarrier) ServeReplies(pool *udpbatch.Pool, fn func([]byte, neti
 	})
 }
 
-func (c udpSocketCarrier) Close() error { return c.c.Close() }
+func (c *udpSocketCarrier) Close() error {
+	if r := c.raw.Load(); r != nil {
+		return r.Close()
+	}
+	return c.c.Close()
+}
 
 type packetCarrier struct{ pc net.PacketConn }
 

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/socksgate/socksgate/internal/udpbatch"
+	"github.com/socksgate/socksgate/internal/udploop"
 )
 
 // Defaults of UDPTable fields left at their zero value.
@@ -199,6 +200,34 @@ type UDPTable struct {
 	startOnce                                                   sync.Once
 	replyPoolOnce                                               sync.Once
 	replyBatches                                                *udpbatch.Pool
+
+	// NoLoop keeps every outbound and the listener on goroutines of their own, read through
+	// Go's poller, as on systems without internal/udploop (tests compare the two).
+	NoLoop bool
+	// loop reads the listener and the outbounds that can be watched (LoopReader), on
+	// Linux: one goroutine in epoll_wait for all of them. loopBatch is its reply buffers.
+	loopOnce  sync.Once
+	loop      *udploop.Loop
+	loopBatch *udpbatch.Batch
+}
+
+// eventLoop returns the table's loop, started on first use; nil where there is none (NoLoop,
+// not Linux, or it could not be made).
+func (t *UDPTable) eventLoop() *udploop.Loop {
+	if t.NoLoop || !udploop.Supported || !udpbatch.Supported {
+		return nil
+	}
+	t.loopOnce.Do(func() {
+		l, err := udploop.New()
+		if err != nil {
+			t.reportErr(fmt.Errorf("udp event loop: %w (outbounds read by goroutines)", err))
+			return
+		}
+		t.loopBatch = udpbatch.New(ReplyBatch, t.maxReply()+replyHeadroom, 0)
+		t.loop = l
+		go l.Run()
+	})
+	return t.loop
 }
 
 func (t *UDPTable) idle() time.Duration {
@@ -271,11 +300,43 @@ type DatagramServer interface {
 	ServeDatagrams(fn func(b []byte, src, dst netip.AddrPort, err error)) error
 }
 
+// A LoopServer is a DatagramReader whose socket a udploop.Loop can read (*UDPListener on
+// Linux). WatchDatagrams moves it into l, which calls fn for each captured datagram from the
+// loop's goroutine (b valid during fn); done yields once, when the listener is closed (nil)
+// or fails. An error leaves the reader as it was.
+type LoopServer interface {
+	WatchDatagrams(l *udploop.Loop, fn func(b []byte, src, dst netip.AddrPort, err error)) (done <-chan error, err error)
+}
+
+// A LoopReader is a UDPConn whose replies a udploop.Loop can read (a SOCKS5 association or a
+// UDP socket, on Linux). WatchReplies moves its socket into l, which then calls fn for each
+// reply, from the loop's goroutine, its payload read into b (valid during fn); ended is
+// called once, from any goroutine, when the conn has closed (nil: by Close) or failed. The conn's
+// writes go on as before; ReadFromAddrPort is not used again. An error leaves the conn as it
+// was.
+type LoopReader interface {
+	WatchReplies(l *udploop.Loop, b *udpbatch.Batch, fn func(payload []byte, from netip.AddrPort), ended func(error)) error
+}
+
 // Serve reads datagrams from r and relays them until r fails (is closed). It returns nil when
 // the failure is the table's Close or r's closing; sessions live on until Close. A
 // DatagramServer is read in batches; each datagram is relayed from this goroutine.
 func (t *UDPTable) Serve(r DatagramReader) error {
 	t.init()
+	if lw, ok := r.(LoopServer); ok {
+		if l := t.eventLoop(); l != nil {
+			done, err := lw.WatchDatagrams(l, func(b []byte, src, dst netip.AddrPort, err error) {
+				if err != nil {
+					t.readErrors.Add(1)
+					return
+				}
+				t.Handle(b, src, dst)
+			})
+			if err == nil {
+				return t.served(<-done)
+			}
+		}
+	}
 	if ds, ok := r.(DatagramServer); ok && udpbatch.Supported {
 		err := ds.ServeDatagrams(func(b []byte, src, dst netip.AddrPort, err error) {
 			if err != nil {
@@ -536,6 +597,18 @@ func (t *UDPTable) open(s *udpSession, o *udpOutbound, open func(context.Context
 	} else {
 		c, err = open(s.ctx, first)
 	}
+	watched := false
+	if err == nil {
+		// The socket replies from the first destination will leave by, opened now, before any
+		// reply: nearly every session's replies come from where it sent, and whoever relays
+		// them (the loop, or a goroutine of the session's) then never waits for a socket with
+		// a batch of replies in hand. A failure is not reported here: the first reply tries
+		// again, and reports.
+		if first.Addr().Is4() == s.src.Addr().Is4() {
+			t.reply(s, first, false)
+		}
+		watched = t.watchReplies(s, c)
+	}
 	s.mu.Lock()
 	if err == nil && s.ended {
 		c.Close()
@@ -562,12 +635,8 @@ func (t *UDPTable) open(s *udpSession, o *udpOutbound, open func(context.Context
 	o.pending = nil
 	o.live.Store(&liveConn{c})
 	s.mu.Unlock()
-	// The socket replies from the first destination will leave by, opened now, before any
-	// reply: nearly every session's replies come from where it sent, and the relay goroutine
-	// then never waits for a socket with a batch of replies in hand. A failure is not
-	// reported here: the first reply tries again, and reports.
-	if first.Addr().Is4() == s.src.Addr().Is4() {
-		t.reply(s, first)
+	if watched {
+		return
 	}
 	// The replies are relayed by a goroutine of their own: this one's stack grew deep opening
 	// the way out (a SOCKS handshake) and would stay that size, idle, as long as the session.
@@ -579,6 +648,49 @@ func (t *UDPTable) open(s *udpSession, o *udpOutbound, open func(context.Context
 }
 
 var errSessionEnded = errors.New("session ended")
+
+// watchReplies hands c's replies to the table's loop, if c can be watched: no goroutine
+// waits for them then, and each is delivered from the goroutine that read it.
+func (t *UDPTable) watchReplies(s *udpSession, c UDPConn) bool {
+	lr, ok := c.(LoopReader)
+	if !ok {
+		return false
+	}
+	l := t.eventLoop()
+	if l == nil {
+		return false
+	}
+	last := &lastReply{inline: true} // the loop's alone
+	s.wg.Add(1)
+	err := lr.WatchReplies(l, t.loopBatch, func(b []byte, from netip.AddrPort) {
+		t.deliver(s, last, b, from)
+	}, func(err error) {
+		// From any goroutine, possibly one that holds s.mu (a send whose conn closed under
+		// it): the session is ended from a goroutine of its own.
+		go func() {
+			defer s.wg.Done()
+			t.outboundEnded(s, err)
+		}()
+	})
+	if err != nil {
+		s.wg.Done()
+		return false
+	}
+	return true
+}
+
+// outboundEnded ends s, unless it has ended, because its outbound stopped with err.
+func (t *UDPTable) outboundEnded(s *udpSession, err error) {
+	s.mu.Lock()
+	ended := s.ended
+	s.mu.Unlock()
+	if !ended {
+		if err == nil {
+			err = net.ErrClosed
+		}
+		t.end(s, fmt.Errorf("outbound ended: %w", err), false)
+	}
+}
 
 // relayReplies copies replies from c to the client, each from its remote's address. The
 // reply socket last used is kept, with the session's reply generation it was taken in: a
@@ -609,12 +721,7 @@ func (t *UDPTable) relayReplies(s *udpSession, c UDPConn) {
 			t.deliver(s, &last, buf[:n], from)
 		}
 	}
-	s.mu.Lock()
-	ended := s.ended
-	s.mu.Unlock()
-	if !ended {
-		t.end(s, fmt.Errorf("outbound ended: %w", err), false)
-	}
+	t.outboundEnded(s, err)
 }
 
 // BatchReader is a UDPConn that can read its replies several at a time (a SOCKS5 association
@@ -642,9 +749,10 @@ func (t *UDPTable) replyPool() *udpbatch.Pool {
 // lastReply is a relay goroutine's reply socket last used, with the session's reply
 // generation it was taken in.
 type lastReply struct {
-	from netip.AddrPort
-	r    *replySocket
-	gen  uint64
+	from   netip.AddrPort
+	r      *replySocket
+	gen    uint64
+	inline bool // the loop's: reply sockets are opened on its own goroutine
 }
 
 // deliver sends one reply from remote from to the session's client.
@@ -663,7 +771,7 @@ func (t *UDPTable) deliver(s *udpSession, last *lastReply, b []byte, from netip.
 		rc = last.r.rc
 	} else {
 		gen := s.replyGen.Load()
-		r, err := t.reply(s, from)
+		r, err := t.reply(s, from, last.inline)
 		if err != nil {
 			if errors.Is(err, ErrReplyLimit) {
 				t.replyLimited.Add(1)
@@ -697,7 +805,9 @@ func (t *UDPTable) reportErr(err error) {
 // is not cached: the port may be free again for the next reply. At the session's bound or the
 // table's, the session's least recently used reply socket makes room; a session with none to
 // give up (the table is full with other sessions' sockets) gets ErrReplyLimit.
-func (t *UDPTable) reply(s *udpSession, remote netip.AddrPort) (*replySocket, error) {
+//
+// inline opens it on the calling goroutine (the loop's, whose stack is one for all sessions).
+func (t *UDPTable) reply(s *udpSession, remote netip.AddrPort, inline bool) (*replySocket, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.ended {
@@ -713,7 +823,13 @@ func (t *UDPTable) reply(s *udpSession, remote netip.AddrPort) (*replySocket, er
 			return nil, ErrReplyLimit
 		}
 	}
-	rc, err := t.openReply(remote)
+	var rc ReplyConn
+	var err error
+	if inline && t.OpenReply != nil {
+		rc, err = t.OpenReply(remote)
+	} else {
+		rc, err = t.openReply(remote)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -932,6 +1048,10 @@ func (t *UDPTable) Close() error {
 		t.end(s, errTableClosed, false)
 	}
 	t.wg.Wait()
+	t.loopOnce.Do(func() {}) // none is made after this
+	if t.loop != nil {
+		t.loop.Close()
+	}
 	return nil
 }
 

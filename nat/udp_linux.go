@@ -6,19 +6,26 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/socksgate/socksgate/internal/udpbatch"
+	"github.com/socksgate/socksgate/internal/udploop"
 )
 
 // UDPListener is the transparent UDP socket TPROXY delivers captured datagrams to. Each
 // datagram carries its original destination in a control message.
 type UDPListener struct {
-	conn *net.UDPConn
-	rc   syscall.RawConn
-	oob  []byte
+	conn  *net.UDPConn
+	rc    syscall.RawConn
+	oob   []byte
+	laddr net.Addr
+
+	mu     sync.Mutex
+	raw    *udploop.Conn // once WatchDatagrams moved the socket into a loop
+	closed bool
 }
 
 // ListenUDPTransparent opens the TPROXY listener on addr, e.g. "[::]:12345": one dual-stack
@@ -48,7 +55,7 @@ func ListenUDPTransparent(ctx context.Context, addr string) (*UDPListener, error
 		uc.Close()
 		return nil, fmt.Errorf("transparent udp listener %s: %w", addr, err)
 	}
-	return &UDPListener{conn: uc, rc: rc, oob: make([]byte, origDstOOBSize)}, nil
+	return &UDPListener{conn: uc, rc: rc, oob: make([]byte, origDstOOBSize), laddr: uc.LocalAddr()}, nil
 }
 
 type sockopt struct {
@@ -126,11 +133,53 @@ func (l *UDPListener) ServeDatagrams(fn func(b []byte, src, dst netip.AddrPort, 
 	})
 }
 
+// WatchDatagrams moves the listener's socket into loop, which reads it in batches (recvmmsg)
+// and calls fn for each captured datagram as ServeDatagrams does, from the loop's goroutine.
+// done yields when the listener is closed (nil) or its socket fails. ReadDatagram and
+// ServeDatagrams are not used afterwards.
+func (l *UDPListener) WatchDatagrams(loop *udploop.Loop, fn func(b []byte, src, dst netip.AddrPort, err error)) (<-chan error, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed || l.raw != nil {
+		return nil, net.ErrClosed
+	}
+	raw, err := udploop.Dup(l.conn)
+	if err != nil {
+		return nil, err
+	}
+	batch := udpbatch.New(listenerBatch, maxDatagram, origDstOOBSize)
+	done := make(chan error, 1)
+	err = loop.WatchBatches(raw, batch, func(b *udpbatch.Batch, n int) {
+		for i := range n {
+			dst, err := origDstFromOOB(b.OOB[i][:b.OOBN[i]])
+			if err != nil {
+				err = fmt.Errorf("datagram from %s: %w", b.From[i], err)
+			}
+			fn(b.Bufs[i][:b.N[i]], b.From[i], dst, err)
+		}
+	}, func(err error) { done <- err })
+	if err != nil {
+		raw.Close()
+		return nil, err
+	}
+	l.raw = raw
+	l.conn.Close() // off Go's poller; the socket lives on in raw
+	return done, nil
+}
+
 // LocalAddr is the listener's address.
-func (l *UDPListener) LocalAddr() net.Addr { return l.conn.LocalAddr() }
+func (l *UDPListener) LocalAddr() net.Addr { return l.laddr }
 
 // Close closes the listener; a pending ReadDatagram returns net.ErrClosed.
-func (l *UDPListener) Close() error { return l.conn.Close() }
+func (l *UDPListener) Close() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.closed = true
+	if l.raw != nil {
+		return l.raw.Close()
+	}
+	return l.conn.Close()
+}
 
 // cmsgAlign rounds n up the way CMSG_ALIGN does.
 func cmsgAlign(n int) int { return unix.CmsgSpace(n) - unix.CmsgSpace(0) }
@@ -187,7 +236,10 @@ func origDstFromOOB(oob []byte) (netip.AddrPort, error) {
 // from the same remote, with control applied last (socksgate's SO_MARK hook, so the reply is
 // never captured). When a local process holds remote's port without SO_REUSEADDR the bind fails
 // with EADDRINUSE.
-func ListenReply(remote netip.AddrPort, control func(network, address string, c syscall.RawConn) error) (*net.UDPConn, error) {
+//
+// On Linux the socket is taken off Go's poller (internal/udploop): it is only written to, and
+// in the poller each datagram sent would wake a thread for its write space.
+func ListenReply(remote netip.AddrPort, control func(network, address string, c syscall.RawConn) error) (ReplyConn, error) {
 	remote = unmapAddrPort(remote)
 	network := "udp6"
 	opts := []sockopt{{unix.SOL_SOCKET, unix.SO_REUSEADDR, "SO_REUSEADDR"}}
@@ -210,5 +262,10 @@ func ListenReply(remote netip.AddrPort, control func(network, address string, c 
 	if err != nil {
 		return nil, fmt.Errorf("reply socket on %s: %w", remote, err)
 	}
-	return pc.(*net.UDPConn), nil
+	rc, err := udploop.Detach(pc.(*net.UDPConn))
+	if err != nil {
+		pc.Close()
+		return nil, fmt.Errorf("reply socket on %s: %w", remote, err)
+	}
+	return rc, nil
 }

@@ -189,7 +189,7 @@ func TestListenReplyBindsTheRemoteAddress(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer r1.Close()
-	remote = r1.LocalAddr().(*net.UDPAddr).AddrPort()
+	remote = r1.(interface{ LocalAddr() net.Addr }).LocalAddr().(*net.UDPAddr).AddrPort()
 	r2, err := ListenReply(remote, nil)
 	if err != nil {
 		t.Fatalf("second reply socket on %s: %v", remote, err)

@@ -32,6 +32,6 @@ func (*UDPListener) LocalAddr() net.Addr { return nil }
 func (*UDPListener) Close() error { return nil }
 
 // ListenReply needs Linux transparent sockets.
-func ListenReply(netip.AddrPort, func(string, string, syscall.RawConn) error) (*net.UDPConn, error) {
+func ListenReply(netip.AddrPort, func(string, string, syscall.RawConn) error) (ReplyConn, error) {
 	return nil, errUDPNotLinux
 }

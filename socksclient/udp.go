@@ -12,6 +12,7 @@ import (
 
 	"github.com/socksgate/socksgate/internal/netctx"
 	"github.com/socksgate/socksgate/internal/udpbatch"
+	"github.com/socksgate/socksgate/internal/udploop"
 	"github.com/socksgate/socksgate/socks"
 )
 
@@ -153,6 +154,11 @@ type Association struct {
 
 	dropped atomic.Uint64
 
+	// raw is the UDP socket once WatchReplies moved it into a loop: writes go by it.
+	raw atomic.Pointer[udploop.Conn]
+	// stopping is set as shutdown begins: raw's closing, which it causes, calls back here.
+	stopping atomic.Bool
+
 	once  sync.Once
 	done  chan struct{}
 	mu    sync.Mutex
@@ -190,11 +196,16 @@ func (a *Association) watch() {
 func (a *Association) shutdown(cause error) error {
 	err := net.ErrClosed
 	a.once.Do(func() {
+		a.stopping.Store(true)
 		a.mu.Lock()
 		a.cause = cause
 		a.mu.Unlock()
 		close(a.done)
-		err = a.pc.Close()
+		if r := a.raw.Load(); r != nil {
+			err = r.CloseWith(cause)
+		} else {
+			err = a.pc.Close()
+		}
 		if cerr := a.ctrl.Close(); err == nil && cause == nil {
 			err = cerr
 		}
@@ -263,17 +274,7 @@ func (a *Association) ServeSocks(pool *udpbatch.Pool, fn func(payload []byte, fr
 	defer a.rmu.Unlock()
 	err = udpbatch.Serve(rc, pool.Get, pool.Put, func(b *udpbatch.Batch, n int) bool {
 		for i := range n {
-			if !sameRelay(b.From[i], a.relay) {
-				a.dropped.Add(1)
-				continue
-			}
-			d := b.Bufs[i][:b.N[i]]
-			h, hl, err := socks.ParseUDPHeader(d)
-			if err != nil || h.Frag != 0 {
-				a.dropped.Add(1)
-				continue
-			}
-			if !fn(d[hl:], h.Addr) {
+			if p, from, ok := a.relayed(b.From[i], b.Bufs[i][:b.N[i]]); ok && !fn(p, from) {
 				return false
 			}
 		}
@@ -283,6 +284,73 @@ func (a *Association) ServeSocks(pool *udpbatch.Pool, fn func(payload []byte, fr
 		return a.ioErr("read", a.relayAddr, err)
 	}
 	return nil
+}
+
+// WatchReplies moves the association's UDP socket into loop (internal/udploop): loop reads
+// the relay's datagrams into b, in batches, and calls fn with each one's payload and remote,
+// dropping what ServeSocks drops; ended is called once the socket is closed, with the
+// association's cause (nil after Close). Writes go on; ReadFromSocks and ServeSocks are not
+// used afterwards. It fails, leaving the association as it was, where it cannot (the system,
+// or a socket from ListenUDP that is not a *net.UDPConn).
+func (a *Association) WatchReplies(loop *udploop.Loop, b *udpbatch.Batch, fn func(payload []byte, from socks.Addr), ended func(error)) error {
+	if a.udp == nil || !udploop.Supported {
+		return udploop.ErrUnsupported
+	}
+	a.rmu.Lock()
+	defer a.rmu.Unlock()
+	if a.raw.Load() != nil {
+		return errors.New("socks udp association: already watched")
+	}
+	select {
+	case <-a.done:
+		return net.ErrClosed
+	default:
+	}
+	r, err := udploop.Dup(a.udp)
+	if err != nil {
+		return err
+	}
+	err = loop.WatchBatches(r, b, func(b *udpbatch.Batch, n int) {
+		for i := range n {
+			if p, from, ok := a.relayed(b.From[i], b.Bufs[i][:b.N[i]]); ok {
+				fn(p, from)
+			}
+		}
+	}, func(err error) {
+		if err != nil && !a.stopping.Load() {
+			a.shutdown(fmt.Errorf("udp association ended: %w", err))
+		}
+		ended(a.Err())
+	})
+	if err != nil {
+		r.Close()
+		return err
+	}
+	a.raw.Store(r)
+	// Closed after the swap: a write that took a.udp just before sees it closed and fails;
+	// shutdown (under a.once) closes r from now on.
+	a.udp.Close()
+	select {
+	case <-a.done: // shut down meanwhile: it closed a.udp, not r
+		r.CloseWith(a.Err())
+	default:
+	}
+	return nil
+}
+
+// relayed is the payload and remote of datagram d from from; ok false (counted as dropped)
+// when it is not from the relay, fragmented or malformed.
+func (a *Association) relayed(from netip.AddrPort, d []byte) ([]byte, socks.Addr, bool) {
+	if !sameRelay(from, a.relay) {
+		a.dropped.Add(1)
+		return nil, socks.Addr{}, false
+	}
+	h, hl, err := socks.ParseUDPHeader(d)
+	if err != nil || h.Frag != 0 {
+		a.dropped.Add(1)
+		return nil, socks.Addr{}, false
+	}
+	return d[hl:], h.Addr, true
 }
 
 func (a *Association) readRaw(buf []byte) (int, netip.AddrPort, error) {
@@ -326,7 +394,9 @@ func (a *Association) WriteToSocks(b []byte, to socks.Addr) (int, error) {
 	}
 	buf = append(buf, b...)
 	a.wbuf = buf[:0] // keep the grown buffer
-	if a.udp != nil {
+	if r := a.raw.Load(); r != nil {
+		_, err = r.WriteToAddrPort(buf, a.relay)
+	} else if a.udp != nil {
 		_, err = a.udp.WriteToUDPAddrPort(buf, a.relay)
 	} else {
 		_, err = a.pc.WriteTo(buf, a.relayAddr)

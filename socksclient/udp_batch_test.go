@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/socksgate/socksgate/internal/udpbatch"
+	"github.com/socksgate/socksgate/internal/udploop"
 	"github.com/socksgate/socksgate/socks"
 )
 
@@ -74,5 +75,65 @@ func TestAssociationServeSocksUnsupportedWithoutAUDPSocket(t *testing.T) {
 	a := &Association{}
 	if err := a.ServeSocks(udpbatch.NewPool(1, 64, 0), nil); !errors.Is(err, udpbatch.ErrUnsupported) {
 		t.Fatalf("err = %v, want ErrUnsupported", err)
+	}
+}
+
+// WatchReplies moves the association into a loop: the relay's datagrams reach fn from it,
+// dropped as ServeSocks drops them, writes still go out (by the loop's socket), and the loss
+// of the control connection ends it with that cause.
+func TestAssociationWatchRepliesInALoop(t *testing.T) {
+	if !udploop.Supported {
+		t.Skip("no udp event loop here")
+	}
+	l, err := udploop.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	go l.Run()
+	defer l.Close()
+	d, relay, dropControl := fakeAssociation(t, func(p uint16) socks.Addr {
+		return socks.Addr{IP: netip.MustParseAddr("127.0.0.1"), Port: p}
+	})
+	a := listenAssociation(t, d)
+	got := make(chan string, 8)
+	ended := make(chan error, 1)
+	err = a.WatchReplies(l, udpbatch.New(4, 2048, 0), func(b []byte, from socks.Addr) {
+		got <- from.String() + " " + string(b)
+	}, func(err error) { ended <- err })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.WriteToSocks([]byte("hello"), socks.Addr{IP: netip.MustParseAddr("192.0.2.1"), Port: 53}); err != nil {
+		t.Fatal(err)
+	}
+	h, p, client := relayRead(t, relay)
+	if p != "hello" || h.Addr.String() != "192.0.2.1:53" {
+		t.Fatalf("relay got %q for %s", p, h.Addr)
+	}
+	remote := socks.Addr{IP: netip.MustParseAddr("198.51.100.7"), Port: 53}
+	relay.WriteToUDP(datagram(1, remote, "fragment"), client)
+	relay.WriteToUDP(datagram(0, remote, "r0"), client)
+	select {
+	case s := <-got:
+		if s != "198.51.100.7:53 r0" {
+			t.Fatalf("got %q", s)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no reply from the loop")
+	}
+	if a.Dropped() != 1 {
+		t.Fatalf("Dropped() = %d, want 1", a.Dropped())
+	}
+	close(dropControl)
+	select {
+	case err := <-ended:
+		if err == nil || !strings.Contains(err.Error(), "control connection") {
+			t.Fatalf("ended with %v, want the control connection's loss", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("not ended after the control connection closed")
+	}
+	if l.Len() != 0 {
+		t.Fatalf("%d still watched", l.Len())
 	}
 }

@@ -202,3 +202,17 @@ func decodeSockaddr(sa *unix.RawSockaddrInet6, l uint32) netip.AddrPort {
 	}
 	return netip.AddrPort{}
 }
+
+// ReadFD reads as many datagrams as are queued on the nonblocking socket fd, up to b.Len(),
+// without waiting: 0 and no error when none is queued. It is for sockets that no Go poller
+// watches (internal/udploop's).
+func (b *Batch) ReadFD(fd int) (int, error) {
+	n, errno, again := b.recv(uintptr(fd))
+	if again {
+		return 0, nil
+	}
+	if errno != 0 {
+		return 0, errno
+	}
+	return n, nil
+}

@@ -48,3 +48,6 @@ func (b *Batch) Read(syscall.RawConn) (int, error) { return 0, ErrUnsupported }
 func Serve(syscall.RawConn, func() *Batch, func(*Batch), func(*Batch, int) bool) error {
 	return ErrUnsupported
 }
+
+// ReadFD fails with ErrUnsupported.
+func (b *Batch) ReadFD(int) (int, error) { return 0, ErrUnsupported }
