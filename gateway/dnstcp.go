@@ -41,7 +41,8 @@ var dnsStreams atomic.Int64
 // datagram goes to other (a direct socket, when udp_without_support is direct) or is refused
 // with unsupported. Writes never block: each DNS server has a bounded queue.
 type fallbackConn struct {
-	ctx         context.Context // the session's
+	ctx         context.Context // ended by Close: the open's own ended when it returned
+	cancel      context.CancelFunc
 	up          upstream.Upstream
 	dnsTCP      bool
 	other       nat.UDPConn // nil: non-DNS datagrams are refused
@@ -68,12 +69,13 @@ type dnsStream struct {
 	conn  net.Conn // set once dialed
 }
 
-func newFallbackConn(ctx context.Context, up upstream.Upstream, dnsTCP bool, other nat.UDPConn, unsupported error, dialTimeout, replyWait time.Duration) *fallbackConn {
+func newFallbackConn(up upstream.Upstream, dnsTCP bool, other nat.UDPConn, unsupported error, dialTimeout, replyWait time.Duration) *fallbackConn {
 	if replyWait <= 0 {
 		replyWait = dnsReplyWaitDefault
 	}
+	ctx, cancel := context.WithCancel(context.Background())
 	c := &fallbackConn{
-		ctx: ctx, up: up, dnsTCP: dnsTCP, other: other, unsupported: unsupported, dialTimeout: dialTimeout, replyWait: replyWait,
+		ctx: ctx, cancel: cancel, up: up, dnsTCP: dnsTCP, other: other, unsupported: unsupported, dialTimeout: dialTimeout, replyWait: replyWait,
 		replies: make(chan dnsReply, dnsReplyLen),
 		done:    make(chan struct{}),
 		streams: make(map[netip.AddrPort]*dnsStream),
@@ -273,6 +275,7 @@ func dnsTruncated(msg []byte) []byte {
 // Close ends every DNS connection and the direct socket.
 func (c *fallbackConn) Close() error {
 	c.once.Do(func() {
+		c.cancel()
 		close(c.done)
 		if c.other != nil {
 			c.other.Close()

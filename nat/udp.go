@@ -81,7 +81,8 @@ type UDPRoute struct {
 	// from any remote reach the client. Its String, if any, names it in errors.
 	Outbound any
 	// Open opens the way out; it is called once per session and Outbound, off the listener's
-	// goroutine, with the first destination sent to it. ctx ends with the session.
+	// goroutine, with the first destination sent to it. ctx bounds the open only: it ends
+	// with the session, and once Open has returned.
 	Open func(ctx context.Context, firstDst netip.AddrPort) (UDPConn, error)
 	// Tag is opaque to nat and handed back in the session's report (the rule, the upstream).
 	Tag any
@@ -575,11 +576,7 @@ func (t *UDPTable) session(src, dst netip.AddrPort) (_ *udpSession, refused bool
 		t.refused.Add(1)
 		return nil, true
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	s := &udpSession{
-		src: src, firstDst: dst, start: time.Now(),
-		ctx: ctx, cancel: cancel,
-	}
+	s := &udpSession{src: src, firstDst: dst, start: time.Now()}
 	s.touch()
 	t.sessions[src] = s
 	t.recent[recentSlot(src)].Store(s)
@@ -595,7 +592,9 @@ func (t *UDPTable) open(s *udpSession, o *udpOutbound, open func(context.Context
 	if open == nil {
 		err = errors.New("route has no Open")
 	} else {
-		c, err = open(s.ctx, first)
+		ctx, done := s.opening()
+		c, err = open(ctx, first)
+		done()
 	}
 	watched := false
 	if err == nil {
@@ -904,8 +903,10 @@ func (t *UDPTable) end(s *udpSession, cause error, idle bool) {
 			conns = append(conns, o.conn)
 		}
 	})
+	if s.cancelOpens != nil {
+		s.cancelOpens()
+	}
 	s.mu.Unlock()
-	s.cancel()
 	t.mu.Lock()
 	if t.sessions[s.src] == s {
 		delete(t.sessions, s.src)
@@ -1058,9 +1059,7 @@ func (t *UDPTable) Close() error {
 type udpSession struct {
 	src, firstDst netip.AddrPort
 	start         time.Time
-	last          atomic.Int64 // unix nanoseconds of the last datagram either way
-	ctx           context.Context
-	cancel        context.CancelFunc
+	last          atomic.Int64   // unix nanoseconds of the last datagram either way
 	wg            sync.WaitGroup // outbound goroutines
 
 	packetsUp, bytesUp, packetsDown, bytesDown, dropped atomic.Uint64
@@ -1078,15 +1077,43 @@ type udpSession struct {
 	replies    smallMap[netip.AddrPort, *replySocket]
 	replyTick  atomic.Uint64 // orders replies' uses, for evicting the least recently used socket
 	tag        any
-	tagDropped bool // tag (and firstDst) is a dropped destination's
 	routes     int
 	err        error // first drop reason
-	ended      bool
 	endErr     error
+	tagDropped bool // tag (and firstDst) is a dropped destination's
+	ended      bool
 	idle       bool
+	// While outbounds open, a context that ends with the session (their dials and
+	// handshakes), shared by them; none afterwards: a context kept for the session's life
+	// cost half a kilobyte (its own, and the map and channel a child's WithTimeout adds).
+	opens       int
+	openCtx     context.Context
+	cancelOpens context.CancelFunc
 }
 
 func (s *udpSession) touch() { s.last.Store(time.Now().UnixNano()) }
+
+// opening returns the context an outbound opens in, ended with the session; done, called
+// once the open returns, lets it go when no other open needs it.
+func (s *udpSession) opening() (_ context.Context, done func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.openCtx == nil {
+		s.openCtx, s.cancelOpens = context.WithCancel(context.Background())
+		if s.ended {
+			s.cancelOpens()
+		}
+	}
+	s.opens++
+	return s.openCtx, func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.opens--; s.opens == 0 {
+			s.cancelOpens()
+			s.openCtx, s.cancelOpens = nil, nil
+		}
+	}
+}
 
 // replySocket is a session's reply socket for one remote, with its last use.
 type replySocket struct {

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/socksgate/socksgate/internal/netctx"
@@ -76,7 +77,7 @@ func (d *Dialer) ListenPacket(ctx context.Context) (net.PacketConn, error) {
 		done:      make(chan struct{}),
 	}
 	a.udp, _ = pc.(*net.UDPConn)
-	go a.watch()
+	go a.watch(c)
 	return a, nil
 }
 
@@ -134,14 +135,15 @@ func sameRelay(src, relay netip.AddrPort) bool {
 
 // Association is a SOCKS5 UDP association: a local UDP socket talking to the proxy's relay,
 // and the TCP control connection that keeps the association alive. A goroutine reads the control
-// connection; when the proxy closes it (or it fails), the association ends: pending and later
-// reads and writes return an error wrapping the cause, and Done is closed.
+// connection (the loop, once WatchReplies has moved both sockets there); when the proxy closes
+// it (or it fails), the association ends: pending and later reads and writes return an error
+// wrapping the cause, and Done is closed.
 //
 // Datagrams from anywhere but the relay, fragmented datagrams (FRAG not 0) and malformed ones
 // are dropped and counted (Dropped). Reads and writes reuse per-association buffers; the
 // ReadFromSocks and WriteToSocks forms allocate nothing for IP addresses.
 type Association struct {
-	ctrl      net.Conn
+	ctrl      net.Conn // under mu once built
 	pc        net.PacketConn
 	udp       *net.UDPConn // pc, when it is one
 	relay     netip.AddrPort
@@ -159,10 +161,15 @@ type Association struct {
 	// stopping is set as shutdown begins: raw's closing, which it causes, calls back here.
 	stopping atomic.Bool
 
-	once  sync.Once
-	done  chan struct{}
-	mu    sync.Mutex
-	cause error // why the association ended; nil after Close
+	// moved is set once the control connection is the loop's to watch: its goroutine stops.
+	moved atomic.Bool
+
+	once sync.Once
+	done chan struct{}
+	mu   sync.Mutex
+	// ctrl (nil then) is ctrlRaw once the loop watches the control connection.
+	ctrlRaw *udploop.Conn
+	cause   error // why the association ended; nil after Close
 }
 
 // RelayAddr is the proxy's UDP relay address that datagrams are sent to.
@@ -182,12 +189,15 @@ func (a *Association) Err() error {
 // Dropped counts datagrams discarded on receive: not from the relay, fragmented or malformed.
 func (a *Association) Dropped() uint64 { return a.dropped.Load() }
 
-// watch reads the control connection until it fails; the proxy sends nothing on it.
-func (a *Association) watch() {
+// watch reads the control connection until it fails, or until the loop watches it instead;
+// the proxy sends nothing on it.
+func (a *Association) watch(ctrl net.Conn) {
 	var buf [64]byte
 	for {
-		if _, err := a.ctrl.Read(buf[:]); err != nil {
-			a.shutdown(fmt.Errorf("udp association ended: control connection: %w", err))
+		if _, err := ctrl.Read(buf[:]); err != nil {
+			if !a.moved.Load() {
+				a.shutdown(fmt.Errorf("udp association ended: control connection: %w", err))
+			}
 			return
 		}
 	}
@@ -199,18 +209,73 @@ func (a *Association) shutdown(cause error) error {
 		a.stopping.Store(true)
 		a.mu.Lock()
 		a.cause = cause
+		ctrl, ctrlRaw := a.ctrl, a.ctrlRaw
 		a.mu.Unlock()
 		close(a.done)
+		if ctrlRaw != nil {
+			ctrlRaw.Close()
+		}
 		if r := a.raw.Load(); r != nil {
 			err = r.CloseWith(cause)
 		} else {
 			err = a.pc.Close()
 		}
-		if cerr := a.ctrl.Close(); err == nil && cause == nil {
-			err = cerr
+		if ctrlRaw == nil {
+			if cerr := ctrl.Close(); err == nil && cause == nil {
+				err = cerr
+			}
 		}
 	})
 	return err
+}
+
+// watchControl moves the control connection into loop, when it is a socket: its descriptor
+// is duplicated for the loop and the connection closed, so no goroutine waits on it, and
+// neither Go's poller nor the connection's wrappers hold anything for it (together 3.3 KiB of
+// a session's 8). A connection that is no socket (TLS, a pipe) keeps its goroutine.
+//
+// The wrapper closed is the one that recorded the connection among socksgate's own dials
+// (upstream.OwnConns): that record is for telling a dial of its own come back when it is
+// accepted, and this connection was accepted long ago.
+func (a *Association) watchControl(loop *udploop.Loop) {
+	ctrl := a.ctrl
+	sc, ok := ctrl.(syscall.Conn)
+	if !ok {
+		return
+	}
+	cr, err := udploop.Dup(sc)
+	if err != nil {
+		return
+	}
+	err = loop.Watch(cr, func() {
+		var b [64]byte
+		if _, err := cr.Read(b[:]); err != nil {
+			a.shutdown(fmt.Errorf("udp association ended: control connection: %w", err))
+		}
+	}, nil)
+	if err != nil {
+		cr.Close()
+		return
+	}
+	a.mu.Lock()
+	if a.stopping.Load() { // shut down meanwhile: it closed ctrl
+		a.mu.Unlock()
+		cr.Close()
+		return
+	}
+	a.moved.Store(true)
+	a.ctrl, a.ctrlRaw = nil, cr
+	a.mu.Unlock()
+	ctrl.Close() // the goroutine's Read returns and, moved set, it stops; the socket lives on in cr
+}
+
+func (a *Association) isDone() bool {
+	select {
+	case <-a.done:
+		return true
+	default:
+		return false
+	}
 }
 
 // Close ends the association: the UDP socket and the control connection are closed.
@@ -330,11 +395,11 @@ func (a *Association) WatchReplies(loop *udploop.Loop, b *udpbatch.Batch, fn fun
 	// Closed after the swap: a write that took a.udp just before sees it closed and fails;
 	// shutdown (under a.once) closes r from now on.
 	a.udp.Close()
-	select {
-	case <-a.done: // shut down meanwhile: it closed a.udp, not r
+	if a.isDone() { // shut down meanwhile: it closed a.udp, not r
 		r.CloseWith(a.Err())
-	default:
+		return nil
 	}
+	a.watchControl(loop)
 	return nil
 }
 

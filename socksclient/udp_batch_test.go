@@ -1,13 +1,17 @@
 package socksclient
 
 import (
+	"context"
 	"errors"
+	"io"
 	"net"
 	"net/netip"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/socksgate/socksgate/internal/testutil"
 	"github.com/socksgate/socksgate/internal/udpbatch"
 	"github.com/socksgate/socksgate/internal/udploop"
 	"github.com/socksgate/socksgate/socks"
@@ -80,11 +84,18 @@ func TestAssociationServeSocksUnsupportedWithoutAUDPSocket(t *testing.T) {
 
 // WatchReplies moves the association into a loop: the relay's datagrams reach fn from it,
 // dropped as ServeSocks drops them, writes still go out (by the loop's socket), and the loss
-// of the control connection ends it with that cause.
+// of the control connection ends it with that cause. A control connection over TCP is the
+// loop's to watch too: no goroutine of the association's is left; one that is no socket (a
+// pipe here; TLS) keeps its goroutine, and ends the association the same way.
 func TestAssociationWatchRepliesInALoop(t *testing.T) {
 	if !udploop.Supported {
 		t.Skip("no udp event loop here")
 	}
+	t.Run("tcp", func(t *testing.T) { testWatchReplies(t, true) })
+	t.Run("pipe", func(t *testing.T) { testWatchReplies(t, false) })
+}
+
+func testWatchReplies(t *testing.T, tcp bool) {
 	l, err := udploop.New()
 	if err != nil {
 		t.Fatal(err)
@@ -94,6 +105,9 @@ func TestAssociationWatchRepliesInALoop(t *testing.T) {
 	d, relay, dropControl := fakeAssociation(t, func(p uint16) socks.Addr {
 		return socks.Addr{IP: netip.MustParseAddr("127.0.0.1"), Port: p}
 	})
+	if tcp {
+		overTCP(t, d)
+	}
 	a := listenAssociation(t, d)
 	got := make(chan string, 8)
 	ended := make(chan error, 1)
@@ -102,6 +116,21 @@ func TestAssociationWatchRepliesInALoop(t *testing.T) {
 	}, func(err error) { ended <- err })
 	if err != nil {
 		t.Fatal(err)
+	}
+	if tcp {
+		if l.Len() != 2 {
+			t.Fatalf("%d sockets watched, want 2 (the relay's and the control connection)", l.Len())
+		}
+		testutil.WaitUntil(t, "the control connection's goroutine gone", func() bool {
+			return !strings.Contains(goroutines(), "(*Association).watch(")
+		})
+	} else {
+		if l.Len() != 1 {
+			t.Fatalf("%d sockets watched, want the relay's alone", l.Len())
+		}
+		testutil.WaitUntil(t, "a goroutine on the pipe", func() bool {
+			return strings.Contains(goroutines(), "(*Association).watch(")
+		})
 	}
 	if _, err := a.WriteToSocks([]byte("hello"), socks.Addr{IP: netip.MustParseAddr("192.0.2.1"), Port: 53}); err != nil {
 		t.Fatal(err)
@@ -135,5 +164,79 @@ func TestAssociationWatchRepliesInALoop(t *testing.T) {
 	}
 	if l.Len() != 0 {
 		t.Fatalf("%d still watched", l.Len())
+	}
+}
+
+func goroutines() string {
+	b := make([]byte, 1<<20)
+	return string(b[:runtime.Stack(b, true)])
+}
+
+// Close of an association in a loop stops both its watches and reports no cause.
+func TestAssociationInALoopCloses(t *testing.T) {
+	if !udploop.Supported {
+		t.Skip("no udp event loop here")
+	}
+	l, err := udploop.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	go l.Run()
+	defer l.Close()
+	d, _, _ := fakeAssociation(t, func(p uint16) socks.Addr {
+		return socks.Addr{IP: netip.MustParseAddr("127.0.0.1"), Port: p}
+	})
+	overTCP(t, d)
+	a := listenAssociation(t, d)
+	ended := make(chan error, 1)
+	if err := a.WatchReplies(l, udpbatch.New(4, 2048, 0), func([]byte, socks.Addr) {}, func(err error) { ended <- err }); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	select {
+	case err := <-ended:
+		if err != nil {
+			t.Fatalf("ended with %v after Close, want nil", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("not ended after Close")
+	}
+	if l.Len() != 0 {
+		t.Fatalf("%d still watched", l.Len())
+	}
+}
+
+// overTCP puts a loopback TCP connection between d and its fake proxy (a pipe): the client's
+// control connection is a socket, as in use.
+func overTCP(t *testing.T, d *Dialer) {
+	t.Helper()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	pipeDial := d.ProxyDial
+	d.ProxyDial = func(ctx context.Context, network, address string) (net.Conn, error) {
+		p, err := pipeDial(ctx, network, address)
+		if err != nil {
+			return nil, err
+		}
+		var nd net.Dialer
+		c, err := nd.DialContext(ctx, "tcp4", ln.Addr().String())
+		if err != nil {
+			p.Close()
+			return nil, err
+		}
+		srv, err := ln.Accept()
+		if err != nil {
+			p.Close()
+			c.Close()
+			return nil, err
+		}
+		go func() { io.Copy(p, srv); p.Close() }()
+		go func() { io.Copy(srv, p); srv.Close() }()
+		return c, nil
 	}
 }

@@ -3,8 +3,10 @@ package udploop
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -29,9 +31,8 @@ const writeWait = 100 * time.Millisecond
 // Conn is a UDP socket of the loop's: not in Go's poller. Its methods are safe for concurrent
 // use.
 type Conn struct {
-	fd    int
-	v6    bool // AF_INET6: IPv4 destinations are sent v4-mapped
-	laddr net.Addr
+	fd int
+	v6 bool // AF_INET6: IPv4 destinations are sent v4-mapped
 
 	// state is the reference count times two, plus one once closed. The descriptor is closed
 	// when it reaches one: closed, and no read or write using it.
@@ -49,7 +50,9 @@ type Conn struct {
 // c once the Conn is in use (Go's poller then forgets its own descriptor; the socket lives on
 // in the Conn's); until then both read the same socket. c's own reads and deadlines do not
 // concern the Conn.
-func Dup(c *net.UDPConn) (*Conn, error) {
+//
+// c may be any socket (a TCP connection, say, watched for its end and read with Read).
+func Dup(c syscall.Conn) (*Conn, error) {
 	rc, err := c.SyscallConn()
 	if err != nil {
 		return nil, err
@@ -69,7 +72,7 @@ func Dup(c *net.UDPConn) (*Conn, error) {
 		unix.Close(nfd)
 		return nil, fmt.Errorf("udp socket domain: %w", err)
 	}
-	return &Conn{fd: nfd, v6: dom == unix.AF_INET6, laddr: c.LocalAddr()}, nil
+	return &Conn{fd: nfd, v6: dom == unix.AF_INET6}, nil
 }
 
 // Detach is Dup, then c is closed: c's socket is the Conn's alone.
@@ -82,8 +85,25 @@ func Detach(c *net.UDPConn) (*Conn, error) {
 	return rc, nil
 }
 
-// LocalAddr is the socket's address when it was detached.
-func (c *Conn) LocalAddr() net.Addr { return c.laddr }
+// LocalAddr is the socket's address (nil once closed), asked of the kernel: kept, it would
+// be a hundred bytes of every session's.
+func (c *Conn) LocalAddr() net.Addr {
+	if !c.acquire() {
+		return nil
+	}
+	defer c.release()
+	sa, err := unix.Getsockname(c.fd)
+	if err != nil {
+		return nil
+	}
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		return &net.UDPAddr{IP: sa.Addr[:], Port: sa.Port}
+	case *unix.SockaddrInet6:
+		return &net.UDPAddr{IP: sa.Addr[:], Port: sa.Port}
+	}
+	return nil
+}
 
 func (c *Conn) acquire() bool {
 	for {
@@ -157,6 +177,25 @@ func (c *Conn) WriteToAddrPort(b []byte, to netip.AddrPort) (int, error) {
 // WriteToUDPAddrPort is WriteToAddrPort (the name *net.UDPConn gives it).
 func (c *Conn) WriteToUDPAddrPort(b []byte, to netip.AddrPort) (int, error) {
 	return c.WriteToAddrPort(b, to)
+}
+
+// Read reads what a stream socket has queued, without waiting: 0 and no error when nothing
+// is, io.EOF at its end.
+func (c *Conn) Read(b []byte) (int, error) {
+	if !c.acquire() {
+		return 0, net.ErrClosed
+	}
+	defer c.release()
+	n, _, err := unix.Recvfrom(c.fd, b, unix.MSG_DONTWAIT)
+	switch {
+	case err == unix.EAGAIN || err == unix.EINTR:
+		return 0, nil
+	case err != nil:
+		return 0, os.NewSyscallError("read", err)
+	case n == 0 && len(b) > 0:
+		return 0, io.EOF
+	}
+	return n, nil
 }
 
 // ReadBatch reads the datagrams queued, up to b.Len(), without waiting: 0 and no error when

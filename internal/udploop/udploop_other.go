@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"syscall"
 
 	"github.com/socksgate/socksgate/internal/udpbatch"
 )
@@ -20,7 +21,7 @@ var ErrUnsupported = errors.New("udp event loop unsupported on this system")
 type Conn struct{}
 
 // Dup fails with ErrUnsupported.
-func Dup(*net.UDPConn) (*Conn, error) { return nil, ErrUnsupported }
+func Dup(syscall.Conn) (*Conn, error) { return nil, ErrUnsupported }
 
 // Detach fails with ErrUnsupported.
 func Detach(*net.UDPConn) (*Conn, error) { return nil, ErrUnsupported }
@@ -30,6 +31,8 @@ func (c *Conn) LocalAddr() net.Addr { return nil }
 func (c *Conn) WriteToAddrPort([]byte, netip.AddrPort) (int, error) { return 0, ErrUnsupported }
 
 func (c *Conn) WriteToUDPAddrPort([]byte, netip.AddrPort) (int, error) { return 0, ErrUnsupported }
+
+func (c *Conn) Read([]byte) (int, error) { return 0, ErrUnsupported }
 
 func (c *Conn) ReadBatch(*udpbatch.Batch) (int, error) { return 0, ErrUnsupported }
 

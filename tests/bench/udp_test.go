@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -98,12 +99,14 @@ type udpResult struct {
 }
 
 type udpSessions struct {
-	n, held  int
-	rssKiB   float64 // per session
-	fds      float64 // per session
-	slabKiB  float64 // per session, machine-wide kernel slab
-	note     string
-	measured bool
+	n, held int
+	rssKiB  float64 // per session
+	// From the gateway's own /metrics (socksgate only): where the RSS goes.
+	heapKiB, stackKiB, goroutines float64 // per session
+	fds                           float64 // per session
+	slabKiB                       float64 // per session, machine-wide kernel slab
+	note                          string
+	measured                      bool
 }
 
 func udpBulkKey(dir string, rate float64) string {
@@ -178,14 +181,20 @@ lan: {interfaces: [%s]}
 listen: {http: [], socks: []}
 timeouts: {dial: 10s, grace: 1s}
 transparent: {udp: true, udp_idle: 120s, udp_max_sessions: 30000}
+admin: %s
 upstreams:
   - {name: dante, url: "socks5://%s:%s"}
 rules:
   - %s
-`, netlab.GWLANIf, netlab.Proxy4, dantePort, rule)
-	var env []string
+`, netlab.GWLANIf, udpAdmin, netlab.Proxy4, dantePort, rule)
+	env := []string{"env"}
 	if v := os.Getenv("BENCH_UDP_ENV"); v != "" {
-		env = append([]string{"env"}, strings.Fields(v)...)
+		env = append(env, strings.Fields(v)...)
+	}
+	if v := os.Getenv("BENCH_MEMPROFILE"); v != "" {
+		// A socksgate built with -tags memprof writes its heap there while the sessions
+		// are held (SIGUSR2).
+		env = append(env, "SOCKSGATE_MEMPROFILE="+v+"-"+action)
 	}
 	p := tp.GW.Start(append(env, bin, "run", "-c", writeFile(t, "socksgate-udp.yaml", cfg))...)
 	tp.GW.WaitListening("127.0.0.1:12345", 10*time.Second)
@@ -326,6 +335,7 @@ func runUDPSessions(t *testing.T, tp *netlab.Topology, c contender, pid int, add
 	r := udpSessions{n: n, measured: true}
 	settle()
 	rss0, fd0, slab0 := statusKiB(pid, "VmRSS"), fdCount(pid), meminfoKiB("Slab")
+	m0 := goMetrics(tp, c)
 	self, _ := os.Executable()
 	h := tp.LAN.Start("env", "BENCH_HELPER=udp", self, "hold", addr, "-", strconv.Itoa(n))
 	if !h.WaitOutput("ready", 180*time.Second) {
@@ -339,10 +349,25 @@ func runUDPSessions(t *testing.T, tp *netlab.Topology, c contender, pid int, add
 	var failed int
 	fmt.Sscanf(out, "ready held=%d errors=%d", &r.held, &failed)
 	rss1, fd1, slab1 := statusKiB(pid, "VmRSS"), fdCount(pid), meminfoKiB("Slab")
+	m1 := goMetrics(tp, c)
+	if os.Getenv("BENCH_MEMPROFILE") != "" && strings.HasPrefix(c.name, "socksgate") {
+		syscall.Kill(pid, syscall.SIGUSR2)
+		time.Sleep(2 * time.Second)
+	}
 	h.Kill()
 	if r.held > 0 {
 		k := float64(r.held)
 		r.rssKiB, r.fds, r.slabKiB = (rss1-rss0)/k, float64(fd1-fd0)/k, (slab1-slab0)/k
+		if m0 != nil && m1 != nil {
+			r.heapKiB = (m1["go_memstats_heap_inuse_bytes"] - m0["go_memstats_heap_inuse_bytes"]) / 1024 / k
+			r.stackKiB = (m1["go_memstats_stack_inuse_bytes"] - m0["go_memstats_stack_inuse_bytes"]) / 1024 / k
+			r.goroutines = (m1["go_goroutines"] - m0["go_goroutines"]) / k
+			var d []string
+			for _, n := range []string{"sys_bytes", "heap_sys_bytes", "heap_inuse_bytes", "heap_idle_bytes", "heap_released_bytes", "stack_sys_bytes", "mspan_sys_bytes", "gc_sys_bytes", "other_sys_bytes"} {
+				d = append(d, fmt.Sprintf("%s %+.2f", n, (m1["go_memstats_"+n]-m0["go_memstats_"+n])/1024/k))
+			}
+			t.Logf("%s: Go runtime, KiB per session: %s", c.name, strings.Join(d, ", "))
+		}
 	}
 	if failed > 0 {
 		r.note = fmt.Sprintf("%d of %d sessions got no echo", failed, n)
@@ -351,6 +376,30 @@ func runUDPSessions(t *testing.T, tp *netlab.Topology, c contender, pid int, add
 		}
 	}
 	return r
+}
+
+// udpAdmin is the UDP part's socksgate admin endpoint, in gw: its /metrics say where a
+// session's memory goes.
+const udpAdmin = "127.0.0.1:9091"
+
+// goMetrics reads socksgate's /metrics in gw (nil for other contenders, or on failure).
+func goMetrics(tp *netlab.Topology, c contender) map[string]float64 {
+	if !strings.HasPrefix(c.name, "socksgate") {
+		return nil
+	}
+	out, err := tp.GW.Run("curl", "-sf", "http://"+udpAdmin+"/metrics")
+	if err != nil {
+		return nil
+	}
+	m := map[string]float64{}
+	for _, l := range strings.Split(out, "\n") {
+		if f := strings.Fields(l); len(f) == 2 && strings.HasPrefix(f[0], "go_") {
+			if v, err := strconv.ParseFloat(f[1], 64); err == nil {
+				m[f[0]] = v
+			}
+		}
+	}
+	return m
 }
 
 // udpServer answers the lan client's datagrams in wan. The first byte says what a datagram is:
@@ -837,13 +886,13 @@ func renderUDP(u udpParams, cs []contender, all map[string]*udpResult) string {
 			fmt.Fprintf(&b, "| %s | %s%s |\n", c.name, num(r.cpuSecs/r.dgrams*1e6, 2), kernelShare(r.cpuSys, r.cpuSecs))
 		}
 	}
-	b.WriteString("\n### Live UDP sessions (one echo each, then held)\n\n| contender | sessions held | gateway RSS KiB/session | fds/session | kernel slab KiB/session | note |\n|---|---:|---:|---:|---:|---|\n")
+	b.WriteString("\n### Live UDP sessions (one echo each, then held)\n\nHeap, stacks and goroutines are socksgate's own /metrics (Go runtime), before and after.\n\n| contender | sessions held | gateway RSS KiB/session | of it heap in use | stacks | goroutines/session | fds/session | kernel slab KiB/session | note |\n|---|---:|---:|---:|---:|---:|---:|---:|---|\n")
 	for _, c := range cs {
 		s := all[c.name].sess
 		if !s.measured {
 			continue
 		}
-		fmt.Fprintf(&b, "| %s | %d of %d | %s | %s | %s | %s |\n", c.name, s.held, s.n, num(s.rssKiB, 2), num(s.fds, 2), num(s.slabKiB, 2), s.note)
+		fmt.Fprintf(&b, "| %s | %d of %d | %s | %s | %s | %s | %s | %s | %s |\n", c.name, s.held, s.n, num(s.rssKiB, 2), num(s.heapKiB, 2), num(s.stackKiB, 2), num(s.goroutines, 2), num(s.fds, 2), num(s.slabKiB, 2), s.note)
 	}
 	return b.String()
 }
