@@ -215,7 +215,14 @@ func (b *fdBudget) openUDP(open func(context.Context, netip.AddrPort) (nat.UDPCo
 			b.Release(fdsPerUDPPath)
 			return nil, err
 		}
-		return &chargedUDPConn{UDPConn: c, release: b.releaser(fdsPerUDPPath)}, nil
+		n := fdsPerUDPPath
+		if _, direct := c.(*udpSocketCarrier); direct {
+			// One socket: what was reserved for an association's second is given back, or
+			// a budget of 20,000 would hold 10,000 direct sessions' 10,000 descriptors.
+			b.Release(n - 1)
+			n = 1
+		}
+		return &chargedUDPConn{UDPConn: c, charge: charge{b: b, n: n}}, nil
 	}
 }
 
@@ -234,19 +241,27 @@ func (b *fdBudget) openReply(open func(netip.AddrPort) (nat.ReplyConn, error)) f
 			b.Release(fdsPerReply)
 			return nil, err
 		}
-		return &chargedReplyConn{ReplyConn: c, release: b.releaser(fdsPerReply)}, nil
+		return &chargedReplyConn{ReplyConn: c, charge: charge{b: b, n: fdsPerReply}}, nil
 	}
 }
 
-// releaser returns a function that releases n once, however often it is called.
-func (b *fdBudget) releaser(n int) func() {
-	var once sync.Once
-	return func() { once.Do(func() { b.Release(n) }) }
+// charge is n descriptors of b's, released once however often release is called; held
+// inline (a closure and its sync.Once were a hundred bytes of every UDP session).
+type charge struct {
+	b        *fdBudget
+	n        int
+	released atomic.Bool
+}
+
+func (c *charge) release() {
+	if c.released.CompareAndSwap(false, true) {
+		c.b.Release(c.n)
+	}
 }
 
 type chargedUDPConn struct {
 	nat.UDPConn
-	release func()
+	charge
 }
 
 // ServeReplies batches when the carrier it charges for does.
@@ -273,7 +288,7 @@ func (c *chargedUDPConn) Close() error {
 
 type chargedReplyConn struct {
 	nat.ReplyConn
-	release func()
+	charge
 }
 
 func (c *chargedReplyConn) Close() error {

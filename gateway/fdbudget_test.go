@@ -207,6 +207,36 @@ func TestDescriptorBudgetChargesTransparentUDP(t *testing.T) {
 	}
 }
 
+// A direct way out is one socket, and is charged one: the second descriptor reserved for an
+// association's is given back once the socket is open.
+func TestDescriptorBudgetChargesADirectWayOutOne(t *testing.T) {
+	b := &fdBudget{room: 3}
+	open := b.openUDP(func(context.Context, netip.AddrPort) (nat.UDPConn, error) {
+		pc, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			return nil, err
+		}
+		return udpCarrier(pc), nil
+	})
+	var cs []nat.UDPConn
+	for range 2 {
+		c, err := open(context.Background(), netip.AddrPort{})
+		if err != nil {
+			t.Fatalf("direct way out %d of 2 in a budget of 3: %v", len(cs)+1, err)
+		}
+		cs = append(cs, c)
+	}
+	if h := b.held.Load(); h != 2 {
+		t.Fatalf("held %d for two direct ways out, want 2", h)
+	}
+	for _, c := range cs {
+		c.Close()
+	}
+	if h := b.held.Load(); h != 0 {
+		t.Fatalf("held %d after closing, want 0", h)
+	}
+}
+
 // Pipes, which only make a flow faster, hold at most a quarter of the room between them: the
 // rest is kept for flows, also when pipes were taken first (and stay held by stalled flows).
 func TestDescriptorBudgetKeepsRoomForFlowsFromPipes(t *testing.T) {

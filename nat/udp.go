@@ -196,11 +196,17 @@ type UDPTable struct {
 	sessionsTotal, refused, blocked, queueDrops, upstreamErrors atomic.Uint64
 	held, sniffed                                               atomic.Uint64
 	replyBindErrors, replyErrors, readErrors, replyLimited      atomic.Uint64
-	replySockets                                                atomic.Int64
+	replySockets                                                atomic.Int64 // descriptors: shared ones count once
 	stop                                                        chan struct{}
-	startOnce                                                   sync.Once
-	replyPoolOnce                                               sync.Once
-	replyBatches                                                *udpbatch.Pool
+
+	// shared are the reply sockets by remote, each used by every session that remote
+	// answers: a socket bound to the remote's address can send to any client, and the
+	// sessions of a LAN mostly talk to few remotes (a DNS server, a CDN's QUIC port).
+	sharedMu      sync.Mutex
+	shared        map[netip.AddrPort]*sharedReply
+	startOnce     sync.Once
+	replyPoolOnce sync.Once
+	replyBatches  *udpbatch.Pool
 
 	// NoLoop keeps every outbound and the listener on goroutines of their own, read through
 	// Go's poller, as on systems without internal/udploop (tests compare the two).
@@ -817,11 +823,57 @@ func (t *UDPTable) reply(s *udpSession, remote netip.AddrPort, inline bool) (*re
 		r.used.Store(tick)
 		return r, nil
 	}
-	if s.replies.len() >= maxSessionReplies || t.replySockets.Load() >= t.maxReplySockets() {
+	if s.replies.len() >= maxSessionReplies || t.replySockets.Load() >= t.maxReplySockets() && !t.replyOpen(remote) {
 		if !t.evictReply(s) {
 			return nil, ErrReplyLimit
 		}
 	}
+	sr, err := t.acquireReply(remote, inline)
+	if err != nil {
+		return nil, err
+	}
+	r := &replySocket{rc: sr.rc, shared: sr}
+	r.used.Store(tick)
+	s.replies.set(remote, r)
+	return r, nil
+}
+
+// sharedReply is a reply socket and the number of sessions using it. The first session to
+// need it opens it; the others that need it meanwhile wait for ready (a bind takes
+// microseconds) rather than bind the same address again.
+type sharedReply struct {
+	rc    ReplyConn // set before ready is closed; nil if the open failed
+	err   error     // the open's failure, set before ready is closed
+	ready chan struct{}
+	refs  int // under the table's sharedMu
+}
+
+// acquireReply returns the reply socket for remote, opening it when no session uses one. At
+// the table's bound for descriptors a new remote gets ErrReplyLimit (the caller, holding s.mu,
+// has let one of the session's own go first).
+func (t *UDPTable) acquireReply(remote netip.AddrPort, inline bool) (*sharedReply, error) {
+	t.sharedMu.Lock()
+	if sr := t.shared[remote]; sr != nil {
+		sr.refs++
+		t.sharedMu.Unlock()
+		<-sr.ready
+		if sr.err != nil {
+			t.releaseReply(remote, sr)
+			return nil, sr.err
+		}
+		return sr, nil
+	}
+	if t.replySockets.Load() >= t.maxReplySockets() {
+		t.sharedMu.Unlock()
+		return nil, ErrReplyLimit
+	}
+	if t.shared == nil {
+		t.shared = make(map[netip.AddrPort]*sharedReply)
+	}
+	sr := &sharedReply{ready: make(chan struct{}), refs: 1}
+	t.shared[remote] = sr
+	t.replySockets.Add(1)
+	t.sharedMu.Unlock()
 	var rc ReplyConn
 	var err error
 	if inline && t.OpenReply != nil {
@@ -830,13 +882,44 @@ func (t *UDPTable) reply(s *udpSession, remote netip.AddrPort, inline bool) (*re
 		rc, err = t.openReply(remote)
 	}
 	if err != nil {
+		// Not kept: the port may be free again for the next reply.
+		t.sharedMu.Lock()
+		if t.shared[remote] == sr {
+			delete(t.shared, remote)
+		}
+		t.sharedMu.Unlock()
+		t.replySockets.Add(-1)
+		sr.err = err
+		close(sr.ready)
+		t.releaseReply(remote, sr)
 		return nil, err
 	}
-	t.replySockets.Add(1)
-	r := &replySocket{rc: rc}
-	r.used.Store(tick)
-	s.replies.set(remote, r)
-	return r, nil
+	sr.rc = rc
+	close(sr.ready)
+	return sr, nil
+}
+
+// releaseReply gives up one session's use of remote's reply socket, closing it after the
+// last; sr's open has finished.
+func (t *UDPTable) releaseReply(remote netip.AddrPort, sr *sharedReply) {
+	t.sharedMu.Lock()
+	sr.refs--
+	last := sr.refs == 0 && sr.err == nil
+	if last && t.shared[remote] == sr {
+		delete(t.shared, remote)
+	}
+	t.sharedMu.Unlock()
+	if last {
+		t.replySockets.Add(-1)
+		sr.rc.Close()
+	}
+}
+
+// replyOpen reports whether some session has a reply socket for remote.
+func (t *UDPTable) replyOpen(remote netip.AddrPort) bool {
+	t.sharedMu.Lock()
+	defer t.sharedMu.Unlock()
+	return t.shared[remote] != nil
 }
 
 // openReply runs OpenReply on a goroutine of its own and waits for it: opening a socket
@@ -871,9 +954,8 @@ func (t *UDPTable) evictReply(s *udpSession) bool {
 		return false
 	}
 	s.replyGen.Add(1) // before the close: a relay goroutine holding it must look again
-	r.rc.Close()
 	s.replies.del(oldest)
-	t.replySockets.Add(-1)
+	t.releaseReply(oldest, r.shared)
 	return true
 }
 
@@ -955,8 +1037,7 @@ func (t *UDPTable) finish(s *udpSession) {
 	s.wg.Wait()
 	s.mu.Lock()
 	s.replyGen.Add(1)
-	s.replies.each(func(_ netip.AddrPort, r *replySocket) { r.rc.Close() })
-	t.replySockets.Add(-int64(s.replies.len()))
+	s.replies.each(func(remote netip.AddrPort, r *replySocket) { t.releaseReply(remote, r.shared) })
 	s.replies.clear()
 	err := s.endErr
 	if err == nil || errors.Is(err, errTableClosed) {
@@ -1117,8 +1198,9 @@ func (s *udpSession) opening() (_ context.Context, done func()) {
 
 // replySocket is a session's reply socket for one remote, with its last use.
 type replySocket struct {
-	rc   ReplyConn
-	used atomic.Uint64 // the session's replyTick at its last use
+	rc     ReplyConn
+	used   atomic.Uint64 // the session's replyTick at its last use
+	shared *sharedReply  // rc's, shared with the other sessions remote answers
 }
 
 type udpOutbound struct {

@@ -187,8 +187,11 @@ func TestUDPTableRepliesReachTheirClientFromTheirRemote(t *testing.T) {
 		t.Errorf("stats %+v, want 3 active sessions", st)
 	}
 	rep.mu.Lock()
-	if rep.open[remoteA] != 2 || rep.open[remoteB] != 1 {
-		t.Errorf("reply sockets opened %v, want one per remote per session", rep.open)
+	if rep.open[remoteA] != 1 || rep.open[remoteB] != 1 {
+		t.Errorf("reply sockets opened %v, want one per remote, shared by the sessions it answers", rep.open)
+	}
+	if st := tbl.Stats(); st.ReplySockets != 3 {
+		t.Errorf("%d reply sockets, want 3 (remoteA's shared by two sessions)", st.ReplySockets)
 	}
 	rep.mu.Unlock()
 }
@@ -612,7 +615,11 @@ func TestUDPTableEndSessionClosesItNow(t *testing.T) {
 	if r := reps.get()[0]; r.Src != client1 || !errors.Is(r.Err, cause) || r.Idle || r.PacketsUp != 1 {
 		t.Fatalf("report %+v, want client1's with the cause, not idle", r)
 	}
-	waitUntil(t, "its reply socket closed", func() bool { return rep.closed.Load() == 1 })
+	// remoteA's reply socket is client2's too: it stays open until client2's session ends
+	// (a session's reply sockets are let go before its report).
+	if n := rep.closed.Load(); n != 0 {
+		t.Fatalf("%d reply sockets closed with client1's session, want remoteA's kept for client2", n)
+	}
 	if tbl.EndSession(client1, first.Start, cause) {
 		t.Fatal("EndSession ended a session twice")
 	}
@@ -634,4 +641,5 @@ func TestUDPTableEndSessionClosesItNow(t *testing.T) {
 			t.Errorf("report %+v without the cause", r)
 		}
 	}
+	waitUntil(t, "the shared reply socket closed after its last session", func() bool { return rep.closed.Load() == 1 })
 }

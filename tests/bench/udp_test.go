@@ -272,8 +272,9 @@ func runUDPBench(t *testing.T, tp *netlab.Topology, bin string, p params, check 
 		pid, stop := startContender(t, tp, c)
 		n := u.sessions
 		if c.name != "socksgate → direct" {
-			// A session through dante holds 3 descriptors in socksgate (the association's two,
-			// a reply socket) and 3 in dante: the lab's open-files cap is 20,000.
+			// A session through dante holds 2 descriptors in socksgate (the association's two;
+			// the reply socket is shared by every session the remote answers) and 3 in dante:
+			// the lab's open-files cap is 20,000.
 			n = min(n, 5000)
 		}
 		all[c.name].sess = runUDPSessions(t, tp, c, pid, addr, n)
