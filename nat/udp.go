@@ -823,8 +823,11 @@ func (t *UDPTable) reply(s *udpSession, remote netip.AddrPort, inline bool) (*re
 		r.used.Store(tick)
 		return r, nil
 	}
-	if s.replies.len() >= maxSessionReplies || t.replySockets.Load() >= t.maxReplySockets() && !t.replyOpen(remote) {
-		if !t.evictReply(s) {
+	if s.replies.len() >= maxSessionReplies {
+		t.evictReply(s, false)
+	} else if t.replySockets.Load() >= t.maxReplySockets() && !t.replyOpen(remote) {
+		// At the table's bound only a socket of this session's alone frees a descriptor.
+		if !t.evictReply(s, true) {
 			return nil, ErrReplyLimit
 		}
 	}
@@ -941,15 +944,25 @@ func (t *UDPTable) openReply(remote netip.AddrPort) (ReplyConn, error) {
 	return o.rc, o.err
 }
 
-// evictReply closes s's least recently used reply socket; s.mu is held.
-func (t *UDPTable) evictReply(s *udpSession) bool {
+// evictReply lets go of s's least recently used reply socket, or with alone of the least
+// recently used that no other session uses (whose release closes it); s.mu is held.
+func (t *UDPTable) evictReply(s *udpSession, alone bool) bool {
 	var oldest netip.AddrPort
 	var r *replySocket
+	if alone {
+		t.sharedMu.Lock()
+	}
 	s.replies.each(func(remote netip.AddrPort, x *replySocket) {
+		if alone && x.shared.refs != 1 {
+			return
+		}
 		if r == nil || x.used.Load() < r.used.Load() {
 			oldest, r = remote, x
 		}
 	})
+	if alone {
+		t.sharedMu.Unlock()
+	}
 	if r == nil {
 		return false
 	}

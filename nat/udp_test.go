@@ -549,6 +549,39 @@ func TestUDPTableBoundsReplySockets(t *testing.T) {
 	}
 }
 
+// At the table's bound a session gives up only a reply socket of its own alone: letting go of
+// one another session shares would free no descriptor and lose it its mapping for nothing.
+func TestUDPTableAtItsBoundGivesUpOnlyUnsharedReplySockets(t *testing.T) {
+	tbl, rep, _, _ := echoTable(t)
+	tbl.MaxReplySockets = 2
+	remoteC := netip.MustParseAddrPort("203.0.113.12:9")
+	tbl.Handle([]byte("1"), client1, remoteA)
+	tbl.Handle([]byte("2"), client2, remoteA)
+	tbl.Handle([]byte("3"), client1, remoteB)
+	waitUntil(t, "three replies", func() bool { return len(rep.snapshot()) == 3 })
+	// Full: remoteA's (both sessions') and remoteB's (client1's alone). client2 has only a
+	// shared one: refused, and it keeps remoteA's.
+	tbl.Handle([]byte("4"), client2, remoteC)
+	waitUntil(t, "a refused reply", func() bool { return tbl.Stats().ReplyLimited == 1 })
+	if n := rep.closed.Load(); n != 0 {
+		t.Fatalf("%d reply sockets closed for a refused reply, want 0", n)
+	}
+	tbl.Handle([]byte("5"), client2, remoteA)
+	waitUntil(t, "client2's reply from remoteA", func() bool { return len(rep.snapshot()) == 4 })
+	// client1 gives up remoteB's, its own alone, for remoteC.
+	tbl.Handle([]byte("6"), client1, remoteC)
+	waitUntil(t, "client1's reply from remoteC", func() bool { return len(rep.snapshot()) == 5 })
+	rep.mu.Lock()
+	opensA := rep.open[remoteA]
+	rep.mu.Unlock()
+	if n := rep.closed.Load(); n != 1 || opensA != 1 {
+		t.Fatalf("%d closed and remoteA opened %d times, want remoteB's closed alone and remoteA's kept", n, opensA)
+	}
+	if st := tbl.Stats(); st.ReplySockets != 2 || st.ReplyLimited != 1 {
+		t.Fatalf("stats %+v, want 2 reply sockets and the one refusal", st)
+	}
+}
+
 // A session ended from outside (the admin API) leaves the table at once with its sockets
 // closed and is reported with the cause; the client's next datagram starts a new session.
 // EndSessions ends them all.
