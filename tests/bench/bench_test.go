@@ -8,7 +8,8 @@
 //
 // Knobs: BENCH_RELAYS=splice,buffered adds socksgate contenders with those relay modes;
 // BENCH_ONLY=substr keeps the contenders whose name contains substr (plus the baselines);
-// BENCH_SOCKSGATE=path uses a prebuilt binary; BENCH_COMPARE=path adds that build as
+// BENCH_SOCKSGATE=path uses a prebuilt binary; BENCH_BOUND=path adds tests/bench/gobound built
+// there (redsocks's job in one Go epoll loop: the bound for a relay in Go); BENCH_COMPARE=path adds that build as
 // "socksgate[compare] → dante" (before and after in one run); BENCH_TRACE="perf stat -p {pid}"
 // runs a command on the gateway during each new-flows load and logs its output; BENCH_ROUNDS, BENCH_IDLE=2000,9000 and
 // BENCH_BURST=2000 override the defaults; BENCH_PARTS=throughput,slowsink,idle,burst,dns,udp (the
@@ -492,22 +493,37 @@ redsocks { local_ip = 0.0.0.0; local_port = ` + redsPort + `; ip = ` + netlab.Pr
 			if out := p.Output(); strings.Contains(out, "conn_max=") {
 				redsocksCap = "redsocks caps itself at " + strings.Fields(out[strings.Index(out, "conn_max="):])[0] + " (its default, from RLIMIT_NOFILE)"
 			}
-			nftConf := `table ip benchredsocks {
-	chain pre {
-		type nat hook prerouting priority dstnat; policy accept;
-		iifname "` + netlab.GWLANIf + `" ip daddr 203.0.113.0/24 meta l4proto tcp redirect to :` + redsPort + `
-	}
-}
-`
-			tp.GW.MustRun("nft", "-f", writeFile(t, "redsocks.nft", nftConf))
+			unredirect := redirectToRedsPort(t, tp)
 			return procPid(p, "redsocks"), func() {
-				tp.GW.Run("nft", "delete", "table", "ip", "benchredsocks")
+				unredirect()
 				stopGently(p)
 				if os.Getenv("BENCH_DEBUG") != "" {
 					t.Logf("redsocks output, last lines:\n%s", tail(p.Output(), 12))
 				}
 			}
 		}},
+	}
+	if bound := os.Getenv("BENCH_BOUND"); bound != "" {
+		// tests/bench/gobound, built to that path: redsocks's job in one Go epoll loop, the
+		// bound of what Go's runtime allows a relay on this machine (docs/performance.md).
+		// -mode net: the same job with a goroutine per flow and net's listener and dialer.
+		for _, mode := range []string{"loop", "net"} {
+			name := map[string]string{"loop": "gobound → dante", "net": "gobound[net] → dante"}[mode]
+			cs = append(cs, contender{name: name, baseline: "explicit", start: func(t *testing.T) (int, func()) {
+				labFilter(tp, "closed")
+				p := tp.GW.Start(bound, "-mode", mode, "-listen", "0.0.0.0:"+redsPort, "-socks", net.JoinHostPort(netlab.Proxy4, dantePort))
+				if !benchListening(tp.GW, "127.0.0.1:"+redsPort, 10*time.Second) {
+					t.Logf("gobound did not listen on :%s; its output:\n%s", redsPort, p.Output())
+					p.Kill()
+					return 0, func() {}
+				}
+				unredirect := redirectToRedsPort(t, tp)
+				return procPid(p, "gobound"), func() {
+					unredirect()
+					stopGently(p)
+				}
+			}})
+		}
 	}
 	for _, m := range strings.Split(os.Getenv("BENCH_RELAYS"), ",") {
 		if m = strings.TrimSpace(m); m != "" {
@@ -532,6 +548,20 @@ redsocks { local_ip = 0.0.0.0; local_port = ` + redsPort + `; ip = ` + netlab.Pr
 		cs = slices.DeleteFunc(cs, func(c contender) bool { return strings.Contains(c.name, "offload") })
 	}
 	return cs
+}
+
+// redirectToRedsPort redirects the lab's TCP from lan to the wan net to redsPort, as
+// redsocks's documentation has it (an nft table of the bench's own); the function deletes it.
+func redirectToRedsPort(t *testing.T, tp *netlab.Topology) func() {
+	conf := `table ip benchredsocks {
+	chain pre {
+		type nat hook prerouting priority dstnat; policy accept;
+		iifname "` + netlab.GWLANIf + `" ip daddr 203.0.113.0/24 meta l4proto tcp redirect to :` + redsPort + `
+	}
+}
+`
+	tp.GW.MustRun("nft", "-f", writeFile(t, "redsocks.nft", conf))
+	return func() { tp.GW.Run("nft", "delete", "table", "ip", "benchredsocks") }
 }
 
 // flowtableProbe creates a flowtable in gw (nft, in a table of its own, deleted again): an

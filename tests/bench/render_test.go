@@ -38,7 +38,7 @@ func render(p params, cs []contender, all map[string]*results, took time.Duratio
 				fmt.Fprintf(&b, " %s |", num(median(r.tput[ic.name]), 2))
 			}
 			cpu, perFlow, perOne := "–", "–", "–"
-			if strings.HasPrefix(c.name, "socksgate") || strings.HasPrefix(c.name, "redsocks") {
+			if c.baseline != "" { // a gateway process of its own: its CPU is measured
 				if r.oneN > 0 {
 					perOne = num(r.oneCPU/r.oneN*1e6, 0) + kernelShare(r.oneSys, r.oneCPU)
 				}
@@ -83,6 +83,8 @@ func render(p params, cs []contender, all map[string]*results, took time.Duratio
 			}
 		}
 		ratio("redsocks → dante", "explicit")
+		ratio("gobound → dante", "redsocks → dante")
+		ratio("gobound[net] → dante", "redsocks → dante")
 		budgets(&b, cs, all)
 
 	}
