@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"os"
 	"sync"
-	"syscall"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -14,14 +12,10 @@ import (
 // CanPark: Linux has the parker.
 const CanPark = true
 
-// The parker holds directions without a goroutine each: their source sockets sit in one epoll
-// set of its own, armed one-shot for readability, and one goroutine waits on it for all of
-// them. When a socket becomes readable (data, end of stream, error), that goroutine moves the
-// direction on as far as it can without waiting (step); only a direction that must wait for its
-// destination, or has bulk data queued, gets a fresh goroutine, whose stack starts small.
-// Every relay's directions start here, so a short flow ends without a goroutine of its own: the
-// two that relays used to start per flow were, with their wake-ups, the largest part of the
-// per-flow cost after the handshake (docs/performance.md).
+// The parker holds the directions of idle flows without a goroutine each: their source
+// sockets sit in one epoll set of its own, armed one-shot for readability, and one goroutine
+// waits on it for all of them. When a socket becomes readable (data, end of stream, error),
+// that direction runs again on a fresh goroutine, whose stack starts small.
 //
 // The sockets stay registered in the runtime's own poller too; the two epoll sets do not
 // interfere. A socket closed while parked leaves the set by itself (the kernel drops an epoll
@@ -31,7 +25,6 @@ type parker struct {
 	once sync.Once
 	err  error
 	epfd int
-	file *os.File // epfd in the runtime's poller; held, or its finalizer would close epfd
 
 	mu   sync.Mutex
 	dirs map[uint32]*direction
@@ -120,47 +113,21 @@ func (p *parker) init() {
 		p.err = fmt.Errorf("relay parker: %w", os.NewSyscallError("epoll_create1", p.err))
 		return
 	}
-	// The set waits in the runtime's poller, as any socket does: the parker's goroutine is
-	// woken like any other, and never blocks in a system call of its own (a blocking call the
-	// scheduler knows of wakes sysmon, which then polls every 20 µs: twice the nanosleeps per
-	// flow, measured).
-	if err := unix.SetNonblock(p.epfd, true); err != nil {
-		p.err = fmt.Errorf("relay parker: %w", os.NewSyscallError("fcntl", err))
-		return
-	}
-	p.file = os.NewFile(uintptr(p.epfd), "relay-parker")
-	rc, err := p.file.SyscallConn()
-	if err != nil {
-		p.err = fmt.Errorf("relay parker: %w", err)
-		return
-	}
-	go p.loop(rc)
+	go p.loop()
 }
 
-func (p *parker) loop(rc syscall.RawConn) {
+func (p *parker) loop() {
 	events := make([]unix.EpollEvent, 256)
 	ready := make([]*direction, 0, len(events))
-	buf := make([]byte, relayBufSize) // step's, for every direction it runs
-	var n int
-	var errno syscall.Errno
-	wait := func(fd uintptr) bool {
-		for {
-			r, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, fd, uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
-			if e != unix.EINTR {
-				n, errno = int(r), e
-				return e != 0 || n > 0 // nothing ready: wait in the poller
-			}
-		}
-	}
 	for {
-		err := rc.Read(wait)
-		if err == nil && errno != 0 {
-			err = os.NewSyscallError("epoll_pwait", errno)
-		}
+		n, err := unix.EpollWait(p.epfd, events, -1)
 		if err != nil {
+			if err == unix.EINTR {
+				continue
+			}
 			// Cannot happen with a valid set and buffer; if it does, parked flows would
 			// never wake, so this is fatal rather than silent.
-			panic(fmt.Sprintf("relay parker: %v", err))
+			panic(fmt.Sprintf("relay parker: epoll_wait: %v", err))
 		}
 		p.mu.Lock()
 		for _, ev := range events[:n] {
@@ -170,9 +137,7 @@ func (p *parker) loop(rc syscall.RawConn) {
 		}
 		p.mu.Unlock()
 		for i, d := range ready {
-			if d.state.CompareAndSwap(dirParked, dirRunning) {
-				d.step(buf)
-			}
+			d.unpark()
 			ready[i] = nil
 		}
 		ready = ready[:0]

@@ -1,10 +1,7 @@
 // Package relay carries the bytes of a TCP flow both ways between two connections, with
-// half-close, until both directions end. A direction waits in one shared epoll set, the parker,
-// holding no goroutine and no buffer; the parker's goroutine moves what each wake-up brings
-// while that needs no waiting (a request, its answer, the closes), and a direction gets a
-// goroutine of its own only when it must wait for its destination or bulk data is queued,
-// which it then splices through a pooled pipe. It knows nothing of flows, rules or upstreams,
-// and imports only x/sys beyond the standard library.
+// half-close, until both directions end. An idle direction holds no goroutine and no buffer (it
+// waits in one shared epoll set, the parker); a bulk one splices through a pooled pipe. It knows
+// nothing of flows, rules or upstreams, and imports only x/sys beyond the standard library.
 package relay
 
 import (
@@ -122,10 +119,11 @@ func loadBudget() DescriptorBudget {
 // errNoPipeBudget is getPipe's answer when the descriptor budget has no room for a pipe.
 var errNoPipeBudget = errors.New("relay: no descriptors to spare for a pipe")
 
-// parkAfter is how long a direction that has a goroutine (it had to wait for its destination,
-// or moved bulk data) waits for more data in the runtime poller before it parks again: its
-// goroutine ends and the parker carries it. A goroutine costs a flow several KiB of stack; a
-// parked direction costs a map entry.
+// parkAfter is how long a direction waits for data in the runtime poller, on its own
+// goroutine, before it parks: its goroutine ends and a single poller for all parked flows
+// (parker) starts a new one when the socket becomes readable. A goroutine costs a flow
+// several KiB of stack; a parked direction costs a map entry. A flow that sends every few
+// hundred milliseconds (a shell session) stays on its goroutine; one that idles is parked.
 var parkAfter = time.Second
 
 // closeWriter is a connection that can shut down its sending half (TCP, and the upstream
@@ -150,12 +148,10 @@ func Copy(mode Mode, a, b net.Conn) (up, down int64, err error) {
 	return up, down, err
 }
 
-// Relay is one flow's two directions: dirs[0] copies a→b, dirs[1] b→a. Each is parked (no
-// goroutine) while its source has nothing, is moved by the parker's goroutine while what it
-// reads can be written at once, and runs on a goroutine of its own while it must wait for its
-// destination or carries bulk data (and for parkAfter after that). When both have ended, done
-// runs once, on the goroutine that ended the last direction (the parker's, for most short
-// flows: done must not wait for anything).
+// Relay is one flow's two directions: dirs[0] copies a→b, dirs[1] b→a. Each runs on a
+// goroutine of its own while it has data or has just had some, and is parked (no goroutine)
+// while its source stays idle. When both have ended, done runs once, on the goroutine of the
+// direction that ended last.
 type Relay struct {
 	a, b net.Conn
 	dirs [2]direction
@@ -167,7 +163,7 @@ type Relay struct {
 
 // direction states.
 const (
-	dirRunning int32 = iota // on a goroutine, or being moved by the parker (step)
+	dirRunning int32 = iota // on a goroutine
 	dirParked               // no goroutine: waiting in the parker for its source
 	dirEnded
 )
@@ -195,11 +191,6 @@ type direction struct {
 	rerr     error
 	token    atomic.Uint32 // the parker's key for this direction, once parked
 	lastErr  error         // why copy stopped
-	held     *[]byte       // bytes step read but could not write, for run to write first
-	heldN    int
-	sb       []byte           // step's buffer (the parker's), while it reads into it
-	stepFn   func(fd uintptr) // d.tryStep, bound once
-	stepWFn  func(fd uintptr) // d.tryStepWrite, bound once
 }
 
 // New prepares a relay between a and b; Start runs it. done is called once, when both
@@ -224,38 +215,20 @@ func (d *direction) init(r *Relay, mode Mode, dst, src net.Conn) {
 	}
 	if sc, ok := src.(syscall.Conn); ok && CanPark {
 		d.rs, _ = sc.SyscallConn()
-		d.readFn, d.stepFn = d.tryRead, d.tryStep
+		d.readFn = d.tryRead
 	}
 	if d.rs != nil {
 		if d.wd, _ = rawTarget(dst); d.wd != nil {
-			d.writeFn, d.stepWFn = d.tryWrite, d.tryStepWrite
+			d.writeFn = d.tryWrite
 		}
 		d.canBulk = d.wd != nil && mode != Buffered
 	}
 }
 
-// Start runs the relay and returns at once. A direction that reads a raw socket of its own
-// starts parked: the parker carries it while each wake-up's bytes can be moved without
-// waiting, and starts a goroutine for it only when its destination is full or bulk data is
-// queued (step). A short flow (a request, its answer, the closes) so runs to its end without a
-// goroutine of its own. Any other direction runs on a goroutine from the start.
+// Start runs both directions on goroutines of their own and returns at once.
 func (r *Relay) Start() {
-	for i := range r.dirs {
-		d := &r.dirs[i]
-		if d.rs == nil || !d.park() {
-			d.spawn()
-		}
-	}
-}
-
-// spawned counts the goroutines started for directions, for the tests that say when a flow
-// needs one.
-var spawned atomic.Int64
-
-// spawn runs d on a goroutine of its own.
-func (d *direction) spawn() {
-	spawned.Add(1)
-	go d.run()
+	go r.dirs[0].run()
+	go r.dirs[1].run()
 }
 
 // Close closes both connections and wakes any parked direction, which then ends on the
@@ -349,16 +322,6 @@ func (d *direction) copy() (parked bool) {
 	if d.rs == nil {
 		d.lastErr = d.copyHolding()
 		return false
-	}
-	if bp := d.held; bp != nil { // what step read and dst did not take then
-		d.held = nil
-		w, err := d.write((*bp)[:d.heldN])
-		relayBufs.Put(bp)
-		d.n += int64(w)
-		if err != nil {
-			d.lastErr = err
-			return false
-		}
 	}
 	for {
 		if d.bulk {
@@ -476,7 +439,7 @@ func (d *direction) park() bool {
 // is being ended.
 func (d *direction) unpark() {
 	if d.state.CompareAndSwap(dirParked, dirRunning) {
-		d.spawn()
+		go d.run()
 	}
 }
 

@@ -1,10 +1,8 @@
 package relay
 
 import (
-	"fmt"
 	"net"
 	"os"
-	"runtime/debug"
 	"syscall"
 	"unsafe"
 
@@ -135,95 +133,3 @@ func shutdownWrite(rc syscall.RawConn) error {
 	}
 	return nil
 }
-
-// stepReads bounds the reads one wake-up moves on the parker's goroutine, so that a source
-// that keeps sending cannot hold the parker from the other flows.
-const stepReads = 8
-
-// stepBytes is how much a direction moves through the parker's buffer in all before it is
-// taken for bulk: a stream that arrives in pieces smaller than the buffer (most do) is
-// spliced on a goroutine of its own from then on, not copied by the one goroutine all
-// flows share.
-const stepBytes = 256 << 10
-
-// step runs a direction the parker woke, on the parker's goroutine, as far as it can go
-// without waiting: it reads what src holds into the parker's buffer and writes it all to dst,
-// until src has nothing more (parked again), ends (half-close, as run does) or fails. When dst
-// takes less than was read (its send buffer is full), or bulk data is coming (a buffer's worth
-// in one wake-up, or stepBytes in all), a goroutine carries on (run), writing the bytes not
-// written yet first; bulk is spliced from then on.
-func (d *direction) step(buf []byte) {
-	defer func() {
-		if p := recover(); p != nil && d.state.Load() != dirEnded {
-			d.end(fmt.Errorf("panic in relay: %v\n%s", p, debug.Stack()))
-		}
-	}()
-	moved := 0 // in this wake-up
-	for range stepReads {
-		d.sb, d.rn, d.rerr = buf, 0, nil
-		err := d.rs.Control(d.stepFn)
-		d.sb = nil
-		n := d.rn
-		switch {
-		case err != nil:
-			d.end(err) // closed meanwhile
-			return
-		case d.rerr == unix.EAGAIN:
-			if !d.park() {
-				d.spawn()
-			}
-			return
-		case d.rerr != nil:
-			d.end(&net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("read", d.rerr)})
-			return
-		case n == 0:
-			d.end(nil)
-			return
-		}
-		w := n
-		if d.wd != nil {
-			d.wb, d.wn, d.werr = buf[:n], 0, nil
-			if err := d.wd.Control(d.stepWFn); err != nil {
-				d.werr = err
-			}
-			w, err = d.wn, d.werr
-			d.wb, d.werr = nil, nil
-		} else {
-			w, err = d.dst.Write(buf[:n]) // cannot be reached: step runs only parked directions, which write raw
-		}
-		d.n += int64(w)
-		if err != nil {
-			d.end(&net.OpError{Op: "write", Net: "tcp", Source: d.dst.LocalAddr(), Addr: d.dst.RemoteAddr(), Err: os.NewSyscallError("write", err)})
-			return
-		}
-		moved += n
-		if full := moved >= len(buf); w < n || full || d.n >= stepBytes {
-			if w < n {
-				bp := relayBufs.Get().(*[]byte)
-				d.held, d.heldN = bp, copy(*bp, buf[w:n])
-			}
-			if full && d.canBulk && !d.noPipe { // else run's own reads say whether it is bulk
-				d.bulk = true
-			}
-			d.spawn()
-			return
-		}
-	}
-	if !d.park() {
-		d.spawn()
-	}
-}
-
-// tryStep is step's read callback: one read into d.sb, EAGAIN included in d.rerr.
-func (d *direction) tryStep(fd uintptr) {
-	for {
-		n, err := rawRead(int(fd), d.sb)
-		if err != unix.EINTR {
-			d.rn, d.rerr = n, err
-			return
-		}
-	}
-}
-
-// tryStepWrite is step's write callback: tryWrite without the wait, EAGAIN leaving d.wn short.
-func (d *direction) tryStepWrite(fd uintptr) { d.tryWrite(fd) }

@@ -19,9 +19,6 @@ func (d *direction) tryRead(fd uintptr) bool { return true }
 
 func (d *direction) tryWrite(fd uintptr) bool { return true }
 
-func (d *direction) tryStep(fd uintptr)      {}
-func (d *direction) tryStepWrite(fd uintptr) {}
-
 // write is the plain Write: no raw calls off Linux.
 func (d *direction) write(p []byte) (int, error) { return d.dst.Write(p) }
 
