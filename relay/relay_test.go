@@ -230,9 +230,9 @@ func testRelayParks(t *testing.T, mode Mode) {
 		return true
 	}
 	testutil.WaitUntil(t, "directions parked", allParked)
-	if g := runtime.NumGoroutine() - base; g > flows/5 {
-		t.Errorf("%d goroutines for %d parked flows", g, flows)
-	}
+	// A direction is parked a moment before its goroutine returns: under -race on a busy
+	// machine a dozen of the hundred were seen still returning, so wait for them to go.
+	testutil.WaitUntil(t, "no goroutine per parked flow", func() bool { return runtime.NumGoroutine()-base <= flows/5 })
 	// A parked flow wakes for data each way, and parks again.
 	for round := range 2 {
 		for i := range fs {
