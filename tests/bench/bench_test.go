@@ -506,7 +506,7 @@ redsocks { local_ip = 0.0.0.0; local_port = ` + redsPort + `; ip = ` + netlab.Pr
 	if bound := os.Getenv("BENCH_BOUND"); bound != "" {
 		// tests/bench/gobound, built to that path: redsocks's job in one Go epoll loop, the
 		// bound of what Go's runtime allows a relay on this machine (docs/performance.md).
-		// -mode net: the same job with a goroutine per flow and net's listener and dialer.
+		// -mode net: the same job with goroutines per flow and net's listener and dialer.
 		for _, mode := range []string{"loop", "net"} {
 			name := map[string]string{"loop": "gobound → dante", "net": "gobound[net] → dante"}[mode]
 			cs = append(cs, contender{name: name, baseline: "explicit", start: func(t *testing.T) (int, func()) {

@@ -2,12 +2,14 @@
 
 // Command gobound is the bench's bound for a relay written in Go: what redsocks does with a
 // redirected TCP connection (accept, SO_ORIGINAL_DST, a SOCKS5 CONNECT to one proxy, relay,
-// close), in one goroutine locked to its thread, with one level-triggered epoll loop and raw
-// system calls: no goroutine, timer or allocation per flow, no routing, limits, logs,
-// timeouts or IPv6. It is not socksgate and is not meant to become it; it measures how close
+// close), in one goroutine locked to its thread, with one level-triggered epoll loop and
+// direct x/sys/unix calls (no runtime poller): no goroutine or timer per flow, one or two
+// small allocations (the accepted address, the original destination), no routing, limits,
+// logs, timeouts or IPv6. Out of descriptors, its level-triggered listener spins until one
+// frees: the bench raises the limit far above what it opens. It is not socksgate and is not meant to become it; it measures how close
 // to redsocks Go's runtime lets a relay come on the machine the bench runs on, which is what
 // issue 14's per-flow targets depend on (docs/performance.md, "The bound"). With -mode net it
-// does the same job the idiomatic way (net.go), a goroutine per flow: the two side by side
+// does the same job the idiomatic way (net.go), two goroutines per flow: the two side by side
 // separate what the goroutine-per-flow model costs from what socksgate does per flow.
 //
 //	gobound [-mode loop|net] -listen 0.0.0.0:12346 -socks 10.0.1.2:1080

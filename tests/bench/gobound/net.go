@@ -12,8 +12,8 @@ import (
 )
 
 // runNet is the same job written the idiomatic way: net's listener and dialer, a goroutine
-// per accepted connection, the relay as two io.Copy (splice between the sockets) with a
-// half-close. Side by side with the loop it says what the goroutine-per-flow model itself
+// per accepted connection and one more for the second direction, the relay as two io.Copy
+// (splice between the sockets) with a half-close. Side by side with the loop it says what the goroutine-per-flow model itself
 // costs, apart from anything socksgate does per flow.
 func runNet(lnAP, pAP netip.AddrPort) error {
 	ln, err := net.ListenTCP("tcp4", net.TCPAddrFromAddrPort(lnAP))
