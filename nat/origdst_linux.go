@@ -32,7 +32,7 @@ func OriginalDst(c *net.TCPConn) (netip.AddrPort, error) {
 	var serr error
 	err = raw.Control(func(fd uintptr) {
 		if v4 {
-			dst, serr = originalDst4(int(fd))
+			dst, serr = OriginalDst4(int(fd))
 		} else {
 			dst, serr = originalDst6(int(fd))
 		}
@@ -49,8 +49,9 @@ func OriginalDst(c *net.TCPConn) (netip.AddrPort, error) {
 	return dst, nil
 }
 
-// originalDst4 reads a struct sockaddr_in.
-func originalDst4(fd int) (netip.AddrPort, error) {
+// OriginalDst4 is OriginalDst for an IPv4 socket's descriptor, for a socket kept outside net
+// (the bench's gobound): a struct sockaddr_in read into a stack variable, no allocation.
+func OriginalDst4(fd int) (netip.AddrPort, error) {
 	var sa unix.RawSockaddrInet4
 	if err := getsockoptSockaddr(fd, unix.SOL_IP, unix.SO_ORIGINAL_DST, unsafe.Pointer(&sa), unix.SizeofSockaddrInet4); err != nil {
 		return netip.AddrPort{}, fmt.Errorf("getsockopt SO_ORIGINAL_DST: %w", err)

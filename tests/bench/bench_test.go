@@ -8,9 +8,10 @@
 //
 // Knobs: BENCH_RELAYS=splice,buffered adds socksgate contenders with those relay modes;
 // BENCH_ONLY=substr keeps the contenders whose name contains substr (plus the baselines);
-// BENCH_SOCKSGATE=path uses a prebuilt binary; BENCH_BOUND=path adds tests/bench/gobound built
-// there (redsocks's job in one Go epoll loop: the bound for a relay in Go); BENCH_COMPARE=path adds that build as
-// "socksgate[compare] → dante" (before and after in one run); BENCH_TRACE="perf stat -p {pid}"
+// BENCH_SOCKSGATE=path uses a prebuilt binary; BENCH_BOUND=path adds tests/bench/gobound
+// built there (redsocks's job in one Go epoll loop: the bound for a relay in Go);
+// BENCH_COMPARE=path adds that build as "socksgate[compare] → dante" (before and after in one
+// run); BENCH_TRACE="perf stat -p {pid}"
 // runs a command on the gateway during each new-flows load and logs its output; BENCH_ROUNDS, BENCH_IDLE=2000,9000 and
 // BENCH_BURST=2000 override the defaults; BENCH_PARTS=throughput,slowsink,idle,burst,dns,udp (the
 // default: all six) picks what to measure, and BENCH_PARTS=flows is the throughput part
@@ -482,21 +483,14 @@ state_dir: %q
 redsocks { local_ip = 0.0.0.0; local_port = ` + redsPort + `; ip = ` + netlab.Proxy4 + `; port = ` + dantePort + `; type = socks5; }
 `
 			p := tp.GW.Start("redsocks", "-c", writeFile(t, "redsocks.conf", conf))
-			if !benchListening(tp.GW, "127.0.0.1:"+redsPort, 10*time.Second) {
-				// A peer that will not start is a row with a note, not the end of the run.
-				t.Logf("redsocks did not listen on :%s; its output:\n%s", redsPort, p.Output())
-				p.Kill()
-				return 0, func() {}
-			}
+			pid, stop := redirectedTo(t, tp, p, "redsocks")
 			// "redsocks started, conn_max=N": without a configured cap it takes
 			// RLIMIT_NOFILE divided by what it reserves per connection.
 			if out := p.Output(); strings.Contains(out, "conn_max=") {
 				redsocksCap = "redsocks caps itself at " + strings.Fields(out[strings.Index(out, "conn_max="):])[0] + " (its default, from RLIMIT_NOFILE)"
 			}
-			unredirect := redirectToRedsPort(t, tp)
-			return procPid(p, "redsocks"), func() {
-				unredirect()
-				stopGently(p)
+			return pid, func() {
+				stop()
 				if os.Getenv("BENCH_DEBUG") != "" {
 					t.Logf("redsocks output, last lines:\n%s", tail(p.Output(), 12))
 				}
@@ -507,21 +501,11 @@ redsocks { local_ip = 0.0.0.0; local_port = ` + redsPort + `; ip = ` + netlab.Pr
 		// tests/bench/gobound, built to that path: redsocks's job in one Go epoll loop, the
 		// bound of what Go's runtime allows a relay on this machine (docs/performance.md).
 		// -mode net: the same job with goroutines per flow and net's listener and dialer.
-		for _, mode := range []string{"loop", "net"} {
-			name := map[string]string{"loop": "gobound → dante", "net": "gobound[net] → dante"}[mode]
-			cs = append(cs, contender{name: name, baseline: "explicit", start: func(t *testing.T) (int, func()) {
+		for _, b := range []struct{ mode, name string }{{"loop", "gobound → dante"}, {"net", "gobound[net] → dante"}} {
+			cs = append(cs, contender{name: b.name, baseline: "explicit", start: func(t *testing.T) (int, func()) {
 				labFilter(tp, "closed")
-				p := tp.GW.Start(bound, "-mode", mode, "-listen", "0.0.0.0:"+redsPort, "-socks", net.JoinHostPort(netlab.Proxy4, dantePort))
-				if !benchListening(tp.GW, "127.0.0.1:"+redsPort, 10*time.Second) {
-					t.Logf("gobound did not listen on :%s; its output:\n%s", redsPort, p.Output())
-					p.Kill()
-					return 0, func() {}
-				}
-				unredirect := redirectToRedsPort(t, tp)
-				return procPid(p, "gobound"), func() {
-					unredirect()
-					stopGently(p)
-				}
+				p := tp.GW.Start(bound, "-mode", b.mode, "-listen", "0.0.0.0:"+redsPort, "-socks", net.JoinHostPort(netlab.Proxy4, dantePort))
+				return redirectedTo(t, tp, p, "gobound")
 			}})
 		}
 	}
@@ -550,9 +534,16 @@ redsocks { local_ip = 0.0.0.0; local_port = ` + redsPort + `; ip = ` + netlab.Pr
 	return cs
 }
 
-// redirectToRedsPort redirects the lab's TCP from lan to the wan net to redsPort, as
-// redsocks's documentation has it (an nft table of the bench's own); the function deletes it.
-func redirectToRedsPort(t *testing.T, tp *netlab.Topology) func() {
+// redirectedTo waits for p (its command named comm) to listen on redsPort, then redirects the
+// lab's TCP from lan to the wan net there, as redsocks's documentation has it (an nft table
+// of the bench's own). It returns p's pid and a stop that takes the redirect away and stops p.
+// A peer that will not start is a row with a note, not the end of the run: then pid is 0.
+func redirectedTo(t *testing.T, tp *netlab.Topology, p *netlab.Proc, comm string) (int, func()) {
+	if !benchListening(tp.GW, "127.0.0.1:"+redsPort, 10*time.Second) {
+		t.Logf("%s did not listen on :%s; its output:\n%s", comm, redsPort, p.Output())
+		p.Kill()
+		return 0, func() {}
+	}
 	conf := `table ip benchredsocks {
 	chain pre {
 		type nat hook prerouting priority dstnat; policy accept;
@@ -561,7 +552,10 @@ func redirectToRedsPort(t *testing.T, tp *netlab.Topology) func() {
 }
 `
 	tp.GW.MustRun("nft", "-f", writeFile(t, "redsocks.nft", conf))
-	return func() { tp.GW.Run("nft", "delete", "table", "ip", "benchredsocks") }
+	return procPid(p, comm), func() {
+		tp.GW.Run("nft", "delete", "table", "ip", "benchredsocks")
+		stopGently(p)
+	}
 }
 
 // flowtableProbe creates a flowtable in gw (nft, in a table of its own, deleted again): an

@@ -3,25 +3,28 @@
 // Command gobound is the bench's bound for a relay written in Go: what redsocks does with a
 // redirected TCP connection (accept, SO_ORIGINAL_DST, a SOCKS5 CONNECT to one proxy, relay,
 // close), in one goroutine locked to its thread, with one level-triggered epoll loop and
-// direct x/sys/unix calls (no runtime poller): no goroutine or timer per flow, one or two
-// small allocations (the accepted address, the original destination), no routing, limits,
-// logs, timeouts or IPv6. Out of descriptors, its level-triggered listener spins until one
-// frees: the bench raises the limit far above what it opens. It is not socksgate and is not meant to become it; it measures how close
-// to redsocks Go's runtime lets a relay come on the machine the bench runs on, which is what
-// issue 14's per-flow targets depend on (docs/performance.md, "The bound"). With -mode net it
-// does the same job the idiomatic way (net.go), two goroutines per flow: the two side by side
-// separate what the goroutine-per-flow model costs from what socksgate does per flow.
+// direct x/sys/unix calls (no runtime poller): no goroutine or timer per flow, one small
+// allocation (the accepted address), no routing, limits, logs, timeouts or IPv6. Out of
+// descriptors, its level-triggered listener spins until one frees: the bench raises the limit
+// far above what it opens. It is not socksgate and is not meant to become it; it measures how
+// close to redsocks Go's runtime lets a relay come on the machine the bench runs on, which is
+// what issue 14's per-flow targets depend on (docs/performance.md, "Fourth round"). With
+// -mode net it does the same job the idiomatic way (net.go), two goroutines per flow: the two
+// side by side separate what the goroutine-per-flow model costs from what socksgate does per
+// flow.
 //
 //	gobound [-mode loop|net] -listen 0.0.0.0:12346 -socks 10.0.1.2:1080
 package main
 
 import (
+	"encoding/binary"
 	"flag"
 	"fmt"
 	"net/netip"
 	"os"
 	"runtime"
 
+	"github.com/socksgate/socksgate/nat"
 	"golang.org/x/sys/unix"
 )
 
@@ -51,7 +54,6 @@ type loop struct {
 	sides  []side
 	buf    [32 << 10]byte
 	events [128]unix.EpollEvent
-	free   [][]byte // pending buffers given back
 }
 
 func main() {
@@ -145,9 +147,7 @@ func (l *loop) accept(ln int) {
 		if err != nil {
 			return // EAGAIN, or out of descriptors: the next readiness tries again
 		}
-		// SO_ORIGINAL_DST's sockaddr_in, read through the 16-byte IPv6Mreq as Go's
-		// own transparent proxies do.
-		mreq, err := unix.GetsockoptIPv6Mreq(c, unix.SOL_IP, unix.SO_ORIGINAL_DST)
+		dst, err := nat.OriginalDst4(c)
 		if err != nil {
 			unix.Close(c)
 			continue
@@ -161,8 +161,9 @@ func (l *loop) accept(ln int) {
 		cs, us := &l.sides[c], &l.sides[u]
 		*cs = side{peer: int32(u), state: stClient}
 		*us = side{peer: int32(c), state: stConnecting}
-		copy(us.dst[:4], mreq.Multiaddr[4:8])
-		copy(us.dst[4:], mreq.Multiaddr[2:4])
+		a4 := dst.Addr().As4()
+		copy(us.dst[:4], a4[:])
+		binary.BigEndian.PutUint16(us.dst[4:], dst.Port())
 		if err := unix.Connect(u, &l.proxy); err != nil && err != unix.EINPROGRESS {
 			l.closeFlow(c)
 			continue
@@ -241,11 +242,7 @@ func (l *loop) ready(fd int, events uint32) {
 				l.closeFlow(fd)
 				return
 			}
-			if n > 0 {
-				s.pending = s.pending[n:]
-			}
-			if len(s.pending) == 0 {
-				l.free = append(l.free, s.pending[:0])
+			if s.pending = s.pending[max(n, 0):]; len(s.pending) == 0 {
 				s.pending = nil
 			}
 		}
@@ -285,12 +282,8 @@ func (l *loop) forward(fd int) bool {
 		l.closeFlow(fd)
 		return false
 	}
-	if w < n {
-		var b []byte
-		if k := len(l.free); k > 0 {
-			b, l.free = l.free[k-1], l.free[:k-1]
-		}
-		l.sides[p].pending = append(b, l.buf[w:n]...)
+	if w < n { // only under back-pressure, which the bench's short flows do not meet
+		l.sides[p].pending = append([]byte(nil), l.buf[w:n]...)
 	}
 	return true
 }
@@ -332,11 +325,7 @@ func (l *loop) update(fd int) {
 func (l *loop) closeFlow(fd int) {
 	p := int(l.sides[fd].peer)
 	for _, x := range [2]int{fd, p} {
-		s := &l.sides[x]
-		if s.pending != nil {
-			l.free = append(l.free, s.pending[:0])
-		}
-		*s = side{}
+		l.sides[x] = side{}
 		unix.Close(x)
 	}
 }

@@ -3,18 +3,18 @@
 package main
 
 import (
+	"encoding/binary"
 	"io"
 	"net"
 	"net/netip"
-	"syscall"
 
-	"golang.org/x/sys/unix"
+	"github.com/socksgate/socksgate/nat"
 )
 
 // runNet is the same job written the idiomatic way: net's listener and dialer, a goroutine
 // per accepted connection and one more for the second direction, the relay as two io.Copy
-// (splice between the sockets) with a half-close. Side by side with the loop it says what the goroutine-per-flow model itself
-// costs, apart from anything socksgate does per flow.
+// (splice between the sockets) with a half-close. Side by side with the loop it says what the
+// goroutine-per-flow model itself costs, apart from anything socksgate does per flow.
 func runNet(lnAP, pAP netip.AddrPort) error {
 	ln, err := net.ListenTCP("tcp4", net.TCPAddrFromAddrPort(lnAP))
 	if err != nil {
@@ -32,19 +32,8 @@ func runNet(lnAP, pAP netip.AddrPort) error {
 
 func serveNet(c *net.TCPConn, proxy string) {
 	defer c.Close()
-	var dst [6]byte
-	ok := false
-	if rc, err := c.SyscallConn(); err == nil {
-		rc.Control(func(fd uintptr) {
-			mreq, err := unix.GetsockoptIPv6Mreq(int(fd), syscall.SOL_IP, unix.SO_ORIGINAL_DST)
-			if err == nil {
-				copy(dst[:4], mreq.Multiaddr[4:8])
-				copy(dst[4:], mreq.Multiaddr[2:4])
-				ok = true
-			}
-		})
-	}
-	if !ok {
+	dst, err := nat.OriginalDst(c)
+	if err != nil || !dst.Addr().Is4() {
 		return
 	}
 	u, err := net.Dial("tcp4", proxy)
@@ -54,7 +43,9 @@ func serveNet(c *net.TCPConn, proxy string) {
 	up := u.(*net.TCPConn)
 	defer up.Close()
 	req := [13]byte{5, 1, 0, 5, 1, 0, 1}
-	copy(req[7:], dst[:])
+	a4 := dst.Addr().As4()
+	copy(req[7:], a4[:])
+	binary.BigEndian.PutUint16(req[11:], dst.Port())
 	if _, err := up.Write(req[:]); err != nil {
 		return
 	}
